@@ -1,0 +1,55 @@
+# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
+# Everything is installed from the repository's lock files: requirements.lock (pip, hashes)
+# and dev/idp/package-lock.json (npm ci).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+IDP    := dev/idp/node_modules/.package-lock.json
+
+.PHONY: setup demo test lint typecheck unit bench schema lock clean
+
+setup: $(STAMP) $(IDP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spangate needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(IDP): dev/idp/package-lock.json dev/idp/package.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "spangate: Node.js and npm are needed for the local OpenID provider: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix dev/idp --no-audit --no-fund --loglevel=error
+	@touch $@
+
+demo: setup
+	$(BIN)/spangate dev --policy policy.example.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m bench
+
+schema: $(STAMP)
+	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
+
+# Re-pin the Python dependencies (needs `uv` on PATH or in the venv).
+lock:
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run
