@@ -1,0 +1,1 @@
+"""Development stack: the local OpenID provider, the Spanner emulator, the demo database."""

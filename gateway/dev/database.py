@@ -1,0 +1,204 @@
+"""Create the demo database on a Cloud Spanner emulator and load its SQL files.
+
+Contracts:
+
+* Everything here talks to an emulator only: clients are built with
+  ``AnonymousCredentials`` and ``client_options={"api_endpoint": host}``, which
+  makes google-cloud-spanner use a plaintext gRPC channel to ``host`` without
+  reading or changing ``SPANNER_EMULATOR_HOST`` in ``os.environ``.
+* :func:`create_database` is repeatable: each call leaves a freshly created
+  database holding exactly the given DDL and seed rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from google.cloud.spanner_v1 import Client
+
+__all__ = [
+    "DEFAULT_INSTANCE_CONFIG",
+    "SCHEMA_FILE",
+    "SEED_FILE",
+    "create_database",
+    "emulator_client",
+    "load_demo_sql",
+    "split_statements",
+]
+
+DEFAULT_INSTANCE_CONFIG: Final = "emulator-config"
+"""The one instance configuration the emulator offers."""
+
+SCHEMA_FILE: Final = Path("dev/schema.sql")
+SEED_FILE: Final = Path("dev/seed.sql")
+
+# Admin long-running operations finish at once on the emulator; this only
+# bounds a hung call.
+_ADMIN_TIMEOUT_S: Final = 60.0
+
+
+def emulator_client(emulator_host: str, *, project: str) -> Client:
+    """Return a ``google.cloud.spanner_v1.Client`` bound to the emulator at ``emulator_host``.
+
+    ``emulator_host`` is ``"host:port"`` (no scheme). Built-in metrics export is
+    disabled: with ``api_endpoint`` (rather than ``SPANNER_EMULATOR_HOST``) the
+    client would otherwise set up a Cloud Monitoring exporter.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import spanner_v1
+
+    if "://" in emulator_host:
+        raise ValueError(f"emulator_host must be host:port without a scheme, not {emulator_host!r}")
+    return spanner_v1.Client(
+        project=project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": emulator_host},
+        disable_builtin_metrics=True,
+    )
+
+
+def _close_client(client: Client) -> None:
+    """Close the gRPC channels a client opened for its admin APIs."""
+    for attr in ("_instance_admin_api", "_database_admin_api"):
+        api = getattr(client, attr, None)
+        if api is not None:
+            api.transport.close()
+
+
+@contextlib.contextmanager
+def _client(emulator_host: str, project: str) -> Iterator[Client]:
+    client = emulator_client(emulator_host, project=project)
+    try:
+        yield client
+    finally:
+        _close_client(client)
+
+
+def create_database(
+    emulator_host: str,
+    *,
+    project: str,
+    instance: str,
+    database: str,
+    ddl: Sequence[str],
+    dml: Sequence[str] = (),
+    instance_config: str = DEFAULT_INSTANCE_CONFIG,
+) -> None:
+    """Create ``projects/{project}/instances/{instance}/databases/{database}`` afresh.
+
+    The instance is created (with ``instance_config``) when absent and kept when
+    present. An existing database is dropped and recreated, so the result
+    always holds exactly ``ddl`` and the rows of ``dml``. The DDL is applied in
+    the CreateDatabase call; the DML statements run in one read-write
+    transaction (all or nothing). Raises ``google.api_core.exceptions`` errors
+    from the emulator, and RuntimeError when a DML statement fails.
+    """
+    from google.rpc import code_pb2
+
+    with _client(emulator_host, project) as client:
+        inst = client.instance(  # type: ignore[no-untyped-call]
+            instance,
+            configuration_name=f"projects/{project}/instanceConfigs/{instance_config}",
+            display_name=instance,
+            node_count=1,
+        )
+        if not inst.exists():
+            inst.create().result(timeout=_ADMIN_TIMEOUT_S)
+
+        db = inst.database(database, ddl_statements=list(ddl))
+        if db.exists():
+            db.drop()
+        db.create().result(timeout=_ADMIN_TIMEOUT_S)
+        if not dml:
+            return
+
+        statements = list(dml)
+
+        def seed(transaction: Any) -> None:
+            status, row_counts = transaction.batch_update(statements)
+            if status.code != code_pb2.OK:
+                failed = statements[len(row_counts)]
+                raise RuntimeError(
+                    f"seed statement #{len(row_counts) + 1} failed ({status.message}): {failed}"
+                )
+
+        # An explicit session rather than Database.run_in_transaction: the
+        # latter starts a multiplexed-session maintenance thread that sleeps
+        # 10 minutes between checks, and Database.close() joins it (blocking
+        # for up to 10 minutes). A bare session has no thread to stop.
+        session = db.session()
+        session.create()
+        try:
+            session.run_in_transaction(seed)
+        finally:
+            with contextlib.suppress(Exception):
+                session.delete()  # a no-op for multiplexed sessions
+            db.spanner_api.transport.close()
+
+
+def split_statements(sql_text: str) -> list[str]:
+    """Split SQL text into statements on ``;``, dropping comments and blank statements.
+
+    ``--`` and ``#`` comments run to the end of the line and ``/* ... */``
+    comments to their close; all are removed (a comment becomes one space).
+    Semicolons and comment markers inside single-, double- or back-quoted
+    strings (including triple-quoted ones, with backslash escapes) are kept.
+    Returned statements are stripped and have no trailing ``;``. Raises
+    ValueError on an unterminated string or block comment.
+    """
+    statements: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql_text)
+    while i < n:
+        ch = sql_text[i]
+        if ch in "'\"`":
+            quote = sql_text[i : i + 3] if sql_text[i : i + 3] == ch * 3 else ch
+            j = i + len(quote)
+            while True:
+                if j >= n or (len(quote) == 1 and sql_text[j] == "\n"):
+                    line = sql_text.count("\n", 0, i) + 1
+                    raise ValueError(f"unterminated string literal starting on line {line}")
+                if sql_text[j] == "\\":
+                    j += 2
+                    continue
+                if sql_text.startswith(quote, j):
+                    j += len(quote)
+                    break
+                j += 1
+            current.append(sql_text[i:j])
+            i = j
+        elif ch == "#" or sql_text.startswith("--", i):
+            end = sql_text.find("\n", i)
+            i = n if end == -1 else end  # keep the newline itself
+            current.append(" ")
+        elif sql_text.startswith("/*", i):
+            end = sql_text.find("*/", i + 2)
+            if end == -1:
+                line = sql_text.count("\n", 0, i) + 1
+                raise ValueError(f"unterminated /* comment starting on line {line}")
+            i = end + 2
+            current.append(" ")
+        elif ch == ";":
+            statements.append("".join(current))
+            current = []
+            i += 1
+        else:
+            current.append(ch)
+            i += 1
+    statements.append("".join(current))
+    return [s.strip() for s in statements if s.strip()]
+
+
+def load_demo_sql(repo_dir: Path) -> tuple[list[str], list[str]]:
+    """Return ``(ddl, dml)``: the statements of ``dev/schema.sql`` and ``dev/seed.sql``.
+
+    Paths are relative to ``repo_dir`` (the repository root). Raises
+    FileNotFoundError when either file is missing.
+    """
+    ddl = split_statements((repo_dir / SCHEMA_FILE).read_text(encoding="utf-8"))
+    dml = split_statements((repo_dir / SEED_FILE).read_text(encoding="utf-8"))
+    return ddl, dml

@@ -1,0 +1,133 @@
+"""``spangate dev`` (``make demo``): the whole stack on this machine, with tokens to try.
+
+Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), creates the demo
+database from ``dev/schema.sql`` and ``dev/seed.sql``, starts the repository's OpenID provider with
+fresh keys, serves the policy with uvicorn, and prints a curl line per persona. Ctrl-C stops every
+process it started, by PID (the emulator's whole process group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from gateway.dev.database import create_database, load_demo_sql
+from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
+from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, start_idp
+from gateway.dev.keys import write_signing_keys
+from gateway.dev.ports import free_port
+from gateway.settings import Settings
+
+__all__ = ["run_demo"]
+
+# What each persona tries in the printed curl lines.
+_TRIES: dict[str, tuple[str, str, str | None]] = {
+    "support-console": ("GET", "/v1/orders/O-1001", None),
+    "order-agent": ("GET", "/v1/orders?status=PAID&limit=5", None),
+    "order-writer": (
+        "POST",
+        "/v1/orders",
+        '{"order_id": "O-4242", "customer_id": "C-1", "total_cents": 1999}',
+    ),
+    "outsider": ("GET", "/v1/orders/O-1001", None),
+}
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _curl(base: str, token: str, method: str, path: str, body: str | None) -> str:
+    parts = ["curl", "-sS", "-i"]
+    if method != "GET":
+        parts += ["-X", method]
+    parts += ["-H", f"Authorization: Bearer {token}"]
+    if body is not None:
+        parts += ["-H", "Content-Type: application/json", "-d", body]
+    parts.append(base + path)
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_demo(*, policy: Path, port: int, repo: Path) -> int:
+    repo = repo.resolve()
+    run_dir = repo / ".run"
+    run_dir.mkdir(exist_ok=True)
+    emulator: EmulatorProcess | None = None
+    idp: IdpProcess | None = None
+    try:
+        emulator_host = os.environ.get("SPANNER_EMULATOR_HOST")
+        if emulator_host:
+            _say(f"using the emulator at {emulator_host} (SPANNER_EMULATOR_HOST)")
+        else:
+            emulator = start_emulator(log_path=run_dir / "emulator.log")
+            emulator_host = emulator.host
+            _say(f"Spanner emulator on {emulator_host} (pid {emulator.pid})")
+        settings = Settings(
+            policy=policy.resolve(),
+            port=port or free_port(),
+            spanner_emulator_host=emulator_host,
+            audit_path=run_dir / "audit.jsonl",
+        )
+        from gateway.runtime import build_gateway, load_compiled, spanner_target
+
+        ddl, dml = load_demo_sql(repo)
+        env = dict(os.environ)
+        keys = run_dir / "idp-keys.json"
+        write_signing_keys(keys)
+        idp = start_idp(idp_dir=repo / "dev" / "idp", keys_path=keys)
+        env["OKTA_ISSUER"] = idp.issuer
+        _say(f"OpenID provider at {idp.issuer} (pid {idp.pid})")
+        target = spanner_target(settings, load_compiled(settings.policy, env))
+        create_database(
+            emulator_host,
+            project=target.project,
+            instance=target.instance,
+            database=target.database,
+            ddl=ddl,
+            dml=dml,
+        )
+        _say(
+            f"database {target.project}/{target.instance}/{target.database}: demo schema and seed applied"
+        )
+        app = build_gateway(settings, env=env)
+        base = f"http://{settings.host}:{settings.port}"
+        clients = {c["client_id"]: c for c in load_clients(repo / "dev" / "idp" / "clients.json")}
+        _say()
+        _say(f"spangate serves {policy} at {base}   (audit trail: {settings.audit_path})")
+        _say("Try these (tokens are fresh, valid for an hour):")
+        for client_id, (method, path, body) in _TRIES.items():
+            client = clients[client_id]
+            scopes = client.get("scopes") or []
+            token = fetch_token(
+                idp.issuer, client_id, client["client_secret"], scope=" ".join(scopes) or None
+            )
+            _say(f"\n# {client_id}: {client.get('description', '')}")
+            _say(_curl(base, token, method, path, body))
+        _say(f"\nOpenAPI: {base}/docs   readiness: {base}/readyz   Ctrl-C stops everything.\n")
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+        )
+        asyncio.run(uvicorn.Server(config).serve())
+        return 0
+    except (EmulatorError, IdpError) as exc:
+        print(f"spangate dev: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if idp is not None:
+            idp.stop()
+        if emulator is not None:
+            emulator.stop()
+        _say("stopped the processes this demo started")
