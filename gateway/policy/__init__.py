@@ -1,0 +1,1 @@
+"""The policy: load, validate, compile, decide. Pure: no network, no Spanner."""

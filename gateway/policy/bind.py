@@ -1,0 +1,200 @@
+"""Parameter binding: caller values and claims -> typed, validated statement parameters. Pure.
+
+Sources, in the only places they may come from:
+
+- the path template (``/v1/orders/{order_id}``);
+- the query string for GET, HEAD and DELETE; the JSON body (an object) for POST, PUT and PATCH;
+- ``from: claim.NAME``: the token. A caller value for a claim-bound parameter is ignored (and
+  reported in ``ignored`` for the audit trail), never used. A claim the token lacks is a 403
+  ``claim-missing``: the statement cannot be scoped, so it does not run.
+
+A name the query does not declare is a 400 ``param-unknown``; a declared parameter that is absent
+takes its ``default``, else null when ``nullable``, else is a 400 ``param-missing``. Constraints:
+``min``/``max`` (inclusive), ``max_length`` (characters, bytes or elements), ``pattern`` (the whole
+value must match), ``enum``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth.principal import MISSING, Principal
+from gateway.errors import Forbidden, ParameterError
+from gateway.policy.model import Param
+from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
+
+__all__ = ["Bound", "ParamSpec", "bind_params", "compile_param"]
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    ptype: ParamType
+    claim: str | None
+    nullable: bool
+    has_default: bool
+    default: Any
+    min: Any
+    max: Any
+    max_length: int | None
+    pattern: re.Pattern[str] | None
+    enum: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class Bound:
+    values: dict[str, Any]  # name -> typed value, every declared parameter
+    claim_bound: frozenset[str]  # names whose value came from the token
+    ignored: dict[str, Any]  # caller values sent for claim-bound parameters (never used)
+
+
+def _ordered(value: Any) -> Any:
+    return value.value if isinstance(value, SpannerTimestamp) else value
+
+
+def compile_param(name: str, param: Param) -> ParamSpec:
+    """Pre-coerce a param's constraints; the validator has already checked they fit the type."""
+    ptype = param.ptype
+    element = ParamType(ptype.element) if ptype.is_array and ptype.element else ptype
+
+    def pre(value: Any) -> Any:
+        return None if value is None else coerce(element, value, from_text=False)
+
+    return ParamSpec(
+        name=name,
+        ptype=ptype,
+        claim=param.claim,
+        nullable=param.nullable,
+        has_default=param.has_default,
+        default=coerce(ptype, param.default, from_text=False) if param.has_default else None,
+        min=pre(param.min),
+        max=pre(param.max),
+        max_length=param.max_length,
+        pattern=re.compile(param.pattern) if param.pattern is not None else None,
+        enum=tuple(pre(v) for v in param.enum) if param.enum is not None else None,
+    )
+
+
+def check_constraints(spec: ParamSpec, value: Any) -> None:
+    """Raise TypeProblem when a typed value breaks its constraints."""
+    if value is None:
+        if not spec.nullable:
+            raise TypeProblem("must not be null")
+        return
+    if spec.max_length is not None and len(value) > spec.max_length:
+        unit = (
+            "elements"
+            if spec.ptype.is_array
+            else ("bytes" if spec.ptype.kind == "BYTES" else "characters")
+        )
+        raise TypeProblem(f"longer than {spec.max_length} {unit}")
+    items = value if spec.ptype.is_array else [value]
+    for item in items:
+        if item is None:
+            continue
+        if spec.min is not None and _ordered(item) < _ordered(spec.min):
+            raise TypeProblem(f"must be at least {_show(spec.min)}")
+        if spec.max is not None and _ordered(item) > _ordered(spec.max):
+            raise TypeProblem(f"must be at most {_show(spec.max)}")
+        if spec.pattern is not None and isinstance(item, str) and not spec.pattern.fullmatch(item):
+            raise TypeProblem(f"must match {spec.pattern.pattern}")
+        if spec.enum is not None and item not in spec.enum:
+            raise TypeProblem(f"must be one of {[_show(v) for v in spec.enum]}")
+
+
+def _show(value: Any) -> Any:
+    return (
+        value.rfc3339()
+        if isinstance(value, SpannerTimestamp)
+        else value
+        if isinstance(value, int | float | str)
+        else str(value)
+    )
+
+
+def bind_params(
+    specs: Mapping[str, ParamSpec],
+    principal: Principal,
+    *,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]] = (),
+    body: Mapping[str, Any] | None = None,
+) -> Bound:
+    """Bind every declared parameter or raise ParameterError (400) / Forbidden (403)."""
+    raw: dict[str, tuple[Any, bool]] = {}  # name -> (value, from_text)
+    ignored: dict[str, Any] = {}
+    for name, value in path_params.items():
+        raw[name] = (value, True)
+
+    grouped: dict[str, list[str]] = {}
+    for name, value in query:
+        grouped.setdefault(name, []).append(value)
+    for name, given_values in grouped.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
+        if spec.claim is not None:
+            ignored[name] = given_values if len(given_values) > 1 else given_values[0]
+            continue
+        if name in raw:
+            raise ParameterError(
+                name, "is given in the path and must not be repeated", code="param-invalid"
+            )
+        if len(given_values) > 1 and not spec.ptype.is_array:
+            raise ParameterError(name, "is given more than once")
+        raw[name] = (given_values if spec.ptype.is_array else given_values[0], True)
+
+    for name, value in (body or {}).items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
+        if spec.claim is not None:
+            ignored[name] = value
+            continue
+        if name in raw:
+            raise ParameterError(
+                name, "is given in the path and must not be repeated", code="param-invalid"
+            )
+        raw[name] = (value, False)
+
+    values: dict[str, Any] = {}
+    claim_bound = set()
+    for name, spec in specs.items():
+        if spec.claim is not None:
+            claim = principal.claim(spec.claim)
+            if claim is MISSING or claim is None:
+                raise Forbidden(
+                    f"the token has no '{spec.claim}' claim, which parameter '{name}' is bound to",
+                    code="claim-missing",
+                )
+            try:
+                value = coerce(spec.ptype, claim, from_text=False)
+                check_constraints(spec, value)
+            except TypeProblem as exc:
+                raise Forbidden(
+                    f"the token's '{spec.claim}' claim does not fit parameter '{name}': {exc}",
+                    code="claim-invalid",
+                ) from None
+            values[name] = value
+            claim_bound.add(name)
+            continue
+        if name in raw:
+            given, from_text = raw[name]
+            try:
+                value = coerce(spec.ptype, given, from_text=from_text)
+                check_constraints(spec, value)
+            except TypeProblem as exc:
+                raise ParameterError(name, str(exc)) from None
+            values[name] = value
+        elif spec.has_default:
+            values[name] = spec.default
+        elif spec.nullable:
+            values[name] = None
+        else:
+            raise ParameterError(name, "is required", code="param-missing")
+    return Bound(values, frozenset(claim_bound), ignored)

@@ -1,0 +1,87 @@
+"""A loaded policy compiled for the request path: router, parameter specs, statement facts.
+
+Built once per (re)load, then read-only: requests in flight keep the CompiledPolicy they started
+with while a reload swaps in a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.policy.bind import ParamSpec, compile_param
+from gateway.policy.load import LoadedPolicy
+from gateway.policy.model import Policy, Query, Route
+from gateway.policy.router import Router, template_params
+from gateway.policy.sqlscan import SqlInfo, scan_sql
+
+__all__ = ["CompiledPolicy", "CompiledQuery", "CompiledRoute", "compile_policy"]
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    name: str
+    model: Query
+    sql: SqlInfo
+    params: Mapping[str, ParamSpec]
+
+    @property
+    def is_dml(self) -> bool:
+        return self.sql.kind == "dml"
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    index: int
+    model: Route
+    query: CompiledQuery
+    path_params: tuple[str, ...]
+
+    @property
+    def query_name(self) -> str:
+        return self.query.name
+
+    @property
+    def template(self) -> str:
+        return self.model.path
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    loaded: LoadedPolicy
+    router: Router
+    queries: Mapping[str, CompiledQuery]
+    routes: tuple[CompiledRoute, ...]
+
+    @property
+    def model(self) -> Policy:
+        return self.loaded.policy
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.sha256
+
+    @property
+    def base_dir(self) -> Path:
+        return self.loaded.base_dir
+
+
+def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
+    """Compile a policy that ``load_policy`` has already validated."""
+    policy = loaded.policy
+    queries = {
+        name: CompiledQuery(
+            name=name,
+            model=query,
+            sql=scan_sql(query.sql),
+            params={p: compile_param(p, spec) for p, spec in query.params.items()},
+        )
+        for name, query in policy.queries.items()
+    }
+    routes = tuple(
+        CompiledRoute(i, route, queries[route.query], tuple(template_params(route.path)))
+        for i, route in enumerate(policy.routes)
+    )
+    router = Router([(r.method, r.path) for r in policy.routes])
+    return CompiledPolicy(loaded, router, queries, routes)

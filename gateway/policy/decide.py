@@ -1,0 +1,113 @@
+"""The Decision: a request's facts and a Principal in, allow or deny with a stable reason out. Pure.
+
+Order of checks (each stops the request with its reason code):
+
+    route       no-route (404) / method-not-allowed (405) / path-invalid (400)
+    roles       denied-by-role (403, deny wins) / no-allow-role (403)
+    parameters  param-unknown / param-missing / param-invalid (400), claim-missing (403)
+    -> allowed: the query to run and its bound parameters
+
+Roles are checked before parameters, so a caller without a role learns nothing about a route's
+parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth.principal import Principal
+from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
+from gateway.policy.bind import Bound, bind_params
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.roles import held_roles
+from gateway.policy.router import MethodMismatch, PathInvalid
+
+__all__ = ["Decision", "RequestFacts", "decide"]
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    method: str
+    path: str  # the raw path, still percent-encoded
+    query: Sequence[tuple[str, str]] = ()
+    body: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reason: str  # "allowed" or the code of ``problem``
+    route: CompiledRoute | None = None
+    roles: frozenset[str] = frozenset()
+    rule: str | None = None  # the role that allowed or denied
+    bound: Bound | None = None
+    problem: GatewayError | None = None
+    path_params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def query_name(self) -> str | None:
+        return self.route.query_name if self.route else None
+
+
+def _deny(problem: GatewayError, **kw: Any) -> Decision:
+    return Decision(allow=False, reason=problem.code, problem=problem, **kw)
+
+
+def match_route(
+    policy: CompiledPolicy, method: str, path: str
+) -> tuple[CompiledRoute, dict[str, str]] | GatewayError:
+    try:
+        hit = policy.router.match(method, path)
+    except PathInvalid as exc:
+        return BadRequest(str(exc), code="path-invalid")
+    if hit is None:
+        return RouteNotFound("no route matches this path")
+    if isinstance(hit, MethodMismatch):
+        return MethodNotAllowed(f"{method} is not allowed on this path", allow=hit.allow)
+    return policy.routes[hit.route], hit.params
+
+
+def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) -> Decision:
+    found = match_route(policy, facts.method, facts.path)
+    if isinstance(found, GatewayError):
+        return _deny(found)
+    route, path_params = found
+    roles = held_roles(policy.model.roles, principal)
+    for role in route.model.deny:
+        if role in roles:
+            return _deny(
+                Forbidden(f"denied by role '{role}'", code="denied-by-role"),
+                route=route,
+                roles=roles,
+                rule=role,
+                path_params=path_params,
+            )
+    allowing = next((r for r in route.model.allow if r in roles), None)
+    if allowing is None:
+        return _deny(
+            Forbidden("no role that this route allows holds for this token", code="no-allow-role"),
+            route=route,
+            roles=roles,
+            path_params=path_params,
+        )
+    try:
+        bound = bind_params(
+            route.query.params,
+            principal,
+            path_params=path_params,
+            query=facts.query,
+            body=facts.body,
+        )
+    except GatewayError as exc:
+        return _deny(exc, route=route, roles=roles, rule=allowing, path_params=path_params)
+    return Decision(
+        allow=True,
+        reason="allowed",
+        route=route,
+        roles=roles,
+        rule=allowing,
+        bound=bound,
+        path_params=path_params,
+    )

@@ -1,0 +1,242 @@
+"""Parameter types: parse a policy's type names and turn caller values into typed Python values.
+
+Pure: no Spanner import. One JSON representation per type, both ways (documented in the README):
+
+    BOOL       true/false                      ("true"/"false" in a query string)
+    INT64      JSON integer, or a decimal string (exact beyond 2^53)
+    FLOAT64    JSON number, or "NaN", "Infinity", "-Infinity"
+    NUMERIC    decimal string (a JSON number is accepted when it is an integer)
+    STRING     string
+    BYTES      base64 string (standard alphabet, padded)
+    DATE       "YYYY-MM-DD"
+    TIMESTAMP  RFC 3339 with an offset or Z, up to nanoseconds
+    JSON       any JSON value
+    ARRAY<T>   JSON array of T (repeated keys in a query string); elements may be null
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "SCALAR_KINDS",
+    "ParamType",
+    "TypeProblem",
+    "coerce",
+    "parse_type",
+    "parse_timestamp",
+]
+
+SCALAR_KINDS = frozenset(
+    {"BOOL", "INT64", "FLOAT64", "NUMERIC", "STRING", "BYTES", "DATE", "TIMESTAMP", "JSON"}
+)
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# NUMERIC: precision 38, scale 9.
+_NUMERIC_MAX = decimal.Decimal("99999999999999999999999999999.999999999")
+
+_TYPE_RE = re.compile(r"^\s*ARRAY\s*<\s*([A-Z0-9_]+)\s*>\s*$|^\s*([A-Z0-9_]+)\s*$")
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_TS_RE = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+class TypeProblem(ValueError):
+    """A value does not fit its declared type or constraint (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ParamType:
+    kind: str  # one of SCALAR_KINDS or "ARRAY"
+    element: str | None = None  # the element kind of an ARRAY
+
+    @property
+    def is_array(self) -> bool:
+        return self.kind == "ARRAY"
+
+    def __str__(self) -> str:
+        return f"ARRAY<{self.element}>" if self.is_array else self.kind
+
+
+def parse_type(text: str) -> ParamType:
+    """``"STRING"`` or ``"ARRAY<INT64>"`` -> ParamType; ValueError names what is allowed."""
+    m = _TYPE_RE.match(text.upper()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"unknown type {text!r}; expected one of {_allowed()}")
+    element, scalar = m.group(1), m.group(2)
+    if element is not None:
+        if element not in SCALAR_KINDS:
+            raise ValueError(f"unknown array element type {element!r}; expected {_allowed()}")
+        return ParamType("ARRAY", element)
+    assert scalar is not None
+    if scalar not in SCALAR_KINDS:
+        raise ValueError(f"unknown type {text!r}; expected one of {_allowed()}")
+    return ParamType(scalar)
+
+
+def _allowed() -> str:
+    return ", ".join(sorted(SCALAR_KINDS)) + " or ARRAY<...>"
+
+
+@dataclass(frozen=True)
+class SpannerTimestamp:
+    """A UTC instant with nanoseconds (datetime alone stops at microseconds)."""
+
+    value: dt.datetime  # aware, UTC, microseconds truncated from nanos
+    nanos: int  # 0..999_999_999, the full fraction of the second
+
+    def rfc3339(self) -> str:
+        base = self.value.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.nanos:
+            return f"{base}.{self.nanos:09d}".rstrip("0") + "Z"
+        return base + "Z"
+
+
+def parse_timestamp(text: str) -> SpannerTimestamp:
+    m = _TS_RE.match(text)
+    if m is None:
+        raise TypeProblem("expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    frac = (m.group(7) or "").ljust(9, "0")
+    nanos = int(frac) if frac else 0
+    zone = m.group(8)
+    if zone in ("Z", "z"):
+        tz = dt.UTC
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    try:
+        moment = dt.datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)
+    except ValueError as exc:
+        raise TypeProblem(f"invalid timestamp: {exc}") from exc
+    return SpannerTimestamp(moment.astimezone(dt.UTC), nanos)
+
+
+def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
+    """Turn a caller's value into the Python value bound for Spanner.
+
+    ``from_text`` is true for path and query-string values (always strings, or a list of strings
+    for arrays). Raises TypeProblem with a message fit for the caller. ``None`` passes through
+    (nullability is the caller's check).
+    """
+    if raw is None:
+        return None
+    if ptype.is_array:
+        if not isinstance(raw, list):
+            if from_text:
+                raw = [raw]
+            else:
+                raise TypeProblem(f"expected a JSON array of {ptype.element}")
+        assert ptype.element is not None
+        element = ParamType(ptype.element)
+        out = []
+        for i, item in enumerate(raw):
+            try:
+                out.append(None if item is None else _scalar(element.kind, item, from_text))
+            except TypeProblem as exc:
+                raise TypeProblem(f"element {i}: {exc}") from None
+        return out
+    if isinstance(raw, list):
+        raise TypeProblem(f"expected a single {ptype.kind} value, got several")
+    return _scalar(ptype.kind, raw, from_text)
+
+
+def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
+    if kind == "STRING":
+        if not isinstance(raw, str):
+            raise TypeProblem("expected a string")
+        return raw
+    if kind == "INT64":
+        if isinstance(raw, bool):
+            raise TypeProblem("expected an integer")
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str) and _INT_RE.match(raw.strip()):
+            value = int(raw.strip())
+        elif isinstance(raw, float) and raw.is_integer() and abs(raw) < 2**53:
+            value = int(raw)
+        else:
+            raise TypeProblem("expected an integer")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise TypeProblem("integer out of the INT64 range")
+        return value
+    if kind == "BOOL":
+        if isinstance(raw, bool):
+            return raw
+        if from_text and isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise TypeProblem("expected true or false")
+    if kind == "FLOAT64":
+        if isinstance(raw, bool):
+            raise TypeProblem("expected a number")
+        if isinstance(raw, int | float):
+            return float(raw)
+        if isinstance(raw, str):
+            special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+            if raw in special:
+                return special[raw]
+            if from_text:
+                try:
+                    number = float(raw)
+                except ValueError:
+                    pass
+                else:
+                    if math.isfinite(number):
+                        return number
+        raise TypeProblem('expected a number, or "NaN", "Infinity", "-Infinity"')
+    if kind == "NUMERIC":
+        if isinstance(raw, bool):
+            raise TypeProblem("expected a decimal string")
+        if isinstance(raw, int):
+            dec = decimal.Decimal(raw)
+        elif isinstance(raw, str):
+            try:
+                dec = decimal.Decimal(raw.strip())
+            except decimal.InvalidOperation:
+                raise TypeProblem('expected a decimal string such as "12.50"') from None
+        else:
+            raise TypeProblem('expected a decimal string such as "12.50" (floats lose precision)')
+        if not dec.is_finite() or abs(dec) > _NUMERIC_MAX:
+            raise TypeProblem("NUMERIC out of range (38 digits, 9 after the point)")
+        exponent = dec.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -9:
+            raise TypeProblem("NUMERIC allows at most 9 digits after the point")
+        return dec
+    if kind == "BYTES":
+        if not isinstance(raw, str):
+            raise TypeProblem("expected a base64 string")
+        try:
+            return base64.b64decode(raw.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise TypeProblem("expected a base64 string") from None
+    if kind == "DATE":
+        if not isinstance(raw, str) or not _DATE_RE.match(raw):
+            raise TypeProblem("expected a date YYYY-MM-DD")
+        try:
+            return dt.date.fromisoformat(raw)
+        except ValueError as exc:
+            raise TypeProblem(f"invalid date: {exc}") from None
+    if kind == "TIMESTAMP":
+        if not isinstance(raw, str):
+            raise TypeProblem("expected an RFC 3339 timestamp string")
+        return parse_timestamp(raw)
+    if kind == "JSON":
+        if from_text:
+            import json
+
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise TypeProblem("expected a JSON document") from None
+        return raw
+    raise TypeProblem(f"unsupported type {kind}")  # pragma: no cover - parse_type guards this

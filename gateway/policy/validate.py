@@ -1,0 +1,412 @@
+"""Cross-reference checks of a policy whose shape pydantic has accepted. Pure: the loader locates.
+
+``validate_policy`` returns every finding as (document path, message); an empty list means the
+policy may be served. What it checks, beyond the models:
+
+- references: a route's ``query`` and its ``allow``/``deny`` roles, a query's ``identity``, a role
+  entry's ``issuer``, and ``audit.redact`` names (each must be a parameter of some query); unknown
+  names come with "did you mean …?";
+- path templates (``template_problems``): they start with ``/``; a segment is literal text of RFC
+  3986 pchar characters (no percent-encoding, no ``.``/``..``) or a whole ``{name}`` with a
+  parameter-style name, each name once; ``//`` only as a trailing slash; ``RESERVED_PREFIXES``
+  belong to the gateway itself. Two routes with the same method and the same shape (parameters
+  compared by position, names ignored) are duplicates;
+- every path parameter is a declared, non-claim-bound parameter of the route's query;
+- SQL (via ``scan_sql``): refused statements, and ``@params`` that differ from the declared params
+  in either direction; a GET route must not reach DML; a DML query takes no ``staleness`` (it runs
+  in a read-write transaction); ``timeout`` must be more than zero; every query is routed;
+- parameter constraints, which must fit the type: ``min``/``max`` for INT64, FLOAT64, NUMERIC,
+  DATE and TIMESTAMP (given as strings for DATE and TIMESTAMP, finite for FLOAT64) and ``min <=
+  max``; ``max_length`` for STRING (characters), BYTES (bytes) and ARRAY (elements); ``pattern``
+  for STRING (the whole value must match, as binding uses ``fullmatch``); ``enum`` for STRING and
+  INT64, each value of the type, once, and within the other
+  constraints. On ``ARRAY<T>`` the element constraints (min, max, pattern, enum) apply to each
+  element, as binding applies them. A ``default`` must be of the type and within the
+  constraints, and null only when ``nullable``.
+- claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
+  without the claim is always refused (403 claim-missing), so either would promise a value the
+  gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
+  binding checks the claim against them and refuses a token whose claim does not fit (403).
+
+``Salvage`` lets the loader run these checks on the valid part of a policy that also has shape
+errors, without reporting follow-on errors for the entries that failed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy.model import Param, Policy
+from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
+from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
+
+__all__ = [
+    "RESERVED_PREFIXES",
+    "Finding",
+    "Salvage",
+    "Where",
+    "did_you_mean",
+    "template_problems",
+    "template_shape",
+    "validate_policy",
+]
+
+Where = tuple[str | int, ...]
+Finding = tuple[Where, str]
+
+RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+_PARAM_SEGMENT = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_PCHAR = frozenset(string.ascii_letters + string.digits + "-._~" + "!$&'()*+,;=" + ":@")
+_ORDERED = frozenset({"INT64", "FLOAT64", "NUMERIC", "DATE", "TIMESTAMP"})
+_ENUMERABLE = frozenset({"STRING", "INT64"})
+_SIZED = frozenset({"STRING", "BYTES"})
+_Report = Callable[["str | Where", str], None]
+_SINGULAR = {"issuers": "issuer", "identities": "identity", "roles": "role", "queries": "query"}
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What the loader kept of a policy that failed shape validation.
+
+    ``route_index`` gives, for each route kept in the partial policy, its index in the document.
+    ``broken`` names, per section (issuers, identities, roles, queries, routes), the entries that
+    failed; ``None`` means the section itself was unusable, so no reference into it is checked.
+    ``routed`` holds the query names that failed routes refer to; ``redactable`` the parameter
+    names of failed queries (``None``: unknown, so ``audit.redact`` is not checked).
+    """
+
+    route_index: tuple[int, ...]
+    broken: Mapping[str, frozenset[str] | None]
+    routed: frozenset[str]
+    redactable: frozenset[str] | None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice (case aside first), or ``""``."""
+    options = sorted(set(choices))
+    same = [c for c in options if c.casefold() == name.casefold()]
+    close = same or difflib.get_close_matches(name, options, n=1, cutoff=0.7)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def template_shape(template: str) -> tuple[str, ...]:
+    """Segments with every ``{name}`` replaced by ``{}``: equal shapes match the same paths."""
+    return tuple("{}" if _PARAM_SEGMENT.match(s) else s for s in template.split("/")[1:])
+
+
+def template_problems(template: str) -> list[str]:
+    """Everything wrong with a path template (empty when it is fine)."""
+    if not template.startswith("/"):
+        return ["a path template must start with /"]
+    found: list[str] = []
+    segments = template.split("/")[1:]
+    names: set[str] = set()
+    for k, seg in enumerate(segments):
+        if seg == "":
+            if k != len(segments) - 1:
+                found.append("empty segment (//): only a trailing slash may be empty")
+            continue
+        m = _PARAM_SEGMENT.match(seg)
+        if m:
+            if m.group(1) in names:
+                found.append(f"path parameter {{{m.group(1)}}} appears twice")
+            names.add(m.group(1))
+        elif "{" in seg or "}" in seg:
+            found.append(
+                f"segment {seg!r}: a parameter is a whole segment such as {{order_id}}, "
+                "named with letters, digits and _"
+            )
+        elif seg in (".", ".."):
+            found.append(f"dot segment {seg!r} is not allowed")
+        elif "%" in seg:
+            found.append(f"segment {seg!r}: percent-encoding is not allowed; write the character")
+        elif bad := sorted({c for c in seg if c not in _PCHAR}):
+            shown = " ".join(repr(c) for c in bad)
+            found.append(f"segment {seg!r}: {shown} not allowed in a path segment (RFC 3986 pchar)")
+    for prefix in RESERVED_PREFIXES:
+        if template == prefix or template.startswith(prefix + "/"):
+            found.append(f"{prefix} is reserved for the gateway's own endpoints")
+    return found
+
+
+def _template_names(template: str) -> list[str]:
+    return [m.group(1) for s in template.split("/")[1:] if (m := _PARAM_SEGMENT.match(s))]
+
+
+class _Context:
+    def __init__(self, policy: Policy, salvage: Salvage | None) -> None:
+        self.policy = policy
+        self.salvage = salvage
+
+    def names(self, section: str) -> set[str]:
+        section_map: Mapping[str, Any] = getattr(self.policy, section)
+        broken = self.salvage.broken.get(section, frozenset()) if self.salvage else frozenset()
+        return set(section_map) | set(broken or ())
+
+    def unknown(self, section: str, name: str) -> str | None:
+        """The message for a reference to an unknown name, or None when it is known."""
+        if self.salvage is not None and self.salvage.broken.get(section, frozenset()) is None:
+            return None
+        names = self.names(section)
+        if name in names:
+            return None
+        return f"unknown {_SINGULAR[section]} '{name}'{did_you_mean(name, names)}"
+
+    def route_where(self, i: int) -> Where:
+        return ("routes", self.salvage.route_index[i] if self.salvage else i)
+
+
+def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[Finding]:
+    """Every cross-reference problem of ``policy`` as (document path, message)."""
+    ctx = _Context(policy, salvage)
+    findings: list[Finding] = []
+    for name, entries in policy.roles.items():
+        for k, entry in enumerate(entries):
+            if entry.issuer is not None and (msg := ctx.unknown("issuers", entry.issuer)):
+                findings.append((("roles", name, k, "issuer"), msg))
+    infos: dict[str, SqlInfo] = {}
+    for name, query in policy.queries.items():
+        where: Where = ("queries", name)
+        if msg := ctx.unknown("identities", query.identity):
+            findings.append(((*where, "identity"), msg))
+        try:
+            infos[name] = info = scan_sql(query.sql)
+        except SqlProblem as exc:
+            findings.append(((*where, "sql"), str(exc)))
+        else:
+            findings.extend(_sql_params(where, info, query.params))
+            if info.kind == "dml" and query.staleness is not None:
+                findings.append(((*where, "staleness"), "staleness applies to reads; DML runs in a "
+                                 "read-write transaction"))
+        if query.timeout_seconds <= 0:
+            findings.append(((*where, "timeout"), "timeout must be more than 0"))
+        for pname, param in query.params.items():
+            findings.extend(_param(("queries", name, "params", pname), param))
+    findings.extend(_routes(ctx, infos))
+    findings.extend(_never_routed(ctx))
+    findings.extend(_redact(ctx))
+    return findings
+
+
+def _sql_params(where: Where, info: SqlInfo, declared: Mapping[str, Param]) -> list[Finding]:
+    found: list[Finding] = []
+    unused = [p for p in declared if p not in info.params]
+    for p in info.params:
+        if p not in declared:
+            hint = did_you_mean(p, unused)
+            found.append(((*where, "sql"), f"@{p} is used in the SQL but not declared{hint}"))
+    for p in unused:
+        found.append(((*where, "params", p), f"param {p} is declared but not used in the SQL"))
+    return found
+
+
+def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
+    found: list[Finding] = []
+    shapes: dict[tuple[str, tuple[str, ...]], int] = {}
+    for i, route in enumerate(ctx.policy.routes):
+        where = ctx.route_where(i)
+        if msg := ctx.unknown("queries", route.query):
+            found.append(((*where, "query"), msg))
+        for field in ("allow", "deny"):
+            for k, role in enumerate(getattr(route, field)):
+                if msg := ctx.unknown("roles", role):
+                    found.append(((*where, field, k), msg))
+        problems = template_problems(route.path)
+        found.extend(((*where, "path"), p) for p in problems)
+        key = (route.method, template_shape(route.path))
+        if key in shapes:
+            j = shapes[key]
+            other = ctx.policy.routes[j]
+            found.append(((*where, "path"), (
+                f"duplicate route: {route.method} {route.path} has the same method and path shape "
+                f"as routes[{ctx.route_where(j)[1]}] ({other.method} {other.path})"
+            )))
+        else:
+            shapes[key] = i
+        query = ctx.policy.queries.get(route.query)
+        if query is None:
+            continue
+        for name in dict.fromkeys(_template_names(route.path)):
+            param = query.params.get(name)
+            if param is None:
+                hint = did_you_mean(name, query.params)
+                found.append(((*where, "path"), (
+                    f"path parameter {{{name}}} is not a param of query {route.query}{hint}"
+                )))
+            elif param.from_ is not None:
+                found.append(((*where, "path"), (
+                    f"path parameter {{{name}}} is claim-bound in query {route.query} "
+                    f"(from: {param.from_}): a claim-bound parameter cannot come from the path"
+                )))
+        info = infos.get(route.query)
+        if route.method == "GET" and info is not None and info.kind == "dml":
+            found.append(((*where, "method"), (
+                f"a GET route cannot run DML (query {route.query}); use POST, PUT, PATCH or DELETE"
+            )))
+    return found
+
+
+def _never_routed(ctx: _Context) -> list[Finding]:
+    if ctx.salvage is not None and ctx.salvage.broken.get("routes", frozenset()) is None:
+        return []
+    routed = {r.query for r in ctx.policy.routes} | (ctx.salvage.routed if ctx.salvage else set())
+    return [
+        (("queries", name), f"query {name} is never routed: no route names it")
+        for name in ctx.policy.queries
+        if name not in routed
+    ]
+
+
+def _redact(ctx: _Context) -> list[Finding]:
+    extra = ctx.salvage.redactable if ctx.salvage else frozenset()
+    if extra is None:
+        return []
+    params = set(extra).union(*(q.params for q in ctx.policy.queries.values()))
+    return [
+        (("audit", "redact", k), f"redact names '{name}', which is no parameter of any query"
+         + did_you_mean(name, params))
+        for k, name in enumerate(ctx.policy.audit.redact)
+        if name not in params
+    ]
+
+
+# --- parameter constraints ---------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, SpannerTimestamp):
+        return value.rfc3339()
+    return str(value)
+
+
+def _order(value: Any) -> Any:
+    return (value.value, value.nanos) if isinstance(value, SpannerTimestamp) else value
+
+
+@dataclass
+class _Limits:
+    """The constraints of one parameter that fit its type, coerced to element values."""
+
+    lo: Any = None
+    hi: Any = None
+    max_length: int | None = None
+    pattern: re.Pattern[str] | None = None
+    enum: list[Any] | None = None
+
+    def element_problem(self, item: Any) -> str | None:
+        if item is None:
+            return None
+        if self.lo is not None and _order(item) < _order(self.lo):
+            return f"is below min {_show(self.lo)}"
+        if self.hi is not None and _order(item) > _order(self.hi):
+            return f"is above max {_show(self.hi)}"
+        if self.pattern is not None and isinstance(item, str) and not self.pattern.fullmatch(item):
+            return f"does not match pattern {self.pattern.pattern}"
+        if self.enum is not None and item not in self.enum:
+            return "is not one of enum"
+        return None
+
+
+def _param(where: Where, param: Param) -> list[Finding]:
+    found: list[Finding] = []
+    ptype = param.ptype
+    kind = ptype.element if ptype.is_array and ptype.element else ptype.kind
+    element = ParamType(kind)
+    limits = _Limits()
+
+    def bad(field: str | Where, message: str) -> None:
+        found.append(((*where, *((field,) if isinstance(field, str) else field)), message))
+
+    for field in ("min", "max"):
+        raw = getattr(param, field)
+        if raw is None:
+            continue
+        if kind not in _ORDERED:
+            bad(field, f"{field} applies to INT64, FLOAT64, NUMERIC, DATE, TIMESTAMP, not {ptype}")
+            continue
+        try:
+            value = coerce(element, raw, from_text=False)
+        except TypeProblem as exc:
+            bad(field, f"{field} {raw!r} is not a valid {kind}: {exc}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(field, f"{field} must be a finite number")
+            continue
+        setattr(limits, "lo" if field == "min" else "hi", value)
+    if limits.lo is not None and limits.hi is not None and _order(limits.lo) > _order(limits.hi):
+        bad("max", f"min {param.min!r} is greater than max {param.max!r}")
+    if param.max_length is not None:
+        if ptype.is_array or ptype.kind in _SIZED:
+            limits.max_length = param.max_length
+        else:
+            bad("max_length", f"max_length applies to STRING, BYTES and ARRAY, not {ptype}")
+    if param.pattern is not None:
+        if kind == "STRING":
+            limits.pattern = re.compile(param.pattern)
+        else:
+            bad("pattern", f"pattern applies to STRING and ARRAY<STRING>, not {ptype}")
+    if param.enum is not None:
+        if kind not in _ENUMERABLE:
+            bad("enum", f"enum applies to STRING and INT64 (or arrays of them), not {ptype}")
+        else:
+            limits.enum = _enum(param.enum, element, limits, ptype.is_array, bad)
+    if param.from_ is not None:
+        if param.has_default:
+            bad("default", "a claim-bound parameter takes no default: its value comes from the "
+                "token only, and a token without the claim is refused")
+        if param.nullable:
+            bad("nullable", "a claim-bound parameter cannot be nullable: a token without the "
+                "claim is refused")
+    elif param.has_default:
+        _default(param, ptype, limits, bad)
+    return found
+
+
+def _enum(
+    values: Sequence[Any], element: ParamType, limits: _Limits, is_array: bool, bad: _Report
+) -> list[Any]:
+    coerced: list[Any] = []
+    for k, raw in enumerate(values):
+        try:
+            value = coerce(element, raw, from_text=False)
+        except TypeProblem as exc:
+            bad(("enum", k), f"enum value {raw!r} is not a valid {element}: {exc}")
+            continue
+        if value in coerced:
+            bad(("enum", k), f"enum lists {raw!r} twice")
+            continue
+        problem = limits.element_problem(value)
+        if problem is None and not is_array and limits.max_length is not None:
+            if len(value) > limits.max_length:
+                problem = f"is longer than max_length {limits.max_length}"
+        if problem is not None:
+            bad(("enum", k), f"enum value {raw!r} {problem}, so it can never be accepted")
+        coerced.append(value)
+    return coerced
+
+
+def _default(param: Param, ptype: ParamType, limits: _Limits, bad: _Report) -> None:
+    raw = param.default
+    if raw is None:
+        if not param.nullable:
+            bad("default", "default is null but the parameter is not nullable")
+        return
+    try:
+        value = coerce(ptype, raw, from_text=False)
+    except TypeProblem as exc:
+        bad("default", f"default {raw!r} is not a valid {ptype}: {exc}")
+        return
+    if limits.max_length is not None and len(value) > limits.max_length:
+        bad("default", f"default {raw!r} is longer than max_length {limits.max_length}")
+        return
+    for item in value if ptype.is_array else [value]:
+        problem = limits.element_problem(item)
+        if problem is not None:
+            bad("default", f"default {raw!r} {problem}")
+            return
