@@ -1,0 +1,1 @@
+"""Bearer tokens in, a frozen Principal out."""

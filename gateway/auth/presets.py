@@ -1,0 +1,65 @@
+"""Where each issuer keeps what roles read: claims -> scopes, groups, client, user."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from gateway.auth.principal import MISSING, Principal, claim_value
+from gateway.policy.model import ClaimNames, Issuer
+
+__all__ = ["PRESETS", "claim_names", "principal_from_claims"]
+
+PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
+    {
+        # Okta custom authorization servers: scp is an array, cid the client, uid the user.
+        "okta": ClaimNames(groups="groups", scopes="scp", client="cid", user="uid"),
+        # Generic OIDC / OAuth 2.0 (RFC 9068): scope is a space-separated string.
+        "oidc": ClaimNames(groups="groups", scopes="scope", client="client_id", user=None),
+    }
+)
+
+
+def claim_names(issuer: Issuer) -> ClaimNames:
+    """The preset's claim names with the issuer's ``claims:`` overrides applied."""
+    base = PRESETS[issuer.preset]
+    if issuer.claims is None:
+        return base
+    return base.model_copy(update=issuer.claims.model_dump(exclude_none=True))
+
+
+def _strings(value: Any) -> frozenset[str]:
+    if value is MISSING or value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any]) -> Principal:
+    """Build the Principal of a verified token (``sub`` and ``iss`` already required)."""
+    scopes = _strings(claim_value(claims, names.scopes)) if names.scopes else frozenset()
+    if not scopes and names.scopes == "scope":  # generic issuers sometimes use Okta's scp
+        scopes = _strings(claim_value(claims, "scp"))
+    client = _string(claim_value(claims, names.client)) if names.client else None
+    if client is None and names.client == "client_id":
+        client = _string(claims.get("azp"))
+    return Principal(
+        issuer=name,
+        iss=str(claims["iss"]),
+        subject=str(claims["sub"]),
+        client_id=client,
+        user_id=_string(claim_value(claims, names.user)) if names.user else None,
+        scopes=scopes,
+        groups=_strings(claim_value(claims, names.groups)) if names.groups else frozenset(),
+        claims=MappingProxyType(dict(claims)),
+        token_id=_string(claims.get("jti")),
+        expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,
+    )

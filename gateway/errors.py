@@ -1,0 +1,205 @@
+"""One exception tree for the gateway.
+
+Every error a caller can see has a stable machine ``code`` (kebab-case, never renamed) and an HTTP
+``status``; the app renders it as RFC 9457 ``application/problem+json``. The same codes appear in the
+audit trail, ``spangate policy explain`` and the policy tests.
+
+    SpangateError
+    ├── PolicyError                    a policy that cannot be loaded (never an HTTP error)
+    └── GatewayError                   anything answered to a caller (code, status)
+        ├── AuthError            401   token-missing, token-malformed, token-expired, ...
+        ├── IdpUnavailable       503   idp-unavailable (Retry-After)
+        ├── Forbidden            403   no-allow-role, denied-by-role
+        ├── RouteNotFound        404   no-route
+        ├── MethodNotAllowed     405   method-not-allowed (Allow header)
+        ├── BadRequest           400   bad-request, path-invalid, body-invalid, ...
+        │   └── ParameterError   400   param-invalid, param-missing, param-unknown
+        ├── PayloadTooLarge      413   body-too-large
+        ├── UnsupportedMediaType 415   unsupported-media-type
+        ├── AuditUnavailable     503   audit-unavailable
+        └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "AuditUnavailable",
+    "AuthError",
+    "BadRequest",
+    "Forbidden",
+    "GatewayError",
+    "IdpUnavailable",
+    "MethodNotAllowed",
+    "ParameterError",
+    "PayloadTooLarge",
+    "PolicyError",
+    "PolicyProblem",
+    "RouteNotFound",
+    "SpangateError",
+    "SpannerError",
+    "UnsupportedMediaType",
+]
+
+
+class SpangateError(Exception):
+    """The root of every error spangate raises on purpose."""
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """One thing wrong with a policy, located in its source."""
+
+    file: str
+    line: int | None
+    column: int | None
+    where: str  # the dotted path in the document, e.g. "routes[2].allow[0]"
+    message: str
+
+    def __str__(self) -> str:
+        loc = self.file
+        if self.line is not None:
+            loc += f":{self.line}"
+            if self.column is not None:
+                loc += f":{self.column}"
+        where = f" {self.where}:" if self.where else ""
+        return f"{loc}:{where} {self.message}"
+
+
+class PolicyError(SpangateError):
+    """A policy that cannot be loaded; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[PolicyProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class GatewayError(SpangateError):
+    """An error answered to the caller as problem+json."""
+
+    status: int = 500
+    code: str = "internal"
+    title: str = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, object] = dict(extra or {})
+
+
+class AuthError(GatewayError):
+    """The bearer token is missing or fails validation: 401 with an RFC 6750 challenge."""
+
+    status = 401
+    code = "token-invalid"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, code: str, realm: str = "spangate") -> None:
+        challenge = f'Bearer realm="{realm}"'
+        if code != "token-missing":  # RFC 6750 3.1: no error attribute when no token was sent
+            description = detail.replace("\\", "").replace('"', "'")
+            challenge += f', error="invalid_token", error_description="{description}"'
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": challenge})
+
+
+class IdpUnavailable(GatewayError):
+    """No usable keys for the token's issuer: the caller's token is not at fault."""
+
+    status = 503
+    code = "idp-unavailable"
+    title = "Identity provider unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    code = "no-route"
+    title = "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method-not-allowed"
+    title = "Method not allowed"
+
+    def __init__(self, detail: str, *, allow: Sequence[str]) -> None:
+        super().__init__(detail, headers={"Allow": ", ".join(allow)})
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad-request"
+    title = "Bad request"
+
+
+class ParameterError(BadRequest):
+    """A parameter is missing, unknown or invalid; ``param`` names it."""
+
+    code = "param-invalid"
+
+    def __init__(self, param: str, message: str, *, code: str = "param-invalid") -> None:
+        super().__init__(f"parameter '{param}': {message}", code=code, extra={"param": param})
+        self.param = param
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "body-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class AuditUnavailable(GatewayError):
+    """A strict audit sink could not record the call: fail closed."""
+
+    status = 503
+    code = "audit-unavailable"
+    title = "Audit trail unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+
+
+class SpannerError(GatewayError):
+    """A statement failed in Spanner; ``spanner_code`` is the gRPC status name."""
+
+    title = "Statement failed"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int,
+        code: str,
+        spanner_code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(detail, code=code, headers=headers)
+        self.status = status
+        self.spanner_code = spanner_code
