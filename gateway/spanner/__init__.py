@@ -1,0 +1,1 @@
+"""Running whitelisted statements on Spanner under the query's workload identity."""
