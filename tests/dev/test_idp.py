@@ -203,8 +203,8 @@ def test_generated_keys_are_private_with_unique_kids() -> None:
     assert generate_signing_keys()["keys"][0]["kid"] != keys[0]["kid"]
 
 
-def test_stop_ends_the_process(idp_keys_path: Path) -> None:
-    with start_idp(idp_dir=DEFAULT_IDP_DIR, keys_path=idp_keys_path) as idp:
+def test_stop_ends_the_process(idp_keys: Path) -> None:
+    with start_idp(idp_dir=DEFAULT_IDP_DIR, keys_path=idp_keys) as idp:
         assert idp.running
         assert 0 < idp.startup_seconds < 20
         pid, port = idp.pid, idp.port
@@ -233,9 +233,9 @@ def test_missing_node_modules_says_npm_ci(tmp_path: Path) -> None:
         start_idp(idp_dir=tmp_path, keys_path=tmp_path / "keys.json")
 
 
-def test_explicit_busy_port_is_refused(idp: IdpProcess, idp_keys_path: Path) -> None:
+def test_explicit_busy_port_is_refused(idp: IdpProcess, idp_keys: Path) -> None:
     with pytest.raises(IdpError, match="in use"):
-        start_idp(idp_dir=DEFAULT_IDP_DIR, keys_path=idp_keys_path, port=idp.port)
+        start_idp(idp_dir=DEFAULT_IDP_DIR, keys_path=idp_keys, port=idp.port)
 
 
 def test_free_port_is_not_answered() -> None:

@@ -1,0 +1,165 @@
+"""The real processes: `spangate serve` under uvicorn, and `spangate dev` (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.dev.ports import free_port
+
+SPANGATE = [sys.executable, "-m", "gateway"]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.stdout.read() if process.stdout else None}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.fixture
+def served(
+    demo_database: str, idp: Any, tmp_path: Path, repo: Path
+) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    audit = tmp_path / "audit.jsonl"
+    env = {
+        **os.environ,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "OKTA_ISSUER": idp.issuer,
+        "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [*SPANGATE, "serve", "--policy", str(repo / "policy.example.yaml"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        yield f"http://127.0.0.1:{port}", audit
+    finally:
+        _stop(process)
+
+
+def test_spangate_serve_answers_over_http(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    headers = {"Authorization": f"Bearer {token_for('support-console')}"}
+    response = httpx.get(f"{base}/v1/orders/O-1001", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"][0]["TotalCents"] == 7499
+    assert "server" not in response.headers
+    denied = httpx.get(f"{base}/v1/orders/O-1001")
+    assert denied.status_code == 401
+    assert len(audit.read_text().splitlines()) == 2
+
+
+def test_version() -> None:
+    out = subprocess.run([*SPANGATE, "--version"], capture_output=True, text=True, check=True)
+    assert re.fullmatch(r"spangate \d+\.\d+\.\d+\S*\n", out.stdout)
+
+
+def test_serve_refuses_a_bad_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nroutes: []\nunknown: 1\n")
+    out = subprocess.run([*SPANGATE, "serve", "--policy", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{bad}:3:1" in out.stderr and "unknown" in out.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); its state letter is Z.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_demo_prints_curl_lines_that_work_and_stops_everything(repo: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    process = subprocess.Popen(
+        [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(repo / "policy.example.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "the demo exited early:\n" + "".join(lines)
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(lines)
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
+        assert len(pids) == 2, text  # the emulator and the OpenID provider
+        base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None
+        _wait_ready(base.group(1) + "/readyz", process)
+        curls = {}
+        persona = None
+        for line in lines:
+            if line.startswith("# "):
+                persona = line[2:].split(":")[0]
+            elif line.startswith("curl ") and persona:
+                curls[persona] = shlex.split(line)
+        assert set(curls) == {"support-console", "order-agent", "order-writer", "outsider"}
+        statuses = {name: _run_curl(argv) for name, argv in curls.items()}
+        assert statuses == {"support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403}
+    finally:
+        _stop(process)
+    assert process.returncode == 0
+    for pid in pids:
+        assert not _running(pid), f"process {pid} outlived the demo"
+
+
+def _run_curl(argv: list[str]) -> int:
+    """Run a printed curl line as printed, with curl itself; return the HTTP status."""
+    out = subprocess.run(
+        [argv[0], "-o", "/dev/null", "-w", "%{http_code}", *[a for a in argv[1:] if a != "-i"]],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    return int(out.stdout)
