@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/spangate dev --policy policy.example.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
