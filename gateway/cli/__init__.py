@@ -1,0 +1,61 @@
+"""``spangate``: the command line.
+
+    spangate serve --policy PATH [--host 127.0.0.1] [--port 8080]
+    spangate dev [--policy policy.example.yaml] [--port 8080]
+    spangate policy check PATH
+    spangate --version
+
+Each command group is a module of this package with ``register(subparsers)``; the function it sets
+as ``handler`` returns the exit code. Exit codes: 0 ok, 1 a check failed or a runtime failure,
+2 usage, settings or policy errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.cli import policy, serve
+from gateway.errors import PolicyError
+
+__all__ = ["main"]
+
+COMMANDS = (serve, policy)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spangate", description="An identity-aware gateway in front of Google Cloud Spanner."
+    )
+    parser.add_argument("--version", action="version", version=f"spangate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def print_policy_error(exc: PolicyError) -> None:
+    print(f"spangate: the policy has {len(exc.problems)} problem(s):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PolicyError as exc:
+        print_policy_error(exc)
+        return 2
+    except ValidationError as exc:
+        print(f"spangate: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

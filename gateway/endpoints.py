@@ -1,0 +1,67 @@
+"""The gateway's fixed endpoints, served by FastAPI: health, readiness, OpenAPI, docs.
+
+Policy routes never come here: the compiled router dispatches them (``gateway.app``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from gateway import __version__
+from gateway.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["FIXED_PATHS", "fixed_endpoints"]
+
+FIXED_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+
+
+def fixed_endpoints(gateway: Gateway) -> FastAPI:
+    api = FastAPI(
+        title="spangate",
+        version=__version__,
+        openapi_url=None,  # served below, built from the policy, and rebuilt on reload
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @api.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        issuers = {}
+        for name, cache in gateway.verifier.caches.items():
+            state = cache.state()
+            issuers[name] = {
+                "ready": state.ready,
+                "keys": state.keys,
+                "age_seconds": None if state.age_seconds is None else round(state.age_seconds, 1),
+                "last_error": state.last_error,
+            }
+        ready = gateway.ready and all(i["ready"] for i in issuers.values())
+        body = {
+            "status": "ready" if ready else "not-ready",
+            "databases_warmed": gateway.ready,
+            "issuers": issuers,
+            "policy_sha256": gateway.policy.sha256,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(openapi_document(gateway.policy, version=__version__))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="spangate")
+
+    return api

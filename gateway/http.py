@@ -1,0 +1,148 @@
+"""HTTP plumbing of the gateway's own routes: request ids, JSON bodies, responses, problems.
+
+Pure ASGI (no BaseHTTPMiddleware): the request path pays for nothing it does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.policy.bind import BODY_METHODS
+
+__all__ = [
+    "PROBLEM_TYPE",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "dumps",
+    "read_json_body",
+    "request_id",
+    "send_problem",
+    "send_response",
+    "with_request_id",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PROBLEM_TYPE = "https://spangate.dev/problems/"
+_JSON_TYPES = ("application/json",)
+
+
+def request_id(given: bytes | None) -> str:
+    """The caller's X-Request-ID when it is printable ASCII of at most 128 characters, else new."""
+    if given and len(given) <= 128 and all(0x21 <= b <= 0x7E for b in given):
+        return given.decode("ascii")
+    return secrets.token_hex(16)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+async def read_json_body(
+    receive: Receive, headers: list[tuple[bytes, bytes]], method: str, *, limit: int
+) -> dict[str, Any] | None:
+    length = next((v for k, v in headers if k == b"content-length"), None)
+    chunked = any(k == b"transfer-encoding" for k, _ in headers)
+    has_body = chunked or (length is not None and length.strip() not in (b"", b"0"))
+    if method not in BODY_METHODS:
+        if has_body:
+            raise BadRequest(
+                f"{method} requests take no body: send parameters in the query string",
+                code="body-not-allowed",
+            )
+        return None
+    if not has_body:
+        return {}
+    ctype = next((v for k, v in headers if k == b"content-type"), b"").decode("latin-1")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media not in _JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"the body must be application/json, not {media or 'unspecified'}"
+        )
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise BadRequest("invalid Content-Length", code="body-invalid") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client disconnected", code="body-invalid")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="body-invalid") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object of parameters", code="body-invalid")
+    return body
+
+
+async def send_problem(send: Send, error: GatewayError, rid: str, *, head: bool) -> None:
+    problem: dict[str, Any] = {
+        "type": PROBLEM_TYPE + error.code,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        "request_id": rid,
+        **error.extra,
+    }
+    await send_response(
+        send,
+        error.status,
+        dumps(problem),
+        "application/problem+json",
+        rid,
+        head=head,
+        extra=error.headers,
+    )
+
+
+def with_request_id(send: Send, rid: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+        await send(message)
+
+    return wrapped
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    rid: str,
+    *,
+    head: bool = False,
+    extra: dict[str, str] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", rid.encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
