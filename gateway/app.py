@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -43,8 +44,20 @@ __all__ = ["Gateway", "create_app"]
 log = logging.getLogger("spangate")
 
 
+@dataclass(frozen=True)
+class Active:
+    """What a request runs on, swapped as one: a reload never mixes two policies' parts."""
+
+    policy: CompiledPolicy
+    verifier: TokenVerifier
+
+
 class Gateway:
-    """The whole gateway as one ASGI callable. ``policy`` may be swapped atomically (reload)."""
+    """The whole gateway as one ASGI callable.
+
+    ``swap()`` replaces the policy and its verifier atomically (hot reload); each request reads
+    ``active`` once, so requests in flight finish on the policy they started with.
+    """
 
     def __init__(
         self,
@@ -58,14 +71,26 @@ class Gateway:
         closers: list[Callable[[], Awaitable[None]]] | None = None,
     ) -> None:
         self.settings = settings
-        self._closers = closers or []
-        self.policy = policy
-        self.verifier = verifier
+        self._closers = closers if closers is not None else []
+        self.active = Active(policy, verifier)
+        self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
         self.audit = audit
         self._audit_key = audit_key
         self.ready = False
         self.api = fixed_endpoints(self)
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.active.policy
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self.active.verifier
+
+    def swap(self, policy: CompiledPolicy, verifier: TokenVerifier) -> None:
+        self.active = Active(policy, verifier)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -73,6 +98,8 @@ class Gateway:
         for cache in self.verifier.caches.values():
             await cache.start()
         await self.executor.warm()
+        for hook in self.on_startup:
+            await hook()
         self.ready = True
 
     async def shutdown(self) -> None:
@@ -123,9 +150,10 @@ class Gateway:
             client=client[0] if client else None,
             user_agent=next((v.decode("latin-1") for k, v in headers if k == b"user-agent"), None),
         )
-        policy = self.policy  # requests in flight finish on the policy they started with
+        active = self.active  # requests in flight finish on the policy they started with
+        policy = active.policy
         try:
-            status, body = await self._serve(scope, receive, headers, call, policy)
+            status, body = await self._serve(scope, receive, headers, call, active)
         except GatewayError as exc:
             call.error = exc
             status, body = exc.status, None
@@ -157,8 +185,9 @@ class Gateway:
         receive: Receive,
         headers: list[tuple[bytes, bytes]],
         call: CallRecord,
-        policy: CompiledPolicy,
+        active: Active,
     ) -> tuple[int, bytes]:
+        policy = active.policy
         method = scope["method"]
         query_string: bytes = scope.get("query_string", b"")
         query = (
@@ -171,7 +200,7 @@ class Gateway:
             token_in_query=any(k == "access_token" for k, _ in query),
             max_bytes=self.settings.max_token_bytes,
         )
-        call.principal = await self.verifier.verify(token)
+        call.principal = await active.verifier.verify(token)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         found = match_route(policy, method, path)

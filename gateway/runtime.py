@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,8 @@ from gateway.auth.verify import TokenVerifier
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import FileSink as FileSinkConfig
-from gateway.policy.model import SpannerTarget
+from gateway.policy.model import Issuer, SpannerTarget
+from gateway.reload import PolicyReloader
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import ClientFactory, Databases, default_client_factory
@@ -69,8 +70,9 @@ def build_gateway(
     client = http or httpx.AsyncClient(
         timeout=settings.http_timeout_seconds, follow_redirects=False
     )
-    caches = {
-        name: JwksCache(
+
+    def make_cache(name: str, cfg: Issuer) -> JwksCache:
+        return JwksCache(
             name=name,
             issuer=cfg.issuer,
             client=client,
@@ -79,9 +81,13 @@ def build_gateway(
             stale_seconds=settings.jwks_stale_seconds,
             min_refetch_seconds=settings.jwks_min_refetch_seconds,
         )
-        for name, cfg in policy.model.issuers.items()
-    }
-    verifier = TokenVerifier(policy.model.issuers, caches, leeway=settings.leeway_seconds)
+
+    def make_verifier(policy: CompiledPolicy, caches: Mapping[str, JwksCache]) -> TokenVerifier:
+        """The one place a verifier is built: at start-up and on every reload."""
+        return TokenVerifier(policy.model.issuers, caches, leeway=settings.leeway_seconds)
+
+    caches = {name: make_cache(name, cfg) for name, cfg in policy.model.issuers.items()}
+    verifier = make_verifier(policy, caches)
     emulator = settings.spanner_emulator_host
     databases = Databases(
         spanner_target(settings, policy),
@@ -91,12 +97,25 @@ def build_gateway(
     executor = Executor(databases, threads=settings.spanner_threads, emulator=bool(emulator))
     key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
     audit = AuditTrail(_sinks(settings, policy), Chain(key))
-    return create_app(
+    closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
+    app = create_app(
         settings,
         policy,
         verifier=verifier,
         executor=executor,
         audit=audit,
         audit_key=key,
-        closers=[client.aclose] if own_http else [],
+        closers=closers,
     )
+    reloader = PolicyReloader(
+        app,
+        path=settings.policy,
+        env=env,
+        make_cache=make_cache,
+        make_verifier=make_verifier,
+        watch=settings.watch_policy,
+    )
+    app.reloader = reloader
+    app.on_startup.append(reloader.start)
+    closers.insert(0, reloader.stop)
+    return app

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPANGATE_", extra="ignore", frozen=True)
 
     policy: Path = Field(Path("policy.yaml"), description="Policy file or folder.")
+    watch_policy: bool = Field(
+        False, description="Reload when the policy file or folder changes (SIGHUP always reloads)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 

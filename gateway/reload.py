@@ -1,0 +1,176 @@
+"""Hot reload of the policy: SIGHUP, and (when enabled) a change to the policy file or folder.
+
+Contract:
+
+- The new policy is loaded and validated fully (off the event loop) before anything changes; a
+  policy with problems is refused, its problems are logged with file:line:column, the failure is
+  counted (``failures``, ``last_error``), and the old policy keeps serving.
+- Issuers whose ``issuer``/``jwks_uri`` are unchanged keep their JWKS cache (warm keys, no refetch);
+  new or changed issuers get a new cache whose keys are fetched before the swap.
+- The policy and its verifier are swapped as one (``Gateway.swap``); requests in flight finish on
+  the policy they started with.
+- Reloads are serialised: a SIGHUP during a reload waits for it.
+- Changes to ``spanner:``, ``identities:`` or ``audit:`` need a restart: a reload that changes them
+  is refused with a message saying so, rather than half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.auth.jwks import JwksCache
+from gateway.auth.verify import TokenVerifier
+from gateway.errors import PolicyError
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.load import load_policy
+from gateway.policy.model import Issuer
+
+__all__ = ["PolicyReloader"]
+
+log = logging.getLogger("spangate.reload")
+
+CacheFactory = Callable[[str, Issuer], JwksCache]
+VerifierFactory = Callable[[CompiledPolicy, Mapping[str, JwksCache]], TokenVerifier]
+
+
+class PolicyReloader:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        path: Path,
+        env: Mapping[str, str],
+        make_cache: CacheFactory,
+        make_verifier: VerifierFactory,
+        watch: bool = False,
+    ) -> None:
+        self.gateway = gateway
+        self.path = path
+        self.env = env
+        self.make_cache = make_cache
+        self.make_verifier = make_verifier
+        self.watch = watch
+        self.reloads = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # -- triggers -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Install the SIGHUP handler and, when enabled, the file watcher (call on the loop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            log.warning("SIGHUP reload is not available in this process")
+        if self.watch:
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.path)
+        task = asyncio.ensure_future(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self) -> None:
+        from watchfiles import awatch
+
+        async for _changes in awatch(self.path, stop_event=self._stop, debounce=200):
+            log.info("%s changed: reloading", self.path)
+            await self.reload()
+
+    # -- the reload ---------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Load, validate and swap in the policy at ``path``; False (old policy kept) on error."""
+        async with self._lock:
+            try:
+                loaded = await asyncio.to_thread(load_policy, self.path, env=self.env)
+                policy = compile_policy(loaded)
+                self._refuse_restart_only_changes(policy)
+            except PolicyError as exc:
+                self._failed(f"the new policy has {len(exc.problems)} problem(s)", exc)
+                return False
+            except _NeedsRestart as exc:
+                self._failed(str(exc), None)
+                return False
+            except Exception as exc:
+                log.exception("policy reload failed")
+                self._failed(f"{type(exc).__name__}: {exc}", None)
+                return False
+            current = self.gateway.active
+            if policy.sha256 == current.policy.sha256:
+                log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
+                return True
+            verifier = await self._verifier_for(policy)
+            self.gateway.swap(policy, verifier)
+            self.reloads += 1
+            self.last_error = None
+            log.info(
+                "policy reloaded: sha256 %s -> %s", current.policy.sha256[:12], policy.sha256[:12]
+            )
+            return True
+
+    def _failed(self, message: str, exc: PolicyError | None) -> None:
+        self.failures += 1
+        self.last_error = message
+        log.error("policy reload refused, the old policy keeps serving: %s", message)
+        if exc is not None:
+            for problem in exc.problems:
+                log.error("  %s", problem)
+
+    def _refuse_restart_only_changes(self, policy: CompiledPolicy) -> None:
+        old = self.gateway.policy.model
+        new = policy.model
+        changed = [
+            section
+            for section, a, b in (
+                ("spanner", old.spanner, new.spanner),
+                ("identities", old.identities, new.identities),
+                ("audit", old.audit, new.audit),
+            )
+            if a != b
+        ]
+        if changed:
+            raise _NeedsRestart(
+                f"changes to {', '.join(changed)} take effect on restart only; "
+                "the reload was refused and the old policy keeps serving"
+            )
+
+    async def _verifier_for(self, policy: CompiledPolicy) -> TokenVerifier:
+        old = self.gateway.active
+        caches: dict[str, JwksCache] = {}
+        for name, cfg in policy.model.issuers.items():
+            previous = old.policy.model.issuers.get(name)
+            cache = old.verifier.caches.get(name)
+            if (
+                cache is not None
+                and previous is not None
+                and (previous.issuer, previous.jwks_uri) == (cfg.issuer, cfg.jwks_uri)
+            ):
+                caches[name] = cache
+            else:
+                caches[name] = self.make_cache(name, cfg)
+                await caches[name].start()
+        return self.make_verifier(policy, caches)
+
+
+class _NeedsRestart(Exception):
+    pass

@@ -1,0 +1,175 @@
+"""Hot reload: a valid new policy is swapped in, a bad one is refused and the old one keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import Gateway
+from gateway.dev.ports import free_port
+from gateway.runtime import build_gateway
+from gateway.settings import Settings
+
+NEW_ROUTE = """
+  tenant_name:
+    identity: shop_reader
+    sql: SELECT Name FROM Tenants WHERE TenantId = @tenant
+    params:
+      tenant: {type: STRING, from: claim.tenant}
+"""
+NEW_ROUTE_ENTRY = """
+  - path: /v1/tenant
+    method: GET
+    query: tenant_name
+    allow: [support]
+"""
+
+
+def with_new_route(text: str) -> str:
+    text = text.replace(
+        "\nroutes:\n", "\n" + NEW_ROUTE.rstrip() + "\n\nroutes:\n" + NEW_ROUTE_ENTRY.lstrip("\n"), 1
+    )
+    assert "tenant_name" in text
+    return text
+
+
+@pytest.fixture
+def policy_copy(tmp_path: Path, repo: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text((repo / "policy.example.yaml").read_text())
+    return path
+
+
+@pytest.fixture
+async def own_gateway(
+    policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path
+) -> AsyncIterator[Gateway]:
+    settings = Settings(
+        policy=policy_copy, spanner_emulator_host=demo_database, audit_path=tmp_path / "audit.jsonl"
+    )
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+async def _get(app: Gateway, path: str, token: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        return await http.get(path, headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_reload_swaps_in_a_valid_policy(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    token = token_for("support-console")
+    before = own_gateway.policy.sha256
+    assert (await _get(own_gateway, "/v1/tenant", token)).status_code == 404
+    policy_copy.write_text(with_new_route(policy_copy.read_text()))
+    assert await own_gateway.reloader.reload() is True
+    assert own_gateway.policy.sha256 != before
+    response = await _get(own_gateway, "/v1/tenant", token)
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [{"Name": "Acme"}]
+    ready = await _get(own_gateway, "/readyz", token)
+    assert ready.json()["policy_sha256"] == own_gateway.policy.sha256
+    assert own_gateway.reloader.reloads == 1
+
+
+async def test_a_bad_policy_is_refused_and_the_old_one_keeps_serving(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    token = token_for("support-console")
+    before = own_gateway.policy.sha256
+    policy_copy.write_text(
+        policy_copy.read_text().replace("allow: [support, order-agent]", "allow: [suport]", 1)
+    )
+    assert await own_gateway.reloader.reload() is False
+    assert own_gateway.reloader.failures == 1
+    assert "problem" in (own_gateway.reloader.last_error or "")
+    assert own_gateway.policy.sha256 == before
+    assert (await _get(own_gateway, "/v1/orders/O-1001", token)).status_code == 200
+
+
+async def test_identity_changes_need_a_restart(own_gateway: Gateway, policy_copy: Path) -> None:
+    before = own_gateway.policy.sha256
+    policy_copy.write_text(
+        policy_copy.read_text().replace("database_role: shop_writer", "database_role: shop_admin")
+    )
+    assert await own_gateway.reloader.reload() is False
+    assert "restart" in (own_gateway.reloader.last_error or "")
+    assert own_gateway.policy.sha256 == before
+
+
+async def test_requests_in_flight_keep_their_policy(
+    own_gateway: Gateway, policy_copy: Path
+) -> None:
+    started_on = own_gateway.active
+    policy_copy.write_text(with_new_route(policy_copy.read_text()))
+    assert await own_gateway.reloader.reload() is True
+    assert own_gateway.active is not started_on
+    # What a request captured at its start is untouched by the swap.
+    assert "/v1/tenant" not in {r.template for r in started_on.policy.routes}
+    assert "/v1/tenant" in {r.template for r in own_gateway.policy.routes}
+
+
+def _serve(policy: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _poll(
+    url: str, predicate: Callable[[httpx.Response], bool], timeout: float = 20.0
+) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=1.0)
+            if predicate(last):
+                return last
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}: condition never held (last: {last and last.text})")
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+def test_a_running_server_reloads(
+    trigger: str, policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "OKTA_ISSUER": idp.issuer,
+        "SPANGATE_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
+        "SPANGATE_WATCH_POLICY": "true" if trigger == "watch" else "false",
+    }
+    process = _serve(policy_copy, env, port)
+    try:
+        readyz = f"http://127.0.0.1:{port}/readyz"
+        first = _poll(readyz, lambda r: r.status_code == 200).json()["policy_sha256"]
+        policy_copy.write_text(with_new_route(policy_copy.read_text()))
+        if trigger == "sighup":
+            process.send_signal(signal.SIGHUP)
+        second = _poll(readyz, lambda r: r.json()["policy_sha256"] != first).json()["policy_sha256"]
+        assert second != first and process.poll() is None
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
