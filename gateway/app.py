@@ -33,6 +33,7 @@ from gateway.http import (
     send_response,
     with_request_id,
 )
+from gateway.metrics import RequestMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import RequestFacts, decide, match_route
@@ -74,6 +75,7 @@ class Gateway:
         self._closers = closers if closers is not None else []
         self.active = Active(policy, verifier)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        self.metrics = RequestMetrics()
         self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
         self.audit = audit
@@ -172,6 +174,13 @@ class Gateway:
             log.exception("audit failed for request %s", rid)
             call.error = AuditUnavailable("the audit trail cannot be written")
             status, body = 503, None
+        route = call.decision.route if call.decision else None
+        self.metrics.observe(
+            route.template if route else None,
+            status,
+            call.error.code if call.error else "ok",
+            time.perf_counter() - call.started,
+        )
         if call.error is not None:
             await send_problem(send, call.error, rid, head=scope["method"] == "HEAD")
         else:

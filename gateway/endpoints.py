@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from gateway import __version__
+from gateway.metrics import render_metrics
 from gateway.openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FIXED_PATHS", "fixed_endpoints"]
 
-FIXED_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+FIXED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+)
 
 
 def fixed_endpoints(gateway: Gateway) -> FastAPI:
@@ -53,6 +56,12 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "policy_sha256": gateway.policy.sha256,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(
+            render_metrics(gateway), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

@@ -536,3 +536,24 @@ async def test_openapi_describes_the_policy(client: httpx.AsyncClient) -> None:
         "customer_id",
         "total_cents",
     }
+
+
+async def test_metrics_count_requests_and_expose_component_state(
+    client: httpx.AsyncClient, token_for: Token
+) -> None:
+    def count(text: str, line_start: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    series = 'spangate_requests_total{route="/v1/orders/{order_id}",status="200",code="ok"}'
+    before = count((await client.get("/metrics")).text, series)
+    await client.get("/v1/orders/O-1001", headers=bearer(token_for("support-console")))
+    response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert count(text, series) == before + 1
+    assert count(text, 'spangate_jwks_keys_ready{issuer="okta"}') == 1
+    assert count(text, "spangate_audit_events_written_total") > 0
+    assert "spangate_request_duration_seconds_bucket" in text and "spangate_policy_info{" in text

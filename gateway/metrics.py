@@ -1,0 +1,104 @@
+"""Prometheus text exposition of the gateway's counters, collected at scrape time.
+
+Counting on the request path is one dict increment; everything else (key state, audit counters,
+reloads) is read from the components when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["RequestMetrics", "render_metrics"]
+
+# Latency buckets in seconds (Prometheus histogram, cumulative).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RequestMetrics:
+    """Per (route template, status, code) request counts and one latency histogram."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, int, str]] = Counter()
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, route: str | None, status: int, code: str, seconds: float) -> None:
+        self.requests[(route or "", status, code)] += 1
+        self.latency_sum += seconds
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+                return
+        self.buckets[-1] += 1
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(gateway: Gateway) -> str:
+    m = gateway.metrics
+    out = [
+        "# HELP spangate_requests_total Policy-route requests by route template, status and code.",
+        "# TYPE spangate_requests_total counter",
+    ]
+    for (route, status, code), count in sorted(m.requests.items()):
+        labels = f'route="{_label(route)}",status="{status}",code="{_label(code)}"'
+        out.append(f"spangate_requests_total{{{labels}}} {count}")
+    out += [
+        "# HELP spangate_request_duration_seconds Time from request to response on policy routes.",
+        "# TYPE spangate_request_duration_seconds histogram",
+    ]
+    cumulative = 0
+    for bound, count in zip((*BUCKETS, float("inf")), m.buckets, strict=True):
+        cumulative += count
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        out.append(f'spangate_request_duration_seconds_bucket{{le="{le}"}} {cumulative}')
+    out.append(f"spangate_request_duration_seconds_sum {m.latency_sum}")
+    out.append(f"spangate_request_duration_seconds_count {cumulative}")
+
+    out += [
+        "# HELP spangate_jwks_fetches_total JWKS fetches per issuer.",
+        "# TYPE spangate_jwks_fetches_total counter",
+    ]
+    for name, cache in sorted(gateway.verifier.caches.items()):
+        out.append(f'spangate_jwks_fetches_total{{issuer="{_label(name)}"}} {cache.fetches}')
+    out += [
+        "# HELP spangate_jwks_keys_ready Whether the issuer has usable signing keys.",
+        "# TYPE spangate_jwks_keys_ready gauge",
+    ]
+    for name, cache in sorted(gateway.verifier.caches.items()):
+        out.append(
+            f'spangate_jwks_keys_ready{{issuer="{_label(name)}"}} {int(cache.state().ready)}'
+        )
+
+    audit = gateway.audit
+    out += [
+        "# HELP spangate_audit_events_written_total Audit events written to every sink.",
+        "# TYPE spangate_audit_events_written_total counter",
+        f"spangate_audit_events_written_total {getattr(audit, 'events_written', 0)}",
+        "# HELP spangate_audit_write_failures_total Audit batches that could not be written.",
+        "# TYPE spangate_audit_write_failures_total counter",
+        f"spangate_audit_write_failures_total {getattr(audit, 'failures', 0)}",
+    ]
+    reloader = gateway.reloader
+    if reloader is not None:
+        out += [
+            "# HELP spangate_policy_reloads_total Policy reloads by result.",
+            "# TYPE spangate_policy_reloads_total counter",
+            f'spangate_policy_reloads_total{{result="ok"}} {reloader.reloads}',
+            f'spangate_policy_reloads_total{{result="refused"}} {reloader.failures}',
+        ]
+    out += [
+        "# HELP spangate_policy_info The policy being served.",
+        "# TYPE spangate_policy_info gauge",
+        f'spangate_policy_info{{sha256="{gateway.policy.sha256}"}} 1',
+        "# HELP spangate_ready Whether /readyz says ready.",
+        "# TYPE spangate_ready gauge",
+        f"spangate_ready {int(gateway.ready)}",
+    ]
+    return "\n".join(out) + "\n"
