@@ -163,3 +163,14 @@ def _run_curl(argv: list[str]) -> int:
         capture_output=True, text=True, check=True, timeout=30,
     )
     return int(out.stdout)
+
+
+def test_demo_says_what_to_install_when_the_emulator_is_missing(repo: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    env["SPANGATE_EMULATOR_DIR"] = str(tmp_path / "nowhere")
+    out = subprocess.run(
+        [*SPANGATE, "dev", "--repo", str(repo)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "google-cloud-cli-spanner-emulator" in out.stderr
+    assert "SPANNER_EMULATOR_HOST" in out.stderr
