@@ -44,6 +44,7 @@ bench: setup
 
 schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
+	$(BIN)/python -m gateway.policy.schema --cases > policies/policy-test.schema.json
 
 # Re-pin the Python dependencies (needs `uv` on PATH or in the venv).
 lock:

@@ -1,32 +1,201 @@
-"""``spangate policy ...``: tools for the people who write policies."""
+"""``spangate policy check | test | explain | diff``: tools for the people who write policies.
+
+Exit codes: ``check`` 0 valid; ``test`` 0 every case passed (and, with ``--require-coverage``,
+everything was exercised), 1 otherwise; ``explain`` 0 allowed, 1 denied; ``diff`` 0 no change,
+1 changes. 2 always means the input could not be used (a policy or case file with problems, bad
+claims, a malformed token). None of them imports the Spanner client or touches the network,
+except ``check --database`` (``gateway.cli.db``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from gateway.errors import PolicyError
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.load import load_policy
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    policy = sub.add_parser("policy", help="policy tools")
+    policy = sub.add_parser("policy", help="policy tools: check, test, explain, diff")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     check = psub.add_parser(
         "check", help="validate a policy; print every problem with file:line:column"
     )
     check.add_argument("path", type=Path)
+    check.add_argument(
+        "--database",
+        action="store_true",
+        help="also have Spanner PLAN every statement (reaches the policy's database)",
+    )
     check.set_defaults(handler=_check)
+
+    test = psub.add_parser("test", help="run policy test cases (YAML files with cases:)")
+    test.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="case files or folders")
+    test.add_argument(
+        "--require-coverage",
+        action="store_true",
+        help="also fail when a route, role or role entry is exercised by no case",
+    )
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    test.set_defaults(handler=_test)
+
+    explain = psub.add_parser("explain", help="trace the decision on one request")
+    explain.add_argument("--policy", type=Path, required=True, help="policy file or folder")
+    who = explain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--claims", help="the token's claims as JSON (or @file); iss names an issuer")
+    who.add_argument("--token", help="a JWT, decoded WITHOUT verifying it ('-' reads stdin)")
+    explain.add_argument("--body", help="the JSON body of a POST, PUT or PATCH (or @file)")
+    explain.add_argument("--json", action="store_true", help="print the trace as JSON")
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("target", metavar="PATH", help="the raw path, with ?query if any")
+    explain.set_defaults(handler=_explain)
+
+    diff = psub.add_parser("diff", help="what changes between two policies, for a reviewer")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.set_defaults(handler=_diff)
+
+
+def _load(path: Path) -> CompiledPolicy:
+    return compile_policy(load_policy(path, env=os.environ))
+
+
+def _fail(message: str) -> int:
+    print(f"spangate: {message}", file=sys.stderr)
+    return 2
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.runtime import load_compiled
-
-    policy = load_compiled(args.path, os.environ)
+    policy = _load(args.path)
     model = policy.model
     print(
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
         f"{len(model.roles)} roles, sha256 {policy.sha256[:12]})"
     )
+    if args.database:
+        from gateway.cli.db import check_on_database
+
+        return check_on_database(policy)
     return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from gateway.policy.testing import run_case_files
+
+    try:
+        suites = run_case_files(args.paths, env=os.environ)
+    except PolicyError as exc:
+        print(
+            f"spangate: {len(exc.problems)} problem(s) in the cases or the policy:", file=sys.stderr
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    ok = True
+    for suite in suites:
+        for outcome in suite.outcomes:
+            if outcome.passed:
+                if args.verbose:
+                    print(f"ok    {outcome.where}  {outcome.name}")
+                continue
+            ok = False
+            print(f"FAIL  {outcome.where}  {outcome.name}")
+            print(f"        {outcome.request}")
+            print("\n".join(f"        {line}" for line in outcome.lines))
+        cov = suite.coverage
+        failed = len(suite.failed)
+        print(
+            f"{suite.policy}: {len(suite.outcomes)} cases, {len(suite.outcomes) - failed} passed, "
+            f"{failed} failed"
+        )
+        t = cov.totals
+        print(
+            f"  coverage: routes {t['routes'] - len(cov.routes)}/{t['routes']}, "
+            f"roles {t['roles'] - len(cov.roles)}/{t['roles']}, "
+            f"entries of roles with several {t['entries'] - len(cov.entries)}/{t['entries']}"
+        )
+        missed = [("route", *r) for r in cov.routes] + [("role", *r) for r in cov.roles]
+        missed += [("entry", *e) for e in cov.entries]
+        if missed:
+            print("  not exercised by any case:")
+            for kind, what, where in missed:
+                print(f"    {kind:5} {what}  ({where})")
+            ok = ok and not args.require_coverage
+    return 0 if ok else 1
+
+
+def _json_arg(text: str, what: str) -> Any:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from gateway.policy.explain import (
+        explain,
+        explanation_record,
+        render_explanation,
+        unverified_claims,
+    )
+    from gateway.policy.simulate import SimulationError, principal_for, request_facts
+
+    policy = _load(args.policy)
+    try:
+        notes: list[str] = []
+        if args.token is not None:
+            from_stdin = args.token.strip() == "-"
+            token = (sys.stdin.read() if from_stdin else args.token).strip()
+            now = dt.datetime.now(dt.UTC)
+            claims, notes = unverified_claims(policy.model, token, now=now)
+        else:
+            claims = _json_arg(args.claims, "--claims")
+            if not isinstance(claims, dict):
+                return _fail("--claims must be a JSON object")
+            notes = ["claims given with --claims: no token was verified"]
+        body = _json_arg(args.body, "--body") if args.body is not None else None
+        if body is not None and not isinstance(body, dict):
+            return _fail("--body must be a JSON object")
+        principal = principal_for(policy.model, claims)
+        facts = request_facts(f"{args.method.upper()} {args.target}", body)
+    except (SimulationError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    ex = explain(policy, facts, principal, notes)
+    if args.json:
+        print(json.dumps(explanation_record(ex), indent=2, ensure_ascii=False, default=str))
+    else:
+        sys.stdout.write(render_explanation(policy, ex))
+    return 0 if ex.decision.allow else 1
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from gateway.policy.diff import diff_policies, render_diff
+
+    problems = []
+    loaded = []
+    for path in (args.old, args.new):
+        try:
+            loaded.append(load_policy(path, env=os.environ))
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise PolicyError(problems)
+    result = diff_policies(loaded[0].policy, loaded[1].policy)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(render_diff(result))
+    return 0 if result.empty else 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.policy.bind import ParamSpec, compile_param
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.model import Policy, Query, Route
+from gateway.policy.roles import RoleTable
 from gateway.policy.router import Router, template_params
 from gateway.policy.sqlscan import SqlInfo, scan_sql
 
@@ -53,6 +54,7 @@ class CompiledPolicy:
     router: Router
     queries: Mapping[str, CompiledQuery]
     routes: tuple[CompiledRoute, ...]
+    roles: RoleTable
 
     @property
     def model(self) -> Policy:
@@ -84,4 +86,4 @@ def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
         for i, route in enumerate(policy.routes)
     )
     router = Router([(r.method, r.path) for r in policy.routes])
-    return CompiledPolicy(loaded, router, queries, routes)
+    return CompiledPolicy(loaded, router, queries, routes, RoleTable(policy.roles))

@@ -21,10 +21,25 @@ from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
 from gateway.policy.bind import Bound, bind_params
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
-from gateway.policy.roles import held_roles
 from gateway.policy.router import MethodMismatch, PathInvalid
 
-__all__ = ["Decision", "RequestFacts", "decide"]
+__all__ = ["REASONS", "Decision", "RequestFacts", "decide", "match_route"]
+
+# Every reason a Decision can carry: stable codes, identical in HTTP problem bodies, the audit
+# trail, ``spangate policy explain`` and policy tests.
+REASONS = (
+    "allowed",
+    "no-route",
+    "method-not-allowed",
+    "path-invalid",
+    "denied-by-role",
+    "no-allow-role",
+    "param-unknown",
+    "param-missing",
+    "param-invalid",
+    "claim-missing",
+    "claim-invalid",
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
     if isinstance(found, GatewayError):
         return _deny(found)
     route, path_params = found
-    roles = held_roles(policy.model.roles, principal)
+    roles = policy.roles.held(principal)
     for role in route.model.deny:
         if role in roles:
             return _deny(

@@ -8,16 +8,27 @@ once. The JSON Schema in ``policies/policy.schema.json`` is generated from ``Pol
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
+from gateway.auth.urls import issuer_problem, url_problem
 from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
     "ALGORITHMS",
     "Audit",
     "ClaimNames",
+    "ClaimTest",
     "FileSink",
     "Identity",
     "Introspection",
@@ -25,11 +36,15 @@ __all__ = [
     "Param",
     "Policy",
     "Query",
+    "Role",
+    "RoleDef",
     "RoleEntry",
     "Route",
+    "SpannerSink",
     "SpannerTarget",
     "StdoutSink",
     "parse_duration",
+    "parse_size",
 ]
 
 ALGORITHMS = (
@@ -89,6 +104,13 @@ class Introspection(_Strict):
     )
     auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
 
+    @field_validator("endpoint")
+    @classmethod
+    def _safe_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value)):
+            raise ValueError(f"the introspection endpoint {problem}")
+        return value
+
 
 class ClaimNames(_Strict):
     """Which claim holds what roles read. Dotted paths reach nested claims."""
@@ -113,7 +135,26 @@ class Issuer(_Strict):
     jwks_uri: str | None = Field(None, description="Default: from discovery.")
     claims: ClaimNames | None = None
     introspection: Introspection | None = None
+    refuse_id_tokens: bool = Field(
+        True,
+        description="Refuse a token that is recognisably an OpenID ID token (nonce, at_hash, "
+        "c_hash or s_hash claims) sent as an access token.",
+    )
     description: str | None = None
+
+    @field_validator("issuer")
+    @classmethod
+    def _safe_issuer(cls, value: str) -> str:
+        if problem := issuer_problem(value):
+            raise ValueError(f"the issuer {problem}")
+        return value
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _safe_jwks_uri(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value)):
+            raise ValueError(f"jwks_uri {problem}")
+        return value
 
     @field_validator("audience")
     @classmethod
@@ -150,7 +191,39 @@ class Identity(_Strict):
     description: str | None = None
 
 
-ClaimValue = Scalar | list[Scalar]
+class ClaimTest(_Strict):
+    """A test on a claim other than equality: exactly one of ``matches``, ``present``."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"minProperties": 1, "maxProperties": 1}
+    )
+    matches: str | None = Field(
+        None,
+        description="A regular expression the whole claim value must match (a string claim, or "
+        "any string element of an array claim).",
+    )
+    present: Literal[True] | None = Field(
+        None, description="The token has the claim, with any value but null."
+    )
+
+    @field_validator("matches")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> ClaimTest:
+        if (self.matches is None) == (self.present is None):
+            raise ValueError("give exactly one of matches, present")
+        return self
+
+
+ClaimValue = Scalar | list[Scalar] | ClaimTest
 
 
 class RoleEntry(_Strict):
@@ -162,7 +235,8 @@ class RoleEntry(_Strict):
     claims: dict[str, ClaimValue] | None = Field(
         None,
         min_length=1,
-        description="Claim equals the value; a list means any of; dotted paths reach nested claims.",
+        description="Claim equals the value; a list means any of; {matches: REGEX}; "
+        "{present: true}; dotted paths reach nested claims.",
     )
     authenticated: Literal[True] | None = None
 
@@ -176,6 +250,38 @@ class RoleEntry(_Strict):
                 "a role entry needs at least one of issuer, groups, scopes, claims, authenticated"
             )
         return self
+
+
+class Role(_Strict):
+    """A role holds if ANY of its entries holds. Written as the list of entries, or as a mapping
+    with ``any_of`` (the entries) and a ``description``."""
+
+    description: str | None = None
+    any_of: list[RoleEntry] = Field(min_length=1, description="The role holds if any holds.")
+    _short_form: bool = PrivateAttr(default=False)
+    short_form: ClassVar[str] = "any_of"  # a list in the document stands for this field
+
+    def entry_path(self, index: int) -> tuple[str | int, ...]:
+        """Where entry ``index`` is in the document, relative to the role."""
+        return (index,) if self._short_form else ("any_of", index)
+
+
+def _role_forms(value: object, handler: ValidatorFunctionWrapHandler) -> Role:
+    if isinstance(value, list):
+        role: Role = handler({"any_of": value})
+        role._short_form = True
+        return role
+    if isinstance(value, dict) and not set(value) & set(Role.model_fields):
+        if set(value) & set(RoleEntry.model_fields):
+            raise ValueError(
+                "a role is a list of entries: write '- ' before this entry, or put it under any_of"
+            )
+    if isinstance(value, dict | Role):
+        return cast(Role, handler(value))
+    raise ValueError("expected a list of role entries, or a mapping with any_of and description")
+
+
+RoleDef = Annotated[Role, WrapValidator(_role_forms, json_schema_input_type=list[RoleEntry] | Role)]
 
 
 class Param(_Strict):
@@ -257,7 +363,13 @@ class Query(_Strict):
     staleness: Duration | Staleness | None = Field(
         None, description="A duration means bounded (max) staleness; strong reads when absent."
     )
-    timeout: Duration = Field("10s", description="Deadline for the statement.")
+    timeout: Duration = Field(
+        "10s",
+        description="Deadline for the statement (a write: for all its attempts); past it -> 504.",
+    )
+    priority: Literal["low", "medium", "high"] | None = Field(
+        None, description="Spanner request priority; Spanner's default (high) when absent."
+    )
     description: str | None = None
 
     @property
@@ -281,28 +393,95 @@ class Route(_Strict):
         return value.upper() if isinstance(value, str) else value
 
 
+_SIZE_RE = re.compile(r"^([0-9]+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000,
+               "MB": 1000**2, "GB": 1000**3}  # fmt: skip
+
+Durability = Literal["strict", "batched"]
+_DURABILITY = (
+    "strict: the response waits until this sink holds the event durably (fsync'd, committed), "
+    "flushed at once; batched: events are flushed together within SPANGATE_AUDIT_BATCH_WINDOW_MS "
+    "and responses wait for their batch. Default: strict for writes (DML), batched for the rest."
+)
+
+
+def parse_size(text: str | int) -> int:
+    """``"64MiB"``, ``"500KB"``, ``1048576`` -> bytes."""
+    m = _SIZE_RE.match(str(text).strip())
+    if m is None:
+        raise ValueError(f"expected a size such as 64MiB, 500KB or 1048576, got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
 class FileSink(_Strict):
     type: Literal["file"]
     path: str = Field(min_length=1, description="Relative paths are relative to the policy file.")
+    durability: Durability | None = Field(None, description=_DURABILITY)
+    rotate_size: Annotated[str, Field(pattern=_SIZE_RE.pattern)] | int | None = Field(
+        None,
+        description="Rotate the file to PATH.000001, .000002… before it would grow past this "
+        "size (64MiB, 500KB, or bytes); the hash chain goes on across files.",
+    )
+
+    @property
+    def rotate_bytes(self) -> int | None:
+        return parse_size(self.rotate_size) if self.rotate_size is not None else None
+
+    @field_validator("rotate_size")
+    @classmethod
+    def _positive(cls, value: str | int | None) -> str | int | None:
+        if value is not None and parse_size(value) < 1024:
+            raise ValueError("rotate_size must be at least 1KiB")
+        return value
 
 
 class StdoutSink(_Strict):
     type: Literal["stdout"]
+    durability: Durability | None = Field(None, description=_DURABILITY)
 
 
-Sink = Annotated[FileSink | StdoutSink, Field(discriminator="type")]
+class SpannerSink(_Strict):
+    type: Literal["spanner"]
+    identity: str = Field(
+        description="The identity that writes the batches: a database role with INSERT on the "
+        "table and nothing else."
+    )
+    table: str = Field(
+        "SpangateAudit",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,127}$",
+        description="The append-only audit table (created by spangate init-db).",
+    )
+    durability: Durability | None = Field(None, description=_DURABILITY)
 
 
-def _default_sinks() -> list[FileSink | StdoutSink]:
+Sink = Annotated[FileSink | StdoutSink | SpannerSink, Field(discriminator="type")]
+
+
+def _default_sinks() -> list[FileSink | StdoutSink | SpannerSink]:
     return [StdoutSink(type="stdout")]
 
 
 class Audit(_Strict):
-    sinks: list[Sink] = Field(default_factory=_default_sinks, min_length=1)
+    sinks: list[Sink] = Field(
+        default_factory=_default_sinks,
+        min_length=1,
+        description="Where events go, all at once: at most one sink of each type.",
+    )
     redact: list[str] = Field(
         default_factory=list,
         description="Parameter names whose values the trail hashes instead of storing.",
     )
+
+    @field_validator("sinks")
+    @classmethod
+    def _one_of_each(
+        cls, value: list[FileSink | StdoutSink | SpannerSink]
+    ) -> list[FileSink | StdoutSink | SpannerSink]:
+        kinds = [s.type for s in value]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"at most one sink of each type ({', '.join(twice)} given twice)")
+        return value
 
 
 class Policy(_Strict):
@@ -312,7 +491,7 @@ class Policy(_Strict):
     spanner: SpannerTarget
     issuers: dict[Annotated[str, Field(pattern=_NAME)], Issuer] = Field(min_length=1)
     identities: dict[Annotated[str, Field(pattern=_NAME)], Identity] = Field(min_length=1)
-    roles: dict[Annotated[str, Field(pattern=_NAME)], list[RoleEntry]] = Field(default_factory=dict)
+    roles: dict[Annotated[str, Field(pattern=_NAME)], RoleDef] = Field(default_factory=dict)
     queries: dict[Annotated[str, Field(pattern=_NAME)], Query] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
     audit: Audit = Field(default_factory=Audit)

@@ -5,29 +5,60 @@ A role holds if ANY of its entries holds; an entry holds if ALL of its keys hold
 - ``issuer``: the token came from the issuer of that name;
 - ``groups``: the principal is in ANY of the groups;
 - ``scopes``: the principal has ALL of the scopes;
-- ``claims``: each claim (dotted path allowed) equals the value; a list of values means any of.
-  When the token's claim is itself an array, it holds if ANY element equals ANY value. Types are
-  compared strictly: ``true`` never equals ``"true"`` or ``1``;
+- ``claims``: each claim (dotted path allowed) passes its test:
+  - a value: the claim equals it; a list of values means any of. When the token's claim is itself
+    an array, it holds if ANY element equals ANY value. Types are compared strictly: ``true``
+    never equals ``"true"`` or ``1``;
+  - ``{matches: REGEX}``: the whole claim matches the regular expression (``re.fullmatch``, as a
+    parameter's ``pattern``); an array claim holds if ANY string element matches; a claim that
+    is not a string (a number, a boolean, an object) never matches;
+  - ``{present: true}``: the token has the claim with any value but null;
 - ``authenticated: true``: any verified token.
+
+``RoleTable`` is compiled once per policy: ``held`` is the request path (predicates only, stops
+at each role's first holding entry); ``trace`` evaluates every key of every entry and says why,
+for ``spangate policy explain`` and the policy tests. Both use the same predicates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth.principal import MISSING, Principal
-from gateway.policy.model import RoleEntry
+from gateway.policy.model import ClaimTest, ClaimValue, Role, RoleEntry
 
-__all__ = ["EntryResult", "RoleResult", "evaluate_roles", "held_roles"]
+__all__ = [
+    "EntryResult",
+    "KeyResult",
+    "RoleResult",
+    "RoleTable",
+    "entry_keys",
+    "evaluate_roles",
+    "held_roles",
+]
+
+_Check = Callable[[Principal], bool]
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    """One key of an entry: ``key`` is ``issuer``, ``groups``, ``scopes``, ``authenticated`` or
+    ``claims.<path>``."""
+
+    key: str
+    holds: bool
+    why: str
 
 
 @dataclass(frozen=True)
 class EntryResult:
     index: int
     holds: bool
-    why: str  # what held, or the first key that failed and why
+    why: str  # what held, or every key that failed and why
+    keys: tuple[KeyResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,72 +67,165 @@ class RoleResult:
     holds: bool
     entries: tuple[EntryResult, ...]
 
+    @property
+    def held_by(self) -> EntryResult | None:
+        """The first entry that holds, or None."""
+        return next((e for e in self.entries if e.holds), None)
+
 
 def _same(a: Any, b: Any) -> bool:
+    if type(a) is type(b):
+        return bool(a == b)
+    numbers = (int, float)
     return (
-        (type(a) is type(b)
-        and a == b)
-        or (
-            isinstance(a, int | float)
-            and isinstance(b, int | float)
-            and not isinstance(a, bool)
-            and not isinstance(b, bool)
-            and a == b
-        )
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
     )
 
 
-def _claim_matches(actual: Any, expected: Any) -> bool:
+def _equals(actual: Any, expected: Any) -> bool:
     wanted = expected if isinstance(expected, list) else [expected]
     candidates = actual if isinstance(actual, list) else [actual]
     return any(_same(c, w) for c in candidates for w in wanted)
 
 
-def entry_holds(entry: RoleEntry, principal: Principal) -> tuple[bool, str]:
-    """Whether one entry holds, with a short explanation for ``explain``."""
-    if entry.issuer is not None and principal.issuer != entry.issuer:
-        return False, f"issuer is {principal.issuer!r}, not {entry.issuer!r}"
-    if entry.groups is not None and principal.groups.isdisjoint(entry.groups):
-        return False, f"in none of the groups {entry.groups}"
+def _matches(actual: Any, pattern: re.Pattern[str]) -> bool:
+    candidates = actual if isinstance(actual, list) else [actual]
+    return any(isinstance(c, str) and pattern.fullmatch(c) is not None for c in candidates)
+
+
+def claim_holds(actual: Any, test: ClaimValue) -> bool:
+    """Whether a claim value (``MISSING`` when absent) passes one ``claims:`` test."""
+    if isinstance(test, ClaimTest):
+        if test.present:
+            return actual is not MISSING and actual is not None
+        assert test.matches is not None
+        return actual is not MISSING and _matches(actual, re.compile(test.matches))
+    return actual is not MISSING and _equals(actual, test)
+
+
+def _claim_check(path: str, test: ClaimValue) -> _Check:
+    if isinstance(test, ClaimTest) and test.present:
+        return lambda p: p.claim(path) not in (MISSING, None)
+    if isinstance(test, ClaimTest):
+        assert test.matches is not None
+        pattern = re.compile(test.matches)
+        return lambda p: _matches(p.claim(path), pattern)
+    return lambda p: (actual := p.claim(path)) is not MISSING and _equals(actual, test)
+
+
+def _checks(entry: RoleEntry) -> tuple[_Check, ...]:
+    checks: list[_Check] = []
+    if entry.issuer is not None:
+        issuer = entry.issuer
+        checks.append(lambda p: p.issuer == issuer)
+    if entry.groups is not None:
+        groups = frozenset(entry.groups)
+        checks.append(lambda p: not p.groups.isdisjoint(groups))
+    if entry.scopes is not None:
+        scopes = frozenset(entry.scopes)
+        checks.append(lambda p: scopes <= p.scopes)
+    for path, test in (entry.claims or {}).items():
+        checks.append(_claim_check(path, test))
+    return tuple(checks)  # authenticated: true adds nothing: every principal is authenticated
+
+
+def _show_test(test: ClaimValue) -> str:
+    if isinstance(test, ClaimTest):
+        return "present" if test.present else f"matching {test.matches!r}"
+    return f"any of {test!r}" if isinstance(test, list) else repr(test)
+
+
+def entry_keys(entry: RoleEntry, principal: Principal) -> tuple[KeyResult, ...]:
+    """The verdict of every key of ``entry``, in the order issuer, groups, scopes, claims,
+    authenticated, each with the reason, for ``explain``."""
+    out: list[KeyResult] = []
+    if entry.issuer is not None:
+        ok = principal.issuer == entry.issuer
+        out.append(
+            KeyResult(
+                "issuer",
+                ok,
+                f"issuer is {principal.issuer!r}" + ("" if ok else f", not {entry.issuer!r}"),
+            )
+        )
+    if entry.groups is not None:
+        common = sorted(principal.groups.intersection(entry.groups))
+        why = f"in group {common[0]!r}" if common else f"in none of the groups {entry.groups}"
+        out.append(KeyResult("groups", bool(common), why))
     if entry.scopes is not None:
         missing = [s for s in entry.scopes if s not in principal.scopes]
-        if missing:
-            return False, f"missing scopes {missing}"
-    if entry.claims is not None:
-        for path, expected in entry.claims.items():
-            actual = principal.claim(path)
-            if actual is MISSING:
-                return False, f"claim {path} is absent"
-            if not _claim_matches(actual, expected):
-                return False, f"claim {path} is {actual!r}, not {expected!r}"
-    held = [
-        k
-        for k in ("issuer", "groups", "scopes", "claims", "authenticated")
-        if getattr(entry, k) is not None
-    ]
-    return True, "matched " + ", ".join(held)
+        why = f"missing scopes {missing}" if missing else f"has scopes {entry.scopes}"
+        out.append(KeyResult("scopes", not missing, why))
+    for path, test in (entry.claims or {}).items():
+        actual = principal.claim(path)
+        ok = claim_holds(actual, test)
+        if actual is MISSING:
+            why = f"claim {path} is absent"
+        else:
+            why = f"claim {path} is {actual!r}, " + ("" if ok else "not ") + _show_test(test)
+        out.append(KeyResult(f"claims.{path}", ok, why))
+    if entry.authenticated:
+        out.append(KeyResult("authenticated", True, "the token is verified"))
+    return tuple(out)
+
+
+def _entry_result(index: int, entry: RoleEntry, principal: Principal) -> EntryResult:
+    keys = entry_keys(entry, principal)
+    failed = [k for k in keys if not k.holds]
+    if failed:
+        return EntryResult(index, False, "; ".join(k.why for k in failed), keys)
+    return EntryResult(index, True, "matched " + ", ".join(k.key for k in keys), keys)
+
+
+class RoleTable:
+    """The roles of a policy, compiled once: name -> entries -> predicates."""
+
+    def __init__(self, roles: Mapping[str, Role]) -> None:
+        self._roles = dict(roles)
+        self._items = tuple(
+            (name, tuple(_checks(entry) for entry in role.any_of)) for name, role in roles.items()
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._roles)
+
+    def held(self, principal: Principal) -> frozenset[str]:
+        """The names of the roles that hold for ``principal``."""
+        out = []
+        for name, entries in self._items:  # plain loops: this runs on every request
+            for entry in entries:
+                for check in entry:
+                    if not check(principal):
+                        break
+                else:
+                    out.append(name)
+                    break
+        return frozenset(out)
+
+    def trace(self, principal: Principal, names: Iterable[str] | None = None) -> list[RoleResult]:
+        """Every role (or those named, in that order), with the verdict of each entry."""
+        out = []
+        for name in self._roles if names is None else names:
+            role = self._roles.get(name)
+            entries = tuple(
+                _entry_result(i, e, principal) for i, e in enumerate(role.any_of if role else ())
+            )
+            out.append(RoleResult(name, any(e.holds for e in entries), entries))
+        return out
+
+
+def held_roles(roles: Mapping[str, Role], principal: Principal) -> frozenset[str]:
+    """The roles that hold (compiles the table each call: prefer a ``RoleTable`` built once)."""
+    return RoleTable(roles).held(principal)
 
 
 def evaluate_roles(
-    roles: Mapping[str, Sequence[RoleEntry]],
-    principal: Principal,
-    names: Sequence[str] | None = None,
+    roles: Mapping[str, Role], principal: Principal, names: Iterable[str] | None = None
 ) -> list[RoleResult]:
     """Every role (or those named), each with the verdict of each entry: the trace for explain."""
-    out = []
-    for role in names if names is not None else roles:
-        results = []
-        for i, entry in enumerate(roles.get(role, ())):
-            holds, why = entry_holds(entry, principal)
-            results.append(EntryResult(i, holds, why))
-        out.append(RoleResult(role, any(r.holds for r in results), tuple(results)))
-    return out
-
-
-def held_roles(roles: Mapping[str, Sequence[RoleEntry]], principal: Principal) -> frozenset[str]:
-    """The names of the roles that hold for ``principal`` (stops at each role's first holding entry)."""
-    return frozenset(
-        name
-        for name, entries in roles.items()
-        if any(entry_holds(e, principal)[0] for e in entries)
-    )
+    return RoleTable(roles).trace(principal, names)

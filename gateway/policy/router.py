@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PathInvalid(ValueError):
@@ -74,13 +75,18 @@ def decode_path(raw_path: str) -> list[str]:
     for raw in raw_path.split("/")[1:]:
         if raw in (".", ".."):
             raise PathInvalid("dot segments are not allowed")
-        try:
-            decoded = unquote_to_bytes(raw).decode("utf-8", errors="strict")
-        except UnicodeDecodeError:
-            raise PathInvalid("the path is not valid UTF-8 after percent-decoding") from None
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
-            raise PathInvalid("encoded dot segments or slashes are not allowed")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        if "%" in raw:
+            try:
+                decoded = unquote_to_bytes(raw).decode("utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise PathInvalid("the path is not valid UTF-8 after percent-decoding") from None
+            if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+                raise PathInvalid("encoded dot segments or slashes are not allowed")
+        else:
+            decoded = raw  # what unquote_to_bytes(raw).decode() gives, without the work
+            if "\\" in decoded:
+                raise PathInvalid("encoded dot segments or slashes are not allowed")
+        if _CONTROL.search(decoded):
             raise PathInvalid("control characters are not allowed in the path")
         segments.append(decoded)
     return segments
@@ -95,13 +101,15 @@ class Router:
             node = self._root
             names = []
             for seg in template_segments(template):
-                m = _PARAM_RE.match(seg)
-                if m:
-                    names.append(m.group(1))
+                if seg.startswith("{") and _PARAM_RE.match(seg):
+                    names.append(seg[1:-1])
                     node.param = node.param or _Node()
                     node = node.param
                 else:
-                    node = node.literal.setdefault(seg, _Node())
+                    child = node.literal.get(seg)
+                    if child is None:
+                        child = node.literal[seg] = _Node()
+                    node = child
             node.leaf = node.leaf or _Leaf()
             # First definition wins; the validator reports duplicates before a Router is built.
             node.leaf.methods.setdefault(method.upper(), (index, tuple(names)))

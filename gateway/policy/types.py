@@ -30,8 +30,10 @@ __all__ = [
     "ParamType",
     "TypeProblem",
     "coerce",
+    "json_value",
     "parse_type",
     "parse_timestamp",
+    "same_value",
 ]
 
 SCALAR_KINDS = frozenset(
@@ -206,7 +208,7 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
                 raise TypeProblem('expected a decimal string such as "12.50"') from None
         else:
             raise TypeProblem('expected a decimal string such as "12.50" (floats lose precision)')
-        if not dec.is_finite() or abs(dec) > _NUMERIC_MAX:
+        if not dec.is_finite() or dec.copy_abs() > _NUMERIC_MAX:
             raise TypeProblem("NUMERIC out of range (38 digits, 9 after the point)")
         exponent = dec.as_tuple().exponent
         if isinstance(exponent, int) and exponent < -9:
@@ -240,3 +242,31 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
                 raise TypeProblem("expected a JSON document") from None
         return raw
     raise TypeProblem(f"unsupported type {kind}")  # pragma: no cover - parse_type guards this
+
+
+def json_value(value: Any) -> Any:
+    """A typed parameter value (as ``coerce`` returns it) -> its JSON representation above."""
+    if isinstance(value, SpannerTimestamp):
+        return value.rfc3339()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, list):
+        return [json_value(v) for v in value]
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality of typed values, with NaN equal to NaN and ``True`` never equal to ``1``."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)

@@ -10,19 +10,14 @@ policy may be served. What it checks, beyond the models:
   3986 pchar characters (no percent-encoding, no ``.``/``..``) or a whole ``{name}`` with a
   parameter-style name, each name once; ``//`` only as a trailing slash; ``RESERVED_PREFIXES``
   belong to the gateway itself. Two routes with the same method and the same shape (parameters
-  compared by position, names ignored) are duplicates;
+  compared by position, names ignored) are duplicates; two routes with the same method that can
+  both match a path while neither is more specific than the other (``overlap.py``) can shadow
+  each other;
 - every path parameter is a declared, non-claim-bound parameter of the route's query;
 - SQL (via ``scan_sql``): refused statements, and ``@params`` that differ from the declared params
   in either direction; a GET route must not reach DML; a DML query takes no ``staleness`` (it runs
   in a read-write transaction); ``timeout`` must be more than zero; every query is routed;
-- parameter constraints, which must fit the type: ``min``/``max`` for INT64, FLOAT64, NUMERIC,
-  DATE and TIMESTAMP (given as strings for DATE and TIMESTAMP, finite for FLOAT64) and ``min <=
-  max``; ``max_length`` for STRING (characters), BYTES (bytes) and ARRAY (elements); ``pattern``
-  for STRING (the whole value must match, as binding uses ``fullmatch``); ``enum`` for STRING and
-  INT64, each value of the type, once, and within the other
-  constraints. On ``ARRAY<T>`` the element constraints (min, max, pattern, enum) apply to each
-  element, as binding applies them. A ``default`` must be of the type and within the
-  constraints, and null only when ``nullable``.
+- parameter constraints, which must fit the type (``constraints.py``);
 - claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
   without the claim is always refused (403 claim-missing), so either would promise a value the
   gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
@@ -35,16 +30,16 @@ errors, without reporting follow-on errors for the entries that failed.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.policy.constraints import Finding, Where, param_findings
 from gateway.policy.model import Param, Policy
+from gateway.policy.overlap import route_overlaps
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
-from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
 __all__ = [
     "RESERVED_PREFIXES",
@@ -57,16 +52,9 @@ __all__ = [
     "validate_policy",
 ]
 
-Where = tuple[str | int, ...]
-Finding = tuple[Where, str]
-
 RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
 _PARAM_SEGMENT = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _PCHAR = frozenset(string.ascii_letters + string.digits + "-._~" + "!$&'()*+,;=" + ":@")
-_ORDERED = frozenset({"INT64", "FLOAT64", "NUMERIC", "DATE", "TIMESTAMP"})
-_ENUMERABLE = frozenset({"STRING", "INT64"})
-_SIZED = frozenset({"STRING", "BYTES"})
-_Report = Callable[["str | Where", str], None]
 _SINGULAR = {"issuers": "issuer", "identities": "identity", "roles": "role", "queries": "query"}
 
 
@@ -143,11 +131,16 @@ class _Context:
     def __init__(self, policy: Policy, salvage: Salvage | None) -> None:
         self.policy = policy
         self.salvage = salvage
+        self._names: dict[str, frozenset[str]] = {}
 
-    def names(self, section: str) -> set[str]:
-        section_map: Mapping[str, Any] = getattr(self.policy, section)
-        broken = self.salvage.broken.get(section, frozenset()) if self.salvage else frozenset()
-        return set(section_map) | set(broken or ())
+    def names(self, section: str) -> frozenset[str]:
+        found = self._names.get(section)
+        if found is None:
+            section_map: Mapping[str, Any] = getattr(self.policy, section)
+            salvage = self.salvage
+            broken = salvage.broken.get(section, frozenset()) if salvage else frozenset()
+            found = self._names[section] = frozenset(section_map) | frozenset(broken or ())
+        return found
 
     def unknown(self, section: str, name: str) -> str | None:
         """The message for a reference to an unknown name, or None when it is known."""
@@ -166,10 +159,10 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
     """Every cross-reference problem of ``policy`` as (document path, message)."""
     ctx = _Context(policy, salvage)
     findings: list[Finding] = []
-    for name, entries in policy.roles.items():
-        for k, entry in enumerate(entries):
+    for name, role in policy.roles.items():
+        for k, entry in enumerate(role.any_of):
             if entry.issuer is not None and (msg := ctx.unknown("issuers", entry.issuer)):
-                findings.append((("roles", name, k, "issuer"), msg))
+                findings.append((("roles", name, *role.entry_path(k), "issuer"), msg))
     infos: dict[str, SqlInfo] = {}
     for name, query in policy.queries.items():
         where: Where = ("queries", name)
@@ -187,10 +180,13 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():
-            findings.extend(_param(("queries", name, "params", pname), param))
+            findings.extend(param_findings(("queries", name, "params", pname), param))
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))
+    for k, sink in enumerate(policy.audit.sinks):
+        if sink.type == "spanner" and (msg := ctx.unknown("identities", sink.identity)):
+            findings.append((("audit", "sinks", k, "identity"), msg))
     return findings
 
 
@@ -249,6 +245,15 @@ def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
             found.append(((*where, "method"), (
                 f"a GET route cannot run DML (query {route.query}); use POST, PUT, PATCH or DELETE"
             )))
+    routes = ctx.policy.routes
+    for o in route_overlaps([(r.method, r.path) for r in routes]):
+        later, earlier = routes[o.later], routes[o.earlier]
+        found.append(((*ctx.route_where(o.later), "path"), (
+            f"{later.method} {later.path} and routes[{ctx.route_where(o.earlier)[1]}] "
+            f"({earlier.method} {earlier.path}) can shadow each other: both match {o.example} "
+            "and neither is more specific; make one a refinement of the other (a literal "
+            f"wherever the other has one), make them disjoint, or add a route {o.meet}"
+        )))
     return found
 
 
@@ -274,139 +279,3 @@ def _redact(ctx: _Context) -> list[Finding]:
         for k, name in enumerate(ctx.policy.audit.redact)
         if name not in params
     ]
-
-
-# --- parameter constraints ---------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, SpannerTimestamp):
-        return value.rfc3339()
-    return str(value)
-
-
-def _order(value: Any) -> Any:
-    return (value.value, value.nanos) if isinstance(value, SpannerTimestamp) else value
-
-
-@dataclass
-class _Limits:
-    """The constraints of one parameter that fit its type, coerced to element values."""
-
-    lo: Any = None
-    hi: Any = None
-    max_length: int | None = None
-    pattern: re.Pattern[str] | None = None
-    enum: list[Any] | None = None
-
-    def element_problem(self, item: Any) -> str | None:
-        if item is None:
-            return None
-        if self.lo is not None and _order(item) < _order(self.lo):
-            return f"is below min {_show(self.lo)}"
-        if self.hi is not None and _order(item) > _order(self.hi):
-            return f"is above max {_show(self.hi)}"
-        if self.pattern is not None and isinstance(item, str) and not self.pattern.fullmatch(item):
-            return f"does not match pattern {self.pattern.pattern}"
-        if self.enum is not None and item not in self.enum:
-            return "is not one of enum"
-        return None
-
-
-def _param(where: Where, param: Param) -> list[Finding]:
-    found: list[Finding] = []
-    ptype = param.ptype
-    kind = ptype.element if ptype.is_array and ptype.element else ptype.kind
-    element = ParamType(kind)
-    limits = _Limits()
-
-    def bad(field: str | Where, message: str) -> None:
-        found.append(((*where, *((field,) if isinstance(field, str) else field)), message))
-
-    for field in ("min", "max"):
-        raw = getattr(param, field)
-        if raw is None:
-            continue
-        if kind not in _ORDERED:
-            bad(field, f"{field} applies to INT64, FLOAT64, NUMERIC, DATE, TIMESTAMP, not {ptype}")
-            continue
-        try:
-            value = coerce(element, raw, from_text=False)
-        except TypeProblem as exc:
-            bad(field, f"{field} {raw!r} is not a valid {kind}: {exc}")
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            bad(field, f"{field} must be a finite number")
-            continue
-        setattr(limits, "lo" if field == "min" else "hi", value)
-    if limits.lo is not None and limits.hi is not None and _order(limits.lo) > _order(limits.hi):
-        bad("max", f"min {param.min!r} is greater than max {param.max!r}")
-    if param.max_length is not None:
-        if ptype.is_array or ptype.kind in _SIZED:
-            limits.max_length = param.max_length
-        else:
-            bad("max_length", f"max_length applies to STRING, BYTES and ARRAY, not {ptype}")
-    if param.pattern is not None:
-        if kind == "STRING":
-            limits.pattern = re.compile(param.pattern)
-        else:
-            bad("pattern", f"pattern applies to STRING and ARRAY<STRING>, not {ptype}")
-    if param.enum is not None:
-        if kind not in _ENUMERABLE:
-            bad("enum", f"enum applies to STRING and INT64 (or arrays of them), not {ptype}")
-        else:
-            limits.enum = _enum(param.enum, element, limits, ptype.is_array, bad)
-    if param.from_ is not None:
-        if param.has_default:
-            bad("default", "a claim-bound parameter takes no default: its value comes from the "
-                "token only, and a token without the claim is refused")
-        if param.nullable:
-            bad("nullable", "a claim-bound parameter cannot be nullable: a token without the "
-                "claim is refused")
-    elif param.has_default:
-        _default(param, ptype, limits, bad)
-    return found
-
-
-def _enum(
-    values: Sequence[Any], element: ParamType, limits: _Limits, is_array: bool, bad: _Report
-) -> list[Any]:
-    coerced: list[Any] = []
-    for k, raw in enumerate(values):
-        try:
-            value = coerce(element, raw, from_text=False)
-        except TypeProblem as exc:
-            bad(("enum", k), f"enum value {raw!r} is not a valid {element}: {exc}")
-            continue
-        if value in coerced:
-            bad(("enum", k), f"enum lists {raw!r} twice")
-            continue
-        problem = limits.element_problem(value)
-        if problem is None and not is_array and limits.max_length is not None:
-            if len(value) > limits.max_length:
-                problem = f"is longer than max_length {limits.max_length}"
-        if problem is not None:
-            bad(("enum", k), f"enum value {raw!r} {problem}, so it can never be accepted")
-        coerced.append(value)
-    return coerced
-
-
-def _default(param: Param, ptype: ParamType, limits: _Limits, bad: _Report) -> None:
-    raw = param.default
-    if raw is None:
-        if not param.nullable:
-            bad("default", "default is null but the parameter is not nullable")
-        return
-    try:
-        value = coerce(ptype, raw, from_text=False)
-    except TypeProblem as exc:
-        bad("default", f"default {raw!r} is not a valid {ptype}: {exc}")
-        return
-    if limits.max_length is not None and len(value) > limits.max_length:
-        bad("default", f"default {raw!r} is longer than max_length {limits.max_length}")
-        return
-    for item in value if ptype.is_array else [value]:
-        problem = limits.element_problem(item)
-        if problem is not None:
-            bad("default", f"default {raw!r} {problem}")
-            return

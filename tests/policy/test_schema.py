@@ -111,3 +111,38 @@ def test_the_example_fits_the_schema() -> None:
     assert _check(schema, schema["$defs"], document, "policy") == []
     broken = {**document, "routes": [{**document["routes"][0], "alow": ["x"]}]}
     assert _check(schema, schema["$defs"], broken, "policy") == ["policy.routes[0]: unknown alow"]
+
+
+CASES = REPO / "policies" / "policy-test.schema.json"
+
+
+def test_the_committed_case_file_schema_is_current() -> None:
+    regenerate = (
+        "regenerate it with: python -m gateway.policy.schema --cases > policies/policy-test.schema.json"
+    )
+    assert CASES.exists(), f"policies/policy-test.schema.json is missing; {regenerate}"
+    assert CASES.read_text() == render(cases=True), f"policies/policy-test.schema.json is stale; {regenerate}"
+    schema = json.loads(CASES.read_text())
+    assert schema["$id"] == "https://spangate.dev/schemas/policy-test-v1.json"
+    assert set(schema["required"]) == {"policy", "cases"}
+    assert schema["$defs"]["Expect"]["required"] == ["allow"]
+    for name, definition in schema["$defs"].items():
+        if definition.get("type") == "object":
+            assert definition.get("additionalProperties") is False, name
+
+
+def test_the_example_cases_fit_their_schema() -> None:
+    from gateway.policy.testing import load_case_file
+
+    cases, _ = load_case_file(REPO / "policies" / "policy.example.test.yaml", env={})
+    document = cases.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    schema = json.loads(CASES.read_text())
+    assert _check(schema, schema["$defs"], document, "cases") == []
+    assert (REPO / "policies" / "policy.example.test.yaml").read_text().startswith(
+        "# yaml-language-server: $schema=policy-test.schema.json\n"
+    )
+
+
+def test_a_claim_test_takes_exactly_one_key() -> None:
+    claim_test = policy_json_schema()["$defs"]["ClaimTest"]
+    assert (claim_test["minProperties"], claim_test["maxProperties"]) == (1, 1)

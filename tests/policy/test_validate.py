@@ -185,6 +185,31 @@ def test_a_literal_and_a_parameter_are_different_shapes() -> None:
     assert findings(routes=[*BASE["routes"], _route("/things/special")]) == []
 
 
+def test_routes_that_can_shadow_each_other_are_refused() -> None:
+    routes = [
+        *BASE["routes"],
+        _route("/things/small/{id}"),
+        _route("/things/{id}/big"),  # /things/small/big matches both; neither is more specific
+        _route("/things/{id}/big", "POST", "add_thing"),  # another method: no shadow
+    ]
+    found = findings(routes=routes)
+    assert found == [(
+        ("routes", 3, "path"),
+        "GET /things/{id}/big and routes[2] (GET /things/small/{id}) can shadow each other: both "
+        "match /things/small/big and neither is more specific; make one a refinement of the other "
+        "(a literal wherever the other has one), make them disjoint, or add a route "
+        "/things/small/big",
+    )]
+
+
+def test_a_refinement_or_a_route_for_the_intersection_is_no_shadow() -> None:
+    routes = [*BASE["routes"], _route("/things/special"), _route("/{x}/special"), _route("/{x}")]
+    queries = copy.deepcopy(BASE["queries"])
+    queries["get_thing"]["params"]["x"] = {"type": "STRING"}
+    queries["get_thing"]["sql"] += " AND @x = @x"
+    assert findings(routes=routes, queries=queries) == []
+
+
 # --- path parameters -----------------------------------------------------------------------------
 
 

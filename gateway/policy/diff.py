@@ -1,0 +1,211 @@
+"""What changes between two policies, for the reviewer of a policy pull request. Pure.
+
+Access, per (route, role): a role's effect on a route is ``allow`` (named in ``allow`` and not in
+``deny``: its holders get in, unless a deny role of theirs holds), ``deny`` (named in ``deny``:
+its holders are refused) or ``none`` (not named, or no such route: the role alone grants
+nothing). Every pair whose effect changes is listed, including the pairs of added and removed
+routes. Routes are matched by method and path shape, so renaming a path parameter is no change.
+
+Access also changes without any route changing when a role's entries change (who holds the
+role) or a route's statement changes: roles, queries (SQL, parameters, identity, limits),
+identities, issuers, the Spanner target and the audit settings are compared too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from gateway.policy.model import Policy, Route
+from gateway.policy.validate import template_shape
+
+__all__ = ["AccessChange", "Change", "PolicyDiff", "diff_policies", "render_diff"]
+
+Effect = Literal["allow", "deny", "none"]
+_RouteKey = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    route: str  # "GET /v1/orders/{order_id}", the new template when the route still exists
+    role: str
+    old: Effect
+    new: Effect
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed item: ``kind`` is ``+`` (added), ``-`` (removed) or ``~`` (changed)."""
+
+    section: str  # routes, roles, queries, identities, issuers, spanner, audit
+    name: str
+    kind: Literal["+", "-", "~"]
+    summary: str
+    lines: tuple[str, ...] = ()  # a diff, "- old" / "+ new"
+
+
+@dataclass
+class PolicyDiff:
+    access: list[AccessChange] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.access and not self.changes
+
+
+def _effect(route: Route | None, role: str) -> Effect:
+    if route is None:
+        return "none"
+    if role in route.deny:
+        return "deny"
+    return "allow" if role in route.allow else "none"
+
+
+def _routes(policy: Policy) -> dict[_RouteKey, Route]:
+    return {(r.method, template_shape(r.path)): r for r in policy.routes}
+
+
+def _show(route: Route) -> str:
+    return f"{route.method} {route.path}"
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+def _text(value: Any) -> str:
+    return json.dumps(_dump(value), ensure_ascii=False, sort_keys=True)
+
+
+def _lines(old: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:
+    diff = difflib.ndiff(list(old), list(new))
+    return tuple(line.rstrip("\n") for line in diff if line[:1] in "-+")
+
+
+def _access(old: Policy, new: Policy) -> tuple[list[AccessChange], list[Change]]:
+    before, after = _routes(old), _routes(new)
+    access: list[AccessChange] = []
+    changes: list[Change] = []
+    for key in list(after) + [k for k in before if k not in after]:
+        a, b = before.get(key), after.get(key)
+        route = b if b is not None else a
+        assert route is not None
+        shown = _show(route)
+        roles = dict.fromkeys([*(a.allow + a.deny if a else []), *(b.allow + b.deny if b else [])])
+        for role in roles:
+            if _effect(a, role) != _effect(b, role):
+                access.append(AccessChange(shown, role, _effect(a, role), _effect(b, role)))
+        if a is None and b is not None:
+            summary = f"-> {b.query} (allow {b.allow}, deny {b.deny})"
+            changes.append(Change("routes", shown, "+", summary))
+        elif b is None and a is not None:
+            changes.append(Change("routes", shown, "-", f"was -> {a.query}"))
+        elif a is not None and b is not None:
+            what = [f"query {a.query} -> {b.query}"] if a.query != b.query else []
+            what += [f"path {a.path} -> {b.path}"] if a.path != b.path else []
+            if what:
+                changes.append(Change("routes", shown, "~", "; ".join(what)))
+    return access, changes
+
+
+def _named(section: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    out: list[Change] = []
+    for name in dict.fromkeys([*new, *old]):
+        if name not in old:
+            out.append(Change(section, name, "+", _text(new[name])))
+        elif name not in new:
+            out.append(Change(section, name, "-", _text(old[name])))
+        elif _dump(old[name]) != _dump(new[name]):
+            a, b = _dump(old[name]), _dump(new[name])
+            keys = [k for k in dict.fromkeys([*b, *a]) if a.get(k) != b.get(k)]
+            lines: list[str] = []
+            for k in keys:
+                lines += _field_lines(k, a.get(k), b.get(k))
+            out.append(Change(section, name, "~", "changed: " + ", ".join(keys), tuple(lines)))
+    return out
+
+
+def _field_lines(key: str, old: Any, new: Any) -> list[str]:
+    if isinstance(old, str) and isinstance(new, str) and ("\n" in old or "\n" in new):
+        return [f"{key}:", *(f"  {line}" for line in _lines(old.splitlines(), new.splitlines()))]
+    if isinstance(old, list) and isinstance(new, list):
+        return [f"{key}:", *(f"  {x}" for x in _lines(map(_text, old), map(_text, new)))]
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = [f"{key}:"]
+        for k in dict.fromkeys([*new, *old]):
+            if old.get(k) != new.get(k):
+                out += [f"  - {k}: {_text(old[k])}"] if k in old else []
+                out += [f"  + {k}: {_text(new[k])}"] if k in new else []
+        return out
+    out = [f"- {key}: {_text(old)}"] if old is not None else []
+    return out + ([f"+ {key}: {_text(new)}"] if new is not None else [])
+
+
+def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
+    """Every change from ``old`` to ``new`` that matters to access or to what runs."""
+    access, changes = _access(old, new)
+
+    def used_by(role: str) -> str:
+        routes = [
+            f"{_show(r)} ({_effect(r, role)})" for r in new.routes if _effect(r, role) != "none"
+        ]
+        return f"; who holds it changes for {', '.join(routes)}" if routes else ""
+
+    for name in dict.fromkeys([*new.roles, *old.roles]):
+        a, b = old.roles.get(name), new.roles.get(name)
+        if a is None and b is not None:
+            changes.append(Change("roles", name, "+", _text(b.any_of) + used_by(name)))
+        elif b is None and a is not None:
+            changes.append(Change("roles", name, "-", _text(a.any_of)))
+        elif a is not None and b is not None and _dump(a.any_of) != _dump(b.any_of):
+            lines = _lines(map(_text, a.any_of), map(_text, b.any_of))
+            changes.append(Change("roles", name, "~", "entries changed" + used_by(name), lines))
+    changes += _named("queries", old.queries, new.queries)
+    changes += _named("identities", old.identities, new.identities)
+    changes += _named("issuers", old.issuers, new.issuers)
+    changes += _named("spanner", {"target": old.spanner}, {"target": new.spanner})
+    changes += _named("audit", {"audit": old.audit}, {"audit": new.audit})
+    return PolicyDiff(access, changes)
+
+
+_WORDS = {
+    ("none", "allow"): "now allowed",
+    ("deny", "allow"): "now allowed (was denied)",
+    ("allow", "none"): "no longer allowed",
+    ("allow", "deny"): "now denied (was allowed)",
+    ("none", "deny"): "now denied, whatever else allows",
+    ("deny", "none"): "deny lifted: its holders get in when another of their roles allows",
+}
+
+
+def render_diff(diff: PolicyDiff) -> str:
+    """The diff as text: access first, then the other changes by section."""
+    if diff.empty:
+        return "no changes\n"
+    out: list[str] = []
+    if diff.access:
+        out.append("access (route, role):")
+        width = max(len(a.route) for a in diff.access)
+        for a in diff.access:
+            words = _WORDS[(a.old, a.new)]
+            out.append(f"  {a.route:{width}}  {a.role}: {a.old} -> {a.new}  ({words})")
+    section = None
+    for c in diff.changes:
+        if c.section != section:
+            section = c.section
+            out.append(f"{section}:")
+        out.append(f"  {c.kind} {c.name}: {c.summary}")
+        out += [f"      {line}" for line in c.lines]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,278 @@
+"""The decision trace of one request (``spangate policy explain``). Pure, apart from the clock a
+caller passes in.
+
+``explain`` runs ``decide`` (the gateway's own decision, so the reason codes are the same) and
+adds what a person needs to see why: every role of the policy with the verdict of every key of
+every entry, the route and where it is defined, the statement and its identity, and each bound
+parameter with where its value came from (path, query, body, claim, default, null).
+
+``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
+people holding a token, not a gate) and lists what the gateway would refuse about it anyway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+
+from gateway.auth.principal import Principal
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.decide import Decision, RequestFacts, decide
+from gateway.policy.model import Policy
+from gateway.policy.roles import RoleResult
+from gateway.policy.simulate import SimulationError, issuer_for
+from gateway.policy.types import json_value
+
+__all__ = [
+    "Explanation",
+    "ParamTrace",
+    "explain",
+    "explanation_record",
+    "render_explanation",
+    "unverified_claims",
+]
+
+UNVERIFIED = "the token's signature was NOT verified: explain trusts its claims as given"
+
+
+@dataclass(frozen=True)
+class ParamTrace:
+    name: str
+    value: Any  # JSON representation
+    source: str  # path, query, body, claim <path>, default, null
+
+
+@dataclass(frozen=True)
+class Explanation:
+    facts: RequestFacts
+    principal: Principal
+    decision: Decision
+    roles: tuple[RoleResult, ...]  # every role of the policy
+    params: tuple[ParamTrace, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def route(self) -> CompiledRoute | None:
+        return self.decision.route
+
+
+def _sources(facts: RequestFacts, decision: Decision) -> tuple[ParamTrace, ...]:
+    if decision.bound is None or decision.route is None:
+        return ()
+    query = {k for k, _ in facts.query}
+    body = set(facts.body or ())
+    out = []
+    for name, value in decision.bound.values.items():
+        spec = decision.route.query.params[name]
+        if spec.claim is not None:
+            source = f"claim {spec.claim}"
+        elif name in decision.path_params:
+            source = "path"
+        elif name in query:
+            source = "query"
+        elif name in body:
+            source = "body"
+        else:
+            source = "default" if spec.has_default else "null"
+        out.append(ParamTrace(name, json_value(value), source))
+    return tuple(out)
+
+
+def explain(
+    policy: CompiledPolicy,
+    facts: RequestFacts,
+    principal: Principal,
+    notes: Sequence[str] = (),
+) -> Explanation:
+    """The decision on ``facts`` for ``principal``, with its trace."""
+    decision = decide(policy, facts, principal)
+    return Explanation(
+        facts=facts,
+        principal=principal,
+        decision=decision,
+        roles=tuple(policy.roles.trace(principal)),
+        params=_sources(facts, decision),
+        notes=tuple(notes),
+    )
+
+
+def unverified_claims(
+    policy: Policy, token: str, *, now: dt.datetime
+) -> tuple[dict[str, Any], list[str]]:
+    """The claims of ``token`` read without verifying it, and notes: that it was not verified,
+    and what the gateway would refuse about it (expiry, audience, algorithm). SimulationError
+    when it is no JWT or comes from no issuer of the policy."""
+    try:
+        header = jwt.get_unverified_header(token)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            options={
+                "verify_signature": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except jwt.InvalidTokenError as exc:
+        raise SimulationError(f"the token cannot be decoded: {exc}", key="token") from None
+    name = issuer_for(policy, claims.get("iss"))
+    issuer = policy.issuers[name]
+    notes = [UNVERIFIED]
+    if claims.get("iss") != issuer.issuer:
+        notes.append(
+            f"iss is not the URL of issuer '{name}': the gateway answers 401 issuer-unknown"
+        )
+    alg = header.get("alg")
+    if alg not in issuer.algorithms:
+        notes.append(
+            f"algorithm {alg!r} is not allowed for issuer '{name}': 401 algorithm-not-allowed"
+        )
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and exp < now.timestamp():
+        when = dt.datetime.fromtimestamp(exp, dt.UTC).isoformat().replace("+00:00", "Z")
+        notes.append(f"the token expired at {when}: the gateway answers 401 token-expired")
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if not set(auds) & set(issuer.audiences):
+        notes.append(
+            f"aud {aud!r} is none of {list(issuer.audiences)}: the gateway answers 401 "
+            "audience-mismatch"
+        )
+    return claims, notes
+
+
+def _role_record(result: RoleResult) -> dict[str, Any]:
+    return {
+        "role": result.role,
+        "holds": result.holds,
+        "entries": [
+            {
+                "index": e.index,
+                "holds": e.holds,
+                "keys": [{"key": k.key, "holds": k.holds, "why": k.why} for k in e.keys],
+            }
+            for e in result.entries
+        ],
+    }
+
+
+def explanation_record(ex: Explanation) -> dict[str, Any]:
+    """The explanation as JSON-ready data (``--json``)."""
+    d, route, p = ex.decision, ex.route, ex.principal
+    return {
+        "request": {
+            "method": ex.facts.method,
+            "path": ex.facts.path,
+            "query": list(ex.facts.query),
+        },
+        "principal": {
+            "issuer": p.issuer,
+            "sub": p.subject or None,
+            "client_id": p.client_id,
+            "scopes": sorted(p.scopes),
+            "groups": sorted(p.groups),
+        },
+        "notes": list(ex.notes),
+        "decision": {
+            "allow": d.allow,
+            "reason": d.reason,
+            "status": d.problem.status if d.problem else 200,
+            "detail": d.problem.detail if d.problem else None,
+            "rule": d.rule,
+        },
+        "route": None
+        if route is None
+        else {
+            "index": route.index,
+            "method": route.model.method,
+            "path": route.model.path,
+            "query": route.query_name,
+            "allow": route.model.allow,
+            "deny": route.model.deny,
+            "path_params": d.path_params,
+        },
+        "roles": [_role_record(r) for r in ex.roles],
+        "params": [{"name": t.name, "value": t.value, "source": t.source} for t in ex.params],
+        "ignored": {k: v for k, v in (d.bound.ignored if d.bound else {}).items()},
+    }
+
+
+def _at(policy: CompiledPolicy, where: tuple[str | int, ...]) -> str:
+    file, line, column = policy.loaded.locate(where)
+    return file + (f":{line}" if line else "") + (f":{column}" if line and column else "")
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
+    """The explanation as text for a terminal."""
+    d, p, route = ex.decision, ex.principal, ex.route
+    query = "?" + urlencode(list(ex.facts.query)) if ex.facts.query else ""
+    lines = [f"request   {ex.facts.method} {ex.facts.path}{query}"]
+    if ex.facts.body is not None:
+        lines.append(f"body      {_show(ex.facts.body)}")
+    lines.append(
+        f"caller    issuer {p.issuer}, sub {p.subject or '-'}, client {p.client_id or '-'}, "
+        f"scopes {sorted(p.scopes)}, groups {sorted(p.groups)}"
+    )
+    lines += [f"note      {n}" for n in ex.notes]
+    if route is None:
+        lines.append("route     none")
+    else:
+        r = route.model
+        lines.append(
+            f"route     routes[{route.index}] {r.method} {r.path}  ({_at(policy, ('routes', route.index))})"
+        )
+        if r.description:
+            lines.append(f"          {r.description}")
+        if d.path_params:
+            shown = ", ".join(f"{k}={_show(v)}" for k, v in d.path_params.items())
+            lines.append(f"          path parameters: {shown}")
+        lines.append(f"          allow {r.allow}, deny {r.deny}")
+    lines.append("roles")
+    relevant = set(route.model.allow) | set(route.model.deny) if route else set()
+    for result in ex.roles:
+        role = policy.model.roles[result.role]
+        mark = "+" if result.holds else "-"
+        used = "" if not relevant or result.role in relevant else "  (not named by this route)"
+        verdict = "holds" if result.holds else "does not hold"
+        desc = f" - {role.description}" if role.description else ""
+        lines.append(f"  {mark} {result.role}: {verdict}{used}{desc}")
+        for e in result.entries:
+            where = _at(policy, ("roles", result.role, *role.entry_path(e.index)))
+            lines.append(f"      entry {e.index} ({where}): {'holds' if e.holds else 'fails'}")
+            for k in e.keys:
+                lines.append(f"        {'+' if k.holds else '-'} {k.key}: {k.why}")
+    if d.allow:
+        lines.append(f"decision  ALLOW (allowed) by role {d.rule}")
+    else:
+        assert d.problem is not None
+        by = f" by role {d.rule}" if d.reason == "denied-by-role" else ""
+        lines.append(f"decision  DENY {d.problem.status} {d.reason}{by}: {d.problem.detail}")
+    if route is not None:
+        q = route.query
+        identity = policy.model.identities.get(q.model.identity)
+        db_role = identity.database_role if identity else None
+        lines.append(
+            f"query     {q.name} ({'DML, read-write' if q.is_dml else 'read-only'}) as identity "
+            f"{q.model.identity} (database role {db_role or '-'})"
+        )
+        if q.model.description:
+            lines.append(f"          {q.model.description}")
+    for t in ex.params:
+        lines.append(f"param     {t.name} = {_show(t.value)}  ({t.source})")
+    for name, value in (d.bound.ignored if d.bound else {}).items():
+        lines.append(
+            f"ignored   {name} = {_show(value)}  (a caller value for a claim-bound parameter)"
+        )
+    return "\n".join(lines) + "\n"

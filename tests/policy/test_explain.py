@@ -1,0 +1,201 @@
+"""``spangate policy explain``: the decision trace, from claims or from an unverified token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import jwt
+import pytest
+from builders import EXAMPLE, where_in
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.cli import main
+from gateway.policy.compiled import compile_policy
+from gateway.policy.explain import UNVERIFIED, explain, render_explanation, unverified_claims
+from gateway.policy.load import load_policy
+from gateway.policy.simulate import SimulationError, principal_for, request_facts
+
+POLICY = compile_policy(load_policy(EXAMPLE, env={}))
+ISS = POLICY.model.issuers["okta"].issuer
+AGENT = {"iss": "okta", "sub": "agent-7", "scp": ["orders.read"], "tenant": "t1"}
+
+
+def test_the_trace_names_roles_entries_route_and_parameter_sources() -> None:
+    ex = explain(
+        POLICY,
+        request_facts("GET /v1/orders?status=PAID&tenant=t2"),
+        principal_for(POLICY.model, AGENT),
+    )
+    text = render_explanation(POLICY, ex)
+    lines = text.splitlines()
+    assert lines[0] == "request   GET /v1/orders?status=PAID&tenant=t2"
+    assert (
+        lines[1]
+        == "caller    issuer okta, sub agent-7, client -, scopes ['orders.read'], groups []"
+    )
+    route = where_in(EXAMPLE, "path: /v1/orders\n    method: GET")
+    assert f"route     routes[1] GET /v1/orders  ({route})" in lines
+    assert "  - support: does not hold - support staff, any token in the support group" in lines
+    assert f"      entry 0 ({where_in(EXAMPLE, 'groups: [support]')}): fails" in lines
+    assert "        - groups: in none of the groups ['support']" in lines
+    assert "  + order-agent: holds" in lines
+    assert "        + scopes: has scopes ['orders.read']" in lines
+    assert "  - order-writer: does not hold  (not named by this route)" in lines
+    assert "decision  ALLOW (allowed) by role order-agent" in lines
+    assert (
+        "query     list_orders (read-only) as identity shop_reader (database role shop_reader)"
+        in lines
+    )
+    assert 'param     tenant = "t1"  (claim tenant)' in lines
+    assert 'param     status = "PAID"  (query)' in lines
+    assert "param     limit = 20  (default)" in lines
+    assert 'ignored   tenant = "t2"  (a caller value for a claim-bound parameter)' in lines
+
+
+def test_a_denial_says_its_reason_code_and_status() -> None:
+    suspended = principal_for(POLICY.model, {**AGENT, "groups": ["suspended"]})
+    ex = explain(POLICY, request_facts("GET /v1/orders/O-1"), suspended)
+    assert ex.decision.reason == "denied-by-role"
+    assert "decision  DENY 403 denied-by-role by role suspended: denied by role 'suspended'" in (
+        render_explanation(POLICY, ex).splitlines()
+    )
+    nowhere = explain(POLICY, request_facts("GET /v2/x"), suspended)
+    assert "route     none" in render_explanation(POLICY, nowhere)
+
+
+def test_the_cli_exits_0_on_allow_1_on_deny_and_prints_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    claims = json.dumps(AGENT)
+    assert (
+        main(
+            [
+                "policy",
+                "explain",
+                "--policy",
+                str(EXAMPLE),
+                "--claims",
+                claims,
+                "GET",
+                "/v1/orders/O-1",
+            ]
+        )
+        == 0
+    )
+    assert "claims given with --claims: no token was verified" in capsys.readouterr().out
+    args = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", claims, "--json"]
+    assert main([*args, "GET", "/v1/customers/C-1"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["decision"] == {
+        "allow": False,
+        "reason": "no-allow-role",
+        "status": 403,
+        "rule": None,
+        "detail": "no role that this route allows holds for this token",
+    }
+    assert record["route"]["path"] == "/v1/customers/{customer_id}"
+    assert [r["role"] for r in record["roles"] if r["holds"]] == ["order-agent"]
+    body = json.dumps({"order_id": "O-9", "customer_id": "C-1", "total_cents": 5})
+    writer = json.dumps({"iss": "okta", "scp": ["orders.write"], "tenant": "t1"})
+    assert (
+        main(
+            [
+                "policy",
+                "explain",
+                "--policy",
+                str(EXAMPLE),
+                "--claims",
+                writer,
+                "--body",
+                body,
+                "--json",
+                "POST",
+                "/v1/orders",
+            ]
+        )
+        == 0
+    )
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert {p["name"]: p["source"] for p in params} == {
+        "tenant": "claim tenant",
+        "order_id": "body",
+        "customer_id": "body",
+        "total_cents": "body",
+        "currency": "default",
+    }
+
+
+def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["policy", "explain", "--policy", str(EXAMPLE)]
+    assert main([*base, "--claims", "{", "GET", "/v1/orders"]) == 2
+    assert "--claims is not JSON" in capsys.readouterr().err
+    assert main([*base, "--claims", '{"iss": "nope"}', "GET", "/v1/orders"]) == 2
+    assert "iss 'nope' is no issuer of the policy" in capsys.readouterr().err
+    assert main([*base, "--token", "not.a.jwt", "GET", "/v1/orders"]) == 2
+    assert "the token cannot be decoded" in capsys.readouterr().err
+
+
+def token(claims: dict[str, object], alg: str = "ES256") -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+
+
+def test_a_token_is_read_without_verifying_and_says_so() -> None:
+    good = {
+        "iss": ISS,
+        "sub": "u",
+        "aud": "api://shop",
+        "exp": NOW.timestamp() + 60,
+        "scp": ["orders.read"],
+    }
+    claims, notes = unverified_claims(POLICY.model, token(good), now=NOW)
+    assert claims["scp"] == ["orders.read"]
+    assert notes == [UNVERIFIED]
+    stale = {**good, "exp": NOW.timestamp() - 60, "aud": "other"}
+    _, notes = unverified_claims(POLICY.model, token(stale), now=NOW)
+    assert notes[0] == UNVERIFIED
+    assert any("expired at 2026-11-24T11:59:00Z" in n and "token-expired" in n for n in notes)
+    assert any("audience-mismatch" in n for n in notes)
+    with pytest.raises(SimulationError, match="no issuer of the policy"):
+        unverified_claims(POLICY.model, token({**good, "iss": "https://evil.example"}), now=NOW)
+
+
+def test_the_cli_reads_a_token_from_stdin() -> None:
+    exp = dt.datetime.now(dt.UTC).timestamp() + 600
+    claims = {
+        "iss": ISS,
+        "sub": "u",
+        "aud": "api://shop",
+        "exp": exp,
+        "groups": ["support"],
+        "tenant": "t1",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "policy",
+            "explain",
+            "--policy",
+            str(EXAMPLE),
+            "--token",
+            "-",
+            "GET",
+            "/v1/customers/C-1",
+        ],
+        input=token(claims) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"note      {UNVERIFIED}" in done.stdout
+    assert "decision  ALLOW (allowed) by role support" in done.stdout
