@@ -109,7 +109,12 @@ class AuthError(GatewayError):
     def __init__(self, detail: str, *, code: str, realm: str = "spangate") -> None:
         challenge = f'Bearer realm="{realm}"'
         if code != "token-missing":  # RFC 6750 3.1: no error attribute when no token was sent
-            description = detail.replace("\\", "").replace('"', "'")
+            # RFC 6750 3: error_description is %x20-21 / %x23-5B / %x5D-7E; a token's claims
+            # end up in details, so nothing else (no CR/LF, no quote) may reach the header.
+            description = "".join(
+                c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?"
+                for c in detail
+            )
             challenge += f', error="invalid_token", error_description="{description}"'
         super().__init__(detail, code=code, headers={"WWW-Authenticate": challenge})
 

@@ -10,21 +10,36 @@
 //                RSA key with alg RS256 and one EC P-256 key with alg ES256 (required;
 //                `python -m gateway.dev.keys PATH` writes one)
 //   IDP_CLIENTS  clients file (default: clients.json next to this file)
+//                (each client: client_id, client_secret, scopes, claims, alg RS256|ES256,
+//                access_token_ttl, auth_method client_secret_basic|client_secret_post)
 //
 // Issuer: http://IDP_HOST:IDP_PORT/oauth2/default, with Okta's routes under it:
 //   /.well-known/openid-configuration  /.well-known/oauth-authorization-server
 //   /v1/token  /v1/keys  /v1/introspect  /v1/revoke
 //
-// Only the client-credentials grant is enabled. Access tokens for resource api://shop (the
-// default when a request names none) are JWTs shaped like Okta's: header {kid, alg} without
-// typ; claims ver, jti, iss, aud, iat, exp, cid, scp (an array), sub (= client_id), plus the
-// client's extra claims from the clients file. Resource api://shop-opaque gets opaque tokens
-// (for introspection and revocation). Everything lives in memory: a restart forgets every
-// opaque token.
+// Grants: client credentials, and RFC 8693 token exchange (below). Access tokens for resource
+// api://shop (the default when a request names none) are JWTs shaped like Okta's: header
+// {kid, alg} without typ; claims ver, jti, iss, aud, iat, exp, cid, scp (an array), sub
+// (= client_id), plus the client's extra claims from the clients file. Resource
+// api://shop-opaque gets opaque tokens (for introspection and revocation). Everything lives in
+// memory: a restart forgets every opaque token.
+//
+// Token exchange (grant_type urn:ietf:params:oauth:grant-type:token-exchange): the
+// authenticated client (the actor, e.g. an AI agent) presents subject_token, an access token of
+// this provider (a JWT it signed, or an opaque token it issued; subject_token_type
+// ...:token-type:access_token or ...:token-type:jwt), and gets a token for the subject with
+// an RFC 8693 `act` claim naming itself: {sub: <subject's sub>, act: {sub: <actor client_id>,
+// act: <the subject token's act, if any>}}, the subject's extra claims (tenant, groups...),
+// cid = the actor, scp = the requested scopes (each one the actor's clients-file list allows),
+// and an expiry no later than the subject token's. `resource` picks the format as above.
+// requested_token_type ...:token-type:id_token instead returns an OpenID ID token (aud = the
+// actor client, an at_hash, signed like any ID token): the tests use it to send an ID token
+// where an access token belongs.
 //
 // Prints exactly one line, "READY <issuer>", to stdout once listening; everything else goes to
 // stderr. Bad configuration: a message on stderr and exit status 2. SIGTERM/SIGINT: exit 0.
 
+import crypto from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -47,12 +62,21 @@ const RESOURCES = {
 const DEFAULT_RESOURCE = 'api://shop';
 
 const SUPPORTED_ALGS = new Set(['RS256', 'ES256']);
+// How a client authenticates at the token, introspection and revocation endpoints.
+const AUTH_METHODS = new Set(['client_secret_basic', 'client_secret_post']);
 const DEFAULT_TTL = 3600;
 // Claims the provider sets itself; a client's extra claims may not override them.
 const RESERVED_CLAIMS = new Set([
   'iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'ver', 'cid', 'scp', 'scope', 'client_id',
-  'cnf', 'authorization_details', 'auth_time',
+  'cnf', 'authorization_details', 'auth_time', 'act', 'may_act',
 ]);
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const TOKEN_TYPE = {
+  accessToken: 'urn:ietf:params:oauth:token-type:access_token',
+  jwt: 'urn:ietf:params:oauth:token-type:jwt',
+  idToken: 'urn:ietf:params:oauth:token-type:id_token',
+};
 
 class ConfigError extends Error {}
 
@@ -146,6 +170,8 @@ function loadClients(file) {
     }
     const alg = c.alg ?? 'RS256';
     if (!SUPPORTED_ALGS.has(alg)) fail(`${where} (${id}): alg must be RS256 or ES256, got ${JSON.stringify(alg)}`);
+    const authMethod = c.auth_method ?? 'client_secret_basic';
+    if (!AUTH_METHODS.has(authMethod)) fail(`${where} (${id}): auth_method must be client_secret_basic or client_secret_post`);
     const ttl = c.access_token_ttl ?? DEFAULT_TTL;
     if (!Number.isSafeInteger(ttl) || ttl <= 0) fail(`${where} (${id}): access_token_ttl must be a positive integer (seconds)`);
     byId.set(id, {
@@ -155,9 +181,53 @@ function loadClients(file) {
       claims,
       alg,
       ttl,
+      authMethod,
     });
   });
   return byId;
+}
+
+// The public half of each signing key, by kid: subject tokens of a token exchange are verified
+// against these (the provider signed them itself).
+function publicKeysByKid(jwks) {
+  const byKid = new Map();
+  for (const jwk of jwks.keys) {
+    const pub = crypto.createPublicKey({ key: jwk, format: 'jwk' });
+    byKid.set(jwk.kid, { alg: jwk.alg, key: pub });
+  }
+  return byKid;
+}
+
+const VERIFY_PARAMS = {
+  RS256: (key) => ['sha256', { key }],
+  ES256: (key) => ['sha256', { key, dsaEncoding: 'ieee-p1363' }],
+};
+
+// Verify a compact JWS this provider signed; returns its payload, or undefined when anything is
+// wrong (format, kid, alg, signature, issuer, expiry).
+function verifyOwnJwt(value, keysByKid, issuer) {
+  const parts = value.split('.');
+  if (parts.length !== 3) return undefined;
+  let header;
+  let payload;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    payload = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const entry = keysByKid.get(header?.kid);
+  if (!entry || header.alg !== entry.alg || !VERIFY_PARAMS[entry.alg]) return undefined;
+  const [digest, key] = VERIFY_PARAMS[entry.alg](entry.key);
+  const ok = crypto.verify(
+    digest,
+    Buffer.from(`${parts[0]}.${parts[1]}`),
+    key,
+    Buffer.from(parts[2], 'base64url'),
+  );
+  if (!ok || !isPlainObject(payload) || payload.iss !== issuer) return undefined;
+  if (typeof payload.exp !== 'number' || payload.exp <= Math.floor(Date.now() / 1000)) return undefined;
+  return payload;
 }
 
 function issuerFor(host, port) {
@@ -174,16 +244,42 @@ async function main() {
   const { default: Provider, errors } = await import('oidc-provider');
 
   const personaOf = (client) => personas.get(client?.clientId);
+  const keysByKid = publicKeysByKid(jwks);
+  // Claims of tokens minted by the token exchange, by token object: sub, act and the subject's
+  // claims replace the actor's persona claims.
+  const exchanged = new WeakMap();
+
+  // RFC 8707 resource -> the resource server the token is for; refuses any requested scope
+  // outside the client's list, as Okta does, with the provider's own invalid_scope error.
+  const resourceServerInfo = (ctx, resource, client) => {
+    const rs = RESOURCES[resource];
+    if (!rs) throw new errors.InvalidTarget(`unknown resource ${resource}`);
+    const persona = personaOf(client);
+    if (!persona) throw new errors.InvalidClient('client not configured');
+    const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
+    for (const s of requested) {
+      if (!persona.scopes.includes(s)) {
+        throw new errors.InvalidScope('requested scope is not allowed', s);
+      }
+    }
+    return {
+      scope: rs.scope,
+      audience: resource,
+      accessTokenFormat: rs.accessTokenFormat,
+      accessTokenTTL: persona.ttl,
+      ...(rs.accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: persona.alg } } } : {}),
+    };
+  };
 
   const configuration = {
     jwks,
     clients: [...personas.values()].map((p) => ({
       client_id: p.clientId,
       client_secret: p.clientSecret,
-      grant_types: ['client_credentials'],
+      grant_types: ['client_credentials', TOKEN_EXCHANGE],
       response_types: [],
       redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_basic',
+      token_endpoint_auth_method: p.authMethod,
       ...(p.scopes.length ? { scope: p.scopes.join(' ') } : {}),
     })),
     scopes: ['openid', ...SHOP_SCOPES],
@@ -215,38 +311,23 @@ async function main() {
       resourceIndicators: {
         enabled: true,
         defaultResource: async (ctx, client, oneOf) => oneOf ?? DEFAULT_RESOURCE,
-        getResourceServerInfo: async (ctx, resource, client) => {
-          const rs = RESOURCES[resource];
-          if (!rs) throw new errors.InvalidTarget(`unknown resource ${resource}`);
-          const persona = personaOf(client);
-          if (!persona) throw new errors.InvalidClient('client not configured');
-          // The provider itself only refuses scopes it knows; refuse any scope outside the
-          // client's list, as Okta does, with the provider's own invalid_scope error.
-          const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
-          for (const s of requested) {
-            if (!persona.scopes.includes(s)) {
-              throw new errors.InvalidScope('requested scope is not allowed', s);
-            }
-          }
-          return {
-            scope: rs.scope,
-            audience: resource,
-            accessTokenFormat: rs.accessTokenFormat,
-            accessTokenTTL: persona.ttl,
-            ...(rs.accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: persona.alg } } } : {}),
-          };
-        },
+        getResourceServerInfo: async (ctx, resource, client) => resourceServerInfo(
+          ctx, resource, client,
+        ),
       },
     },
     // The client's extra claims: in JWT access tokens and in introspection responses. sub is
     // repeated here so that introspection, like Okta's, names the subject (= client_id) too.
     extraTokenClaims: async (ctx, token) => {
+      const minted = exchanged.get(token);
+      if (minted) return structuredClone(minted);
       const persona = personas.get(token.clientId);
       return persona ? { sub: token.clientId, ...structuredClone(persona.claims) } : undefined;
     },
     ttl: {
       ClientCredentials: (ctx, token, client) => personaOf(client)?.ttl ?? DEFAULT_TTL,
       AccessToken: (ctx, token, client) => personaOf(client)?.ttl ?? DEFAULT_TTL,
+      IdToken: DEFAULT_TTL,
     },
     formats: {
       customizers: {
@@ -257,6 +338,7 @@ async function main() {
             jti, iss, aud, iat, exp, sub, client_id: cid, scope, ...rest
           } = jwt.payload;
           const { uid, ...extra } = rest;
+          const minted = exchanged.get(token);
           const payload = {
             ver: 1,
             jti,
@@ -267,7 +349,7 @@ async function main() {
             cid,
             ...(uid !== undefined ? { uid } : {}),
             scp: scope ? scope.split(' ') : [],
-            sub,
+            sub: minted ? minted.sub : sub,
             ...extra,
           };
           for (const [k, v] of Object.entries(payload)) {
@@ -292,6 +374,74 @@ async function main() {
   } catch (err) {
     fail(`invalid provider configuration: ${err.message}`);
   }
+  // RFC 8693 token exchange: see the header of this file.
+  const subjectOf = async (value, type) => {
+    if (type !== TOKEN_TYPE.accessToken && type !== TOKEN_TYPE.jwt) {
+      throw new errors.InvalidRequest('subject_token_type must be an access token or a jwt');
+    }
+    const payload = verifyOwnJwt(value, keysByKid, issuer);
+    if (payload) {
+      const claims = Object.fromEntries(
+        Object.entries(payload).filter(([k]) => !RESERVED_CLAIMS.has(k) || k === 'act'),
+      );
+      return { sub: payload.sub, exp: payload.exp, claims };
+    }
+    const stored = await provider.ClientCredentials.find(value);
+    if (stored?.isValid) {
+      const { sub, ...claims } = stored.extra ?? {};
+      return { sub: sub ?? stored.clientId, exp: stored.exp, claims };
+    }
+    throw new errors.InvalidGrant('subject_token is invalid, expired or not issued here');
+  };
+
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { params, client } = ctx.oidc;
+    if (!params.subject_token) throw new errors.InvalidRequest('missing subject_token');
+    const subject = await subjectOf(params.subject_token, params.subject_token_type);
+    if (typeof subject.sub !== 'string' || !subject.sub) {
+      throw new errors.InvalidGrant('subject_token has no subject');
+    }
+    const { act: priorAct, ...subjectClaims } = subject.claims;
+    const act = { sub: client.clientId, ...(isPlainObject(priorAct) ? { act: priorAct } : {}) };
+    const remaining = subject.exp - Math.floor(Date.now() / 1000);
+
+    if (params.requested_token_type === TOKEN_TYPE.idToken) {
+      const idToken = new provider.IdToken({ sub: subject.sub }, { ctx });
+      idToken.scope = 'openid';
+      idToken.set('at_hash', params.subject_token);
+      ctx.body = {
+        access_token: await idToken.issue({ use: 'idtoken' }),
+        issued_token_type: TOKEN_TYPE.idToken,
+        token_type: 'N_A',
+      };
+      return;
+    }
+    if (params.requested_token_type && params.requested_token_type !== TOKEN_TYPE.accessToken) {
+      throw new errors.InvalidRequest('requested_token_type must be an access token or an id_token');
+    }
+
+    const resource = params.resource ?? DEFAULT_RESOURCE;
+    if (Array.isArray(resource)) throw new errors.InvalidTarget('only one resource is supported');
+    const info = resourceServerInfo(ctx, resource, client);
+    const requested = (params.scope ?? '').split(' ').filter(Boolean);
+    const token = new provider.ClientCredentials({
+      client,
+      scope: requested.filter((s) => info.scope.split(' ').includes(s)).join(' ') || undefined,
+    });
+    token.resourceServer = new provider.ResourceServer(resource, info);
+    token.expiresIn = Math.max(1, Math.min(token.expiration, remaining));
+    exchanged.set(token, { ...subjectClaims, sub: subject.sub, act });
+    ctx.oidc.entity('ClientCredentials', token);
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: TOKEN_TYPE.accessToken,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      ...(token.scope ? { scope: token.scope } : {}),
+    };
+  }, ['subject_token', 'subject_token_type', 'requested_token_type', 'scope', 'resource']);
+
   provider.on('server_error', (ctx, err) => {
     console.error(`idp: server error on ${ctx.method} ${ctx.path}:`, err);
   });

@@ -1,76 +1,95 @@
 """An async JWKS cache per issuer: discovery, keys by ``kid``, bounded refreshes, stale fallback.
 
-Contract (per issuer):
+Contract (per issuer; every time is read from the injected ``clock``):
 
 - ``start()`` runs discovery (unless ``jwks_uri`` is configured) and fetches the keys; a failure
   leaves the cache cold and is reported by ``state()``, it does not raise.
-- Keys are refreshed in the background once they are older than the refresh interval
-  (``Cache-Control: max-age`` from the IdP shortens it, within [60 s, refresh interval]);
-  requests keep using the current keys meanwhile.
-- An unknown ``kid`` triggers a refetch only if the last fetch started more than
-  ``min_refetch_seconds`` ago; all concurrent callers share that one fetch (single flight). So a
-  flood of random kids costs the IdP at most one request per interval, and a rotated key is
-  accepted as soon as the IdP publishes it.
+- Keys are refreshed in the background once they are older than their TTL: the refresh interval,
+  shortened by the IdP's ``Cache-Control: max-age`` (``no-cache``/``no-store`` count as 0) but
+  never below ``min(60 s, refresh interval)``. Requests keep using the current keys meanwhile.
+- An unknown ``kid`` joins the fetch in flight if there is one, else starts one only if the last
+  fetch started at least ``min_refetch_seconds`` ago; all concurrent callers share that one fetch
+  (single flight). So a flood of random kids costs the IdP at most one request per interval, and
+  a rotated key is accepted as soon as the IdP publishes it (within that interval).
 - When the IdP is unreachable the last good keys keep serving for ``stale_seconds`` after they
-  were due for refresh; with no usable keys at all, ``IdpUnavailable`` (503): the token is not at
-  fault.
+  were due for refresh; with no usable keys at all, ``IdpUnavailable`` (503 with Retry-After):
+  the token is not at fault. A cold cache also fetches at most once per ``min_refetch_seconds``.
+- A fetched set replaces the old one whole (a key the IdP stopped publishing is gone). Entries
+  with ``use`` other than ``sig``, with private or symmetric material, or of a type pyjwt cannot
+  load are skipped; a set with no usable key counts as a failed fetch.
 - ``jku``/``x5u``/``jwk``/``x5c`` token headers are never consulted: keys come only from here.
+- ``enabled=False`` (an issuer whose tokens are only introspected, e.g. an Okta org server): no
+  fetches; ``state()`` says ready with no keys; ``get_key`` raises ``key-unknown``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import jwt
 
+from gateway.auth.discovery import discover, metadata_url_field
+from gateway.auth.urls import require_safe_url
 from gateway.errors import AuthError, IdpUnavailable
 
-__all__ = ["JwksCache", "KeyState", "SigningKey", "require_safe_url"]
+__all__ = ["JwksCache", "KeyState", "SigningKey", "key_fits", "require_safe_url"]
 
 log = logging.getLogger("spangate.jwks")
-_MAX_AGE_RE = re.compile(r"max-age=([0-9]+)")
+_MAX_AGE_RE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?([0-9]+)")
+_NO_CACHE_RE = re.compile(r"(?:^|[,\s])(?:no-cache|no-store)(?:$|[,\s=])")
 _MIN_TTL = 60.0
 
-
-def require_safe_url(url: str, what: str) -> str:
-    """https, or http only to a loopback host (development and tests)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname:
-        host = parts.hostname
-        if host == "localhost":
-            return url
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                return url
-        except ValueError:
-            pass
-    raise ValueError(f"{what} must be an https URL (http only for loopback hosts): {url}")
+# The key type (and EC curve / OKP subtype) each algorithm needs.
+_KEY_FOR_ALG: dict[str, tuple[str, frozenset[str] | None]] = {
+    **{alg: ("RSA", None) for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
+    "ES256": ("EC", frozenset({"P-256"})),
+    "ES384": ("EC", frozenset({"P-384"})),
+    "ES512": ("EC", frozenset({"P-521"})),
+    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
+}
 
 
 @dataclass(frozen=True)
 class SigningKey:
+    """One published verification key. ``alg`` is the JWK's declared alg, when it has one."""
+
+    kid: str | None
     key: jwt.PyJWK
-    alg: str | None  # the JWK's declared alg, when it has one
+    alg: str | None
+    kty: str
+    crv: str | None
+
+
+def key_fits(key: SigningKey, alg: str) -> bool:
+    """Whether ``key`` may verify a signature made with ``alg`` (type, curve and declared alg)."""
+    wanted = _KEY_FOR_ALG.get(alg)
+    if wanted is None or key.kty != wanted[0]:
+        return False
+    if wanted[1] is not None and key.crv not in wanted[1]:
+        return False
+    return key.alg is None or key.alg == alg
 
 
 @dataclass(frozen=True)
 class KeyState:
+    """What ``/readyz`` reports for one issuer."""
+
     ready: bool
     keys: int
     age_seconds: float | None
     last_error: str | None
     fetches: int
+    stale: bool = False
+    jwks_uri: str | None = None
+    enabled: bool = True
 
 
 class JwksCache:
@@ -85,6 +104,7 @@ class JwksCache:
         stale_seconds: float = 3600.0,
         min_refetch_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
     ) -> None:
         self.name = name
         self.issuer = issuer
@@ -96,69 +116,110 @@ class JwksCache:
         self._stale = stale_seconds
         self._min_refetch = min_refetch_seconds
         self._clock = clock
-        self._keys: dict[str | None, SigningKey] = {}
+        self.enabled = enabled
+        self._keys: tuple[SigningKey, ...] = ()
         self._fetched_at: float | None = None  # when the current keys were fetched
         self._attempted_at: float | None = None  # when the last fetch started
         self._inflight: asyncio.Task[None] | None = None
         self._last_error: str | None = None
-        self.fetches = 0  # HTTP fetches of the JWKS, for tests and metrics
+        self.fetches = 0  # HTTP fetches of the JWKS document, for tests and metrics
 
     # -- public -------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._fetch_once()
+        if self.enabled:
+            await self._fetch_once()
+
+    @property
+    def ttl_seconds(self) -> float:
+        """The current keys' refresh interval (after Cache-Control)."""
+        return self._ttl
 
     def state(self) -> KeyState:
+        if not self.enabled:
+            return KeyState(True, 0, None, None, 0, enabled=False)
         age = None if self._fetched_at is None else self._clock() - self._fetched_at
-        return KeyState(self._usable(), len(self._keys), age, self._last_error, self.fetches)
+        return KeyState(
+            ready=self._usable(),
+            keys=len(self._keys),
+            age_seconds=age,
+            last_error=self._last_error,
+            fetches=self.fetches,
+            stale=age is not None and age > self._ttl,
+            jwks_uri=self._jwks_uri,
+        )
 
-    async def get_key(self, kid: str | None) -> SigningKey:
-        """The key for ``kid``; AuthError ``key-unknown`` or IdpUnavailable otherwise."""
-        now = self._clock()
+    async def get_key(self, kid: str | None, alg: str) -> SigningKey:
+        """The key for ``kid`` that fits ``alg`` (without a kid: the one key that fits ``alg``).
+
+        AuthError ``key-unknown`` when there is none (after at most one refetch, see the module
+        docstring), ``algorithm-not-allowed`` when ``kid`` names a key of another type or alg;
+        IdpUnavailable when no usable keys can be had.
+        """
+        if not self.enabled:
+            raise AuthError(f"issuer '{self.name}' has no local keys", code="key-unknown")
         if not self._usable():
             await self._fetch_once()
             if not self._usable():
                 raise IdpUnavailable(
                     f"no signing keys for issuer '{self.name}' (identity provider unreachable: "
-                    f"{self._last_error})"
+                    f"{self._last_error})",
+                    retry_after=max(1, math.ceil(self._min_refetch)),
                 )
-        elif self._fetched_at is not None and now - self._fetched_at > self._ttl:
+        elif self._fetched_at is not None and self._clock() - self._fetched_at > self._ttl:
             self._refresh_in_background()
-        key = self._keys.get(kid)
-        if key is None and (
-            self._attempted_at is None or now - self._attempted_at >= self._min_refetch
-        ):
-            await self._fetch_once()
-            key = self._keys.get(kid)
+        key = self._find(kid, alg)
+        if key is None:
+            if (inflight := self._running()) is not None:
+                await asyncio.shield(inflight)
+            elif self._may_fetch():
+                await self._fetch_once()
+            key = self._find(kid, alg)
         if key is None:
             raise AuthError(f"no key with kid {kid!r} at issuer '{self.name}'", code="key-unknown")
         return key
 
     # -- internals ----------------------------------------------------------------------------
+    def _find(self, kid: str | None, alg: str) -> SigningKey | None:
+        if kid is None:
+            fitting = [k for k in self._keys if key_fits(k, alg)]
+            return fitting[0] if len(fitting) == 1 else None
+        named = [k for k in self._keys if k.kid == kid]
+        for key in named:
+            if key_fits(key, alg):
+                return key
+        if named:
+            raise AuthError(
+                f"key {kid!r} of issuer '{self.name}' is not a key for algorithm {alg!r}",
+                code="algorithm-not-allowed",
+            )
+        return None
+
     def _usable(self) -> bool:
         if not self._keys or self._fetched_at is None:
             return False
         return self._clock() - self._fetched_at <= self._ttl + self._stale
 
+    def _may_fetch(self) -> bool:
+        return self._attempted_at is None or self._clock() - self._attempted_at >= self._min_refetch
+
+    def _running(self) -> asyncio.Task[None] | None:
+        """The fetch in flight (a finished task whose callbacks have not run yet is not)."""
+        if self._inflight is not None and self._inflight.done():
+            self._inflight = None
+        return self._inflight
+
     def _refresh_in_background(self) -> None:
-        now = self._clock()
-        if self._inflight is None and (
-            self._attempted_at is None or now - self._attempted_at >= self._min_refetch
-        ):
+        if self._running() is None and self._may_fetch():
             self._inflight = asyncio.ensure_future(self._fetch())
-            self._inflight.add_done_callback(self._done)
 
     async def _fetch_once(self) -> None:
-        """Join the fetch in flight, or start one; never raises."""
-        if self._inflight is None:
-            now = self._clock()
-            if self._attempted_at is not None and now - self._attempted_at < self._min_refetch:
+        """Join the fetch in flight, or start one if the rate limit allows; never raises."""
+        inflight = self._running()
+        if inflight is None:
+            if not self._may_fetch():
                 return  # rate limit: at most one fetch per interval, warm or cold
-            self._inflight = asyncio.ensure_future(self._fetch())
-            self._inflight.add_done_callback(self._done)
-        await asyncio.shield(self._inflight)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight = None
+            inflight = self._inflight = asyncio.ensure_future(self._fetch())
+        await asyncio.shield(inflight)
 
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()
@@ -178,52 +239,47 @@ class JwksCache:
         self._last_error = None
 
     async def _discover(self) -> str:
-        base = self.issuer.rstrip("/")
-        last: Exception | None = None
-        for suffix in (
-            "/.well-known/openid-configuration",
-            "/.well-known/oauth-authorization-server",
-        ):
-            try:
-                response = await self._client.get(base + suffix)
-                response.raise_for_status()
-                meta: dict[str, Any] = response.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                last = exc
-                continue
-            if meta.get("issuer") != self.issuer:
-                raise ValueError(
-                    f"discovery says issuer {meta.get('issuer')!r}, the policy says {self.issuer!r}"
-                )
-            uri = meta.get("jwks_uri")
-            if not isinstance(uri, str):
-                raise ValueError("discovery document has no jwks_uri")
-            self._jwks_uri = require_safe_url(uri, f"jwks_uri of {self.name!r}")
-            return self._jwks_uri
-        raise ValueError(f"discovery failed: {last}")
+        meta = await discover(self._client, self.issuer)
+        uri = metadata_url_field(meta, "jwks_uri")
+        if uri is None:
+            raise ValueError("the discovery document has no jwks_uri")
+        self._jwks_uri = uri
+        return uri
 
-    def _parse(self, document: Any) -> dict[str | None, SigningKey]:
+    def _parse(self, document: Any) -> tuple[SigningKey, ...]:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError("the JWKS is not an object with a keys array")
-        keys: dict[str | None, SigningKey] = {}
+        keys: list[SigningKey] = []
         for entry in document["keys"]:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
             if any(private in entry for private in ("d", "p", "q", "k")):
                 continue  # never trust a published private or symmetric key
+            kid, alg, kty, crv = (entry.get(m) for m in ("kid", "alg", "kty", "crv"))
+            if kid is not None and not isinstance(kid, str):
+                continue
             try:
-                alg = entry.get("alg")
-                keys[entry.get("kid")] = SigningKey(
-                    jwt.PyJWK(entry), alg if isinstance(alg, str) else None
+                key = jwt.PyJWK(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+                continue  # a key type, curve or alg we do not use
+            keys.append(
+                SigningKey(
+                    kid=kid,
+                    key=key,
+                    alg=alg if isinstance(alg, str) else None,
+                    kty=str(kty),
+                    crv=crv if isinstance(crv, str) else None,
                 )
-            except jwt.PyJWKError:
-                continue  # a key type or curve we do not use
+            )
         if not keys:
             raise ValueError("the JWKS holds no usable signing keys")
-        return keys
+        return tuple(keys)
 
     def _ttl_from(self, cache_control: str) -> float:
-        m = _MAX_AGE_RE.search(cache_control)
+        floor = min(_MIN_TTL, self._refresh)
+        if _NO_CACHE_RE.search(cache_control.lower()):
+            return floor
+        m = _MAX_AGE_RE.search(cache_control.lower())
         if not m:
             return self._refresh
-        return max(_MIN_TTL, min(self._refresh, float(m.group(1))))
+        return max(floor, min(self._refresh, float(m.group(1))))

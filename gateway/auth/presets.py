@@ -1,15 +1,29 @@
-"""Where each issuer keeps what roles read: claims -> scopes, groups, client, user."""
+"""Where each issuer keeps what roles read: claims -> scopes, groups, client, user.
+
+Presets: ``okta`` (custom authorization servers: ``scp`` array, ``cid``, ``uid``, ``groups``) and
+``oidc`` (RFC 9068 / generic: ``scope`` string, ``client_id`` else ``azp``, ``groups``). An issuer's
+``claims:`` overrides any of these names; names are claim paths (dotted for nested claims).
+RFC 7662 introspection answers use the standard ``scope`` and ``client_id`` members whatever the
+preset, unless ``claims:`` names others.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.auth.principal import MISSING, Principal, claim_value
 from gateway.policy.model import ClaimNames, Issuer
 
-__all__ = ["PRESETS", "claim_names", "principal_from_claims"]
+__all__ = [
+    "PRESETS",
+    "claim_names",
+    "introspection_names",
+    "is_org_server",
+    "principal_from_claims",
+]
 
 PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
     {
@@ -27,6 +41,21 @@ def claim_names(issuer: Issuer) -> ClaimNames:
     if issuer.claims is None:
         return base
     return base.model_copy(update=issuer.claims.model_dump(exclude_none=True))
+
+
+def introspection_names(issuer: Issuer) -> ClaimNames:
+    """``claim_names`` for an RFC 7662 answer: scopes from ``scope``, the client from
+    ``client_id``, unless the issuer's ``claims:`` names other members."""
+    names = claim_names(issuer).model_copy(update={"scopes": "scope", "client": "client_id"})
+    if issuer.claims is None:
+        return names
+    return names.model_copy(update=issuer.claims.model_dump(exclude_none=True))
+
+
+def is_org_server(issuer: Issuer) -> bool:
+    """An Okta org authorization server (``preset: okta``, no ``/oauth2/`` in the issuer's path):
+    its access tokens are for Okta's own APIs and cannot be validated locally."""
+    return issuer.preset == "okta" and "/oauth2/" not in urlsplit(issuer.issuer).path + "/"
 
 
 def _strings(value: Any) -> frozenset[str]:

@@ -1,37 +1,59 @@
-"""Bearer token -> Principal, or an AuthError with a stable code.
+"""Bearer token -> Principal, or an AuthError with a stable code (IdpUnavailable: 503).
 
-The token's ``iss`` (read before the signature is checked, used only to pick the issuer) must equal
-one configured issuer exactly; that issuer's pinned algorithms, audiences and keys then decide.
-pyjwt verifies with ``algorithms`` pinned, ``iss``/``aud``/``exp``/``sub`` required, and ``nbf``/``iat``
-honoured with the configured leeway. Keys come only from the issuer's JWKS (never from ``jku``,
-``x5u``, ``jwk`` or ``x5c`` headers). Verified tokens are cached by SHA-256 of the token, each entry
-living no longer than the token's ``exp``.
+JWTs: the token's ``iss`` (read before the signature is checked, used only to pick the issuer)
+must equal one configured issuer exactly; that issuer's pinned algorithms, audiences and keys then
+decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, ``iss``/``aud``/
+``exp``/``sub`` required, ``nbf``/``iat`` honoured with the configured leeway, and an unknown
+``crit`` header refused. Keys come only from the issuer's JWKS (never from ``jku``, ``x5u``,
+``jwk`` or ``x5c`` headers), and a key must fit the alg (type, curve, declared alg). ``typ`` may
+be absent, ``JWT`` or ``at+jwt``; a recognisable ID token is refused unless the issuer says
+``refuse_id_tokens: false``. Verified JWTs are cached by SHA-256 of the token (bounded, least
+recently used first out), each entry living no longer than the token's ``exp``.
+
+Okta org authorization servers (``preset: okta``, issuer without ``/oauth2/``): their tokens are
+never validated locally; they are introspected when the issuer configures introspection, else
+refused with ``org-server-token``. A token whose ``iss`` is the origin of a configured Okta custom
+authorization server is refused the same way, with advice.
+
+Opaque tokens (anything that is not three dot-separated parts) go to RFC 7662 introspection at
+the issuers that configure it, in policy order: the first that says active decides; when none
+does, ``token-inactive`` (or ``idp-unavailable`` if one of them could not be asked).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
+from gateway.auth.introspect import Introspector
 from gateway.auth.jwks import JwksCache
-from gateway.auth.presets import claim_names, principal_from_claims
+from gateway.auth.presets import (
+    claim_names,
+    introspection_names,
+    is_org_server,
+    principal_from_claims,
+)
 from gateway.auth.principal import Principal
-from gateway.errors import AuthError
+from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import ClaimNames, Issuer
 
-__all__ = ["TokenVerifier", "bearer_token"]
+__all__ = ["ID_TOKEN_CLAIMS", "TokenVerifier", "bearer_token", "check_times"]
 
-_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+_ACCEPTED_TYP = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
 
 
 def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_bytes: int) -> str:
-    """Extract the one bearer token from the Authorization header values."""
+    """Extract the one bearer token from the Authorization header values (RFC 6750 syntax)."""
     if token_in_query:
         raise AuthError(
             "tokens in the query string are not accepted; send Authorization: Bearer <token>",
@@ -40,17 +62,25 @@ def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_byte
     if not authorization:
         raise AuthError("no bearer token: send Authorization: Bearer <token>", code="token-missing")
     if len(authorization) > 1:
-        raise AuthError("more than one Authorization header", code="token-malformed")
+        raise AuthError(
+            "more than one Authorization header; send exactly one", code="token-malformed"
+        )
     scheme, _, token = authorization[0].strip().partition(" ")
     if scheme.lower() != "bearer":
+        shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
         raise AuthError(
-            f"the authorization scheme must be Bearer, not {scheme!r}", code="token-malformed"
+            f"the authorization scheme must be Bearer, not {shown!r}", code="token-malformed"
         )
     token = token.strip()
     if not token:
         raise AuthError("the bearer token is empty", code="token-malformed")
     if len(token) > max_bytes:
         raise AuthError(f"the token is larger than {max_bytes} bytes", code="token-malformed")
+    if not _B64TOKEN.match(token):
+        raise AuthError(
+            "the bearer token has characters a token cannot have (RFC 6750 b64token)",
+            code="token-malformed",
+        )
     return token
 
 
@@ -59,32 +89,59 @@ class _IssuerRuntime:
     name: str
     config: Issuer
     names: ClaimNames
-    keys: JwksCache
+    keys: JwksCache | None
+    introspector: Introspector | None
+    org_server: bool
 
 
 class TokenVerifier:
-    """Verifies JWT access tokens of the policy's issuers (one JwksCache each, injected)."""
+    """Verifies the policy's issuers' tokens; one JwksCache (and optionally one Introspector)
+    per issuer, injected. ``caches`` and ``introspectors`` are exposed for start-up and /readyz."""
 
     def __init__(
         self,
         issuers: Mapping[str, Issuer],
         caches: Mapping[str, JwksCache],
         *,
+        introspectors: Mapping[str, Introspector] | None = None,
         leeway: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._by_iss = {
-            cfg.issuer: _IssuerRuntime(name, cfg, claim_names(cfg), caches[name])
+        self.caches = caches
+        self.introspectors: Mapping[str, Introspector] = introspectors or {}
+        self._runtimes = [
+            _IssuerRuntime(
+                name,
+                cfg,
+                claim_names(cfg),
+                caches.get(name),
+                self.introspectors.get(name),
+                is_org_server(cfg),
+            )
             for name, cfg in issuers.items()
+        ]
+        self._by_iss = {rt.config.issuer: rt for rt in self._runtimes}
+        self._okta_origins = {
+            _origin(rt.config.issuer): rt.name
+            for rt in self._runtimes
+            if rt.config.preset == "okta" and not rt.org_server
         }
         self._leeway = leeway
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._cache_size = cache_size
-        self.caches = caches
+
+    async def start(self) -> None:
+        """Fetch every issuer's keys and resolve introspection endpoints (never raises)."""
+        for cache in self.caches.values():
+            await cache.start()
+        for introspector in self.introspectors.values():
+            await introspector.start()
 
     async def verify(self, token: str) -> Principal:
+        if token.count(".") != 2:
+            return await self._opaque(token)
         digest = hashlib.sha256(token.encode()).digest()
         hit = self._cache.get(digest)
         now = self._clock()
@@ -94,30 +151,31 @@ class TokenVerifier:
                 self._cache.move_to_end(digest)
                 return principal
             del self._cache[digest]
-        principal, exp = await self._verify(token, now)
-        self._cache[digest] = (principal, exp)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        principal, exp = await self._verify_jwt(token, now)
+        if exp is not None:
+            self._cache[digest] = (principal, exp)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return principal
 
-    async def _verify(self, token: str, now: float) -> tuple[Principal, float]:
-        if token.count(".") != 2:
-            raise AuthError(
-                "the token is not a JWT (three dot-separated parts)", code="token-malformed"
-            )
+    # -- JWTs ---------------------------------------------------------------------------------
+    async def _verify_jwt(self, token: str, now: float) -> tuple[Principal, float | None]:
         try:
-            header = jwt.get_unverified_header(token)
-            unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token cannot be decoded: {exc}", code="token-malformed") from exc
+        header: dict[str, Any] = parsed["header"]
+        unverified: dict[str, Any] = parsed["payload"]
         iss = unverified.get("iss")
         if not isinstance(iss, str):
             raise AuthError("the token has no iss claim", code="token-malformed")
         runtime = self._by_iss.get(iss)
         if runtime is None:
-            raise AuthError(f"tokens of issuer {iss!r} are not accepted", code="issuer-unknown")
+            raise self._unknown_issuer(iss)
+        if runtime.org_server:
+            return await self._org_server_token(runtime, token), None
         alg = header.get("alg")
-        if alg not in runtime.config.algorithms:
+        if not isinstance(alg, str) or alg not in runtime.config.algorithms:
             raise AuthError(
                 f"algorithm {alg!r} is not allowed for issuer '{runtime.name}' "
                 f"(allowed: {', '.join(runtime.config.algorithms)})",
@@ -129,31 +187,50 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("the kid header is not a string", code="token-malformed")
-        key = await runtime.keys.get_key(kid)
-        if key.alg is not None and key.alg != alg:
-            raise AuthError(
-                f"key {kid!r} is not for algorithm {alg!r}", code="algorithm-not-allowed"
-            )
+        if runtime.keys is None:
+            raise AuthError(f"issuer '{runtime.name}' has no keys", code="key-unknown")
+        key = await runtime.keys.get_key(kid, alg)
+        claims = self._decode(token, runtime, key.key.key, alg)
+        check_times(claims, now, self._leeway)
+        if runtime.config.refuse_id_tokens and (typ or "").lower() not in (
+            "at+jwt",
+            "application/at+jwt",
+        ):
+            found = [c for c in ID_TOKEN_CLAIMS if c in claims]
+            if found:
+                raise AuthError(
+                    f"an ID token is not an access token (it has {', '.join(found)}); "
+                    "send the access token",
+                    code="token-malformed",
+                )
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise AuthError("the token's sub claim is not a string", code="token-malformed")
+        principal = principal_from_claims(runtime.name, runtime.names, claims)
+        exp = claims["exp"]
+        return principal, float(exp) if isinstance(exp, int | float) else now
+
+    def _decode(self, token: str, runtime: _IssuerRuntime, key: Any, alg: str) -> dict[str, Any]:
+        audiences = list(runtime.config.audiences)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key=key.key.key,
+                key=key,
                 algorithms=[alg],
-                audience=list(runtime.config.audiences),
+                audience=audiences,
                 issuer=runtime.config.issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "iss", "aud", "sub"], "strict_aud": False},
+                options={
+                    "require": ["exp", "iss", "aud", "sub"],
+                    "strict_aud": False,
+                    # times are checked by check_times, on the verifier's clock
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthError("the token has expired", code="token-expired") from exc
-        except (jwt.ImmatureSignatureError, jwt.InvalidIssuedAtError) as exc:
-            raise AuthError(
-                f"the token is not valid yet: {exc}", code="token-not-yet-valid"
-            ) from exc
         except jwt.InvalidAudienceError as exc:
             raise AuthError(
-                f"the token's audience is not one of {list(runtime.config.audiences)}",
-                code="audience-mismatch",
+                f"the token's audience is not one of {audiences}", code="audience-mismatch"
             ) from exc
         except jwt.InvalidIssuerError as exc:
             raise AuthError("the token's issuer does not match", code="issuer-unknown") from exc
@@ -167,8 +244,92 @@ class TokenVerifier:
             ) from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token is invalid: {exc}", code="token-malformed") from exc
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise AuthError("the token's sub claim is not a string", code="token-malformed")
-        principal = principal_from_claims(runtime.name, runtime.names, claims)
-        exp = claims["exp"]
-        return principal, float(exp) if isinstance(exp, int | float) else now
+        return claims
+
+    def _unknown_issuer(self, iss: str) -> AuthError:
+        parts = urlsplit(iss)
+        if "/oauth2/" not in parts.path + "/" and (name := self._okta_origins.get(_origin(iss))):
+            return AuthError(
+                f"this token comes from the Okta org authorization server {_short(iss)}, whose tokens "
+                f"cannot be validated outside Okta; get tokens from a custom authorization "
+                f"server such as issuer '{name}' ({self._runtime(name).config.issuer})",
+                code="org-server-token",
+            )
+        return AuthError(f"tokens of issuer {_short(iss)} are not accepted", code="issuer-unknown")
+
+    def _runtime(self, name: str) -> _IssuerRuntime:
+        return next(rt for rt in self._runtimes if rt.name == name)
+
+    async def _org_server_token(self, runtime: _IssuerRuntime, token: str) -> Principal:
+        if runtime.introspector is None:
+            raise AuthError(
+                f"issuer '{runtime.name}' is an Okta org authorization server: its tokens cannot "
+                "be validated locally; use a custom authorization server (an issuer with "
+                "/oauth2/ in its URL), or configure introspection for this issuer",
+                code="org-server-token",
+            )
+        answer = await runtime.introspector.introspect(token)
+        if answer is None:
+            raise AuthError(
+                f"issuer '{runtime.name}' says the token is not active", code="token-inactive"
+            )
+        return self._introspected(runtime, answer)
+
+    # -- opaque tokens ------------------------------------------------------------------------
+    async def _opaque(self, token: str) -> Principal:
+        candidates = [rt for rt in self._runtimes if rt.introspector is not None]
+        if not candidates:
+            raise AuthError(
+                "the token is not a JWT (three dot-separated parts), and no issuer of the "
+                "policy introspects opaque tokens",
+                code="token-malformed",
+            )
+        unavailable: IdpUnavailable | None = None
+        for runtime in candidates:
+            assert runtime.introspector is not None
+            try:
+                answer = await runtime.introspector.introspect(token)
+            except IdpUnavailable as exc:
+                unavailable = exc
+                continue
+            if answer is not None:
+                return self._introspected(runtime, answer)
+        if unavailable is not None:
+            raise unavailable
+        raise AuthError(
+            "the token is not active (revoked, expired or unknown to every issuer that "
+            "introspects)",
+            code="token-inactive",
+        )
+
+    def _introspected(self, runtime: _IssuerRuntime, answer: Mapping[str, Any]) -> Principal:
+        return principal_from_claims(runtime.name, introspection_names(runtime.config), answer)
+
+
+def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    """RFC 7519 times, as numbers only (no strings, no booleans): ``exp`` (required) must be
+    after ``now - leeway``; ``nbf`` and ``iat``, when present, not after ``now + leeway``."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if (value is not None or name == "exp") and (
+            not isinstance(value, int | float) or isinstance(value, bool)
+        ):
+            raise AuthError(f"the token's {name} claim is not a number", code="token-malformed")
+    if claims["exp"] <= now - leeway:
+        raise AuthError("the token has expired", code="token-expired")
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and value > now + leeway:
+            raise AuthError(
+                f"the token is not valid yet ({name} is in the future)", code="token-not-yet-valid"
+            )
+
+
+def _short(value: str, limit: int = 120) -> str:
+    """A caller-supplied value, quoted and cut to ``limit`` characters, for an error detail."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()

@@ -45,6 +45,9 @@ DEFAULT_CLIENTS = DEFAULT_IDP_DIR / "clients.json"
 ISSUER_PATH = "/oauth2/default"
 DEFAULT_RESOURCE = "api://shop"
 OPAQUE_RESOURCE = "api://shop-opaque"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN, not a secret
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN, not a secret
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 - a URN, not a secret
 
 _STDERR_TAIL = 8000
 
@@ -417,10 +420,82 @@ def fetch_token(
     return token
 
 
+def _basic(client_id: str, client_secret: str) -> str:
+    credentials = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(credentials).decode("ascii")
+
+
+def exchange_token(
+    issuer: str,
+    actor_id: str,
+    actor_secret: str,
+    subject_token: str,
+    *,
+    scope: str | None = None,
+    resource: str | None = None,
+    requested_token_type: str | None = None,
+    timeout: float = 10.0,
+) -> str:
+    """RFC 8693 token exchange at ``{issuer}/v1/token``: the actor (authenticated with
+    client_secret_basic) gets a token for ``subject_token``'s subject carrying ``act: {sub:
+    actor_id}`` (see dev/idp/server.js); ``requested_token_type=ID_TOKEN_TYPE`` returns an ID
+    token instead. Raises TokenError with the provider's error body on any non-200 answer."""
+    data = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": subject_token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+    }
+    for name, value in (
+        ("scope", scope),
+        ("resource", resource),
+        ("requested_token_type", requested_token_type),
+    ):
+        if value is not None:
+            data[name] = value
+    headers = {"Authorization": _basic(actor_id, actor_secret), "Accept": "application/json"}
+    response = httpx.post(f"{issuer}/v1/token", data=data, headers=headers, timeout=timeout)
+    body: Any = (
+        response.json()
+        if response.headers.get("content-type", "").startswith("application/json")
+        else response.text
+    )
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if response.status_code != 200 or not isinstance(token, str):
+        error = body.get("error") if isinstance(body, dict) else None
+        raise TokenError(
+            f"token exchange by {actor_id!r} failed: HTTP {response.status_code} {body}",
+            status_code=response.status_code,
+            error=error if isinstance(error, str) else None,
+            body=body,
+        )
+    return token
+
+
+def revoke_token(
+    issuer: str, client_id: str, client_secret: str, token: str, *, timeout: float = 10.0
+) -> None:
+    """Revoke ``token`` at ``{issuer}/v1/revoke`` (RFC 7009) as its own client; the provider then
+    introspects it as ``{"active": false}``. Raises TokenError unless the answer is 200."""
+    response = httpx.post(
+        f"{issuer}/v1/revoke",
+        data={"token": token},
+        headers={"Authorization": _basic(client_id, client_secret)},
+        timeout=timeout,
+    )
+    if response.status_code != 200:
+        raise TokenError(
+            f"revocation failed: HTTP {response.status_code} {response.text}",
+            status_code=response.status_code,
+            error=None,
+            body=response.text,
+        )
+
+
 def load_clients(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Read a clients file (default ``dev/idp/clients.json``): a list of objects each with at
     least a string ``client_id`` and ``client_secret`` (and ``description``, ``scopes``,
-    ``claims``, optional ``alg`` and ``access_token_ttl``). Raises ValueError when malformed."""
+    ``claims``, optional ``alg``, ``access_token_ttl`` and ``auth_method``: client_secret_basic, the
+    default, or client_secret_post). Raises ValueError when malformed."""
     file = Path(path) if path is not None else DEFAULT_CLIENTS
     doc = json.loads(file.read_text(encoding="utf-8"))
     if not isinstance(doc, list):

@@ -13,7 +13,10 @@ import jwt
 import pytest
 
 from gateway.dev.idp import (
+    ACCESS_TOKEN_TYPE,
     DEFAULT_IDP_DIR,
+    ID_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
     IdpError,
     IdpProcess,
     TokenError,
@@ -74,7 +77,7 @@ def test_discovery_at_both_well_known_urls(idp: IdpProcess, document: str) -> No
     assert meta["token_endpoint"] == f"{idp.issuer}/v1/token"
     assert meta["introspection_endpoint"] == f"{idp.issuer}/v1/introspect"
     assert meta["revocation_endpoint"] == f"{idp.issuer}/v1/revoke"
-    assert meta["grant_types_supported"] == ["client_credentials"]
+    assert meta["grant_types_supported"] == ["client_credentials", TOKEN_EXCHANGE]
 
 
 def test_jwks_publishes_rsa_and_ec_public_keys_only(idp: IdpProcess) -> None:
@@ -170,6 +173,21 @@ def test_opaque_token_introspects_then_is_revoked(idp: IdpProcess) -> None:
         assert info["groups"] == ["support"]
         assert info["tenant"] == "t1"
 
+        as_post = http.post(
+            idp.introspection_endpoint,
+            data={
+                "token": token,
+                "client_id": "spangate-gateway",
+                "client_secret": _secret("spangate-gateway"),
+            },
+        ).json()
+        assert as_post["active"] is True
+        wrong_secret = http.post(
+            idp.introspection_endpoint,
+            data={"token": token, "client_id": "spangate-gateway", "client_secret": "nope"},
+        )
+        assert wrong_secret.status_code in (400, 401)
+
         revoked = http.post(idp.revocation_endpoint, data={"token": token}, auth=owner)
         assert revoked.status_code == 200
         info = http.post(idp.introspection_endpoint, data={"token": token}, auth=caller).json()
@@ -186,7 +204,9 @@ def test_load_clients_has_the_personas() -> None:
         "support-t2",
         "suspended-support",
         "short-lived",
+        "spangate-gateway",
     }
+    assert clients["spangate-gateway"]["auth_method"] == "client_secret_post"
     assert clients["order-agent"]["alg"] == "ES256"
     assert clients["short-lived"]["access_token_ttl"] == 2
 
@@ -242,3 +262,109 @@ def test_free_port_is_not_answered() -> None:
     port = free_port()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
         pass
+
+
+def _exchange(idp: IdpProcess, actor: str, subject_token: str, **params: str) -> httpx.Response:
+    data = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": subject_token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        **params,
+    }
+    return httpx.post(idp.token_endpoint, data=data, auth=(actor, _secret(actor)), timeout=10.0)
+
+
+def test_token_exchange_mints_act_for_the_actor(idp: IdpProcess) -> None:
+    user_token = _token(idp, "support-console")
+    user = _verify(idp, user_token, "RS256")
+    response = _exchange(idp, "order-agent", user_token, scope="orders.read")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["issued_token_type"] == ACCESS_TOKEN_TYPE
+    assert body["token_type"] == "Bearer"  # noqa: S105
+    token = body["access_token"]
+    assert "typ" not in jwt.get_unverified_header(token)
+    claims = _verify(idp, token, "ES256")  # signed like the actor's own tokens
+    assert claims["sub"] == "support-console"
+    assert claims["act"] == {"sub": "order-agent"}
+    assert claims["cid"] == "order-agent"
+    assert claims["scp"] == ["orders.read"]
+    assert claims["groups"] == ["support"]
+    assert claims["tenant"] == "t1"
+    assert claims["uid"] == "00u-support-1"
+    assert claims["exp"] <= user["exp"]
+
+
+def test_token_exchange_of_an_opaque_token_nests_the_earlier_actor(idp: IdpProcess) -> None:
+    user_token = _token(idp, "support-console", resource="api://shop-opaque")
+    first = _exchange(idp, "order-agent", user_token, resource="api://shop-opaque")
+    assert first.status_code == 200, first.text
+    opaque = first.json()["access_token"]
+    assert opaque.count(".") == 0
+    info = httpx.post(
+        idp.introspection_endpoint,
+        data={"token": opaque},
+        auth=("order-writer", _secret("order-writer")),
+        timeout=10.0,
+    ).json()
+    assert info["active"] is True
+    assert info["sub"] == "support-console"
+    assert info["act"] == {"sub": "order-agent"}
+    assert info["client_id"] == "order-agent"
+
+    second = _exchange(idp, "order-writer", opaque)
+    assert second.status_code == 200, second.text
+    claims = _verify(idp, second.json()["access_token"], "RS256")
+    assert claims["sub"] == "support-console"
+    assert claims["act"] == {"sub": "order-writer", "act": {"sub": "order-agent"}}
+
+
+def test_token_exchange_can_return_an_id_token(idp: IdpProcess) -> None:
+    user_token = _token(idp, "support-console")
+    response = _exchange(idp, "support-console", user_token, requested_token_type=ID_TOKEN_TYPE)
+    assert response.status_code == 200, response.text
+    assert response.json()["issued_token_type"] == ID_TOKEN_TYPE
+    token = response.json()["access_token"]
+    key = jwt.PyJWK(_jwks(idp)[jwt.get_unverified_header(token)["kid"]])
+    claims = jwt.decode(
+        token, key=key, algorithms=["RS256"], audience="support-console", issuer=idp.issuer
+    )
+    assert claims["sub"] == "support-console"
+    assert isinstance(claims["at_hash"], str)
+    assert "scp" not in claims and "cid" not in claims
+
+
+@pytest.mark.parametrize(
+    ("subject", "params", "error"),
+    [
+        ("garbage", {}, "invalid_grant"),
+        (
+            "VALID",
+            {"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"},
+            "invalid_request",
+        ),
+        ("VALID", {"scope": "orders.write"}, "invalid_scope"),
+        ("VALID", {"resource": "api://elsewhere"}, "invalid_target"),
+    ],
+)
+def test_token_exchange_refusals(
+    idp: IdpProcess, subject: str, params: dict[str, str], error: str
+) -> None:
+    token = _token(idp, "support-console") if subject == "VALID" else subject
+    response = _exchange(idp, "order-agent", token, **params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == error
+
+
+def test_token_exchange_refuses_a_token_signed_by_another_key(idp: IdpProcess) -> None:
+    forged_key = generate_signing_keys()["keys"][0]
+    real_kid = next(k["kid"] for k in _jwks(idp).values() if k["alg"] == "RS256")
+    forged = jwt.encode(
+        {"iss": idp.issuer, "sub": "admin", "aud": "api://shop", "exp": 4_000_000_000},
+        jwt.PyJWK(forged_key).key,
+        algorithm="RS256",
+        headers={"kid": real_kid},
+    )
+    response = _exchange(idp, "order-agent", forged)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"

@@ -1,0 +1,446 @@
+"""Token validation end to end: the real app, the real OpenID provider, the real emulator.
+
+Tests that stop or restart a provider start their own (on a free port) and their own gateway,
+so the session's provider is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from gateway.app import Gateway
+from gateway.dev.idp import (
+    ID_TOKEN_TYPE,
+    OPAQUE_RESOURCE,
+    IdpProcess,
+    exchange_token,
+    fetch_token,
+    revoke_token,
+    start_idp,
+)
+from gateway.dev.keys import write_signing_keys
+from gateway.runtime import build_gateway
+from gateway.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+POLICY = HERE / "data" / "tokens.policy.yaml"
+IDP_DIR = REPO / "dev" / "idp"
+SECRETS = {
+    "support-console": "support-console-secret",
+    "order-agent": "order-agent-secret",
+    "order-writer": "order-writer-secret",
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    if status == 401:
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="spangate", error="invalid_token"')
+    return body
+
+
+def token(idp: IdpProcess, client: str, **kwargs: Any) -> str:
+    return fetch_token(idp.issuer, client, SECRETS[client], **kwargs)
+
+
+def private_key(keys_path: Path, kty: str) -> tuple[str, Any]:
+    for jwk in json.loads(keys_path.read_text())["keys"]:
+        if jwk["kty"] == kty:
+            return jwk["kid"], jwt.PyJWK(jwk).key
+    raise AssertionError(kty)
+
+
+def minted(keys_path: Path, iss: str, **extra: Any) -> str:
+    kid, key = private_key(keys_path, "RSA")
+    now = int(time.time())
+    claims = {
+        "iss": iss,
+        "aud": "api://shop",
+        "sub": "minted",
+        "iat": now,
+        "exp": now + 300,
+        "groups": ["support"],
+        "tenant": "t1",
+        **extra,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+@asynccontextmanager
+async def gateway_for(
+    issuer: str, demo_database: str, audit: Path, **settings: Any
+) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    origin = issuer.removesuffix("/oauth2/default")
+    env = {
+        "ISSUER": issuer,
+        "ORG_ISSUER": origin,
+        "ORG_ONLY_ISSUER": origin.replace("127.0.0.1", "localhost"),
+    }
+    options: dict[str, Any] = {"jwks_min_refetch_seconds": 1.0, "introspection_cache_seconds": 0}
+    options.update(settings)
+    app = build_gateway(
+        Settings(policy=POLICY, spanner_emulator_host=demo_database, audit_path=audit, **options),
+        env=env,
+    )
+    await app.startup()
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            yield app, http
+    finally:
+        await app.shutdown()
+
+
+@pytest.fixture(scope="module")
+def audit_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tokens") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+async def live(
+    idp: IdpProcess, demo_database: str, audit_file: Path
+) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    async with gateway_for(idp.issuer, demo_database, audit_file) as pair:
+        yield pair
+
+
+@pytest.fixture
+def http(live: tuple[Gateway, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return live[1]
+
+
+def audit_for(audit_file: Path, request_id: str) -> dict[str, Any]:
+    """The audit event of one request (found by its id, wherever the format keeps it)."""
+    for line in audit_file.read_text().splitlines():
+        if request_id in line:
+            event: dict[str, Any] = json.loads(line)
+            return event
+    raise AssertionError(f"no audit event for {request_id}")
+
+
+# -- RS256, ES256, opaque ---------------------------------------------------------------------
+
+
+async def test_rs256_and_es256_tokens(http: httpx.AsyncClient, idp: IdpProcess) -> None:
+    rs = token(idp, "support-console")
+    assert jwt.get_unverified_header(rs)["alg"] == "RS256"
+    assert (await http.get("/v1/orders/O-1001", headers=bearer(rs))).status_code == 200
+    es = exchange_token(idp.issuer, "order-agent", SECRETS["order-agent"], rs)
+    assert jwt.get_unverified_header(es)["alg"] == "ES256"
+    assert (await http.get("/v1/agent/orders/O-1001", headers=bearer(es))).status_code == 200
+
+
+async def test_opaque_token_through_introspection_then_revoked(
+    http: httpx.AsyncClient, idp: IdpProcess, live: tuple[Gateway, httpx.AsyncClient]
+) -> None:
+    opaque = token(idp, "support-console", resource=OPAQUE_RESOURCE)
+    assert opaque.count(".") == 0
+    ok = await http.get("/v1/orders/O-1001", headers=bearer(opaque))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["rows"][0]["OrderId"] == "O-1001"
+    revoke_token(idp.issuer, "support-console", SECRETS["support-console"], opaque)
+    body = problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(opaque)), 401, "token-inactive"
+    )
+    assert "not active" in body["detail"]
+    state = live[0].verifier.introspectors["okta"].state()
+    assert state.endpoint == f"{idp.issuer}/v1/introspect" and state.calls >= 2
+
+
+async def test_unknown_opaque_token_is_inactive(http: httpx.AsyncClient) -> None:
+    problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(secrets.token_urlsafe(32))),
+        401,
+        "token-inactive",
+    )
+
+
+# -- delegation (RFC 8693 act) ------------------------------------------------------------------
+
+
+async def test_act_reaches_roles_binding_and_audit(
+    http: httpx.AsyncClient, idp: IdpProcess, audit_file: Path
+) -> None:
+    user = token(idp, "support-console")
+    delegated = exchange_token(
+        idp.issuer, "order-agent", SECRETS["order-agent"], user, scope="orders.read"
+    )
+    assert jwt.decode(delegated, options={"verify_signature": False})["act"] == {
+        "sub": "order-agent"
+    }
+    who = await http.get("/v1/agent/whoami", headers=bearer(delegated))
+    assert who.status_code == 200, who.text
+    assert who.json()["rows"] == [{"actor": "order-agent", "user": "support-console"}]
+    event = audit_for(audit_file, who.headers["x-request-id"])["protoPayload"]
+    authn = event["authenticationInfo"]
+    assert authn["principalSubject"] == "support-console"
+    assert authn["serviceAccountDelegationInfo"] == [{"principalSubject": "order-agent"}]
+    assert "delegated-agent" in event["metadata"]["decision"]["roles"]
+    # the user's own token holds no delegation; the agent's token may not use the user's path
+    problem(await http.get("/v1/agent/orders/O-1001", headers=bearer(user)), 403, "no-allow-role")
+    problem(await http.get("/v1/orders/O-1001", headers=bearer(delegated)), 403, "denied-by-role")
+
+
+async def test_act_of_an_opaque_exchanged_token(http: httpx.AsyncClient, idp: IdpProcess) -> None:
+    user = token(idp, "support-console", resource=OPAQUE_RESOURCE)
+    delegated = exchange_token(
+        idp.issuer, "order-agent", SECRETS["order-agent"], user, resource=OPAQUE_RESOURCE
+    )
+    who = await http.get("/v1/agent/whoami", headers=bearer(delegated))
+    assert who.status_code == 200, who.text
+    assert who.json()["rows"] == [{"actor": "order-agent", "user": "support-console"}]
+
+
+# -- ID tokens, org servers, attacks ----------------------------------------------------------
+
+
+async def test_an_id_token_is_not_an_access_token(http: httpx.AsyncClient, idp: IdpProcess) -> None:
+    user = token(idp, "support-console")
+    id_token = exchange_token(
+        idp.issuer,
+        "support-console",
+        SECRETS["support-console"],
+        user,
+        requested_token_type=ID_TOKEN_TYPE,
+    )
+    assert jwt.decode(id_token, options={"verify_signature": False})["aud"] == "support-console"
+    body = problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(id_token)), 401, "token-malformed"
+    )
+    assert "ID token" in body["detail"]
+
+
+async def test_okta_org_server_tokens(
+    http: httpx.AsyncClient,
+    idp: IdpProcess,
+    idp_keys: Path,
+    live: tuple[Gateway, httpx.AsyncClient],
+) -> None:
+    origin = idp.issuer.removesuffix("/oauth2/default")
+    calls = live[0].verifier.introspectors["org"].calls
+    # introspected, not validated locally: the provider does not know this token
+    problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(minted(idp_keys, origin))),
+        401,
+        "token-inactive",
+    )
+    assert live[0].verifier.introspectors["org"].calls == calls + 1
+    only = origin.replace("127.0.0.1", "localhost")
+    body = problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(minted(idp_keys, only))),
+        401,
+        "org-server-token",
+    )
+    assert "custom authorization server" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("attack", "code"),
+    [
+        ("jwk-header", "key-unknown"),
+        ("jku-header", "key-unknown"),
+        ("x5u-header", "key-unknown"),
+        ("x5c-header", "key-unknown"),
+        ("unknown-crit", "token-malformed"),
+        ("rsa-alg-on-ec-kid", "algorithm-not-allowed"),
+        ("ps256", "algorithm-not-allowed"),
+        ("typ-id-token", "token-malformed"),
+        ("too-large", "token-malformed"),
+        ("issuer-with-slash", "issuer-unknown"),
+    ],
+)
+async def test_attacks_are_refused(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path, attack: str, code: str
+) -> None:
+    kid, key = private_key(idp_keys, "RSA")
+    ec_kid, _ = private_key(idp_keys, "EC")
+    attacker_keys = idp_keys.parent / "attacker.json"
+    if not attacker_keys.exists():
+        write_signing_keys(attacker_keys)
+    attacker_kid, attacker = private_key(attacker_keys, "RSA")
+    attacker_jwk = next(
+        {k: v for k, v in j.items() if k in ("kty", "n", "e", "kid")}
+        for j in json.loads(attacker_keys.read_text())["keys"]
+        if j["kty"] == "RSA"
+    )
+    now = int(time.time())
+    claims = {
+        "iss": idp.issuer,
+        "aud": "api://shop",
+        "sub": "mallory",
+        "iat": now,
+        "exp": now + 300,
+        "groups": ["support"],
+        "tenant": "t1",
+    }
+    made = {
+        "jwk-header": lambda: jwt.encode(
+            claims, attacker, "RS256", headers={"kid": attacker_kid, "jwk": attacker_jwk}
+        ),
+        "jku-header": lambda: jwt.encode(
+            claims, attacker, "RS256", headers={"kid": attacker_kid, "jku": "https://evil.test/k"}
+        ),
+        "x5u-header": lambda: jwt.encode(
+            claims, attacker, "RS256", headers={"kid": attacker_kid, "x5u": "https://evil.test/c"}
+        ),
+        "x5c-header": lambda: jwt.encode(
+            claims, attacker, "RS256", headers={"kid": attacker_kid, "x5c": ["MIIB"]}
+        ),
+        "unknown-crit": lambda: jwt.encode(
+            claims, key, "RS256", headers={"kid": kid, "crit": ["exp-ext"], "exp-ext": 1}
+        ),
+        "rsa-alg-on-ec-kid": lambda: jwt.encode(claims, key, "RS256", headers={"kid": ec_kid}),
+        "ps256": lambda: jwt.encode(claims, key, "PS256", headers={"kid": kid}),
+        "typ-id-token": lambda: jwt.encode(
+            claims, key, "RS256", headers={"kid": kid, "typ": "id_token+jwt"}
+        ),
+        "too-large": lambda: jwt.encode(
+            {**claims, "pad": "x" * 20_000}, key, "RS256", headers={"kid": kid}
+        ),
+        "issuer-with-slash": lambda: jwt.encode(
+            {**claims, "iss": idp.issuer + "/"}, key, "RS256", headers={"kid": kid}
+        ),
+    }
+    control = jwt.encode(claims, key, "RS256", headers={"kid": kid})
+    assert (await http.get("/v1/orders/O-1001", headers=bearer(control))).status_code == 200
+    problem(await http.get("/v1/orders/O-1001", headers=bearer(made[attack]())), 401, code)
+
+
+# -- key rotation and IdP outages (their own provider and gateway) -------------------------------
+
+
+@pytest.fixture
+def own_keys(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    def make(name: str) -> Path:
+        path = tmp_path / f"{name}.json"
+        write_signing_keys(path)
+        return path
+
+    yield make
+
+
+def restart(idp: IdpProcess, keys: Path) -> IdpProcess:
+    port = idp.port
+    idp.stop()
+    return start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
+
+
+async def test_key_rotation_without_a_restart_and_a_flood_of_unknown_kids(
+    demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
+) -> None:
+    first_keys, rotated_keys = own_keys("first"), own_keys("rotated")
+    provider = start_idp(idp_dir=IDP_DIR, keys_path=first_keys)
+    try:
+        async with gateway_for(
+            provider.issuer, demo_database, tmp_path / "a.jsonl", jwks_min_refetch_seconds=1.0
+        ) as (app, http):
+            cache = app.verifier.caches["okta"]
+            old = token(provider, "support-console")
+            assert (await http.get("/v1/orders/O-1001", headers=bearer(old))).status_code == 200
+            provider = restart(provider, rotated_keys)  # same issuer, new keys
+            await asyncio.sleep(1.0)  # the rate limit of key refetches
+            new = token(provider, "support-console")
+            assert jwt.get_unverified_header(new)["kid"] != jwt.get_unverified_header(old)["kid"]
+            ok = await http.get("/v1/orders/O-1001", headers=bearer(new))
+            assert ok.status_code == 200, ok.text
+            # the old key is gone: a token it signs now is refused (one verified earlier stays
+            # cached until its exp)
+            unseen_old = minted(first_keys, provider.issuer)
+            problem(
+                await http.get("/v1/orders/O-1001", headers=bearer(unseen_old)), 401, "key-unknown"
+            )
+
+            _, key = private_key(rotated_keys, "RSA")
+            claims = jwt.decode(new, options={"verify_signature": False})
+            await asyncio.sleep(1.0)  # the next interval: the flood may cause one fetch, no more
+            before, started = cache.fetches, time.monotonic()
+            flood = [
+                jwt.encode(claims, key, "RS256", headers={"kid": secrets.token_hex(8)})
+                for _ in range(300)
+            ]
+            answers = await asyncio.gather(
+                *(http.get("/v1/orders/O-1001", headers=bearer(t)) for t in flood)
+            )
+            elapsed = time.monotonic() - started
+            assert {a.json()["code"] for a in answers} == {"key-unknown"}
+            assert 1 <= cache.fetches - before <= 1 + int(elapsed / 1.0)
+    finally:
+        provider.stop()
+
+
+async def test_idp_down_with_warm_keys_still_serves(
+    demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
+) -> None:
+    keys = own_keys("warm")
+    provider = start_idp(idp_dir=IDP_DIR, keys_path=keys)
+    try:
+        async with gateway_for(provider.issuer, demo_database, tmp_path / "w.jsonl") as (_, http):
+            used, unused = token(provider, "support-console"), token(provider, "support-console")
+            assert (await http.get("/v1/orders/O-1001", headers=bearer(used))).status_code == 200
+            provider.stop()
+            # a token never seen before, signed with a cached key: verified without the IdP
+            ok = await http.get("/v1/orders/O-1001", headers=bearer(unused))
+            assert ok.status_code == 200, ok.text
+            await asyncio.sleep(1.0)
+            unknown = jwt.encode(
+                jwt.decode(unused, options={"verify_signature": False}),
+                private_key(keys, "RSA")[1],
+                "RS256",
+                headers={"kid": "nope"},
+            )
+            problem(
+                await http.get("/v1/orders/O-1001", headers=bearer(unknown)), 401, "key-unknown"
+            )  # the token's fault, not the IdP's: still 401
+            ready = (await http.get("/readyz")).json()["issuers"]["okta"]
+            assert ready["ready"] is True and ready["keys"] == 2
+            assert "ConnectError" in ready["last_error"]
+    finally:
+        provider.stop()
+
+
+async def test_idp_down_on_a_cold_start_is_503_then_recovers(
+    demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
+) -> None:
+    keys = own_keys("cold")
+    provider = start_idp(idp_dir=IDP_DIR, keys_path=keys)
+    port, user = provider.port, token(provider, "support-console")
+    provider.stop()
+    try:
+        async with gateway_for(provider.issuer, demo_database, tmp_path / "c.jsonl") as (_, http):
+            down = await http.get("/v1/orders/O-1001", headers=bearer(user))
+            assert down.status_code == 503
+            assert down.json()["code"] == "idp-unavailable"
+            assert int(down.headers["retry-after"]) >= 1
+            assert "www-authenticate" not in down.headers
+            readyz = await http.get("/readyz")
+            assert readyz.status_code == 503
+            state = readyz.json()["issuers"]["okta"]
+            assert state["ready"] is False and state["keys"] == 0 and state["last_error"]
+            assert readyz.json()["issuers"]["org"]["local_keys"] is False
+            provider = start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
+            await asyncio.sleep(1.0)
+            ok = await http.get("/v1/orders/O-1001", headers=bearer(user))
+            assert ok.status_code == 200, ok.text
+            assert (await http.get("/readyz")).json()["issuers"]["okta"]["ready"] is True
+    finally:
+        provider.stop()
