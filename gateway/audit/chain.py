@@ -1,8 +1,17 @@
-"""Hash chaining of audit events: each event names its sequence number and the previous event's hash.
+"""Hash chaining of audit events: each event names its chain, sequence number and predecessor's hash.
 
-``hash = HMAC-SHA256(key, canonical_json(event without "hash"))`` when a key is configured
-(``SPANGATE_AUDIT_KEY``); plain SHA-256 otherwise, which only detects accidents: anyone who can edit
-the file can recompute it. Canonical JSON: sorted keys, no spaces, UTF-8.
+    hash = HMAC-SHA256(chain_key, canonical_json(event without "hash"))   with SPANGATE_AUDIT_KEY
+    hash = SHA-256(canonical_json(event without "hash"))                    without a key
+
+A keyed chain cannot be extended, edited or re-hashed by anyone without the key; a plain SHA-256
+chain only detects accidents (anyone who can edit the file can recompute every hash). Canonical
+JSON: sorted keys, no spaces, UTF-8, no NaN. The secret is never used directly: ``AuditKeys``
+derives one key for the chain and another for redacted parameter values (domain separation).
+
+A ``Chain`` belongs to one writer (one sink of one process): ``seq`` starts at 1 with a new random
+``chain`` id in every process, and the first event's ``prev`` names the predecessor's last hash
+when the sink could read it (``GENESIS`` otherwise). ``mark``/``rollback`` undo the sealing of a
+batch that could not be written, so a failed write never leaves a gap in the chain.
 """
 
 from __future__ import annotations
@@ -10,71 +19,96 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Chain", "ChainBreak", "canonical", "event_hash", "verify_events"]
+__all__ = ["GENESIS", "AuditKeys", "Chain", "canonical", "event_hash"]
 
 GENESIS = "0" * 64
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical(event: Mapping[str, Any]) -> bytes:
-    return json.dumps(
-        event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    """The bytes that are hashed and written: sorted keys, no spaces, UTF-8."""
+    return _ENCODER.encode(event).encode()
 
 
 def event_hash(event: Mapping[str, Any], key: bytes | None) -> str:
+    """The hash of ``event`` without its own ``hash`` field (hex)."""
     body = canonical({k: v for k, v in event.items() if k != "hash"})
     if key:
         return hmac.new(key, body, hashlib.sha256).hexdigest()
     return hashlib.sha256(body).hexdigest()
 
 
-class Chain:
-    """Seals events in order. Not thread-safe: call it from the event loop only."""
-
-    def __init__(self, key: bytes | None, *, previous: str = GENESIS, seq: int = 0) -> None:
-        self._key = key
-        self.last_hash = previous
-        self.seq = seq
-
-    def seal(self, event: dict[str, Any]) -> bytes:
-        self.seq += 1
-        event["seq"] = self.seq
-        event["prev"] = self.last_hash
-        event["hash"] = event_hash(event, self._key)
-        self.last_hash = event["hash"]
-        return canonical(event) + b"\n"
-
-
 @dataclass(frozen=True)
-class ChainBreak:
-    line: int
-    seq: int | None
-    why: str
+class AuditKeys:
+    """Keys derived from the audit secret; both None when no secret is configured."""
+
+    chain: bytes | None
+    redact: bytes | None
+
+    @classmethod
+    def from_secret(cls, secret: bytes | None) -> AuditKeys:
+        if not secret:
+            return cls(None, None)
+        return cls(
+            hmac.new(secret, b"spangate audit chain v1", hashlib.sha256).digest(),
+            hmac.new(secret, b"spangate audit redact v1", hashlib.sha256).digest(),
+        )
 
 
-def verify_events(lines: Iterable[bytes], key: bytes | None) -> ChainBreak | None:
-    """The first break in a trail's lines, or None when every event chains to the one before."""
-    previous: str | None = None
-    last_seq: int | None = None
-    for number, raw in enumerate(lines, start=1):
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            return ChainBreak(number, None, "not a JSON line")
-        seq = event.get("seq")
-        if event.get("hash") != event_hash(event, key):
-            return ChainBreak(number, seq, "edited: the event's hash does not match its content")
-        if previous is not None and event.get("prev") != previous:
-            if isinstance(seq, int) and last_seq is not None and seq > last_seq + 1:
-                why = f"deleted: events {last_seq + 1}..{seq - 1} are missing"
-            elif isinstance(seq, int) and last_seq is not None and seq <= last_seq:
-                why = "reordered or inserted: the sequence goes backwards"
-            else:
-                why = "inserted or reordered: prev does not name the event before"
-            return ChainBreak(number, seq, why)
-        previous, last_seq = event.get("hash"), seq if isinstance(seq, int) else last_seq
-    return None
+class Chain:
+    """Seals events in order. Not thread-safe: one writer thread owns it."""
+
+    def __init__(self, key: bytes | None, *, chain_id: str | None = None) -> None:
+        self.key = key
+        self.chain_id = chain_id or secrets.token_hex(8)
+        self.last_hash = GENESIS
+        self.seq = 0
+        self.started = False
+
+    def start(self, predecessor: str | None) -> None:
+        """Name the predecessor's last hash (a previous process's) before the first event."""
+        if self.seq == 0 and predecessor:
+            self.last_hash = predecessor
+        self.started = True
+
+    def seal(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """A sealed copy of ``event`` (``chain``, ``seq``, ``prev``, ``hash`` added) and its line.
+
+        The line is ``canonical(sealed)``, encoded once: the ``hash`` member is spliced in where
+        sorting puts it, after the members whose keys sort before ``"hash"``."""
+        self.seq += 1
+        sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
+        sealed.pop("hash", None)
+        text = _ENCODER.encode(sealed)
+        body = text.encode()
+        digest = (
+            hmac.new(self.key, body, hashlib.sha256).hexdigest()
+            if self.key
+            else hashlib.sha256(body).hexdigest()
+        )
+        sealed["hash"] = digest
+        self.last_hash = digest
+        before = {k: v for k, v in sealed.items() if k < "hash"}
+        member = f'"hash":"{digest}"'
+        if before:  # text is "{<before>,<after>}" or "{<before>}"
+            cut = len(_ENCODER.encode(before)) - 1
+            line = f"{text[:cut]},{member}{text[cut:]}"
+        else:  # text is "{<after>}" or "{}"
+            line = "{" + member + ("," + text[1:] if len(text) > 2 else "}")
+        return sealed, (line + "\n").encode()
+
+    def mark(self) -> tuple[int, str]:
+        return self.seq, self.last_hash
+
+    def rollback(self, mark: tuple[int, str]) -> None:
+        """Forget the events sealed since ``mark`` (their batch was not written)."""
+        self.seq, self.last_hash = mark

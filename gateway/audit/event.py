@@ -1,4 +1,26 @@
-"""The audit record: built from plain values (pure). Never contains the token."""
+"""The audit record, shaped as a Google Cloud Audit Logs ``LogEntry`` (pure: plain values in and out).
+
+One event per request, whatever happened. The shape (``policies/audit-event.schema.json``) is a
+LogEntry whose ``protoPayload`` is an ``AuditLog``, so Cloud Logging, BigQuery and SIEMs that read
+Cloud Audit Logs read it as they are:
+
+    insertId, timestamp, severity, logName, trace, spanId      the entry
+    httpRequest        method, path, status, user agent, client address, latency
+    protoPayload       serviceName "spangate", methodName (the query), resourceName (the database)
+      authenticationInfo   the principal: subject, issuer, client, user, token id; ``act``
+                           delegation as serviceAccountDelegationInfo (current actor first)
+      authorizationInfo    the route and query, granted or not
+      requestMetadata      caller IP and user agent, request id and time
+      request              the statement: query, identity, database role, request tag, bound
+                           parameters (``from`` claim or caller; redacted ones as a keyed hash),
+                           caller values ignored for claim-bound parameters
+      response             row count, truncated, commit timestamp, Spanner error code
+      status               google.rpc code and the stable error code (``ok`` when allowed)
+      metadata             decision (allow, reason, rule, roles that held), policy hash
+    chain, seq, prev, hash   added by each sink's writer when the event is sealed
+
+Never the token.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +29,8 @@ import datetime as dt
 import decimal
 import hashlib
 import hmac
+import json
+import secrets
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -21,17 +45,44 @@ from gateway.spanner.execute import Result
 from gateway.spanner.results import to_json
 
 __all__ = [
+    "AUDIT_LOG_TYPE",
     "CallRecord",
     "audit_value",
     "build_event",
+    "database_resource",
+    "fallback_event",
     "params_record",
-    "principal_record",
+    "redacted",
+    "rpc_code",
     "utc_now",
 ]
 
+AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
+SERVICE = "spangate"
+
+# google.rpc.Code for an HTTP status, as Google's APIs map them (codes first, then statuses).
+_RPC_BY_CODE = {"conflict": 6, "precondition-failed": 9, "aborted": 10, "cancelled": 1}
+_RPC_BY_STATUS = {
+    200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 10, 413: 3, 415: 3, 429: 8,
+    499: 1, 500: 13, 501: 12, 503: 14, 504: 4,
+}  # fmt: skip
+
 
 def utc_now() -> str:
+    """RFC 3339 with microseconds, UTC."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rpc_code(status: int, code: str) -> int:
+    if code in _RPC_BY_CODE:
+        return _RPC_BY_CODE[code]
+    if status in _RPC_BY_STATUS:
+        return _RPC_BY_STATUS[status]
+    return 13 if status >= 500 else 3 if status >= 400 else 0
+
+
+def database_resource(project: str, instance: str, database: str) -> str:
+    return f"projects/{project}/instances/{instance}/databases/{database}"
 
 
 def audit_value(value: Any) -> Any:
@@ -47,12 +98,15 @@ def audit_value(value: Any) -> Any:
     return to_json(value)
 
 
-def _redacted(value: Any, key: bytes | None) -> str:
-    data = repr(audit_value(value)).encode()
-    digest = (
-        hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
-    )
-    return f"redacted:sha256:{digest}"
+def redacted(value: Any, key: bytes | None) -> str:
+    """``redacted:hmac-sha256:<hex>`` (keyed) or ``redacted:sha256:<hex>`` of the value's JSON.
+
+    Equal values give equal hashes, so a security team can still correlate them; with a key, no
+    one without it can test a guess."""
+    data = json.dumps(audit_value(value), sort_keys=True, separators=(",", ":")).encode()
+    if key:
+        return "redacted:hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
+    return "redacted:sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def params_record(
@@ -64,21 +118,37 @@ def params_record(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in values.items():
-        shown = _redacted(value, key) if name in redact else audit_value(value)
+        shown = redacted(value, key) if name in redact else audit_value(value)
         out[name] = {"value": shown, "from": "claim" if name in claim_bound else "caller"}
     return out
 
 
-def principal_record(principal: Principal, roles: Collection[str]) -> dict[str, Any]:
+def _delegation(act: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first."""
+    chain: list[dict[str, Any]] = []
+    node: Any = act
+    while isinstance(node, Mapping) and len(chain) < 16:
+        claims = {k: to_json(v) for k, v in node.items() if k not in ("sub", "act")}
+        sub = node.get("sub")
+        entry: dict[str, Any] = {"principalSubject": sub if isinstance(sub, str) else None}
+        if claims:
+            entry["thirdPartyPrincipal"] = {"thirdPartyClaims": claims}
+        chain.append(entry)
+        node = node.get("act")
+    return chain
+
+
+def _authentication(principal: Principal) -> dict[str, Any]:
     return {
-        "issuer": principal.issuer,
-        "iss": principal.iss,
-        "sub": principal.subject,
-        "client_id": principal.client_id,
-        "user_id": principal.user_id,
-        "act": to_json(dict(principal.act)) if principal.act is not None else None,
-        "token_id": principal.token_id,
-        "roles": sorted(roles),
+        "principalSubject": principal.subject,
+        "thirdPartyPrincipal": {
+            "issuer": principal.issuer,
+            "iss": principal.iss,
+            "clientId": principal.client_id,
+            "userId": principal.user_id,
+            "tokenId": principal.token_id,
+        },
+        "serviceAccountDelegationInfo": _delegation(principal.act),
     }
 
 
@@ -89,71 +159,182 @@ class CallRecord:
     request_id: str
     method: str
     path: str
-    started: float
-    client: str | None
+    started: float  # time.perf_counter() at arrival
+    client: str | None  # already resolved through the trusted proxies
     user_agent: str | None
     principal: Principal | None = None
     decision: Decision | None = None
     result: Result | None = None
     error: GatewayError | None = None
     status: int = 500
+    trace: str | None = None
+    span: str | None = None
+    request_tag: str | None = None
+    received: str = field(default_factory=utc_now)
+    insert_id: str = field(default_factory=lambda: secrets.token_hex(16))
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def write(self) -> bool:
+        """Did (or would) this request run DML? Writes get strict durability by default."""
+        route = self.decision.route if self.decision else None
+        return bool(route is not None and route.query.is_dml)
 
-def build_event(call: CallRecord, policy: CompiledPolicy, *, key: bytes | None) -> dict[str, Any]:
+
+def _severity(status: int) -> str:
+    return "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
+
+
+def _statement(
+    call: CallRecord, policy: CompiledPolicy, key: bytes | None
+) -> dict[str, Any] | None:
     decision = call.decision
     route = decision.route if decision else None
-    event: dict[str, Any] = {
-        "time": utc_now(),
-        "request_id": call.request_id,
-        "policy_sha256": policy.sha256,
-        "principal": principal_record(call.principal, decision.roles if decision else ())
-        if call.principal
-        else None,
-        "request": {
-            "method": call.method,
-            "path": call.path,
-            "route": route.template if route else None,
-            "client_ip": call.client,
-            "user_agent": call.user_agent,
-        },
-        "decision": {
-            "allow": bool(decision and decision.allow),
-            "reason": decision.reason if decision else (call.error.code if call.error else None),
-            "rule": decision.rule if decision else None,
-        },
-        "statement": None,
-        "outcome": {
-            "status": call.status,
-            "code": call.error.code if call.error else "ok",
-            "row_count": call.result.row_count if call.result else None,
-            "truncated": call.result.truncated if call.result else None,
-            "commit_timestamp": call.result.commit_timestamp if call.result else None,
-            "spanner_code": call.error.spanner_code
-            if isinstance(call.error, SpannerError)
-            else None,
-        },
-        "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
+    if route is None:
+        return None
+    query = route.query
+    identity = query.model.identity
+    identity_model = policy.model.identities.get(identity)
+    statement: dict[str, Any] = {
+        "query": query.name,
+        "identity": identity,
+        "databaseRole": identity_model.database_role if identity_model else None,
+        "requestTag": call.request_tag,
+        "params": None,
+        "ignoredCallerValues": None,
     }
-    if route is not None:
-        query = route.query
-        identity = query.model.identity
-        statement: dict[str, Any] = {
-            "query": query.name,
-            "identity": identity,
-            "database_role": policy.model.identities[identity].database_role,
-        }
-        if decision is not None and decision.bound is not None:
-            statement["params"] = params_record(
-                decision.bound.values,
-                claim_bound=decision.bound.claim_bound,
-                redact=set(policy.model.audit.redact),
-                key=key,
-            )
-            if decision.bound.ignored:
-                statement["ignored_caller_values"] = {
-                    k: (f"redacted:{len(str(v))} chars" if k in policy.model.audit.redact else v)
-                    for k, v in decision.bound.ignored.items()
+    bound = decision.bound if decision else None
+    if bound is not None:
+        redact = set(policy.model.audit.redact)
+        statement["params"] = params_record(
+            bound.values, claim_bound=bound.claim_bound, redact=redact, key=key
+        )
+        if bound.ignored:
+            statement["ignoredCallerValues"] = {
+                k: redacted(v, key) if k in redact else to_json(v) for k, v in bound.ignored.items()
+            }
+    return statement
+
+
+def build_event(
+    call: CallRecord, policy: CompiledPolicy, *, key: bytes | None, database: str | None = None
+) -> dict[str, Any]:
+    """The event of ``call`` (``key``: the redaction key; ``database``: the resource name)."""
+    decision = call.decision
+    route = decision.route if decision else None
+    error = call.error
+    code = error.code if error else "ok"
+    latency = time.perf_counter() - call.started
+    target = policy.model.spanner
+    result = call.result
+    spanner_code = error.spanner_code if isinstance(error, SpannerError) else None
+    return {
+        "insertId": call.insert_id,
+        "timestamp": utc_now(),
+        "severity": _severity(call.status),
+        "logName": f"projects/{target.project}/logs/spangate%2Faudit",
+        "trace": call.trace,
+        "spanId": call.span,
+        "httpRequest": {
+            "requestMethod": call.method,
+            "requestUrl": call.path,
+            "status": call.status,
+            "userAgent": call.user_agent,
+            "remoteIp": call.client,
+            "latency": f"{latency:.6f}s",
+        },
+        "protoPayload": {
+            "@type": AUDIT_LOG_TYPE,
+            "serviceName": SERVICE,
+            "methodName": route.query_name if route else None,
+            "resourceName": database
+            or database_resource(target.project, target.instance, target.database),
+            "authenticationInfo": _authentication(call.principal) if call.principal else None,
+            "authorizationInfo": [
+                {
+                    "resource": f"{route.model.method} {route.template}",
+                    "permission": route.query_name,
+                    "granted": bool(decision and decision.allow),
                 }
-        event["statement"] = statement
-    return event
+            ]
+            if route
+            else [],
+            "requestMetadata": {
+                "callerIp": call.client,
+                "callerSuppliedUserAgent": call.user_agent,
+                "requestAttributes": {
+                    "id": call.request_id,
+                    "method": call.method,
+                    "path": call.path,
+                    "time": call.received,
+                },
+            },
+            "request": _statement(call, policy, key),
+            "response": {
+                "rowCount": result.row_count if result else None,
+                "truncated": result.truncated if result else None,
+                "commitTimestamp": result.commit_timestamp if result else None,
+                "spannerCode": spanner_code,
+            }
+            if result is not None or spanner_code is not None
+            else None,
+            "status": {"code": rpc_code(call.status, code), "message": code},
+            "metadata": {
+                "decision": {
+                    "allow": bool(decision and decision.allow),
+                    "reason": decision.reason if decision else code,
+                    "rule": decision.rule if decision else None,
+                    "roles": sorted(decision.roles) if decision else [],
+                },
+                "policySha256": policy.sha256,
+            },
+        },
+    }
+
+
+def fallback_event(
+    call: CallRecord, *, status: int, code: str, policy_sha256: str | None
+) -> dict[str, Any]:
+    """A minimal event for a request whose full event could not be built (a bug): still one
+    event, with what is surely known."""
+    return {
+        "insertId": call.insert_id,
+        "timestamp": utc_now(),
+        "severity": _severity(status),
+        "logName": None,
+        "trace": call.trace,
+        "spanId": call.span,
+        "httpRequest": {
+            "requestMethod": call.method,
+            "requestUrl": call.path,
+            "status": status,
+            "userAgent": call.user_agent,
+            "remoteIp": call.client,
+            "latency": f"{time.perf_counter() - call.started:.6f}s",
+        },
+        "protoPayload": {
+            "@type": AUDIT_LOG_TYPE,
+            "serviceName": SERVICE,
+            "methodName": None,
+            "resourceName": None,
+            "authenticationInfo": None,
+            "authorizationInfo": [],
+            "requestMetadata": {
+                "callerIp": call.client,
+                "callerSuppliedUserAgent": call.user_agent,
+                "requestAttributes": {
+                    "id": call.request_id,
+                    "method": call.method,
+                    "path": call.path,
+                    "time": call.received,
+                },
+            },
+            "request": None,
+            "response": None,
+            "status": {"code": rpc_code(status, code), "message": code},
+            "metadata": {
+                "decision": {"allow": False, "reason": code, "rule": None, "roles": []},
+                "policySha256": policy_sha256,
+            },
+        },
+    }

@@ -1,53 +1,248 @@
-"""Where audit lines go. Sinks are blocking and called from the trail's writer thread only."""
+"""Where audit lines go: a JSON-lines file (rotated by size) and stdout. Spanner: ``spanner_sink``.
+
+A sink is blocking and is called from its own writer thread only (``writer.SinkWriter``). Contract:
+``open()`` returns the predecessor's last hash (the newest event already in the trail) or None;
+``write(batch)`` makes the whole batch durable before it returns, or raises ``OSError`` and leaves
+nothing of it behind (no partial line). A sink that failed is opened again on the next batch.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import os
+import re
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["FileSink", "Sink", "StdoutSink"]
+__all__ = ["FileSink", "Sealed", "Sink", "StdoutSink", "last_hash", "rotated_paths"]
+
+log = logging.getLogger("spangate.audit")
+
+_TAIL_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One sealed event: the dict (for sinks with columns) and its exact line."""
+
+    event: dict[str, Any]
+    line: bytes
 
 
 class Sink(Protocol):
     name: str
 
-    def write(self, data: bytes) -> None:
-        """Append whole lines; raise OSError when they cannot be written."""
+    def open(self) -> str | None:
+        """Get ready to write; return the predecessor's last hash when there is one."""
+
+    def write(self, batch: Sequence[Sealed]) -> None:
+        """Make every event of the batch durable, or raise OSError leaving none of it."""
 
     def close(self) -> None: ...
 
 
-class FileSink:
-    """JSON lines appended with O_APPEND: one write per batch, so lines never interleave."""
+def rotated_paths(path: Path) -> list[Path]:
+    """``path``'s rotated files (``NAME.000001``…), oldest first."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9]+)$")
+    found = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            m = pattern.match(child.name)
+            if m:
+                found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
 
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+
+def _last_line(fd: int, size: int) -> tuple[bytes, int] | None:
+    """The last line of the first ``size`` bytes of ``fd`` (without its newline) and its offset."""
+    end = size
+    if end and os.pread(fd, 1, end - 1) == b"\n":
+        end -= 1
+    buf = b""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _TAIL_CHUNK)
+        buf = os.pread(fd, pos - start, start) + buf
+        pos = start
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            return buf[cut + 1 :], pos + cut + 1
+    return (buf, 0) if buf else None
+
+
+def last_hash(path: Path) -> str | None:
+    """The ``hash`` of the last event of the file at ``path`` (None: empty, missing, unreadable).
+
+    A last line that is not an event is skipped: the chain links to the newest one that is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        while size > 0:
+            found = _last_line(fd, size)
+            if found is None:
+                return None
+            line, size = found
+            try:
+                value = json.loads(line).get("hash")
+            except (ValueError, AttributeError):
+                value = None
+            if isinstance(value, str):
+                return value
+        return None
+    finally:
+        os.close(fd)
+
+
+class FileSink:
+    """JSON lines appended to ``path``, ``fdatasync``'d before ``write`` returns.
+
+    - One process writes a file at a time: an exclusive ``flock`` on ``.NAME.lock`` beside it
+      (a second gateway on the same file answers 503 until the first is gone).
+    - A partial last line left by a crash (never acknowledged) is cut off when the file is opened.
+    - ``rotate_bytes``: before a batch would take the file past it, the file becomes
+      ``NAME.000001`` (the next free number) and a new ``NAME`` starts; the chain goes on.
+    - A failed write is undone with ``ftruncate`` to the size before the batch.
+    """
+
+    def __init__(self, path: Path, *, rotate_bytes: int | None = None) -> None:
         self.name = f"file:{path}"
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._fsync = fsync
+        self.rotate_bytes = rotate_bytes
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._size = 0
+        self.rotations = 0
 
-    def write(self, data: bytes) -> None:
+    # -- opening ---------------------------------------------------------------------------
+    def open(self) -> str | None:
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise OSError(f"another process is writing {self.path}") from None
+        except OSError:
+            os.close(lock)
+            raise
+        self._lock_fd = lock
+        try:
+            self._open_active()
+        except OSError:
+            self.close()
+            raise
+        predecessor = last_hash(self.path)
+        if predecessor is None:
+            rotated = rotated_paths(self.path)
+            predecessor = last_hash(rotated[-1]) if rotated else None
+        return predecessor
+
+    def _open_active(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = fd
+        self._size = self._cut_partial_tail(fd, os.fstat(fd).st_size)
+
+    def _cut_partial_tail(self, fd: int, size: int) -> int:
+        if size == 0:
+            return 0
+        reader = os.open(self.path, os.O_RDONLY)
+        try:
+            if os.pread(reader, 1, size - 1) == b"\n":
+                return size
+            keep = size
+            while keep > 0:
+                start = max(0, keep - _TAIL_CHUNK)
+                cut = os.pread(reader, keep - start, start).rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                keep = start
+        finally:
+            os.close(reader)
+        log.warning(
+            "audit file %s ended with %d bytes of an unfinished line (a write cut short by a "
+            "crash, never acknowledged); cut off",
+            self.path,
+            size - keep,
+        )
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return keep
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, batch: Sequence[Sealed]) -> None:
+        if self._fd is None:
+            raise OSError(f"{self.path} is not open")
+        data = b"".join(s.line for s in batch)
+        if self.rotate_bytes and self._size and self._size + len(data) > self.rotate_bytes:
+            self._rotate()
+        fd = self._fd
+        before = self._size
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self._fsync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fdatasync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+        self._size = before + len(data)
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        rotated = rotated_paths(self.path)
+        number = int(rotated[-1].name.rsplit(".", 1)[1]) + 1 if rotated else 1
+        target = self.path.with_name(f"{self.path.name}.{number:06d}")
+        os.fsync(self._fd)
+        os.rename(self.path, target)
+        os.close(self._fd)
+        self._fd = None
+        self._open_active()
+        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        self.rotations += 1
+        log.info("audit file rotated to %s", target)
 
     def close(self) -> None:
-        os.close(self._fd)
+        for attr in ("_fd", "_lock_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                setattr(self, attr, None)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 class StdoutSink:
+    """JSON lines on the process's standard output (Kubernetes / Cloud Logging collectors).
+
+    Durable here means handed to the pipe (flushed); the collector takes it from there."""
+
     def __init__(self) -> None:
         self.name = "stdout"
 
-    def write(self, data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+    def open(self) -> str | None:
+        return None
+
+    def write(self, batch: Sequence[Sealed]) -> None:
+        out = sys.stdout.buffer
+        out.write(b"".join(s.line for s in batch))
+        out.flush()
 
     def close(self) -> None:
-        sys.stdout.buffer.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.buffer.flush()

@@ -1,81 +1,115 @@
-"""The audit trail: seal events into the hash chain in request order, write them in batches.
+"""The audit trail: every event to every sink, each sink with its own chain, writer and durability.
 
-``record(event)`` returns once the event's line has been written to every sink (group commit: the
-events that arrive while a batch is being written go out together in the next one, one write per
-sink per batch). A sink that fails makes ``record`` raise ``AuditUnavailable``, and the caller
-refuses the request (fail closed). Writes run on one dedicated thread, never on the event loop.
+``record(event, write=...)`` returns once the event is durable in every sink (see
+``writer.SinkWriter`` for strict and batched group commit), and raises ``AuditUnavailable`` when
+any sink could not take it: the caller then refuses the request (fail closed). ``available`` says
+whether the last write of every sink succeeded, so a gateway can refuse a request before running
+its statement while a sink is failing (the refusal's own event probes the sink again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit.chain import Chain
-from gateway.audit.sinks import Sink
+from gateway.audit.writer import SinkStats, SinkWriter
 from gateway.errors import AuditUnavailable
 
-__all__ = ["AuditTrail"]
+__all__ = ["AuditMetrics", "AuditTrail"]
 
 log = logging.getLogger("spangate.audit")
 
 
+@dataclass(frozen=True)
+class AuditMetrics:
+    """A snapshot of the trail's counters: per sink, and totals."""
+
+    sinks: tuple[SinkStats, ...]
+
+    @property
+    def events_written(self) -> int:
+        return sum(s.events_written for s in self.sinks)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(s.queue_depth for s in self.sinks)
+
+    @property
+    def failures(self) -> int:
+        return sum(s.failures for s in self.sinks)
+
+    @property
+    def flush_seconds_max(self) -> float:
+        return max((s.flush_seconds_max for s in self.sinks), default=0.0)
+
+
 class AuditTrail:
-    def __init__(self, sinks: Sequence[Sink], chain: Chain) -> None:
-        self.sinks = list(sinks)
-        self.chain = chain
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
-        self.events_written = 0
-        self.failures = 0
+    def __init__(self, writers: Sequence[SinkWriter]) -> None:
+        if not writers:
+            raise ValueError("an audit trail needs at least one sink")
+        self.writers = list(writers)
+        self.closed = False
 
-    async def record(self, event: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        line = self.chain.seal(event)
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((line, done))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        await asyncio.shield(done)
+    async def start(self) -> None:
+        """Open every sink (failures are logged; their requests get 503 until they recover)."""
+        await asyncio.gather(*(w.start() for w in self.writers))
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                data = b"".join(line for line, _ in batch)
-                try:
-                    await loop.run_in_executor(self._writer, self._write_all, data)
-                except OSError as exc:
-                    self.failures += 1
-                    log.error("audit write failed: %s", exc)
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(
-                                AuditUnavailable(
-                                    f"the audit trail cannot be written: {exc.strerror or exc}"
-                                )
-                            )
-                else:
-                    self.events_written += len(batch)
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            self._flusher = None
+    @property
+    def events_written(self) -> int:
+        return self.metrics().events_written
 
-    def _write_all(self, data: bytes) -> None:
-        for sink in self.sinks:
-            sink.write(data)
+    @property
+    def failures(self) -> int:
+        return self.metrics().failures
+
+    @property
+    def available(self) -> bool:
+        return not self.closed and all(w.healthy for w in self.writers)
+
+    async def record(
+        self, event: dict[str, Any], *, write: bool, durable_in: Collection[str] = ()
+    ) -> None:
+        """Write ``event`` to every sink; ``write``: the request ran DML (strict by default).
+
+        ``durable_in`` names sinks that already hold the event (a Spanner row committed in the
+        write's own transaction): they do not write it again."""
+        if self.closed:
+            raise AuditUnavailable("the audit trail is closed")
+        futures = [
+            w.submit(event, write=write, skip=w.sink.name in durable_in) for w in self.writers
+        ]
+        # Shielded: a request cancelled while it waits leaves its event to be written.
+        if len(futures) == 1:
+            await asyncio.shield(futures[0])  # raises AuditUnavailable (the writer sets only it)
+            return
+        results = await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, AuditUnavailable):
+                    raise result
+                raise AuditUnavailable("the audit trail cannot be written") from result
+
+    def record_nowait(self, event: dict[str, Any], *, write: bool) -> None:
+        """Queue ``event`` without waiting (a cancelled request's last word); errors are logged."""
+        if self.closed:
+            log.error("audit event %s dropped: the trail is closed", event.get("insertId"))
+            return
+        for writer in self.writers:
+            writer.submit(event, write=write).add_done_callback(_log_failure)
+
+    def metrics(self) -> AuditMetrics:
+        return AuditMetrics(tuple(dataclasses.replace(w.stats) for w in self.writers))
 
     async def close(self) -> None:
-        """Flush what is pending, then close the sinks."""
-        while self._flusher is not None:
-            await asyncio.sleep(0.001)
-        self._writer.shutdown(wait=True)
-        for sink in self.sinks:
-            sink.close()
+        """Refuse new events, flush every queued one of every sink (at once), close the sinks."""
+        self.closed = True
+        await asyncio.gather(*(w.close() for w in self.writers))
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("an audit event queued without waiting was not written: %s", future.exception())

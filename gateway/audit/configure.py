@@ -1,0 +1,61 @@
+"""Build the audit trail a policy's ``audit.sinks`` and the settings describe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.audit.chain import AuditKeys, Chain
+from gateway.audit.sinks import FileSink, Sink, StdoutSink
+from gateway.audit.spanner_sink import SpannerSink
+from gateway.audit.trail import AuditTrail
+from gateway.audit.writer import SinkWriter
+from gateway.policy.compiled import CompiledPolicy
+from gateway.policy.model import FileSink as FileSinkConfig
+from gateway.policy.model import SpannerSink as SpannerSinkConfig
+from gateway.settings import Settings
+from gateway.spanner.identities import Databases
+
+__all__ = ["audit_keys", "build_trail", "file_sink_path"]
+
+
+def audit_keys(settings: Settings) -> AuditKeys:
+    secret = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    return AuditKeys.from_secret(secret)
+
+
+def file_sink_path(settings: Settings, policy: CompiledPolicy, config: FileSinkConfig) -> Path:
+    """``SPANGATE_AUDIT_PATH``, else the sink's path (relative to the policy's folder)."""
+    if settings.audit_path is not None:
+        return settings.audit_path
+    path = Path(config.path)
+    return path if path.is_absolute() else policy.base_dir / path
+
+
+def build_trail(settings: Settings, policy: CompiledPolicy, databases: Databases) -> AuditTrail:
+    """One writer per sink, each with its own chain (nothing is opened until the first event)."""
+    keys = audit_keys(settings)
+    writers = []
+    for config in policy.model.audit.sinks:
+        sink: Sink
+        if isinstance(config, FileSinkConfig):
+            path = file_sink_path(settings, policy, config)
+            sink = FileSink(path, rotate_bytes=config.rotate_bytes)
+        elif isinstance(config, SpannerSinkConfig):
+            sink = SpannerSink(
+                databases.get(config.identity),
+                config.table,
+                key=keys.chain,
+                retry_delay=0.01 if settings.spanner_emulator_host else None,
+            )
+        else:
+            sink = StdoutSink()
+        writers.append(
+            SinkWriter(
+                sink,
+                Chain(keys.chain),
+                durability=config.durability,
+                window=settings.audit_batch_window_ms / 1000,
+                max_batch=settings.audit_max_batch,
+            )
+        )
+    return AuditTrail(writers)

@@ -1,0 +1,123 @@
+"""The app's side of the audit trail: a CallRecord from the ASGI scope, and recording it.
+
+``record_call`` never lets a request go unrecorded or be answered as if it were recorded:
+
+- the event cannot be built (a bug): a minimal ``fallback_event`` is recorded instead, and the
+  caller gets 500 ``internal`` (nothing is served that was not fully audited);
+- a sink cannot take it: the caller gets 503 ``audit-unavailable`` (fail closed).
+
+``in_transaction_hook`` gives the executor what to run inside a write's own transaction when a
+Spanner sink is configured: the event's row is inserted there, so it commits with the write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any
+
+from gateway.audit.event import CallRecord, build_event, fallback_event
+from gateway.audit.origin import IPNetwork, client_address, trace_context
+from gateway.audit.spanner_sink import SpannerSink
+from gateway.audit.trail import AuditTrail
+from gateway.errors import AuditUnavailable, GatewayError
+from gateway.policy.compiled import CompiledPolicy
+from gateway.spanner.execute import Result
+
+__all__ = ["in_transaction_hook", "new_call", "record_call", "record_nowait"]
+
+log = logging.getLogger("spangate.audit")
+
+
+def new_call(
+    scope: MutableMapping[str, Any], rid: str, started: float, trusted: Sequence[IPNetwork]
+) -> CallRecord:
+    """The CallRecord of an HTTP request: client through trusted proxies, user agent, trace."""
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    peer = scope.get("client")
+    forwarded = [v for k, v in headers if k == b"x-forwarded-for"] if trusted else []
+    trace = trace_context(
+        next((v for k, v in headers if k == b"traceparent"), None),
+        next((v for k, v in headers if k == b"x-cloud-trace-context"), None),
+    )
+    return CallRecord(
+        request_id=rid,
+        method=scope["method"],
+        path=scope["path"],
+        started=started,
+        client=client_address(peer[0] if peer else None, forwarded, trusted),
+        user_agent=next((v.decode("latin-1") for k, v in headers if k == b"user-agent"), None),
+        trace=trace[0] if trace else None,
+        span=trace[1] if trace else None,
+    )
+
+
+def _event(
+    call: CallRecord, policy: CompiledPolicy, key: bytes | None, database: str | None
+) -> dict[str, Any]:
+    try:
+        return build_event(call, policy, key=key, database=database)
+    except Exception:
+        log.exception("the audit event of request %s could not be built", call.request_id)
+        call.error = GatewayError("an unexpected error occurred; see the logs for this request id")
+        call.status = 500
+        call.result = None
+        return fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
+
+
+async def record_call(
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
+) -> bool:
+    """Record ``call`` (its ``status`` and ``error`` set). True when the answer had to change:
+    ``call.status``/``call.error`` then say what to answer instead (500 or 503)."""
+    before = (call.status, call.error)
+    committed = call.result is not None and call.result.commit_timestamp is not None
+    durable_in = call.extra.get("row_in_transaction", ()) if committed else ()
+    if call.extra.get("row_in_transaction") and not committed:
+        # The write failed after its row was added to its transaction: normally neither
+        # committed, but a write cut by its deadline may have. A new insertId keeps this event
+        # from colliding with that row if it exists.
+        call.insert_id = secrets.token_hex(16)
+    event = _event(call, policy, key, database)
+    try:
+        await audit.record(event, write=call.write, durable_in=durable_in)
+    except AuditUnavailable as exc:
+        call.error, call.status = exc, exc.status
+    return (call.status, call.error) != before
+
+
+def record_nowait(
+    audit: AuditTrail, call: CallRecord, policy: CompiledPolicy, *, key: bytes | None
+) -> None:
+    """Queue the event of a request that is being cancelled (it cannot wait any more)."""
+    audit.record_nowait(_event(call, policy, key, None), write=call.write)
+
+
+def in_transaction_hook(
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
+) -> Callable[[Any, Result], None] | None:
+    """A function for the executor to call inside a write's transaction, after the statement and
+    before the commit, or None when no Spanner sink is configured."""
+    sink = next((w.sink for w in audit.writers if isinstance(w.sink, SpannerSink)), None)
+    if sink is None:
+        return None
+
+    def hook(transaction: Any, result: Result) -> None:
+        # Runs on a Spanner worker thread, once per attempt (an aborted attempt is retried).
+        now = dataclasses.replace(call, result=result, status=200, error=None)
+        sink.insert_in(transaction, build_event(now, policy, key=key, database=database))
+        call.extra["row_in_transaction"] = (sink.name,)
+
+    return hook

@@ -1,0 +1,165 @@
+"""The audit event's published JSON Schema, generated from the models below.
+
+``policies/audit-event.schema.json`` is this module's output (``python -m gateway.audit.schema >
+policies/audit-event.schema.json``); a test keeps the two equal and validates real events against
+``AuditEvent`` (strict: no coercion, no unknown keys). The event builder (``event.py``) writes plain
+dicts for speed; these models are its contract, not its implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SCHEMA_ID", "AuditEvent", "event_json_schema", "render"]
+
+SCHEMA_ID = "https://spangate.dev/schemas/audit-event-v1.json"
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
+class HttpRequest(_Model):
+    """Cloud Logging's ``HttpRequest``."""
+
+    requestMethod: str
+    requestUrl: str = Field(description="The path, without the query string.")
+    status: int = Field(ge=100, le=599, description="The HTTP status the caller received.")
+    userAgent: str | None
+    remoteIp: str | None = Field(description="The client, through trusted proxies only.")
+    latency: str = Field(pattern=r"^[0-9]+\.[0-9]{6}s$")
+
+
+class ThirdPartyPrincipal(_Model):
+    issuer: str = Field(description="The policy's name for the token's issuer.")
+    iss: str
+    clientId: str | None
+    userId: str | None
+    tokenId: str | None = Field(description="The token's jti (never the token).")
+
+
+class Actor(_Model):
+    principalSubject: str | None
+    thirdPartyPrincipal: dict[str, Any] | None = Field(
+        None, description="{thirdPartyClaims: the actor's other claims}"
+    )
+
+
+class AuthenticationInfo(_Model):
+    principalSubject: str
+    thirdPartyPrincipal: ThirdPartyPrincipal
+    serviceAccountDelegationInfo: list[Actor] = Field(
+        description="RFC 8693 act: the current actor first, then the actors it acts for."
+    )
+
+
+class AuthorizationInfo(_Model):
+    resource: str = Field(description="METHOD /route/{template}")
+    permission: str = Field(description="The query the route runs.")
+    granted: bool
+
+
+class RequestAttributes(_Model):
+    id: str = Field(description="The request id (X-Request-ID).")
+    method: str
+    path: str
+    time: str = Field(pattern=_TIME, description="When the request arrived.")
+
+
+class RequestMetadata(_Model):
+    callerIp: str | None
+    callerSuppliedUserAgent: str | None
+    requestAttributes: RequestAttributes
+
+
+class Param(_Model):
+    value: Any = Field(description="The bound value, or redacted:[hmac-]sha256:<hex>.")
+    from_: Literal["claim", "caller"] = Field(alias="from")
+
+
+class Statement(_Model):
+    query: str
+    identity: str
+    databaseRole: str | None
+    requestTag: str | None
+    params: dict[str, Param] | None = Field(description="Null when binding did not succeed.")
+    ignoredCallerValues: dict[str, Any] | None = Field(
+        description="Values a caller sent for claim-bound parameters: never used."
+    )
+
+
+class Response(_Model):
+    rowCount: int | None
+    truncated: bool | None
+    commitTimestamp: str | None
+    spannerCode: str | None = Field(description="The gRPC status name of a failed statement.")
+
+
+class Status(_Model):
+    code: int = Field(ge=0, le=16, description="google.rpc.Code")
+    message: str = Field(description="The stable error code; ok when the call succeeded.")
+
+
+class Decision(_Model):
+    allow: bool
+    reason: str = Field(description="allowed, or a stable reason code (no-allow-role, …).")
+    rule: str | None = Field(description="The role that allowed or denied.")
+    roles: list[str] = Field(description="The roles that held for the principal.")
+
+
+class Metadata(_Model):
+    decision: Decision
+    policySha256: str | None
+
+
+class AuditLog(_Model):
+    type_: Literal["type.googleapis.com/google.cloud.audit.AuditLog"] = Field(alias="@type")
+    serviceName: Literal["spangate"]
+    methodName: str | None = Field(description="The query, when a route matched.")
+    resourceName: str | None = Field(description="projects/P/instances/I/databases/D")
+    authenticationInfo: AuthenticationInfo | None
+    authorizationInfo: list[AuthorizationInfo]
+    requestMetadata: RequestMetadata
+    request: Statement | None = Field(description="The statement, when a route matched.")
+    response: Response | None = Field(description="When a statement ran.")
+    status: Status
+    metadata: Metadata
+
+
+class AuditEvent(_Model):
+    """One request's audit event (spangate, version 1): a Cloud Audit Logs LogEntry."""
+
+    insertId: str = Field(pattern=r"^[0-9a-f]{32}$", description="Unique per event.")
+    timestamp: str = Field(pattern=_TIME, description="RFC 3339, UTC, microseconds.")
+    severity: Literal["INFO", "WARNING", "ERROR"]
+    logName: str | None
+    trace: str | None = Field(pattern=r"^[0-9a-f]{32}$")
+    spanId: str | None = Field(pattern=r"^[0-9a-f]{16}$")
+    httpRequest: HttpRequest
+    protoPayload: AuditLog
+    chain: str = Field(pattern=r"^[0-9a-f]{16}$", description="The writing process's chain id.")
+    seq: int = Field(ge=1, description="1, 2, 3… within a chain.")
+    prev: str = Field(
+        pattern=_HEX64, description="The previous event's hash (or the predecessor's, or zeros)."
+    )
+    hash: str = Field(pattern=_HEX64, description="HMAC-SHA256 (or SHA-256) of the rest.")
+
+
+def event_json_schema() -> dict[str, Any]:
+    schema = AuditEvent.model_json_schema(by_alias=True)
+    return {"$schema": _DIALECT, "$id": SCHEMA_ID, **schema, "title": "spangate audit event, v1"}
+
+
+def render() -> str:
+    return json.dumps(event_json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,138 @@
+"""The Spanner audit sink: an append-only table, written in batches by a dedicated identity.
+
+Table (``audit_table_ddl``, created by ``spangate init-db``): one row per event, keyed by the
+event's random ``insertId`` (no hotspot), with the exact sealed line in ``Event`` (a string, so the
+hash can be checked byte for byte; a JSON column would normalise it) and a few columns to query.
+
+- Batches: each batch is one read-write transaction of insert mutations (retried when aborted)
+  under the sink's own identity, whose database role should hold INSERT on the table and nothing
+  else (no UPDATE, no DELETE: append-only). Rows of a batch carry this process's chain for this
+  sink (``ChainId``, ``Seq``, ``PrevHash``, ``EventHash``); each process starts a new chain.
+- A write's own row: with this sink, a DML request's event is inserted in the statement's own
+  transaction (``insert_in``), so the write and its record commit together or not at all. The row
+  is written before Spanner assigns the commit timestamp (``CommitTime`` holds it), so its
+  ``Event`` is the event as it stood just before the commit, unsealed (``ChainId``/``Seq``/
+  ``PrevHash`` are NULL, ``EventHash`` is the keyed hash of ``Event``); the sealed event, with its
+  commit timestamp, goes to the other sinks with the same ``insertId``. The write's identity needs
+  INSERT on the table too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from google.cloud import spanner
+
+from gateway.audit.chain import canonical, event_hash
+from gateway.audit.sinks import Sealed
+from gateway.policy.compiled import CompiledPolicy
+
+__all__ = ["COLUMNS", "SpannerSink", "audit_table_ddl", "policy_ddl"]
+
+COLUMNS = (
+    "InsertId",
+    "EventTime",
+    "CommitTime",
+    "RequestId",
+    "Subject",
+    "Query",
+    "Allowed",
+    "Status",
+    "Code",
+    "ChainId",
+    "Seq",
+    "PrevHash",
+    "EventHash",
+    "Event",
+)
+
+_TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+
+def audit_table_ddl(table: str) -> str:
+    """The CREATE TABLE statement of the audit table (GoogleSQL)."""
+    if not _TABLE.match(table):
+        raise ValueError(f"not a table name: {table!r}")
+    return f"""CREATE TABLE IF NOT EXISTS {table} (
+  InsertId   STRING(32) NOT NULL,
+  EventTime  TIMESTAMP NOT NULL,
+  CommitTime TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),
+  RequestId  STRING(128) NOT NULL,
+  Subject    STRING(MAX),
+  Query      STRING(MAX),
+  Allowed    BOOL NOT NULL,
+  Status     INT64 NOT NULL,
+  Code       STRING(MAX) NOT NULL,
+  ChainId    STRING(16),
+  Seq        INT64,
+  PrevHash   STRING(64),
+  EventHash  STRING(64) NOT NULL,
+  Event      STRING(MAX) NOT NULL,
+) PRIMARY KEY (InsertId)"""
+
+
+def policy_ddl(policy: CompiledPolicy) -> list[str]:
+    """The audit table of the policy's Spanner sink, if it has one (for ``spangate init-db``)."""
+    return [audit_table_ddl(s.table) for s in policy.model.audit.sinks if s.type == "spanner"]
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def _row(event: dict[str, Any], line: bytes, digest: str) -> list[Any]:
+    payload = event["protoPayload"]
+    auth = payload.get("authenticationInfo") or {}
+    return [
+        event["insertId"],
+        _time(event["timestamp"]),
+        spanner.COMMIT_TIMESTAMP,
+        payload["requestMetadata"]["requestAttributes"]["id"],
+        auth.get("principalSubject"),
+        payload.get("methodName"),
+        bool(payload["metadata"]["decision"]["allow"]),
+        int(event["httpRequest"]["status"]),
+        payload["status"]["message"],
+        event.get("chain"),
+        event.get("seq"),
+        event.get("prev"),
+        digest,
+        line.rstrip(b"\n").decode(),
+    ]
+
+
+class SpannerSink:
+    """Blocking; called from its writer thread (batches) or a Spanner worker thread (insert_in)."""
+
+    def __init__(
+        self, database: Any, table: str, *, key: bytes | None, retry_delay: float | None = None
+    ) -> None:
+        if not _TABLE.match(table):
+            raise ValueError(f"not a table name: {table!r}")
+        self.name = f"spanner:{table}"
+        self.table = table
+        self.database = database
+        self.key = key
+        self._retry = {"default_retry_delay": retry_delay} if retry_delay is not None else {}
+
+    def open(self) -> str | None:
+        return None  # many replicas share the table: each process starts its own chain
+
+    def write(self, batch: Sequence[Sealed]) -> None:
+        rows = [_row(s.event, s.line, s.event["hash"]) for s in batch]
+
+        def insert(transaction: Any) -> None:
+            transaction.insert(self.table, COLUMNS, rows)
+
+        self.database.run_in_transaction(insert, transaction_tag="spangate-audit", **self._retry)
+
+    def insert_in(self, transaction: Any, event: dict[str, Any]) -> None:
+        """Buffer ``event``'s row in ``transaction`` (the write's own): it commits with it."""
+        line = canonical(event)
+        transaction.insert(self.table, COLUMNS, [_row(event, line, event_hash(event, self.key))])
+
+    def close(self) -> None:
+        """Nothing to release: the Database belongs to the executor."""

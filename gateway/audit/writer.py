@@ -1,0 +1,207 @@
+"""One sink's writer: its own hash chain, its own thread, group commit with a bounded window.
+
+Each event is queued with an urgency. A ``strict`` event starts a flush at once (with whatever is
+already queued: events that arrive during a flush go together in the next one). ``batched`` events
+start at most one flush per ``window``: a flush waits until ``window`` has passed since the
+previous one started (at once when the sink was idle that long) or until ``max_batch`` events are
+queued, so under load many requests share one fsync or one commit, the sink does at most one per
+window, and no event waits more than a window plus a flush. Either way the caller's future
+resolves only once its event is durable in this sink, or fails with ``AuditUnavailable``.
+
+Events are sealed into the chain on the writer thread, in queue order, right before the write; a
+batch that cannot be written is rolled back out of the chain, so the trail never has a gap, and the
+sink is opened again for the next batch. Not thread-safe: ``submit`` is called on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.audit.chain import Chain
+from gateway.audit.sinks import Sealed, Sink
+from gateway.errors import AuditUnavailable
+
+__all__ = ["Durability", "SinkStats", "SinkWriter"]
+
+log = logging.getLogger("spangate.audit")
+
+Durability = Literal["strict", "batched"]
+
+
+@dataclass
+class SinkStats:
+    """Counters of one sink (monotonic, except ``queue_depth``)."""
+
+    sink: str
+    events_written: int = 0
+    batches: int = 0
+    failures: int = 0
+    queue_depth: int = 0
+    flush_seconds_total: float = 0.0
+    flush_seconds_max: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class _Pending:
+    event: dict[str, Any]
+    done: asyncio.Future[None]
+    urgent: bool
+    queued: float
+    skip: bool = False  # already durable in this sink (a Spanner row written in its transaction)
+
+
+class SinkWriter:
+    def __init__(
+        self,
+        sink: Sink,
+        chain: Chain,
+        *,
+        durability: Durability | None,
+        window: float,
+        max_batch: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.chain = chain
+        self.durability = durability  # None: strict for writes, batched for everything else
+        self.window = window
+        self.max_batch = max_batch
+        self.stats = SinkStats(sink.name)
+        self._clock = clock
+        self._queue: list[_Pending] = []
+        self._urgent = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._open = False
+        self._closing = False
+        self._last_flush = -float("inf")  # when the last flush started (clock time)
+        self.healthy = True
+
+    async def start(self) -> None:
+        """Open the sink now (a failure is logged; the next batch tries again and, failing,
+        refuses its requests)."""
+        error = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_sink)
+        if error is not None:
+            self.healthy = False
+            self.stats.last_error = str(error)
+            log.error("audit sink %s cannot be opened: %s", self.sink.name, error)
+
+    def _open_sink(self) -> BaseException | None:
+        if self._open:
+            return None
+        try:
+            predecessor = self.sink.open()
+        except Exception as exc:  # noqa: BLE001 - reported; the next batch tries again
+            return exc
+        self._open = True
+        if not self.chain.started:
+            self.chain.start(predecessor)
+        return None
+
+    def strict_for(self, write: bool) -> bool:
+        return self.durability == "strict" or (self.durability is None and write)
+
+    def submit(
+        self, event: dict[str, Any], *, write: bool, skip: bool = False
+    ) -> asyncio.Future[None]:
+        """Queue ``event``; the future resolves once it is durable here (or is skipped)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if self._closing:
+            done.set_exception(AuditUnavailable("the audit trail is closed"))
+            return done
+        urgent = self.strict_for(write)
+        self._queue.append(_Pending(event, done, urgent, self._clock(), skip))
+        self._urgent += urgent
+        self.stats.queue_depth = len(self._queue)
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if urgent or len(self._queue) >= self.max_batch:
+            self._wake.set()
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name=f"audit-{self.sink.name}")
+        return done
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                if not (self._urgent or self._closing or len(self._queue) >= self.max_batch):
+                    remaining = self._last_flush + self.window - self._clock()
+                    if remaining > 0:
+                        self._wake.clear()
+                        try:
+                            async with asyncio.timeout(remaining):
+                                await self._wake.wait()
+                        except TimeoutError:
+                            pass
+                        continue
+                self._last_flush = self._clock()
+                batch = self._queue[: self.max_batch]
+                del self._queue[: len(batch)]
+                self._urgent -= sum(p.urgent for p in batch)
+                self.stats.queue_depth = len(self._queue)
+                started = time.perf_counter()
+                error = await loop.run_in_executor(self._thread, self._write, batch)
+                elapsed = time.perf_counter() - started
+                self.stats.batches += 1
+                self.stats.flush_seconds_total += elapsed
+                self.stats.flush_seconds_max = max(self.stats.flush_seconds_max, elapsed)
+                self._settle(batch, error)
+        finally:
+            self._task = None
+
+    def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
+        if error is None:
+            self.healthy = True
+            self.stats.events_written += sum(not p.skip for p in batch)
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_result(None)
+            return
+        self.healthy = False
+        self.stats.failures += 1
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        self.stats.last_error = reason
+        log.error(
+            "audit sink %s failed; %d event(s) refused: %s", self.sink.name, len(batch), reason
+        )
+        for p in batch:
+            if not p.done.done():
+                p.done.set_exception(
+                    AuditUnavailable(f"the audit trail cannot be written ({self.sink.name})")
+                )
+
+    def _write(self, batch: list[_Pending]) -> BaseException | None:
+        """On the writer thread: seal, write, and undo the sealing when the write fails."""
+        mark = self.chain.mark()
+        try:
+            if (error := self._open_sink()) is not None:
+                raise error
+            sealed = [Sealed(*self.chain.seal(p.event)) for p in batch if not p.skip]
+            if sealed:
+                self.sink.write(sealed)
+        except Exception as exc:  # noqa: BLE001 - any sink failure refuses its requests
+            self.chain.rollback(mark)
+            self._open = False
+            return exc
+        return None
+
+    async def close(self) -> None:
+        """Flush everything queued (at once, without waiting for the window), then close."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        while self._task is not None:
+            await asyncio.wait([self._task])
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.sink.close)
+        self._thread.shutdown(wait=True)

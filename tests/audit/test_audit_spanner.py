@@ -1,0 +1,163 @@
+"""The Spanner sink: batches of rows under the audit identity; a write's row commits in the write's
+own transaction, so it exists if and only if the write committed (also under fault injection)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import INSTANCE, POLICY, PROJECT, audit_schema, read_events, request_id
+
+from gateway.audit.chain import GENESIS, AuditKeys, canonical, event_hash
+from gateway.dev.database import create_database
+from gateway.dev.emulator import EmulatorProcess, start_emulator
+from gateway.settings import Settings
+
+Token = Callable[..., str]
+TABLE = "SpangateAudit"
+
+
+@pytest.fixture
+def spanner_policy(tmp_path: Path) -> Path:
+    """The audit policy with a Spanner sink written by its own identity, beside the file sink."""
+    doc = yaml.safe_load(POLICY.read_text())
+    doc["identities"]["audit_writer"] = {"database_role": "audit_writer"}
+    doc["audit"]["sinks"].append({"type": "spanner", "identity": "audit_writer", "table": TABLE})
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+ROWS_SQL = """
+SELECT InsertId, RequestId, Query, Status, Allowed, ChainId, Seq, PrevHash, EventHash, Event,
+       CommitTime
+FROM SpangateAudit WHERE @query IS NULL OR Query = @query ORDER BY ChainId, Seq"""
+
+
+def _rows(gateway: Any, query: str | None = None) -> list[dict[str, Any]]:
+    from google.cloud.spanner_v1 import param_types
+
+    database = gateway.executor.databases.get("audit_writer")
+    with database.snapshot() as snapshot:
+        result = snapshot.execute_sql(
+            ROWS_SQL, params={"query": query}, param_types={"query": param_types.STRING}
+        )
+        rows = list(result)
+        names = [f.name for f in result.fields]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _orders(gateway: Any, ids: list[str]) -> dict[str, Any]:
+    from google.cloud.spanner_v1 import param_types
+
+    database = gateway.executor.databases.get("shop_reader")
+    with database.snapshot() as snapshot:
+        rows = snapshot.execute_sql(
+            "SELECT OrderId, CreatedAt FROM Orders WHERE TenantId = 't1' AND OrderId IN UNNEST(@ids)",
+            params={"ids": ids},
+            param_types={"ids": param_types.Array(param_types.STRING)},
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+def _post(http: Any, token: str, order_id: str) -> Any:
+    body = {"order_id": order_id, "customer_id": "C-1", "total_cents": 10}
+    return http.post("/v1/orders", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_rows_in_batches_and_a_writes_row_in_its_transaction(
+    make_settings: Callable[..., Settings],
+    serve: Any,
+    token_for: Token,
+    spanner_policy: Path,
+    audit_file: Path,
+) -> None:
+    reader, writer = token_for("support-console"), token_for("order-writer")
+    new_order = f"O-{time.time_ns() % 10**12}"
+    async with serve(make_settings(policy=spanner_policy)) as (gateway, http):
+        reads = [await http.get("/v1/orders/O-1001", headers={"Authorization": f"Bearer {reader}"})
+                 for _ in range(3)]  # fmt: skip
+        denied = await http.get("/v1/orders/O-1001")
+        wrote = await _post(http, writer, new_order)
+        duplicate = await _post(http, writer, "O-1001")
+        assert [r.status_code for r in (*reads, denied, wrote, duplicate)] == [
+            200, 200, 200, 401, 200, 409,
+        ]  # fmt: skip
+        ids = [r.headers["x-request-id"] for r in (*reads, denied, wrote, duplicate)]
+        rows = {r["RequestId"]: r for r in await asyncio.to_thread(_rows, gateway)}
+        orders = await asyncio.to_thread(_orders, gateway, [new_order])
+    assert set(ids) <= set(rows)
+    key = AuditKeys.from_secret(None).chain
+    batched = [rows[i] for i in ids if i != wrote.headers["x-request-id"]]
+    chain = [r for r in batched if r["ChainId"] == batched[0]["ChainId"]]
+    assert [r["Seq"] for r in chain] == list(range(chain[0]["Seq"], chain[0]["Seq"] + len(chain)))
+    for row in chain:  # each batched row is a sealed event of this process's chain
+        event = json.loads(row["Event"])
+        assert event_hash(event, key) == row["EventHash"] == event["hash"]
+        assert event["seq"] == row["Seq"] and event["prev"] == row["PrevHash"]
+    assert chain[0]["Seq"] != 1 or chain[0]["PrevHash"] == GENESIS
+    own = rows[wrote.headers["x-request-id"]]  # the write's row: in the write's transaction
+    assert own["Seq"] is None and own["ChainId"] is None and own["Status"] == 200
+    assert own["CommitTime"] == orders[new_order]  # one commit: the same commit timestamp
+    event = json.loads(own["Event"])
+    assert own["EventHash"] == event_hash(event, key) and canonical(event).decode() == own["Event"]
+    filed = {request_id(e): e for e in read_events(audit_file)}
+    sealed = filed[wrote.headers["x-request-id"]]  # the file has the sealed event, same insertId
+    assert sealed["insertId"] == own["InsertId"]
+    assert sealed["protoPayload"]["response"]["commitTimestamp"] == wrote.json()["commit_timestamp"]
+    assert rows[duplicate.headers["x-request-id"]]["Status"] == 409  # a failed write: batched
+    assert rows[denied.headers["x-request-id"]]["Allowed"] is False
+
+
+@pytest.fixture
+def faulty_emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+    """An emulator of its own that aborts ~6 % of commits (logged), with the audit database."""
+    with start_emulator(
+        extra_args=["--enable_fault_injection", "--log_requests"],
+        log_path=tmp_path / "emulator.log",
+    ) as emulator:
+        ddl, dml = audit_schema()
+        create_database(
+            emulator.host, project=PROJECT, instance=INSTANCE, database="audit", ddl=ddl, dml=dml
+        )
+        yield emulator
+
+
+async def test_a_writes_row_exists_iff_the_write_committed_under_fault_injection(
+    make_settings: Callable[..., Settings],
+    serve: Any,
+    token_for: Token,
+    spanner_policy: Path,
+    faulty_emulator: EmulatorProcess,
+) -> None:
+    writer = token_for("order-writer")
+    stamp = time.time_ns() % 10**8
+    wanted = [f"O-{stamp}{i:03d}" for i in range(80)]
+    wanted += wanted[:10]  # ten of them twice: those writes must fail (ALREADY_EXISTS)
+    settings = make_settings(policy=spanner_policy, spanner_emulator_host=faulty_emulator.host)
+    async with serve(settings) as (gateway, http):
+        answers = await asyncio.gather(*(_post(http, writer, o) for o in wanted))
+        rows = await asyncio.to_thread(_rows, gateway, "create_order")
+        orders = await asyncio.to_thread(_orders, gateway, sorted(set(wanted)))
+    by_request = {r["RequestId"]: r for r in rows}
+    committed = [a for a in answers if a.status_code == 200]
+    failed = [a for a in answers if a.status_code != 200]
+    assert len(committed) == 80 and len(failed) == 10
+    assert len(rows) == len(answers)  # one row per request, whatever happened
+    for answer in committed:
+        row = by_request[answer.headers["x-request-id"]]
+        order_id = json.loads(row["Event"])["protoPayload"]["request"]["params"]["order_id"]
+        assert row["Seq"] is None and row["CommitTime"] == orders[order_id["value"]]
+    assert {by_request[a.headers["x-request-id"]]["Status"] for a in failed} == {409}
+    assert all(by_request[a.headers["x-request-id"]]["Seq"] is not None for a in failed)
+    ok_rows = [r for r in rows if r["Status"] == 200]
+    assert len(ok_rows) == len(orders) == 80  # no write without its row, no row without its write
+    assert faulty_emulator.log_path is not None  # --log_requests: the injected aborts did happen
+    log = faulty_emulator.log_path.read_text(errors="replace")
+    assert "was aborted in the emulator to mimic production" in log
