@@ -1,25 +1,71 @@
-"""OpenAPI 3.1 built from the loaded policy: every route, its parameters (claim-bound ones hidden),
-the bearer scheme, the response shapes and the problem+json errors. Rebuilt on every request for
-/openapi.json, so it always follows the policy being served."""
+"""OpenAPI 3.1 built from the loaded policy.
+
+Every route of the policy: its path, query and body parameters with their types and constraints
+(claim-bound ones hidden: a caller cannot set them), the bearer security scheme, the response
+shape with the statement's columns and their types (from Spanner's PLAN result metadata, see
+``gateway.spanner.analyze``; generic rows when the policy has not been analysed), the
+``Idempotency-Key`` header of writes, and the problem+json errors each operation can answer.
+Built per request of ``/openapi.json`` from the policy being served, so it follows hot reloads.
+
+One JSON representation per Spanner type (the README's types table): parameters accept what
+``gateway.policy.types.coerce`` accepts; results are what ``gateway.spanner.results.to_json`` gives.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gateway.intrange import int_range_pattern
 from gateway.policy.bind import BODY_METHODS, ParamSpec
-from gateway.policy.compiled import CompiledPolicy
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.types import INT64_MAX, INT64_MIN
+from gateway.spanner.analyze import Analysis, Column
 
-__all__ = ["json_schema_of", "openapi_document"]
+__all__ = ["json_schema_of", "openapi_document", "result_schema"]
 
-_SCALAR_SCHEMAS: dict[str, dict[str, Any]] = {
+_NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+_INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
+_NUMERIC_TEXT = r"^[+-]?[0-9]{1,29}(?:\.[0-9]{1,9})?$"  # NUMERIC: 38 digits, 9 after the point
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # padded
+_DATE_TEXT = r"^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
+_TIMESTAMP_TEXT = (
+    r"^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+# Parameters in a JSON body.
+_BODY: dict[str, dict[str, Any]] = {
     "BOOL": {"type": "boolean"},
-    "INT64": {
-        "oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[+-]?[0-9]+$"}],
-        "format": "int64",
+    "INT64": {"oneOf": [{"type": "integer", "format": "int64"}, _INT_TEXT]},
+    "FLOAT64": {"oneOf": [{"type": "number"}, _NON_FINITE]},
+    "NUMERIC": {"type": "string", "format": "decimal", "pattern": _NUMERIC_TEXT},
+    "STRING": {"type": "string"},
+    "BYTES": {"type": "string", "contentEncoding": "base64", "pattern": _BASE64},
+    "DATE": {"type": "string", "format": "date", "pattern": _DATE_TEXT},
+    "TIMESTAMP": {"type": "string", "format": "date-time", "pattern": _TIMESTAMP_TEXT},
+    "JSON": {},
+}
+# Parameters in a path or query string (always text on the wire).
+_TEXT: dict[str, dict[str, Any]] = {
+    **_BODY,
+    "INT64": {"type": "integer", "format": "int64"},
+    "FLOAT64": {"type": "number"},
+    # A JSON parameter in a query string is a JSON document; a single one is described with
+    # ``content`` (see _query_parameter), the elements of an ARRAY<JSON> (repeated keys) by this
+    # pattern: numbers, strings without escapes, true, false, null, {} and [] (all JSON; the
+    # gateway accepts any JSON document).
+    "JSON": {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "pattern": r'^(?:-?(?:0|[1-9][0-9]{0,15})|"[^"\\\x00-\x1f]*"|true|false|null|\{\}|\[\])$',
     },
-    "FLOAT64": {
-        "oneOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]
-    },
+}
+# Result columns.
+_RESULT: dict[str, dict[str, Any]] = {
+    "BOOL": {"type": "boolean"},
+    "INT64": {"type": "integer", "format": "int64"},
+    "FLOAT64": {"oneOf": [{"type": "number"}, _NON_FINITE]},
+    "FLOAT32": {"oneOf": [{"type": "number"}, _NON_FINITE]},
     "NUMERIC": {"type": "string", "format": "decimal"},
     "STRING": {"type": "string"},
     "BYTES": {"type": "string", "contentEncoding": "base64"},
@@ -29,109 +75,224 @@ _SCALAR_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def json_schema_of(spec: ParamSpec) -> dict[str, Any]:
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if not schema:
+        return schema  # {} already allows null
+    if isinstance(schema.get("type"), str) and set(schema) <= {"type", "format"}:
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def json_schema_of(spec: ParamSpec, *, text: bool = False) -> dict[str, Any]:
+    """The JSON Schema of a parameter: in a JSON body, or as text (path, query string)."""
+    table = _TEXT if text else _BODY
     ptype = spec.ptype
-    element = dict(_SCALAR_SCHEMAS[ptype.element or ptype.kind])
+    kind = ptype.element or ptype.kind
+    element = dict(table[kind])
+    bounds = {
+        key: value
+        for key, value in (("minimum", spec.min), ("maximum", spec.max))
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    if bounds and kind == "INT64" and "oneOf" in element:  # both forms, each bounded
+        lo = int(bounds.get("minimum", INT64_MIN))
+        hi = int(bounds.get("maximum", INT64_MAX))
+        digits = {"type": "string", "pattern": int_range_pattern(lo, hi)}
+        element["oneOf"] = [{**element["oneOf"][0], **bounds}, digits]
+    elif bounds and "oneOf" in element:  # FLOAT64: the bounds hold for the number branch
+        element["oneOf"] = [{**element["oneOf"][0], **bounds}, *element["oneOf"][1:]]
+    else:
+        element.update(bounds)
     if spec.pattern is not None:
         element["pattern"] = spec.pattern.pattern
     if spec.enum is not None:
-        element["enum"] = list(spec.enum)
-    for key, value in (("minimum", spec.min), ("maximum", spec.max)):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            element[key] = value
+        element = {**{k: v for k, v in element.items() if k != "oneOf"}, "enum": list(spec.enum)}
+    if kind == "STRING" and spec.max_length is not None and not ptype.is_array:
+        element["maxLength"] = spec.max_length
     if ptype.is_array:
-        schema: dict[str, Any] = {"type": "array", "items": element}
+        # A query string has no null: its array elements are values (JSON arrays may hold null).
+        items = element if text else _nullable(element)
+        schema: dict[str, Any] = {"type": "array", "items": items}
         if spec.max_length is not None:
             schema["maxItems"] = spec.max_length
     else:
         schema = element
-        if spec.max_length is not None and ptype.kind == "STRING":
-            schema["maxLength"] = spec.max_length
     if spec.has_default:
         from gateway.audit.event import audit_value
 
         schema["default"] = audit_value(spec.default)
-    if spec.nullable:
-        schema = {"anyOf": [schema, {"type": "null"}]}
-    return schema
+    return _nullable(schema) if spec.nullable and not text else schema
 
 
-def _problem_responses() -> dict[str, Any]:
+# What the router accepts as one path segment: no dot segment, slash, backslash or control
+# character (``gateway.policy.router.decode_path``), and not empty.
+_SEGMENT = r"^(?!\.\.?$)[^/\\\x00-\x1f\x7f]+$"
+
+
+def _path_schema(spec: ParamSpec) -> dict[str, Any]:
+    schema = json_schema_of(spec, text=True)
+    if schema.get("type") != "string":
+        return schema
+    if "pattern" in schema:
+        return {"allOf": [schema, {"type": "string", "pattern": _SEGMENT}]}
+    return {**schema, "pattern": _SEGMENT}
+
+
+def _query_parameter(name: str, spec: ParamSpec) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": name,
+        "in": "query",
+        "required": not spec.has_default and not spec.nullable,
+    }
+    if spec.ptype.kind == "JSON":  # one JSON document, serialised into the query string
+        parameter["content"] = {"application/json": {"schema": json_schema_of(spec)}}
+        return parameter
+    parameter["schema"] = json_schema_of(spec, text=True)
+    if spec.ptype.is_array:
+        parameter.update(style="form", explode=True)
+    return parameter
+
+
+def result_schema(column: Column) -> dict[str, Any]:
+    """The JSON Schema of a result column's values (any column may be NULL)."""
+    element = dict(_RESULT.get(column.scalar, {}))
+    if column.is_array:
+        return _nullable({"type": "array", "items": _nullable(element)})
+    return _nullable(element)
+
+
+def _problems(statuses: list[tuple[int, str]]) -> dict[str, Any]:
     ref = {
         "content": {
             "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
         }
     }
+    return {str(status): {"description": text, **ref} for status, text in statuses}
+
+
+def _problem_statuses(route: CompiledRoute) -> list[tuple[int, str]]:
+    body = route.model.method in BODY_METHODS
+    dml = route.query.is_dml
+    statuses = [
+        (400, "A parameter, the body or the request is invalid (param-*, body-*, path-invalid)"),
+        (401, "Missing or invalid bearer token"),
+        (403, "No role allows this call, a deny role holds, or a claim is missing"),
+        (404, "No route"),
+    ]
+    if dml:
+        statuses.append((409, "Spanner: conflict, precondition-failed or aborted"))
+    if body:
+        statuses += [(413, "Body or statement too large"), (415, "The body is not JSON")]
+    if dml:
+        statuses.append((422, "idempotency-key-reused or too-many-mutations"))
+    statuses += [
+        (500, "A policy, grant or schema mismatch (logged), or an internal error"),
+        (503, "Spanner, the identity provider or the audit trail is unavailable (Retry-After)"),
+        (504, "The statement did not finish within its timeout"),
+    ]
+    return statuses
+
+
+def _who_may_call(policy: CompiledPolicy, allow: list[str]) -> str:
+    """The roles a route allows, each with its policy description when it has one."""
+    roles = policy.model.roles
+    shown = [f"{r} ({roles[r].description})" if roles[r].description else r for r in allow]
+    return "Allowed for the roles: " + ", ".join(shown) + "."
+
+
+def _response(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
+    query = route.query
+    shape = analysis.shapes.get(query.name) if analysis is not None else None
+    row: dict[str, Any] = {"type": "object"}
+    if shape is not None:
+        row = {
+            "type": "object",
+            "properties": {c.name: result_schema(c) for c in shape.columns},
+            "required": [c.name for c in shape.columns],
+            "additionalProperties": False,
+        }
+    rows = {"type": "array", "items": row, "maxItems": query.model.max_rows}
+    stamp = {"type": "string", "format": "date-time"}
+    if query.is_dml and not query.sql.returning:
+        return {
+            "type": "object",
+            "required": ["row_count", "commit_timestamp"],
+            "properties": {"row_count": {"type": "integer"}, "commit_timestamp": stamp},
+            "additionalProperties": False,
+        }
+    properties: dict[str, Any] = {
+        "rows": rows,
+        "row_count": {"type": "integer"},
+        "truncated": {"type": "boolean"},
+    }
+    required = ["rows", "row_count", "truncated"]
+    if query.is_dml:
+        properties["commit_timestamp"] = stamp
+        required.append("commit_timestamp")
     return {
-        str(status): {"description": text, **ref}
-        for status, text in (
-            (400, "Bad request (a parameter is missing, unknown or invalid)"),
-            (401, "Missing or invalid bearer token"),
-            (403, "No role allows this call, or a deny role holds"),
-            (404, "No route"),
-            (413, "Body too large"),
-            (503, "Spanner, the identity provider or the audit trail is unavailable"),
-        )
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
     }
 
 
-def openapi_document(policy: CompiledPolicy, *, version: str) -> dict[str, Any]:
+def _operation(
+    policy: CompiledPolicy, route: CompiledRoute, analysis: Analysis | None
+) -> dict[str, Any]:
+    query = route.query
+    method = route.model.method
+    visible = {n: s for n, s in query.params.items() if s.claim is None}
+    parameters: list[dict[str, Any]] = [
+        {"name": n, "in": "path", "required": True, "schema": _path_schema(visible[n])}
+        for n in route.path_params
+    ]
+    operation: dict[str, Any] = {
+        "operationId": f"{method.lower()}_{query.name}_{route.index}",
+        "summary": route.model.description or query.model.description or query.name,
+        "description": _who_may_call(policy, route.model.allow),
+        "security": [{"bearer": []}],
+        "x-spangate-query": query.name,
+        "x-spangate-allow": list(route.model.allow),
+    }
+    rest = {n: s for n, s in visible.items() if n not in route.path_params}
+    if method in BODY_METHODS:
+        required = [n for n, s in rest.items() if not s.has_default and not s.nullable]
+        body_schema: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {n: json_schema_of(s) for n, s in rest.items()},
+        }
+        if required:
+            body_schema["required"] = required
+        operation["requestBody"] = {
+            "required": bool(required),
+            "content": {"application/json": {"schema": body_schema}},
+        }
+    else:
+        parameters += [_query_parameter(n, s) for n, s in rest.items()]
+    if query.is_dml:
+        parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
+    if parameters:
+        operation["parameters"] = parameters
+    operation["responses"] = {
+        "200": {
+            "description": "OK",
+            "content": {"application/json": {"schema": _response(route, analysis)}},
+        },
+        **_problems(_problem_statuses(route)),
+    }
+    return operation
+
+
+def openapi_document(
+    policy: CompiledPolicy, *, version: str, analysis: Analysis | None = None
+) -> dict[str, Any]:
+    """The OpenAPI document of ``policy``; ``analysis`` (its PLAN analysis) types the rows."""
     paths: dict[str, dict[str, Any]] = {}
     for route in policy.routes:
-        query = route.query
-        method = route.model.method
-        visible = {n: s for n, s in query.params.items() if s.claim is None}
-        parameters = [
-            {"name": n, "in": "path", "required": True, "schema": json_schema_of(visible[n])}
-            for n in route.path_params
-        ]
-        operation: dict[str, Any] = {
-            "operationId": f"{method.lower()}_{query.name}_{route.index}",
-            "summary": route.model.description or query.model.description or query.name,
-            "security": [{"bearer": []}],
-            "x-spangate-query": query.name,
-            "x-spangate-allow": list(route.model.allow),
-        }
-        rest = {n: s for n, s in visible.items() if n not in route.path_params}
-        if method in BODY_METHODS:
-            required = [n for n, s in rest.items() if not s.has_default and not s.nullable]
-            body_schema: dict[str, Any] = {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {n: json_schema_of(s) for n, s in rest.items()},
-            }
-            if required:
-                body_schema["required"] = required
-            operation["requestBody"] = {
-                "required": bool(required),
-                "content": {"application/json": {"schema": body_schema}},
-            }
-        else:
-            parameters += [
-                {
-                    "name": n,
-                    "in": "query",
-                    "required": not s.has_default and not s.nullable,
-                    "schema": json_schema_of(s),
-                    **({"explode": True} if s.ptype.is_array else {}),
-                }
-                for n, s in rest.items()
-            ]
-        if parameters:
-            operation["parameters"] = parameters
-        schema = (
-            "#/components/schemas/Write"
-            if query.is_dml and not query.sql.returning
-            else "#/components/schemas/Rows"
-        )
-        operation["responses"] = {
-            "200": {
-                "description": "OK",
-                "content": {"application/json": {"schema": {"$ref": schema}}},
-            },
-            **_problem_responses(),
-        }
-        paths.setdefault(route.template, {})[method.lower()] = operation
+        operation = _operation(policy, route, analysis)
+        paths.setdefault(route.template, {})[route.model.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "spangate", "version": version, "x-policy-sha256": policy.sha256},
@@ -140,25 +301,23 @@ def openapi_document(policy: CompiledPolicy, *, version: str) -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
+            "parameters": {
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "Retrying a write with the same key returns the first "
+                    "response and applies nothing again; the same key for another request is "
+                    "422 idempotency-key-reused.",
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[\\x20-\\x7e]+$",
+                    },
+                }
+            },
             "schemas": {
-                "Rows": {
-                    "type": "object",
-                    "required": ["rows", "row_count", "truncated"],
-                    "properties": {
-                        "rows": {"type": "array", "items": {"type": "object"}},
-                        "row_count": {"type": "integer"},
-                        "truncated": {"type": "boolean"},
-                        "commit_timestamp": {"type": "string", "format": "date-time"},
-                    },
-                },
-                "Write": {
-                    "type": "object",
-                    "required": ["row_count"],
-                    "properties": {
-                        "row_count": {"type": "integer"},
-                        "commit_timestamp": {"type": "string", "format": "date-time"},
-                    },
-                },
                 "Problem": {
                     "type": "object",
                     "required": ["type", "title", "status", "code", "request_id"],
@@ -169,6 +328,7 @@ def openapi_document(policy: CompiledPolicy, *, version: str) -> dict[str, Any]:
                         "detail": {"type": "string"},
                         "code": {"type": "string"},
                         "request_id": {"type": "string"},
+                        "param": {"type": "string"},
                     },
                 },
             },

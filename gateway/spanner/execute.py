@@ -1,212 +1,364 @@
-"""Run one whitelisted statement under its identity.
+"""Run one whitelisted statement under its identity, on the asyncio Spanner client.
 
-- Reads run in a single-use snapshot (strong, or the query's staleness), never in a read-write
-  transaction; rows stream until ``max_rows + 1`` and then stop, with ``truncated`` set.
-- DML runs through ``run_in_transaction``, which retries ABORTED itself (no second retry loop here);
-  the commit timestamp comes from the committed transaction.
-- The client is blocking, so calls run in a bounded thread pool, off the event loop.
-- Against the emulator, which runs one read-write transaction at a time and aborts the rest with no
-  retry delay, writes are serialised per database (an asyncio lock, so waiting writers hold no
-  thread) and the client's retry delay is shortened.
-- Spanner errors become ``SpannerError`` with stable codes (see ``map_error``).
+Execution model: ``google.cloud.spanner_v1.AsyncClient`` on the event loop (no thread pool).
+Chosen over the blocking client in a bounded thread pool by ``make bench`` (``bench_spanner``:
+faster at concurrency), and because cancellation works: a deadline cancels the RPC, whereas a
+blocking call abandoned by its caller keeps its thread (the client's streaming reads retry
+UNAVAILABLE without end while Spanner is unreachable).
+
+- Reads run in a single-use snapshot (strong, or the query's exact or bounded staleness), never in
+  a read-write transaction; rows stream until ``max_rows + 1`` and then stop, with ``truncated``.
+- DML runs through ``run_in_transaction``, which retries ABORTED itself (there is no second retry
+  loop here) with a transaction tag; THEN RETURN rows come back (at most ``max_rows``); the commit
+  timestamp comes from the committed transaction. With an Idempotency-Key its record is read and
+  written in the same transaction (``idempotency.py``); ``in_transaction`` adds the caller's own
+  work to it (an audit row).
+- Every call has one deadline, the query's ``timeout`` (for a write: all its attempts and, against
+  the emulator, its wait for the write lock). Past it: 504 ``timeout``, or 503
+  ``spanner-unavailable`` when the identity's channel is not connected (Spanner unreachable).
+  A channel in TRANSIENT_FAILURE fails at once with 503. A write cut by its deadline may or may not
+  have committed: callers retry it with the same Idempotency-Key.
+- Request tags name the request id, query and route; the transaction tag the query and route.
+  Priority per query.
+- Limits (``limits.py``) are checked before anything is sent; Spanner errors map to stable codes
+  (``errors.py``).
+- Against the emulator, which runs one read-write transaction at a time and aborts the others
+  without a retry delay, writes (and DML analysis) are serialised per database by an asyncio lock
+  and the client's retry delay is 10 ms; production runs writes concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import inspect
 import logging
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from google.api_core import exceptions as gexc
 
 from gateway.errors import SpannerError
-from gateway.policy.compiled import CompiledQuery
-from gateway.policy.model import Staleness, parse_duration
-from gateway.spanner.identities import Databases
+from gateway.policy.compiled import CompiledPolicy, CompiledQuery
+from gateway.spanner import idempotency as idem
+from gateway.spanner.analyze import Analysis, analyze_policy
+from gateway.spanner.errors import map_error, timeout_error, unavailable_error
+from gateway.spanner.identities import CONNECT_TIMEOUT_SECONDS, Databases
+from gateway.spanner.limits import check_limits
+from gateway.spanner.options import Tags, request_options, snapshot_options, tags_for
 from gateway.spanner.params import spanner_params
-from gateway.spanner.results import to_json
+from gateway.spanner.results import Result, to_json
 
-__all__ = ["Executor", "Result", "map_error"]
+__all__ = ["EMULATOR_RETRY_DELAY", "Executor", "InTransaction", "Result", "Tags", "tags_for"]
 
 log = logging.getLogger("spangate.spanner")
 
+EMULATOR_RETRY_DELAY = 0.01
+ROLLBACK_TIMEOUT_SECONDS = 2.0
 
-@dataclass
-class Result:
-    columns: list[str] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    row_count: int = 0
-    truncated: bool = False
-    commit_timestamp: str | None = None
-    is_dml: bool = False
-
-
-def map_error(exc: Exception) -> SpannerError:
-    """A Spanner/gRPC error -> a stable code and status."""
-    name = type(exc).__name__
-    message = getattr(exc, "message", None) or str(exc)
-    table: list[tuple[type[Exception], int, str, int | None]] = [
-        (gexc.AlreadyExists, 409, "conflict", None),
-        (gexc.FailedPrecondition, 409, "precondition-failed", None),
-        (gexc.Aborted, 409, "aborted", None),
-        (gexc.InvalidArgument, 400, "statement-rejected", None),
-        (gexc.OutOfRange, 400, "statement-rejected", None),
-        (gexc.DeadlineExceeded, 504, "timeout", None),
-        (gexc.ServiceUnavailable, 503, "spanner-unavailable", 2),
-        (gexc.ResourceExhausted, 503, "spanner-unavailable", 2),
-        (gexc.RetryError, 503, "spanner-unavailable", 2),
-        (gexc.PermissionDenied, 500, "identity-lacks-grant", None),
-        (gexc.NotFound, 500, "statement-invalid", None),
-    ]
-    for kind, status, code, retry in table:
-        if isinstance(exc, kind):
-            if status == 500:
-                log.error("spanner %s: %s (a policy/grant/schema mismatch)", name, message)
-            detail = {
-                "timeout": "the statement did not finish within its timeout",
-                "spanner-unavailable": "Spanner is unavailable; retry later",
-                "identity-lacks-grant": "the statement's identity lacks a grant it needs",
-                "statement-invalid": "the statement refers to something that does not exist",
-            }.get(code, message)
-            grpc_code = getattr(getattr(exc, "grpc_status_code", None), "name", None)
-            return SpannerError(
-                detail, status=status, code=code, spanner_code=grpc_code or name, retry_after=retry
-            )
-    log.error("unexpected spanner error %s: %s", name, message)
-    return SpannerError("the statement failed", status=500, code="spanner-error", spanner_code=name)
+# Extra work inside a write's read-write transaction, after its statement ran: (transaction,
+# result) -> None or an awaitable. Called on every attempt (an aborted attempt's mutations are
+# discarded with it), never for an Idempotency-Key replay. An exception it raises rolls the write
+# back and reaches the caller.
+InTransaction = Callable[[Any, Result], Awaitable[None] | None]
 
 
-def _staleness(value: str | Staleness | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        return {"max_staleness": dt.timedelta(seconds=parse_duration(value))}
-    if value.max is not None:
-        return {"max_staleness": dt.timedelta(seconds=parse_duration(value.max))}
-    assert value.exact is not None
-    return {"exact_staleness": dt.timedelta(seconds=parse_duration(value.exact))}
+def _rows(columns: list[str], raw: list[Any]) -> list[dict[str, Any]]:
+    return [{c: to_json(v) for c, v in zip(columns, row, strict=True)} for row in raw]
+
+
+class _Replay(Exception):  # control flow: roll back, answer the stored result
+    def __init__(self, result: Result) -> None:
+        super().__init__("replay")
+        self.result = result
 
 
 class Executor:
-    def __init__(
-        self,
-        databases: Databases,
-        *,
-        threads: int = 32,
-        emulator: bool = False,
-    ) -> None:
+    """Runs statements for the app; one per process (its Databases hold the sessions)."""
+
+    def __init__(self, databases: Databases, *, emulator: bool = False) -> None:
         self.databases = databases
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spanner")
         self._emulator = emulator
         self._write_lock: asyncio.Lock | None = None
+        self._analyses: dict[str, Analysis] = {}
+        self._settling: set[asyncio.Future[Result]] = set()
 
+    # -- lifecycle ----------------------------------------------------------------------------
     async def warm(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.databases.warm)
+        await self.databases.warm()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self.databases.close()
+        """Nothing to do synchronously; ``aclose()`` closes the sessions."""
 
-    async def run(self, query: CompiledQuery, values: Mapping[str, Any], *, tag: str) -> Result:
-        params, types = spanner_params(query.params, values)
-        database = self.databases.get(query.model.identity)
-        loop = asyncio.get_running_loop()
+    async def aclose(self) -> None:
+        """Let writes cut by their deadline settle (bounded), then close the sessions."""
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=ROLLBACK_TIMEOUT_SECONDS * 2)
+        await self.databases.aclose()
+
+    # -- analysis -----------------------------------------------------------------------------
+    async def analyze(
+        self, policy: CompiledPolicy, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    ) -> Analysis:
+        """PLAN-analyse every statement of ``policy`` (see ``analyze.py``); PolicyError naming the
+        query when Spanner refuses one. Remembered per policy hash for ``analysis()``."""
+        found = self._analyses.get(policy.sha256)
+        if found is not None:
+            return found
+        await self.databases.connect(connect_timeout)
+        async with self._writes():
+            analysis = await asyncio.ensure_future(analyze_policy(policy, self.databases))
+        self._analyses = {**dict(list(self._analyses.items())[-3:]), policy.sha256: analysis}
+        return analysis
+
+    def analysis(self, policy: CompiledPolicy) -> Analysis | None:
+        """The analysis of ``policy`` when it has run, else None."""
+        return self._analyses.get(policy.sha256)
+
+    async def analysis_of(self, policy: CompiledPolicy) -> Analysis | None:
+        """The analysis of ``policy``, running it now if a reload has not (for the OpenAPI
+        document); None when Spanner cannot analyse it (the caller falls back to generic rows)."""
+        found = self._analyses.get(policy.sha256)
+        if found is not None or not self.databases.is_open:
+            return found
         try:
-            if not query.is_dml:
-                return await loop.run_in_executor(
-                    self._pool, self._read, database, query, params, types, tag
-                )
-            if not self._emulator:
-                return await loop.run_in_executor(
-                    self._pool, self._write, database, query, params, types, tag
-                )
-            if self._write_lock is None:
-                self._write_lock = asyncio.Lock()
-            async with self._write_lock:
-                return await loop.run_in_executor(
-                    self._pool, self._write, database, query, params, types, tag
-                )
-        except gexc.GoogleAPICallError as exc:
-            raise map_error(exc) from exc
-        except gexc.RetryError as exc:
-            raise map_error(exc) from exc
+            return await self.analyze(policy)
+        except Exception as exc:  # noqa: BLE001 - a description is still served, untyped
+            log.warning("cannot analyse the policy for OpenAPI: %s", exc)
+            return None
 
-    def _read(
+    # -- statements ---------------------------------------------------------------------------
+    def _writes(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The emulator's one-writer-at-a-time lock; nothing in production."""
+        if not self._emulator:
+            return contextlib.nullcontext()
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        return self._write_lock
+
+    async def run(
+        self,
+        query: CompiledQuery,
+        values: Mapping[str, Any],
+        *,
+        tags: Tags,
+        idempotency: idem.IdempotencyKey | None = None,
+        in_transaction: InTransaction | None = None,
+    ) -> Result:
+        """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure."""
+        identity = query.model.identity
+        database = self.databases.aio(identity)
+        check_limits(query.model.sql, values, is_dml=query.is_dml)
+        if self.databases.channel_state(identity) == "TRANSIENT_FAILURE":
+            raise unavailable_error()
+        params, types = spanner_params(query.params, values)
+        timeout = query.model.timeout_seconds
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if not query.is_dml:
+                    return await self._read(database, query, params, types, tags, deadline)
+                return await self._guarded_write(
+                    database, query, params, types, tags, deadline, idempotency, in_transaction
+                )
+        except TimeoutError:
+            if self.databases.channel_state(identity) not in (None, "READY", "IDLE"):
+                raise unavailable_error() from None
+            raise timeout_error(timeout) from None
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise map_error(
+                exc, query=query.name, identity=identity, role=self.databases.roles.get(identity)
+            ) from exc
+
+    async def _guarded_write(self, *args: Any) -> Result:
+        """``_write`` in its own task. A deadline that passes while the write waits (for the
+        emulator's lock) drops it; one that passes once it has begun answers the caller (504)
+        but lets the transaction settle, bounded by its RPCs' own deadlines: committed, or
+        rolled back by the client library. Cancelling it mid-RPC instead would abandon a
+        transaction Spanner does not know is over (it holds its locks; the emulator aborts
+        every other writer meanwhile).
+
+        Its own task also gives it its own copy of the context: the client marks "a transaction
+        is running" in a context variable before an await a deadline can cancel, and then never
+        clears it; in the caller's context that mark would refuse later writes as "nested"."""
+        began = False
+
+        async def body() -> Result:
+            nonlocal began
+            async with self._writes():
+                began = True
+                return await self._write(*args)
+
+        task = asyncio.ensure_future(body())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not began:
+                task.cancel()
+            else:
+                self._settling.add(task)
+                task.add_done_callback(self._settled)
+            raise
+
+    def _settled(self, task: asyncio.Future[Result]) -> None:
+        self._settling.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            log.info(
+                "a write cut by its deadline committed after all (retries with its "
+                "Idempotency-Key will get its response)"
+            )
+        else:
+            log.info("a write cut by its deadline did not commit: %s", type(error).__name__)
+
+    @staticmethod
+    def _remaining(deadline: float) -> float:
+        return max(0.001, deadline - asyncio.get_running_loop().time())
+
+    async def _read(
         self,
         database: Any,
         query: CompiledQuery,
         params: dict[str, Any],
         types: dict[str, Any],
-        tag: str,
+        tags: Tags,
+        deadline: float,
     ) -> Result:
         limit = query.model.max_rows
         result = Result()
-        with database.snapshot(**_staleness(query.model.staleness)) as snapshot:
-            stream = snapshot.execute_sql(
+        raw: list[Any] = []
+        async with database.snapshot(**snapshot_options(query)) as snapshot:
+            stream = await snapshot.execute_sql(
                 query.model.sql,
                 params=params,
                 param_types=types,
-                timeout=query.model.timeout_seconds,
-                request_options={"request_tag": tag},
+                timeout=self._remaining(deadline),
+                request_options=request_options(query, tags.request),
             )
-            raw_rows: list[Any] = []
-            for row in stream:
-                if len(raw_rows) == limit:
-                    result.truncated = True
-                    break
-                raw_rows.append(row)
+            rows = stream.__aiter__()
+            try:
+                async for row in rows:
+                    if len(raw) == limit:
+                        result.truncated = True  # the (max_rows + 1)th row: stop reading
+                        break
+                    raw.append(row)
+            finally:
+                await rows.aclose()
             result.columns = [f.name for f in stream.fields] if stream.fields else []
-        cols = result.columns
-        result.rows = [{c: to_json(v) for c, v in zip(cols, row, strict=True)} for row in raw_rows]
+        result.rows = _rows(result.columns, raw)
         result.row_count = len(result.rows)
         return result
 
-    def _write(
+    async def _write(
         self,
         database: Any,
         query: CompiledQuery,
         params: dict[str, Any],
         types: dict[str, Any],
-        tag: str,
+        tags: Tags,
+        deadline: float,
+        key: idem.IdempotencyKey | None,
+        in_transaction: InTransaction | None,
     ) -> Result:
         seen: dict[str, Any] = {}
-        timeout = query.model.timeout_seconds
 
-        def work(transaction: Any) -> Result:
+        async def work(transaction: Any) -> Result:
             seen["tx"] = transaction
-            result = Result(is_dml=True)
-            if query.sql.returning:
-                stream = transaction.execute_sql(
-                    query.model.sql,
-                    params=params,
-                    param_types=types,
-                    timeout=timeout,
-                    request_options={"request_tag": tag},
-                )
-                raw = list(stream)
-                result.columns = [f.name for f in stream.fields] if stream.fields else []
-                result.rows = [
-                    {c: to_json(v) for c, v in zip(result.columns, r, strict=True)} for r in raw
-                ]
-                result.row_count = len(raw)
-            else:
-                result.row_count = transaction.execute_update(
-                    query.model.sql,
-                    params=params,
-                    param_types=types,
-                    timeout=timeout,
-                    request_options={"request_tag": tag},
-                )
+            if key is not None:
+                stored = await self._lookup(transaction, key)
+                if stored is not None:
+                    if stored.request_hash != key.request_hash:
+                        raise idem.KeyReused(
+                            "this Idempotency-Key was used for a different request; "
+                            "use a new key for a new request"
+                        )
+                    raise _Replay(stored.result)
+            result = await self._statement(transaction, query, params, types, tags, deadline)
+            if key is not None:
+                idem.store(transaction, key, result, now=dt.datetime.now(dt.UTC))
+            if in_transaction is not None:
+                outcome = in_transaction(transaction, result)
+                if inspect.isawaitable(outcome):
+                    await outcome
             return result
 
-        kw: dict[str, Any] = {"transaction_tag": tag, "timeout_secs": max(timeout, 30.0)}
+        options: dict[str, Any] = {
+            "transaction_tag": tags.transaction,
+            "timeout_secs": self._remaining(deadline),
+        }
         if self._emulator:
-            kw["default_retry_delay"] = 0.01
-        result: Result = database.run_in_transaction(work, **kw)
+            options["default_retry_delay"] = EMULATOR_RETRY_DELAY
+        try:
+            result: Result = await database.run_in_transaction(work, **options)
+        except _Replay as replay:
+            return replay.result
+        except asyncio.CancelledError:
+            await self._roll_back(seen.get("tx"))
+            raise
         committed = getattr(seen.get("tx"), "committed", None)
         result.commit_timestamp = to_json(committed) if committed is not None else None
         return result
+
+    async def _statement(
+        self,
+        transaction: Any,
+        query: CompiledQuery,
+        params: dict[str, Any],
+        types: dict[str, Any],
+        tags: Tags,
+        deadline: float,
+    ) -> Result:
+        result = Result(is_dml=True)
+        options = request_options(query, tags.request)
+        if not query.sql.returning:
+            result.row_count = await transaction.execute_update(
+                query.model.sql,
+                params=params,
+                param_types=types,
+                timeout=self._remaining(deadline),
+                request_options=options,
+            )
+            return result
+        stream = await transaction.execute_sql(
+            query.model.sql,
+            params=params,
+            param_types=types,
+            timeout=self._remaining(deadline),
+            request_options=options,
+        )
+        raw = [row async for row in stream]  # read to the end: the statement's stats come last
+        result.columns = [f.name for f in stream.fields] if stream.fields else []
+        limit = query.model.max_rows
+        result.rows = _rows(result.columns, raw[:limit])
+        result.truncated = len(raw) > limit
+        stats = stream.stats
+        exact = getattr(stats, "row_count_exact", None) if stats is not None else None
+        result.row_count = int(exact) if exact else len(raw)
+        return result
+
+    async def _lookup(self, transaction: Any, key: idem.IdempotencyKey) -> idem.Stored | None:
+        try:
+            return await idem.lookup(transaction, key, now=dt.datetime.now(dt.UTC))
+        except (gexc.InvalidArgument, gexc.NotFound) as exc:
+            if idem.TABLE in str(exc):
+                log.error("the Idempotency-Key table is missing: run `spangate init-db` (%s)", exc)
+                raise SpannerError(
+                    "Idempotency-Key is not set up on this gateway's database",
+                    status=500,
+                    code="idempotency-table-missing",
+                    spanner_code=type(exc).__name__,
+                ) from exc
+            raise
+
+    async def _roll_back(self, transaction: Any) -> None:
+        """A write cut by its deadline: roll its transaction back before answering (and, against
+        the emulator, before the next writer goes), so it holds no locks until Spanner expires
+        it; the emulator aborts every other read-write transaction while one is open. Best
+        effort, bounded: a commit already sent may have landed (hence Idempotency-Key)."""
+        if transaction is None or getattr(transaction, "committed", None) is not None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(transaction.rollback(), ROLLBACK_TIMEOUT_SECONDS)

@@ -1,0 +1,235 @@
+"""Every statement of a policy analysed by Spanner itself (``query_mode=PLAN``) before it serves.
+
+Contract:
+
+- Each query is planned under its own identity (so on real Spanner a missing grant shows too),
+  with its declared parameter types: a misspelt table or column, a parameter whose type does not
+  fit the SQL, or a missing grant fails the load with a ``PolicyError`` naming the query, its
+  file:line:column and Spanner's words ("Unrecognized name: OrderIdd; Did you mean OrderId?"),
+  instead of failing the first call. Every problem is reported, not just the first.
+- Queries are planned in a single-use snapshot; DML is planned inside a read-write transaction
+  that is then rolled back (Spanner refuses DML in a snapshot). Nothing is executed.
+- The plan's result fields give each query's response columns and their types (``Shape``), which
+  the OpenAPI document publishes. A result that the JSON body cannot carry is a problem too: a
+  STRUCT column, an unnamed column (``SELECT COUNT(*)`` without ``AS``) or two columns with one
+  name (rows are JSON objects keyed by column name).
+- For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
+  load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
+- Spanner being unreachable is not a policy problem: that error propagates as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from gateway.errors import PolicyError, PolicyProblem
+from gateway.policy.compiled import CompiledPolicy, CompiledQuery
+from gateway.spanner.identities import Databases
+from gateway.spanner.params import spanner_type
+
+__all__ = ["PLAN_TIMEOUT_SECONDS", "Analysis", "Column", "Shape", "analyze_policy", "plan_query"]
+
+log = logging.getLogger("spangate.spanner")
+
+PLAN_TIMEOUT_SECONDS = 15.0
+_POLICY_ERRORS = (
+    gexc.InvalidArgument,
+    gexc.NotFound,
+    gexc.PermissionDenied,
+    gexc.FailedPrecondition,
+    gexc.MethodNotImplemented,
+    gexc.OutOfRange,
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A result column: its name and Spanner type (``INT64``, ``ARRAY<STRING>``...)."""
+
+    name: str
+    type: str
+
+    @property
+    def is_array(self) -> bool:
+        return self.type.startswith("ARRAY<")
+
+    @property
+    def scalar(self) -> str:
+        return self.type[6:-1] if self.is_array else self.type
+
+
+@dataclass(frozen=True)
+class Shape:
+    columns: tuple[Column, ...] = ()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    shapes: Mapping[str, Shape] = field(default_factory=dict)  # query name -> result columns
+    idempotency_ready: Mapping[str, bool] = field(default_factory=dict)  # writing identity -> ok
+
+
+class _Planned(Exception):  # control flow: roll the planning transaction back
+    pass
+
+
+def _type_name(type_pb: Any) -> str:
+    """``INT64``, ``ARRAY<STRING>``... of a result field's type (a protobuf message)."""
+    from google.cloud.spanner_v1 import TypeCode
+
+    raw = type_pb.code
+    code = raw.name if hasattr(raw, "name") else TypeCode(raw).name
+    if code == "ARRAY":
+        return f"ARRAY<{_type_name(type_pb.array_element_type)}>"
+    return str(code)
+
+
+def _columns(fields: Any) -> tuple[Column, ...]:
+    return tuple(Column(f.name, _type_name(f.type_)) for f in (fields or ()))
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+async def plan_query(database: Any, query: CompiledQuery) -> tuple[Column, ...]:
+    """Spanner's PLAN of one statement (nothing runs); its result columns."""
+    from google.cloud.spanner_v1 import ExecuteSqlRequest
+
+    plan = ExecuteSqlRequest.QueryMode.PLAN
+    params = {name: None for name in query.params}
+    types = {name: spanner_type(spec.ptype) for name, spec in query.params.items()}
+    options = {"request_tag": f"spangate analyze {query.name}"[:50]}
+    if not query.is_dml:
+        async with database.snapshot() as snapshot:
+            stream = await snapshot.execute_sql(
+                query.model.sql,
+                params=params,
+                param_types=types,
+                query_mode=plan,
+                request_options=options,
+            )
+            await _drain(stream)
+            return _columns(stream.fields)
+    found: list[tuple[Column, ...]] = []
+
+    async def work(transaction: Any) -> None:
+        stream = await transaction.execute_sql(
+            query.model.sql,
+            params=params,
+            param_types=types,
+            query_mode=plan,
+            request_options=options,
+        )
+        await _drain(stream)
+        found.append(_columns(stream.fields))
+        raise _Planned
+
+    try:
+        await database.run_in_transaction(work)
+    except _Planned:
+        pass
+    return found[0]
+
+
+def _result_problems(columns: tuple[Column, ...]) -> list[str]:
+    out = []
+    names = [c.name for c in columns]
+    for column in columns:
+        if column.scalar == "STRUCT":
+            out.append(f"column {column.name or '(unnamed)'} is a STRUCT, which cannot be returned")
+    if any(not n for n in names):
+        out.append("a result column has no name: name it with AS")
+    duplicates = sorted({n for n in names if n and names.count(n) > 1})
+    if duplicates:
+        out.append(f"result columns share a name: {', '.join(duplicates)} (rename with AS)")
+    return out
+
+
+def _problem(policy: CompiledPolicy, name: str, message: str) -> PolicyProblem:
+    where = ("queries", name, "sql")
+    file, line, column = policy.loaded.locate(where)
+    return PolicyProblem(file, line, column, f"queries.{name}.sql", message)
+
+
+def _spanner_words(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc)
+    return text.split("\n", 1)[0].split(", request_id", 1)[0].strip()
+
+
+async def _idempotency_ready(database: Any) -> bool:
+    from google.cloud.spanner_v1 import ExecuteSqlRequest, param_types
+
+    from gateway.spanner.idempotency import LOOKUP_SQL
+
+    try:
+        async with database.snapshot() as snapshot:
+            stream = await snapshot.execute_sql(
+                LOOKUP_SQL,
+                params={"key": None},
+                param_types={"key": param_types.STRING},
+                query_mode=ExecuteSqlRequest.QueryMode.PLAN,
+            )
+            await _drain(stream)
+    except _POLICY_ERRORS:
+        return False
+    return True
+
+
+async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analysis:
+    """Plan every query of ``policy``; PolicyError with every problem found (see module doc).
+
+    The caller serialises this with writes against the emulator (DML planning opens read-write
+    transactions). Unreachable Spanner: the google.api_core error propagates."""
+    problems: list[PolicyProblem] = []
+    shapes: dict[str, Shape] = {}
+    for name, query in policy.queries.items():
+        identity = query.model.identity
+        try:
+            database = databases.aio(identity)
+            async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+                columns = await plan_query(database, query)
+        except gexc.PermissionDenied as exc:
+            role = databases.roles.get(identity)
+            problems.append(
+                _problem(
+                    policy,
+                    name,
+                    (
+                        f"identity {identity!r} (database role {role!r}) lacks a grant this statement "
+                        f"needs (see `spangate grants`): {_spanner_words(exc)}"
+                    ),
+                )
+            )
+            continue
+        except _POLICY_ERRORS as exc:
+            problems.append(
+                _problem(policy, name, f"Spanner refuses query {name!r}: {_spanner_words(exc)}")
+            )
+            continue
+        for message in _result_problems(columns):
+            problems.append(_problem(policy, name, f"query {name!r}: {message}"))
+        shapes[name] = Shape(columns)
+    if problems:
+        raise PolicyError(problems)
+    ready: dict[str, bool] = {}
+    for query in policy.queries.values():
+        identity = query.model.identity
+        if query.is_dml and identity not in ready:
+            async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+                ready[identity] = await _idempotency_ready(databases.aio(identity))
+            if not ready[identity]:
+                log.warning(
+                    "identity %s cannot read the Idempotency-Key table: writes with an "
+                    "Idempotency-Key will fail (500 idempotency-table-missing) until "
+                    "`spangate init-db` creates it and `spangate grants` are applied",
+                    identity,
+                )
+    return Analysis(shapes=shapes, idempotency_ready=ready)

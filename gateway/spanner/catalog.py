@@ -1,0 +1,62 @@
+"""The tables and columns of a database, from INFORMATION_SCHEMA or from DDL (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["Catalog", "catalog_from_ddl"]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Tables and their columns, in schema order (from INFORMATION_SCHEMA or a DDL file)."""
+
+    tables: Mapping[str, tuple[str, ...]]
+
+    def table(self, name: str) -> str | None:
+        """The catalog's spelling of table ``name`` (case-insensitive), or None."""
+        wanted = name.rsplit(".", 1)[-1].strip("`").upper()
+        return next((t for t in self.tables if t.upper() == wanted), None)
+
+
+_CREATE_TABLE = re.compile(
+    r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?`?([\w.]+)`?\s*\(", re.IGNORECASE
+)
+_NOT_COLUMNS = {"CONSTRAINT", "FOREIGN", "CHECK", "PRIMARY"}
+
+
+def catalog_from_ddl(statements: Iterable[str]) -> Catalog:
+    """A catalog from CREATE TABLE statements (other statements are ignored)."""
+    tables: dict[str, tuple[str, ...]] = {}
+    for statement in statements:
+        m = _CREATE_TABLE.match(statement)
+        if m is None:
+            continue
+        body_start = m.end()
+        depth, j = 1, body_start
+        parts: list[str] = []
+        current: list[str] = []
+        while j < len(statement) and depth:
+            c = statement[j]
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            if c == "," and depth == 1:
+                parts.append("".join(current))
+                current = []
+            else:
+                current.append(c)
+            j += 1
+        parts.append("".join(current))
+        columns = []
+        for part in parts:
+            words = part.split()
+            if words and words[0].upper() not in _NOT_COLUMNS:
+                columns.append(words[0].strip("`"))
+        tables[m.group(1).rsplit(".", 1)[-1]] = tuple(columns)
+    return Catalog(tables)

@@ -1,0 +1,28 @@
+"""The DDL of the gateway's own tables, applied by ``spangate init-db``.
+
+``SOURCES`` lists one function per feature that owns a table: each takes the policy and returns its
+statements (``CREATE TABLE ...``, no trailing ``;``). ``init-db`` skips a CREATE TABLE whose table
+exists, so it can run again after an upgrade. A feature adds its table by appending its function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.audit.spanner_sink import policy_ddl as audit_policy_ddl
+from gateway.policy.compiled import CompiledPolicy
+from gateway.spanner import idempotency
+
+__all__ = ["SOURCES", "shipped_ddl"]
+
+
+def _idempotency(policy: CompiledPolicy) -> list[str]:
+    """The Idempotency-Key table, when the policy has a write."""
+    return list(idempotency.DDL) if any(q.is_dml for q in policy.queries.values()) else []
+
+
+SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [_idempotency, audit_policy_ddl]
+
+
+def shipped_ddl(policy: CompiledPolicy) -> list[str]:
+    return [statement for source in SOURCES for statement in source(policy)]

@@ -1,0 +1,163 @@
+"""Spanner failures -> stable codes and statuses (``SpannerError``), one table for all callers.
+
+    gRPC status (google.api_core)        HTTP  code
+    ALREADY_EXISTS                        409  conflict
+    FAILED_PRECONDITION                   409  precondition-failed
+    ABORTED (after the client's retries)  409  aborted
+    INVALID_ARGUMENT, OUT_OF_RANGE        400  statement-rejected
+        ... "too many mutations"          422  too-many-mutations
+    DEADLINE_EXCEEDED, our own deadline   504  timeout
+    UNAVAILABLE, RESOURCE_EXHAUSTED,
+    a retry budget spent, "Session not
+    found", a deadline spent reconnecting 503  spanner-unavailable (Retry-After)
+    PERMISSION_DENIED                     500  identity-lacks-grant (logged as an error)
+    NOT_FOUND (table, column, database),
+    INVALID_ARGUMENT naming a missing table
+    or column (the schema changed),
+    UNIMPLEMENTED (e.g. a STRUCT column)  500  statement-invalid (logged as an error)
+    anything else                         500  spanner-error (logged as an error)
+
+A 500 here is a mismatch between the policy, the grants and the schema: an operator's problem,
+never the caller's. No detail carries Spanner's message (it names tables, columns and SQL): the
+log does, with the query, the identity and its role.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from google.api_core import exceptions as gexc
+
+from gateway.errors import SpannerError
+
+__all__ = ["RETRY_AFTER_SECONDS", "map_error", "timeout_error", "unavailable_error"]
+
+log = logging.getLogger("spangate.spanner")
+
+RETRY_AFTER_SECONDS = 2
+
+_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
+    (gexc.AlreadyExists, 409, "conflict"),
+    (gexc.FailedPrecondition, 409, "precondition-failed"),
+    (gexc.Aborted, 409, "aborted"),
+    (gexc.InvalidArgument, 400, "statement-rejected"),
+    (gexc.OutOfRange, 400, "statement-rejected"),
+    (gexc.DeadlineExceeded, 504, "timeout"),
+    (gexc.ServiceUnavailable, 503, "spanner-unavailable"),
+    (gexc.ResourceExhausted, 503, "spanner-unavailable"),
+    (gexc.RetryError, 503, "spanner-unavailable"),
+    (gexc.PermissionDenied, 500, "identity-lacks-grant"),
+    (gexc.NotFound, 500, "statement-invalid"),
+    (gexc.MethodNotImplemented, 500, "statement-invalid"),
+)
+
+_DETAILS = {
+    "conflict": "a row with this key already exists",
+    "precondition-failed": "the statement's precondition failed",
+    "aborted": "the transaction was aborted by concurrent work and its retries ran out",
+    "statement-rejected": "Spanner rejected the statement with these parameters (for example a "
+    "value longer than its column allows); the logs have Spanner's message",
+    "timeout": "the statement did not finish within its timeout",
+    "spanner-unavailable": "Spanner is unavailable; retry later",
+    "identity-lacks-grant": "the statement's identity lacks a grant it needs (see the logs)",
+    "statement-invalid": "the statement refers to something the database does not have "
+    "(see the logs)",
+    "too-many-mutations": "the write needs more mutations than Spanner allows in one commit",
+}
+
+
+def _message(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc)
+
+
+_SCHEMA_MISMATCH = re.compile(
+    r"(Table|Column|Index|Database) not found|Unrecognized name|No matching signature"
+)
+
+
+def _session_lost(exc: BaseException) -> bool:
+    return isinstance(exc, gexc.NotFound) and "Session not found" in _message(exc)
+
+
+def unavailable_error(detail: str | None = None) -> SpannerError:
+    return SpannerError(
+        detail or _DETAILS["spanner-unavailable"],
+        status=503,
+        code="spanner-unavailable",
+        spanner_code="UNAVAILABLE",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+
+
+def timeout_error(seconds: float) -> SpannerError:
+    return SpannerError(
+        f"the statement did not finish within its timeout ({seconds:g} s)",
+        status=504,
+        code="timeout",
+        spanner_code="DEADLINE_EXCEEDED",
+    )
+
+
+def map_error(
+    exc: BaseException,
+    *,
+    query: str | None = None,
+    identity: str | None = None,
+    role: str | None = None,
+) -> SpannerError:
+    """A Spanner/gRPC error -> ``SpannerError`` with a stable code and status (table above).
+
+    ``query``, ``identity`` and ``role`` only enrich the log line of a 5xx."""
+    name = type(exc).__name__
+    message = _message(exc)
+    grpc_code = getattr(getattr(exc, "grpc_status_code", None), "name", None) or name
+    where = f"query {query!r} as identity {identity!r} (role {role!r})" if query else "a statement"
+    if _session_lost(exc):
+        # The session vanished (server restart, expiry): nothing ran; the client makes a new one.
+        log.warning("spanner session lost running %s: %s", where, message)
+        return unavailable_error()
+    if isinstance(exc, gexc.InvalidArgument | gexc.FailedPrecondition) and (
+        "too many mutations" in message.lower() or "mutation limit" in message.lower()
+    ):
+        return SpannerError(
+            _DETAILS["too-many-mutations"],
+            status=422,
+            code="too-many-mutations",
+            spanner_code=grpc_code,
+        )
+    if isinstance(exc, gexc.InvalidArgument) and _SCHEMA_MISMATCH.search(message):
+        # The statement no longer fits the schema (it was PLAN-checked at load): not the caller's.
+        log.error(
+            "spanner %s running %s: %s (the schema changed under the policy)",
+            grpc_code,
+            where,
+            message,
+        )
+        return SpannerError(
+            _DETAILS["statement-invalid"],
+            status=500,
+            code="statement-invalid",
+            spanner_code=grpc_code,
+        )
+    for kind, status, code in _TABLE:
+        if isinstance(exc, kind):
+            if status >= 500 and status != 503:
+                log.error(
+                    "spanner %s running %s: %s (a policy/grant/schema mismatch)",
+                    grpc_code,
+                    where,
+                    message,
+                )
+            elif status == 400:
+                log.warning("spanner %s running %s: %s", grpc_code, where, message)
+            # Spanner's own message names tables, columns and SQL: it goes to the log only.
+            detail = _DETAILS.get(code, "the statement failed")
+            retry = RETRY_AFTER_SECONDS if status == 503 else None
+            return SpannerError(
+                detail, status=status, code=code, spanner_code=grpc_code, retry_after=retry
+            )
+    log.error("unexpected spanner error %s running %s: %s", name, where, message)
+    return SpannerError(
+        "the statement failed", status=500, code="spanner-error", spanner_code=grpc_code
+    )
