@@ -10,6 +10,7 @@ unexpected exceptions become a 500 ``internal`` without details (logged with the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.audit.event import CallRecord, build_event
+from gateway.audit.event import CallRecord, database_resource
+from gateway.audit.origin import parse_networks
+from gateway.audit.recorder import in_transaction_hook, new_call, record_call, record_nowait
 from gateway.audit.trail import AuditTrail
 from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
@@ -38,7 +41,9 @@ from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import RequestFacts, decide, match_route
 from gateway.settings import Settings
-from gateway.spanner.execute import Executor
+from gateway.spanner.execute import Executor, tags_for
+from gateway.spanner.idempotency import request_key
+from gateway.spanner.results import response_body
 
 __all__ = ["Gateway", "create_app"]
 
@@ -79,7 +84,10 @@ class Gateway:
         self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
         self.audit = audit
-        self._audit_key = audit_key
+        self._audit_key = audit_key  # the key of redacted values (AuditKeys.redact)
+        self._trusted = parse_networks(settings.trusted_proxies)
+        target = executor.databases.target
+        self._database = database_resource(target.project, target.instance, target.database)
         self.ready = False
         self.api = fixed_endpoints(self)
 
@@ -143,15 +151,7 @@ class Gateway:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        client = scope.get("client")
-        call = CallRecord(
-            request_id=rid,
-            method=scope["method"],
-            path=scope["path"],
-            started=time.perf_counter(),
-            client=client[0] if client else None,
-            user_agent=next((v.decode("latin-1") for k, v in headers if k == b"user-agent"), None),
-        )
+        call = new_call(scope, rid, time.perf_counter(), self._trusted)
         active = self.active  # requests in flight finish on the policy they started with
         policy = active.policy
         try:
@@ -165,15 +165,14 @@ class Gateway:
                 "an unexpected error occurred; see the logs for this request id"
             )
             status, body = 500, None
+        except asyncio.CancelledError:  # the server gave up on the request: still one event
+            call.error = GatewayError("the request was cancelled", code="cancelled")
+            call.status = 499
+            record_nowait(self.audit, call, policy, key=self._audit_key)
+            raise
         call.status = status
-        try:
-            await self.audit.record(build_event(call, policy, key=self._audit_key))
-        except AuditUnavailable as exc:
-            call.error, status, body = exc, exc.status, None
-        except Exception:
-            log.exception("audit failed for request %s", rid)
-            call.error = AuditUnavailable("the audit trail cannot be written")
-            status, body = 503, None
+        if await record_call(self.audit, call, policy, key=self._audit_key, database=self._database):
+            status, body = call.status, None  # 503 audit-unavailable (or 500): fail closed
         route = call.decision.route if call.decision else None
         self.metrics.observe(
             route.template if route else None,
@@ -229,23 +228,26 @@ class Gateway:
             raise decision.problem
         assert decision.route is not None and decision.bound is not None
         route = decision.route
+        if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
+            raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
+        tags = tags_for(route.query_name, method, route.template, call.request_id)
+        call.request_tag = tags.request
         call.result = await self.executor.run(
             route.query,
             decision.bound.values,
-            tag=f"spangate:{route.query_name}:{call.request_id}"[:50],
+            tags=tags,
+            idempotency=request_key(
+                headers,
+                call.principal,
+                route,
+                decision.bound.values,
+                ttl_seconds=self.settings.idempotency_ttl_seconds,
+            ),
+            in_transaction=in_transaction_hook(  # the Spanner sink's row commits with the write
+                self.audit, call, policy, key=self._audit_key, database=self._database
+            ),
         )
-        result = call.result
-        if result.is_dml and not result.rows:
-            payload: dict[str, Any] = {"row_count": result.row_count}
-        else:
-            payload = {
-                "rows": result.rows,
-                "row_count": result.row_count,
-                "truncated": result.truncated,
-            }
-        if result.commit_timestamp is not None:
-            payload["commit_timestamp"] = result.commit_timestamp
-        return 200, dumps(payload)
+        return 200, dumps(response_body(call.result))
 
 
 def create_app(

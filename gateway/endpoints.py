@@ -39,7 +39,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
 
     @api.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        issuers = {}
+        issuers: dict[str, dict[str, Any]] = {}
         for name, cache in gateway.verifier.caches.items():
             state = cache.state()
             issuers[name] = {
@@ -47,7 +47,19 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                 "keys": state.keys,
                 "age_seconds": None if state.age_seconds is None else round(state.age_seconds, 1),
                 "last_error": state.last_error,
+                "stale": state.stale,
+                "fetches": state.fetches,
+                "jwks_uri": state.jwks_uri,
+                "local_keys": state.enabled,
             }
+            if (introspector := gateway.verifier.introspectors.get(name)) is not None:
+                seen = introspector.state()
+                issuers[name]["introspection"] = {
+                    "endpoint": seen.endpoint,
+                    "calls": seen.calls,
+                    "cached": seen.cached,
+                    "last_error": seen.last_error,
+                }
         ready = gateway.ready and all(i["ready"] for i in issuers.values())
         body = {
             "status": "ready" if ready else "not-ready",
@@ -65,7 +77,12 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
-        return JSONResponse(openapi_document(gateway.policy, version=__version__))
+        policy = gateway.policy
+        return JSONResponse(
+            openapi_document(
+                policy, version=__version__, analysis=await gateway.executor.analysis_of(policy)
+            )
+        )
 
     @api.get("/docs", include_in_schema=False)
     async def docs() -> Any:

@@ -5,8 +5,8 @@ Contract:
 - The new policy is loaded and validated fully (off the event loop) before anything changes; a
   policy with problems is refused, its problems are logged with file:line:column, the failure is
   counted (``failures``, ``last_error``), and the old policy keeps serving.
-- Issuers whose ``issuer``/``jwks_uri`` are unchanged keep their JWKS cache (warm keys, no refetch);
-  new or changed issuers get a new cache whose keys are fetched before the swap.
+- Issuers whose ``issuer``/``jwks_uri``/``preset`` are unchanged keep their JWKS cache (warm keys,
+  no refetch); new or changed issuers get a new cache whose keys are fetched before the swap.
 - The policy and its verifier are swapped as one (``Gateway.swap``); requests in flight finish on
   the policy they started with.
 - Reloads are serialised: a SIGHUP during a reload waits for it.
@@ -35,6 +35,9 @@ __all__ = ["PolicyReloader"]
 log = logging.getLogger("spangate.reload")
 
 CacheFactory = Callable[[str, Issuer], JwksCache]
+# What a JWKS cache depends on: the same values keep the cache (and its warm keys) on reload.
+# ``preset`` decides whether the cache is used at all (an Okta org server's tokens are introspected).
+_KEY_FIELDS = {"issuer", "jwks_uri", "preset"}
 VerifierFactory = Callable[[CompiledPolicy, Mapping[str, JwksCache]], TokenVerifier]
 
 
@@ -166,7 +169,7 @@ class PolicyReloader:
             if (
                 cache is not None
                 and previous is not None
-                and (previous.issuer, previous.jwks_uri) == (cfg.issuer, cfg.jwks_uri)
+                and previous.model_dump(include=_KEY_FIELDS) == cfg.model_dump(include=_KEY_FIELDS)
             ):
                 caches[name] = cache
             else:

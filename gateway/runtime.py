@@ -8,19 +8,24 @@ from pathlib import Path
 import httpx
 
 from gateway.app import Gateway, create_app
-from gateway.audit.chain import Chain
-from gateway.audit.sinks import FileSink, Sink, StdoutSink
-from gateway.audit.trail import AuditTrail
+from gateway.audit.configure import audit_keys, build_trail
+from gateway.auth.introspect import introspectors
 from gateway.auth.jwks import JwksCache
+from gateway.auth.presets import is_org_server
 from gateway.auth.verify import TokenVerifier
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
-from gateway.policy.model import FileSink as FileSinkConfig
 from gateway.policy.model import Issuer, SpannerTarget
 from gateway.reload import PolicyReloader
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor
-from gateway.spanner.identities import ClientFactory, Databases, default_client_factory
+from gateway.spanner.identities import (
+    AsyncClientFactory,
+    ClientFactory,
+    Databases,
+    default_async_client_factory,
+    default_client_factory,
+)
 
 __all__ = ["build_gateway", "load_compiled", "spanner_target"]
 
@@ -39,21 +44,8 @@ def spanner_target(settings: Settings, policy: CompiledPolicy) -> SpannerTarget:
     )
 
 
-def _sinks(settings: Settings, policy: CompiledPolicy) -> list[Sink]:
-    sinks: list[Sink] = []
-    first_file = True
-    for config in policy.model.audit.sinks:
-        if isinstance(config, FileSinkConfig):
-            path = Path(config.path)
-            if first_file and settings.audit_path is not None:
-                path = settings.audit_path
-            elif not path.is_absolute():
-                path = policy.base_dir / path
-            first_file = False
-            sinks.append(FileSink(path))
-        else:
-            sinks.append(StdoutSink())
-    return sinks
+async def _analyze(executor: Executor, app: Gateway) -> None:
+    await executor.analyze(app.policy)
 
 
 def build_gateway(
@@ -61,6 +53,7 @@ def build_gateway(
     *,
     env: Mapping[str, str],
     client_factory: ClientFactory | None = None,
+    async_client_factory: AsyncClientFactory | None = None,
     http: httpx.AsyncClient | None = None,
 ) -> Gateway:
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
@@ -80,11 +73,22 @@ def build_gateway(
             refresh_seconds=settings.jwks_refresh_seconds,
             stale_seconds=settings.jwks_stale_seconds,
             min_refetch_seconds=settings.jwks_min_refetch_seconds,
+            enabled=not is_org_server(cfg),  # an Okta org server's tokens are introspected
         )
 
     def make_verifier(policy: CompiledPolicy, caches: Mapping[str, JwksCache]) -> TokenVerifier:
         """The one place a verifier is built: at start-up and on every reload."""
-        return TokenVerifier(policy.model.issuers, caches, leeway=settings.leeway_seconds)
+        return TokenVerifier(
+            policy.model.issuers,
+            caches,
+            introspectors=introspectors(
+                policy.model.issuers,
+                client,
+                cache_seconds=settings.introspection_cache_seconds,
+                leeway=settings.leeway_seconds,
+            ),
+            leeway=settings.leeway_seconds,
+        )
 
     caches = {name: make_cache(name, cfg) for name, cfg in policy.model.issuers.items()}
     verifier = make_verifier(policy, caches)
@@ -93,18 +97,19 @@ def build_gateway(
         spanner_target(settings, policy),
         policy.model.identities,
         client_factory or default_client_factory(emulator),
+        async_client_factory or default_async_client_factory(emulator),
     )
-    executor = Executor(databases, threads=settings.spanner_threads, emulator=bool(emulator))
-    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
-    audit = AuditTrail(_sinks(settings, policy), Chain(key))
+    executor = Executor(databases, emulator=bool(emulator))
+    audit = build_trail(settings, policy, databases)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
+    closers.append(executor.aclose)
     app = create_app(
         settings,
         policy,
         verifier=verifier,
         executor=executor,
         audit=audit,
-        audit_key=key,
+        audit_key=audit_keys(settings).redact,
         closers=closers,
     )
     reloader = PolicyReloader(
@@ -116,6 +121,10 @@ def build_gateway(
         watch=settings.watch_policy,
     )
     app.reloader = reloader
+    # Every statement PLAN-analysed by Spanner before /readyz says ready (a misspelt column fails
+    # the start naming its query); runs after the identities are warmed.
+    app.on_startup.insert(0, lambda: _analyze(executor, app))
     app.on_startup.append(reloader.start)
+    app.on_startup.append(audit.start)  # open the sinks, read each predecessor's last hash
     closers.insert(0, reloader.stop)
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -35,8 +35,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SPANNER_EMULATOR_HOST", "SPANGATE_SPANNER_EMULATOR_HOST"),
         description="host:port of a Cloud Spanner emulator; selects anonymous credentials.",
     )
-    spanner_threads: int = Field(
-        32, ge=1, le=512, description="Threads that run blocking Spanner client calls."
+    idempotency_ttl_seconds: float = Field(
+        86_400.0,
+        ge=1,
+        le=30 * 86_400,
+        description="How long a write's Idempotency-Key record answers retries (then it expires).",
     )
 
     # Requests
@@ -61,6 +64,13 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(
         5.0, gt=0, description="Timeout for calls to identity providers."
     )
+    introspection_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long an introspection answer is reused (an active one never past its "
+        "exp); 0: ask the IdP on every request, so revocations are seen at once.",
+    )
 
     # Audit
     audit_path: Path | None = Field(
@@ -72,5 +82,27 @@ class Settings(BaseSettings):
         description="HMAC key for the audit hash chain and redacted values; without it plain "
         "SHA-256 is used, which only detects accidents.",
     )
+    audit_batch_window_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long a batched audit sink gathers events before one fsync or commit.",
+    )
+    audit_max_batch: int = Field(
+        512, ge=1, le=10_000, description="A batch is flushed at once when it has this many events."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For "
+        "is believed for the client address (none by default: the TCP peer is the client).",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from gateway.audit.origin import parse_networks
+
+        parse_networks(value)
+        return value
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

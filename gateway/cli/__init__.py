@@ -2,7 +2,10 @@
 
     spangate serve --policy PATH [--host 127.0.0.1] [--port 8080]
     spangate dev [--policy policy.example.yaml] [--port 8080]
-    spangate policy check PATH
+    spangate policy check PATH [--database]
+    spangate grants --policy PATH [--schema FILE] [--check]
+    spangate init-db --policy PATH [--print]
+    spangate audit verify FILE...
     spangate --version
 
 Each command group is a module of this package with ``register(subparsers)``; the function it sets
@@ -19,12 +22,12 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.cli import policy, serve
+from gateway.cli import audit, db, policy, serve
 from gateway.errors import PolicyError
 
 __all__ = ["main"]
 
-COMMANDS = (serve, policy)
+COMMANDS = (serve, policy, audit, db)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -47,6 +47,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,  # the audit trail records every request
         server_header=False,
+        # The client address is the TCP peer unless it is in SPANGATE_TRUSTED_PROXIES (the
+        # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
+        proxy_headers=False,
     )
     return 0
 

@@ -148,7 +148,7 @@ def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
             except TypeProblem as exc:
                 raise TypeProblem(f"element {i}: {exc}") from None
         return out
-    if isinstance(raw, list):
+    if isinstance(raw, list) and not (ptype.kind == "JSON" and not from_text):  # [..] is JSON
         raise TypeProblem(f"expected a single {ptype.kind} value, got several")
     return _scalar(ptype.kind, raw, from_text)
 
