@@ -84,6 +84,8 @@ class Gateway:
         self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
         self.audit = audit
+        self.unrecorded = 0
+        audit.expect_from(lambda: self.unrecorded)
         self._audit_key = audit_key  # the key of redacted values (AuditKeys.redact)
         self._trusted = parse_networks(settings.trusted_proxies)
         target = executor.databases.target
@@ -152,6 +154,7 @@ class Gateway:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         call = new_call(scope, rid, time.perf_counter(), self._trusted)
+        self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
         active = self.active  # requests in flight finish on the policy they started with
         policy = active.policy
         try:
@@ -168,9 +171,11 @@ class Gateway:
         except asyncio.CancelledError:  # the server gave up on the request: still one event
             call.error = GatewayError("the request was cancelled", code="cancelled")
             call.status = 499
+            self.unrecorded -= 1
             record_nowait(self.audit, call, policy, key=self._audit_key)
             raise
         call.status = status
+        self.unrecorded -= 1
         if await record_call(self.audit, call, policy, key=self._audit_key, database=self._database):
             status, body = call.status, None  # 503 audit-unavailable (or 500): fail closed
         route = call.decision.route if call.decision else None

@@ -565,3 +565,14 @@ async def test_metrics_count_requests_and_expose_component_state(
     assert count(text, 'spangate_jwks_keys_ready{issuer="okta"}') == 1
     assert count(text, "spangate_audit_events_written_total") > 0
     assert "spangate_request_duration_seconds_bucket" in text and "spangate_policy_info{" in text
+
+
+async def test_requests_leave_nothing_unrecorded(
+    client: httpx.AsyncClient, gateway: Any, token_for: Token
+) -> None:
+    # Batched audit sinks wait for their window only while requests are on their way to the
+    # trail; the count must return to zero whatever the outcome.
+    await client.get("/v1/orders/O-1001", headers=bearer(token_for("support-console")))
+    await client.get("/v1/orders/O-1001")
+    await client.get("/v1/nothing", headers=bearer(token_for("support-console")))
+    assert gateway.unrecorded == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,11 @@ class AuditTrail:
             raise ValueError("an audit trail needs at least one sink")
         self.writers = list(writers)
         self.closed = False
+
+    def expect_from(self, expecting: Callable[[], int]) -> None:
+        """Tell batched writers how many requests are still on their way (see writer.py)."""
+        for writer in self.writers:
+            writer.expecting = expecting
 
     async def start(self) -> None:
         """Open every sink (failures are logged; their requests get 503 until they recover)."""

@@ -5,7 +5,10 @@ already queued: events that arrive during a flush go together in the next one). 
 start at most one flush per ``window``: a flush waits until ``window`` has passed since the
 previous one started (at once when the sink was idle that long) or until ``max_batch`` events are
 queued, so under load many requests share one fsync or one commit, the sink does at most one per
-window, and no event waits more than a window plus a flush. Either way the caller's future
+window, and no event waits more than a window plus a flush. The window is only waited out while
+``expecting()`` says other requests are on their way to the trail: with nobody left to join the
+batch, waiting would add latency and save nothing, so the flush starts at once (a lone caller
+sending requests back to back pays no window). Either way the caller's future
 resolves only once its event is durable in this sink, or fails with ``AuditUnavailable``.
 
 Events are sealed into the chain on the writer thread, in queue order, right before the write; a
@@ -83,6 +86,9 @@ class SinkWriter:
         self._open = False
         self._closing = False
         self._last_flush = -float("inf")  # when the last flush started (clock time)
+        # How many requests may still submit an event soon (set by the gateway); the default
+        # assumes some always may, which makes ``window`` a fixed minimum spacing of flushes.
+        self.expecting: Callable[[], int] = lambda: 1
         self.healthy = True
 
     async def start(self) -> None:
@@ -124,7 +130,7 @@ class SinkWriter:
         self.stats.queue_depth = len(self._queue)
         if self._wake is None:
             self._wake = asyncio.Event()
-        if urgent or len(self._queue) >= self.max_batch:
+        if urgent or len(self._queue) >= self.max_batch or self.expecting() == 0:
             self._wake.set()
         if self._task is None:
             self._task = loop.create_task(self._run(), name=f"audit-{self.sink.name}")
@@ -135,7 +141,12 @@ class SinkWriter:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                if not (self._urgent or self._closing or len(self._queue) >= self.max_batch):
+                if not (
+                    self._urgent
+                    or self._closing
+                    or len(self._queue) >= self.max_batch
+                    or self.expecting() == 0
+                ):
                     remaining = self._last_flush + self.window - self._clock()
                     if remaining > 0:
                         self._wake.clear()

@@ -62,6 +62,22 @@ async def test_batched_events_wait_for_their_window_and_close_flushes_them(tmp_p
     assert len(events(path)) == 4 and w.stats.batches == 2 and w.stats.queue_depth == 0
 
 
+async def test_batched_events_do_not_wait_when_nobody_else_is_coming(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    w = writer(path, window=10.0)
+    coming = [2]
+    w.expecting = lambda: coming[0]
+    await w.submit({"n": "idle"}, write=False)
+    pending = w.submit({"n": 1}, write=False)
+    await asyncio.sleep(0.1)
+    assert not pending.done()  # two requests are still on their way: the window holds
+    coming[0] = 0
+    second = w.submit({"n": 2}, write=False)  # the last of them: nobody left to join
+    await asyncio.wait_for(asyncio.gather(pending, second), timeout=2.0)
+    assert len(events(path)) == 3 and w.stats.batches == 2
+    await w.close()
+
+
 async def test_a_full_batch_is_flushed_without_waiting(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     w = writer(path, window=10.0, max_batch=4)
