@@ -123,13 +123,21 @@ async def _drive(
 ) -> tuple[list[float], float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
+    waiting = [0]
+    if trail is not None:
+        # As in the gateway: batched sinks wait only while some caller may still submit.
+        trail.expect_from(lambda: callers - waiting[0])
 
     async def caller() -> None:
         while time.perf_counter() < stop:
             started = time.perf_counter()
             event = make()
             if trail is not None:
-                await trail.record(event, write=write)
+                waiting[0] += 1
+                try:
+                    await trail.record(event, write=write)
+                finally:
+                    waiting[0] -= 1
             latencies.append(time.perf_counter() - started)
             if trail is None and len(latencies) % 64 == 0:
                 await asyncio.sleep(0)
