@@ -9,6 +9,8 @@ Contract:
   no refetch); new or changed issuers get a new cache whose keys are fetched before the swap.
 - The policy and its verifier are swapped as one (``Gateway.swap``); requests in flight finish on
   the policy they started with.
+- Every statement is PLAN-analysed by Spanner first, as at start-up (a misspelt column or table
+  refuses the reload, naming the query).
 - Reloads are serialised: a SIGHUP during a reload waits for it.
 - Changes to ``spanner:``, ``identities:`` or ``audit:`` need a restart: a reload that changes them
   is refused with a message saying so, rather than half-applied.
@@ -111,6 +113,9 @@ class PolicyReloader:
                     lambda: compile_policy(load_policy(self.path, env=self.env))
                 )
                 self._refuse_restart_only_changes(policy)
+                # Spanner PLAN-analyses every statement, as at start-up: a misspelt column
+                # refuses the reload naming its query instead of failing the first call.
+                await self.gateway.executor.analyze(policy)
             except PolicyError as exc:
                 self._failed(f"the new policy has {len(exc.problems)} problem(s)", exc)
                 return False
@@ -136,6 +141,8 @@ class PolicyReloader:
 
     def _failed(self, message: str, exc: PolicyError | None) -> None:
         self.failures += 1
+        if exc is not None:
+            message += ": " + "; ".join(str(p) for p in exc.problems[:3])
         self.last_error = message
         log.error("policy reload refused, the old policy keeps serving: %s", message)
         if exc is not None:

@@ -18,8 +18,11 @@ from gateway.dev.database import create_database, load_demo_sql
 from gateway.dev.emulator import EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
+from gateway.policy.compiled import compile_policy
+from gateway.policy.load import load_policy
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
+from gateway.spanner.ddl import shipped_ddl
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT, INSTANCE, DATABASE = "demo-project", "demo", "shop"
@@ -41,8 +44,16 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
 def demo_database(emulator: EmulatorProcess) -> str:
     """The demo shop schema and seed on the session's emulator; returns the emulator host."""
     ddl, dml = load_demo_sql(REPO)
+    policy = compile_policy(
+        load_policy(REPO / "policy.example.yaml", env={"OKTA_ISSUER": "http://127.0.0.1:1/x"})
+    )
     create_database(
-        emulator.host, project=PROJECT, instance=INSTANCE, database=DATABASE, ddl=ddl, dml=dml
+        emulator.host,
+        project=PROJECT,
+        instance=INSTANCE,
+        database=DATABASE,
+        ddl=[*ddl, *shipped_ddl(policy)],  # as `make demo` does: the gateway's tables too
+        dml=dml,
     )
     return emulator.host
 

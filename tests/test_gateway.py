@@ -576,3 +576,18 @@ async def test_requests_leave_nothing_unrecorded(
     await client.get("/v1/orders/O-1001")
     await client.get("/v1/nothing", headers=bearer(token_for("support-console")))
     assert gateway.unrecorded == 0
+
+
+async def test_the_example_write_is_idempotent_with_a_key(
+    client: httpx.AsyncClient, token_for: Token
+) -> None:
+    # The demo database carries the gateway's own tables (what `spangate init-db` creates).
+    order_id = f"O-{time.time_ns() % 10**12}"
+    headers = {**bearer(token_for("order-writer")), "Idempotency-Key": f"key-{order_id}"}
+    body = {"order_id": order_id, "customer_id": "C-1", "total_cents": 77}
+    first = await client.post("/v1/orders", json=body, headers=headers)
+    again = await client.post("/v1/orders", json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert again.status_code == 200 and again.content == first.content  # replayed, not re-run
+    reused = await client.post("/v1/orders", json={**body, "total_cents": 78}, headers=headers)
+    assert_problem(reused, 422, "idempotency-key-reused")

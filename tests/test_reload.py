@@ -97,9 +97,21 @@ async def test_a_bad_policy_is_refused_and_the_old_one_keeps_serving(
     )
     assert await own_gateway.reloader.reload() is False
     assert own_gateway.reloader.failures == 1
-    assert "problem" in (own_gateway.reloader.last_error or "")
+    assert "unknown role 'suport'" in (own_gateway.reloader.last_error or "")
     assert own_gateway.policy.sha256 == before
     assert (await _get(own_gateway, "/v1/orders/O-1001", token)).status_code == 200
+
+
+async def test_a_misspelt_column_refuses_the_reload(
+    own_gateway: Gateway, policy_copy: Path
+) -> None:
+    before = own_gateway.policy.sha256
+    policy_copy.write_text(
+        with_new_route(policy_copy.read_text()).replace("SELECT Name FROM", "SELECT Nmae FROM")
+    )
+    assert await own_gateway.reloader.reload() is False
+    assert "Nmae" in (own_gateway.reloader.last_error or "")
+    assert own_gateway.policy.sha256 == before
 
 
 async def test_identity_changes_need_a_restart(own_gateway: Gateway, policy_copy: Path) -> None:

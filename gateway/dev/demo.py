@@ -22,6 +22,7 @@ from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, sta
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import free_port
 from gateway.settings import Settings
+from gateway.spanner.ddl import shipped_ddl
 
 __all__ = ["run_demo"]
 
@@ -82,17 +83,20 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         idp = start_idp(idp_dir=repo / "dev" / "idp", keys_path=keys)
         env["OKTA_ISSUER"] = idp.issuer
         _say(f"OpenID provider at {idp.issuer} (pid {idp.pid})")
-        target = spanner_target(settings, load_compiled(settings.policy, env))
+        compiled = load_compiled(settings.policy, env)
+        target = spanner_target(settings, compiled)
+        # The demo schema plus the gateway's own tables (what `spangate init-db` creates).
         create_database(
             emulator_host,
             project=target.project,
             instance=target.instance,
             database=target.database,
-            ddl=ddl,
+            ddl=[*ddl, *shipped_ddl(compiled)],
             dml=dml,
         )
         _say(
-            f"database {target.project}/{target.instance}/{target.database}: demo schema and seed applied"
+            f"database {target.project}/{target.instance}/{target.database}: demo schema, "
+            "seed and the gateway's tables applied"
         )
         app = build_gateway(settings, env=env)
         base = f"http://{settings.host}:{settings.port}"
