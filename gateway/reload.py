@@ -12,8 +12,10 @@ Contract:
 - Every statement is PLAN-analysed by Spanner first, as at start-up (a misspelt column or table
   refuses the reload, naming the query).
 - Reloads are serialised: a SIGHUP during a reload waits for it.
-- Changes to ``spanner:``, ``identities:`` or ``audit:`` need a restart: a reload that changes them
-  is refused with a message saying so, rather than half-applied.
+- New identities get their Database (and first session) before the swap; identities that are
+  dropped stay open for the requests still using them. Changing an identity that is in use, or
+  ``spanner:`` or ``audit:``, needs a restart: such a reload is refused with a message saying so,
+  rather than half-applied.
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ class PolicyReloader:
                     lambda: compile_policy(load_policy(self.path, env=self.env))
                 )
                 self._refuse_restart_only_changes(policy)
+                added = self.gateway.executor.databases.add(policy.model.identities)
+                if added:  # new identities: their Databases and first sessions, before the swap
+                    await self.gateway.executor.databases.warm()
+                    log.info("new identities: %s", ", ".join(added))
                 # Spanner PLAN-analyses every statement, as at start-up: a misspelt column
                 # refuses the reload naming its query instead of failing the first call.
                 await self.gateway.executor.analyze(policy)
@@ -156,7 +162,11 @@ class PolicyReloader:
             section
             for section, a, b in (
                 ("spanner", old.spanner, new.spanner),
-                ("identities", old.identities, new.identities),
+                (
+                    "identities already in use",
+                    {n: i for n, i in old.identities.items() if n in new.identities},
+                    {n: i for n, i in new.identities.items() if n in old.identities},
+                ),
                 ("audit", old.audit, new.audit),
             )
             if a != b

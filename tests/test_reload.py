@@ -114,6 +114,26 @@ async def test_a_misspelt_column_refuses_the_reload(
     assert own_gateway.policy.sha256 == before
 
 
+async def test_a_new_identity_is_added_on_reload(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    text = with_new_route(policy_copy.read_text())
+    text = text.replace(
+        "\n  shop_writer:\n",
+        "\n  tenant_reader:\n    database_role: tenant_reader\n  shop_writer:\n",
+        1,
+    ).replace(
+        "  tenant_name:\n    identity: shop_reader",
+        "  tenant_name:\n    identity: tenant_reader",
+        1,
+    )
+    policy_copy.write_text(text)
+    assert await own_gateway.reloader.reload() is True, own_gateway.reloader.last_error
+    response = await _get(own_gateway, "/v1/tenant", token_for("support-console"))
+    assert response.status_code == 200, response.text
+    assert own_gateway.executor.databases.roles["tenant_reader"] == "tenant_reader"
+
+
 async def test_identity_changes_need_a_restart(own_gateway: Gateway, policy_copy: Path) -> None:
     before = own_gateway.policy.sha256
     policy_copy.write_text(

@@ -145,6 +145,16 @@ class Databases:
         self._blocking_clients: dict[str | None, Any] = {}
         self._blocking: dict[str, Any] = {}
 
+    def add(self, identities: Mapping[str, Identity]) -> list[str]:
+        """Add the identities not known yet (a reloaded policy's new ones); ``open()`` then creates
+        their Databases. Known names are left alone: an identity never changes under a request
+        that is in flight. Returns the names added."""
+        added = [name for name in identities if name not in self.identities]
+        for name in added:
+            self.identities[name] = identities[name]
+            self.roles[name] = identities[name].database_role
+        return added
+
     @property
     def is_open(self) -> bool:
         return len(self._databases) == len(self.identities)
