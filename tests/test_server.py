@@ -174,3 +174,18 @@ def test_demo_says_what_to_install_when_the_emulator_is_missing(repo: Path, tmp_
     assert out.returncode == 1
     assert "google-cloud-cli-spanner-emulator" in out.stderr
     assert "SPANNER_EMULATOR_HOST" in out.stderr
+
+
+def test_spanner_commands_without_credentials_say_so(repo: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing.json")
+    out = subprocess.run(
+        [*SPANGATE, "grants", "--policy", str(repo / "policy.example.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "SPANNER_EMULATOR_HOST" in out.stderr

@@ -19,6 +19,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from google.api_core.exceptions import GoogleAPIError
+from google.auth.exceptions import GoogleAuthError
 from pydantic import ValidationError
 
 from gateway import __version__
@@ -57,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"spangate: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    except (GoogleAuthError, GoogleAPIError) as exc:
+        print(
+            f"spangate: cannot use Spanner: {exc}\n"
+            "  (set SPANNER_EMULATOR_HOST=host:port for an emulator, or Application Default "
+            "Credentials for Cloud Spanner)",
+            file=sys.stderr,
+        )
+        return 1
     return code
 
 
