@@ -76,15 +76,25 @@ def render_metrics(gateway: Gateway) -> str:
             f'spangate_jwks_keys_ready{{issuer="{_label(name)}"}} {int(cache.state().ready)}'
         )
 
-    audit = gateway.audit
-    out += [
-        "# HELP spangate_audit_events_written_total Audit events written to every sink.",
-        "# TYPE spangate_audit_events_written_total counter",
-        f"spangate_audit_events_written_total {getattr(audit, 'events_written', 0)}",
-        "# HELP spangate_audit_write_failures_total Audit batches that could not be written.",
-        "# TYPE spangate_audit_write_failures_total counter",
-        f"spangate_audit_write_failures_total {getattr(audit, 'failures', 0)}",
-    ]
+    series = (
+        ("events_written_total", "counter", "Audit events written, per sink.", "events_written"),
+        (
+            "batches_total",
+            "counter",
+            "Audit flushes (writes, fsyncs or commits), per sink.",
+            "batches",
+        ),
+        ("write_failures_total", "counter", "Audit batches that could not be written.", "failures"),
+        ("queue_depth", "gauge", "Audit events waiting for their flush, per sink.", "queue_depth"),
+        ("flush_seconds_total", "counter", "Time spent flushing, per sink.", "flush_seconds_total"),
+        ("flush_seconds_max", "gauge", "The slowest flush so far, per sink.", "flush_seconds_max"),
+    )
+    sinks = gateway.audit.metrics().sinks
+    for name, kind, text, attribute in series:
+        out += [f"# HELP spangate_audit_{name} {text}", f"# TYPE spangate_audit_{name} {kind}"]
+        for stats in sinks:
+            value = getattr(stats, attribute)
+            out.append(f'spangate_audit_{name}{{sink="{_label(stats.sink)}"}} {value}')
     reloader = gateway.reloader
     if reloader is not None:
         out += [

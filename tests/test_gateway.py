@@ -563,7 +563,8 @@ async def test_metrics_count_requests_and_expose_component_state(
     text = response.text
     assert count(text, series) == before + 1
     assert count(text, 'spangate_jwks_keys_ready{issuer="okta"}') == 1
-    assert count(text, "spangate_audit_events_written_total") > 0
+    assert count(text, "spangate_audit_events_written_total{sink=") > 0
+    assert "spangate_audit_queue_depth{sink=" in text and "spangate_audit_flush_seconds_max{" in text
     assert "spangate_request_duration_seconds_bucket" in text and "spangate_policy_info{" in text
 
 
