@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
@@ -23,11 +23,11 @@ from gateway.policy.bind import Bound, bind_params
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.router import MethodMismatch, PathInvalid
 
-__all__ = ["REASONS", "Decision", "RequestFacts", "decide", "match_route"]
+__all__ = ["REASONS", "Decision", "Reason", "RequestFacts", "decide", "match_route"]
 
 # Every reason a Decision can carry: stable codes, identical in HTTP problem bodies, the audit
 # trail, ``spangate policy explain`` and policy tests.
-REASONS = (
+Reason = Literal[
     "allowed",
     "no-route",
     "method-not-allowed",
@@ -39,7 +39,8 @@ REASONS = (
     "param-invalid",
     "claim-missing",
     "claim-invalid",
-)
+]
+REASONS: tuple[str, ...] = get_args(Reason)
 
 
 @dataclass(frozen=True)
