@@ -130,7 +130,10 @@ class Gateway:
             return
         headers = scope.get("headers", [])
         rid = request_id(next((v for k, v in headers if k == b"x-request-id"), None))
-        if scope["path"] in FIXED_PATHS:
+        # The raw path: "/%68ealthz" is not /healthz (it goes to the policy router, like any path).
+        raw = scope.get("raw_path")
+        if (raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]) in FIXED_PATHS:
+            scope.setdefault("state", {})["request_id"] = rid
             await self.api(scope, receive, with_request_id(send, rid))
             return
         await self._handle(scope, receive, send, rid)
@@ -203,11 +206,16 @@ class Gateway:
         policy = active.policy
         method = scope["method"]
         query_string: bytes = scope.get("query_string", b"")
-        query = (
-            parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-            if query_string
-            else []
-        )
+        try:
+            query = (
+                parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
+                if query_string
+                else []
+            )
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "the query string is not valid UTF-8 after percent-decoding", code="query-invalid"
+            ) from None
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
             token_in_query=any(k == "access_token" for k, _ in query),

@@ -5,12 +5,15 @@ Policy routes never come here: the compiled router dispatches them (``gateway.ap
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
+from gateway.http import PROBLEM_TYPE
 from gateway.metrics import render_metrics
 from gateway.openapi import openapi_document
 
@@ -19,9 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FIXED_PATHS", "fixed_endpoints"]
 
-FIXED_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
-)
+FIXED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
 
 def fixed_endpoints(gateway: Gateway) -> FastAPI:
@@ -32,6 +33,25 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """The fixed endpoints answer errors as problem+json too (e.g. POST /healthz is 405)."""
+        code = {404: "no-route", 405: "method-not-allowed"}.get(exc.status_code, "bad-request")
+        body = {
+            "type": PROBLEM_TYPE + code,
+            "title": HTTPStatus(exc.status_code).phrase,
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+            "code": code,
+            "request_id": getattr(request.state, "request_id", None),
+        }
+        return JSONResponse(
+            body,
+            status_code=exc.status_code,
+            headers=dict(exc.headers or {}),
+            media_type="application/problem+json",
+        )
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

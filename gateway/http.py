@@ -20,6 +20,7 @@ __all__ = [
     "Scope",
     "Send",
     "dumps",
+    "parse_json",
     "read_json_body",
     "request_id",
     "send_problem",
@@ -44,7 +45,10 @@ def request_id(given: bytes | None) -> str:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    # "replace": a lone surrogate from a token claim becomes "?" instead of failing the response.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8", "replace"
+    )
 
 
 async def read_json_body(
@@ -88,13 +92,44 @@ async def read_json_body(
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    try:
-        body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="body-invalid") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}  # an empty body (chunked or not) is no parameters, as Content-Length: 0 is
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object of parameters", code="body-invalid")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (send NaN and Infinity as strings)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity literals, no lone surrogates,
+    bounded nesting. Anything else is a 400 ``body-invalid``, so what the gateway binds and audits
+    is exactly what any other JSON reader would see."""
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        # A lone surrogate (\\ud800) parses but cannot be encoded: refuse it here, not later.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the body is not valid UTF-8 JSON", code="body-invalid") from None
+    except RecursionError:
+        raise BadRequest("the body nests too deeply", code="body-invalid") from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="body-invalid") from None
+    return value
 
 
 async def send_problem(send: Send, error: GatewayError, rid: str, *, head: bool) -> None:

@@ -19,12 +19,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "AuditKeys", "Chain", "canonical", "event_hash"]
+__all__ = ["GENESIS", "AuditKeys", "Chain", "canonical", "event_hash", "writable"]
+
+log = logging.getLogger("spangate.audit")
 
 GENESIS = "0" * 64
 
@@ -37,6 +41,33 @@ _ENCODER = json.JSONEncoder(
 def canonical(event: Mapping[str, Any]) -> bytes:
     """The bytes that are hashed and written: sorted keys, no spaces, UTF-8."""
     return _ENCODER.encode(event).encode()
+
+
+def writable(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``event`` itself when it encodes as canonical JSON, else a scrubbed copy: lone surrogates
+    replaced, non-finite numbers and unknown types as strings. One odd value a token or a caller
+    smuggled in must never keep an event, or the batch it travels with, out of the trail."""
+    try:
+        _ENCODER.encode(event).encode()
+    except (UnicodeError, ValueError, TypeError, RecursionError):
+        log.warning("audit event %s had values that are not JSON; scrubbed", event.get("insertId"))
+        scrubbed: Mapping[str, Any] = _scrub(event)
+        return scrubbed
+    return event
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {_scrub(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return _scrub(str(value))
 
 
 def event_hash(event: Mapping[str, Any], key: bytes | None) -> str:
@@ -85,6 +116,7 @@ class Chain:
 
         The line is ``canonical(sealed)``, encoded once: the ``hash`` member is spliced in where
         sorting puts it, after the members whose keys sort before ``"hash"``."""
+        event = writable(event)
         self.seq += 1
         sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
         sealed.pop("hash", None)

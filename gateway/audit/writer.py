@@ -189,7 +189,7 @@ class SinkWriter:
         for p in batch:
             if not p.done.done():
                 p.done.set_exception(
-                    AuditUnavailable(f"the audit trail cannot be written ({self.sink.name})")
+                    AuditUnavailable("the audit trail cannot be written")  # which sink: the log
                 )
 
     def _write(self, batch: list[_Pending]) -> BaseException | None:

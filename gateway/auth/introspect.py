@@ -171,7 +171,8 @@ class Introspector:
     def _unavailable(self, why: str) -> IdpUnavailable:
         self._last_error = why
         log.warning("introspection for issuer %s failed: %s", self.name, why)
-        return IdpUnavailable(f"token introspection at issuer '{self.name}' failed: {why}")
+        # The details (the IdP's own error body) go to the log and /readyz, not to the caller.
+        return IdpUnavailable(f"token introspection at issuer '{self.name}' is unavailable")
 
     def _remember(self, digest: bytes, answer: Answer | None) -> None:
         if self._cache_seconds <= 0:

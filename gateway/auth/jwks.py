@@ -161,8 +161,8 @@ class JwksCache:
             await self._fetch_once()
             if not self._usable():
                 raise IdpUnavailable(
-                    f"no signing keys for issuer '{self.name}' (identity provider unreachable: "
-                    f"{self._last_error})",
+                    f"no signing keys for issuer '{self.name}': its identity provider is "
+                    "unreachable (details in the log and /readyz)",
                     retry_after=max(1, math.ceil(self._min_refetch)),
                 )
         elif self._fetched_at is not None and self._clock() - self._fetched_at > self._ttl:

@@ -68,6 +68,12 @@ def _strings(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _groups(value: Any) -> frozenset[str]:
+    """Groups: an array of names, or one name as a string (never split: "Support Team" is one
+    group; only scopes are space-separated)."""
+    return frozenset({value}) if isinstance(value, str) and value else _strings(value)
+
+
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -87,7 +93,7 @@ def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any
         client_id=client,
         user_id=_string(claim_value(claims, names.user)) if names.user else None,
         scopes=scopes,
-        groups=_strings(claim_value(claims, names.groups)) if names.groups else frozenset(),
+        groups=_groups(claim_value(claims, names.groups)) if names.groups else frozenset(),
         claims=MappingProxyType(dict(claims)),
         token_id=_string(claims.get("jti")),
         expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,

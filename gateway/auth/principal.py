@@ -21,14 +21,14 @@ MISSING: Any = _Missing()
 
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
-    """The claim at ``path``: an exact key first (claims like ``https://x/roles`` contain dots),
-    else a dotted walk through nested objects. Returns ``MISSING`` when absent."""
-    if path in claims:
-        return claims[path]
+    """The claim at ``path``: a dotted walk through nested objects first, else the exact key
+    (claims like ``https://x.example/roles`` contain dots). The nested claim wins, so a flat claim
+    literally named ``org.tenant`` can never stand in for ``org: {tenant: ...}``. Returns
+    ``MISSING`` when absent."""
     node: Any = claims
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return MISSING
+            return claims.get(path, MISSING) if "." in path else MISSING
         node = node[part]
     return node
 

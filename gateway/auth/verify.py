@@ -23,6 +23,7 @@ does, ``token-inactive`` (or ``idp-unavailable`` if one of them could not be ask
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections import OrderedDict
@@ -247,8 +248,12 @@ class TokenVerifier:
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:
-        parts = urlsplit(iss)
-        if "/oauth2/" not in parts.path + "/" and (name := self._okta_origins.get(_origin(iss))):
+        try:
+            parts = urlsplit(iss)
+            origin = _origin(iss)
+        except ValueError:  # not even a URL ("http://["): simply not an issuer we know
+            return AuthError(f"tokens of issuer {_short(iss)} are not accepted", code="issuer-unknown")
+        if "/oauth2/" not in parts.path + "/" and (name := self._okta_origins.get(origin)):
             return AuthError(
                 f"this token comes from the Okta org authorization server {_short(iss)}, whose tokens "
                 f"cannot be validated outside Okta; get tokens from a custom authorization "
@@ -312,7 +317,9 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
         if (value is not None or name == "exp") and (
-            not isinstance(value, int | float) or isinstance(value, bool)
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)  # NaN and Infinity compare false: a token for ever
         ):
             raise AuthError(f"the token's {name} claim is not a number", code="token-malformed")
     if claims["exp"] <= now - leeway:

@@ -54,7 +54,8 @@ class Bound:
 
 
 def _ordered(value: Any) -> Any:
-    return value.value if isinstance(value, SpannerTimestamp) else value
+    # A timestamp orders by its instant, then by the nanoseconds a datetime cannot hold.
+    return (value.value, value.nanos) if isinstance(value, SpannerTimestamp) else value
 
 
 def compile_param(name: str, param: Param) -> ParamSpec:
@@ -97,6 +98,8 @@ def check_constraints(spec: ParamSpec, value: Any) -> None:
     for item in items:
         if item is None:
             continue
+        if (spec.min is not None or spec.max is not None) and item != item:
+            raise TypeProblem("NaN is outside every range")  # NaN compares false with anything
         if spec.min is not None and _ordered(item) < _ordered(spec.min):
             raise TypeProblem(f"must be at least {_show(spec.min)}")
         if spec.max is not None and _ordered(item) > _ordered(spec.max):

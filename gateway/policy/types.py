@@ -112,16 +112,16 @@ def parse_timestamp(text: str) -> SpannerTimestamp:
     frac = (m.group(7) or "").ljust(9, "0")
     nanos = int(frac) if frac else 0
     zone = m.group(8)
-    if zone in ("Z", "z"):
-        tz = dt.UTC
-    else:
-        sign = 1 if zone[0] == "+" else -1
-        tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     try:
+        if zone in ("Z", "z"):
+            tz = dt.UTC
+        else:
+            sign = 1 if zone[0] == "+" else -1
+            tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
         moment = dt.datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)
-    except ValueError as exc:
-        raise TypeProblem(f"invalid timestamp: {exc}") from exc
-    return SpannerTimestamp(moment.astimezone(dt.UTC), nanos)
+        return SpannerTimestamp(moment.astimezone(dt.UTC), nanos)
+    except (ValueError, OverflowError) as exc:  # bad fields, offsets of 24 h+, years past 0001..9999
+        raise TypeProblem(f"invalid timestamp: {exc}") from None
 
 
 def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
@@ -164,6 +164,8 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
         if isinstance(raw, int):
             value = raw
         elif isinstance(raw, str) and _INT_RE.match(raw.strip()):
+            if len(raw.strip().lstrip("+-").lstrip("0")) > 19:  # before int(): no 4300-digit work
+                raise TypeProblem("integer out of the INT64 range")
             value = int(raw.strip())
         elif isinstance(raw, float) and raw.is_integer() and abs(raw) < 2**53:
             value = int(raw)
@@ -182,7 +184,10 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
         if isinstance(raw, bool):
             raise TypeProblem("expected a number")
         if isinstance(raw, int | float):
-            return float(raw)
+            try:
+                return float(raw)
+            except OverflowError:
+                raise TypeProblem("number out of the FLOAT64 range") from None
         if isinstance(raw, str):
             special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
             if raw in special:
@@ -237,9 +242,11 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
             import json
 
             try:
-                return json.loads(raw)
-            except ValueError:
+                value = json.loads(raw)
+                json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
+            except (ValueError, RecursionError, UnicodeError):
                 raise TypeProblem("expected a JSON document") from None
+            return value
         return raw
     raise TypeProblem(f"unsupported type {kind}")  # pragma: no cover - parse_type guards this
 
