@@ -115,13 +115,7 @@ class PolicyReloader:
                     lambda: compile_policy(load_policy(self.path, env=self.env))
                 )
                 self._refuse_restart_only_changes(policy)
-                added = self.gateway.executor.databases.add(policy.model.identities)
-                if added:  # new identities: their Databases and first sessions, before the swap
-                    await self.gateway.executor.databases.warm()
-                    log.info("new identities: %s", ", ".join(added))
-                # Spanner PLAN-analyses every statement, as at start-up: a misspelt column
-                # refuses the reload naming its query instead of failing the first call.
-                await self.gateway.executor.analyze(policy)
+                await self._prepare_identities_and_analyze(policy)
             except PolicyError as exc:
                 self._failed(f"the new policy has {len(exc.problems)} problem(s)", exc)
                 return False
@@ -155,17 +149,35 @@ class PolicyReloader:
             for problem in exc.problems:
                 log.error("  %s", problem)
 
+    async def _prepare_identities_and_analyze(self, policy: CompiledPolicy) -> None:
+        """Open the new identities, then have Spanner PLAN-analyse every statement (a misspelt
+        column refuses the reload naming its query). If anything fails, the identities opened
+        here are closed again: a refused reload leaves nothing behind."""
+        databases = self.gateway.executor.databases
+        added = databases.add(policy.model.identities)
+        try:
+            if added:  # their Databases and first sessions, before the swap
+                await databases.warm()
+                log.info("new identities: %s", ", ".join(added))
+            await self.gateway.executor.analyze(policy)
+        except BaseException:
+            await databases.discard(added)
+            raise
+
     def _refuse_restart_only_changes(self, policy: CompiledPolicy) -> None:
         old = self.gateway.policy.model
         new = policy.model
+        # Against what is open, not only the policy being served: an identity dropped by an
+        # earlier reload keeps its Database (and role) for the requests that were using it.
+        opened = self.gateway.executor.databases.identities
         changed = [
             section
             for section, a, b in (
                 ("spanner", old.spanner, new.spanner),
                 (
                     "identities already in use",
-                    {n: i for n, i in old.identities.items() if n in new.identities},
-                    {n: i for n, i in new.identities.items() if n in old.identities},
+                    {n: i for n, i in opened.items() if n in new.identities},
+                    {n: i for n, i in new.identities.items() if n in opened},
                 ),
                 ("audit", old.audit, new.audit),
             )

@@ -134,6 +134,58 @@ async def test_a_new_identity_is_added_on_reload(
     assert own_gateway.executor.databases.roles["tenant_reader"] == "tenant_reader"
 
 
+def _without_writer(text: str) -> str:
+    text = text.replace(
+        "  shop_writer:\n    database_role: shop_writer\n    description: inserts orders\n", "", 1
+    )
+    assert "shop_writer:" not in text.split("roles:")[0]
+    return text.replace("    identity: shop_writer\n", "    identity: shop_reader\n", 1)
+
+
+async def test_a_dropped_identity_cannot_come_back_with_another_role(
+    own_gateway: Gateway, policy_copy: Path
+) -> None:
+    base = policy_copy.read_text()
+    policy_copy.write_text(_without_writer(base))
+    assert await own_gateway.reloader.reload() is True, own_gateway.reloader.last_error
+    policy_copy.write_text(
+        base.replace("database_role: shop_writer", "database_role: orders_inserter")
+    )
+    assert await own_gateway.reloader.reload() is False
+    assert "restart" in (own_gateway.reloader.last_error or "")
+    # What runs is what the served policy says.
+    served = own_gateway.policy.model.identities.get("shop_writer")
+    assert served is None
+    assert own_gateway.executor.databases.roles["shop_writer"] == "shop_writer"
+
+
+async def test_a_refused_reload_leaves_no_identity_behind(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    base = policy_copy.read_text()
+
+    def with_reader(role: str, column: str) -> str:
+        text = with_new_route(base).replace(
+            "\n  shop_writer:\n",
+            f"\n  tenant_reader:\n    database_role: {role}\n  shop_writer:\n",
+            1,
+        )
+        return text.replace(
+            "  tenant_name:\n    identity: shop_reader",
+            "  tenant_name:\n    identity: tenant_reader",
+            1,
+        ).replace("SELECT Name FROM", f"SELECT {column} FROM", 1)
+
+    policy_copy.write_text(with_reader("shop_writer", "Nmae"))  # refused: a misspelt column
+    assert await own_gateway.reloader.reload() is False
+    assert "tenant_reader" not in own_gateway.executor.databases.identities
+    policy_copy.write_text(with_reader("tenant_reader", "Name"))
+    assert await own_gateway.reloader.reload() is True, own_gateway.reloader.last_error
+    assert own_gateway.executor.databases.aio("tenant_reader").database_role == "tenant_reader"
+    response = await _get(own_gateway, "/v1/tenant", token_for("support-console"))
+    assert response.status_code == 200, response.text
+
+
 async def test_identity_changes_need_a_restart(own_gateway: Gateway, policy_copy: Path) -> None:
     before = own_gateway.policy.sha256
     policy_copy.write_text(
@@ -204,4 +256,9 @@ def test_a_running_server_reloads(
         assert second != first and process.poll() is None
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise

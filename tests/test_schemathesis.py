@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,18 @@ def served(
             except httpx.TransportError:
                 pass
             assert process.poll() is None, "spangate serve exited"
-            subprocess.run(["sleep", "0.1"], check=True)
+            time.sleep(0.1)
         else:
             raise AssertionError("the gateway never became ready")
         yield base
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
 
 
 @pytest.mark.timeout(300)

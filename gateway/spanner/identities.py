@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.policy.model import Identity, SpannerTarget
@@ -154,6 +154,18 @@ class Databases:
             self.identities[name] = identities[name]
             self.roles[name] = identities[name].database_role
         return added
+
+    async def discard(self, names: Sequence[str], timeout: float = 5.0) -> None:
+        """Undo ``add(...)`` for ``names`` (a reload that was refused): forget them and close
+        their asyncio Databases."""
+        for name in names:
+            self.identities.pop(name, None)
+            self.roles.pop(name, None)
+            self._blocking.pop(name, None)
+            database = self._databases.pop(name, None)
+            if database is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(database.close(), timeout)
 
     @property
     def is_open(self) -> bool:
