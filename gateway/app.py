@@ -175,7 +175,7 @@ class Gateway:
             call.error = GatewayError("the request was cancelled", code="cancelled")
             call.status = 499
             self.unrecorded -= 1
-            record_nowait(self.audit, call, policy, key=self._audit_key)
+            record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
             raise
         call.status = status
         self.unrecorded -= 1

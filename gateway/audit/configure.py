@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from gateway.audit.chain import AuditKeys, Chain
@@ -13,6 +14,7 @@ from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.model import FileSink as FileSinkConfig
 from gateway.policy.model import SpannerSink as SpannerSinkConfig
 from gateway.settings import Settings
+from gateway.spanner.execute import EMULATOR_RETRY_DELAY
 from gateway.spanner.identities import Databases
 
 __all__ = ["audit_keys", "build_trail", "file_sink_path"]
@@ -45,7 +47,8 @@ def build_trail(settings: Settings, policy: CompiledPolicy, databases: Databases
                 databases.get(config.identity),
                 config.table,
                 key=keys.chain,
-                retry_delay=0.01 if settings.spanner_emulator_host else None,
+                retry_delay=EMULATOR_RETRY_DELAY if settings.spanner_emulator_host else None,
+                channel_state=functools.partial(databases.channel_state, config.identity),
             )
         else:
             sink = StdoutSink()

@@ -78,12 +78,16 @@ async def record_call(
     """Record ``call`` (its ``status`` and ``error`` set). True when the answer had to change:
     ``call.status``/``call.error`` then say what to answer instead (500 or 503)."""
     before = (call.status, call.error)
-    committed = call.result is not None and call.result.commit_timestamp is not None
+    result = call.result
+    # The row added in the write's transaction is durable only when that transaction committed:
+    # not when the write failed, and not for an Idempotency-Key replay (the attempt that found
+    # the record rolled back; an earlier, aborted attempt may have run the hook).
+    committed = result is not None and result.commit_timestamp is not None and not result.replayed
     durable_in = call.extra.get("row_in_transaction", ()) if committed else ()
-    if call.extra.get("row_in_transaction") and not committed:
-        # The write failed after its row was added to its transaction: normally neither
-        # committed, but a write cut by its deadline may have. A new insertId keeps this event
-        # from colliding with that row if it exists.
+    if call.write and not durable_in and _spanner_sink(audit) is not None:
+        # The write failed or replayed: its own row normally never committed, but a write cut by
+        # its deadline is still settling and may commit it yet. A new insertId keeps this event
+        # from colliding with that row (the hook keeps the insertId it was made with).
         call.insert_id = secrets.token_hex(16)
     event = _event(call, policy, key, database)
     try:
@@ -94,10 +98,25 @@ async def record_call(
 
 
 def record_nowait(
-    audit: AuditTrail, call: CallRecord, policy: CompiledPolicy, *, key: bytes | None
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
 ) -> None:
-    """Queue the event of a request that is being cancelled (it cannot wait any more)."""
-    audit.record_nowait(_event(call, policy, key, None), write=call.write)
+    """Queue the event of a request that is being cancelled (it cannot wait any more).
+
+    A cancelled write may still commit its own row (the write settles in the background, after
+    the hook may have run, or before it runs): with a Spanner sink its event gets a new
+    insertId, so that row and this event never collide."""
+    if call.write and _spanner_sink(audit) is not None:
+        call.insert_id = secrets.token_hex(16)
+    audit.record_nowait(_event(call, policy, key, database), write=call.write)
+
+
+def _spanner_sink(audit: AuditTrail) -> SpannerSink | None:
+    return next((w.sink for w in audit.writers if isinstance(w.sink, SpannerSink)), None)
 
 
 def in_transaction_hook(
@@ -110,13 +129,16 @@ def in_transaction_hook(
 ) -> Callable[[Any, Result], None] | None:
     """A function for the executor to call inside a write's transaction, after the statement and
     before the commit, or None when no Spanner sink is configured."""
-    sink = next((w.sink for w in audit.writers if isinstance(w.sink, SpannerSink)), None)
+    sink = _spanner_sink(audit)
     if sink is None:
         return None
 
+    insert_id = call.insert_id  # the row's, even if the call's event later takes a new one
+
     def hook(transaction: Any, result: Result) -> None:
-        # Runs on a Spanner worker thread, once per attempt (an aborted attempt is retried).
-        now = dataclasses.replace(call, result=result, status=200, error=None)
+        # Runs on the event loop (the executor's AsyncClient transaction), once per attempt that
+        # ran its statement: an aborted attempt is retried, and its row is discarded with it.
+        now = dataclasses.replace(call, result=result, status=200, error=None, insert_id=insert_id)
         sink.insert_in(transaction, build_event(now, policy, key=key, database=database))
         call.extra["row_in_transaction"] = (sink.name,)
 

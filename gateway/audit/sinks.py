@@ -9,12 +9,15 @@ nothing of it behind (no partial line). A sink that failed is opened again on th
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
+import select
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ __all__ = ["FileSink", "Sealed", "Sink", "StdoutSink", "last_hash", "rotated_pat
 log = logging.getLogger("spangate.audit")
 
 _TAIL_CHUNK = 65536
+STDOUT_DEADLINE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -230,19 +234,54 @@ class FileSink:
 class StdoutSink:
     """JSON lines on the process's standard output (Kubernetes / Cloud Logging collectors).
 
-    Durable here means handed to the pipe (flushed); the collector takes it from there."""
+    Durable here means handed to the pipe; the collector takes it from there. Bounded: a reader
+    that stalls (a full pipe) fails the batch after ``deadline`` seconds (503
+    ``audit-unavailable``) instead of hanging the request: each chunk waits for ``poll`` to say
+    the fd is writable and is at most ``PIPE_BUF`` bytes, which a writable pipe takes without
+    blocking. A batch cut short leaves a partial line in the pipe (it cannot be taken back): the
+    next batch starts with a newline, so it ends there as one malformed line."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fd: int | None = None, deadline: float = STDOUT_DEADLINE_SECONDS) -> None:
         self.name = "stdout"
+        self._fd = fd
+        self.write_deadline = deadline
+        self._partial = False
+        self._stalled = False
 
     def open(self) -> str | None:
         return None
 
     def write(self, batch: Sequence[Sealed]) -> None:
-        out = sys.stdout.buffer
-        out.write(b"".join(s.line for s in batch))
-        out.flush()
+        fd = sys.stdout.fileno() if self._fd is None else self._fd
+        data = b"".join(s.line for s in batch)
+        if self._partial:
+            data = b"\n" + data
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        # A reader that stalled the last batch gets no new wait: refused at once until it drains.
+        until = time.monotonic() + (0 if self._stalled else self.write_deadline)
+        while view:
+            events = poller.poll(max(0, int((until - time.monotonic()) * 1000)))
+            if not events:
+                self._partial |= len(view) < len(data)
+                self._stalled = True
+                raise OSError(
+                    errno.ETIMEDOUT,
+                    f"stdout not writable within {self.write_deadline:g}s (a stalled reader)",
+                )
+            if any(mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, mask in events):
+                self._partial |= len(view) < len(data)
+                raise OSError(errno.EPIPE, "stdout is closed")
+            try:
+                written = os.write(fd, view[: select.PIPE_BUF])
+            except BlockingIOError:
+                continue
+            except OSError:
+                self._partial |= len(view) < len(data)
+                raise
+            view = view[written:]
+        self._partial = self._stalled = False
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.buffer.flush()
+        """Nothing buffered: every write went to the fd."""

@@ -5,7 +5,9 @@ event's random ``insertId`` (no hotspot), with the exact sealed line in ``Event`
 hash can be checked byte for byte; a JSON column would normalise it) and a few columns to query.
 
 - Batches: each batch is one read-write transaction of insert mutations (retried when aborted)
-  under the sink's own identity, whose database role should hold INSERT on the table and nothing
+  within ``DEADLINE_SECONDS`` (past it the writer refuses the batch: 503 ``audit-unavailable``;
+  with the identity's channel in TRANSIENT_FAILURE it is refused before it is sent) under the
+  sink's own identity, whose database role should hold INSERT on the table and nothing
   else (no UPDATE, no DELETE: append-only). Rows of a batch carry this process's chain for this
   sink (``ChainId``, ``Seq``, ``PrevHash``, ``EventHash``); each process starts a new chain.
 - A write's own row: with this sink, a DML request's event is inserted in the statement's own
@@ -21,16 +23,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.cloud import spanner
 
-from gateway.audit.chain import canonical, event_hash
+from gateway.audit.chain import canonical, event_hash, writable
 from gateway.audit.sinks import Sealed
 from gateway.policy.compiled import CompiledPolicy
 
-__all__ = ["COLUMNS", "SpannerSink", "audit_table_ddl", "policy_ddl"]
+__all__ = ["COLUMNS", "DEADLINE_SECONDS", "SpannerSink", "audit_table_ddl", "policy_ddl"]
 
 COLUMNS = (
     "InsertId",
@@ -48,6 +50,8 @@ COLUMNS = (
     "EventHash",
     "Event",
 )
+
+DEADLINE_SECONDS = 5.0  # one batch, all its attempts: past it the batch's requests get 503
 
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 
@@ -105,10 +109,18 @@ def _row(event: dict[str, Any], line: bytes, digest: str) -> list[Any]:
 
 
 class SpannerSink:
-    """Blocking; called from its writer thread (batches) or a Spanner worker thread (insert_in)."""
+    """``write``: blocking, on its writer thread (batches); ``insert_in``: on the event loop, inside
+    a write's own transaction."""
 
     def __init__(
-        self, database: Any, table: str, *, key: bytes | None, retry_delay: float | None = None
+        self,
+        database: Any,
+        table: str,
+        *,
+        key: bytes | None,
+        retry_delay: float | None = None,
+        deadline: float = DEADLINE_SECONDS,
+        channel_state: Callable[[], str | None] | None = None,
     ) -> None:
         if not _TABLE.match(table):
             raise ValueError(f"not a table name: {table!r}")
@@ -116,7 +128,17 @@ class SpannerSink:
         self.table = table
         self.database = database
         self.key = key
-        self._retry = {"default_retry_delay": retry_delay} if retry_delay is not None else {}
+        self.deadline = deadline  # the writer refuses a batch that takes longer (see writer.py)
+        self._channel_state = channel_state
+        self._retry: dict[str, Any] = {"timeout_secs": deadline}
+        if retry_delay is not None:
+            self._retry["default_retry_delay"] = retry_delay
+
+    def unavailable(self) -> str | None:
+        """On the event loop, before a batch: why Spanner surely cannot take it now, or None."""
+        if self._channel_state is not None and self._channel_state() == "TRANSIENT_FAILURE":
+            return f"{self.name}: Spanner is unreachable (channel in TRANSIENT_FAILURE)"
+        return None
 
     def open(self) -> str | None:
         return None  # many replicas share the table: each process starts its own chain
@@ -131,8 +153,9 @@ class SpannerSink:
 
     def insert_in(self, transaction: Any, event: dict[str, Any]) -> None:
         """Buffer ``event``'s row in ``transaction`` (the write's own): it commits with it."""
-        line = canonical(event)
-        transaction.insert(self.table, COLUMNS, [_row(event, line, event_hash(event, self.key))])
+        clean = dict(writable(event))  # an odd value (a lone surrogate) must not fail the write
+        line = canonical(clean)
+        transaction.insert(self.table, COLUMNS, [_row(clean, line, event_hash(clean, self.key))])
 
     def close(self) -> None:
         """Nothing to release: the Database belongs to the executor."""

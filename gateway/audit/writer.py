@@ -14,27 +14,75 @@ resolves only once its event is durable in this sink, or fails with ``AuditUnava
 Events are sealed into the chain on the writer thread, in queue order, right before the write; a
 batch that cannot be written is rolled back out of the chain, so the trail never has a gap, and the
 sink is opened again for the next batch. Not thread-safe: ``submit`` is called on the event loop.
+
+Bounded: a sink with a ``deadline`` (seconds; the Spanner sink) has each batch refused with
+``AuditUnavailable`` once it has waited that long; while that write is still stuck on the writer
+thread, later batches are refused at once (never sealed, so still no gap), and a sink's
+``unavailable()`` (checked on the event loop) refuses a batch before it is sent. ``close`` flushes
+what it can within ``CLOSE_TIMEOUT_SECONDS`` and logs what it could not. The writer thread is a
+daemon: a write stuck in a sink never holds up the process's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from gateway.audit.chain import Chain
 from gateway.audit.sinks import Sealed, Sink
 from gateway.errors import AuditUnavailable
 
-__all__ = ["Durability", "SinkStats", "SinkWriter"]
+__all__ = ["CLOSE_TIMEOUT_SECONDS", "Durability", "SinkStats", "SinkWriter"]
 
 log = logging.getLogger("spangate.audit")
 
 Durability = Literal["strict", "batched"]
+
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class _DaemonThread(Executor):
+    """One daemon worker thread running jobs in order (a ThreadPoolExecutor's threads are joined
+    at interpreter exit: one stuck in a sink would keep the process from exiting)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                future.set_exception(exc)
+
+        self._jobs.put(job)
+        return future
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._jobs.put(None)
+        if wait:
+            self._thread.join()
 
 
 @dataclass
@@ -82,7 +130,9 @@ class SinkWriter:
         self._urgent = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._thread = _DaemonThread(f"audit-{sink.name}")
+        self._stuck: asyncio.Future[BaseException | None] | None = None  # a write past deadline
+        self._inflight: list[_Pending] = []
         self._open = False
         self._closing = False
         self._last_flush = -float("inf")  # when the last flush started (clock time)
@@ -162,7 +212,9 @@ class SinkWriter:
                 self._urgent -= sum(p.urgent for p in batch)
                 self.stats.queue_depth = len(self._queue)
                 started = time.perf_counter()
-                error = await loop.run_in_executor(self._thread, self._write, batch)
+                self._inflight = batch
+                error = await self._dispatch(loop, batch)
+                self._inflight = []
                 elapsed = time.perf_counter() - started
                 self.stats.batches += 1
                 self.stats.flush_seconds_total += elapsed
@@ -170,6 +222,38 @@ class SinkWriter:
                 self._settle(batch, error)
         finally:
             self._task = None
+
+    async def _dispatch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]
+    ) -> BaseException | None:
+        """Write ``batch`` on the writer thread, within the sink's deadline if it has one."""
+        if self._stuck is not None and not self._stuck.done():
+            return TimeoutError(f"a previous write to {self.sink.name} is still unfinished")
+        probe: Callable[[], str | None] | None = getattr(self.sink, "unavailable", None)
+        if probe is not None and (reason := probe()) is not None:
+            return OSError(reason)
+        deadline: float | None = getattr(self.sink, "deadline", None)
+        future = loop.run_in_executor(self._thread, self._write, batch)
+        if deadline is None:
+            return await future
+        done, _ = await asyncio.wait([future], timeout=deadline)
+        if done:
+            return future.result()
+        self._stuck = future  # the thread goes on; whatever it ends with is only logged
+        future.add_done_callback(self._late)
+        return TimeoutError(f"{self.sink.name} did not answer within {deadline:g}s")
+
+    def _late(self, future: asyncio.Future[BaseException | None]) -> None:
+        if future.cancelled():
+            return
+        error = future.result()
+        if error is None:
+            log.warning(
+                "audit sink %s: a batch refused for its deadline was written after all",
+                self.sink.name,
+            )
+        else:
+            log.info("audit sink %s: a batch past its deadline failed: %s", self.sink.name, error)
 
     def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
         if error is None:
@@ -207,12 +291,41 @@ class SinkWriter:
             return exc
         return None
 
-    async def close(self) -> None:
-        """Flush everything queued (at once, without waiting for the window), then close."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Flush everything queued (at once, without waiting for the window), then close; within
+        ``timeout`` seconds: events not written by then are refused and logged."""
         self._closing = True
         if self._wake is not None:
             self._wake.set()
-        while self._task is not None:
-            await asyncio.wait([self._task])
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.sink.close)
-        self._thread.shutdown(wait=True)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        task = self._task
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        lost = [p for p in (*self._inflight, *self._queue) if not p.done.done()]
+        self._inflight, self._queue = [], []
+        self.stats.queue_depth = 0
+        if lost:
+            log.error(
+                "audit sink %s: %d event(s) not written before shutdown (within %gs): %s",
+                self.sink.name,
+                len(lost),
+                timeout,
+                ", ".join(str(p.event.get("insertId")) for p in lost),
+            )
+            for p in lost:
+                p.done.set_exception(AuditUnavailable("the audit trail is closed"))
+        if self._stuck is not None and not self._stuck.done():
+            log.error("audit sink %s is still stuck in a write; left unclosed", self.sink.name)
+        else:
+            closing = loop.run_in_executor(self._thread, self.sink.close)
+            done, _ = await asyncio.wait([closing], timeout=max(0.1, until - loop.time()))
+            if not done:
+                log.error("audit sink %s did not close within %gs", self.sink.name, timeout)
+            elif (error := closing.exception()) is not None:
+                log.error("audit sink %s did not close cleanly: %s", self.sink.name, error)
+        self._thread.shutdown(wait=False)

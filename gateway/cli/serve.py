@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "register"]
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def register(sub: Any) -> None:
@@ -50,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
         # The client address is the TCP peer unless it is in SPANGATE_TRUSTED_PROXIES (the
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
         proxy_headers=False,
+        # SIGTERM: requests in flight get this long to finish, then their connections close
+        # (each still leaves its event); a stuck client or sink never holds up the exit.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return 0
 

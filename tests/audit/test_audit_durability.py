@@ -117,6 +117,8 @@ def limited_server(
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not become ready within 30 s")
         yield base, audit, process
     finally:
         process.kill()
