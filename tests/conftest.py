@@ -7,10 +7,12 @@ the gateway through httpx's ASGI transport (and once through a real uvicorn, in 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
 
 from gateway.app import Gateway
@@ -25,6 +27,12 @@ from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests: no per-example deadline (2 busy cores make timings meaningless), and in CI
+# (CI=true) a fixed sequence of examples, so a run is repeatable; locally they explore at random.
+hypothesis.settings.register_profile("default", deadline=None)
+hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "default")
 PROJECT, INSTANCE, DATABASE = "demo-project", "demo", "shop"
 
 
