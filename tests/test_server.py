@@ -35,9 +35,9 @@ def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30.0)
     raise AssertionError(f"{url} never became ready")
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -> None:
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(how)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -113,7 +113,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_demo_prints_curl_lines_that_work_and_stops_everything(repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_prints_curl_lines_that_work_and_stops_everything(
+    repo: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
     process = subprocess.Popen(
         [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(repo / "policy.example.yaml")],
@@ -150,7 +153,7 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(repo: Path, tmp_p
         statuses = {name: _run_curl(argv) for name, argv in curls.items()}
         assert statuses == {"support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403}
     finally:
-        _stop(process)
+        _stop(process, stop)
     assert process.returncode == 0
     for pid in pids:
         assert not _running(pid), f"process {pid} outlived the demo"

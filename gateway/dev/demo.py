@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -54,8 +55,16 @@ def _curl(base: str, token: str, method: str, path: str, body: str | None) -> st
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(*, policy: Path, port: int, repo: Path) -> int:
     repo = repo.resolve()
+    # SIGTERM must stop what the demo started, as Ctrl-C does: uvicorn re-raises the signal it
+    # caught after shutting down, and the default SIGTERM action would end the process before
+    # the `finally` below stops the emulator and the provider.
+    signal.signal(signal.SIGTERM, _interrupt)
     run_dir = repo / ".run"
     run_dir.mkdir(exist_ok=True)
     emulator: EmulatorProcess | None = None
