@@ -127,6 +127,7 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
         cwd=tmp_path,
     )
     lines: list[str] = []
+    pids: list[int] = []
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
@@ -154,9 +155,11 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
         assert statuses == {"support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403}
     finally:
         _stop(process, stop)
+    survivors = [pid for pid in pids if _running(pid)]
+    for pid in survivors:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
     assert process.returncode == 0
-    for pid in pids:
-        assert not _running(pid), f"process {pid} outlived the demo"
+    assert not survivors, f"processes {survivors} outlived the demo"
 
 
 def _run_curl(argv: list[str]) -> int:
