@@ -118,9 +118,9 @@ def json_schema_of(spec: ParamSpec, *, text: bool = False) -> dict[str, Any]:
     else:
         schema = element
     if spec.has_default:
-        from gateway.audit.event import audit_value
+        from gateway.policy.types import json_value
 
-        schema["default"] = audit_value(spec.default)
+        schema["default"] = json_value(spec.default)
     return _nullable(schema) if spec.nullable and not text else schema
 
 

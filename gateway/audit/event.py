@@ -24,9 +24,7 @@ Never the token.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import decimal
 import hashlib
 import hmac
 import json
@@ -40,14 +38,13 @@ from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision
-from gateway.policy.types import SpannerTimestamp
+from gateway.policy.types import json_value
 from gateway.spanner.execute import Result
 from gateway.spanner.results import to_json
 
 __all__ = [
     "AUDIT_LOG_TYPE",
     "CallRecord",
-    "audit_value",
     "build_event",
     "database_resource",
     "fallback_event",
@@ -85,25 +82,12 @@ def database_resource(project: str, instance: str, database: str) -> str:
     return f"projects/{project}/instances/{instance}/databases/{database}"
 
 
-def audit_value(value: Any) -> Any:
-    """A bound parameter value as JSON, in the same representation callers use."""
-    if isinstance(value, SpannerTimestamp):
-        return value.rfc3339()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return format(value, "f")
-    if isinstance(value, list):
-        return [audit_value(v) for v in value]
-    return to_json(value)
-
-
 def redacted(value: Any, key: bytes | None) -> str:
     """``redacted:hmac-sha256:<hex>`` (keyed) or ``redacted:sha256:<hex>`` of the value's JSON.
 
     Equal values give equal hashes, so a security team can still correlate them; with a key, no
     one without it can test a guess."""
-    data = json.dumps(audit_value(value), sort_keys=True, separators=(",", ":")).encode()
+    data = json.dumps(json_value(value), sort_keys=True, separators=(",", ":")).encode()
     if key:
         return "redacted:hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
     return "redacted:sha256:" + hashlib.sha256(data).hexdigest()
@@ -118,7 +102,7 @@ def params_record(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in values.items():
-        shown = redacted(value, key) if name in redact else audit_value(value)
+        shown = redacted(value, key) if name in redact else json_value(value)
         out[name] = {"value": shown, "from": "claim" if name in claim_bound else "caller"}
     return out
 
