@@ -17,9 +17,7 @@ Contracts:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -30,6 +28,7 @@ from types import TracebackType
 from typing import IO, Final
 
 from gateway.dev.ports import free_port
+from gateway.dev.processes import terminate_group
 
 __all__ = [
     "EMULATOR_DIR",
@@ -140,25 +139,6 @@ def _log_tail(log_path: Path | None, max_bytes: int = 4000) -> str:
     return text.strip() or f"(log {log_path} is empty)"
 
 
-def _terminate_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group led by ``proc``, wait, then SIGKILL it after ``timeout``.
-
-    The group is signalled only while its leader has not been reaped (poll() is
-    None), so the group id cannot have been reused by an unrelated process.
-    """
-    if proc.poll() is not None:
-        return
-    pgid = proc.pid  # start_new_session=True: the child leads its own group
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        proc.wait()
-
-
 class EmulatorProcess:
     """A running ``emulator_main`` started by :func:`start_emulator`.
 
@@ -180,7 +160,7 @@ class EmulatorProcess:
         self.log_path: Path | None = log_path
         self._log_file = log_file
         # Safety net: do not let the emulator outlive this interpreter.
-        self._finalizer = weakref.finalize(self, _terminate_group, proc, 5.0)
+        self._finalizer = weakref.finalize(self, terminate_group, proc, 5.0)
 
     @property
     def pid(self) -> int:
@@ -202,7 +182,7 @@ class EmulatorProcess:
         Returns once the process has been reaped. Safe to call more than once.
         """
         self._finalizer.detach()
-        _terminate_group(self._proc, timeout)
+        terminate_group(self._proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

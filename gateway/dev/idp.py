@@ -38,6 +38,7 @@ import httpx
 
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import HOST, free_port, port_is_free
+from gateway.dev.processes import terminate_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IDP_DIR = REPO_ROOT / "dev" / "idp"
@@ -95,23 +96,9 @@ def _tail(stderr_file: IO[bytes], limit: int = _STDERR_TAIL) -> str:
     return ("...\n" if start else "") + text
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM ``process``, wait up to ``timeout`` seconds, then SIGKILL it and reap it."""
-    if process.poll() is None:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _finalize(process: subprocess.Popen[bytes], stderr_file: IO[bytes]) -> None:
     """Last resort (garbage collection or interpreter exit): end and reap the provider."""
-    _terminate(process, timeout=2.0)
+    terminate_group(process, timeout=2.0)
     if process.stdout is not None:
         process.stdout.close()
     stderr_file.close()
@@ -202,7 +189,7 @@ class IdpProcess:
                 return
             self._stopped = True
             self._finalizer.detach()
-            _terminate(self._process, timeout)
+            terminate_group(self._process, timeout)
             self._reader.join(timeout=2.0)
             if self._process.stdout is not None:
                 self._process.stdout.close()
