@@ -5,24 +5,42 @@ Policy routes never come here: the compiled router dispatches them (``gateway.ap
 
 from __future__ import annotations
 
+import functools
 from http import HTTPStatus
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.http import PROBLEM_TYPE
-from gateway.metrics import render_metrics
+from gateway.metrics import render_metrics, serving_ready
 from gateway.openapi import openapi_document
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["FIXED_PATHS", "fixed_endpoints"]
+__all__ = ["DOCS_ASSETS", "FIXED_PATHS", "fixed_endpoints"]
 
-FIXED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+# Swagger UI's assets come from the installed package (fastapi-offline ships a current Swagger UI
+# build): /docs works offline and loads nothing from a CDN. Only these names are served.
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon.png": "image/png",
+}
+# The page's own inline script starts Swagger UI; everything else must come from this origin.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+FIXED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"}
+    | {f"/docs/{name}" for name in DOCS_ASSETS}
+)
 
 
 def fixed_endpoints(gateway: Gateway) -> FastAPI:
@@ -80,7 +98,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                     "cached": seen.cached,
                     "last_error": seen.last_error,
                 }
-        ready = gateway.ready and all(i["ready"] for i in issuers.values())
+        ready = serving_ready(gateway)
         body = {
             "status": "ready" if ready else "not-ready",
             "databases_warmed": gateway.ready,
@@ -108,6 +126,31 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
     async def docs() -> Any:
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="spangate")
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="spangate",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/docs/favicon.png",
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @api.get("/docs/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        media_type = DOCS_ASSETS.get(name)
+        if media_type is None:  # unreachable through the gateway (FIXED_PATHS), kept for safety
+            raise StarletteHTTPException(404, f"no asset {name!r}")
+        return Response(
+            _docs_asset(name),
+            media_type=media_type,
+            headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+        )
 
     return api
+
+
+@functools.cache
+def _docs_asset(name: str) -> bytes:
+    """One of Swagger UI's files from the installed ``fastapi_offline`` package, read once."""
+    return (files("fastapi_offline") / "static" / name).read_bytes()

@@ -124,3 +124,28 @@ async def test_the_document_follows_a_reload(demo_database: str, idp: Any, tmp_p
             "NameLength": {"type": ["integer", "null"], "format": "int64"},
         }
         assert "parameters" not in after["paths"]["/v1/tenant"]["get"]
+
+
+async def test_docs_serves_swagger_ui_from_the_package(client: httpx.AsyncClient) -> None:
+    """/docs names no outside origin: its script, style and icon come from the gateway itself,
+    under a Content-Security-Policy that forbids any other origin."""
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    html = page.text
+    assert "http://" not in html and "https://" not in html, "an asset from another origin"
+    for asset, kind in (
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+        ("/docs/swagger-ui.css", "text/css"),
+        ("/docs/favicon.png", "image/png"),
+    ):
+        assert asset in html
+        answer = await client.get(asset)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(kind)
+        assert len(answer.content) > 1000
+    assert "SwaggerUIBundle" in (await client.get("/docs/swagger-ui-bundle.js")).text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self' 'unsafe-inline'" in csp
+    # Only the named assets are served: any other name under /docs is a policy path, where the
+    # token is checked first (401), and no route could exist (the loader reserves /docs).
+    assert (await client.get("/docs/swagger-ui.js")).status_code == 401
+    assert (await client.get("/docs/%2E%2E/pyproject.toml")).status_code in (400, 401)
