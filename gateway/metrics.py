@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["RequestMetrics", "render_metrics"]
+__all__ = ["RequestMetrics", "render_metrics", "serving_ready"]
 
 # Latency buckets in seconds (Prometheus histogram, cumulative).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,6 +34,11 @@ class RequestMetrics:
                 self.buckets[i] += 1
                 return
         self.buckets[-1] += 1
+
+
+def serving_ready(gateway: Gateway) -> bool:
+    """What ``/readyz`` answers 200 for: every identity warmed and every issuer able to verify."""
+    return gateway.ready and all(c.state().ready for c in gateway.verifier.caches.values())
 
 
 def _label(value: Any) -> str:
@@ -109,6 +114,6 @@ def render_metrics(gateway: Gateway) -> str:
         f'spangate_policy_info{{sha256="{gateway.policy.sha256}"}} 1',
         "# HELP spangate_ready Whether /readyz says ready.",
         "# TYPE spangate_ready gauge",
-        f"spangate_ready {int(gateway.ready)}",
+        f"spangate_ready {int(serving_ready(gateway))}",
     ]
     return "\n".join(out) + "\n"

@@ -597,3 +597,36 @@ async def test_the_example_write_is_idempotent_with_a_key(
     assert again.status_code == 200 and again.content == first.content  # replayed, not re-run
     reused = await client.post("/v1/orders", json={**body, "total_cents": 78}, headers=headers)
     assert_problem(reused, 422, "idempotency-key-reused")
+
+
+def _readme_table_names(section: str, prefix: str) -> set[str]:
+    """The first-column names (in backticks) of README table rows under ``section``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    return {
+        line.split("`")[1]
+        for line in body.splitlines()
+        if line.startswith(f"| `{prefix}")
+    }
+
+
+async def test_every_metric_and_readyz_field_is_documented(
+    client: httpx.AsyncClient, gateway: Any
+) -> None:
+    """Dashboards and probes are built from the README: it names exactly what is served."""
+    section = "### Health, readiness, metrics and docs"
+    text = (await client.get("/metrics")).text
+    served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    if gateway.reloader is None:  # the reload counter exists once a reloader does
+        served.add("spangate_policy_reloads_total")
+    assert _readme_table_names(section, "spangate_") == served
+
+    body = (await client.get("/readyz")).json()
+    fields = {key for key in body if key != "issuers"} | {"issuers"}
+    for issuer in body["issuers"].values():
+        fields |= {f"issuers.NAME.{key}" for key in issuer}
+    documented = _readme_table_names(section, "") - {
+        name for name in _readme_table_names(section, "spangate_")
+    }
+    assert {f for f in fields if f != "issuers"} <= documented
+    assert documented <= fields | {"issuers.NAME.introspection"}
