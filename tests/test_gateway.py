@@ -503,7 +503,7 @@ async def test_redacted_parameters_are_hashed_in_the_audit(
         == response.headers["x-request-id"]
     )
     shown = event["protoPayload"]["request"]["params"]["total_cents"]["value"]
-    assert shown.startswith("redacted:sha256:") and "424242" not in json.dumps(event)
+    assert shown.startswith("redacted:hmac-sha256:") and "424242" not in json.dumps(event)
     assert event["protoPayload"]["response"]["commitTimestamp"] == response.json()["commit_timestamp"]
 
 
@@ -512,13 +512,15 @@ async def test_audit_chain_verifies(
     token_for: Token,
     audit_lines: Callable[[], list[dict[str, Any]]],
     audit_path: Path,
+    audit_key: str,
 ) -> None:
+    from gateway.audit.chain import AuditKeys
     from gateway.audit.verify import verify_trail
 
     for _ in range(3):  # events of its own, whatever ran before
         await client.get("/v1/orders/O-1001", headers=bearer(token_for("support-console")))
     assert len(audit_lines()) >= 3
-    assert verify_trail([audit_path], None).ok
+    assert verify_trail([audit_path], AuditKeys.from_secret(audit_key.encode()).chain).ok
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:

@@ -49,7 +49,7 @@ def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -
 
 @pytest.fixture
 def served(
-    demo_database: str, idp: Any, tmp_path: Path, repo: Path
+    demo_database: str, idp: Any, tmp_path: Path, repo: Path, audit_key: str
 ) -> Iterator[tuple[str, Path]]:
     port = free_port()
     audit = tmp_path / "audit.jsonl"
@@ -58,6 +58,7 @@ def served(
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_AUDIT_KEY": audit_key,
         "SPANGATE_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import audit, db, policy, serve
-from gateway.errors import PolicyError
+from gateway.errors import ConfigError, PolicyError
 
 __all__ = ["main"]
 
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValidationError as exc:
         print(f"spangate: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"spangate: {exc}", file=sys.stderr)
         return 2
     except (GoogleAuthError, GoogleAPIError) as exc:
         print(
