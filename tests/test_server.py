@@ -143,6 +143,9 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
         assert len(pids) == 2, text  # the emulator and the OpenID provider
         base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
         assert base is not None
+        keyed = re.search(r"audit trail: \S+ \(keyed with (\S+audit\.key), a dev key", text)
+        assert keyed is not None, text  # the example policy redacts: the demo must have a key
+        assert Path(keyed.group(1)).stat().st_mode & 0o077 == 0  # owner-only
         _wait_ready(base.group(1) + "/readyz", process)
         curls = {}
         persona = None
