@@ -43,17 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import GENESIS, event_hash
+from gateway.audit.rotation import RotationGap, rotation_gaps, trail_order
 
 __all__ = [
     "ChainBreak",
     "TrailReport",
     "TrailStart",
-    "rotation_gaps",
     "trail_order",
     "verify_trail",
 ]
 
-_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -103,46 +102,6 @@ class TrailReport:
     @property
     def ok(self) -> bool:
         return self.broken is None
-
-
-def trail_order(paths: Sequence[Path]) -> list[Path]:
-    """Rotated files (``NAME.000001``…) by number, each base's active file ``NAME`` after them."""
-
-    return sorted(dict.fromkeys(paths), key=_order_key)
-
-
-def _rotation(path: Path) -> tuple[str, int] | None:
-    """(base, number) of a rotated file (``audit.jsonl.000003``, not ``audit.000003``)."""
-    m = _ROTATED.match(str(path))
-    if m and Path(m.group("base")).suffix:
-        return m.group("base"), int(m.group("n"))
-    return None
-
-
-def _order_key(path: Path) -> tuple[str, int]:
-    return _rotation(path) or (str(path), 1 << 62)
-
-
-def rotation_gaps(paths: Sequence[Path]) -> list[tuple[Path, Path, Path]]:
-    """(first missing file, last missing file, the file after them) for each gap in rotation
-    numbering, in trail order.
-
-    Rotation gives a file the number after the newest rotated one, so the rotated files of one
-    base are numbered without gaps; the oldest may be any number (older ones shipped away)."""
-    gaps: list[tuple[Path, Path, Path]] = []
-    last: dict[str, int] = {}
-    for path in trail_order(paths):
-        rotated = _rotation(path)
-        if rotated is None:
-            continue
-        base, number = rotated
-        before = last.get(base)
-        if before is not None and number > before + 1:
-            width = len(path.name) - len(Path(base).name) - 1
-            first, final = (Path(f"{base}.{n:0{width}d}") for n in (before + 1, number - 1))
-            gaps.append((first, final, path))
-        last[base] = number
-    return gaps
 
 
 @dataclass(frozen=True)
@@ -211,15 +170,6 @@ def _links(before: _Entry, after: _Entry) -> bool:
     return after.chain == before.chain and after.seq == (before.seq or 0) + 1
 
 
-def _before(path: Path) -> str:
-    """The name of the rotated file numbered one before ``path``."""
-    rotated = _rotation(path)
-    assert rotated is not None
-    base, number = rotated
-    width = len(path.name) - len(Path(base).name) - 1
-    return f"{Path(base).name}.{number - 1:0{width}d}"
-
-
 class _Verifier:
     def __init__(self, paths: Sequence[Path], key: bytes | None, anchor: str | None) -> None:
         self.paths = paths
@@ -251,7 +201,7 @@ class _Verifier:
         report = TrailReport(files=len(self.paths))
         history: list[_Entry] = []  # the last events that chained (at most 3)
         chains: set[str] = set()
-        gaps = {str(after): (first, final) for first, final, after in rotation_gaps(self.paths)}
+        gaps = {str(gap.after): gap for gap in rotation_gaps(self.paths)}
         file = None
         stream = self._scan()
         entry = next(stream, None)
@@ -296,23 +246,21 @@ class _Verifier:
         report.broken = self._unanchored(report)
         return report
 
-    def _gap_before(
-        self, file: str | None, gaps: dict[str, tuple[Path, Path]]
-    ) -> ChainBreak | None:
+    def _gap_before(self, file: str | None, gaps: dict[str, RotationGap]) -> ChainBreak | None:
         """The break of a rotation gap before ``file`` (None: before any file left)."""
         names = [str(p) for p in self.paths]
         upto = names.index(file) + 1 if file is not None else len(names)
         for name in names[:upto]:
-            if name in gaps:
-                first, final = gaps.pop(name)
-                files = f"{first.name}" if first == final else f"{first.name} to {final.name}"
+            if (gap := gaps.pop(name, None)) is not None:
+                first, final = gap.first.name, gap.last.name
+                files = first if first == final else f"{first} to {final}"
                 return ChainBreak(
                     "missing-file",
-                    str(first),
+                    str(gap.first),
                     None,
                     None,
-                    f"rotated file(s) {files} are missing: rotation numbers files without "
-                    f"gaps, and {name} follows {_before(first)}",
+                    f"rotated file(s) {files} are missing: rotation numbers files without gaps, "
+                    f"and {gap.after.name} follows {gap.before.name}",
                 )
         return None
 

@@ -5,7 +5,7 @@
     spangate policy check PATH [--database]
     spangate grants --policy PATH [--schema FILE] [--check]
     spangate init-db --policy PATH [--print]
-    spangate audit verify FILE...
+    spangate audit verify [--key-file F | --no-key] [--from-genesis | --anchor HASH] FILE...
     spangate --version
 
 Each command group is a module of this package with ``register(subparsers)``; the function it sets
