@@ -229,6 +229,7 @@ async def _end_to_end(quick: bool) -> Table:
                         policy=REPO / "policy.example.yaml",
                         spanner_emulator_host=emulator.host,
                         audit_path=Path(tmp) / f"audit-{kind}-{callers}-{variant}.jsonl",
+                        audit_key="bench-audit-key",  # the example policy redacts a parameter
                     )
                     app = build_gateway(settings, env={**os.environ, "OKTA_ISSUER": idp.issuer})
                     await app.startup()

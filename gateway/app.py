@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
 from gateway.audit.origin import parse_networks
 from gateway.audit.recorder import in_transaction_hook, new_call, record_call, record_nowait
@@ -87,6 +88,8 @@ class Gateway:
         self.unrecorded = 0
         audit.expect_from(lambda: self.unrecorded)
         self._audit_key = audit_key  # the key of redacted values (AuditKeys.redact)
+        # Shown in /readyz while the trail is unkeyed (see audit.configure.unkeyed_warning).
+        self.audit_warning: str | None = None if audit_key else UNKEYED_WARNING
         self._trusted = parse_networks(settings.trusted_proxies)
         target = executor.databases.target
         self._database = database_resource(target.project, target.instance, target.database)

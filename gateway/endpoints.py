@@ -104,6 +104,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "databases_warmed": gateway.ready,
             "issuers": issuers,
             "policy_sha256": gateway.policy.sha256,
+            "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

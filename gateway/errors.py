@@ -6,6 +6,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
 
     SpangateError
     ├── PolicyError                    a policy that cannot be loaded (never an HTTP error)
+    ├── ConfigError                    settings that cannot serve the policy (start-up only)
     └── GatewayError                   anything answered to a caller (code, status)
         ├── AuthError            401   token-missing, token-malformed, token-expired, ...
         ├── IdpUnavailable       503   idp-unavailable (Retry-After)
@@ -29,6 +30,7 @@ __all__ = [
     "AuditUnavailable",
     "AuthError",
     "BadRequest",
+    "ConfigError",
     "Forbidden",
     "GatewayError",
     "IdpUnavailable",
@@ -74,6 +76,11 @@ class PolicyError(SpangateError):
     def __init__(self, problems: Sequence[PolicyProblem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(SpangateError):
+    """The settings and the policy do not fit together (e.g. ``audit.redact`` without
+    ``SPANGATE_AUDIT_KEY``): the gateway refuses to start, naming the setting."""
 
 
 class GatewayError(SpangateError):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
 
 from gateway.app import Gateway, create_app
-from gateway.audit.configure import audit_keys, build_trail
+from gateway.audit.configure import audit_keys, build_trail, check_audit_key, unkeyed_warning
 from gateway.auth.introspect import introspectors
 from gateway.auth.jwks import JwksCache
 from gateway.auth.presets import is_org_server
@@ -28,6 +29,8 @@ from gateway.spanner.identities import (
 )
 
 __all__ = ["build_gateway", "load_compiled", "spanner_target"]
+
+log = logging.getLogger("spangate")
 
 
 def load_compiled(path: Path, env: Mapping[str, str]) -> CompiledPolicy:
@@ -57,8 +60,14 @@ def build_gateway(
     http: httpx.AsyncClient | None = None,
 ) -> Gateway:
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
-    keys are fetched and identities warmed at start-up)."""
+    keys are fetched and identities warmed at start-up).
+
+    Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
+    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
     policy = load_compiled(settings.policy, env)
+    check_audit_key(settings, policy)
+    if (warning := unkeyed_warning(settings)) is not None:
+        log.warning("%s; set SPANGATE_AUDIT_KEY", warning)
     own_http = http is None
     client = http or httpx.AsyncClient(
         timeout=settings.http_timeout_seconds, follow_redirects=False

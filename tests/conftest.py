@@ -99,16 +99,25 @@ def token_for(idp: IdpProcess, personas: dict[str, dict[str, object]]) -> Callab
 
 
 @pytest.fixture(scope="session")
+def audit_key() -> str:
+    """The audit key every test gateway runs with (the example policies redact a parameter,
+    which the gateway refuses without a key): pass it as ``Settings(audit_key=...)`` or as
+    ``SPANGATE_AUDIT_KEY`` to a ``spangate serve`` subprocess."""
+    return "test-audit-key-not-a-secret"
+
+
+@pytest.fixture(scope="session")
 def audit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audit") / "audit.jsonl"
 
 
 @pytest.fixture(scope="session")
-def settings(demo_database: str, audit_path: Path) -> Settings:
+def settings(demo_database: str, audit_path: Path, audit_key: str) -> Settings:
     return Settings(
         policy=REPO / "policy.example.yaml",
         spanner_emulator_host=demo_database,
         audit_path=audit_path,
+        audit_key=audit_key,
         jwks_min_refetch_seconds=1.0,
     )
 

@@ -51,10 +51,13 @@ def policy_copy(tmp_path: Path, repo: Path) -> Path:
 
 @pytest.fixture
 async def own_gateway(
-    policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path
+    policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> AsyncIterator[Gateway]:
     settings = Settings(
-        policy=policy_copy, spanner_emulator_host=demo_database, audit_path=tmp_path / "audit.jsonl"
+        policy=policy_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
     )
     app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
     await app.startup()
@@ -235,7 +238,7 @@ def _poll(
 
 @pytest.mark.parametrize("trigger", ["sighup", "watch"])
 def test_a_running_server_reloads(
-    trigger: str, policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path
+    trigger: str, policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> None:
     port = free_port()
     env = {
@@ -243,6 +246,7 @@ def test_a_running_server_reloads(
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
+        "SPANGATE_AUDIT_KEY": audit_key,
         "SPANGATE_WATCH_POLICY": "true" if trigger == "watch" else "false",
     }
     process = _serve(policy_copy, env, port)

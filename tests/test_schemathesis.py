@@ -26,7 +26,11 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 @pytest.fixture(scope="module")
 def served(
-    demo_database: str, idp: Any, repo: Path, tmp_path_factory: pytest.TempPathFactory
+    demo_database: str,
+    idp: Any,
+    repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    audit_key: str,
 ) -> Iterator[str]:
     port = free_port()
     env = {
@@ -34,6 +38,7 @@ def served(
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(tmp_path_factory.mktemp("schemathesis") / "audit.jsonl"),
+        "SPANGATE_AUDIT_KEY": audit_key,
         "SPANGATE_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(

@@ -49,7 +49,7 @@ def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -
 
 @pytest.fixture
 def served(
-    demo_database: str, idp: Any, tmp_path: Path, repo: Path
+    demo_database: str, idp: Any, tmp_path: Path, repo: Path, audit_key: str
 ) -> Iterator[tuple[str, Path]]:
     port = free_port()
     audit = tmp_path / "audit.jsonl"
@@ -58,6 +58,7 @@ def served(
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_AUDIT_KEY": audit_key,
         "SPANGATE_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(
@@ -142,6 +143,9 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
         assert len(pids) == 2, text  # the emulator and the OpenID provider
         base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
         assert base is not None
+        keyed = re.search(r"audit trail: \S+ \(keyed with (\S+audit\.key), a dev key", text)
+        assert keyed is not None, text  # the example policy redacts: the demo must have a key
+        assert Path(keyed.group(1)).stat().st_mode & 0o077 == 0  # owner-only
         _wait_ready(base.group(1) + "/readyz", process)
         curls = {}
         persona = None

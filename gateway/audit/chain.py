@@ -26,11 +26,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "AuditKeys", "Chain", "canonical", "event_hash", "writable"]
+__all__ = ["GENESIS", "UNKEYED_WARNING", "AuditKeys", "Chain", "canonical", "event_hash", "writable"]
 
 log = logging.getLogger("spangate.audit")
 
 GENESIS = "0" * 64
+
+# Logged at start-up and shown in /readyz while SPANGATE_AUDIT_KEY is not set.
+UNKEYED_WARNING = (
+    "the audit trail is unkeyed (SPANGATE_AUDIT_KEY is not set): its SHA-256 hash chain "
+    "detects accidents only; anyone who can write the trail can rewrite and re-hash it and it "
+    "still verifies"
+)
 
 
 _ENCODER = json.JSONEncoder(

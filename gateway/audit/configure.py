@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from gateway.audit.chain import AuditKeys, Chain
+from gateway.audit.chain import UNKEYED_WARNING, AuditKeys, Chain
 from gateway.audit.sinks import FileSink, Sink, StdoutSink
 from gateway.audit.spanner_sink import SpannerSink
 from gateway.audit.trail import AuditTrail
 from gateway.audit.writer import SinkWriter
+from gateway.errors import ConfigError
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.model import FileSink as FileSinkConfig
 from gateway.policy.model import SpannerSink as SpannerSinkConfig
@@ -17,12 +18,36 @@ from gateway.settings import Settings
 from gateway.spanner.execute import EMULATOR_RETRY_DELAY
 from gateway.spanner.identities import Databases
 
-__all__ = ["audit_keys", "build_trail", "file_sink_path"]
-
+__all__ = [
+    "UNKEYED_WARNING",
+    "audit_keys",
+    "build_trail",
+    "check_audit_key",
+    "file_sink_path",
+    "unkeyed_warning",
+]
 
 def audit_keys(settings: Settings) -> AuditKeys:
     secret = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
     return AuditKeys.from_secret(secret)
+
+
+def unkeyed_warning(settings: Settings) -> str | None:
+    """``UNKEYED_WARNING`` when the trail has no key (an empty key is none), else None."""
+    return None if audit_keys(settings).chain else UNKEYED_WARNING
+
+
+def check_audit_key(settings: Settings, policy: CompiledPolicy) -> None:
+    """Refuse ``audit.redact`` without a key: an unkeyed SHA-256 of a value is no redaction (a
+    small integer or a known list of values is recovered by trying them all in milliseconds)."""
+    redact = policy.model.audit.redact
+    if redact and not audit_keys(settings).redact:
+        raise ConfigError(
+            f"the policy's audit.redact ({', '.join(redact)}) needs SPANGATE_AUDIT_KEY: without "
+            "a key a redacted value is a plain SHA-256 of it, which anyone can reverse by "
+            "hashing every candidate value. Set SPANGATE_AUDIT_KEY (a secret, e.g. 32 random "
+            "bytes in hex from your secret store), or remove audit.redact"
+        )
 
 
 def file_sink_path(settings: Settings, policy: CompiledPolicy, config: FileSinkConfig) -> Path:

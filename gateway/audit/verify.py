@@ -1,6 +1,6 @@
 """Verify an audit trail: every event intact and in its place, across rotated files and processes.
 
-``verify_trail(paths, key)`` reads the files in trail order (``audit.jsonl.000001``,
+``verify_trail(paths, key, anchor=...)`` reads the files in trail order (``audit.jsonl.000001``,
 ``audit.jsonl.000002``, …, then ``audit.jsonl``: see ``trail_order``) and stops at the first
 break, which it names by file, line and sequence number, with why:
 
@@ -12,12 +12,20 @@ break, which it names by file, line and sequence number, with why:
   sequence goes backwards);
 - ``inserted``: an event that belongs to no chain: a copy of another event, a forged line between
   two events that chain to each other, or events between a process's last event and the first
-  event of the next process, which names that last event.
+  event of the next process, which names that last event;
+- ``missing-file``: a rotated file is not among the files (``NAME.000001`` and ``NAME.000003``
+  given, ``NAME.000002`` not): rotation numbers files one after the other, so a gap is a file
+  deleted or left out (named in the break, which has no line);
+- ``unanchored``: the trail is sound but does not start where ``anchor`` says it must.
 
 Rules of a sound trail: within a chain ``seq`` goes up by one and ``prev`` is the hash of the
 event before; a new chain (a new process) starts at ``seq`` 1 and its ``prev`` names the event just
 before it in the trail. The first event of the trail is taken as given (the files before it were
-not passed). A chain start whose ``prev`` is ``GENESIS`` in the middle of a trail (its process
+not passed): ``TrailReport.start`` says where that is (chain, seq, prev), and whether it is the
+genesis of the trail (seq 1, ``prev`` all zeros). Deleting the oldest files or the first events
+of the oldest file leaves a sound trail that starts later: only ``start`` shows it, and an
+``anchor`` (``GENESIS``, or the last hash of the previous verified archive) makes it a break.
+A chain start whose ``prev`` is ``GENESIS`` in the middle of a trail (its process
 could not read its predecessor) and a last line cut short by a crash (no newline: never
 acknowledged) are reported as notes, not breaks. Deleting the newest events of the whole trail is
 not detectable from the trail alone: compare ``head`` with a copy kept elsewhere (another sink).
@@ -35,10 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import GENESIS, event_hash
+from gateway.audit.rotation import RotationGap, rotation_gaps, trail_order
 
-__all__ = ["ChainBreak", "TrailReport", "trail_order", "verify_trail"]
+__all__ = [
+    "ChainBreak",
+    "TrailReport",
+    "TrailStart",
+    "trail_order",
+    "verify_trail",
+]
 
-_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -46,15 +60,32 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class ChainBreak:
     """The first place where the trail is not sound."""
 
-    kind: str  # edited | deleted | reordered | inserted
+    kind: str  # edited | deleted | reordered | inserted | missing-file | unanchored
     file: str
-    line: int
+    line: int | None  # None: the break is a whole file (missing-file)
     seq: int | None
     detail: str
 
     def __str__(self) -> str:
         seq = f" seq {self.seq}" if self.seq is not None else ""
-        return f"{self.file}:{self.line}:{seq} {self.kind}: {self.detail}"
+        line = f":{self.line}" if self.line is not None else ""
+        return f"{self.file}{line}:{seq} {self.kind}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class TrailStart:
+    """The first event of the verified trail: what the verification starts from."""
+
+    file: str
+    line: int
+    chain: str
+    seq: int
+    prev: str
+
+    @property
+    def genesis(self) -> bool:
+        """The trail's very first event: nothing was written before it."""
+        return self.seq == 1 and self.prev == GENESIS
 
 
 @dataclass
@@ -62,25 +93,15 @@ class TrailReport:
     events: int = 0
     files: int = 0
     chains: int = 0
+    start: TrailStart | None = None  # the first event
     head: tuple[str, int, str] | None = None  # (chain, seq, hash) of the last event
+    anchored_at: str | None = None  # "FILE:LINE" of the event whose hash is the anchor
     notes: list[str] = field(default_factory=list)
     broken: ChainBreak | None = None
 
     @property
     def ok(self) -> bool:
         return self.broken is None
-
-
-def trail_order(paths: Sequence[Path]) -> list[Path]:
-    """Rotated files (``NAME.000001``…) by number, each base's active file ``NAME`` after them."""
-
-    def key(path: Path) -> tuple[str, int]:
-        m = _ROTATED.match(str(path))
-        if m and Path(m.group("base")).suffix:  # audit.jsonl.000003, not audit.000003
-            return m.group("base"), int(m.group("n"))
-        return str(path), 1 << 62
-
-    return sorted(dict.fromkeys(paths), key=key)
 
 
 @dataclass(frozen=True)
@@ -150,9 +171,10 @@ def _links(before: _Entry, after: _Entry) -> bool:
 
 
 class _Verifier:
-    def __init__(self, paths: Sequence[Path], key: bytes | None) -> None:
+    def __init__(self, paths: Sequence[Path], key: bytes | None, anchor: str | None) -> None:
         self.paths = paths
         self.key = key
+        self.anchor = anchor
 
     def _scan(self) -> Iterator[_Entry]:
         return _entries(self.paths, self.key)
@@ -179,9 +201,16 @@ class _Verifier:
         report = TrailReport(files=len(self.paths))
         history: list[_Entry] = []  # the last events that chained (at most 3)
         chains: set[str] = set()
+        gaps = {str(gap.after): gap for gap in rotation_gaps(self.paths)}
+        file = None
         stream = self._scan()
         entry = next(stream, None)
         while entry is not None:
+            if entry.file != file:
+                file = entry.file
+                if (gap := self._gap_before(file, gaps)) is not None:
+                    report.broken = gap
+                    return report
             following = next(stream, None)
             if not entry.complete and following is None and entry.file == str(self.paths[-1]):
                 report.notes.append(
@@ -199,13 +228,74 @@ class _Verifier:
                     f"{entry.where()}: chain {entry.chain} starts without naming its "
                     "predecessor (its process could not read the trail)"
                 )
+            if report.start is None:
+                report.start = TrailStart(
+                    entry.file, entry.line, entry.chain or "", entry.seq or 0, entry.prev or ""
+                )
+            if self.anchor is not None and entry.hash == self.anchor and not report.anchored_at:
+                report.anchored_at = entry.where()
             chains.add(entry.chain or "")
             history = [*history[-2:], entry]
             report.events += 1
             report.head = (entry.chain or "", entry.seq or 0, entry.hash or "")
             entry = following
+        if (gap := self._gap_before(None, gaps)) is not None:  # before files with no events
+            report.broken = gap
+            return report
         report.chains = len(chains)
+        report.broken = self._unanchored(report)
         return report
+
+    def _gap_before(self, file: str | None, gaps: dict[str, RotationGap]) -> ChainBreak | None:
+        """The break of a rotation gap before ``file`` (None: before any file left)."""
+        names = [str(p) for p in self.paths]
+        upto = names.index(file) + 1 if file is not None else len(names)
+        for name in names[:upto]:
+            if (gap := gaps.pop(name, None)) is not None:
+                first, final = gap.first.name, gap.last.name
+                files = first if first == final else f"{first} to {final}"
+                return ChainBreak(
+                    "missing-file",
+                    str(gap.first),
+                    None,
+                    None,
+                    f"rotated file(s) {files} are missing: rotation numbers files without gaps, "
+                    f"and {gap.after.name} follows {gap.before.name}",
+                )
+        return None
+
+    def _unanchored(self, report: TrailReport) -> ChainBreak | None:
+        """A break when the sound trail does not start at ``anchor``."""
+        start = report.start
+        if self.anchor is None or report.anchored_at is not None:
+            return None
+        if start is None:
+            return ChainBreak(
+                "unanchored", str(self.paths[0]), None, None, "the trail has no events"
+            )
+        if self.anchor == GENESIS:
+            if start.genesis:
+                return None
+            return ChainBreak(
+                "unanchored",
+                start.file,
+                start.line,
+                start.seq,
+                f"the trail does not start at genesis: its first event (chain {start.chain} "
+                f"seq {start.seq}) names {start.prev} as its predecessor, and earlier events "
+                "are not in these files",
+            )
+        if start.prev == self.anchor:
+            return None
+        return ChainBreak(
+            "unanchored",
+            start.file,
+            start.line,
+            start.seq,
+            f"the trail does not start at the anchor {self.anchor}: its first event (chain "
+            f"{start.chain} seq {start.seq}) names {start.prev} as its predecessor, and no "
+            "event has the anchor's hash",
+        )
 
     def _check(
         self, e: _Entry, following: _Entry | None, history: list[_Entry]
@@ -290,9 +380,17 @@ class _Verifier:
         return brk("deleted", e, f"events 1..{(e.seq or 1) - 1} of chain {e.chain} are missing")
 
 
-def verify_trail(paths: Sequence[Path], key: bytes | None) -> TrailReport:
-    """Check ``paths`` as one trail (put in ``trail_order``); ``key`` is the derived chain key."""
+def verify_trail(
+    paths: Sequence[Path], key: bytes | None, *, anchor: str | None = None
+) -> TrailReport:
+    """Check ``paths`` as one trail (put in ``trail_order``); ``key`` is the derived chain key.
+
+    ``anchor``: where the trail must start, else the report is broken (``unanchored``).
+    ``GENESIS``: its first event is the first ever written (seq 1, ``prev`` all zeros). A hash
+    (the last hash of the previous archive, as verified then): the first event's ``prev`` is it,
+    so nothing between that archive and this one is missing, or an event of the trail has it
+    (the archives overlap; the trail is verified from before it)."""
     ordered = trail_order(paths)
     if not ordered:
         return TrailReport()
-    return _Verifier(ordered, key).run()
+    return _Verifier(ordered, key, anchor.lower() if anchor else None).run()

@@ -5,7 +5,7 @@
     spangate policy check PATH [--database]
     spangate grants --policy PATH [--schema FILE] [--check]
     spangate init-db --policy PATH [--print]
-    spangate audit verify FILE...
+    spangate audit verify [--key-file F | --no-key] [--from-genesis | --anchor HASH] FILE...
     spangate --version
 
 Each command group is a module of this package with ``register(subparsers)``; the function it sets
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import audit, db, policy, serve
-from gateway.errors import PolicyError
+from gateway.errors import ConfigError, PolicyError
 
 __all__ = ["main"]
 
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValidationError as exc:
         print(f"spangate: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"spangate: {exc}", file=sys.stderr)
         return 2
     except (GoogleAuthError, GoogleAPIError) as exc:
         print(

@@ -1,19 +1,31 @@
 """``spangate audit verify FILE...``: check a whole audit trail, across rotated files and processes.
 
 Exit 0 when every event is intact and in its place (notes, if any, go to stderr), 1 at the first
-break, printed as ``FILE:LINE: seq N KIND: why`` (KIND: edited, deleted, reordered, inserted).
-The key is ``SPANGATE_AUDIT_KEY`` (as the gateway reads it), or the contents of ``--key-file``;
-``--no-key`` checks a trail written without one (plain SHA-256).
+break, printed as ``FILE:LINE: seq N KIND: why`` (KIND: edited, deleted, reordered, inserted,
+missing-file, unanchored). The ``ok`` line says where the verified trail starts (its first event's
+chain, seq and prev, and whether that is genesis) and where it ends. ``--from-genesis`` and
+``--anchor HASH`` make a trail that does not start there a break. The key is
+``SPANGATE_AUDIT_KEY`` (as the gateway reads it), or the contents of ``--key-file``; ``--no-key``
+checks a trail written without one (plain SHA-256: it proves nothing against an editor).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _hash(value: str) -> str:
+    if not _HEX64.match(value):
+        raise argparse.ArgumentTypeError("an anchor is an event hash: 64 hexadecimal digits")
+    return value.lower()
 
 
 def register(sub: Any) -> None:
@@ -29,6 +41,20 @@ def register(sub: Any) -> None:
     keys.add_argument("--key-file", type=Path, help="read the audit key from this file")
     keys.add_argument(
         "--no-key", action="store_true", help="the trail was written without SPANGATE_AUDIT_KEY"
+    )
+    start = verify.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from-genesis",
+        action="store_true",
+        help="fail unless the trail starts at its very first event (seq 1, prev all zeros): "
+        "no older file or event was removed",
+    )
+    start.add_argument(
+        "--anchor",
+        type=_hash,
+        metavar="HASH",
+        help="fail unless the trail continues from this hash: its first event's prev is HASH, "
+        "or an event has it (pass the last hash a verify of the previous archive printed)",
     )
     verify.set_defaults(handler=_verify)
 
@@ -46,7 +72,7 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit.chain import AuditKeys
+    from gateway.audit.chain import GENESIS, AuditKeys
     from gateway.audit.verify import trail_order, verify_trail
 
     missing = [str(p) for p in args.files if not p.is_file()]
@@ -54,23 +80,44 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"spangate: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     secret = _secret(args)
-    report = verify_trail(args.files, AuditKeys.from_secret(secret).chain)
+    anchor = GENESIS if args.from_genesis else args.anchor
+    report = verify_trail(args.files, AuditKeys.from_secret(secret).chain, anchor=anchor)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if report.broken is not None:
         print(f"{report.broken}")
         first = trail_order(args.files)[0]
         if report.broken.line == 1 and report.broken.file == str(first):
-            hint = "set SPANGATE_AUDIT_KEY" if secret is None else "is it the gateway's key?"
-            print(f"  (the very first event fails: {hint})", file=sys.stderr)
+            if report.broken.kind == "edited":
+                hint = "set SPANGATE_AUDIT_KEY" if secret is None else "is it the gateway's key?"
+                print(f"  (the very first event fails: {hint})", file=sys.stderr)
         return 1
-    mode = "HMAC-SHA256" if secret else "SHA-256 (no key: detects accidents only)"
-    head = ""
+    mode = (
+        "HMAC-SHA256"
+        if secret
+        else "SHA-256 without a key: detects accidents only, proves nothing against anyone who "
+        "can write the files (they can re-hash every event)"
+    )
+    print(f"ok: {report.events} events in {report.files} file(s), {report.chains} chain(s), {mode}")
+    if report.start is not None:
+        s = report.start
+        if report.anchored_at is not None:
+            where = f"anchored: the anchor is the event at {report.anchored_at}"
+            where = f"genesis; {where}" if s.genesis else where
+        elif s.genesis:
+            where = "genesis: the first event ever written"
+        elif anchor is not None:
+            where = "anchored: prev is the anchor"
+        else:
+            where = (
+                "not genesis: earlier events are not in these files; "
+                "--anchor proves none were removed"
+            )
+        print(f"starts: {s.file}:{s.line} chain {s.chain} seq {s.seq} prev {s.prev} ({where})")
     if report.head is not None:
         chain, seq, digest = report.head
-        head = f"; last event: chain {chain} seq {seq} hash {digest}"
-    print(
-        f"ok: {report.events} events in {report.files} file(s), {report.chains} chain(s), "
-        f"{mode}{head}"
-    )
+        print(
+            f"last event: chain {chain} seq {seq} hash {digest} (events cut off the end are not "
+            "detectable: compare it with a copy kept elsewhere)"
+        )
     return 0

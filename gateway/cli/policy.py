@@ -83,6 +83,12 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
         f"{len(model.roles)} roles, sha256 {policy.sha256[:12]})"
     )
+    if model.audit.redact and not os.environ.get("SPANGATE_AUDIT_KEY"):
+        print(
+            f"note: audit.redact ({', '.join(model.audit.redact)}) needs SPANGATE_AUDIT_KEY, "
+            "which is not set here: `spangate serve` refuses to start without it",
+            file=sys.stderr,
+        )
     if args.database:
         from gateway.cli.db import check_on_database
 

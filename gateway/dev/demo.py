@@ -4,18 +4,25 @@ Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), 
 database from ``dev/schema.sql`` and ``dev/seed.sql``, starts the repository's OpenID provider with
 fresh keys, serves the policy with uvicorn, and prints a curl line per persona. Ctrl-C stops every
 process it started, by PID (the emulator's whole process group).
+
+The audit trail is ``.run/audit.jsonl``, keyed (the example policy redacts a parameter, which the
+gateway refuses without a key) with ``SPANGATE_AUDIT_KEY`` when it is set, else with a dev key
+made once, at random, in ``.run/audit.key`` and reused by later demos, so one
+``spangate audit verify --key-file .run/audit.key .run/audit.jsonl*`` checks them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import signal
 import sys
 from pathlib import Path
 
 import uvicorn
+from pydantic import SecretStr
 
 from gateway.dev.database import create_database, load_demo_sql
 from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
@@ -55,6 +62,17 @@ def _curl(base: str, token: str, method: str, path: str, body: str | None) -> st
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _dev_key(path: Path) -> str:
+    """The demo's audit key: ``path``'s, or a new random one written there (owner-only)."""
+    if path.is_file() and (key := path.read_text().strip()):
+        return key
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -83,6 +101,15 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             spanner_emulator_host=emulator_host,
             audit_path=run_dir / "audit.jsonl",
         )
+        key_file = run_dir / "audit.key"
+        if settings.audit_key is None:
+            key = SecretStr(_dev_key(key_file))
+            settings = settings.model_copy(update={"audit_key": key})
+            key_note = f"keyed with {key_file}, a dev key made for demos only"
+            verify = f"spangate audit verify --key-file {key_file} {settings.audit_path}*"
+        else:
+            key_note = "keyed with SPANGATE_AUDIT_KEY"
+            verify = f"spangate audit verify {settings.audit_path}*"
         from gateway.runtime import build_gateway, load_compiled, spanner_target
 
         ddl, dml = load_demo_sql(repo)
@@ -111,7 +138,8 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         base = f"http://{settings.host}:{settings.port}"
         clients = {c["client_id"]: c for c in load_clients(repo / "dev" / "idp" / "clients.json")}
         _say()
-        _say(f"spangate serves {policy} at {base}   (audit trail: {settings.audit_path})")
+        _say(f"spangate serves {policy} at {base}")
+        _say(f"audit trail: {settings.audit_path} ({key_note}); check it: {verify}")
         _say("Try these (tokens are fresh, valid for an hour):")
         for client_id, (method, path, body) in _TRIES.items():
             client = clients[client_id]

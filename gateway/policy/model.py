@@ -469,7 +469,8 @@ class Audit(_Strict):
     )
     redact: list[str] = Field(
         default_factory=list,
-        description="Parameter names whose values the trail hashes instead of storing.",
+        description="Parameter names whose values the trail stores as a keyed hash (HMAC) "
+        "instead of the value; the gateway refuses to start without SPANGATE_AUDIT_KEY.",
     )
 
     @field_validator("sinks")

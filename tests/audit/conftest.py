@@ -80,12 +80,13 @@ def audit_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(scratch: str, audit_file: Path) -> Callable[..., Settings]:
+def make_settings(scratch: str, audit_file: Path, audit_key: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "policy": POLICY,
             "spanner_emulator_host": scratch,
             "audit_path": audit_file,
+            "audit_key": audit_key,
             "jwks_min_refetch_seconds": 1.0,
             "max_body_bytes": 4096,
             **overrides,

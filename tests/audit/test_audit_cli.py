@@ -49,7 +49,93 @@ def verify(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, st
 def test_a_sound_trail_passes(trail: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     path, key = trail
     code, out, _ = verify(capsys, str(path), "--key-file", str(key))
-    assert code == 0 and out.startswith("ok: 8 events in 1 file(s), 1 chain(s), HMAC-SHA256")
+    assert code == 0 and out.startswith("ok: 8 events in 1 file(s), 1 chain(s), HMAC-SHA256\n")
+    first, last = json.loads(_lines(path)[0]), json.loads(_lines(path)[-1])
+    assert (
+        f"\nstarts: {path}:1 chain {first['chain']} seq 1 prev {'0' * 64} (genesis: the first "
+        "event ever written)\n"
+    ) in out
+    assert f"\nlast event: chain {last['chain']} seq 8 hash {last['hash']} " in out
+    code, out, _ = verify(capsys, str(path), "--key-file", str(key), "--from-genesis")
+    assert code == 0 and "(genesis" in out
+
+
+def _rotate(path: Path, sizes: list[int]) -> list[Path]:
+    """Split the trail as rotation does: the first ``sizes`` lines to NAME.000001…, the rest
+    stays in NAME. Returns every file, oldest first."""
+    content = _lines(path)
+    files = []
+    for n, size in enumerate(sizes, start=1):
+        rotated = path.with_name(f"{path.name}.{n:06d}")
+        rotated.write_bytes(b"".join(content[:size]))
+        content = content[size:]
+        files.append(rotated)
+    path.write_bytes(b"".join(content))
+    return [*files, path]
+
+
+def test_deleting_the_oldest_rotated_file_is_shown_and_refused_from_genesis(
+    trail: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, key = trail
+    files = _rotate(path, [3, 3])
+    code, out, _ = verify(capsys, *map(str, files), "--key-file", str(key), "--from-genesis")
+    assert code == 0 and out.startswith("ok: 8 events in 3 file(s)")
+    files[0].unlink()
+    code, out, _ = verify(capsys, *map(str, files[1:]), "--key-file", str(key))
+    fourth = json.loads(_lines(files[1])[0])
+    assert code == 0
+    assert (
+        f"\nstarts: {files[1]}:1 chain {fourth['chain']} seq 4 prev {fourth['prev']} (not "
+        "genesis: earlier events are not in these files"
+    ) in out
+    code, out, _ = verify(capsys, *map(str, files[1:]), "--key-file", str(key), "--from-genesis")
+    assert code == 1
+    assert out.startswith(f"{files[1]}:1: seq 4 unanchored: the trail does not start at genesis")
+
+
+def test_deleting_the_first_events_shows_where_the_trail_starts(
+    trail: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, key = trail
+    path.write_bytes(b"".join(_lines(path)[2:]))
+    code, out, _ = verify(capsys, str(path), "--key-file", str(key))
+    assert code == 0 and f"\nstarts: {path}:1 chain " in out and " seq 3 prev " in out
+    assert "(not genesis" in out
+    code, out, err = verify(capsys, str(path), "--key-file", str(key), "--from-genesis")
+    assert code == 1 and out.startswith(f"{path}:1: seq 3 unanchored: ")
+    assert "SPANGATE_AUDIT_KEY" not in err  # not a key problem
+
+
+def test_a_gap_in_rotation_numbering_is_a_break(
+    trail: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, key = trail
+    files = _rotate(path, [2, 2, 2])
+    files[1].unlink()
+    code, out, _ = verify(capsys, *map(str, [files[0], *files[2:]]), "--key-file", str(key))
+    assert code == 1
+    assert out.startswith(f"{files[1]}: missing-file: rotated file(s) audit.jsonl.000002 are missing")
+
+
+def test_an_anchor_chains_an_archive_to_the_one_before(
+    trail: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, key = trail
+    files = _rotate(path, [5])
+    code, out, _ = verify(capsys, str(files[0]), "--key-file", str(key))
+    assert code == 0
+    last_hash = out.split("\nlast event: ")[1].split(" hash ")[1].split()[0]
+    code, out, _ = verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", last_hash)
+    assert code == 0 and "(anchored: prev is the anchor)" in out
+    code, out, _ = verify(capsys, *map(str, files), "--key-file", str(key), "--anchor", last_hash)
+    assert code == 0 and f"(genesis; anchored: the anchor is the event at {files[0]}:5)" in out
+    code, out, _ = verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", "0f" * 32)
+    assert code == 1
+    assert out.startswith(f"{files[1]}:1: seq 6 unanchored: the trail does not start at the anchor")
+    with pytest.raises(SystemExit) as usage:
+        verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", "not-a-hash")
+    assert usage.value.code == 2 and "64 hexadecimal digits" in capsys.readouterr().err
 
 
 def test_the_wrong_key_fails_with_a_hint(

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from conftest import POLICY, read_events, request_id
 
+from gateway.audit.chain import AuditKeys
 from gateway.audit.verify import verify_trail
 from gateway.dev.ports import free_port
 from gateway.settings import Settings
@@ -33,7 +34,11 @@ async def _order(http: httpx.AsyncClient, token: str) -> httpx.Response:
 
 
 async def test_a_full_disk_refuses_writes_and_reads_until_it_has_room(
-    make_settings: Callable[..., Settings], serve: Any, token_for: Token, audit_file: Path
+    make_settings: Callable[..., Settings],
+    serve: Any,
+    token_for: Token,
+    audit_file: Path,
+    audit_key: str,
 ) -> None:
     audit_file.symlink_to("/dev/full")  # every write fails with ENOSPC
     writer, reader = token_for("order-writer"), token_for("support-console")
@@ -55,7 +60,7 @@ async def test_a_full_disk_refuses_writes_and_reads_until_it_has_room(
     ]  # fmt: skip
     assert [e["seq"] for e in events] == [1, 2, 3]  # the refused events left no gap
     assert events[0]["protoPayload"]["status"]["message"] == "audit-unavailable"
-    assert verify_trail([audit_file], None).ok
+    assert verify_trail([audit_file], AuditKeys.from_secret(audit_key.encode()).chain).ok
 
 
 async def test_an_unwritable_path_gives_503s_not_unaudited_200s(
@@ -86,7 +91,7 @@ async def test_an_unwritable_path_gives_503s_not_unaudited_200s(
 
 @pytest.fixture
 def limited_server(
-    audit_database: str, idp: Any, tmp_path: Path
+    audit_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     port = free_port()
     audit = tmp_path / "audit.jsonl"
@@ -95,6 +100,7 @@ def limited_server(
         "SPANNER_EMULATOR_HOST": audit_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_AUDIT_KEY": audit_key,
         "SPANGATE_LOG_LEVEL": "error",
     }
     process = subprocess.Popen(
@@ -126,7 +132,7 @@ def limited_server(
 
 
 def test_a_disk_that_fills_up_under_load_never_serves_an_unaudited_200(
-    limited_server: tuple[str, Path, subprocess.Popen[bytes]], token_for: Token
+    limited_server: tuple[str, Path, subprocess.Popen[bytes]], token_for: Token, audit_key: str
 ) -> None:
     base, audit, process = limited_server
     headers = bearer(token_for("support-console"))
@@ -148,5 +154,5 @@ def test_a_disk_that_fills_up_under_load_never_serves_an_unaudited_200(
     ok = [rid for status, rid in answered if status == 200]
     assert ok and set(ok) <= written  # every 200 is in the trail
     assert {r.headers["x-request-id"] for r in after if r.status_code == 200} <= written
-    report = verify_trail([audit], None)
+    report = verify_trail([audit], AuditKeys.from_secret(audit_key.encode()).chain)
     assert report.ok, report.broken

@@ -129,7 +129,7 @@ async def test_every_status_gives_exactly_one_event_with_the_right_fields(
     assert "support" in read["protoPayload"]["metadata"]["decision"]["roles"]
     statement = write["protoPayload"]["request"]
     assert statement["databaseRole"] == "shop_writer" and statement["identity"] == "shop_writer"
-    assert statement["params"]["total_cents"]["value"].startswith("redacted:sha256:")
+    assert statement["params"]["total_cents"]["value"].startswith("redacted:hmac-sha256:")
     assert statement["ignoredCallerValues"] == {"tenant": "t2"}  # claim-bound: ignored, recorded
     assert write["protoPayload"]["response"]["commitTimestamp"].endswith("Z")
     assert write["protoPayload"]["request"]["requestTag"].startswith(request_id(write))

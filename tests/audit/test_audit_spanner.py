@@ -77,6 +77,7 @@ async def test_rows_in_batches_and_a_writes_row_in_its_transaction(
     token_for: Token,
     spanner_policy: Path,
     audit_file: Path,
+    audit_key: str,
 ) -> None:
     reader, writer = token_for("support-console"), token_for("order-writer")
     new_order = f"O-{time.time_ns() % 10**12}"
@@ -93,7 +94,7 @@ async def test_rows_in_batches_and_a_writes_row_in_its_transaction(
         rows = {r["RequestId"]: r for r in await asyncio.to_thread(_rows, gateway)}
         orders = await asyncio.to_thread(_orders, gateway, [new_order])
     assert set(ids) <= set(rows)
-    key = AuditKeys.from_secret(None).chain
+    key = AuditKeys.from_secret(audit_key.encode()).chain
     batched = [rows[i] for i in ids if i != wrote.headers["x-request-id"]]
     chain = [r for r in batched if r["ChainId"] == batched[0]["ChainId"]]
     assert [r["Seq"] for r in chain] == list(range(chain[0]["Seq"], chain[0]["Seq"] + len(chain)))

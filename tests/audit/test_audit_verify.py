@@ -176,7 +176,7 @@ def test_an_unlinked_restart_is_a_note(tmp_path: Path) -> None:
 
 def test_rotated_files_are_one_trail_in_order(tmp_path: Path) -> None:
     active = tmp_path / "audit.jsonl"
-    files = [tmp_path / f"audit.jsonl.{n:06d}" for n in (1, 2, 10)]
+    files = [tmp_path / f"audit.jsonl.{n:06d}" for n in (8, 9, 10)]  # 1..7 shipped away
     chain = write_chain(files[0], 3)
     for path in files[1:]:
         chain = _continue(chain, path, 3)
@@ -185,11 +185,105 @@ def test_rotated_files_are_one_trail_in_order(tmp_path: Path) -> None:
     assert trail_order(shuffled) == [*files, active]
     report = verify_trail(shuffled, KEY)
     assert report.ok and report.events == 11 and report.files == 4
-    missing_middle = verify_trail([active, files[0], files[2]], KEY).broken
-    assert missing_middle is not None
-    assert (missing_middle.kind, missing_middle.file, missing_middle.line, missing_middle.seq) == (
-        "deleted", str(files[2]), 1, 7,
+    assert report.start is not None and (report.start.file, report.start.seq) == (str(files[0]), 1)
+
+
+def test_a_gap_in_rotation_numbering_names_the_missing_file(tmp_path: Path) -> None:
+    """The chain alone would call it a deletion inside .000003; the break names the file."""
+    active = tmp_path / "audit.jsonl"
+    files = [tmp_path / f"audit.jsonl.{n:06d}" for n in (1, 2, 3, 4, 5)]
+    chain = write_chain(files[0], 3)
+    for path in files[1:]:
+        chain = _continue(chain, path, 3)
+    _continue(chain, active, 2)
+    broken = verify_trail([active, files[0], files[2], files[3], files[4]], KEY).broken
+    assert broken is not None
+    assert (broken.kind, broken.file, broken.line, broken.seq) == (
+        "missing-file", str(files[1]), None, None,
     )  # fmt: skip
+    assert "audit.jsonl.000003 follows audit.jsonl.000001" in broken.detail
+    assert str(broken).startswith(f"{files[1]}: missing-file: rotated file(s) audit.jsonl.000002 ")
+    several = verify_trail([files[0], files[4], active], KEY).broken
+    assert several is not None and several.kind == "missing-file"
+    assert "audit.jsonl.000002 to audit.jsonl.000004 are missing" in several.detail
+
+
+def test_an_edit_before_a_rotation_gap_is_the_first_break(tmp_path: Path) -> None:
+    files = [tmp_path / f"audit.jsonl.{n:06d}" for n in (1, 2, 3)]
+    chain = write_chain(files[0], 3)
+    for path in files[1:]:
+        chain = _continue(chain, path, 3)
+    content = lines(files[0])
+    content[1] = content[1].replace(b'"n":1', b'"n":11')
+    put(files[0], content)
+    broken = verify_trail([files[0], files[2]], KEY).broken
+    assert broken is not None and (broken.kind, broken.line) == ("edited", 2)
+
+
+def _rotated_trail(tmp_path: Path) -> tuple[list[Path], Chain]:
+    """Three processes over three rotated files and the active one (4 + 4 + 4 + 3 events)."""
+    files = [tmp_path / f"audit.jsonl.{n:06d}" for n in (1, 2, 3)]
+    first = write_chain(files[0], 4)
+    second = write_chain(files[1], 4, predecessor=first.last_hash)
+    third = write_chain(files[2], 4, predecessor=second.last_hash)
+    _continue(third, tmp_path / "audit.jsonl", 3)
+    return [*files, tmp_path / "audit.jsonl"], third
+
+
+def test_the_start_of_a_whole_trail_is_genesis(tmp_path: Path) -> None:
+    paths, _ = _rotated_trail(tmp_path)
+    report = verify_trail(paths, KEY, anchor=GENESIS)
+    assert report.ok, report.broken
+    start = report.start
+    assert start is not None and start.genesis
+    assert (start.file, start.line, start.seq, start.prev) == (str(paths[0]), 1, 1, GENESIS)
+    assert start.chain == event(lines(paths[0])[0])["chain"]  # the first chain of the first file
+
+
+def test_deleting_the_oldest_rotated_file_shows_in_the_start(tmp_path: Path) -> None:
+    paths, _ = _rotated_trail(tmp_path)
+    paths[0].unlink()
+    report = verify_trail(paths[1:], KEY)
+    assert report.ok  # a sound trail that starts later: only the start shows it...
+    assert report.start is not None and not report.start.genesis
+    assert (report.start.file, report.start.seq) == (str(paths[1]), 1)
+    assert report.start.prev == event(lines(paths[1])[0])["prev"] != GENESIS
+    broken = verify_trail(paths[1:], KEY, anchor=GENESIS).broken  # ...and --from-genesis fails
+    assert broken is not None
+    assert (broken.kind, broken.file, broken.line, broken.seq) == ("unanchored", str(paths[1]), 1, 1)
+    assert "does not start at genesis" in broken.detail
+
+
+def test_deleting_the_first_events_of_the_oldest_file_shows_in_the_start(tmp_path: Path) -> None:
+    paths, _ = _rotated_trail(tmp_path)
+    content = lines(paths[0])
+    put(paths[0], content[3:])  # the first 3 events are gone
+    report = verify_trail(paths, KEY)
+    assert report.ok and report.start is not None
+    assert (report.start.line, report.start.seq, report.start.genesis) == (1, 4, False)
+    assert report.start.prev == event(content[2])["hash"]
+    broken = verify_trail(paths, KEY, anchor=GENESIS).broken
+    assert broken is not None and (broken.kind, broken.seq) == ("unanchored", 4)
+
+
+def test_an_anchor_proves_where_an_archive_starts(tmp_path: Path) -> None:
+    """Yesterday's archive ends at the hash its verify printed; today's continues from it."""
+    paths, _ = _rotated_trail(tmp_path)
+    yesterday = verify_trail(paths[:2], KEY)
+    assert yesterday.ok and yesterday.head is not None
+    last_hash = yesterday.head[2]
+    today = verify_trail(paths[2:], KEY, anchor=last_hash.upper())
+    assert today.ok and today.anchored_at is None  # its first event names the anchor as prev
+    overlapping = verify_trail(paths[1:], KEY, anchor=last_hash)
+    assert overlapping.ok and overlapping.anchored_at == f"{paths[1]}:4"
+    wrong = verify_trail(paths[2:], KEY, anchor="ab" * 32).broken
+    assert wrong is not None
+    assert (wrong.kind, wrong.file, wrong.line) == ("unanchored", str(paths[2]), 1)
+    assert "does not start at the anchor " + "ab" * 32 in wrong.detail
+    content = lines(paths[2])
+    put(paths[2], content[1:])  # today's first event deleted: the anchor no longer holds
+    cut = verify_trail(paths[2:], KEY, anchor=last_hash).broken
+    assert cut is not None and (cut.kind, cut.seq) == ("unanchored", 2)
 
 
 def _continue(chain: Chain, path: Path, count: int) -> Chain:

@@ -146,9 +146,7 @@ async def test_rotation_keeps_the_chain_across_files_and_restarts(tmp_path: Path
     assert report.ok and report.events == 13 and report.chains == 2 and report.notes == []
     assert verify_trail([path, *rotated[1:]], KEY).ok  # a trail may start at any file
     gap = verify_trail([path, rotated[0], *rotated[2:]], KEY).broken  # a file is missing
-    assert (
-        gap is not None and gap.kind == "deleted" and (gap.file, gap.line) == (str(rotated[2]), 1)
-    )
+    assert gap is not None and (gap.kind, gap.file, gap.line) == ("missing-file", str(rotated[1]), None)
 
 
 async def test_a_crash_partial_line_is_cut_when_the_file_is_opened(tmp_path: Path) -> None:

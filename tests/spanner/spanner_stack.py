@@ -21,6 +21,7 @@ from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
 PROJECT, INSTANCE = "demo-project", "demo"
+AUDIT_KEY = "spanner-stack-test-key"  # policies that redact need one (the gateway refuses otherwise)
 
 Token = Callable[..., str]
 
@@ -96,7 +97,7 @@ async def gateway_on(
         spanner_emulator_host=host,
         audit_path=audit_path or tmp_path / "audit.jsonl",
         jwks_min_refetch_seconds=1.0,
-        **settings,
+        **{"audit_key": AUDIT_KEY, **settings},
     )
     app = build_gateway(config, env={"OKTA_ISSUER": issuer})
     await app.startup()
