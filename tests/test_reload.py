@@ -96,7 +96,9 @@ async def test_a_bad_policy_is_refused_and_the_old_one_keeps_serving(
     token = token_for("support-console")
     before = own_gateway.policy.sha256
     policy_copy.write_text(
-        policy_copy.read_text().replace("allow: [support, order-agent]", "allow: [suport]", 1)
+        policy_copy.read_text().replace(
+            "allow: [support, order-agent, agent-for-support]", "allow: [suport]", 1
+        )
     )
     assert await own_gateway.reloader.reload() is False
     assert own_gateway.reloader.failures == 1

@@ -15,10 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.auth.principal import MISSING, Principal, claim_value
+from gateway.errors import AuthError
 from gateway.policy.model import ClaimNames, Issuer
 
 __all__ = [
     "PRESETS",
+    "check_act",
     "claim_names",
     "introspection_names",
     "is_org_server",
@@ -78,8 +80,24 @@ def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def check_act(claims: Mapping[str, Any]) -> None:
+    """RFC 8693: ``act`` (and each ``act`` nested in it, for a chain) is a JSON object. Anything
+    else is ``token-malformed``: a delegated token must never pass for a direct one, nor name its
+    actor in a form the roles, the binding and the audit trail would read differently."""
+    node: Any = claims
+    while "act" in node:
+        node = node["act"]
+        if not isinstance(node, Mapping):
+            raise AuthError(
+                "the token's act claim (RFC 8693 delegation) is not a JSON object",
+                code="token-malformed",
+            )
+
+
 def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any]) -> Principal:
-    """Build the Principal of a verified token (``sub`` and ``iss`` already required)."""
+    """Build the Principal of a verified token (``sub`` and ``iss`` already required); a
+    malformed ``act`` is an AuthError (``check_act``)."""
+    check_act(claims)
     scopes = _strings(claim_value(claims, names.scopes)) if names.scopes else frozenset()
     if not scopes and names.scopes == "scope":  # generic issuers sometimes use Okta's scp
         scopes = _strings(claim_value(claims, "scp"))

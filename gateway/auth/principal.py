@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["MISSING", "Principal", "claim_value"]
+__all__ = ["MISSING", "NESTED_ONLY", "Principal", "claim_value", "is_delegation_path"]
 
 
 class _Missing:
@@ -19,16 +19,29 @@ class _Missing:
 
 MISSING: Any = _Missing()
 
+# RFC 8693 delegation claims: JSON objects, read only as such. A path under one of them never
+# falls back to a flat claim, so a token carrying a claim literally named ``act.sub`` is no
+# delegated token and names no actor.
+NESTED_ONLY = frozenset({"act", "may_act"})
+
+
+def is_delegation_path(path: str) -> bool:
+    """Whether ``path`` reads the ``act`` claim or a claim under it (the current actor)."""
+    return path.split(".", 1)[0] == "act"
+
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
     """The claim at ``path``: a dotted walk through nested objects first, else the exact key
     (claims like ``https://x.example/roles`` contain dots). The nested claim wins, so a flat claim
-    literally named ``org.tenant`` can never stand in for ``org: {tenant: ...}``. Returns
-    ``MISSING`` when absent."""
+    literally named ``org.tenant`` can never stand in for ``org: {tenant: ...}``; under ``act``
+    and ``may_act`` (``NESTED_ONLY``) there is no flat fallback at all. Returns ``MISSING`` when
+    absent."""
     node: Any = claims
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return claims.get(path, MISSING) if "." in path else MISSING
+            if "." not in path or path.split(".", 1)[0] in NESTED_ONLY:
+                return MISSING
+            return claims.get(path, MISSING)
         node = node[part]
     return node
 
@@ -53,6 +66,24 @@ class Principal:
         """RFC 8693 delegation: the actor acting for ``subject`` (nested for chains)."""
         value = self.claims.get("act")
         return value if isinstance(value, Mapping) else None
+
+    @property
+    def delegated(self) -> bool:
+        """The token carries an ``act`` claim: someone (``act.sub``) acts for ``subject``. Any
+        ``act`` counts (verification refuses one that is not an object), so a malformed one can
+        never make a delegated token pass for a direct one."""
+        return "act" in self.claims
+
+    @property
+    def actors(self) -> tuple[str | None, ...]:
+        """The ``sub`` of each actor of the ``act`` chain, the current actor first."""
+        out: list[str | None] = []
+        node: Any = self.act
+        while isinstance(node, Mapping) and len(out) < 16:
+            sub = node.get("sub")
+            out.append(sub if isinstance(sub, str) else None)
+            node = node.get("act")
+        return tuple(out)
 
     def claim(self, path: str) -> Any:
         return claim_value(self.claims, path)

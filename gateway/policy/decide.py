@@ -8,7 +8,9 @@ Order of checks (each stops the request with its reason code):
     -> allowed: the query to run and its bound parameters
 
 Roles are checked before parameters, so a caller without a role learns nothing about a route's
-parameters.
+parameters. ``roles`` are the roles that hold (that can allow); for a delegated token, a route's
+deny roles are judged as ``RoleTable.held(..., deny=True)`` says, so ``rule`` may name a deny
+role that is not in ``roles``.
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
         return _deny(found)
     route, path_params = found
     roles = policy.roles.held(principal)
+    # a deny role also bites a delegated token on the subject's claims (see roles.py)
+    denying = policy.roles.held(principal, deny=True) if principal.delegated else roles
     for role in route.model.deny:
-        if role in roles:
+        if role in denying:
             return _deny(
                 Forbidden(f"denied by role '{role}'", code="denied-by-role"),
                 route=route,

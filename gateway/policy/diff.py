@@ -7,8 +7,10 @@ nothing). Every pair whose effect changes is listed, including the pairs of adde
 routes. Routes are matched by method and path shape, so renaming a path parameter is no change.
 
 Access also changes without any route changing when a role's entries change (who holds the
-role) or a route's statement changes: roles, queries (SQL, parameters, identity, limits),
-identities, issuers, the Spanner target and the audit settings are compared too.
+role; the summary says when the entries that delegated tokens can hold change, as a
+``delegated`` key or a claims test under ``act`` does) or a route's statement changes: roles,
+queries (SQL, parameters, identity, limits), identities, issuers, the Spanner target and the
+audit settings are compared too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.policy.model import Policy, Route
+from gateway.policy.model import Policy, Role, Route
 from gateway.policy.validate import template_shape
 
 __all__ = ["AccessChange", "Change", "PolicyDiff", "diff_policies", "render_diff"]
@@ -153,6 +155,23 @@ def _field_lines(key: str, old: Any, new: Any) -> list[str]:
     return out + ([f"+ {key}: {_text(new)}"] if new is not None else [])
 
 
+def _delegated_entries(role: Role | None) -> list[int]:
+    """The entries that hold for a delegated token (RFC 8693 ``act``) when they allow."""
+    return [i for i, e in enumerate(role.any_of if role else ()) if e.delegation == "any"]
+
+
+def _delegation(old: Role | None, new: Role) -> str:
+    """What changes for delegated tokens: the entries that hold for them when granting."""
+    a, b = _delegated_entries(old), _delegated_entries(new)
+    if a == b:
+        return ""
+    if not b:
+        return "; delegated tokens (act) no longer hold it"
+    if not a:
+        return f"; delegated tokens (act) now hold it (entries {b})"
+    return f"; the entries that hold for delegated tokens (act) were {a}, now {b}"
+
+
 def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
     """Every change from ``old`` to ``new`` that matters to access or to what runs."""
     access, changes = _access(old, new)
@@ -166,12 +185,14 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
     for name in dict.fromkeys([*new.roles, *old.roles]):
         a, b = old.roles.get(name), new.roles.get(name)
         if a is None and b is not None:
-            changes.append(Change("roles", name, "+", _text(b.any_of) + used_by(name)))
+            summary = _text(b.any_of) + _delegation(None, b) + used_by(name)
+            changes.append(Change("roles", name, "+", summary))
         elif b is None and a is not None:
             changes.append(Change("roles", name, "-", _text(a.any_of)))
         elif a is not None and b is not None and _dump(a.any_of) != _dump(b.any_of):
             lines = _lines(map(_text, a.any_of), map(_text, b.any_of))
-            changes.append(Change("roles", name, "~", "entries changed" + used_by(name), lines))
+            summary = "entries changed" + _delegation(a, b) + used_by(name)
+            changes.append(Change("roles", name, "~", summary, lines))
     changes += _named("queries", old.queries, new.queries)
     changes += _named("identities", old.identities, new.identities)
     changes += _named("issuers", old.issuers, new.issuers)

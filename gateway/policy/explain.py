@@ -153,10 +153,12 @@ def _role_record(result: RoleResult) -> dict[str, Any]:
     return {
         "role": result.role,
         "holds": result.holds,
+        "denies": result.denies,
         "entries": [
             {
                 "index": e.index,
                 "holds": e.holds,
+                "denies": e.holds_for_deny,
                 "keys": [{"key": k.key, "holds": k.holds, "why": k.why} for k in e.keys],
             }
             for e in result.entries
@@ -179,6 +181,8 @@ def explanation_record(ex: Explanation) -> dict[str, Any]:
             "client_id": p.client_id,
             "scopes": sorted(p.scopes),
             "groups": sorted(p.groups),
+            "delegated": p.delegated,
+            "actors": list(p.actors),
         },
         "notes": list(ex.notes),
         "decision": {
@@ -225,6 +229,12 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
         f"caller    issuer {p.issuer}, sub {p.subject or '-'}, client {p.client_id or '-'}, "
         f"scopes {sorted(p.scopes)}, groups {sorted(p.groups)}"
     )
+    if p.delegated:
+        chain = ", then ".join(repr(a) if a else "an actor without sub" for a in p.actors)
+        lines.append(
+            f"          delegated (RFC 8693 act): actor {chain or '(act is not an object)'} "
+            f"acts for sub {p.subject or '-'}"
+        )
     lines += [f"note      {n}" for n in ex.notes]
     if route is None:
         lines.append("route     none")
@@ -246,11 +256,17 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
         mark = "+" if result.holds else "-"
         used = "" if not relevant or result.role in relevant else "  (not named by this route)"
         verdict = "holds" if result.holds else "does not hold"
+        denies = route is not None and result.role in route.model.deny
+        if denies and result.denies and not result.holds:  # a delegated token (see roles.py)
+            mark, verdict = "!", "denies (a deny role judges a delegated token all the same)"
         desc = f" - {role.description}" if role.description else ""
         lines.append(f"  {mark} {result.role}: {verdict}{used}{desc}")
         for e in result.entries:
             where = _at(policy, ("roles", result.role, *role.entry_path(e.index)))
-            lines.append(f"      entry {e.index} ({where}): {'holds' if e.holds else 'fails'}")
+            state = "holds" if e.holds else "fails"
+            if denies and e.holds_for_deny and not e.holds:
+                state = "holds as a deny role"
+            lines.append(f"      entry {e.index} ({where}): {state}")
             for k in e.keys:
                 lines.append(f"        {'+' if k.holds else '-'} {k.key}: {k.why}")
     if d.allow:

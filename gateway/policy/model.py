@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
 from gateway.policy.types import ParamType, parse_type
 
@@ -239,6 +240,14 @@ class RoleEntry(_Strict):
         "{present: true}; dotted paths reach nested claims.",
     )
     authenticated: Literal[True] | None = None
+    delegated: bool | None = Field(
+        None,
+        description="Whether the entry holds for a delegated token (RFC 8693: one with an `act` "
+        "claim, an actor acting for the token's subject). Absent or false: direct tokens only "
+        "(absent: a deny role still holds for delegated tokens); true: direct and delegated "
+        "tokens. A `claims` test under `act` (`act.sub: order-agent`) names the actor and "
+        "implies true.",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> RoleEntry:
@@ -248,8 +257,32 @@ class RoleEntry(_Strict):
         ):
             raise ValueError(
                 "a role entry needs at least one of issuer, groups, scopes, claims, authenticated"
+                + (
+                    ""
+                    if self.delegated is None
+                    else " (delegated only says which tokens the others judge)"
+                )
+            )
+        if self.delegated is False and self.actor_claims:
+            raise ValueError(
+                f"delegated: false contradicts the claims test on {self.actor_claims[0]}, "
+                "which only a delegated token can pass"
             )
         return self
+
+    @property
+    def actor_claims(self) -> tuple[str, ...]:
+        """The ``claims`` paths under ``act``: they name the actor of a delegated token."""
+        return tuple(p for p in self.claims or () if is_delegation_path(p))
+
+    @property
+    def delegation(self) -> Literal["default", "direct", "any"]:
+        """Which tokens the entry judges: ``any`` (``delegated: true``, or a claims test under
+        ``act``), ``direct`` (``delegated: false``), ``default`` (absent: direct tokens, and
+        delegated ones too when a route's ``deny`` names the role)."""
+        if self.delegated or self.actor_claims:
+            return "any"
+        return "default" if self.delegated is None else "direct"
 
 
 class Role(_Strict):

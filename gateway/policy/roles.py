@@ -13,7 +13,24 @@ A role holds if ANY of its entries holds; an entry holds if ALL of its keys hold
     parameter's ``pattern``); an array claim holds if ANY string element matches; a claim that
     is not a string (a number, a boolean, an object) never matches;
   - ``{present: true}``: the token has the claim with any value but null;
-- ``authenticated: true``: any verified token.
+- ``authenticated: true``: any verified token;
+- ``delegated``: which tokens the other keys judge. A delegated token (RFC 8693: it has an
+  ``act`` claim, an actor acting for the token's subject) never holds an entry on the subject's
+  claims alone:
+
+  ===========================  ============  ===================  ==================
+  the entry says               direct token  delegated: granting  delegated: denying
+  ===========================  ============  ===================  ==================
+  nothing (the default)        judged        never holds          judged
+  ``delegated: false``         judged        never holds          never holds
+  ``delegated: true``          judged        judged               judged
+  a ``claims`` test under act  fails (*)     judged               judged
+  ===========================  ============  ===================  ==================
+
+  "Denying" is the view of a route's ``deny``: a deny role bites an agent acting for a person it
+  denies (``held(..., deny=True)``), unless its entry says ``delegated: false``. (*) a direct
+  token has no ``act``, so the test fails as any absent claim does. Claim paths under ``act``
+  read the nested object only (``claim_value``), never a flat claim named ``act.sub``.
 
 ``RoleTable`` is compiled once per policy: ``held`` is the request path (predicates only, stops
 at each role's first holding entry); ``trace`` evaluates every key of every entry and says why,
@@ -25,7 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.auth.principal import MISSING, Principal
 from gateway.policy.model import ClaimTest, ClaimValue, Role, RoleEntry
@@ -45,8 +62,9 @@ _Check = Callable[[Principal], bool]
 
 @dataclass(frozen=True)
 class KeyResult:
-    """One key of an entry: ``key`` is ``issuer``, ``groups``, ``scopes``, ``authenticated`` or
-    ``claims.<path>``."""
+    """One key of an entry: ``key`` is ``issuer``, ``groups``, ``scopes``, ``authenticated``,
+    ``claims.<path>`` or ``delegated`` (shown when the token is delegated or the entry says
+    ``delegated:``)."""
 
     key: str
     holds: bool
@@ -59,6 +77,11 @@ class EntryResult:
     holds: bool
     why: str  # what held, or every key that failed and why
     keys: tuple[KeyResult, ...] = ()
+    denies: bool | None = None  # as a deny role (see the module doc); None: the same as holds
+
+    @property
+    def holds_for_deny(self) -> bool:
+        return self.holds if self.denies is None else self.denies
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,12 @@ class RoleResult:
     role: str
     holds: bool
     entries: tuple[EntryResult, ...]
+
+    @property
+    def denies(self) -> bool:
+        """Whether the role holds as a route's ``deny`` role (differs from ``holds`` only for a
+        delegated token and entries that leave ``delegated`` out)."""
+        return any(e.holds_for_deny for e in self.entries)
 
     @property
     def held_by(self) -> EntryResult | None:
@@ -117,6 +146,18 @@ def _claim_check(path: str, test: ClaimValue) -> _Check:
     return lambda p: (actual := p.claim(path)) is not MISSING and _equals(actual, test)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    checks: tuple[_Check, ...]
+    delegation: Literal["default", "direct", "any"]
+
+    def judges(self, delegated: bool, deny: bool) -> bool:
+        """Whether the checks decide for this token (else the entry does not hold)."""
+        if not delegated or self.delegation == "any":
+            return True
+        return self.delegation == "default" and deny
+
+
 def _checks(entry: RoleEntry) -> tuple[_Check, ...]:
     checks: list[_Check] = []
     if entry.issuer is not None:
@@ -141,7 +182,8 @@ def _show_test(test: ClaimValue) -> str:
 
 def entry_keys(entry: RoleEntry, principal: Principal) -> tuple[KeyResult, ...]:
     """The verdict of every key of ``entry``, in the order issuer, groups, scopes, claims,
-    authenticated, each with the reason, for ``explain``."""
+    authenticated, delegated (when the token is delegated or the entry says ``delegated:``),
+    each with the reason, for ``explain``."""
     out: list[KeyResult] = []
     if entry.issuer is not None:
         ok = principal.issuer == entry.issuer
@@ -170,15 +212,49 @@ def entry_keys(entry: RoleEntry, principal: Principal) -> tuple[KeyResult, ...]:
         out.append(KeyResult(f"claims.{path}", ok, why))
     if entry.authenticated:
         out.append(KeyResult("authenticated", True, "the token is verified"))
+    if principal.delegated or entry.delegated is not None:
+        out.append(_delegated_key(entry, principal))
     return tuple(out)
+
+
+def _token_kind(principal: Principal) -> str:
+    if not principal.delegated:
+        return "a direct token (no act claim)"
+    actors = principal.actors
+    if not actors:
+        return "a delegated token (act is not an object)"
+    shown = ", then ".join(repr(a) if a is not None else "an actor without sub" for a in actors)
+    return f"a delegated token: {shown} acting for {principal.subject!r}"
+
+
+def _delegated_key(entry: RoleEntry, principal: Principal) -> KeyResult:
+    kind = _token_kind(principal)
+    if not principal.delegated:
+        return KeyResult("delegated", True, kind)
+    if entry.delegation == "any":
+        said = (
+            "delegated: true"
+            if entry.delegated
+            else f"the entry names the actor ({entry.actor_claims[0]})"
+        )
+        return KeyResult("delegated", True, f"{kind}; {said}")
+    if entry.delegation == "direct":
+        return KeyResult("delegated", False, f"{kind}; the entry says delegated: false")
+    return KeyResult(
+        "delegated", False, f"{kind}; the entry neither names the actor nor says delegated: true"
+    )
 
 
 def _entry_result(index: int, entry: RoleEntry, principal: Principal) -> EntryResult:
     keys = entry_keys(entry, principal)
     failed = [k for k in keys if not k.holds]
+    denies = None
+    if principal.delegated and entry.delegation == "default":  # deny ignores this `delegated`
+        denies = all(k.holds for k in keys if k.key != "delegated")
     if failed:
-        return EntryResult(index, False, "; ".join(k.why for k in failed), keys)
-    return EntryResult(index, True, "matched " + ", ".join(k.key for k in keys), keys)
+        return EntryResult(index, False, "; ".join(k.why for k in failed), keys, denies)
+    shown = [k.key for k in keys if k.key != "delegated" or entry.delegation == "any"]
+    return EntryResult(index, True, "matched " + ", ".join(shown), keys, denies)
 
 
 class RoleTable:
@@ -187,19 +263,24 @@ class RoleTable:
     def __init__(self, roles: Mapping[str, Role]) -> None:
         self._roles = dict(roles)
         self._items = tuple(
-            (name, tuple(_checks(entry) for entry in role.any_of)) for name, role in roles.items()
+            (name, tuple(_Entry(_checks(e), e.delegation) for e in role.any_of))
+            for name, role in roles.items()
         )
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._roles)
 
-    def held(self, principal: Principal) -> frozenset[str]:
-        """The names of the roles that hold for ``principal``."""
+    def held(self, principal: Principal, *, deny: bool = False) -> frozenset[str]:
+        """The names of the roles that hold for ``principal``; ``deny``: as deny roles (for a
+        delegated token, entries that leave ``delegated`` out are judged too)."""
+        delegated = principal.delegated
         out = []
         for name, entries in self._items:  # plain loops: this runs on every request
             for entry in entries:
-                for check in entry:
+                if not entry.judges(delegated, deny):
+                    continue
+                for check in entry.checks:
                     if not check(principal):
                         break
                 else:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from gateway.auth.presets import claim_names, principal_from_claims
 from gateway.auth.principal import Principal
+from gateway.errors import AuthError
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.decide import RequestFacts
 from gateway.policy.model import Policy
@@ -68,9 +69,14 @@ def principal_for(policy: Policy, claims: Mapping[str, Any]) -> Principal:
     name = issuer_for(policy, claims.get("iss"))
     issuer = policy.issuers[name]
     given = {**claims, "iss": issuer.issuer}
-    principal = principal_from_claims(
-        name, claim_names(issuer), {**given, "sub": str(claims.get("sub", ""))}
-    )
+    try:
+        principal = principal_from_claims(
+            name, claim_names(issuer), {**given, "sub": str(claims.get("sub", ""))}
+        )
+    except AuthError as exc:  # the gateway would answer 401: no decision to simulate
+        raise SimulationError(
+            f"{exc.detail} (the gateway answers 401 {exc.code})", key="claims"
+        ) from None
     return dataclasses.replace(principal, claims=MappingProxyType(given))
 
 

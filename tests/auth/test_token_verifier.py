@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.introspect import Introspector
 from gateway.auth.jwks import JwksCache
-from gateway.auth.principal import Principal
+from gateway.auth.principal import MISSING, Principal
 from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import Issuer
@@ -304,6 +304,41 @@ async def test_act_is_in_the_principal(world: World, rsa: Key) -> None:
     assert principal.claim("act.act.sub") == "orchestrator"
     plain = await world.verify(rsa.sign(claims(now=NOW, sub="user-2")))
     assert plain.act is None
+    assert principal.delegated and not plain.delegated
+    assert principal.actors == ("agent-7", "orchestrator")
+
+
+async def test_a_flat_act_dot_sub_claim_is_no_delegation(world: World, rsa: Key) -> None:
+    # a flat claim literally named act.sub (or act.act.sub, may_act.sub) never stands in for the
+    # nested act object: no actor, no delegation, for roles, binding and the audit trail alike
+    flat = {"act.sub": "order-agent", "act.act.sub": "x", "may_act.sub": "y", "org.unit": "z"}
+    principal = await world.verify(rsa.sign(claims(now=NOW, **flat)))
+    assert principal.claim("act.sub") is MISSING
+    assert principal.claim("act.act.sub") is MISSING
+    assert principal.claim("may_act.sub") is MISSING
+    assert principal.claim("org.unit") == "z"  # other flat dotted claims still answer
+    assert not principal.delegated and principal.act is None and principal.actors == ()
+    # nested act without sub: still no fallback to the flat claim
+    partly = await world.verify(rsa.sign(claims(now=NOW, act={"client_id": "c"}, **flat)))
+    assert partly.delegated and partly.claim("act.sub") is MISSING
+
+
+@pytest.mark.parametrize(
+    "act", ["order-agent", ["order-agent"], None, 7, {"sub": "a", "act": "earlier-agent"}]
+)
+async def test_an_act_claim_that_is_no_object_is_refused(
+    world: World, rsa: Key, act: Any
+) -> None:
+    token = {**claims(now=NOW), "act": act}  # claims() drops None: act is null here
+    assert await world.code(rsa.sign(token)) == "token-malformed"
+
+
+async def test_an_introspected_act_that_is_no_object_is_refused() -> None:
+    idp = FakeIdp(issuer="https://one.example")
+    intro = {"introspection": {"client_id": "gw", "client_secret": "s"}}
+    world = World({"one": issuer_config("https://one.example", **intro)}, [idp])
+    idp.answers["tok"] = {"active": True, "sub": "svc", "act": "agent"}
+    assert await world.code("tok") == "token-malformed"
 
 
 # -- Okta org authorization servers ---------------------------------------------------------

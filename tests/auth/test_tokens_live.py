@@ -211,6 +211,34 @@ async def test_act_of_an_opaque_exchanged_token(http: httpx.AsyncClient, idp: Id
     assert who.json()["rows"] == [{"actor": "order-agent", "user": "support-console"}]
 
 
+async def test_a_flat_act_sub_claim_is_no_actor(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path, audit_file: Path
+) -> None:
+    # A token signed by the provider with a flat claim literally named "act.sub": it must neither
+    # hold the role that names the actor (claims: {act.sub: ...}) nor bind from: claim.act.sub,
+    # and the audit trail rightly shows no delegation.
+    flat = minted(idp_keys, idp.issuer, sub="user-9", **{"act.sub": "order-agent"})
+    who = await http.get("/v1/agent/whoami", headers=bearer(flat))
+    problem(who, 403, "no-allow-role")
+    event = audit_for(audit_file, who.headers["x-request-id"])["protoPayload"]
+    assert event["authenticationInfo"]["serviceAccountDelegationInfo"] == []
+    assert event["metadata"]["decision"]["roles"] == ["support"]
+    # the deny role that names the actor does not hold either: a support person's direct token
+    order = await http.get("/v1/orders/O-1001", headers=bearer(flat))
+    assert order.status_code == 200, order.text
+    # a nested act without sub beside the flat claim: delegated, but no actor to bind or match
+    half = minted(idp_keys, idp.issuer, act={"client_id": "x"}, **{"act.sub": "order-agent"})
+    problem(await http.get("/v1/agent/whoami", headers=bearer(half)), 403, "no-allow-role")
+
+
+async def test_an_act_that_is_no_object_is_refused(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path
+) -> None:
+    token = minted(idp_keys, idp.issuer, act="order-agent")
+    body = problem(await http.get("/v1/orders/O-1001", headers=bearer(token)), 401, "token-malformed")
+    assert "act claim" in body["detail"]
+
+
 # -- ID tokens, org servers, attacks ----------------------------------------------------------
 
 

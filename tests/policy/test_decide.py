@@ -66,7 +66,8 @@ ROLE_NAMES = ["r0", "r1", "r2", "r3"]
 ENTRY = st.fixed_dictionaries(
     {"groups": st.lists(st.sampled_from(GROUPS), min_size=1, max_size=2, unique=True)},
     optional={
-        "scopes": st.lists(st.sampled_from(["s0", "s1"]), min_size=1, max_size=2, unique=True)
+        "scopes": st.lists(st.sampled_from(["s0", "s1"]), min_size=1, max_size=2, unique=True),
+        "delegated": st.booleans(),
     },
 )
 ROLES = st.fixed_dictionaries(
@@ -101,6 +102,7 @@ def policy_data(roles: dict[str, Any], routes: list[dict[str, Any]]) -> dict[str
     st.integers(0, 1),
     st.sampled_from(ROLE_NAMES),
     ENTRY,
+    st.sampled_from([None, {"sub": "agent"}]),
 )
 def test_adding_a_deny_never_turns_a_deny_into_an_allow(
     roles: dict[str, Any],
@@ -111,6 +113,7 @@ def test_adding_a_deny_never_turns_a_deny_into_an_allow(
     which: int,
     denied: str,
     entry: dict[str, Any],
+    act: dict[str, Any] | None,
 ) -> None:
     before = compile_policy(load_policy_data(policy_data(roles, routes), base_dir=REPO))
     # Three ways to add a deny: a role added to a route's deny list, a new deny role, and an
@@ -129,7 +132,8 @@ def test_adding_a_deny_never_turns_a_deny_into_an_allow(
         policy_data({**roles, "extra": [entry]}, new_role),
         policy_data(wider, routes),
     ]
-    principal = caller(before, groups=groups, scp=scopes, tenant="t1")
+    delegation = {} if act is None else {"act": act}  # a delegated token, or a direct one
+    principal = caller(before, groups=groups, scp=scopes, tenant="t1", **delegation)
     facts: RequestFacts = request_facts(
         request, {"id": "1"} if request.startswith("POST") else None
     )
@@ -137,7 +141,7 @@ def test_adding_a_deny_never_turns_a_deny_into_an_allow(
     if first.route is not None:  # the decision is the rule: deny wins, then some allow must hold
         held = before.roles.held(principal)
         rbac = routes[first.route.index]
-        if held & set(rbac["deny"]):
+        if before.roles.held(principal, deny=True) & set(rbac["deny"]):
             assert first.reason == "denied-by-role"
         elif not held & set(rbac["allow"]):
             assert first.reason == "no-allow-role"

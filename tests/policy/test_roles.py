@@ -144,20 +144,43 @@ CLAIM_TESTS = st.one_of(
     st.builds(ClaimTest, matches=st.sampled_from(["x", "x|y", "[a-z]+", "1"])),
     st.just(ClaimTest(present=True)),
 )
+def _entry(**keys: Any) -> RoleEntry:
+    if keys["delegated"] is False and "act.sub" in (keys["claims"] or {}):
+        keys["delegated"] = None  # a load error: delegated: false and a test under act
+    return RoleEntry(**keys)
+
+
 ENTRIES = st.builds(
-    RoleEntry,
+    _entry,
     issuer=st.sampled_from([None, "okta", "corp"]),
     groups=st.one_of(st.none(), st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=2)),
     scopes=st.one_of(st.none(), st.lists(st.sampled_from(["r", "w"]), min_size=1, max_size=2)),
     claims=st.one_of(
-        st.none(), st.dictionaries(st.sampled_from(["k", "m.n"]), CLAIM_TESTS, min_size=1)
+        st.none(), st.dictionaries(st.sampled_from(["k", "m.n", "act.sub"]), CLAIM_TESTS, min_size=1)
     ),
     authenticated=st.just(True),
+    delegated=st.sampled_from([None, True, False]),
 )
 CLAIM_VALUES = st.one_of(st.none(), SCALARS, st.lists(SCALARS, max_size=3), st.just(MISSING))
+ACTS = st.one_of(st.just(MISSING), st.just({}), st.builds(lambda v: {"sub": v}, SCALARS))
 
 
-def oracle(entry: RoleEntry, p: Principal) -> bool:
+def _lookup(claims: Any, path: str) -> Any:
+    """The claim at one of the paths the entries use: nested first; flat only outside act."""
+    if "." not in path:
+        return claims.get(path, MISSING)
+    head, tail = path.split(".", 1)
+    node = claims.get(head)
+    if isinstance(node, dict) and tail in node:
+        return node[tail]
+    return MISSING if head == "act" else claims.get(path, MISSING)
+
+
+def oracle(entry: RoleEntry, p: Principal, deny: bool = False) -> bool:
+    if "act" in p.claims:  # a delegated token: the truth table of the README
+        names_actor = entry.claims is not None and "act.sub" in entry.claims
+        if not (entry.delegated or names_actor or (deny and entry.delegated is None)):
+            return False
     if entry.issuer is not None and entry.issuer != p.issuer:
         return False
     if entry.groups is not None and not set(entry.groups) & p.groups:
@@ -165,7 +188,7 @@ def oracle(entry: RoleEntry, p: Principal) -> bool:
     if entry.scopes is not None and not set(entry.scopes) <= p.scopes:
         return False
     for path, test in (entry.claims or {}).items():
-        actual = p.claim(path)
+        actual = _lookup(p.claims, path)
         values = actual if isinstance(actual, list) else [actual]
         if isinstance(test, ClaimTest) and test.present:
             ok = actual is not MISSING and actual is not None
@@ -194,6 +217,8 @@ def oracle(entry: RoleEntry, p: Principal) -> bool:
     st.frozensets(st.sampled_from(["r", "w"])),
     CLAIM_VALUES,
     CLAIM_VALUES,
+    ACTS,
+    st.booleans(),
 )
 def test_role_matching_agrees_with_the_rules(
     entries: list[RoleEntry],
@@ -202,20 +227,29 @@ def test_role_matching_agrees_with_the_rules(
     scopes: frozenset[str],
     k: Any,
     mn: Any,
+    act: Any,
+    flat_act_sub: bool,
 ) -> None:
     claims: dict[str, Any] = {}
     if k is not MISSING:
         claims["k"] = k
     if mn is not MISSING:
         claims["m"] = {"n": mn}
+    if act is not MISSING:
+        claims["act"] = act
+    if flat_act_sub:  # never read: act.sub is the nested claim only
+        claims["act.sub"] = k if k is not MISSING else "x"
     principal = Principal(
         issuer=issuer, iss="", subject="s", scopes=scopes, groups=groups, claims=claims
     )
     roles = RoleTable({"r": Role(any_of=entries)})
     expected = any(oracle(e, principal) for e in entries)
     assert ("r" in roles.held(principal)) is expected
+    denies = any(oracle(e, principal, deny=True) for e in entries)
+    assert ("r" in roles.held(principal, deny=True)) is denies
     [trace] = roles.trace(principal)
     assert trace.holds is expected
+    assert trace.denies is denies
     assert [e.holds for e in trace.entries] == [oracle(e, principal) for e in entries]
 
 
