@@ -26,7 +26,11 @@ SPANGATE = [sys.executable, "-m", "gateway"]
 
 @pytest.fixture(scope="module")
 def served(
-    demo_database: str, idp: IdpProcess, tmp_path_factory: pytest.TempPathFactory, repo: Path
+    demo_database: str,
+    idp: IdpProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    repo: Path,
+    audit_key: str,
 ) -> Iterator[tuple[str, Path]]:
     port = free_port()
     audit = tmp_path_factory.mktemp("delegation") / "audit.jsonl"
@@ -35,6 +39,7 @@ def served(
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
         "SPANGATE_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(
