@@ -31,13 +31,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 from authlib.oauth2.auth import ClientAuth
 
 from gateway.auth.discovery import DiscoveryError, discover, metadata_url_field
+from gateway.auth.times import numeric_date, time_claims
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import Introspection, Issuer
 
@@ -179,9 +180,9 @@ class Introspector:
             return
         now = self._clock()
         until = now + self._cache_seconds
-        exp = answer.get("exp") if answer is not None else None
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
-            until = min(until, float(exp))
+        exp = numeric_date(answer.get("exp")) if answer is not None else None
+        if exp is not None:
+            until = min(until, exp)
         self._cache[digest] = (answer, until)
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
@@ -201,10 +202,10 @@ class Introspector:
                     f"the token's audience is not one of {list(self.issuer.audiences)}",
                     code="audience-mismatch",
                 )
-        exp, nbf = answer.get("exp"), answer.get("nbf")
-        if _number(exp) and exp <= now - self._leeway:
+        times = time_claims(answer, require_exp=False)  # token-malformed: not a NumericDate
+        if "exp" in times and times["exp"] <= now - self._leeway:
             raise AuthError("the token has expired", code="token-expired")
-        if _number(nbf) and nbf > now + self._leeway:
+        if "nbf" in times and times["nbf"] > now + self._leeway:
             raise AuthError("the token is not valid yet", code="token-not-yet-valid")
         if str(answer.get("token_type", "")).lower() == "refresh_token":
             raise AuthError("a refresh token is not an access token", code="token-malformed")
@@ -225,10 +226,6 @@ def _error(response: httpx.Response) -> str | None:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, str) else None
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def introspectors(

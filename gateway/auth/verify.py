@@ -23,7 +23,6 @@ does, ``token-inactive`` (or ``idp-unavailable`` if one of them could not be ask
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from gateway.auth.presets import (
     principal_from_claims,
 )
 from gateway.auth.principal import Principal
+from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import ClaimNames, Issuer
 
@@ -192,7 +192,7 @@ class TokenVerifier:
             raise AuthError(f"issuer '{runtime.name}' has no keys", code="key-unknown")
         key = await runtime.keys.get_key(kid, alg)
         claims = self._decode(token, runtime, key.key.key, alg)
-        check_times(claims, now, self._leeway)
+        times = check_times(claims, now, self._leeway)
         if runtime.config.refuse_id_tokens and (typ or "").lower() not in (
             "at+jwt",
             "application/at+jwt",
@@ -207,8 +207,7 @@ class TokenVerifier:
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise AuthError("the token's sub claim is not a string", code="token-malformed")
         principal = principal_from_claims(runtime.name, runtime.names, claims)
-        exp = claims["exp"]
-        return principal, float(exp) if isinstance(exp, int | float) else now
+        return principal, times["exp"]
 
     def _decode(self, token: str, runtime: _IssuerRuntime, key: Any, alg: str) -> dict[str, Any]:
         audiences = list(runtime.config.audiences)
@@ -309,27 +308,6 @@ class TokenVerifier:
 
     def _introspected(self, runtime: _IssuerRuntime, answer: Mapping[str, Any]) -> Principal:
         return principal_from_claims(runtime.name, introspection_names(runtime.config), answer)
-
-
-def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    """RFC 7519 times, as numbers only (no strings, no booleans): ``exp`` (required) must be
-    after ``now - leeway``; ``nbf`` and ``iat``, when present, not after ``now + leeway``."""
-    for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if (value is not None or name == "exp") and (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)  # NaN and Infinity compare false: a token for ever
-        ):
-            raise AuthError(f"the token's {name} claim is not a number", code="token-malformed")
-    if claims["exp"] <= now - leeway:
-        raise AuthError("the token has expired", code="token-expired")
-    for name in ("nbf", "iat"):
-        value = claims.get(name)
-        if value is not None and value > now + leeway:
-            raise AuthError(
-                f"the token is not valid yet ({name} is in the future)", code="token-not-yet-valid"
-            )
 
 
 def _short(value: str, limit: int = 120) -> str:

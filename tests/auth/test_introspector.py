@@ -128,6 +128,11 @@ async def test_concurrent_calls_for_one_token_share_one_request() -> None:
         (active(token_type="refresh_token"), "token-malformed"),  # noqa: S106
         ({"active": True, "client_id": "svc"}, None),  # subject: the client
         ({"active": True}, "token-malformed"),
+        # times beyond float range or not numbers: malformed, not a 500
+        (active(exp=10**400), "token-malformed"),
+        (active(nbf=10**400), "token-malformed"),
+        (active(iat=10**400), "token-malformed"),
+        (active(exp="tomorrow"), "token-malformed"),
     ],
 )
 async def test_active_answers_are_checked(answer: dict[str, Any], code: str | None) -> None:

@@ -175,6 +175,11 @@ async def test_issuer_is_chosen_by_exact_iss() -> None:
         ({"exp": True}, "token-malformed"),
         ({"iat": "0"}, "token-malformed"),
         ({"nbf": [0]}, "token-malformed"),
+        # integers beyond float range (JSON has no limit): malformed, not a 500
+        ({"exp": 10**400}, "token-malformed"),
+        ({"nbf": 10**400}, "token-malformed"),
+        ({"iat": 10**400}, "token-malformed"),
+        ({"exp": -(10**400)}, "token-malformed"),
     ],
 )
 async def test_claim_rules(world: World, rsa: Key, change: dict[str, Any], code: str) -> None:

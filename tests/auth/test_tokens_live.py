@@ -326,6 +326,15 @@ async def test_attacks_are_refused(
     problem(await http.get("/v1/orders/O-1001", headers=bearer(made[attack]())), 401, code)
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_a_time_beyond_float_range_is_malformed(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path, claim: str
+) -> None:
+    huge = minted(idp_keys, idp.issuer, **{claim: 10**400})  # valid JSON, no float value
+    body = problem(await http.get("/v1/orders/O-1001", headers=bearer(huge)), 401, "token-malformed")
+    assert claim in body["detail"]
+
+
 # -- key rotation and IdP outages (their own provider and gateway) -------------------------------
 
 
