@@ -13,8 +13,9 @@ Contract:
   body) is ``IdpUnavailable`` (503 with Retry-After): the caller's token is not at fault.
 - ``active: false`` -> None. ``active: true`` is checked before it is believed: ``iss`` (when
   present) must be the issuer, ``aud`` (when present) must hold a configured audience, ``exp`` and
-  ``nbf`` (when present) must hold within the leeway, and a ``refresh_token`` is refused; it must
-  name a subject (``sub``, else ``client_id``). Failures are AuthErrors with the usual codes.
+  ``nbf`` (when present) must hold within the leeway, a ``refresh_token`` is refused, and so is a
+  sender-constrained token (``cnf``: ``token-sender-constrained``); it must name a subject
+  (``sub``, else ``client_id``). Failures are AuthErrors with the usual codes.
 - Answers are cached by SHA-256 of the token (bounded, least recently used first out): an active
   one until the earlier of its ``exp`` and ``cache_seconds`` from now, an inactive one for
   ``cache_seconds`` (so a flood of one bad token asks the IdP once). ``cache_seconds=0``: no cache,
@@ -38,6 +39,7 @@ import httpx
 from authlib.oauth2.auth import ClientAuth
 
 from gateway.auth.discovery import DiscoveryError, discover, metadata_url_field
+from gateway.auth.sender import binding, sender_constrained
 from gateway.auth.times import numeric_date, time_claims
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import Introspection, Issuer
@@ -207,6 +209,8 @@ class Introspector:
             raise AuthError("the token has expired", code="token-expired")
         if "nbf" in times and times["nbf"] > now + self._leeway:
             raise AuthError("the token is not valid yet", code="token-not-yet-valid")
+        if "cnf" in answer:
+            raise sender_constrained(binding(answer["cnf"]))
         if str(answer.get("token_type", "")).lower() == "refresh_token":
             raise AuthError("a refresh token is not an access token", code="token-malformed")
         subject = answer.get("sub")

@@ -4,11 +4,13 @@ JWTs: the token's ``iss`` (read before the signature is checked, used only to pi
 must equal one configured issuer exactly; that issuer's pinned algorithms, audiences and keys then
 decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, ``iss``/``aud``/
 ``exp``/``sub`` required, ``nbf``/``iat`` honoured with the configured leeway, and an unknown
-``crit`` header refused. Keys come only from the issuer's JWKS (never from ``jku``, ``x5u``,
-``jwk`` or ``x5c`` headers), and a key must fit the alg (type, curve, declared alg). ``typ`` may
-be absent, ``JWT`` or ``at+jwt``; a recognisable ID token is refused unless the issuer says
-``refuse_id_tokens: false``. Verified JWTs are cached by SHA-256 of the token (bounded, least
-recently used first out), each entry living no longer than the token's ``exp``.
+``crit`` header refused. A sender-constrained token (a ``cnf`` claim: DPoP or mTLS bound) is
+refused with ``token-sender-constrained``: the gateway does not verify such bindings. Keys come
+only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk`` or ``x5c`` headers), and a key
+must fit the alg (type, curve, declared alg). ``typ`` may be absent, ``JWT`` or ``at+jwt``; a
+recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false``. Verified
+JWTs are cached by SHA-256 of the token (bounded, least recently used first out), each entry
+living no longer than the token's ``exp``.
 
 Okta org authorization servers (``preset: okta``, issuer without ``/oauth2/``): their tokens are
 never validated locally; they are introspected when the issuer configures introspection, else
@@ -42,6 +44,8 @@ from gateway.auth.presets import (
     principal_from_claims,
 )
 from gateway.auth.principal import Principal
+from gateway.auth.sender import binding as _binding
+from gateway.auth.sender import sender_constrained
 from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import ClaimNames, Issuer
@@ -67,6 +71,8 @@ def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_byte
             "more than one Authorization header; send exactly one", code="token-malformed"
         )
     scheme, _, token = authorization[0].strip().partition(" ")
+    if scheme.lower() == "dpop":
+        raise sender_constrained("a DPoP key (RFC 9449)")
     if scheme.lower() != "bearer":
         shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
         raise AuthError(
@@ -206,6 +212,8 @@ class TokenVerifier:
                 )
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise AuthError("the token's sub claim is not a string", code="token-malformed")
+        if "cnf" in claims:
+            raise sender_constrained(_binding(claims["cnf"]))
         principal = principal_from_claims(runtime.name, runtime.names, claims)
         return principal, times["exp"]
 

@@ -133,6 +133,8 @@ async def test_concurrent_calls_for_one_token_share_one_request() -> None:
         (active(nbf=10**400), "token-malformed"),
         (active(iat=10**400), "token-malformed"),
         (active(exp="tomorrow"), "token-malformed"),
+        (active(cnf={"x5t#S256": "bwcK0esc3A"}), "token-sender-constrained"),  # RFC 8705
+        (active(cnf={"jkt": "0ZcOCORZNYy"}), "token-sender-constrained"),  # RFC 9449
     ],
 )
 async def test_active_answers_are_checked(answer: dict[str, Any], code: str | None) -> None:

@@ -393,6 +393,18 @@ async def test_opaque_tokens_try_introspecting_issuers_in_policy_order() -> None
     assert await world.code("another-token") == "idp-unavailable"  # one could not be asked
 
 
+@pytest.mark.parametrize(
+    "cnf", [{"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, {"x5t#S256": "bwcK0esc3A"}, {}]
+)
+async def test_sender_constrained_tokens_are_refused(
+    world: World, rsa: Key, cnf: dict[str, str]
+) -> None:
+    with pytest.raises(AuthError) as refused:
+        await world.verify(rsa.sign(claims(now=NOW, cnf=cnf)))
+    assert refused.value.code == "token-sender-constrained"
+    assert "does not verify DPoP or mutual-TLS" in refused.value.detail
+
+
 # -- the Authorization header -----------------------------------------------------------------
 
 
@@ -407,6 +419,7 @@ async def test_opaque_tokens_try_introspecting_issuers_in_policy_order() -> None
         (["Bearer abc def"], False, "token-malformed"),
         (['Bearer abc"def'], False, "token-malformed"),
         (["Bearer " + "a" * 20_000], False, "token-malformed"),
+        (["DPoP a.b.c"], False, "token-sender-constrained"),
     ],
 )
 def test_bearer_token_refusals(headers: list[str], in_query: bool, code: str) -> None:

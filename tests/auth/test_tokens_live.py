@@ -335,6 +335,18 @@ async def test_a_time_beyond_float_range_is_malformed(
     assert claim in body["detail"]
 
 
+async def test_a_sender_constrained_token_is_refused(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path
+) -> None:
+    bound = minted(idp_keys, idp.issuer, cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+    body = problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(bound)), 401, "token-sender-constrained"
+    )
+    assert "DPoP" in body["detail"]
+    dpop = await http.get("/v1/orders/O-1001", headers={"Authorization": f"DPoP {bound}"})
+    problem(dpop, 401, "token-sender-constrained")
+
+
 # -- key rotation and IdP outages (their own provider and gateway) -------------------------------
 
 
