@@ -86,6 +86,9 @@ def build_gateway(
                 client,
                 cache_seconds=settings.introspection_cache_seconds,
                 leeway=settings.leeway_seconds,
+                rate=settings.introspection_rate,
+                burst=settings.introspection_burst,
+                max_concurrency=settings.introspection_concurrency,
             ),
             leeway=settings.leeway_seconds,
         )

@@ -71,6 +71,21 @@ class Settings(BaseSettings):
         description="How long an introspection answer is reused (an active one never past its "
         "exp); 0: ask the IdP on every request, so revocations are seen at once.",
     )
+    introspection_rate: float = Field(
+        50.0,
+        gt=0,
+        description="Introspection calls per second per issuer (token bucket); beyond it, "
+        "503 introspection-busy without calling the IdP (cached answers keep serving).",
+    )
+    introspection_burst: int = Field(
+        100, ge=1, description="Introspection calls per issuer allowed at once after a quiet spell."
+    )
+    introspection_concurrency: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Introspection calls in flight per issuer (as many again may wait for a slot).",
+    )
 
     # Audit
     audit_path: Path | None = Field(

@@ -18,8 +18,10 @@ refused with ``org-server-token``. A token whose ``iss`` is the origin of a conf
 authorization server is refused the same way, with advice.
 
 Opaque tokens (anything that is not three dot-separated parts) go to RFC 7662 introspection at
-the issuers that configure it, in policy order: the first that says active decides; when none
-does, ``token-inactive`` (or ``idp-unavailable`` if one of them could not be asked).
+the issuers that configure it and whose token format (length, characters) they fit, in policy
+order (fitting none: ``token-malformed``, without a call): the first that says active decides;
+when none does, ``token-inactive`` (or ``idp-unavailable``/``introspection-busy`` if one of them
+could not be asked).
 """
 
 from __future__ import annotations
@@ -296,8 +298,22 @@ class TokenVerifier:
                 "policy introspects opaque tokens",
                 code="token-malformed",
             )
+        # Before any call: a string that cannot be a token of an introspecting issuer (length,
+        # characters) is refused here, so junk never reaches an IdP or its budget.
+        fitting = [rt for rt in candidates if rt.introspector and rt.introspector.accepts(token)]
+        if not fitting:
+            shapes = "; ".join(
+                f"'{rt.name}': {rt.introspector.describe_format()}"
+                for rt in candidates
+                if rt.introspector is not None
+            )
+            raise AuthError(
+                "the token is neither a JWT nor an opaque token of an issuer that introspects "
+                f"({shapes})",
+                code="token-malformed",
+            )
         unavailable: IdpUnavailable | None = None
-        for runtime in candidates:
+        for runtime in fitting:
             assert runtime.introspector is not None
             try:
                 answer = await runtime.introspector.introspect(token)

@@ -10,10 +10,12 @@ import asyncio
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -88,7 +90,12 @@ def minted(keys_path: Path, iss: str, **extra: Any) -> str:
 
 @asynccontextmanager
 async def gateway_for(
-    issuer: str, demo_database: str, audit: Path, **settings: Any
+    issuer: str,
+    demo_database: str,
+    audit: Path,
+    *,
+    idp_client: httpx.AsyncClient | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
     origin = issuer.removesuffix("/oauth2/default")
     env = {
@@ -101,6 +108,7 @@ async def gateway_for(
     app = build_gateway(
         Settings(policy=POLICY, spanner_emulator_host=demo_database, audit_path=audit, **options),
         env=env,
+        http=idp_client,
     )
     await app.startup()
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
@@ -173,6 +181,81 @@ async def test_unknown_opaque_token_is_inactive(http: httpx.AsyncClient) -> None
         401,
         "token-inactive",
     )
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The real HTTP transport, counting the requests per path (what the IdP is asked)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.paths: Counter[str] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths[request.url.path] += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_flood_of_random_opaque_tokens_makes_bounded_idp_calls(
+    idp: IdpProcess, demo_database: str, tmp_path: Path
+) -> None:
+    counting = CountingTransport()
+    rate, burst = 2.0, 5
+    async with (
+        httpx.AsyncClient(transport=counting, timeout=5) as idp_client,
+        gateway_for(
+            idp.issuer,
+            demo_database,
+            tmp_path / "flood.jsonl",
+            idp_client=idp_client,
+            introspection_cache_seconds=60,
+            introspection_rate=rate,
+            introspection_burst=burst,
+            introspection_concurrency=4,
+        ) as (app, http),
+    ):
+        good = token(idp, "support-console", resource=OPAQUE_RESOURCE)
+        first = await http.get("/v1/orders/O-1001", headers=bearer(good))
+        assert first.status_code == 200, first.text
+        introspect_path = urlsplit(f"{idp.issuer}/v1/introspect").path
+        before = counting.paths[introspect_path]
+        okta = app.verifier.introspectors["okta"]
+        hits = okta.cache_hits
+
+        # strings that cannot be a token of the provider: refused before any call
+        junk = [secrets.token_urlsafe(16), secrets.token_urlsafe(64), "~" * 43]
+        for value in junk:
+            problem(await http.get("/v1/orders/O-1001", headers=bearer(value)), 401, "token-malformed")
+        assert counting.paths[introspect_path] == before
+
+        started = time.monotonic()
+        flood = [secrets.token_urlsafe(32) for _ in range(300)]
+        answers = await asyncio.gather(
+            *(http.get("/v1/orders/O-1001", headers=bearer(t)) for t in flood),
+            *(http.get("/v1/orders/O-1001", headers=bearer(good)) for _ in range(20)),
+        )
+        elapsed = time.monotonic() - started
+        flooded, legitimate = answers[:300], answers[300:]
+        codes = Counter(a.json()["code"] for a in flooded)
+        assert set(codes) <= {"token-inactive", "introspection-busy"}, codes
+        assert codes["introspection-busy"] > 0
+        busy = next(a for a in flooded if a.json()["code"] == "introspection-busy")
+        assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+        assert [a.status_code for a in legitimate] == [200] * 20  # served from the cache
+        assert okta.cache_hits - hits == 20
+        # two introspecting issuers (okta, org), each with its own budget
+        calls = counting.paths[introspect_path] - before
+        assert calls <= 2 * (burst + rate * elapsed + 1), (calls, elapsed)
+
+        ready = (await http.get("/readyz")).json()["issuers"]["okta"]["introspection"]
+        assert ready["refused"]["rate"] > 0 and ready["refused"]["format"] == len(junk)
+        assert ready["cached_active"] == 1 and ready["cached_inactive"] >= 1
+        metrics = (await http.get("/metrics")).text
+        assert 'spangate_introspection_calls_total{issuer="okta",result="active"} 1' in metrics
+        refused = f'spangate_introspection_refused_total{{issuer="okta",reason="format"}} {len(junk)}'
+        assert refused in metrics
 
 
 # -- delegation (RFC 8693 act) ------------------------------------------------------------------
