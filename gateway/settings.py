@@ -62,7 +62,17 @@ class Settings(BaseSettings):
         description="At most one JWKS fetch per issuer per this interval for unknown kids.",
     )
     http_timeout_seconds: float = Field(
-        5.0, gt=0, description="Timeout for calls to identity providers."
+        5.0,
+        gt=0,
+        description="Timeout for calls to identity providers; also the overall deadline of one "
+        "key fetch or endpoint discovery, however many metadata documents are tried.",
+    )
+    jwks_retry_max_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="While an issuer's keys are missing or failing, they are fetched again in the "
+        "background after 1 s, doubling up to this (jittered).",
     )
     introspection_cache_seconds: float = Field(
         60.0,

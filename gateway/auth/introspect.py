@@ -28,8 +28,8 @@ Contract:
   most ``max_concurrency`` calls in flight, with as many again waiting for a slot; beyond that,
   ``IntrospectionBusy`` (503 ``introspection-busy``). After a 429 no call is made until its
   ``Retry-After`` (at most 300 s; without one 1 s, doubling per 429 in a row up to 60 s) has
-  passed: ``IdpUnavailable`` with the remaining time as Retry-After. Endpoint discovery counts as
-  a call and runs once at a time.
+  passed: ``IdpUnavailable`` with the remaining time as Retry-After. Endpoint discovery runs
+  within the call's budget, once at a time (shared by all waiting), within ``deadline_seconds``.
 - Counters (``/readyz`` and ``/metrics``): calls by result (``active``, ``inactive``,
   ``throttled`` for a 429, ``error``), refusals by reason (``format``, ``rate``, ``concurrency``,
   ``backoff``) and cache hits.
@@ -117,6 +117,7 @@ class Introspector:
         burst: int = 100,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        deadline_seconds: float | None = None,
     ) -> None:
         if issuer.introspection is None:
             raise ValueError(f"issuer {name!r} does not configure introspection")
@@ -133,7 +134,8 @@ class Introspector:
         self._pending = 0  # calls admitted and not finished (in flight or waiting for a slot)
         self._clock = clock
         self._endpoint: str | None = self._config.endpoint
-        self._resolving = asyncio.Lock()
+        self._resolving: asyncio.Task[str] | None = None
+        self._deadline = deadline_seconds
         self._auth = ClientAuth(
             self._config.client_id, self._config.client_secret, self._config.auth_method
         )
@@ -231,19 +233,25 @@ class Introspector:
     async def _resolve(self) -> str:
         if self._endpoint is not None:
             return self._endpoint
-        async with self._resolving:  # one discovery at a time; the others use its result
-            if self._endpoint is not None:
-                return self._endpoint
-            try:
+        # One discovery at a time, shared by everyone waiting (its failure too); within one
+        # overall deadline, however many metadata documents there are to try.
+        if self._resolving is None or self._resolving.done():
+            self._resolving = asyncio.ensure_future(self._discover())
+        return await asyncio.shield(self._resolving)
+
+    async def _discover(self) -> str:
+        try:
+            async with asyncio.timeout(self._deadline):
                 meta = await discover(self._client, self.issuer.issuer)
-                endpoint = metadata_url_field(meta, "introspection_endpoint")
-            except DiscoveryError as exc:
-                self._last_error = f"discovery: {exc}"
-                self.results["error"] += 1
-                raise IdpUnavailable(
-                    f"the introspection endpoint of issuer '{self.name}' is unknown: {exc}"
-                ) from exc
-            self._endpoint = endpoint or self.issuer.issuer.rstrip("/") + "/v1/introspect"
+            endpoint = metadata_url_field(meta, "introspection_endpoint")
+        except (DiscoveryError, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {self._deadline} s"
+            self._last_error = f"discovery: {why}"
+            self.results["error"] += 1
+            raise IdpUnavailable(
+                f"the introspection endpoint of issuer '{self.name}' is unknown: {why}"
+            ) from exc
+        self._endpoint = endpoint or self.issuer.issuer.rstrip("/") + "/v1/introspect"
         return self._endpoint
 
     async def _ask(self, token: str, digest: bytes) -> Answer | None:
@@ -361,6 +369,7 @@ def introspectors(
     rate: float = 50.0,
     burst: int = 100,
     max_concurrency: int = 8,
+    deadline_seconds: float | None = None,
 ) -> dict[str, Introspector]:
     """One Introspector per issuer that configures ``introspection``, in policy order."""
     return {
@@ -373,6 +382,7 @@ def introspectors(
             rate=rate,
             burst=burst,
             max_concurrency=max_concurrency,
+            deadline_seconds=deadline_seconds,
         )
         for name, cfg in issuers.items()
         if cfg.introspection is not None

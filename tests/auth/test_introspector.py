@@ -405,3 +405,25 @@ def test_token_bucket() -> None:
     assert bucket.take() == 0.0 and bucket.take() == 0.5
     clock.advance(100)
     assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.5]  # never more than the burst
+
+
+async def test_discovery_of_a_hung_issuer_is_shared_and_bounded_by_one_deadline() -> None:
+    started: list[str] = []
+
+    async def hung(request: httpx.Request) -> httpx.Response:
+        started.append(str(request.url))
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    cfg = issuer_config(ISSUER, introspection={"client_id": "gw", "client_secret": "s"})
+    intro = Introspector(
+        name="okta",
+        issuer=cfg,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(hung)),
+        deadline_seconds=0.3,
+    )
+    async with asyncio.timeout(30):  # without a deadline: for ever
+        codes = await asyncio.gather(*(_code(intro, f"token-{i}") for i in range(5)))
+    assert codes == ["idp-unavailable"] * 5
+    assert len(started) == 1  # one discovery for all five, not one per metadata document
+    assert "within 0.3 s" in (intro.state().last_error or "")

@@ -548,3 +548,28 @@ async def test_idp_down_on_a_cold_start_is_503_then_recovers(
             assert (await http.get("/readyz")).json()["issuers"]["okta"]["ready"] is True
     finally:
         provider.stop()
+
+
+async def test_readiness_follows_the_idp_after_a_cold_start_without_any_token(
+    demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
+) -> None:
+    keys = own_keys("readyz")
+    provider = start_idp(idp_dir=IDP_DIR, keys_path=keys)
+    port = provider.port
+    provider.stop()  # the gateway starts while nothing answers on the issuer's port
+    try:
+        async with gateway_for(
+            provider.issuer, demo_database, tmp_path / "r.jsonl", jwks_retry_max_seconds=2
+        ) as (app, http):
+            readyz = await http.get("/readyz")
+            assert readyz.status_code == 503
+            assert readyz.json()["issuers"]["okta"]["keys"] == 0
+            provider = start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
+            async with asyncio.timeout(60):  # generous: retries are at most ~2 s apart
+                while (readyz := await http.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.25)
+            state = readyz.json()["issuers"]["okta"]
+            assert state["ready"] is True and state["keys"] == 2 and state["last_error"] is None
+            assert app.metrics.requests.total() == 0  # no token was sent: healed by itself
+    finally:
+        provider.stop()
