@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +36,7 @@ from gateway.dev.idp import (
     start_idp,
 )
 from gateway.dev.keys import write_signing_keys
+from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
@@ -550,26 +555,63 @@ async def test_idp_down_on_a_cold_start_is_503_then_recovers(
         provider.stop()
 
 
-async def test_readiness_follows_the_idp_after_a_cold_start_without_any_token(
+def test_readiness_follows_the_idp_after_a_cold_start_without_any_token(
     demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
 ) -> None:
+    """A real `spangate serve` started while its issuer does not answer (a Kubernetes pod whose
+    readiness probe keeps traffic away): /readyz turns 200 once the issuer is back, with no
+    token ever sent."""
     keys = own_keys("readyz")
     provider = start_idp(idp_dir=IDP_DIR, keys_path=keys)
     port = provider.port
     provider.stop()  # the gateway starts while nothing answers on the issuer's port
+    origin = provider.issuer.removesuffix("/oauth2/default")
+    gateway_port = free_port()
+    env = {
+        **os.environ,
+        "ISSUER": provider.issuer,
+        "ORG_ISSUER": origin,
+        "ORG_ONLY_ISSUER": origin.replace("127.0.0.1", "localhost"),
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "SPANGATE_AUDIT_PATH": str(tmp_path / "serve.jsonl"),
+        "SPANGATE_JWKS_RETRY_MAX_SECONDS": "2",
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "gateway", "serve", "--policy", str(POLICY)]
+    server = subprocess.Popen(
+        [*command, "--port", str(gateway_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    readyz = f"http://127.0.0.1:{gateway_port}/readyz"
+
+    def status() -> httpx.Response | None:
+        assert server.poll() is None, "spangate serve exited"
+        try:
+            return httpx.get(readyz, timeout=5)
+        except httpx.TransportError:
+            return None
+
     try:
-        async with gateway_for(
-            provider.issuer, demo_database, tmp_path / "r.jsonl", jwks_retry_max_seconds=2
-        ) as (app, http):
-            readyz = await http.get("/readyz")
-            assert readyz.status_code == 503
-            assert readyz.json()["issuers"]["okta"]["keys"] == 0
-            provider = start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
-            async with asyncio.timeout(60):  # generous: retries are at most ~2 s apart
-                while (readyz := await http.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.25)
-            state = readyz.json()["issuers"]["okta"]
-            assert state["ready"] is True and state["keys"] == 2 and state["last_error"] is None
-            assert app.metrics.requests.total() == 0  # no token was sent: healed by itself
+        deadline = time.monotonic() + 60  # generous: the start-up warms Spanner sessions
+        while (answer := status()) is None or answer.json().get("databases_warmed") is not True:
+            assert time.monotonic() < deadline, "spangate serve never finished starting"
+            time.sleep(0.2)
+        assert answer.status_code == 503
+        assert answer.json()["issuers"]["okta"]["keys"] == 0
+        provider = start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
+        deadline = time.monotonic() + 60  # generous: retries are at most ~2 s apart
+        while (answer := status()) is None or answer.status_code != 200:
+            assert time.monotonic() < deadline, answer.text if answer else "no answer"
+            time.sleep(0.25)
+        state = answer.json()["issuers"]["okta"]
+        assert state["ready"] is True and state["keys"] == 2 and state["last_error"] is None
     finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         provider.stop()
