@@ -97,6 +97,13 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                     "calls": seen.calls,
                     "cached": seen.cached,
                     "last_error": seen.last_error,
+                    "cached_active": seen.cached_active,
+                    "cached_inactive": seen.cached_inactive,
+                    "cache_hits": seen.cache_hits,
+                    "calls_by_result": dict(seen.calls_by_result),
+                    "refused": dict(seen.refused),
+                    "in_flight": seen.in_flight,
+                    "backoff_seconds": round(seen.backoff_seconds, 1),
                 }
         ready = serving_ready(gateway)
         body = {

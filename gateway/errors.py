@@ -10,6 +10,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
     └── GatewayError                   anything answered to a caller (code, status)
         ├── AuthError            401   token-missing, token-malformed, token-expired, ...
         ├── IdpUnavailable       503   idp-unavailable (Retry-After)
+        │   └── IntrospectionBusy 503  introspection-busy (Retry-After)
         ├── Forbidden            403   no-allow-role, denied-by-role
         ├── RouteNotFound        404   no-route
         ├── MethodNotAllowed     405   method-not-allowed (Allow header)
@@ -34,6 +35,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "IdpUnavailable",
+    "IntrospectionBusy",
     "MethodNotAllowed",
     "ParameterError",
     "PayloadTooLarge",
@@ -135,6 +137,14 @@ class IdpUnavailable(GatewayError):
 
     def __init__(self, detail: str, *, retry_after: int = 5) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class IntrospectionBusy(IdpUnavailable):
+    """The gateway's own budget of introspection calls to an IdP is spent for now (a flood of
+    unknown opaque tokens): refused without calling the IdP; cached tokens keep working."""
+
+    code = "introspection-busy"
+    title = "Token introspection busy"
 
 
 class Forbidden(GatewayError):

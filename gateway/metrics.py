@@ -81,6 +81,34 @@ def render_metrics(gateway: Gateway) -> str:
             f'spangate_jwks_keys_ready{{issuer="{_label(name)}"}} {int(cache.state().ready)}'
         )
 
+    introspectors = sorted(gateway.verifier.introspectors.items())
+    out += [
+        "# HELP spangate_introspection_calls_total Introspection calls to the IdP per issuer, "
+        "by result (active, inactive, throttled: a 429, error).",
+        "# TYPE spangate_introspection_calls_total counter",
+    ]
+    for name, introspector in introspectors:
+        for result, count in sorted(introspector.results.items()):
+            labels = f'issuer="{_label(name)}",result="{_label(result)}"'
+            out.append(f"spangate_introspection_calls_total{{{labels}}} {count}")
+    out += [
+        "# HELP spangate_introspection_refused_total Opaque tokens refused without calling the "
+        "IdP per issuer, by reason (format, rate, concurrency, backoff).",
+        "# TYPE spangate_introspection_refused_total counter",
+    ]
+    for name, introspector in introspectors:
+        for reason, count in sorted(introspector.refused.items()):
+            labels = f'issuer="{_label(name)}",reason="{_label(reason)}"'
+            out.append(f"spangate_introspection_refused_total{{{labels}}} {count}")
+    out += [
+        "# HELP spangate_introspection_cache_hits_total Introspection answers served from the "
+        "cache per issuer.",
+        "# TYPE spangate_introspection_cache_hits_total counter",
+    ]
+    for name, introspector in introspectors:
+        hits = introspector.cache_hits
+        out.append(f'spangate_introspection_cache_hits_total{{issuer="{_label(name)}"}} {hits}')
+
     series = (
         ("events_written_total", "counter", "Audit events written, per sink.", "events_written"),
         (

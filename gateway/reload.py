@@ -132,6 +132,10 @@ class PolicyReloader:
                 return True
             verifier = await self._verifier_for(policy)
             self.gateway.swap(policy, verifier)
+            kept = {id(cache) for cache in verifier.caches.values()}
+            for cache in current.verifier.caches.values():
+                if id(cache) not in kept:
+                    await cache.aclose()  # its background retries end with it
             self.reloads += 1
             self.last_error = None
             log.info(

@@ -51,6 +51,11 @@ async def _analyze(executor: Executor, app: Gateway) -> None:
     await executor.analyze(app.policy)
 
 
+async def _close_caches(app: Gateway) -> None:
+    for cache in app.verifier.caches.values():
+        await cache.aclose()
+
+
 def build_gateway(
     settings: Settings,
     *,
@@ -83,6 +88,9 @@ def build_gateway(
             stale_seconds=settings.jwks_stale_seconds,
             min_refetch_seconds=settings.jwks_min_refetch_seconds,
             enabled=not is_org_server(cfg),  # an Okta org server's tokens are introspected
+            deadline_seconds=settings.http_timeout_seconds,
+            background=True,  # retried while cold or failing, so readiness follows the IdP
+            retry_max_seconds=settings.jwks_retry_max_seconds,
         )
 
     def make_verifier(policy: CompiledPolicy, caches: Mapping[str, JwksCache]) -> TokenVerifier:
@@ -95,6 +103,10 @@ def build_gateway(
                 client,
                 cache_seconds=settings.introspection_cache_seconds,
                 leeway=settings.leeway_seconds,
+                rate=settings.introspection_rate,
+                burst=settings.introspection_burst,
+                max_concurrency=settings.introspection_concurrency,
+                deadline_seconds=settings.http_timeout_seconds,
             ),
             leeway=settings.leeway_seconds,
         )
@@ -135,5 +147,6 @@ def build_gateway(
     app.on_startup.insert(0, lambda: _analyze(executor, app))
     app.on_startup.append(reloader.start)
     app.on_startup.append(audit.start)  # open the sinks, read each predecessor's last hash
+    closers.insert(0, lambda: _close_caches(app))
     closers.insert(0, reloader.stop)
     return app

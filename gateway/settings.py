@@ -62,7 +62,17 @@ class Settings(BaseSettings):
         description="At most one JWKS fetch per issuer per this interval for unknown kids.",
     )
     http_timeout_seconds: float = Field(
-        5.0, gt=0, description="Timeout for calls to identity providers."
+        5.0,
+        gt=0,
+        description="Timeout for calls to identity providers; also the overall deadline of one "
+        "key fetch or endpoint discovery, however many metadata documents are tried.",
+    )
+    jwks_retry_max_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="While an issuer's keys are missing or failing, they are fetched again in the "
+        "background after 1 s, doubling up to this (jittered).",
     )
     introspection_cache_seconds: float = Field(
         60.0,
@@ -70,6 +80,21 @@ class Settings(BaseSettings):
         le=3600,
         description="How long an introspection answer is reused (an active one never past its "
         "exp); 0: ask the IdP on every request, so revocations are seen at once.",
+    )
+    introspection_rate: float = Field(
+        50.0,
+        gt=0,
+        description="Introspection calls per second per issuer (token bucket); beyond it, "
+        "503 introspection-busy without calling the IdP (cached answers keep serving).",
+    )
+    introspection_burst: int = Field(
+        100, ge=1, description="Introspection calls per issuer allowed at once after a quiet spell."
+    )
+    introspection_concurrency: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Introspection calls in flight per issuer (as many again may wait for a slot).",
     )
 
     # Audit

@@ -20,13 +20,23 @@ Contract (per issuer; every time is read from the injected ``clock``):
 - ``jku``/``x5u``/``jwk``/``x5c`` token headers are never consulted: keys come only from here.
 - ``enabled=False`` (an issuer whose tokens are only introspected, e.g. an Okta org server): no
   fetches; ``state()`` says ready with no keys; ``get_key`` raises ``key-unknown``.
+- A fetch (discovery and the JWKS request together) has one overall deadline,
+  ``deadline_seconds``: a hung issuer costs a cold request at most that long, however many
+  discovery documents there are to try. Once discovery has found the ``jwks_uri`` it is not
+  repeated.
+- With ``background=True`` (the server) ``start()`` also starts a task that keeps the cache
+  healthy without waiting for a token: while the cache is cold or its last fetch failed it retries
+  after 1 s, doubling up to ``retry_max_seconds`` (each wait jittered down to half), so readiness
+  follows the IdP; while healthy it refreshes the keys when they are due. ``aclose()`` stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable
@@ -105,6 +115,9 @@ class JwksCache:
         min_refetch_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         enabled: bool = True,
+        deadline_seconds: float | None = None,
+        background: bool = False,
+        retry_max_seconds: float = 60.0,
     ) -> None:
         self.name = name
         self.issuer = issuer
@@ -122,12 +135,27 @@ class JwksCache:
         self._attempted_at: float | None = None  # when the last fetch started
         self._inflight: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        self._deadline = deadline_seconds
+        self._background = background
+        self._retry_max = max(retry_max_seconds, 0.001)
+        self._keeper: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # healthy <-> failing: the keeper recomputes its wait
         self.fetches = 0  # HTTP fetches of the JWKS document, for tests and metrics
 
     # -- public -------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.enabled:
             await self._fetch_once()
+            if self._background and self._keeper is None:
+                self._keeper = asyncio.ensure_future(self._keep())
+
+    async def aclose(self) -> None:
+        """Stop the background task (the cache keeps answering from what it has)."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     @property
     def ttl_seconds(self) -> float:
@@ -221,22 +249,56 @@ class JwksCache:
             inflight = self._inflight = asyncio.ensure_future(self._fetch())
         await asyncio.shield(inflight)
 
+    def _healthy(self) -> bool:
+        return self._fetched_at is not None and self._last_error is None and self._usable()
+
+    async def _keep(self) -> None:
+        """The background task (see the module docstring); never raises but CancelledError."""
+        failures = 0
+        while True:
+            if self._healthy():
+                failures = 0
+                assert self._fetched_at is not None
+                wait = max(1.0, self._ttl - (self._clock() - self._fetched_at))
+            else:
+                wait = min(2.0**failures, self._retry_max) * random.uniform(0.5, 1.0)  # noqa: S311
+                failures += 1
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait)
+                continue  # a request's fetch changed the state: wait again from there
+            except TimeoutError:
+                pass
+            inflight = self._running()
+            if inflight is None:
+                inflight = self._inflight = asyncio.ensure_future(self._fetch())
+            await asyncio.shield(inflight)
+
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()
+        was_healthy = self._healthy()
         try:
-            uri = self._jwks_uri or await self._discover()
-            self.fetches += 1
-            response = await self._client.get(uri, headers={"Accept": "application/json"})
+            async with asyncio.timeout(self._deadline):
+                uri = self._jwks_uri or await self._discover()
+                self.fetches += 1
+                response = await self._client.get(uri, headers={"Accept": "application/json"})
             response.raise_for_status()
             keys = self._parse(response.json())
         except Exception as exc:  # noqa: BLE001 - any failure leaves the last good keys serving
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TimeoutError):
+                self._last_error = f"TimeoutError: no answer within {self._deadline} s"
+            else:
+                self._last_error = f"{type(exc).__name__}: {exc}"
             log.warning("jwks fetch for issuer %s failed: %s", self.name, self._last_error)
+            if was_healthy:
+                self._changed.set()
             return
         self._keys = keys
         self._fetched_at = self._clock()
         self._ttl = self._ttl_from(response.headers.get("cache-control", ""))
         self._last_error = None
+        if not was_healthy:
+            self._changed.set()
 
     async def _discover(self) -> str:
         meta = await discover(self._client, self.issuer)

@@ -4,11 +4,13 @@ JWTs: the token's ``iss`` (read before the signature is checked, used only to pi
 must equal one configured issuer exactly; that issuer's pinned algorithms, audiences and keys then
 decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, ``iss``/``aud``/
 ``exp``/``sub`` required, ``nbf``/``iat`` honoured with the configured leeway, and an unknown
-``crit`` header refused. Keys come only from the issuer's JWKS (never from ``jku``, ``x5u``,
-``jwk`` or ``x5c`` headers), and a key must fit the alg (type, curve, declared alg). ``typ`` may
-be absent, ``JWT`` or ``at+jwt``; a recognisable ID token is refused unless the issuer says
-``refuse_id_tokens: false``. Verified JWTs are cached by SHA-256 of the token (bounded, least
-recently used first out), each entry living no longer than the token's ``exp``.
+``crit`` header refused. A sender-constrained token (a ``cnf`` claim: DPoP or mTLS bound) is
+refused with ``token-sender-constrained``: the gateway does not verify such bindings. Keys come
+only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk`` or ``x5c`` headers), and a key
+must fit the alg (type, curve, declared alg). ``typ`` may be absent, ``JWT`` or ``at+jwt``; a
+recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false``. Verified
+JWTs are cached by SHA-256 of the token (bounded, least recently used first out), each entry
+living no longer than the token's ``exp``.
 
 Okta org authorization servers (``preset: okta``, issuer without ``/oauth2/``): their tokens are
 never validated locally; they are introspected when the issuer configures introspection, else
@@ -16,14 +18,15 @@ refused with ``org-server-token``. A token whose ``iss`` is the origin of a conf
 authorization server is refused the same way, with advice.
 
 Opaque tokens (anything that is not three dot-separated parts) go to RFC 7662 introspection at
-the issuers that configure it, in policy order: the first that says active decides; when none
-does, ``token-inactive`` (or ``idp-unavailable`` if one of them could not be asked).
+the issuers that configure it and whose token format (length, characters) they fit, in policy
+order (fitting none: ``token-malformed``, without a call): the first that says active decides;
+when none does, ``token-inactive`` (or ``idp-unavailable``/``introspection-busy`` if one of them
+could not be asked).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections import OrderedDict
@@ -43,6 +46,9 @@ from gateway.auth.presets import (
     principal_from_claims,
 )
 from gateway.auth.principal import Principal
+from gateway.auth.sender import binding as _binding
+from gateway.auth.sender import sender_constrained
+from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import ClaimNames, Issuer
 
@@ -67,6 +73,8 @@ def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_byte
             "more than one Authorization header; send exactly one", code="token-malformed"
         )
     scheme, _, token = authorization[0].strip().partition(" ")
+    if scheme.lower() == "dpop":
+        raise sender_constrained("a DPoP key (RFC 9449)")
     if scheme.lower() != "bearer":
         shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
         raise AuthError(
@@ -192,7 +200,7 @@ class TokenVerifier:
             raise AuthError(f"issuer '{runtime.name}' has no keys", code="key-unknown")
         key = await runtime.keys.get_key(kid, alg)
         claims = self._decode(token, runtime, key.key.key, alg)
-        check_times(claims, now, self._leeway)
+        times = check_times(claims, now, self._leeway)
         if runtime.config.refuse_id_tokens and (typ or "").lower() not in (
             "at+jwt",
             "application/at+jwt",
@@ -206,9 +214,10 @@ class TokenVerifier:
                 )
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise AuthError("the token's sub claim is not a string", code="token-malformed")
+        if "cnf" in claims:
+            raise sender_constrained(_binding(claims["cnf"]))
         principal = principal_from_claims(runtime.name, runtime.names, claims)
-        exp = claims["exp"]
-        return principal, float(exp) if isinstance(exp, int | float) else now
+        return principal, times["exp"]
 
     def _decode(self, token: str, runtime: _IssuerRuntime, key: Any, alg: str) -> dict[str, Any]:
         audiences = list(runtime.config.audiences)
@@ -289,8 +298,22 @@ class TokenVerifier:
                 "policy introspects opaque tokens",
                 code="token-malformed",
             )
+        # Before any call: a string that cannot be a token of an introspecting issuer (length,
+        # characters) is refused here, so junk never reaches an IdP or its budget.
+        fitting = [rt for rt in candidates if rt.introspector and rt.introspector.accepts(token)]
+        if not fitting:
+            shapes = "; ".join(
+                f"'{rt.name}': {rt.introspector.describe_format()}"
+                for rt in candidates
+                if rt.introspector is not None
+            )
+            raise AuthError(
+                "the token is neither a JWT nor an opaque token of an issuer that introspects "
+                f"({shapes})",
+                code="token-malformed",
+            )
         unavailable: IdpUnavailable | None = None
-        for runtime in candidates:
+        for runtime in fitting:
             assert runtime.introspector is not None
             try:
                 answer = await runtime.introspector.introspect(token)
@@ -309,27 +332,6 @@ class TokenVerifier:
 
     def _introspected(self, runtime: _IssuerRuntime, answer: Mapping[str, Any]) -> Principal:
         return principal_from_claims(runtime.name, introspection_names(runtime.config), answer)
-
-
-def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    """RFC 7519 times, as numbers only (no strings, no booleans): ``exp`` (required) must be
-    after ``now - leeway``; ``nbf`` and ``iat``, when present, not after ``now + leeway``."""
-    for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if (value is not None or name == "exp") and (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)  # NaN and Infinity compare false: a token for ever
-        ):
-            raise AuthError(f"the token's {name} claim is not a number", code="token-malformed")
-    if claims["exp"] <= now - leeway:
-        raise AuthError("the token has expired", code="token-expired")
-    for name in ("nbf", "iat"):
-        value = claims.get(name)
-        if value is not None and value > now + leeway:
-            raise AuthError(
-                f"the token is not valid yet ({name} is in the future)", code="token-not-yet-valid"
-            )
 
 
 def _short(value: str, limit: int = 120) -> str:

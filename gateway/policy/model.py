@@ -104,6 +104,22 @@ class Introspection(_Strict):
         None, description="Default: from discovery, else {issuer}/v1/introspect."
     )
     auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    token_min_length: int = Field(
+        16,
+        ge=1,
+        description="Shorter opaque tokens are refused (token-malformed) without asking the IdP.",
+    )
+    token_max_length: int = Field(
+        1024,
+        ge=1,
+        description="Longer opaque tokens are refused (token-malformed) without asking the IdP.",
+    )
+    token_charset: Literal["b64token", "base64url", "hex"] = Field(
+        "b64token",
+        description="The characters this IdP's opaque tokens use: b64token (RFC 6750: "
+        "A-Z a-z 0-9 - . _ ~ + / and trailing =), base64url (A-Z a-z 0-9 - _), hex (0-9 a-f A-F). "
+        "Other opaque tokens are refused without asking the IdP.",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -111,6 +127,12 @@ class Introspection(_Strict):
         if value is not None and (problem := url_problem(value)):
             raise ValueError(f"the introspection endpoint {problem}")
         return value
+
+    @model_validator(mode="after")
+    def _length_bounds(self) -> Introspection:
+        if self.token_min_length > self.token_max_length:
+            raise ValueError("token_min_length is larger than token_max_length")
+        return self
 
 
 class ClaimNames(_Strict):

@@ -267,3 +267,58 @@ async def test_a_disabled_cache_never_fetches() -> None:
     with pytest.raises(AuthError):
         await cache.get_key("r1", "RS256")
     assert idp.requests == []
+
+
+# -- background retries and the cold-start cost ----------------------------------------------------
+
+
+async def test_a_cold_cache_heals_in_the_background_without_a_token() -> None:
+    idp = FakeIdp(keys=[rsa_key("r1")], up=False)
+    cache = cache_for(idp, Clock(), background=True, retry_max_seconds=0.2)
+    await cache.start()
+    try:
+        assert not cache.state().ready and cache.state().last_error is not None
+        async with asyncio.timeout(30):  # generous: each retry waits at most 0.2 s
+            while len(idp.requests) < 3:  # retried while down, no request needed
+                await asyncio.sleep(0.05)
+            idp.up = True
+            while not cache.state().ready:
+                await asyncio.sleep(0.05)
+        assert cache.state().last_error is None and cache.state().keys == 1
+        settled = len(idp.requests)
+        await asyncio.sleep(0.5)
+        assert len(idp.requests) == settled  # healthy: nothing until the keys are due
+    finally:
+        await cache.aclose()
+
+
+async def test_without_background_a_cold_cache_waits_for_a_request() -> None:
+    idp = FakeIdp(keys=[rsa_key("r1")], up=False)
+    cache = cache_for(idp, Clock())
+    await cache.start()
+    tried = len(idp.requests)
+    await asyncio.sleep(0.3)
+    assert len(idp.requests) == tried
+
+
+async def test_a_hung_issuer_costs_a_cold_request_one_deadline_shared_by_all() -> None:
+    started: list[str] = []
+
+    async def hung(request: httpx.Request) -> httpx.Response:
+        started.append(str(request.url))
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(hung))
+    clock = Clock()
+    cache = JwksCache(name="idp", issuer=ISSUER, client=client, clock=clock, deadline_seconds=0.3)
+    async with asyncio.timeout(30):  # without a deadline this would wait for ever
+        await cache.start()
+        assert "within 0.3 s" in (cache.state().last_error or "")
+        assert len(started) == 1  # not one timeout per discovery document
+        clock.advance(5.0)  # the refetch interval: the next cold request may fetch again
+        results = await asyncio.gather(
+            *(cache.get_key("r1", "RS256") for _ in range(20)), return_exceptions=True
+        )
+    assert all(isinstance(r, IdpUnavailable) for r in results)
+    assert len(started) == 2  # twenty cold requests shared one fetch

@@ -175,6 +175,11 @@ async def test_issuer_is_chosen_by_exact_iss() -> None:
         ({"exp": True}, "token-malformed"),
         ({"iat": "0"}, "token-malformed"),
         ({"nbf": [0]}, "token-malformed"),
+        # integers beyond float range (JSON has no limit): malformed, not a 500
+        ({"exp": 10**400}, "token-malformed"),
+        ({"nbf": 10**400}, "token-malformed"),
+        ({"iat": 10**400}, "token-malformed"),
+        ({"exp": -(10**400)}, "token-malformed"),
     ],
 )
 async def test_claim_rules(world: World, rsa: Key, change: dict[str, Any], code: str) -> None:
@@ -414,13 +419,63 @@ async def test_opaque_tokens_try_introspecting_issuers_in_policy_order() -> None
         },
         [FakeIdp(issuer="https://plain.example"), first, second],
     )
-    second.answers["tok-2"] = {"active": True, "sub": "svc", "act": {"sub": "agent"}}
-    principal = await world.verify("tok-2")
+    second.answers["tok-2-0123456789"] = {"active": True, "sub": "svc", "act": {"sub": "agent"}}
+    principal = await world.verify("tok-2-0123456789")
     assert principal.issuer == "two" and principal.act == {"sub": "agent"}
     assert (first.introspections, second.introspections) == (1, 1)
-    assert await world.code("unknown-token") == "token-inactive"
+    assert await world.code("unknown-token-0123456789") == "token-inactive"
     first.up = False
-    assert await world.code("another-token") == "idp-unavailable"  # one could not be asked
+    assert await world.code("another-token-0123456789") == "idp-unavailable"  # one was not asked
+
+
+async def test_opaque_tokens_that_fit_no_issuer_format_are_refused_without_a_call() -> None:
+    idp = FakeIdp(issuer="https://one.example")
+    hexa = FakeIdp(issuer="https://two.example")
+    world = World(
+        {
+            "one": issuer_config(
+                "https://one.example",
+                introspection={
+                    "client_id": "gw",
+                    "client_secret": "s",
+                    "token_min_length": 43,
+                    "token_max_length": 43,
+                    "token_charset": "base64url",
+                },
+            ),
+            "two": issuer_config(
+                "https://two.example",
+                introspection={"client_id": "gw", "client_secret": "s", "token_charset": "hex"},
+            ),
+        },
+        [idp, hexa],
+    )
+    junk = ["short", "x" * 42, "x" * 44, "x" * 2000, "A" * 41 + "+/", "xyz=" * 11]
+    for token in junk:
+        assert await world.code(token) == "token-malformed", token
+    assert (idp.introspections, hexa.introspections) == (0, 0)
+    assert world.introspectors["one"].refused["format"] == len(junk)
+    try:
+        await world.verify("short")
+    except AuthError as refused:
+        assert "'one': 43 base64url characters" in refused.detail
+    # a fitting token is asked, of the issuers whose format it fits only
+    assert await world.code("G" * 43) == "token-inactive"
+    assert (idp.introspections, hexa.introspections) == (1, 0)
+    assert await world.code("0123456789abcdef0123456789abcdef") == "token-inactive"
+    assert (idp.introspections, hexa.introspections) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "cnf", [{"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, {"x5t#S256": "bwcK0esc3A"}, {}]
+)
+async def test_sender_constrained_tokens_are_refused(
+    world: World, rsa: Key, cnf: dict[str, str]
+) -> None:
+    with pytest.raises(AuthError) as refused:
+        await world.verify(rsa.sign(claims(now=NOW, cnf=cnf)))
+    assert refused.value.code == "token-sender-constrained"
+    assert "does not verify DPoP or mutual-TLS" in refused.value.detail
 
 
 # -- the Authorization header -----------------------------------------------------------------
@@ -437,6 +492,7 @@ async def test_opaque_tokens_try_introspecting_issuers_in_policy_order() -> None
         (["Bearer abc def"], False, "token-malformed"),
         (['Bearer abc"def'], False, "token-malformed"),
         (["Bearer " + "a" * 20_000], False, "token-malformed"),
+        (["DPoP a.b.c"], False, "token-sender-constrained"),
     ],
 )
 def test_bearer_token_refusals(headers: list[str], in_query: bool, code: str) -> None:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -30,6 +36,7 @@ from gateway.dev.idp import (
     start_idp,
 )
 from gateway.dev.keys import write_signing_keys
+from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
@@ -88,7 +95,12 @@ def minted(keys_path: Path, iss: str, **extra: Any) -> str:
 
 @asynccontextmanager
 async def gateway_for(
-    issuer: str, demo_database: str, audit: Path, **settings: Any
+    issuer: str,
+    demo_database: str,
+    audit: Path,
+    *,
+    idp_client: httpx.AsyncClient | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
     origin = issuer.removesuffix("/oauth2/default")
     env = {
@@ -101,6 +113,7 @@ async def gateway_for(
     app = build_gateway(
         Settings(policy=POLICY, spanner_emulator_host=demo_database, audit_path=audit, **options),
         env=env,
+        http=idp_client,
     )
     await app.startup()
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
@@ -173,6 +186,81 @@ async def test_unknown_opaque_token_is_inactive(http: httpx.AsyncClient) -> None
         401,
         "token-inactive",
     )
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The real HTTP transport, counting the requests per path (what the IdP is asked)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.paths: Counter[str] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths[request.url.path] += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_flood_of_random_opaque_tokens_makes_bounded_idp_calls(
+    idp: IdpProcess, demo_database: str, tmp_path: Path
+) -> None:
+    counting = CountingTransport()
+    rate, burst = 2.0, 5
+    async with (
+        httpx.AsyncClient(transport=counting, timeout=5) as idp_client,
+        gateway_for(
+            idp.issuer,
+            demo_database,
+            tmp_path / "flood.jsonl",
+            idp_client=idp_client,
+            introspection_cache_seconds=60,
+            introspection_rate=rate,
+            introspection_burst=burst,
+            introspection_concurrency=4,
+        ) as (app, http),
+    ):
+        good = token(idp, "support-console", resource=OPAQUE_RESOURCE)
+        first = await http.get("/v1/orders/O-1001", headers=bearer(good))
+        assert first.status_code == 200, first.text
+        introspect_path = urlsplit(f"{idp.issuer}/v1/introspect").path
+        before = counting.paths[introspect_path]
+        okta = app.verifier.introspectors["okta"]
+        hits = okta.cache_hits
+
+        # strings that cannot be a token of the provider: refused before any call
+        junk = [secrets.token_urlsafe(16), secrets.token_urlsafe(64), "~" * 43]
+        for value in junk:
+            problem(await http.get("/v1/orders/O-1001", headers=bearer(value)), 401, "token-malformed")
+        assert counting.paths[introspect_path] == before
+
+        started = time.monotonic()
+        flood = [secrets.token_urlsafe(32) for _ in range(300)]
+        answers = await asyncio.gather(
+            *(http.get("/v1/orders/O-1001", headers=bearer(t)) for t in flood),
+            *(http.get("/v1/orders/O-1001", headers=bearer(good)) for _ in range(20)),
+        )
+        elapsed = time.monotonic() - started
+        flooded, legitimate = answers[:300], answers[300:]
+        codes = Counter(a.json()["code"] for a in flooded)
+        assert set(codes) <= {"token-inactive", "introspection-busy"}, codes
+        assert codes["introspection-busy"] > 0
+        busy = next(a for a in flooded if a.json()["code"] == "introspection-busy")
+        assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+        assert [a.status_code for a in legitimate] == [200] * 20  # served from the cache
+        assert okta.cache_hits - hits == 20
+        # two introspecting issuers (okta, org), each with its own budget
+        calls = counting.paths[introspect_path] - before
+        assert calls <= 2 * (burst + rate * elapsed + 1), (calls, elapsed)
+
+        ready = (await http.get("/readyz")).json()["issuers"]["okta"]["introspection"]
+        assert ready["refused"]["rate"] > 0 and ready["refused"]["format"] == len(junk)
+        assert ready["cached_active"] == 1 and ready["cached_inactive"] >= 1
+        metrics = (await http.get("/metrics")).text
+        assert 'spangate_introspection_calls_total{issuer="okta",result="active"} 1' in metrics
+        refused = f'spangate_introspection_refused_total{{issuer="okta",reason="format"}} {len(junk)}'
+        assert refused in metrics
 
 
 # -- delegation (RFC 8693 act) ------------------------------------------------------------------
@@ -354,6 +442,27 @@ async def test_attacks_are_refused(
     problem(await http.get("/v1/orders/O-1001", headers=bearer(made[attack]())), 401, code)
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_a_time_beyond_float_range_is_malformed(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path, claim: str
+) -> None:
+    huge = minted(idp_keys, idp.issuer, **{claim: 10**400})  # valid JSON, no float value
+    body = problem(await http.get("/v1/orders/O-1001", headers=bearer(huge)), 401, "token-malformed")
+    assert claim in body["detail"]
+
+
+async def test_a_sender_constrained_token_is_refused(
+    http: httpx.AsyncClient, idp: IdpProcess, idp_keys: Path
+) -> None:
+    bound = minted(idp_keys, idp.issuer, cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+    body = problem(
+        await http.get("/v1/orders/O-1001", headers=bearer(bound)), 401, "token-sender-constrained"
+    )
+    assert "DPoP" in body["detail"]
+    dpop = await http.get("/v1/orders/O-1001", headers={"Authorization": f"DPoP {bound}"})
+    problem(dpop, 401, "token-sender-constrained")
+
+
 # -- key rotation and IdP outages (their own provider and gateway) -------------------------------
 
 
@@ -471,4 +580,66 @@ async def test_idp_down_on_a_cold_start_is_503_then_recovers(
             assert ok.status_code == 200, ok.text
             assert (await http.get("/readyz")).json()["issuers"]["okta"]["ready"] is True
     finally:
+        provider.stop()
+
+
+def test_readiness_follows_the_idp_after_a_cold_start_without_any_token(
+    demo_database: str, tmp_path: Path, own_keys: Callable[[str], Path]
+) -> None:
+    """A real `spangate serve` started while its issuer does not answer (a Kubernetes pod whose
+    readiness probe keeps traffic away): /readyz turns 200 once the issuer is back, with no
+    token ever sent."""
+    keys = own_keys("readyz")
+    provider = start_idp(idp_dir=IDP_DIR, keys_path=keys)
+    port = provider.port
+    provider.stop()  # the gateway starts while nothing answers on the issuer's port
+    origin = provider.issuer.removesuffix("/oauth2/default")
+    gateway_port = free_port()
+    env = {
+        **os.environ,
+        "ISSUER": provider.issuer,
+        "ORG_ISSUER": origin,
+        "ORG_ONLY_ISSUER": origin.replace("127.0.0.1", "localhost"),
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "SPANGATE_AUDIT_PATH": str(tmp_path / "serve.jsonl"),
+        "SPANGATE_JWKS_RETRY_MAX_SECONDS": "2",
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "gateway", "serve", "--policy", str(POLICY)]
+    server = subprocess.Popen(
+        [*command, "--port", str(gateway_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    readyz = f"http://127.0.0.1:{gateway_port}/readyz"
+
+    def status() -> httpx.Response | None:
+        assert server.poll() is None, "spangate serve exited"
+        try:
+            return httpx.get(readyz, timeout=5)
+        except httpx.TransportError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60  # generous: the start-up warms Spanner sessions
+        while (answer := status()) is None or answer.json().get("databases_warmed") is not True:
+            assert time.monotonic() < deadline, "spangate serve never finished starting"
+            time.sleep(0.2)
+        assert answer.status_code == 503
+        assert answer.json()["issuers"]["okta"]["keys"] == 0
+        provider = start_idp(idp_dir=IDP_DIR, keys_path=keys, port=port)
+        deadline = time.monotonic() + 60  # generous: retries are at most ~2 s apart
+        while (answer := status()) is None or answer.status_code != 200:
+            assert time.monotonic() < deadline, answer.text if answer else "no answer"
+            time.sleep(0.25)
+        state = answer.json()["issuers"]["okta"]
+        assert state["ready"] is True and state["keys"] == 2 and state["last_error"] is None
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         provider.stop()
