@@ -8,7 +8,8 @@ Order of checks (each stops the request with its reason code):
     -> allowed: the query to run and its bound parameters
 
 Roles are checked before parameters, so a caller without a role learns nothing about a route's
-parameters.
+parameters. Once a route matched, ``ignored`` holds the values the caller sent for its claim-bound
+parameters, whatever the outcome: the audit trail records a tenant override that was refused too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal, get_args
 
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
-from gateway.policy.bind import Bound, bind_params
+from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.router import MethodMismatch, PathInvalid
 
@@ -61,6 +62,7 @@ class Decision:
     bound: Bound | None = None
     problem: GatewayError | None = None
     path_params: dict[str, str] = field(default_factory=dict)
+    ignored: dict[str, Any] = field(default_factory=dict)  # caller values for claim-bound params
 
     @property
     def query_name(self) -> str | None:
@@ -90,6 +92,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
     if isinstance(found, GatewayError):
         return _deny(found)
     route, path_params = found
+    ignored = ignored_values(route.query.params, facts.query, facts.body)
     roles = policy.roles.held(principal)
     for role in route.model.deny:
         if role in roles:
@@ -99,6 +102,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
                 roles=roles,
                 rule=role,
                 path_params=path_params,
+                ignored=ignored,
             )
     allowing = next((r for r in route.model.allow if r in roles), None)
     if allowing is None:
@@ -107,6 +111,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
             route=route,
             roles=roles,
             path_params=path_params,
+            ignored=ignored,
         )
     try:
         bound = bind_params(
@@ -117,7 +122,9 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
             body=facts.body,
         )
     except GatewayError as exc:
-        return _deny(exc, route=route, roles=roles, rule=allowing, path_params=path_params)
+        return _deny(
+            exc, route=route, roles=roles, rule=allowing, path_params=path_params, ignored=ignored
+        )
     return Decision(
         allow=True,
         reason="allowed",
@@ -126,4 +133,5 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
         rule=allowing,
         bound=bound,
         path_params=path_params,
+        ignored=ignored,
     )
