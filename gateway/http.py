@@ -23,6 +23,7 @@ __all__ = [
     "parse_json",
     "read_json_body",
     "request_id",
+    "routed_path",
     "send_problem",
     "send_response",
     "with_request_id",
@@ -42,6 +43,14 @@ def request_id(given: bytes | None) -> str:
     if given and len(given) <= 128 and all(0x21 <= b <= 0x7E for b in given):
         return given.decode("ascii")
     return secrets.token_hex(16)
+
+
+def routed_path(scope: Scope) -> str:
+    """The path as the router sees it and the audit trail records it: the raw path, still
+    percent-encoded (``/v1/orders/O-1%3Ftenant=t2`` is one segment, not a query), without the
+    query string, its bytes read as Latin-1."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw.decode("latin-1").split("?", 1)[0]
 
 
 def dumps(obj: Any) -> bytes:
