@@ -20,6 +20,8 @@ from gateway.audit.chain import Chain
 from gateway.audit.schema import AuditEvent
 from gateway.audit.verify import verify_trail
 from gateway.cli import main
+from gateway.errors import BadRequest
+from gateway.http import parse_json
 from gateway.settings import Settings
 
 Token = Callable[..., str]
@@ -251,3 +253,29 @@ def test_lines_written_before_the_escaping_still_verify(tmp_path: Path) -> None:
     report = verify_trail([path], None)
     assert report.ok and report.events == 3, report.broken
 
+
+@pytest.mark.parametrize("persona", ["order-writer", "outsider"])
+async def test_a_deeply_nested_body_is_refused_before_it_reaches_the_trail(
+    make_settings: Callable[..., Settings],
+    serve: Any,
+    token_for: Token,
+    audit_file: Path,
+    persona: str,
+) -> None:
+    deep = "[" * 600 + "]" * 600  # JSON any reader parses; too deep to bind or audit
+    body = f'{{"order_id": "O-1", "customer_id": "C-1", "total_cents": 1, "tenant": {deep}}}'
+    headers = {**bearer(token_for(persona)), "Content-Type": "application/json"}
+    async with serve(make_settings()) as (_, http):
+        response = await http.post("/v1/orders", headers=headers, content=body)
+    assert response.status_code == 400 and response.json()["code"] == "body-invalid"
+    assert "100 levels" in response.json()["detail"]
+    (event,) = [json.loads(line) for line in trail_lines(audit_file)]
+    assert event["protoPayload"]["status"]["message"] == "body-invalid"
+
+
+def test_a_body_may_nest_a_hundred_levels() -> None:
+    assert parse_json(b'{"a":' + b"[" * 99 + b"]" * 99 + b"}")  # the object is one level
+    with pytest.raises(BadRequest, match="more than 100 levels"):
+        parse_json(b'{"a":' + b"[" * 100 + b"]" * 100 + b"}")
+    with pytest.raises(BadRequest, match="more than 100 levels"):
+        parse_json(b"[" * 5000 + b"]" * 5000)  # past what the parser itself can take
