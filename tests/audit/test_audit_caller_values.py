@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import request_id
 
@@ -20,6 +26,7 @@ from gateway.audit.chain import Chain
 from gateway.audit.schema import AuditEvent
 from gateway.audit.verify import verify_trail
 from gateway.cli import main
+from gateway.dev.ports import free_port
 from gateway.errors import BadRequest
 from gateway.http import parse_json
 from gateway.settings import Settings
@@ -279,3 +286,83 @@ def test_a_body_may_nest_a_hundred_levels() -> None:
         parse_json(b'{"a":' + b"[" * 100 + b"]" * 100 + b"}")
     with pytest.raises(BadRequest, match="more than 100 levels"):
         parse_json(b"[" * 5000 + b"]" * 5000)  # past what the parser itself can take
+
+
+# -- the same through a real `spangate serve` (uvicorn's raw_path, real header bytes) ------------
+
+
+@pytest.fixture
+def served(demo_database: str, idp: Any, tmp_path: Path, repo: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    audit = tmp_path / "audit.jsonl"
+    env = {
+        **os.environ,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "OKTA_ISSUER": idp.issuer,
+        "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "gateway", "serve", "--policy",
+               str(repo / "policy.example.yaml"), "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "spangate serve exited"
+            assert time.monotonic() < deadline, "spangate serve never became ready"
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield base, audit
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_spangate_serve_records_caller_values_bounded_raw_and_one_per_line(
+    served: tuple[str, Path], token_for: Token
+) -> None:
+    base, audit = served
+    agent = b"agent\x85" + b"A" * 8000
+    with httpx.Client(base_url=base, timeout=30) as http:
+        read = http.get(
+            "/v1/orders/O-1%3Ftenant=t2",
+            headers={**bearer(token_for("support-console")), "User-Agent": agent},
+        )
+        refused = http.get("/v1/orders/O-1001?tenant=t2", headers=bearer(token_for("outsider")))
+    assert (read.status_code, read.json()["rows"]) == (200, [])
+    assert refused.status_code == 403
+    lines = trail_lines(audit)
+    assert len(lines) == 2 and all(len(line.encode()) < DEFAULT_MAX_EVENT_BYTES for line in lines)
+    first, second = (json.loads(line) for line in lines)
+    assert first["httpRequest"]["requestUrl"] == "/v1/orders/O-1%3Ftenant=t2"
+    assert first["protoPayload"]["request"]["params"]["order_id"]["value"] == "O-1?tenant=t2"
+    assert first["protoPayload"]["request"]["ignoredCallerValues"] is None
+    sent = agent.decode("latin-1")
+    assert first["httpRequest"]["userAgent"] == cut_to_512(sent)
+    assert truncations(first) == {"/httpRequest/userAgent": digest(sent)}
+    assert second["protoPayload"]["request"]["ignoredCallerValues"] == {"tenant": "t2"}
+    verify = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--no-key", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: 2 events"), verify.stdout
+
+
+def cut_to_512(text: str) -> str:
+    kept = ""
+    for char in text:
+        if len((kept + char).encode()) > 512:
+            return kept
+        kept += char
+    return kept
