@@ -33,6 +33,7 @@ from gateway.http import (
     dumps,
     read_json_body,
     request_id,
+    routed_path,
     send_problem,
     send_response,
     with_request_id,
@@ -134,8 +135,7 @@ class Gateway:
         headers = scope.get("headers", [])
         rid = request_id(next((v for k, v in headers if k == b"x-request-id"), None))
         # The raw path: "/%68ealthz" is not /healthz (it goes to the policy router, like any path).
-        raw = scope.get("raw_path")
-        if (raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]) in FIXED_PATHS:
+        if routed_path(scope) in FIXED_PATHS:
             scope.setdefault("state", {})["request_id"] = rid
             await self.api(scope, receive, with_request_id(send, rid))
             return
@@ -225,8 +225,7 @@ class Gateway:
             max_bytes=self.settings.max_token_bytes,
         )
         call.principal = await active.verifier.verify(token)
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
+        path = routed_path(scope)  # the raw path: what the trail records (call.path) is routed
         found = match_route(policy, method, path)
         if isinstance(found, GatewayError):
             raise found

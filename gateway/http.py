@@ -23,6 +23,7 @@ __all__ = [
     "parse_json",
     "read_json_body",
     "request_id",
+    "routed_path",
     "send_problem",
     "send_response",
     "with_request_id",
@@ -35,6 +36,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 PROBLEM_TYPE = "https://spangate.dev/problems/"
 _JSON_TYPES = ("application/json",)
+MAX_JSON_DEPTH = 100  # arrays and objects in a body nest at most this deep
 
 
 def request_id(given: bytes | None) -> str:
@@ -42,6 +44,14 @@ def request_id(given: bytes | None) -> str:
     if given and len(given) <= 128 and all(0x21 <= b <= 0x7E for b in given):
         return given.decode("ascii")
     return secrets.token_hex(16)
+
+
+def routed_path(scope: Scope) -> str:
+    """The path as the router sees it and the audit trail records it: the raw path, still
+    percent-encoded (``/v1/orders/O-1%3Ftenant=t2`` is one segment, not a query), without the
+    query string, its bytes read as Latin-1."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw.decode("latin-1").split("?", 1)[0]
 
 
 def dumps(obj: Any) -> bytes:
@@ -114,19 +124,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Do arrays and objects nest more than ``limit`` levels in ``value``? (Without recursion.)"""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity literals, no lone surrogates,
-    bounded nesting. Anything else is a 400 ``body-invalid``, so what the gateway binds and audits
-    is exactly what any other JSON reader would see."""
+    nesting at most ``MAX_JSON_DEPTH`` levels (what binds and audits a value may recurse through
+    it). Anything else is a 400 ``body-invalid``, so what the gateway binds and audits is exactly
+    what any other JSON reader would see."""
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        if _too_deep(value, MAX_JSON_DEPTH):
+            raise RecursionError
         # A lone surrogate (\\ud800) parses but cannot be encoded: refuse it here, not later.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeError:
         raise BadRequest("the body is not valid UTF-8 JSON", code="body-invalid") from None
     except RecursionError:
-        raise BadRequest("the body nests too deeply", code="body-invalid") from None
+        raise BadRequest(
+            f"the body nests more than {MAX_JSON_DEPTH} levels deep", code="body-invalid"
+        ) from None
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="body-invalid") from None
     return value

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     audit_max_batch: int = Field(
         512, ge=1, le=10_000, description="A batch is flushed at once when it has this many events."
     )
+    audit_max_event_bytes: int = Field(
+        16_384,  # audit.bounds.DEFAULT_MAX_EVENT_BYTES
+        ge=4096,
+        le=1_048_576,
+        description="The longest audit line (bytes, newline included): an event over it has its "
+        "largest caller values dropped to their SHA-256 until it fits; it is never refused.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For "

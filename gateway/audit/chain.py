@@ -8,6 +8,12 @@ chain only detects accidents (anyone who can edit the file can recompute every h
 JSON: sorted keys, no spaces, UTF-8, no NaN. The secret is never used directly: ``AuditKeys``
 derives one key for the chain and another for redacted parameter values (domain separation).
 
+The written line is the canonical JSON with U+0085, U+2028 and U+2029 escaped (``\\u2028``; JSON
+already escapes every other character a line splitter breaks at), so ``str.splitlines``,
+JavaScript and Unicode-aware log shippers all see one event per line. Both forms decode to the
+same event and the hash is over the canonical form, so lines written before the escaping (with
+these characters raw) verify as they are.
+
 A ``Chain`` belongs to one writer (one sink of one process): ``seq`` starts at 1 with a new random
 ``chain`` id in every process, and the first event's ``prev`` names the predecessor's last hash
 when the sink could read it (``GENESIS`` otherwise). ``mark``/``rollback`` undo the sealing of a
@@ -21,12 +27,23 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "UNKEYED_WARNING", "AuditKeys", "Chain", "canonical", "event_hash", "writable"]
+__all__ = [
+    "GENESIS",
+    "UNKEYED_WARNING",
+    "AuditKeys",
+    "Chain",
+    "canonical",
+    "encoded_size",
+    "event_hash",
+    "line_text",
+    "writable",
+]
 
 log = logging.getLogger("spangate.audit")
 
@@ -45,9 +62,28 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+# Line breaks for str.splitlines and Unicode (NEL, LS, PS) that JSON leaves unescaped.
+_BREAKS = re.compile("[\u0085\u2028\u2029]")
+
+
 def canonical(event: Mapping[str, Any]) -> bytes:
-    """The bytes that are hashed and written: sorted keys, no spaces, UTF-8."""
+    """The bytes that are hashed: sorted keys, no spaces, UTF-8."""
     return _ENCODER.encode(event).encode()
+
+
+def line_text(text: str) -> str:
+    """Canonical JSON text as it is written: U+0085, U+2028 and U+2029 escaped. These characters
+    can only stand inside JSON strings, where ``\\uXXXX`` means the same character."""
+    return _BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def encoded_size(event: Mapping[str, Any]) -> int:
+    """The bytes ``event``'s line will take (an upper bound when it must be scrubbed)."""
+    try:
+        text = _ENCODER.encode(event)
+    except (ValueError, TypeError, RecursionError):
+        text = _ENCODER.encode(_scrub(event))
+    return len(line_text(text).encode("utf-8", "surrogatepass"))
 
 
 def writable(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -121,8 +157,9 @@ class Chain:
     def seal(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A sealed copy of ``event`` (``chain``, ``seq``, ``prev``, ``hash`` added) and its line.
 
-        The line is ``canonical(sealed)``, encoded once: the ``hash`` member is spliced in where
-        sorting puts it, after the members whose keys sort before ``"hash"``."""
+        The line is ``canonical(sealed)``, encoded once (the ``hash`` member is spliced in where
+        sorting puts it, after the members whose keys sort before ``"hash"``), with line breaks
+        escaped (``line_text``)."""
         event = writable(event)
         self.seq += 1
         sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
@@ -143,7 +180,7 @@ class Chain:
             line = f"{text[:cut]},{member}{text[cut:]}"
         else:  # text is "{<after>}" or "{}"
             line = "{" + member + ("," + text[1:] if len(text) > 2 else "}")
-        return sealed, (line + "\n").encode()
+        return sealed, (line_text(line) + "\n").encode()
 
     def mark(self) -> tuple[int, str]:
         return self.seq, self.last_hash

@@ -86,4 +86,4 @@ def build_trail(settings: Settings, policy: CompiledPolicy, databases: Databases
                 max_batch=settings.audit_max_batch,
             )
         )
-    return AuditTrail(writers)
+    return AuditTrail(writers, max_event_bytes=settings.audit_max_event_bytes)

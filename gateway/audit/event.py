@@ -5,21 +5,23 @@ LogEntry whose ``protoPayload`` is an ``AuditLog``, so Cloud Logging, BigQuery a
 Cloud Audit Logs read it as they are:
 
     insertId, timestamp, severity, logName, trace, spanId      the entry
-    httpRequest        method, path, status, user agent, client address, latency
+    httpRequest        method, path (raw, as routed), status, user agent, client address, latency
     protoPayload       serviceName "spangate", methodName (the query), resourceName (the database)
       authenticationInfo   the principal: subject, issuer, client, user, token id; ``act``
                            delegation as serviceAccountDelegationInfo (current actor first)
       authorizationInfo    the route and query, granted or not
-      requestMetadata      caller IP and user agent, request id and time
+      requestMetadata      caller IP, request id and time
       request              the statement: query, identity, database role, request tag, bound
                            parameters (``from`` claim or caller; redacted ones as a keyed hash),
-                           caller values ignored for claim-bound parameters
+                           caller values ignored for claim-bound parameters (also when refused)
       response             row count, truncated, commit timestamp, Spanner error code
       status               google.rpc code and the stable error code (``ok`` when allowed)
-      metadata             decision (allow, reason, rule, roles that held), policy hash
+      metadata             decision (allow, reason, rule, roles that held), policy hash, what
+                           was truncated
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
-Never the token.
+Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
+and the path only in ``httpRequest``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit, pointer
 from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
@@ -48,7 +51,6 @@ __all__ = [
     "build_event",
     "database_resource",
     "fallback_event",
-    "params_record",
     "redacted",
     "rpc_code",
     "utc_now",
@@ -93,46 +95,48 @@ def redacted(value: Any, key: bytes | None) -> str:
     return "redacted:sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def params_record(
-    values: Mapping[str, Any],
-    *,
-    claim_bound: Collection[str],
-    redact: Collection[str],
-    key: bytes | None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        shown = redacted(value, key) if name in redact else json_value(value)
-        out[name] = {"value": shown, "from": "claim" if name in claim_bound else "caller"}
-    return out
+_AUTH = pointer("protoPayload", "authenticationInfo")
 
 
-def _delegation(act: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str, Any]]:
     """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first."""
     chain: list[dict[str, Any]] = []
     node: Any = act
     while isinstance(node, Mapping) and len(chain) < 16:
+        where = _AUTH + pointer("serviceAccountDelegationInfo", len(chain))
         claims = {k: to_json(v) for k, v in node.items() if k not in ("sub", "act")}
         sub = node.get("sub")
-        entry: dict[str, Any] = {"principalSubject": sub if isinstance(sub, str) else None}
+        entry: dict[str, Any] = {
+            "principalSubject": bounds.text(
+                where + "/principalSubject", sub if isinstance(sub, str) else None
+            )
+        }
         if claims:
-            entry["thirdPartyPrincipal"] = {"thirdPartyClaims": claims}
+            third_party: dict[str, Any] = {}
+            bounds.put(
+                third_party,
+                "thirdPartyClaims",
+                where + "/thirdPartyPrincipal/thirdPartyClaims",
+                claims,
+            )
+            entry["thirdPartyPrincipal"] = third_party
         chain.append(entry)
         node = node.get("act")
     return chain
 
 
-def _authentication(principal: Principal) -> dict[str, Any]:
+def _authentication(principal: Principal, bounds: Bounds) -> dict[str, Any]:
+    third = _AUTH + "/thirdPartyPrincipal/"
     return {
-        "principalSubject": principal.subject,
+        "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
         "thirdPartyPrincipal": {
             "issuer": principal.issuer,
-            "iss": principal.iss,
-            "clientId": principal.client_id,
-            "userId": principal.user_id,
-            "tokenId": principal.token_id,
+            "iss": bounds.text(third + "iss", principal.iss),
+            "clientId": bounds.text(third + "clientId", principal.client_id),
+            "userId": bounds.text(third + "userId", principal.user_id),
+            "tokenId": bounds.text(third + "tokenId", principal.token_id),
         },
-        "serviceAccountDelegationInfo": _delegation(principal.act),
+        "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
     }
 
 
@@ -142,7 +146,7 @@ class CallRecord:
 
     request_id: str
     method: str
-    path: str
+    path: str  # the raw path as routed: still percent-encoded, without the query string
     started: float  # time.perf_counter() at arrival
     client: str | None  # already resolved through the trusted proxies
     user_agent: str | None
@@ -169,8 +173,11 @@ def _severity(status: int) -> str:
     return "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
 
 
+_REQUEST = pointer("protoPayload", "request")
+
+
 def _statement(
-    call: CallRecord, policy: CompiledPolicy, key: bytes | None
+    call: CallRecord, policy: CompiledPolicy, key: bytes | None, bounds: Bounds
 ) -> dict[str, Any] | None:
     decision = call.decision
     route = decision.route if decision else None
@@ -187,28 +194,73 @@ def _statement(
         "params": None,
         "ignoredCallerValues": None,
     }
+    redact = set(policy.model.audit.redact)
     bound = decision.bound if decision else None
     if bound is not None:
-        redact = set(policy.model.audit.redact)
-        statement["params"] = params_record(
-            bound.values, claim_bound=bound.claim_bound, redact=redact, key=key
-        )
-        if bound.ignored:
-            statement["ignoredCallerValues"] = {
-                k: redacted(v, key) if k in redact else to_json(v) for k, v in bound.ignored.items()
-            }
+        statement["params"] = params = {}
+        for name, value in bound.values.items():
+            params[name] = entry = {"from": "claim" if name in bound.claim_bound else "caller"}
+            if name in redact:
+                entry["value"] = redacted(value, key)
+            else:
+                where = _REQUEST + pointer("params", name, "value")
+                bounds.put(entry, "value", where, json_value(value))
+    if decision is not None and decision.ignored:  # recorded whether the request was allowed or not
+        statement["ignoredCallerValues"] = ignored = {}
+        for name, value in decision.ignored.items():
+            if name in redact:
+                ignored[name] = redacted(value, key)
+            else:
+                where = _REQUEST + pointer("ignoredCallerValues", name)
+                bounds.put(ignored, name, where, to_json(value))
     return statement
 
 
 def build_event(
-    call: CallRecord, policy: CompiledPolicy, *, key: bytes | None, database: str | None = None
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> dict[str, Any]:
-    """The event of ``call`` (``key``: the redaction key; ``database``: the resource name)."""
+    """The event of ``call`` (``key``: the redaction key; ``database``: the resource name), its
+    line at most ``max_bytes`` long as far as shrinking caller values can make it (``bounds``)."""
+    latency = time.perf_counter() - call.started
+    return fit(lambda bounds: _event(call, policy, key, database, latency, bounds), max_bytes)
+
+
+def _http_request(call: CallRecord, status: int, latency: float, bounds: Bounds) -> dict[str, Any]:
+    return {
+        "requestMethod": bounds.text("/httpRequest/requestMethod", call.method),
+        "requestUrl": bounds.text("/httpRequest/requestUrl", call.path),
+        "status": status,
+        "userAgent": bounds.text("/httpRequest/userAgent", call.user_agent),
+        "remoteIp": call.client,
+        "latency": f"{latency:.6f}s",
+    }
+
+
+def _request_metadata(call: CallRecord) -> dict[str, Any]:
+    # The user agent and the path are in httpRequest: each caller-supplied string once.
+    return {
+        "callerIp": call.client,
+        "requestAttributes": {"id": call.request_id, "time": call.received},
+    }
+
+
+def _event(
+    call: CallRecord,
+    policy: CompiledPolicy,
+    key: bytes | None,
+    database: str | None,
+    latency: float,
+    bounds: Bounds,
+) -> dict[str, Any]:
     decision = call.decision
     route = decision.route if decision else None
     error = call.error
     code = error.code if error else "ok"
-    latency = time.perf_counter() - call.started
     target = policy.model.spanner
     result = call.result
     spanner_code = error.spanner_code if isinstance(error, SpannerError) else None
@@ -219,21 +271,16 @@ def build_event(
         "logName": f"projects/{target.project}/logs/spangate%2Faudit",
         "trace": call.trace,
         "spanId": call.span,
-        "httpRequest": {
-            "requestMethod": call.method,
-            "requestUrl": call.path,
-            "status": call.status,
-            "userAgent": call.user_agent,
-            "remoteIp": call.client,
-            "latency": f"{latency:.6f}s",
-        },
+        "httpRequest": _http_request(call, call.status, latency, bounds),
         "protoPayload": {
             "@type": AUDIT_LOG_TYPE,
             "serviceName": SERVICE,
             "methodName": route.query_name if route else None,
             "resourceName": database
             or database_resource(target.project, target.instance, target.database),
-            "authenticationInfo": _authentication(call.principal) if call.principal else None,
+            "authenticationInfo": _authentication(call.principal, bounds)
+            if call.principal
+            else None,
             "authorizationInfo": [
                 {
                     "resource": f"{route.model.method} {route.template}",
@@ -243,17 +290,8 @@ def build_event(
             ]
             if route
             else [],
-            "requestMetadata": {
-                "callerIp": call.client,
-                "callerSuppliedUserAgent": call.user_agent,
-                "requestAttributes": {
-                    "id": call.request_id,
-                    "method": call.method,
-                    "path": call.path,
-                    "time": call.received,
-                },
-            },
-            "request": _statement(call, policy, key),
+            "requestMetadata": _request_metadata(call),
+            "request": _statement(call, policy, key, bounds),
             "response": {
                 "rowCount": result.row_count if result else None,
                 "truncated": result.truncated if result else None,
@@ -271,6 +309,7 @@ def build_event(
                     "roles": sorted(decision.roles) if decision else [],
                 },
                 "policySha256": policy.sha256,
+                "truncated": bounds.truncated,
             },
         },
     }
@@ -281,6 +320,8 @@ def fallback_event(
 ) -> dict[str, Any]:
     """A minimal event for a request whose full event could not be built (a bug): still one
     event, with what is surely known."""
+    bounds = Bounds()
+    latency = time.perf_counter() - call.started
     return {
         "insertId": call.insert_id,
         "timestamp": utc_now(),
@@ -288,14 +329,7 @@ def fallback_event(
         "logName": None,
         "trace": call.trace,
         "spanId": call.span,
-        "httpRequest": {
-            "requestMethod": call.method,
-            "requestUrl": call.path,
-            "status": status,
-            "userAgent": call.user_agent,
-            "remoteIp": call.client,
-            "latency": f"{time.perf_counter() - call.started:.6f}s",
-        },
+        "httpRequest": _http_request(call, status, latency, bounds),
         "protoPayload": {
             "@type": AUDIT_LOG_TYPE,
             "serviceName": SERVICE,
@@ -303,22 +337,14 @@ def fallback_event(
             "resourceName": None,
             "authenticationInfo": None,
             "authorizationInfo": [],
-            "requestMetadata": {
-                "callerIp": call.client,
-                "callerSuppliedUserAgent": call.user_agent,
-                "requestAttributes": {
-                    "id": call.request_id,
-                    "method": call.method,
-                    "path": call.path,
-                    "time": call.received,
-                },
-            },
+            "requestMetadata": _request_metadata(call),
             "request": None,
             "response": None,
             "status": {"code": rpc_code(status, code), "message": code},
             "metadata": {
                 "decision": {"allow": False, "reason": code, "rule": None, "roles": []},
                 "policySha256": policy_sha256,
+                "truncated": bounds.truncated,
             },
         },
     }

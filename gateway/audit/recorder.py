@@ -23,6 +23,7 @@ from gateway.audit.origin import IPNetwork, client_address, trace_context
 from gateway.audit.spanner_sink import SpannerSink
 from gateway.audit.trail import AuditTrail
 from gateway.errors import AuditUnavailable, GatewayError
+from gateway.http import routed_path
 from gateway.policy.compiled import CompiledPolicy
 from gateway.spanner.execute import Result
 
@@ -34,7 +35,8 @@ log = logging.getLogger("spangate.audit")
 def new_call(
     scope: MutableMapping[str, Any], rid: str, started: float, trusted: Sequence[IPNetwork]
 ) -> CallRecord:
-    """The CallRecord of an HTTP request: client through trusted proxies, user agent, trace."""
+    """The CallRecord of an HTTP request: the raw path as routed, client through trusted proxies,
+    user agent, trace."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     peer = scope.get("client")
     forwarded = [v for k, v in headers if k == b"x-forwarded-for"] if trusted else []
@@ -45,7 +47,7 @@ def new_call(
     return CallRecord(
         request_id=rid,
         method=scope["method"],
-        path=scope["path"],
+        path=routed_path(scope),
         started=started,
         client=client_address(peer[0] if peer else None, forwarded, trusted),
         user_agent=next((v.decode("latin-1") for k, v in headers if k == b"user-agent"), None),
@@ -55,10 +57,14 @@ def new_call(
 
 
 def _event(
-    call: CallRecord, policy: CompiledPolicy, key: bytes | None, database: str | None
+    call: CallRecord,
+    policy: CompiledPolicy,
+    key: bytes | None,
+    database: str | None,
+    max_bytes: int,
 ) -> dict[str, Any]:
     try:
-        return build_event(call, policy, key=key, database=database)
+        return build_event(call, policy, key=key, database=database, max_bytes=max_bytes)
     except Exception:
         log.exception("the audit event of request %s could not be built", call.request_id)
         call.error = GatewayError("an unexpected error occurred; see the logs for this request id")
@@ -89,7 +95,7 @@ async def record_call(
         # its deadline is still settling and may commit it yet. A new insertId keeps this event
         # from colliding with that row (the hook keeps the insertId it was made with).
         call.insert_id = secrets.token_hex(16)
-    event = _event(call, policy, key, database)
+    event = _event(call, policy, key, database, audit.max_event_bytes)
     try:
         await audit.record(event, write=call.write, durable_in=durable_in)
     except AuditUnavailable as exc:
@@ -112,7 +118,9 @@ def record_nowait(
     insertId, so that row and this event never collide."""
     if call.write and _spanner_sink(audit) is not None:
         call.insert_id = secrets.token_hex(16)
-    audit.record_nowait(_event(call, policy, key, database), write=call.write)
+    audit.record_nowait(
+        _event(call, policy, key, database, audit.max_event_bytes), write=call.write
+    )
 
 
 def _spanner_sink(audit: AuditTrail) -> SpannerSink | None:
@@ -139,7 +147,10 @@ def in_transaction_hook(
         # Runs on the event loop (the executor's AsyncClient transaction), once per attempt that
         # ran its statement: an aborted attempt is retried, and its row is discarded with it.
         now = dataclasses.replace(call, result=result, status=200, error=None, insert_id=insert_id)
-        sink.insert_in(transaction, build_event(now, policy, key=key, database=database))
+        event = build_event(
+            now, policy, key=key, database=database, max_bytes=audit.max_event_bytes
+        )
+        sink.insert_in(transaction, event)
         call.extra["row_in_transaction"] = (sink.name,)
 
     return hook

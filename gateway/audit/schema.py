@@ -27,12 +27,15 @@ class _Model(BaseModel):
 
 
 class HttpRequest(_Model):
-    """Cloud Logging's ``HttpRequest``."""
+    """Cloud Logging's ``HttpRequest``: the only place of the path and the user agent."""
 
     requestMethod: str
-    requestUrl: str = Field(description="The path, without the query string.")
+    requestUrl: str = Field(
+        description="The path as received and routed, still percent-encoded, without the query "
+        "string (at most 512 bytes: see metadata.truncated)."
+    )
     status: int = Field(ge=100, le=599, description="The HTTP status the caller received.")
-    userAgent: str | None
+    userAgent: str | None = Field(description="At most 512 bytes: see metadata.truncated.")
     remoteIp: str | None = Field(description="The client, through trusted proxies only.")
     latency: str = Field(pattern=r"^[0-9]+\.[0-9]{6}s$")
 
@@ -68,19 +71,21 @@ class AuthorizationInfo(_Model):
 
 class RequestAttributes(_Model):
     id: str = Field(description="The request id (X-Request-ID).")
-    method: str
-    path: str
     time: str = Field(pattern=_TIME, description="When the request arrived.")
 
 
 class RequestMetadata(_Model):
+    """The method, path and user agent are in httpRequest (each caller-supplied string once)."""
+
     callerIp: str | None
-    callerSuppliedUserAgent: str | None
     requestAttributes: RequestAttributes
 
 
 class Param(_Model):
-    value: Any = Field(description="The bound value, or redacted:[hmac-]sha256:<hex>.")
+    value: Any = Field(
+        description="The bound value, or redacted:[hmac-]sha256:<hex>; its strings at most 512 "
+        "bytes, or null when dropped for the event's size (see metadata.truncated)."
+    )
     from_: Literal["claim", "caller"] = Field(alias="from")
 
 
@@ -91,7 +96,8 @@ class Statement(_Model):
     requestTag: str | None
     params: dict[str, Param] | None = Field(description="Null when binding did not succeed.")
     ignoredCallerValues: dict[str, Any] | None = Field(
-        description="Values a caller sent for claim-bound parameters: never used."
+        description="Values a caller sent for claim-bound parameters: never used, recorded "
+        "whether the request was allowed or refused."
     )
 
 
@@ -114,9 +120,20 @@ class Decision(_Model):
     roles: list[str] = Field(description="The roles that held for the principal.")
 
 
+class Truncation(_Model):
+    """A caller-supplied value the event holds cut (a string's first bytes) or dropped (null)."""
+
+    field: str = Field(description="Where, as a JSON Pointer (RFC 6901) into the event.")
+    bytes: int = Field(ge=0, description="The whole value's size: UTF-8, or canonical JSON.")
+    sha256: str = Field(pattern=_HEX64, description="The whole value's SHA-256 (same bytes).")
+
+
 class Metadata(_Model):
     decision: Decision
     policySha256: str | None
+    truncated: list[Truncation] = Field(
+        description="Values cut to 512 bytes or dropped to fit SPANGATE_AUDIT_MAX_EVENT_BYTES."
+    )
 
 
 class AuditLog(_Model):

@@ -28,7 +28,7 @@ from typing import Any
 
 from google.cloud import spanner
 
-from gateway.audit.chain import canonical, event_hash, writable
+from gateway.audit.chain import canonical, event_hash, line_text, writable
 from gateway.audit.sinks import Sealed
 from gateway.policy.compiled import CompiledPolicy
 
@@ -154,7 +154,7 @@ class SpannerSink:
     def insert_in(self, transaction: Any, event: dict[str, Any]) -> None:
         """Buffer ``event``'s row in ``transaction`` (the write's own): it commits with it."""
         clean = dict(writable(event))  # an odd value (a lone surrogate) must not fail the write
-        line = canonical(clean)
+        line = line_text(canonical(clean).decode()).encode()  # as the other sinks write it
         transaction.insert(self.table, COLUMNS, [_row(clean, line, event_hash(clean, self.key))])
 
     def close(self) -> None:

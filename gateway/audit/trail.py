@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES
 from gateway.audit.writer import SinkStats, SinkWriter
 from gateway.errors import AuditUnavailable
 
@@ -48,10 +49,13 @@ class AuditMetrics:
 
 
 class AuditTrail:
-    def __init__(self, writers: Sequence[SinkWriter]) -> None:
+    def __init__(
+        self, writers: Sequence[SinkWriter], *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> None:
         if not writers:
             raise ValueError("an audit trail needs at least one sink")
         self.writers = list(writers)
+        self.max_event_bytes = max_event_bytes  # events are built to fit (audit.bounds)
         self.closed = False
 
     def expect_from(self, expecting: Callable[[], int]) -> None:

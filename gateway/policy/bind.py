@@ -5,8 +5,9 @@ Sources, in the only places they may come from:
 - the path template (``/v1/orders/{order_id}``);
 - the query string for GET, HEAD and DELETE; the JSON body (an object) for POST, PUT and PATCH;
 - ``from: claim.NAME``: the token. A caller value for a claim-bound parameter is ignored (and
-  reported in ``ignored`` for the audit trail), never used. A claim the token lacks is a 403
-  ``claim-missing``: the statement cannot be scoped, so it does not run.
+  reported in ``ignored`` for the audit trail, by ``ignored_values`` also when the request is
+  refused), never used. A claim the token lacks is a 403 ``claim-missing``: the statement cannot
+  be scoped, so it does not run.
 
 A name the query does not declare is a 400 ``param-unknown``; a declared parameter that is absent
 takes its ``default``, else null when ``nullable``, else is a 400 ``param-missing``. Constraints:
@@ -26,7 +27,7 @@ from gateway.errors import Forbidden, ParameterError
 from gateway.policy.model import Param
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
-__all__ = ["Bound", "ParamSpec", "bind_params", "compile_param"]
+__all__ = ["Bound", "ParamSpec", "bind_params", "compile_param", "ignored_values"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -120,6 +121,26 @@ def _show(value: Any) -> Any:
     )
 
 
+def ignored_values(
+    specs: Mapping[str, ParamSpec],
+    query: Sequence[tuple[str, str]] = (),
+    body: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The values a caller sent for claim-bound parameters (a list when a query repeats one):
+    never used, only recorded. Reads nothing else, so it holds whether binding succeeds or not."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in query:
+        spec = specs.get(name)
+        if spec is not None and spec.claim is not None:
+            grouped.setdefault(name, []).append(value)
+    ignored: dict[str, Any] = {k: v if len(v) > 1 else v[0] for k, v in grouped.items()}
+    for name, value in (body or {}).items():
+        spec = specs.get(name)
+        if spec is not None and spec.claim is not None:
+            ignored[name] = value
+    return ignored
+
+
 def bind_params(
     specs: Mapping[str, ParamSpec],
     principal: Principal,
@@ -130,7 +151,6 @@ def bind_params(
 ) -> Bound:
     """Bind every declared parameter or raise ParameterError (400) / Forbidden (403)."""
     raw: dict[str, tuple[Any, bool]] = {}  # name -> (value, from_text)
-    ignored: dict[str, Any] = {}
     for name, value in path_params.items():
         raw[name] = (value, True)
 
@@ -142,8 +162,7 @@ def bind_params(
         if spec is None:
             raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
         if spec.claim is not None:
-            ignored[name] = given_values if len(given_values) > 1 else given_values[0]
-            continue
+            continue  # ignored: see ignored_values
         if name in raw:
             raise ParameterError(
                 name, "is given in the path and must not be repeated", code="param-invalid"
@@ -157,8 +176,7 @@ def bind_params(
         if spec is None:
             raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
         if spec.claim is not None:
-            ignored[name] = value
-            continue
+            continue  # ignored: see ignored_values
         if name in raw:
             raise ParameterError(
                 name, "is given in the path and must not be repeated", code="param-invalid"
@@ -200,4 +218,4 @@ def bind_params(
             values[name] = None
         else:
             raise ParameterError(name, "is required", code="param-missing")
-    return Bound(values, frozenset(claim_bound), ignored)
+    return Bound(values, frozenset(claim_bound), ignored_values(specs, query, body))

@@ -10,7 +10,9 @@ Order of checks (each stops the request with its reason code):
 Roles are checked before parameters, so a caller without a role learns nothing about a route's
 parameters. ``roles`` are the roles that hold (that can allow); for a delegated token, a route's
 deny roles are judged as ``RoleTable.held(..., deny=True)`` says, so ``rule`` may name a deny
-role that is not in ``roles``.
+role that is not in ``roles``. Once a route matched, ``ignored`` holds the values the caller sent
+for its claim-bound parameters, whatever the outcome: the audit trail records a tenant override
+that was refused too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Literal, get_args
 
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
-from gateway.policy.bind import Bound, bind_params
+from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.router import MethodMismatch, PathInvalid
 
@@ -63,6 +65,7 @@ class Decision:
     bound: Bound | None = None
     problem: GatewayError | None = None
     path_params: dict[str, str] = field(default_factory=dict)
+    ignored: dict[str, Any] = field(default_factory=dict)  # caller values for claim-bound params
 
     @property
     def query_name(self) -> str | None:
@@ -92,6 +95,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
     if isinstance(found, GatewayError):
         return _deny(found)
     route, path_params = found
+    ignored = ignored_values(route.query.params, facts.query, facts.body)
     roles = policy.roles.held(principal)
     # a deny role also bites a delegated token on the subject's claims (see roles.py)
     denying = policy.roles.held(principal, deny=True) if principal.delegated else roles
@@ -103,6 +107,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
                 roles=roles,
                 rule=role,
                 path_params=path_params,
+                ignored=ignored,
             )
     allowing = next((r for r in route.model.allow if r in roles), None)
     if allowing is None:
@@ -111,6 +116,7 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
             route=route,
             roles=roles,
             path_params=path_params,
+            ignored=ignored,
         )
     try:
         bound = bind_params(
@@ -121,7 +127,9 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
             body=facts.body,
         )
     except GatewayError as exc:
-        return _deny(exc, route=route, roles=roles, rule=allowing, path_params=path_params)
+        return _deny(
+            exc, route=route, roles=roles, rule=allowing, path_params=path_params, ignored=ignored
+        )
     return Decision(
         allow=True,
         reason="allowed",
@@ -130,4 +138,5 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
         rule=allowing,
         bound=bound,
         path_params=path_params,
+        ignored=ignored,
     )

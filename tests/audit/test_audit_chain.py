@@ -1,17 +1,19 @@
-"""The chain's sealing: the written line is exactly the canonical JSON that verification hashes."""
+"""The chain's sealing: the written line is exactly the canonical JSON that verification hashes,
+with the line breaks JSON leaves raw (U+0085, U+2028, U+2029) escaped."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audit.chain import GENESIS, AuditKeys, Chain, canonical, event_hash
+from gateway.audit.chain import GENESIS, AuditKeys, Chain, canonical, event_hash, line_text
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
+    | st.text() | st.text("a\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )  # fmt: skip
@@ -24,7 +26,9 @@ def test_the_line_is_the_canonical_json_of_the_sealed_event(
     key = b"k" * 32 if keyed else None
     chain = Chain(key)
     sealed, line = chain.seal(event)
-    assert line == canonical(sealed) + b"\n"
+    assert line == line_text(canonical(sealed).decode()).encode() + b"\n"
+    assert json.loads(line) == sealed  # the same content as the hashed form
+    assert len(line.decode().splitlines()) == 1  # one line for every line splitter
     assert sealed["hash"] == event_hash(sealed, key) == chain.last_hash
     assert (sealed["seq"], sealed["prev"], sealed["chain"]) == (1, GENESIS, chain.chain_id)
 

@@ -55,6 +55,28 @@ def test_roles_are_checked_before_parameters() -> None:
     assert decide(POLICY, request_facts("GET /things/1?nope=1"), outsider).reason == "no-allow-role"
 
 
+def test_ignored_caller_values_are_known_whatever_the_outcome() -> None:
+    staff = caller(POLICY, groups=["staff"], tenant="t1")
+    outsider = caller(POLICY, groups=["x"], tenant="t1")
+    blocked = caller(POLICY, groups=["staff"], tenant="t1", sub="user-666")
+    cases = [
+        (staff, "GET /things/1?tenant=t2", "allowed"),
+        (outsider, "GET /things/1?tenant=t2", "no-allow-role"),
+        (blocked, "GET /things/1?tenant=t2", "denied-by-role"),
+        (staff, "GET /things/1?nope=1&tenant=t2", "param-unknown"),  # the other one comes first
+        (caller(POLICY, groups=["staff"]), "GET /things/1?tenant=t2", "claim-missing"),
+    ]
+    for who, request, reason in cases:
+        d = decide(POLICY, request_facts(request), who)
+        assert (d.reason, d.ignored) == (reason, {"tenant": "t2"}), request
+    d = decide(POLICY, request_facts("GET /things/1?tenant=t2&tenant=t3"), outsider)
+    assert d.ignored == {"tenant": ["t2", "t3"]}
+    body = request_facts("POST /things", {"id": "T-1", "size": -1, "tenant": {"t": 2}})
+    d = decide(POLICY, body, staff)
+    assert (d.reason, d.ignored) == ("param-invalid", {"tenant": {"t": 2}})
+    assert decide(POLICY, request_facts("GET /nothing?tenant=t2"), staff).ignored == {}
+
+
 def test_every_reason_is_listed() -> None:
     assert len(set(REASONS)) == len(REASONS) == 11
 
