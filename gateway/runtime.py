@@ -16,7 +16,7 @@ from gateway.auth.verify import TokenVerifier
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import Issuer, SpannerTarget
-from gateway.reload import PolicyReloader
+from gateway.reload import PolicyReloader, log_policy_warnings
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import (
@@ -59,6 +59,7 @@ def build_gateway(
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
     keys are fetched and identities warmed at start-up)."""
     policy = load_compiled(settings.policy, env)
+    log_policy_warnings(policy)
     own_http = http is None
     client = http or httpx.AsyncClient(
         timeout=settings.http_timeout_seconds, follow_redirects=False

@@ -1,9 +1,11 @@
-"""Policies that once let a caller read another tenant, end to end: SQL whose comment Spanner would
-end at a carriage return is refused at load and at reload."""
+"""Policies that once let a caller stall the gateway or read another tenant, end to end: a
+catastrophic ``pattern`` is matched in linear time (RE2), and SQL whose comment Spanner would end
+at a carriage return is refused at load and at reload."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from gateway.app import Gateway
 from gateway.cli import main
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
+
+CATASTROPHIC = "^([A-Z0-9]+-?)+$"  # seconds for 27 bytes with a backtracking engine
 
 LIST_ORDERS = """\
     sql: |
@@ -50,6 +54,50 @@ async def _started(policy: Path, host: str, idp: Any, tmp_path: Path) -> Gateway
     app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
     await app.startup()
     return app
+
+
+@pytest.fixture
+async def catastrophic_gateway(
+    tmp_path: Path, repo: Path, demo_database: str, idp: Any, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Gateway]:
+    policy = _policy(
+        tmp_path,
+        repo,
+        "      order_id: {type: STRING, max_length: 36}\n    max_rows: 1\n    timeout: 2s\n",
+        f'      order_id: {{type: STRING, pattern: "{CATASTROPHIC}"}}\n'
+        "    max_rows: 1\n    timeout: 2s\n",
+    )
+    with caplog.at_level(logging.WARNING, logger="spangate.reload"):
+        app = await _started(policy, demo_database, idp, tmp_path)
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+@pytest.mark.timeout(120)  # start-up included; the hostile request itself takes microseconds
+async def test_a_catastrophic_pattern_cannot_stall_the_gateway(
+    catastrophic_gateway: Gateway,
+    token_for: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Started with a warning: the pattern has no max_length.
+    warned = [r.getMessage() for r in caplog.get_records("setup") if r.name == "spangate.reload"]
+    assert any(
+        "warning: queries.get_order.params.order_id.pattern: pattern without max_length" in m
+        for m in warned
+    ), warned
+    headers = {"Authorization": f"Bearer {token_for('support-console')}"}
+    transport = httpx.ASGITransport(app=catastrophic_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        # With Python's re this value would take longer than the age of the universe.
+        hostile = await http.get("/v1/orders/" + "A" * 5000 + "!", headers=headers)
+        assert hostile.status_code == 400, hostile.text
+        assert hostile.json()["code"] == "param-invalid"
+        assert (await http.get("/healthz")).status_code == 200
+        fine = await http.get("/v1/orders/O-1001", headers=headers)
+        assert fine.status_code == 200, fine.text
+        assert fine.json()["rows"][0]["OrderId"] == "O-1001"
 
 
 def test_policy_check_refuses_sql_with_a_carriage_return(

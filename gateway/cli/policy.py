@@ -5,6 +5,9 @@ everything was exercised), 1 otherwise; ``explain`` 0 allowed, 1 denied; ``diff`
 1 changes. 2 always means the input could not be used (a policy or case file with problems, bad
 claims, a malformed token). None of them imports the Spanner client or touches the network,
 except ``check --database`` (``gateway.cli.db``).
+
+Warnings (``LoadedPolicy.warnings``) go to stderr as ``file:line:column: warning: ...`` and do not
+change the exit code.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 
@@ -67,8 +71,15 @@ def register(sub: Any) -> None:
     diff.set_defaults(handler=_diff)
 
 
+def _warn(warnings: Iterable[PolicyProblem]) -> None:
+    for warning in warnings:
+        print(warning.as_warning(), file=sys.stderr)
+
+
 def _load(path: Path) -> CompiledPolicy:
-    return compile_policy(load_policy(path, env=os.environ))
+    policy = compile_policy(load_policy(path, env=os.environ))
+    _warn(policy.loaded.warnings)
+    return policy
 
 
 def _fail(message: str) -> int:
@@ -104,6 +115,7 @@ def _test(args: argparse.Namespace) -> int:
         return 2
     ok = True
     for suite in suites:
+        _warn(suite.warnings)
         for outcome in suite.outcomes:
             if outcome.passed:
                 if args.verbose:
@@ -193,6 +205,8 @@ def _diff(args: argparse.Namespace) -> int:
             problems.extend(exc.problems)
     if problems:
         raise PolicyError(problems)
+    for policy in loaded:
+        _warn(policy.warnings)
     result = diff_policies(loaded[0].policy, loaded[1].policy)
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))

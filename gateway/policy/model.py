@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from gateway.auth.urls import issuer_problem, url_problem
+from gateway.policy.regex import compile_regex
 from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
@@ -199,8 +200,8 @@ class ClaimTest(_Strict):
     )
     matches: str | None = Field(
         None,
-        description="A regular expression the whole claim value must match (a string claim, or "
-        "any string element of an array claim).",
+        description="A regular expression (RE2 syntax) the whole claim value must match (a string "
+        "claim, or any string element of an array claim).",
     )
     present: Literal[True] | None = Field(
         None, description="The token has the claim, with any value but null."
@@ -210,10 +211,7 @@ class ClaimTest(_Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
+            compile_regex(value)  # RegexProblem is a ValueError: a load error at the pattern
         return value
 
     @model_validator(mode="after")
@@ -297,7 +295,11 @@ class Param(_Strict):
     min: int | float | str | None = None
     max: int | float | str | None = None
     max_length: int | None = Field(None, ge=0, strict=True)
-    pattern: str | None = None
+    pattern: str | None = Field(
+        None,
+        description="A regular expression (RE2 syntax, linear time) the whole value must match; "
+        "give max_length too.",
+    )
     enum: list[Scalar] | None = Field(None, min_length=1)
     default: Any = None
     nullable: bool = False
@@ -322,10 +324,7 @@ class Param(_Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
+            compile_regex(value)  # RegexProblem is a ValueError: a load error at the pattern
         return value
 
     @property

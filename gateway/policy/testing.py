@@ -119,6 +119,7 @@ class Suite:
     files: list[Path]
     outcomes: list[CaseOutcome]
     coverage: Coverage
+    warnings: tuple[PolicyProblem, ...] = ()  # the policy's (LoadedPolicy.warnings)
 
     @property
     def failed(self) -> list[CaseOutcome]:
@@ -382,4 +383,7 @@ def run_case_files(paths: Sequence[Path], *, env: Mapping[str, str]) -> list[Sui
     if problems:
         unique = dict.fromkeys(problems)
         raise PolicyError(sorted(unique, key=lambda p: (p.file, p.line or 0, p.column or 0)))
-    return [Suite(path, t.files, t.outcomes, _coverage(t)) for path, t in tallies.items()]
+    return [
+        Suite(path, t.files, t.outcomes, _coverage(t), t.policy.loaded.warnings)
+        for path, t in tallies.items()
+    ]
