@@ -132,3 +132,23 @@ async def test_a_reload_with_the_cr_comment_exploit_is_refused(
             assert after.json()["rows"] == before.json()["rows"]  # still tenant t1's only
     finally:
         await app.shutdown()
+
+
+@pytest.mark.timeout(120)
+async def test_a_reload_logs_the_warnings_of_the_policy_it_swaps_in(
+    tmp_path: Path, repo: Path, demo_database: str, idp: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = _policy(tmp_path, repo)
+    app = await _started(policy, demo_database, idp, tmp_path)
+    try:
+        bounded = '{type: STRING, max_length: 14, pattern: "^O-[0-9]{1,12}$"}'
+        policy.write_text(
+            policy.read_text().replace(bounded, '{type: STRING, pattern: "^O-[0-9]{1,12}$"}')
+        )
+        with caplog.at_level(logging.WARNING, logger="spangate.reload"):
+            assert await app.reloader.reload() is True
+        [logged] = [r.getMessage() for r in caplog.records if "warning:" in r.getMessage()]
+        assert logged.startswith(f"policy {policy}:")
+        assert "warning: queries.create_order.params.order_id.pattern: pattern without" in logged
+    finally:
+        await app.shutdown()
