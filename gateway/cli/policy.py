@@ -6,8 +6,10 @@ everything was exercised), 1 otherwise; ``explain`` 0 allowed, 1 denied; ``diff`
 claims, a malformed token). None of them imports the Spanner client or touches the network,
 except ``check --database`` (``gateway.cli.db``).
 
-Warnings (``LoadedPolicy.warnings``) go to stderr as ``file:line:column: warning: ...`` and do not
-change the exit code.
+They run without real secrets: an unset ``${VAR}`` in a policy is a warning, and the text ``${VAR}``
+stands in for its value (``load_policy(..., placeholders=True)``); only ``check --database``, which
+reaches Spanner as the server would, and ``spangate serve`` refuse it. Warnings go to stderr as
+``file:line:column: warning: ...`` and do not change the exit code.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def _warn(warnings: Iterable[PolicyProblem]) -> None:
         print(warning.as_warning(), file=sys.stderr)
 
 
-def _load(path: Path) -> CompiledPolicy:
-    policy = compile_policy(load_policy(path, env=os.environ))
+def _load(path: Path, *, placeholders: bool = True) -> CompiledPolicy:
+    policy = compile_policy(load_policy(path, env=os.environ, placeholders=placeholders))
     _warn(policy.loaded.warnings)
     return policy
 
@@ -88,7 +90,7 @@ def _fail(message: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    policy = _load(args.path)
+    policy = _load(args.path, placeholders=not args.database)
     model = policy.model
     print(
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
@@ -105,7 +107,7 @@ def _test(args: argparse.Namespace) -> int:
     from gateway.policy.testing import run_case_files
 
     try:
-        suites = run_case_files(args.paths, env=os.environ)
+        suites = run_case_files(args.paths, env=os.environ, placeholders=True)
     except PolicyError as exc:
         print(
             f"spangate: {len(exc.problems)} problem(s) in the cases or the policy:", file=sys.stderr
@@ -200,7 +202,7 @@ def _diff(args: argparse.Namespace) -> int:
     loaded = []
     for path in (args.old, args.new):
         try:
-            loaded.append(load_policy(path, env=os.environ))
+            loaded.append(load_policy(path, env=os.environ, placeholders=True))
         except PolicyError as exc:
             problems.extend(exc.problems)
     if problems:

@@ -9,8 +9,8 @@ Every problem found is raised at once as ``PolicyError``, sorted by file, line a
 that cannot be read or parsed stops the load after its own problems (nothing else is trusted).
 
 A policy that loads may still carry warnings (``LoadedPolicy.warnings``): ``policy_warnings`` of
-``validate.py``. The CLI prints them as ``file:line:column: warning: ...``; the server logs them at
-start and reload.
+``validate.py``, and with ``placeholders=True`` the notes on unset ``${VAR}``s (``source.py``). The
+CLI prints them as ``file:line:column: warning: ...``; the server logs them at start and reload.
 
 ``compile_policy(load_policy(path, env=...))`` is the whole path from files to a servable policy:
 pure apart from reading the files, with no state kept between calls, so a reload runs it and swaps
@@ -159,23 +159,28 @@ def _sorted(problems: list[PolicyProblem]) -> list[PolicyProblem]:
     return sorted(unique, key=lambda p: (p.file, p.line or 0, p.column or 0, p.where, p.message))
 
 
-def load_policy(path: Path, *, env: Mapping[str, str]) -> LoadedPolicy:
+def load_policy(
+    path: Path, *, env: Mapping[str, str], placeholders: bool = False
+) -> LoadedPolicy:
     """Load and validate the policy at ``path`` (a file or a folder); raises PolicyError with
-    every problem found. ``env`` supplies ``${VAR}`` values (never read from os.environ here)."""
+    every problem found. ``env`` supplies ``${VAR}`` values (never read from os.environ here).
+    ``placeholders=True`` (the offline policy tools, never the server): an unset ``${VAR}`` stays
+    as written, with a warning, instead of being a problem."""
     problems: list[PolicyProblem] = []
-    docs = read_documents(path, env, problems)
+    docs = read_documents(path, env, problems, placeholders=placeholders)
     if docs is None:
         raise PolicyError(_sorted(problems))
     data, source = merge_documents(path, docs, problems)
     policy = _validated(data, source, problems)
     if problems or policy is None:
         raise PolicyError(_sorted(problems))
+    notes = [note for doc in docs for note in doc.notes]
     return LoadedPolicy(
         policy=policy,
         files=tuple(doc.path for doc in docs),
         sha256=digest(docs),
         base_dir=(path if path.is_dir() else path.parent).absolute(),
-        warnings=_warnings(policy, source, []),
+        warnings=_warnings(policy, source, notes),
         _source=source,
     )
 

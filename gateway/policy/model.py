@@ -46,6 +46,7 @@ __all__ = [
     "StdoutSink",
     "parse_duration",
     "parse_size",
+    "secret_fields",
 ]
 
 ALGORITHMS = (
@@ -87,6 +88,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A field holding a secret: never shown (repr, `policy diff`), "writeOnly" in the JSON Schema.
+_SECRET: dict[str, Any] = {"writeOnly": True}
+
+
+def secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The names (aliases where given) of ``model``'s fields that hold secrets."""
+    return frozenset(
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("writeOnly")
+    )
+
+
 class SpannerTarget(_Strict):
     """Where statements run. SPANGATE_SPANNER_PROJECT/INSTANCE/DATABASE override each field."""
 
@@ -99,7 +113,12 @@ class Introspection(_Strict):
     """RFC 7662 token introspection for opaque tokens (client authentication required)."""
 
     client_id: str = Field(min_length=1)
-    client_secret: str = Field(min_length=1)
+    client_secret: str = Field(
+        min_length=1,
+        repr=False,
+        json_schema_extra=_SECRET,
+        description="A secret: write ${VAR}; the policy tools never print it.",
+    )
     endpoint: str | None = Field(
         None, description="Default: from discovery, else {issuer}/v1/introspect."
     )
