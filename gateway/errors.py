@@ -62,14 +62,25 @@ class PolicyProblem:
     where: str  # the dotted path in the document, e.g. "routes[2].allow[0]"
     message: str
 
-    def __str__(self) -> str:
+    @property
+    def location(self) -> str:
+        """``file:line:column``, as far as known."""
         loc = self.file
         if self.line is not None:
             loc += f":{self.line}"
             if self.column is not None:
                 loc += f":{self.column}"
+        return loc
+
+    def __str__(self) -> str:
         where = f" {self.where}:" if self.where else ""
-        return f"{loc}:{where} {self.message}"
+        return f"{self.location}:{where} {self.message}"
+
+    def as_warning(self) -> str:
+        """``file:line:column: warning: where: message``: for a problem that does not stop a load
+        (``LoadedPolicy.warnings``)."""
+        where = f" {self.where}:" if self.where else ""
+        return f"{self.location}: warning:{where} {self.message}"
 
 
 class PolicyError(SpangateError):

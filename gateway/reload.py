@@ -16,6 +16,8 @@ Contract:
   dropped stay open for the requests still using them. Changing an identity that is in use, or
   ``spanner:`` or ``audit:``, needs a restart: such a reload is refused with a message saying so,
   rather than half-applied.
+- The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
+  (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
 """
 
 from __future__ import annotations
@@ -34,9 +36,15 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import Issuer
 
-__all__ = ["PolicyReloader"]
+__all__ = ["PolicyReloader", "log_policy_warnings"]
 
 log = logging.getLogger("spangate.reload")
+
+
+def log_policy_warnings(policy: CompiledPolicy) -> None:
+    """Log, one line each, what the policy loads with but should not say."""
+    for warning in policy.loaded.warnings:
+        log.warning("policy %s", warning.as_warning())
 
 CacheFactory = Callable[[str, Issuer], JwksCache]
 # What a JWKS cache depends on: the same values keep the cache (and its warm keys) on reload.
@@ -141,6 +149,7 @@ class PolicyReloader:
             log.info(
                 "policy reloaded: sha256 %s -> %s", current.policy.sha256[:12], policy.sha256[:12]
             )
+            log_policy_warnings(policy)
             return True
 
     def _failed(self, message: str, exc: PolicyError | None) -> None:

@@ -17,7 +17,7 @@ from gateway.auth.verify import TokenVerifier
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import Issuer, SpannerTarget
-from gateway.reload import PolicyReloader
+from gateway.reload import PolicyReloader, log_policy_warnings
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import (
@@ -73,6 +73,7 @@ def build_gateway(
     check_audit_key(settings, policy)
     if (warning := unkeyed_warning(settings)) is not None:
         log.warning("%s; set SPANGATE_AUDIT_KEY", warning)
+    log_policy_warnings(policy)
     own_http = http is None
     client = http or httpx.AsyncClient(
         timeout=settings.http_timeout_seconds, follow_redirects=False

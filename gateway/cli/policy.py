@@ -5,6 +5,11 @@ everything was exercised), 1 otherwise; ``explain`` 0 allowed, 1 denied; ``diff`
 1 changes. 2 always means the input could not be used (a policy or case file with problems, bad
 claims, a malformed token). None of them imports the Spanner client or touches the network,
 except ``check --database`` (``gateway.cli.db``).
+
+They run without real secrets: an unset ``${VAR}`` in a policy is a warning, and the text ``${VAR}``
+stands in for its value (``load_policy(..., placeholders=True)``); only ``check --database``, which
+reaches Spanner as the server would, and ``spangate serve`` refuse it. Warnings go to stderr as
+``file:line:column: warning: ...`` and do not change the exit code.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 
@@ -67,8 +73,15 @@ def register(sub: Any) -> None:
     diff.set_defaults(handler=_diff)
 
 
-def _load(path: Path) -> CompiledPolicy:
-    return compile_policy(load_policy(path, env=os.environ))
+def _warn(warnings: Iterable[PolicyProblem]) -> None:
+    for warning in warnings:
+        print(warning.as_warning(), file=sys.stderr)
+
+
+def _load(path: Path, *, placeholders: bool = True) -> CompiledPolicy:
+    policy = compile_policy(load_policy(path, env=os.environ, placeholders=placeholders))
+    _warn(policy.loaded.warnings)
+    return policy
 
 
 def _fail(message: str) -> int:
@@ -77,7 +90,7 @@ def _fail(message: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    policy = _load(args.path)
+    policy = _load(args.path, placeholders=not args.database)
     model = policy.model
     print(
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
@@ -100,7 +113,7 @@ def _test(args: argparse.Namespace) -> int:
     from gateway.policy.testing import run_case_files
 
     try:
-        suites = run_case_files(args.paths, env=os.environ)
+        suites = run_case_files(args.paths, env=os.environ, placeholders=True)
     except PolicyError as exc:
         print(
             f"spangate: {len(exc.problems)} problem(s) in the cases or the policy:", file=sys.stderr
@@ -110,6 +123,7 @@ def _test(args: argparse.Namespace) -> int:
         return 2
     ok = True
     for suite in suites:
+        _warn(suite.warnings)
         for outcome in suite.outcomes:
             if outcome.passed:
                 if args.verbose:
@@ -194,11 +208,13 @@ def _diff(args: argparse.Namespace) -> int:
     loaded = []
     for path in (args.old, args.new):
         try:
-            loaded.append(load_policy(path, env=os.environ))
+            loaded.append(load_policy(path, env=os.environ, placeholders=True))
         except PolicyError as exc:
             problems.extend(exc.problems)
     if problems:
         raise PolicyError(problems)
+    for policy in loaded:
+        _warn(policy.warnings)
     result = diff_policies(loaded[0].policy, loaded[1].policy)
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))

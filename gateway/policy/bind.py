@@ -17,7 +17,6 @@ value must match), ``enum``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import Forbidden, ParameterError
 from gateway.policy.model import Param
+from gateway.policy.regex import Regex, compile_regex
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
 __all__ = ["Bound", "ParamSpec", "bind_params", "compile_param", "ignored_values"]
@@ -43,7 +43,7 @@ class ParamSpec:
     min: Any
     max: Any
     max_length: int | None
-    pattern: re.Pattern[str] | None
+    pattern: Regex | None
     enum: tuple[Any, ...] | None
 
 
@@ -77,7 +77,7 @@ def compile_param(name: str, param: Param) -> ParamSpec:
         min=pre(param.min),
         max=pre(param.max),
         max_length=param.max_length,
-        pattern=re.compile(param.pattern) if param.pattern is not None else None,
+        pattern=compile_regex(param.pattern) if param.pattern is not None else None,
         enum=tuple(pre(v) for v in param.enum) if param.enum is not None else None,
     )
 

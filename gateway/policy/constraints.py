@@ -2,23 +2,23 @@
 
 ``min``/``max`` for INT64, FLOAT64, NUMERIC, DATE and TIMESTAMP (given as strings for DATE and
 TIMESTAMP, finite for FLOAT64) and ``min <= max``; ``max_length`` for STRING (characters), BYTES
-(bytes) and ARRAY (elements); ``pattern`` for STRING (the whole value must match, as binding uses
-``fullmatch``); ``enum`` for STRING and INT64, each value of the type, once, and within the other
-constraints. On ``ARRAY<T>`` the element constraints (min, max, pattern, enum) apply to each
-element, as binding applies them. A ``default`` must be of the type and within the constraints,
-and null only when ``nullable``. Claim-bound parameters take no ``default`` and are not
-``nullable`` (see ``validate.py``).
+(bytes) and ARRAY (elements); ``pattern`` for STRING (RE2, the whole value must match, as binding
+uses ``fullmatch``: ``regex.py``); ``enum`` for STRING and INT64, each value of the type, once,
+and within the other constraints. On ``ARRAY<T>`` the element constraints (min, max, pattern,
+enum) apply to each element, as binding applies them. A ``default`` must be of the type and
+within the constraints, and null only when ``nullable``. Claim-bound parameters take no
+``default`` and are not ``nullable`` (see ``validate.py``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.model import Param
+from gateway.policy.regex import Regex, compile_regex
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
 __all__ = ["Finding", "Where", "param_findings"]
@@ -49,7 +49,7 @@ class _Limits:
     lo: Any = None
     hi: Any = None
     max_length: int | None = None
-    pattern: re.Pattern[str] | None = None
+    pattern: Regex | None = None
     enum: list[Any] | None = None
 
     def element_problem(self, item: Any) -> str | None:
@@ -102,7 +102,7 @@ def param_findings(where: Where, param: Param) -> list[Finding]:
             bad("max_length", f"max_length applies to STRING, BYTES and ARRAY, not {ptype}")
     if param.pattern is not None:
         if kind == "STRING":
-            limits.pattern = re.compile(param.pattern)
+            limits.pattern = compile_regex(param.pattern)
         else:
             bad("pattern", f"pattern applies to STRING and ARRAY<STRING>, not {ptype}")
     if param.enum is not None:

@@ -11,6 +11,11 @@ role; the summary says when the entries that delegated tokens can hold change, a
 ``delegated`` key or a claims test under ``act`` does) or a route's statement changes: roles,
 queries (SQL, parameters, identity, limits), identities, issuers, the Spanner target and the
 audit settings are compared too.
+
+Secrets (fields marked by ``model.secret_fields``: an introspection ``client_secret``) are compared
+by value but never shown, in the text or the JSON: ``(secret)`` in an added or removed item,
+``(secret, changed)`` or ``(secret, unchanged)`` in a changed one. An unset ``${VAR}`` loaded with
+placeholders compares as its text, so two policies naming the same variable agree.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.policy.model import Policy, Role, Route
+from gateway.policy.model import Policy, Role, Route, secret_fields
 from gateway.policy.validate import template_shape
 
 __all__ = ["AccessChange", "Change", "PolicyDiff", "diff_policies", "render_diff"]
@@ -77,9 +82,23 @@ def _show(route: Route) -> str:
     return f"{route.method} {route.path}"
 
 
+@dataclass(frozen=True)
+class _Secret:
+    """A secret's value in a dump: equal when the values are, never rendered."""
+
+    value: Any = field(repr=False)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, _Secret):
+        return "(secret)"
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 def _dump(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        dumped = value.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        return _hide_secrets(value, dumped)
     if isinstance(value, list):
         return [_dump(v) for v in value]
     if isinstance(value, dict):
@@ -87,8 +106,33 @@ def _dump(value: Any) -> Any:
     return value
 
 
+def _hide_secrets(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    """``dumped`` (the dump of ``model``) with the secret fields of ``model`` and of the models it
+    holds wrapped in ``_Secret``."""
+    out = dict(dumped)
+    secret = secret_fields(type(model))
+    for name, info in type(model).model_fields.items():
+        key = info.alias or name
+        if key not in out:
+            continue
+        if key in secret:
+            out[key] = _Secret(out[key])
+        elif isinstance(inner := getattr(model, name), BaseModel) and isinstance(out[key], dict):
+            out[key] = _hide_secrets(inner, out[key])
+    return out
+
+
 def _text(value: Any) -> str:
-    return json.dumps(_dump(value), ensure_ascii=False, sort_keys=True)
+    return json.dumps(_dump(value), ensure_ascii=False, sort_keys=True, default=_shown)
+
+
+def _secret_lines(key: str, old: Any, new: Any, indent: str = "") -> list[str]:
+    if old is None or new is None:
+        sign = "-" if new is None else "+"
+        return [f"{indent}{sign} {key}: (secret)"]
+    if old == new:
+        return [f"{indent}  {key}: (secret, unchanged)"]
+    return [f"{indent}~ {key}: (secret, changed)"]
 
 
 def _lines(old: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:
@@ -140,6 +184,8 @@ def _named(section: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list
 
 
 def _field_lines(key: str, old: Any, new: Any) -> list[str]:
+    if isinstance(old, _Secret) or isinstance(new, _Secret):
+        return _secret_lines(key, old, new)
     if isinstance(old, str) and isinstance(new, str) and ("\n" in old or "\n" in new):
         return [f"{key}:", *(f"  {line}" for line in _lines(old.splitlines(), new.splitlines()))]
     if isinstance(old, list) and isinstance(new, list):
@@ -147,7 +193,9 @@ def _field_lines(key: str, old: Any, new: Any) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = [f"{key}:"]
         for k in dict.fromkeys([*new, *old]):
-            if old.get(k) != new.get(k):
+            if isinstance(old.get(k), _Secret) or isinstance(new.get(k), _Secret):
+                out += _secret_lines(k, old.get(k), new.get(k), "  ")
+            elif old.get(k) != new.get(k):
                 out += [f"  - {k}: {_text(old[k])}"] if k in old else []
                 out += [f"  + {k}: {_text(new[k])}"] if k in new else []
         return out

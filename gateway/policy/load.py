@@ -8,6 +8,10 @@ checked on the entries that are valid.
 Every problem found is raised at once as ``PolicyError``, sorted by file, line and column. A file
 that cannot be read or parsed stops the load after its own problems (nothing else is trusted).
 
+A policy that loads may still carry warnings (``LoadedPolicy.warnings``): ``policy_warnings`` of
+``validate.py``, and with ``placeholders=True`` the notes on unset ``${VAR}``s (``source.py``). The
+CLI prints them as ``file:line:column: warning: ...``; the server logs them at start and reload.
+
 ``compile_policy(load_policy(path, env=...))`` is the whole path from files to a servable policy:
 pure apart from reading the files, with no state kept between calls, so a reload runs it and swaps
 the result in (or keeps the old policy when it raises).
@@ -45,7 +49,7 @@ from gateway.policy.source import (
     merge_documents,
     read_documents,
 )
-from gateway.policy.validate import Salvage, Where, validate_policy
+from gateway.policy.validate import Salvage, Where, policy_warnings, validate_policy
 
 __all__ = ["LoadedPolicy", "Position", "dotted", "interpolate", "load_policy", "load_policy_data"]
 
@@ -57,13 +61,15 @@ class LoadedPolicy:
     ``files`` are the files merged, in name order (policy test files excluded); ``sha256`` hashes
     their raw bytes, each prefixed by its name and length, so any edit of any file changes it;
     ``base_dir`` (absolute) is the policy file's folder, or the folder loaded: relative paths in the
-    policy (audit files) are relative to it.
+    policy (audit files) are relative to it. ``warnings``: located, sorted, none of them stops the
+    load.
     """
 
     policy: Policy
     files: tuple[Path, ...]
     sha256: str
     base_dir: Path
+    warnings: tuple[PolicyProblem, ...] = ()
     _source: SourceMap = field(default_factory=SourceMap.empty, repr=False, compare=False)
 
     def locate(self, where: Where) -> Position:
@@ -153,24 +159,37 @@ def _sorted(problems: list[PolicyProblem]) -> list[PolicyProblem]:
     return sorted(unique, key=lambda p: (p.file, p.line or 0, p.column or 0, p.where, p.message))
 
 
-def load_policy(path: Path, *, env: Mapping[str, str]) -> LoadedPolicy:
+def load_policy(
+    path: Path, *, env: Mapping[str, str], placeholders: bool = False
+) -> LoadedPolicy:
     """Load and validate the policy at ``path`` (a file or a folder); raises PolicyError with
-    every problem found. ``env`` supplies ``${VAR}`` values (never read from os.environ here)."""
+    every problem found. ``env`` supplies ``${VAR}`` values (never read from os.environ here).
+    ``placeholders=True`` (the offline policy tools, never the server): an unset ``${VAR}`` stays
+    as written, with a warning, instead of being a problem."""
     problems: list[PolicyProblem] = []
-    docs = read_documents(path, env, problems)
+    docs = read_documents(path, env, problems, placeholders=placeholders)
     if docs is None:
         raise PolicyError(_sorted(problems))
     data, source = merge_documents(path, docs, problems)
     policy = _validated(data, source, problems)
     if problems or policy is None:
         raise PolicyError(_sorted(problems))
+    notes = [note for doc in docs for note in doc.notes]
     return LoadedPolicy(
         policy=policy,
         files=tuple(doc.path for doc in docs),
         sha256=digest(docs),
         base_dir=(path if path.is_dir() else path.parent).absolute(),
+        warnings=_warnings(policy, source, notes),
         _source=source,
     )
+
+
+def _warnings(
+    policy: Policy, source: SourceMap, notes: list[PolicyProblem]
+) -> tuple[PolicyProblem, ...]:
+    found = [source.problem(where, message) for where, message in policy_warnings(policy)]
+    return tuple(_sorted(notes + found))
 
 
 def load_policy_data(
@@ -191,6 +210,7 @@ def load_policy_data(
         files=(),
         sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         base_dir=base_dir.absolute(),
+        warnings=_warnings(policy, source, []),
         _source=source,
     )
 

@@ -23,6 +23,7 @@ from pydantic import (
 
 from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
+from gateway.policy.regex import compile_regex
 from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "StdoutSink",
     "parse_duration",
     "parse_size",
+    "secret_fields",
 ]
 
 ALGORITHMS = (
@@ -87,6 +89,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A field holding a secret: never shown (repr, `policy diff`), "writeOnly" in the JSON Schema.
+_SECRET: dict[str, Any] = {"writeOnly": True}
+
+
+def secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The names (aliases where given) of ``model``'s fields that hold secrets."""
+    return frozenset(
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("writeOnly")
+    )
+
+
 class SpannerTarget(_Strict):
     """Where statements run. SPANGATE_SPANNER_PROJECT/INSTANCE/DATABASE override each field."""
 
@@ -99,7 +114,12 @@ class Introspection(_Strict):
     """RFC 7662 token introspection for opaque tokens (client authentication required)."""
 
     client_id: str = Field(min_length=1)
-    client_secret: str = Field(min_length=1)
+    client_secret: str = Field(
+        min_length=1,
+        repr=False,
+        json_schema_extra=_SECRET,
+        description="A secret: write ${VAR}; the policy tools never print it.",
+    )
     endpoint: str | None = Field(
         None, description="Default: from discovery, else {issuer}/v1/introspect."
     )
@@ -222,8 +242,8 @@ class ClaimTest(_Strict):
     )
     matches: str | None = Field(
         None,
-        description="A regular expression the whole claim value must match (a string claim, or "
-        "any string element of an array claim).",
+        description="A regular expression (RE2 syntax) the whole claim value must match (a string "
+        "claim, or any string element of an array claim).",
     )
     present: Literal[True] | None = Field(
         None, description="The token has the claim, with any value but null."
@@ -233,10 +253,7 @@ class ClaimTest(_Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
+            compile_regex(value)  # RegexProblem is a ValueError: a load error at the pattern
         return value
 
     @model_validator(mode="after")
@@ -352,7 +369,11 @@ class Param(_Strict):
     min: int | float | str | None = None
     max: int | float | str | None = None
     max_length: int | None = Field(None, ge=0, strict=True)
-    pattern: str | None = None
+    pattern: str | None = Field(
+        None,
+        description="A regular expression (RE2 syntax, linear time) the whole value must match; "
+        "give max_length too.",
+    )
     enum: list[Scalar] | None = Field(None, min_length=1)
     default: Any = None
     nullable: bool = False
@@ -377,10 +398,7 @@ class Param(_Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
+            compile_regex(value)  # RegexProblem is a ValueError: a load error at the pattern
         return value
 
     @property

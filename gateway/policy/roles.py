@@ -9,9 +9,9 @@ A role holds if ANY of its entries holds; an entry holds if ALL of its keys hold
   - a value: the claim equals it; a list of values means any of. When the token's claim is itself
     an array, it holds if ANY element equals ANY value. Types are compared strictly: ``true``
     never equals ``"true"`` or ``1``;
-  - ``{matches: REGEX}``: the whole claim matches the regular expression (``re.fullmatch``, as a
-    parameter's ``pattern``); an array claim holds if ANY string element matches; a claim that
-    is not a string (a number, a boolean, an object) never matches;
+  - ``{matches: REGEX}``: the whole claim matches the regular expression (RE2, linear time, a
+    full match as a parameter's ``pattern``: ``regex.py``); an array claim holds if ANY string
+    element matches; a claim that is not a string (a number, a boolean, an object) never matches;
   - ``{present: true}``: the token has the claim with any value but null;
 - ``authenticated: true``: any verified token;
 - ``delegated``: which tokens the other keys judge. A delegated token (RFC 8693: it has an
@@ -39,13 +39,13 @@ for ``spangate policy explain`` and the policy tests. Both use the same predicat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.auth.principal import MISSING, Principal
 from gateway.policy.model import ClaimTest, ClaimValue, Role, RoleEntry
+from gateway.policy.regex import Regex, compile_regex
 
 __all__ = [
     "EntryResult",
@@ -121,9 +121,9 @@ def _equals(actual: Any, expected: Any) -> bool:
     return any(_same(c, w) for c in candidates for w in wanted)
 
 
-def _matches(actual: Any, pattern: re.Pattern[str]) -> bool:
+def _matches(actual: Any, pattern: Regex) -> bool:
     candidates = actual if isinstance(actual, list) else [actual]
-    return any(isinstance(c, str) and pattern.fullmatch(c) is not None for c in candidates)
+    return any(isinstance(c, str) and pattern.fullmatch(c) for c in candidates)
 
 
 def claim_holds(actual: Any, test: ClaimValue) -> bool:
@@ -132,7 +132,7 @@ def claim_holds(actual: Any, test: ClaimValue) -> bool:
         if test.present:
             return actual is not MISSING and actual is not None
         assert test.matches is not None
-        return actual is not MISSING and _matches(actual, re.compile(test.matches))
+        return actual is not MISSING and _matches(actual, compile_regex(test.matches))
     return actual is not MISSING and _equals(actual, test)
 
 
@@ -141,7 +141,7 @@ def _claim_check(path: str, test: ClaimValue) -> _Check:
         return lambda p: p.claim(path) not in (MISSING, None)
     if isinstance(test, ClaimTest):
         assert test.matches is not None
-        pattern = re.compile(test.matches)
+        pattern = compile_regex(test.matches)
         return lambda p: _matches(p.claim(path), pattern)
     return lambda p: (actual := p.claim(path)) is not MISSING and _equals(actual, test)
 

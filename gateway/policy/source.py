@@ -8,6 +8,9 @@ The only I/O of the policy package is reading files, here. Then, purely:
    standard scalar tags are accepted; merge keys (``<<``) and duplicate keys are problems.
 2. ``${VAR}`` in string values (never keys) is replaced from ``env``; ``${VAR:-default}`` takes the
    default when VAR is unset or empty; ``$${`` is a literal ``${``. The result is always a string.
+   An unset VAR (without a default) is a problem, except with ``placeholders=True`` (the offline
+   tools: check, test, explain, diff, which must run without real secrets): the text ``${VAR}``
+   then stays as it is, standing in for the value, and a note (``Document.notes``) says so.
 3. A folder's files are merged: ``issuers``, ``identities``, ``roles`` and ``queries`` by name (a
    name in two files is one problem naming both places), ``routes`` concatenated in file order,
    ``version`` equal wherever given, any other key (``spanner``, ``audit``) in one file only.
@@ -100,10 +103,14 @@ class SourceMap:
         return PolicyProblem(file, line, column, dotted(where), message)
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+def interpolate(
+    text: str, env: Mapping[str, str], *, unset: list[str] | None = None
+) -> tuple[str, list[str]]:
     """Replace ``${VAR}``, ``${VAR:-default}`` and ``$${``; returns the text and the problems.
 
     With any problem the text is returned unchanged, so that nothing else is reported about it.
+    When ``unset`` is a list, a VAR that is not set is no problem: ``${VAR}`` is kept as written
+    (a placeholder) and VAR is appended to ``unset``.
     """
     problems: list[str] = []
 
@@ -123,7 +130,10 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         if default is not None:
             return value if value else default
         if value is None:
-            problems.append(f"environment variable {name} is not set")
+            if unset is not None:
+                unset.append(name)
+            else:
+                problems.append(f"environment variable {name} is not set")
             return token
         return value
 
@@ -138,10 +148,12 @@ class _TooLarge(Exception):
 class _Builder:
     """Plain data from a composed YAML node, with a position per document path."""
 
-    def __init__(self, label: str, env: Mapping[str, str]) -> None:
+    def __init__(self, label: str, env: Mapping[str, str], placeholders: bool) -> None:
         self.label = label
         self.env = env
+        self.placeholders = placeholders
         self.problems: list[PolicyProblem] = []
+        self.notes: list[PolicyProblem] = []
         self.nodes: dict[Where, Position] = {}
         self.keys: dict[Where, Position] = {}
         self._constructor = SafeConstructor()
@@ -201,9 +213,16 @@ class _Builder:
     def scalar(self, node: ScalarNode, where: Where) -> Any:
         tag = node.tag
         if tag == _TAG + "str":
-            value, problems = interpolate(node.value, self.env)
+            unset: list[str] | None = [] if self.placeholders else None
+            value, problems = interpolate(node.value, self.env, unset=unset)
             for message in problems:
                 self.problem(node.start_mark, where, message)
+            for name in dict.fromkeys(unset or ()):
+                note = (
+                    f"environment variable {name} is not set: the text ${{{name}}} stands in for "
+                    "its value (the policy tools only; spangate serve refuses an unset variable)"
+                )
+                self.notes.append(PolicyProblem(*self.pos(node.start_mark), dotted(where), note))
             return value
         if tag == _TAG + "timestamp":
             return node.value
@@ -226,10 +245,17 @@ class Document:
     data: dict[str, Any]
     nodes: dict[Where, Position]
     keys: dict[Where, Position]
+    notes: tuple[PolicyProblem, ...] = ()  # unset variables with placeholders=True
 
 
 def parse_document(
-    path: Path, name: str, raw: bytes, env: Mapping[str, str], problems: list[PolicyProblem]
+    path: Path,
+    name: str,
+    raw: bytes,
+    env: Mapping[str, str],
+    problems: list[PolicyProblem],
+    *,
+    placeholders: bool = False,
 ) -> Document | None:
     label = str(path)
     try:
@@ -259,7 +285,7 @@ def parse_document(
         message = f"the top level must be a mapping (version:, spanner:, …), found {found}"
         problems.append(PolicyProblem(label, line, column, "", message))
         return None
-    builder = _Builder(label, env)
+    builder = _Builder(label, env, placeholders)
     try:
         data = builder.mapping(root, ())
     except _TooLarge:
@@ -267,11 +293,16 @@ def parse_document(
         return None
     builder.nodes[()] = builder.pos(root.start_mark)
     problems.extend(builder.problems)
-    return Document(path, name, raw, data, builder.nodes, builder.keys)
+    notes = tuple(builder.notes)
+    return Document(path, name, raw, data, builder.nodes, builder.keys, notes)
 
 
 def read_documents(
-    path: Path, env: Mapping[str, str], problems: list[PolicyProblem]
+    path: Path,
+    env: Mapping[str, str],
+    problems: list[PolicyProblem],
+    *,
+    placeholders: bool = False,
 ) -> list[Document] | None:
     """The policy documents at ``path`` (sorted by name), or None when one could not be parsed."""
     folder = path.is_dir()
@@ -296,7 +327,7 @@ def read_documents(
             ok = False
             continue
         found: list[PolicyProblem] = []
-        doc = parse_document(file, file.name, raw, env, found)
+        doc = parse_document(file, file.name, raw, env, found, placeholders=placeholders)
         if folder and doc is not None and "cases" in doc.data:
             continue  # a policy test file, not part of the policy
         problems.extend(found)

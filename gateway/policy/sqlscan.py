@@ -19,15 +19,27 @@ separator. Contract:
   are not tables. Approximate: a comma after a JOIN's ON condition is not followed, and a
   correlated array path in a comma join (``FROM t, t.items``) is listed as if it were a table.
 
+Line terminators are Spanner's (ZetaSQL's lexer): ``--`` and ``#`` comments end at a line feed OR a
+carriage return, and a quoted string or identifier that is not triple-quoted may hold neither.
+Before tokenizing, any character a reader and Spanner may not see alike is refused: control
+characters (Unicode Cc) other than tab and line feed (so CR, VT, FF, NEL), format characters (Cf:
+bidirectional overrides, zero-width characters), line and paragraph separators (U+2028, U+2029)
+and lone surrogates. ``WHERE TenantId = @tenant -- scoped\r OR TRUE`` is thus refused rather than
+read as one comment to the end, which Spanner ends at the CR (the ``OR TRUE`` then runs). In a
+string literal such a character is written as an escape (``'\r'``).
+
 Anything the tokenizer cannot accept raises ``SqlProblem`` (a ValueError) whose message says what
 and where (line and column within the statement): an empty statement, more than one statement (a
 ``;`` followed by anything but whitespace and comments), a statement that is neither a query nor
-DML, an unterminated string, quoted identifier or comment, a stray ``@``.
+DML, an unterminated string, quoted identifier or comment, a stray ``@``, a character refused
+above.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +59,16 @@ _CLAUSE_WORDS = frozenset(
 _IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
+_LINE_END = re.compile(r"[\r\n]")  # ZetaSQL: a comment ends at \r, \n or \r\n
+_NOT_PLAIN = re.compile(r"[^\t\n\x20-\x7e]")  # the characters to look at more closely
+_REFUSED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_CONTROL_NAMES = {
+    "\r": "CARRIAGE RETURN",
+    "\x0b": "LINE TABULATION",
+    "\x0c": "FORM FEED",
+    "\x85": "NEXT LINE",
+    "\x00": "NULL",
+}
 
 TokenKind = Literal["word", "quoted", "string", "number", "param", "sysvar", "hint", "punct"]
 
@@ -90,6 +112,23 @@ def _fail(sql: str, pos: int, message: str) -> SqlProblem:
     return SqlProblem(f"{message} (SQL {_where(sql, pos)})", offset=pos)
 
 
+def _refuse_unclear_characters(sql: str) -> None:
+    """Raise SqlProblem at the first character that is not plain text and whitespace (see above)."""
+    for m in _NOT_PLAIN.finditer(sql):
+        c = m.group(0)
+        category = unicodedata.category(c)
+        if category in _REFUSED:
+            name = _CONTROL_NAMES.get(c) or unicodedata.name(c, "a control character")
+            raise _fail(
+                sql,
+                m.start(),
+                f"U+{ord(c):04X} ({name}) is not allowed in policy SQL: the only control "
+                "characters allowed are tab and line feed (and no format or line-separator "
+                "characters), so that the gateway reads the statement as Spanner does; in a "
+                "string literal, write an escape such as \\r",
+            )
+
+
 def _string_end(sql: str, start: int, quote_at: int) -> int:
     """The index just past the string literal whose opening quote is at ``quote_at``."""
     quote = sql[quote_at]
@@ -101,7 +140,7 @@ def _string_end(sql: str, start: int, quote_at: int) -> int:
         if c == "\\":  # an escape, also in raw strings: r'\'' is the two characters \'
             i += 2
             continue
-        if c == "\n" and not triple:
+        if c in "\r\n" and not triple:
             break
         if sql.startswith(delimiter, i):
             return i + len(delimiter)
@@ -136,7 +175,7 @@ def _backtick(sql: str, i: int) -> tuple[str, int]:
         if c == "\\":
             j += 2
             continue
-        if c == "\n":
+        if c in "\r\n":
             break
         if c == "`":
             return sql[i + 1 : j], j + 1
@@ -162,8 +201,8 @@ def _tokenize(sql: str) -> list[_Token]:
         if c.isspace():
             i += 1
         elif sql.startswith("--", i) or c == "#":
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
+            line_end = _LINE_END.search(sql, i)
+            i = n if line_end is None else line_end.end()
         elif sql.startswith("/*", i):
             end = sql.find("*/", i + 2)
             if end < 0:
@@ -372,6 +411,7 @@ def _tables(tokens: list[_Token]) -> tuple[str, ...]:
 
 def scan_sql(sql: str) -> SqlInfo:
     """Tokenize one GoogleSQL statement; raises SqlProblem when it cannot be whitelisted."""
+    _refuse_unclear_characters(sql)
     tokens = _tokenize(sql)
     for index, tok in enumerate(tokens):
         if tok.is_punct(";"):

@@ -119,6 +119,7 @@ class Suite:
     files: list[Path]
     outcomes: list[CaseOutcome]
     coverage: Coverage
+    warnings: tuple[PolicyProblem, ...] = ()  # the policy's (LoadedPolicy.warnings)
 
     @property
     def failed(self) -> list[CaseOutcome]:
@@ -319,8 +320,11 @@ def _coverage(tally: _Tally) -> Coverage:
     return cov
 
 
-def run_case_files(paths: Sequence[Path], *, env: Mapping[str, str]) -> list[Suite]:
+def run_case_files(
+    paths: Sequence[Path], *, env: Mapping[str, str], placeholders: bool = False
+) -> list[Suite]:
     """Run every case of the case files at ``paths`` (files or folders), one Suite per policy.
+    ``placeholders`` is passed to ``load_policy`` (an unset ``${VAR}`` in a policy is a warning).
 
     Raises PolicyError (every problem of every file at once) when a case file or a policy
     cannot be loaded, or a case names a role, a query or an issuer the policy lacks.
@@ -342,7 +346,8 @@ def run_case_files(paths: Sequence[Path], *, env: Mapping[str, str]) -> list[Sui
             continue  # its problems are already reported
         if target not in tallies:
             try:
-                tallies[target] = _Tally(compile_policy(load_policy(target, env=env)))
+                loaded = load_policy(target, env=env, placeholders=placeholders)
+                tallies[target] = _Tally(compile_policy(loaded))
             except PolicyError as exc:
                 problems.extend(exc.problems)
                 broken.add(target)
@@ -382,4 +387,7 @@ def run_case_files(paths: Sequence[Path], *, env: Mapping[str, str]) -> list[Sui
     if problems:
         unique = dict.fromkeys(problems)
         raise PolicyError(sorted(unique, key=lambda p: (p.file, p.line or 0, p.column or 0)))
-    return [Suite(path, t.files, t.outcomes, _coverage(t)) for path, t in tallies.items()]
+    return [
+        Suite(path, t.files, t.outcomes, _coverage(t), t.policy.loaded.warnings)
+        for path, t in tallies.items()
+    ]

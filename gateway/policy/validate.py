@@ -23,6 +23,10 @@ policy may be served. What it checks, beyond the models:
   gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
   binding checks the claim against them and refuses a token whose claim does not fit (403).
 
+``policy_warnings`` lists what a valid policy may keep but should not: a STRING parameter with a
+``pattern`` and no ``max_length`` (RE2 matches in linear time, but the value may be as long as
+the request allows).
+
 ``Salvage`` lets the loader run these checks on the valid part of a policy that also has shape
 errors, without reporting follow-on errors for the entries that failed.
 """
@@ -47,6 +51,7 @@ __all__ = [
     "Salvage",
     "Where",
     "did_you_mean",
+    "policy_warnings",
     "template_problems",
     "template_shape",
     "validate_policy",
@@ -188,6 +193,21 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
         if sink.type == "spanner" and (msg := ctx.unknown("identities", sink.identity)):
             findings.append((("audit", "sinks", k, "identity"), msg))
     return findings
+
+
+def policy_warnings(policy: Policy) -> list[Finding]:
+    """What the loader reports as warnings: the policy loads, but says less than it could."""
+    found: list[Finding] = []
+    for name, query in policy.queries.items():
+        for pname, param in query.params.items():
+            scalar_string = not param.ptype.is_array and param.ptype.kind == "STRING"
+            if scalar_string and param.pattern is not None and param.max_length is None:
+                where: Where = ("queries", name, "params", pname, "pattern")
+                found.append((where, (
+                    "pattern without max_length: the value is matched whatever its length "
+                    "(up to the request size limit); give max_length"
+                )))
+    return found
 
 
 def _sql_params(where: Where, info: SqlInfo, declared: Mapping[str, Param]) -> list[Finding]:

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import EXAMPLE, REPO, base
+from builders import EXAMPLE, REPO, base, where_in
 
 from gateway.cli import main
+from gateway.errors import PolicyError
 from gateway.policy.diff import AccessChange, diff_policies, render_diff
 from gateway.policy.load import load_policy_data
 from gateway.policy.model import Policy
+from gateway.runtime import load_compiled
 
 
 def model(data: dict[str, Any]) -> Policy:
@@ -127,3 +129,129 @@ def test_the_cli_exits_1_on_changes_0_without_and_2_on_a_bad_policy(
     broken.write_text("version: 1\n")
     assert main(["policy", "diff", str(EXAMPLE), str(broken)]) == 2
     assert "missing required key 'spanner'" in capsys.readouterr().err
+
+
+# --- secrets, and the tools without them ---------------------------------------------------------
+
+WITH_SECRETS = Path(__file__).parent / "data" / "policy.example.yaml"  # introspection, ${VAR}s
+SECRET_LINE = "      client_secret: ${OKTA_CLIENT_SECRET}\n"  # noqa: S105 - a line of the policy
+OLD_SECRET, NEW_SECRET = "old-hunter2-secret", "new-swordfish-secret"
+
+
+def _variant(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    text = WITH_SECRETS.read_text()
+    assert text.count(old) == 1
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def _diff(capsys: pytest.CaptureFixture[str], old: Path, new: Path) -> tuple[int, str, str, str]:
+    """(exit code, text, JSON text, stderr of both runs)."""
+    code = main(["policy", "diff", str(old), str(new)])
+    text, err = capsys.readouterr()
+    assert main(["policy", "diff", "--json", str(old), str(new)]) == code
+    as_json, err2 = capsys.readouterr()
+    return code, text, as_json, err + err2
+
+
+def test_diff_shows_that_a_secret_changed_never_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OKTA_CLIENT_ID", "client-id")
+    monkeypatch.setenv("OKTA_CLIENT_SECRET", OLD_SECRET)
+    monkeypatch.setenv("ROTATED_SECRET", NEW_SECRET)
+    rotated = _variant(
+        tmp_path, "rotated.yaml", SECRET_LINE, "      client_secret: ${ROTATED_SECRET}\n"
+    )
+    code, text, as_json, err = _diff(capsys, WITH_SECRETS, rotated)
+    assert code == 1
+    for shown in (text, as_json, err):
+        assert OLD_SECRET not in shown and NEW_SECRET not in shown
+    assert text == (
+        "issuers:\n"
+        "  ~ okta: changed: introspection\n"
+        "      introspection:\n"
+        "        ~ client_secret: (secret, changed)\n"
+    )
+    [change] = json.loads(as_json)["changes"]
+    assert change["lines"] == ["introspection:", "  ~ client_secret: (secret, changed)"]
+
+    # The same value from another variable is no change; a change beside it says the secret did not.
+    monkeypatch.setenv("ROTATED_SECRET", OLD_SECRET)
+    assert main(["policy", "diff", str(WITH_SECRETS), str(rotated)]) == 0
+    capsys.readouterr()
+    moved = _variant(
+        tmp_path,
+        "moved.yaml",
+        SECRET_LINE,
+        SECRET_LINE + "      endpoint: https://dev-000000.okta.com/oauth2/default/v1/introspect\n",
+    )
+    code, text, as_json, err = _diff(capsys, WITH_SECRETS, moved)
+    assert code == 1 and OLD_SECRET not in text + as_json + err
+    assert "        client_secret: (secret, unchanged)\n" in text
+    assert '        + endpoint: "https://dev-000000.okta.com/oauth2/default/v1/introspect"\n' in text
+
+    # An added (or removed) secret is shown as (secret).
+    plain = _variant(
+        tmp_path,
+        "plain.yaml",
+        "    introspection:              # optional RFC 7662, for opaque tokens\n"
+        "      client_id: ${OKTA_CLIENT_ID}          # ${VAR}: from the environment; "
+        "missing -> load error\n" + SECRET_LINE,
+        "",
+    )
+    code, text, as_json, err = _diff(capsys, plain, WITH_SECRETS)
+    assert code == 1 and OLD_SECRET not in text + as_json + err
+    assert '+ introspection: {"client_id": "client-id", "client_secret": "(secret)"}' in text
+    code, text, _, _ = _diff(capsys, WITH_SECRETS, plain)
+    assert '- introspection: {"client_id": "client-id", "client_secret": "(secret)"}' in text
+
+
+def test_the_policy_tools_run_without_the_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OKTA_CLIENT_ID", raising=False)
+    monkeypatch.delenv("OKTA_CLIENT_SECRET", raising=False)
+    note = (
+        "issuers.okta.introspection.client_secret: environment variable OKTA_CLIENT_SECRET is "
+        "not set: the text ${OKTA_CLIENT_SECRET} stands in for its value"
+    )
+    secret_at = where_in(WITH_SECRETS, "${OKTA_CLIENT_SECRET}")
+
+    # Both sides name the same unset variables: no change, and a located note on stderr.
+    copy = tmp_path / "same.yaml"
+    copy.write_text(WITH_SECRETS.read_text())
+    assert main(["policy", "diff", str(WITH_SECRETS), str(copy)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "no changes\n"
+    assert f"{secret_at}: warning: {note}" in err
+
+    assert main(["policy", "check", str(WITH_SECRETS)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{WITH_SECRETS}: ok") and f"{secret_at}: warning: {note}" in err
+
+    claims = json.dumps({"iss": "okta", "groups": ["support"], "tenant": "t1"})
+    args = ["policy", "explain", "--policy", str(WITH_SECRETS), "--claims", claims]
+    assert main([*args, "GET", "/v1/orders/O-1"]) == 0
+    assert f"{secret_at}: warning: {note}" in capsys.readouterr().err
+
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        f"policy: {WITH_SECRETS}\n"
+        "cases:\n"
+        "  - name: support reads an order\n"
+        "    claims: {iss: okta, groups: [support], tenant: t1}\n"
+        "    request: GET /v1/orders/O-1\n"
+        "    expect: {allow: true}\n"
+    )
+    assert main(["policy", "test", str(cases)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 cases, 1 passed, 0 failed" in out and f"{secret_at}: warning: {note}" in err
+
+    # What reaches Spanner or serves refuses an unset variable.
+    assert main(["policy", "check", "--database", str(WITH_SECRETS)]) == 2
+    err = capsys.readouterr().err
+    assert f"{secret_at}: issuers.okta.introspection.client_secret: environment variable " in err
+    with pytest.raises(PolicyError, match="environment variable OKTA_CLIENT_SECRET is not set"):
+        load_compiled(WITH_SECRETS, {})

@@ -393,6 +393,33 @@ def test_interpolate(text: str, env: dict[str, str], result: str, errors: list[s
     assert interpolate(text, env) == (result, errors)
 
 
+def test_interpolate_with_placeholders_keeps_unset_references() -> None:
+    unset: list[str] = []
+    assert interpolate("a${A}b${B}c${C:-d}", {"B": "2"}, unset=unset) == ("a${A}b2cd", [])
+    assert unset == ["A"]
+    assert interpolate("${A", {}, unset=[]) == ("${A", ["unterminated ${ (write $${ for a literal ${)"])
+
+
+def test_placeholders_stand_in_for_unset_variables_with_a_located_warning() -> None:
+    with pytest.raises(PolicyError):
+        load_policy(EXAMPLE, env={})  # the server's way: an unset variable is a problem
+    loaded = load_policy(EXAMPLE, env={"OKTA_CLIENT_ID": "id"}, placeholders=True)
+    introspection = loaded.policy.issuers["okta"].introspection
+    assert introspection is not None
+    assert (introspection.client_id, introspection.client_secret) == ("id", "${OKTA_CLIENT_SECRET}")
+    [warning] = [w for w in loaded.warnings if "environment variable" in w.message]
+    assert (warning.line, warning.column) == at(EXAMPLE.read_text(), "${OKTA_CLIENT_SECRET}")
+    assert warning.where == "issuers.okta.introspection.client_secret"
+    assert warning.message.startswith(
+        "environment variable OKTA_CLIENT_SECRET is not set: the text ${OKTA_CLIENT_SECRET} "
+        "stands in for its value"
+    )
+    # Set variables are used as ever, and the hash is the files' either way.
+    again = load_policy(EXAMPLE, env=ENV, placeholders=True).warnings
+    assert not [w for w in again if "environment variable" in w.message]
+    assert loaded.sha256 == load_policy(EXAMPLE, env=ENV).sha256
+
+
 # --- folders -------------------------------------------------------------------------------------
 
 

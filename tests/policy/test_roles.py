@@ -108,7 +108,7 @@ def test_a_role_may_be_written_as_a_mapping_with_a_description() -> None:
 @pytest.mark.parametrize(
     ("value", "where", "message"),
     [
-        ({"matches": "("}, ".matches", "invalid regular expression: missing ), unterminated"),
+        ({"matches": "("}, ".matches", "invalid regular expression: missing )"),
         ({"matches": "a", "present": True}, "", "give exactly one of matches, present"),
         ({"present": False}, ".present", "unexpected value false; expected true"),
         ({"matchs": "a"}, ".matchs", "unknown key 'matchs'; did you mean 'matches'?"),

@@ -179,7 +179,12 @@ _BASES = [
     "WITH c AS (SELECT * FROM T WHERE k = @k) SELECT {x} FROM c JOIN U ON TRUE",
     "DELETE FROM Orders WHERE note = {x} AND id = @id",
 ]
-_text = st.text(st.characters(codec="utf-8"), max_size=12)
+# Control, format and line-separator characters are refused anywhere (tested below); tab and LF are not.
+_REFUSED = ("Cc", "Cf", "Zl", "Zp", "Cs")
+_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=_REFUSED, include_characters="\t\n"),
+    max_size=12,
+)
 
 
 @st.composite
@@ -221,3 +226,71 @@ def test_a_comment_holding_a_param_and_semicolon_changes_nothing(
     at = data.draw(st.sampled_from(gaps))
     with_comment = sql[:at] + " " + comment + sql[at:]
     assert scan_sql(with_comment) == scan_sql(sql)
+
+
+# --- line terminators and invisible characters: read as Spanner reads them --------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "char", "column"),
+    [
+        # The exploit: Spanner ends the comment at the CR, so OR TRUE would run.
+        ("SELECT * FROM Orders WHERE TenantId = @tenant -- scoped\r OR TRUE", "U+000D", 56),
+        ("SELECT * FROM Orders WHERE TenantId = @tenant # scoped\r OR TRUE", "U+000D", 55),
+        ("SELECT 1 -- a\r\nFROM T", "U+000D", 14),
+        ("SELECT 'a\rb'", "U+000D", 10),
+        ("SELECT 1\x0b", "U+000B", 9),
+        ("SELECT\x0c1", "U+000C", 7),
+        ("SELECT 1 -- \x85 OR TRUE", "U+0085", 13),
+        ("SELECT 1 -- \u2028 OR TRUE", "U+2028", 13),
+        ("SELECT 1 -- \u2029 OR TRUE", "U+2029", 13),
+        ("SELECT 'admin\u202e' = @x", "U+202E", 14),  # a bidi override (Trojan Source)
+        ("SELECT\u200b1", "U+200B", 7),
+        ("SELECT 1\x00", "U+0000", 9),
+        ("SELECT 1 \x1f", "U+001F", 10),
+        ("SELECT 1\n-- ok\n\x7f", "U+007F", 1),
+    ],
+)
+def test_control_and_format_characters_are_refused_where_they_are(
+    sql: str, char: str, column: int
+) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql(sql)
+    message = str(caught.value)
+    assert message.startswith(f"{char} (")
+    assert "is not allowed in policy SQL: the only control characters allowed are tab" in message
+    line = sql.count("\n", 0, caught.value.offset) + 1
+    assert message.endswith(f"(SQL line {line}, column {column})")
+    assert sql[caught.value.offset or 0] == chr(int(char[2:], 16))
+
+
+def test_tabs_line_feeds_and_unicode_text_are_fine() -> None:
+    sql = (
+        "SELECT\tname\nFROM T -- caf\u00e9 \u2014 \u00a0\n"
+        "WHERE n = 'Gr\u00fc\u00dfe \U0001f600' AND id = @id"
+    )
+    assert scan_sql(sql).params == ("id",)
+
+
+@given(st.sampled_from(_BASES), st.text(st.characters(categories=_REFUSED), min_size=1, max_size=1))
+def test_a_refused_character_anywhere_is_refused(base: str, char: str) -> None:
+    if char in "\t\n":
+        return
+    for sql in (base.format(x=f"'{char}'"), base.format(x="1 -- " + char), base + char):
+        with pytest.raises(SqlProblem, match="is not allowed in policy SQL"):
+            scan_sql(sql)
+
+
+def test_comments_end_at_a_carriage_return_as_in_spanner() -> None:
+    """Defence in depth below the character check: the tokenizer itself ends ``--`` and ``#``
+    comments at CR, LF or CRLF (ZetaSQL's ``dash_comment``/``pound_comment``), and a quoted string
+    or identifier that is not triple-quoted holds neither."""
+    from gateway.policy.sqlscan import _tokenize
+
+    for comment in ("-- scoped", "# scoped"):
+        for end in ("\r", "\n", "\r\n"):
+            tokens = _tokenize(f"WHERE TenantId = @tenant {comment}{end} OR TRUE")
+            assert [t.text for t in tokens][-2:] == ["OR", "TRUE"]
+    for unterminated in ("SELECT 'a\rb'", "SELECT `a\rb`"):
+        with pytest.raises(SqlProblem, match="unterminated"):
+            _tokenize(unterminated)
