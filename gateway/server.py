@@ -109,7 +109,10 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
 def run_server(app: Any, settings: Settings, *, log_level: str | None = None) -> int:
     """Serve until SIGINT/SIGTERM; 0 after a clean shutdown, 3 when start-up failed (as uvicorn)."""
     server = uvicorn.Server(server_config(app, settings, log_level=log_level))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, as uvicorn.run does
+        pass
     return 0 if server.started else 3
 
 

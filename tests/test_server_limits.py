@@ -355,6 +355,32 @@ def test_an_idle_keep_alive_connection_is_closed(server: Served) -> None:
     assert raw.startswith(b"HTTP/1.1 200 ")  # then EOF: _read_all ended before its timeout
 
 
+def test_keep_alive_and_pipelining_still_work_within_the_limits(
+    server: Served, token_for: Callable[..., str]
+) -> None:
+    token = token_for("order-writer").encode()
+    body = b'{"order_id": "O-%d", "customer_id": "C-1", "total_cents": 5}' % (
+        time.time_ns() % 10**12
+    )
+    post = (
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with server.connect() as sock:
+        sock.sendall(post + get + get)  # three requests in one write
+        raw = b""
+        while raw.count(b"HTTP/1.1 200 ") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, raw.decode()
+            raw += chunk
+        assert b"commit_timestamp" in raw
+        # The same connection: a later head gets its own deadline, not the first one's.
+        time.sleep(1)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        _problem(_read_all(sock, timeout=30), 408, "request-timeout")
+
+
 # -- item 15: WebSocket upgrades -----------------------------------------------------------------
 
 
