@@ -10,7 +10,8 @@ reaches the gateway:
   was sent): else 408 ``request-timeout`` (a silent close when no byte arrived);
 - a response given before the request body ended closes the connection (the rest of the body is
   never read), so a body that never ends holds nothing once the gateway has answered;
-- a request on a connection beyond ``max_connections`` gets 503 ``server-busy``.
+- a request on a connection beyond ``max_connections`` gets 503 ``server-busy``;
+- a request that is not HTTP/1.1 gets 400 ``request-invalid`` (uvicorn's is text/plain).
 
 These answers are problem+json written by the server itself: they are not audit events, since no
 request reached the gateway. The body deadline is the gateway's own (``gateway.http``), so a body
@@ -31,7 +32,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.errors import GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
+from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
 from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
 from gateway.settings import Settings
 
@@ -207,10 +208,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if isinstance(exc.__context__, _HeadRefused):
                 self._refuse_head(HeadersTooLarge(str(exc.__context__)))
             else:
-                self._refused = True
-                self._cancel_head_timer()
-                log.debug("invalid HTTP request from %s: %s", self.client, exc)
-                self.send_400_response("Invalid HTTP request received.")
+                self._refuse_head(
+                    BadRequest(f"not a valid HTTP/1.1 request: {exc}", code="request-invalid")
+                )
             return False
         except httptools.HttpParserUpgrade:
             # WebSockets are off: the request was served as HTTP; what follows the upgrade

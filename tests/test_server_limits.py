@@ -223,6 +223,12 @@ def test_header_limits_are_settings(serve: Callable[..., Served]) -> None:
         assert _read_all(sock, timeout=5).startswith(b"HTTP/1.1 200 ")
 
 
+def test_what_is_not_http_gets_a_problem_too(server: Served) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n")
+        _problem(_read_all(sock), 400, "request-invalid")
+
+
 # -- item 3: slow clients ----------------------------------------------------------------------
 
 
