@@ -130,6 +130,12 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            # The server runs without WebSockets (gateway.server); under another server, refuse
+            # the handshake (403) rather than leave it to the server's 500.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             return
         headers = scope.get("headers", [])
@@ -229,7 +235,13 @@ class Gateway:
         found = match_route(policy, method, path)
         if isinstance(found, GatewayError):
             raise found
-        body = await read_json_body(receive, headers, method, limit=self.settings.max_body_bytes)
+        body = await read_json_body(
+            receive,
+            headers,
+            method,
+            limit=self.settings.max_body_bytes,
+            timeout=self.settings.body_timeout_seconds,
+        )
         if method in BODY_METHODS and query:
             raise BadRequest(
                 f"{method} parameters go in the JSON body, not the query string",

@@ -16,9 +16,12 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── MethodNotAllowed     405   method-not-allowed (Allow header)
         ├── BadRequest           400   bad-request, path-invalid, body-invalid, ...
         │   └── ParameterError   400   param-invalid, param-missing, param-unknown
+        ├── RequestTimeout       408   request-timeout
         ├── PayloadTooLarge      413   body-too-large
+        ├── HeadersTooLarge      431   headers-too-large
         ├── UnsupportedMediaType 415   unsupported-media-type
         ├── AuditUnavailable     503   audit-unavailable
+        ├── ServerBusy           503   server-busy (Retry-After)
         └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
 """
 
@@ -34,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Forbidden",
     "GatewayError",
+    "HeadersTooLarge",
     "IdpUnavailable",
     "IntrospectionBusy",
     "MethodNotAllowed",
@@ -41,7 +45,9 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyError",
     "PolicyProblem",
+    "RequestTimeout",
     "RouteNotFound",
+    "ServerBusy",
     "SpangateError",
     "SpannerError",
     "UnsupportedMediaType",
@@ -199,6 +205,36 @@ class PayloadTooLarge(GatewayError):
     status = 413
     code = "body-too-large"
     title = "Payload too large"
+
+
+class RequestTimeout(GatewayError):
+    """The request head or body did not arrive within its deadline."""
+
+    status = 408
+    code = "request-timeout"
+    title = "Request timeout"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
+
+
+class HeadersTooLarge(GatewayError):
+    """The request line and headers exceed the server's limits (answered by the HTTP layer)."""
+
+    status = 431
+    code = "headers-too-large"
+    title = "Request header fields too large"
+
+
+class ServerBusy(GatewayError):
+    """The server holds as many connections as it may (answered by the HTTP layer)."""
+
+    status = 503
+    code = "server-busy"
+    title = "Server busy"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
 
 
 class UnsupportedMediaType(GatewayError):

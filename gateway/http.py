@@ -5,12 +5,19 @@ Pure ASGI (no BaseHTTPMiddleware): the request path pays for nothing it does not
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from gateway.policy.bind import BODY_METHODS
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "Send",
     "dumps",
     "parse_json",
+    "problem",
     "read_json_body",
     "request_id",
     "routed_path",
@@ -62,8 +70,18 @@ def dumps(obj: Any) -> bytes:
 
 
 async def read_json_body(
-    receive: Receive, headers: list[tuple[bytes, bytes]], method: str, *, limit: int
+    receive: Receive,
+    headers: list[tuple[bytes, bytes]],
+    method: str,
+    *,
+    limit: int,
+    timeout: float,
 ) -> dict[str, Any] | None:
+    """The JSON object of parameters in the body (None when the method takes no body).
+
+    The whole body must arrive within ``timeout`` seconds (408 ``request-timeout``): a body that
+    trickles or never ends cannot hold the request, its connection and its audit event open.
+    """
     length = next((v for k, v in headers if k == b"content-length"), None)
     chunked = any(k == b"transfer-encoding" for k, _ in headers)
     has_body = chunked or (length is not None and length.strip() not in (b"", b"0"))
@@ -89,6 +107,20 @@ async def read_json_body(
             raise BadRequest("invalid Content-Length", code="body-invalid") from None
         if declared > limit:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await _read_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} seconds") from None
+    if not raw.strip():
+        return {}  # an empty body (chunked or not) is no parameters, as Content-Length: 0 is
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object of parameters", code="body-invalid")
+    return body
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -101,14 +133,7 @@ async def read_json_body(
             raise PayloadTooLarge(f"the body is larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}  # an empty body (chunked or not) is no parameters, as Content-Length: 0 is
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object of parameters", code="body-invalid")
-    return body
+            return b"".join(chunks)
 
 
 def _no_constant(name: str) -> Any:
@@ -159,8 +184,9 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-async def send_problem(send: Send, error: GatewayError, rid: str, *, head: bool) -> None:
-    problem: dict[str, Any] = {
+def problem(error: GatewayError, rid: str) -> dict[str, Any]:
+    """The RFC 9457 body of an error."""
+    return {
         "type": PROBLEM_TYPE + error.code,
         "title": error.title,
         "status": error.status,
@@ -169,10 +195,13 @@ async def send_problem(send: Send, error: GatewayError, rid: str, *, head: bool)
         "request_id": rid,
         **error.extra,
     }
+
+
+async def send_problem(send: Send, error: GatewayError, rid: str, *, head: bool) -> None:
     await send_response(
         send,
         error.status,
-        dumps(problem),
+        dumps(problem(error, rid)),
         "application/problem+json",
         rid,
         head=head,

@@ -46,6 +46,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=0, description="Larger request bodies get 413.")
     max_token_bytes: int = Field(16_384, ge=512, description="Larger bearer tokens get 401.")
 
+    # Connections (the HTTP layer, gateway.server)
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="A request line and headers larger than this get 431 (read no further).",
+    )
+    max_headers: int = Field(100, ge=8, description="More header fields than this get 431.")
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="The request line and headers must arrive within this time (else 408).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body must arrive within this time (else 408)."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Requests on connections beyond this many get 503 server-busy."
+    )
+    keepalive_timeout_seconds: int = Field(
+        5, ge=1, le=300, description="An idle keep-alive connection is closed after this time."
+    )
+
     # Tokens
     leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed for exp/nbf/iat.")
     jwks_refresh_seconds: int = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -157,6 +158,17 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
         assert set(curls) == {"support-console", "order-agent", "order-writer", "outsider"}
         statuses = {name: _run_curl(argv) for name, argv in curls.items()}
         assert statuses == {"support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403}
+        # The demo runs the server configuration of `spangate serve`: X-Forwarded-For from
+        # loopback (no SPANGATE_TRUSTED_PROXIES) does not become the audited client address.
+        rid = f"xff-{os.getpid()}-{time.monotonic_ns()}"
+        spoofed = httpx.get(
+            base.group(1) + "/v1/orders/O-1001",
+            headers={"X-Forwarded-For": "203.0.113.66", "X-Request-ID": rid},
+        )
+        assert spoofed.status_code == 401
+        trail = (repo / ".run" / "audit.jsonl").read_text().splitlines()
+        (event,) = [json.loads(line) for line in trail if rid in line]
+        assert event["httpRequest"]["remoteIp"] == "127.0.0.1"
     finally:
         _stop(process, stop)
     survivors = [pid for pid in pids if _running(pid)]

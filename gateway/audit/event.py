@@ -62,8 +62,8 @@ SERVICE = "spangate"
 # google.rpc.Code for an HTTP status, as Google's APIs map them (codes first, then statuses).
 _RPC_BY_CODE = {"conflict": 6, "precondition-failed": 9, "aborted": 10, "cancelled": 1}
 _RPC_BY_STATUS = {
-    200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 10, 413: 3, 415: 3, 429: 8,
-    499: 1, 500: 13, 501: 12, 503: 14, 504: 4,
+    200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 408: 4, 409: 10, 413: 3, 415: 3, 429: 8,
+    431: 3, 499: 1, 500: 13, 501: 12, 503: 14, 504: 4,
 }  # fmt: skip
 
 

@@ -8,9 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "register"]
-
-GRACEFUL_SHUTDOWN_SECONDS = 10
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -30,9 +28,8 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.runtime import build_gateway
+    from gateway.server import run_server
     from gateway.settings import Settings
 
     given = (("policy", args.policy), ("host", args.host), ("port", args.port))
@@ -41,22 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build_gateway(settings, env=os.environ)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=False,  # the audit trail records every request
-        server_header=False,
-        # The client address is the TCP peer unless it is in SPANGATE_TRUSTED_PROXIES (the
-        # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
-        proxy_headers=False,
-        # SIGTERM: requests in flight get this long to finish, then their connections close
-        # (each still leaves its event); a stuck client or sink never holds up the exit.
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    return 0
+    return run_server(app, settings)
 
 
 def _dev(args: argparse.Namespace) -> int:

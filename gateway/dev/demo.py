@@ -13,7 +13,6 @@ made once, at random, in ``.run/audit.key`` and reused by later demos, so one
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shlex
@@ -21,7 +20,6 @@ import signal
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import SecretStr
 
 from gateway.dev.database import create_database, load_demo_sql
@@ -29,6 +27,7 @@ from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import free_port
+from gateway.server import run_server
 from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
 
@@ -150,17 +149,8 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             _say(f"\n# {client_id}: {client.get('description', '')}")
             _say(_curl(base, token, method, path, body))
         _say(f"\nOpenAPI: {base}/docs   readiness: {base}/readyz   Ctrl-C stops everything.\n")
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-        )
-        asyncio.run(uvicorn.Server(config).serve())
-        return 0
+        # The same server, limits and all, as `spangate serve` (gateway.server).
+        return run_server(app, settings, log_level="warning")
     except (EmulatorError, IdpError) as exc:
         print(f"spangate dev: {exc}", file=sys.stderr)
         return 1

@@ -258,20 +258,12 @@ def test_stdout_writes_whole_lines(tmp_path: Path) -> None:
     assert path.read_bytes() == b'{"a":1}\n{"b":2}\n'
 
 
-def test_serve_bounds_its_graceful_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
+def test_serve_bounds_its_graceful_shutdown() -> None:
+    from gateway.server import GRACEFUL_SHUTDOWN_SECONDS, server_config
+    from gateway.settings import Settings
 
-    import uvicorn
-
-    import gateway.runtime
-    from gateway.cli import serve
-
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
-    monkeypatch.setattr(gateway.runtime, "build_gateway", lambda settings, env: object())
-    monkeypatch.setattr(serve.logging, "basicConfig", lambda **kw: None)
-    serve._serve(argparse.Namespace(policy=REPO / "policy.example.yaml", host=None, port=None))
-    assert seen["timeout_graceful_shutdown"] == serve.GRACEFUL_SHUTDOWN_SECONDS == 10
+    config = server_config(object(), Settings(policy=REPO / "policy.example.yaml"))
+    assert config.timeout_graceful_shutdown == GRACEFUL_SHUTDOWN_SECONDS == 10
 
 
 def test_a_writes_own_row_survives_a_lone_surrogate(policy: CompiledPolicy) -> None:
