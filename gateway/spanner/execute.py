@@ -153,6 +153,11 @@ class Executor:
         self._settling: set[asyncio.Future[Result]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def settling(self) -> int:
+        """Writes answered at their deadline whose transaction is still settling."""
+        return len(self._settling)
+
     async def warm(self) -> None:
         await self.databases.warm()
 
