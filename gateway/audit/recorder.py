@@ -4,7 +4,8 @@
 
 - the event cannot be built (a bug): a minimal ``fallback_event`` is recorded instead, and the
   caller gets 500 ``internal`` (nothing is served that was not fully audited);
-- a sink cannot take it: the caller gets 503 ``audit-unavailable`` (fail closed).
+- a sink cannot take it: the caller gets 503 ``audit-unavailable`` (fail closed); for a write
+  whose statement ran, the problem keeps the write's ``outcome`` (``committed`` included).
 
 ``in_transaction_hook`` gives the executor what to run inside a write's own transaction when a
 Spanner sink is configured: the event's row is inserted there, so it commits with the write.
@@ -24,7 +25,7 @@ import secrets
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
-from gateway.audit.event import CallRecord, build_event, fallback_event
+from gateway.audit.event import CallRecord, build_event, fallback_event, write_outcome
 from gateway.audit.origin import IPNetwork, client_address, trace_context
 from gateway.audit.spanner_sink import SpannerSink
 from gateway.audit.trail import AuditTrail
@@ -99,6 +100,10 @@ async def record_call(
     try:
         await audit.record(event, write=call.write, durable_in=durable_in)
     except AuditUnavailable as exc:
+        outcome = write_outcome(call)
+        if outcome is not None:  # a write that ran: the 503 still says whether it committed
+            exc = AuditUnavailable(exc.detail)
+            exc.extra["outcome"] = outcome
         call.error, call.status = exc, exc.status
     finally:
         _recorded(audit, call, policy, event, key=key, database=database)

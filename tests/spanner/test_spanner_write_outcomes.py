@@ -31,6 +31,7 @@ import pytest
 from google.cloud.spanner_v1._async.transaction import Transaction
 from spanner_stack import Token, bearer, gateway_on, make_database, policy_text, query_rows
 
+from gateway.audit.sinks import FileSink
 from gateway.audit.spanner_sink import audit_table_ddl
 from gateway.dev.emulator import EmulatorProcess, start_emulator
 from gateway.spanner.idempotency import DDL as IDEMPOTENCY_DDL
@@ -55,17 +56,23 @@ COMMITTED_LATE = "a write cut by its deadline committed after all"
 
 
 class Fault:
-    """Pause or kill the emulator from inside the next call of a Transaction method."""
+    """Pause or kill the emulator from inside the next call of a Transaction method (``after``:
+    once that call has returned)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
         self.armed: Callable[[], None] | None = None
+        self.after: Callable[[], None] | None = None
         original = getattr(Transaction, method)
 
         async def wrapped(transaction: Any, *args: Any, **kwargs: Any) -> Any:
             action, self.armed = self.armed, None
             if action is not None:
                 action()
-            return await original(transaction, *args, **kwargs)
+            returned = await original(transaction, *args, **kwargs)
+            action, self.after = self.after, None
+            if action is not None:
+                action()
+            return returned
 
         monkeypatch.setattr(Transaction, method, wrapped)
 
@@ -443,3 +450,30 @@ async def test_concurrent_writes_through_pauses_every_answer_agrees_with_the_dat
     assert set(settled) <= {a.headers["x-request-id"] for a in answers.values()}
     assert sum(COMMITTED_LATE in r.getMessage() for r in caplog.records) == late
     assert seen.get("200 committed", 0) > 0 and seen.get("504 unknown", 0) > 0, seen
+
+
+async def test_a_committed_write_whose_event_fails_says_it_committed(
+    tmp_path: Path, idp: Any, token_for: Token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit file fails just after a write committed: the caller gets 503
+    ``audit-unavailable`` (fail closed), and the problem says ``outcome: committed``, so a 503
+    is never read as "not done" for a write that is in the database."""
+    headers = bearer(token_for("support-console"))
+    emulator = start_emulator(log_path=tmp_path / "emulator.log")
+    commit = Fault(monkeypatch, "commit")
+
+    def disk_fails(self: FileSink, batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    try:
+        make_database(emulator.host, "diskfull", DDL)
+        policy = policy_text("diskfull", POLICY)
+        async with gateway_on(tmp_path, emulator.host, policy, issuer=idp.issuer) as (_, http):
+            commit.after = lambda: monkeypatch.setattr(FileSink, "write", disk_fails)
+            answer = await post(http, headers, 5)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "audit-unavailable"
+            assert answer.json()["outcome"] == "committed"
+            assert ids(emulator.host, "diskfull") == [5]
+    finally:
+        emulator.stop()
