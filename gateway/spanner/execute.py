@@ -475,14 +475,16 @@ class Executor:
                 raise _Abandoned
             return result
 
-        async def guarded_commit(commit: Callable[..., Awaitable[Any]], **kwargs: Any) -> Any:
+        async def guarded_commit(
+            commit: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+        ) -> Any:
             # The only way into a Commit: refused once the caller has been answered; marked
             # "sent" before the first await, so a deadline never misses a Commit in flight.
             if state.answered:
                 raise _Abandoned
             state.commit_sent = True
             try:
-                return await commit(**kwargs)
+                return await commit(*args, **kwargs)
             except gexc.Aborted:
                 state.commit_sent = False  # refused: this attempt certainly did not commit
                 raise
