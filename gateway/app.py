@@ -21,7 +21,13 @@ from urllib.parse import parse_qsl
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
 from gateway.audit.origin import parse_networks
-from gateway.audit.recorder import in_transaction_hook, new_call, record_call, record_nowait
+from gateway.audit.recorder import (
+    in_transaction_hook,
+    new_call,
+    record_call,
+    record_nowait,
+    settle_hook,
+)
 from gateway.audit.trail import AuditTrail
 from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
@@ -271,6 +277,9 @@ class Gateway:
                 ttl_seconds=self.settings.idempotency_ttl_seconds,
             ),
             in_transaction=in_transaction_hook(  # the Spanner sink's row commits with the write
+                self.audit, call, policy, key=self._audit_key, database=self._database
+            ),
+            on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
                 self.audit, call, policy, key=self._audit_key, database=self._database
             ),
         )

@@ -267,8 +267,24 @@ class SpannerError(GatewayError):
         code: str,
         spanner_code: str | None = None,
         retry_after: int | None = None,
+        outcome: str | None = None,
     ) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         super().__init__(detail, code=code, headers=headers)
         self.status = status
         self.spanner_code = spanner_code
+        self.outcome = outcome
+
+    @property
+    def outcome(self) -> str | None:
+        """A failed write's: ``not-committed`` (certain) or ``unknown`` (its Commit was sent and
+        did not answer); None for a read. Also the problem's ``outcome`` member."""
+        value = self.extra.get("outcome")
+        return value if isinstance(value, str) else None
+
+    @outcome.setter
+    def outcome(self, value: str | None) -> None:
+        if value is None:
+            self.extra.pop("outcome", None)
+        else:
+            self.extra["outcome"] = value

@@ -329,6 +329,13 @@ def openapi_document(
                         "code": {"type": "string"},
                         "request_id": {"type": "string"},
                         "param": {"type": "string"},
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["committed", "not-committed", "unknown"],
+                            "description": "A failed write's: not-committed (certain; it never "
+                            "will), unknown (its Commit was sent: retry with the same "
+                            "Idempotency-Key), committed (only with audit-unavailable).",
+                        },
                     },
                 },
             },

@@ -14,10 +14,12 @@ Cloud Audit Logs read it as they are:
       request              the statement: query, identity, database role, request tag, bound
                            parameters (``from`` claim or caller; redacted ones as a keyed hash),
                            caller values ignored for claim-bound parameters (also when refused)
-      response             row count, truncated, commit timestamp, Spanner error code
+      response             row count, truncated, commit timestamp, Spanner error code; for a
+                           write its outcome (committed, not-committed, unknown)
       status               google.rpc code and the stable error code (``ok`` when allowed)
       metadata             decision (allow, reason, rule, roles that held), policy hash, what
-                           was truncated
+                           was truncated; ``settlement`` on the follow-up event of a write
+                           answered while its Commit was in flight (see ``recorder.settle_hook``)
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
 Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
@@ -54,6 +56,7 @@ __all__ = [
     "redacted",
     "rpc_code",
     "utc_now",
+    "write_outcome",
 ]
 
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
@@ -216,6 +219,16 @@ def _statement(
     return statement
 
 
+def write_outcome(call: CallRecord) -> str | None:
+    """A write's outcome as far as the gateway knows: ``committed`` (a commit timestamp),
+    ``not-committed`` or ``unknown`` (the executor's word on a failed write); None for a read."""
+    if not call.write:
+        return None
+    if call.result is not None and call.result.commit_timestamp is not None:
+        return "committed"
+    return call.error.outcome if isinstance(call.error, SpannerError) else None
+
+
 def build_event(
     call: CallRecord,
     policy: CompiledPolicy,
@@ -264,6 +277,16 @@ def _event(
     target = policy.model.spanner
     result = call.result
     spanner_code = error.spanner_code if isinstance(error, SpannerError) else None
+    response: dict[str, Any] | None = None
+    if result is not None or spanner_code is not None:
+        response = {
+            "rowCount": result.row_count if result else None,
+            "truncated": result.truncated if result else None,
+            "commitTimestamp": result.commit_timestamp if result else None,
+            "spannerCode": spanner_code,
+        }
+        if call.write:
+            response["outcome"] = write_outcome(call)
     return {
         "insertId": call.insert_id,
         "timestamp": utc_now(),
@@ -292,14 +315,7 @@ def _event(
             else [],
             "requestMetadata": _request_metadata(call),
             "request": _statement(call, policy, key, bounds),
-            "response": {
-                "rowCount": result.row_count if result else None,
-                "truncated": result.truncated if result else None,
-                "commitTimestamp": result.commit_timestamp if result else None,
-                "spannerCode": spanner_code,
-            }
-            if result is not None or spanner_code is not None
-            else None,
+            "response": response,
             "status": {"code": rpc_code(call.status, code), "message": code},
             "metadata": {
                 "decision": {

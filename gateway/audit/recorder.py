@@ -4,10 +4,17 @@
 
 - the event cannot be built (a bug): a minimal ``fallback_event`` is recorded instead, and the
   caller gets 500 ``internal`` (nothing is served that was not fully audited);
-- a sink cannot take it: the caller gets 503 ``audit-unavailable`` (fail closed).
+- a sink cannot take it: the caller gets 503 ``audit-unavailable`` (fail closed); for a write
+  whose statement ran, the problem keeps the write's ``outcome`` (``committed`` included).
 
 ``in_transaction_hook`` gives the executor what to run inside a write's own transaction when a
 Spanner sink is configured: the event's row is inserted there, so it commits with the write.
+
+``settle_hook`` gives the executor what to call when a write answered 504 with outcome
+``unknown`` (its Commit was in flight) has settled: a follow-up event with the same request id,
+a new insertId and ``metadata.settlement`` (committed or not, the insertId of the event it
+corrects, the Spanner sink's row, how long after the answer), queued after the request's own
+event, so the trail agrees with the database. A Commit whose outcome stays unknown gets none.
 """
 
 from __future__ import annotations
@@ -18,16 +25,16 @@ import secrets
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
-from gateway.audit.event import CallRecord, build_event, fallback_event
+from gateway.audit.event import CallRecord, build_event, fallback_event, write_outcome
 from gateway.audit.origin import IPNetwork, client_address, trace_context
 from gateway.audit.spanner_sink import SpannerSink
 from gateway.audit.trail import AuditTrail
 from gateway.errors import AuditUnavailable, GatewayError
 from gateway.http import routed_path
 from gateway.policy.compiled import CompiledPolicy
-from gateway.spanner.execute import Result
+from gateway.spanner.execute import OnSettled, Result, Settled
 
-__all__ = ["in_transaction_hook", "new_call", "record_call", "record_nowait"]
+__all__ = ["in_transaction_hook", "new_call", "record_call", "record_nowait", "settle_hook"]
 
 log = logging.getLogger("spangate.audit")
 
@@ -99,7 +106,13 @@ async def record_call(
     try:
         await audit.record(event, write=call.write, durable_in=durable_in)
     except AuditUnavailable as exc:
+        outcome = write_outcome(call)
+        if outcome is not None:  # a write that ran: the 503 still says whether it committed
+            exc = AuditUnavailable(exc.detail)
+            exc.extra["outcome"] = outcome
         call.error, call.status = exc, exc.status
+    finally:
+        _recorded(audit, call, policy, event, key=key, database=database)
     return (call.status, call.error) != before
 
 
@@ -118,9 +131,85 @@ def record_nowait(
     insertId, so that row and this event never collide."""
     if call.write and _spanner_sink(audit) is not None:
         call.insert_id = secrets.token_hex(16)
-    audit.record_nowait(
-        _event(call, policy, key, database, audit.max_event_bytes), write=call.write
+    event = _event(call, policy, key, database, audit.max_event_bytes)
+    audit.record_nowait(event, write=call.write)
+    _recorded(audit, call, policy, event, key=key, database=database)
+
+
+def settle_hook(
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
+) -> OnSettled:
+    """What the executor calls when a write answered with outcome ``unknown`` has settled."""
+
+    def settled(outcome: Settled) -> None:
+        if outcome.committed is None:
+            return  # still unknown (the executor logged it): the event's "unknown" stands
+        call.extra["settled"] = outcome
+        if "recorded_as" in call.extra:  # else the request's own event records it, after itself
+            _record_settlement(audit, call, policy, key=key, database=database)
+
+    return settled
+
+
+def _recorded(
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    event: dict[str, Any],
+    *,
+    key: bytes | None,
+    database: str | None,
+) -> None:
+    call.extra["recorded_as"] = event["insertId"]
+    if "settled" in call.extra:
+        _record_settlement(audit, call, policy, key=key, database=database)
+
+
+def _record_settlement(
+    audit: AuditTrail,
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None,
+) -> None:
+    """The follow-up event of a write whose caller got outcome ``unknown``: what it got
+    (``httpRequest.status``), and what happened (``status``, ``response``, ``settlement``)."""
+    outcome: Settled = call.extra.pop("settled")
+    committed = bool(outcome.committed)
+    then = dataclasses.replace(
+        call,
+        insert_id=secrets.token_hex(16),
+        result=outcome.result if committed else call.result,
+        status=200 if committed else call.status,
+        error=None if committed else call.error,
     )
+    try:
+        # room for the settlement block added below, within the trail's maximum event size
+        event = build_event(
+            then, policy, key=key, database=database, max_bytes=audit.max_event_bytes - 512
+        )
+    except Exception:
+        log.exception("the follow-up event of request %s could not be built", call.request_id)
+        return
+    payload = event["protoPayload"]
+    event["httpRequest"]["status"] = call.status  # what the caller got
+    event["severity"] = "WARNING"
+    if payload["response"] is not None:
+        payload["response"]["outcome"] = "committed" if committed else "not-committed"
+    rows = call.extra.get("row_in_transaction", ())
+    payload["metadata"]["settlement"] = {
+        "outcome": "committed" if committed else "not-committed",
+        "corrects": call.extra["recorded_as"],
+        "rowInTransaction": call.extra.get("row_insert_id") if committed and rows else None,
+        "settledAfter": f"{outcome.seconds:.6f}s",
+    }
+    audit.record_nowait(event, write=True)
 
 
 def _spanner_sink(audit: AuditTrail) -> SpannerSink | None:
@@ -148,9 +237,12 @@ def in_transaction_hook(
         # ran its statement: an aborted attempt is retried, and its row is discarded with it.
         now = dataclasses.replace(call, result=result, status=200, error=None, insert_id=insert_id)
         event = build_event(
-            now, policy, key=key, database=database, max_bytes=audit.max_event_bytes
+            now, policy, key=key, database=database, max_bytes=audit.max_event_bytes - 64
         )
+        if event["protoPayload"]["response"] is not None:
+            event["protoPayload"]["response"]["outcome"] = "committed"  # the row exists only so
         sink.insert_in(transaction, event)
         call.extra["row_in_transaction"] = (sink.name,)
+        call.extra["row_insert_id"] = insert_id
 
     return hook

@@ -106,6 +106,12 @@ class Response(_Model):
     truncated: bool | None
     commitTimestamp: str | None
     spannerCode: str | None = Field(description="The gRPC status name of a failed statement.")
+    outcome: Literal["committed", "not-committed", "unknown"] | None = Field(
+        None,
+        description="A write's (absent for a read): committed; not-committed (certain); unknown "
+        "(its Commit was in flight when the caller was answered 504: a later event with the same "
+        "request id and metadata.settlement records how it ended).",
+    )
 
 
 class Status(_Model):
@@ -128,11 +134,30 @@ class Truncation(_Model):
     sha256: str = Field(pattern=_HEX64, description="The whole value's SHA-256 (same bytes).")
 
 
+class Settlement(_Model):
+    """On the follow-up event of a write whose Commit was in flight when its caller got 504."""
+
+    outcome: Literal["committed", "not-committed"]
+    corrects: str = Field(
+        pattern=r"^[0-9a-f]{32}$",
+        description="The insertId of the request's own event (outcome unknown).",
+    )
+    rowInTransaction: str | None = Field(
+        description="The insertId of the row the Spanner sink committed with the write, if any."
+    )
+    settledAfter: str = Field(
+        pattern=r"^[0-9]+\.[0-9]{6}s$", description="From the answer to the Commit's outcome."
+    )
+
+
 class Metadata(_Model):
     decision: Decision
     policySha256: str | None
     truncated: list[Truncation] = Field(
         description="Values cut to 512 bytes or dropped to fit SPANGATE_AUDIT_MAX_EVENT_BYTES."
+    )
+    settlement: Settlement | None = Field(
+        None, description="Only on the follow-up event of a write answered with outcome unknown."
     )
 
 

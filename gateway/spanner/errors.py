@@ -6,7 +6,9 @@
     ABORTED (after the client's retries)  409  aborted
     INVALID_ARGUMENT, OUT_OF_RANGE        400  statement-rejected
         ... "too many mutations"          422  too-many-mutations
-    DEADLINE_EXCEEDED, our own deadline   504  timeout
+    DEADLINE_EXCEEDED, our own deadline,
+    a write's Commit failing without
+    saying whether it committed          504  timeout
     UNAVAILABLE, RESOURCE_EXHAUSTED,
     a retry budget spent, "Session not
     found", a deadline spent reconnecting 503  spanner-unavailable (Retry-After)
@@ -90,12 +92,17 @@ def unavailable_error(detail: str | None = None) -> SpannerError:
     )
 
 
-def timeout_error(seconds: float) -> SpannerError:
+def timeout_error(seconds: float, *, outcome: str | None = None) -> SpannerError:
+    """504 ``timeout``; for a write, ``outcome`` says whether it may have committed."""
+    detail = f"the statement did not finish within its timeout ({seconds:g} s)"
+    if outcome == "unknown":
+        detail += (
+            "; the write may or may not have committed: retry it with the same Idempotency-Key"
+        )
+    elif outcome == "not-committed":
+        detail += "; the write did not commit"
     return SpannerError(
-        f"the statement did not finish within its timeout ({seconds:g} s)",
-        status=504,
-        code="timeout",
-        spanner_code="DEADLINE_EXCEEDED",
+        detail, status=504, code="timeout", spanner_code="DEADLINE_EXCEEDED", outcome=outcome
     )
 
 

@@ -14,10 +14,14 @@ UNAVAILABLE without end while Spanner is unreachable).
   written in the same transaction (``idempotency.py``); ``in_transaction`` adds the caller's own
   work to it (an audit row).
 - Every call has one deadline, the query's ``timeout`` (for a write: all its attempts and, against
-  the emulator, its wait for the write lock). Past it: 504 ``timeout``, or 503
-  ``spanner-unavailable`` when the identity's channel is not connected (Spanner unreachable).
-  A channel in TRANSIENT_FAILURE fails at once with 503. A write cut by its deadline may or may not
-  have committed: callers retry it with the same Idempotency-Key.
+  the emulator, its wait for the write lock). Past it, a read or a write that had not sent its
+  Commit: 504 ``timeout``, or 503 ``spanner-unavailable`` when the identity's channel is not
+  connected (Spanner unreachable); such a write is abandoned: it can never commit afterwards (no
+  new attempt, no Commit). A write whose Commit was sent and has not answered: 504 ``timeout``
+  whatever the channel, its outcome unknown (callers retry with the same Idempotency-Key); the
+  Commit settles in the background and ``on_settled`` learns how it ended (the audit trail records
+  it). A channel in TRANSIENT_FAILURE fails at once with 503. ``SpannerError.outcome`` says, for a
+  write, ``not-committed`` or ``unknown``.
 - Request tags name the request id, query and route; the transaction tag the query and route.
   Priority per query.
 - Limits (``limits.py``) are checked before anything is sent; Spanner errors map to stable codes
@@ -32,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -50,12 +56,36 @@ from gateway.spanner.options import Tags, request_options, snapshot_options, tag
 from gateway.spanner.params import spanner_params
 from gateway.spanner.results import Result, to_json
 
-__all__ = ["EMULATOR_RETRY_DELAY", "Executor", "InTransaction", "Result", "Tags", "tags_for"]
+__all__ = [
+    "EMULATOR_RETRY_DELAY",
+    "Executor",
+    "InTransaction",
+    "OnSettled",
+    "Result",
+    "Settled",
+    "Tags",
+    "tags_for",
+]
 
 log = logging.getLogger("spangate.spanner")
 
 EMULATOR_RETRY_DELAY = 0.01
 ROLLBACK_TIMEOUT_SECONDS = 2.0
+# How long a write answered while its Commit was in flight waits for that Commit's outcome (the
+# client library retries a Commit on UNAVAILABLE for up to an hour); past it, the outcome stays
+# unknown (logged).
+SETTLE_TIMEOUT_SECONDS = 60.0
+
+# Errors of a Commit RPC that prove it did not commit; any other (UNAVAILABLE after its retries,
+# DEADLINE_EXCEEDED, CANCELLED, INTERNAL, NOT_FOUND...) leaves the outcome unknown.
+_COMMIT_REFUSED: tuple[type[Exception], ...] = (
+    gexc.Aborted,
+    gexc.AlreadyExists,
+    gexc.FailedPrecondition,
+    gexc.InvalidArgument,
+    gexc.OutOfRange,
+    gexc.PermissionDenied,
+)
 
 # Extra work inside a write's read-write transaction, after its statement ran: (transaction,
 # result) -> None or an awaitable. Called on every attempt (an aborted attempt's mutations are
@@ -74,6 +104,44 @@ class _Replay(Exception):  # control flow: roll back, answer the stored result
         self.result = result
 
 
+class _Abandoned(Exception):  # control flow: the caller was answered; this write must not commit
+    def __init__(self) -> None:
+        super().__init__("the write was abandoned at its deadline")
+
+
+class _CommitUnknown(Exception):  # a Commit that was sent failed in a way that does not prove
+    def __init__(self, cause: BaseException) -> None:  # it did not commit
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+@dataclass
+class _WriteState:
+    """Where one write is, shared by its task and the caller's deadline (one event loop: every
+    read and change is atomic between awaits)."""
+
+    answered: bool = False  # the caller has been answered: no attempt starts, no Commit is sent
+    commit_sent: bool = False  # a Commit was handed to the client library and has not failed
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a write answered ``unknown`` (its Commit in flight at the deadline) ended.
+
+    ``committed``: True (``result`` has the commit timestamp), False (Spanner refused the Commit,
+    or the client library's retry after an ABORTED Commit was refused because the caller had been
+    answered), or None (still unknown: the Commit failed without saying, or took longer than
+    ``SETTLE_TIMEOUT_SECONDS``). ``seconds``: from the answer to the settlement."""
+
+    committed: bool | None
+    result: Result | None
+    seconds: float
+    error: str | None = None
+
+
+OnSettled = Callable[[Settled], None]
+
+
 class Executor:
     """Runs statements for the app; one per process (its Databases hold the sessions)."""
 
@@ -85,6 +153,11 @@ class Executor:
         self._settling: set[asyncio.Future[Result]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def settling(self) -> int:
+        """Writes answered at their deadline whose transaction is still settling."""
+        return len(self._settling)
+
     async def warm(self) -> None:
         await self.databases.warm()
 
@@ -145,8 +218,36 @@ class Executor:
         tags: Tags,
         idempotency: idem.IdempotencyKey | None = None,
         in_transaction: InTransaction | None = None,
+        on_settled: OnSettled | None = None,
     ) -> Result:
-        """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure."""
+        """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
+
+        ``on_settled`` (writes): called once, later, when a write answered with outcome
+        ``unknown`` (504, its Commit in flight) has settled; see ``Settled``."""
+        try:
+            return await self._run(
+                query,
+                values,
+                tags=tags,
+                idempotency=idempotency,
+                in_transaction=in_transaction,
+                on_settled=on_settled,
+            )
+        except SpannerError as exc:
+            if query.is_dml and exc.outcome is None:
+                exc.outcome = "not-committed"  # it failed before a Commit, or Spanner refused it
+            raise
+
+    async def _run(
+        self,
+        query: CompiledQuery,
+        values: Mapping[str, Any],
+        *,
+        tags: Tags,
+        idempotency: idem.IdempotencyKey | None,
+        in_transaction: InTransaction | None,
+        on_settled: OnSettled | None,
+    ) -> Result:
         identity = query.model.identity
         database = self.databases.aio(identity)
         check_limits(query.model.sql, values, is_dml=query.is_dml)
@@ -155,29 +256,61 @@ class Executor:
         params, types = spanner_params(query.params, values)
         timeout = query.model.timeout_seconds
         deadline = asyncio.get_running_loop().time() + timeout
+        state = _WriteState()
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
                     return await self._read(database, query, params, types, tags, deadline)
                 return await self._guarded_write(
-                    database, query, params, types, tags, deadline, idempotency, in_transaction
+                    state,
+                    on_settled,
+                    database,
+                    query,
+                    params,
+                    types,
+                    tags,
+                    deadline,
+                    idempotency,
+                    in_transaction,
                 )
         except TimeoutError:
+            if state.commit_sent:  # sent: it may commit yet, whatever the channel says
+                raise timeout_error(timeout, outcome="unknown") from None
             if self.databases.channel_state(identity) not in (None, "READY", "IDLE"):
-                raise unavailable_error() from None
-            raise timeout_error(timeout) from None
+                raise unavailable_error(
+                    "Spanner is unavailable; the write did not commit; retry later"
+                    if query.is_dml
+                    else None
+                ) from None
+            raise timeout_error(
+                timeout, outcome="not-committed" if query.is_dml else None
+            ) from None
+        except _CommitUnknown as exc:
+            log.warning(
+                "the Commit of a write to query %r failed without saying whether it committed: %s",
+                query.name,
+                exc,
+            )
+            raise timeout_error(timeout, outcome="unknown") from exc.cause
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise map_error(
                 exc, query=query.name, identity=identity, role=self.databases.roles.get(identity)
             ) from exc
 
-    async def _guarded_write(self, *args: Any) -> Result:
+    async def _guarded_write(
+        self, state: _WriteState, on_settled: OnSettled | None, *args: Any
+    ) -> Result:
         """``_write`` in its own task. A deadline that passes while the write waits (for the
-        emulator's lock) drops it; one that passes once it has begun answers the caller (504)
-        but lets the transaction settle, bounded by its RPCs' own deadlines: committed, or
-        rolled back by the client library. Cancelling it mid-RPC instead would abandon a
-        transaction Spanner does not know is over (it holds its locks; the emulator aborts
-        every other writer meanwhile).
+        emulator's lock) drops it. One that passes once it has begun answers the caller at once
+        and marks the write answered, so that from then on it cannot commit: no new attempt
+        starts and no Commit is sent (``_write`` checks the mark before each attempt, at the end
+        of each attempt and in front of each Commit). What is in flight settles in the
+        background, bounded by its RPCs' own deadlines and ``SETTLE_TIMEOUT_SECONDS``:
+        - no Commit sent: the transaction is rolled back (outcome ``not-committed``, certain);
+        - a Commit sent: it commits or not (outcome ``unknown`` to the caller); ``on_settled``
+          hears which.
+        Cancelling it mid-RPC instead would abandon a transaction Spanner does not know is over
+        (it holds its locks; the emulator aborts every other writer meanwhile).
 
         Its own task also gives it its own copy of the context: the client marks "a transaction
         is running" in a context variable before an await a deadline can cancel, and then never
@@ -188,31 +321,82 @@ class Executor:
             nonlocal began
             async with self._writes():
                 began = True
-                return await self._write(*args)
+                return await self._write(state, *args)
 
         task = asyncio.ensure_future(body())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            state.answered = True  # synchronously, before the caller hears anything
             if not began:
                 task.cancel()
-            else:
-                self._settling.add(task)
-                task.add_done_callback(self._settled)
+                raise
+            loop = asyncio.get_running_loop()
+            self._settling.add(task)
+            timer = loop.call_later(SETTLE_TIMEOUT_SECONDS, task.cancel)
+            task.add_done_callback(
+                functools.partial(
+                    self._settled,
+                    unknown=state.commit_sent,
+                    answered_at=loop.time(),
+                    timer=timer,
+                    on_settled=on_settled,
+                )
+            )
             raise
 
-    def _settled(self, task: asyncio.Future[Result]) -> None:
+    def _settled(
+        self,
+        task: asyncio.Future[Result],
+        *,
+        unknown: bool,
+        answered_at: float,
+        timer: asyncio.TimerHandle,
+        on_settled: OnSettled | None,
+    ) -> None:
         self._settling.discard(task)
-        if task.cancelled():
+        timer.cancel()
+        error = None if task.cancelled() else task.exception()
+        if not unknown:  # answered before its Commit: it could not commit, and did not
+            if error is None and not task.cancelled() and not task.result().replayed:
+                log.error("a write abandoned before its Commit committed: this is a bug")
             return
-        error = task.exception()
-        if error is None:
+        seconds = asyncio.get_running_loop().time() - answered_at
+        settled: Settled
+        if task.cancelled():
+            log.warning(
+                "a write cut by its deadline with its Commit in flight did not settle within "
+                "%g s: whether it committed stays unknown",
+                SETTLE_TIMEOUT_SECONDS,
+            )
+            settled = Settled(committed=None, result=None, seconds=seconds, error="timeout")
+        elif error is None:
             log.info(
-                "a write cut by its deadline committed after all (retries with its "
-                "Idempotency-Key will get its response)"
+                "a write cut by its deadline committed after all, %.1f s after its caller got "
+                "504 (retries with its Idempotency-Key will get its response)",
+                seconds,
+            )
+            settled = Settled(committed=True, result=task.result(), seconds=seconds)
+        elif isinstance(error, (_Abandoned, *_COMMIT_REFUSED)):
+            log.info("a write cut by its deadline did not commit: %s", type(error).__name__)
+            settled = Settled(
+                committed=False, result=None, seconds=seconds, error=type(error).__name__
             )
         else:
-            log.info("a write cut by its deadline did not commit: %s", type(error).__name__)
+            cause = error.cause if isinstance(error, _CommitUnknown) else error
+            log.warning(
+                "a write cut by its deadline with its Commit in flight ended with %s: whether "
+                "it committed stays unknown",
+                type(cause).__name__,
+            )
+            settled = Settled(
+                committed=None, result=None, seconds=seconds, error=type(cause).__name__
+            )
+        if on_settled is not None:
+            try:
+                on_settled(settled)
+            except Exception:
+                log.exception("recording how a write cut by its deadline settled failed")
 
     @staticmethod
     def _remaining(deadline: float) -> float:
@@ -254,6 +438,7 @@ class Executor:
 
     async def _write(
         self,
+        state: _WriteState,
         database: Any,
         query: CompiledQuery,
         params: dict[str, Any],
@@ -266,7 +451,10 @@ class Executor:
         seen: dict[str, Any] = {}
 
         async def work(transaction: Any) -> Result:
+            if state.answered:  # a retry after ABORTED, once the caller has been answered
+                raise _Abandoned
             seen["tx"] = transaction
+            transaction.commit = functools.partial(guarded_commit, transaction.commit)
             if key is not None:
                 stored = await self._lookup(transaction, key)
                 if stored is not None:
@@ -283,7 +471,27 @@ class Executor:
                 outcome = in_transaction(transaction, result)
                 if inspect.isawaitable(outcome):
                     await outcome
+            if state.answered:  # the library rolls the transaction back
+                raise _Abandoned
             return result
+
+        async def guarded_commit(
+            commit: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+        ) -> Any:
+            # The only way into a Commit: refused once the caller has been answered; marked
+            # "sent" before the first await, so a deadline never misses a Commit in flight.
+            if state.answered:
+                raise _Abandoned
+            state.commit_sent = True
+            try:
+                return await commit(*args, **kwargs)
+            except gexc.Aborted:
+                state.commit_sent = False  # refused: this attempt certainly did not commit
+                raise
+            except _COMMIT_REFUSED:
+                raise
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                raise _CommitUnknown(exc) from exc
 
         options: dict[str, Any] = {
             "transaction_tag": tags.transaction,
@@ -295,7 +503,7 @@ class Executor:
             result: Result = await database.run_in_transaction(work, **options)
         except _Replay as replay:
             return replay.result
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Abandoned):
             await self._roll_back(seen.get("tx"))
             raise
         committed = getattr(seen.get("tx"), "committed", None)
