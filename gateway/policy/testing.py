@@ -19,8 +19,8 @@ role that allowed or denied. Claims become a Principal as in ``simulate.py``.
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
 no case, and the role entries that held in no case. An entry of a deny role of the route a case
 matched counts when it held as a deny role (for a delegated token, an entry that leaves
-``delegated`` out denies without holding: ``EntryResult.holds_for_deny``). The decisions are ``decide``'s own, so the
-reason codes are those of the HTTP problem bodies and the audit trail.
+``delegated`` out denies without holding: ``EntryResult.holds_for_deny``). The decisions are
+``decide``'s own, so the reason codes are those of the HTTP problem bodies and the audit trail.
 """
 
 from __future__ import annotations
