@@ -40,17 +40,17 @@ __all__ = ["PolicyReloader", "log_policy_warnings"]
 
 log = logging.getLogger("spangate.reload")
 
+CacheFactory = Callable[[str, Issuer], JwksCache]
+VerifierFactory = Callable[[CompiledPolicy, Mapping[str, JwksCache]], TokenVerifier]
+# What a JWKS cache depends on: the same values keep the cache (and its warm keys) on reload.
+# ``preset`` decides whether the cache is used at all (an Okta org server's tokens are introspected).
+_KEY_FIELDS = {"issuer", "jwks_uri", "preset"}
+
 
 def log_policy_warnings(policy: CompiledPolicy) -> None:
     """Log, one line each, what the policy loads with but should not say."""
     for warning in policy.loaded.warnings:
         log.warning("policy %s", warning.as_warning())
-
-CacheFactory = Callable[[str, Issuer], JwksCache]
-# What a JWKS cache depends on: the same values keep the cache (and its warm keys) on reload.
-# ``preset`` decides whether the cache is used at all (an Okta org server's tokens are introspected).
-_KEY_FIELDS = {"issuer", "jwks_uri", "preset"}
-VerifierFactory = Callable[[CompiledPolicy, Mapping[str, JwksCache]], TokenVerifier]
 
 
 class PolicyReloader:

@@ -46,6 +46,7 @@ from gateway.audit.chain import GENESIS, event_hash
 from gateway.audit.rotation import RotationGap, rotation_gaps, trail_order
 
 __all__ = [
+    "HEX64",
     "ChainBreak",
     "TrailReport",
     "TrailStart",
@@ -53,7 +54,7 @@ __all__ = [
     "verify_trail",
 ]
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # an event hash as the trail writes it; use with fullmatch
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         return None
     for name in ("prev", "hash"):
         value = event.get(name)
-        if not (isinstance(value, str) and _HEX64.match(value)):
+        if not (isinstance(value, str) and HEX64.fullmatch(value)):
             return None
     return event
 

@@ -12,18 +12,17 @@ checks a trail written without one (plain SHA-256: it proves nothing against an 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-
 
 def _hash(value: str) -> str:
-    if not _HEX64.match(value):
+    from gateway.audit.verify import HEX64
+
+    if not HEX64.fullmatch(value.lower()):  # either case on the command line
         raise argparse.ArgumentTypeError("an anchor is an event hash: 64 hexadecimal digits")
     return value.lower()
 

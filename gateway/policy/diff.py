@@ -8,9 +8,10 @@ routes. Routes are matched by method and path shape, so renaming a path paramete
 
 Access also changes without any route changing when a role's entries change (who holds the
 role; the summary says when the entries that delegated tokens can hold change, as a
-``delegated`` key or a claims test under ``act`` does) or a route's statement changes: roles,
-queries (SQL, parameters, identity, limits), identities, issuers, the Spanner target and the
-audit settings are compared too.
+``delegated`` key or a claims test under ``act`` does, and when the entries that deny delegated
+tokens change for a role some route's ``deny`` names, as ``delegated: false`` does) or a route's
+statement changes: roles, queries (SQL, parameters, identity, limits), identities, issuers, the
+Spanner target and the audit settings are compared too.
 
 Secrets (fields marked by ``model.secret_fields``: an introspection ``client_secret``) are compared
 by value but never shown, in the text or the JSON: ``(secret)`` in an added or removed item,
@@ -208,16 +209,33 @@ def _delegated_entries(role: Role | None) -> list[int]:
     return [i for i, e in enumerate(role.any_of if role else ()) if e.delegation == "any"]
 
 
-def _delegation(old: Role | None, new: Role) -> str:
-    """What changes for delegated tokens: the entries that hold for them when granting."""
+def _deny_entries(role: Role | None) -> list[int]:
+    """The entries that judge a delegated token when a route's ``deny`` names the role: all but
+    those that say ``delegated: false``."""
+    return [i for i, e in enumerate(role.any_of if role else ()) if e.delegation != "direct"]
+
+
+def _delegation(old: Role | None, new: Role, *, denying: bool = False) -> str:
+    """What changes for delegated tokens: the entries that hold for them when granting, and (for
+    a changed role that a route's ``deny`` names, ``denying``) those that deny them."""
     a, b = _delegated_entries(old), _delegated_entries(new)
-    if a == b:
-        return ""
-    if not b:
-        return "; delegated tokens (act) no longer hold it"
-    if not a:
-        return f"; delegated tokens (act) now hold it (entries {b})"
-    return f"; the entries that hold for delegated tokens (act) were {a}, now {b}"
+    out = ""
+    if a != b and not b:
+        out = "; delegated tokens (act) no longer hold it"
+    elif a != b and not a:
+        out = f"; delegated tokens (act) now hold it (entries {b})"
+    elif a != b:
+        out = f"; the entries that hold for delegated tokens (act) were {a}, now {b}"
+    if old is None or not denying:
+        return out
+    a, b = _deny_entries(old), _deny_entries(new)
+    if a != b and not b:
+        out += "; as a deny role it no longer denies delegated tokens (act)"
+    elif a != b and not a:
+        out += f"; as a deny role it now denies delegated tokens (act) (entries {b})"
+    elif a != b:
+        out += f"; the entries that deny delegated tokens (act) as a deny role were {a}, now {b}"
+    return out
 
 
 def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
@@ -239,7 +257,8 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             changes.append(Change("roles", name, "-", _text(a.any_of)))
         elif a is not None and b is not None and _dump(a.any_of) != _dump(b.any_of):
             lines = _lines(map(_text, a.any_of), map(_text, b.any_of))
-            summary = "entries changed" + _delegation(a, b) + used_by(name)
+            denying = any(name in r.deny for r in (*old.routes, *new.routes))
+            summary = "entries changed" + _delegation(a, b, denying=denying) + used_by(name)
             changes.append(Change("roles", name, "~", summary, lines))
     changes += _named("queries", old.queries, new.queries)
     changes += _named("identities", old.identities, new.identities)

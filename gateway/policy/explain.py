@@ -7,7 +7,9 @@ every entry, the route and where it is defined, the statement and its identity, 
 parameter with where its value came from (path, query, body, claim, default, null).
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
-people holding a token, not a gate) and lists what the gateway would refuse about it anyway.
+people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
+issuer URL, algorithm or audience it does not accept, a time claim that is no NumericDate
+(``times.py``, as the verifier checks it), a missing or past ``exp``, a ``cnf`` claim.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from urllib.parse import urlencode
 import jwt
 
 from gateway.auth.principal import Principal
+from gateway.auth.sender import binding
+from gateway.auth.times import time_claims
+from gateway.errors import AuthError
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide
 from gateway.policy.model import Policy
@@ -135,10 +140,21 @@ def unverified_claims(
         notes.append(
             f"algorithm {alg!r} is not allowed for issuer '{name}': 401 algorithm-not-allowed"
         )
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and exp < now.timestamp():
-        when = dt.datetime.fromtimestamp(exp, dt.UTC).isoformat().replace("+00:00", "Z")
-        notes.append(f"the token expired at {when}: the gateway answers 401 token-expired")
+    if "cnf" in claims:
+        notes.append(
+            f"the token has a cnf claim (it is bound to {binding(claims['cnf'])}): the gateway "
+            "answers 401 token-sender-constrained (it accepts bearer tokens only)"
+        )
+    try:
+        times = time_claims(claims, require_exp=False)  # the gateway's NumericDate check
+    except AuthError as exc:
+        notes.append(f"{exc.detail}: the gateway answers 401 {exc.code}")
+    else:
+        exp = times.get("exp")
+        if exp is None:
+            notes.append("the token has no exp claim: the gateway answers 401 token-malformed")
+        elif exp < now.timestamp():
+            notes.append(f"the token expired at {_when(exp)}: the gateway answers 401 token-expired")
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
     if not set(auds) & set(issuer.audiences):
@@ -147,6 +163,14 @@ def unverified_claims(
             "audience-mismatch"
         )
     return claims, notes
+
+
+def _when(timestamp: float) -> str:
+    """A NumericDate as ISO 8601 UTC, or as the number when no date can show it."""
+    try:
+        return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return f"{timestamp!r} (seconds since 1970, beyond any date)"
 
 
 def _role_record(result: RoleResult) -> dict[str, Any]:

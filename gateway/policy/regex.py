@@ -17,18 +17,23 @@ Contract:
   (a lone surrogate) never matches.
 - Differences from Python's ``re`` that a pattern may notice: ``\\d``, ``\\w``, ``\\s`` and
   ``\\b`` are ASCII only (use ``\\pN``, ``\\pL`` for Unicode classes); ``$`` is the end of the text,
-  never "before a final newline".
+  never "before a final newline". ``ascii_escapes(text)`` finds those escapes (the loader warns).
+- Compiled patterns are cached (``functools.lru_cache``, bounded): the model validators, the
+  compiled policy and explain share one compilation per pattern text.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import re2
 
-__all__ = ["Regex", "RegexProblem", "compile_regex"]
+__all__ = ["Regex", "RegexProblem", "ascii_escapes", "compile_regex"]
+
+_CACHE_SIZE = 1024  # distinct pattern texts kept compiled; a policy rarely has more
 
 
 class RegexProblem(ValueError):
@@ -57,8 +62,10 @@ class Regex:
             return False
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def compile_regex(pattern: str) -> Regex:
-    """Compile ``pattern`` with RE2; raises RegexProblem when RE2 refuses it."""
+    """Compile ``pattern`` with RE2; raises RegexProblem when RE2 refuses it. Cached: the same
+    text compiles once (a refusal is not cached; it raises each time)."""
     try:
         compiled = re2.compile(pattern, _options())
     except re2.error as exc:
@@ -83,3 +90,22 @@ def _backtracking_accepts(pattern: str) -> bool:
     except (re.error, RecursionError, OverflowError):
         return False
     return True
+
+
+_ASCII_ONLY = frozenset("dwsbDWSB")
+
+
+def ascii_escapes(pattern: str) -> list[str]:
+    """The escapes in ``pattern`` that RE2 matches on ASCII only where Python's ``re`` is Unicode
+    aware (``\\d \\w \\s \\b`` and their negations), each once, in order of appearance. An
+    escaped backslash (``\\\\d``) is not one."""
+    found: dict[str, None] = {}
+    i = 0
+    while i < len(pattern) - 1:
+        if pattern[i] == "\\":
+            if pattern[i + 1] in _ASCII_ONLY:
+                found["\\" + pattern[i + 1]] = None
+            i += 2
+        else:
+            i += 1
+    return list(found)

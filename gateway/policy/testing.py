@@ -17,8 +17,10 @@ equals ``"12.50"`` for a NUMERIC; ``roles`` is the exact set of roles that hold;
 role that allowed or denied. Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
-no case, and the role entries that held in no case. The decisions are ``decide``'s own, so the
-reason codes are those of the HTTP problem bodies and the audit trail.
+no case, and the role entries that held in no case. An entry of a deny role of the route a case
+matched counts when it held as a deny role (for a delegated token, an entry that leaves
+``delegated`` out denies without holding: ``EntryResult.holds_for_deny``). The decisions are
+``decide``'s own, so the reason codes are those of the HTTP problem bodies and the audit trail.
 """
 
 from __future__ import annotations
@@ -372,7 +374,13 @@ def run_case_files(
             decision = decide(tally.policy, facts, principal)
             trace = tally.policy.roles.trace(principal)
             held = frozenset(r.role for r in trace if r.holds)
-            tally.entries.update((r.role, e.index) for r in trace for e in r.entries if e.holds)
+            denying = frozenset(decision.route.model.deny) if decision.route else frozenset()
+            tally.entries.update(
+                (r.role, e.index)
+                for r in trace
+                for e in r.entries
+                if e.holds or (r.role in denying and e.holds_for_deny)  # a deny role's view
+            )
             if decision.route is not None:
                 tally.routes.add(decision.route.index)
             tally.outcomes.append(

@@ -25,7 +25,11 @@ policy may be served. What it checks, beyond the models:
 
 ``policy_warnings`` lists what a valid policy may keep but should not: a STRING parameter with a
 ``pattern`` and no ``max_length`` (RE2 matches in linear time, but the value may be as long as
-the request allows).
+the request allows); a ``pattern`` or ``matches`` using ``\\d \\w \\s \\b`` (or their negations),
+which RE2 matches on ASCII only where Python's ``re`` (which such patterns were often written
+for) is Unicode aware, worded more strongly in a deny role (non-ASCII input escapes the deny);
+an entry of a route's ``deny`` role that says ``delegated: false`` (it never denies a delegated
+token, which the default would).
 
 ``Salvage`` lets the loader run these checks on the valid part of a policy that also has shape
 errors, without reporting follow-on errors for the entries that failed.
@@ -41,8 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.constraints import Finding, Where, param_findings
-from gateway.policy.model import Param, Policy
+from gateway.policy.model import ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
+from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
 
 __all__ = [
@@ -207,7 +212,54 @@ def policy_warnings(policy: Policy) -> list[Finding]:
                     "pattern without max_length: the value is matched whatever its length "
                     "(up to the request size limit); give max_length"
                 )))
+            if param.pattern is not None:
+                found.extend(_ascii_pattern(("queries", name, "params", pname, "pattern"),
+                                            param.pattern, ""))
+    denied_by: dict[str, list[int]] = {}
+    for i, route in enumerate(policy.routes):
+        for role_name in route.deny:
+            denied_by.setdefault(role_name, []).append(i)
+    for name, role in policy.roles.items():
+        routes = denied_by.get(name, [])
+        shown = ", ".join(f"routes[{i}]" for i in routes)
+        deny = f" (role {name} is a deny role of {shown}: a value it should deny escapes it)"
+        for k, entry in enumerate(role.any_of):
+            at: Where = ("roles", name, *role.entry_path(k))
+            for path, test in (entry.claims or {}).items():
+                if isinstance(test, ClaimTest) and test.matches is not None:
+                    found.extend(_ascii_pattern((*at, "claims", path, "matches"), test.matches,
+                                                deny if routes else ""))
+            if routes and entry.delegation == "direct":
+                found.append(((*at, "delegated"), (
+                    f"delegated: false in role {name}, a deny role of {shown}: this entry never "
+                    "denies a delegated token (an agent acting for a person it matches gets "
+                    "through); leave delegated out to deny delegated tokens too"
+                )))
     return found
+
+
+_UNICODE_FORMS = {
+    "\\d": "\\pN (or [0-9] to say ASCII)",
+    "\\D": "\\PN",
+    "\\w": "[\\pL\\pN_]",
+    "\\W": "[^\\pL\\pN_]",
+    "\\s": "[\\s\\pZ] or an explicit class",
+    "\\S": "[^\\s\\pZ]",
+    "\\b": "an explicit class on each side (RE2 has no Unicode \\b)",
+    "\\B": "an explicit class on each side",
+}
+
+
+def _ascii_pattern(where: Where, pattern: str, deny: str) -> list[Finding]:
+    escapes = ascii_escapes(pattern)
+    if not escapes:
+        return []
+    instead = "; ".join(f"{e} -> {_UNICODE_FORMS[e]}" for e in escapes)
+    return [(where, (
+        f"{', '.join(escapes)} match ASCII only in RE2 (Python's re matches Unicode letters, "
+        f"digits and spaces): non-ASCII input such as 'é' or '٣' does not match{deny}; if "
+        f"Unicode is meant, write {instead}"
+    ))]
 
 
 def _sql_params(where: Where, info: SqlInfo, declared: Mapping[str, Param]) -> list[Finding]:

@@ -136,6 +136,11 @@ def test_an_anchor_chains_an_archive_to_the_one_before(
     with pytest.raises(SystemExit) as usage:
         verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", "not-a-hash")
     assert usage.value.code == 2 and "64 hexadecimal digits" in capsys.readouterr().err
+    code, out, _ = verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", last_hash.upper())
+    assert code == 0 and "(anchored: prev is the anchor)" in out  # either case
+    with pytest.raises(SystemExit) as usage:  # `$` would have let a final newline through
+        verify(capsys, str(files[1]), "--key-file", str(key), "--anchor", last_hash + "\n")
+    assert usage.value.code == 2 and "64 hexadecimal digits" in capsys.readouterr().err
 
 
 def test_the_wrong_key_fails_with_a_hint(

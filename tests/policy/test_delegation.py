@@ -248,3 +248,35 @@ def test_diff_says_when_delegated_tokens_start_or_stop_holding_a_role() -> None:
     )
     back = {(c.section, c.name): c for c in diff_policies(new, old).changes}
     assert "delegated tokens (act) no longer hold it" in back[("roles", "staff")].summary
+
+
+def test_diff_and_a_warning_say_when_delegated_false_lifts_a_deny_for_agents() -> None:
+    old = load_policy_data(base(), base_dir=REPO).policy
+    data = base()
+    data["roles"]["blocked"] = [{"claims": {"sub": ["user-666"]}, "delegated": False}]
+    loaded = load_policy_data(data, base_dir=REPO)
+    changes = {(c.section, c.name): c for c in diff_policies(old, loaded.policy).changes}
+    blocked = changes[("roles", "blocked")]
+    assert blocked.summary.startswith(
+        "entries changed; as a deny role it no longer denies delegated tokens (act); "
+        "who holds it changes for GET /things/{id} (deny)"
+    )
+    back = {(c.section, c.name): c for c in diff_policies(loaded.policy, old).changes}
+    assert "; as a deny role it now denies delegated tokens (act) (entries [0])" in (
+        back[("roles", "blocked")].summary
+    )
+    # An added entry that says delegated: false: the deny side is [0] before and after, no word.
+    data["roles"]["blocked"] = [{"claims": {"sub": ["user-666"]}}, {"groups": ["x"], "delegated": False}]
+    grown = load_policy_data(data, base_dir=REPO)
+    summary = {(c.section, c.name): c for c in diff_policies(old, grown.policy).changes}
+    assert "delegated" not in summary[("roles", "blocked")].summary
+    # The loader warns at the entry: it never denies a delegated token.
+    [warning] = loaded.warnings
+    assert warning.where == "roles.blocked[0].delegated"
+    assert warning.message.startswith(
+        "delegated: false in role blocked, a deny role of routes[0]: this entry never denies a "
+        "delegated token"
+    )
+    data["roles"]["staff"] = [{"groups": ["staff"], "delegated": False}]  # an allow role: fine
+    data["roles"]["blocked"] = [{"claims": {"sub": ["user-666"]}}]
+    assert load_policy_data(data, base_dir=REPO).warnings == ()

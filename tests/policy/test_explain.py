@@ -199,3 +199,43 @@ def test_the_cli_reads_a_token_from_stdin() -> None:
     assert done.returncode == 0, done.stderr
     assert f"note      {UNVERIFIED}" in done.stdout
     assert "decision  ALLOW (allowed) by role support" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "exp", [-(10**400), -1e300, 10**400, "soon", True], ids=["-10^400", "-1e300", "10^400", "str", "bool"]
+)
+def test_a_token_whose_exp_is_no_usable_date_is_noted_not_a_crash(
+    exp: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claims = {"iss": ISS, "sub": "u", "aud": "api://shop", "groups": ["support"], "tenant": "t1"}
+    jwt_text = token({**claims, "exp": exp})
+    base = ["policy", "explain", "--policy", str(EXAMPLE), "--token", jwt_text]
+    assert main([*base, "GET", "/v1/customers/C-1"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    notes = [line for line in out.splitlines() if line.startswith("note")]
+    if exp == -1e300:  # a finite float: the gateway finds it in the past
+        assert any("expired at -1e+300" in n and "401 token-expired" in n for n in notes), notes
+    else:
+        assert any(
+            "the token's exp claim is not a number: the gateway answers 401 token-malformed" in n
+            for n in notes
+        ), notes
+
+
+def test_a_token_with_cnf_or_without_exp_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
+    claims = {"iss": ISS, "sub": "u", "aud": "api://shop", "groups": ["support"], "tenant": "t1"}
+    exp = dt.datetime.now(dt.UTC).timestamp() + 600
+    base = ["policy", "explain", "--policy", str(EXAMPLE), "--token"]
+    bound = token({**claims, "exp": exp, "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}})
+    assert main([*base, bound, "GET", "/v1/customers/C-1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note      the token has a cnf claim (it is bound to a DPoP key (RFC 9449)): the gateway "
+        "answers 401 token-sender-constrained (it accepts bearer tokens only)"
+    ) in out.splitlines()
+    assert main([*base, token(claims), "GET", "/v1/customers/C-1"]) == 0
+    out = capsys.readouterr().out
+    assert "note      the token has no exp claim: the gateway answers 401 token-malformed" in out
+    assert main([*base, token({**claims, "exp": exp}), "GET", "/v1/customers/C-1"]) == 0
+    assert "401" not in capsys.readouterr().out  # a good token: no refusal noted

@@ -210,3 +210,24 @@ def test_a_broken_policy_is_reported_once_for_all_its_case_files(tmp_path: Path)
     files = {p.file for p in caught.value.problems}
     assert files == {str(tmp_path / "policy.yaml")}
     assert len([p for p in caught.value.problems if p.where == "version"]) == 1
+
+
+def test_a_deny_role_that_denied_a_delegated_token_is_covered(tmp_path: Path) -> None:
+    path = tmp_path / "cases.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        policy: {EXAMPLE}
+        cases:
+          - name: an agent acting for a suspended support person is denied
+            claims:
+              {{iss: okta, groups: [support, suspended], tenant: t1, scp: [orders.read],
+               act: {{sub: order-agent}}}}
+            request: GET /v1/orders/O-1001
+            expect: {{allow: false, reason: denied-by-role, rule: suspended}}
+        """)
+    )
+    [suite] = run_case_files([path], env={})
+    assert [tuple(o.lines) for o in suite.outcomes] == [()]
+    uncovered = [name for name, _ in suite.coverage.roles]
+    assert "suspended" not in uncovered  # it denied, as a deny role, without holding
+    assert "agent-for-support" not in uncovered

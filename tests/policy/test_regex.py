@@ -141,3 +141,85 @@ def test_a_pattern_without_max_length_is_a_warning(
     assert load_policy_data(with_id(pattern="^a+$", max_length=5), base_dir=REPO).warnings == ()
     array = with_id(type="ARRAY<STRING>", pattern="^a+$", max_length=5)
     assert load_policy_data(array, base_dir=REPO).warnings == ()
+
+
+def test_ascii_only_escapes_are_found_unless_the_backslash_is_escaped() -> None:
+    from gateway.policy.regex import ascii_escapes
+
+    assert ascii_escapes(r"\w+@bad\.example") == [r"\w"]
+    assert ascii_escapes(r"^\d{3}\s\b\w\d$") == [r"\d", r"\s", r"\b", r"\w"]
+    assert ascii_escapes(r"[\W\D]") == [r"\W", r"\D"]
+    assert ascii_escapes(r"\\d \\w") == []  # an escaped backslash, then a letter
+    assert ascii_escapes(r"\\\d") == [r"\d"]
+    assert ascii_escapes(r"\pN[\pL\pN_]\.") == []
+
+
+def test_re2_escapes_are_ascii_only_as_the_warning_says() -> None:
+    # The facts the warning rests on (and its suggestions), checked on the RE2 the gateway runs.
+    assert not compile_regex(r"\w+").fullmatch("é")
+    assert not compile_regex(r"\d").fullmatch("٣")
+    assert not compile_regex(r"\s").fullmatch("\u00a0")
+    assert compile_regex(r"[\pL\pN_]+").fullmatch("é٣_")
+    assert compile_regex(r"\pN").fullmatch("٣")
+    assert compile_regex(r"[\s\pZ]").fullmatch("\u00a0")
+
+
+def test_an_ascii_only_escape_is_a_warning_and_stronger_in_a_deny_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = with_id(pattern=r"^\d+$", max_length=9)
+    data["roles"]["blocked"] = [{"claims": {"email": {"matches": r"\w+@bad\.example"}}}]
+    data["roles"]["staff"] = [{"claims": {"name": {"matches": r"\s*\w+"}}}]
+    warnings = {w.where: w.message for w in load_policy_data(data, base_dir=REPO).warnings}
+    assert set(warnings) == {
+        "queries.get_thing.params.id.pattern",
+        "roles.blocked[0].claims.email.matches",
+        "roles.staff[0].claims.name.matches",
+    }
+    param = warnings["queries.get_thing.params.id.pattern"]
+    assert param.startswith(r"\d match ASCII only in RE2")
+    assert r"\d -> \pN" in param and "deny" not in param
+    deny = warnings["roles.blocked[0].claims.email.matches"]
+    assert "role blocked is a deny role of routes[0]: a value it should deny escapes it" in deny
+    assert r"\w -> [\pL\pN_]" in deny
+    assert "deny" not in warnings["roles.staff[0].claims.name.matches"]
+    # What the warning is about: the deny role misses a Unicode address Python's re would match.
+    policy = compiled(data)
+    assert policy.roles.held(caller(policy, email="bob@bad.example"), deny=True) == {"blocked"}
+    assert policy.roles.held(caller(policy, email="josé@bad.example"), deny=True) == frozenset()
+    # The tools print it located.
+    path = tmp_path / "policy.yaml"
+    text = (REPO / "policy.example.yaml").read_text()
+    bounded = '{type: STRING, max_length: 14, pattern: "^O-[0-9]{1,12}$"}'
+    path.write_text(text.replace(bounded, r"{type: STRING, max_length: 14, pattern: '^O-\d+$'}"))
+    assert main(["policy", "check", str(path)]) == 0
+    _, err = capsys.readouterr()
+    at = where_in(path, r"'^O-\d+$'")
+    assert f"{at}: warning: queries.create_order.params.order_id.pattern: " + r"\d match" in err
+
+
+def test_each_pattern_compiles_once_per_load_and_never_on_the_request_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import re2
+
+    from gateway.policy import regex
+
+    compiles: list[str] = []
+    real = re2.compile
+
+    def counting(pattern: str, *args: Any) -> Any:
+        compiles.append(pattern)
+        return real(pattern, *args)
+
+    monkeypatch.setattr(regex.re2, "compile", counting)
+    regex.compile_regex.cache_clear()
+    data = with_id(pattern="^[A-Z]-[0-9]+$", max_length=9)
+    data["roles"]["staff"] = [{"claims": {"code": {"matches": "^S[0-9]+$"}}}]
+    policy = compiled(data)
+    assert sorted(compiles) == ["^S[0-9]+$", "^[A-Z]-[0-9]+$"]
+    who = caller(policy, code="S1", tenant="t1")
+    for _ in range(3):
+        assert decide(policy, request_facts("GET /things/A-1"), who).allow
+        assert policy.roles.trace(who, ["staff"])[0].holds  # explain, the policy tests
+    assert sorted(compiles) == ["^S[0-9]+$", "^[A-Z]-[0-9]+$"]
