@@ -160,7 +160,7 @@ class JwksCache:
                 await keeper
             except asyncio.CancelledError:
                 pass
-            except Exception:  # noqa: BLE001 - closing must not fail a reload or shutdown
+            except Exception:  # closing must not fail a reload or shutdown
                 log.exception("the background key refresh of issuer %s had failed", self.name)
 
     @property
@@ -288,7 +288,7 @@ class JwksCache:
                 await asyncio.shield(inflight)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the keeper must survive anything; logged
+            except Exception:  # the keeper must survive anything; logged
                 log.exception("background key refresh for issuer %s failed", self.name)
                 await asyncio.sleep(self._retry_wait(failures))
                 if 2.0**failures < self._retry_max:
