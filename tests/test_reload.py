@@ -336,6 +336,7 @@ async def test_introspection_caches_survive_a_reload_that_does_not_touch_the_iss
         assert await app.reloader.reload() is True
         after = app.verifier.introspectors["okta"]
         assert after is not before
+        assert before.state().cached == 0  # the dropped one was closed: its answers are gone
         refused = await _get(app, "/v1/orders/O-1001", opaque)
         assert refused.status_code == 401, refused.text  # asked afresh: revoked
         assert refused.json()["code"] == "token-inactive"

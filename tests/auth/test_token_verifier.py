@@ -542,3 +542,10 @@ def test_challenge_cannot_be_used_for_header_injection() -> None:
     assert "\r" not in challenge and "\n" not in challenge and "é" not in challenge
     description = challenge.split('error_description="', 1)[1]
     assert description.count('"') == 1 and description.endswith('"')
+
+
+def test_time_checks_live_in_times_only() -> None:
+    """check_times moved to gateway.auth.times; verify does not re-export it."""
+    from gateway.auth import times, verify
+
+    assert "check_times" not in verify.__all__ and "check_times" in times.__all__
