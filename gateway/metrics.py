@@ -92,10 +92,14 @@ def render_metrics(gateway: Gateway) -> str:
             labels = f'issuer="{_label(name)}",result="{_label(result)}"'
             out.append(f"spangate_introspection_calls_total{{{labels}}} {count}")
     out += [
-        "# HELP spangate_introspection_refused_total Opaque tokens refused without calling the "
-        "IdP per issuer, by reason (format, rate, concurrency, backoff).",
+        "# HELP spangate_introspection_refused_total Tokens refused without calling the IdP per "
+        'issuer, by reason (format, rate, concurrency, backoff); issuer "": opaque tokens that '
+        "fit no introspecting issuer's format.",
         "# TYPE spangate_introspection_refused_total counter",
     ]
+    if introspectors:  # issuer "": opaque tokens that fit no introspecting issuer's format
+        count = gateway.verifier.refusals["format"]
+        out.append(f'spangate_introspection_refused_total{{issuer="",reason="format"}} {count}')
     for name, introspector in introspectors:
         for reason, count in sorted(introspector.refused.items()):
             labels = f'issuer="{_label(name)}",reason="{_label(reason)}"'

@@ -7,6 +7,9 @@ Contract:
   counted (``failures``, ``last_error``), and the old policy keeps serving.
 - Issuers whose ``issuer``/``jwks_uri``/``preset`` are unchanged keep their JWKS cache (warm keys,
   no refetch); new or changed issuers get a new cache whose keys are fetched before the swap.
+  Likewise issuers whose ``issuer``/``preset``/``audience``/``introspection`` are unchanged keep
+  their Introspector (cached answers, call budget, back-off, counters: ``make_verifier`` is given
+  the old verifier); dropped caches and introspectors are closed after the swap.
 - The policy and its verifier are swapped as one (``Gateway.swap``); requests in flight finish on
   the policy they started with.
 - Every statement is PLAN-analysed by Spanner first, as at start-up (a misspelt column or table
@@ -41,10 +44,13 @@ __all__ = ["PolicyReloader", "log_policy_warnings"]
 log = logging.getLogger("spangate.reload")
 
 CacheFactory = Callable[[str, Issuer], JwksCache]
-VerifierFactory = Callable[[CompiledPolicy, Mapping[str, JwksCache]], TokenVerifier]
 # What a JWKS cache depends on: the same values keep the cache (and its warm keys) on reload.
 # ``preset`` decides whether the cache is used at all (an Okta org server's tokens are introspected).
 _KEY_FIELDS = {"issuer", "jwks_uri", "preset"}
+# (policy, key caches, the verifier being replaced: its unchanged issuers' Introspectors are kept)
+VerifierFactory = Callable[
+    [CompiledPolicy, Mapping[str, JwksCache], TokenVerifier | None], TokenVerifier
+]
 
 
 def log_policy_warnings(policy: CompiledPolicy) -> None:
@@ -144,6 +150,10 @@ class PolicyReloader:
             for cache in current.verifier.caches.values():
                 if id(cache) not in kept:
                     await cache.aclose()  # its background retries end with it
+            kept = {id(one) for one in verifier.introspectors.values()}
+            for introspector in current.verifier.introspectors.values():
+                if id(introspector) not in kept:
+                    await introspector.aclose()
             self.reloads += 1
             self.last_error = None
             log.info(
@@ -217,7 +227,7 @@ class PolicyReloader:
             else:
                 caches[name] = self.make_cache(name, cfg)
                 await caches[name].start()
-        return self.make_verifier(policy, caches)
+        return self.make_verifier(policy, caches, old.verifier)
 
 
 class _NeedsRestart(Exception):

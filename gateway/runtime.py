@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -54,6 +55,8 @@ async def _analyze(executor: Executor, app: Gateway) -> None:
 async def _close_caches(app: Gateway) -> None:
     for cache in app.verifier.caches.values():
         await cache.aclose()
+    for introspector in app.verifier.introspectors.values():
+        await introspector.aclose()
 
 
 def build_gateway(
@@ -94,8 +97,17 @@ def build_gateway(
             retry_max_seconds=settings.jwks_retry_max_seconds,
         )
 
-    def make_verifier(policy: CompiledPolicy, caches: Mapping[str, JwksCache]) -> TokenVerifier:
-        """The one place a verifier is built: at start-up and on every reload."""
+    # Opaque tokens that fit no introspecting issuer: one count for the process, across reloads.
+    refusals: Counter[str] = Counter()
+
+    def make_verifier(
+        policy: CompiledPolicy,
+        caches: Mapping[str, JwksCache],
+        previous: TokenVerifier | None = None,
+    ) -> TokenVerifier:
+        """The one place a verifier is built: at start-up and on every reload. ``previous`` (the
+        verifier being replaced) lends its Introspectors to the issuers whose introspection did
+        not change, as the reloader lends unchanged issuers' key caches."""
         return TokenVerifier(
             policy.model.issuers,
             caches,
@@ -108,8 +120,11 @@ def build_gateway(
                 burst=settings.introspection_burst,
                 max_concurrency=settings.introspection_concurrency,
                 deadline_seconds=settings.http_timeout_seconds,
+                previous=None if previous is None else previous.introspectors,
             ),
             leeway=settings.leeway_seconds,
+            max_token_bytes=settings.max_token_bytes,
+            refusals=refusals,
         )
 
     caches = {name: make_cache(name, cfg) for name, cfg in policy.model.issuers.items()}

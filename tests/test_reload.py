@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
+from gateway.dev.idp import OPAQUE_RESOURCE, fetch_token, revoke_token
 from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
@@ -268,3 +270,76 @@ def test_a_running_server_reloads(
             process.kill()
             process.wait()
             raise
+
+
+INTROSPECTING = """    audience: [api://shop, api://shop-opaque]
+    preset: okta
+    introspection:
+      client_id: spangate-gateway
+      client_secret: spangate-gateway-secret
+      auth_method: client_secret_post
+      token_min_length: 43
+      token_max_length: 43
+      token_charset: base64url
+"""
+
+
+async def test_introspection_caches_survive_a_reload_that_does_not_touch_the_issuer(
+    policy_copy: Path,
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    audit_key: str,
+    personas: dict[str, dict[str, object]],
+) -> None:
+    """Regression: every reload built new Introspectors, so their cached answers, call budget
+    and counters were lost even when no issuer changed. A revoked token still served from the
+    cache proves the cached answer survived; changing the introspection config drops it."""
+    text, found = re.subn(
+        r"    audience: api://shop\n    preset: okta[^\n]*\n",
+        INTROSPECTING,
+        policy_copy.read_text(),
+    )
+    assert found == 1
+    policy_copy.write_text(text)
+    settings = Settings(
+        policy=policy_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+        introspection_cache_seconds=600,
+    )
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        secret = str(personas["support-console"]["client_secret"])
+        opaque = fetch_token(idp.issuer, "support-console", secret, resource=OPAQUE_RESOURCE)
+        assert opaque.count(".") == 0
+        first = await _get(app, "/v1/orders/O-1001", opaque)
+        assert first.status_code == 200, first.text
+        before = app.verifier.introspectors["okta"]
+        assert before.calls == 1
+        revoke_token(idp.issuer, "support-console", secret, opaque)
+
+        policy_copy.write_text(with_new_route(policy_copy.read_text()))  # the issuer untouched
+        assert await app.reloader.reload() is True
+        assert app.verifier.introspectors["okta"] is before
+        cached = await _get(app, "/v1/orders/O-1001", opaque)
+        assert cached.status_code == 200, cached.text  # the cached active answer
+        assert before.calls == 1 and before.cache_hits == 1
+        metrics = (await _get(app, "/metrics", opaque)).text
+        assert 'spangate_introspection_cache_hits_total{issuer="okta"} 1' in metrics
+
+        policy_copy.write_text(
+            policy_copy.read_text().replace("token_max_length: 43", "token_max_length: 44")
+        )
+        assert await app.reloader.reload() is True
+        after = app.verifier.introspectors["okta"]
+        assert after is not before
+        assert before.state().cached == 0  # the dropped one was closed: its answers are gone
+        refused = await _get(app, "/v1/orders/O-1001", opaque)
+        assert refused.status_code == 401, refused.text  # asked afresh: revoked
+        assert refused.json()["code"] == "token-inactive"
+        assert after.calls == 1
+    finally:
+        await app.shutdown()

@@ -31,8 +31,10 @@ Contract:
   passed: ``IdpUnavailable`` with the remaining time as Retry-After. Endpoint discovery runs
   within the call's budget, once at a time (shared by all waiting), within ``deadline_seconds``.
 - Counters (``/readyz`` and ``/metrics``): calls by result (``active``, ``inactive``,
-  ``throttled`` for a 429, ``error``), refusals by reason (``format``, ``rate``, ``concurrency``,
-  ``backoff``) and cache hits.
+  ``throttled`` for a 429, ``error``: a failed call or a failed endpoint discovery; a discovery
+  that succeeds is not counted), refusals by reason (``format``: an Okta org-server token without
+  a JWT's shape, counted by the verifier; ``rate``, ``concurrency``, ``backoff``) and cache hits.
+  An opaque token that fits no issuer is counted once by the verifier, not here.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from gateway.policy.model import Introspection, Issuer
 __all__ = [
     "CALL_RESULTS",
     "REFUSAL_REASONS",
+    "INTROSPECTOR_FIELDS",
     "IntrospectionState",
     "Introspector",
     "introspectors",
@@ -81,6 +84,9 @@ _CHARSETS = {
     "hex": re.compile(r"[0-9A-Fa-f]+"),
 }
 CALL_RESULTS = ("active", "inactive", "throttled", "error")
+# What an Introspector depends on in its issuer's policy: the same values keep it (its cached
+# answers, budget, back-off and counters) across a reload; ``audience`` is checked on every answer.
+INTROSPECTOR_FIELDS = {"issuer", "preset", "audience", "introspection"}
 REFUSAL_REASONS = ("format", "rate", "concurrency", "backoff")
 
 
@@ -149,7 +155,8 @@ class Introspector:
 
     @property
     def calls(self) -> int:
-        """HTTP requests to the IdP (introspection and endpoint discovery)."""
+        """Introspection requests to the IdP, by any result, plus endpoint discoveries that
+        failed (counted as ``error``); a discovery that succeeds is not counted."""
         return sum(self.results.values())
 
     async def start(self) -> None:
@@ -177,14 +184,24 @@ class Introspector:
 
     def accepts(self, token: str) -> bool:
         """Whether ``token`` can be an opaque token of this issuer (length and characters, per
-        the policy); a refusal is counted. Checked before any call, cache lookups included."""
-        fits = (
+        the policy). Checked before any call, cache lookups included. Not counted here: a token
+        may fit another issuer; the verifier counts one refusal when it fits none."""
+        return (
             self._config.token_min_length <= len(token) <= self._config.token_max_length
             and self._charset.fullmatch(token) is not None
         )
-        if not fits:
-            self.refused["format"] += 1
-        return fits
+
+    def serves(self, issuer: Issuer) -> bool:
+        """Whether this introspector can serve ``issuer`` (a reloaded policy's) as it is."""
+        return self.issuer.model_dump(include=INTROSPECTOR_FIELDS) == issuer.model_dump(
+            include=INTROSPECTOR_FIELDS
+        )
+
+    async def aclose(self) -> None:
+        """Drop the cached answers (an introspector a reload dropped serves no more tokens;
+        calls in flight finish for the requests waiting on them)."""
+        self._cache_seconds = 0.0
+        self._answers = AnswerCache()
 
     def describe_format(self) -> str:
         low, high = self._config.token_min_length, self._config.token_max_length
@@ -275,7 +292,9 @@ class Introspector:
             raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code == 429:
             self.results["throttled"] += 1
-            delay = self._backoff.throttled(retry_after_seconds(response.headers.get("retry-after")))
+            delay = self._backoff.throttled(
+                retry_after_seconds(response.headers.get("retry-after"))
+            )
             self._last_error = f"HTTP 429: backing off for {delay:.0f} s"
             log.warning("introspection at issuer %s answered 429: %s", self.name, self._last_error)
             raise IdpUnavailable(
@@ -370,10 +389,16 @@ def introspectors(
     burst: int = 100,
     max_concurrency: int = 8,
     deadline_seconds: float | None = None,
+    previous: Mapping[str, Introspector] | None = None,
 ) -> dict[str, Introspector]:
-    """One Introspector per issuer that configures ``introspection``, in policy order."""
+    """One Introspector per issuer that configures ``introspection``, in policy order. An
+    issuer's ``previous`` one is kept when it ``serves`` the issuer unchanged (a reload that does
+    not touch it keeps its cached answers, budget and counters); the caller closes dropped ones."""
+    kept = previous or {}
     return {
-        name: Introspector(
+        name: old
+        if (old := kept.get(name)) is not None and old.serves(cfg)
+        else Introspector(
             name=name,
             issuer=cfg,
             client=client,

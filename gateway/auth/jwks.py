@@ -27,13 +27,14 @@ Contract (per issuer; every time is read from the injected ``clock``):
 - With ``background=True`` (the server) ``start()`` also starts a task that keeps the cache
   healthy without waiting for a token: while the cache is cold or its last fetch failed it retries
   after 1 s, doubling up to ``retry_max_seconds`` (each wait jittered down to half), so readiness
-  follows the IdP; while healthy it refreshes the keys when they are due. ``aclose()`` stops it.
+  follows the IdP; while healthy it refreshes the keys when they are due. It survives any
+  failure (logged, then retried with back-off) and an IdP down for any time. ``aclose()`` stops
+  it and never raises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -150,12 +151,17 @@ class JwksCache:
                 self._keeper = asyncio.ensure_future(self._keep())
 
     async def aclose(self) -> None:
-        """Stop the background task (the cache keeps answering from what it has)."""
+        """Stop the background task (the cache keeps answering from what it has); never raises
+        (a task that died is logged, not re-raised: later closers must still run)."""
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await keeper
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # closing must not fail a reload or shutdown
+                log.exception("the background key refresh of issuer %s had failed", self.name)
 
     @property
     def ttl_seconds(self) -> float:
@@ -253,26 +259,43 @@ class JwksCache:
         return self._fetched_at is not None and self._last_error is None and self._usable()
 
     async def _keep(self) -> None:
-        """The background task (see the module docstring); never raises but CancelledError."""
+        """The background task (see the module docstring); never raises but CancelledError.
+
+        The back-off exponent stops growing once the wait has reached ``retry_max_seconds``
+        (an IdP down for days must not overflow it), and anything unexpected is logged and
+        retried with the same back-off: the task must outlive every failure, or readiness
+        would again wait for a token."""
         failures = 0
         while True:
-            if self._healthy():
-                failures = 0
-                assert self._fetched_at is not None
-                wait = max(1.0, self._ttl - (self._clock() - self._fetched_at))
-            else:
-                wait = min(2.0**failures, self._retry_max) * random.uniform(0.5, 1.0)  # noqa: S311
-                failures += 1
-            self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), wait)
-                continue  # a request's fetch changed the state: wait again from there
-            except TimeoutError:
-                pass
-            inflight = self._running()
-            if inflight is None:
-                inflight = self._inflight = asyncio.ensure_future(self._fetch())
-            await asyncio.shield(inflight)
+                if self._healthy():
+                    failures = 0
+                    assert self._fetched_at is not None
+                    wait = max(1.0, self._ttl - (self._clock() - self._fetched_at))
+                else:
+                    wait = self._retry_wait(failures)
+                    if 2.0**failures < self._retry_max:
+                        failures += 1
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), wait)
+                    continue  # a request's fetch changed the state: wait again from there
+                except TimeoutError:
+                    pass
+                inflight = self._running()
+                if inflight is None:
+                    inflight = self._inflight = asyncio.ensure_future(self._fetch())
+                await asyncio.shield(inflight)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the keeper must survive anything; logged
+                log.exception("background key refresh for issuer %s failed", self.name)
+                await asyncio.sleep(self._retry_wait(failures))
+                if 2.0**failures < self._retry_max:
+                    failures += 1
+
+    def _retry_wait(self, failures: int) -> float:
+        return min(2.0**failures, self._retry_max) * random.uniform(0.5, 1.0)  # noqa: S311
 
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()

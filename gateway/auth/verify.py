@@ -14,12 +14,16 @@ living no longer than the token's ``exp``.
 
 Okta org authorization servers (``preset: okta``, issuer without ``/oauth2/``): their tokens are
 never validated locally; they are introspected when the issuer configures introspection, else
-refused with ``org-server-token``. A token whose ``iss`` is the origin of a configured Okta custom
+refused with ``org-server-token``. Before any call such a token must have a JWT's shape (three
+non-empty base64url parts, at most ``max_token_bytes`` long; else ``token-malformed``) and an
+``alg`` the issuer allows (else ``algorithm-not-allowed``), counted as a ``format`` refusal of
+that issuer. A token whose ``iss`` is the origin of a configured Okta custom
 authorization server is refused the same way, with advice.
 
 Opaque tokens (anything that is not three dot-separated parts) go to RFC 7662 introspection at
 the issuers that configure it and whose token format (length, characters) they fit, in policy
-order (fitting none: ``token-malformed``, without a call): the first that says active decides;
+order (fitting none: ``token-malformed``, without a call, counted once in ``refusals["format"]``,
+shared by the verifiers of successive reloads): the first that says active decides;
 when none does, ``token-inactive`` (or ``idp-unavailable``/``introspection-busy`` if one of them
 could not be asked).
 """
@@ -29,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +56,11 @@ from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import ClaimNames, Issuer
 
-__all__ = ["ID_TOKEN_CLAIMS", "TokenVerifier", "bearer_token", "check_times"]
+__all__ = ["ID_TOKEN_CLAIMS", "TokenVerifier", "bearer_token"]
 
 _ACCEPTED_TYP = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # RFC 7515 7.1
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
 
 
@@ -116,8 +121,14 @@ class TokenVerifier:
         leeway: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        max_token_bytes: int = 16_384,
+        refusals: Counter[str] | None = None,
     ) -> None:
         self.caches = caches
+        # Opaque tokens refused for fitting no introspecting issuer (not one issuer's count);
+        # pass the same Counter to the next verifier so a reload does not reset it.
+        self.refusals: Counter[str] = refusals if refusals is not None else Counter()
+        self._max_token_bytes = max_token_bytes
         self.introspectors: Mapping[str, Introspector] = introspectors or {}
         self._runtimes = [
             _IssuerRuntime(
@@ -182,7 +193,7 @@ class TokenVerifier:
         if runtime is None:
             raise self._unknown_issuer(iss)
         if runtime.org_server:
-            return await self._org_server_token(runtime, token), None
+            return await self._org_server_token(runtime, token, header), None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in runtime.config.algorithms:
             raise AuthError(
@@ -261,7 +272,9 @@ class TokenVerifier:
             parts = urlsplit(iss)
             origin = _origin(iss)
         except ValueError:  # not even a URL ("http://["): simply not an issuer we know
-            return AuthError(f"tokens of issuer {_short(iss)} are not accepted", code="issuer-unknown")
+            return AuthError(
+                f"tokens of issuer {_short(iss)} are not accepted", code="issuer-unknown"
+            )
         if "/oauth2/" not in parts.path + "/" and (name := self._okta_origins.get(origin)):
             return AuthError(
                 f"this token comes from the Okta org authorization server {_short(iss)}, whose tokens "
@@ -274,13 +287,32 @@ class TokenVerifier:
     def _runtime(self, name: str) -> _IssuerRuntime:
         return next(rt for rt in self._runtimes if rt.name == name)
 
-    async def _org_server_token(self, runtime: _IssuerRuntime, token: str) -> Principal:
+    async def _org_server_token(
+        self, runtime: _IssuerRuntime, token: str, header: Mapping[str, Any]
+    ) -> Principal:
         if runtime.introspector is None:
             raise AuthError(
                 f"issuer '{runtime.name}' is an Okta org authorization server: its tokens cannot "
                 "be validated locally; use a custom authorization server (an issuer with "
                 "/oauth2/ in its URL), or configure introspection for this issuer",
                 code="org-server-token",
+            )
+        # Anyone can write a three-part string naming this issuer: before it costs a call (and
+        # the issuer's budget), it must look like a signed JWT this issuer could have issued.
+        if len(token) > self._max_token_bytes or not _COMPACT_JWS.fullmatch(token):
+            runtime.introspector.refused["format"] += 1
+            raise AuthError(
+                f"the token names issuer '{runtime.name}' but is not a signed JWT (three "
+                f"non-empty base64url parts, at most {self._max_token_bytes} bytes)",
+                code="token-malformed",
+            )
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in runtime.config.algorithms:
+            runtime.introspector.refused["format"] += 1
+            raise AuthError(
+                f"algorithm {alg!r} is not allowed for issuer '{runtime.name}' "
+                f"(allowed: {', '.join(runtime.config.algorithms)})",
+                code="algorithm-not-allowed",
             )
         answer = await runtime.introspector.introspect(token)
         if answer is None:
@@ -302,6 +334,7 @@ class TokenVerifier:
         # characters) is refused here, so junk never reaches an IdP or its budget.
         fitting = [rt for rt in candidates if rt.introspector and rt.introspector.accepts(token)]
         if not fitting:
+            self.refusals["format"] += 1
             shapes = "; ".join(
                 f"'{rt.name}': {rt.introspector.describe_format()}"
                 for rt in candidates

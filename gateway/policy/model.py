@@ -127,12 +127,15 @@ class Introspection(_Strict):
     token_min_length: int = Field(
         16,
         ge=1,
+        le=16_384,
         description="Shorter opaque tokens are refused (token-malformed) without asking the IdP.",
     )
     token_max_length: int = Field(
         1024,
         ge=1,
-        description="Longer opaque tokens are refused (token-malformed) without asking the IdP.",
+        le=16_384,
+        description="Longer opaque tokens are refused (token-malformed) without asking the IdP. "
+        "A maximum above SPANGATE_MAX_TOKEN_BYTES never applies: longer tokens are refused first.",
     )
     token_charset: Literal["b64token", "base64url", "hex"] = Field(
         "b64token",

@@ -322,3 +322,67 @@ async def test_a_hung_issuer_costs_a_cold_request_one_deadline_shared_by_all() -
         )
     assert all(isinstance(r, IdpUnavailable) for r in results)
     assert len(started) == 2  # twenty cold requests shared one fetch
+
+
+async def test_the_background_task_outlives_a_long_outage_and_heals() -> None:
+    """Regression: the back-off computed 2.0**failures before capping it, so after 1,024 failed
+    retries (13 hours at the default cap) the task died of OverflowError and readiness waited
+    for a token again; aclose() then re-raised it. A tiny cap makes 1,100 retries quick."""
+    idp = FakeIdp(keys=[rsa_key("r1")], up=False)
+    cache = cache_for(idp, Clock(), background=True, retry_max_seconds=0.001)
+    await cache.start()
+    per_fetch = len(idp.requests)  # discovery documents tried by one fetch
+    keeper = cache._keeper
+    assert keeper is not None
+    try:
+        async with asyncio.timeout(120):  # generous: each retry waits about a millisecond
+            while len(idp.requests) < 1_100 * per_fetch and not keeper.done():
+                await asyncio.sleep(0.01)
+            assert not keeper.done(), keeper.exception()
+            idp.up = True
+            while not cache.state().ready:
+                await asyncio.sleep(0.01)
+    finally:
+        await cache.aclose()  # never raises
+
+
+async def test_the_background_task_survives_an_unexpected_error() -> None:
+    idp = FakeIdp(keys=[rsa_key("r1")], up=False)
+    cache = cache_for(idp, Clock(), background=True, retry_max_seconds=0.01)
+    real_fetch = cache._fetch
+    raised = 0
+
+    async def flaky() -> None:
+        nonlocal raised
+        if raised < 3:
+            raised += 1
+            raise RuntimeError("a bug")
+        await real_fetch()
+
+    await cache.start()
+    cache._fetch = flaky  # type: ignore[method-assign]
+    keeper = cache._keeper
+    assert keeper is not None
+    try:
+        async with asyncio.timeout(60):
+            while raised < 3:
+                await asyncio.sleep(0.01)
+            idp.up = True
+            while not cache.state().ready:
+                await asyncio.sleep(0.01)
+        assert not keeper.done()
+    finally:
+        await cache.aclose()
+
+
+async def test_aclose_logs_a_dead_background_task_instead_of_raising() -> None:
+    idp = FakeIdp(keys=[rsa_key("r1")])
+    cache = cache_for(idp, Clock())
+
+    async def died() -> None:
+        raise OverflowError("math range error")
+
+    cache._keeper = asyncio.ensure_future(died())
+    await asyncio.sleep(0)
+    await cache.aclose()  # before the fix: OverflowError, and later closers never ran
+    assert cache._keeper is None

@@ -390,6 +390,29 @@ async def test_org_server_tokens_go_to_introspection() -> None:
     assert await world.code(other) == "token-inactive"
 
 
+async def test_org_server_tokens_must_look_like_a_signed_jwt_before_a_call() -> None:
+    """Regression: any three-part string naming the org server went to its budget and its IdP."""
+    world, key, idp = org_world(introspect=True)
+    body = b64(claims(ORG, now=NOW))
+    junk = [
+        f"{b64({'alg': 'RS256'})}.{body}.",  # no signature
+        f"{b64({'alg': 'none'})}.{body}.c2ln",  # unsigned
+        f"{b64({'alg': 'HS256'})}.{body}.c2ln",  # an algorithm the issuer does not use
+        f"{b64({'alg': 'RS256'})}.{body}.sig+/~",  # not base64url
+        f"{b64({'alg': 'RS256', 'pad': 'x' * 20_000})}.{body}.c2ln",  # larger than a token
+    ]
+    codes = [await world.code(token) for token in junk]
+    malformed, not_allowed = "token-malformed", "algorithm-not-allowed"
+    assert codes == [malformed, not_allowed, not_allowed, malformed, malformed]
+    assert idp.introspections == 0
+    # all but the one pyjwt cannot even decode (refused before the issuer is known)
+    assert world.introspectors["org"].refused["format"] == len(junk) - 1
+    assert world.verifier.refusals["format"] == 0  # those are this issuer's, not opaque tokens
+    good = key.sign(claims(ORG, now=NOW))
+    assert await world.code(good) == "token-inactive"  # a JWT of the right shape is asked
+    assert idp.introspections == 1
+
+
 async def test_an_org_server_token_next_to_a_custom_server_gets_advice(world: World) -> None:
     key = rsa_key("org")
     with pytest.raises(AuthError, match="custom authorization server") as refused:
@@ -454,7 +477,10 @@ async def test_opaque_tokens_that_fit_no_issuer_format_are_refused_without_a_cal
     for token in junk:
         assert await world.code(token) == "token-malformed", token
     assert (idp.introspections, hexa.introspections) == (0, 0)
-    assert world.introspectors["one"].refused["format"] == len(junk)
+    # counted once per token, by the verifier, not once per issuer the token does not fit
+    assert world.verifier.refusals["format"] == len(junk)
+    assert world.introspectors["one"].refused["format"] == 0
+    assert world.introspectors["two"].refused["format"] == 0
     try:
         await world.verify("short")
     except AuthError as refused:
@@ -516,3 +542,10 @@ def test_challenge_cannot_be_used_for_header_injection() -> None:
     assert "\r" not in challenge and "\n" not in challenge and "é" not in challenge
     description = challenge.split('error_description="', 1)[1]
     assert description.count('"') == 1 and description.endswith('"')
+
+
+def test_time_checks_live_in_times_only() -> None:
+    """check_times moved to gateway.auth.times; verify does not re-export it."""
+    from gateway.auth import times, verify
+
+    assert "check_times" not in verify.__all__ and "check_times" in times.__all__

@@ -564,3 +564,29 @@ def test_a_loaded_policy_can_be_built_by_hand_for_tests() -> None:
     policy = load_policy(EXAMPLE, env=ENV).policy
     loaded = LoadedPolicy(policy=policy, files=(), sha256="0" * 64, base_dir=Path("/srv"))
     assert loaded.locate(("routes", 0)) == ("<policy>", None, None)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "needle", "message"),
+    [
+        ("token_max_length: 100000", "100000", "less than or equal to 16384"),
+        ("token_min_length: 20000", "20000", "less than or equal to 16384"),
+        (
+            "token_min_length: 64\n      token_max_length: 32",
+            "token_min_length",
+            "token_min_length is larger than token_max_length",
+        ),
+    ],
+)
+def test_introspection_token_lengths_are_bounded(
+    tmp_path: Path, lengths: str, needle: str, message: str
+) -> None:
+    line_before = "      client_secret: ${OKTA_CLIENT_SECRET}\n"
+    path, text = edited(tmp_path, line_before, line_before + "      " + lengths + "\n")
+    problem = only(problems(path))
+    assert message in problem.message
+    line, column = located(problem)
+    assert line is not None and column is not None
+    assert line >= at(text, "introspection:")[0]
+    if needle[0].isdigit():
+        assert (line, column) == at(text, needle)
