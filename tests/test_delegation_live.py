@@ -6,22 +6,15 @@ person's token must not take the person's roles: it reads orders (the example's
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from served import served as serving
 
 from gateway.dev.idp import IdpProcess, exchange_token
-from gateway.dev.ports import free_port
-
-SPANGATE = [sys.executable, "-m", "gateway"]
 
 
 @pytest.fixture(scope="module")
@@ -29,49 +22,11 @@ def served(
     demo_database: str,
     idp: IdpProcess,
     tmp_path_factory: pytest.TempPathFactory,
-    repo: Path,
     audit_key: str,
 ) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    audit = tmp_path_factory.mktemp("delegation") / "audit.jsonl"
-    env = {
-        **os.environ,
-        "SPANNER_EMULATOR_HOST": demo_database,
-        "OKTA_ISSUER": idp.issuer,
-        "SPANGATE_AUDIT_PATH": str(audit),
-        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
-        "SPANGATE_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [*SPANGATE, "serve", "--policy", str(repo / "policy.example.yaml"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else None
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spangate serve never became ready"
-            time.sleep(0.2)
-        yield base, audit
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    folder = tmp_path_factory.mktemp("delegation")
+    with serving(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
+        yield server.base, server.audit
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from served import served as serving
 
 from gateway.app import Gateway
 from gateway.cli import main
-from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
@@ -83,44 +79,10 @@ def catastrophic_server(
         "nullable: true}\n",
         f'      status:          {{type: STRING, pattern: "{CATASTROPHIC}", nullable: true}}\n',
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        "SPANNER_EMULATOR_HOST": demo_database,
-        "OKTA_ISSUER": idp.issuer,
-        "SPANGATE_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
-        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
-        "SPANGATE_LOG_LEVEL": "warning",
-    }
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spangate serve never became ready"
-            time.sleep(0.2)
-        yield base, log_path
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with serving(
+        tmp_path, database=demo_database, issuer=idp.issuer, audit_key=audit_key, policy=policy
+    ) as server:
+        yield server.base, server.log
 
 
 @pytest.mark.timeout(120)  # start-up included; the hostile requests themselves take microseconds

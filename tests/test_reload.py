@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from served import served as serving
 
 from gateway.app import Gateway
 from gateway.dev.idp import OPAQUE_RESOURCE, fetch_token, revoke_token
-from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
@@ -215,15 +212,6 @@ async def test_requests_in_flight_keep_their_policy(
     assert "/v1/tenant" in {r.template for r in own_gateway.policy.routes}
 
 
-def _serve(policy: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _poll(
     url: str, predicate: Callable[[httpx.Response], bool], timeout: float = 20.0
 ) -> httpx.Response:
@@ -244,32 +232,22 @@ def _poll(
 def test_a_running_server_reloads(
     trigger: str, policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SPANNER_EMULATOR_HOST": demo_database,
-        "OKTA_ISSUER": idp.issuer,
-        "SPANGATE_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
-        "SPANGATE_AUDIT_KEY": audit_key,
-        "SPANGATE_WATCH_POLICY": "true" if trigger == "watch" else "false",
-    }
-    process = _serve(policy_copy, env, port)
-    try:
-        readyz = f"http://127.0.0.1:{port}/readyz"
+    watch = {"SPANGATE_WATCH_POLICY": "true" if trigger == "watch" else "false"}
+    with serving(
+        tmp_path,
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key=audit_key,
+        policy=policy_copy,
+        env=watch,
+    ) as server:
+        readyz = f"{server.base}/readyz"
         first = _poll(readyz, lambda r: r.status_code == 200).json()["policy_sha256"]
         policy_copy.write_text(with_new_route(policy_copy.read_text()))
         if trigger == "sighup":
-            process.send_signal(signal.SIGHUP)
+            server.process.send_signal(signal.SIGHUP)
         second = _poll(readyz, lambda r: r.json()["policy_sha256"] != first).json()["policy_sha256"]
-        assert second != first and process.poll() is None
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+        assert second != first and server.process.poll() is None
 
 
 INTROSPECTING = """    audience: [api://shop, api://shop-opaque]

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import request_id
+from served import served as serving
 
 from gateway.audit.chain import Chain
 from gateway.audit.schema import AuditEvent
 from gateway.audit.verify import verify_trail
 from gateway.cli import main
-from gateway.dev.ports import free_port
 from gateway.errors import BadRequest
 from gateway.http import parse_json
 from gateway.settings import Settings
@@ -298,41 +296,10 @@ def test_a_body_may_nest_a_hundred_levels() -> None:
 
 @pytest.fixture
 def served(
-    demo_database: str, idp: Any, tmp_path: Path, repo: Path, audit_key: str
+    demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    audit = tmp_path / "audit.jsonl"
-    env = {
-        **os.environ,
-        "SPANNER_EMULATOR_HOST": demo_database,
-        "OKTA_ISSUER": idp.issuer,
-        "SPANGATE_AUDIT_PATH": str(audit),
-        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
-        "SPANGATE_LOG_LEVEL": "warning",
-    }
-    command = [sys.executable, "-m", "gateway", "serve", "--policy",
-               str(repo / "policy.example.yaml"), "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "spangate serve exited"
-            assert time.monotonic() < deadline, "spangate serve never became ready"
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield base, audit
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving(tmp_path, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
+        yield server.base, server.audit
 
 
 def test_spangate_serve_records_caller_values_bounded_raw_and_one_per_line(

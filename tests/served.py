@@ -1,0 +1,145 @@
+"""A real ``spangate serve`` for end-to-end tests, started the one way every such test needs.
+
+``start_served`` runs ``python -m gateway serve`` on a free loopback port with the given policy (the
+example policy by default, which redacts, so an audit key is always set), the emulator and the
+OpenID provider from the session fixtures, and waits for ``/readyz``; ``Served.stop`` sends SIGINT
+(what Ctrl-C and Kubernetes do) and kills the process if it has not exited within 20 s. Its output
+goes to ``Served.log``, which a failed start-up shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from gateway.dev.ports import free_port
+
+__all__ = ["EXAMPLE_POLICY", "SPANGATE", "Served", "served", "start_served", "stop_process"]
+
+SPANGATE = [sys.executable, "-m", "gateway"]
+EXAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policy.example.yaml"
+STARTUP_SECONDS = 60  # generous: the start-up warms Spanner sessions on a loaded machine
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 20) -> int:
+    """SIGINT, then SIGKILL when it has not exited within ``timeout``; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    port: int
+    audit: Path
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit events written so far (those of one request id when given)."""
+        if not self.audit.exists():
+            return []
+        events = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        if request_id is None:
+            return events
+        return [
+            e
+            for e in events
+            if e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == request_id
+        ]
+
+    def stop(self) -> int:
+        return stop_process(self.process)
+
+
+def start_served(
+    folder: Path,
+    *,
+    database: str,
+    issuer: str | None,
+    audit_key: str | None,
+    policy: Path = EXAMPLE_POLICY,
+    env: Mapping[str, str] | None = None,
+    wait: Literal["ready", "answering", "no"] = "ready",
+) -> Served:
+    """Start ``spangate serve``; ``env`` adds or overrides variables (``SPANGATE_*`` settings,
+    the policy's ``${VAR}``s). ``wait``: for ``/readyz`` 200, for any answer, or not at all."""
+    port = free_port()
+    audit = folder / f"audit-{port}.jsonl"
+    log = folder / f"serve-{port}.log"
+    variables = {
+        **os.environ,
+        "SPANNER_EMULATOR_HOST": database,
+        "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    if issuer is not None:
+        variables["OKTA_ISSUER"] = issuer
+    if audit_key is not None:
+        variables["SPANGATE_AUDIT_KEY"] = audit_key
+    variables.update(env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*SPANGATE, "serve", "--policy", str(policy), "--port", str(port)],
+            env=variables,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Served(process, port, audit, log)
+    if wait != "no":
+        try:
+            _wait(server, ready=wait == "ready")
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+@contextmanager
+def served(folder: Path, **options: Any) -> Iterator[Served]:
+    """``start_served`` for a ``with`` block: stopped at its end, whatever happened; a server
+    that did not exit cleanly (0) after SIGINT fails a block that otherwise passed."""
+    server = start_served(folder, **options)
+    try:
+        yield server
+    except BaseException:
+        server.stop()
+        raise
+    code = server.stop()
+    assert code == 0, f"spangate serve exited {code} after SIGINT: {server.log.read_text()}"
+
+
+def _wait(server: Served, *, ready: bool) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        if server.process.poll() is not None:
+            raise AssertionError(f"spangate serve exited: {server.log.read_text()}")
+        try:
+            answer = httpx.get(f"{server.base}/readyz", timeout=2.0)
+            if answer.status_code == 200 or not ready:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"spangate serve never became ready: {server.log.read_text()}")
+        time.sleep(0.1)
