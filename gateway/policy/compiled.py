@@ -47,6 +47,12 @@ class CompiledRoute:
     def template(self) -> str:
         return self.model.path
 
+    @property
+    def tool_name(self) -> str | None:
+        """Its MCP tool's name: ``tool:``, else the query's name; None with ``tool: false``."""
+        tool = self.model.tool
+        return None if tool is False else tool or self.query.name
+
 
 @dataclass(frozen=True)
 class CompiledPolicy:
