@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
-from gateway.audit.origin import parse_networks
+from gateway.audit.origin import IPNetwork, parse_networks
 from gateway.audit.recorder import (
     in_transaction_hook,
     new_call,
@@ -44,6 +44,8 @@ from gateway.http import (
     send_response,
     with_request_id,
 )
+from gateway.mcp.metadata import MCP_PATH
+from gateway.mcp.server import McpEndpoint
 from gateway.metrics import RequestMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
@@ -126,6 +128,12 @@ class Gateway:
         self._database = database_resource(target.project, target.instance, target.database)
         self.ready = False
         self.api = fixed_endpoints(self)
+        self.mcp = McpEndpoint(self)
+
+    @property
+    def trusted(self) -> Sequence[IPNetwork]:
+        """The proxies whose X-Forwarded-For is believed (SPANGATE_TRUSTED_PROXIES)."""
+        return self._trusted
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -141,6 +149,7 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------------------
     async def startup(self) -> None:
         """Fetch every issuer's keys and warm every identity's Database, then say ready."""
+        await self.mcp.start()
         for cache in self.verifier.caches.values():
             await cache.start()
         await self.executor.warm()
@@ -150,6 +159,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        await self.mcp.stop()
         await self.audit.close()
         self.executor.close()
         for close in self._closers:
@@ -171,7 +181,11 @@ class Gateway:
         headers = scope.get("headers", [])
         rid = request_id(next((v for k, v in headers if k == b"x-request-id"), None))
         # The raw path: "/%68ealthz" is not /healthz (it goes to the policy router, like any path).
-        if routed_path(scope) in FIXED_PATHS:
+        path = routed_path(scope)
+        if path == MCP_PATH:
+            await self.mcp(scope, receive, send, rid)
+            return
+        if path in FIXED_PATHS:
             scope.setdefault("state", {})["request_id"] = rid
             await self.api(scope, receive, with_request_id(send, rid))
             return
