@@ -166,12 +166,13 @@ class Settings(BaseSettings):
         "resource is <it>/mcp. Default: the scheme and Host of each request.",
     )
     mcp_allowed_hosts: str = Field(
-        "127.0.0.1:*,localhost:*,[::1]:*",
+        "127.0.0.1,127.0.0.1:*,localhost,localhost:*,[::1],[::1]:*",
         description="Comma-separated Host values /mcp answers (DNS-rebinding protection); "
         "host:* allows any port. The public URL's host is always allowed.",
     )
     mcp_allowed_origins: str = Field(
-        "http://127.0.0.1:*,http://localhost:*,http://[::1]:*",
+        "http://127.0.0.1,http://127.0.0.1:*,http://localhost,http://localhost:*,"
+        "http://[::1],http://[::1]:*",
         description="Comma-separated Origin values /mcp accepts from browsers (requests "
         "without Origin are accepted); origin:* allows any port. The public URL's origin is "
         "always allowed.",

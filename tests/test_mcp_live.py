@@ -362,7 +362,7 @@ def test_both_protocol_revisions_are_answered(
     assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
 
 
-def test_only_post_and_the_body_limit(
+def test_only_post_and_the_request_limits(
     served: tuple[str, Path], token_for: Callable[..., str]
 ) -> None:
     base, _ = served
@@ -372,3 +372,6 @@ def test_only_post_and_the_body_limit(
     big = {**LIST, "params": {"_meta": {"pad": "x" * 1_100_000}}}
     answer = raw_post(base, big, token=token)
     assert answer.status_code == 413 and answer.json()["code"] == "body-too-large"
+    # the server's head limits hold for /mcp as for every path (SPANGATE_MAX_HEADER_BYTES)
+    huge = raw_post(base, LIST, token=token, **{"X-Padding": "x" * 70_000})
+    assert huge.status_code == 431 and huge.json()["code"] == "headers-too-large"
