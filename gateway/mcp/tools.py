@@ -16,7 +16,12 @@ from typing import Any
 from gateway.auth.principal import Principal
 from gateway.openapi import json_schema_of, response_schema
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
-from gateway.policy.decide import role_verdict
+from gateway.policy.decide import (
+    IDEMPOTENCY_ARGUMENT,
+    role_verdict,
+    takes_idempotency_key,
+    tool_parameters,
+)
 from gateway.spanner.analyze import Analysis
 from gateway.spanner.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -29,7 +34,6 @@ __all__ = [
     "tools_for",
 ]
 
-IDEMPOTENCY_ARGUMENT = "idempotency_key"
 _IDEMPOTENCY_SCHEMA = {
     "type": "string",
     "minLength": 1,
@@ -38,11 +42,6 @@ _IDEMPOTENCY_SCHEMA = {
     "description": "Retrying this write with the same key returns the first result and applies "
     "nothing again; the same key with other arguments is idempotency-key-reused.",
 }
-
-
-def _takes_idempotency_key(route: CompiledRoute) -> bool:
-    # A query's own parameter of that name wins: it binds as a parameter, not as a key.
-    return route.query.is_dml and IDEMPOTENCY_ARGUMENT not in route.query.params
 
 
 def input_schema(route: CompiledRoute) -> dict[str, Any]:
@@ -54,7 +53,7 @@ def input_schema(route: CompiledRoute) -> dict[str, Any]:
         for n, s in visible.items()
         if n not in route.path_params and not s.has_default and not s.nullable
     ]
-    if _takes_idempotency_key(route):
+    if takes_idempotency_key(route):
         properties[IDEMPOTENCY_ARGUMENT] = dict(_IDEMPOTENCY_SCHEMA)
     schema: dict[str, Any] = {
         "type": "object",
@@ -98,7 +97,7 @@ def tools_for(
 
 
 def find_tool(policy: CompiledPolicy, name: str) -> CompiledRoute | None:
-    return next((r for r in policy.routes if r.tool_name == name), None)
+    return policy.tool(name)
 
 
 def arguments_of(
@@ -107,11 +106,9 @@ def arguments_of(
     """A tool call's arguments -> (the parameters, as a JSON body binds them; the
     ``Idempotency-Key`` header they carry). The key is checked where the header's is, after the
     decision (``idempotency-key-invalid``): a key that is no string is as bad as an empty one."""
-    values = dict(arguments or {})
-    if not _takes_idempotency_key(route) or IDEMPOTENCY_ARGUMENT not in values:
-        return values, []
-    key = values.pop(IDEMPOTENCY_ARGUMENT)
-    if key is None:  # null: no key, as no header
+    values = tool_parameters(route, arguments)
+    key = (arguments or {}).get(IDEMPOTENCY_ARGUMENT)
+    if not takes_idempotency_key(route) or key is None:  # null or absent: no key, as no header
         return values, []
     raw = key.encode("utf-8", "replace") if isinstance(key, str) else b""
     return values, [(IDEMPOTENCY_HEADER, raw)]

@@ -74,6 +74,10 @@ class CompiledPolicy:
     def base_dir(self) -> Path:
         return self.loaded.base_dir
 
+    def tool(self, name: str) -> CompiledRoute | None:
+        """The route whose MCP tool is ``name`` (the loader keeps tool names unique)."""
+        return next((r for r in self.routes if r.tool_name == name), None)
+
 
 def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
     """Compile a policy that ``load_policy`` has already validated."""

@@ -34,6 +34,9 @@ __all__ = [
     "RequestFacts",
     "decide",
     "decide_route",
+    "IDEMPOTENCY_ARGUMENT",
+    "takes_idempotency_key",
+    "tool_parameters",
     "match_route",
     "role_verdict",
 ]
@@ -56,12 +59,21 @@ Reason = Literal[
 REASONS: tuple[str, ...] = get_args(Reason)
 
 
+# A write tool's argument that is its Idempotency-Key, not a parameter (unless its query has a
+# parameter of that name).
+IDEMPOTENCY_ARGUMENT = "idempotency_key"
+
+
 @dataclass(frozen=True)
 class RequestFacts:
+    """An HTTP request; or, with ``tool``, an MCP ``tools/call`` whose ``body`` is its arguments
+    (``method`` is then ``MCP`` and ``path`` the tool's name)."""
+
     method: str
     path: str  # the raw path, still percent-encoded
     query: Sequence[tuple[str, str]] = ()
     body: Mapping[str, Any] | None = None
+    tool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,25 @@ def match_route(
     return policy.routes[hit.route], hit.params
 
 
+def takes_idempotency_key(route: CompiledRoute) -> bool:
+    """Does the route's MCP tool take an ``idempotency_key`` argument (a write's tool)?"""
+    return route.query.is_dml and IDEMPOTENCY_ARGUMENT not in route.query.params
+
+
+def tool_parameters(route: CompiledRoute, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An MCP call's arguments as the route's parameters: all but a write's idempotency key
+    (they bind as a JSON body does; path parameters included)."""
+    skip = IDEMPOTENCY_ARGUMENT if takes_idempotency_key(route) else None
+    return {k: v for k, v in (arguments or {}).items() if k != skip}
+
+
 def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) -> Decision:
+    if facts.tool is not None:  # an MCP tools/call: the tool names the route
+        route = policy.tool(facts.tool)
+        if route is None:
+            return _deny(RouteNotFound(f"no tool named {facts.tool!r}"))
+        body = tool_parameters(route, facts.body)
+        return decide_route(policy, route, {}, principal, body=body)
     found = match_route(policy, facts.method, facts.path)
     if isinstance(found, GatewayError):
         return _deny(found)
