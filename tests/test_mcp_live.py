@@ -1,6 +1,7 @@
 """/mcp end to end: a real ``spangate serve`` on the example policy, the real OpenID provider, the
-real emulator, and the official ``mcp`` SDK's streamable HTTP client, on both protocol revisions
-the SDK serves (2025-11-25 with its initialize handshake, 2026-07-28 without)."""
+real emulator, and two MCP clients: the official ``mcp`` SDK's streamable HTTP client, on both
+protocol revisions the SDK serves (2025-11-25 with its initialize handshake, 2026-07-28 without),
+and the MCP Inspector's CLI (a client nobody here wrote)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from gateway.dev.idp import IdpProcess
 from gateway.dev.ports import free_port
 
 SPANGATE = [sys.executable, "-m", "gateway"]
+INSPECTOR = (
+    Path(__file__).resolve().parents[1]
+    / "dev/mcp-inspector/node_modules/@modelcontextprotocol/inspector-cli/build/index.js"
+)  # the MCP Inspector's CLI (npm, pinned in dev/mcp-inspector/package-lock.json; make setup)
 MODES = ["legacy", "2026-07-28"]  # legacy: the 2025-11-25 initialize handshake
 
 
@@ -375,3 +380,48 @@ def test_only_post_and_the_request_limits(
     # the server's head limits hold for /mcp as for every path (SPANGATE_MAX_HEADER_BYTES)
     huge = raw_post(base, LIST, token=token, **{"X-Padding": "x" * 70_000})
     assert huge.status_code == 431 and huge.json()["code"] == "headers-too-large"
+
+
+def inspector(base: str, token: str, *args: str) -> Any:
+    """Run the MCP Inspector's CLI against /mcp; its JSON output."""
+    assert INSPECTOR.is_file(), f"{INSPECTOR} is missing: run make setup (npm ci)"
+    argv = ["node", str(INSPECTOR), f"{base}/mcp", "--transport", "http"]
+    argv += ["--header", f"Authorization: Bearer {token}", *args]
+    # cwd: the CLI looks for its package.json with a path relative to the working directory
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=INSPECTOR.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_mcp_inspector_cli_lists_and_calls_tools(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    listed = {
+        who: {t["name"] for t in inspector(base, token_for(who), "--method", "tools/list")["tools"]}
+        for who in ("support-console", "order-agent", "outsider")
+    }
+    assert listed == {
+        "support-console": {"get_order", "list_orders", "list_order_items", "get_customer"},
+        "order-agent": {"get_order", "list_orders", "list_order_items"},
+        "outsider": set(),
+    }
+    token = token_for("order-agent")
+    called = inspector(
+        base, token, "--method", "tools/call", "--tool-name", "list_orders",
+        "--tool-arg", "limit=2", "status=PAID",
+    )  # fmt: skip
+    http = httpx.get(
+        f"{base}/v1/orders",
+        params={"limit": 2, "status": "PAID"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert called.get("isError") in (None, False)
+    assert called["structuredContent"] == http.json()
+    denied = inspector(
+        base, token, "--method", "tools/call", "--tool-name", "get_customer",
+        "--tool-arg", "customer_id=C-1",
+    )  # fmt: skip
+    assert denied["isError"] is True
+    assert denied["structuredContent"]["code"] == "no-allow-role"
