@@ -374,6 +374,8 @@ def test_only_post_and_the_request_limits(
     token = token_for("order-agent")
     got = httpx.get(f"{base}/mcp", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert got.status_code == 405 and got.headers["allow"] == "POST"
+    text = raw_post(base, LIST, token=token, **{"Content-Type": "text/plain"})
+    assert text.status_code == 415 and text.json()["code"] == "unsupported-media-type"
     big = {**LIST, "params": {"_meta": {"pad": "x" * 1_100_000}}}
     answer = raw_post(base, big, token=token)
     assert answer.status_code == 413 and answer.json()["code"] == "body-too-large"

@@ -20,6 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
@@ -39,6 +40,7 @@ from gateway.errors import (
     MethodNotAllowed,
     MisdirectedRequest,
     RouteNotFound,
+    UnsupportedMediaType,
 )
 from gateway.http import (
     Message,
@@ -184,12 +186,19 @@ class McpEndpoint:
                     "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
                     code="origin-not-allowed",
                 )
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
             token = bearer_token(
                 [v.decode("latin-1") for k, v in headers if k == b"authorization"],
-                token_in_query=b"access_token=" in scope.get("query_string", b""),
+                token_in_query=any(k == "access_token" for k, _ in query),
                 max_bytes=settings.max_token_bytes,
             )
             principal = await active.verifier.verify(token)
+            ctype = next((v for k, v in headers if k == b"content-type"), b"")
+            media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
+            if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered
+                raise UnsupportedMediaType(  # here as a problem)
+                    f"the body must be application/json, not {media or 'unspecified'}"
+                )
             body = await read_body(
                 receive,
                 headers,
