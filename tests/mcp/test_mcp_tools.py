@@ -117,3 +117,21 @@ def test_protected_resource_metadata(repo: Path) -> None:
         "bearer_methods_supported": ["header"],
         "resource_name": "spangate",
     }
+
+
+@pytest.mark.parametrize(
+    ("template", "reserved"),
+    [
+        ("/mcp", "/mcp"),
+        ("/mcp/{tool}", "/mcp"),
+        ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource"),
+        ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"),
+    ],
+)
+def test_the_mcp_paths_are_reserved(template: str, reserved: str) -> None:
+    from gateway.policy.validate import template_problems
+
+    assert template_problems(template) == [
+        f"{reserved} is reserved for the gateway's own endpoints"
+    ]
+    assert template_problems("/mcpx") == []
