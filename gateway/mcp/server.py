@@ -156,7 +156,8 @@ class McpEndpoint:
         await asyncio.wait({self._running, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if self._running.done():
-            self._running.result()  # raises what stopped it
+            failed, self._running = self._running, None
+            failed.result()  # raises what stopped it
 
     async def stop(self) -> None:
         running, self._running = self._running, None
