@@ -1,16 +1,17 @@
 # spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
 # Everything is installed from the repository's lock files: requirements.lock (pip, hashes)
-# and dev/idp/package-lock.json (npm ci).
+# and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 IDP    := dev/idp/node_modules/.package-lock.json
+INSPECTOR := dev/mcp-inspector/node_modules/.package-lock.json
 
 .PHONY: setup demo test lint typecheck unit bench schema lock clean
 
-setup: $(STAMP) $(IDP)
+setup: $(STAMP) $(IDP) $(INSPECTOR)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spangate needs Python 3.11 or newer"'
@@ -25,6 +26,13 @@ $(IDP): dev/idp/package-lock.json dev/idp/package.json
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "spangate: Node.js and npm are needed for the local OpenID provider: apt-get install nodejs npm" >&2; exit 1; }
 	npm ci --prefix dev/idp --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The MCP Inspector's CLI: an MCP client nobody here wrote, for the /mcp tests.
+$(INSPECTOR): dev/mcp-inspector/package-lock.json dev/mcp-inspector/package.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "spangate: Node.js and npm are needed for the MCP Inspector CLI: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix dev/mcp-inspector --no-audit --no-fund --loglevel=error
 	@touch $@
 
 demo: setup

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
-from gateway.audit.origin import parse_networks
+from gateway.audit.origin import IPNetwork, parse_networks
 from gateway.audit.recorder import (
     in_transaction_hook,
     new_call,
@@ -44,18 +44,44 @@ from gateway.http import (
     send_response,
     with_request_id,
 )
+from gateway.mcp.metadata import MCP_PATH
+from gateway.mcp.server import McpEndpoint
 from gateway.metrics import RequestMetrics
 from gateway.policy.bind import BODY_METHODS
-from gateway.policy.compiled import CompiledPolicy
-from gateway.policy.decide import RequestFacts, decide, match_route
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.decide import decide_route, match_route
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import response_body
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["Active", "Gateway", "Outcome", "Resolve", "Target", "create_app"]
 
 log = logging.getLogger("spangate")
+
+Resolve = Callable[[CallRecord, "Active"], Awaitable["Target"]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a transport resolved a call to: the route, the caller's values as the route's
+    parameters bind them, and the headers that may carry its ``Idempotency-Key``."""
+
+    route: CompiledRoute
+    path_params: Mapping[str, str]
+    query: Sequence[tuple[str, str]] = ()
+    body: Mapping[str, Any] | None = None
+    idempotency: Sequence[tuple[bytes, bytes]] = ()
+    method: str | None = None  # as the caller said it (HEAD for GET's route); else the route's
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A call's answer: ``body`` (the JSON the route answers) when ``error`` is None."""
+
+    status: int
+    body: dict[str, Any] | None
+    error: GatewayError | None
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,12 @@ class Gateway:
         self._database = database_resource(target.project, target.instance, target.database)
         self.ready = False
         self.api = fixed_endpoints(self)
+        self.mcp = McpEndpoint(self)
+
+    @property
+    def trusted(self) -> Sequence[IPNetwork]:
+        """The proxies whose X-Forwarded-For is believed (SPANGATE_TRUSTED_PROXIES)."""
+        return self._trusted
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -117,6 +149,7 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------------------
     async def startup(self) -> None:
         """Fetch every issuer's keys and warm every identity's Database, then say ready."""
+        await self.mcp.start()
         for cache in self.verifier.caches.values():
             await cache.start()
         await self.executor.warm()
@@ -126,6 +159,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        await self.mcp.stop()
         await self.audit.close()
         self.executor.close()
         for close in self._closers:
@@ -147,7 +181,11 @@ class Gateway:
         headers = scope.get("headers", [])
         rid = request_id(next((v for k, v in headers if k == b"x-request-id"), None))
         # The raw path: "/%68ealthz" is not /healthz (it goes to the policy router, like any path).
-        if routed_path(scope) in FIXED_PATHS:
+        path = routed_path(scope)
+        if path == MCP_PATH:
+            await self.mcp(scope, receive, send, rid)
+            return
+        if path in FIXED_PATHS:
             scope.setdefault("state", {})["request_id"] = rid
             await self.api(scope, receive, with_request_id(send, rid))
             return
@@ -172,20 +210,38 @@ class Gateway:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         call = new_call(scope, rid, time.perf_counter(), self._trusted)
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            return await self._resolve_http(scope, receive, headers, call, active)
+
+        outcome = await self.perform(call, self.active, resolve)
+        head = scope["method"] == "HEAD"
+        if outcome.error is not None:
+            await send_problem(send, outcome.error, rid, head=head)
+        else:
+            body = dumps(outcome.body) if outcome.body is not None else b""
+            await send_response(send, outcome.status, body, "application/json", rid, head=head)
+
+    # -- the one path of every call, whatever its transport -------------------------------------
+    async def perform(self, call: CallRecord, active: Active, resolve: Resolve) -> Outcome:
+        """One call from any transport (HTTP here, MCP in ``gateway.mcp``): ``resolve`` does the
+        transport's part (the token, the route, the caller's values), then decision, execution
+        and exactly one audit event. The answer is the JSON body or the error to answer."""
         self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
-        active = self.active  # requests in flight finish on the policy they started with
-        policy = active.policy
+        policy = active.policy  # calls in flight finish on the policy they started with
+        body: dict[str, Any] | None = None
         try:
-            status, body = await self._serve(scope, receive, headers, call, active)
+            body = await self._run(call, active, await resolve(call, active))
+            status = 200
         except GatewayError as exc:
             call.error = exc
-            status, body = exc.status, None
+            status = exc.status
         except Exception:
-            log.exception("request %s failed", rid)
+            log.exception("request %s failed", call.request_id)
             call.error = GatewayError(
                 "an unexpected error occurred; see the logs for this request id"
             )
-            status, body = 500, None
+            status = 500
         except asyncio.CancelledError:  # the server gave up on the request: still one event
             call.error = GatewayError("the request was cancelled", code="cancelled")
             call.status = 499
@@ -194,7 +250,9 @@ class Gateway:
             raise
         call.status = status
         self.unrecorded -= 1
-        if await record_call(self.audit, call, policy, key=self._audit_key, database=self._database):
+        if await record_call(
+            self.audit, call, policy, key=self._audit_key, database=self._database
+        ):
             status, body = call.status, None  # 503 audit-unavailable (or 500): fail closed
         route = call.decision.route if call.decision else None
         self.metrics.observe(
@@ -203,22 +261,17 @@ class Gateway:
             call.error.code if call.error else "ok",
             time.perf_counter() - call.started,
         )
-        if call.error is not None:
-            await send_problem(send, call.error, rid, head=scope["method"] == "HEAD")
-        else:
-            await send_response(
-                send, status, body or b"", "application/json", rid, head=scope["method"] == "HEAD"
-            )
+        return Outcome(status, body if call.error is None else None, call.error)
 
-    async def _serve(
+    async def _resolve_http(
         self,
         scope: Scope,
         receive: Receive,
         headers: list[tuple[bytes, bytes]],
         call: CallRecord,
         active: Active,
-    ) -> tuple[int, bytes]:
-        policy = active.policy
+    ) -> Target:
+        """HTTP's part of a call: the query string, the bearer token, the route, the JSON body."""
         method = scope["method"]
         query_string: bytes = scope.get("query_string", b"")
         try:
@@ -238,7 +291,7 @@ class Gateway:
         )
         call.principal = await active.verifier.verify(token)
         path = routed_path(scope)  # the raw path: what the trail records (call.path) is routed
-        found = match_route(policy, method, path)
+        found = match_route(active.policy, method, path)
         if isinstance(found, GatewayError):
             raise found
         body = await read_json_body(
@@ -253,8 +306,23 @@ class Gateway:
                 f"{method} parameters go in the JSON body, not the query string",
                 code="query-not-allowed",
             )
-        facts = RequestFacts(method=method, path=path, query=query, body=body)
-        decision = decide(policy, facts, call.principal)
+        route, path_params = found
+        return Target(
+            route, path_params, query=query, body=body, idempotency=headers, method=method
+        )
+
+    async def _run(self, call: CallRecord, active: Active, target: Target) -> dict[str, Any]:
+        """Decision, then the statement: the transport-neutral part of ``perform``."""
+        policy = active.policy
+        assert call.principal is not None  # resolve verified the token
+        decision = decide_route(
+            policy,
+            target.route,
+            target.path_params,
+            call.principal,
+            query=target.query,
+            body=target.body,
+        )
         call.decision = decision
         if not decision.allow:
             assert decision.problem is not None
@@ -263,14 +331,16 @@ class Gateway:
         route = decision.route
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
-        tags = tags_for(route.query_name, method, route.template, call.request_id)
+        tags = tags_for(
+            route.query_name, target.method or route.model.method, route.template, call.request_id
+        )
         call.request_tag = tags.request
         call.result = await self.executor.run(
             route.query,
             decision.bound.values,
             tags=tags,
             idempotency=request_key(
-                headers,
+                target.idempotency,
                 call.principal,
                 route,
                 decision.bound.values,
@@ -283,7 +353,7 @@ class Gateway:
                 self.audit, call, policy, key=self._audit_key, database=self._database
             ),
         )
-        return 200, dumps(response_body(call.result))
+        return response_body(call.result)
 
 
 def create_app(

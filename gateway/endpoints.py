@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.http import PROBLEM_TYPE
+from gateway.mcp.metadata import metadata_paths, resource_metadata, resource_url
+from gateway.mcp.server import public_base
 from gateway.metrics import render_metrics, serving_ready
 from gateway.openapi import openapi_document
 
@@ -40,6 +42,7 @@ DOCS_CSP = (
 FIXED_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"}
     | {f"/docs/{name}" for name in DOCS_ASSETS}
+    | metadata_paths()  # RFC 9728, for /mcp (which gateway.app routes to gateway.mcp)
 )
 
 
@@ -130,6 +133,14 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                 policy, version=__version__, analysis=await gateway.executor.analysis_of(policy)
             )
         )
+
+    async def protected_resource(request: Request) -> JSONResponse:
+        """RFC 9728 metadata of /mcp, from the policy being served (it follows reloads)."""
+        resource = resource_url(public_base(gateway.settings, request.scope))
+        return JSONResponse(resource_metadata(gateway.policy, resource))
+
+    for path in sorted(metadata_paths()):
+        api.add_api_route(path, protected_resource, methods=["GET"], include_in_schema=False)
 
     @api.get("/docs", include_in_schema=False)
     async def docs() -> Any:

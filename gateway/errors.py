@@ -14,6 +14,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── Forbidden            403   no-allow-role, denied-by-role
         ├── RouteNotFound        404   no-route
         ├── MethodNotAllowed     405   method-not-allowed (Allow header)
+        ├── MisdirectedRequest   421   host-not-allowed (/mcp's DNS-rebinding protection)
         ├── BadRequest           400   bad-request, path-invalid, body-invalid, ...
         │   └── ParameterError   400   param-invalid, param-missing, param-unknown
         ├── RequestTimeout       408   request-timeout
@@ -41,6 +42,7 @@ __all__ = [
     "IdpUnavailable",
     "IntrospectionBusy",
     "MethodNotAllowed",
+    "MisdirectedRequest",
     "ParameterError",
     "PayloadTooLarge",
     "PolicyError",
@@ -183,6 +185,14 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, detail: str, *, allow: Sequence[str]) -> None:
         super().__init__(detail, headers={"Allow": ", ".join(allow)})
+
+
+class MisdirectedRequest(GatewayError):
+    """A Host that /mcp does not answer (DNS-rebinding protection, SPANGATE_MCP_ALLOWED_HOSTS)."""
+
+    status = 421
+    code = "host-not-allowed"
+    title = "Misdirected request"
 
 
 class BadRequest(GatewayError):

@@ -29,6 +29,7 @@ __all__ = [
     "dumps",
     "parse_json",
     "problem",
+    "read_body",
     "read_json_body",
     "request_id",
     "routed_path",
@@ -118,6 +119,25 @@ async def read_json_body(
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object of parameters", code="body-invalid")
     return body
+
+
+async def read_body(
+    receive: Receive, headers: list[tuple[bytes, bytes]], *, limit: int, timeout: float
+) -> bytes:
+    """The whole raw body, at most ``limit`` bytes (413), within ``timeout`` seconds (408)."""
+    length = next((v for k, v in headers if k == b"content-length"), None)
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise BadRequest("invalid Content-Length", code="body-invalid") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} seconds") from None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -21,7 +21,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.types import INT64_MAX, INT64_MIN
 from gateway.spanner.analyze import Analysis, Column
 
-__all__ = ["json_schema_of", "openapi_document", "result_schema"]
+__all__ = ["json_schema_of", "openapi_document", "response_schema", "result_schema"]
 
 _NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 _INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
@@ -200,7 +200,7 @@ def _who_may_call(policy: CompiledPolicy, allow: list[str]) -> str:
     return "Allowed for the roles: " + ", ".join(shown) + "."
 
 
-def _response(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
+def response_schema(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
     query = route.query
     shape = analysis.shapes.get(query.name) if analysis is not None else None
     row: dict[str, Any] = {"type": "object"}
@@ -278,7 +278,7 @@ def _operation(
     operation["responses"] = {
         "200": {
             "description": "OK",
-            "content": {"application/json": {"schema": _response(route, analysis)}},
+            "content": {"application/json": {"schema": response_schema(route, analysis)}},
         },
         **_problems(_problem_statuses(route)),
     }

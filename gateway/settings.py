@@ -159,4 +159,35 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
+    # MCP (/mcp) and its protected resource metadata (RFC 9728)
+    public_url: str | None = Field(
+        None,
+        description="The gateway's public base URL (https://spangate.example.com): the MCP "
+        "resource is <it>/mcp. Default: the scheme and Host of each request.",
+    )
+    mcp_allowed_hosts: str = Field(
+        "127.0.0.1,127.0.0.1:*,localhost,localhost:*,[::1],[::1]:*",
+        description="Comma-separated Host values /mcp answers (DNS-rebinding protection); "
+        "host:* allows any port. The public URL's host is always allowed.",
+    )
+    mcp_allowed_origins: str = Field(
+        "http://127.0.0.1,http://127.0.0.1:*,http://localhost,http://localhost:*,"
+        "http://[::1],http://[::1]:*",
+        description="Comma-separated Origin values /mcp accepts from browsers (requests "
+        "without Origin are accepted); origin:* allows any port. The public URL's origin is "
+        "always allowed.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError("must be an http(s) URL without a query, such as https://host")
+        return value.rstrip("/")
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -89,6 +89,39 @@ async def test_reload_swaps_in_a_valid_policy(
     assert own_gateway.reloader.reloads == 1
 
 
+async def test_mcp_tools_and_metadata_follow_a_reload(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    token = token_for("support-console")
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    transport = httpx.ASGITransport(app=own_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+
+        async def tools() -> set[str]:
+            answer = await http.post("/mcp", json=listing, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return {t["name"] for t in answer.json()["result"]["tools"]}
+
+        async def scopes() -> list[str]:
+            answer = await http.get("/.well-known/oauth-protected-resource/mcp")
+            assert answer.json()["resource"] == "http://127.0.0.1/mcp"
+            return list(answer.json()["scopes_supported"])
+
+        assert "tenant_name" not in await tools()
+        assert await scopes() == ["orders.read", "orders.write"]
+        text = with_new_route(policy_copy.read_text())
+        text = text.replace("scopes: [orders.write]", "scopes: [orders.write, orders.admin]", 1)
+        policy_copy.write_text(text)
+        assert await own_gateway.reloader.reload() is True
+        assert "tenant_name" in await tools()
+        assert await scopes() == ["orders.admin", "orders.read", "orders.write"]
+
+
 async def test_a_bad_policy_is_refused_and_the_old_one_keeps_serving(
     own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
 ) -> None:

@@ -155,9 +155,20 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
                 persona = line[2:].split(":")[0]
             elif line.startswith("curl ") and persona:
                 curls[persona] = shlex.split(line)
-        assert set(curls) == {"support-console", "order-agent", "order-writer", "outsider"}
+        assert set(curls) == {"support-console", "order-agent", "order-writer", "outsider", "mcp"}
         statuses = {name: _run_curl(argv) for name, argv in curls.items()}
-        assert statuses == {"support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403}
+        assert statuses == {
+            "support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403,
+            "mcp": 200,  # tools/list
+        }  # fmt: skip
+        listed = subprocess.run(curls["mcp"], capture_output=True, text=True, check=True)
+        tools = json.loads(listed.stdout.split("\n\n", 1)[1])["result"]["tools"]
+        assert {t["name"] for t in tools} == {"get_order", "list_orders", "list_order_items"}
+        (config,) = [json.loads(line) for line in lines if line.startswith('{"mcpServers"')]
+        server = config["mcpServers"]["spangate"]
+        assert server["url"] == base.group(1) + "/mcp"
+        authorization = curls["mcp"][curls["mcp"].index("-H") + 1]
+        assert authorization == "Authorization: " + server["headers"]["Authorization"]
         # The demo runs the server configuration of `spangate serve`: X-Forwarded-For from
         # loopback (no SPANGATE_TRUSTED_PROXIES) does not become the audited client address.
         rid = f"xff-{os.getpid()}-{time.monotonic_ns()}"

@@ -18,7 +18,8 @@ Cloud Audit Logs read it as they are:
                            write its outcome (committed, not-committed, unknown)
       status               google.rpc code and the stable error code (``ok`` when allowed)
       metadata             decision (allow, reason, rule, roles that held), policy hash, what
-                           was truncated; ``settlement`` on the follow-up event of a write
+                           was truncated, transport (http or mcp; for mcp the tool and the
+                           JSON-RPC id); ``settlement`` on the follow-up event of a write
                            answered while its Commit was in flight (see ``recorder.settle_hook``)
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
@@ -164,6 +165,9 @@ class CallRecord:
     received: str = field(default_factory=utc_now)
     insert_id: str = field(default_factory=lambda: secrets.token_hex(16))
     extra: dict[str, Any] = field(default_factory=dict)
+    transport: str = "http"  # or "mcp": a tools/call at /mcp (``gateway.mcp``)
+    tool: str | None = None  # the MCP tool called
+    jsonrpc_id: str | int | None = None  # the MCP request's JSON-RPC id
 
     @property
     def write(self) -> bool:
@@ -326,8 +330,28 @@ def _event(
                 },
                 "policySha256": policy.sha256,
                 "truncated": bounds.truncated,
+                "transport": call.transport,
+                **_mcp_call(call, bounds),
             },
         },
+    }
+
+
+_METADATA = pointer("protoPayload", "metadata")
+
+
+def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:
+    if call.transport != "mcp":
+        return {}
+    rpc_id = call.jsonrpc_id
+    where = _METADATA + "/mcp/"
+    return {
+        "mcp": {
+            "tool": bounds.text(where + "tool", call.tool),
+            "jsonrpcId": bounds.text(where + "jsonrpcId", rpc_id)
+            if isinstance(rpc_id, str)
+            else rpc_id,
+        }
     }
 
 

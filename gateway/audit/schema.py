@@ -150,8 +150,21 @@ class Settlement(_Model):
     )
 
 
+class McpCall(_Model):
+    """What an MCP ``tools/call`` adds to its event (``httpRequest`` is the POST to /mcp)."""
+
+    tool: str | None = Field(description="The tool called (at most 512 bytes).")
+    jsonrpcId: str | int | None = Field(
+        description="The JSON-RPC request id (a string at most 512 bytes)."
+    )
+
+
 class Metadata(_Model):
     decision: Decision
+    transport: Literal["http", "mcp"] = Field(
+        "http", description="How the call came: an HTTP route, or an MCP tools/call at /mcp."
+    )
+    mcp: McpCall | None = Field(None, description="Only on the event of an MCP tools/call.")
     policySha256: str | None
     truncated: list[Truncation] = Field(
         description="Values cut to 512 bytes or dropped to fit SPANGATE_AUDIT_MAX_EVENT_BYTES."

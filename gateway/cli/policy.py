@@ -61,9 +61,14 @@ def register(sub: Any) -> None:
     who.add_argument("--claims", help="the token's claims as JSON (or @file); iss names an issuer")
     who.add_argument("--token", help="a JWT, decoded WITHOUT verifying it ('-' reads stdin)")
     explain.add_argument("--body", help="the JSON body of a POST, PUT or PATCH (or @file)")
+    explain.add_argument(
+        "--arguments", help="an MCP call's arguments, JSON (or @file): METHOD MCP, PATH the tool"
+    )
     explain.add_argument("--json", action="store_true", help="print the trace as JSON")
     explain.add_argument("method", metavar="METHOD")
-    explain.add_argument("target", metavar="PATH", help="the raw path, with ?query if any")
+    explain.add_argument(
+        "target", metavar="PATH", help="the raw path, with ?query if any (MCP: the tool's name)"
+    )
     explain.set_defaults(handler=_explain)
 
     diff = psub.add_parser("diff", help="what changes between two policies, for a reviewer")
@@ -189,8 +194,11 @@ def _explain(args: argparse.Namespace) -> int:
         body = _json_arg(args.body, "--body") if args.body is not None else None
         if body is not None and not isinstance(body, dict):
             return _fail("--body must be a JSON object")
+        arguments = _json_arg(args.arguments, "--arguments") if args.arguments else None
+        if arguments is not None and not isinstance(arguments, dict):
+            return _fail("--arguments must be a JSON object")
         principal = principal_for(policy.model, claims)
-        facts = request_facts(f"{args.method.upper()} {args.target}", body)
+        facts = request_facts(f"{args.method.upper()} {args.target}", body, arguments)
     except (SimulationError, ValueError, OSError) as exc:
         return _fail(str(exc))
     ex = explain(policy, facts, principal, notes)

@@ -2,7 +2,8 @@
 
 Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), creates the demo
 database from ``dev/schema.sql`` and ``dev/seed.sql``, starts the repository's OpenID provider with
-fresh keys, serves the policy with uvicorn, and prints a curl line per persona. Ctrl-C stops every
+fresh keys, serves the policy with uvicorn, and prints a curl line per persona, and for MCP a
+``.mcp.json`` with the order-agent's token and a curl line for ``tools/list``. Ctrl-C stops every
 process it started, by PID (the emulator's whole process group).
 
 The audit trail is ``.run/audit.jsonl``, keyed (the example policy redacts a parameter, which the
@@ -13,6 +14,7 @@ made once, at random, in ``.run/audit.key`` and reused by later demos, so one
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -31,7 +33,7 @@ from gateway.server import run_server
 from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
 
-__all__ = ["run_demo"]
+__all__ = ["mcp_config", "mcp_curl", "run_demo"]
 
 # What each persona tries in the printed curl lines.
 _TRIES: dict[str, tuple[str, str, str | None]] = {
@@ -50,15 +52,37 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _curl(base: str, token: str, method: str, path: str, body: str | None) -> str:
+def _curl(base: str, token: str, method: str, path: str, body: str | None, *headers: str) -> str:
     parts = ["curl", "-sS", "-i"]
     if method != "GET":
         parts += ["-X", method]
     parts += ["-H", f"Authorization: Bearer {token}"]
+    for header in headers:
+        parts += ["-H", header]
     if body is not None:
         parts += ["-H", "Content-Type: application/json", "-d", body]
     parts.append(base + path)
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def mcp_config(base: str, token: str) -> str:
+    """A ``.mcp.json`` for an MCP client (Claude Code's format) that calls this gateway."""
+    server = {"type": "http", "url": f"{base}/mcp", "headers": {"Authorization": f"Bearer {token}"}}
+    return json.dumps({"mcpServers": {"spangate": server}})
+
+
+def mcp_curl(base: str, token: str) -> str:
+    """A curl line for ``tools/list`` on /mcp (stateless: no initialize needed)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    return _curl(
+        base,
+        token,
+        "POST",
+        "/mcp",
+        body,
+        "Accept: application/json, text/event-stream",
+        "MCP-Protocol-Version: 2025-11-25",
+    )
 
 
 def _dev_key(path: Path) -> str:
@@ -140,14 +164,20 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         _say(f"spangate serves {policy} at {base}")
         _say(f"audit trail: {settings.audit_path} ({key_note}); check it: {verify}")
         _say("Try these (tokens are fresh, valid for an hour):")
+        tokens: dict[str, str] = {}
         for client_id, (method, path, body) in _TRIES.items():
             client = clients[client_id]
             scopes = client.get("scopes") or []
-            token = fetch_token(
+            token = tokens[client_id] = fetch_token(
                 idp.issuer, client_id, client["client_secret"], scope=" ".join(scopes) or None
             )
             _say(f"\n# {client_id}: {client.get('description', '')}")
             _say(_curl(base, token, method, path, body))
+        agent = tokens["order-agent"]
+        _say("\n# mcp: an MCP client as the order-agent (.mcp.json; README: AI agents)")
+        _say(mcp_config(base, agent))
+        _say("# mcp: the tools the order-agent's token may call (tools/list)")
+        _say(mcp_curl(base, agent))
         _say(f"\nOpenAPI: {base}/docs   readiness: {base}/readyz   Ctrl-C stops everything.\n")
         # The same server, limits and all, as `spangate serve` (gateway.server).
         return run_server(app, settings, log_level="warning")

@@ -47,6 +47,12 @@ class CompiledRoute:
     def template(self) -> str:
         return self.model.path
 
+    @property
+    def tool_name(self) -> str | None:
+        """Its MCP tool's name: ``tool:``, else the query's name; None with ``tool: false``."""
+        tool = self.model.tool
+        return None if tool is False else tool or self.query.name
+
 
 @dataclass(frozen=True)
 class CompiledPolicy:
@@ -67,6 +73,10 @@ class CompiledPolicy:
     @property
     def base_dir(self) -> Path:
         return self.loaded.base_dir
+
+    def tool(self, name: str) -> CompiledRoute | None:
+        """The route whose MCP tool is ``name`` (the loader keeps tool names unique)."""
+        return next((r for r in self.routes if r.tool_name == name), None)
 
 
 def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:

@@ -27,7 +27,19 @@ from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.router import MethodMismatch, PathInvalid
 
-__all__ = ["REASONS", "Decision", "Reason", "RequestFacts", "decide", "match_route"]
+__all__ = [
+    "REASONS",
+    "Decision",
+    "Reason",
+    "RequestFacts",
+    "decide",
+    "decide_route",
+    "IDEMPOTENCY_ARGUMENT",
+    "takes_idempotency_key",
+    "tool_parameters",
+    "match_route",
+    "role_verdict",
+]
 
 # Every reason a Decision can carry: stable codes, identical in HTTP problem bodies, the audit
 # trail, ``spangate policy explain`` and policy tests.
@@ -47,12 +59,21 @@ Reason = Literal[
 REASONS: tuple[str, ...] = get_args(Reason)
 
 
+# A write tool's argument that is its Idempotency-Key, not a parameter (unless its query has a
+# parameter of that name).
+IDEMPOTENCY_ARGUMENT = "idempotency_key"
+
+
 @dataclass(frozen=True)
 class RequestFacts:
+    """An HTTP request; or, with ``tool``, an MCP ``tools/call`` whose ``body`` is its arguments
+    (``method`` is then ``MCP`` and ``path`` the tool's name)."""
+
     method: str
     path: str  # the raw path, still percent-encoded
     query: Sequence[tuple[str, str]] = ()
     body: Mapping[str, Any] | None = None
+    tool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,52 +111,84 @@ def match_route(
     return policy.routes[hit.route], hit.params
 
 
+def takes_idempotency_key(route: CompiledRoute) -> bool:
+    """Does the route's MCP tool take an ``idempotency_key`` argument (a write's tool)?"""
+    return route.query.is_dml and IDEMPOTENCY_ARGUMENT not in route.query.params
+
+
+def tool_parameters(route: CompiledRoute, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An MCP call's arguments as the route's parameters: all but a write's idempotency key
+    (they bind as a JSON body does; path parameters included)."""
+    skip = IDEMPOTENCY_ARGUMENT if takes_idempotency_key(route) else None
+    return {k: v for k, v in (arguments or {}).items() if k != skip}
+
+
 def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) -> Decision:
+    if facts.tool is not None:  # an MCP tools/call: the tool names the route
+        route = policy.tool(facts.tool)
+        if route is None:
+            return _deny(RouteNotFound(f"no tool named {facts.tool!r}"))
+        body = tool_parameters(route, facts.body)
+        return decide_route(policy, route, {}, principal, body=body)
     found = match_route(policy, facts.method, facts.path)
     if isinstance(found, GatewayError):
         return _deny(found)
     route, path_params = found
-    ignored = ignored_values(route.query.params, facts.query, facts.body)
+    return decide_route(policy, route, path_params, principal, query=facts.query, body=facts.body)
+
+
+def role_verdict(
+    policy: CompiledPolicy, route: CompiledRoute, principal: Principal
+) -> tuple[frozenset[str], str | None, GatewayError | None]:
+    """The roles part of a decision: (roles that hold, the rule, the refusal or None)."""
     roles = policy.roles.held(principal)
     # a deny role also bites a delegated token on the subject's claims (see roles.py)
     denying = policy.roles.held(principal, deny=True) if principal.delegated else roles
     for role in route.model.deny:
         if role in denying:
-            return _deny(
-                Forbidden(f"denied by role '{role}'", code="denied-by-role"),
-                route=route,
-                roles=roles,
-                rule=role,
-                path_params=path_params,
-                ignored=ignored,
-            )
+            return roles, role, Forbidden(f"denied by role '{role}'", code="denied-by-role")
     allowing = next((r for r in route.model.allow if r in roles), None)
     if allowing is None:
-        return _deny(
+        return (
+            roles,
+            None,
             Forbidden("no role that this route allows holds for this token", code="no-allow-role"),
-            route=route,
-            roles=roles,
-            path_params=path_params,
-            ignored=ignored,
         )
+    return roles, allowing, None
+
+
+def decide_route(
+    policy: CompiledPolicy,
+    route: CompiledRoute,
+    path_params: Mapping[str, str],
+    principal: Principal,
+    *,
+    query: Sequence[tuple[str, str]] = (),
+    body: Mapping[str, Any] | None = None,
+) -> Decision:
+    """The decision on a route already found (by the router, or by an MCP tool's name)."""
+    path_params = dict(path_params)
+    ignored = ignored_values(route.query.params, query, body)
+    roles, rule, refused = role_verdict(policy, route, principal)
+    if refused is not None:
+        return _deny(
+            refused, route=route, roles=roles, rule=rule, path_params=path_params, ignored=ignored
+        )
+    assert rule is not None
     try:
         bound = bind_params(
-            route.query.params,
-            principal,
-            path_params=path_params,
-            query=facts.query,
-            body=facts.body,
+            route.query.params, principal, path_params=path_params, query=query, body=body
         )
     except GatewayError as exc:
         return _deny(
-            exc, route=route, roles=roles, rule=allowing, path_params=path_params, ignored=ignored
+            exc, route=route, roles=roles, rule=rule, path_params=path_params, ignored=ignored
         )
     return Decision(
         allow=True,
         reason="allowed",
         route=route,
         roles=roles,
-        rule=allowing,
+        rule=rule,
         bound=bound,
         path_params=path_params,
         ignored=ignored,

@@ -82,7 +82,7 @@ def _sources(facts: RequestFacts, decision: Decision) -> tuple[ParamTrace, ...]:
         elif name in query:
             source = "query"
         elif name in body:
-            source = "body"
+            source = "argument" if facts.tool is not None else "body"
         else:
             source = "default" if spec.has_default else "null"
         out.append(ParamTrace(name, json_value(value), source))
@@ -198,6 +198,7 @@ def explanation_record(ex: Explanation) -> dict[str, Any]:
             "method": ex.facts.method,
             "path": ex.facts.path,
             "query": list(ex.facts.query),
+            "tool": ex.facts.tool,  # an MCP call's tool (method MCP), else null
         },
         "principal": {
             "issuer": p.issuer,
@@ -248,7 +249,7 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
     query = "?" + urlencode(list(ex.facts.query)) if ex.facts.query else ""
     lines = [f"request   {ex.facts.method} {ex.facts.path}{query}"]
     if ex.facts.body is not None:
-        lines.append(f"body      {_show(ex.facts.body)}")
+        lines.append(f"{'arguments' if ex.facts.tool else 'body     '} {_show(ex.facts.body)}")
     lines.append(
         f"caller    issuer {p.issuer}, sub {p.subject or '-'}, client {p.client_id or '-'}, "
         f"scopes {sorted(p.scopes)}, groups {sorted(p.groups)}"

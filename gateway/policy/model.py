@@ -70,6 +70,7 @@ Scalar = str | int | float | bool
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"  # MCP's tool names
 _DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -462,6 +463,11 @@ class Route(_Strict):
         default_factory=list, description="Roles any of which denies it; deny wins."
     )
     description: str | None = None
+    tool: Annotated[str, Field(pattern=TOOL_NAME)] | Literal[False] | None = Field(
+        None,
+        description="The route's MCP tool name (/mcp): 1 to 128 letters, digits, _ - and . "
+        "(default: the query's name); false keeps the route off MCP.",
+    )
 
     @field_validator("method", mode="before")
     @classmethod

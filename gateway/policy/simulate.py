@@ -30,6 +30,7 @@ from gateway.policy.model import Policy
 __all__ = ["SimulationError", "issuer_for", "principal_for", "request_facts"]
 
 _REQUEST = re.compile(r"^([A-Z]+) (/\S*)$")
+_MCP = re.compile(r"^MCP (\S+)$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -80,13 +81,29 @@ def principal_for(policy: Policy, claims: Mapping[str, Any]) -> Principal:
     return dataclasses.replace(principal, claims=MappingProxyType(given))
 
 
-def request_facts(request: str, body: Mapping[str, Any] | None = None) -> RequestFacts:
-    """``"METHOD /raw/path?query"`` (and a JSON body) -> RequestFacts; SimulationError if the
-    gateway would refuse it before consulting the policy, or it is not a request line."""
+def request_facts(
+    request: str,
+    body: Mapping[str, Any] | None = None,
+    arguments: Mapping[str, Any] | None = None,
+) -> RequestFacts:
+    """``"METHOD /raw/path?query"`` (and a JSON body), or ``"MCP tool_name"`` (and its
+    arguments) -> RequestFacts; SimulationError if the gateway would refuse it before consulting
+    the policy, or it is not a request line."""
+    tool = _MCP.match(request.strip())
+    if tool is not None:
+        if body is not None:
+            raise SimulationError("an MCP call takes arguments, not a body", key="body")
+        name = tool.group(1)
+        return RequestFacts("MCP", name, (), dict(arguments or {}), tool=name)
+    if arguments is not None:
+        raise SimulationError(
+            "arguments are for an MCP call (request: MCP tool_name)", key="arguments"
+        )
     m = _REQUEST.match(request.strip())
     if m is None:
         raise SimulationError(
-            f"expected a request such as 'GET /v1/orders?status=PAID', got {request!r}",
+            f"expected a request such as 'GET /v1/orders?status=PAID' or 'MCP list_orders', "
+            f"got {request!r}",
             key="request",
         )
     method, target = m.groups()

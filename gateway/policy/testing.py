@@ -8,6 +8,10 @@ A case file (see ``policy-format.md``)::
         claims: {iss: okta, groups: [support], tenant: t1}
         request: GET /v1/orders/O-1?x=1      # the raw target, percent-encoded as sent
         body: {order_id: O-2}                # POST, PUT, PATCH only
+      - name: the agent's MCP tool call     # request: MCP <tool name>, with its arguments
+        claims: {iss: okta, scp: [orders.read], tenant: t1}
+        request: MCP list_orders
+        arguments: {status: PAID}
         expect: {allow: true, reason: allowed, query: get_order,
                  params: {tenant: t1, order_id: O-1}, roles: [support], rule: support}
 
@@ -72,8 +76,11 @@ class Expect(_Strict):
 class PolicyCase(_Strict):
     name: str = Field(min_length=1)
     claims: dict[str, Any] = Field(description="The verified token's claims; iss names an issuer.")
-    request: str = Field(description="METHOD /raw/path?query")
+    request: str = Field(description="METHOD /raw/path?query, or MCP tool_name")
     body: dict[str, Any] | None = None
+    arguments: dict[str, Any] | None = Field(
+        None, description="An MCP call's arguments (request: MCP tool_name)."
+    )
     expect: Expect
 
 
@@ -361,7 +368,7 @@ def run_case_files(
         for i, case in parsed.cases:
             try:
                 principal = principal_for(tally.policy.model, case.claims)
-                facts = request_facts(case.request, case.body)
+                facts = request_facts(case.request, case.body, case.arguments)
             except SimulationError as exc:
                 found.append(source.problem(("cases", i, exc.key), str(exc)))
                 continue

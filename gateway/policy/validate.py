@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.constraints import Finding, Where, param_findings
-from gateway.policy.model import ClaimTest, Param, Policy
+from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
@@ -62,7 +62,16 @@ __all__ = [
     "validate_policy",
 ]
 
-RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+RESERVED_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+    "/mcp",
+    "/.well-known/oauth-protected-resource",
+)
 _PARAM_SEGMENT = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _PCHAR = frozenset(string.ascii_letters + string.digits + "-._~" + "!$&'()*+,;=" + ":@")
 _SINGULAR = {"issuers": "issuer", "identities": "identity", "roles": "role", "queries": "query"}
@@ -317,6 +326,7 @@ def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
             found.append(((*where, "method"), (
                 f"a GET route cannot run DML (query {route.query}); use POST, PUT, PATCH or DELETE"
             )))
+    found.extend(_tools(ctx))
     routes = ctx.policy.routes
     for o in route_overlaps([(r.method, r.path) for r in routes]):
         later, earlier = routes[o.later], routes[o.earlier]
@@ -326,6 +336,31 @@ def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
             "and neither is more specific; make one a refinement of the other (a literal "
             f"wherever the other has one), make them disjoint, or add a route {o.meet}"
         )))
+    return found
+
+
+def _tools(ctx: _Context) -> list[Finding]:
+    """Each MCP tool name once (``tool:``, else the query's name), and a valid one."""
+    found: list[Finding] = []
+    seen: dict[str, int] = {}
+    for i, route in enumerate(ctx.policy.routes):
+        if route.tool is False:
+            continue
+        name = route.tool or route.query
+        where = (*ctx.route_where(i), "tool" if route.tool else "query")
+        if route.tool is None and not re.fullmatch(TOOL_NAME, name):
+            found.append((where, (
+                f"query name {name!r} is not an MCP tool name (1 to 128 letters, digits, _ - .): "
+                "give the route a tool: name, or tool: false"
+            )))
+        if name in seen:
+            j = seen[name]
+            found.append((where, (
+                f"duplicate MCP tool name {name!r}: routes[{ctx.route_where(j)[1]}] has it too; "
+                "give one of them another tool: name, or tool: false"
+            )))
+        else:
+            seen[name] = i
     return found
 
 

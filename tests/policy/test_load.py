@@ -106,7 +106,9 @@ def test_the_hash_changes_with_any_edit_and_only_with_the_bytes(tmp_path: Path) 
     first = load_policy(write(tmp_path, text), env=ENV)
     same = load_policy(write(tmp_path, text), env={**ENV, "OKTA_CLIENT_ID": "other"})
     assert same.sha256 == first.sha256
-    comment_edit = load_policy(write(tmp_path, text.replace("# the whitelist", "# whitelist")), env=ENV)
+    comment_edit = load_policy(
+        write(tmp_path, text.replace("# the whitelist", "# whitelist")), env=ENV
+    )
     assert comment_edit.sha256 != first.sha256
 
 
@@ -114,7 +116,9 @@ def test_the_hash_changes_with_any_edit_and_only_with_the_bytes(tmp_path: Path) 
 
 
 def test_a_misspelt_key_suggests_the_right_one(tmp_path: Path) -> None:
-    path, text = edited(tmp_path, "    allow: [support, order-agent]", "    alow: [support, order-agent]")
+    path, text = edited(
+        tmp_path, "    allow: [support, order-agent]", "    alow: [support, order-agent]"
+    )
     problem = only(problems(path))  # and no "missing required key 'allow'" besides
     assert problem.file == str(path)
     assert located(problem) == at(text, "alow")
@@ -146,7 +150,10 @@ def test_an_unknown_identity(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_route(tmp_path: Path) -> None:
-    extra = "  - path: /v1/orders/{order_id}\n    method: get\n    query: get_order\n    allow: [anyone]\n"
+    extra = (
+        "  - path: /v1/orders/{order_id}\n    method: get\n    query: get_order\n"
+        "    tool: false\n    allow: [anyone]\n"
+    )
     path, text = edited(tmp_path, "\naudit:", "\n" + extra + "\naudit:")
     problem = only(problems(path))
     assert located(problem) == at(text, "/v1/orders/{order_id}", nth=1)
@@ -155,6 +162,34 @@ def test_a_duplicate_route(tmp_path: Path) -> None:
         "duplicate route: GET /v1/orders/{order_id} has the same method and path shape as "
         "routes[0] (GET /v1/orders/{order_id})"
     )
+
+
+def test_two_routes_with_one_mcp_tool_name(tmp_path: Path) -> None:
+    extra = "  - path: /v2/orders/{order_id}\n    method: get\n    query: get_order\n    allow: [anyone]\n"
+    path, text = edited(tmp_path, "\naudit:", "\n" + extra + "\naudit:")
+    problem = only(problems(path))
+    assert located(problem) == at(text, "get_order\n    allow: [anyone]")
+    assert problem.where == "routes[2].query"
+    assert problem.message.startswith("duplicate MCP tool name 'get_order': routes[0] has it too")
+    named = extra.replace("query: get_order\n", "query: get_order\n    tool: create_order\n")
+    path, text = edited(tmp_path, "\naudit:", "\n" + named + "\naudit:")
+    problem = only(problems(path))
+    assert located(problem) == at(text, "create_order\n    allow: [anyone]")
+    assert problem.where == "routes[2].tool"
+    assert "duplicate MCP tool name 'create_order': routes[1]" in problem.message
+    # another name, or off MCP: the policy loads
+    for tool in ("get_order_v2", "false"):
+        ok = extra.replace("query: get_order\n", f"query: get_order\n    tool: {tool}\n")
+        path, _ = edited(tmp_path, "\naudit:", "\n" + ok + "\naudit:")
+        load_policy(path, env=ENV)
+
+
+def test_an_mcp_tool_name_follows_mcp_rules(tmp_path: Path) -> None:
+    path, _ = edited(
+        tmp_path, "    query: create_order\n", "    query: create_order\n    tool: new order\n"
+    )
+    problem = only(problems(path))
+    assert problem.where == "routes[1].tool"
 
 
 def test_sql_params_and_declared_params_must_match(tmp_path: Path) -> None:
@@ -186,7 +221,10 @@ def test_a_duplicate_yaml_key_names_the_first(tmp_path: Path) -> None:
     path, text = edited(tmp_path, "    timeout: 2s\n", "    timeout: 2s\n    timeout: 3s\n")
     problem = only(problems(path))
     assert located(problem) == at(text, "timeout: 3s")
-    assert problem.message == f"duplicate key 'timeout' (first defined at line {at(text, 'timeout: 2s')[0]})"
+    assert (
+        problem.message
+        == f"duplicate key 'timeout' (first defined at line {at(text, 'timeout: 2s')[0]})"
+    )
 
 
 def test_a_yaml_syntax_error_has_its_line_and_column(tmp_path: Path) -> None:
@@ -216,7 +254,7 @@ def test_a_get_route_to_dml(tmp_path: Path) -> None:
 
 
 def test_a_query_that_is_never_routed(tmp_path: Path) -> None:
-    path, text = edited(tmp_path, "    query: create_order", "    query: get_order")
+    path, text = edited(tmp_path, "    query: create_order", "    query: get_order\n    tool: false")
     problem = only(problems(path))
     assert located(problem) == at(text, "create_order:")
     assert problem.where == "queries.create_order"
@@ -248,7 +286,9 @@ def test_a_union_says_what_it_accepts(tmp_path: Path) -> None:
 
 
 def test_a_discriminated_union_names_its_tags(tmp_path: Path) -> None:
-    path, text = edited(tmp_path, "{type: file, path: audit.jsonl}", "{type: kafka, path: audit.jsonl}")
+    path, text = edited(
+        tmp_path, "{type: file, path: audit.jsonl}", "{type: kafka, path: audit.jsonl}"
+    )
     problem = only(problems(path))
     assert located(problem) == at(text, "kafka")
     assert problem.where == "audit.sinks[0].type"
@@ -261,9 +301,12 @@ def test_unknown_keys_inside_unions_are_found(tmp_path: Path) -> None:
     problem = only(problems(path))
     assert located(problem) == at(text, "maxx")
     assert (problem.where, problem.message) == (
-        "queries.get_order.staleness.maxx", "unknown key 'maxx'; did you mean 'max'?"
+        "queries.get_order.staleness.maxx",
+        "unknown key 'maxx'; did you mean 'max'?",
     )
-    path, text = edited(tmp_path, "{type: file, path: audit.jsonl}", "{type: file, pth: audit.jsonl}")
+    path, text = edited(
+        tmp_path, "{type: file, path: audit.jsonl}", "{type: file, pth: audit.jsonl}"
+    )
     problem = only(problems(path))
     assert located(problem) == at(text, "pth")
     assert problem.message == "unknown key 'pth'; did you mean 'path'?"
@@ -283,8 +326,11 @@ def test_booleans_are_spelt_as_in_yaml(tmp_path: Path) -> None:
 
 
 def test_python_field_names_are_not_keys(tmp_path: Path) -> None:
-    path, _ = edited(tmp_path, "tenant:   {type: STRING, from: claim.tenant}",
-                     "tenant:   {type: STRING, from_: claim.tenant}")
+    path, _ = edited(
+        tmp_path,
+        "tenant:   {type: STRING, from: claim.tenant}",
+        "tenant:   {type: STRING, from_: claim.tenant}",
+    )
     assert "unknown key 'from_'; did you mean 'from'?" in [p.message for p in problems(path)]
 
 
@@ -295,7 +341,9 @@ def test_a_boolean_is_not_a_number(tmp_path: Path) -> None:
 
 
 def test_an_unquoted_date_stays_text_for_a_date_param(tmp_path: Path) -> None:
-    text = MINIMAL.replace("id: {type: STRING}", "id: {type: DATE, min: 2024-01-01, max: 2024-12-31}")
+    text = MINIMAL.replace(
+        "id: {type: STRING}", "id: {type: DATE, min: 2024-01-01, max: 2024-12-31}"
+    )
     loaded = load_policy(write(tmp_path, text), env={})
     assert loaded.policy.queries["get_thing"].params["id"].min == "2024-01-01"
 
@@ -358,9 +406,13 @@ def test_defaults_and_literal_dollars(tmp_path: Path) -> None:
     path = write(tmp_path, text)
     issuer = load_policy(path, env={"EMPTY": "", "SET": "yes"}).policy.issuers["okta"]
     assert (issuer.issuer, issuer.audience, issuer.description) == (
-        "https://fallback.example", "${AUD}", "dflt yes"
+        "https://fallback.example",
+        "${AUD}",
+        "dflt yes",
     )
-    issuer = load_policy(path, env={"ISSUER": "https://set.example", "SET": ""}).policy.issuers["okta"]
+    issuer = load_policy(path, env={"ISSUER": "https://set.example", "SET": ""}).policy.issuers[
+        "okta"
+    ]
     assert (issuer.issuer, issuer.description) == ("https://set.example", "dflt ")
 
 
@@ -397,7 +449,10 @@ def test_interpolate_with_placeholders_keeps_unset_references() -> None:
     unset: list[str] = []
     assert interpolate("a${A}b${B}c${C:-d}", {"B": "2"}, unset=unset) == ("a${A}b2cd", [])
     assert unset == ["A"]
-    assert interpolate("${A", {}, unset=[]) == ("${A", ["unterminated ${ (write $${ for a literal ${)"])
+    assert interpolate("${A", {}, unset=[]) == (
+        "${A",
+        ["unterminated ${ (write $${ for a literal ${)"],
+    )
 
 
 def test_placeholders_stand_in_for_unset_variables_with_a_located_warning() -> None:
@@ -443,7 +498,8 @@ def test_a_folder_merges_its_files(tmp_path: Path) -> None:
     assert loaded.base_dir == tmp_path.absolute()
     assert len(loaded.policy.routes) == 2
     assert loaded.locate(("routes", 1, "query")) == (
-        str(second), *at(second.read_text(), "create_order")
+        str(second),
+        *at(second.read_text(), "create_order"),
     )
     assert loaded.sha256 != load_policy(EXAMPLE, env=ENV).sha256
 
@@ -452,7 +508,8 @@ def test_routes_of_several_files_concatenate(tmp_path: Path) -> None:
     _split_example(tmp_path)
     more = (
         "routes:\n"
-        "  - {path: '/v1/orders/{order_id}', method: DELETE, query: get_order, allow: [support]}\n"
+        "  - {path: '/v1/orders/{order_id}', method: DELETE, query: get_order, tool: false,"
+        " allow: [support]}\n"
     )
     third = write(tmp_path, more, "30-more.yaml")
     loaded = load_policy(tmp_path, env=ENV)
@@ -520,12 +577,19 @@ def test_no_such_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "found"),
-    [("- a\n- b\n", "a list"), ("just text\n", "a scalar"), ("", "nothing"), ("# only\n", "nothing")],
+    [
+        ("- a\n- b\n", "a list"),
+        ("just text\n", "a scalar"),
+        ("", "nothing"),
+        ("# only\n", "nothing"),
+    ],
 )
 def test_the_top_level_must_be_a_mapping(tmp_path: Path, text: str, found: str) -> None:
     problem = only(problems(write(tmp_path, text)))
     assert problem.line == 1
-    assert problem.message == f"the top level must be a mapping (version:, spanner:, …), found {found}"
+    assert (
+        problem.message == f"the top level must be a mapping (version:, spanner:, …), found {found}"
+    )
 
 
 def test_yaml_features_outside_plain_data_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,63 @@
+"""OAuth 2.0 Protected Resource Metadata (RFC 9728) of the MCP endpoint (pure).
+
+Served at ``/.well-known/oauth-protected-resource/mcp`` (the well-known path inserted before the
+resource's path, RFC 9728 §3.1) and at the bare well-known path; built from the policy being
+served, so it follows reloads. A client that gets 401 from ``/mcp`` reads its
+``WWW-Authenticate: Bearer resource_metadata="..."``, then this document, then asks one of the
+``authorization_servers`` for a token whose audience is ``resource`` (RFC 8707).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.auth.routes import build_resource_metadata_url
+from pydantic import AnyHttpUrl
+
+from gateway.policy.compiled import CompiledPolicy
+
+__all__ = [
+    "MCP_PATH",
+    "WELL_KNOWN",
+    "metadata_paths",
+    "metadata_url",
+    "resource_metadata",
+    "resource_url",
+]
+
+MCP_PATH = "/mcp"
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def resource_url(base: str) -> str:
+    """The MCP resource's URL under the gateway's public base URL."""
+    return base.rstrip("/") + MCP_PATH
+
+
+def metadata_url(base: str) -> str:
+    return str(build_resource_metadata_url(AnyHttpUrl(resource_url(base))))
+
+
+def metadata_paths() -> frozenset[str]:
+    return frozenset({WELL_KNOWN, WELL_KNOWN + MCP_PATH})
+
+
+def resource_metadata(policy: CompiledPolicy, resource: str) -> dict[str, Any]:
+    """The RFC 9728 document: the resource, the policy's issuers, every scope a role reads."""
+    model = policy.model
+    issuers = list(dict.fromkeys(i.issuer for i in model.issuers.values()))
+    scopes = sorted(
+        {
+            scope
+            for role in model.roles.values()
+            for entry in role.any_of
+            for scope in entry.scopes or ()
+        }
+    )
+    return {
+        "resource": resource,
+        "authorization_servers": issuers,
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "spangate",
+    }

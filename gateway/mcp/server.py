@@ -1,0 +1,311 @@
+"""``/mcp``: MCP's Streamable HTTP transport (the official SDK), stateless, JSON responses.
+
+    POST /mcp -> the door (here): method, Host/Origin (DNS-rebinding protection), bearer token
+                 (the gateway's own verifier: 401 with ``resource_metadata``), body limits
+              -> the SDK (StreamableHTTPSessionManager, stateless, json_response): JSON-RPC,
+                 protocol revisions 2026-07-28 and 2025-11-25
+              -> tools/list: ``tools.tools_for`` (the routes the token's roles allow)
+              -> tools/call: ``Gateway.perform``, the very path of an HTTP request (decision,
+                 binding, execution, one audit event with ``transport: mcp``)
+
+A refusal at the door is a problem+json answer with its stable code, audited like any call. A
+tool call that is refused or fails is a tool result with ``isError: true`` whose
+``structuredContent`` is the problem body HTTP would answer (code, detail, request id); an
+unknown tool is a JSON-RPC error (invalid params), audited as ``no-route``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import mcp_types as types
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+
+from gateway import __version__
+from gateway.audit.recorder import new_call
+from gateway.auth.principal import Principal
+from gateway.auth.verify import bearer_token
+from gateway.errors import (
+    AuthError,
+    Forbidden,
+    GatewayError,
+    MethodNotAllowed,
+    MisdirectedRequest,
+    RouteNotFound,
+    UnsupportedMediaType,
+)
+from gateway.http import (
+    Message,
+    Receive,
+    Scope,
+    Send,
+    dumps,
+    problem,
+    read_body,
+    send_problem,
+    with_request_id,
+)
+from gateway.mcp.metadata import metadata_url
+from gateway.mcp.tools import arguments_of, find_tool, tools_for
+
+if TYPE_CHECKING:
+    from gateway.app import Active, Gateway, Target
+    from gateway.audit.event import CallRecord
+    from gateway.settings import Settings
+
+__all__ = ["McpEndpoint", "public_base", "security_settings"]
+
+_STATE = "spangate.mcp"
+
+
+@dataclass(frozen=True)
+class _Door:
+    """What the door established for one POST to /mcp (kept in the ASGI scope's state)."""
+
+    principal: Principal
+    active: Active
+    request_id: str
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def security_settings(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection, on, with the hosts and origins of the settings (and
+    the public URL's own)."""
+    hosts = _split(settings.mcp_allowed_hosts)
+    origins = _split(settings.mcp_allowed_origins)
+    if settings.public_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(settings.public_url)
+        hosts.append(parts.netloc)
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def public_base(settings: Settings, scope: Scope) -> str:
+    """The gateway's public base URL: the setting, else the request's scheme and Host."""
+    if settings.public_url:
+        return settings.public_url
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
+    if not host:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+class McpEndpoint:
+    """The ASGI app of ``/mcp`` (``Gateway`` routes the path here)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        settings = gateway.settings
+        self.security = security_settings(settings)
+        self._guard = TransportSecurityMiddleware(self.security)
+        self.server: Server[Any] = Server(
+            "spangate",
+            version=__version__,
+            instructions="Each tool runs one whitelisted Spanner statement that your token may "
+            "run; results are the rows (structuredContent) and their JSON text.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        self.manager = self._manager()
+        self._running: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def _manager(self) -> StreamableHTTPSessionManager:
+        return StreamableHTTPSessionManager(
+            self.server,
+            json_response=True,
+            stateless=True,
+            security_settings=self.security,
+            max_request_body_size=max(1, self.gateway.settings.max_body_bytes),
+        )
+
+    # -- lifecycle (the gateway's lifespan) ----------------------------------------------------
+    async def start(self) -> None:
+        """Run the SDK's session manager in a task of its own (its task group is entered and
+        left in one task, whichever tasks start and stop the gateway)."""
+        if self._running is not None:
+            return
+        started = asyncio.Event()
+        self._stopping = asyncio.Event()
+        manager = self.manager = self._manager()  # a manager runs once
+
+        async def run() -> None:
+            async with manager.run():
+                started.set()
+                await self._stopping.wait()
+
+        self._running = asyncio.create_task(run(), name="spangate-mcp")
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({self._running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._running.done():
+            failed, self._running = self._running, None
+            failed.result()  # raises what stopped it
+
+    async def stop(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            self._stopping.set()
+            await running
+
+    # -- the door ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        gateway = self.gateway
+        settings = gateway.settings
+        active = gateway.active
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        try:
+            if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
+                raise MethodNotAllowed(
+                    f"{scope['method']} is not allowed on /mcp: POST JSON-RPC messages",
+                    allow=["POST"],
+                )
+            refused = await self._guard.validate_request(Request(scope), is_post=False)
+            if refused is not None:
+                if refused.status_code == 421:
+                    raise MisdirectedRequest(
+                        "this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)"
+                    )
+                raise Forbidden(
+                    "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
+                    code="origin-not-allowed",
+                )
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+            token = bearer_token(
+                [v.decode("latin-1") for k, v in headers if k == b"authorization"],
+                token_in_query=any(k == "access_token" for k, _ in query),
+                max_bytes=settings.max_token_bytes,
+            )
+            principal = await active.verifier.verify(token)
+            ctype = next((v for k, v in headers if k == b"content-type"), b"")
+            media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
+            if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered
+                raise UnsupportedMediaType(  # here as a problem)
+                    f"the body must be application/json, not {media or 'unspecified'}"
+                )
+            body = await read_body(
+                receive,
+                headers,
+                limit=settings.max_body_bytes,
+                timeout=settings.body_timeout_seconds,
+            )
+        except AuthError as exc:
+            await self._refuse(scope, send, rid, active, self._challenge(exc, scope))
+            return
+        except GatewayError as exc:
+            await self._refuse(scope, send, rid, active, exc)
+            return
+        scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.manager.handle_request(scope, replay, with_request_id(send, rid))
+
+    def _challenge(self, exc: AuthError, scope: Scope) -> AuthError:
+        """The 401's challenge names where the resource's metadata is (RFC 9728 §5.1)."""
+        url = metadata_url(public_base(self.gateway.settings, scope))
+        challenge = exc.headers.get("WWW-Authenticate", "Bearer")
+        fresh = type(exc).__new__(type(exc))  # a copy: the verifier's error may be a cached one
+        fresh.__dict__.update(exc.__dict__)
+        fresh.args = exc.args
+        fresh.headers = {
+            **exc.headers,
+            "WWW-Authenticate": challenge.replace(
+                "Bearer ", f'Bearer resource_metadata="{url}", ', 1
+            ),
+        }
+        return fresh
+
+    async def _refuse(
+        self, scope: Scope, send: Send, rid: str, active: Active, error: GatewayError
+    ) -> None:
+        """A refusal at the door: audited (one event, as every call), answered problem+json."""
+        call = self._new_call(scope, rid)
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            raise error
+
+        outcome = await self.gateway.perform(call, active, resolve)
+        assert outcome.error is not None
+        await send_problem(send, outcome.error, rid, head=False)
+
+    def _new_call(self, scope: Scope, rid: str) -> CallRecord:
+        call = new_call(scope, rid, time.perf_counter(), self.gateway.trusted)
+        call.transport = "mcp"
+        return call
+
+    # -- the tools -----------------------------------------------------------------------------
+    @staticmethod
+    def _door(ctx: Any) -> _Door:
+        request = ctx.request
+        door = request.scope.get("state", {}).get(_STATE) if request is not None else None
+        if not isinstance(door, _Door):  # only the door hands requests to the SDK
+            raise MCPError(types.INTERNAL_ERROR, "the request did not pass the gateway's door")
+        return door
+
+    async def _list_tools(
+        self, ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        door = self._door(ctx)
+        policy = door.active.policy
+        analysis = await self.gateway.executor.analysis_of(policy)
+        tools = tools_for(policy, door.principal, analysis)
+        return types.ListToolsResult(tools=[types.Tool.model_validate(t) for t in tools])
+
+    async def _call_tool(
+        self, ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        from gateway.app import Target
+
+        door = self._door(ctx)
+        scope = ctx.request.scope
+        call = self._new_call(scope, door.request_id)
+        call.principal = door.principal
+        call.tool = params.name
+        call.jsonrpc_id = ctx.request_id
+        route = find_tool(door.active.policy, params.name)
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            if route is None:
+                raise RouteNotFound(f"no tool named {params.name!r}")
+            values, idempotency = arguments_of(route, params.arguments)
+            return Target(route, {}, body=values, idempotency=idempotency)
+
+        outcome = await self.gateway.perform(call, door.active, resolve)
+        if outcome.error is not None:
+            body = problem(outcome.error, door.request_id)
+            if route is None and outcome.error.code == "no-route":
+                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data=body)
+            return types.CallToolResult(
+                content=[types.TextContent(text=dumps(body).decode("utf-8"))],
+                structured_content=body,
+                is_error=True,
+            )
+        answer = outcome.body or {}
+        return types.CallToolResult(
+            content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
+            structured_content=answer,
+        )

@@ -1,0 +1,114 @@
+"""The MCP tools of a policy, per token (pure): one tool per route that the token's roles allow.
+
+A route's tool is named by its ``tool:`` key, else by its query's name (``tool: false``: no tool).
+``inputSchema``: the parameters the caller supplies, in their JSON form (``gateway.openapi``'s
+body schemas: types, min/max, max_length, pattern, enum, default, nullable); path parameters are
+required arguments (when they have no default); claim-bound parameters never appear. A write's tool also takes
+``idempotency_key`` (the ``Idempotency-Key`` header's twin). ``outputSchema``: the JSON the HTTP
+route answers, with the rows typed from the policy's PLAN analysis when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.auth.principal import Principal
+from gateway.openapi import json_schema_of, response_schema
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.decide import (
+    IDEMPOTENCY_ARGUMENT,
+    role_verdict,
+    takes_idempotency_key,
+    tool_parameters,
+)
+from gateway.spanner.analyze import Analysis
+from gateway.spanner.idempotency import HEADER as IDEMPOTENCY_HEADER
+
+__all__ = [
+    "IDEMPOTENCY_ARGUMENT",
+    "arguments_of",
+    "find_tool",
+    "input_schema",
+    "tool_document",
+    "tools_for",
+]
+
+_IDEMPOTENCY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": "^[\\x20-\\x7e]+$",  # null or absent: no key
+    "description": "Retrying this write with the same key returns the first result and applies "
+    "nothing again; the same key with other arguments is idempotency-key-reused.",
+}
+
+
+def input_schema(route: CompiledRoute) -> dict[str, Any]:
+    """The JSON Schema of a tool's arguments."""
+    visible = {n: s for n, s in route.query.params.items() if s.claim is None}
+    properties: dict[str, Any] = {n: json_schema_of(s) for n, s in visible.items()}
+    required = list(route.path_params) + [
+        n
+        for n, s in visible.items()
+        if n not in route.path_params and not s.has_default and not s.nullable
+    ]
+    if takes_idempotency_key(route):
+        properties[IDEMPOTENCY_ARGUMENT] = dict(_IDEMPOTENCY_SCHEMA)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def tool_document(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
+    """The ``tools/list`` entry of a route (MCP's Tool, as JSON)."""
+    name = route.tool_name
+    assert name is not None
+    description = route.model.description or route.query.model.description
+    tool: dict[str, Any] = {
+        "name": name,
+        "inputSchema": input_schema(route),
+        "outputSchema": response_schema(route, analysis),
+        "annotations": (
+            {"readOnlyHint": False, "idempotentHint": True}  # with the same idempotency_key
+            if route.query.is_dml
+            else {"readOnlyHint": True}
+        ),
+    }
+    if description:
+        tool["description"] = description
+    return tool
+
+
+def tools_for(
+    policy: CompiledPolicy, principal: Principal, analysis: Analysis | None
+) -> list[dict[str, Any]]:
+    """The tools ``principal`` may call: the routes its roles allow (deny wins), as for HTTP."""
+    return [
+        tool_document(route, analysis)
+        for route in policy.routes
+        if route.tool_name is not None and role_verdict(policy, route, principal)[2] is None
+    ]
+
+
+def find_tool(policy: CompiledPolicy, name: str) -> CompiledRoute | None:
+    return policy.tool(name)
+
+
+def arguments_of(
+    route: CompiledRoute, arguments: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+    """A tool call's arguments -> (the parameters, as a JSON body binds them; the
+    ``Idempotency-Key`` header they carry). The key is checked where the header's is, after the
+    decision (``idempotency-key-invalid``): a key that is no string is as bad as an empty one."""
+    values = tool_parameters(route, arguments)
+    key = (arguments or {}).get(IDEMPOTENCY_ARGUMENT)
+    if not takes_idempotency_key(route) or key is None:  # null or absent: no key, as no header
+        return values, []
+    raw = key.encode("utf-8", "replace") if isinstance(key, str) else b""
+    return values, [(IDEMPOTENCY_HEADER, raw)]

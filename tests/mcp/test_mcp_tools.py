@@ -1,0 +1,137 @@
+"""The MCP tools of a policy, per token, and its RFC 9728 metadata: pure, on the example policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.mcp.metadata import resource_metadata
+from gateway.mcp.tools import arguments_of, find_tool, input_schema, tools_for
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.load import load_policy
+from gateway.policy.simulate import principal_for
+from gateway.spanner.idempotency import HEADER
+
+ISSUER = "https://idp.example/oauth2/default"
+
+
+def example(
+    repo: Path, edit: tuple[str, str] | None = None, tmp: Path | None = None
+) -> CompiledPolicy:
+    path = repo / "policy.example.yaml"
+    if edit is not None:
+        assert tmp is not None
+        text = path.read_text()
+        assert text.count(edit[0]) == 1
+        path = tmp / "policy.yaml"
+        path.write_text(text.replace(*edit))
+    return compile_policy(load_policy(path, env={"OKTA_ISSUER": ISSUER}))
+
+
+def names(policy: CompiledPolicy, claims: dict[str, Any]) -> list[str]:
+    principal = principal_for(policy.model, {"sub": "someone", **claims})
+    return [t["name"] for t in tools_for(policy, principal, None)]
+
+
+def test_the_tools_are_the_routes_the_roles_allow_deny_winning(repo: Path) -> None:
+    policy = example(repo)
+    assert names(policy, {"groups": ["support"], "tenant": "t1"}) == [
+        "get_order", "list_orders", "list_order_items", "get_customer"
+    ]  # fmt: skip
+    assert names(policy, {"scp": ["orders.read"], "tenant": "t1"}) == [
+        "get_order", "list_orders", "list_order_items"
+    ]  # fmt: skip
+    assert names(policy, {"groups": ["support", "suspended"], "tenant": "t1"}) == []  # deny wins
+    assert names(policy, {"groups": ["marketing"]}) == []
+    # an agent acting for a suspended person: the deny role bites the delegated token too
+    acting = {"groups": ["support", "suspended"], "act": {"sub": "order-agent"}}
+    assert names(policy, {**acting, "scp": ["orders.read"]}) == []
+    acting["groups"] = ["support"]
+    assert names(policy, {**acting, "scp": ["orders.read"]}) == [
+        "get_order", "list_orders", "list_order_items"
+    ]  # fmt: skip
+
+
+def test_tool_names_a_route_and_false_keeps_it_off(repo: Path, tmp_path: Path) -> None:
+    renamed = example(
+        repo, ("    query: get_customer", "    query: get_customer\n    tool: customer"), tmp_path
+    )
+    support = {"groups": ["support"], "tenant": "t1"}
+    assert names(renamed, support)[-1] == "customer"
+    assert find_tool(renamed, "customer") is renamed.routes[3]
+    assert find_tool(renamed, "get_customer") is None
+    hidden = example(
+        repo, ("    query: get_customer", "    query: get_customer\n    tool: false"), tmp_path
+    )
+    assert "get_customer" not in names(hidden, support)
+    assert find_tool(hidden, "get_customer") is None
+
+
+def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> None:
+    policy = example(repo)
+    get_order = input_schema(policy.routes[0])
+    assert get_order == {
+        "type": "object",
+        "properties": {"order_id": {"type": "string", "maxLength": 36}},
+        "additionalProperties": False,
+        "required": ["order_id"],
+    }
+    create = input_schema(policy.routes[4])
+    assert create["required"] == ["order_id", "customer_id", "total_cents"]
+    assert create["properties"]["currency"] == {
+        "type": "string", "enum": ["USD", "EUR", "GBP"], "default": "USD"
+    }  # fmt: skip
+    assert create["properties"]["order_id"]["pattern"] == "^O-[0-9]{1,12}$"
+    assert "tenant" not in create["properties"] and "idempotency_key" in create["properties"]
+    assert "idempotency_key" not in input_schema(policy.routes[1])["properties"]  # a read
+
+
+@pytest.mark.parametrize(
+    ("key", "header"),
+    [
+        ("k-1", [(HEADER, b"k-1")]),
+        (None, []),
+        (7, [(HEADER, b"")]),
+        ("é", [(HEADER, "é".encode())]),
+    ],
+)
+def test_the_idempotency_key_argument_is_the_header(repo: Path, key: Any, header: Any) -> None:
+    create = example(repo).routes[4]
+    values, given = arguments_of(create, {"order_id": "O-1", "idempotency_key": key})
+    assert values == {"order_id": "O-1"}
+    assert given == header
+    read = example(repo).routes[1]
+    assert arguments_of(read, {"idempotency_key": "k"}) == (
+        {"idempotency_key": "k"},
+        [],
+    )  # param-unknown later
+
+
+def test_protected_resource_metadata(repo: Path) -> None:
+    assert resource_metadata(example(repo), "https://gw.example/mcp") == {
+        "resource": "https://gw.example/mcp",
+        "authorization_servers": [ISSUER],
+        "scopes_supported": ["orders.read", "orders.write"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "spangate",
+    }
+
+
+@pytest.mark.parametrize(
+    ("template", "reserved"),
+    [
+        ("/mcp", "/mcp"),
+        ("/mcp/{tool}", "/mcp"),
+        ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource"),
+        ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"),
+    ],
+)
+def test_the_mcp_paths_are_reserved(template: str, reserved: str) -> None:
+    from gateway.policy.validate import template_problems
+
+    assert template_problems(template) == [
+        f"{reserved} is reserved for the gateway's own endpoints"
+    ]
+    assert template_problems("/mcpx") == []

@@ -1,0 +1,429 @@
+"""/mcp end to end: a real ``spangate serve`` on the example policy, the real OpenID provider, the
+real emulator, and two MCP clients: the official ``mcp`` SDK's streamable HTTP client, on both
+protocol revisions the SDK serves (2025-11-25 with its initialize handshake, 2026-07-28 without),
+and the MCP Inspector's CLI (a client nobody here wrote)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.dev.idp import IdpProcess
+from gateway.dev.ports import free_port
+
+SPANGATE = [sys.executable, "-m", "gateway"]
+INSPECTOR = (
+    Path(__file__).resolve().parents[1]
+    / "dev/mcp-inspector/node_modules/@modelcontextprotocol/inspector-cli/build/index.js"
+)  # the MCP Inspector's CLI (npm, pinned in dev/mcp-inspector/package-lock.json; make setup)
+MODES = ["legacy", "2026-07-28"]  # legacy: the 2025-11-25 initialize handshake
+
+
+@pytest.fixture(scope="module")
+def served(
+    demo_database: str,
+    idp: IdpProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    repo: Path,
+    audit_key: str,
+) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    audit = tmp_path_factory.mktemp("mcp") / "audit.jsonl"
+    env = {
+        **os.environ,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "OKTA_ISSUER": idp.issuer,
+        "SPANGATE_AUDIT_PATH": str(audit),
+        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
+        "SPANGATE_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [*SPANGATE, "serve", "--policy", str(repo / "policy.example.yaml"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else None
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "spangate serve never became ready"
+            time.sleep(0.2)
+        yield base, audit
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@asynccontextmanager
+async def connected(base: str, token: str | None, mode: str) -> AsyncIterator[Client]:
+    """The SDK's client on /mcp with a bearer token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        transport = streamable_http_client(f"{base}/mcp", http_client=http)
+        async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+            yield client
+
+
+def event_of(audit: Path, request_id: str) -> dict[str, Any]:
+    for line in audit.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        if event["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == request_id:
+            return event
+    raise AssertionError(f"no audit event for {request_id}")
+
+
+def by_name(tools: Any) -> dict[str, Any]:
+    return {t.name: t for t in tools.tools}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_each_token_lists_the_tools_its_roles_allow(
+    served: tuple[str, Path], token_for: Callable[..., str], mode: str
+) -> None:
+    base, _ = served
+    seen: dict[str, set[str]] = {}
+    for who in ("support-console", "order-agent", "order-writer", "outsider"):
+        async with connected(base, token_for(who), mode) as client:
+            seen[who] = set(by_name(await client.list_tools()))
+    assert seen == {
+        "support-console": {"get_order", "list_orders", "list_order_items", "get_customer"},
+        "order-agent": {"get_order", "list_orders", "list_order_items"},  # people only: no
+        "order-writer": {"create_order"},
+        "outsider": set(),  # an empty list, not an error
+    }
+
+
+async def test_a_tool_describes_its_arguments_and_result(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    async with connected(base, token_for("support-console"), "legacy") as client:
+        tools = by_name(await client.list_tools())
+    listed = tools["list_orders"]
+    assert listed.description.startswith("the caller's tenant's orders")
+    schema = listed.input_schema
+    assert set(schema["properties"]) == {"status", "min_total_cents", "limit"}  # no tenant
+    assert schema["additionalProperties"] is False and "required" not in schema
+    assert schema["properties"]["limit"]["default"] == 20
+    assert {"type": "integer", "format": "int64", "minimum": 1, "maximum": 100} in schema[
+        "properties"
+    ]["limit"]["oneOf"]
+    assert "PAID" in json.dumps(schema["properties"]["status"])  # enum, nullable
+    assert listed.annotations.read_only_hint is True
+    row = listed.output_schema["properties"]["rows"]["items"]
+    assert set(row["properties"]) == {
+        "OrderId", "CustomerId", "Status", "TotalCents", "Currency", "CreatedAt"
+    }  # fmt: skip
+    one = tools["get_order"].input_schema
+    assert one["required"] == ["order_id"]  # a path parameter is a required argument
+    assert one["properties"]["order_id"] == {"type": "string", "maxLength": 36}
+    async with connected(base, token_for("order-writer"), "legacy") as client:
+        create = by_name(await client.list_tools())["create_order"]
+    assert create.annotations.idempotent_hint is True
+    assert create.annotations.read_only_hint is False
+    assert "idempotency_key" in create.input_schema["properties"]
+    assert "tenant" not in create.input_schema["properties"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_read_answers_what_the_http_route_answers(
+    served: tuple[str, Path], token_for: Callable[..., str], mode: str
+) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    http = httpx.get(
+        f"{base}/v1/orders",
+        params={"limit": 2, "status": "PAID"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert http.status_code == 200, http.text
+    async with connected(base, token, mode) as client:
+        result = await client.call_tool("list_orders", {"limit": 2, "status": "PAID"})
+    assert result.is_error is False
+    assert result.structured_content == http.json()
+    assert json.loads(result.content[0].text) == http.json()  # type: ignore[union-attr]
+    assert result.structured_content["rows"], "the demo tenant has paid orders"
+
+
+async def test_the_audit_event_says_mcp_the_tool_and_the_jsonrpc_id(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    token = token_for("order-agent")
+    body = {
+        "jsonrpc": "2.0",
+        "id": "call-42",
+        "method": "tools/call",
+        "params": {"name": "get_order", "arguments": {"order_id": "O-1001"}},
+    }
+    answer = raw_post(base, body, token=token)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["result"]
+    assert result["structuredContent"]["rows"][0]["OrderId"] == "O-1001"
+    event = event_of(audit, answer.headers["x-request-id"])
+    payload = event["protoPayload"]
+    assert payload["metadata"]["transport"] == "mcp"
+    assert payload["metadata"]["mcp"] == {"tool": "get_order", "jsonrpcId": "call-42"}
+    assert payload["methodName"] == "get_order"
+    assert payload["metadata"]["decision"]["rule"] == "order-agent"
+    assert event["httpRequest"]["requestMethod"] == "POST"
+    assert event["httpRequest"]["requestUrl"] == "/mcp"
+    # an HTTP call's event says so too
+    http = httpx.get(
+        f"{base}/v1/orders/O-1001", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    payload = event_of(audit, http.headers["x-request-id"])["protoPayload"]
+    assert payload["metadata"]["transport"] == "http"
+    assert "mcp" not in payload["metadata"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_refusals_are_tool_errors_with_the_http_codes(
+    served: tuple[str, Path], token_for: Callable[..., str], mode: str
+) -> None:
+    base, audit = served
+    async with connected(base, token_for("order-agent"), mode) as client:
+        denied = await client.call_tool("get_customer", {"customer_id": "C-1"})  # people only
+        too_many = await client.call_tool("list_orders", {"limit": 1000})
+        unknown = await client.call_tool("list_orders", {"tenant": "t2", "colour": "red"})
+        missing = await client.call_tool("get_order", {})
+    for result, code in (
+        (denied, "no-allow-role"),
+        (too_many, "param-invalid"),
+        (unknown, "param-unknown"),
+        (missing, "param-missing"),
+    ):
+        assert result.is_error is True
+        problem = result.structured_content
+        assert problem["code"] == code, problem
+        assert json.loads(result.content[0].text) == problem  # type: ignore[union-attr]
+        event = event_of(audit, problem["request_id"])["protoPayload"]
+        assert event["metadata"]["decision"]["reason"] == code
+        assert event["metadata"]["transport"] == "mcp"
+    assert too_many.structured_content["param"] == "limit"
+    assert too_many.structured_content["status"] == 400
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_unknown_tool_is_a_jsonrpc_error(
+    served: tuple[str, Path], token_for: Callable[..., str], mode: str
+) -> None:
+    base, audit = served
+    async with connected(base, token_for("order-agent"), mode) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("drop_tables", {})
+    assert caught.value.code == -32602  # invalid params
+    assert caught.value.data["code"] == "no-route"
+    event = event_of(audit, caught.value.data["request_id"])["protoPayload"]
+    assert event["metadata"]["mcp"]["tool"] == "drop_tables"
+    assert event["status"]["message"] == "no-route"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_write_with_an_idempotency_key_applies_once(
+    served: tuple[str, Path], token_for: Callable[..., str], mode: str
+) -> None:
+    base, _ = served
+    order = f"O-{secrets.randbelow(10**11) + 10**11}"
+    key = f"mcp-{secrets.token_hex(8)}"
+    arguments = {
+        "order_id": order,
+        "customer_id": "C-1",
+        "total_cents": 1234,
+        "idempotency_key": key,
+    }
+    async with connected(base, token_for("order-writer"), mode) as client:
+        first = await client.call_tool("create_order", arguments)
+        again = await client.call_tool("create_order", arguments)
+        reused = await client.call_tool("create_order", {**arguments, "total_cents": 1})
+        unkeyed = await client.call_tool("create_order", {**arguments, "idempotency_key": None})
+        bad_key = await client.call_tool("create_order", {**arguments, "idempotency_key": "\n"})
+    assert first.is_error is False, first.structured_content
+    assert first.structured_content["row_count"] == 1
+    assert again.is_error is False and again.structured_content == first.structured_content
+    assert reused.is_error and reused.structured_content["code"] == "idempotency-key-reused"
+    # without a key the insert runs again, and the order exists
+    assert unkeyed.is_error and unkeyed.structured_content["code"] == "conflict"
+    assert bad_key.is_error and bad_key.structured_content["code"] == "idempotency-key-invalid"
+
+
+def raw_post(
+    base: str,
+    body: dict[str, Any],
+    *,
+    token: str | None = None,
+    version: str = "2025-11-25",
+    **headers: str,
+) -> httpx.Response:
+    sent = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": version,
+        **headers,
+    }
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"{base}/mcp", json=body, headers=sent, timeout=30)
+
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+
+
+def test_no_token_is_401_naming_the_resource_metadata(served: tuple[str, Path]) -> None:
+    base, audit = served
+    for token in (None, "not-a-token"):
+        answer = raw_post(base, LIST, token=token)
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        challenge = answer.headers["www-authenticate"]
+        assert challenge.startswith(
+            f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp", '
+            'realm="spangate"'
+        ), challenge
+        code = answer.json()["code"]
+        assert code == ("token-missing" if token is None else "token-malformed")
+        event = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+        assert event["status"]["message"] == code
+        assert event["metadata"]["transport"] == "mcp"
+
+
+def test_the_protected_resource_metadata(served: tuple[str, Path], idp: IdpProcess) -> None:
+    base, _ = served
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ):
+        answer = httpx.get(f"{base}{path}", timeout=10)
+        assert answer.status_code == 200
+        document = answer.json()
+        assert document["resource"] == f"{base}/mcp"
+        assert document["authorization_servers"] == [idp.issuer]
+        assert document["scopes_supported"] == ["orders.read", "orders.write"]
+        assert document["bearer_methods_supported"] == ["header"]
+
+
+def test_dns_rebinding_protection(served: tuple[str, Path], token_for: Callable[..., str]) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    host = raw_post(base, LIST, token=token, Host="evil.example")
+    assert host.status_code == 421 and host.json()["code"] == "host-not-allowed"
+    origin = raw_post(base, LIST, token=token, Origin="http://evil.example")
+    assert origin.status_code == 403 and origin.json()["code"] == "origin-not-allowed"
+    local = raw_post(base, LIST, token=token, Origin="http://localhost:3000")
+    assert local.status_code == 200, local.text
+
+
+def test_both_protocol_revisions_are_answered(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }
+    answer = raw_post(base, hello, token=token)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"]["protocolVersion"] == "2025-11-25"
+    listed = raw_post(base, LIST, token=token)
+    assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
+
+
+def test_only_post_and_the_request_limits(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    got = httpx.get(f"{base}/mcp", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
+    text = raw_post(base, LIST, token=token, **{"Content-Type": "text/plain"})
+    assert text.status_code == 415 and text.json()["code"] == "unsupported-media-type"
+    big = {**LIST, "params": {"_meta": {"pad": "x" * 1_100_000}}}
+    answer = raw_post(base, big, token=token)
+    assert answer.status_code == 413 and answer.json()["code"] == "body-too-large"
+    # the server's head limits hold for /mcp as for every path (SPANGATE_MAX_HEADER_BYTES)
+    huge = raw_post(base, LIST, token=token, **{"X-Padding": "x" * 70_000})
+    assert huge.status_code == 431 and huge.json()["code"] == "headers-too-large"
+
+
+def inspector(base: str, token: str, *args: str) -> Any:
+    """Run the MCP Inspector's CLI against /mcp; its JSON output."""
+    assert INSPECTOR.is_file(), f"{INSPECTOR} is missing: run make setup (npm ci)"
+    argv = ["node", str(INSPECTOR), f"{base}/mcp", "--transport", "http"]
+    argv += ["--header", f"Authorization: Bearer {token}", *args]
+    # cwd: the CLI looks for its package.json with a path relative to the working directory
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=INSPECTOR.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_mcp_inspector_cli_lists_and_calls_tools(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    listed = {
+        who: {t["name"] for t in inspector(base, token_for(who), "--method", "tools/list")["tools"]}
+        for who in ("support-console", "order-agent", "outsider")
+    }
+    assert listed == {
+        "support-console": {"get_order", "list_orders", "list_order_items", "get_customer"},
+        "order-agent": {"get_order", "list_orders", "list_order_items"},
+        "outsider": set(),
+    }
+    token = token_for("order-agent")
+    called = inspector(
+        base, token, "--method", "tools/call", "--tool-name", "list_orders",
+        "--tool-arg", "limit=2", "status=PAID",
+    )  # fmt: skip
+    http = httpx.get(
+        f"{base}/v1/orders",
+        params={"limit": 2, "status": "PAID"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert called.get("isError") in (None, False)
+    assert called["structuredContent"] == http.json()
+    denied = inspector(
+        base, token, "--method", "tools/call", "--tool-name", "get_customer",
+        "--tool-arg", "customer_id=C-1",
+    )  # fmt: skip
+    assert denied["isError"] is True
+    assert denied["structuredContent"]["code"] == "no-allow-role"
