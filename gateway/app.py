@@ -125,7 +125,10 @@ class Gateway:
         self.ready = True
 
     async def shutdown(self) -> None:
+        """Settling writes first (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events
+        go to the trail), then the audit trail (flushed), then the rest (the databases last)."""
         self.ready = False
+        await self.executor.settle(self.settings.settle_seconds)
         await self.audit.close()
         self.executor.close()
         for close in self._closers:
@@ -188,13 +191,17 @@ class Gateway:
             status, body = 500, None
         except asyncio.CancelledError:  # the server gave up on the request: still one event
             call.error = GatewayError("the request was cancelled", code="cancelled")
+            if call.write:  # as the executor saw it (not-committed when it never got there)
+                call.error.extra["outcome"] = call.extra.get("cut_outcome", "not-committed")
             call.status = 499
             self.unrecorded -= 1
             record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
             raise
         call.status = status
         self.unrecorded -= 1
-        if await record_call(self.audit, call, policy, key=self._audit_key, database=self._database):
+        if await record_call(
+            self.audit, call, policy, key=self._audit_key, database=self._database
+        ):
             status, body = call.status, None  # 503 audit-unavailable (or 500): fail closed
         route = call.decision.route if call.decision else None
         self.metrics.observe(
@@ -282,6 +289,7 @@ class Gateway:
             on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
                 self.audit, call, policy, key=self._audit_key, database=self._database
             ),
+            on_cut=lambda outcome: call.extra.__setitem__("cut_outcome", outcome),
         )
         return 200, dumps(response_body(call.result))
 
