@@ -188,11 +188,13 @@ class Gateway:
             call.error = GatewayError(
                 "an unexpected error occurred; see the logs for this request id"
             )
+            if call.write:  # as the executor saw it (not-committed when it never got there)
+                call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
             status, body = 500, None
         except asyncio.CancelledError:  # the server gave up on the request: still one event
             call.error = GatewayError("the request was cancelled", code="cancelled")
             if call.write:  # as the executor saw it (not-committed when it never got there)
-                call.error.extra["outcome"] = call.extra.get("cut_outcome", "not-committed")
+                call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
             call.status = 499
             self.unrecorded -= 1
             record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
@@ -289,7 +291,7 @@ class Gateway:
             on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
                 self.audit, call, policy, key=self._audit_key, database=self._database
             ),
-            on_cut=lambda outcome: call.extra.__setitem__("cut_outcome", outcome),
+            on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
         )
         return 200, dumps(response_body(call.result))
 

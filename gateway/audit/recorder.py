@@ -14,7 +14,9 @@ Spanner sink is configured: the event's row is inserted there, so it commits wit
 ``unknown`` (its Commit was in flight) has settled: a follow-up event with the same request id,
 a new insertId and ``metadata.settlement`` (committed or not, the insertId of the event it
 corrects, the Spanner sink's row, how long after the answer), queued after the request's own
-event, so the trail agrees with the database. A Commit whose outcome stays unknown gets none.
+event, so the trail agrees with the database, and logged (a failing sink only logs its own
+failure). A Commit whose outcome stays unknown gets none. The hook returns the insertId of the
+request's event, for the executor's log line.
 """
 
 from __future__ import annotations

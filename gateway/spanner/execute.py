@@ -215,7 +215,7 @@ class Settled:
 # Called once a write answered ``unknown`` settles; returns what names its audit event (for the
 # log line), or None.
 OnSettled = Callable[[Settled], "str | None"]
-OnCut = Callable[[str], None]
+OnOutcome = Callable[[str], None]
 
 
 @dataclass
@@ -244,6 +244,7 @@ class Executor:
         self._closing = False
         self.hooks = hooks or WriteHooks()
         self.commits_sent = 0  # Commit RPCs sent (counted at the transport), since start-up
+        self._uncounted_warned = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -327,15 +328,15 @@ class Executor:
         idempotency: idem.IdempotencyKey | None = None,
         in_transaction: InTransaction | None = None,
         on_settled: OnSettled | None = None,
-        on_cut: OnCut | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> Result:
         """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
 
-        A write's error always carries ``outcome`` (``extra["outcome"]``, the problem's member);
-        an unexpected exception becomes 500 ``internal`` with it (logged). ``on_settled``
-        (writes): called once, later, when a write answered with outcome ``unknown`` (its Commit
-        in flight) has settled; see ``Settled``. ``on_cut`` (writes): called with the outcome
-        when the caller is cancelled (not by the deadline) before the write ended."""
+        A write's GatewayError always carries ``outcome`` (``extra["outcome"]``, the problem's
+        member). ``on_outcome`` (writes): called with the outcome when the write fails otherwise:
+        its caller cancelled (not by the deadline), or an unexpected exception (re-raised as it
+        is). ``on_settled`` (writes): called once, later, when a write answered with outcome
+        ``unknown`` (its Commit in flight) has settled; see ``Settled``."""
         state = _WriteState(keyed=idempotency is not None)
         try:
             return await self._run(
@@ -351,23 +352,10 @@ class Executor:
             if query.is_dml and not isinstance(exc.extra.get("outcome"), str):
                 exc.extra["outcome"] = state.outcome()
             raise
-        except asyncio.CancelledError:
-            if query.is_dml and on_cut is not None:
-                on_cut(state.outcome())
+        except BaseException:  # cancelled, or unexpected: the caller answers (499, 500)
+            if query.is_dml and on_outcome is not None:
+                on_outcome(state.outcome())
             raise
-        except Exception as exc:
-            if not query.is_dml:
-                raise
-            outcome = state.outcome()
-            log.exception(
-                "a write to query %r failed unexpectedly (outcome %s)", query.name, outcome
-            )
-            raise SpannerError(
-                "an unexpected error occurred; see the logs for this request id",
-                status=500,
-                code="internal",
-                outcome=outcome,
-            ) from exc
 
     async def _run(
         self,
@@ -674,9 +662,12 @@ class Executor:
         }
         if self._emulator:
             options["default_retry_delay"] = EMULATOR_RETRY_DELAY
-        if not _count_commit_sends(database):
-            log.warning("cannot count Commit sends with this client library: a refused Commit "
-                        "counts as sent once")  # fmt: skip
+        if not _count_commit_sends(database) and not self._uncounted_warned:
+            self._uncounted_warned = True
+            log.warning(
+                "cannot count Commit sends with this client library: a refused Commit counts as "
+                "sent once"
+            )
         try:
             result: Result = await database.run_in_transaction(work, **options)
         except _Replay as replay:

@@ -811,3 +811,43 @@ async def test_a_write_cancelled_with_its_commit_in_flight_is_499_unknown_then_f
     else:
         assert settlement["outcome"] == "not-committed"
         assert ids(emulator.host, database) == []
+
+
+BULK = """\
+  bulk:
+    identity: writer
+    sql: INSERT INTO Items (Id) SELECT id FROM UNNEST(@ids) AS id
+    params: {ids: {type: "ARRAY<INT64>"}}
+"""
+
+
+async def test_every_failed_write_carries_its_outcome(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token
+) -> None:
+    """Not only Spanner's errors: 422 too-many-mutations (refused before sending) and 500
+    internal (an unexpected error in the write's attempt, before its Commit) say
+    not-committed too, in the problem and in the audit event."""
+    database = "seam-outcomes"
+    make_database(emulator.host, database, DDL)
+    policy = POLICY.replace("routes:\n", "routes:\n  - {path: /bulk, method: POST, query: bulk, "
+                            "allow: [tester]}\n").replace("queries:\n", "queries:\n" + BULK)  # fmt: skip
+    headers = bearer(token_for("support-console"))
+    audit = tmp_path / "audit.jsonl"
+
+    async def fails() -> None:
+        raise RuntimeError("injected")
+
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, policy),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        many = await http.post("/bulk", json={"ids": list(range(80_001))}, headers=headers)
+        assert many.status_code == 422, many.text
+        assert many.json()["code"] == "too-many-mutations"
+        app.executor.hooks.after_statement = fails
+        internal = await post(http, headers, 16)
+        assert internal.status_code == 500, internal.text
+        assert internal.json()["code"] == "internal"
+        for answer in (many, internal):
+            assert answer.json()["outcome"] == "not-committed", answer.text
+            [event] = events_of(audit, answer.headers["x-request-id"])
+            assert event["protoPayload"]["response"]["outcome"] == "not-committed"
+    assert ids(emulator.host, database) == []
