@@ -158,8 +158,11 @@ class Gateway:
         self.ready = True
 
     async def shutdown(self) -> None:
+        """Settling writes first (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events
+        go to the trail), then the audit trail (flushed), then the rest (the databases last)."""
         self.ready = False
         await self.mcp.stop()
+        await self.executor.settle(self.settings.settle_seconds)
         await self.audit.close()
         self.executor.close()
         for close in self._closers:
@@ -241,9 +244,13 @@ class Gateway:
             call.error = GatewayError(
                 "an unexpected error occurred; see the logs for this request id"
             )
+            if call.write:  # as the executor saw it (not-committed when it never got there)
+                call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
             status = 500
         except asyncio.CancelledError:  # the server gave up on the request: still one event
             call.error = GatewayError("the request was cancelled", code="cancelled")
+            if call.write:  # as the executor saw it (not-committed when it never got there)
+                call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
             call.status = 499
             self.unrecorded -= 1
             record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
@@ -352,6 +359,7 @@ class Gateway:
             on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
                 self.audit, call, policy, key=self._audit_key, database=self._database
             ),
+            on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
         )
         return response_body(call.result)
 

@@ -115,6 +115,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "issuers": issuers,
             "policy_sha256": gateway.policy.sha256,
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
+            "writes_settling": gateway.executor.settling,
             "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},
         }
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -136,7 +136,9 @@ def build_gateway(
         client_factory or default_client_factory(emulator),
         async_client_factory or default_async_client_factory(emulator),
     )
-    executor = Executor(databases, emulator=bool(emulator))
+    executor = Executor(
+        databases, emulator=bool(emulator), max_settling=settings.max_settling_writes
+    )
     audit = build_trail(settings, policy, databases)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
     closers.append(executor.aclose)

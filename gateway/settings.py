@@ -41,6 +41,20 @@ class Settings(BaseSettings):
         le=30 * 86_400,
         description="How long a write's Idempotency-Key record answers retries (then it expires).",
     )
+    settle_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="At shutdown, how long to wait for writes whose Commit was in flight when "
+        "their caller was answered (their follow-up audit events), before closing the trail.",
+    )
+    max_settling_writes: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="At most this many answered writes settle in the background; more writes "
+        "are refused up front (503 spanner-unavailable, nothing sent).",
+    )
 
     # Requests
     max_body_bytes: int = Field(1_048_576, ge=0, description="Larger request bodies get 413.")

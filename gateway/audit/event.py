@@ -230,7 +230,10 @@ def write_outcome(call: CallRecord) -> str | None:
         return None
     if call.result is not None and call.result.commit_timestamp is not None:
         return "committed"
-    return call.error.outcome if isinstance(call.error, SpannerError) else None
+    if isinstance(call.error, SpannerError):
+        return call.error.outcome
+    outcome = call.error.extra.get("outcome") if call.error is not None else None
+    return outcome if isinstance(outcome, str) else None
 
 
 def build_event(
@@ -282,7 +285,8 @@ def _event(
     result = call.result
     spanner_code = error.spanner_code if isinstance(error, SpannerError) else None
     response: dict[str, Any] | None = None
-    if result is not None or spanner_code is not None:
+    outcome = write_outcome(call)
+    if result is not None or spanner_code is not None or outcome is not None:
         response = {
             "rowCount": result.row_count if result else None,
             "truncated": result.truncated if result else None,
@@ -290,7 +294,7 @@ def _event(
             "spannerCode": spanner_code,
         }
         if call.write:
-            response["outcome"] = write_outcome(call)
+            response["outcome"] = outcome
     return {
         "insertId": call.insert_id,
         "timestamp": utc_now(),

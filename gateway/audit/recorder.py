@@ -14,7 +14,9 @@ Spanner sink is configured: the event's row is inserted there, so it commits wit
 ``unknown`` (its Commit was in flight) has settled: a follow-up event with the same request id,
 a new insertId and ``metadata.settlement`` (committed or not, the insertId of the event it
 corrects, the Spanner sink's row, how long after the answer), queued after the request's own
-event, so the trail agrees with the database. A Commit whose outcome stays unknown gets none.
+event, so the trail agrees with the database, and logged (a failing sink only logs its own
+failure). A Commit whose outcome stays unknown gets none. The hook returns the insertId of the
+request's event, for the executor's log line.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ def _event(
         return build_event(call, policy, key=key, database=database, max_bytes=max_bytes)
     except Exception:
         log.exception("the audit event of request %s could not be built", call.request_id)
+        outcome = write_outcome(call)  # a write that ran still says whether it committed
         call.error = GatewayError("an unexpected error occurred; see the logs for this request id")
+        if outcome is not None:
+            call.error.extra["outcome"] = outcome
         call.status = 500
         call.result = None
         return fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
@@ -146,12 +151,15 @@ def settle_hook(
 ) -> OnSettled:
     """What the executor calls when a write answered with outcome ``unknown`` has settled."""
 
-    def settled(outcome: Settled) -> None:
+    def settled(outcome: Settled) -> str | None:
+        """Queue the follow-up; return the insertId of the request's event (for the log)."""
+        event = call.extra.get("recorded_as", call.insert_id)
         if outcome.committed is None:
-            return  # still unknown (the executor logged it): the event's "unknown" stands
+            return str(event)  # still unknown (the executor logs it): "unknown" stands
         call.extra["settled"] = outcome
         if "recorded_as" in call.extra:  # else the request's own event records it, after itself
             _record_settlement(audit, call, policy, key=key, database=database)
+        return str(event)
 
     return settled
 
@@ -209,6 +217,15 @@ def _record_settlement(
         "rowInTransaction": call.extra.get("row_insert_id") if committed and rows else None,
         "settledAfter": f"{outcome.seconds:.6f}s",
     }
+    # In the log too: a sink that cannot take the follow-up only logs that it failed.
+    log.warning(
+        "follow-up audit event %s of request %s: %s (corrects event %s, caller got %s)",
+        event["insertId"],
+        call.request_id,
+        payload["metadata"]["settlement"]["outcome"],
+        call.extra["recorded_as"],
+        call.status,
+    )
     audit.record_nowait(event, write=True)
 
 

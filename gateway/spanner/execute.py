@@ -20,8 +20,13 @@ UNAVAILABLE without end while Spanner is unreachable).
   new attempt, no Commit). A write whose Commit was sent and has not answered: 504 ``timeout``
   whatever the channel, its outcome unknown (callers retry with the same Idempotency-Key); the
   Commit settles in the background and ``on_settled`` learns how it ended (the audit trail records
-  it). A channel in TRANSIENT_FAILURE fails at once with 503. ``SpannerError.outcome`` says, for a
-  write, ``not-committed`` or ``unknown``.
+  it). A channel in TRANSIENT_FAILURE fails at once with 503. A failed write's error carries
+  ``outcome`` (``extra["outcome"]``): ``not-committed`` or ``unknown`` (see ``_WriteState``).
+- Settling writes are bounded: at most ``max_settling`` at once (more are refused up front, 503,
+  nothing sent); one abandoned before its Commit is cancelled after ``ROLLBACK_TIMEOUT_SECONDS``;
+  ``settle()`` (graceful shutdown) waits for them, bounded, and logs each still unknown.
+- The Commit RPC is counted where it is sent (the generated client's transport, below its retry):
+  a refusal is proof of "not committed" only when that Commit was sent once.
 - Request tags name the request id, query and route; the transaction tag the query and route.
   Priority per query.
 - Limits (``limits.py``) are checked before anything is sent; Spanner errors map to stable codes
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import inspect
@@ -45,7 +51,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from gateway.errors import SpannerError
+from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
 from gateway.spanner.analyze import Analysis, analyze_policy
@@ -64,6 +70,8 @@ __all__ = [
     "Result",
     "Settled",
     "Tags",
+    "WriteHooks",
+    "note_commit_send",
     "tags_for",
 ]
 
@@ -76,8 +84,9 @@ ROLLBACK_TIMEOUT_SECONDS = 2.0
 # unknown (logged).
 SETTLE_TIMEOUT_SECONDS = 60.0
 
-# Errors of a Commit RPC that prove it did not commit; any other (UNAVAILABLE after its retries,
-# DEADLINE_EXCEEDED, CANCELLED, INTERNAL, NOT_FOUND...) leaves the outcome unknown.
+# Errors of a Commit RPC sent once that prove it did not commit (a refusal of a re-sent Commit
+# proves nothing: the first send may have committed and lost its answer); any other (UNAVAILABLE
+# after its retries, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, NOT_FOUND...) leaves it unknown.
 _COMMIT_REFUSED: tuple[type[Exception], ...] = (
     gexc.Aborted,
     gexc.AlreadyExists,
@@ -120,8 +129,69 @@ class _WriteState:
     """Where one write is, shared by its task and the caller's deadline (one event loop: every
     read and change is atomic between awaits)."""
 
+    keyed: bool = False  # it has an Idempotency-Key
     answered: bool = False  # the caller has been answered: no attempt starts, no Commit is sent
-    commit_sent: bool = False  # a Commit was handed to the client library and has not failed
+    began: bool = False  # an attempt started (the key's record is being read)
+    key_clear: bool = False  # this attempt read the key's record: none for this request
+    commit_sent: bool = False  # a Commit was handed to the client library and not refused
+    commit_sends: int = 0  # Commit RPCs of the current attempt actually sent (transport level)
+    abandoned: bool = False  # _Abandoned was raised (whatever the library's rollback raises next)
+
+    def outcome(self) -> str:
+        """A failed write's outcome: ``unknown`` while its Commit may have landed, or (with an
+        Idempotency-Key) once it began without learning that its key has no record: it may be
+        the retry of an earlier write that committed. Else ``not-committed``."""
+        if self.commit_sent or (self.keyed and self.began and not self.key_clear):
+            return "unknown"
+        return "not-committed"
+
+
+# The write whose Commit is being sent, in the write's own task's context (see note_commit_send).
+_SENDING: contextvars.ContextVar[_WriteState | None] = contextvars.ContextVar(
+    "spangate_sending", default=None
+)
+
+
+def note_commit_send() -> None:
+    """Count one Commit RPC sent for the write running in this context (the transport wrapper
+    calls it for every send, the generated client's retries included; tests' fake commits too)."""
+    state = _SENDING.get()
+    if state is not None:
+        state.commit_sends += 1
+
+
+def _count_commit_sends(database: Any) -> bool:
+    """Wrap the Commit stub under the generated client's retry (once per transport) so that each
+    send is counted; False when this client library is shaped otherwise (then a refused Commit
+    counts as sent once: the library's own re-sends go unseen)."""
+    try:
+        transport = database.spanner_api.transport
+        wrapped = transport._wrapped_methods[transport.commit]
+        target = wrapped._target
+    except (AttributeError, KeyError, TypeError):
+        return False
+    if getattr(target, "_spangate_counted", False):
+        return True
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        note_commit_send()
+        return target(*args, **kwargs)
+
+    counted._spangate_counted = True  # type: ignore[attr-defined]
+    wrapped._target = counted
+    return True
+
+
+@dataclass
+class WriteHooks:
+    """Seams for tests (None in production): awaited inside a write's attempt, in its own task.
+    ``after_statement``: after the statement (and the key's record) ran, before ``in_transaction``
+    and the Commit. ``before_commit``: once the Commit is marked sent, just before the client
+    library sends it; an exception it raises is the Commit's (call ``note_commit_send()`` to
+    count fake sends)."""
+
+    after_statement: Callable[[], Awaitable[None]] | None = None
+    before_commit: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,33 +199,57 @@ class Settled:
     """How a write answered ``unknown`` (its Commit in flight at the deadline) ended.
 
     ``committed``: True (``result`` has the commit timestamp), False (Spanner refused the Commit,
-    or the client library's retry after an ABORTED Commit was refused because the caller had been
-    answered), or None (still unknown: the Commit failed without saying, or took longer than
-    ``SETTLE_TIMEOUT_SECONDS``). ``seconds``: from the answer to the settlement."""
+    sent once, or the client library's retry after an ABORTED Commit was refused because the
+    caller had been answered), or None (still unknown: the Commit failed without saying, took
+    longer than ``SETTLE_TIMEOUT_SECONDS`` (``error`` "timeout"), or was cut by shutdown
+    (``error`` "shutdown")). ``seconds``: from the answer to the settlement. ``request``: the
+    request tag (it begins with the request id)."""
 
     committed: bool | None
     result: Result | None
     seconds: float
     error: str | None = None
+    request: str = ""
 
 
-OnSettled = Callable[[Settled], None]
+# Called once a write answered ``unknown`` settles; returns what names its audit event (for the
+# log line), or None.
+OnSettled = Callable[[Settled], "str | None"]
+OnOutcome = Callable[[str], None]
+
+
+@dataclass
+class _Settling:
+    request: str
+    commit_sent: bool
 
 
 class Executor:
     """Runs statements for the app; one per process (its Databases hold the sessions)."""
 
-    def __init__(self, databases: Databases, *, emulator: bool = False) -> None:
+    def __init__(
+        self,
+        databases: Databases,
+        *,
+        emulator: bool = False,
+        max_settling: int = 256,
+        hooks: WriteHooks | None = None,
+    ) -> None:
         self.databases = databases
         self._emulator = emulator
         self._write_lock: asyncio.Lock | None = None
         self._analyses: dict[str, Analysis] = {}
-        self._settling: set[asyncio.Future[Result]] = set()
+        self._settling: dict[asyncio.Future[Result], _Settling] = {}
+        self._max_settling = max_settling
+        self._closing = False
+        self.hooks = hooks or WriteHooks()
+        self.commits_sent = 0  # Commit RPCs sent (counted at the transport), since start-up
+        self._uncounted_warned = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def settling(self) -> int:
-        """Writes answered at their deadline whose transaction is still settling."""
+        """Writes answered (deadline or cancellation) whose transaction is still settling."""
         return len(self._settling)
 
     async def warm(self) -> None:
@@ -164,10 +258,25 @@ class Executor:
     def close(self) -> None:
         """Nothing to do synchronously; ``aclose()`` closes the sessions."""
 
+    async def settle(self, seconds: float) -> None:
+        """Graceful shutdown, before the audit trail closes: wait up to ``seconds`` for settling
+        writes (their follow-up events are queued as they settle), then cut the rest: each whose
+        Commit was in flight is logged as an error (its outcome stays unknown), and its
+        ``on_settled`` hears ``committed=None, error="shutdown"``. New writes are refused."""
+        self._closing = True
+        if self._settling and seconds > 0:
+            log.info("waiting up to %g s for %d settling write(s)", seconds, len(self._settling))
+            await asyncio.wait(list(self._settling), timeout=seconds)
+        left = list(self._settling)
+        for task in left:
+            task.cancel()
+        if left:  # a cut write rolls back (bounded by ROLLBACK_TIMEOUT_SECONDS)
+            await asyncio.wait(left, timeout=ROLLBACK_TIMEOUT_SECONDS * 2)
+        await asyncio.sleep(0)  # their done callbacks
+
     async def aclose(self) -> None:
-        """Let writes cut by their deadline settle (bounded), then close the sessions."""
-        if self._settling:
-            await asyncio.wait(list(self._settling), timeout=ROLLBACK_TIMEOUT_SECONDS * 2)
+        """Cut what still settles (``settle()``, bounded), then close the sessions."""
+        await self.settle(ROLLBACK_TIMEOUT_SECONDS)
         await self.databases.aclose()
 
     # -- analysis -----------------------------------------------------------------------------
@@ -219,23 +328,33 @@ class Executor:
         idempotency: idem.IdempotencyKey | None = None,
         in_transaction: InTransaction | None = None,
         on_settled: OnSettled | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> Result:
         """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
 
-        ``on_settled`` (writes): called once, later, when a write answered with outcome
-        ``unknown`` (504, its Commit in flight) has settled; see ``Settled``."""
+        A write's GatewayError always carries ``outcome`` (``extra["outcome"]``, the problem's
+        member). ``on_outcome`` (writes): called with the outcome when the write fails otherwise:
+        its caller cancelled (not by the deadline), or an unexpected exception (re-raised as it
+        is). ``on_settled`` (writes): called once, later, when a write answered with outcome
+        ``unknown`` (its Commit in flight) has settled; see ``Settled``."""
+        state = _WriteState(keyed=idempotency is not None)
         try:
             return await self._run(
                 query,
                 values,
                 tags=tags,
+                state=state,
                 idempotency=idempotency,
                 in_transaction=in_transaction,
                 on_settled=on_settled,
             )
-        except SpannerError as exc:
-            if query.is_dml and exc.outcome is None:
-                exc.outcome = "not-committed"  # it failed before a Commit, or Spanner refused it
+        except GatewayError as exc:
+            if query.is_dml and not isinstance(exc.extra.get("outcome"), str):
+                exc.extra["outcome"] = state.outcome()
+            raise
+        except BaseException:  # cancelled, or unexpected: the caller answers (499, 500)
+            if query.is_dml and on_outcome is not None:
+                on_outcome(state.outcome())
             raise
 
     async def _run(
@@ -244,6 +363,7 @@ class Executor:
         values: Mapping[str, Any],
         *,
         tags: Tags,
+        state: _WriteState,
         idempotency: idem.IdempotencyKey | None,
         in_transaction: InTransaction | None,
         on_settled: OnSettled | None,
@@ -253,10 +373,19 @@ class Executor:
         check_limits(query.model.sql, values, is_dml=query.is_dml)
         if self.databases.channel_state(identity) == "TRANSIENT_FAILURE":
             raise unavailable_error()
+        if query.is_dml and (self._closing or len(self._settling) >= self._max_settling):
+            log.warning(
+                "a write to query %r refused up front: %s (request %s)",
+                query.name,
+                "shutting down"
+                if self._closing
+                else f"{len(self._settling)} writes are settling (SPANGATE_MAX_SETTLING_WRITES)",
+                tags.request,
+            )
+            raise unavailable_error("Spanner is unavailable; the write did not run; retry later")
         params, types = spanner_params(query.params, values)
         timeout = query.model.timeout_seconds
         deadline = asyncio.get_running_loop().time() + timeout
-        state = _WriteState()
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
@@ -264,6 +393,7 @@ class Executor:
                 return await self._guarded_write(
                     state,
                     on_settled,
+                    tags.request,
                     database,
                     query,
                     params,
@@ -274,8 +404,8 @@ class Executor:
                     in_transaction,
                 )
         except TimeoutError:
-            if state.commit_sent:  # sent: it may commit yet, whatever the channel says
-                raise timeout_error(timeout, outcome="unknown") from None
+            if query.is_dml and state.outcome() == "unknown":  # its Commit (or an earlier one
+                raise timeout_error(timeout, outcome="unknown") from None  # of its key) may land
             if self.databases.channel_state(identity) not in (None, "READY", "IDLE"):
                 raise unavailable_error(
                     "Spanner is unavailable; the write did not commit; retry later"
@@ -298,7 +428,7 @@ class Executor:
             ) from exc
 
     async def _guarded_write(
-        self, state: _WriteState, on_settled: OnSettled | None, *args: Any
+        self, state: _WriteState, on_settled: OnSettled | None, request: str, *args: Any
     ) -> Result:
         """``_write`` in its own task. A deadline that passes while the write waits (for the
         emulator's lock) drops it. One that passes once it has begun answers the caller at once
@@ -306,7 +436,8 @@ class Executor:
         starts and no Commit is sent (``_write`` checks the mark before each attempt, at the end
         of each attempt and in front of each Commit). What is in flight settles in the
         background, bounded by its RPCs' own deadlines and ``SETTLE_TIMEOUT_SECONDS``:
-        - no Commit sent: the transaction is rolled back (outcome ``not-committed``, certain);
+        - no Commit sent: the transaction is rolled back (outcome ``not-committed``, certain), the
+          write cancelled if it takes longer than ``ROLLBACK_TIMEOUT_SECONDS``;
         - a Commit sent: it commits or not (outcome ``unknown`` to the caller); ``on_settled``
           hears which.
         Cancelling it mid-RPC instead would abandon a transaction Spanner does not know is over
@@ -332,8 +463,9 @@ class Executor:
                 task.cancel()
                 raise
             loop = asyncio.get_running_loop()
-            self._settling.add(task)
-            timer = loop.call_later(SETTLE_TIMEOUT_SECONDS, task.cancel)
+            self._settling[task] = _Settling(request=request, commit_sent=state.commit_sent)
+            bound = SETTLE_TIMEOUT_SECONDS if state.commit_sent else ROLLBACK_TIMEOUT_SECONDS
+            timer = loop.call_later(bound, task.cancel)
             task.add_done_callback(
                 functools.partial(
                     self._settled,
@@ -354,49 +486,65 @@ class Executor:
         timer: asyncio.TimerHandle,
         on_settled: OnSettled | None,
     ) -> None:
-        self._settling.discard(task)
+        info = self._settling.pop(task, None)
+        request = info.request if info is not None else ""
         timer.cancel()
         error = None if task.cancelled() else task.exception()
         if not unknown:  # answered before its Commit: it could not commit, and did not
             if error is None and not task.cancelled() and not task.result().replayed:
-                log.error("a write abandoned before its Commit committed: this is a bug")
+                log.error(
+                    "a write abandoned before its Commit committed: this is a bug (request %s)",
+                    request,
+                )
             return
         seconds = asyncio.get_running_loop().time() - answered_at
         settled: Settled
         if task.cancelled():
-            log.warning(
-                "a write cut by its deadline with its Commit in flight did not settle within "
-                "%g s: whether it committed stays unknown",
-                SETTLE_TIMEOUT_SECONDS,
-            )
-            settled = Settled(committed=None, result=None, seconds=seconds, error="timeout")
+            why = "shutdown" if self._closing else "timeout"
+            settled = Settled(None, None, seconds, error=why, request=request)
         elif error is None:
-            log.info(
-                "a write cut by its deadline committed after all, %.1f s after its caller got "
-                "504 (retries with its Idempotency-Key will get its response)",
-                seconds,
-            )
-            settled = Settled(committed=True, result=task.result(), seconds=seconds)
+            settled = Settled(True, task.result(), seconds, request=request)
         elif isinstance(error, (_Abandoned, *_COMMIT_REFUSED)):
-            log.info("a write cut by its deadline did not commit: %s", type(error).__name__)
-            settled = Settled(
-                committed=False, result=None, seconds=seconds, error=type(error).__name__
-            )
+            settled = Settled(False, None, seconds, error=type(error).__name__, request=request)
         else:
             cause = error.cause if isinstance(error, _CommitUnknown) else error
-            log.warning(
-                "a write cut by its deadline with its Commit in flight ended with %s: whether "
-                "it committed stays unknown",
-                type(cause).__name__,
-            )
-            settled = Settled(
-                committed=None, result=None, seconds=seconds, error=type(cause).__name__
-            )
+            settled = Settled(None, None, seconds, error=type(cause).__name__, request=request)
+        event: str | None = None
         if on_settled is not None:
             try:
-                on_settled(settled)
+                event = on_settled(settled)
             except Exception:
                 log.exception("recording how a write cut by its deadline settled failed")
+        where = f"request {request}, audit event {event or '-'}"
+        if settled.committed:
+            log.info(
+                "a write cut by its deadline committed after all, %.1f s after its caller was "
+                "answered (%s; retries with its Idempotency-Key will get its response)",
+                seconds,
+                where,
+            )
+        elif settled.committed is False:
+            log.info("a write cut by its deadline did not commit: %s (%s)", settled.error, where)
+        elif settled.error == "shutdown":
+            log.error(
+                "a write whose Commit was in flight had not settled at shutdown: whether it "
+                "committed stays unknown (%s)",
+                where,
+            )
+        elif settled.error == "timeout":
+            log.warning(
+                "a write cut by its deadline with its Commit in flight did not settle within "
+                "%g s: whether it committed stays unknown (%s)",
+                SETTLE_TIMEOUT_SECONDS,
+                where,
+            )
+        else:
+            log.warning(
+                "a write cut by its deadline with its Commit in flight ended with %s: whether "
+                "it committed stays unknown (%s)",
+                settled.error,
+                where,
+            )
 
     @staticmethod
     def _remaining(deadline: float) -> float:
@@ -452,19 +600,25 @@ class Executor:
 
         async def work(transaction: Any) -> Result:
             if state.answered:  # a retry after ABORTED, once the caller has been answered
+                state.abandoned = True
                 raise _Abandoned
+            state.began, state.key_clear = True, False
             seen["tx"] = transaction
             transaction.commit = functools.partial(guarded_commit, transaction.commit)
             if key is not None:
-                stored = await self._lookup(transaction, key)
+                stored = await self._lookup(transaction, key, state)
                 if stored is not None:
                     if stored.request_hash != key.request_hash:
+                        state.key_clear = True  # no record of this request
                         raise idem.KeyReused(
                             "this Idempotency-Key was used for a different request; "
                             "use a new key for a new request"
                         )
                     raise _Replay(stored.result)
+                state.key_clear = True
             result = await self._statement(transaction, query, params, types, tags, deadline)
+            if self.hooks.after_statement is not None:
+                await self.hooks.after_statement()
             if key is not None:
                 idem.store(transaction, key, result, now=dt.datetime.now(dt.UTC))
             if in_transaction is not None:
@@ -472,6 +626,7 @@ class Executor:
                 if inspect.isawaitable(outcome):
                     await outcome
             if state.answered:  # the library rolls the transaction back
+                state.abandoned = True
                 raise _Abandoned
             return result
 
@@ -481,17 +636,25 @@ class Executor:
             # The only way into a Commit: refused once the caller has been answered; marked
             # "sent" before the first await, so a deadline never misses a Commit in flight.
             if state.answered:
+                state.abandoned = True
                 raise _Abandoned
             state.commit_sent = True
+            state.commit_sends = 0
+            sending = _SENDING.set(state)
             try:
+                if self.hooks.before_commit is not None:
+                    await self.hooks.before_commit()
                 return await commit(*args, **kwargs)
-            except gexc.Aborted:
+            except _COMMIT_REFUSED as exc:
+                if state.commit_sends > 1:  # an earlier send may have committed, its answer lost
+                    raise _CommitUnknown(exc) from exc
                 state.commit_sent = False  # refused: this attempt certainly did not commit
-                raise
-            except _COMMIT_REFUSED:
                 raise
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
                 raise _CommitUnknown(exc) from exc
+            finally:
+                self.commits_sent += state.commit_sends
+                _SENDING.reset(sending)
 
         options: dict[str, Any] = {
             "transaction_tag": tags.transaction,
@@ -499,12 +662,22 @@ class Executor:
         }
         if self._emulator:
             options["default_retry_delay"] = EMULATOR_RETRY_DELAY
+        if not _count_commit_sends(database) and not self._uncounted_warned:
+            self._uncounted_warned = True
+            log.warning(
+                "cannot count Commit sends with this client library: a refused Commit counts as "
+                "sent once"
+            )
         try:
             result: Result = await database.run_in_transaction(work, **options)
         except _Replay as replay:
             return replay.result
         except (asyncio.CancelledError, _Abandoned):
-            await self._roll_back(seen.get("tx"))
+            await self._roll_back(seen.get("tx"))  # never raises: the abandonment reason stays
+            raise
+        except Exception as exc:
+            if state.abandoned:  # the library's own rollback failed after _Abandoned: still
+                raise _Abandoned from exc  # abandoned (no Commit sent since), not "unknown"
             raise
         committed = getattr(seen.get("tx"), "committed", None)
         result.commit_timestamp = to_json(committed) if committed is not None else None
@@ -547,11 +720,14 @@ class Executor:
         result.row_count = int(exact) if exact else len(raw)
         return result
 
-    async def _lookup(self, transaction: Any, key: idem.IdempotencyKey) -> idem.Stored | None:
+    async def _lookup(
+        self, transaction: Any, key: idem.IdempotencyKey, state: _WriteState
+    ) -> idem.Stored | None:
         try:
             return await idem.lookup(transaction, key, now=dt.datetime.now(dt.UTC))
         except (gexc.InvalidArgument, gexc.NotFound) as exc:
             if idem.TABLE in str(exc):
+                state.key_clear = True  # no table: no keyed write ever committed here
                 log.error("the Idempotency-Key table is missing: run `spangate init-db` (%s)", exc)
                 raise SpannerError(
                     "Idempotency-Key is not set up on this gateway's database",
@@ -568,5 +744,7 @@ class Executor:
         effort, bounded: a commit already sent may have landed (hence Idempotency-Key)."""
         if transaction is None or getattr(transaction, "committed", None) is not None:
             return
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(transaction.rollback(), ROLLBACK_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - best effort; Spanner expires it
+            log.info("rolling back an abandoned write failed: %s", type(exc).__name__)

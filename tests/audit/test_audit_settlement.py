@@ -5,6 +5,7 @@ request's own event is written first. A Commit that stays unknown gets no follow
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -102,3 +103,32 @@ async def test_a_commit_that_stays_unknown_gets_no_follow_up(tmp_path: Path) -> 
     )
     await trail.close()
     assert len(read_events(path)) == 1
+
+
+@pytest.mark.parametrize("committed", [True, None], ids=["committed", "stays-unknown"])
+async def test_the_settle_hook_names_the_event_it_corrects_for_the_log(
+    tmp_path: Path, committed: bool | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The executor's settle log line names the request's event: the hook returns its insertId;
+    a follow-up is also logged (request id, both insertIds), so a sink that cannot take it does
+    not lose what it says."""
+    path = tmp_path / "audit.jsonl"
+    trail = _trail(path)
+    await trail.start()
+    call = _call()
+    await record_call(trail, call, COMPILED, key=None)
+    result = Result(row_count=1, commit_timestamp=STAMP, is_dml=True) if committed else None
+    caplog.set_level(logging.INFO, logger="spangate.audit")
+    named = settle_hook(trail, call, COMPILED, key=None)(
+        Settled(committed=committed, result=result, seconds=1.0, error=None)
+    )
+    await trail.close()
+    events = read_events(path)
+    assert named == events[0]["insertId"]
+    lines = [r.getMessage() for r in caplog.records if "follow-up audit event" in r.getMessage()]
+    if committed:
+        [line] = lines
+        assert call.request_id in line and events[0]["insertId"] in line
+        assert events[1]["insertId"] in line and "committed" in line
+    else:
+        assert lines == [] and len(events) == 1

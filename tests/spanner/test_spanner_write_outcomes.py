@@ -28,12 +28,15 @@ from typing import Any
 
 import httpx
 import pytest
+from google.api_core import exceptions as gexc
 from google.cloud.spanner_v1._async.transaction import Transaction
 from spanner_stack import Token, bearer, gateway_on, make_database, policy_text, query_rows
 
 from gateway.audit.sinks import FileSink
 from gateway.audit.spanner_sink import audit_table_ddl
 from gateway.dev.emulator import EmulatorProcess, start_emulator
+from gateway.spanner import idempotency
+from gateway.spanner.execute import WriteHooks, note_commit_send
 from gateway.spanner.idempotency import DDL as IDEMPOTENCY_DDL
 
 POLICY = """\
@@ -477,3 +480,374 @@ async def test_a_committed_write_whose_event_fails_says_it_committed(
             assert ids(emulator.host, "diskfull") == [5]
     finally:
         emulator.stop()
+
+
+# -- deterministic seams (Executor.hooks): no pause, no kill; the session's emulator -------------
+
+
+class Counted:
+    """An ``after_statement`` hook: counts the statements run, and sleeps once (``delay``)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.statements = 0
+        self.delay = delay
+
+    async def __call__(self) -> None:
+        self.statements += 1
+        delay, self.delay = self.delay, 0.0
+        if delay:
+            await asyncio.sleep(delay)
+
+
+def aborted() -> gexc.Aborted:
+    return gexc.Aborted("injected", errors=["injected"])  # the library reads errors[0]
+
+
+async def until_settled(app: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while app.executor.settling and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert app.executor.settling == 0
+
+
+@pytest.mark.parametrize("key", [None, "seam-statement"])
+async def test_a_write_still_running_at_its_deadline_never_sends_its_commit(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token, key: str | None
+) -> None:
+    """The statement succeeds, then the write is held (an async delay in its attempt) past its
+    deadline, and let go before the abandoned write is cancelled: the caller got 504
+    not-committed, and the write never sends a Commit (the ``state.answered`` guards) and never
+    lands. A later write sends exactly one Commit (the Commit RPC is counted at the transport)."""
+    database = f"seam-stmt-{'k' if key else 'n'}"
+    make_database(emulator.host, database, DDL)
+    headers = with_key(bearer(token_for("support-console")), key)
+    hook = Counted(delay=3.0)  # the deadline is 2 s; the abandoned write is cut at 2 + 2 s
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        app.executor.hooks.after_statement = hook
+        answer = await post(http, headers, 7)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "not-committed"
+        await asyncio.sleep(1.5)  # the hook has returned: the guards alone stop the Commit
+        await until_settled(app)
+        assert hook.statements == 1
+        assert app.executor.commits_sent == 0
+        assert ids(emulator.host, database) == []
+        again = await post(http, headers, 7)
+        assert again.status_code == 200, again.text
+        assert app.executor.commits_sent == 1
+        assert ids(emulator.host, database) == [7]
+
+
+async def test_a_commit_aborted_after_the_deadline_is_not_retried_and_did_not_commit(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    idp: Any,
+    token_for: Token,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Commit (sent once) is answered ABORTED after the caller got 504 unknown: no second
+    attempt runs, nothing lands, and the follow-up says not-committed. The settle log line names
+    the request id and the insertId of its event."""
+    database = "seam-aborted"
+    make_database(emulator.host, database, DDL)
+    hook = Counted()
+
+    async def commit_aborted_late() -> None:
+        note_commit_send()
+        await asyncio.sleep(2.5)
+        raise aborted()
+
+    audit = tmp_path / "audit.jsonl"
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        caplog.set_level(logging.INFO, logger="spangate.spanner")
+        app.executor.hooks = WriteHooks(after_statement=hook, before_commit=commit_aborted_late)
+        answer = await post(http, bearer(token_for("support-console")), 8)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+        rid = answer.headers["x-request-id"]
+        follow = await settlement_of(audit, rid)
+        assert follow["protoPayload"]["metadata"]["settlement"]["outcome"] == "not-committed"
+        await until_settled(app)
+        await asyncio.sleep(0.5)  # room for a retry that must not come
+        assert hook.statements == 1
+        assert ids(emulator.host, database) == []
+        [first] = [e for e in events_of(audit, rid) if e["insertId"] != follow["insertId"]]
+        [line] = [r.getMessage() for r in caplog.records if "did not commit" in r.getMessage()]
+        assert rid in line and first["insertId"] in line, line
+
+
+@pytest.mark.parametrize("refusal", ["aborted", "failed-precondition"])
+async def test_a_refusal_after_a_resent_commit_is_unknown(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token, refusal: str
+) -> None:
+    """The same Commit sent twice (the generated client re-sends it on UNAVAILABLE) and then
+    refused: the first send may have committed and lost its answer, so the write is 504 unknown
+    at once; ABORTED does not re-run the transaction (it could apply the write twice)."""
+    database = f"seam-resent-{refusal[:6]}"
+    make_database(emulator.host, database, DDL)
+    hook = Counted()
+    fired: list[int] = []
+
+    async def sent_twice_then_refused() -> None:
+        if fired:
+            return  # a second attempt commits for real
+        fired.append(1)
+        note_commit_send()
+        note_commit_send()
+        raise aborted() if refusal == "aborted" else gexc.FailedPrecondition("injected")
+
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        app.executor.hooks = WriteHooks(after_statement=hook, before_commit=sent_twice_then_refused)
+        answer = await post(http, bearer(token_for("support-console")), 9)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+        assert hook.statements == 1
+        assert ids(emulator.host, database) == []
+        # the same refusal after one send is proof: ABORTED re-runs it, FAILED_PRECONDITION is 409
+        fired.clear()
+
+        async def sent_once_then_refused() -> None:
+            if fired:
+                return
+            fired.append(1)
+            note_commit_send()
+            raise aborted() if refusal == "aborted" else gexc.FailedPrecondition("injected")
+
+        app.executor.hooks.before_commit = sent_once_then_refused
+        again = await post(http, bearer(token_for("support-console")), 9)
+        if refusal == "aborted":
+            assert again.status_code == 200, again.text
+            assert ids(emulator.host, database) == [9]
+        else:
+            assert again.status_code == 409, again.text
+            assert again.json()["outcome"] == "not-committed"
+            assert ids(emulator.host, database) == []
+
+
+async def test_a_keyed_write_cut_during_its_key_lookup_is_unknown(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    idp: Any,
+    token_for: Token,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an Idempotency-Key the write may be the retry of an earlier write that committed:
+    cut before its lookup said "no record", its outcome is unknown, not not-committed."""
+    database = "seam-lookup"
+    make_database(emulator.host, database, DDL)
+    original = idempotency.lookup
+
+    async def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(2.5)
+        return await original(*args, **kwargs)
+
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        monkeypatch.setattr(idempotency, "lookup", slow_lookup)
+        headers = with_key(bearer(token_for("support-console")), "seam-lookup")
+        answer = await post(http, headers, 10)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+        await until_settled(app)
+        monkeypatch.setattr(idempotency, "lookup", original)
+        assert ids(emulator.host, database) == []
+
+
+async def test_settling_writes_are_capped_counted_and_cut_when_abandoned(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token
+) -> None:
+    """SPANGATE_MAX_SETTLING_WRITES=1: while one write answered unknown settles, /metrics and
+    /readyz count it and another write is refused up front (503, not-committed, nothing sent);
+    it settles (committed, follow-up) and writes run again. A write abandoned before its Commit
+    is cut after the short rollback bound, not left running for its whole hang."""
+    database = "seam-capped"
+    make_database(emulator.host, database, DDL)
+    hook = Counted()
+    commits = {"delay": 3.0}
+
+    async def slow_commit() -> None:
+        delay, commits["delay"] = commits["delay"], 0.0
+        await asyncio.sleep(delay)
+
+    audit = tmp_path / "audit.jsonl"
+    headers = bearer(token_for("support-console"))
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer, max_settling_writes=1) as (app, http):  # fmt: skip
+        app.executor.hooks = WriteHooks(after_statement=hook, before_commit=slow_commit)
+        answer = await post(http, headers, 11)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+        assert app.executor.settling == 1
+        assert "spangate_writes_settling 1" in (await http.get("/metrics")).text.splitlines()
+        assert (await http.get("/readyz")).json()["writes_settling"] == 1
+        refused = await post(http, headers, 12)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "spanner-unavailable"
+        assert refused.json()["outcome"] == "not-committed"
+        assert hook.statements == 1  # nothing was sent for it
+        follow = await settlement_of(audit, answer.headers["x-request-id"])
+        assert follow["protoPayload"]["metadata"]["settlement"]["outcome"] == "committed"
+        await until_settled(app)
+        assert "spangate_writes_settling 0" in (await http.get("/metrics")).text.splitlines()
+        assert (await post(http, headers, 12)).status_code == 200
+        assert ids(emulator.host, database) == [11, 12]
+
+        hook.delay = 30.0  # hangs after its statement: abandoned at 2 s, cut at 2 + 2 s
+        started = time.monotonic()
+        cut = await post(http, headers, 13)
+        assert cut.status_code == 504 and cut.json()["outcome"] == "not-committed", cut.text
+        await until_settled(app, timeout=20.0)
+        assert time.monotonic() - started < 20.0
+        assert ids(emulator.host, database) == [11, 12]
+
+
+@pytest.mark.parametrize("bound", ["settles", "bound-passes"])
+async def test_shutdown_waits_for_settling_writes_before_closing_the_trail(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    idp: Any,
+    token_for: Token,
+    caplog: pytest.LogCaptureFixture,
+    bound: str,
+) -> None:
+    """Shutdown starts while a write answered 504 unknown still has its Commit in flight: the
+    gateway waits for it (SPANGATE_SETTLE_SECONDS) and its follow-up event is in the trail
+    before the trail closes; the log line names the request id and the event's insertId. When
+    the bound passes first, the write is logged as an error, still unknown, with both."""
+    database = f"seam-shutdown-{bound[:4]}"
+    make_database(emulator.host, database, DDL)
+    slow = 4.0 if bound == "settles" else 30.0
+
+    async def slow_commit() -> None:
+        await asyncio.sleep(slow)
+
+    audit = tmp_path / "audit.jsonl"
+    caplog.set_level(logging.INFO, logger="spangate.spanner")
+    settle = 30.0 if bound == "settles" else 0.5
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer, settle_seconds=settle) as (app, http):  # fmt: skip
+        app.executor.hooks = WriteHooks(before_commit=slow_commit)
+        answer = await post(http, bearer(token_for("support-console")), 14)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+        rid = answer.headers["x-request-id"]
+        assert app.executor.settling == 1
+    # shut down: the trail is closed, every event it took is in the file
+    trail = events_of(audit, rid)
+    first = trail[0]
+    assert first["protoPayload"]["response"]["outcome"] == "unknown"
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("did not settle within" in m for m in messages), messages
+    if bound == "settles":
+        [follow] = trail[1:]
+        assert follow["protoPayload"]["metadata"]["settlement"]["outcome"] == "committed"
+        assert ids(emulator.host, database) == [14]
+        [line] = [m for m in messages if COMMITTED_LATE in m]
+    else:
+        assert trail[1:] == []
+        assert ids(emulator.host, database) == []
+        [line] = [m for m in messages if "had not settled at shutdown" in m]
+        assert any(
+            r.levelno == logging.ERROR and "had not settled at shutdown" in r.getMessage()
+            for r in caplog.records
+        )
+    assert rid in line and first["insertId"] in line, line
+
+
+@pytest.mark.parametrize("commit", ["commits", "aborted-then-rollback-fails"])
+async def test_a_write_cancelled_with_its_commit_in_flight_is_499_unknown_then_followed_up(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    idp: Any,
+    token_for: Token,
+    monkeypatch: pytest.MonkeyPatch,
+    commit: str,
+) -> None:
+    """The server cancels a request (graceful shutdown's cut) while its Commit is in flight: its
+    499 event says outcome unknown, and the follow-up corrects that 499 event. When the Commit
+    is ABORTED and the library's own rollback of the abandoned retry then fails (UNAVAILABLE),
+    the write is still known not to have committed (the abandonment reason is kept)."""
+    database = f"seam-cancel-{commit[:5]}"
+    make_database(emulator.host, database, DDL)
+    started = asyncio.Event()
+
+    async def commit_in_flight() -> None:
+        started.set()
+        await asyncio.sleep(1.0)
+        if commit != "commits":
+            note_commit_send()
+            raise aborted()
+
+    async def rollback_fails(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise gexc.ServiceUnavailable("injected")
+
+    audit = tmp_path / "audit.jsonl"
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        app.executor.hooks = WriteHooks(before_commit=commit_in_flight)
+        if commit != "commits":  # after start-up (its PLAN analysis rolls back)
+            monkeypatch.setattr(Transaction, "rollback", rollback_fails)
+        request = asyncio.ensure_future(post(http, bearer(token_for("support-console")), 15))
+        await started.wait()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await until_settled(app)
+        await asyncio.sleep(0.5)  # the follow-up reaches the file
+        trail = events(audit)
+    [first] = [e for e in trail if e["httpRequest"]["status"] == 499
+               and "settlement" not in e["protoPayload"]["metadata"]]  # fmt: skip
+    assert first["protoPayload"]["response"]["outcome"] == "unknown"
+    [follow] = [e for e in trail if "settlement" in e["protoPayload"]["metadata"]]
+    settlement = follow["protoPayload"]["metadata"]["settlement"]
+    assert settlement["corrects"] == first["insertId"]
+    assert follow["httpRequest"]["status"] == 499
+    if commit == "commits":
+        assert settlement["outcome"] == "committed"
+        assert ids(emulator.host, database) == [15]
+    else:
+        assert settlement["outcome"] == "not-committed"
+        assert ids(emulator.host, database) == []
+
+
+BULK = """\
+  bulk:
+    identity: writer
+    sql: INSERT INTO Items (Id) SELECT id FROM UNNEST(@ids) AS id
+    params: {ids: {type: "ARRAY<INT64>"}}
+"""
+
+
+async def test_every_failed_write_carries_its_outcome(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token
+) -> None:
+    """Not only Spanner's errors: 422 too-many-mutations (refused before sending) and 500
+    internal (an unexpected error in the write's attempt, before its Commit) say
+    not-committed too, in the problem and in the audit event."""
+    database = "seam-outcomes"
+    make_database(emulator.host, database, DDL)
+    policy = POLICY.replace("routes:\n", "routes:\n  - {path: /bulk, method: POST, query: bulk, "
+                            "allow: [tester]}\n").replace("queries:\n", "queries:\n" + BULK)  # fmt: skip
+    headers = bearer(token_for("support-console"))
+    audit = tmp_path / "audit.jsonl"
+
+    async def fails() -> None:
+        raise RuntimeError("injected")
+
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, policy),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        many = await http.post("/bulk", json={"ids": list(range(80_001))}, headers=headers)
+        assert many.status_code == 422, many.text
+        assert many.json()["code"] == "too-many-mutations"
+        app.executor.hooks.after_statement = fails
+        internal = await post(http, headers, 16)
+        assert internal.status_code == 500, internal.text
+        assert internal.json()["code"] == "internal"
+        for answer in (many, internal):
+            assert answer.json()["outcome"] == "not-committed", answer.text
+            [event] = events_of(audit, answer.headers["x-request-id"])
+            assert event["protoPayload"]["response"]["outcome"] == "not-committed"
+    assert ids(emulator.host, database) == []
