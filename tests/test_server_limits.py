@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from gateway.dev.ports import free_port
 from gateway.server import GatewayHttpProtocol, server_config
@@ -386,6 +387,35 @@ def test_keep_alive_and_pipelining_still_work_within_the_limits(
         time.sleep(1)
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         _problem(_read_all(sock, timeout=30), 408, "request-timeout")
+
+
+# -- settings bounds (issue 13 review, item 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("header_timeout_seconds", "inf"),
+        ("header_timeout_seconds", "nan"),
+        ("header_timeout_seconds", "601"),
+        ("body_timeout_seconds", "1e300"),
+        ("body_timeout_seconds", "-inf"),
+        ("http_timeout_seconds", "inf"),
+        ("jwks_min_refetch_seconds", "nan"),
+        ("jwks_retry_max_seconds", "nan"),
+        ("introspection_rate", "inf"),
+        ("introspection_cache_seconds", "nan"),
+        ("idempotency_ttl_seconds", "nan"),
+        ("audit_batch_window_ms", "nan"),
+        ("max_headers", "7"),
+    ],
+)
+def test_a_setting_cannot_disable_its_own_bound(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"SPANGATE_{name.upper()}", value)
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 # -- item 15: WebSocket upgrades -----------------------------------------------------------------
