@@ -69,7 +69,16 @@ class Settings(BaseSettings):
         description="A request body must arrive within this time (else 408).",
     )
     max_connections: int = Field(
-        1000, ge=1, description="Requests on connections beyond this many get 503 server-busy."
+        1000,
+        ge=1,
+        description="Open connections at most: beyond it an idle or slow one is closed to make "
+        "room, or the new one is refused.",
+    )
+    max_connections_per_ip: int = Field(
+        0,
+        ge=0,
+        description="Open connections at most from one peer address (0: no such limit; behind a "
+        "load balancer every peer is the balancer).",
     )
     keepalive_timeout_seconds: int = Field(
         5, ge=1, le=300, description="An idle keep-alive connection is closed after this time."
