@@ -187,6 +187,25 @@ def test_header_limits_are_settings(serve: Callable[..., Served]) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 3000 + b"\r\n\r\n")
         assert _read_all(sock, timeout=5).startswith(b"HTTP/1.1 200 ")
+    # A head that begins in the same read as the end of the request before it is counted from
+    # that read: 3,900 bytes of it, then 1,000 more, make a head over 4096 bytes: 431 at once
+    # (not after a second 4096 bytes, nor at the head deadline).
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 3900
+        )
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"a" * 1000)
+        started = time.monotonic()
+        raw, end = _read_to_end(sock, timeout=30)
+    assert end == "eof" and time.monotonic() - started < 8  # the head deadline is 10 s
+    _problem(raw, 431, "headers-too-large")
 
 
 def test_what_is_not_http_gets_a_problem_too(server: Served) -> None:
