@@ -395,8 +395,16 @@ def _body_in_progress(server: Served, token: str) -> socket.socket:
     sock = _connect(server)
     sock.sendall(
         b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n{"
+        b"Expect: 100-continue\r\nContent-Length: 1000\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
     )
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # 100 Continue: the gateway is reading the body
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 100 "), answer
+    sock.sendall(b"{")
     return sock
 
 
@@ -443,7 +451,7 @@ def test_the_connection_cap_limits_connections_not_requests(
                 if raw:
                     _problem(raw, 503, "server-busy")
         warnings = server.log.read_text().count("SPANGATE_MAX_CONNECTIONS")
-        assert 1 <= warnings <= 2, server.log.read_text()
+        assert 1 <= warnings <= 4, server.log.read_text()  # at most one per 10 s
     finally:
         for sock in busy:
             sock.close()
@@ -548,10 +556,16 @@ async def test_the_pipeline_is_parsed_no_deeper_than_its_depth() -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-        writer.write(request * 20_000)  # 560 KB
-        await asyncio.sleep(1.0)
-        (protocol,) = state.connections
-        assert isinstance(protocol, GatewayHttpProtocol)
+        writer.write(request * 20_000)  # 540 KB
+        deadline = loop.time() + 30
+        while True:
+            protocol = next(iter(state.connections), None)
+            if isinstance(protocol, GatewayHttpProtocol) and protocol._held:
+                break
+            assert loop.time() < deadline, "the server never held anything back"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # what it would parse further, it would parse now
+        assert len(state.connections) == 1
         assert len(protocol.pipeline) <= PIPELINE_DEPTH + 512 // len(request) + 1
         assert len(protocol._held) <= 1024 * 1024
         release.set()
