@@ -473,13 +473,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._awaiting_head = False
         self._head_received = 0
         self._framing = 0
         self._cancel_head_timer()
         chunked = any(k == b"transfer-encoding" for k, _ in self.headers)
         length = next((v for k, v in self.headers if k == b"content-length"), None)
-        self._body_left = int(length) if length is not None and not chunked else None
+        self._body_left = None
+        if length is not None and not chunked and length.strip().isdigit():
+            self._body_left = int(length)
         limit = self.limits.max_connections
         if len(self.tasks) >= limit:
             _busy_log.note(refused=True, limit=limit)
@@ -490,6 +491,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        # Only now: a head refused in super() (an invalid URL) is not this cycle's body.
+        self._awaiting_head = False
         if self.cycle is not None:
             self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
 

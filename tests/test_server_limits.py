@@ -531,6 +531,28 @@ def test_keep_alive_and_pipelining_still_work_within_the_limits(
     _problem(b"HTTP/1.1 408 " + raw.split(b"HTTP/1.1 408 ", 1)[1], 408, "request-timeout")
 
 
+def test_a_bad_request_behind_a_pipelined_one_is_answered_after_it(
+    server: Served, token_for: Callable[..., str]
+) -> None:
+    """A write in progress, and behind it (same write) a request the server refuses: the write
+    is answered and audited, then the refusal, then the connection closes."""
+    token = token_for("order-writer").encode()
+    body = b'{"order_id": "O-%d", "customer_id": "C-1", "total_cents": 5}' % (
+        time.time_ns() % 10**12
+    )
+    post = (
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with _connect(server) as sock:
+        sock.sendall(post + b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw, end = _read_to_end(sock, timeout=30)
+    assert end == "eof", end
+    first, _, rest = raw.partition(b"HTTP/1.1 400 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"commit_timestamp" in first, raw[:1000]
+    _problem(b"HTTP/1.1 400 " + rest, 400, "request-invalid")
+
+
 async def test_the_pipeline_is_parsed_no_deeper_than_its_depth() -> None:
     """A real server socket with GatewayHttpProtocol, and an application that does not answer:
     of 20,000 pipelined requests in one connection, only a handful are parsed and queued; the
