@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(
         86_400.0,
         ge=1,
+        allow_inf_nan=False,
         le=30 * 86_400,
         description="How long a write's Idempotency-Key record answers retries (then it expires).",
     )
@@ -70,13 +71,28 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         10.0,
         gt=0,
+        le=600,
+        allow_inf_nan=False,
         description="The request line and headers must arrive within this time (else 408).",
     )
     body_timeout_seconds: float = Field(
-        30.0, gt=0, description="A request body must arrive within this time (else 408)."
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="A request body must arrive within this time (else 408).",
     )
     max_connections: int = Field(
-        1000, ge=1, description="Requests on connections beyond this many get 503 server-busy."
+        1000,
+        ge=1,
+        description="Open connections at most: beyond it an idle or slow one is closed to make "
+        "room, or the new one is refused.",
+    )
+    max_connections_per_ip: int = Field(
+        0,
+        ge=0,
+        description="Open connections at most from one peer address (0: no such limit; behind a "
+        "load balancer every peer is the balancer).",
     )
     keepalive_timeout_seconds: int = Field(
         5, ge=1, le=300, description="An idle keep-alive connection is closed after this time."
@@ -95,17 +111,22 @@ class Settings(BaseSettings):
     jwks_min_refetch_seconds: float = Field(
         5.0,
         ge=0,
+        le=3600,
+        allow_inf_nan=False,
         description="At most one JWKS fetch per issuer per this interval for unknown kids.",
     )
     http_timeout_seconds: float = Field(
         5.0,
         gt=0,
+        le=300,
+        allow_inf_nan=False,
         description="Timeout for calls to identity providers; also the overall deadline of one "
         "key fetch or endpoint discovery, however many metadata documents are tried.",
     )
     jwks_retry_max_seconds: float = Field(
         60.0,
         ge=1,
+        allow_inf_nan=False,
         le=3600,
         description="While an issuer's keys are missing or failing, they are fetched again in the "
         "background after 1 s, doubling up to this (jittered).",
@@ -113,6 +134,7 @@ class Settings(BaseSettings):
     introspection_cache_seconds: float = Field(
         60.0,
         ge=0,
+        allow_inf_nan=False,
         le=3600,
         description="How long an introspection answer is reused (an active one never past its "
         "exp); 0: ask the IdP on every request, so revocations are seen at once.",
@@ -120,6 +142,8 @@ class Settings(BaseSettings):
     introspection_rate: float = Field(
         50.0,
         gt=0,
+        le=1_000_000,
+        allow_inf_nan=False,
         description="Introspection calls per second per issuer (token bucket); beyond it, "
         "503 introspection-busy without calling the IdP (cached answers keep serving).",
     )
@@ -146,6 +170,7 @@ class Settings(BaseSettings):
     audit_batch_window_ms: float = Field(
         5.0,
         ge=0,
+        allow_inf_nan=False,
         le=1000,
         description="How long a batched audit sink gathers events before one fsync or commit.",
     )

@@ -3,14 +3,11 @@ deadlines, the connection cap, WebSocket upgrades and X-Forwarded-For (gateway.s
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import secrets
 import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,104 +15,48 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
+from served import Served, served, start_served
+from uvicorn.server import ServerState
 
-from gateway.dev.ports import free_port
-from gateway.server import GatewayHttpProtocol, server_config
+from gateway.server import PIPELINE_DEPTH, GatewayHttpProtocol, server_config
 from gateway.settings import Settings
 
-SPANGATE = [sys.executable, "-m", "gateway"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen[str], port: int, audit: Path) -> None:
-        self.process = process
-        self.port = port
-        self.audit = audit
-        self.base = f"http://127.0.0.1:{port}"
-
-    def connect(self, timeout: float = 30.0) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        return sock
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def events(self, needle: str) -> list[dict[str, Any]]:
-        if not self.audit.exists():
-            return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if needle in line]
+def _connect(server: Served, timeout: float = 30.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
 
 
-def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out = process.stdout.read() if process.stdout else None
-            raise AssertionError(f"the server exited: {out}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never became ready")
-
-
-def _starter(
-    demo_database: str, idp: Any, folder: Path, started: list[subprocess.Popen[str]]
-) -> Callable[..., Served]:
-    def start(**settings: str) -> Served:
-        port = free_port()
-        audit = folder / f"audit-{port}.jsonl"
-        env = {
-            **os.environ,
-            "SPANNER_EMULATOR_HOST": demo_database,
-            "OKTA_ISSUER": idp.issuer,
-            "SPANGATE_AUDIT_PATH": str(audit),
-            "SPANGATE_AUDIT_KEY": "server-limits-test-key",  # the example policy redacts
-            "SPANGATE_LOG_LEVEL": "warning",
-            **{f"SPANGATE_{k.upper()}": v for k, v in settings.items()},
-        }
-        policy = str(REPO / "policy.example.yaml")
-        process = subprocess.Popen(
-            [*SPANGATE, "serve", "--policy", policy, "--port", str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(process)
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-        return Served(process, port, audit)
-
-    return start
-
-
-def _stop_all(started: list[subprocess.Popen[str]]) -> None:
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+def _rss_kib(server: Served) -> int:
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
 def serve(demo_database: str, idp: Any, tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """A server of its own, with the given settings (`max_headers="10"`: SPANGATE_MAX_HEADERS)."""
-    started: list[subprocess.Popen[str]] = []
+    started: list[Served] = []
+
+    def start(**settings: str) -> Served:
+        server = start_served(
+            tmp_path,
+            database=demo_database,
+            issuer=idp.issuer,
+            audit_key="server-limits-test-key",  # the example policy redacts
+            env={f"SPANGATE_{k.upper()}": v for k, v in settings.items()},
+        )
+        started.append(server)
+        return server
+
     try:
-        yield _starter(demo_database, idp, tmp_path, started)
+        yield start
     finally:
-        _stop_all(started)
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +64,18 @@ def server(
     demo_database: str, idp: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     """One server for the module: default limits, short deadlines (generous for a loaded CI)."""
-    started: list[subprocess.Popen[str]] = []
-    try:
-        start = _starter(demo_database, idp, tmp_path_factory.mktemp("limits"), started)
-        yield start(
-            header_timeout_seconds="3", body_timeout_seconds="3", keepalive_timeout_seconds="2"
-        )
-    finally:
-        _stop_all(started)
+    with served(
+        tmp_path_factory.mktemp("limits"),
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key="server-limits-test-key",
+        env={
+            "SPANGATE_HEADER_TIMEOUT_SECONDS": "3",
+            "SPANGATE_BODY_TIMEOUT_SECONDS": "3",
+            "SPANGATE_KEEPALIVE_TIMEOUT_SECONDS": "2",
+        },
+    ) as server:
+        yield server
 
 
 def _read_all(sock: socket.socket, timeout: float = 30.0) -> bytes:
@@ -147,6 +92,26 @@ def _read_all(sock: socket.socket, timeout: float = 30.0) -> bytes:
             break
         data += chunk
     return data
+
+
+def _read_to_end(sock: socket.socket, timeout: float = 30.0) -> tuple[bytes, str]:
+    """What the server sends, and how the read ended: "eof" (a FIN), "reset" or "timeout"."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, "timeout"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return data, "timeout"
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
 
 
 def _send_until_answered(sock: socket.socket, chunks: Iterator[bytes]) -> int:
@@ -186,23 +151,23 @@ def _problem(raw: bytes, status: int, code: str) -> dict[str, Any]:
 
 
 def test_two_megabytes_of_headers_get_431_and_are_not_read(server: Served) -> None:
-    before = server.rss_kib()
+    before = _rss_kib(server)
     for _ in range(3):
-        with server.connect() as sock:
+        with _connect(server) as sock:
             head = b"GET /v1/orders/O-1001 HTTP/1.1\r\nHost: x\r\nX-Big: "
             chunks = iter([head, *([b"a" * 16384] * 128)])  # 2 MiB in one header value
             _send_until_answered(sock, chunks)
             raw = _read_all(sock)
         _problem(raw, 431, "headers-too-large")
     # Nothing of the refused heads stays: far less than the 2 MiB x 3 sent (and its copies).
-    assert server.rss_kib() - before < 8 * 1024
+    assert _rss_kib(server) - before < 8 * 1024
     assert httpx.get(server.base + "/healthz").status_code == 200
-    assert all(e["httpRequest"]["status"] != 431 for e in server.events(""))  # never reached it
+    assert all(e["httpRequest"]["status"] != 431 for e in server.events())  # never reached it
 
 
 def test_many_small_headers_get_431(server: Served) -> None:
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(b"GET /v1/orders/O-1001 HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
         raw = _read_all(sock)
     problem = _problem(raw, 431, "headers-too-large")
@@ -211,21 +176,40 @@ def test_many_small_headers_get_431(server: Served) -> None:
 
 def test_header_limits_are_settings(serve: Callable[..., Served]) -> None:
     server = serve(max_headers="10", max_header_bytes="4096")
-    with server.connect() as sock:
+    with _connect(server) as sock:
         fields = b"".join(b"X-H%d: v\r\n" % i for i in range(12))
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
         _problem(_read_all(sock), 431, "headers-too-large")
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 5000 + b"\r\n\r\n")
         _problem(_read_all(sock), 431, "headers-too-large")
     # Within the limits: answered.
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 3000 + b"\r\n\r\n")
         assert _read_all(sock, timeout=5).startswith(b"HTTP/1.1 200 ")
+    # A head that begins in the same read as the end of the request before it is counted from
+    # that read: 3,900 bytes of it, then 1,000 more, make a head over 4096 bytes: 431 at once
+    # (not after a second 4096 bytes, nor at the head deadline).
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 3900
+        )
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"a" * 1000)
+        started = time.monotonic()
+        raw, end = _read_to_end(sock, timeout=30)
+    assert end == "eof" and time.monotonic() - started < 8  # the head deadline is 10 s
+    _problem(raw, 431, "headers-too-large")
 
 
 def test_what_is_not_http_gets_a_problem_too(server: Served) -> None:
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n")
         _problem(_read_all(sock), 400, "request-invalid")
 
@@ -239,19 +223,19 @@ def test_what_is_not_http_gets_a_problem_too(server: Served) -> None:
     ids=["request-line", "headers"],
 )
 def test_a_head_that_never_ends_gets_408(server: Served, partial: bytes) -> None:
-    events = len(server.events(""))
-    with server.connect() as sock:
+    events = len(server.events())
+    with _connect(server) as sock:
         sock.sendall(partial)
         started = time.monotonic()
         raw = _read_all(sock, timeout=30)
         waited = time.monotonic() - started
     _problem(raw, 408, "request-timeout")
     assert waited < 20  # the deadline is 3 s; anything under the read timeout shows it held
-    assert len(server.events("")) == events  # no request reached the gateway: no event
+    assert len(server.events()) == events  # no request reached the gateway: no event
 
 
 def test_a_connection_that_sends_nothing_is_closed(server: Served) -> None:
-    with server.connect() as sock:
+    with _connect(server) as sock:
         assert _read_all(sock, timeout=30) == b""
         sock.settimeout(0.5)
         try:  # closed, not merely quiet: the read above ended on EOF, not on its timeout
@@ -265,7 +249,7 @@ def test_a_body_that_never_ends_gets_408_and_one_event(
 ) -> None:
     rid = "slow-body-" + secrets.token_hex(6)
     token = token_for("order-writer")
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(
             b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\nAuthorization: Bearer " + token.encode() + b"\r\n"
@@ -286,7 +270,7 @@ def test_a_chunked_body_that_never_ends_gets_408(
     server: Served, token_for: Callable[..., str]
 ) -> None:
     token = token_for("order-writer")
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(
             b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n"
@@ -302,9 +286,85 @@ def test_a_chunked_body_that_never_ends_gets_408(
     _problem(raw, 408, "request-timeout")
 
 
+def _chunked_post(token: str, rid: str) -> bytes:
+    return (
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nX-Request-ID: " + rid.encode() + b"\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+
+
+def test_a_broken_chunked_body_is_refused_at_once(
+    serve: Callable[..., Served], token_for: Callable[..., str]
+) -> None:
+    """Body framing is bounded and checked as it arrives, not at the body deadline (60 s here):
+    a trailer field that never ends gets 431 once it passes SPANGATE_MAX_HEADER_BYTES, and
+    bytes that are not chunked framing get 400 at once; the request leaves its event."""
+    server = serve(body_timeout_seconds="60", max_header_bytes="8192")
+    token = token_for("order-writer")
+
+    rid = "trailer-" + secrets.token_hex(6)
+    with _connect(server) as sock:
+        sock.sendall(_chunked_post(token, rid) + b'2\r\n{"\r\n0\r\nX-T: ')
+        started = time.monotonic()
+        sent = _send_until_answered(sock, iter([b"a" * 4096] * 4096))  # up to 16 MiB
+        raw, end = _read_to_end(sock, timeout=30)
+        waited = time.monotonic() - started
+    problem = _problem(raw, 431, "headers-too-large")
+    assert "trailer" in problem["detail"]
+    assert end == "eof" and waited < 30
+    assert sent < 16 * 1024 * 1024
+
+    rid = "bad-chunk-" + secrets.token_hex(6)
+    with _connect(server) as sock:
+        sock.sendall(_chunked_post(token, rid) + b'2\r\n{"\r\nzz\r\n')
+        started = time.monotonic()
+        raw, end = _read_to_end(sock, timeout=45)
+        waited = time.monotonic() - started
+    _problem(raw, 400, "request-invalid")
+    assert end == "eof" and waited < 20, (end, waited)
+    deadline = time.monotonic() + 10
+    while not server.events(rid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(server.events(rid)) == 1  # the gateway saw the request end, and audited it
+
+
+def test_a_client_still_sending_after_the_body_deadline_reads_its_408(
+    server: Served, token_for: Callable[..., str]
+) -> None:
+    """The 408 closes with a FIN and the server drops what still arrives for a moment, so the
+    client's own sends do not make the server's TCP stack reset the connection (a reset may
+    discard the answer before the client reads it)."""
+    token = token_for("order-writer")
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n{"
+        )
+        answered: float | None = None
+        deadline = time.monotonic() + 30
+        failed = None
+        # Keep sending past the 3 s body deadline, and for half a second after the answer.
+        while time.monotonic() < deadline:
+            if answered is None and select.select([sock], [], [], 0)[0]:
+                answered = time.monotonic()
+            if answered is not None and time.monotonic() - answered > 0.5:
+                break
+            try:
+                sock.sendall(b" " * 100)
+            except OSError as exc:  # a reset: the server closed without lingering
+                failed = exc
+                break
+            time.sleep(0.02)
+        raw, end = _read_to_end(sock, timeout=10)
+    assert failed is None, failed
+    assert end == "eof", end
+    _problem(raw, 408, "request-timeout")
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/v1/orders"])
 def test_an_answer_before_the_body_ended_closes_the_connection(server: Served, path: str) -> None:
-    with server.connect() as sock:
+    with _connect(server) as sock:
         # /healthz takes no POST (405); /v1/orders without a token is a 401 before the body.
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -330,36 +390,121 @@ def test_an_answer_before_the_body_ended_closes_the_connection(server: Served, p
     assert status in (401, 405)
 
 
-def test_the_connection_cap_answers_503_and_recovers(serve: Callable[..., Served]) -> None:
-    server = serve(max_connections="3", header_timeout_seconds="60")
-    held = [server.connect() for _ in range(3)]
+def _body_in_progress(server: Served, token: str) -> socket.socket:
+    """A connection whose request is in progress: the gateway waits for the rest of its body."""
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 1000\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # 100 Continue: the gateway is reading the body
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 100 "), answer
+    sock.sendall(b"{")
+    return sock
+
+
+def test_the_connection_cap_limits_connections_not_requests(
+    serve: Callable[..., Served], token_for: Callable[..., str]
+) -> None:
+    server = serve(max_connections="4", header_timeout_seconds="60", body_timeout_seconds="60")
+    # Idle connections and heads in progress are closed to make room: a request still gets in.
+    idle = [_connect(server) for _ in range(2)]
+    heads = [_connect(server) for _ in range(2)]
+    for sock in heads:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(0.5)
+    kept: list[socket.socket] = []
     try:
-        for sock in held:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head in progress holds its connection
-        deadline = time.monotonic() + 20
-        while True:
-            response = httpx.get(server.base + "/healthz", timeout=10)
-            if response.status_code == 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert response.status_code == 503
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["code"] == "server-busy"
-        assert response.headers["retry-after"] == "1"
+        for _ in range(4):  # each stays open (kept alive): the next needs room again
+            sock = _connect(server)
+            kept.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while b"}" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+        for sock in idle:  # the longest idle went first
+            _, end = _read_to_end(sock, timeout=5)
+            assert end in ("eof", "reset"), end
     finally:
-        for sock in held:
+        for sock in idle + heads + kept:
+            sock.close()
+
+    # Four requests in progress: nothing may be closed, so a new connection is refused at once,
+    # not held until its head deadline (60 s), and the warning is not repeated per connection.
+    token = token_for("order-writer")
+    busy = [_body_in_progress(server, token) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        for _ in range(20):
+            with _connect(server) as sock:
+                started = time.monotonic()
+                raw, end = _read_to_end(sock, timeout=30)
+                assert end in ("eof", "reset") and time.monotonic() - started < 15
+                if raw:
+                    _problem(raw, 503, "server-busy")
+        warnings = server.log.read_text().count("SPANGATE_MAX_CONNECTIONS")
+        assert 1 <= warnings <= 4, server.log.read_text()  # at most one per 10 s
+    finally:
+        for sock in busy:
             sock.close()
     deadline = time.monotonic() + 20
-    while httpx.get(server.base + "/healthz", timeout=10).status_code != 200:
+    while True:
+        try:
+            if httpx.get(server.base + "/healthz", timeout=10).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
         assert time.monotonic() < deadline, "the gateway did not recover from the cap"
         time.sleep(0.1)
 
 
+def test_connections_per_address_are_limited_when_configured(
+    serve: Callable[..., Served],
+) -> None:
+    server = serve(max_connections_per_ip="2", header_timeout_seconds="60")
+    held = [_connect(server) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        with _connect(server) as sock:
+            raw, end = _read_to_end(sock, timeout=30)
+        assert end in ("eof", "reset")
+        if raw:
+            problem = _problem(raw, 503, "server-busy")
+            assert "your address" in problem["detail"]
+    finally:
+        held.pop().close()
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # one slot is free again once the server saw the close
+            try:
+                if httpx.get(server.base + "/healthz", timeout=10).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the freed slot was not reused"
+            time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_an_idle_keep_alive_connection_is_closed(server: Served) -> None:
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        raw = _read_all(sock, timeout=30)
-    assert raw.startswith(b"HTTP/1.1 200 ")  # then EOF: _read_all ended before its timeout
+        started = time.monotonic()
+        raw, end = _read_to_end(sock, timeout=30)
+        waited = time.monotonic() - started
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert end == "eof", end  # closed by the server (keep-alive timeout 2 s), not our timeout
+    assert waited < 20
 
 
 def test_keep_alive_and_pipelining_still_work_within_the_limits(
@@ -374,18 +519,143 @@ def test_keep_alive_and_pipelining_still_work_within_the_limits(
         b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    with server.connect() as sock:
-        sock.sendall(post + get + get)  # three requests in one write
-        raw = b""
-        while raw.count(b"HTTP/1.1 200 ") < 3:
-            chunk = sock.recv(65536)
-            assert chunk, raw.decode()
-            raw += chunk
-        assert b"commit_timestamp" in raw
-        # The same connection: a later head gets its own deadline, not the first one's.
+    many = 40  # well past the pipelining depth: what is held back is parsed as answers drain
+    with _connect(server) as sock:
+        # In one write: a POST, many GETs, and the start of one more head that never ends; it
+        # gets its own deadline (3 s), armed from its first byte, not the keep-alive timeout.
+        sock.sendall(post + get * many + b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        raw, end = _read_to_end(sock, timeout=60)
+    assert end == "eof", end
+    assert raw.count(b"HTTP/1.1 200 ") == many + 1, raw[:2000]
+    assert b"commit_timestamp" in raw.split(b"HTTP/1.1 200 ")[1]  # the POST's answer came first
+    _problem(b"HTTP/1.1 408 " + raw.split(b"HTTP/1.1 408 ", 1)[1], 408, "request-timeout")
+
+
+def test_a_bad_request_behind_a_pipelined_one_is_answered_after_it(
+    server: Served, token_for: Callable[..., str]
+) -> None:
+    """A write in progress, and behind it (same write) a request the server refuses: the write
+    is answered and audited, then the refusal, then the connection closes."""
+    token = token_for("order-writer").encode()
+    body = b'{"order_id": "O-%d", "customer_id": "C-1", "total_cents": 5}' % (
+        time.time_ns() % 10**12
+    )
+    post = (
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with _connect(server) as sock:
+        sock.sendall(post + b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw, end = _read_to_end(sock, timeout=30)
+    assert end == "eof", end
+    first, _, rest = raw.partition(b"HTTP/1.1 400 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"commit_timestamp" in first, raw[:1000]
+    _problem(b"HTTP/1.1 400 " + rest, 400, "request-invalid")
+
+
+async def test_the_pipeline_is_parsed_no_deeper_than_its_depth() -> None:
+    """A real server socket with GatewayHttpProtocol, and an application that does not answer:
+    of 20,000 pipelined requests in one connection, only a handful are parsed and queued; the
+    rest stays unparsed (at most one read) until answers drain."""
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    settings = Settings(policy=REPO / "policy.example.yaml")
+    config = server_config(app, settings, log_level="warning")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(
+        lambda: GatewayHttpProtocol(config, state, {}), "127.0.0.1", 0
+    )
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(request * 20_000)  # 540 KB
+        deadline = loop.time() + 30
+        while True:
+            protocol = next(iter(state.connections), None)
+            if isinstance(protocol, GatewayHttpProtocol) and protocol._held:
+                break
+            assert loop.time() < deadline, "the server never held anything back"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # what it would parse further, it would parse now
+        assert len(state.connections) == 1
+        assert len(protocol.pipeline) <= PIPELINE_DEPTH + 512 // len(request) + 1
+        assert len(protocol._held) <= 1024 * 1024
+        release.set()
+        answers = b""
+        while answers.count(b"HTTP/1.1 204 ") < 20_000:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout=60)
+            assert chunk
+            answers += chunk
+        writer.close()
+    finally:
+        listener.close()
+        for connection in list(state.connections):
+            connection.transport.close()
+        await listener.wait_closed()
+
+
+def test_pipelined_requests_cannot_queue_without_limit(server: Served) -> None:
+    """Ten megabytes of pipelined GETs on one connection that never reads its answers: the
+    server stops reading (its memory stays flat) and keeps answering everyone else."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    payload = request * (10 * 1024 * 1024 // len(request))
+    before = _rss_kib(server)
+    with _connect(server) as sock:
+        sock.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 8
+        while sent < len(payload) and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [sock], [], 0.2)
+            if writable:
+                try:
+                    sent += sock.send(payload[sent : sent + 262144])
+                except BlockingIOError:
+                    pass
+            if sent > len(payload) // 2 or time.monotonic() > deadline - 4:
+                assert httpx.get(server.base + "/healthz", timeout=10).status_code == 200
         time.sleep(1)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-        _problem(_read_all(sock, timeout=30), 408, "request-timeout")
+        grown = _rss_kib(server) - before
+        assert httpx.get(server.base + "/healthz", timeout=10).status_code == 200
+    assert grown < 64 * 1024, f"the server grew by {grown} KiB"
+
+
+# -- settings bounds (issue 13 review, item 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("header_timeout_seconds", "inf"),
+        ("header_timeout_seconds", "nan"),
+        ("header_timeout_seconds", "601"),
+        ("body_timeout_seconds", "1e300"),
+        ("body_timeout_seconds", "-inf"),
+        ("http_timeout_seconds", "inf"),
+        ("jwks_min_refetch_seconds", "nan"),
+        ("jwks_retry_max_seconds", "nan"),
+        ("introspection_rate", "inf"),
+        ("introspection_cache_seconds", "nan"),
+        ("idempotency_ttl_seconds", "nan"),
+        ("audit_batch_window_ms", "nan"),
+        ("max_headers", "7"),
+    ],
+)
+def test_a_setting_cannot_disable_its_own_bound(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"SPANGATE_{name.upper()}", value)
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 # -- item 15: WebSocket upgrades -----------------------------------------------------------------
@@ -395,7 +665,7 @@ def test_a_websocket_upgrade_to_a_policy_route_is_plain_http_and_audited(
     server: Served,
 ) -> None:
     rid = "upgrade-" + secrets.token_hex(6)
-    with server.connect() as sock:
+    with _connect(server) as sock:
         sock.sendall(
             b"GET /v1/orders/O-1001 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
             b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
