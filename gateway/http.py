@@ -101,18 +101,7 @@ async def read_json_body(
         raise UnsupportedMediaType(
             f"the body must be application/json, not {media or 'unspecified'}"
         )
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise BadRequest("invalid Content-Length", code="body-invalid") from None
-        if declared > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    try:
-        async with asyncio.timeout(timeout):
-            raw = await _read_body(receive, limit)
-    except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {timeout:g} seconds") from None
+    raw = await read_body(receive, headers, limit=limit, timeout=timeout)
     if not raw.strip():
         return {}  # an empty body (chunked or not) is no parameters, as Content-Length: 0 is
     body = parse_json(raw)

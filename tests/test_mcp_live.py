@@ -6,12 +6,8 @@ and the MCP Inspector's CLI (a client nobody here wrote)."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,11 +19,10 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from served import served as serving
 
 from gateway.dev.idp import IdpProcess
-from gateway.dev.ports import free_port
 
-SPANGATE = [sys.executable, "-m", "gateway"]
 INSPECTOR = (
     Path(__file__).resolve().parents[1]
     / "dev/mcp-inspector/node_modules/@modelcontextprotocol/inspector-cli/build/index.js"
@@ -40,49 +35,11 @@ def served(
     demo_database: str,
     idp: IdpProcess,
     tmp_path_factory: pytest.TempPathFactory,
-    repo: Path,
     audit_key: str,
 ) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    audit = tmp_path_factory.mktemp("mcp") / "audit.jsonl"
-    env = {
-        **os.environ,
-        "SPANNER_EMULATOR_HOST": demo_database,
-        "OKTA_ISSUER": idp.issuer,
-        "SPANGATE_AUDIT_PATH": str(audit),
-        "SPANGATE_AUDIT_KEY": audit_key,  # the example policy redacts
-        "SPANGATE_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [*SPANGATE, "serve", "--policy", str(repo / "policy.example.yaml"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else None
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spangate serve never became ready"
-            time.sleep(0.2)
-        yield base, audit
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    folder = tmp_path_factory.mktemp("mcp")
+    with serving(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
+        yield server.base, server.audit
 
 
 @asynccontextmanager
