@@ -20,8 +20,8 @@ from gateway.app import Gateway
 from gateway.dev.database import create_database, load_demo_sql
 from gateway.dev.emulator import EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpProcess, fetch_token, load_clients, start_idp
-from gateway.dev.redis import RedisProcess, start_redis
 from gateway.dev.keys import write_signing_keys
+from gateway.dev.redis import RedisProcess, start_redis
 from gateway.policy.compiled import compile_policy
 from gateway.policy.load import load_policy
 from gateway.runtime import build_gateway
