@@ -13,6 +13,7 @@ import redis as redis_sync
 from served import EXAMPLE_POLICY, Served, served
 from test_mcp_live import connected
 
+from gateway.audit.schema import AuditEvent
 from gateway.dev.idp import IdpProcess
 from gateway.dev.ports import free_port
 from gateway.dev.redis import RedisProcess
@@ -81,6 +82,7 @@ async def test_http_and_mcp_spend_one_budget_and_the_next_call_is_429(
         assert answer.headers["RateLimit-Policy"] == '"calls";q=3;w=86400'
         assert answer.headers["RateLimit"].startswith('"calls";r=0;t=')
         [event] = gw.events(answer.headers["x-request-id"])
+        AuditEvent.model_validate(event)  # the published schema: metadata.budget
         payload = event["protoPayload"]
         assert payload["status"]["message"] == "budget-exceeded"
         assert payload["metadata"]["budget"] == {
