@@ -294,3 +294,21 @@ def test_bad_budgets_are_located(tmp_path: Path, body: str, message: str) -> Non
     assert message in text
     line = path.read_text().splitlines().index(f"  order-agent: {body}") + 1
     assert all(p.line == line for p in caught.value.problems), text
+
+
+async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 10/min, writes: 2/day}")
+    create = next(r for r in policy.routes if r.query.is_dml)
+    clock = Clock()
+    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    roles = frozenset({"order-writer"})
+    for _ in range(2):
+        spend = await budgets.spend(policy, create, roles, who())
+        assert spend is not None and [u.limit.kind for u in spend.used] == ["calls", "writes"]
+    with pytest.raises(BudgetExceeded) as refused:
+        await budgets.spend(policy, create, roles, who())
+    assert refused.value.extra["budget"] == "writes"
+    assert refused.value.headers["RateLimit-Policy"] == '"calls";q=10;w=60, "writes";q=2;w=86400'
+    assert budgets.refusals == {("order-writer", "writes"): 1}
