@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.bench_spanner import REPO, _fresh_emulator, _load
+from bench.policy import example_policy
 from bench.table import Row, Table
 
 __all__ = ["run"]
@@ -48,7 +49,7 @@ async def _compare(quick: bool) -> Table:
             emulator = _fresh_emulator()
             try:
                 settings = Settings(
-                    policy=REPO / "policy.example.yaml",
+                    policy=example_policy(Path(tmp)),  # without the agent's budget
                     spanner_emulator_host=emulator.host,
                     audit_path=Path(tmp) / "audit.jsonl",
                     audit_key="bench-audit-key",  # the example policy redacts a parameter

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,6 +30,8 @@ from gateway.audit.recorder import (
 )
 from gateway.audit.trail import AuditTrail
 from gateway.auth.verify import TokenVerifier, bearer_token
+from gateway.budgets.check import Budgets
+from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
 from gateway.errors import AuditUnavailable, BadRequest, GatewayError
 from gateway.http import (
@@ -77,11 +79,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A call's answer: ``body`` (the JSON the route answers) when ``error`` is None."""
+    """A call's answer: ``body`` (the JSON the route answers) when ``error`` is None;
+    ``headers``: the budget's RateLimit header fields (also on ``error.headers`` for errors)."""
 
     status: int
     body: dict[str, Any] | None
     error: GatewayError | None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,11 @@ class Gateway:
         audit: AuditTrail,
         audit_key: bytes | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.settings = settings
+        # The policy's budgets: counters in this process unless runtime gives a shared store.
+        self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
         self.active = Active(policy, verifier)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
@@ -167,6 +174,7 @@ class Gateway:
         self.executor.close()
         for close in self._closers:
             await close()
+        await self.budgets.store.aclose()
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -223,7 +231,15 @@ class Gateway:
             await send_problem(send, outcome.error, rid, head=head)
         else:
             body = dumps(outcome.body) if outcome.body is not None else b""
-            await send_response(send, outcome.status, body, "application/json", rid, head=head)
+            await send_response(
+                send,
+                outcome.status,
+                body,
+                "application/json",
+                rid,
+                head=head,
+                extra=dict(outcome.headers),
+            )
 
     # -- the one path of every call, whatever its transport -------------------------------------
     async def perform(self, call: CallRecord, active: Active, resolve: Resolve) -> Outcome:
@@ -268,7 +284,10 @@ class Gateway:
             call.error.code if call.error else "ok",
             time.perf_counter() - call.started,
         )
-        return Outcome(status, body if call.error is None else None, call.error)
+        limits: dict[str, str] = call.extra.get("ratelimit", {})
+        if call.error is not None and limits:  # every budgeted answer carries them
+            call.error.headers = {**limits, **call.error.headers}
+        return Outcome(status, body if call.error is None else None, call.error, limits)
 
     async def _resolve_http(
         self,
@@ -338,6 +357,10 @@ class Gateway:
         route = decision.route
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
+        # The budget: spent (calls, writes) before the statement runs, or 429/503 here.
+        spend = await self.budgets.spend(policy, route, decision.roles, call.principal)
+        if spend is not None:
+            call.extra["ratelimit"] = spend.headers
         tags = tags_for(
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
@@ -361,6 +384,9 @@ class Gateway:
             ),
             on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
         )
+        if spend is not None and not route.query.is_dml:  # rows: counted after the read
+            await self.budgets.count_rows(spend, call.result.row_count)
+            call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
 
 
@@ -373,6 +399,7 @@ def create_app(
     audit: AuditTrail,
     audit_key: bytes | None = None,
     closers: list[Callable[[], Awaitable[None]]] | None = None,
+    budgets: Budgets | None = None,
 ) -> Gateway:
     """The gateway with its seams injected (tests pass their own verifier, executor, audit)."""
     return Gateway(
@@ -383,4 +410,5 @@ def create_app(
         audit=audit,
         audit_key=audit_key,
         closers=closers,
+        budgets=budgets,
     )

@@ -21,6 +21,8 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── PayloadTooLarge      413   body-too-large
         ├── HeadersTooLarge      431   headers-too-large
         ├── UnsupportedMediaType 415   unsupported-media-type
+        ├── BudgetExceeded       429   budget-exceeded (Retry-After, RateLimit headers)
+        ├── BudgetStoreUnavailable 503 budget-store-unavailable (Retry-After)
         ├── AuditUnavailable     503   audit-unavailable
         ├── ServerBusy           503   server-busy (Retry-After)
         └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
@@ -35,6 +37,8 @@ __all__ = [
     "AuditUnavailable",
     "AuthError",
     "BadRequest",
+    "BudgetExceeded",
+    "BudgetStoreUnavailable",
     "ConfigError",
     "Forbidden",
     "GatewayError",
@@ -251,6 +255,25 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     code = "unsupported-media-type"
     title = "Unsupported media type"
+
+
+class BudgetExceeded(GatewayError):
+    """A budget of the policy's ``budgets:`` is spent for this window; ``extra`` names it."""
+
+    status = 429
+    code = "budget-exceeded"
+    title = "Budget exceeded"
+
+
+class BudgetStoreUnavailable(GatewayError):
+    """The shared budget store (Redis) did not answer: fail closed, the statement did not run."""
+
+    status = 503
+    code = "budget-store-unavailable"
+    title = "Budget store unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
 
 
 class AuditUnavailable(GatewayError):

@@ -67,6 +67,14 @@ def render_metrics(gateway: Gateway) -> str:
     out.append(f"spangate_request_duration_seconds_count {cumulative}")
 
     out += [
+        "# HELP spangate_budget_refusals_total Calls refused (429 budget-exceeded) per role and "
+        "budget (calls, rows, writes).",
+        "# TYPE spangate_budget_refusals_total counter",
+    ]
+    for (role, budget), count in sorted(gateway.budgets.refusals.items()):
+        labels = f'role="{_label(role)}",budget="{_label(budget)}"'
+        out.append(f"spangate_budget_refusals_total{{{labels}}} {count}")
+    out += [
         "# HELP spangate_jwks_fetches_total JWKS fetches per issuer.",
         "# TYPE spangate_jwks_fetches_total counter",
     ]

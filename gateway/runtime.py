@@ -15,6 +15,8 @@ from gateway.auth.introspect import introspectors
 from gateway.auth.jwks import JwksCache
 from gateway.auth.presets import is_org_server
 from gateway.auth.verify import TokenVerifier
+from gateway.budgets.check import Budgets
+from gateway.budgets.store import BudgetStore, MemoryStore
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import Issuer, SpannerTarget
@@ -29,7 +31,7 @@ from gateway.spanner.identities import (
     default_client_factory,
 )
 
-__all__ = ["build_gateway", "load_compiled", "spanner_target"]
+__all__ = ["budget_store", "build_gateway", "load_compiled", "spanner_target"]
 
 log = logging.getLogger("spangate")
 
@@ -45,6 +47,17 @@ def spanner_target(settings: Settings, policy: CompiledPolicy) -> SpannerTarget:
         project=settings.spanner_project or base.project,
         instance=settings.spanner_instance or base.instance,
         database=settings.spanner_database or base.database,
+    )
+
+
+def budget_store(settings: Settings) -> BudgetStore:
+    """Redis when SPANGATE_REDIS_URL is set (one budget for every replica), else this process."""
+    if settings.redis_url is None:
+        return MemoryStore()
+    from gateway.budgets.redis_store import RedisStore
+
+    return RedisStore(
+        settings.redis_url.get_secret_value(), timeout=settings.redis_timeout_seconds
     )
 
 
@@ -150,6 +163,7 @@ def build_gateway(
         audit=audit,
         audit_key=audit_keys(settings).redact,
         closers=closers,
+        budgets=Budgets(budget_store(settings)),
     )
     reloader = PolicyReloader(
         app,

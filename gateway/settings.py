@@ -198,6 +198,20 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
+    # Budgets (the policy's `budgets:`)
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:port/db (rediss:// for TLS): budget counters in "
+        "this Redis, shared by every replica; unset: in each process.",
+    )
+    redis_timeout_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="Deadline of one Redis call (no retry); past it the call is refused with "
+        "503 budget-store-unavailable.",
+    )
+
     # MCP (/mcp) and its protected resource metadata (RFC 9728)
     public_url: str | None = Field(
         None,

@@ -1,7 +1,8 @@
 """Session fixtures: the real Spanner emulator, the real OpenID provider, the real gateway.
 
-Started once per test session on free loopback ports and stopped (by PID) at the end. Tests call
-the gateway through httpx's ASGI transport (and once through a real uvicorn, in test_server.py).
+Started once per test session on free loopback ports and stopped (by PID) at the end; redis-server
+too, for shared budgets. Tests call the gateway through httpx's ASGI transport (and once through a
+real uvicorn, in test_server.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway.dev.database import create_database, load_demo_sql
 from gateway.dev.emulator import EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
+from gateway.dev.redis import RedisProcess, start_redis
 from gateway.policy.compiled import compile_policy
 from gateway.policy.load import load_policy
 from gateway.runtime import build_gateway
@@ -45,6 +47,15 @@ def repo() -> Path:
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     log = tmp_path_factory.mktemp("emulator") / "emulator.log"
     with start_emulator(log_path=log) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server on a free loopback port (shared budgets). Missing: the test fails,
+    saying what to install (apt-get install redis-server); never skipped."""
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    with start_redis(log_path=log) as process:
         yield process
 
 

@@ -141,7 +141,8 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
                 break
         text = "".join(lines)
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
-        assert len(pids) == 2, text  # the emulator and the OpenID provider
+        assert len(pids) == 3, text  # the emulator, the OpenID provider and redis-server
+        assert re.search(r"redis-server on redis://127\.0\.0\.1:\d+/0 for the budgets", text)
         base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
         assert base is not None
         keyed = re.search(r"audit trail: \S+ \(keyed with (\S+audit\.key), a dev key", text)
@@ -207,6 +208,19 @@ def test_demo_says_what_to_install_when_the_emulator_is_missing(repo: Path, tmp_
     assert out.returncode == 1
     assert "google-cloud-cli-spanner-emulator" in out.stderr
     assert "SPANNER_EMULATOR_HOST" in out.stderr
+
+
+def test_demo_says_what_to_install_when_redis_server_is_missing(
+    repo: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPANGATE_REDIS_URL"}
+    env["SPANNER_EMULATOR_HOST"] = "127.0.0.1:1"  # skip the emulator: redis-server comes next
+    env["PATH"] = str(tmp_path)  # no redis-server on it
+    out = subprocess.run(
+        [*SPANGATE, "dev", "--repo", str(repo)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "apt-get install redis-server" in out.stderr
 
 
 def test_spanner_commands_without_credentials_say_so(repo: Path, tmp_path: Path) -> None:

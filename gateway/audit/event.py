@@ -336,12 +336,20 @@ def _event(
                 "truncated": bounds.truncated,
                 "transport": call.transport,
                 **_mcp_call(call, bounds),
+                **_budget(error),
             },
         },
     }
 
 
 _METADATA = pointer("protoPayload", "metadata")
+
+
+def _budget(error: GatewayError | None) -> dict[str, Any]:
+    """Which budget refused the call (429 budget-exceeded): its kind, role and limit."""
+    if error is None or error.code != "budget-exceeded":
+        return {}
+    return {"budget": {k: error.extra.get(k) for k in ("budget", "role", "limit")}}
 
 
 def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:

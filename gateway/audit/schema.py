@@ -159,12 +159,23 @@ class McpCall(_Model):
     )
 
 
+class BudgetRefusal(_Model):
+    """The budget that refused a call (429 budget-exceeded)."""
+
+    budget: Literal["calls", "rows", "writes"]
+    role: str = Field(description="The role whose budget it is.")
+    limit: str = Field(description="As the policy writes it: 60/min.")
+
+
 class Metadata(_Model):
     decision: Decision
     transport: Literal["http", "mcp"] = Field(
         "http", description="How the call came: an HTTP route, or an MCP tools/call at /mcp."
     )
     mcp: McpCall | None = Field(None, description="Only on the event of an MCP tools/call.")
+    budget: BudgetRefusal | None = Field(
+        None, description="Only on the event of a call refused by a budget (budget-exceeded)."
+    )
     policySha256: str | None
     truncated: list[Truncation] = Field(
         description="Values cut to 512 bytes or dropped to fit SPANGATE_AUDIT_MAX_EVENT_BYTES."

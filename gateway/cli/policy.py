@@ -203,7 +203,7 @@ def _explain(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     ex = explain(policy, facts, principal, notes)
     if args.json:
-        print(json.dumps(explanation_record(ex), indent=2, ensure_ascii=False, default=str))
+        print(json.dumps(explanation_record(ex, policy), indent=2, ensure_ascii=False, default=str))
     else:
         sys.stdout.write(render_explanation(policy, ex))
     return 0 if ex.decision.allow else 1

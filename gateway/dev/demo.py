@@ -2,9 +2,10 @@
 
 Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), creates the demo
 database from ``dev/schema.sql`` and ``dev/seed.sql``, starts the repository's OpenID provider with
-fresh keys, serves the policy with uvicorn, and prints a curl line per persona, and for MCP a
+fresh keys and a redis-server on a free loopback port for the budgets (unless SPANGATE_REDIS_URL
+names one), serves the policy with uvicorn, and prints a curl line per persona, and for MCP a
 ``.mcp.json`` with the order-agent's token and a curl line for ``tools/list``. Ctrl-C stops every
-process it started, by PID (the emulator's whole process group).
+process it started, by PID (the emulator's and redis-server's whole process groups).
 
 The audit trail is ``.run/audit.jsonl``, keyed (the example policy redacts a parameter, which the
 gateway refuses without a key) with ``SPANGATE_AUDIT_KEY`` when it is set, else with a dev key
@@ -29,6 +30,7 @@ from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import free_port
+from gateway.dev.redis import RedisMissing, RedisProcess, RedisStartError, start_redis
 from gateway.server import run_server
 from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
@@ -110,6 +112,7 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
     run_dir.mkdir(exist_ok=True)
     emulator: EmulatorProcess | None = None
     idp: IdpProcess | None = None
+    redis: RedisProcess | None = None
     try:
         emulator_host = os.environ.get("SPANNER_EMULATOR_HOST")
         if emulator_host:
@@ -118,11 +121,19 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             emulator = start_emulator(log_path=run_dir / "emulator.log")
             emulator_host = emulator.host
             _say(f"Spanner emulator on {emulator_host} (pid {emulator.pid})")
+        redis_url = os.environ.get("SPANGATE_REDIS_URL")
+        if redis_url:
+            _say("using the Redis of SPANGATE_REDIS_URL for the budgets")
+        else:
+            redis = start_redis(log_path=run_dir / "redis.log")
+            redis_url = redis.url
+            _say(f"redis-server on {redis.url} for the budgets (pid {redis.pid})")
         settings = Settings(
             policy=policy.resolve(),
             port=port or free_port(),
             spanner_emulator_host=emulator_host,
             audit_path=run_dir / "audit.jsonl",
+            redis_url=SecretStr(redis_url),
         )
         key_file = run_dir / "audit.key"
         if settings.audit_key is None:
@@ -181,7 +192,7 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         _say(f"\nOpenAPI: {base}/docs   readiness: {base}/readyz   Ctrl-C stops everything.\n")
         # The same server, limits and all, as `spangate serve` (gateway.server).
         return run_server(app, settings, log_level="warning")
-    except (EmulatorError, IdpError) as exc:
+    except (EmulatorError, IdpError, RedisMissing, RedisStartError) as exc:
         print(f"spangate dev: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -189,6 +200,8 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
     finally:
         if idp is not None:
             idp.stop()
+        if redis is not None:
+            redis.stop()
         if emulator is not None:
             emulator.stop()
         _say("stopped the processes this demo started")

@@ -11,7 +11,7 @@ role; the summary says when the entries that delegated tokens can hold change, a
 ``delegated`` key or a claims test under ``act`` does, and when the entries that deny delegated
 tokens change for a role some route's ``deny`` names, as ``delegated: false`` does) or a route's
 statement changes: roles, queries (SQL, parameters, identity, limits), identities, issuers, the
-Spanner target and the audit settings are compared too.
+Spanner target, the budgets and the audit settings are compared too.
 
 Secrets (fields marked by ``model.secret_fields``: an introspection ``client_secret``) are compared
 by value but never shown, in the text or the JSON: ``(secret)`` in an added or removed item,
@@ -50,7 +50,7 @@ class AccessChange:
 class Change:
     """One changed item: ``kind`` is ``+`` (added), ``-`` (removed) or ``~`` (changed)."""
 
-    section: str  # routes, roles, queries, identities, issuers, spanner, audit
+    section: str  # routes, roles, queries, budgets, identities, issuers, spanner, audit
     name: str
     kind: Literal["+", "-", "~"]
     summary: str
@@ -261,6 +261,7 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             summary = "entries changed" + _delegation(a, b, denying=denying) + used_by(name)
             changes.append(Change("roles", name, "~", summary, lines))
     changes += _named("queries", old.queries, new.queries)
+    changes += _named("budgets", old.budgets, new.budgets)
     changes += _named("identities", old.identities, new.identities)
     changes += _named("issuers", old.issuers, new.issuers)
     changes += _named("spanner", {"target": old.spanner}, {"target": new.spanner})

@@ -26,6 +26,7 @@ import jwt
 from gateway.auth.principal import Principal
 from gateway.auth.sender import binding
 from gateway.auth.times import time_claims
+from gateway.budgets.core import applicable
 from gateway.errors import AuthError
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide
@@ -65,6 +66,20 @@ class Explanation:
     @property
     def route(self) -> CompiledRoute | None:
         return self.decision.route
+
+
+def budget_limits(policy: CompiledPolicy, ex: Explanation) -> list[dict[str, str]]:
+    """The budgets an allowed call spends (the most generous of the allowing roles', per kind)."""
+    d, route = ex.decision, ex.route
+    if not d.allow or route is None:
+        return []
+    allowing = [r for r in route.model.allow if r in d.roles]
+    limits = applicable(policy.model.budgets, allowing, ex.principal, write=route.query.is_dml)
+    return [
+        {"kind": lim.kind, "limit": lim.text, "role": lim.role,
+         "per": policy.model.budgets[lim.role].per}
+        for lim in limits
+    ]  # fmt: skip
 
 
 def _sources(facts: RequestFacts, decision: Decision) -> tuple[ParamTrace, ...]:
@@ -154,7 +169,9 @@ def unverified_claims(
         if exp is None:
             notes.append("the token has no exp claim: the gateway answers 401 token-malformed")
         elif exp < now.timestamp():
-            notes.append(f"the token expired at {_when(exp)}: the gateway answers 401 token-expired")
+            notes.append(
+                f"the token expired at {_when(exp)}: the gateway answers 401 token-expired"
+            )
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
     if not set(auds) & set(issuer.audiences):
@@ -190,8 +207,8 @@ def _role_record(result: RoleResult) -> dict[str, Any]:
     }
 
 
-def explanation_record(ex: Explanation) -> dict[str, Any]:
-    """The explanation as JSON-ready data (``--json``)."""
+def explanation_record(ex: Explanation, policy: CompiledPolicy | None = None) -> dict[str, Any]:
+    """The explanation as JSON-ready data (``--json``); with ``policy``, its ``budget`` too."""
     d, route, p = ex.decision, ex.route, ex.principal
     return {
         "request": {
@@ -231,6 +248,7 @@ def explanation_record(ex: Explanation) -> dict[str, Any]:
         "roles": [_role_record(r) for r in ex.roles],
         "params": [{"name": t.name, "value": t.value, "source": t.source} for t in ex.params],
         "ignored": {k: v for k, v in (d.bound.ignored if d.bound else {}).items()},
+        **({"budget": budget_limits(policy, ex)} if policy is not None else {}),
     }
 
 
@@ -316,4 +334,10 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
         lines.append(
             f"ignored   {name} = {_show(value)}  (a caller value for a claim-bound parameter)"
         )
+    if d.allow:
+        spent = budget_limits(policy, ex)
+        shown = ", ".join(
+            f"{b['kind']} {b['limit']} (role {b['role']}, per {b['per']})" for b in spent
+        )
+        lines.append(f"budget    {shown or 'none'}")
     return "\n".join(lines) + "\n"

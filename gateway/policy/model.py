@@ -23,12 +23,14 @@ from pydantic import (
 
 from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
+from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate
 from gateway.policy.regex import compile_regex
 from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
     "ALGORITHMS",
     "Audit",
+    "Budget",
     "ClaimNames",
     "ClaimTest",
     "FileSink",
@@ -567,6 +569,51 @@ class Audit(_Strict):
         return value
 
 
+RateText = Annotated[str, Field(pattern=RATE_PATTERN, examples=["60/min", "5000/hour", "100/day"])]
+
+
+class Budget(_Strict):
+    """What one principal holding the role may spend per fixed window (HTTP and MCP alike):
+    past a limit, 429 budget-exceeded. A caller holding several roles that allow the route gets,
+    per limit, the most generous one of them (none when one of them has no such limit)."""
+
+    calls: RateText | None = Field(
+        None, description="Calls, counted before the statement runs: 60/min, 1000/hour."
+    )
+    rows: RateText | None = Field(
+        None,
+        description="Rows that reads return, counted after they ran: the read that crosses the "
+        "limit still answers, the next call is refused.",
+    )
+    writes: RateText | None = Field(
+        None, description="Writes (DML routes), counted before the statement runs: 100/day."
+    )
+    per: Literal["subject", "client", "actor"] = Field(
+        "subject",
+        description="Whose budget it is: subject (issuer + sub, the default), client (the "
+        "token's client id; its subject when it has none) or actor (the delegating actor of a "
+        "token with `act`, act.sub; the subject for direct tokens).",
+    )
+    description: str | None = None
+
+    @field_validator("calls", "rows", "writes")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Budget:
+        if self.calls is None and self.rows is None and self.writes is None:
+            raise ValueError("a budget needs at least one of calls, rows, writes")
+        return self
+
+    def rate(self, kind: str) -> Rate | None:
+        text: str | None = getattr(self, kind)
+        return parse_rate(text) if text is not None else None
+
+
 class Policy(_Strict):
     """A spangate policy, format version 1."""
 
@@ -578,3 +625,7 @@ class Policy(_Strict):
     queries: dict[Annotated[str, Field(pattern=_NAME)], Query] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
     audit: Audit = Field(default_factory=Audit)
+    budgets: dict[Annotated[str, Field(pattern=_NAME)], Budget] = Field(
+        default_factory=dict,
+        description="Per role (a name in `roles`): what a principal holding it may spend.",
+    )

@@ -203,6 +203,9 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))
+    for budgeted in policy.budgets:  # a budget for a role that does not exist would never apply
+        if msg := ctx.unknown("roles", budgeted):
+            findings.append((("budgets", budgeted), msg))
     for k, sink in enumerate(policy.audit.sinks):
         if sink.type == "spanner" and (msg := ctx.unknown("identities", sink.identity)):
             findings.append((("audit", "sinks", k, "identity"), msg))

@@ -255,3 +255,13 @@ def test_the_policy_tools_run_without_the_secrets(
     assert f"{secret_at}: issuers.okta.introspection.client_secret: environment variable " in err
     with pytest.raises(PolicyError, match="environment variable OKTA_CLIENT_SECRET is not set"):
         load_compiled(WITH_SECRETS, {})
+
+
+def test_budget_changes_are_listed() -> None:
+    old, new = base(), base()
+    old["budgets"] = {"staff": {"calls": "60/min"}}
+    new["budgets"] = {"staff": {"calls": "30/min", "rows": "100/hour"}, "blocked": {"calls": "1/s"}}
+    text = render_diff(diff_policies(model(old), model(new)))
+    assert "budgets:\n  ~ staff: changed: calls, rows\n" in text
+    assert '      - calls: "60/min"\n      + calls: "30/min"\n      + rows: "100/hour"\n' in text
+    assert '  + blocked: {"calls": "1/s"}\n' in text

@@ -239,3 +239,24 @@ def test_a_token_with_cnf_or_without_exp_is_noted(capsys: pytest.CaptureFixture[
     assert "note      the token has no exp claim: the gateway answers 401 token-malformed" in out
     assert main([*base, token({**claims, "exp": exp}), "GET", "/v1/customers/C-1"]) == 0
     assert "401" not in capsys.readouterr().out  # a good token: no refusal noted
+
+
+def test_explain_shows_the_budget_an_allowed_call_spends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", json.dumps(AGENT)]
+    assert main([*args, "GET", "/v1/orders"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "budget    calls 60/min (role order-agent, per subject), "
+        "rows 5000/hour (role order-agent, per subject)\n"
+    ) in out
+    assert main([*args, "--json", "GET", "/v1/orders"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == [
+        {"kind": "calls", "limit": "60/min", "role": "order-agent", "per": "subject"},
+        {"kind": "rows", "limit": "5000/hour", "role": "order-agent", "per": "subject"},
+    ]
+    support = json.dumps({"iss": "okta", "sub": "s-1", "groups": ["support"], "tenant": "t1"})
+    base = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", support]
+    assert main([*base, "GET", "/v1/orders"]) == 0
+    assert "budget    none\n" in capsys.readouterr().out  # support has no budget

@@ -41,6 +41,7 @@ def test_the_top_level_keys_of_the_format() -> None:
     schema = policy_json_schema()
     assert set(schema["properties"]) == {
         "version", "spanner", "issuers", "identities", "roles", "queries", "routes", "audit",
+        "budgets",
     }
     assert set(schema["required"]) == {"version", "spanner", "issuers", "identities", "queries", "routes"}
     assert schema["additionalProperties"] is False

@@ -1,0 +1,50 @@
+"""A budget's rate, as the policy writes it: ``60/min``, ``5000/hour``, ``100/day``. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["RATE_PATTERN", "Rate", "parse_rate"]
+
+_UNITS = {
+    "s": 1, "sec": 1, "second": 1,
+    "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hour": 3600,
+    "d": 86_400, "day": 86_400,
+}  # fmt: skip
+RATE_PATTERN = r"^\s*([0-9]+)\s*/\s*([0-9]*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$"
+_RATE_RE = re.compile(RATE_PATTERN)
+MAX_WINDOW = 31 * 86_400
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``limit`` per fixed window of ``window`` seconds."""
+
+    limit: int
+    window: int
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.window
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window}s"
+
+
+def parse_rate(text: object) -> Rate:
+    """``"60/min"`` -> Rate(60, 60); ``"5000/hour"``, ``"100/day"``, ``"10/s"``, ``"30/5m"``."""
+    m = _RATE_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(
+            f"expected a rate such as 60/min, 5000/hour or 100/day (units s, min, hour, day; "
+            f"a count before the unit: 30/5min), got {text!r}"
+        )
+    limit = int(m.group(1))
+    window = int(m.group(2) or 1) * _UNITS[m.group(3)]
+    if limit < 1:
+        raise ValueError(f"a rate allows at least 1, got {text!r}")
+    if not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"a rate's window is 1 s to 31 days, got {text!r}")
+    return Rate(limit, window)

@@ -1,0 +1,131 @@
+"""A real ``redis-server`` on a free loopback port, for shared budgets in tests and the demo.
+
+Started like the emulator: its own process session, no persistence (``--save '' --appendonly
+no``), bound to 127.0.0.1, ready once it answers PING; stopped by its pid (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from gateway.dev.ports import HOST, free_port
+from gateway.dev.processes import terminate_group
+
+__all__ = [
+    "INSTALL",
+    "RedisMissing",
+    "RedisProcess",
+    "RedisStartError",
+    "find_redis",
+    "start_redis",
+]
+
+INSTALL = "apt-get install redis-server"
+
+
+class RedisMissing(RuntimeError):
+    """``redis-server`` is not on PATH."""
+
+
+class RedisStartError(RuntimeError):
+    """``redis-server`` exited or did not answer PING in time."""
+
+
+def find_redis() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RedisMissing(
+            f"redis-server was not found on PATH: install it with `{INSTALL}` (Debian/Ubuntu; "
+            "the package redis-server), then run this again"
+        )
+    return found
+
+
+def _ping(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisProcess:
+    """A running ``redis-server``; ``url`` is the value for ``SPANGATE_REDIS_URL``."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, log_path: Path | None, log: IO[bytes] | None
+    ) -> None:
+        self._proc = proc
+        self.port = port
+        self.url = f"redis://{HOST}:{port}/0"
+        self.log_path = log_path
+        self._log = log
+        self._finalizer = weakref.finalize(self, terminate_group, proc, 5.0)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def is_running(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to its process group (it leads its own session), SIGKILL after ``timeout``."""
+        self._finalizer.detach()
+        terminate_group(self._proc, timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> RedisProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_redis(*, log_path: Path | None = None, timeout: float = 20.0) -> RedisProcess:
+    """Start ``redis-server`` on a free 127.0.0.1 port and wait until it answers PING. Raises
+    ``RedisMissing`` (saying what to install) or ``RedisStartError`` (with the log's tail)."""
+    binary = find_redis()
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes", "--daemonize", "no"]  # fmt: skip
+    log: IO[bytes] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("wb")
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log if log is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        cwd="/",
+    )
+    server = RedisProcess(proc, port, log_path, log)
+    deadline = time.monotonic() + timeout
+    while not _ping(port, 0.5):
+        if not server.is_running() or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
+            server.stop()
+            raise RedisStartError(f"{' '.join(argv)} did not answer PING:\n{tail}")
+        time.sleep(0.05)
+    if not server.is_running():  # someone else answered on the port
+        raise RedisStartError(f"redis-server on port {port} exited at start:\n")
+    return server

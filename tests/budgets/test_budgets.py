@@ -1,0 +1,314 @@
+"""Budgets: the pure logic with an injected clock, the in-process store, the Redis store against a
+real redis-server, and the policy's ``budgets:`` section (validation with file:line:column)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_sync
+
+from gateway.auth.principal import Principal
+from gateway.budgets.check import Budgets
+from gateway.budgets.core import Counter, applicable, counters, principal_key, rate_headers, usages
+from gateway.budgets.rates import Rate, parse_rate
+from gateway.budgets.redis_store import RedisStore
+from gateway.budgets.store import MemoryStore, StoreUnavailable
+from gateway.dev.ports import free_port
+from gateway.dev.redis import RedisProcess
+from gateway.errors import BudgetExceeded, BudgetStoreUnavailable, PolicyError
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.load import load_policy
+from gateway.policy.model import Budget
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"OKTA_ISSUER": "https://idp.example/oauth2/default"}
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_040.0) -> None:  # 20 s into a minute
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def who(sub: str = "agent-1", **kw: Any) -> Principal:
+    return Principal(issuer="okta", iss="https://idp.example", subject=sub, **kw)
+
+
+def policy_with(tmp_path: Path, budgets: str, extra_roles: str = "", allow: str = "") -> Path:
+    text = (REPO / "policy.example.yaml").read_text()
+    start = text.index("\nbudgets:")
+    end = text.index("\naudit:")
+    text = text[:start] + "\n" + budgets.rstrip() + "\n" + text[end:]
+    if extra_roles:
+        text = text.replace("\nqueries:\n", "\n" + extra_roles.rstrip() + "\n\nqueries:\n", 1)
+    if allow:
+        text = text.replace("allow: [support, order-agent, agent-for-support]", allow)
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def compiled(path: Path) -> CompiledPolicy:
+    return compile_policy(load_policy(path, env=ENV))
+
+
+# -- rates ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("60/min", Rate(60, 60)), ("5000/hour", Rate(5000, 3600)), ("100/day", Rate(100, 86_400)),
+     ("10/s", Rate(10, 1)), ("30/5min", Rate(30, 300)), (" 7 / 2h ", Rate(7, 7200))],
+)  # fmt: skip
+def test_rates_parse(text: str, rate: Rate) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["60", "60/fortnight", "0/min", "-1/min", "60/32day", "x/min", 60])
+def test_bad_rates_are_refused(text: object) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)
+
+
+# -- which limits apply -----------------------------------------------------------------------------
+def test_the_most_generous_budget_of_the_allowing_roles_applies_per_kind() -> None:
+    budgets = {
+        "a": Budget(calls="10/min", rows="100/hour"),
+        "b": Budget(calls="1000/hour", rows="50/hour"),  # 16.7/min beats 10/min
+    }
+    limits = {lim.kind: lim for lim in applicable(budgets, ["a", "b"], who(), write=False)}
+    assert (limits["calls"].role, limits["calls"].text) == ("b", "1000/hour")
+    assert (limits["rows"].role, limits["rows"].text) == ("a", "100/hour")
+    assert "writes" not in limits  # a read spends no writes
+
+
+def test_a_role_without_a_limit_makes_that_kind_unlimited() -> None:
+    budgets = {"a": Budget(calls="10/min"), "b": Budget(rows="5/hour")}
+    assert applicable(budgets, ["a", "b"], who(), write=False) == ()  # b: no calls; a: no rows
+    assert applicable(budgets, ["a", "unbudgeted"], who(), write=False) == ()
+    only_a = applicable(budgets, ["a"], who(), write=True)
+    assert [lim.kind for lim in only_a] == ["calls"]  # a sets no writes limit
+
+
+def test_writes_are_spent_by_writes_only() -> None:
+    budgets = {"w": Budget(calls="10/min", writes="2/day", rows="1/hour")}
+    assert [lim.kind for lim in applicable(budgets, ["w"], who(), write=True)] == [
+        "calls", "writes"
+    ]  # fmt: skip
+    assert [lim.kind for lim in applicable(budgets, ["w"], who(), write=False)] == [
+        "calls", "rows"
+    ]  # fmt: skip
+
+
+def test_the_key_is_the_subject_the_client_or_the_actor_as_the_policy_says() -> None:
+    direct = who("alice", client_id="app-1")
+    delegated = who("alice", client_id="app-1", claims={"act": {"sub": "order-agent"}})
+    assert principal_key(direct, "subject") == principal_key(delegated, "subject")
+    assert "alice" in principal_key(direct, "subject")
+    assert principal_key(direct, "client") == principal_key(who("bob", client_id="app-1"), "client")
+    assert principal_key(who("bob"), "client") == principal_key(who("bob"), "subject")  # no cid
+    assert principal_key(delegated, "actor") != principal_key(direct, "actor")
+    assert "order-agent" in principal_key(delegated, "actor")
+    other = who("carol", claims={"act": {"sub": "order-agent"}})
+    assert principal_key(other, "actor") == principal_key(delegated, "actor")  # one agent, one budget
+    assert principal_key(direct, "actor") == principal_key(direct, "subject")
+
+
+def test_windows_counters_and_headers() -> None:
+    [limit] = applicable({"a": Budget(calls="60/min")}, ["a"], who(), write=False)
+    now = 1_000_040.0  # 20 s into its minute
+    [counter] = counters([limit], now)
+    assert (counter.limit, counter.cost, counter.ttl) == (60, 1, 41)
+    assert "agent-1" not in counter.key and counter.key.startswith("spangate:budget:v1:{")
+    assert counters([limit], now + 39)[0].key == counter.key  # same window
+    assert counters([limit], now + 40)[0].key != counter.key  # the next minute
+    [usage] = usages([limit], [48], now)
+    assert rate_headers([usage]) == {
+        "RateLimit-Policy": '"calls";q=60;w=60',
+        "RateLimit": '"calls";r=12;t=40',
+    }
+
+
+# -- the check, with an injected clock ----------------------------------------------------------------
+def example(tmp_path: Path, budgets: str) -> CompiledPolicy:
+    return compiled(policy_with(tmp_path, budgets))
+
+
+async def test_calls_are_refused_past_the_limit_until_the_window_ends(tmp_path: Path) -> None:
+    policy = example(tmp_path, "budgets:\n  order-agent: {calls: 3/min}")
+    route = policy.routes[0]
+    clock = Clock()
+    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    roles = frozenset({"order-agent"})
+    for left in (2, 1, 0):
+        spend = await budgets.spend(policy, route, roles, who())
+        assert spend is not None and spend.headers["RateLimit"] == f'"calls";r={left};t=40'
+    with pytest.raises(BudgetExceeded) as refused:
+        await budgets.spend(policy, route, roles, who())
+    error = refused.value
+    assert (error.status, error.code) == (429, "budget-exceeded")
+    assert error.headers["Retry-After"] == "40"
+    assert error.headers["RateLimit-Policy"] == '"calls";q=3;w=60'
+    assert error.headers["RateLimit"] == '"calls";r=0;t=40'
+    assert error.extra == {"budget": "calls", "role": "order-agent", "limit": "3/min",
+                           "retry_after": 40}  # fmt: skip
+    assert budgets.refusals == {("order-agent", "calls"): 1}
+    assert await budgets.spend(policy, route, roles, who("someone-else")) is not None
+    clock.now += 40  # the next minute
+    assert await budgets.spend(policy, route, roles, who()) is not None
+
+
+async def test_rows_are_counted_after_the_read(tmp_path: Path) -> None:
+    policy = example(tmp_path, "budgets:\n  order-agent: {rows: 5/hour}")
+    route = policy.routes[1]
+    clock = Clock()
+    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    roles = frozenset({"order-agent"})
+    spend = await budgets.spend(policy, route, roles, who())
+    assert spend is not None
+    await budgets.count_rows(spend, 4)
+    assert spend.headers["RateLimit"].startswith('"rows";r=1;')
+    spend = await budgets.spend(policy, route, roles, who())  # 4 < 5: may read again
+    assert spend is not None
+    await budgets.count_rows(spend, 3)  # crosses the limit: answered all the same
+    assert spend.headers["RateLimit"].startswith('"rows";r=0;')
+    with pytest.raises(BudgetExceeded) as refused:
+        await budgets.spend(policy, route, roles, who())
+    assert refused.value.extra["budget"] == "rows"
+
+
+async def test_a_refused_call_spends_nothing(tmp_path: Path) -> None:
+    policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/min, rows: 1/hour}")
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    budgets = Budgets(store, clock=clock)
+    roles = frozenset({"order-agent"})
+    spend = await budgets.spend(policy, policy.routes[1], roles, who())
+    assert spend is not None
+    await budgets.count_rows(spend, 1)  # rows spent
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded, match="rows"):
+            await budgets.spend(policy, policy.routes[1], roles, who())
+    ok, values = await store.take(counters(spend.used and [u.limit for u in spend.used], clock()))
+    assert not ok and values == [1, 1]  # calls: still 1 of 2
+
+
+async def test_the_memory_store_forgets_expired_windows() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock, sweep_every=2)
+    assert await store.take([Counter("k1", 5, 1, 10)]) == (True, [1])
+    clock.now += 11
+    assert await store.take([Counter("k2", 5, 1, 10)]) == (True, [1])
+    assert len(store) == 1  # k1 swept
+    assert await store.add("k2", 3, 10) == 4
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    redis_sync.Redis.from_url(redis_server.url).flushdb()
+    return redis_server.url
+
+
+async def test_the_redis_store_takes_atomically_and_keys_expire(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    try:
+        a, b = Counter("t:{x}:a", 2, 1, 30), Counter("t:{x}:b", 3, 0, 30)
+        assert await store.take([a, b]) == (True, [1, 0])
+        assert await store.take([a, b]) == (True, [2, 0])
+        assert await store.take([a, b]) == (False, [2, 0])  # a is spent: nothing added
+        assert await store.add(b.key, 5, 30) == 5
+        assert await store.take([Counter("t:{x}:c", 9, 1, 30), b]) == (False, [0, 5])
+        sync = redis_sync.Redis.from_url(redis_url)
+        assert 0 < sync.ttl(a.key) <= 30 and 0 < sync.ttl(b.key) <= 30
+        assert sync.get("t:{x}:c") is None  # refused: not even created
+        # concurrent takes never overspend
+        c = Counter("t:{x}:d", 10, 1, 30)
+        answers = await asyncio.gather(*(store.take([c]) for _ in range(25)))
+        assert sum(ok for ok, _ in answers) == 10 and sync.get(c.key) == b"10"
+    finally:
+        await store.aclose()
+
+
+async def test_budgets_on_redis(tmp_path: Path, redis_url: str) -> None:
+    policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/day}")
+    budgets = Budgets(RedisStore(redis_url, timeout=2.0))
+    roles = frozenset({"order-agent"})
+    try:
+        for _ in range(2):
+            assert await budgets.spend(policy, policy.routes[0], roles, who()) is not None
+        with pytest.raises(BudgetExceeded):
+            await budgets.spend(policy, policy.routes[0], roles, who())
+    finally:
+        await budgets.store.aclose()
+
+
+async def test_an_unreachable_redis_refuses_fast_and_closed(tmp_path: Path) -> None:
+    policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/day}")
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    budgets = Budgets(store)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.take([Counter("k", 1, 1, 10)])
+        started = time.monotonic()
+        with pytest.raises(BudgetStoreUnavailable) as refused:
+            await budgets.spend(policy, policy.routes[0], frozenset({"order-agent"}), who())
+        assert time.monotonic() - started < 10  # generous: the deadline is 0.5 s
+        assert (refused.value.status, refused.value.code) == (503, "budget-store-unavailable")
+        assert refused.value.headers == {"Retry-After": "1"}
+    finally:
+        await store.aclose()
+
+
+# -- the policy section -------------------------------------------------------------------------------
+def test_the_example_policy_budgets_the_agent() -> None:
+    policy = compile_policy(load_policy(REPO / "policy.example.yaml", env=ENV))
+    assert policy.model.budgets["order-agent"].calls == "60/min"
+    assert policy.model.budgets["order-agent"].per == "subject"
+
+
+def test_a_budget_for_an_unknown_role_is_located(tmp_path: Path) -> None:
+    path = policy_with(tmp_path, "budgets:\n  order-agnet: {calls: 3/min}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env=ENV)
+    [problem] = caught.value.problems
+    line = path.read_text().splitlines().index("  order-agnet: {calls: 3/min}") + 1
+    assert problem.line == line and problem.column is not None
+    assert "unknown role 'order-agnet'; did you mean 'order-agent'?" in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("{calls: 3/fortnight}", "calls"), ("{per: tenant, calls: 1/s}", "per"),
+     ("{}", "at least one of calls, rows, writes"), ("{calls: 1/min, bogus: 1}", "bogus")],
+)  # fmt: skip
+def test_bad_budgets_are_located(tmp_path: Path, body: str, message: str) -> None:
+    path = policy_with(tmp_path, f"budgets:\n  order-agent: {body}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env=ENV)
+    text = "\n".join(map(str, caught.value.problems))
+    assert message in text
+    line = path.read_text().splitlines().index(f"  order-agent: {body}") + 1
+    assert all(p.line == line for p in caught.value.problems), text
+
+
+async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 10/min, writes: 2/day}")
+    create = next(r for r in policy.routes if r.query.is_dml)
+    clock = Clock()
+    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    roles = frozenset({"order-writer"})
+    for _ in range(2):
+        spend = await budgets.spend(policy, create, roles, who())
+        assert spend is not None and [u.limit.kind for u in spend.used] == ["calls", "writes"]
+    with pytest.raises(BudgetExceeded) as refused:
+        await budgets.spend(policy, create, roles, who())
+    assert refused.value.extra["budget"] == "writes"
+    assert refused.value.headers["RateLimit-Policy"] == '"calls";q=10;w=60, "writes";q=2;w=86400'
+    assert budgets.refusals == {("order-writer", "writes"): 1}
