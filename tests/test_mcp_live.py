@@ -104,7 +104,9 @@ async def test_a_tool_describes_its_arguments_and_result(
     }  # fmt: skip
     one = tools["get_order"].input_schema
     assert one["required"] == ["order_id"]  # a path parameter is a required argument
-    assert one["properties"]["order_id"] == {"type": "string", "maxLength": 36}
+    order_id = one["properties"]["order_id"]  # the path schema: one segment, never null
+    assert order_id["type"] == "string" and order_id["maxLength"] == 36
+    assert order_id["pattern"] == "^(?!\\.\\.?$)[^/\\\\\\x00-\\x1f\\x7f]+$"
     async with connected(base, token_for("order-writer"), "legacy") as client:
         create = by_name(await client.list_tools())["create_order"]
     assert create.annotations.idempotent_hint is True
@@ -384,3 +386,117 @@ def test_the_mcp_inspector_cli_lists_and_calls_tools(
     )  # fmt: skip
     assert denied["isError"] is True
     assert denied["structuredContent"]["code"] == "no-allow-role"
+
+
+def with_host(base: str, method: str, path: str, host: str, body: bytes = b"") -> Any:
+    """A request with a Host header exactly as given (http.client checks only for CR/LF)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Accept", "application/json, text/event-stream")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+BAD_HOSTS = [
+    "localhost:abc",
+    "localhost:99999",
+    "localhost:1 x",
+    "localhost:8080@evil.example",
+    "localhost:1/../x",
+    "localhost:0",
+    "evil.example",
+]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_a_bad_host_is_an_audited_421_before_the_challenge(
+    served: tuple[str, Path], host: str
+) -> None:
+    base, audit = served
+    status, headers, body = with_host(base, "POST", "/mcp", host, json.dumps(LIST).encode())
+    assert status == 421, body
+    assert headers["content-type"] == "application/problem+json"
+    assert "www-authenticate" not in {k.lower() for k in headers}
+    problem = json.loads(body)
+    assert problem["code"] == "host-not-allowed"
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "host-not-allowed"
+    assert payload["metadata"]["transport"] == "mcp"
+
+
+def test_an_allowed_host_names_itself_in_the_challenge(served: tuple[str, Path]) -> None:
+    base, _ = served
+    status, headers, _ = with_host(base, "POST", "/mcp", "localhost:8080", json.dumps(LIST).encode())
+    assert status == 401
+    challenge = {k.lower(): v for k, v in headers.items()}["www-authenticate"]
+    assert challenge.startswith(
+        'Bearer resource_metadata="http://localhost:8080/.well-known/oauth-protected-resource/mcp"'
+    ), challenge
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_the_metadata_never_echoes_a_bad_host(served: tuple[str, Path], host: str) -> None:
+    base, _ = served
+    for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+        status, headers, body = with_host(base, "GET", path, host)
+        assert status == 421, body
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == "host-not-allowed"
+        assert b"evil" not in body or b"resource" not in body
+    status, _, body = with_host(base, "GET", "/.well-known/oauth-protected-resource/mcp", "[::1]:9")
+    assert status == 200 and json.loads(body)["resource"] == "http://[::1]:9/mcp"
+
+
+def call(name: str, arguments: Any, rpc_id: Any = 7) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rpc_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+@pytest.mark.parametrize("value", ["..", ".", "a/b", "", "a\x00b", "a\\b", None, True, 1.5])
+def test_path_arguments_obey_the_routers_segment_rule(
+    served: tuple[str, Path], token_for: Callable[..., str], value: Any
+) -> None:
+    base, audit = served
+    token = token_for("order-agent")
+    answer = raw_post(base, call("get_order", {"order_id": value}), token=token)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["result"]
+    assert result["isError"] is True
+    problem = result["structuredContent"]
+    assert problem["code"] == "path-invalid" and problem["param"] == "order_id", problem
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "path-invalid"
+    assert payload["metadata"]["mcp"]["tool"] == "get_order"
+
+
+def test_a_path_argument_binds_as_the_path_does(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    http = httpx.get(
+        f"{base}/v1/orders/O-1001/items", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert http.status_code == 200, http.text
+    answer = raw_post(base, call("list_order_items", {"order_id": "O-1001"}), token=token)
+    assert answer.json()["result"]["structuredContent"] == http.json()
+    # a number is its decimal text, as a path carries it (no such order: no rows)
+    number = raw_post(base, call("get_order", {"order_id": 1001}), token=token)
+    result = number.json()["result"]
+    assert result.get("isError") in (None, False), result
+    assert result["structuredContent"]["rows"] == []

@@ -9,6 +9,8 @@ served, so it follows reloads. A client that gets 401 from ``/mcp`` reads its
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from mcp.server.auth.routes import build_resource_metadata_url
@@ -21,12 +23,46 @@ __all__ = [
     "WELL_KNOWN",
     "metadata_paths",
     "metadata_url",
+    "parse_host",
     "resource_metadata",
     "resource_url",
 ]
 
 MCP_PATH = "/mcp"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def parse_host(value: str) -> str | None:
+    """A Host header's value, strictly: a DNS name or an IP literal (IPv6 in brackets), and an
+    optional decimal port 1-65535; the value itself or None for anything else (userinfo,
+    paths, spaces, a port that is no number)."""
+    host, port = value, None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[: end + 1], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    else:
+        if ":" in value:
+            host, port = value.rsplit(":", 1)
+        name = host[:-1] if host.endswith(".") else host
+        if not name or len(name) > 253 or not all(_LABEL.match(p) for p in name.split(".")):
+            return None
+    if port is not None and not (_PORT.match(port) and 1 <= int(port) <= 65535):
+        return None
+    return value
 
 
 def resource_url(base: str) -> str:

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import BadRequest
 from gateway.mcp.metadata import resource_metadata
 from gateway.mcp.tools import arguments_of, find_tool, input_schema, tools_for
+from gateway.openapi import path_schema
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.simulate import principal_for
@@ -74,10 +76,13 @@ def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> N
     get_order = input_schema(policy.routes[0])
     assert get_order == {
         "type": "object",
-        "properties": {"order_id": {"type": "string", "maxLength": 36}},
+        "properties": {"order_id": path_schema(policy.routes[0].query.params["order_id"])},
         "additionalProperties": False,
         "required": ["order_id"],
     }
+    assert get_order["properties"]["order_id"] == {
+        "type": "string", "maxLength": 36, "pattern": "^(?!\\.\\.?$)[^/\\\\\\x00-\\x1f\\x7f]+$"
+    }  # fmt: skip  # one path segment, never null (the OpenAPI document's path schema)
     create = input_schema(policy.routes[4])
     assert create["required"] == ["order_id", "customer_id", "total_cents"]
     assert create["properties"]["currency"] == {
@@ -99,14 +104,31 @@ def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> N
 )
 def test_the_idempotency_key_argument_is_the_header(repo: Path, key: Any, header: Any) -> None:
     create = example(repo).routes[4]
-    values, given = arguments_of(create, {"order_id": "O-1", "idempotency_key": key})
-    assert values == {"order_id": "O-1"}
+    path, values, given = arguments_of(create, {"order_id": "O-1", "idempotency_key": key})
+    assert (path, values) == ({}, {"order_id": "O-1"})  # POST /v1/orders: a body parameter
     assert given == header
     read = example(repo).routes[1]
     assert arguments_of(read, {"idempotency_key": "k"}) == (
+        {},
         {"idempotency_key": "k"},
         [],
     )  # param-unknown later
+
+
+def test_path_arguments_bind_as_the_path_would(repo: Path) -> None:
+    get_order = example(repo).routes[0]
+    assert arguments_of(get_order, {"order_id": "O-1"}) == ({"order_id": "O-1"}, {}, [])
+    assert arguments_of(get_order, {"order_id": 12}) == ({"order_id": "12"}, {}, [])  # its text
+    assert arguments_of(get_order, {}) == ({}, {}, [])  # param-missing later, when binding
+
+
+@pytest.mark.parametrize("value", ["..", ".", "a/b", "", "a\x00b", "a\\b", None, True, 1.5, ["a"]])
+def test_path_arguments_obey_the_routers_segment_rule(repo: Path, value: Any) -> None:
+    get_order = example(repo).routes[0]
+    with pytest.raises(BadRequest) as caught:
+        arguments_of(get_order, {"order_id": value})
+    assert caught.value.code == "path-invalid"
+    assert caught.value.extra == {"param": "order_id"}
 
 
 def test_protected_resource_metadata(repo: Path) -> None:
