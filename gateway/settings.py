@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         "always allowed.",
     )
 
+    mcp_audience: str = Field(
+        "",
+        description="Comma-separated audiences /mcp requires: when set, a token whose aud "
+        "contains none of them is 401 audience-mismatch at /mcp (RFC 8707: the MCP resource's "
+        "URL, <public URL>/mcp); the HTTP routes are unaffected. Empty: any audience the "
+        "token's issuer accepts.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:

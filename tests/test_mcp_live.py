@@ -500,3 +500,39 @@ def test_a_path_argument_binds_as_the_path_does(
     result = number.json()["result"]
     assert result.get("isError") in (None, False), result
     assert result["structuredContent"]["rows"] == []
+
+
+def test_mcp_audience_binds_mcp_tokens_to_the_resource(
+    demo_database: str,
+    idp: IdpProcess,
+    tmp_path: Path,
+    audit_key: str,
+    token_for: Callable[..., str],
+) -> None:
+    token = token_for("order-agent")  # aud: api://shop (the example policy's issuer audience)
+    options: dict[str, Any] = {
+        "database": demo_database,
+        "issuer": idp.issuer,
+        "audit_key": audit_key,
+    }
+    mcp_only = {"SPANGATE_MCP_AUDIENCE": "https://gw.example/mcp"}
+    with serving(tmp_path, env=mcp_only, **options) as server:
+        refused = raw_post(server.base, LIST, token=token)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "audience-mismatch"
+        assert refused.headers["www-authenticate"].startswith(
+            f'Bearer resource_metadata="{server.base}/.well-known/oauth-protected-resource/mcp"'
+        )
+        [event] = server.events(refused.headers["x-request-id"])
+        assert event["protoPayload"]["status"]["message"] == "audience-mismatch"
+        http = httpx.get(  # the HTTP routes are unaffected
+            f"{server.base}/v1/orders/O-1001",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert http.status_code == 200, http.text
+    either = {"SPANGATE_MCP_AUDIENCE": "https://gw.example/mcp, api://shop"}
+    with serving(tmp_path, env=either, **options) as server:
+        listed = raw_post(server.base, LIST, token=token)
+        assert listed.status_code == 200, listed.text
+        assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}

@@ -81,6 +81,16 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _audience_of(principal: Principal) -> set[str]:
+    """The token's ``aud`` (a string or a list of them, RFC 7519 §4.1.3), as a set."""
+    aud = principal.claims.get("aud")
+    if isinstance(aud, str):
+        return {aud}
+    if isinstance(aud, list):
+        return {a for a in aud if isinstance(a, str)}
+    return set()
+
+
 def security_settings(settings: Settings) -> TransportSecuritySettings:
     """The SDK's DNS-rebinding protection, on, with the hosts and origins of the settings (and
     the public URL's own)."""
@@ -221,8 +231,9 @@ class McpEndpoint:
     async def _enter(
         self, scope: Scope, receive: Receive, active: Active
     ) -> tuple[Principal, bytes]:
-        """The door's checks, in order: method (405), Host (421), Origin (403), token (401),
-        media type (415), body (413/408); raises the refusal. The token and the body."""
+        """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
+        audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
+        the refusal. The token and the body."""
         settings = self.gateway.settings
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
@@ -248,6 +259,12 @@ class McpEndpoint:
             max_bytes=settings.max_token_bytes,
         )
         principal = await active.verifier.verify(token)
+        audiences = _split(settings.mcp_audience)
+        if audiences and not _audience_of(principal) & set(audiences):
+            raise AuthError(
+                "the token's audience is not this MCP resource (SPANGATE_MCP_AUDIENCE)",
+                code="audience-mismatch",
+            )
         ctype = next((v for k, v in headers if k == b"content-type"), b"")
         media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
         if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered
