@@ -536,3 +536,31 @@ def test_mcp_audience_binds_mcp_tokens_to_the_resource(
         listed = raw_post(server.base, LIST, token=token)
         assert listed.status_code == 200, listed.text
         assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"name": 5, "arguments": {}},
+        {"name": "get_order", "arguments": ["O-1001"]},
+        {"name": "get_order", "arguments": "order_id=O-1001"},
+        {"arguments": {}},
+        "get_order",
+    ],
+)
+def test_a_malformed_tools_call_is_a_jsonrpc_error_and_audited(
+    served: tuple[str, Path], token_for: Callable[..., str], params: Any
+) -> None:
+    base, audit = served
+    body = {"jsonrpc": "2.0", "id": "bad-1", "method": "tools/call", "params": params}
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    message = answer.json()
+    assert message["id"] == "bad-1"
+    assert message["error"]["code"] == -32602
+    problem = message["error"]["data"]
+    assert problem["code"] == "tool-call-invalid" and problem["status"] == 400
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "tool-call-invalid"
+    assert payload["metadata"]["transport"] == "mcp"
+    assert payload["metadata"]["mcp"]["jsonrpcId"] == "bad-1"

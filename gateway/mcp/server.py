@@ -17,6 +17,7 @@ unknown tool is a JSON-RPC error (invalid params), audited as ``no-route``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.verify import bearer_token
 from gateway.errors import (
     AuthError,
+    BadRequest,
     Forbidden,
     GatewayError,
     MethodNotAllowed,
@@ -52,6 +54,7 @@ from gateway.http import (
     problem,
     read_body,
     send_problem,
+    send_response,
     with_request_id,
 )
 from gateway.mcp.metadata import metadata_url, parse_host
@@ -139,6 +142,33 @@ def public_base(settings: Settings, scope: Scope) -> str:
     return f"{scheme}://{request_host(settings, scope)}"
 
 
+def malformed_tool_call(body: bytes) -> tuple[dict[str, Any], GatewayError] | None:
+    """A JSON-RPC ``tools/call`` request (one message, with an id) whose params the SDK would
+    refuse with -32602 before calling the tool: (the message, ``tool-call-invalid``); else None
+    (other messages, and bodies that are no JSON, are the SDK's)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    rpc_id = message.get("id")
+    if message.get("jsonrpc") != "2.0" or isinstance(rpc_id, bool):
+        return None
+    if not isinstance(rpc_id, str | int):
+        return None  # a notification, or an id the SDK refuses: the SDK's answer
+    params = message.get("params")
+    if not isinstance(params, dict):
+        detail = "tools/call needs params: an object with the tool's name and arguments"
+    elif not isinstance(params.get("name"), str):
+        detail = "tools/call's name must be a string: the tool's name"
+    elif not isinstance(params.get("arguments"), dict | None):
+        detail = "tools/call's arguments must be an object (or absent)"
+    else:
+        return None
+    return message, BadRequest(detail, code="tool-call-invalid")
+
+
 class McpEndpoint:
     """The ASGI app of ``/mcp`` (``Gateway`` routes the path here)."""
 
@@ -216,6 +246,10 @@ class McpEndpoint:
             error = GatewayError("an unexpected error occurred; see the logs for this request id")
             await self._refuse(scope, send, rid, active, error)
             return
+        malformed = malformed_tool_call(body)
+        if malformed is not None:
+            await self._answer_malformed(scope, send, rid, active, principal, *malformed)
+            return
         scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
         sent = False
 
@@ -278,6 +312,41 @@ class McpEndpoint:
             timeout=settings.body_timeout_seconds,
         )
         return principal, body
+
+    async def _answer_malformed(
+        self,
+        scope: Scope,
+        send: Send,
+        rid: str,
+        active: Active,
+        principal: Principal,
+        message: dict[str, Any],
+        error: GatewayError,
+    ) -> None:
+        """A ``tools/call`` the SDK would refuse before any tool runs (a ``name`` that is no
+        string, ``arguments`` that are no object): its JSON-RPC error (-32602, ``data`` the
+        problem), answered here so that the call gets its audit event."""
+        call = self._new_call(scope, rid)
+        call.principal = principal
+        name = message["params"].get("name") if isinstance(message["params"], dict) else None
+        call.tool = name if isinstance(name, str) else None
+        call.jsonrpc_id = message["id"]
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            raise error
+
+        outcome = await self.gateway.perform(call, active, resolve)
+        assert outcome.error is not None
+        answer = {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "error": {
+                "code": types.INVALID_PARAMS,
+                "message": outcome.error.detail,
+                "data": problem(outcome.error, rid),
+            },
+        }
+        await send_response(send, 200, dumps(answer), "application/json", rid)
 
     def _challenge(self, exc: AuthError, scope: Scope) -> AuthError:
         """The 401's challenge names where the resource's metadata is (RFC 9728 §5.1); without
