@@ -564,3 +564,36 @@ def test_a_malformed_tools_call_is_a_jsonrpc_error_and_audited(
     assert payload["status"]["message"] == "tool-call-invalid"
     assert payload["metadata"]["transport"] == "mcp"
     assert payload["metadata"]["mcp"]["jsonrpcId"] == "bad-1"
+
+
+@pytest.mark.parametrize(
+    ("rpc_id", "recorded"),
+    [
+        (2**53, 2**53),
+        (-(2**53), -(2**53)),
+        (2**64, str(2**64)),
+        (-(10**40), str(-(10**40))),
+    ],
+)
+def test_a_large_integer_jsonrpc_id_is_recorded_as_text(
+    served: tuple[str, Path], token_for: Callable[..., str], rpc_id: int, recorded: Any
+) -> None:
+    base, audit = served
+    body = call("get_order", {"order_id": "O-1001"}, rpc_id=rpc_id)
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == rpc_id
+    payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert payload["metadata"]["mcp"]["jsonrpcId"] == recorded
+
+
+def test_a_long_string_jsonrpc_id_is_bounded(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    body = call("get_order", {"order_id": "O-1001"}, rpc_id="i" * 20_000)
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    event = event_of(audit, answer.headers["x-request-id"])
+    assert len(event["protoPayload"]["metadata"]["mcp"]["jsonrpcId"]) < 20_000
+    assert event["protoPayload"]["metadata"]["truncated"]
