@@ -597,3 +597,16 @@ def test_a_long_string_jsonrpc_id_is_bounded(
     event = event_of(audit, answer.headers["x-request-id"])
     assert len(event["protoPayload"]["metadata"]["mcp"]["jsonrpcId"]) < 20_000
     assert event["protoPayload"]["metadata"]["truncated"]
+
+
+def test_an_unknown_tools_name_is_repeated_bounded(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    name = "x" * 50_000
+    answer = raw_post(base, call(name, {}), token=token_for("order-agent"))
+    assert answer.status_code == 200
+    assert len(answer.content) < 2_000, len(answer.content)
+    error = answer.json()["error"]
+    assert error["code"] == -32602 and error["data"]["code"] == "no-route"
+    assert error["message"] == f"Unknown tool: {'x' * 128}..."

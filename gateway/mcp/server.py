@@ -142,6 +142,14 @@ def public_base(settings: Settings, scope: Scope) -> str:
     return f"{scheme}://{request_host(settings, scope)}"
 
 
+_SHOWN = 128  # characters of a caller's tool name that an answer repeats
+
+
+def _shown(name: str) -> str:
+    """A caller's tool name as an answer repeats it: at most 128 characters (then ``...``)."""
+    return name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
+
+
 def malformed_tool_call(body: bytes) -> tuple[dict[str, Any], GatewayError] | None:
     """A JSON-RPC ``tools/call`` request (one message, with an id) whose params the SDK would
     refuse with -32602 before calling the tool: (the message, ``tool-call-invalid``); else None
@@ -431,7 +439,7 @@ class McpEndpoint:
 
         async def resolve(call: CallRecord, active: Active) -> Target:
             if route is None:
-                raise RouteNotFound(f"no tool named {params.name!r}")
+                raise RouteNotFound(f"no tool named {_shown(params.name)!r}")
             path, values, idempotency = arguments_of(route, params.arguments)
             return Target(route, path, body=values, idempotency=idempotency)
 
@@ -439,7 +447,9 @@ class McpEndpoint:
         if outcome.error is not None:
             body = problem(outcome.error, door.request_id)
             if route is None and outcome.error.code == "no-route":
-                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data=body)
+                raise MCPError(
+                    types.INVALID_PARAMS, f"Unknown tool: {_shown(params.name)}", data=body
+                )
             return types.CallToolResult(
                 content=[types.TextContent(text=dumps(body).decode("utf-8"))],
                 structured_content=body,
