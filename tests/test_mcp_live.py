@@ -610,3 +610,33 @@ def test_an_unknown_tools_name_is_repeated_bounded(
     error = answer.json()["error"]
     assert error["code"] == -32602 and error["data"]["code"] == "no-route"
     assert error["message"] == f"Unknown tool: {'x' * 128}..."
+
+
+def test_the_query_string_is_read_as_http_reads_it(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    token = token_for("order-agent")
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+        "Authorization": f"Bearer {token}",
+    }
+    for query, status, code in (
+        ("access_token=", 401, "token-malformed"),  # blank, still a token in the query
+        ("access_token", 401, "token-malformed"),
+        ("%ff=1", 400, "query-invalid"),
+    ):
+        for where in ("/mcp", "/v1/orders/O-1001"):
+            answer = httpx.request(
+                "POST" if where == "/mcp" else "GET",
+                f"{base}{where}?{query}",
+                content=json.dumps(LIST) if where == "/mcp" else None,
+                headers=headers,
+                timeout=30,
+            )
+            assert answer.status_code == status, (where, query, answer.text)
+            assert answer.json()["code"] == code
+            payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+            assert payload["status"]["message"] == code

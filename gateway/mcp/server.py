@@ -22,7 +22,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
@@ -51,6 +50,7 @@ from gateway.http import (
     Scope,
     Send,
     dumps,
+    parse_query,
     problem,
     read_body,
     send_problem,
@@ -294,7 +294,7 @@ class McpEndpoint:
                 "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
                 code="origin-not-allowed",
             )
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        query = parse_query(scope.get("query_string", b""))  # as HTTP reads it
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
             token_in_query=any(k == "access_token" for k, _ in query),
