@@ -233,8 +233,22 @@ class Settings(BaseSettings):
         from urllib.parse import urlsplit
 
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValueError("must be an http(s) URL without a query, such as https://host")
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+            or "?" in value
+            or "#" in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL without userinfo, query or fragment, such as https://host"
+            )
+        from gateway.mcp.metadata import parse_host
+
+        if parse_host(parts.netloc) is None:
+            raise ValueError("its host must be a host name or IP literal, with a port 1-65535")
         return value.rstrip("/")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -287,7 +287,8 @@ def test_the_protected_resource_metadata(served: tuple[str, Path], idp: IdpProce
         answer = httpx.get(f"{base}{path}", timeout=10)
         assert answer.status_code == 200
         document = answer.json()
-        assert document["resource"] == f"{base}/mcp"
+        # RFC 9728 §3.3: the resource the well-known URL was formed from
+        assert document["resource"] == (base if path.endswith("resource") else f"{base}/mcp")
         assert document["authorization_servers"] == [idp.issuer]
         assert document["scopes_supported"] == ["orders.read", "orders.write"]
         assert document["bearer_methods_supported"] == ["header"]

@@ -1,7 +1,9 @@
 """OAuth 2.0 Protected Resource Metadata (RFC 9728) of the MCP endpoint (pure).
 
 Served at ``/.well-known/oauth-protected-resource/mcp`` (the well-known path inserted before the
-resource's path, RFC 9728 §3.1) and at the bare well-known path; built from the policy being
+resource's path, RFC 9728 §3.1), whose ``resource`` is ``<base>/mcp``, and at the bare well-known
+path, whose ``resource`` is ``<base>`` itself (§3.3: the resource identifier the well-known URL
+was formed from); built from the policy being
 served, so it follows reloads. A client that gets 401 from ``/mcp`` reads its
 ``WWW-Authenticate: Bearer resource_metadata="..."``, then this document, then asks one of the
 ``authorization_servers`` for a token whose audience is ``resource`` (RFC 8707).
@@ -79,13 +81,16 @@ def metadata_paths() -> frozenset[str]:
 
 
 def resource_metadata(policy: CompiledPolicy, resource: str) -> dict[str, Any]:
-    """The RFC 9728 document: the resource, the policy's issuers, every scope a role reads."""
+    """The RFC 9728 document: the resource, the policy's issuers, every scope read by a role
+    that some route allows (a role only denied, or named by no route, grants nothing)."""
     model = policy.model
     issuers = list(dict.fromkeys(i.issuer for i in model.issuers.values()))
+    allowing = {name for route in model.routes for name in route.allow}
     scopes = sorted(
         {
             scope
-            for role in model.roles.values()
+            for name, role in model.roles.items()
+            if name in allowing
             for entry in role.any_of
             for scope in entry.scopes or ()
         }

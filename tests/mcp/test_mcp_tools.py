@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.errors import BadRequest
 from gateway.mcp.metadata import resource_metadata
@@ -14,6 +15,7 @@ from gateway.openapi import path_schema
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.simulate import principal_for
+from gateway.settings import Settings
 from gateway.spanner.idempotency import HEADER
 
 ISSUER = "https://idp.example/oauth2/default"
@@ -131,6 +133,20 @@ def test_path_arguments_obey_the_routers_segment_rule(repo: Path, value: Any) ->
     assert caught.value.extra == {"param": "order_id"}
 
 
+def test_scopes_supported_are_those_of_roles_some_route_allows(repo: Path, tmp_path: Path) -> None:
+    """A deny-only role's scopes (and an unused role's) grant nothing: not advertised."""
+    edit = (
+        "    - groups: [suspended]         # agent acting for a suspended person\n",
+        "    - groups: [suspended]         # agent acting for a suspended person\n"
+        "    - scopes: [orders.suspended]\n"
+        "  unused:\n"
+        "    - scopes: [orders.unused]\n",
+    )
+    policy = example(repo, edit, tmp_path)
+    scopes = resource_metadata(policy, "https://gw.example/mcp")["scopes_supported"]
+    assert scopes == ["orders.read", "orders.write"]
+
+
 def test_protected_resource_metadata(repo: Path) -> None:
     assert resource_metadata(example(repo), "https://gw.example/mcp") == {
         "resource": "https://gw.example/mcp",
@@ -157,3 +173,26 @@ def test_the_mcp_paths_are_reserved(template: str, reserved: str) -> None:
         f"{reserved} is reserved for the gateway's own endpoints"
     ]
     assert template_problems("/mcpx") == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:secret@gw.example",
+        "https://gw.example@evil.example",
+        "https://gw.example/?x=1",
+        "https://gw.example?",
+        "https://gw.example#top",
+        "https://gw.example:99999",
+        "ftp://gw.example",
+        "https://",
+    ],
+)
+def test_the_public_url_refuses_userinfo_query_fragment_and_bad_hosts(url: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(public_url=url)
+
+
+def test_the_public_url_keeps_a_path_prefix() -> None:
+    assert Settings(public_url="https://gw.example/api/").public_url == "https://gw.example/api"
+    assert Settings(public_url="http://[::1]:8443").public_url == "http://[::1]:8443"
