@@ -641,3 +641,54 @@ def test_the_query_string_is_read_as_http_reads_it(
             assert answer.json()["code"] == code
             payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
             assert payload["status"]["message"] == code
+
+
+def test_a_claim_bound_argument_is_ignored_and_audited(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    """order-agent's token is tenant t1's: ``tenant: t2`` changes nothing, and is recorded."""
+    base, audit = served
+    token = token_for("order-agent")
+    http = httpx.get(
+        f"{base}/v1/orders/O-1001", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    answer = raw_post(base, call("get_order", {"order_id": "O-1001", "tenant": "t2"}), token=token)
+    result = answer.json()["result"]
+    assert result.get("isError") in (None, False), result
+    assert result["structuredContent"] == http.json()
+    assert result["structuredContent"]["rows"][0]["TotalCents"] == 7499  # t1's O-1001, not t2's
+    payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert payload["metadata"]["transport"] == "mcp"
+    assert payload["request"]["ignoredCallerValues"] == {"tenant": "t2"}
+
+
+def test_the_2026_07_28_revision_is_answered_raw(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    """No initialize handshake: each request names its revision."""
+    base, _ = served
+    token = token_for("order-agent")
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    listed = raw_post(
+        base,
+        {**LIST, "params": {"_meta": meta}},
+        token=token,
+        version="2026-07-28",
+        **{"Mcp-Method": "tools/list"},
+    )
+    assert listed.status_code == 200, listed.text
+    assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
+    get = call("get_order", {"order_id": "O-1001"})
+    get["params"]["_meta"] = meta
+    called = raw_post(
+        base,
+        get,
+        token=token,
+        version="2026-07-28",
+        **{"Mcp-Method": "tools/call", "Mcp-Name": "get_order"},
+    )
+    assert called.status_code == 200, called.text
+    assert called.json()["result"]["structuredContent"]["rows"][0]["OrderId"] == "O-1001"
