@@ -454,7 +454,7 @@ def test_the_metadata_never_echoes_a_bad_host(served: tuple[str, Path], host: st
         assert status == 421, body
         assert headers["content-type"] == "application/problem+json"
         assert json.loads(body)["code"] == "host-not-allowed"
-        assert b"evil" not in body or b"resource" not in body
+        assert b'"resource"' not in body
     status, _, body = with_host(base, "GET", "/.well-known/oauth-protected-resource/mcp", "[::1]:9")
     assert status == 200 and json.loads(body)["resource"] == "http://[::1]:9/mcp"
 
