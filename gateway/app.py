@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
@@ -39,6 +38,7 @@ from gateway.http import (
     Scope,
     Send,
     dumps,
+    parse_query,
     read_json_body,
     request_id,
     routed_path,
@@ -299,17 +299,7 @@ class Gateway:
     ) -> Target:
         """HTTP's part of a call: the query string, the bearer token, the route, the JSON body."""
         method = scope["method"]
-        query_string: bytes = scope.get("query_string", b"")
-        try:
-            query = (
-                parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
-                if query_string
-                else []
-            )
-        except UnicodeDecodeError:
-            raise BadRequest(
-                "the query string is not valid UTF-8 after percent-decoding", code="query-invalid"
-            ) from None
+        query = parse_query(scope.get("query_string", b""))
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
             token_in_query=any(k == "access_token" for k, _ in query),

@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
+from gateway.errors import MisdirectedRequest
 from gateway.http import PROBLEM_TYPE
-from gateway.mcp.metadata import metadata_paths, resource_metadata, resource_url
+from gateway.http import problem as problem_body
+from gateway.mcp.metadata import WELL_KNOWN, metadata_paths, resource_metadata, resource_url
 from gateway.mcp.server import public_base
 from gateway.metrics import render_metrics, serving_ready
 from gateway.openapi import openapi_document
@@ -136,8 +138,19 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
         )
 
     async def protected_resource(request: Request) -> JSONResponse:
-        """RFC 9728 metadata of /mcp, from the policy being served (it follows reloads)."""
-        resource = resource_url(public_base(gateway.settings, request.scope))
+        """RFC 9728 metadata of /mcp, from the policy being served (it follows reloads). The
+        Host is checked as /mcp checks it (421 ``host-not-allowed``): never echoed unchecked."""
+        try:
+            base = public_base(gateway.settings, request.scope)
+        except MisdirectedRequest as exc:
+            rid = getattr(request.state, "request_id", None) or ""
+            return JSONResponse(
+                problem_body(exc, rid),
+                status_code=exc.status,
+                media_type="application/problem+json",
+            )
+        # RFC 9728 §3.3: the resource the well-known URL was formed from (the bare path: <base>)
+        resource = base if request.url.path == WELL_KNOWN else resource_url(base)
         return JSONResponse(resource_metadata(gateway.policy, resource))
 
     for path in sorted(metadata_paths()):

@@ -10,6 +10,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from gateway.errors import (
     BadRequest,
@@ -28,6 +29,7 @@ __all__ = [
     "Send",
     "dumps",
     "parse_json",
+    "parse_query",
     "problem",
     "read_body",
     "read_json_body",
@@ -53,6 +55,19 @@ def request_id(given: bytes | None) -> str:
     if given and len(given) <= 128 and all(0x21 <= b <= 0x7E for b in given):
         return given.decode("ascii")
     return secrets.token_hex(16)
+
+
+def parse_query(query_string: bytes) -> list[tuple[str, str]]:
+    """A request's query string as (name, value) pairs, blank values kept (``?access_token=``
+    is a token in the query all the same); 400 ``query-invalid`` when it is not UTF-8."""
+    if not query_string:
+        return []
+    try:
+        return parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(
+            "the query string is not valid UTF-8 after percent-decoding", code="query-invalid"
+        ) from None
 
 
 def routed_path(scope: Scope) -> str:

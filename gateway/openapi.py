@@ -21,7 +21,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.types import INT64_MAX, INT64_MIN
 from gateway.spanner.analyze import Analysis, Column
 
-__all__ = ["json_schema_of", "openapi_document", "response_schema", "result_schema"]
+__all__ = ["json_schema_of", "openapi_document", "path_schema", "response_schema", "result_schema"]
 
 _NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 _INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
@@ -129,7 +129,7 @@ def json_schema_of(spec: ParamSpec, *, text: bool = False) -> dict[str, Any]:
 _SEGMENT = r"^(?!\.\.?$)[^/\\\x00-\x1f\x7f]+$"
 
 
-def _path_schema(spec: ParamSpec) -> dict[str, Any]:
+def path_schema(spec: ParamSpec) -> dict[str, Any]:
     schema = json_schema_of(spec, text=True)
     if schema.get("type") != "string":
         return schema
@@ -244,7 +244,7 @@ def _operation(
     method = route.model.method
     visible = {n: s for n, s in query.params.items() if s.claim is None}
     parameters: list[dict[str, Any]] = [
-        {"name": n, "in": "path", "required": True, "schema": _path_schema(visible[n])}
+        {"name": n, "in": "path", "required": True, "schema": path_schema(visible[n])}
         for n in route.path_params
     ]
     operation: dict[str, Any] = {

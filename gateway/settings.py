@@ -231,6 +231,14 @@ class Settings(BaseSettings):
         "always allowed.",
     )
 
+    mcp_audience: str = Field(
+        "",
+        description="Comma-separated audiences /mcp requires: when set, a token whose aud "
+        "contains none of them is 401 audience-mismatch at /mcp (RFC 8707: the MCP resource's "
+        "URL, <public URL>/mcp); the HTTP routes are unaffected. Empty: any audience the "
+        "token's issuer accepts.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
@@ -239,8 +247,22 @@ class Settings(BaseSettings):
         from urllib.parse import urlsplit
 
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValueError("must be an http(s) URL without a query, such as https://host")
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+            or "?" in value
+            or "#" in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL without userinfo, query or fragment, such as https://host"
+            )
+        from gateway.mcp.metadata import parse_host
+
+        if parse_host(parts.netloc) is None:
+            raise ValueError("its host must be a host name or IP literal, with a port 1-65535")
         return value.rstrip("/")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

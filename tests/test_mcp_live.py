@@ -104,7 +104,9 @@ async def test_a_tool_describes_its_arguments_and_result(
     }  # fmt: skip
     one = tools["get_order"].input_schema
     assert one["required"] == ["order_id"]  # a path parameter is a required argument
-    assert one["properties"]["order_id"] == {"type": "string", "maxLength": 36}
+    order_id = one["properties"]["order_id"]  # the path schema: one segment, never null
+    assert order_id["type"] == "string" and order_id["maxLength"] == 36
+    assert order_id["pattern"] == "^(?!\\.\\.?$)[^/\\\\\\x00-\\x1f\\x7f]+$"
     async with connected(base, token_for("order-writer"), "legacy") as client:
         create = by_name(await client.list_tools())["create_order"]
     assert create.annotations.idempotent_hint is True
@@ -285,7 +287,8 @@ def test_the_protected_resource_metadata(served: tuple[str, Path], idp: IdpProce
         answer = httpx.get(f"{base}{path}", timeout=10)
         assert answer.status_code == 200
         document = answer.json()
-        assert document["resource"] == f"{base}/mcp"
+        # RFC 9728 §3.3: the resource the well-known URL was formed from
+        assert document["resource"] == (base if path.endswith("resource") else f"{base}/mcp")
         assert document["authorization_servers"] == [idp.issuer]
         assert document["scopes_supported"] == ["orders.read", "orders.write"]
         assert document["bearer_methods_supported"] == ["header"]
@@ -384,3 +387,308 @@ def test_the_mcp_inspector_cli_lists_and_calls_tools(
     )  # fmt: skip
     assert denied["isError"] is True
     assert denied["structuredContent"]["code"] == "no-allow-role"
+
+
+def with_host(base: str, method: str, path: str, host: str, body: bytes = b"") -> Any:
+    """A request with a Host header exactly as given (http.client checks only for CR/LF)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Accept", "application/json, text/event-stream")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+BAD_HOSTS = [
+    "localhost:abc",
+    "localhost:99999",
+    "localhost:1 x",
+    "localhost:8080@evil.example",
+    "localhost:1/../x",
+    "localhost:0",
+    "evil.example",
+]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_a_bad_host_is_an_audited_421_before_the_challenge(
+    served: tuple[str, Path], host: str
+) -> None:
+    base, audit = served
+    status, headers, body = with_host(base, "POST", "/mcp", host, json.dumps(LIST).encode())
+    assert status == 421, body
+    assert headers["content-type"] == "application/problem+json"
+    assert "www-authenticate" not in {k.lower() for k in headers}
+    problem = json.loads(body)
+    assert problem["code"] == "host-not-allowed"
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "host-not-allowed"
+    assert payload["metadata"]["transport"] == "mcp"
+
+
+def test_an_allowed_host_names_itself_in_the_challenge(served: tuple[str, Path]) -> None:
+    base, _ = served
+    status, headers, _ = with_host(base, "POST", "/mcp", "localhost:8080", json.dumps(LIST).encode())
+    assert status == 401
+    challenge = {k.lower(): v for k, v in headers.items()}["www-authenticate"]
+    assert challenge.startswith(
+        'Bearer resource_metadata="http://localhost:8080/.well-known/oauth-protected-resource/mcp"'
+    ), challenge
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_the_metadata_never_echoes_a_bad_host(served: tuple[str, Path], host: str) -> None:
+    base, _ = served
+    for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+        status, headers, body = with_host(base, "GET", path, host)
+        assert status == 421, body
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == "host-not-allowed"
+        assert b'"resource"' not in body
+    status, _, body = with_host(base, "GET", "/.well-known/oauth-protected-resource/mcp", "[::1]:9")
+    assert status == 200 and json.loads(body)["resource"] == "http://[::1]:9/mcp"
+
+
+def call(name: str, arguments: Any, rpc_id: Any = 7) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rpc_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+@pytest.mark.parametrize("value", ["..", ".", "a/b", "", "a\x00b", "a\\b", None, True, 1.5])
+def test_path_arguments_obey_the_routers_segment_rule(
+    served: tuple[str, Path], token_for: Callable[..., str], value: Any
+) -> None:
+    base, audit = served
+    token = token_for("order-agent")
+    answer = raw_post(base, call("get_order", {"order_id": value}), token=token)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["result"]
+    assert result["isError"] is True
+    problem = result["structuredContent"]
+    assert problem["code"] == "path-invalid" and problem["param"] == "order_id", problem
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "path-invalid"
+    assert payload["metadata"]["mcp"]["tool"] == "get_order"
+
+
+def test_a_path_argument_binds_as_the_path_does(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    token = token_for("order-agent")
+    http = httpx.get(
+        f"{base}/v1/orders/O-1001/items", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert http.status_code == 200, http.text
+    answer = raw_post(base, call("list_order_items", {"order_id": "O-1001"}), token=token)
+    assert answer.json()["result"]["structuredContent"] == http.json()
+    # a number is its decimal text, as a path carries it (no such order: no rows)
+    number = raw_post(base, call("get_order", {"order_id": 1001}), token=token)
+    result = number.json()["result"]
+    assert result.get("isError") in (None, False), result
+    assert result["structuredContent"]["rows"] == []
+
+
+def test_mcp_audience_binds_mcp_tokens_to_the_resource(
+    demo_database: str,
+    idp: IdpProcess,
+    tmp_path: Path,
+    audit_key: str,
+    token_for: Callable[..., str],
+) -> None:
+    token = token_for("order-agent")  # aud: api://shop (the example policy's issuer audience)
+    options: dict[str, Any] = {
+        "database": demo_database,
+        "issuer": idp.issuer,
+        "audit_key": audit_key,
+    }
+    mcp_only = {"SPANGATE_MCP_AUDIENCE": "https://gw.example/mcp"}
+    with serving(tmp_path, env=mcp_only, **options) as server:
+        refused = raw_post(server.base, LIST, token=token)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "audience-mismatch"
+        assert refused.headers["www-authenticate"].startswith(
+            f'Bearer resource_metadata="{server.base}/.well-known/oauth-protected-resource/mcp"'
+        )
+        [event] = server.events(refused.headers["x-request-id"])
+        assert event["protoPayload"]["status"]["message"] == "audience-mismatch"
+        http = httpx.get(  # the HTTP routes are unaffected
+            f"{server.base}/v1/orders/O-1001",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert http.status_code == 200, http.text
+    either = {"SPANGATE_MCP_AUDIENCE": "https://gw.example/mcp, api://shop"}
+    with serving(tmp_path, env=either, **options) as server:
+        listed = raw_post(server.base, LIST, token=token)
+        assert listed.status_code == 200, listed.text
+        assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"name": 5, "arguments": {}},
+        {"name": "get_order", "arguments": ["O-1001"]},
+        {"name": "get_order", "arguments": "order_id=O-1001"},
+        {"arguments": {}},
+        "get_order",
+    ],
+)
+def test_a_malformed_tools_call_is_a_jsonrpc_error_and_audited(
+    served: tuple[str, Path], token_for: Callable[..., str], params: Any
+) -> None:
+    base, audit = served
+    body = {"jsonrpc": "2.0", "id": "bad-1", "method": "tools/call", "params": params}
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    message = answer.json()
+    assert message["id"] == "bad-1"
+    assert message["error"]["code"] == -32602
+    problem = message["error"]["data"]
+    assert problem["code"] == "tool-call-invalid" and problem["status"] == 400
+    payload = event_of(audit, problem["request_id"])["protoPayload"]
+    assert payload["status"]["message"] == "tool-call-invalid"
+    assert payload["metadata"]["transport"] == "mcp"
+    assert payload["metadata"]["mcp"]["jsonrpcId"] == "bad-1"
+
+
+@pytest.mark.parametrize(
+    ("rpc_id", "recorded"),
+    [
+        (2**53, 2**53),
+        (-(2**53), -(2**53)),
+        (2**64, str(2**64)),
+        (-(10**40), str(-(10**40))),
+    ],
+)
+def test_a_large_integer_jsonrpc_id_is_recorded_as_text(
+    served: tuple[str, Path], token_for: Callable[..., str], rpc_id: int, recorded: Any
+) -> None:
+    base, audit = served
+    body = call("get_order", {"order_id": "O-1001"}, rpc_id=rpc_id)
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == rpc_id
+    payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert payload["metadata"]["mcp"]["jsonrpcId"] == recorded
+
+
+def test_a_long_string_jsonrpc_id_is_bounded(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    body = call("get_order", {"order_id": "O-1001"}, rpc_id="i" * 20_000)
+    answer = raw_post(base, body, token=token_for("order-agent"))
+    assert answer.status_code == 200, answer.text
+    event = event_of(audit, answer.headers["x-request-id"])
+    assert len(event["protoPayload"]["metadata"]["mcp"]["jsonrpcId"]) < 20_000
+    assert event["protoPayload"]["metadata"]["truncated"]
+
+
+def test_an_unknown_tools_name_is_repeated_bounded(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    name = "x" * 50_000
+    answer = raw_post(base, call(name, {}), token=token_for("order-agent"))
+    assert answer.status_code == 200
+    assert len(answer.content) < 2_000, len(answer.content)
+    error = answer.json()["error"]
+    assert error["code"] == -32602 and error["data"]["code"] == "no-route"
+    assert error["message"] == f"Unknown tool: {'x' * 128}..."
+
+
+def test_the_query_string_is_read_as_http_reads_it(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, audit = served
+    token = token_for("order-agent")
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+        "Authorization": f"Bearer {token}",
+    }
+    for query, status, code in (
+        ("access_token=", 401, "token-malformed"),  # blank, still a token in the query
+        ("access_token", 401, "token-malformed"),
+        ("%ff=1", 400, "query-invalid"),
+    ):
+        for where in ("/mcp", "/v1/orders/O-1001"):
+            answer = httpx.request(
+                "POST" if where == "/mcp" else "GET",
+                f"{base}{where}?{query}",
+                content=json.dumps(LIST) if where == "/mcp" else None,
+                headers=headers,
+                timeout=30,
+            )
+            assert answer.status_code == status, (where, query, answer.text)
+            assert answer.json()["code"] == code
+            payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+            assert payload["status"]["message"] == code
+
+
+def test_a_claim_bound_argument_is_ignored_and_audited(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    """order-agent's token is tenant t1's: ``tenant: t2`` changes nothing, and is recorded."""
+    base, audit = served
+    token = token_for("order-agent")
+    http = httpx.get(
+        f"{base}/v1/orders/O-1001", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    answer = raw_post(base, call("get_order", {"order_id": "O-1001", "tenant": "t2"}), token=token)
+    result = answer.json()["result"]
+    assert result.get("isError") in (None, False), result
+    assert result["structuredContent"] == http.json()
+    assert result["structuredContent"]["rows"][0]["TotalCents"] == 7499  # t1's O-1001, not t2's
+    payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert payload["metadata"]["transport"] == "mcp"
+    assert payload["request"]["ignoredCallerValues"] == {"tenant": "t2"}
+
+
+def test_the_2026_07_28_revision_is_answered_raw(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    """No initialize handshake: each request names its revision."""
+    base, _ = served
+    token = token_for("order-agent")
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    listed = raw_post(
+        base,
+        {**LIST, "params": {"_meta": meta}},
+        token=token,
+        version="2026-07-28",
+        **{"Mcp-Method": "tools/list"},
+    )
+    assert listed.status_code == 200, listed.text
+    assert {t["name"] for t in listed.json()["result"]["tools"]} >= {"get_order"}
+    get = call("get_order", {"order_id": "O-1001"})
+    get["params"]["_meta"] = meta
+    called = raw_post(
+        base,
+        get,
+        token=token,
+        version="2026-07-28",
+        **{"Mcp-Method": "tools/call", "Mcp-Name": "get_order"},
+    )
+    assert called.status_code == 200, called.text
+    assert called.json()["result"]["structuredContent"]["rows"][0]["OrderId"] == "O-1001"

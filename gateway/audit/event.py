@@ -343,6 +343,7 @@ def _event(
 
 
 _METADATA = pointer("protoPayload", "metadata")
+_SAFE_INTEGER = 2**53  # JSON-RPC ids beyond +-2^53 are recorded as their decimal text
 
 
 def _budget(error: GatewayError | None) -> dict[str, Any]:
@@ -357,6 +358,13 @@ def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:
         return {}
     rpc_id = call.jsonrpc_id
     where = _METADATA + "/mcp/"
+    if isinstance(rpc_id, int) and not -_SAFE_INTEGER <= rpc_id <= _SAFE_INTEGER:
+        # beyond what a JSON reader keeps exact (IEEE doubles): its decimal text, bounded
+        number = rpc_id
+        try:
+            rpc_id = str(number)
+        except ValueError:  # more digits than Python converts (sys.set_int_max_str_digits)
+            rpc_id = f"{'-' if number < 0 else ''}<an integer of {number.bit_length()} bits>"
     return {
         "mcp": {
             "tool": bounds.text(where + "tool", call.tool),

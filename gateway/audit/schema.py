@@ -155,7 +155,8 @@ class McpCall(_Model):
 
     tool: str | None = Field(description="The tool called (at most 512 bytes).")
     jsonrpcId: str | int | None = Field(
-        description="The JSON-RPC request id (a string at most 512 bytes)."
+        description="The JSON-RPC request id: an integer within +-2^53, else a string of at "
+        "most 512 bytes (a larger integer id is its decimal text)."
     )
 
 

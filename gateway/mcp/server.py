@@ -17,10 +17,11 @@ unknown tool is a JSON-RPC error (invalid params), audited as ``no-route``.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
@@ -35,6 +36,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.verify import bearer_token
 from gateway.errors import (
     AuthError,
+    BadRequest,
     Forbidden,
     GatewayError,
     MethodNotAllowed,
@@ -48,12 +50,14 @@ from gateway.http import (
     Scope,
     Send,
     dumps,
+    parse_query,
     problem,
     read_body,
     send_problem,
+    send_response,
     with_request_id,
 )
-from gateway.mcp.metadata import metadata_url
+from gateway.mcp.metadata import metadata_url, parse_host
 from gateway.mcp.tools import arguments_of, find_tool, tools_for
 
 if TYPE_CHECKING:
@@ -61,9 +65,10 @@ if TYPE_CHECKING:
     from gateway.audit.event import CallRecord
     from gateway.settings import Settings
 
-__all__ = ["McpEndpoint", "public_base", "security_settings"]
+__all__ = ["McpEndpoint", "host_allowed", "public_base", "request_host", "security_settings"]
 
 _STATE = "spangate.mcp"
+log = logging.getLogger("spangate")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,16 @@ class _Door:
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _audience_of(principal: Principal) -> set[str]:
+    """The token's ``aud`` (a string or a list of them, RFC 7519 §4.1.3), as a set."""
+    aud = principal.claims.get("aud")
+    if isinstance(aud, str):
+        return {aud}
+    if isinstance(aud, list):
+        return {a for a in aud if isinstance(a, str)}
+    return set()
 
 
 def security_settings(settings: Settings) -> TransportSecuritySettings:
@@ -95,16 +110,71 @@ def security_settings(settings: Settings) -> TransportSecuritySettings:
     )
 
 
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Is ``host`` (already ``parse_host``-checked) one of ``allowed`` (``name:*``: any port)?"""
+    return host in allowed or any(
+        a.endswith(":*") and host.startswith(a[:-1]) and host[len(a) - 1 :].isdigit()
+        for a in allowed
+    )
+
+
+def request_host(settings: Settings, scope: Scope) -> str:
+    """The request's one Host header, strictly a host name or IP literal with an optional port
+    1-65535 (``parse_host``), and one the gateway answers as /mcp (SPANGATE_MCP_ALLOWED_HOSTS,
+    the public URL's host); else ``MisdirectedRequest`` (421 ``host-not-allowed``)."""
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    values = [v.decode("latin-1") for k, v in headers if k == b"host"]
+    if len(values) != 1 or parse_host(values[0]) is None:
+        raise MisdirectedRequest(
+            "the Host header must be one host name or IP literal, with an optional port 1-65535"
+        )
+    if not host_allowed(values[0], security_settings(settings).allowed_hosts):
+        raise MisdirectedRequest("this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)")
+    return values[0]
+
+
 def public_base(settings: Settings, scope: Scope) -> str:
-    """The gateway's public base URL: the setting, else the request's scheme and Host."""
+    """The gateway's public base URL: the setting, else the request's scheme and (checked) Host
+    (``request_host``: raises ``MisdirectedRequest``)."""
     if settings.public_url:
         return settings.public_url
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
-    if not host:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}"
+    scheme = "https" if scope.get("scheme") == "https" else "http"
+    return f"{scheme}://{request_host(settings, scope)}"
+
+
+_SHOWN = 128  # characters of a caller's tool name that an answer repeats
+
+
+def _shown(name: str) -> str:
+    """A caller's tool name as an answer repeats it: at most 128 characters (then ``...``)."""
+    return name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
+
+
+def malformed_tool_call(body: bytes) -> tuple[dict[str, Any], GatewayError] | None:
+    """A JSON-RPC ``tools/call`` request (one message, with an id) whose params the SDK would
+    refuse with -32602 before calling the tool: (the message, ``tool-call-invalid``); else None
+    (other messages, and bodies that are no JSON, are the SDK's)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    rpc_id = message.get("id")
+    if message.get("jsonrpc") != "2.0" or isinstance(rpc_id, bool):
+        return None
+    if not isinstance(rpc_id, str | int):
+        return None  # a notification, or an id the SDK refuses: the SDK's answer
+    params = message.get("params")
+    if not isinstance(params, dict):
+        detail = "tools/call needs params: an object with the tool's name and arguments"
+    elif not isinstance(params.get("name"), str):
+        detail = "tools/call's name must be a string: the tool's name"
+    elif not isinstance(params.get("arguments"), dict | None):
+        detail = "tools/call's arguments must be an object (or absent)"
+    else:
+        return None
+    return message, BadRequest(detail, code="tool-call-invalid")
 
 
 class McpEndpoint:
@@ -167,50 +237,26 @@ class McpEndpoint:
 
     # -- the door ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
-        gateway = self.gateway
-        settings = gateway.settings
-        active = gateway.active
-        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        active = self.gateway.active
         try:
-            if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
-                raise MethodNotAllowed(
-                    f"{scope['method']} is not allowed on /mcp: POST JSON-RPC messages",
-                    allow=["POST"],
-                )
-            refused = await self._guard.validate_request(Request(scope), is_post=False)
-            if refused is not None:
-                if refused.status_code == 421:
-                    raise MisdirectedRequest(
-                        "this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)"
-                    )
-                raise Forbidden(
-                    "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
-                    code="origin-not-allowed",
-                )
-            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-            token = bearer_token(
-                [v.decode("latin-1") for k, v in headers if k == b"authorization"],
-                token_in_query=any(k == "access_token" for k, _ in query),
-                max_bytes=settings.max_token_bytes,
-            )
-            principal = await active.verifier.verify(token)
-            ctype = next((v for k, v in headers if k == b"content-type"), b"")
-            media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
-            if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered
-                raise UnsupportedMediaType(  # here as a problem)
-                    f"the body must be application/json, not {media or 'unspecified'}"
-                )
-            body = await read_body(
-                receive,
-                headers,
-                limit=settings.max_body_bytes,
-                timeout=settings.body_timeout_seconds,
-            )
+            principal, body = await self._enter(scope, receive, active)
         except AuthError as exc:
             await self._refuse(scope, send, rid, active, self._challenge(exc, scope))
             return
         except GatewayError as exc:
             await self._refuse(scope, send, rid, active, exc)
+            return
+        except asyncio.CancelledError:  # the server gave up on the request: still one event
+            await self._cancelled(scope, rid, active)
+            raise
+        except Exception:  # a bug at the door: an audited 500, as ``Gateway.perform`` answers
+            log.exception("request %s failed at /mcp's door", rid)
+            error = GatewayError("an unexpected error occurred; see the logs for this request id")
+            await self._refuse(scope, send, rid, active, error)
+            return
+        malformed = malformed_tool_call(body)
+        if malformed is not None:
+            await self._answer_malformed(scope, send, rid, active, principal, *malformed)
             return
         scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
         sent = False
@@ -224,9 +270,100 @@ class McpEndpoint:
 
         await self.manager.handle_request(scope, replay, with_request_id(send, rid))
 
+    async def _enter(
+        self, scope: Scope, receive: Receive, active: Active
+    ) -> tuple[Principal, bytes]:
+        """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
+        audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
+        the refusal. The token and the body."""
+        settings = self.gateway.settings
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
+            raise MethodNotAllowed(
+                f"{scope['method']} is not allowed on /mcp: POST JSON-RPC messages",
+                allow=["POST"],
+            )
+        request_host(settings, scope)  # strictly, before anything uses it (the 401's challenge)
+        refused = await self._guard.validate_request(Request(scope), is_post=False)
+        if refused is not None:
+            if refused.status_code == 421:
+                raise MisdirectedRequest(
+                    "this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)"
+                )
+            raise Forbidden(
+                "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
+                code="origin-not-allowed",
+            )
+        query = parse_query(scope.get("query_string", b""))  # as HTTP reads it
+        token = bearer_token(
+            [v.decode("latin-1") for k, v in headers if k == b"authorization"],
+            token_in_query=any(k == "access_token" for k, _ in query),
+            max_bytes=settings.max_token_bytes,
+        )
+        principal = await active.verifier.verify(token)
+        audiences = _split(settings.mcp_audience)
+        if audiences and not _audience_of(principal) & set(audiences):
+            raise AuthError(
+                "the token's audience is not this MCP resource (SPANGATE_MCP_AUDIENCE)",
+                code="audience-mismatch",
+            )
+        ctype = next((v for k, v in headers if k == b"content-type"), b"")
+        media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
+        if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered
+            raise UnsupportedMediaType(  # here as a problem)
+                f"the body must be application/json, not {media or 'unspecified'}"
+            )
+        body = await read_body(
+            receive,
+            headers,
+            limit=settings.max_body_bytes,
+            timeout=settings.body_timeout_seconds,
+        )
+        return principal, body
+
+    async def _answer_malformed(
+        self,
+        scope: Scope,
+        send: Send,
+        rid: str,
+        active: Active,
+        principal: Principal,
+        message: dict[str, Any],
+        error: GatewayError,
+    ) -> None:
+        """A ``tools/call`` the SDK would refuse before any tool runs (a ``name`` that is no
+        string, ``arguments`` that are no object): its JSON-RPC error (-32602, ``data`` the
+        problem), answered here so that the call gets its audit event."""
+        call = self._new_call(scope, rid)
+        call.principal = principal
+        name = message["params"].get("name") if isinstance(message["params"], dict) else None
+        call.tool = name if isinstance(name, str) else None
+        call.jsonrpc_id = message["id"]
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            raise error
+
+        outcome = await self.gateway.perform(call, active, resolve)
+        assert outcome.error is not None
+        answer = {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "error": {
+                "code": types.INVALID_PARAMS,
+                "message": outcome.error.detail,
+                "data": problem(outcome.error, rid),
+            },
+        }
+        await send_response(send, 200, dumps(answer), "application/json", rid)
+
     def _challenge(self, exc: AuthError, scope: Scope) -> AuthError:
-        """The 401's challenge names where the resource's metadata is (RFC 9728 §5.1)."""
-        url = metadata_url(public_base(self.gateway.settings, scope))
+        """The 401's challenge names where the resource's metadata is (RFC 9728 §5.1); without
+        it when no URL can be made of the settings and the request."""
+        try:
+            url = metadata_url(public_base(self.gateway.settings, scope))
+        except Exception:  # the door checked the Host; never a 500 for want of a challenge
+            log.warning("no resource_metadata URL for /mcp's 401", exc_info=True)
+            return exc
         challenge = exc.headers.get("WWW-Authenticate", "Bearer")
         fresh = type(exc).__new__(type(exc))  # a copy: the verifier's error may be a cached one
         fresh.__dict__.update(exc.__dict__)
@@ -238,6 +375,18 @@ class McpEndpoint:
             ),
         }
         return fresh
+
+    async def _cancelled(self, scope: Scope, rid: str, active: Active) -> None:
+        """A request cancelled at the door: its 499 event, as ``Gateway.perform`` records one."""
+        call = self._new_call(scope, rid)
+
+        async def resolve(call: CallRecord, active: Active) -> Target:
+            raise asyncio.CancelledError
+
+        try:
+            await self.gateway.perform(call, active, resolve)
+        except asyncio.CancelledError:
+            pass
 
     async def _refuse(
         self, scope: Scope, send: Send, rid: str, active: Active, error: GatewayError
@@ -290,15 +439,17 @@ class McpEndpoint:
 
         async def resolve(call: CallRecord, active: Active) -> Target:
             if route is None:
-                raise RouteNotFound(f"no tool named {params.name!r}")
-            values, idempotency = arguments_of(route, params.arguments)
-            return Target(route, {}, body=values, idempotency=idempotency)
+                raise RouteNotFound(f"no tool named {_shown(params.name)!r}")
+            path, values, idempotency = arguments_of(route, params.arguments)
+            return Target(route, path, body=values, idempotency=idempotency)
 
         outcome = await self.gateway.perform(call, door.active, resolve)
         if outcome.error is not None:
             body = problem(outcome.error, door.request_id)
             if route is None and outcome.error.code == "no-route":
-                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data=body)
+                raise MCPError(
+                    types.INVALID_PARAMS, f"Unknown tool: {_shown(params.name)}", data=body
+                )
             return types.CallToolResult(
                 content=[types.TextContent(text=dumps(body).decode("utf-8"))],
                 structured_content=body,

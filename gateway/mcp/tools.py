@@ -3,7 +3,8 @@
 A route's tool is named by its ``tool:`` key, else by its query's name (``tool: false``: no tool).
 ``inputSchema``: the parameters the caller supplies, in their JSON form (``gateway.openapi``'s
 body schemas: types, min/max, max_length, pattern, enum, default, nullable); path parameters are
-required arguments (when they have no default); claim-bound parameters never appear. A write's tool also takes
+always required, with the OpenAPI path schema (text, one path segment: the router's rule, never
+null); claim-bound parameters never appear. A write's tool also takes
 ``idempotency_key`` (the ``Idempotency-Key`` header's twin). ``outputSchema``: the JSON the HTTP
 route answers, with the rows typed from the policy's PLAN analysis when there is one.
 """
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.auth.principal import Principal
-from gateway.openapi import json_schema_of, response_schema
+from gateway.openapi import json_schema_of, path_schema, response_schema
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import (
     IDEMPOTENCY_ARGUMENT,
@@ -47,7 +48,10 @@ _IDEMPOTENCY_SCHEMA = {
 def input_schema(route: CompiledRoute) -> dict[str, Any]:
     """The JSON Schema of a tool's arguments."""
     visible = {n: s for n, s in route.query.params.items() if s.claim is None}
-    properties: dict[str, Any] = {n: json_schema_of(s) for n, s in visible.items()}
+    properties: dict[str, Any] = {
+        n: path_schema(s) if n in route.path_params else json_schema_of(s)
+        for n, s in visible.items()
+    }
     required = list(route.path_params) + [
         n
         for n, s in visible.items()
@@ -102,13 +106,15 @@ def find_tool(policy: CompiledPolicy, name: str) -> CompiledRoute | None:
 
 def arguments_of(
     route: CompiledRoute, arguments: Mapping[str, Any] | None
-) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
-    """A tool call's arguments -> (the parameters, as a JSON body binds them; the
-    ``Idempotency-Key`` header they carry). The key is checked where the header's is, after the
-    decision (``idempotency-key-invalid``): a key that is no string is as bad as an empty one."""
-    values = tool_parameters(route, arguments)
+) -> tuple[dict[str, str], dict[str, Any], list[tuple[bytes, bytes]]]:
+    """A tool call's arguments -> (the path parameters, as the router hands them over; the other
+    parameters, as a JSON body binds them; the ``Idempotency-Key`` header they carry). A path
+    argument that is no string or integer, or no valid path segment, raises ``path-invalid``.
+    The key is checked where the header's is, after the decision (``idempotency-key-invalid``):
+    a key that is no string is as bad as an empty one."""
+    path, values = tool_parameters(route, arguments)
     key = (arguments or {}).get(IDEMPOTENCY_ARGUMENT)
     if not takes_idempotency_key(route) or key is None:  # null or absent: no key, as no header
-        return values, []
+        return path, values, []
     raw = key.encode("utf-8", "replace") if isinstance(key, str) else b""
-    return values, [(IDEMPOTENCY_HEADER, raw)]
+    return path, values, [(IDEMPOTENCY_HEADER, raw)]

@@ -25,7 +25,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
 from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
-from gateway.policy.router import MethodMismatch, PathInvalid
+from gateway.policy.router import MethodMismatch, PathInvalid, check_param_segment
 
 __all__ = [
     "REASONS",
@@ -116,11 +116,40 @@ def takes_idempotency_key(route: CompiledRoute) -> bool:
     return route.query.is_dml and IDEMPOTENCY_ARGUMENT not in route.query.params
 
 
-def tool_parameters(route: CompiledRoute, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
-    """An MCP call's arguments as the route's parameters: all but a write's idempotency key
-    (they bind as a JSON body does; path parameters included)."""
+def tool_parameters(
+    route: CompiledRoute, arguments: Mapping[str, Any] | None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """An MCP call's arguments as the route's parameters: (the path parameters, as the router
+    would hand them over; the rest, as a JSON body binds them), a write's idempotency key left
+    out. A path parameter's argument is a string, or an integer (its decimal text, what HTTP's
+    path would carry), obeying the router's segment rule (``check_param_segment``); anything
+    else raises ``BadRequest`` ``path-invalid``. An absent one is left to binding (param-missing).
+    """
     skip = IDEMPOTENCY_ARGUMENT if takes_idempotency_key(route) else None
-    return {k: v for k, v in (arguments or {}).items() if k != skip}
+    path: dict[str, str] = {}
+    body: dict[str, Any] = {}
+    for name, value in (arguments or {}).items():
+        if name == skip:
+            continue
+        if name not in route.path_params:
+            body[name] = value
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise BadRequest(
+                f"path parameter '{name}' must be a string (or an integer), as in a path",
+                code="path-invalid",
+                extra={"param": name},
+            )
+        try:
+            check_param_segment(value)
+        except PathInvalid as exc:
+            raise BadRequest(
+                f"path parameter '{name}': {exc}", code="path-invalid", extra={"param": name}
+            ) from None
+        path[name] = value
+    return path, body
 
 
 def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) -> Decision:
@@ -128,8 +157,11 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
         route = policy.tool(facts.tool)
         if route is None:
             return _deny(RouteNotFound(f"no tool named {facts.tool!r}"))
-        body = tool_parameters(route, facts.body)
-        return decide_route(policy, route, {}, principal, body=body)
+        try:
+            path, body = tool_parameters(route, facts.body)
+        except GatewayError as exc:
+            return _deny(exc, route=route)
+        return decide_route(policy, route, path, principal, body=body)
     found = match_route(policy, facts.method, facts.path)
     if isinstance(found, GatewayError):
         return _deny(found)

@@ -92,12 +92,14 @@ def _sources(facts: RequestFacts, decision: Decision) -> tuple[ParamTrace, ...]:
         spec = decision.route.query.params[name]
         if spec.claim is not None:
             source = f"claim {spec.claim}"
+        elif name in body and facts.tool is not None:
+            source = "argument"  # an MCP tool's argument (a path parameter's too)
         elif name in decision.path_params:
             source = "path"
         elif name in query:
             source = "query"
         elif name in body:
-            source = "argument" if facts.tool is not None else "body"
+            source = "body"
         else:
             source = "default" if spec.has_default else "null"
         out.append(ParamTrace(name, json_value(value), source))

@@ -24,6 +24,8 @@ __all__ = [
     "MethodMismatch",
     "PathInvalid",
     "Router",
+    "check_param_segment",
+    "check_segment",
     "template_params",
     "template_segments",
 ]
@@ -80,16 +82,28 @@ def decode_path(raw_path: str) -> list[str]:
                 decoded = unquote_to_bytes(raw).decode("utf-8", errors="strict")
             except UnicodeDecodeError:
                 raise PathInvalid("the path is not valid UTF-8 after percent-decoding") from None
-            if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
-                raise PathInvalid("encoded dot segments or slashes are not allowed")
         else:
             decoded = raw  # what unquote_to_bytes(raw).decode() gives, without the work
-            if "\\" in decoded:
-                raise PathInvalid("encoded dot segments or slashes are not allowed")
-        if _CONTROL.search(decoded):
-            raise PathInvalid("control characters are not allowed in the path")
+        check_segment(decoded)
         segments.append(decoded)
     return segments
+
+
+def check_segment(decoded: str) -> None:
+    """The rule every decoded path segment obeys (``decode_path``; an MCP tool's path arguments
+    too): no dot segment, slash, backslash or control character; raises ``PathInvalid``."""
+    if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+        raise PathInvalid("encoded dot segments or slashes are not allowed")
+    if _CONTROL.search(decoded):
+        raise PathInvalid("control characters are not allowed in the path")
+
+
+def check_param_segment(decoded: str) -> None:
+    """A path parameter's value: one segment (``check_segment``) that is not empty (the router
+    never matches a parameter on an empty segment)."""
+    if decoded == "":
+        raise PathInvalid("a path parameter cannot be empty")
+    check_segment(decoded)
 
 
 class Router:

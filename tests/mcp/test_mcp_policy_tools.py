@@ -40,6 +40,10 @@ def test_explain_an_mcp_call(
     assert json.loads(capsys.readouterr().out)["decision"]["reason"] == "no-allow-role"
     assert main([*base, "MCP", "drop_tables"]) == 1
     assert json.loads(capsys.readouterr().out)["decision"]["reason"] == "no-route"
+    # a path argument obeys the router's segment rule, as the gateway decides it
+    dots = json.dumps({"order_id": ".."})
+    assert main([*base, "--arguments", dots, "MCP", "get_order"]) == 1
+    assert json.loads(capsys.readouterr().out)["decision"]["reason"] == "path-invalid"
 
 
 def test_arguments_belong_to_mcp_calls_and_bodies_to_http() -> None:

@@ -6,12 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from gateway.errors import BadRequest
 from gateway.mcp.metadata import resource_metadata
 from gateway.mcp.tools import arguments_of, find_tool, input_schema, tools_for
+from gateway.openapi import path_schema
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.simulate import principal_for
+from gateway.settings import Settings
 from gateway.spanner.idempotency import HEADER
 
 ISSUER = "https://idp.example/oauth2/default"
@@ -74,10 +78,13 @@ def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> N
     get_order = input_schema(policy.routes[0])
     assert get_order == {
         "type": "object",
-        "properties": {"order_id": {"type": "string", "maxLength": 36}},
+        "properties": {"order_id": path_schema(policy.routes[0].query.params["order_id"])},
         "additionalProperties": False,
         "required": ["order_id"],
     }
+    assert get_order["properties"]["order_id"] == {
+        "type": "string", "maxLength": 36, "pattern": "^(?!\\.\\.?$)[^/\\\\\\x00-\\x1f\\x7f]+$"
+    }  # fmt: skip  # one path segment, never null (the OpenAPI document's path schema)
     create = input_schema(policy.routes[4])
     assert create["required"] == ["order_id", "customer_id", "total_cents"]
     assert create["properties"]["currency"] == {
@@ -99,14 +106,45 @@ def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> N
 )
 def test_the_idempotency_key_argument_is_the_header(repo: Path, key: Any, header: Any) -> None:
     create = example(repo).routes[4]
-    values, given = arguments_of(create, {"order_id": "O-1", "idempotency_key": key})
-    assert values == {"order_id": "O-1"}
+    path, values, given = arguments_of(create, {"order_id": "O-1", "idempotency_key": key})
+    assert (path, values) == ({}, {"order_id": "O-1"})  # POST /v1/orders: a body parameter
     assert given == header
     read = example(repo).routes[1]
     assert arguments_of(read, {"idempotency_key": "k"}) == (
+        {},
         {"idempotency_key": "k"},
         [],
     )  # param-unknown later
+
+
+def test_path_arguments_bind_as_the_path_would(repo: Path) -> None:
+    get_order = example(repo).routes[0]
+    assert arguments_of(get_order, {"order_id": "O-1"}) == ({"order_id": "O-1"}, {}, [])
+    assert arguments_of(get_order, {"order_id": 12}) == ({"order_id": "12"}, {}, [])  # its text
+    assert arguments_of(get_order, {}) == ({}, {}, [])  # param-missing later, when binding
+
+
+@pytest.mark.parametrize("value", ["..", ".", "a/b", "", "a\x00b", "a\\b", None, True, 1.5, ["a"]])
+def test_path_arguments_obey_the_routers_segment_rule(repo: Path, value: Any) -> None:
+    get_order = example(repo).routes[0]
+    with pytest.raises(BadRequest) as caught:
+        arguments_of(get_order, {"order_id": value})
+    assert caught.value.code == "path-invalid"
+    assert caught.value.extra == {"param": "order_id"}
+
+
+def test_scopes_supported_are_those_of_roles_some_route_allows(repo: Path, tmp_path: Path) -> None:
+    """A deny-only role's scopes (and an unused role's) grant nothing: not advertised."""
+    edit = (
+        "    - groups: [suspended]         # agent acting for a suspended person\n",
+        "    - groups: [suspended]         # agent acting for a suspended person\n"
+        "    - scopes: [orders.suspended]\n"
+        "  unused:\n"
+        "    - scopes: [orders.unused]\n",
+    )
+    policy = example(repo, edit, tmp_path)
+    scopes = resource_metadata(policy, "https://gw.example/mcp")["scopes_supported"]
+    assert scopes == ["orders.read", "orders.write"]
 
 
 def test_protected_resource_metadata(repo: Path) -> None:
@@ -135,3 +173,26 @@ def test_the_mcp_paths_are_reserved(template: str, reserved: str) -> None:
         f"{reserved} is reserved for the gateway's own endpoints"
     ]
     assert template_problems("/mcpx") == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:secret@gw.example",
+        "https://gw.example@evil.example",
+        "https://gw.example/?x=1",
+        "https://gw.example?",
+        "https://gw.example#top",
+        "https://gw.example:99999",
+        "ftp://gw.example",
+        "https://",
+    ],
+)
+def test_the_public_url_refuses_userinfo_query_fragment_and_bad_hosts(url: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(public_url=url)
+
+
+def test_the_public_url_keeps_a_path_prefix() -> None:
+    assert Settings(public_url="https://gw.example/api/").public_url == "https://gw.example/api"
+    assert Settings(public_url="http://[::1]:8443").public_url == "http://[::1]:8443"
