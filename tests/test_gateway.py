@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -636,3 +637,15 @@ async def test_every_metric_and_readyz_field_is_documented(
     if not any("introspection" in issuer for issuer in body["issuers"].values()):
         documented = {f for f in documented if not f.startswith("issuers.NAME.introspection")}
     assert documented <= fields
+
+
+def test_every_setting_is_in_the_readme_settings_table() -> None:
+    """Operators configure the gateway from the README's settings table: it names every setting."""
+    from gateway.settings import Settings
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("Settings come from the environment", 1)[1].split("\n### ", 1)[0]
+    documented = {name for row in table.splitlines() for name in re.findall(r"`([A-Z_]+)`", row)}
+    for name in Settings.model_fields:
+        env = "SPANNER_EMULATOR_HOST" if name == "spanner_emulator_host" else f"SPANGATE_{name.upper()}"
+        assert env in documented, f"{env} is not in the README's settings table"
