@@ -24,11 +24,10 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Final
 
 from gateway.dev.ports import free_port
-from gateway.dev.processes import terminate_group
+from gateway.dev.processes import StoppedOnExit, terminate_group
 
 __all__ = [
     "EMULATOR_DIR",
@@ -139,7 +138,7 @@ def _log_tail(log_path: Path | None, max_bytes: int = 4000) -> str:
     return text.strip() or f"(log {log_path} is empty)"
 
 
-class EmulatorProcess:
+class EmulatorProcess(StoppedOnExit):
     """A running ``emulator_main`` started by :func:`start_emulator`.
 
     ``host`` is ``"127.0.0.1:PORT"``, the value for ``SPANNER_EMULATOR_HOST`` or a
@@ -187,16 +186,6 @@ class EmulatorProcess:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> EmulatorProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self._proc.returncode})"

@@ -30,15 +30,14 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 from urllib.parse import quote_plus
 
 import httpx
 
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import HOST, free_port, port_is_free
-from gateway.dev.processes import terminate_group
+from gateway.dev.processes import StoppedOnExit, terminate_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IDP_DIR = REPO_ROOT / "dev" / "idp"
@@ -104,7 +103,7 @@ def _finalize(process: subprocess.Popen[bytes], stderr_file: IO[bytes]) -> None:
     stderr_file.close()
 
 
-class IdpProcess:
+class IdpProcess(StoppedOnExit):
     """A running provider started by ``start_idp``.
 
     ``issuer`` is ``http://127.0.0.1:<port>/oauth2/default``; ``pid`` the node process id (the
@@ -196,16 +195,6 @@ class IdpProcess:
             self._stderr_after_stop = _tail(self._stderr_file)
             self._stderr_file.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"

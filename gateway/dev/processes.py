@@ -6,9 +6,28 @@ import contextlib
 import os
 import signal
 import subprocess
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
-__all__ = ["terminate_group"]
+__all__ = ["StoppedOnExit", "terminate_group"]
+
+
+class StoppedOnExit:
+    """A started process used as a context manager: ``stop()`` when the block ends."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def terminate_group(proc: subprocess.Popen[Any], timeout: float) -> None:

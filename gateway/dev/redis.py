@@ -12,11 +12,10 @@ import subprocess
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from gateway.dev.ports import HOST, free_port
-from gateway.dev.processes import terminate_group
+from gateway.dev.processes import StoppedOnExit, terminate_group
 
 __all__ = [
     "INSTALL",
@@ -58,7 +57,7 @@ def _ping(port: int, timeout: float) -> bool:
         return False
 
 
-class RedisProcess:
+class RedisProcess(StoppedOnExit):
     """A running ``redis-server``; ``url`` is the value for ``SPANGATE_REDIS_URL``."""
 
     def __init__(
@@ -86,16 +85,6 @@ class RedisProcess:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> RedisProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_redis(*, log_path: Path | None = None, timeout: float = 20.0) -> RedisProcess:
