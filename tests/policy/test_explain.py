@@ -260,3 +260,12 @@ def test_explain_shows_the_budget_an_allowed_call_spends(
     base = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", support]
     assert main([*base, "GET", "/v1/orders"]) == 0
     assert "budget    none\n" in capsys.readouterr().out  # support has no budget
+    # The agent acting for a support person (RFC 8693) holds agent-for-support only: its budget
+    # is the agent's (per actor), never none (regression: the example left delegated calls free).
+    delegated = dict(json.loads(support), scp=["orders.read"], act={"sub": "order-agent"})
+    args = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", json.dumps(delegated)]
+    assert main([*args, "GET", "/v1/orders"]) == 0
+    assert (
+        "budget    calls 60/min (role agent-for-support, per actor), "
+        "rows 5000/hour (role agent-for-support, per actor)\n"
+    ) in capsys.readouterr().out
