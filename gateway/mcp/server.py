@@ -3,7 +3,9 @@
     POST /mcp -> the door (here): method, Host/Origin (DNS-rebinding protection), bearer token
                  (the gateway's own verifier: 401 with ``resource_metadata``), body limits
               -> the SDK (StreamableHTTPSessionManager, stateless, json_response): JSON-RPC,
-                 protocol revisions 2026-07-28 and 2025-11-25
+                 protocol revisions 2026-07-28 and 2025-11-25; a 2025-11-25-era ``tools/call``
+                 goes to the SDK's single-exchange entry (``serve_one``: same runner, no
+                 per-request transport, streams and task; ``single_tool_call``)
               -> tools/list: ``tools.tools_for`` (the routes the token's roles allow)
               -> tools/call: ``Gateway.perform``, the very path of an HTTP request (decision,
                  binding, execution, one audit event with ``transport: mcp``)
