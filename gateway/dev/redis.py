@@ -47,14 +47,24 @@ def find_redis() -> str:
     return found
 
 
-def _ping(port: int, timeout: float) -> bool:
+def _answers_as(port: int, pid: int, timeout: float) -> bool:
+    """Whether the Redis on ``port`` answers and is the process ``pid`` (``INFO server``'s
+    ``process_id``): a free port can be taken by someone else's server between choosing it and
+    starting ours, and a test must never flush another's data."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.split(b"process_id:", 1)[1].count(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk or len(reply) > 1 << 20:
+                    return False
+                reply += chunk
     except OSError:
         return False
+    found = reply.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0].strip()
+    return found == str(pid).encode()
 
 
 class RedisProcess(StoppedOnExit):
@@ -87,11 +97,14 @@ class RedisProcess(StoppedOnExit):
 
 
 
-def start_redis(*, log_path: Path | None = None, timeout: float = 20.0) -> RedisProcess:
-    """Start ``redis-server`` on a free 127.0.0.1 port and wait until it answers PING. Raises
-    ``RedisMissing`` (saying what to install) or ``RedisStartError`` (with the log's tail)."""
+def start_redis(
+    *, log_path: Path | None = None, timeout: float = 20.0, port: int | None = None
+) -> RedisProcess:
+    """Start ``redis-server`` on a free 127.0.0.1 port (or ``port``) and wait until it answers as
+    itself. Raises ``RedisMissing`` (saying what to install) or ``RedisStartError`` (with the
+    log's tail)."""
     binary = find_redis()
-    port = free_port()
+    port = free_port() if port is None else port
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
             "--protected-mode", "yes", "--daemonize", "no"]  # fmt: skip
     log: IO[bytes] | None = None
@@ -109,12 +122,13 @@ def start_redis(*, log_path: Path | None = None, timeout: float = 20.0) -> Redis
     )
     server = RedisProcess(proc, port, log_path, log)
     deadline = time.monotonic() + timeout
-    while not _ping(port, 0.5):
+    while not _answers_as(port, proc.pid, 0.5):
         if not server.is_running() or time.monotonic() > deadline:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
             server.stop()
-            raise RedisStartError(f"{' '.join(argv)} did not answer PING:\n{tail}")
+            raise RedisStartError(
+                f"{' '.join(argv)} did not answer as process {proc.pid} (another server on the "
+                f"port, or it failed to start):\n{tail}"
+            )
         time.sleep(0.05)
-    if not server.is_running():  # someone else answered on the port
-        raise RedisStartError(f"redis-server on port {port} exited at start:\n")
     return server
