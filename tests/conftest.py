@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import hypothesis
 import pytest
+from served import Served, served
 
 from gateway.app import Gateway
 from gateway.dev.database import create_database, load_demo_sql
@@ -158,3 +159,14 @@ def audit_lines(audit_path: Path) -> Callable[[], list[dict[str, object]]]:
         return [json.loads(line) for line in audit_path.read_text().splitlines() if line]
 
     return read
+
+
+@pytest.fixture(scope="module")
+def example_server(
+    demo_database: str, idp: IdpProcess, tmp_path_factory: pytest.TempPathFactory, audit_key: str
+) -> Iterator[Served]:
+    """A real ``spangate serve`` on the example policy, one per test module (its audit file is
+    shared by the module's tests: find a test's events by request id)."""
+    folder = tmp_path_factory.mktemp("served")
+    with served(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
+        yield server

@@ -6,27 +6,20 @@ person's token must not take the person's roles: it reads orders (the example's
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from served import served as serving
+from served import Served
 
 from gateway.dev.idp import IdpProcess, exchange_token
 
 
 @pytest.fixture(scope="module")
-def served(
-    demo_database: str,
-    idp: IdpProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-    audit_key: str,
-) -> Iterator[tuple[str, Path]]:
-    folder = tmp_path_factory.mktemp("delegation")
-    with serving(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
-        yield server.base, server.audit
+def served(example_server: Served) -> tuple[str, Path]:
+    return example_server.base, example_server.audit
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from served import Served
 from served import served as serving
 
 from gateway.dev.idp import IdpProcess
@@ -31,15 +32,8 @@ MODES = ["legacy", "2026-07-28"]  # legacy: the 2025-11-25 initialize handshake
 
 
 @pytest.fixture(scope="module")
-def served(
-    demo_database: str,
-    idp: IdpProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-    audit_key: str,
-) -> Iterator[tuple[str, Path]]:
-    folder = tmp_path_factory.mktemp("mcp")
-    with serving(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as server:
-        yield server.base, server.audit
+def served(example_server: Served) -> tuple[str, Path]:
+    return example_server.base, example_server.audit
 
 
 @asynccontextmanager
