@@ -150,6 +150,19 @@ def _problem(raw: bytes, status: int, code: str) -> dict[str, Any]:
 # -- item 2: headers with limits ----------------------------------------------------------------
 
 
+def _wait_healthy(server: Served, failure: str, seconds: float = 20) -> None:
+    """Until /healthz answers 200 (new connections are served again), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(server.base + "/healthz", timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
 def test_two_megabytes_of_headers_get_431_and_are_not_read(server: Served) -> None:
     before = _rss_kib(server)
     for _ in range(3):
@@ -455,15 +468,7 @@ def test_the_connection_cap_limits_connections_not_requests(
     finally:
         for sock in busy:
             sock.close()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(server.base + "/healthz", timeout=10).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not recover from the cap"
-        time.sleep(0.1)
+    _wait_healthy(server, "the gateway did not recover from the cap")
 
 
 def test_connections_per_address_are_limited_when_configured(
@@ -482,15 +487,8 @@ def test_connections_per_address_are_limited_when_configured(
     finally:
         held.pop().close()
     try:
-        deadline = time.monotonic() + 20
-        while True:  # one slot is free again once the server saw the close
-            try:
-                if httpx.get(server.base + "/healthz", timeout=10).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the freed slot was not reused"
-            time.sleep(0.1)
+        # one slot is free again once the server saw the close
+        _wait_healthy(server, "the freed slot was not reused")
     finally:
         for sock in held:
             sock.close()
