@@ -19,7 +19,6 @@ unknown tool is a JSON-RPC error (invalid params), audited as ``no-route``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -166,14 +165,23 @@ def _shown(name: str) -> str:
     return name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
 
 
-def malformed_tool_call(body: bytes) -> tuple[dict[str, Any], GatewayError] | None:
-    """A JSON-RPC ``tools/call`` request (one message, with an id) whose params the SDK would
-    refuse with -32602 before calling the tool: (the message, ``tool-call-invalid``); else None
-    (other messages, and bodies that are no JSON, are the SDK's)."""
+NOT_JSON: Any = object()  # ``json_of`` for a body that is no JSON
+
+
+def json_of(body: bytes) -> Any:
+    """The body's JSON value, parsed once for the door's two looks at it (``NOT_JSON`` when it is
+    none; the SDK answers such bodies)."""
     try:
-        message = json.loads(body)
+        return pydantic_core.from_json(body)
     except ValueError:
-        return None
+        return NOT_JSON
+
+
+def malformed_tool_call(message: Any) -> tuple[dict[str, Any], GatewayError] | None:
+    """A JSON-RPC ``tools/call`` request (one message, with an id; ``message`` as ``json_of``
+    parsed it) whose params the SDK would refuse with -32602 before calling the tool: (the
+    message, ``tool-call-invalid``); else None (other messages, and bodies that are no JSON, are
+    the SDK's)."""
     if not isinstance(message, dict) or message.get("method") != "tools/call":
         return None
     rpc_id = message.get("id")
@@ -196,11 +204,12 @@ def malformed_tool_call(body: bytes) -> tuple[dict[str, Any], GatewayError] | No
 _VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("ascii")
 
 
-def single_tool_call(scope: Scope, body: bytes) -> tuple[types.JSONRPCRequest, str] | None:
+def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, str] | None:
     """A POST that the SDK's stateless JSON transport would hand its dispatcher as one
     ``tools/call`` request of the handshake era (``MCP-Protocol-Version`` absent or one of
     ``HANDSHAKE_PROTOCOL_VERSIONS``, ``Accept`` taking JSON, a body that is one JSON-RPC request,
-    checked by the SDK's own parser and model): (the request, its protocol version); else None
+    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it): (the request, its
+    protocol version); else None
     (everything else, the 2026-07-28 revision and every refusal included, is the SDK
     manager's)."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
@@ -209,10 +218,10 @@ def single_tool_call(scope: Scope, body: bytes) -> tuple[types.JSONRPCRequest, s
         return None
     if not check_accept_headers(Request(scope))[0]:
         return None  # the SDK's 406
+    if parsed is NOT_JSON:
+        return None
     try:
-        message = types.jsonrpc_message_adapter.validate_python(
-            pydantic_core.from_json(body), by_name=False
-        )
+        message = types.jsonrpc_message_adapter.validate_python(parsed, by_name=False)
     except (ValueError, ValidationError):  # not JSON, or no JSON-RPC message: the SDK answers
         return None
     if not isinstance(message, types.JSONRPCRequest) or message.method != "tools/call":
@@ -297,12 +306,13 @@ class McpEndpoint:
             error = GatewayError("an unexpected error occurred; see the logs for this request id")
             await self._refuse(scope, send, rid, active, error)
             return
-        malformed = malformed_tool_call(body)
+        parsed = json_of(body)
+        malformed = malformed_tool_call(parsed)
         if malformed is not None:
             await self._answer_malformed(scope, send, rid, active, principal, *malformed)
             return
         scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
-        single = single_tool_call(scope, body)
+        single = single_tool_call(scope, parsed)
         if single is not None:
             await self._serve_one(scope, send, rid, *single)
             return

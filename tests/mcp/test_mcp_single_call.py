@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.mcp.server import single_tool_call
+from gateway.mcp.server import json_of, single_tool_call
 
 CALL = {
     "jsonrpc": "2.0",
@@ -29,7 +29,7 @@ def scope(version: str | None = "2025-11-25", accept: str = "application/json") 
 
 @pytest.mark.parametrize("version", ["2025-11-25", "2025-06-18", None])
 def test_a_handshake_era_tools_call_is_served_in_one_exchange(version: str | None) -> None:
-    single = single_tool_call(scope(version), json.dumps(CALL).encode())
+    single = single_tool_call(scope(version), json_of(json.dumps(CALL).encode()))
     assert single is not None
     message, negotiated = single
     assert (message.id, message.method) == (7, "tools/call")
@@ -50,5 +50,5 @@ def test_a_handshake_era_tools_call_is_served_in_one_exchange(version: str | Non
     ],
 )
 def test_everything_else_is_the_sdk_managers(headers: dict[str, Any], body: object) -> None:
-    assert single_tool_call(headers, json.dumps(body).encode()) is None
-    assert single_tool_call(scope(), b"{not json") is None
+    assert single_tool_call(headers, json_of(json.dumps(body).encode())) is None
+    assert single_tool_call(scope(), json_of(b"{not json")) is None
