@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 IDP    := dev/idp/node_modules/.package-lock.json
 INSPECTOR := dev/mcp-inspector/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit bench schema lock clean
+.PHONY: setup demo test lint typecheck docs unit bench schema lock clean
 
 setup: $(STAMP) $(IDP) $(INSPECTOR)
 
@@ -44,6 +44,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml, docs/) into build/docs/; --strict: any broken link,
+# anchor or nav entry fails (tests/test_docs.py builds it too, so `make test` checks it).
+# `.venv/bin/mkdocs serve` previews it on http://127.0.0.1:8000 while you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: setup lint typecheck
 	$(BIN)/python -m pytest
 
@@ -61,4 +67,4 @@ lock:
 	  --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run
+	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs

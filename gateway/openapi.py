@@ -7,7 +7,7 @@ shape with the statement's columns and their types (from Spanner's PLAN result m
 ``Idempotency-Key`` header of writes, and the problem+json errors each operation can answer.
 Built per request of ``/openapi.json`` from the policy being served, so it follows hot reloads.
 
-One JSON representation per Spanner type (the README's types table): parameters accept what
+One JSON representation per Spanner type (docs/api/types.md): parameters accept what
 ``gateway.policy.types.coerce`` accepts; results are what ``gateway.spanner.results.to_json`` gives.
 """
 

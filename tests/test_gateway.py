@@ -602,10 +602,14 @@ async def test_the_example_write_is_idempotent_with_a_key(
     assert_problem(reused, 422, "idempotency-key-reused")
 
 
-def _readme_table_names(section: str, prefix: str) -> set[str]:
-    """The first-column names (in backticks) of README table rows under ``section``."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _doc_table_names(page: str, heading: str, prefix: str = "") -> set[str]:
+    """The first-column names (in backticks) of the table rows under ``heading`` of a docs page."""
+    text = (DOCS / page).read_text()
+    assert f"\n{heading}\n" in text, f"{page} has no heading {heading!r}"
+    body = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     return {
         line.split("`")[1]
         for line in body.splitlines()
@@ -616,13 +620,13 @@ def _readme_table_names(section: str, prefix: str) -> set[str]:
 async def test_every_metric_and_readyz_field_is_documented(
     client: httpx.AsyncClient, gateway: Any
 ) -> None:
-    """Dashboards and probes are built from the README: it names exactly what is served."""
-    section = "### Health, readiness, metrics and docs"
+    """Dashboards and probes are built from the docs' tables: they name exactly what is served."""
+    page = "reference/health-and-metrics.md"
     text = (await client.get("/metrics")).text
     served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     if gateway.reloader is None:  # the reload counter exists once a reloader does
         served.add("spangate_policy_reloads_total")
-    assert _readme_table_names(section, "spangate_") == served
+    assert _doc_table_names(page, "## `/metrics`") == served
 
     body = (await client.get("/readyz")).json()
     fields = {key for key in body if not isinstance(body[key], dict)}
@@ -630,22 +634,28 @@ async def test_every_metric_and_readyz_field_is_documented(
     for issuer in body["issuers"].values():
         fields |= {f"issuers.NAME.{key}" for key in issuer}
         fields |= {f"issuers.NAME.introspection.{key}" for key in issuer.get("introspection", {})}
-    documented = _readme_table_names(section, "") - {
-        name for name in _readme_table_names(section, "spangate_")
-    }
+    documented = _doc_table_names(page, "## `/readyz`")
     assert fields - {"issuers.NAME.introspection.cached_inactive"} <= documented
     if not any("introspection" in issuer for issuer in body["issuers"].values()):
         documented = {f for f in documented if not f.startswith("issuers.NAME.introspection")}
     assert documented <= fields
 
 
-def test_every_setting_is_in_the_readme_settings_table() -> None:
-    """Operators configure the gateway from the README's settings table: it names every setting."""
+def test_every_setting_is_in_the_settings_table() -> None:
+    """Operators configure the gateway from the docs' settings table: it names every setting, and
+    nothing else, in its first column."""
     from gateway.settings import Settings
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = text.split("Settings come from the environment", 1)[1].split("\n### ", 1)[0]
-    documented = {name for row in table.splitlines() for name in re.findall(r"`([A-Z_]+)`", row)}
-    for name in Settings.model_fields:
-        env = "SPANNER_EMULATOR_HOST" if name == "spanner_emulator_host" else f"SPANGATE_{name.upper()}"
-        assert env in documented, f"{env} is not in the README's settings table"
+    table = (DOCS / "reference" / "settings.md").read_text()
+    documented = {
+        name
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`([A-Z_]+)`", row.split("|")[1])
+    }
+    settings = {
+        "SPANNER_EMULATOR_HOST" if name == "spanner_emulator_host" else f"SPANGATE_{name.upper()}"
+        for name in Settings.model_fields
+    }
+    assert settings - documented == set(), "settings missing from docs/reference/settings.md"
+    assert documented - settings == set(), "docs/reference/settings.md names no such setting"

@@ -185,7 +185,7 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             _say(f"\n# {client_id}: {client.get('description', '')}")
             _say(_curl(base, token, method, path, body))
         agent = tokens["order-agent"]
-        _say("\n# mcp: an MCP client as the order-agent (.mcp.json; README: AI agents)")
+        _say("\n# mcp: an MCP client as the order-agent (.mcp.json; docs/agents/index.md)")
         _say(mcp_config(base, agent))
         _say("# mcp: the tools the order-agent's token may call (tools/list)")
         _say(mcp_curl(base, agent))

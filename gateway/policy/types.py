@@ -1,6 +1,6 @@
 """Parameter types: parse a policy's type names and turn caller values into typed Python values.
 
-Pure: no Spanner import. One JSON representation per type, both ways (documented in the README):
+Pure: no Spanner import. One JSON representation per type, both ways (documented in docs/api/types.md):
 
     BOOL       true/false                      ("true"/"false" in a query string)
     INT64      JSON integer, or a decimal string (exact beyond 2^53)

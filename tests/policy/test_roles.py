@@ -177,7 +177,7 @@ def _lookup(claims: Any, path: str) -> Any:
 
 
 def oracle(entry: RoleEntry, p: Principal, deny: bool = False) -> bool:
-    if "act" in p.claims:  # a delegated token: the truth table of the README
+    if "act" in p.claims:  # a delegated token: the truth table of docs/policy/roles.md
         names_actor = entry.claims is not None and "act.sub" in entry.claims
         if not (entry.delegated or names_actor or (deny and entry.delegated is None)):
             return False
