@@ -1,6 +1,6 @@
 """Budgets through the real gateway in process (httpx over ASGI, the real OpenID provider, the
 emulator): what a call spends when its statement never ran (an Idempotency-Key replay over HTTP
-and MCP, a reused key, a malformed key)."""
+and MCP, a reused key, a malformed key), and the budget store in ``/readyz``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
+from gateway.budgets.core import UNKEYED_WARNING
 from gateway.dev.idp import IdpProcess
+from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 
@@ -118,3 +120,48 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
         assert fourth.status_code == 429, fourth.text
         assert fourth.json()["budget"] == "writes"
 
+
+async def test_readyz_reports_the_budget_store(
+    writer_gateway: Gateway, token_for: Callable[..., str]
+) -> None:
+    transport = httpx.ASGITransport(app=writer_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["budgets"] == {
+        "store": "memory",
+        "reachable": True,
+        "last_error": None,
+        "keyed": True,
+        "warning": None,
+    }
+
+
+async def test_an_unreachable_redis_is_not_ready_and_an_unkeyed_one_is_said(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, token_for: Callable[..., str]
+) -> None:
+    """With SPANGATE_REDIS_URL every budgeted call needs Redis: /readyz asks it, and answers 503
+    while it does not answer (budgeted calls would all be 503 budget-store-unavailable)."""
+    settings = Settings(
+        policy=policy(tmp_path, "budgets:\n  order-agent: {calls: 5/day}", redact=False),
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_seconds=0.5,
+    )
+    app = await started(settings, idp)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            ready = await http.get("/readyz")
+            metrics = (await http.get("/metrics")).text
+        assert ready.status_code == 503, ready.text
+        body = ready.json()
+        assert body["status"] == "not-ready" and body["databases_warmed"] is True
+        budgets = body["budgets"]
+        assert (budgets["store"], budgets["reachable"], budgets["keyed"]) == ("redis", False, False)
+        assert isinstance(budgets["last_error"], str) and budgets["last_error"]
+        assert budgets["warning"] == UNKEYED_WARNING
+        assert "spangate_ready 0" in metrics
+    finally:
+        await app.shutdown()
