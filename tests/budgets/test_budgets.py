@@ -444,3 +444,29 @@ def test_a_limit_beyond_the_header_integer_range_is_a_located_load_error(tmp_pat
     assert problem.line == path.read_text().splitlines().index(f"  order-agent: {body}") + 1
     assert "at most 999,999,999,999,999" in problem.message
 
+
+# -- the load warning ------------------------------------------------------------------------------
+def test_a_route_allowing_a_budgeted_and_an_unbudgeted_role_is_a_located_warning(
+    tmp_path: Path,
+) -> None:
+    path = policy_with(tmp_path, "budgets:\n  order-agent: {calls: 60/min}")
+    warnings = load_policy(path, env=ENV).warnings
+    lines = path.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if "allow: [support, order-agent" in line)
+    assert [(w.where, w.line, w.column) for w in warnings] == [
+        (f"routes[{k}].allow[0]", first + 1 + 5 * k, lines[first].index("support") + 1)
+        for k in range(3)
+    ]
+    assert warnings[0].as_warning() == (
+        f"{path}:{first + 1}:{lines[first].index('support') + 1}: warning: routes[0].allow[0]: "
+        "role support has no budget, and order-agent, also allowed on GET "
+        "/v1/orders/{order_id}, has a budget: a token holding support and order-agent spends no "
+        "budget on this route (a call gets the most generous budget of the roles that allow "
+        "it, and no budget is the most generous); give support a budget too, or allow only "
+        "one of them"
+    )
+    # agent-for-support judges delegated tokens only, support direct ones: no token holds both
+    path = policy_with(tmp_path, "budgets:\n  agent-for-support: {calls: 60/min}")
+    assert load_policy(path, env=ENV).warnings == ()
+    # every allowing role budgeted (the example): no warning
+    assert load_policy(REPO / "policy.example.yaml", env=ENV).warnings == ()
