@@ -64,7 +64,8 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
     writer_gateway: Gateway, token_for: Callable[..., str]
 ) -> None:
     """A replay (HTTP or MCP), a reused key and a malformed key run no statement: the writes
-    budget (3 a day) is spent by the three writes that ran, and only by them."""
+    budget (3 a day) is spent by the three writes that ran (one of them refused by Spanner), and
+    only by them."""
     token = token_for("order-writer")
     transport = httpx.ASGITransport(app=writer_gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
@@ -113,9 +114,9 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
         assert malformed.json()["code"] == "idempotency-key-invalid"
         second = await mcp(order(), secrets.token_hex(8))
         assert second["isError"] is False, second
-        third = await post(order(), None)
-        assert third.status_code == 200, third.text
-        assert third.headers["RateLimit"].startswith('"writes";r=0;')
+        third = await post(first, None)  # the same order again: it ran, and Spanner refused it
+        assert third.status_code == 409, third.text
+        assert third.headers["RateLimit"].startswith('"writes";r=0;')  # a statement that ran spends
         fourth = await post(order(), secrets.token_hex(8))  # three writes ran: spent
         assert fourth.status_code == 429, fourth.text
         assert fourth.json()["budget"] == "writes"
