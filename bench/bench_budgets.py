@@ -41,7 +41,7 @@ async def _check_latency(url: str, checks: int) -> float:
         ]
         for _ in range(checks):
             started = time.perf_counter()
-            await store.take(counter)
+            await store.take(counter, time.time())
             samples.append(time.perf_counter() - started)
     finally:
         await store.aclose()

@@ -347,7 +347,16 @@ class Gateway:
         route = decision.route
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
-        # The budget: spent (calls, writes) before the statement runs, or 429/503 here.
+        # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here.
+        idempotency = request_key(
+            target.idempotency,
+            call.principal,
+            route,
+            decision.bound.values,
+            ttl_seconds=self.settings.idempotency_ttl_seconds,
+        )
+        # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
+        # back when the statement provably never started (see gateway.budgets.check).
         spend = await self.budgets.spend(policy, route, decision.roles, call.principal)
         if spend is not None:
             call.extra["ratelimit"] = spend.headers
@@ -355,27 +364,37 @@ class Gateway:
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
         call.request_tag = tags.request
-        call.result = await self.executor.run(
-            route.query,
-            decision.bound.values,
-            tags=tags,
-            idempotency=request_key(
-                target.idempotency,
-                call.principal,
-                route,
+        sent = False
+
+        def on_sent() -> None:
+            nonlocal sent
+            sent = True
+
+        try:
+            call.result = await self.executor.run(
+                route.query,
                 decision.bound.values,
-                ttl_seconds=self.settings.idempotency_ttl_seconds,
-            ),
-            in_transaction=in_transaction_hook(  # the Spanner sink's row commits with the write
-                self.audit, call, policy, key=self._audit_key, database=self._database
-            ),
-            on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
-                self.audit, call, policy, key=self._audit_key, database=self._database
-            ),
-            on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
-        )
-        if spend is not None and not route.query.is_dml:  # rows: counted after the read
-            await self.budgets.count_rows(spend, call.result.row_count)
+                tags=tags,
+                idempotency=idempotency,
+                in_transaction=in_transaction_hook(  # the Spanner sink's row commits with the write
+                    self.audit, call, policy, key=self._audit_key, database=self._database
+                ),
+                on_settled=settle_hook(  # a 504 whose Commit was in flight: how it ended, audited
+                    self.audit, call, policy, key=self._audit_key, database=self._database
+                ),
+                on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
+                on_sent=on_sent,
+            )
+        except Exception:
+            if spend is not None and not sent:  # refused before its statement: nothing spent
+                await self.budgets.refund(spend)
+                call.extra["ratelimit"] = spend.headers
+            raise
+        if spend is not None:
+            if call.result.replayed:  # a stored answer: no statement ran for this call
+                await self.budgets.refund(spend)
+            elif not route.query.is_dml:  # rows: counted after the read
+                await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
 

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
+from gateway.budgets.core import UNKEYED_WARNING as UNKEYED_BUDGETS
+from gateway.budgets.store import StoreUnavailable
 from gateway.errors import MisdirectedRequest
 from gateway.http import PROBLEM_TYPE
 from gateway.http import problem as problem_body
@@ -110,6 +112,13 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                     "in_flight": seen.in_flight,
                     "backoff_seconds": round(seen.backoff_seconds, 1),
                 }
+        store = gateway.budgets.store
+        try:  # Redis (SPANGATE_REDIS_URL): asked now, within its deadline; the state keeps why
+            await store.ping()
+        except StoreUnavailable:
+            pass
+        budget = store.state()
+        unkeyed = budget.kind == "redis" and not gateway.budgets.keyed
         ready = serving_ready(gateway)
         body = {
             "status": "ready" if ready else "not-ready",
@@ -119,6 +128,13 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
             "writes_settling": gateway.executor.settling,
             "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},
+            "budgets": {
+                "store": budget.kind,
+                "reachable": budget.reachable,
+                "last_error": budget.last_error,
+                "keyed": gateway.budgets.keyed,
+                "warning": UNKEYED_BUDGETS if unkeyed else None,
+            },
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -37,8 +37,13 @@ class RequestMetrics:
 
 
 def serving_ready(gateway: Gateway) -> bool:
-    """What ``/readyz`` answers 200 for: every identity warmed and every issuer able to verify."""
-    return gateway.ready and all(c.state().ready for c in gateway.verifier.caches.values())
+    """What ``/readyz`` answers 200 for: every identity warmed, every issuer able to verify, and
+    the budget store reachable as last seen (Redis: every budgeted call would be refused)."""
+    return (
+        gateway.ready
+        and all(c.state().ready for c in gateway.verifier.caches.values())
+        and gateway.budgets.store.state().reachable is not False
+    )
 
 
 def _label(value: Any) -> str:

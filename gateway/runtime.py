@@ -16,6 +16,8 @@ from gateway.auth.jwks import JwksCache
 from gateway.auth.presets import is_org_server
 from gateway.auth.verify import TokenVerifier
 from gateway.budgets.check import Budgets
+from gateway.budgets.core import UNKEYED_WARNING as UNKEYED_BUDGETS
+from gateway.budgets.core import derive_hash_key
 from gateway.budgets.store import BudgetStore, MemoryStore
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
@@ -31,7 +33,7 @@ from gateway.spanner.identities import (
     default_client_factory,
 )
 
-__all__ = ["budget_store", "build_gateway", "load_compiled", "spanner_target"]
+__all__ = ["budget_store", "build_budgets", "build_gateway", "load_compiled", "spanner_target"]
 
 log = logging.getLogger("spangate")
 
@@ -59,6 +61,17 @@ def budget_store(settings: Settings) -> BudgetStore:
     return RedisStore(
         settings.redis_url.get_secret_value(), timeout=settings.redis_timeout_seconds
     )
+
+
+def build_budgets(settings: Settings) -> Budgets:
+    """The budgets' store, and the key of principal hashes in its keys: derived from
+    SPANGATE_AUDIT_KEY, so every replica that shares the audit key (as replicas sharing one
+    Redis must) names a principal alike. Redis without it: a warning (log and ``/readyz``)."""
+    secret = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    key = derive_hash_key(secret)
+    if key is None and settings.redis_url is not None:
+        log.warning("%s", UNKEYED_BUDGETS)
+    return Budgets(budget_store(settings), key=key)
 
 
 async def _analyze(executor: Executor, app: Gateway) -> None:
@@ -163,7 +176,7 @@ def build_gateway(
         audit=audit,
         audit_key=audit_keys(settings).redact,
         closers=closers,
-        budgets=Budgets(budget_store(settings)),
+        budgets=build_budgets(settings),
     )
     reloader = PolicyReloader(
         app,

@@ -165,7 +165,8 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         None,
         description="HMAC key for the audit hash chain and redacted values; without it plain "
-        "SHA-256 is used, which only detects accidents.",
+        "SHA-256 is used, which only detects accidents. A key derived from it also keys the "
+        "principals in budget counter keys (the same on every replica sharing a Redis).",
     )
     audit_batch_window_ms: float = Field(
         5.0,

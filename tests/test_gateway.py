@@ -631,6 +631,7 @@ async def test_every_metric_and_readyz_field_is_documented(
     body = (await client.get("/readyz")).json()
     fields = {key for key in body if not isinstance(body[key], dict)}
     fields |= {f"audit.{key}" for key in body["audit"]}
+    fields |= {f"budgets.{key}" for key in body["budgets"]}
     for issuer in body["issuers"].values():
         fields |= {f"issuers.NAME.{key}" for key in issuer}
         fields |= {f"issuers.NAME.introspection.{key}" for key in issuer.get("introspection", {})}

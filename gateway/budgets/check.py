@@ -1,4 +1,13 @@
-"""The budget check of ``Gateway._run``: spend before the statement, count rows after."""
+"""The budget check of ``Gateway._run``: spend before the statement, count rows after, and give
+back what a call spent when its statement provably never started.
+
+What a call spends: a call whose statement ran, or may have run (a write whose outcome is
+``unknown``), has spent its ``calls`` (and ``writes``). A call whose statement provably never
+started gets them back: refused after the check (Spanner's limits, 503 while Spanner is
+unreachable or too many writes settle, an Idempotency-Key used for another request) or answered
+from a stored Idempotency-Key answer (a replay: nothing ran again). The refund is an atomic
+decrement in the same store and window (``BudgetStore.refund``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.auth.principal import Principal
-from gateway.budgets.core import Limit, Usage, applicable, counters, rate_headers
+from gateway.budgets.core import Counter, Limit, Usage, applicable, counters, rate_headers
 from gateway.budgets.core import usages as usages_of
 from gateway.budgets.store import BudgetStore, StoreUnavailable
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable
@@ -22,9 +31,13 @@ log = logging.getLogger("spangate")
 
 @dataclass
 class Spend:
-    """What a call spent: its budgets' usage after the check (and after its rows)."""
+    """What a call spent: its budgets' usage after the check (and after its rows or a refund),
+    its counters and the store's time that chose their windows (``at``)."""
 
     used: list[Usage] = field(default_factory=list)
+    counters: list[Counter] = field(default_factory=list)
+    at: float = 0.0
+    refunded: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -32,12 +45,27 @@ class Spend:
 
 
 class Budgets:
-    """The policy's budgets against a store; ``refusals`` counts 429s per (role, kind)."""
+    """The policy's budgets against a store; ``refusals`` counts 429s per (role, kind).
 
-    def __init__(self, store: BudgetStore, *, clock: Callable[[], float] = time.time) -> None:
+    ``clock``: this replica's clock, which the in-process store counts windows by (a shared store
+    uses its own). ``key``: the key of principal hashes in store keys (``derive_hash_key``); None
+    hashes them unkeyed (``keyed`` is False, and ``/readyz`` warns when the store is Redis)."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        key: bytes | None = None,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._key = key
         self.refusals: Tally[tuple[str, str]] = Tally()
+
+    @property
+    def keyed(self) -> bool:
+        return self._key is not None
 
     def limits(
         self, policy: CompiledPolicy, route: CompiledRoute, roles: frozenset[str], who: Principal
@@ -53,17 +81,17 @@ class Budgets:
         limits = self.limits(policy, route, roles, who)
         if not limits:
             return None
-        now = self._clock()
+        wanted = counters(limits, self._key)
         try:
-            taken, values = await self.store.take(counters(limits, now))
+            taken = await self.store.take(wanted, self._clock())
         except StoreUnavailable as exc:
             log.warning("budget store unavailable: %s", exc)
             raise BudgetStoreUnavailable(
                 "the budget store did not answer; the statement did not run"
             ) from None
-        used = usages_of(limits, values, now)
-        if taken:
-            return Spend(used)
+        used = usages_of(limits, taken.values, taken.now)
+        if taken.ok:
+            return Spend(used, wanted, taken.now)
         spent = next(u for u in used if u.spent)
         self.refusals[(spent.limit.role, spent.limit.kind)] += 1
         retry = max(u.reset for u in used if u.spent)
@@ -79,18 +107,28 @@ class Budgets:
             },
         )
 
+    async def refund(self, spend: Spend) -> None:
+        """Give back what ``spend`` took (its statement provably never started), once. A store
+        that fails here is logged: the call's answer stands, and its spend with it."""
+        if spend.refunded:
+            return
+        spend.refunded = True
+        try:
+            values = await self.store.refund(spend.counters, spend.at)
+        except StoreUnavailable as exc:
+            log.warning("budget store unavailable, a call's spend not given back: %s", exc)
+            return
+        spend.used = usages_of([u.limit for u in spend.used], values, spend.at)
+
     async def count_rows(self, spend: Spend, rows: int) -> None:
         """Add a read's rows to its ``rows`` budget (it answers anyway; the next call may not).
         A store that fails here is logged: the rows were read and are answered."""
-        now = self._clock()
-        for k, usage in enumerate(spend.used):
-            limit = usage.limit
-            if limit.kind != "rows" or rows <= 0:
+        for k, (usage, counter) in enumerate(zip(spend.used, spend.counters, strict=True)):
+            if usage.limit.kind != "rows" or rows <= 0:
                 continue
-            counter = counters([limit], now)[0]
             try:
-                value = await self.store.add(counter.key, rows, counter.ttl)
+                value, now = await self.store.add(counter, rows, self._clock())
             except StoreUnavailable as exc:
                 log.warning("budget store unavailable, %d rows not counted: %s", rows, exc)
                 continue
-            spend.used[k] = usages_of([limit], [value], now)[0]
+            spend.used[k] = usages_of([usage.limit], [value], now)[0]

@@ -1,9 +1,11 @@
 """Which budgets a call spends, their counters and the RateLimit header fields. Pure.
 
 A budget is a fixed window per (role, kind, principal): ``calls: 60/min`` allows 60 calls in each
-wall-clock minute (windows start at multiples of their length since the epoch, so every replica
-agrees on them). ``calls`` and ``writes`` are spent before the statement runs (a refused call
-spends nothing); ``rows`` are counted after a read ran, and refuse the next call once spent.
+wall-clock minute (windows start at multiples of their length since the epoch). Whose clock says
+which window it is belongs to the store: the in-process store takes the replica's (injected)
+clock, Redis its own (``TIME``), so replicas whose clocks disagree still count in one window.
+``calls`` and ``writes`` are spent before the statement runs and given back when it provably never
+started (see ``check``); ``rows`` are counted after a read ran, and refuse the next call once spent.
 
 A caller whose token holds several roles that allow the route gets, per kind, the most generous
 of those roles' limits (the highest rate, then the highest count); a kind is unlimited when one
@@ -13,28 +15,46 @@ of those roles sets no limit for it (or has no budget at all).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.auth.principal import Principal
-from gateway.budgets.rates import Rate
+from gateway.budgets.rates import MAX_COUNT, Rate
 from gateway.policy.model import Budget
 
 __all__ = [
+    "HEADER_KINDS",
     "KINDS",
+    "UNKEYED_WARNING",
     "Counter",
     "Limit",
     "Usage",
     "applicable",
     "counters",
+    "derive_hash_key",
     "principal_key",
     "rate_headers",
     "usages",
+    "window",
+    "window_key",
 ]
 
 KINDS = ("calls", "rows", "writes")
-KEY_PREFIX = "spangate:budget:v1"
+KEY_PREFIX = "spangate:budget:v2"
+UNKEYED_WARNING = (
+    "budget counters in Redis name each principal by a plain SHA-256 of its issuer and subject "
+    "(or client, or actor): anyone who can read Redis can test a guessed identity against them; "
+    "set SPANGATE_AUDIT_KEY (the same on every replica) to key them"
+)
+
+# The kinds the RateLimit fields carry. Their quota unit is the draft's default ("requests": each
+# call, and each write, is one request; the draft leaves which requests consume a unit to the
+# server). Rows are left out: draft-ietf-httpapi-ratelimit-headers allows only registered quota
+# units in ``qu`` (request, content-bytes, concurrent-requests) and treats any other parameter as
+# a comment, so a rows item would read as a quota of requests whatever vendor parameter it had.
+HEADER_KINDS = ("calls", "writes")
 
 
 @dataclass(frozen=True)
@@ -50,13 +70,14 @@ class Limit:
 
 @dataclass(frozen=True)
 class Counter:
-    """A store's counter: refuse when it holds ``limit`` or more, else add ``cost``; it expires
-    on its own ``ttl`` seconds after its last update (its window is over by then)."""
+    """A store's counter: refuse when it holds ``limit`` or more, else add ``cost``. ``key`` names
+    the budget; the store appends the index of the current ``window`` (seconds) by its own clock
+    (``window_key``), and the counter expires on its own once that window is over."""
 
     key: str
     limit: int
     cost: int
-    ttl: int
+    window: int
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,14 @@ class Usage:
     @property
     def spent(self) -> bool:
         return self.used >= self.limit.rate.limit
+
+
+def derive_hash_key(secret: bytes | None) -> bytes | None:
+    """The key of principal hashes, derived from the audit secret (``SPANGATE_AUDIT_KEY``) with a
+    label of its own, so it is neither the chain's nor the redactions' key; None without one."""
+    if not secret:
+        return None
+    return hmac.new(secret, b"spangate budget principal v1", hashlib.sha256).digest()
 
 
 def principal_key(principal: Principal, per: str) -> str:
@@ -121,28 +150,38 @@ def applicable(
     return tuple(out)
 
 
-def _window(rate: Rate, now: float) -> tuple[int, int]:
-    """(the window's index, seconds until it ends, at least 1)."""
-    index = int(now // rate.window)
-    return index, max(1, math.ceil((index + 1) * rate.window - now))
+def window(length: int, now: float) -> tuple[int, int]:
+    """(the index of the window of ``length`` seconds that holds ``now``, seconds until it ends,
+    at least 1), by whole seconds: exactly what the Redis script computes from ``TIME``."""
+    second = math.floor(now)
+    index = second // length
+    return index, max(1, (index + 1) * length - second)
 
 
-def counter_key(limit: Limit, now: float) -> str:
-    """The store's key of ``limit``'s current window. The principal is hashed (no token data in
-    the store) and in braces, a Redis Cluster hash tag: one principal's counters share a slot."""
-    index, _ = _window(limit.rate, now)
-    who = hashlib.sha256(limit.who.encode()).hexdigest()[:32]
-    return f"{KEY_PREFIX}:{{{who}}}:{limit.role}:{limit.kind}:{limit.rate.window}:{index}"
+def window_key(counter: Counter, now: float) -> str:
+    """The store's key of ``counter`` in the window of ``now``."""
+    return f"{counter.key}:{window(counter.window, now)[0]}"
 
 
-def counters(limits: Sequence[Limit], now: float) -> list[Counter]:
-    """The counters checked before the statement: calls and writes cost 1, rows 0 (counted after)."""
+def _who(limit: Limit, key: bytes | None) -> str:
+    """The principal in a store key: HMAC-SHA256 keyed with ``derive_hash_key`` (no token data in the
+    store, and no way to test a guessed identity without the key); plain SHA-256 without one."""
+    data = limit.who.encode()
+    if key is None:
+        return hashlib.sha256(data).hexdigest()[:32]
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
+
+
+def counters(limits: Sequence[Limit], key: bytes | None = None) -> list[Counter]:
+    """The counters checked before the statement: calls and writes cost 1, rows 0 (counted
+    after). The principal is in braces, a Redis Cluster hash tag: one principal's counters share
+    a slot."""
     return [
         Counter(
-            counter_key(limit, now),
+            f"{KEY_PREFIX}:{{{_who(limit, key)}}}:{limit.role}:{limit.kind}:{limit.rate.window}",
             limit.rate.limit,
             0 if limit.kind == "rows" else 1,
-            _window(limit.rate, now)[1] + 1,
+            limit.rate.window,
         )
         for limit in limits
     ]
@@ -150,19 +189,29 @@ def counters(limits: Sequence[Limit], now: float) -> list[Counter]:
 
 def usages(limits: Sequence[Limit], values: Sequence[int], now: float) -> list[Usage]:
     return [
-        Usage(limit, value, _window(limit.rate, now)[1])
+        Usage(limit, value, window(limit.rate.window, now)[1])
         for limit, value in zip(limits, values, strict=True)
     ]
 
 
+def _integer(value: int) -> int:
+    """A structured field Integer: at most 15 digits (RFC 9651 §3.3.1)."""
+    return max(0, min(value, MAX_COUNT))
+
+
 def rate_headers(used: Sequence[Usage]) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers, structured
-    fields): one item per budget, named by its kind; ``q`` quota, ``w`` window (s), ``r``
-    remaining, ``t`` seconds until the window resets."""
-    if not used:
+    fields): one item per budget of ``HEADER_KINDS``, named by its kind; ``q`` quota, ``w`` window
+    (s), ``r`` remaining, ``t`` seconds until the window resets, each capped to the Integer
+    range. No ``qu``: the default unit, requests, is what calls and writes count."""
+    shown = [u for u in used if u.limit.kind in HEADER_KINDS]
+    if not shown:
         return {}
     policies = ", ".join(
-        f'"{u.limit.kind}";q={u.limit.rate.limit};w={u.limit.rate.window}' for u in used
+        f'"{u.limit.kind}";q={_integer(u.limit.rate.limit)};w={_integer(u.limit.rate.window)}'
+        for u in shown
     )
-    current = ", ".join(f'"{u.limit.kind}";r={u.remaining};t={u.reset}' for u in used)
+    current = ", ".join(
+        f'"{u.limit.kind}";r={_integer(u.remaining)};t={_integer(u.reset)}' for u in shown
+    )
     return {"RateLimit-Policy": policies, "RateLimit": current}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["RATE_PATTERN", "Rate", "parse_rate"]
+__all__ = ["MAX_COUNT", "RATE_PATTERN", "Rate", "parse_rate"]
 
 _UNITS = {
     "s": 1, "sec": 1, "second": 1,
@@ -16,6 +16,10 @@ _UNITS = {
 RATE_PATTERN = r"^\s*([0-9]+)\s*/\s*([0-9]*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$"
 _RATE_RE = re.compile(RATE_PATTERN)
 MAX_WINDOW = 31 * 86_400
+# The largest Integer an HTTP structured field may carry (RFC 9651 §3.3.1): a limit is sent as
+# the RateLimit-Policy's ``q``. It is also exact in the Redis script's Lua numbers (doubles,
+# exact up to 2^53) and far inside Redis's 64-bit counters.
+MAX_COUNT = 999_999_999_999_999
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ def parse_rate(text: object) -> Rate:
     window = int(m.group(2) or 1) * _UNITS[m.group(3)]
     if limit < 1:
         raise ValueError(f"a rate allows at least 1, got {text!r}")
+    if limit > MAX_COUNT:
+        raise ValueError(
+            f"a rate allows at most {MAX_COUNT:,} (the largest integer the RateLimit header "
+            f"fields can carry), got {text!r}"
+        )
     if not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"a rate's window is 1 s to 31 days, got {text!r}")
     return Rate(limit, window)

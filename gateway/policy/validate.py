@@ -29,7 +29,8 @@ the request allows); a ``pattern`` or ``matches`` using ``\\d \\w \\s \\b`` (or 
 which RE2 matches on ASCII only where Python's ``re`` (which such patterns were often written
 for) is Unicode aware, worded more strongly in a deny role (non-ASCII input escapes the deny);
 an entry of a route's ``deny`` role that says ``delegated: false`` (it never denies a delegated
-token, which the default would).
+token, which the default would); a route that allows a role without a budget beside a budgeted
+role one token may also hold (``unbudgeted.py``: the budget is moot for such a token).
 
 ``Salvage`` lets the loader run these checks on the valid part of a policy that also has shape
 errors, without reporting follow-on errors for the entries that failed.
@@ -49,6 +50,7 @@ from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
+from gateway.policy.unbudgeted import unbudgeted_roles
 
 __all__ = [
     "RESERVED_PREFIXES",
@@ -247,6 +249,7 @@ def policy_warnings(policy: Policy) -> list[Finding]:
                     "denies a delegated token (an agent acting for a person it matches gets "
                     "through); leave delegated out to deny delegated tokens too"
                 )))
+    found.extend(unbudgeted_roles(policy))
     return found
 
 

@@ -127,7 +127,7 @@ class _CommitUnknown(Exception):  # a Commit that was sent failed in a way that 
 @dataclass
 class _WriteState:
     """Where one write is, shared by its task and the caller's deadline (one event loop: every
-    read and change is atomic between awaits)."""
+    read and change is atomic between awaits). A read uses ``sent`` alone."""
 
     keyed: bool = False  # it has an Idempotency-Key
     answered: bool = False  # the caller has been answered: no attempt starts, no Commit is sent
@@ -136,6 +136,16 @@ class _WriteState:
     commit_sent: bool = False  # a Commit was handed to the client library and not refused
     commit_sends: int = 0  # Commit RPCs of the current attempt actually sent (transport level)
     abandoned: bool = False  # _Abandoned was raised (whatever the library's rollback raises next)
+    sent: bool = False  # the statement itself was handed to Spanner (reads too; see note_sent)
+    on_sent: Callable[[], None] | None = None
+
+    def note_sent(self) -> None:
+        """The statement is about to be sent (a read's query, a write's DML, not an
+        Idempotency-Key lookup): from here on it may have run. Tells ``on_sent`` once."""
+        if not self.sent:
+            self.sent = True
+            if self.on_sent is not None:
+                self.on_sent()
 
     def outcome(self) -> str:
         """A failed write's outcome: ``unknown`` while its Commit may have landed, or (with an
@@ -329,6 +339,7 @@ class Executor:
         in_transaction: InTransaction | None = None,
         on_settled: OnSettled | None = None,
         on_outcome: OnOutcome | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Result:
         """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
 
@@ -336,8 +347,12 @@ class Executor:
         member). ``on_outcome`` (writes): called with the outcome when the write fails otherwise:
         its caller cancelled (not by the deadline), or an unexpected exception (re-raised as it
         is). ``on_settled`` (writes): called once, later, when a write answered with outcome
-        ``unknown`` (its Commit in flight) has settled; see ``Settled``."""
-        state = _WriteState(keyed=idempotency is not None)
+        ``unknown`` (its Commit in flight) has settled; see ``Settled``. ``on_sent``: called once,
+        just before the statement itself is first sent to Spanner; a call that fails without it
+        provably never ran its statement (refused before sending it, an Idempotency-Key replay
+        or misuse, a write cut before its statement), which is what its budget is given back
+        for."""
+        state = _WriteState(keyed=idempotency is not None, on_sent=on_sent)
         try:
             return await self._run(
                 query,
@@ -389,7 +404,9 @@ class Executor:
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
-                    return await self._read(database, query, params, types, tags, deadline)
+                    return await self._read(
+                        state, database, query, params, types, tags, deadline
+                    )
                 return await self._guarded_write(
                     state,
                     on_settled,
@@ -552,6 +569,7 @@ class Executor:
 
     async def _read(
         self,
+        state: _WriteState,
         database: Any,
         query: CompiledQuery,
         params: dict[str, Any],
@@ -563,6 +581,7 @@ class Executor:
         result = Result()
         raw: list[Any] = []
         async with database.snapshot(**snapshot_options(query)) as snapshot:
+            state.note_sent()
             stream = await snapshot.execute_sql(
                 query.model.sql,
                 params=params,
@@ -616,6 +635,10 @@ class Executor:
                         )
                     raise _Replay(stored.result)
                 state.key_clear = True
+            if state.answered:  # cut while its key was read: its statement never starts
+                state.abandoned = True
+                raise _Abandoned
+            state.note_sent()
             result = await self._statement(transaction, query, params, types, tags, deadline)
             if self.hooks.after_statement is not None:
                 await self.hooks.after_statement()

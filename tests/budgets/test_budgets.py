@@ -4,6 +4,8 @@ real redis-server, and the policy's ``budgets:`` section (validation with file:l
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,21 @@ import redis as redis_sync
 
 from gateway.auth.principal import Principal
 from gateway.budgets.check import Budgets
-from gateway.budgets.core import Counter, applicable, counters, principal_key, rate_headers, usages
+from gateway.budgets.core import (
+    Counter,
+    Limit,
+    Usage,
+    applicable,
+    counters,
+    derive_hash_key,
+    principal_key,
+    rate_headers,
+    usages,
+    window_key,
+)
 from gateway.budgets.rates import Rate, parse_rate
 from gateway.budgets.redis_store import RedisStore
-from gateway.budgets.store import MemoryStore, StoreUnavailable
+from gateway.budgets.store import MemoryStore, StoreUnavailable, Taken
 from gateway.dev.ports import free_port
 from gateway.dev.redis import RedisProcess
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable, PolicyError
@@ -121,11 +134,11 @@ def test_the_key_is_the_subject_the_client_or_the_actor_as_the_policy_says() -> 
 def test_windows_counters_and_headers() -> None:
     [limit] = applicable({"a": Budget(calls="60/min")}, ["a"], who(), write=False)
     now = 1_000_040.0  # 20 s into its minute
-    [counter] = counters([limit], now)
-    assert (counter.limit, counter.cost, counter.ttl) == (60, 1, 41)
-    assert "agent-1" not in counter.key and counter.key.startswith("spangate:budget:v1:{")
-    assert counters([limit], now + 39)[0].key == counter.key  # same window
-    assert counters([limit], now + 40)[0].key != counter.key  # the next minute
+    [counter] = counters([limit])
+    assert (counter.limit, counter.cost, counter.window) == (60, 1, 60)
+    assert "agent-1" not in counter.key and counter.key.startswith("spangate:budget:v2:{")
+    assert window_key(counter, now + 39.9) == window_key(counter, now)  # same window
+    assert window_key(counter, now + 40) == f"{counter.key}:{1_000_080 // 60}"  # the next minute
     [usage] = usages([limit], [48], now)
     assert rate_headers([usage]) == {
         "RateLimit-Policy": '"calls";q=60;w=60',
@@ -142,7 +155,7 @@ async def test_calls_are_refused_past_the_limit_until_the_window_ends(tmp_path: 
     policy = example(tmp_path, "budgets:\n  order-agent: {calls: 3/min}")
     route = policy.routes[0]
     clock = Clock()
-    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    budgets = Budgets(MemoryStore(), clock=clock)
     roles = frozenset({"order-agent"})
     for left in (2, 1, 0):
         spend = await budgets.spend(policy, route, roles, who())
@@ -166,16 +179,17 @@ async def test_rows_are_counted_after_the_read(tmp_path: Path) -> None:
     policy = example(tmp_path, "budgets:\n  order-agent: {rows: 5/hour}")
     route = policy.routes[1]
     clock = Clock()
-    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    budgets = Budgets(MemoryStore(), clock=clock)
     roles = frozenset({"order-agent"})
     spend = await budgets.spend(policy, route, roles, who())
     assert spend is not None
     await budgets.count_rows(spend, 4)
-    assert spend.headers["RateLimit"].startswith('"rows";r=1;')
+    assert [(u.limit.kind, u.remaining) for u in spend.used] == [("rows", 1)]
+    assert spend.headers == {}  # rows are no quota unit of the RateLimit fields
     spend = await budgets.spend(policy, route, roles, who())  # 4 < 5: may read again
     assert spend is not None
     await budgets.count_rows(spend, 3)  # crosses the limit: answered all the same
-    assert spend.headers["RateLimit"].startswith('"rows";r=0;')
+    assert [(u.limit.kind, u.remaining) for u in spend.used] == [("rows", 0)]
     with pytest.raises(BudgetExceeded) as refused:
         await budgets.spend(policy, route, roles, who())
     assert refused.value.extra["budget"] == "rows"
@@ -184,7 +198,7 @@ async def test_rows_are_counted_after_the_read(tmp_path: Path) -> None:
 async def test_a_refused_call_spends_nothing(tmp_path: Path) -> None:
     policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/min, rows: 1/hour}")
     clock = Clock()
-    store = MemoryStore(clock=clock)
+    store = MemoryStore()
     budgets = Budgets(store, clock=clock)
     roles = frozenset({"order-agent"})
     spend = await budgets.spend(policy, policy.routes[1], roles, who())
@@ -193,18 +207,18 @@ async def test_a_refused_call_spends_nothing(tmp_path: Path) -> None:
     for _ in range(3):
         with pytest.raises(BudgetExceeded, match="rows"):
             await budgets.spend(policy, policy.routes[1], roles, who())
-    ok, values = await store.take(counters(spend.used and [u.limit for u in spend.used], clock()))
-    assert not ok and values == [1, 1]  # calls: still 1 of 2
+    taken = await store.take(counters([u.limit for u in spend.used]), clock())
+    assert not taken.ok and taken.values == [1, 1]  # calls: still 1 of 2
 
 
 async def test_the_memory_store_forgets_expired_windows() -> None:
-    clock = Clock()
-    store = MemoryStore(clock=clock, sweep_every=2)
-    assert await store.take([Counter("k1", 5, 1, 10)]) == (True, [1])
-    clock.now += 11
-    assert await store.take([Counter("k2", 5, 1, 10)]) == (True, [1])
+    now = 1_000_040.0
+    store = MemoryStore(sweep_every=2)
+    assert await store.take([Counter("k1", 5, 1, 10)], now) == Taken(True, [1], now)
+    now += 11  # k1's window ended 1 s after it was taken; it expired a second later
+    assert await store.take([Counter("k2", 5, 1, 10)], now) == Taken(True, [1], now)
     assert len(store) == 1  # k1 swept
-    assert await store.add("k2", 3, 10) == 4
+    assert await store.add(Counter("k2", 5, 1, 10), 3, now) == (4, now)
 
 
 # -- Redis ----------------------------------------------------------------------------------------
@@ -214,24 +228,58 @@ def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
 
 
+DAY = 86_400  # windows of a day: no test straddles one (a day's boundary is midnight UTC)
+
+
 async def test_the_redis_store_takes_atomically_and_keys_expire(redis_url: str) -> None:
     store = RedisStore(redis_url, timeout=2.0)
     try:
-        a, b = Counter("t:{x}:a", 2, 1, 30), Counter("t:{x}:b", 3, 0, 30)
-        assert await store.take([a, b]) == (True, [1, 0])
-        assert await store.take([a, b]) == (True, [2, 0])
-        assert await store.take([a, b]) == (False, [2, 0])  # a is spent: nothing added
-        assert await store.add(b.key, 5, 30) == 5
-        assert await store.take([Counter("t:{x}:c", 9, 1, 30), b]) == (False, [0, 5])
+        a, b = Counter("t:{x}:a", 2, 1, DAY), Counter("t:{x}:b", 3, 0, DAY)
+        first = await store.take([a, b], 0.0)  # the replica's clock: unused
+        assert (first.ok, first.values) == (True, [1, 0])
+        assert (await store.take([a, b], 0.0)).values == [2, 0]
+        refused = await store.take([a, b], 0.0)
+        assert (refused.ok, refused.values) == (False, [2, 0])  # a is spent: nothing added
+        assert (await store.add(b, 5, 0.0))[0] == 5
+        mixed = await store.take([Counter("t:{x}:c", 9, 1, DAY), b], 0.0)
+        assert (mixed.ok, mixed.values) == (False, [0, 5])
         sync = redis_sync.Redis.from_url(redis_url)
-        assert 0 < sync.ttl(a.key) <= 30 and 0 < sync.ttl(b.key) <= 30
-        assert sync.get("t:{x}:c") is None  # refused: not even created
+        seconds, _ = sync.time()
+        for counter in (a, b):  # in the window of Redis's clock, expiring a second after it
+            key = window_key(counter, first.now)
+            assert key == f"{counter.key}:{seconds // DAY}"
+            assert 0 < sync.ttl(key) <= DAY - seconds % DAY + 1
+        assert sync.keys("t:{x}:c*") == []  # refused: not even created
         # concurrent takes never overspend
-        c = Counter("t:{x}:d", 10, 1, 30)
-        answers = await asyncio.gather(*(store.take([c]) for _ in range(25)))
-        assert sum(ok for ok, _ in answers) == 10 and sync.get(c.key) == b"10"
+        c = Counter("t:{x}:d", 10, 1, DAY)
+        answers = await asyncio.gather(*(store.take([c], 0.0) for _ in range(25)))
+        assert sum(t.ok for t in answers) == 10 and sync.get(window_key(c, first.now)) == b"10"
     finally:
         await store.aclose()
+
+
+async def test_replicas_with_skewed_clocks_share_each_window_on_redis(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis's clock picks the window: two replicas 24 hours apart by their own clocks (each
+    reads a different day) still spend one daily budget."""
+    policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/day}")
+    roles = frozenset({"order-agent"})
+    behind = Budgets(RedisStore(redis_url, timeout=2.0), clock=lambda: time.time() - DAY / 2)
+    ahead = Budgets(RedisStore(redis_url, timeout=2.0), clock=lambda: time.time() + DAY / 2)
+    try:
+        for replica in (behind, ahead):
+            spend = await replica.spend(policy, policy.routes[0], roles, who())
+            assert spend is not None
+            assert 0 < spend.used[0].reset <= DAY - int(time.time()) % DAY + 1
+        with pytest.raises(BudgetExceeded):
+            await behind.spend(policy, policy.routes[0], roles, who())
+        [key] = redis_sync.Redis.from_url(redis_url).keys("spangate:budget:v2:*")
+        seconds, _ = redis_sync.Redis.from_url(redis_url).time()
+        assert key.decode().endswith(f":calls:{DAY}:{seconds // DAY}")
+    finally:
+        await behind.store.aclose()
+        await ahead.store.aclose()
 
 
 async def test_budgets_on_redis(tmp_path: Path, redis_url: str) -> None:
@@ -253,7 +301,7 @@ async def test_an_unreachable_redis_refuses_fast_and_closed(tmp_path: Path) -> N
     budgets = Budgets(store)
     try:
         with pytest.raises(StoreUnavailable):
-            await store.take([Counter("k", 1, 1, 10)])
+            await store.take([Counter("k", 1, 1, 10)], time.time())
         started = time.monotonic()
         with pytest.raises(BudgetStoreUnavailable) as refused:
             await budgets.spend(policy, policy.routes[0], frozenset({"order-agent"}), who())
@@ -302,7 +350,7 @@ async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
     policy = example(tmp_path, "budgets:\n  order-writer: {calls: 10/min, writes: 2/day}")
     create = next(r for r in policy.routes if r.query.is_dml)
     clock = Clock()
-    budgets = Budgets(MemoryStore(clock=clock), clock=clock)
+    budgets = Budgets(MemoryStore(), clock=clock)
     roles = frozenset({"order-writer"})
     for _ in range(2):
         spend = await budgets.spend(policy, create, roles, who())
@@ -312,3 +360,113 @@ async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
     assert refused.value.extra["budget"] == "writes"
     assert refused.value.headers["RateLimit-Policy"] == '"calls";q=10;w=60, "writes";q=2;w=86400'
     assert budgets.refusals == {("order-writer", "writes"): 1}
+
+
+# -- giving back, keys, header bounds ------------------------------------------------------------
+async def test_a_refund_gives_back_the_calls_and_writes_of_its_window(tmp_path: Path) -> None:
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 1/day}")
+    create = next(r for r in policy.routes if r.query.is_dml)
+    clock = Clock()
+    budgets = Budgets(MemoryStore(), clock=clock)
+    roles = frozenset({"order-writer"})
+    spend = await budgets.spend(policy, create, roles, who())
+    assert spend is not None and spend.headers["RateLimit"].startswith('"calls";r=4;')
+    clock.now += 30  # the next minute: the refund still goes to the window it was taken in
+    await budgets.refund(spend)
+    await budgets.refund(spend)  # once only
+    assert [u.used for u in spend.used] == [0, 0]
+    again = await budgets.spend(policy, create, roles, who())  # the write was given back
+    assert again is not None and [u.used for u in again.used] == [1, 1]
+    with pytest.raises(BudgetExceeded, match="writes"):
+        await budgets.spend(policy, create, roles, who())
+
+
+async def test_a_redis_refund_never_goes_below_zero_nor_revives_a_counter(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    try:
+        a, b = Counter("r:{x}:a", 5, 1, DAY), Counter("r:{x}:b", 5, 1, DAY)
+        taken = await store.take([a, b], 0.0)
+        assert taken.values == [1, 1]
+        sync = redis_sync.Redis.from_url(redis_url)
+        sync.delete(window_key(b, taken.now))  # as if it expired
+        assert await store.refund([a, b], taken.now) == [0, 0]
+        assert await store.refund([a, b], taken.now) == [0, 0]
+        assert sync.get(window_key(a, taken.now)) == b"0"
+        assert sync.ttl(window_key(a, taken.now)) > 0  # DECRBY kept its expiry
+        assert sync.exists(window_key(b, taken.now)) == 0
+    finally:
+        await store.aclose()
+
+
+def test_principals_are_hashed_with_a_key_derived_from_the_audit_secret() -> None:
+    [limit] = applicable({"a": Budget(calls="60/min")}, ["a"], who(), write=False)
+    key = derive_hash_key(b"the audit secret")
+    assert key is not None and key != b"the audit secret"
+    assert derive_hash_key(b"") is None and derive_hash_key(None) is None
+    keyed = counters([limit], key)[0].key
+    plain = hashlib.sha256(limit.who.encode()).hexdigest()[:32]
+    expected = hmac.new(key, limit.who.encode(), hashlib.sha256).hexdigest()[:32]
+    assert keyed == f"spangate:budget:v2:{{{expected}}}:a:calls:60"
+    assert plain not in keyed  # not the unsalted hash anyone can compute from a guess
+    assert counters([limit], derive_hash_key(b"another secret"))[0].key != keyed
+    assert counters([limit])[0].key == f"spangate:budget:v2:{{{plain}}}:a:calls:60"  # no key
+
+
+def test_header_values_stay_within_the_structured_field_integer_range() -> None:
+    huge = Limit("calls", "a", Rate(10**18, 60), "1000000000000000000/min", "x")
+    fields = rate_headers([Usage(huge, 5, 10**17)])
+    assert fields == {
+        "RateLimit-Policy": '"calls";q=999999999999999;w=60',
+        "RateLimit": '"calls";r=999999999999999;t=999999999999999',
+    }
+
+
+def test_only_calls_and_writes_are_in_the_ratelimit_fields() -> None:
+    """Rows are no registered quota unit (draft-ietf-httpapi-ratelimit-headers: ``qu`` takes
+    request, content-bytes or concurrent-requests, and its default is requests): a rows item
+    would read as a quota of requests, so rows are left out."""
+    budgets = {"a": Budget(calls="60/min", rows="5000/hour")}
+    limits = applicable(budgets, ["a"], who(), write=False)
+    fields = rate_headers(usages(limits, [1, 10], 1_000_040.0))
+    assert fields == {"RateLimit-Policy": '"calls";q=60;w=60', "RateLimit": '"calls";r=59;t=40'}
+    rows_only = applicable({"a": Budget(rows="5000/hour")}, ["a"], who(), write=False)
+    assert rate_headers(usages(rows_only, [10], 1_000_040.0)) == {}
+    assert "qu=" not in fields["RateLimit-Policy"]
+
+
+def test_a_limit_beyond_the_header_integer_range_is_a_located_load_error(tmp_path: Path) -> None:
+    assert parse_rate("999999999999999/day") == Rate(999_999_999_999_999, 86_400)
+    body = "{calls: 1000000000000000/day}"
+    path = policy_with(tmp_path, f"budgets:\n  order-agent: {body}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env=ENV)
+    [problem] = caught.value.problems
+    assert problem.line == path.read_text().splitlines().index(f"  order-agent: {body}") + 1
+    assert "at most 999,999,999,999,999" in problem.message
+
+
+# -- the load warning ------------------------------------------------------------------------------
+def test_a_route_allowing_a_budgeted_and_an_unbudgeted_role_is_a_located_warning(
+    tmp_path: Path,
+) -> None:
+    path = policy_with(tmp_path, "budgets:\n  order-agent: {calls: 60/min}")
+    warnings = load_policy(path, env=ENV).warnings
+    lines = path.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if "allow: [support, order-agent" in line)
+    assert [(w.where, w.line, w.column) for w in warnings] == [
+        (f"routes[{k}].allow[0]", first + 1 + 5 * k, lines[first].index("support") + 1)
+        for k in range(3)
+    ]
+    assert warnings[0].as_warning() == (
+        f"{path}:{first + 1}:{lines[first].index('support') + 1}: warning: routes[0].allow[0]: "
+        "role support has no budget, and order-agent, also allowed on GET "
+        "/v1/orders/{order_id}, has a budget: a token holding support and order-agent spends no "
+        "budget on this route (a call gets the most generous budget of the roles that allow "
+        "it, and no budget is the most generous); give support a budget too, or allow only "
+        "one of them"
+    )
+    # agent-for-support judges delegated tokens only, support direct ones: no token holds both
+    path = policy_with(tmp_path, "budgets:\n  agent-for-support: {calls: 60/min}")
+    assert load_policy(path, env=ENV).warnings == ()
+    # every allowing role budgeted (the example): no warning
+    assert load_policy(REPO / "policy.example.yaml", env=ENV).warnings == ()

@@ -259,7 +259,15 @@ def test_explain_shows_the_budget_an_allowed_call_spends(
     support = json.dumps({"iss": "okta", "sub": "s-1", "groups": ["support"], "tenant": "t1"})
     base = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", support]
     assert main([*base, "GET", "/v1/orders"]) == 0
-    assert "budget    none\n" in capsys.readouterr().out  # support has no budget
+    assert (
+        "budget    calls 6000/min (role support, per subject), "
+        "rows 1000000/hour (role support, per subject)\n"
+    ) in capsys.readouterr().out  # people: a ceiling far above what a person does
+    writer = json.dumps({"iss": "okta", "sub": "w-1", "scp": ["orders.write"], "tenant": "t1"})
+    body = json.dumps({"order_id": "O-1", "customer_id": "C-1", "total_cents": 1})
+    args = ["policy", "explain", "--policy", str(EXAMPLE), "--claims", writer, "--body", body]
+    assert main([*args, "POST", "/v1/orders"]) == 0
+    assert "budget    none\n" in capsys.readouterr().out  # order-writer has no budget
     # The agent acting for a support person (RFC 8693) holds agent-for-support only: its budget
     # is the agent's (per actor), never none (regression: the example left delegated calls free).
     delegated = dict(json.loads(support), scp=["orders.read"], act={"sub": "order-agent"})

@@ -1,0 +1,168 @@
+"""Budgets through the real gateway in process (httpx over ASGI, the real OpenID provider, the
+emulator): what a call spends when its statement never ran (an Idempotency-Key replay over HTTP
+and MCP, a reused key, a malformed key), and the budget store in ``/readyz``."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import Gateway
+from gateway.budgets.core import UNKEYED_WARNING
+from gateway.dev.idp import IdpProcess
+from gateway.dev.ports import free_port
+from gateway.runtime import build_gateway
+from gateway.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def policy(folder: Path, budgets: str, *, redact: bool = True) -> Path:
+    text = (REPO / "policy.example.yaml").read_text()
+    start, end = text.index("\nbudgets:"), text.index("\naudit:")
+    text = text[:start] + "\n" + budgets.rstrip() + "\n" + text[end:]
+    if not redact:
+        text = text.replace("  redact: [total_cents]", "")
+    path = folder / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+async def started(settings: Settings, idp: IdpProcess) -> Gateway:
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    return app
+
+
+@pytest.fixture
+async def writer_gateway(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str
+) -> AsyncIterator[Gateway]:
+    settings = Settings(
+        policy=policy(tmp_path, "budgets:\n  order-writer: {writes: 3/day}"),
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+    )
+    app = await started(settings, idp)
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+def order() -> dict[str, Any]:
+    return {"order_id": f"O-{secrets.randbelow(10**12)}", "customer_id": "C-1", "total_cents": 5}
+
+
+async def test_a_call_whose_statement_never_ran_spends_no_write(
+    writer_gateway: Gateway, token_for: Callable[..., str]
+) -> None:
+    """A replay (HTTP or MCP), a reused key and a malformed key run no statement: the writes
+    budget (3 a day) is spent by the three writes that ran (one of them refused by Spanner), and
+    only by them."""
+    token = token_for("order-writer")
+    transport = httpx.ASGITransport(app=writer_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+
+        async def post(body: dict[str, Any], key: str | None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"}
+            if key is not None:
+                headers["Idempotency-Key"] = key
+            return await http.post("/v1/orders", json=body, headers=headers)
+
+        async def mcp(body: dict[str, Any], key: str) -> dict[str, Any]:
+            call = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "create_order", "arguments": {**body, "idempotency_key": key}},
+            }
+            answer = await http.post(
+                "/mcp",
+                json=call,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json, text/event-stream",
+                    "MCP-Protocol-Version": "2025-11-25",
+                },
+            )
+            assert answer.status_code == 200, answer.text
+            result: dict[str, Any] = answer.json()["result"]
+            return result
+
+        first, key = order(), secrets.token_hex(8)
+        ran = await post(first, key)
+        assert ran.status_code == 200, ran.text
+        assert ran.headers["RateLimit"].startswith('"writes";r=2;')
+        replayed = await post(first, key)  # the stored answer: nothing ran again
+        assert replayed.status_code == 200 and replayed.content == ran.content
+        assert replayed.headers["RateLimit"].startswith('"writes";r=2;')
+        over_mcp = await mcp(first, key)  # MCP's replay: the same path
+        assert over_mcp["isError"] is False
+        assert over_mcp["structuredContent"] == ran.json()
+        reused = await post({**first, "total_cents": 6}, key)  # another request, same key
+        assert reused.status_code == 422 and reused.json()["code"] == "idempotency-key-reused"
+        assert reused.headers["RateLimit"].startswith('"writes";r=2;')
+        malformed = await post(order(), "\x7f")  # refused before the budget is asked
+        assert malformed.status_code == 400, malformed.text
+        assert malformed.json()["code"] == "idempotency-key-invalid"
+        second = await mcp(order(), secrets.token_hex(8))
+        assert second["isError"] is False, second
+        third = await post(first, None)  # the same order again: it ran, and Spanner refused it
+        assert third.status_code == 409, third.text
+        assert third.headers["RateLimit"].startswith('"writes";r=0;')  # a statement that ran spends
+        fourth = await post(order(), secrets.token_hex(8))  # three writes ran: spent
+        assert fourth.status_code == 429, fourth.text
+        assert fourth.json()["budget"] == "writes"
+
+
+async def test_readyz_reports_the_budget_store(
+    writer_gateway: Gateway, token_for: Callable[..., str]
+) -> None:
+    transport = httpx.ASGITransport(app=writer_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["budgets"] == {
+        "store": "memory",
+        "reachable": True,
+        "last_error": None,
+        "keyed": True,
+        "warning": None,
+    }
+
+
+async def test_an_unreachable_redis_is_not_ready_and_an_unkeyed_one_is_said(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, token_for: Callable[..., str]
+) -> None:
+    """With SPANGATE_REDIS_URL every budgeted call needs Redis: /readyz asks it, and answers 503
+    while it does not answer (budgeted calls would all be 503 budget-store-unavailable)."""
+    settings = Settings(
+        policy=policy(tmp_path, "budgets:\n  order-agent: {calls: 5/day}", redact=False),
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_seconds=0.5,
+    )
+    app = await started(settings, idp)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            ready = await http.get("/readyz")
+            metrics = (await http.get("/metrics")).text
+        assert ready.status_code == 503, ready.text
+        body = ready.json()
+        assert body["status"] == "not-ready" and body["databases_warmed"] is True
+        budgets = body["budgets"]
+        assert (budgets["store"], budgets["reachable"], budgets["keyed"]) == ("redis", False, False)
+        assert isinstance(budgets["last_error"], str) and budgets["last_error"]
+        assert budgets["warning"] == UNKEYED_WARNING
+        assert "spangate_ready 0" in metrics
+    finally:
+        await app.shutdown()
