@@ -87,3 +87,13 @@ def test_the_chart_version_and_the_gateway_version_agree() -> None:
     version = re.search(r'^version = "([^"]+)"', project, flags=re.MULTILINE)
     assert version is not None
     assert chart["appVersion"] == version.group(1)  # the default image tag is the gateway's version
+
+
+def test_the_chart_readme_links_resolve() -> None:
+    readme = CHART / "README.md"
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme.read_text())
+    relative = [link for link in links if "://" not in link]
+    assert relative, "no relative links found: the pattern is wrong"
+    for link in relative:
+        assert (readme.parent / link).exists(), link
+    assert (REPO / "docs" / "deploying.md").exists()
