@@ -199,16 +199,19 @@ def _check(check: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_cases(chart: Path, cases: dict[str, Any]) -> dict[str, str | None]:
-    outcome: dict[str, str | None] = {}
+def schema_cases(chart: Path, cases: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Each case's values through Helm: the error (None when taken) and the install notes."""
+    outcome: dict[str, dict[str, str | None]] = {}
     with helm.Chart.load(chart) as loaded:
         for name, values in cases.items():
             try:
                 loaded.validate_schema(values)
-                loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-                outcome[name] = None
+                rendered = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
             except helm.HelmError as exc:
-                outcome[name] = str(exc)
+                outcome[name] = {"error": str(exc), "notes": None}
+            else:
+                notes = [text for path, text in rendered.items() if path.endswith("/NOTES.txt")]
+                outcome[name] = {"error": None, "notes": notes[0] if notes else ""}
     return outcome
 
 

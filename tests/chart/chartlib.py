@@ -39,6 +39,11 @@ SCHEMA_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "no policy at all": ({"policy": {"files": None}}, "set policy.files"),
     "a digest that is not one": ({"image": {"digest": "latest"}}, "digest"),
     "an existing ConfigMap instead of files": ({"policy": {"existingConfigMap": "mine"}}, None),
+    "budgets without Redis": ({"policy": {"files": {"p.yaml": "budgets:\n  a: {}\n"}}}, None),
+    "budgets without Redis, one pod": (
+        {"replicaCount": 1, "policy": {"files": {"p.yaml": "budgets:\n  a: {}\n"}}},
+        None,
+    ),
     "Workload Identity": (
         {"serviceAccount": {"gcpServiceAccount": "gateway@acme-prod.iam.gserviceaccount.com"}},
         None,

@@ -105,9 +105,25 @@ def test_checkov_skips_only_on_purpose_and_says_why(chart_report: dict[str, Any]
 @pytest.mark.parametrize("case", sorted(SCHEMA_CASES))
 def test_helm_refuses_values_that_cannot_work(chart_report: dict[str, Any], case: str) -> None:
     _values, expected = SCHEMA_CASES[case]
-    error = chart_report["schema_cases"][case]
+    error = chart_report["schema_cases"][case]["error"]
     if expected is None:
         assert error is None, error
     else:
         assert error is not None, f"{case}: Helm took it"
         assert expected in error, error
+
+
+def test_the_install_notes_say_what_is_missing(chart_report: dict[str, Any]) -> None:
+    default, full = (chart_report["sets"][name]["notes"] for name in ("default", "full"))
+    assert "kubectl -n spangate rollout status deployment/spangate" in default
+    assert "No secrets.auditKey" in default and "No secrets.auditKey" not in full
+    assert "No serviceAccount.gcpServiceAccount" in default
+    assert "No serviceAccount.gcpServiceAccount" not in full
+    assert "budgets but no secrets.redisUrl" not in full  # it has budgets, and Redis
+
+
+def test_the_install_notes_warn_of_budgets_counted_per_pod(chart_report: dict[str, Any]) -> None:
+    notes = chart_report["schema_cases"]["budgets without Redis"]["notes"]
+    assert "budgets but no secrets.redisUrl: each of the pods counts alone" in notes
+    notes = chart_report["schema_cases"]["budgets without Redis, one pod"]["notes"]
+    assert "budgets but no secrets.redisUrl" not in notes
