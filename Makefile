@@ -1,6 +1,7 @@
 # spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
 # Everything is installed from the repository's lock files: requirements.lock (pip, hashes)
-# and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci).
+# and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci); the Helm
+# chart's tools from dev/chart-tools/requirements.txt (pip, hashes) into their own .venv-chart.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,8 +9,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 IDP    := dev/idp/node_modules/.package-lock.json
 INSPECTOR := dev/mcp-inspector/node_modules/.package-lock.json
+# The chart's checks (helm-python-sdk, kubernetes-validate, checkov) in a venv of their own:
+# checkov pins dozens of packages that must not bend requirements.lock.
+CHART_VENV  := .venv-chart
+CHART_STAMP := $(CHART_VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck docs unit bench schema lock clean
+.PHONY: setup demo test lint typecheck docs unit bench schema lock clean chart chart-tools chart-lock
 
 setup: $(STAMP) $(IDP) $(INSPECTOR)
 
@@ -39,7 +44,7 @@ demo: setup
 	$(BIN)/spangate dev --policy policy.example.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests $(wildcard bench)
+	$(BIN)/ruff check gateway tests dev/chart-tools $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -50,8 +55,22 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-test: setup lint typecheck
+test: setup chart-tools lint typecheck
 	$(BIN)/python -m pytest
+
+# The Helm chart: helm lint and render (default and ci/*-values.yaml), the manifests validated
+# against Kubernetes 1.29-1.33, checkov. tests/chart/ runs the same in `make test`.
+chart: $(CHART_STAMP)
+	rm -rf build/chart
+	$(CHART_VENV)/bin/python dev/chart-tools/chart_check.py charts/spangate --out build/chart
+
+chart-tools: $(CHART_STAMP)
+
+$(CHART_STAMP): dev/chart-tools/requirements.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "the chart tools need Python 3.11 or newer"'
+	test -x $(CHART_VENV)/bin/python || $(PYTHON) -m venv $(CHART_VENV)
+	$(CHART_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r dev/chart-tools/requirements.txt
+	@touch $@
 
 bench: setup
 	$(BIN)/python -m bench
@@ -66,5 +85,11 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --no-header -o requirements.lock
 
+# Re-pin the chart tools (dev/chart-tools/requirements.in -> requirements.txt).
+chart-lock:
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile dev/chart-tools/requirements.in --generate-hashes --python-version 3.11 \
+	  --no-header -o dev/chart-tools/requirements.txt
+
 clean:
-	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs
+	rm -rf $(VENV) $(CHART_VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs build/chart

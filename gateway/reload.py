@@ -21,6 +21,16 @@ Contract:
   rather than half-applied.
 - The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
   (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
+- A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
+  nothing more is done (no PLAN analysis, no swap), so a spurious trigger costs one read and parse.
+- The watcher watches the *folder* (the policy folder, or the folder holding the policy file),
+  not the file: an editor that saves by renaming, and Kubernetes, which updates a mounted
+  ConfigMap by renaming a new ``..data`` symlink over the old one (the file ``policy.yaml`` is a
+  symlink ``..data/policy.yaml`` and never changes itself), replace the file's inode, and a watch
+  on the old inode would see the first update and then nothing. Only changes that can change the
+  policy count (``policy_change``): the policy file's own name, ``*.yaml``/``*.yml`` in a policy
+  folder, and the ``..``-names of Kubernetes' atomic writer; an audit file beside the policy
+  does not.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.model import Issuer
 
-__all__ = ["PolicyReloader", "log_policy_warnings"]
+__all__ = ["PolicyReloader", "log_policy_warnings", "policy_change"]
 
 log = logging.getLogger("spangate.reload")
 
@@ -114,7 +124,15 @@ class PolicyReloader:
     async def _watch(self) -> None:
         from watchfiles import awatch
 
-        async for _changes in awatch(self.path, stop_event=self._stop, debounce=200):
+        folder = self.path if self.path.is_dir() else self.path.parent
+        relevant = policy_change(self.path)
+        async for _changes in awatch(
+            folder,
+            watch_filter=lambda _change, changed: relevant(changed),
+            recursive=False,
+            stop_event=self._stop,
+            debounce=200,
+        ):
             log.info("%s changed: reloading", self.path)
             await self.reload()
 
@@ -128,6 +146,9 @@ class PolicyReloader:
                 policy = await asyncio.to_thread(
                     lambda: compile_policy(load_policy(self.path, env=self.env))
                 )
+                if policy.sha256 == self.gateway.active.policy.sha256:
+                    log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
+                    return True
                 self._refuse_restart_only_changes(policy)
                 await self._prepare_identities_and_analyze(policy)
             except PolicyError as exc:
@@ -141,9 +162,6 @@ class PolicyReloader:
                 self._failed(f"{type(exc).__name__}: {exc}", None)
                 return False
             current = self.gateway.active
-            if policy.sha256 == current.policy.sha256:
-                log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
-                return True
             verifier = await self._verifier_for(policy)
             self.gateway.swap(policy, verifier)
             kept = {id(cache) for cache in verifier.caches.values()}
@@ -228,6 +246,23 @@ class PolicyReloader:
                 caches[name] = self.make_cache(name, cfg)
                 await caches[name].start()
         return self.make_verifier(policy, caches, old.verifier)
+
+
+def policy_change(path: Path) -> Callable[[str], bool]:
+    """Which changed paths, in the folder the watcher watches, can change the policy at ``path``
+    (a file or a folder): the file itself, a ``*.yaml``/``*.yml`` of the folder, and the names
+    Kubernetes' atomic writer swaps (``..data``, ``..data_tmp``, ``..<timestamp>``)."""
+    folder = path.is_dir()
+
+    def relevant(changed: str) -> bool:
+        name = Path(changed).name
+        if name.startswith(".."):
+            return True
+        if folder:
+            return Path(name).suffix in (".yaml", ".yml")
+        return name == path.name
+
+    return relevant
 
 
 class _NeedsRestart(Exception):

@@ -1,0 +1,69 @@
+"""The Helm chart's checks: one run of dev/chart-tools/chart_check.py per test session.
+
+The tools (helm-python-sdk, kubernetes-validate, checkov) live in their own venv, ``.venv-chart``
+(``make chart-tools``, which ``make test`` runs first), so they are run as a subprocess: the chart
+is linted, rendered once per values set (the defaults and each ``ci/*-values.yaml``), validated
+and scanned once, and the tests read its JSON report. A missing venv fails the tests (never a
+skip), saying what to run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from chartlib import CHART, REPO, SCHEMA_CASES
+
+TOOLS_PYTHON = REPO / ".venv-chart" / "bin" / "python"
+CHART_CHECK = REPO / "dev" / "chart-tools" / "chart_check.py"
+
+
+@pytest.fixture(scope="session")
+def chart_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if not TOOLS_PYTHON.exists():
+        pytest.fail(
+            f"{TOOLS_PYTHON} is missing: `make chart-tools` installs the chart's tools "
+            "(`make test` does it first)"
+        )
+    folder = tmp_path_factory.mktemp("chart")
+    cases = folder / "schema-cases.json"
+    cases.write_text(json.dumps({name: values for name, (values, _) in SCHEMA_CASES.items()}))
+    report = folder / "report.json"
+    done = subprocess.run(
+        [
+            str(TOOLS_PYTHON),
+            str(CHART_CHECK),
+            str(CHART),
+            "--report",
+            str(report),
+            "--out",
+            str(folder / "rendered"),
+            "--schema-cases",
+            str(cases),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    # 0: all good, 1: problems found (the tests say which); anything else: the tool broke.
+    if done.returncode not in (0, 1) or not report.exists():
+        pytest.fail(f"chart_check.py exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    data: dict[str, Any] = json.loads(report.read_text())
+    data["summary"] = done.stdout
+    return data
+
+
+@pytest.fixture(scope="session")
+def rendered(chart_report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Values set -> its rendered objects (every document of every template)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, one in chart_report["sets"].items():
+        assert one["render_error"] is None, f"{name}: {one['render_error']}"
+        found[name] = [
+            doc for text in one["manifests"].values() for doc in yaml.safe_load_all(text) if doc
+        ]
+    return found
