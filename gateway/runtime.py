@@ -81,12 +81,14 @@ def build_gateway(
     async_client_factory: AsyncClientFactory | None = None,
     http: httpx.AsyncClient | None = None,
     worker: int | None = None,
+    run_dir: Path | None = None,
 ) -> Gateway:
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
     keys are fetched and identities warmed at start-up).
 
     ``worker``: this process's number under ``spangate serve --workers N`` (its audit chain and
-    file, ``/readyz``'s ``worker``); None for a single process.
+    file, ``/readyz``'s ``worker``), and ``run_dir`` the workers' shared private directory (see
+    ``gateway.workers``); None for a single process.
 
     Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
@@ -157,7 +159,7 @@ def build_gateway(
     executor = Executor(
         databases, emulator=bool(emulator), max_settling=settings.max_settling_writes
     )
-    audit = build_trail(settings, policy, databases, worker=worker)
+    audit = build_trail(settings, policy, databases, worker=worker, run_dir=run_dir)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
     closers.append(executor.aclose)
     app = create_app(

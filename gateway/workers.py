@@ -18,10 +18,11 @@ connection limits, introspection budget and in-process counters.
 The supervisor:
 
 - checks the settings and the policy first (the same errors and exit code 2 as one process);
-- sets ``PROMETHEUS_MULTIPROC_DIR`` to a private directory it creates under the temporary
-  directory (``TMPDIR``, else ``/tmp``: the one writable place in a read-only container), so
-  ``/metrics`` sums every worker whichever answers; it drops a dead worker's live gauges
-  (``mark_process_dead``) and removes the directory when it exits;
+- creates a private directory (``spangate-*``, mode 0700) under the temporary directory
+  (``TMPDIR``, else ``/tmp``: the one writable place in a read-only container) and removes it
+  when it exits: ``metrics/`` is every worker's ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics``
+  sums every worker whichever answers (a dead worker's live gauges are dropped:
+  ``mark_process_dead``); ``stdout.lock`` makes each audit batch on the shared stdout whole;
 - forwards SIGHUP to every worker (each reloads its policy) and SIGTERM to every worker on
   SIGTERM or SIGINT (each drains, finishes its requests, flushes its trail, exits 0); workers run
   in their own process group, so a terminal's Ctrl-C reaches them once, through the supervisor;
@@ -47,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from gateway.settings import Settings
@@ -70,12 +72,13 @@ class _Slot:
 
 class _Supervisor:
     def __init__(
-        self, settings: Settings, env: Mapping[str, str], sock: socket.socket, metrics_dir: str
+        self, settings: Settings, env: Mapping[str, str], sock: socket.socket, run_dir: Path
     ) -> None:
         self.settings = settings
         self.sock = sock
-        self.metrics_dir = metrics_dir
-        self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        self.run_dir = run_dir
+        self.metrics_dir = str(run_dir / "metrics")
+        self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         self.slots = [_Slot(n) for n in range(1, settings.workers + 1)]
         self.pending: list[int] = []  # signals received, handled by the loop
         self.stops = 0  # SIGTERM/SIGINT received
@@ -116,6 +119,8 @@ class _Supervisor:
                 str(fd),
                 "--parent",
                 str(os.getpid()),
+                "--run-dir",
+                str(self.run_dir),
             ],
             env=self.env,
             pass_fds=(fd,),
@@ -193,12 +198,13 @@ def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
             "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
         )
     sock = server_config(None, settings).bind_socket()  # exits 3 when the address is taken
-    metrics_dir = tempfile.mkdtemp(prefix="spangate-metrics-")
+    run_dir = Path(tempfile.mkdtemp(prefix="spangate-"))  # 0700, new: nothing stale in it
     try:
-        return _Supervisor(settings, env, sock, metrics_dir).run()
+        (run_dir / "metrics").mkdir()
+        return _Supervisor(settings, env, sock, run_dir).run()
     finally:
         sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
@@ -207,6 +213,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     # A SIGHUP before the reloader listens must not end the worker (its default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -218,7 +225,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings)
     try:
-        app = build_gateway(settings, env=os.environ, worker=args.worker)
+        app = build_gateway(settings, env=os.environ, worker=args.worker, run_dir=args.run_dir)
     except Exception:
         log.exception("worker %d could not start", args.worker)
         return STARTUP_FAILURE

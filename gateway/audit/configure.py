@@ -71,13 +71,20 @@ def file_sink_path(
 
 
 def build_trail(
-    settings: Settings, policy: CompiledPolicy, databases: Databases, *, worker: int | None = None
+    settings: Settings,
+    policy: CompiledPolicy,
+    databases: Databases,
+    *,
+    worker: int | None = None,
+    run_dir: Path | None = None,
 ) -> AuditTrail:
     """One writer per sink, each with its own chain (nothing is opened until the first event).
 
     ``worker`` (``spangate serve --workers N``): this worker's number, sealed into its events; a
     file sink writes this worker's own file (``worker_path``), so each file is one worker's
-    trail, continued by the worker that takes its place after a restart."""
+    trail, continued by the worker that takes its place after a restart. ``run_dir``: the
+    workers' shared private directory, where the stdout sink's lock is (the workers share one
+    stdout: each batch goes into it whole)."""
     keys = audit_keys(settings)
     writers = []
     for config in policy.model.audit.sinks:
@@ -94,7 +101,7 @@ def build_trail(
                 channel_state=functools.partial(databases.channel_state, config.identity),
             )
         else:
-            sink = StdoutSink()
+            sink = StdoutSink(lock=None if run_dir is None else run_dir / "stdout.lock")
         writers.append(
             SinkWriter(
                 sink,
