@@ -31,6 +31,9 @@ class Answer:
     request_id: str
     status: int
     after_signal: bool  # sent after SIGTERM
+    closes: bool  # the answer said Connection: close
+    kept_alive: bool  # the client did not ask for that
+    before_signal: bool  # answered before SIGTERM was sent
 
 
 def _requests(
@@ -76,7 +79,12 @@ async def _load(
             except httpx.TransportError:
                 await asyncio.sleep(0.02)  # closed, refused: not an answer
                 continue
-            answers.append(Answer(headers["X-Request-ID"], answer.status_code, after))
+            closes = answer.headers.get("connection") == "close"
+            kept = headers.get("Connection") != "close"
+            before = not signalled.is_set()
+            answers.append(
+                Answer(headers["X-Request-ID"], answer.status_code, after, closes, kept, before)
+            )
 
 
 async def _watch_readyz(server: Served, signalled: asyncio.Event, seen: list[dict[str, object]]) -> None:
@@ -135,6 +143,9 @@ async def test_sigterm_under_load_drains_and_loses_nothing_acknowledged(
     draining = [r for r in readyz if r["http"] == 503]
     assert draining and all(r["reason"] == "draining" for r in draining), readyz
     assert any(a.after_signal and a.status == 200 for a in answers)  # served during the drain
+    # kept-alive connections: closed by the drain's answers, never before the signal
+    assert not any(a.closes for a in answers if a.kept_alive and a.before_signal)
+    assert any(a.closes for a in answers if a.kept_alive and a.after_signal)
 
     # Nothing acknowledged is lost: one event for every answer received.
     events = server.events()

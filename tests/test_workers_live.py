@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from served import EXAMPLE_POLICY, Served, served
+from served import EXAMPLE_POLICY, SPANGATE, Served, served
 
 from gateway.audit.schema import AuditEvent
 from gateway.cli import main
@@ -223,3 +224,18 @@ def _worker_pid(server: Served, number: int) -> int:
         ).encode():
             return int(entry.name)
     raise AssertionError(f"no worker {number} under pid {server.process.pid}")
+
+
+def test_workers_refuse_budgets_counted_per_process(tmp_path: Path, audit_key: str) -> None:
+    # The example policy has budgets: N workers would each count them (N times the limit).
+    env = {k: v for k, v in os.environ.items() if k != "SPANGATE_REDIS_URL"}
+    env |= {"SPANGATE_AUDIT_KEY": audit_key, "OKTA_ISSUER": "https://idp.invalid/oauth2/default"}
+    done = subprocess.run(
+        [*SPANGATE, "serve", "--policy", str(EXAMPLE_POLICY), "--port", "0", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "SPANGATE_REDIS_URL" in done.stderr and "budgets" in done.stderr
