@@ -48,7 +48,7 @@ from gateway.http import (
 )
 from gateway.mcp.metadata import MCP_PATH
 from gateway.mcp.server import McpEndpoint
-from gateway.metrics import RequestMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import decide_route, match_route
@@ -60,6 +60,10 @@ from gateway.spanner.results import response_body
 __all__ = ["Active", "Gateway", "Outcome", "Resolve", "Target", "create_app"]
 
 log = logging.getLogger("spangate")
+
+# At shutdown, calls still on their way to the audit trail (cancelled by the server's shutdown
+# timeout, unwinding) get up to this many 10 ms steps to queue their events.
+_RECORD_WAIT_STEPS = 100
 
 Resolve = Callable[[CallRecord, "Active"], Awaitable["Target"]]
 
@@ -121,7 +125,9 @@ class Gateway:
         self._closers = closers if closers is not None else []
         self.active = Active(policy, verifier)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
-        self.metrics = RequestMetrics()
+        self.metrics = GatewayMetrics()
+        if executor.on_statement is None:  # each statement's latency, by query name
+            executor.on_statement = self.metrics.observe_statement
         self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
         self.audit = audit
@@ -134,6 +140,10 @@ class Gateway:
         target = executor.databases.target
         self._database = database_resource(target.project, target.instance, target.database)
         self.ready = False
+        # Set on SIGTERM/SIGINT (gateway.server): /readyz says 503 "draining" while the server
+        # still answers, so load balancers stop sending before the listener closes.
+        self.draining = False
+        self.worker: int | None = None  # the worker number under `spangate serve --workers N`
         self.api = fixed_endpoints(self)
         self.mcp = McpEndpoint(self)
 
@@ -164,17 +174,29 @@ class Gateway:
             await hook()
         self.ready = True
 
+    def drain(self) -> None:
+        """The server is stopping (SIGTERM or SIGINT, ``gateway.server``): from now on ``/readyz``
+        answers 503 ``draining``; requests are still served."""
+        self.draining = True
+
     async def shutdown(self) -> None:
-        """Settling writes first (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events
-        go to the trail), then the audit trail (flushed), then the rest (the databases last)."""
+        """Calls the server cancelled record their events first (bounded), then settling writes
+        (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events go to the trail), then
+        the audit trail (flushed), then the rest (the databases last)."""
+        self.draining = True
         self.ready = False
         await self.mcp.stop()
+        for _ in range(_RECORD_WAIT_STEPS):  # a cancelled call queues its event as it unwinds
+            if self.unrecorded <= 0:
+                break
+            await asyncio.sleep(0.01)
         await self.executor.settle(self.settings.settle_seconds)
         await self.audit.close()
         self.executor.close()
         for close in self._closers:
             await close()
         await self.budgets.store.aclose()
+        self.metrics.publish(self)  # with several workers: this worker's last counts stay
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -11,7 +11,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
@@ -22,13 +22,13 @@ from gateway.http import PROBLEM_TYPE
 from gateway.http import problem as problem_body
 from gateway.mcp.metadata import WELL_KNOWN, metadata_paths, resource_metadata, resource_url
 from gateway.mcp.server import public_base
-from gateway.metrics import render_metrics, serving_ready
+from gateway.metrics import CONTENT_TYPE, serving_ready
 from gateway.openapi import openapi_document
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["DOCS_ASSETS", "FIXED_PATHS", "fixed_endpoints"]
+__all__ = ["DOCS_ASSETS", "FIXED_PATHS", "fixed_endpoints", "not_ready_reason"]
 
 # Swagger UI's assets come from the installed package (fastapi-offline ships a current Swagger UI
 # build): /docs works offline and loads nothing from a CDN. Only these names are served.
@@ -122,6 +122,8 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
         ready = serving_ready(gateway)
         body = {
             "status": "ready" if ready else "not-ready",
+            "reason": None if ready else not_ready_reason(gateway),
+            "worker": gateway.worker,
             "databases_warmed": gateway.ready,
             "issuers": issuers,
             "policy_sha256": gateway.policy.sha256,
@@ -139,10 +141,8 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/metrics", include_in_schema=False)
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(
-            render_metrics(gateway), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+    async def metrics() -> Response:
+        return Response(gateway.metrics.render(gateway), headers={"Content-Type": CONTENT_TYPE})
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
@@ -198,6 +198,17 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
         )
 
     return api
+
+
+def not_ready_reason(gateway: Gateway) -> str:
+    """Why ``/readyz`` says 503, as a stable code: ``draining`` (SIGTERM or SIGINT received: the
+    server still answers until it stops listening), ``starting`` (identities not warmed or
+    statements not analysed yet, or shutting down), ``issuer-keys`` (an issuer cannot verify)."""
+    if gateway.draining:
+        return "draining"
+    if not gateway.ready:
+        return "starting"
+    return "issuer-keys"
 
 
 @functools.cache

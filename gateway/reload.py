@@ -18,7 +18,8 @@ Contract:
 - New identities get their Database (and first session) before the swap; identities that are
   dropped stay open for the requests still using them. Changing an identity that is in use, or
   ``spanner:`` or ``audit:``, needs a restart: such a reload is refused with a message saying so,
-  rather than half-applied.
+  rather than half-applied. So is a policy with budgets under ``--workers`` without Redis (each
+  worker would count them on its own).
 - The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
   (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
 - A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
@@ -224,6 +225,13 @@ class PolicyReloader:
             )
             if a != b
         ]
+        gateway = self.gateway
+        if new.budgets and gateway.worker is not None and gateway.settings.redis_url is None:
+            raise _NeedsRestart(
+                "the new policy has budgets: with --workers, each worker would count them on its "
+                "own (N times the limit); set SPANGATE_REDIS_URL and restart. The reload was "
+                "refused and the old policy keeps serving"
+            )
         if changed:
             raise _NeedsRestart(
                 f"changes to {', '.join(changed)} take effect on restart only; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -92,9 +93,15 @@ def build_gateway(
     client_factory: ClientFactory | None = None,
     async_client_factory: AsyncClientFactory | None = None,
     http: httpx.AsyncClient | None = None,
+    worker: int | None = None,
+    run_dir: Path | None = None,
 ) -> Gateway:
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
     keys are fetched and identities warmed at start-up).
+
+    ``worker``: this process's number under ``spangate serve --workers N`` (its audit chain and
+    file, ``/readyz``'s ``worker``), and ``run_dir`` the workers' shared private directory (see
+    ``gateway.workers``); None for a single process.
 
     Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
@@ -165,7 +172,7 @@ def build_gateway(
     executor = Executor(
         databases, emulator=bool(emulator), max_settling=settings.max_settling_writes
     )
-    audit = build_trail(settings, policy, databases)
+    audit = build_trail(settings, policy, databases, worker=worker, run_dir=run_dir)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
     closers.append(executor.aclose)
     app = create_app(
@@ -187,6 +194,7 @@ def build_gateway(
         watch=settings.watch_policy,
     )
     app.reloader = reloader
+    app.worker = worker
     # Every statement PLAN-analysed by Spanner before /readyz says ready (a misspelt column fails
     # the start naming its query); runs after the identities are warmed.
     app.on_startup.insert(0, lambda: _analyze(executor, app))
@@ -194,4 +202,24 @@ def build_gateway(
     app.on_startup.append(audit.start)  # open the sinks, read each predecessor's last hash
     closers.insert(0, lambda: _close_caches(app))
     closers.insert(0, reloader.stop)
+    if app.metrics.multiprocess is not None:  # several workers: each publishes for the others
+        publisher = _Background(lambda: app.metrics.publish_every(app))
+        app.on_startup.append(publisher.start)
+        closers.append(publisher.stop)
     return app
+
+
+class _Background:
+    """One task for the process's lifetime: started at start-up, cancelled at shutdown."""
+
+    def __init__(self, run: Callable[[], Awaitable[None]]) -> None:
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -22,6 +22,15 @@ parses pipelined requests without limit, and holds a connection whose body never
 - every answer that closes the connection closes it gracefully (FIN, then what still arrives is
   dropped for ``_LINGER_SECONDS``), so a client still sending reads its answer, not a reset.
 
+Shutdown (:class:`GatewayServer`): the first SIGTERM or SIGINT starts a drain: the application
+is told (``/readyz`` answers 503 ``draining``), every answer from then on closes its connection
+(``Connection: close``: a client behind a connection-level balancer reconnects elsewhere), and the
+server keeps listening for ``drain_seconds``; then uvicorn's graceful shutdown: the listener
+closes, idle connections close, requests in flight get ``shutdown_timeout_seconds`` to finish
+(then they are cancelled, each still leaving its audit event), and the lifespan shutdown settles
+writes and flushes the audit trail. A second signal ends the drain at once; a third stops without
+waiting. The exit code is 0: the signal is handled, not re-raised.
+
 These answers are problem+json written by the server itself: they are not audit events, since no
 request reached the gateway. The body deadline is the gateway's own (``gateway.http``), so a body
 too slow is a 408 with its audit event. WebSockets are off: an upgrade request is served as plain
@@ -32,10 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import httptools
@@ -53,9 +66,9 @@ from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
 from gateway.settings import Settings
 
 __all__ = [
-    "GRACEFUL_SHUTDOWN_SECONDS",
     "GatewayConfig",
     "GatewayHttpProtocol",
+    "GatewayServer",
     "PIPELINE_DEPTH",
     "ServerLimits",
     "run_server",
@@ -63,10 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("spangate.server")
-
-# SIGTERM: requests in flight get this long to finish, then their connections close (each still
-# leaves its event); a stuck client or sink never holds up the exit.
-GRACEFUL_SHUTDOWN_SECONDS = 10
 
 # How long a refused connection still reads (and drops) what the client sends after the answer.
 _LINGER_SECONDS = 2.0
@@ -104,9 +113,13 @@ class GatewayConfig(uvicorn.Config):
     """A uvicorn Config that carries the limits of :class:`GatewayHttpProtocol` (picklable, so it
     survives a worker spawn)."""
 
-    def __init__(self, app: Any, *, limits: ServerLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *, limits: ServerLimits, drain_seconds: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.limits = limits
+        self.drain_seconds = drain_seconds
+        self.draining = False  # set by GatewayServer on the first SIGTERM/SIGINT
         self.peers: Counter[str] = Counter()  # open connections per peer address (per process)
 
 
@@ -116,6 +129,7 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
     return GatewayConfig(
         app,
         limits=limits,
+        drain_seconds=settings.drain_seconds,
         host=settings.host,
         port=settings.port,
         http=GatewayHttpProtocol,
@@ -128,7 +142,9 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
         proxy_headers=False,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # Once the listener closed: requests in flight get this long, then are cancelled (each
+        # still leaves its event); a stuck client or sink never holds up the exit.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         # GatewayHttpProtocol answers over-capacity requests itself, as problem+json.
         limit_concurrency=None,
         # Not used (the protocol is GatewayHttpProtocol), bounded all the same.
@@ -136,13 +152,86 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
     )
 
 
-def run_server(app: Any, settings: Settings, *, log_level: str | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; 0 after a clean shutdown, 3 when start-up failed (as uvicorn)."""
-    server = uvicorn.Server(server_config(app, settings, log_level=log_level))
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, as uvicorn.run does
-        pass
+class GatewayServer(uvicorn.Server):
+    """uvicorn's Server with a drain before its graceful shutdown (see the module docstring).
+
+    ``on_drain`` is called (on the event loop) when the drain starts: the application's cue to
+    say not-ready. ``parent``: a worker's supervisor pid; when the worker finds itself orphaned
+    (its parent gone), it drains and stops as if it had been sent SIGTERM."""
+
+    config: GatewayConfig
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        on_drain: Callable[[], None] | None = None,
+        parent: int | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._parent = parent
+        self._signals = 0  # SIGTERM/SIGINT received
+        self._drain_until: float | None = None
+        self._drain_told = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: only flags here (no logging, no loop calls); on_tick acts on them.
+        # Not recorded in _captured_signals: uvicorn would re-raise it after the shutdown, and
+        # the exit code would be the signal's instead of 0.
+        self._signals += 1
+        if not self.started or self._signals == 2:
+            self.should_exit = True  # not serving yet, or a second signal: no (more) drain
+        elif self._signals > 2:
+            self.force_exit = True  # a third: stop without waiting for requests
+        self.config.draining = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if (
+            self._parent is not None
+            and counter % 10 == 0
+            and not self.config.draining
+            and os.getppid() != self._parent
+        ):
+            log.error("the supervisor (pid %d) is gone: stopping", self._parent)
+            self._signals = 1
+            self.config.draining = True
+        if self.config.draining and not self._drain_told:
+            self._drain_told = True
+            drain = 0.0 if self.should_exit else self.config.drain_seconds
+            self._drain_until = time.monotonic() + drain
+            log.info(
+                "stopping: /readyz says 503 draining; serving %g s more, then requests in flight "
+                "get %g s",
+                drain,
+                self.config.timeout_graceful_shutdown,
+            )
+            if self._on_drain is not None:
+                self._on_drain()
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run_server(
+    app: Any,
+    settings: Settings,
+    *,
+    log_level: str | None = None,
+    sockets: list[socket.socket] | None = None,
+    parent: int | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
+    shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
+    ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port.
+    ``app.drain()``, when the app has it, is the drain's cue."""
+    drain = getattr(app, "drain", None)
+    server = GatewayServer(
+        server_config(app, settings, log_level=log_level),
+        on_drain=drain if callable(drain) else None,
+        parent=parent,
+    )
+    server.run(sockets=sockets)
     return 0 if server.started else 3
 
 
@@ -260,6 +349,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not isinstance(config, GatewayConfig):
             raise TypeError("GatewayHttpProtocol needs a GatewayConfig (gateway.server)")
         self.limits = config.limits
+        self._config = config
         self.limit_concurrency = None  # checked in on_headers_complete, answered as problem+json
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True  # the next bytes belong to a request head
@@ -495,6 +585,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._awaiting_head = False
         if self.cycle is not None:
             self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
+            if self._config.draining:  # the answer closes the connection: reconnect elsewhere
+                self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._framing = 0

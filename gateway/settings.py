@@ -25,6 +25,31 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes serving on one port (`spangate serve --workers N`), each with its "
+        "own Spanner clients, audit chain and file, connection limits and counters.",
+    )
+
+    # Shutdown (SIGTERM, SIGINT): gateway.server
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+        description="After SIGTERM or SIGINT, how long /readyz answers 503 draining while the "
+        "server still serves (answers close their connections), before it stops listening.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Once it stops listening, how long requests in flight get to finish before "
+        "they are cancelled (each still leaves its audit event).",
+    )
 
     # Spanner target: overrides the policy's `spanner:` block when set.
     spanner_project: str | None = None

@@ -55,11 +55,25 @@ class Served:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def trail_files(self) -> list[Path]:
+        """The audit files written so far: the file, or with ``SPANGATE_WORKERS`` one per worker
+        (``audit-PORT.wN.jsonl``), and their rotated files."""
+        stem, suffix = self.audit.stem, self.audit.suffix
+        return sorted(
+            {*self.audit.parent.glob(f"{stem}{suffix}*"), *self.audit.parent.glob(
+                f"{stem}.w*{suffix}*"
+            )}
+        )
+
     def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        """The audit events written so far (those of one request id when given)."""
-        if not self.audit.exists():
-            return []
-        events = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        """The audit events written so far, of every file (those of one request id when
+        given)."""
+        events = [
+            json.loads(line)
+            for path in self.trail_files()
+            for line in path.read_text().splitlines()
+            if line
+        ]
         if request_id is None:
             return events
         return [
@@ -92,6 +106,8 @@ def start_served(
         "SPANNER_EMULATOR_HOST": database,
         "SPANGATE_AUDIT_PATH": str(audit),
         "SPANGATE_LOG_LEVEL": "warning",
+        # Stopped at once: a test that drains says so (env SPANGATE_DRAIN_SECONDS).
+        "SPANGATE_DRAIN_SECONDS": "0",
     }
     if issuer is not None:
         variables["OKTA_ISSUER"] = issuer

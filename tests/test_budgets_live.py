@@ -100,7 +100,9 @@ async def test_http_and_mcp_spend_one_budget_and_the_next_call_is_429(
         support = get(gw, ORDER, token_for("support-console"))
         assert support.status_code == 200 and "RateLimit" not in support.headers
         metrics = httpx.get(gw.base + "/metrics", timeout=10).text
-        assert 'spangate_budget_refusals_total{role="order-agent",budget="calls"} 2' in metrics
+        assert 'spangate_budget_refusals_total{budget="calls",role="order-agent"} 2.0' in (
+            metrics.splitlines()
+        )
 
 
 def test_rows_are_counted_after_and_the_most_generous_role_applies(

@@ -563,7 +563,7 @@ async def test_metrics_count_requests_and_expose_component_state(
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    series = 'spangate_requests_total{route="/v1/orders/{order_id}",status="200",code="ok"}'
+    series = 'spangate_requests_total{code="ok",route="/v1/orders/{order_id}",status="200"}'
     before = count((await client.get("/metrics")).text, series)
     await client.get("/v1/orders/O-1001", headers=bearer(token_for("support-console")))
     response = await client.get("/metrics")

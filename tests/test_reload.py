@@ -338,8 +338,8 @@ async def test_introspection_caches_survive_a_reload_that_does_not_touch_the_iss
         cached = await _get(app, "/v1/orders/O-1001", opaque)
         assert cached.status_code == 200, cached.text  # the cached active answer
         assert before.calls == 1 and before.cache_hits == 1
-        metrics = (await _get(app, "/metrics", opaque)).text
-        assert 'spangate_introspection_cache_hits_total{issuer="okta"} 1' in metrics
+        metrics = (await _get(app, "/metrics", opaque)).text.splitlines()
+        assert 'spangate_introspection_cache_hits_total{issuer="okta"} 1.0' in metrics
 
         policy_copy.write_text(
             policy_copy.read_text().replace("token_max_length: 43", "token_max_length: 44")

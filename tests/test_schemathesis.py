@@ -35,6 +35,7 @@ def served(
     port = free_port()
     env = {
         **os.environ,
+        "SPANGATE_DRAIN_SECONDS": "0",  # stopped without a drain (tests/served.py)
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(tmp_path_factory.mktemp("schemathesis") / "audit.jsonl"),

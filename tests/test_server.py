@@ -56,6 +56,7 @@ def served(
     audit = tmp_path / "audit.jsonl"
     env = {
         **os.environ,
+        "SPANGATE_DRAIN_SECONDS": "0",  # stopped without a drain (tests/served.py)
         "SPANNER_EMULATOR_HOST": demo_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),

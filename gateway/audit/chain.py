@@ -16,8 +16,10 @@ these characters raw) verify as they are.
 
 A ``Chain`` belongs to one writer (one sink of one process): ``seq`` starts at 1 with a new random
 ``chain`` id in every process, and the first event's ``prev`` names the predecessor's last hash
-when the sink could read it (``GENESIS`` otherwise). ``mark``/``rollback`` undo the sealing of a
-batch that could not be written, so a failed write never leaves a gap in the chain.
+when the sink could read it (``GENESIS`` otherwise). Under ``spangate serve --workers N`` every
+event also carries its worker's number (``worker``, 1 to N), hashed with the rest.
+``mark``/``rollback`` undo the sealing of a batch that could not be written, so a failed write
+never leaves a gap in the chain.
 """
 
 from __future__ import annotations
@@ -141,9 +143,12 @@ class AuditKeys:
 class Chain:
     """Seals events in order. Not thread-safe: one writer thread owns it."""
 
-    def __init__(self, key: bytes | None, *, chain_id: str | None = None) -> None:
+    def __init__(
+        self, key: bytes | None, *, chain_id: str | None = None, worker: int | None = None
+    ) -> None:
         self.key = key
         self.chain_id = chain_id or secrets.token_hex(8)
+        self.worker = worker  # sealed into every event (``worker``) under `serve --workers N`
         self.last_hash = GENESIS
         self.seq = 0
         self.started = False
@@ -163,6 +168,8 @@ class Chain:
         event = writable(event)
         self.seq += 1
         sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
+        if self.worker is not None:
+            sealed["worker"] = self.worker
         sealed.pop("hash", None)
         text = _ENCODER.encode(sealed)
         body = text.encode()

@@ -25,6 +25,7 @@ __all__ = [
     "check_audit_key",
     "file_sink_path",
     "unkeyed_warning",
+    "worker_path",
 ]
 
 def audit_keys(settings: Settings) -> AuditKeys:
@@ -50,22 +51,46 @@ def check_audit_key(settings: Settings, policy: CompiledPolicy) -> None:
         )
 
 
-def file_sink_path(settings: Settings, policy: CompiledPolicy, config: FileSinkConfig) -> Path:
-    """``SPANGATE_AUDIT_PATH``, else the sink's path (relative to the policy's folder)."""
+def worker_path(path: Path, worker: int | None) -> Path:
+    """The file of worker ``worker``'s trail: ``audit.jsonl`` -> ``audit.w2.jsonl`` (the name
+    before its last suffix, then ``.wN``); ``path`` itself with one process (None)."""
+    if worker is None:
+        return path
+    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+
+
+def file_sink_path(
+    settings: Settings, policy: CompiledPolicy, config: FileSinkConfig, worker: int | None = None
+) -> Path:
+    """``SPANGATE_AUDIT_PATH``, else the sink's path (relative to the policy's folder); under
+    ``spangate serve --workers N`` each worker's own file beside it (``worker_path``)."""
     if settings.audit_path is not None:
-        return settings.audit_path
+        return worker_path(settings.audit_path, worker)
     path = Path(config.path)
-    return path if path.is_absolute() else policy.base_dir / path
+    return worker_path(path if path.is_absolute() else policy.base_dir / path, worker)
 
 
-def build_trail(settings: Settings, policy: CompiledPolicy, databases: Databases) -> AuditTrail:
-    """One writer per sink, each with its own chain (nothing is opened until the first event)."""
+def build_trail(
+    settings: Settings,
+    policy: CompiledPolicy,
+    databases: Databases,
+    *,
+    worker: int | None = None,
+    run_dir: Path | None = None,
+) -> AuditTrail:
+    """One writer per sink, each with its own chain (nothing is opened until the first event).
+
+    ``worker`` (``spangate serve --workers N``): this worker's number, sealed into its events; a
+    file sink writes this worker's own file (``worker_path``), so each file is one worker's
+    trail, continued by the worker that takes its place after a restart. ``run_dir``: the
+    workers' shared private directory, where the stdout sink's lock is (the workers share one
+    stdout: each batch goes into it whole)."""
     keys = audit_keys(settings)
     writers = []
     for config in policy.model.audit.sinks:
         sink: Sink
         if isinstance(config, FileSinkConfig):
-            path = file_sink_path(settings, policy, config)
+            path = file_sink_path(settings, policy, config, worker)
             sink = FileSink(path, rotate_bytes=config.rotate_bytes)
         elif isinstance(config, SpannerSinkConfig):
             sink = SpannerSink(
@@ -76,11 +101,11 @@ def build_trail(settings: Settings, policy: CompiledPolicy, databases: Databases
                 channel_state=functools.partial(databases.channel_state, config.identity),
             )
         else:
-            sink = StdoutSink()
+            sink = StdoutSink(lock=None if run_dir is None else run_dir / "stdout.lock")
         writers.append(
             SinkWriter(
                 sink,
-                Chain(keys.chain),
+                Chain(keys.chain, worker=worker),
                 durability=config.durability,
                 window=settings.audit_batch_window_ms / 1000,
                 max_batch=settings.audit_max_batch,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RotationGap", "rotation_gaps", "trail_order"]
+__all__ = ["RotationGap", "rotation_gaps", "trail_groups", "trail_order"]
 
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)$")
 
@@ -32,6 +32,16 @@ def _order_key(path: Path) -> tuple[str, int]:
 def trail_order(paths: Sequence[Path]) -> list[Path]:
     """Rotated files (``NAME.000001``…) by number, each base's active file ``NAME`` after them."""
     return sorted(dict.fromkeys(paths), key=_order_key)
+
+
+def trail_groups(paths: Sequence[Path]) -> list[list[Path]]:
+    """``paths`` split into trails, each in ``trail_order``: a file and its rotated files
+    (``NAME``, ``NAME.000001``…) are one trail; files of different names are different trails
+    (one per worker under ``spangate serve --workers N``: ``audit.w1.jsonl``, ``audit.w2.jsonl``)."""
+    groups: dict[str, list[Path]] = {}
+    for path in trail_order(paths):
+        groups.setdefault(_order_key(path)[0], []).append(path)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)

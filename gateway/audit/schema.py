@@ -217,6 +217,12 @@ class AuditEvent(_Model):
         pattern=_HEX64, description="The previous event's hash (or the predecessor's, or zeros)."
     )
     hash: str = Field(pattern=_HEX64, description="HMAC-SHA256 (or SHA-256) of the rest.")
+    worker: int | None = Field(
+        None,
+        ge=1,
+        description="The worker (1 to N) whose chain this is, under `spangate serve --workers N`; "
+        "absent with one process.",
+    )
 
 
 def event_json_schema() -> dict[str, Any]:

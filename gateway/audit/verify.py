@@ -31,6 +31,10 @@ acknowledged) are reported as notes, not breaks. Deleting the newest events of t
 not detectable from the trail alone: compare ``head`` with a copy kept elsewhere (another sink).
 
 Streaming: memory does not grow with the trail; classifying a break re-reads the trail once.
+
+Several trails (``spangate serve --workers N`` writes one file per worker, ``audit.w1.jsonl``…):
+``trail_groups`` splits the files by name (a file and its rotations are one trail), and each
+trail is verified on its own (``spangate audit verify`` does both).
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import GENESIS, event_hash
-from gateway.audit.rotation import RotationGap, rotation_gaps, trail_order
+from gateway.audit.rotation import RotationGap, rotation_gaps, trail_groups, trail_order
 
 __all__ = [
     "HEX64",
     "ChainBreak",
     "TrailReport",
     "TrailStart",
+    "trail_groups",
     "trail_order",
     "verify_trail",
 ]

@@ -1,6 +1,6 @@
 """``spangate``: the command line.
 
-    spangate serve --policy PATH [--host 127.0.0.1] [--port 8080]
+    spangate serve --policy PATH [--host 127.0.0.1] [--port 8080] [--workers N]
     spangate dev [--policy policy.example.yaml] [--port 8080]
     spangate policy check PATH [--database]
     spangate grants --policy PATH [--schema FILE] [--check]

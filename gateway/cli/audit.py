@@ -1,5 +1,10 @@
 """``spangate audit verify FILE...``: check a whole audit trail, across rotated files and processes.
 
+Files of different names are different trails (``spangate serve --workers N`` writes one per
+worker: ``audit.w1.jsonl``, ``audit.w2.jsonl``…; a file and its rotations are one trail): each is
+verified on its own, under a ``trail NAME:`` heading, and a last line counts them; exit 1 when any
+is broken. ``--anchor`` is one trail's hash: with several trails it is a usage error.
+
 Exit 0 when every event is intact and in its place (notes, if any, go to stderr), 1 at the first
 break, printed as ``FILE:LINE: seq N KIND: why`` (KIND: edited, deleted, reordered, inserted,
 missing-file, unanchored). The ``ok`` line says where the verified trail starts (its first event's
@@ -71,22 +76,49 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit.chain import GENESIS, AuditKeys
-    from gateway.audit.verify import trail_order, verify_trail
+    from gateway.audit.chain import GENESIS
+    from gateway.audit.verify import trail_groups
 
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         print(f"spangate: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    groups = trail_groups(args.files)
+    if len(groups) > 1 and args.anchor is not None:
+        names = ", ".join(str(group[-1]) for group in groups)
+        print(
+            f"spangate: --anchor names one trail's hash, and these files are {len(groups)} "
+            f"trails ({names}): verify each trail's files with its own anchor",
+            file=sys.stderr,
+        )
+        return 2
     secret = _secret(args)
     anchor = GENESIS if args.from_genesis else args.anchor
-    report = verify_trail(args.files, AuditKeys.from_secret(secret).chain, anchor=anchor)
+    if len(groups) == 1:
+        return _verify_one(groups[0], secret, anchor, "")
+    # One trail per worker (spangate serve --workers N): each verified on its own.
+    codes = []
+    for group in groups:
+        print(f"trail {group[-1]}:")
+        codes.append(_verify_one(group, secret, anchor, "  "))
+    failed = sum(1 for code in codes if code)
+    print(
+        f"{len(groups)} trails: {len(groups) - failed} ok"
+        + (f", {failed} broken" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, indent: str) -> int:
+    from gateway.audit.chain import AuditKeys
+    from gateway.audit.verify import verify_trail
+
+    report = verify_trail(files, AuditKeys.from_secret(secret).chain, anchor=anchor)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if report.broken is not None:
-        print(f"{report.broken}")
-        first = trail_order(args.files)[0]
-        if report.broken.line == 1 and report.broken.file == str(first):
+        print(f"{indent}{report.broken}")
+        if report.broken.line == 1 and report.broken.file == str(files[0]):
             if report.broken.kind == "edited":
                 hint = "set SPANGATE_AUDIT_KEY" if secret is None else "is it the gateway's key?"
                 print(f"  (the very first event fails: {hint})", file=sys.stderr)
@@ -97,7 +129,10 @@ def _verify(args: argparse.Namespace) -> int:
         else "SHA-256 without a key: detects accidents only, proves nothing against anyone who "
         "can write the files (they can re-hash every event)"
     )
-    print(f"ok: {report.events} events in {report.files} file(s), {report.chains} chain(s), {mode}")
+    print(
+        f"{indent}ok: {report.events} events in {report.files} file(s), {report.chains} "
+        f"chain(s), {mode}"
+    )
     if report.start is not None:
         s = report.start
         if report.anchored_at is not None:
@@ -112,11 +147,14 @@ def _verify(args: argparse.Namespace) -> int:
                 "not genesis: earlier events are not in these files; "
                 "--anchor proves none were removed"
             )
-        print(f"starts: {s.file}:{s.line} chain {s.chain} seq {s.seq} prev {s.prev} ({where})")
+        print(
+            f"{indent}starts: {s.file}:{s.line} chain {s.chain} seq {s.seq} prev {s.prev} "
+            f"({where})"
+        )
     if report.head is not None:
         chain, seq, digest = report.head
         print(
-            f"last event: chain {chain} seq {seq} hash {digest} (events cut off the end are not "
-            "detectable: compare it with a copy kept elsewhere)"
+            f"{indent}last event: chain {chain} seq {seq} hash {digest} (events cut off the end "
+            "are not detectable: compare it with a copy kept elsewhere)"
         )
     return 0

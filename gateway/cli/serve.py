@@ -6,9 +6,12 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+__all__ = ["configure_logging", "register"]
 
 
 def register(sub: Any) -> None:
@@ -16,6 +19,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--policy", type=Path, help="policy file or folder (SPANGATE_POLICY)")
     serve.add_argument("--host", help="address to bind (SPANGATE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (SPANGATE_PORT, default 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes serving on the port (SPANGATE_WORKERS, default 1; see docs/operations.md)",
+    )
     serve.set_defaults(handler=_serve)
 
     dev = sub.add_parser(
@@ -27,16 +35,34 @@ def register(sub: Any) -> None:
     dev.set_defaults(handler=_dev)
 
 
+def configure_logging(settings: Settings) -> None:
+    """The log format of ``spangate serve`` (and of each of its workers)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.runtime import build_gateway
     from gateway.server import run_server
     from gateway.settings import Settings
 
-    given = (("policy", args.policy), ("host", args.host), ("port", args.port))
-    settings = Settings(**{k: v for k, v in given if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    given = {
+        "policy": args.policy,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    settings = Settings(**given)
+    configure_logging(settings)
+    if settings.workers > 1:
+        from gateway.workers import run_workers
+
+        # The workers read their settings as this process did: the options become variables.
+        env = {**os.environ, **{f"SPANGATE_{k.upper()}": str(v) for k, v in given.items()}}
+        return run_workers(settings, env)
     app = build_gateway(settings, env=os.environ)
     return run_server(app, settings)
 

@@ -134,6 +134,7 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             spanner_emulator_host=emulator_host,
             audit_path=run_dir / "audit.jsonl",
             redis_url=SecretStr(redis_url),
+            drain_seconds=0,  # Ctrl-C stops the demo at once: no load balancer to tell
         )
         key_file = run_dir / "audit.key"
         if settings.audit_key is None:

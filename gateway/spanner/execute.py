@@ -244,8 +244,11 @@ class Executor:
         emulator: bool = False,
         max_settling: int = 256,
         hooks: WriteHooks | None = None,
+        on_statement: Callable[[str, float], None] | None = None,
     ) -> None:
         self.databases = databases
+        # (query name, seconds) as each statement that was sent ends, however it ended
+        self.on_statement = on_statement
         self._emulator = emulator
         self._write_lock: asyncio.Lock | None = None
         self._analyses: dict[str, Analysis] = {}
@@ -400,7 +403,8 @@ class Executor:
             raise unavailable_error("Spanner is unavailable; the write did not run; retry later")
         params, types = spanner_params(query.params, values)
         timeout = query.model.timeout_seconds
-        deadline = asyncio.get_running_loop().time() + timeout
+        started = asyncio.get_running_loop().time()
+        deadline = started + timeout
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
@@ -443,6 +447,9 @@ class Executor:
             raise map_error(
                 exc, query=query.name, identity=identity, role=self.databases.roles.get(identity)
             ) from exc
+        finally:
+            if self.on_statement is not None:
+                self.on_statement(query.name, asyncio.get_running_loop().time() - started)
 
     async def _guarded_write(
         self, state: _WriteState, on_settled: OnSettled | None, request: str, *args: Any

@@ -97,6 +97,7 @@ def limited_server(
     audit = tmp_path / "audit.jsonl"
     env = {
         **os.environ,
+        "SPANGATE_DRAIN_SECONDS": "0",  # stopped without a drain (tests/served.py)
         "SPANNER_EMULATOR_HOST": audit_database,
         "OKTA_ISSUER": idp.issuer,
         "SPANGATE_AUDIT_PATH": str(audit),

@@ -700,7 +700,7 @@ async def test_settling_writes_are_capped_counted_and_cut_when_abandoned(
         assert answer.status_code == 504, answer.text
         assert answer.json()["outcome"] == "unknown"
         assert app.executor.settling == 1
-        assert "spangate_writes_settling 1" in (await http.get("/metrics")).text.splitlines()
+        assert "spangate_writes_settling 1.0" in (await http.get("/metrics")).text.splitlines()
         assert (await http.get("/readyz")).json()["writes_settling"] == 1
         refused = await post(http, headers, 12)
         assert refused.status_code == 503, refused.text
@@ -710,7 +710,7 @@ async def test_settling_writes_are_capped_counted_and_cut_when_abandoned(
         follow = await settlement_of(audit, answer.headers["x-request-id"])
         assert follow["protoPayload"]["metadata"]["settlement"]["outcome"] == "committed"
         await until_settled(app)
-        assert "spangate_writes_settling 0" in (await http.get("/metrics")).text.splitlines()
+        assert "spangate_writes_settling 0.0" in (await http.get("/metrics")).text.splitlines()
         assert (await post(http, headers, 12)).status_code == 200
         assert ids(emulator.host, database) == [11, 12]
 

@@ -1,0 +1,236 @@
+"""``spangate serve --workers N``: N processes serving on one port, and the supervisor above them.
+
+How the port is shared: the supervisor binds the listening socket once (uvicorn's own
+``Config.bind_socket``: the address, ``SO_REUSEADDR``) and starts each worker as a fresh
+interpreter (``python -m gateway.workers``) that inherits it; each worker runs exactly the server
+of a single ``spangate serve`` (``gateway.server.run_server``: the ``GatewayHttpProtocol`` with its
+limits, the drain) on that socket, so the kernel hands each new connection to one worker. Not
+uvicorn's own ``Multiprocess`` supervisor: it restarts every worker on SIGHUP (the gateway reloads
+its policy instead) and cannot tell a worker which one it is (each worker's audit file must be its
+own, and continued by its replacement). Not ``SO_REUSEPORT`` either: a worker that stops
+listening there resets the connections waiting in its own queue, where a shared queue leaves them
+to the workers still listening.
+
+Each worker builds its own gateway (Spanner clients, key caches, audit trail with its own chain,
+sealed with its number, and, for a file sink, its own file ``NAME.wK.EXT``), and holds its own
+connection limits, introspection budget and in-process counters.
+
+The supervisor:
+
+- checks the settings and the policy first (the same errors and exit code 2 as one process);
+- creates a private directory (``spangate-*``, mode 0700) under the temporary directory
+  (``TMPDIR``, else ``/tmp``: the one writable place in a read-only container) and removes it
+  when it exits: ``metrics/`` is every worker's ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics``
+  sums every worker whichever answers (a dead worker's live gauges are dropped:
+  ``mark_process_dead``); ``stdout.lock`` makes each audit batch on the shared stdout whole;
+- forwards SIGHUP to every worker (each reloads its policy) and SIGTERM to every worker on
+  SIGTERM or SIGINT (each drains, finishes its requests, flushes its trail, exits 0); workers run
+  in their own process group, so a terminal's Ctrl-C reaches them once, through the supervisor;
+- restarts a worker that died (at most once a second per worker) with the same number, unless
+  it failed to start (exit 3): then every worker is stopped and the supervisor exits 3;
+- exits 0 when every worker exited 0 after the stop, else 1.
+
+A worker whose supervisor disappears (killed with SIGKILL) drains and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from gateway.settings import Settings
+
+__all__ = ["STARTUP_FAILURE", "run_workers", "worker_main"]
+
+log = logging.getLogger("spangate.workers")
+
+STARTUP_FAILURE = 3  # uvicorn's exit code for a server that could not start
+_RESTART_SECONDS = 1.0  # a worker slot is restarted at most this often
+_POLL_SECONDS = 0.1
+
+
+@dataclass
+class _Slot:
+    number: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class _Supervisor:
+    def __init__(
+        self, settings: Settings, env: Mapping[str, str], sock: socket.socket, run_dir: Path
+    ) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.run_dir = run_dir
+        self.metrics_dir = str(run_dir / "metrics")
+        self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        self.slots = [_Slot(n) for n in range(1, settings.workers + 1)]
+        self.pending: list[int] = []  # signals received, handled by the loop
+        self.stops = 0  # SIGTERM/SIGINT received
+        self.failed = False  # a worker could not start
+
+    # -- signals ------------------------------------------------------------------------------
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.pending.append(sig)  # handled in the loop: nothing else in a signal handler
+
+    def _handle_signals(self) -> None:
+        while self.pending:
+            sig = self.pending.pop(0)
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: every worker reloads its policy")
+                self._send(signal.SIGHUP)
+            else:  # SIGTERM or SIGINT: each drains and stops; again: each stops sooner
+                self.stops += 1
+                log.info("%s: stopping %d worker(s)", signal.Signals(sig).name, len(self.slots))
+                self._send(signal.SIGTERM)
+
+    def _send(self, sig: int) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(sig)
+
+    # -- workers ------------------------------------------------------------------------------
+    def _start(self, slot: _Slot) -> None:
+        fd = self.sock.fileno()
+        slot.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.workers",
+                "--worker",
+                str(slot.number),
+                "--fd",
+                str(fd),
+                "--parent",
+                str(os.getpid()),
+                "--run-dir",
+                str(self.run_dir),
+            ],
+            env=self.env,
+            pass_fds=(fd,),
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which forwards it once
+        )
+        slot.started = time.monotonic()
+        log.info("worker %d started (pid %d)", slot.number, slot.process.pid)
+
+    def _reap(self, slot: _Slot) -> None:
+        """Account for a worker that exited; restart it unless stopping or it could not start."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        process = slot.process
+        assert process is not None and process.returncode is not None
+        mark_process_dead(process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        slot.exits.append(process.returncode)
+        slot.process = None
+        if self.stops:
+            log.info("worker %d (pid %d) exited %d", slot.number, process.pid, process.returncode)
+            return
+        if process.returncode == STARTUP_FAILURE:
+            log.error("worker %d could not start: stopping every worker", slot.number)
+            self.failed = True
+            self.stops += 1
+            self._send(signal.SIGTERM)
+            return
+        log.error(
+            "worker %d (pid %d) died (exit %d): starting another in its place",
+            slot.number,
+            process.pid,
+            process.returncode,
+        )
+
+    def run(self) -> int:
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while True:
+                self._handle_signals()
+                running = 0
+                for slot in self.slots:
+                    if slot.process is not None and slot.process.poll() is not None:
+                        self._reap(slot)
+                    if slot.process is None and not self.stops:
+                        if time.monotonic() - slot.started >= _RESTART_SECONDS:
+                            self._start(slot)
+                    running += slot.process is not None
+                if self.stops and not running:
+                    break
+                time.sleep(_POLL_SECONDS)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.failed:
+            return STARTUP_FAILURE
+        last = [slot.exits[-1] for slot in self.slots if slot.exits]
+        return 0 if last and all(code == 0 for code in last) else 1
+
+
+def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
+    """Supervise ``settings.workers`` workers on one socket until stopped (see the module
+    docstring); the exit code is the supervisor's."""
+    from gateway.audit.configure import check_audit_key
+    from gateway.errors import ConfigError
+    from gateway.runtime import load_compiled
+    from gateway.server import server_config
+
+    policy = load_compiled(settings.policy, env)  # a PolicyError here: exit 2, nothing started
+    check_audit_key(settings, policy)
+    if policy.model.budgets and settings.redis_url is None:
+        raise ConfigError(
+            "the policy has budgets: with --workers, each worker would count them on its own "
+            "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
+        )
+    sock = server_config(None, settings).bind_socket()  # exits 3 when the address is taken
+    run_dir = Path(tempfile.mkdtemp(prefix="spangate-"))  # 0700, new: nothing stale in it
+    try:
+        (run_dir / "metrics").mkdir()
+        return _Supervisor(settings, env, sock, run_dir).run()
+    finally:
+        sock.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """One worker: the gateway of worker ``--worker`` served on the inherited socket ``--fd``."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.workers")
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    # A SIGHUP before the reloader listens must not end the worker (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    from gateway.cli.serve import configure_logging
+    from gateway.runtime import build_gateway
+    from gateway.server import run_server
+
+    settings = Settings()
+    configure_logging(settings)
+    try:
+        app = build_gateway(settings, env=os.environ, worker=args.worker, run_dir=args.run_dir)
+    except Exception:
+        log.exception("worker %d could not start", args.worker)
+        return STARTUP_FAILURE
+    return run_server(app, settings, sockets=[sock], parent=args.parent)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
