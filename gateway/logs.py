@@ -47,6 +47,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
+    "configured",
     "log_request",
     "request_fields",
 ]
@@ -184,9 +185,6 @@ class _Enqueue(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)
         message = record.getMessage()
-        if self.dropped:
-            message += f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
-            self.dropped = 0
         record.msg, record.args, record.message = message, None, message
         if record.exc_info:
             record.exc_text = self._renderer.formatException(record.exc_info)
@@ -198,11 +196,18 @@ class _Enqueue(logging.handlers.QueueHandler):
                 record.span_id = f"{context.span_id:016x}"
         return record
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.queue.put_nowait(record)
+            prepared = self.prepare(record)
+            if self.dropped:
+                note = f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
+                prepared.msg = prepared.message = prepared.message + note
+            self.queue.put_nowait(prepared)
+            self.dropped = 0
         except queue.Full:
             self.dropped += 1
+        except Exception:  # noqa: BLE001 - as logging.Handler.emit: a broken record never raises
+            self.handleError(record)
 
 
 class _Installed:
@@ -221,6 +226,11 @@ def _stop() -> None:
 
 
 atexit.register(_stop)
+
+
+def configured() -> bool:
+    """Has ``configure_logging`` installed the process's log (``spangate serve``, ``dev``)?"""
+    return _Installed.handler is not None
 
 
 def _is_terminal(stream: IO[str]) -> bool:
@@ -253,6 +263,9 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # httpx logs every call at INFO (key fetches, each introspection: a second line for a
+    # request); below debug, only its warnings.
+    logging.getLogger("httpx").setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
     listener.start()
     _Installed.handler, _Installed.listener = handler, listener
     return formatter

@@ -50,6 +50,7 @@ from uvicorn.server import ServerState
 
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
 from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
+from gateway.logs import configure_logging
 from gateway.settings import Settings
 
 __all__ = [
@@ -122,7 +123,11 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         ws="none",  # an Upgrade header is ignored: the request is plain HTTP, audited as such
         lifespan="on",
         log_level=log_level or settings.log_level,
-        access_log=False,  # the audit trail records every request
+        # uvicorn's own loggers go through the gateway's formatter (gateway.logs), and its
+        # access log is off: the gateway logs one line per request itself, with what it knows
+        # (route, query, code, principal, trace), and the audit trail records every call.
+        log_config=None,
+        access_log=False,
         server_header=False,
         # The client address is the TCP peer unless it is in SPANGATE_TRUSTED_PROXIES (the
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
@@ -137,7 +142,9 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
 
 
 def run_server(app: Any, settings: Settings, *, log_level: str | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; 0 after a clean shutdown, 3 when start-up failed (as uvicorn)."""
+    """Serve until SIGINT/SIGTERM; 0 after a clean shutdown, 3 when start-up failed (as uvicorn).
+    Logging: ``SPANGATE_LOG_FORMAT`` for every logger (``gateway.logs``)."""
+    configure_logging(settings.log_format, log_level or settings.log_level)
     server = uvicorn.Server(server_config(app, settings, log_level=log_level))
     try:
         server.run()

@@ -266,3 +266,8 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines on stderr: json (one object per line), text (for a person), or "
+        "auto: text when stderr is a terminal, else json.",
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,21 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.logs import configure_logging
     from gateway.runtime import build_gateway
     from gateway.server import run_server
     from gateway.settings import Settings
 
     given = (("policy", args.policy), ("host", args.host), ("port", args.port))
-    settings = Settings(**{k: v for k, v in given if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        settings = Settings(**{k: v for k, v in given if v is not None})
+    except ValidationError:
+        configure_logging("auto", "info")  # the settings error is a log line too (cli.main)
+        raise
+    # Before anything logs: start-up warnings and a refused policy are lines of the same stream.
+    configure_logging(settings.log_format, settings.log_level)
     app = build_gateway(settings, env=os.environ)
     return run_server(app, settings)
 
