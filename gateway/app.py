@@ -486,15 +486,13 @@ class Gateway:
             body=target.body,
         )
 
-    async def verify(self, active: Active, token: str) -> Principal:
+    def verify(self, active: Active, token: str) -> Awaitable[Principal]:
         """The bearer token's Principal (``active``'s verifier), in its own span when traced:
-        the HTTP path and /mcp's door both verify here."""
+        the HTTP path and /mcp's door both verify here (untraced: the verifier's own
+        coroutine, nothing around it)."""
         verifying = active.verifier.verify(token)
         tracing = self.tracing
-        if tracing is None:
-            return await verifying
-        principal = await tracing.traced("spangate.token", verifying)
-        return principal
+        return verifying if tracing is None else tracing.traced("spangate.token", verifying)
 
 
 def create_app(

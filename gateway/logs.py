@@ -15,21 +15,22 @@ Severity as the audit event's: INFO below 400, WARNING for 4xx, ERROR for 5xx.
 Caller-supplied strings (path, user agent, subject, tool) are cut to ``MAX_STRING_BYTES`` and
 escaped: JSON escapes every control and non-ASCII character; text lines show them as ``\\xNN``.
 
-Writes never block the event loop: records go to a bounded queue and a thread writes them
-(``logging.handlers.QueueListener``). When stderr cannot keep up and the queue is full, records
-are dropped and counted; the next line that gets through says how many were lost.
+Writes never block the event loop: records go to a bounded buffer and a thread formats and writes
+what gathered every 50 ms (one write; no thread wake-up per record, which costs the event loop
+more than the write itself). When stderr cannot keep up and the buffer is full, records are
+dropped and counted; the next line that gets through says how many were lost.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import copy
 import datetime as dt
 import json
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 import time
 from collections.abc import Collection, Mapping
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -55,6 +56,8 @@ __all__ = [
 LogFormat = Literal["auto", "json", "text"]
 ACCESS_LOGGER = "spangate.access"
 QUEUE_RECORDS = 10_000  # records waiting for stderr at most; beyond, dropped and counted
+WRITE_SECONDS = 0.05  # the writer thread writes what gathered this often
+FLUSH_SECONDS = 1.0  # at exit, how long to wait for a write that is stuck
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -172,17 +175,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Hands records to the writer thread without blocking: the message is rendered here (its
-    arguments may change later), the current span's ids stamped on it, and a full queue drops
-    the record (counted)."""
+class _Buffered(logging.Handler):
+    """Hands records to a writer thread without blocking: the message is rendered here (its
+    arguments may change later) and the current span's ids stamped on it; the thread formats
+    and writes what gathered every ``WRITE_SECONDS`` (one write, no wake-up per record). Beyond
+    ``limit`` records waiting, a record is dropped and counted; the next one kept says how many
+    were lost."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
-        super().__init__(records)
+    def __init__(self, stream: IO[str], formatter: logging.Formatter, limit: int) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
         self.dropped = 0
+        self._stream = stream
+        self._limit = limit
+        self._records: collections.deque[logging.LogRecord] = collections.deque()
         self._renderer = logging.Formatter()
+        self._writing = threading.Lock()  # never self.lock: emit() holds that one
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spangate-log", daemon=True)
+        self._thread.start()
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+    def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)
         message = record.getMessage()
         record.msg, record.args, record.message = message, None, message
@@ -196,33 +209,67 @@ class _Enqueue(logging.handlers.QueueHandler):
                 record.span_id = f"{context.span_id:016x}"
         return record
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            prepared = self.prepare(record)
-            if self.dropped:
-                note = f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
-                prepared.msg = prepared.message = prepared.message + note
-            self.queue.put_nowait(prepared)
-            self.dropped = 0
-        except queue.Full:
+    def emit(self, record: logging.LogRecord) -> None:  # under self.lock (Handler.handle)
+        if len(self._records) >= self._limit:
             self.dropped += 1
+            return
+        try:
+            prepared = self._prepare(record)
         except Exception:  # noqa: BLE001 - as logging.Handler.emit: a broken record never raises
             self.handleError(record)
+            return
+        if self.dropped:
+            note = f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
+            prepared.msg = prepared.message = prepared.message + note
+            self.dropped = 0
+        self._records.append(prepared)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(WRITE_SECONDS):
+            self._write(block=True)
+
+    def _write(self, *, block: bool) -> None:
+        """Format and write what waits (one at a time: a blocked write holds the others)."""
+        if not self._writing.acquire(timeout=-1 if block else FLUSH_SECONDS):
+            return  # stderr is stuck: at exit, do not hang on it
+        try:
+            lines = []
+            while self._records:
+                record = self._records.popleft()
+                try:
+                    lines.append(self.format(record))
+                except Exception:  # noqa: BLE001 - one bad record does not stop the rest
+                    self.handleError(record)
+            if lines:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is closed or broken: nothing else to tell it to
+        finally:
+            self._writing.release()
+
+    def flush(self) -> None:
+        """Write what waits now (bounded by ``FLUSH_SECONDS`` when the writer is stuck)."""
+        self._write(block=False)
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(FLUSH_SECONDS)
+        self.flush()
+        super().close()
 
 
 class _Installed:
-    handler: _Enqueue | None = None
-    listener: logging.handlers.QueueListener | None = None
+    handler: _Buffered | None = None
 
 
 def _stop() -> None:
-    """Write what is queued and stop the writer thread (at exit, or before re-configuring)."""
-    listener, handler = _Installed.listener, _Installed.handler
-    _Installed.listener = _Installed.handler = None
+    """Write what waits and stop the writer thread (at exit, or before re-configuring)."""
+    handler, _Installed.handler = _Installed.handler, None
     if handler is not None:
         logging.getLogger().removeHandler(handler)
-    if listener is not None:
-        listener.stop()
+        handler.close()
 
 
 atexit.register(_stop)
@@ -251,11 +298,7 @@ def configure_logging(
     if chosen == "auto":
         chosen = "text" if _is_terminal(out) else "json"
     formatter: logging.Formatter = TextFormatter() if chosen == "text" else JsonFormatter()
-    writer = logging.StreamHandler(out)
-    writer.setFormatter(formatter)
-    records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
-    handler = _Enqueue(records)
-    listener = logging.handlers.QueueListener(records, writer)
+    handler = _Buffered(out, formatter, QUEUE_RECORDS)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -265,9 +308,9 @@ def configure_logging(
         logger.propagate = True
     # httpx logs every call at INFO (key fetches, each introspection: a second line for a
     # request); below debug, only its warnings.
-    logging.getLogger("httpx").setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
-    listener.start()
-    _Installed.handler, _Installed.listener = handler, listener
+    quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
+    logging.getLogger("httpx").setLevel(quiet)
+    _Installed.handler = handler
     return formatter
 
 

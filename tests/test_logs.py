@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pty
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,10 +176,8 @@ def restore_logging() -> Iterator[None]:
 def _flush() -> None:
     from gateway.logs import _Installed
 
-    listener = _Installed.listener
-    assert listener is not None
-    listener.stop()  # writes everything queued
-    listener.start()
+    assert _Installed.handler is not None
+    _Installed.handler.flush()  # what the writer thread would write within 50 ms
 
 
 def test_every_logger_writes_json_lines_through_the_writer_thread(
@@ -235,26 +234,43 @@ def test_the_request_line_severity_follows_the_status(
     assert [(x["status"], x["severity"]) for x in lines] == [(404, "WARNING"), (503, "ERROR")]
 
 
-def test_a_full_queue_drops_lines_and_says_so(
+class _StuckStream(io.StringIO):
+    """stderr whose reader stopped: a write blocks until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.go = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writing.set()
+        assert self.go.wait(60)
+        return super().write(text)
+
+
+def test_a_stuck_stderr_drops_lines_says_so_and_never_blocks(
     restore_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = io.StringIO()
+    out = _StuckStream()
     monkeypatch.setattr("gateway.logs.QUEUE_RECORDS", 3)
     configure_logging("json", "info", stream=out)
-    from gateway.logs import _Installed
-
-    assert _Installed.listener is not None
-    _Installed.listener.stop()  # stderr "stuck": nothing is written meanwhile
     log = logging.getLogger("spangate")
+    log.warning("first")
+    assert out.writing.wait(60)  # the writer thread is stuck in its write of "first"
     for i in range(10):
-        log.warning("line %d", i)  # never blocks
-    _Installed.listener.start()
-    _flush()
+        log.warning("line %d", i)  # returns at once: 3 wait, 7 are dropped
+    out.go.set()
+    _flush()  # stderr drains
     log.warning("after")
     _flush()
     lines = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
-    assert lines[:3] == ["line 0", "line 1", "line 2"]
-    assert lines[3] == "after [7 earlier log line(s) dropped: stderr fell behind]"
+    assert lines == [
+        "first",
+        "line 0",
+        "line 1",
+        "line 2",
+        "after [7 earlier log line(s) dropped: stderr fell behind]",
+    ]
 
 
 def test_auto_is_text_on_a_terminal(restore_logging: None) -> None:
