@@ -29,6 +29,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -190,6 +191,11 @@ class _Buffered(logging.Handler):
         self._limit = limit
         self._records: collections.deque[logging.LogRecord] = collections.deque()
         self._renderer = logging.Formatter()
+        self._start()
+
+    def _start(self) -> None:
+        """The writer thread (again in a forked child, which has none: ``os.register_at_fork``
+        below), with fresh locks."""
         self._writing = threading.Lock()  # never self.lock: emit() holds that one
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spangate-log", daemon=True)
@@ -272,7 +278,15 @@ def _stop() -> None:
         handler.close()
 
 
+def _after_fork() -> None:
+    handler = _Installed.handler
+    if handler is not None:
+        handler.createLock()
+        handler._start()
+
+
 atexit.register(_stop)
+os.register_at_fork(after_in_child=_after_fork)  # worker processes forked from a server
 
 
 def configured() -> bool:

@@ -281,3 +281,21 @@ def test_auto_is_text_on_a_terminal(restore_logging: None) -> None:
         _flush()
         assert b"WARNING spangate: to a person" in os.read(main, 4096)
     os.close(main)
+
+
+def test_a_forked_worker_writes_its_lines_too(restore_logging: None, tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    out = path.open("w")
+    configure_logging("json", "info", stream=out)
+    pid = os.fork()
+    if pid == 0:  # the child inherits no writer thread: one is started for it
+        logging.getLogger("spangate").warning("from the child")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "from the child" not in path.read_text():
+            time.sleep(0.01)
+        os._exit(0 if "from the child" in path.read_text() else 1)  # no flush at exit
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's line was never written"
+    out.close()
+    lines = [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    assert lines == ["from the child"]
