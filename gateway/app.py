@@ -1,8 +1,12 @@
 """The ASGI application: fixed endpoints through FastAPI, policy routes through the compiled router.
 
-    request -> Gateway.__call__ (pure ASGI: request id, timing, one audit event per request)
+    request -> Gateway.__call__ (pure ASGI: request id, timing, one audit event per request,
+               one log line per request, a span per request when traces are on)
             -> /healthz /readyz /openapi.json /docs : FastAPI
             -> anything else: token -> Principal -> Decision -> statement -> JSON rows
+
+Traces (``gateway.tracing``) are off unless the environment turns them on: then
+``self.tracing`` is a ``Tracing``, else None, and the request path tests that and creates no span.
 
 Every error is RFC 9457 ``application/problem+json`` with a stable ``code`` and the ``request_id``;
 unexpected exceptions become a 500 ``internal`` without details (logged with the request id).
@@ -28,12 +32,15 @@ from gateway.audit.recorder import (
     settle_hook,
 )
 from gateway.audit.trail import AuditTrail
+from gateway.auth.principal import Principal
 from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.budgets.check import Budgets
 from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
 from gateway.errors import AuditUnavailable, BadRequest, GatewayError
 from gateway.http import (
+    CALL,
+    Message,
     Receive,
     Scope,
     Send,
@@ -46,16 +53,18 @@ from gateway.http import (
     send_response,
     with_request_id,
 )
+from gateway.logs import log_request, request_fields
 from gateway.mcp.metadata import MCP_PATH
 from gateway.mcp.server import McpEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
-from gateway.policy.decide import decide_route, match_route
+from gateway.policy.decide import Decision, decide_route, match_route
 from gateway.settings import Settings
 from gateway.spanner.execute import Executor, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import response_body
+from gateway.tracing import SPAN, Tracing
 
 __all__ = ["Active", "Gateway", "Outcome", "Resolve", "Target", "create_app"]
 
@@ -118,8 +127,10 @@ class Gateway:
         audit_key: bytes | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
         budgets: Budgets | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None: traces are off (nothing on the request path but a test)
         # The policy's budgets: counters in this process unless runtime gives a shared store.
         self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
@@ -215,14 +226,87 @@ class Gateway:
         rid = request_id(next((v for k, v in headers if k == b"x-request-id"), None))
         # The raw path: "/%68ealthz" is not /healthz (it goes to the policy router, like any path).
         path = routed_path(scope)
-        if path == MCP_PATH:
-            await self.mcp(scope, receive, send, rid)
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        if path in FIXED_PATHS:  # no span (probes and scrapes), a log line
+            state["request_id"] = rid
+            sent = _Status(with_request_id(send, rid))
+            try:
+                await self.api(scope, receive, sent)
+            finally:
+                self._log(scope, rid, path, sent.status or 500, started, "http")
             return
-        if path in FIXED_PATHS:
-            scope.setdefault("state", {})["request_id"] = rid
-            await self.api(scope, receive, with_request_id(send, rid))
+        mcp = path == MCP_PATH
+        tracing = self.tracing
+        if tracing is None:
+            await self._exchange(scope, receive, send, rid, path, mcp, started)
             return
-        await self._handle(scope, receive, send, rid)
+        with tracing.server(scope) as span:
+            state[SPAN] = span  # Tracing.resume
+            await self._exchange(scope, receive, send, rid, path, mcp, started, span)
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        path: str,
+        mcp: bool,
+        started: float,
+        span: Any = None,
+    ) -> None:
+        """A request to /mcp or to a policy route, then its log line (and its span's name and
+        attributes, ``span`` being the request's span when traces are on)."""
+        state = scope["state"]
+        sent = _Status(send) if mcp else None  # a policy route's status is its call's
+        status = 500
+        try:
+            if sent is not None:
+                await self.mcp(scope, receive, sent, rid)
+            else:
+                await self._handle(scope, receive, send, rid)
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            call: CallRecord | None = state.get(CALL)
+            if sent is not None and sent.status:
+                status = sent.status
+            elif call is not None and status != 499:
+                status = call.status
+            if span is not None:
+                Tracing.finish(span, scope, call, status, mcp=mcp)
+            self._log(scope, rid, path, status, started, "mcp" if mcp else "http", call)
+
+    def _log(
+        self,
+        scope: Scope,
+        rid: str,
+        path: str,
+        status: int,
+        started: float,
+        transport: str,
+        call: CallRecord | None = None,
+    ) -> None:
+        """The request's log line (``gateway.logs``); its trace: the call's (the request's span,
+        or the caller's traceparent when traces are off), else the current span's."""
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        agent = next((v for k, v in headers if k == b"user-agent"), None)
+        peer = scope.get("client")
+        fields = request_fields(
+            request_id=rid,
+            method=scope["method"],
+            path=path,
+            status=status,
+            seconds=time.perf_counter() - started,
+            transport=transport,
+            call=call,
+            user_agent=agent.decode("latin-1") if agent is not None else None,
+            client=peer[0] if peer else None,
+            redact=self.active.policy.model.audit.redact,
+        )
+        log_request(fields, call.trace if call else None, call.span if call else None)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -243,6 +327,7 @@ class Gateway:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         call = new_call(scope, rid, time.perf_counter(), self._trusted)
+        scope["state"][CALL] = call
 
         async def resolve(call: CallRecord, active: Active) -> Target:
             return await self._resolve_http(scope, receive, headers, call, active)
@@ -270,6 +355,9 @@ class Gateway:
         and exactly one audit event. The answer is the JSON body or the error to answer."""
         self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
         policy = active.policy  # calls in flight finish on the policy they started with
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.bind(call)  # the audit event names the request's span
         body: dict[str, Any] | None = None
         try:
             body = await self._run(call, active, await resolve(call, active))
@@ -295,9 +383,10 @@ class Gateway:
             raise
         call.status = status
         self.unrecorded -= 1
-        if await record_call(
+        recording = record_call(
             self.audit, call, policy, key=self._audit_key, database=self._database
-        ):
+        )
+        if await (recording if tracing is None else tracing.traced("spangate.audit", recording)):
             status, body = call.status, None  # 503 audit-unavailable (or 500): fail closed
         route = call.decision.route if call.decision else None
         self.metrics.observe(
@@ -327,7 +416,7 @@ class Gateway:
             token_in_query=any(k == "access_token" for k, _ in query),
             max_bytes=self.settings.max_token_bytes,
         )
-        call.principal = await active.verifier.verify(token)
+        call.principal = await self.verify(active, token)
         path = routed_path(scope)  # the raw path: what the trail records (call.path) is routed
         found = match_route(active.policy, method, path)
         if isinstance(found, GatewayError):
@@ -353,14 +442,15 @@ class Gateway:
         """Decision, then the statement: the transport-neutral part of ``perform``."""
         policy = active.policy
         assert call.principal is not None  # resolve verified the token
-        decision = decide_route(
-            policy,
-            target.route,
-            target.path_params,
-            call.principal,
-            query=target.query,
-            body=target.body,
-        )
+        tracing = self.tracing
+        if tracing is None:
+            decision = self._decide(policy, target, call)
+        else:
+            with tracing.step("spangate.decision") as span:
+                decision = self._decide(policy, target, call)
+                span.set_attributes(
+                    {"spangate.decision.allow": decision.allow, "spangate.reason": decision.reason}
+                )
         call.decision = decision
         if not decision.allow:
             assert decision.problem is not None
@@ -379,7 +469,8 @@ class Gateway:
         )
         # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
         # back when the statement provably never started (see gateway.budgets.check).
-        spend = await self.budgets.spend(policy, route, decision.roles, call.principal)
+        spending = self.budgets.spend(policy, route, decision.roles, call.principal)
+        spend = await (spending if tracing is None else tracing.traced("spangate.budget", spending))
         if spend is not None:
             call.extra["ratelimit"] = spend.headers
         tags = tags_for(
@@ -393,7 +484,7 @@ class Gateway:
             sent = True
 
         try:
-            call.result = await self.executor.run(
+            running = self.executor.run(
                 route.query,
                 decision.bound.values,
                 tags=tags,
@@ -407,6 +498,10 @@ class Gateway:
                 on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
                 on_sent=on_sent,
             )
+            if tracing is None:
+                call.result = await running
+            else:
+                call.result = await tracing.statement(running, route.query, policy, self._database)
         except Exception:
             if spend is not None and not sent:  # refused before its statement: nothing spent
                 await self.budgets.refund(spend)
@@ -420,6 +515,26 @@ class Gateway:
             call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
 
+    @staticmethod
+    def _decide(policy: CompiledPolicy, target: Target, call: CallRecord) -> Decision:
+        assert call.principal is not None  # resolve verified the token
+        return decide_route(
+            policy,
+            target.route,
+            target.path_params,
+            call.principal,
+            query=target.query,
+            body=target.body,
+        )
+
+    def verify(self, active: Active, token: str) -> Awaitable[Principal]:
+        """The bearer token's Principal (``active``'s verifier), in its own span when traced:
+        the HTTP path and /mcp's door both verify here (untraced: the verifier's own
+        coroutine, nothing around it)."""
+        verifying = active.verifier.verify(token)
+        tracing = self.tracing
+        return verifying if tracing is None else tracing.traced("spangate.token", verifying)
+
 
 def create_app(
     settings: Settings,
@@ -431,8 +546,10 @@ def create_app(
     audit_key: bytes | None = None,
     closers: list[Callable[[], Awaitable[None]]] | None = None,
     budgets: Budgets | None = None,
+    tracing: Tracing | None = None,
 ) -> Gateway:
-    """The gateway with its seams injected (tests pass their own verifier, executor, audit)."""
+    """The gateway with its seams injected (tests pass their own verifier, executor, audit,
+    tracing)."""
     return Gateway(
         settings,
         policy,
@@ -442,4 +559,20 @@ def create_app(
         audit_key=audit_key,
         closers=closers,
         budgets=budgets,
+        tracing=tracing,
     )
+
+
+class _Status:
+    """``send``, remembering the status it answered (for the request's log line and span)."""
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)

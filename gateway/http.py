@@ -22,6 +22,7 @@ from gateway.errors import (
 from gateway.policy.bind import BODY_METHODS
 
 __all__ = [
+    "CALL",
     "PROBLEM_TYPE",
     "Message",
     "Receive",
@@ -46,6 +47,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 PROBLEM_TYPE = "https://spangate.dev/problems/"
+# The ASGI scope's state key of a request's CallRecord (its audit record), set by the transport
+# that makes it (``Gateway._handle``, ``McpEndpoint``), read for the request's log line and span.
+CALL = "spangate.call"
 _JSON_TYPES = ("application/json",)
 MAX_JSON_DEPTH = 100  # arrays and objects in a body nest at most this deep
 

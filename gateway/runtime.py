@@ -33,6 +33,7 @@ from gateway.spanner.identities import (
     default_async_client_factory,
     default_client_factory,
 )
+from gateway.tracing import Tracing, tracing_from_env
 
 __all__ = ["budget_store", "build_budgets", "build_gateway", "load_compiled", "spanner_target"]
 
@@ -95,6 +96,7 @@ def build_gateway(
     http: httpx.AsyncClient | None = None,
     worker: int | None = None,
     run_dir: Path | None = None,
+    tracing: Tracing | None = None,
 ) -> Gateway:
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
     keys are fetched and identities warmed at start-up).
@@ -103,10 +105,16 @@ def build_gateway(
     file, ``/readyz``'s ``worker``), and ``run_dir`` the workers' shared private directory (see
     ``gateway.workers``); None for a single process.
 
+    Traces: ``tracing`` when given (tests: an in-memory exporter), else as the ``OTEL_*``
+    variables of ``env`` ask (``tracing_from_env``: off unless they name an exporter); the
+    Spanner client's spans go to the same provider. ConfigError for an exporter it cannot load.
+
     Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
     policy = load_compiled(settings.policy, env)
     check_audit_key(settings, policy)
+    if tracing is None:
+        tracing = tracing_from_env(env)
     if (warning := unkeyed_warning(settings)) is not None:
         log.warning("%s; set SPANGATE_AUDIT_KEY", warning)
     log_policy_warnings(policy)
@@ -167,7 +175,10 @@ def build_gateway(
         spanner_target(settings, policy),
         policy.model.identities,
         client_factory or default_client_factory(emulator),
-        async_client_factory or default_async_client_factory(emulator),
+        async_client_factory
+        or default_async_client_factory(
+            emulator, tracing.spanner_options if tracing is not None else None
+        ),
     )
     executor = Executor(
         databases, emulator=bool(emulator), max_settling=settings.max_settling_writes
@@ -175,6 +186,8 @@ def build_gateway(
     audit = build_trail(settings, policy, databases, worker=worker, run_dir=run_dir)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
     closers.append(executor.aclose)
+    if tracing is not None:
+        closers.append(tracing.aclose)  # after the databases: their last spans are exported
     app = create_app(
         settings,
         policy,
@@ -184,6 +197,7 @@ def build_gateway(
         audit_key=audit_keys(settings).redact,
         closers=closers,
         budgets=build_budgets(settings),
+        tracing=tracing,
     )
     reloader = PolicyReloader(
         app,

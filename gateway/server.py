@@ -63,6 +63,7 @@ from uvicorn.server import ServerState
 
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
 from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
+from gateway.logs import configure_logging
 from gateway.settings import Settings
 
 __all__ = [
@@ -136,7 +137,11 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         ws="none",  # an Upgrade header is ignored: the request is plain HTTP, audited as such
         lifespan="on",
         log_level=log_level or settings.log_level,
-        access_log=False,  # the audit trail records every request
+        # uvicorn's own loggers go through the gateway's formatter (gateway.logs), and its
+        # access log is off: the gateway logs one line per request itself, with what it knows
+        # (route, query, code, principal, trace), and the audit trail records every call.
+        log_config=None,
+        access_log=False,
         server_header=False,
         # The client address is the TCP peer unless it is in SPANGATE_TRUSTED_PROXIES (the
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
@@ -224,7 +229,9 @@ def run_server(
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
     shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
     ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port.
-    ``app.drain()``, when the app has it, is the drain's cue."""
+    ``app.drain()``, when the app has it, is the drain's cue. Logging: ``SPANGATE_LOG_FORMAT``
+    for every logger (``gateway.logs``)."""
+    configure_logging(settings.log_format, log_level or settings.log_level)
     drain = getattr(app, "drain", None)
     server = GatewayServer(
         server_config(app, settings, log_level=log_level),

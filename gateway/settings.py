@@ -2,7 +2,8 @@
 
 Every setting is ``SPANGATE_<NAME>`` except ``SPANNER_EMULATOR_HOST``, the name Google's tools use.
 Nothing else in the package reads ``os.environ`` (the policy's ``${VAR}`` interpolation receives
-the environment as an argument).
+the environment as an argument, and so does ``gateway.tracing``, which turns traces on from the
+standard ``OTEL_*`` variables; the OpenTelemetry SDK then reads the rest of them itself).
 """
 
 from __future__ import annotations
@@ -292,3 +293,8 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines on stderr: json (one object per line), text (for a person), or "
+        "auto: text when stderr is a terminal, else json.",
+    )

@@ -218,12 +218,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     # A SIGHUP before the reloader listens must not end the worker (its default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
-    from gateway.cli.serve import configure_logging
+    from gateway.logs import configure_logging
     from gateway.runtime import build_gateway
     from gateway.server import run_server
 
     settings = Settings()
-    configure_logging(settings)
+    configure_logging(settings.log_format, settings.log_level)
     try:
         app = build_gateway(settings, env=os.environ, worker=args.worker, run_dir=args.run_dir)
     except Exception:

@@ -710,6 +710,7 @@ def test_one_server_configuration_trusts_no_forwarding_header() -> None:
     assert config.http is GatewayHttpProtocol
     assert config.ws == "none"
     assert config.server_header is False and config.access_log is False
+    assert config.log_config is None  # uvicorn logs through gateway.logs (one format)
     assert config.timeout_keep_alive == 3
     assert config.limits.max_header_bytes == 8192 and config.limits.max_connections == 7
     assert config.h11_max_incomplete_event_size == 8192

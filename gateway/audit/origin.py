@@ -7,7 +7,9 @@ proxies, and the first address that is not one is the client. An address a clien
 the last address known to be real.
 
 Trace: W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``), else Google's
-``X-Cloud-Trace-Context`` (``<32 hex>/<decimal span>;o=1``). Anything malformed is ignored.
+``X-Cloud-Trace-Context`` (``<32 hex>/<decimal span>;o=1``). Anything malformed is ignored. The
+audit trail records the caller's trace this way whether or not the gateway exports spans; when it
+does (``gateway.tracing``), the request's span continues the same trace.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-__all__ = ["IPNetwork", "client_address", "parse_networks", "trace_context"]
+__all__ = [
+    "IPNetwork",
+    "TraceParent",
+    "client_address",
+    "parse_networks",
+    "trace_context",
+    "trace_parent",
+]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-_CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=[0-9])?$")
+_CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([0-9]))?$")
 
 
 def parse_networks(text: str | Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -80,17 +90,41 @@ def client_address(
     return str(current)
 
 
-def trace_context(
-    traceparent: bytes | None, cloud_trace: bytes | None
-) -> tuple[str, str | None] | None:
-    """(trace id, span id) from the request's trace headers, or None."""
+@dataclass(frozen=True)
+class TraceParent:
+    """The caller's trace: ``trace`` (32 hex), ``span`` (16 hex: the caller's span, or None when
+    X-Cloud-Trace-Context named none), ``sampled`` (the caller's flag: traceparent's bit 0,
+    X-Cloud-Trace-Context's ``o=1``), ``w3c`` (it came from traceparent, so tracestate goes
+    with it)."""
+
+    trace: str
+    span: str | None
+    sampled: bool
+    w3c: bool
+
+
+def trace_parent(traceparent: bytes | None, cloud_trace: bytes | None) -> TraceParent | None:
+    """The request's trace headers: traceparent when valid, else X-Cloud-Trace-Context; None."""
     if traceparent is not None:
         m = _TRACEPARENT.match(traceparent.decode("latin-1").strip())
         if m and m.group(1) != "ff" and set(m.group(2)) != {"0"} and set(m.group(3)) != {"0"}:
-            return m.group(2), m.group(3)
+            return TraceParent(m.group(2), m.group(3), bool(int(m.group(4), 16) & 1), True)
     if cloud_trace is not None:
         m = _CLOUD_TRACE.match(cloud_trace.decode("latin-1").strip())
         if m and set(m.group(1)) != {"0"}:
             span = m.group(2)
-            return m.group(1).lower(), (f"{int(span):016x}" if span and int(span) < 2**64 else None)
+            return TraceParent(
+                m.group(1).lower(),
+                f"{int(span):016x}" if span and int(span) < 2**64 else None,
+                m.group(3) == "1",
+                False,
+            )
     return None
+
+
+def trace_context(
+    traceparent: bytes | None, cloud_trace: bytes | None
+) -> tuple[str, str | None] | None:
+    """(trace id, span id) from the request's trace headers, or None."""
+    found = trace_parent(traceparent, cloud_trace)
+    return (found.trace, found.span) if found is not None else None

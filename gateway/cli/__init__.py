@@ -16,6 +16,7 @@ as ``handler`` returns the exit code. Exit codes: 0 ok, 1 a check failed or a ru
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.cli import audit, db, policy, serve
 from gateway.errors import ConfigError, PolicyError
+from gateway.logs import configured
 
 __all__ = ["main"]
 
@@ -43,10 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(text: str) -> None:
+    """A fatal error: on stderr, as a log line when the command logs (``serve``: a JSON log
+    stream stays all JSON), else as it is."""
+    if configured():
+        logging.getLogger("spangate").critical("%s", text)
+    else:
+        print(text, file=sys.stderr)
+
+
 def print_policy_error(exc: PolicyError) -> None:
-    print(f"spangate: the policy has {len(exc.problems)} problem(s):", file=sys.stderr)
-    for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
+    lines = [f"spangate: the policy has {len(exc.problems)} problem(s):"]
+    lines += [f"  {problem}" for problem in exc.problems]
+    _report("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,17 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_policy_error(exc)
         return 2
     except ValidationError as exc:
-        print(f"spangate: invalid settings:\n{exc}", file=sys.stderr)
+        _report(f"spangate: invalid settings:\n{exc}")
         return 2
     except ConfigError as exc:
-        print(f"spangate: {exc}", file=sys.stderr)
+        _report(f"spangate: {exc}")
         return 2
     except (GoogleAuthError, GoogleAPIError) as exc:
-        print(
+        _report(
             f"spangate: cannot use Spanner: {exc}\n"
             "  (set SPANNER_EMULATOR_HOST=host:port for an emulator, or Application Default "
-            "Credentials for Cloud Spanner)",
-            file=sys.stderr,
+            "Credentials for Cloud Spanner)"
         )
         return 1
     return code

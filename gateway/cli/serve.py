@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.settings import Settings
-
-__all__ = ["configure_logging", "register"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -35,15 +31,10 @@ def register(sub: Any) -> None:
     dev.set_defaults(handler=_dev)
 
 
-def configure_logging(settings: Settings) -> None:
-    """The log format of ``spangate serve`` (and of each of its workers)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.logs import configure_logging
     from gateway.runtime import build_gateway
     from gateway.server import run_server
     from gateway.settings import Settings
@@ -55,8 +46,13 @@ def _serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    settings = Settings(**given)
-    configure_logging(settings)
+    try:
+        settings = Settings(**given)
+    except ValidationError:
+        configure_logging("auto", "info")  # the settings error is a log line too (cli.main)
+        raise
+    # Before anything logs: start-up warnings and a refused policy are lines of the same stream.
+    configure_logging(settings.log_format, settings.log_level)
     if settings.workers > 1:
         from gateway.workers import run_workers
 

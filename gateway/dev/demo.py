@@ -31,6 +31,7 @@ from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, sta
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import free_port
 from gateway.dev.redis import RedisMissing, RedisProcess, RedisStartError, start_redis
+from gateway.logs import configure_logging
 from gateway.server import run_server
 from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
@@ -136,6 +137,7 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             redis_url=SecretStr(redis_url),
             drain_seconds=0,  # Ctrl-C stops the demo at once: no load balancer to tell
         )
+        configure_logging(settings.log_format, settings.log_level)
         key_file = run_dir / "audit.key"
         if settings.audit_key is None:
             key = SecretStr(_dev_key(key_file))
@@ -192,7 +194,8 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         _say(mcp_curl(base, agent))
         _say(f"\nOpenAPI: {base}/docs   readiness: {base}/readyz   Ctrl-C stops everything.\n")
         # The same server, limits and all, as `spangate serve` (gateway.server).
-        return run_server(app, settings, log_level="warning")
+        # Its log on stderr: a line per request, readable in a terminal (SPANGATE_LOG_FORMAT).
+        return run_server(app, settings)
     except (EmulatorError, IdpError, RedisMissing, RedisStartError) as exc:
         print(f"spangate dev: {exc}", file=sys.stderr)
         return 1

@@ -60,6 +60,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.http import (
+    CALL,
     Message,
     Receive,
     Scope,
@@ -401,7 +402,7 @@ class McpEndpoint:
             token_in_query=any(k == "access_token" for k, _ in query),
             max_bytes=settings.max_token_bytes,
         )
-        principal = await active.verifier.verify(token)
+        principal = await self.gateway.verify(active, token)  # its span when traced
         audiences = _split(settings.mcp_audience)
         if audiences and not _audience_of(principal) & set(audiences):
             raise AuthError(
@@ -505,6 +506,7 @@ class McpEndpoint:
     def _new_call(self, scope: Scope, rid: str) -> CallRecord:
         call = new_call(scope, rid, time.perf_counter(), self.gateway.trusted)
         call.transport = "mcp"
+        scope.setdefault("state", {})[CALL] = call  # the request's log line and span read it
         return call
 
     # -- the tools -----------------------------------------------------------------------------
@@ -544,7 +546,12 @@ class McpEndpoint:
             path, values, idempotency = arguments_of(route, params.arguments)
             return Target(route, path, body=values, idempotency=idempotency)
 
-        outcome = await self.gateway.perform(call, door.active, resolve)
+        tracing = self.gateway.tracing
+        if tracing is None:
+            outcome = await self.gateway.perform(call, door.active, resolve)
+        else:
+            with tracing.resume(scope):  # not the SDK's span: the request's
+                outcome = await self.gateway.perform(call, door.active, resolve)
         if outcome.error is not None:
             body = problem(outcome.error, door.request_id)
             if route is None and outcome.error.code == "no-route":

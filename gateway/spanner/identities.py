@@ -103,12 +103,18 @@ def default_client_factory(emulator_host: str | None) -> ClientFactory:
     return make
 
 
-def default_async_client_factory(emulator_host: str | None) -> AsyncClientFactory:
-    """Asyncio clients for the emulator (anonymous) or GCP (ambient credentials, impersonated)."""
+def default_async_client_factory(
+    emulator_host: str | None, observability: Mapping[str, Any] | None = None
+) -> AsyncClientFactory:
+    """Asyncio clients for the emulator (anonymous) or GCP (ambient credentials, impersonated).
+    ``observability``: the client's ``observability_options`` (``Tracing.spanner_options``:
+    its spans go to the gateway's tracer provider); None: the client's default (the global
+    provider, a no-op unless something set one)."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.spanner_v1 import AsyncClient
 
     _emulator_sessions(emulator_host)
+    options = dict(observability) if observability else None
 
     async def make(project: str, service_account: str | None) -> Any:
         if emulator_host:
@@ -117,9 +123,12 @@ def default_async_client_factory(emulator_host: str | None) -> AsyncClientFactor
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                 client_options={"api_endpoint": emulator_host},
                 disable_builtin_metrics=True,
+                observability_options=options,
             )
         credentials = await asyncio.to_thread(_gcp_credentials, service_account)
-        return AsyncClient(project=project, credentials=credentials)
+        return AsyncClient(
+            project=project, credentials=credentials, observability_options=options
+        )
 
     return make
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.audit.origin import client_address, parse_networks, trace_context
+from gateway.audit.origin import (
+    TraceParent,
+    client_address,
+    parse_networks,
+    trace_context,
+    trace_parent,
+)
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8::/32")
 
@@ -58,3 +64,22 @@ def test_trace_context(
     traceparent: bytes | None, cloud: bytes | None, expected: tuple[str, str | None] | None
 ) -> None:
     assert trace_context(traceparent, cloud) == expected
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "cloud", "expected"),
+    [
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"ab" * 16 + b"/1;o=0",
+         TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True, True)),
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02", None,
+         TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", False, True)),
+        (None, b"4BF92F3577B34DA6A3CE929D0E0E4736/17;o=1",
+         TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", f"{17:016x}", True, False)),
+        (None, b"4bf92f3577b34da6a3ce929d0e0e4736/17",
+         TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", f"{17:016x}", False, False)),
+    ],
+)  # fmt: skip
+def test_trace_parent_keeps_the_sampled_flag_and_where_it_came_from(
+    traceparent: bytes | None, cloud: bytes | None, expected: TraceParent
+) -> None:
+    assert trace_parent(traceparent, cloud) == expected

@@ -1,0 +1,394 @@
+"""The process's log: JSON lines or human-readable lines on stderr, one line per request.
+
+``configure_logging`` installs one formatter for every logger (the gateway's, uvicorn's, the
+libraries'), so a JSON stream is all JSON: ``SPANGATE_LOG_FORMAT`` ``json``, ``text``, or
+``auto`` (text when stderr is a terminal, else JSON). Every line carries the trace and span id of
+the span current when it was logged (when traces are on, ``gateway.tracing``).
+
+``log_request`` writes the line of one request (logger ``spangate.access``, instead of uvicorn's
+access log): request id, trace and span id, transport (``http``/``mcp``), method, path, route,
+query, MCP tool, status, stable code, latency, the principal's subject and issuer, client address,
+user agent. Never the token, the query string or a parameter value: where the route binds a path
+parameter that the policy's ``audit.redact`` names, the path is logged as the route's template.
+Severity as the audit event's: INFO below 400, WARNING for 4xx, ERROR for 5xx.
+
+Caller-supplied strings (path, user agent, subject, tool) are cut to ``MAX_STRING_BYTES`` and
+escaped: JSON escapes every control and non-ASCII character; text lines show them as ``\\xNN``.
+
+Writes never block the event loop: records go to a bounded buffer and a thread formats and writes
+what gathered every 50 ms (one write; no thread wake-up per record, which costs the event loop
+more than the write itself). When stderr cannot keep up and the buffer is full, records are
+dropped and counted; the next line that gets through says how many were lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Collection, Mapping
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from opentelemetry import trace
+
+from gateway.audit.bounds import MAX_STRING_BYTES, cut
+
+if TYPE_CHECKING:
+    from gateway.audit.event import CallRecord
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "LogFormat",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "configured",
+    "log_request",
+    "request_fields",
+]
+
+LogFormat = Literal["auto", "json", "text"]
+ACCESS_LOGGER = "spangate.access"
+QUEUE_RECORDS = 10_000  # records waiting for stderr at most; beyond, dropped and counted
+WRITE_SECONDS = 0.05  # the writer thread writes what gathered this often
+FLUSH_SECONDS = 1.0  # at exit, how long to wait for a write that is stuck
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+# The request line's fields, in the order a JSON line and a text line show them.
+REQUEST_FIELDS = (
+    "request_id",
+    "transport",
+    "method",
+    "path",
+    "route",
+    "query",
+    "tool",
+    "status",
+    "code",
+    "latency_ms",
+    "subject",
+    "issuer",
+    "client",
+    "user_agent",
+)
+
+
+def _bounded(value: str | None) -> str | None:
+    """A caller's string, cut to MAX_STRING_BYTES bytes of UTF-8 (whole characters)."""
+    if value is None or len(value) * 4 <= MAX_STRING_BYTES:
+        return value
+    return cut(value, MAX_STRING_BYTES) + "..."
+
+
+def _printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every non-printable character (controls, ESC, DEL, C1, separators) shown as
+    ``\\xNN`` / ``\\uNNNN``: a caller cannot forge a line or drive the terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or (keep_newlines and ch in "\n\t"):
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def _time(record: logging.LogRecord) -> str:
+    return dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _trace_of(record: logging.LogRecord) -> tuple[str | None, str | None]:
+    return getattr(record, "trace_id", None), getattr(record, "span_id", None)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (RFC 3339, UTC), ``severity``, ``logger``,
+    ``message``, ``trace_id`` and ``span_id`` when known, a request line's fields, and
+    ``exception`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _time(record),
+            "severity": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace_id, span_id = _trace_of(record)
+        fields: Mapping[str, Any] | None = getattr(record, "request", None)
+        if trace_id is not None or fields is not None:
+            entry["trace_id"] = trace_id
+            entry["span_id"] = span_id
+        if fields is not None:
+            entry.update(fields)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """A line a person reads: local time, level, logger, message; a request line as
+    ``GET /v1/orders/O-1 200 ok 3.1 ms`` and its other fields as ``name=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        head = f"{when}.{int(record.msecs):03d} {record.levelname:<7}"
+        fields: Mapping[str, Any] | None = getattr(record, "request", None)
+        trace_id, _ = _trace_of(record)
+        if fields is not None:
+            shown = {"request_id": "rid", "subject": "sub", "issuer": "iss", "user_agent": "ua"}
+            main = ("method", "path", "status", "code", "latency_ms")
+            extra = " ".join(
+                f"{shown.get(k, k)}={_printable(str(v))}"
+                for k, v in fields.items()
+                if v is not None and k not in main and k != "transport"
+            )
+            line = (
+                f"{head} {fields['method']} {_printable(str(fields['path']))} -> "
+                f"{fields['status']} {fields['code'] or '-'} {fields['latency_ms']:.1f} ms"
+                f"{' (mcp)' if fields.get('transport') == 'mcp' else ''}  {extra}"
+            )
+        else:
+            message = _printable(record.getMessage(), keep_newlines=True)
+            line = f"{head} {record.name}: {message}"
+        if trace_id is not None:
+            line += f" trace={trace_id}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return line
+
+
+class _Buffered(logging.Handler):
+    """Hands records to a writer thread without blocking: the message is rendered here (its
+    arguments may change later) and the current span's ids stamped on it; the thread formats
+    and writes what gathered every ``WRITE_SECONDS`` (one write, no wake-up per record). Beyond
+    ``limit`` records waiting, a record is dropped and counted; the next one kept says how many
+    were lost."""
+
+    def __init__(self, stream: IO[str], formatter: logging.Formatter, limit: int) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self.dropped = 0
+        self._stream = stream
+        self._limit = limit
+        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        self._renderer = logging.Formatter()
+        self._start()
+
+    def _start(self) -> None:
+        """The writer thread (again in a forked child, which has none: ``os.register_at_fork``
+        below), with fresh locks."""
+        self._writing = threading.Lock()  # never self.lock: emit() holds that one
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spangate-log", daemon=True)
+        self._thread.start()
+
+    def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        message = record.getMessage()
+        record.msg, record.args, record.message = message, None, message
+        if record.exc_info:
+            record.exc_text = self._renderer.formatException(record.exc_info)
+            record.exc_info = None
+        if getattr(record, "trace_id", None) is None:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = f"{context.trace_id:032x}"
+                record.span_id = f"{context.span_id:016x}"
+        return record
+
+    def emit(self, record: logging.LogRecord) -> None:  # under self.lock (Handler.handle)
+        if len(self._records) >= self._limit:
+            self.dropped += 1
+            return
+        try:
+            prepared = self._prepare(record)
+        except Exception:  # noqa: BLE001 - as logging.Handler.emit: a broken record never raises
+            self.handleError(record)
+            return
+        if self.dropped:
+            note = f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
+            prepared.msg = prepared.message = prepared.message + note
+            self.dropped = 0
+        self._records.append(prepared)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(WRITE_SECONDS):
+            self._write(block=True)
+
+    def _write(self, *, block: bool) -> None:
+        """Format and write what waits (one at a time: a blocked write holds the others)."""
+        if not self._writing.acquire(timeout=-1 if block else FLUSH_SECONDS):
+            return  # stderr is stuck: at exit, do not hang on it
+        try:
+            lines = []
+            while self._records:
+                record = self._records.popleft()
+                try:
+                    lines.append(self.format(record))
+                except Exception:  # noqa: BLE001 - one bad record does not stop the rest
+                    self.handleError(record)
+            if lines:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is closed or broken: nothing else to tell it to
+        finally:
+            self._writing.release()
+
+    def flush(self) -> None:
+        """Write what waits now (bounded by ``FLUSH_SECONDS`` when the writer is stuck)."""
+        self._write(block=False)
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(FLUSH_SECONDS)
+        self.flush()
+        super().close()
+
+
+class _Installed:
+    handler: _Buffered | None = None
+
+
+def _stop() -> None:
+    """Write what waits and stop the writer thread (at exit, or before re-configuring)."""
+    handler, _Installed.handler = _Installed.handler, None
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _after_fork() -> None:
+    handler = _Installed.handler
+    if handler is not None:
+        handler.createLock()
+        handler._start()
+
+
+atexit.register(_stop)
+os.register_at_fork(after_in_child=_after_fork)  # worker processes forked from a server
+
+
+def configured() -> bool:
+    """Has ``configure_logging`` installed the process's log (``spangate serve``, ``dev``)?"""
+    return _Installed.handler is not None
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(
+    log_format: LogFormat, level: str, *, stream: IO[str] | None = None
+) -> logging.Formatter:
+    """Every logger through one formatter on ``stream`` (stderr), written by a thread; the root
+    level ``level``. Replaces what an earlier call installed. Returns the formatter chosen."""
+    _stop()
+    out = stream if stream is not None else sys.stderr
+    chosen = log_format
+    if chosen == "auto":
+        chosen = "text" if _is_terminal(out) else "json"
+    formatter: logging.Formatter = TextFormatter() if chosen == "text" else JsonFormatter()
+    handler = _Buffered(out, formatter, QUEUE_RECORDS)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn without its own log configuration
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # httpx logs every call at INFO (key fetches, each introspection: a second line for a
+    # request); below debug, only its warnings.
+    quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
+    logging.getLogger("httpx").setLevel(quiet)
+    _Installed.handler = handler
+    return formatter
+
+
+def _severity(status: int) -> int:
+    return logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+
+
+def _logged_path(call: CallRecord | None, path: str, redact: Collection[str]) -> str:
+    """The raw path, or the route's template when it binds a path parameter that is redacted."""
+    route = call.decision.route if call is not None and call.decision is not None else None
+    if route is not None and redact and any(p in redact for p in route.path_params):
+        return route.template
+    return path
+
+
+def request_fields(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    transport: str,
+    call: CallRecord | None,
+    user_agent: str | None,
+    client: str | None,
+    redact: Collection[str] = (),
+) -> dict[str, Any]:
+    """The fields of one request's line (``call``: its audit record, when it made one)."""
+    decision = call.decision if call is not None else None
+    route = decision.route if decision is not None else None
+    principal = call.principal if call is not None else None
+    code: str | None = None
+    if call is not None:
+        code = call.error.code if call.error is not None else "ok"
+    return {
+        "request_id": request_id,
+        "transport": transport,
+        "method": _bounded(method),
+        "path": _bounded(_logged_path(call, path, redact)),
+        "route": f"{route.model.method} {route.template}" if route is not None else None,
+        "query": route.query_name if route is not None else None,
+        "tool": _bounded(call.tool) if call is not None else None,
+        "status": status,
+        "code": code,
+        "latency_ms": round(seconds * 1000, 3),
+        "subject": _bounded(principal.subject) if principal is not None else None,
+        "issuer": principal.issuer if principal is not None else None,
+        "client": call.client if call is not None else client,
+        "user_agent": _bounded(user_agent),
+    }
+
+
+def log_request(fields: dict[str, Any], trace_id: str | None, span_id: str | None) -> None:
+    """Log one request's line (see ``request_fields``), at its status's severity."""
+    level = _severity(fields["status"])
+    if not access_log.isEnabledFor(level):
+        return
+    access_log.log(
+        level,
+        "%s %s %s %s",
+        fields["method"],
+        fields["path"],
+        fields["status"],
+        fields["code"] or "-",
+        extra={"request": fields, "trace_id": trace_id, "span_id": span_id},
+    )

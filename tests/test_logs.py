@@ -1,0 +1,301 @@
+"""The log's formatters and the request line: pure (records in, lines out), and the writer thread.
+
+The lines a real ``spangate serve`` writes are tested in test_logs_live.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pty
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from gateway.audit.event import CallRecord
+from gateway.errors import Forbidden
+from gateway.logs import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    configured,
+    log_request,
+    request_fields,
+)
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.decide import decide_route, match_route
+from gateway.policy.load import load_policy
+from gateway.policy.simulate import principal_for
+
+HOSTILE = 'evil\n{"severity":"CRITICAL"}\x1b[31m\u2028\x00\x7f\x85' + "\u00e9" * 3
+
+
+@pytest.fixture(scope="module")
+def policy(repo: Path) -> CompiledPolicy:
+    return compile_policy(
+        load_policy(repo / "policy.example.yaml", env={"OKTA_ISSUER": "https://idp.example/o"})
+    )
+
+
+def call_to(policy: CompiledPolicy, path: str, claims: dict[str, Any]) -> CallRecord:
+    principal = principal_for(policy.model, {"iss": "okta", **claims})
+    found = match_route(policy, "GET", path)
+    assert not isinstance(found, Exception)
+    route, params = found
+    call = CallRecord("rid-1", "GET", path, time.perf_counter(), "203.0.113.7", HOSTILE)
+    call.principal = principal
+    call.decision = decide_route(policy, route, params, principal)
+    call.status = 200 if call.decision.allow else 403
+    call.error = None if call.decision.allow else call.decision.problem
+    return call
+
+
+def record_of(fields: dict[str, Any], trace: str | None = None) -> logging.LogRecord:
+    record = logging.LogRecord("spangate.access", logging.INFO, __file__, 1, "%s", ("m",), None)
+    record.request = fields  # type: ignore[attr-defined]
+    record.trace_id = trace  # type: ignore[attr-defined]
+    record.span_id = "00f067aa0ba902b7" if trace else None  # type: ignore[attr-defined]
+    return record
+
+
+def test_a_request_line_has_every_field_and_never_a_token(policy: CompiledPolicy) -> None:
+    call = call_to(policy, "/v1/orders/O-1", {"sub": "alice", "groups": ["support"], "tenant": "t1"})
+    fields = request_fields(
+        request_id="rid-1",
+        method="GET",
+        path="/v1/orders/O-1",
+        status=200,
+        seconds=0.0031234,
+        transport="http",
+        call=call,
+        user_agent="curl/8",
+        client=None,
+    )
+    line = json.loads(JsonFormatter().format(record_of(fields, "4bf92f3577b34da6a3ce929d0e0e4736")))
+    assert line["severity"] == "INFO" and line["logger"] == "spangate.access"
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert line["span_id"] == "00f067aa0ba902b7"
+    assert {k: line[k] for k in ("route", "query", "status", "code", "subject", "issuer")} == {
+        "route": "GET /v1/orders/{order_id}",
+        "query": "get_order",
+        "status": 200,
+        "code": "ok",
+        "subject": "alice",
+        "issuer": "okta",
+    }
+    assert line["latency_ms"] == 3.123
+    assert line["client"] == "203.0.113.7" and line["transport"] == "http"
+    assert line["tool"] is None and line["request_id"] == "rid-1"
+
+
+def test_a_redacted_path_parameter_is_logged_as_the_template(
+    policy: CompiledPolicy, repo: Path, tmp_path: Path
+) -> None:
+    text = (repo / "policy.example.yaml").read_text()
+    redacting = tmp_path / "policy.yaml"
+    assert "redact: [total_cents]" in text
+    redacting.write_text(text.replace("redact: [total_cents]", "redact: [total_cents, order_id]"))
+    strict = compile_policy(load_policy(redacting, env={"OKTA_ISSUER": "https://idp.example/o"}))
+    call = call_to(strict, "/v1/orders/O-123", {"groups": ["support"], "tenant": "t1"})
+    common: dict[str, Any] = {
+        "request_id": "r", "method": "GET", "path": "/v1/orders/O-123", "status": 200,
+        "seconds": 0.0, "transport": "http", "call": call, "user_agent": None, "client": None,
+    }  # fmt: skip
+    assert request_fields(**common, redact=strict.model.audit.redact)["path"] == (
+        "/v1/orders/{order_id}"
+    )
+    assert request_fields(**common, redact=policy.model.audit.redact)["path"] == "/v1/orders/O-123"
+
+
+def test_hostile_strings_are_bounded_and_escaped(policy: CompiledPolicy) -> None:
+    call = call_to(policy, "/v1/orders/O-1", {"sub": HOSTILE * 200, "groups": ["support"], "tenant": "t"})
+    fields = request_fields(
+        request_id="r",
+        method="GET",
+        path="/v1/orders/" + HOSTILE * 500,
+        status=404,
+        seconds=0.001,
+        transport="http",
+        call=None,
+        user_agent=HOSTILE * 500,
+        client="198.51.100.1",
+    )
+    fields["subject"] = request_fields(
+        request_id="r", method="GET", path="/", status=200, seconds=0, transport="http",
+        call=call, user_agent=None, client=None,
+    )["subject"]  # fmt: skip
+    for name in ("path", "user_agent", "subject"):
+        assert len(fields[name].encode()) <= 512 + 3, name
+    line = JsonFormatter().format(record_of(fields))
+    assert "\n" not in line and "\x1b" not in line and "\u2028" not in line
+    assert line.isascii()
+    assert json.loads(line)["user_agent"].startswith("evil\n{")  # the value itself is intact
+    text = TextFormatter().format(record_of(fields))
+    assert "\n" not in text and "\x1b" not in text and "\x00" not in text and "\x85" not in text
+    assert "\\x1b[31m" in text and "\\x0a" in text
+    assert "é" in text  # printable characters stay as they are
+
+
+def test_a_text_line_reads_as_a_sentence(policy: CompiledPolicy) -> None:
+    call = call_to(policy, "/v1/orders/O-1", {"sub": "bob", "groups": ["marketing"]})
+    fields = request_fields(
+        request_id="rid-9", method="GET", path="/v1/orders/O-1", status=403, seconds=0.0042,
+        transport="http", call=call, user_agent="curl/8", client=None,
+    )  # fmt: skip
+    text = TextFormatter().format(record_of(fields, "4bf92f3577b34da6a3ce929d0e0e4736"))
+    assert isinstance(call.error, Forbidden)
+    assert text.split(maxsplit=2)[2].startswith(
+        f"GET /v1/orders/O-1 -> 403 {call.error.code} 4.2 ms  rid=rid-9 "
+        "route=GET /v1/orders/{order_id} query=get_order sub=bob iss=okta"
+    ), text
+    assert text.endswith(" trace=4bf92f3577b34da6a3ce929d0e0e4736")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        configure_logging("json", "info", stream=io.StringIO())  # replace ours, then drop it
+        from gateway.logs import _stop
+
+        _stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _flush() -> None:
+    from gateway.logs import _Installed
+
+    assert _Installed.handler is not None
+    _Installed.handler.flush()  # what the writer thread would write within 50 ms
+
+
+def test_every_logger_writes_json_lines_through_the_writer_thread(
+    restore_logging: None,
+) -> None:
+    out = io.StringIO()
+    assert isinstance(configure_logging("auto", "info", stream=out), JsonFormatter)  # no TTY
+    assert configured()
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 1)
+    logging.getLogger("spangate.reload").warning("policy %s reloaded", "p.yaml")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("spangate").exception("request %s failed", "rid-2")
+    logging.getLogger("httpx").info("HTTP Request: GET https://idp/keys")  # quiet below debug
+    _flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(x["logger"], x["severity"]) for x in lines] == [
+        ("uvicorn.error", "INFO"),
+        ("spangate.reload", "WARNING"),
+        ("spangate", "ERROR"),
+    ]
+    assert lines[1]["message"] == "policy p.yaml reloaded"
+    assert "ValueError: boom" in lines[2]["exception"]
+
+
+def test_a_line_logged_in_a_span_carries_its_ids(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("request") as span:
+        logging.getLogger("spangate").warning("inside")
+    logging.getLogger("spangate").warning("outside")
+    _flush()
+    inside, outside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert inside["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert inside["span_id"] == f"{span.get_span_context().span_id:016x}"
+    assert "trace_id" not in outside
+
+
+def test_the_request_line_severity_follows_the_status(
+    restore_logging: None, policy: CompiledPolicy
+) -> None:
+    out = io.StringIO()
+    configure_logging("json", "warning", stream=out)
+    for status in (200, 404, 503):
+        fields = request_fields(
+            request_id=str(status), method="GET", path="/x", status=status, seconds=0,
+            transport="http", call=None, user_agent=None, client=None,
+        )  # fmt: skip
+        log_request(fields, None, None)
+    _flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(x["status"], x["severity"]) for x in lines] == [(404, "WARNING"), (503, "ERROR")]
+
+
+class _StuckStream(io.StringIO):
+    """stderr whose reader stopped: a write blocks until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.go = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writing.set()
+        assert self.go.wait(60)
+        return super().write(text)
+
+
+def test_a_stuck_stderr_drops_lines_says_so_and_never_blocks(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _StuckStream()
+    monkeypatch.setattr("gateway.logs.QUEUE_RECORDS", 3)
+    configure_logging("json", "info", stream=out)
+    log = logging.getLogger("spangate")
+    log.warning("first")
+    assert out.writing.wait(60)  # the writer thread is stuck in its write of "first"
+    for i in range(10):
+        log.warning("line %d", i)  # returns at once: 3 wait, 7 are dropped
+    out.go.set()
+    _flush()  # stderr drains
+    log.warning("after")
+    _flush()
+    lines = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "first",
+        "line 0",
+        "line 1",
+        "line 2",
+        "after [7 earlier log line(s) dropped: stderr fell behind]",
+    ]
+
+
+def test_auto_is_text_on_a_terminal(restore_logging: None) -> None:
+    main, other = pty.openpty()
+    with os.fdopen(other, "w") as terminal:
+        assert isinstance(configure_logging("auto", "info", stream=terminal), TextFormatter)
+        logging.getLogger("spangate").warning("to a person")
+        _flush()
+        assert b"WARNING spangate: to a person" in os.read(main, 4096)
+    os.close(main)
+
+
+def test_a_forked_worker_writes_its_lines_too(restore_logging: None, tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    out = path.open("w")
+    configure_logging("json", "info", stream=out)
+    pid = os.fork()
+    if pid == 0:  # the child inherits no writer thread: one is started for it
+        logging.getLogger("spangate").warning("from the child")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "from the child" not in path.read_text():
+            time.sleep(0.01)
+        os._exit(0 if "from the child" in path.read_text() else 1)  # no flush at exit
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's line was never written"
+    out.close()
+    lines = [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    assert lines == ["from the child"]

@@ -1,0 +1,427 @@
+"""Traces through the real app (real emulator, real OpenID provider), spans kept in memory.
+
+The gateway is given a ``Tracing`` over an SDK provider with an ``InMemorySpanExporter`` (the seam
+``build_gateway(tracing=...)``); the Spanner client gets the same provider, so its own spans are
+in the same exporter. Every test reads the spans of its own trace.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from gateway.app import Gateway
+from gateway.dev.idp import IdpProcess
+from gateway.errors import ConfigError
+from gateway.runtime import build_gateway
+from gateway.settings import Settings
+from gateway.tracing import Tracing, tracing_from_env
+
+SPANNER_SCOPE = "cloud.google.com/python/spanner"
+MCP_HEADERS = {
+    "Host": "127.0.0.1:8080",
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2025-11-25",
+}
+STEPS = ["spangate.token", "spangate.decision", "spangate.budget", "spangate.statement"]
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def traced_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("traced") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+async def traced(
+    settings: Settings, idp: IdpProcess, exporter: InMemorySpanExporter, traced_audit: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = build_gateway(
+        settings.model_copy(update={"audit_path": traced_audit}),
+        env={"OKTA_ISSUER": idp.issuer},
+        tracing=Tracing(provider),
+    )
+    await app.startup()
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+            yield http
+    finally:
+        await app.shutdown()
+
+
+def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+
+
+def server_span(spans: list[ReadableSpan]) -> ReadableSpan:
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    return server
+
+
+def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    return sorted(
+        (s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id),
+        key=lambda s: s.start_time or 0,
+    )
+
+
+def event_of(audit: Path, request_id: str) -> dict[str, Any]:
+    for line in audit.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        if event["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == request_id:
+            return event
+    raise AssertionError(f"no audit event for {request_id}")
+
+
+def traceparent(sampled: bool = True) -> tuple[str, str, str]:
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}", trace_id, span_id
+
+
+async def test_a_read_is_one_server_span_with_a_child_per_step_and_spanner_below(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+) -> None:
+    header, trace_id, caller_span = traceparent()
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={
+            "Authorization": f"Bearer {token_for('support-console')}",
+            "traceparent": header,
+            "tracestate": "vendor=abc,other=1",
+            "User-Agent": "trace-test/1",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    spans = spans_of(exporter, int(trace_id, 16))
+    server = server_span(spans)
+    # the caller's traceparent continued: same trace, the caller's span is the parent
+    assert server.parent is not None and server.parent.span_id == int(caller_span, 16)
+    assert server.parent.is_remote
+    assert server.context.trace_state.get("vendor") == "abc"
+    assert server.name == "GET /v1/orders/{order_id}"
+    attributes = dict(server.attributes or {})
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["http.route"] == "/v1/orders/{order_id}"
+    assert attributes["url.path"] == "/v1/orders/O-1001"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["user_agent.original"] == "trace-test/1"
+    assert attributes["client.address"] == "203.0.113.9"
+    assert attributes["spangate.query"] == "get_order"
+    assert attributes["spangate.code"] == "ok"
+    assert attributes["spangate.transport"] == "http"
+    assert server.status.status_code == StatusCode.UNSET
+    steps = children(spans, server)
+    assert [s.name for s in steps] == [*STEPS, "spangate.audit"]
+    statement = steps[3]
+    assert statement.attributes is not None
+    assert statement.attributes["db.system.name"] == "gcp.spanner"
+    assert statement.attributes["spangate.identity"] == "shop_reader"
+    assert statement.attributes["db.response.returned_rows"] == 1
+    assert "@order_id" in str(statement.attributes["db.query.text"])  # the SQL, not the values
+    assert "O-1001" not in json.dumps(dict(statement.attributes))
+    # the Spanner client's own spans, below the statement's
+    below = [s for s in spans if s.instrumentation_scope and s.instrumentation_scope.name == SPANNER_SCOPE]
+    assert below, [s.name for s in spans]
+    ids = {s.context.span_id: s for s in spans}
+    for span in below:
+        parent = span
+        while parent.parent is not None and parent.parent.span_id in ids:
+            parent = ids[parent.parent.span_id]
+            if parent is statement:
+                break
+        assert parent is statement, f"{span.name} is not below spangate.statement"
+    # the audit event names the trace and the request's span
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    assert event["trace"] == trace_id
+    assert event["spanId"] == f"{server.context.span_id:016x}"
+
+
+async def test_a_new_trace_without_a_traceparent_and_in_the_audit_event(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+) -> None:
+    answer = await traced.get(
+        "/v1/orders?status=PAID&limit=2",
+        headers={"Authorization": f"Bearer {token_for('order-agent')}"},
+    )
+    assert answer.status_code == 200, answer.text
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    assert event["trace"] is not None and len(event["trace"]) == 32
+    spans = spans_of(exporter, int(event["trace"], 16))
+    server = server_span(spans)
+    assert server.parent is None
+    assert server.name == "GET /v1/orders"
+    assert f"{server.context.span_id:016x}" == event["spanId"]
+    assert [s.name for s in children(spans, server)] == [*STEPS, "spangate.audit"]
+
+
+async def test_a_denied_call_has_no_statement_span(
+    traced: httpx.AsyncClient, exporter: InMemorySpanExporter, token_for: Callable[..., str]
+) -> None:
+    header, trace_id, _ = traceparent()
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={"Authorization": f"Bearer {token_for('outsider')}", "traceparent": header},
+    )
+    assert answer.status_code == 403
+    spans = spans_of(exporter, int(trace_id, 16))
+    server = server_span(spans)
+    steps = children(spans, server)
+    assert [s.name for s in steps] == ["spangate.token", "spangate.decision", "spangate.audit"]
+    assert steps[1].attributes is not None
+    assert steps[1].attributes["spangate.decision.allow"] is False
+    assert steps[1].status.status_code == StatusCode.UNSET
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 403
+    assert server.attributes["spangate.code"] == answer.json()["code"]
+    assert server.status.status_code == StatusCode.UNSET  # a 4xx is the caller's, not ours
+
+
+async def test_a_refused_token_marks_its_span_with_the_stable_code(
+    traced: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    header, trace_id, _ = traceparent()
+    answer = await traced.get(
+        "/v1/orders/O-1001", headers={"Authorization": "Bearer not.a.jwt", "traceparent": header}
+    )
+    assert answer.status_code == 401
+    spans = spans_of(exporter, int(trace_id, 16))
+    steps = children(spans, server_span(spans))
+    assert [s.name for s in steps] == ["spangate.token", "spangate.audit"]
+    token = steps[0]
+    assert token.status.status_code == StatusCode.ERROR
+    assert token.status.description == answer.json()["code"]
+    assert token.attributes is not None
+    assert token.attributes["error.type"] == answer.json()["code"]
+    assert not token.events  # no exception event: its text may carry what the caller sent
+
+
+MODERN = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("version", "meta"),
+    [
+        ("2025-11-25", {}),  # the SDK's single-exchange entry
+        ("2026-07-28", MODERN),  # the SDK's session manager (its own task group)
+        # an MCP client's own trace context in _meta (the SDK reads it for its own no-op span):
+        # the gateway's spans stay below the request's span all the same
+        ("2025-11-25", {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}),
+    ],
+    ids=["2025-11-25", "2026-07-28", "meta-traceparent"],
+)
+async def test_an_mcp_tool_call_makes_the_same_spans(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+    version: str,
+    meta: dict[str, Any],
+) -> None:
+    header, trace_id, caller_span = traceparent()
+    params: dict[str, Any] = {"name": "get_order", "arguments": {"order_id": "O-1001"}}
+    if meta:
+        params["_meta"] = meta
+    answer = await traced.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params},
+        headers={
+            **MCP_HEADERS,
+            "MCP-Protocol-Version": version,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "get_order",
+            "Authorization": f"Bearer {token_for('order-agent')}",
+            "traceparent": header,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert "error" not in answer.json() and not answer.json()["result"].get("isError")
+    spans = spans_of(exporter, int(trace_id, 16))
+    server = server_span(spans)
+    assert server.parent is not None and server.parent.span_id == int(caller_span, 16)
+    assert server.name == "POST /mcp"
+    assert server.attributes is not None
+    assert server.attributes["gen_ai.tool.name"] == "get_order"
+    assert server.attributes["spangate.transport"] == "mcp"
+    assert server.attributes["spangate.query"] == "get_order"
+    assert [s.name for s in children(spans, server)] == [*STEPS, "spangate.audit"]
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    assert event["trace"] == trace_id
+    assert event["spanId"] == f"{server.context.span_id:016x}"
+
+
+async def test_an_unsampled_caller_gets_no_spans_but_its_trace_in_the_audit_event(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+) -> None:
+    header, trace_id, _ = traceparent(sampled=False)
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={"Authorization": f"Bearer {token_for('support-console')}", "traceparent": header},
+    )
+    assert answer.status_code == 200
+    assert spans_of(exporter, int(trace_id, 16)) == []  # parentbased_always_on: not sampled
+    assert event_of(traced_audit, answer.headers["x-request-id"])["trace"] == trace_id
+
+
+async def test_x_cloud_trace_context_is_continued_too(
+    traced: httpx.AsyncClient, exporter: InMemorySpanExporter, token_for: Callable[..., str]
+) -> None:
+    trace_id = secrets.token_hex(16)
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={
+            "Authorization": f"Bearer {token_for('support-console')}",
+            "X-Cloud-Trace-Context": f"{trace_id}/12345;o=1",
+        },
+    )
+    assert answer.status_code == 200
+    server = server_span(spans_of(exporter, int(trace_id, 16)))
+    assert server.parent is not None and server.parent.span_id == 12345
+
+
+@pytest.mark.parametrize(
+    "tracestate",
+    ["\x00bad", "a=1,a=2", "x" * 5000, ",".join(f"k{i}=v" for i in range(40)), "UPPER=1"],
+)
+async def test_a_hostile_tracestate_is_dropped_quietly(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    token_for: Callable[..., str],
+    tracestate: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    header, trace_id, _ = traceparent()
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={
+            "Authorization": f"Bearer {token_for('support-console')}",
+            "traceparent": header,
+            "tracestate": tracestate.encode("latin-1").decode("latin-1"),
+        },
+    )
+    assert answer.status_code == 200
+    server = server_span(spans_of(exporter, int(trace_id, 16)))
+    assert len(server.context.trace_state) == 0
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+) -> None:
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={
+            "Authorization": f"Bearer {token_for('support-console')}",
+            "traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01",
+        },
+    )
+    assert answer.status_code == 200
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    server = server_span(spans_of(exporter, int(event["trace"], 16)))
+    assert server.parent is None
+
+
+async def test_fixed_endpoints_make_no_spans(
+    traced: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    header, trace_id, _ = traceparent()
+    assert (await traced.get("/healthz", headers={"traceparent": header})).status_code == 200
+    assert spans_of(exporter, int(trace_id, 16)) == []
+
+
+async def test_tracing_is_off_without_a_traces_exporter_or_endpoint(
+    gateway: Gateway, client: httpx.AsyncClient, token_for: Callable[..., str], audit_path: Path
+) -> None:
+    assert gateway.tracing is None  # the session gateway: built from an env without OTEL_*
+    header, trace_id, caller_span = traceparent()
+    answer = await client.get(
+        "/v1/orders/O-1001",
+        headers={"Authorization": f"Bearer {token_for('support-console')}", "traceparent": header},
+    )
+    assert answer.status_code == 200
+    event = event_of(audit_path, answer.headers["x-request-id"])
+    assert (event["trace"], event["spanId"]) == (trace_id, caller_span)  # the caller's own
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_TRACES_EXPORTER": " none "},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_SERVICE_NAME": "x"},
+    ],
+)
+def test_off_unless_an_exporter_or_endpoint_is_named(env: dict[str, str]) -> None:
+    assert tracing_from_env(env) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "otlp"},
+        {"OTEL_TRACES_EXPORTER": "console"},
+        {"OTEL_TRACES_EXPORTER": "otlp,console"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"},
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    ],
+)
+async def test_on_when_an_exporter_or_endpoint_is_named(env: dict[str, str]) -> None:
+    tracing = tracing_from_env(env)
+    assert tracing is not None
+    resource = tracing.provider.resource  # type: ignore[attr-defined]
+    assert resource.attributes["service.name"] == "spangate"
+    await tracing.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "PROTOCOL"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
+    ],
+)
+def test_an_exporter_or_protocol_it_cannot_load_stops_the_start(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        tracing_from_env(env)
