@@ -658,5 +658,9 @@ def test_every_setting_is_in_the_settings_table() -> None:
         "SPANNER_EMULATOR_HOST" if name == "spanner_emulator_host" else f"SPANGATE_{name.upper()}"
         for name in Settings.model_fields
     }
+    # OpenTelemetry's standard variables are read by gateway.tracing, not by Settings.
+    otel = {name for name in documented if name.startswith("OTEL_")}
+    tracing = (Path(__file__).parent.parent / "gateway" / "tracing.py").read_text()
+    assert {name for name in otel if name not in tracing} == set(), "OTEL_ names not read"
     assert settings - documented == set(), "settings missing from docs/reference/settings.md"
-    assert documented - settings == set(), "docs/reference/settings.md names no such setting"
+    assert documented - settings - otel == set(), "docs/reference/settings.md names no such setting"
