@@ -2,7 +2,7 @@
 
     request -> Gateway.__call__ (pure ASGI: request id, timing, one audit event per request)
             -> /healthz /readyz /openapi.json /docs : FastAPI
-            -> anything else: token -> Principal -> Decision -> statement -> JSON rows
+            -> anything else: token -> Principal -> Decision -> statement -> masks -> JSON rows
 
 Every error is RFC 9457 ``application/problem+json`` with a stable ``code`` and the ``request_id``;
 unexpected exceptions become a 500 ``internal`` without details (logged with the request id).
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.audit.chain import UNKEYED_WARNING
@@ -50,12 +50,13 @@ from gateway.mcp.metadata import MCP_PATH
 from gateway.mcp.server import McpEndpoint
 from gateway.metrics import RequestMetrics
 from gateway.policy.bind import BODY_METHODS
-from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import decide_route, match_route
 from gateway.settings import Settings
+from gateway.shaping.masks import MaskFailed, MaskKey, mask_result
 from gateway.spanner.execute import Executor, tags_for
 from gateway.spanner.idempotency import request_key
-from gateway.spanner.results import response_body
+from gateway.spanner.results import Result, response_body
 
 __all__ = ["Active", "Gateway", "Outcome", "Resolve", "Target", "create_app"]
 
@@ -114,8 +115,10 @@ class Gateway:
         audit_key: bytes | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
         budgets: Budgets | None = None,
+        mask_key: MaskKey | None = None,
     ) -> None:
         self.settings = settings
+        self.mask_key = mask_key  # the key of `hash` masks (SPANGATE_MASK_KEY)
         # The policy's budgets: counters in this process unless runtime gives a shared store.
         self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
@@ -355,7 +358,7 @@ class Gateway:
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
         call.request_tag = tags.request
-        call.result = await self.executor.run(
+        result = await self.executor.run(
             route.query,
             decision.bound.values,
             tags=tags,
@@ -374,10 +377,44 @@ class Gateway:
             ),
             on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
         )
+        if decision.masked:  # before anything else sees the rows, whatever the transport
+            result = self._masked(call, result, route.query, decision.masked, policy)
+        call.result = result
         if spend is not None and not route.query.is_dml:  # rows: counted after the read
             await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
+
+    def _masked(
+        self,
+        call: CallRecord,
+        result: Result,
+        query: CompiledQuery,
+        columns: Sequence[str],
+        policy: CompiledPolicy,
+    ) -> Result:
+        """``result`` with ``columns`` masked (``gateway.shaping.masks``), typed by the
+        statement's own result fields (else by the policy's PLAN analysis). A value that cannot
+        be masked: 500 ``internal``, nothing of the rows answered (a write says it committed)."""
+        if len(result.types) == len(result.columns):
+            types: dict[str, str | None] = dict(zip(result.columns, result.types, strict=True))
+        else:  # an Idempotency-Key record stored without types
+            analysis = self.executor.analysis(policy)
+            shape = analysis.shapes.get(query.name) if analysis is not None else None
+            types = {c.name: c.type for c in shape.columns} if shape is not None else {}
+        modes = {column: query.model.mask[column].with_ for column in columns}
+        try:
+            return mask_result(result, modes, types, self.mask_key)
+        except MaskFailed as exc:  # its message names the mode and type, never the value
+            log.error("request %s: query %s: %s", call.request_id, query.name, exc)
+            call.result = replace(result, rows=[])  # the trail records counts, never rows
+            error = GatewayError(
+                "the result could not be masked, so none of it is answered; see the logs for "
+                "this request id"
+            )
+            if query.is_dml:
+                error.extra["outcome"] = "committed"  # it ran; only its answer failed
+            raise error from None
 
 
 def create_app(
@@ -390,6 +427,7 @@ def create_app(
     audit_key: bytes | None = None,
     closers: list[Callable[[], Awaitable[None]]] | None = None,
     budgets: Budgets | None = None,
+    mask_key: MaskKey | None = None,
 ) -> Gateway:
     """The gateway with its seams injected (tests pass their own verifier, executor, audit)."""
     return Gateway(
@@ -401,4 +439,5 @@ def create_app(
         audit_key=audit_key,
         closers=closers,
         budgets=budgets,
+        mask_key=mask_key,
     )

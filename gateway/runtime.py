@@ -17,11 +17,14 @@ from gateway.auth.presets import is_org_server
 from gateway.auth.verify import TokenVerifier
 from gateway.budgets.check import Budgets
 from gateway.budgets.store import BudgetStore, MemoryStore
+from gateway.errors import ConfigError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
+from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer, SpannerTarget
 from gateway.reload import PolicyReloader, log_policy_warnings
 from gateway.settings import Settings
+from gateway.shaping.masks import MaskKey
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import (
     AsyncClientFactory,
@@ -31,7 +34,7 @@ from gateway.spanner.identities import (
     default_client_factory,
 )
 
-__all__ = ["budget_store", "build_gateway", "load_compiled", "spanner_target"]
+__all__ = ["budget_store", "build_gateway", "load_compiled", "mask_key", "spanner_target"]
 
 log = logging.getLogger("spangate")
 
@@ -61,6 +64,30 @@ def budget_store(settings: Settings) -> BudgetStore:
     )
 
 
+MASK_KEY_MIN_LENGTH = 16
+
+
+def mask_key(settings: Settings, policy: CompiledPolicy) -> MaskKey | None:
+    """The key of ``hash`` masks from ``SPANGATE_MASK_KEY``; ConfigError when the policy has
+    ``hash`` masks and no key, or the key is shorter than 16 characters (never shown)."""
+    secret = settings.mask_key.get_secret_value() if settings.mask_key is not None else None
+    if secret is not None and len(secret) < MASK_KEY_MIN_LENGTH:
+        raise ConfigError(
+            f"SPANGATE_MASK_KEY is shorter than {MASK_KEY_MIN_LENGTH} characters: with a short "
+            "key anyone who sees a masked hash can try every candidate value. Use e.g. 32 random "
+            "bytes in hex from your secret store"
+        )
+    hashed = hash_masks(policy.model)
+    if hashed and secret is None:
+        raise ConfigError(
+            f"the policy masks {', '.join(hashed)} with hash, which needs SPANGATE_MASK_KEY (an "
+            "HMAC key: without one a hash of an email or a number is reversed by hashing every "
+            "candidate). Set SPANGATE_MASK_KEY (e.g. 32 random bytes in hex from your secret "
+            "store), or mask with redact, null or last4"
+        )
+    return MaskKey.from_secret(secret.encode("utf-8")) if secret is not None else None
+
+
 async def _analyze(executor: Executor, app: Gateway) -> None:
     await executor.analyze(app.policy)
 
@@ -83,10 +110,12 @@ def build_gateway(
     """Load the policy and wire the real verifier, executor and audit trail (no I/O yet:
     keys are fetched and identities warmed at start-up).
 
-    Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
-    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
+    Raises ``ConfigError`` when the policy redacts audit values and there is no audit key (an
+    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), or
+    masks a column with ``hash`` and there is no mask key (``mask_key``)."""
     policy = load_compiled(settings.policy, env)
     check_audit_key(settings, policy)
+    masking = mask_key(settings, policy)
     if (warning := unkeyed_warning(settings)) is not None:
         log.warning("%s; set SPANGATE_AUDIT_KEY", warning)
     log_policy_warnings(policy)
@@ -164,6 +193,7 @@ def build_gateway(
         audit_key=audit_keys(settings).redact,
         closers=closers,
         budgets=Budgets(budget_store(settings)),
+        mask_key=masking,
     )
     reloader = PolicyReloader(
         app,

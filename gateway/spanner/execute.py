@@ -54,7 +54,7 @@ from google.api_core import exceptions as gexc
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
-from gateway.spanner.analyze import Analysis, analyze_policy
+from gateway.spanner.analyze import Analysis, analyze_policy, type_name
 from gateway.spanner.errors import map_error, timeout_error, unavailable_error
 from gateway.spanner.identities import CONNECT_TIMEOUT_SECONDS, Databases
 from gateway.spanner.limits import check_limits
@@ -424,7 +424,11 @@ class Executor:
             raise timeout_error(timeout, outcome="unknown") from exc.cause
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise map_error(
-                exc, query=query.name, identity=identity, role=self.databases.roles.get(identity)
+                exc,
+                query=query.name,
+                identity=identity,
+                role=self.databases.roles.get(identity),
+                quiet=bool(query.model.mask),  # Spanner's words may quote a masked value
             ) from exc
 
     async def _guarded_write(
@@ -580,6 +584,7 @@ class Executor:
             finally:
                 await rows.aclose()
             result.columns = [f.name for f in stream.fields] if stream.fields else []
+            result.types = [type_name(f.type_) for f in stream.fields or ()]
         result.rows = _rows(result.columns, raw)
         result.row_count = len(result.rows)
         return result
@@ -712,6 +717,7 @@ class Executor:
         )
         raw = [row async for row in stream]  # read to the end: the statement's stats come last
         result.columns = [f.name for f in stream.fields] if stream.fields else []
+        result.types = [type_name(f.type_) for f in stream.fields or ()]
         limit = query.model.max_rows
         result.rows = _rows(result.columns, raw[:limit])
         result.truncated = len(raw) > limit
