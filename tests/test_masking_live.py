@@ -453,3 +453,19 @@ def test_result_columns_read_from_text_agree_with_spanners_plan(demo_database: s
         assert read is None or read == spanner, (sql, read, spanner)
         decided += read is not None
     assert decided == 9  # the text decides these; Spanner alone the rest
+
+
+async def test_the_executor_keeps_the_types_of_a_masking_querys_columns(gateway: Any) -> None:
+    """What the masks type their values by: the statement's own result fields (in process)."""
+    from gateway.spanner.execute import tags_for
+
+    policy = gateway.policy
+    tags = tags_for("get_customer", "GET", "/v1/customers/{customer_id}", "types-test")
+    result = await gateway.executor.run(
+        policy.queries["get_customer"], {"tenant": "t1", "customer_id": "C-1"}, tags=tags
+    )
+    assert result.types == ["STRING", "STRING", "STRING", "TIMESTAMP"]
+    plain = await gateway.executor.run(
+        policy.queries["get_order"], {"tenant": "t1", "order_id": "O-1001"}, tags=tags
+    )
+    assert plain.types == []  # a query without masks needs none

@@ -103,6 +103,12 @@ _COMMIT_REFUSED: tuple[type[Exception], ...] = (
 InTransaction = Callable[[Any, Result], Awaitable[None] | None]
 
 
+def _types(query: CompiledQuery, fields: Any) -> list[str]:
+    """The result columns' Spanner types, for a query that masks columns (what its masks hash
+    and redact by); nothing for the others, which need none."""
+    return [type_name(f.type_) for f in fields or ()] if query.model.mask else []
+
+
 def _rows(columns: list[str], raw: list[Any]) -> list[dict[str, Any]]:
     return [{c: to_json(v) for c, v in zip(columns, row, strict=True)} for row in raw]
 
@@ -584,7 +590,7 @@ class Executor:
             finally:
                 await rows.aclose()
             result.columns = [f.name for f in stream.fields] if stream.fields else []
-            result.types = [type_name(f.type_) for f in stream.fields or ()]
+            result.types = _types(query, stream.fields)
         result.rows = _rows(result.columns, raw)
         result.row_count = len(result.rows)
         return result
@@ -717,7 +723,7 @@ class Executor:
         )
         raw = [row async for row in stream]  # read to the end: the statement's stats come last
         result.columns = [f.name for f in stream.fields] if stream.fields else []
-        result.types = [type_name(f.type_) for f in stream.fields or ()]
+        result.types = _types(query, stream.fields)
         limit = query.model.max_rows
         result.rows = _rows(result.columns, raw[:limit])
         result.truncated = len(raw) > limit
