@@ -142,7 +142,7 @@ MODES_POLICY = """
     mask:
       Email: {with: hash, unless: [support-leads]}
       Name: {with: last4}
-      CreatedAt: {with: "null"}
+      CreatedAt: {with: null}        # YAML null: the null mode
   orders_with_email:
     identity: shop_reader
     sql: |

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -439,10 +440,17 @@ MaskMode = Literal["redact", "null", "hash", "last4"]
 MASK_MODES: tuple[str, ...] = ("redact", "null", "hash", "last4")
 
 
+def _yaml_null(value: object) -> object:
+    """``with: null`` unquoted is YAML's null: it can only mean the ``null`` mode."""
+    return "null" if value is None else value
+
+
 class Mask(_Strict):
     """How one result column is masked, and for whom it is not (``docs/masking.md``)."""
 
-    with_: MaskMode = Field(
+    with_: Annotated[
+        MaskMode, BeforeValidator(_yaml_null, json_schema_input_type=MaskMode | None)
+    ] = Field(
         alias="with",
         description="redact: a STRING answers \"***\", any other type null; null: null; hash: a "
         "keyed HMAC-SHA256 of the value (base64url, equal values mask equally; needs "

@@ -123,6 +123,12 @@ def test_a_bad_mask_is_refused_where_it_is_written(
     assert message in str(problem)
 
 
+def test_with_null_unquoted_is_the_null_mode(tmp_path: Path) -> None:
+    path, _ = edited(tmp_path, EXAMPLE_MASK, "      Email: {with: null}")
+    (mask,) = load_policy(path, env={}).policy.queries["get_customer"].mask.values()
+    assert (mask.with_, mask.unless) == ("null", [])
+
+
 def test_a_mask_on_a_write_without_then_return_is_refused(tmp_path: Path) -> None:
     old = "      currency:    {type: STRING, enum: [USD, EUR, GBP], default: USD}\n"
     path, text = edited(tmp_path, old, old + "    mask:\n      OrderId: {with: hash}\n")
