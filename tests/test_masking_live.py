@@ -469,3 +469,38 @@ async def test_the_executor_keeps_the_types_of_a_masking_querys_columns(gateway:
         policy.queries["get_order"], {"tenant": "t1", "order_id": "O-1001"}, tags=tags
     )
     assert plain.types == []  # a query without masks needs none
+
+
+async def test_a_value_that_cannot_be_masked_answers_500_and_nothing_of_the_rows(
+    demo_database: str, idp: IdpProcess, tmp_path: Path, audit_key: str,
+    token_for: Callable[..., str], caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from gateway.runtime import build_gateway
+    from gateway.settings import Settings
+
+    hashed = tmp_path / "hashed.yaml"
+    hashed.write_text(EXAMPLE_POLICY.read_text().replace(
+        "Email: {with: redact, unless: [support-leads]}", "Email: {with: hash}"
+    ))  # fmt: skip
+    settings = Settings(
+        policy=hashed, spanner_emulator_host=demo_database, audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key, mask_key=MASK_KEY,
+    )  # fmt: skip
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        app.mask_key = None  # what start-up and reload never allow: a hash mask without its key
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            answer = await client.get(
+                CUSTOMER, headers={"Authorization": f"Bearer {token_for('support-console')}"}
+            )
+    finally:
+        await app.shutdown()
+    assert answer.status_code == 500 and answer.json()["code"] == "internal"
+    assert "wile" not in answer.text and "Wile" not in answer.text
+    assert "a hash mask without SPANGATE_MASK_KEY" in caplog.text
+    assert "wile@acme.example" not in caplog.text
+    (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
+    payload = json.loads(line)["protoPayload"]
+    assert payload["status"]["message"] == "internal" and payload["response"]["rowCount"] == 1
