@@ -83,7 +83,11 @@ def _select_list(tokens: list[Token], depths: list[int]) -> tuple[int, int] | No
     if i < len(tokens) and tokens[i].is_word("DISTINCT", "ALL"):
         i += 1
     end = i
-    while end < len(tokens) and not (depths[end] == 0 and tokens[end].is_word(*_LIST_END)):
+    while end < len(tokens) and not (
+        depths[end] == 0
+        and tokens[end].is_word(*_LIST_END)
+        and not tokens[end - 1].is_punct(".")  # c.Limit: a field named like a keyword
+    ):
         end += 1
     return i, end
 

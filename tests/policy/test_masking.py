@@ -42,6 +42,7 @@ from gateway.policy.simulate import request_facts
         ("SELECT a AS e FROM t UNION ALL SELECT b AS f FROM u", ("e",)),  # the first names it
         ("@{USE_ADDITIONAL_PARALLELISM=TRUE} SELECT a FROM t", ("a",)),
         ("SELECT a -- x, y\nFROM t", ("a",)),
+        ("SELECT c.Limit, c.`From` FROM t c", ("Limit", "From")),
         ("INSERT INTO t (a) VALUES (@a)", ()),
         ("INSERT INTO t (a, b) VALUES (@a, @b) THEN RETURN a, b AS bee", ("a", "bee")),
         ("UPDATE t SET a = 1 WHERE b = @b THEN RETURN a", ("a",)),
