@@ -3,7 +3,7 @@
     request -> Gateway.__call__ (pure ASGI: request id, timing, one audit event per request,
                one log line per request, a span per request when traces are on)
             -> /healthz /readyz /openapi.json /docs : FastAPI
-            -> anything else: token -> Principal -> Decision -> statement -> JSON rows
+            -> anything else: token -> Principal -> Decision -> statement -> masks -> JSON rows
 
 Traces (``gateway.tracing``) are off unless the environment turns them on: then
 ``self.tracing`` is a ``Tracing``, else None, and the request path tests that and creates no span.
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.audit.chain import UNKEYED_WARNING
@@ -58,12 +58,13 @@ from gateway.mcp.metadata import MCP_PATH
 from gateway.mcp.server import McpEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
-from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, decide_route, match_route
 from gateway.settings import Settings
+from gateway.shaping.masks import MaskFailed, MaskKey, mask_result
 from gateway.spanner.execute import Executor, tags_for
 from gateway.spanner.idempotency import request_key
-from gateway.spanner.results import response_body
+from gateway.spanner.results import Result, response_body
 from gateway.tracing import SPAN, Tracing
 
 __all__ = ["Active", "Gateway", "Outcome", "Resolve", "Target", "create_app"]
@@ -128,9 +129,11 @@ class Gateway:
         closers: list[Callable[[], Awaitable[None]]] | None = None,
         budgets: Budgets | None = None,
         tracing: Tracing | None = None,
+        mask_key: MaskKey | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing  # None: traces are off (nothing on the request path but a test)
+        self.mask_key = mask_key  # the key of `hash` masks (SPANGATE_MASK_KEY)
         # The policy's budgets: counters in this process unless runtime gives a shared store.
         self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
@@ -499,14 +502,17 @@ class Gateway:
                 on_sent=on_sent,
             )
             if tracing is None:
-                call.result = await running
+                result = await running
             else:
-                call.result = await tracing.statement(running, route.query, policy, self._database)
+                result = await tracing.statement(running, route.query, policy, self._database)
         except Exception:
             if spend is not None and not sent:  # refused before its statement: nothing spent
                 await self.budgets.refund(spend)
                 call.extra["ratelimit"] = spend.headers
             raise
+        if decision.masked:  # before anything else sees the rows, whatever the transport
+            result = self._masked(call, result, route.query, decision.masked, policy)
+        call.result = result
         if spend is not None:
             if call.result.replayed:  # a stored answer: no statement ran for this call
                 await self.budgets.refund(spend)
@@ -535,6 +541,37 @@ class Gateway:
         tracing = self.tracing
         return verifying if tracing is None else tracing.traced("spangate.token", verifying)
 
+    def _masked(
+        self,
+        call: CallRecord,
+        result: Result,
+        query: CompiledQuery,
+        columns: Sequence[str],
+        policy: CompiledPolicy,
+    ) -> Result:
+        """``result`` with ``columns`` masked (``gateway.shaping.masks``), typed by the
+        statement's own result fields (else by the policy's PLAN analysis). A value that cannot
+        be masked: 500 ``internal``, nothing of the rows answered (a write says it committed)."""
+        if len(result.types) == len(result.columns):
+            types: dict[str, str | None] = dict(zip(result.columns, result.types, strict=True))
+        else:  # an Idempotency-Key record stored without types
+            analysis = self.executor.analysis(policy)
+            shape = analysis.shapes.get(query.name) if analysis is not None else None
+            types = {c.name: c.type for c in shape.columns} if shape is not None else {}
+        modes = {column: query.model.mask[column].with_ for column in columns}
+        try:
+            return mask_result(result, modes, types, self.mask_key)
+        except MaskFailed as exc:  # its message names the mode and type, never the value
+            log.error("request %s: query %s: %s", call.request_id, query.name, exc)
+            call.result = replace(result, rows=[])  # the trail records counts, never rows
+            error = GatewayError(
+                "the result could not be masked, so none of it is answered; see the logs for "
+                "this request id"
+            )
+            if query.is_dml:
+                error.extra["outcome"] = "committed"  # it ran; only its answer failed
+            raise error from None
+
 
 def create_app(
     settings: Settings,
@@ -547,6 +584,7 @@ def create_app(
     closers: list[Callable[[], Awaitable[None]]] | None = None,
     budgets: Budgets | None = None,
     tracing: Tracing | None = None,
+    mask_key: MaskKey | None = None,
 ) -> Gateway:
     """The gateway with its seams injected (tests pass their own verifier, executor, audit,
     tracing)."""
@@ -560,6 +598,7 @@ def create_app(
         closers=closers,
         budgets=budgets,
         tracing=tracing,
+        mask_key=mask_key,
     )
 
 

@@ -3,7 +3,9 @@
 Every route of the policy: its path, query and body parameters with their types and constraints
 (claim-bound ones hidden: a caller cannot set them), the bearer security scheme, the response
 shape with the statement's columns and their types (from Spanner's PLAN result metadata, see
-``gateway.spanner.analyze``; generic rows when the policy has not been analysed), the
+``gateway.spanner.analyze``; generic rows when the policy has not been analysed; a masked
+column as what its mask answers, or, where ``unless`` roles see it clear, either, with a
+description naming the roles and ``x-spangate-mask``: one document serves every caller), the
 ``Idempotency-Key`` header of writes, and the problem+json errors each operation can answer.
 Built per request of ``/openapi.json`` from the policy being served, so it follows hot reloads.
 
@@ -13,15 +15,25 @@ One JSON representation per Spanner type (docs/api/types.md): parameters accept 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from gateway.intrange import int_range_pattern
 from gateway.policy.bind import BODY_METHODS, ParamSpec
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.model import Mask
 from gateway.policy.types import INT64_MAX, INT64_MIN
+from gateway.shaping.masks import HASH_LENGTH, REDACTED
 from gateway.spanner.analyze import Analysis, Column
 
-__all__ = ["json_schema_of", "openapi_document", "path_schema", "response_schema", "result_schema"]
+__all__ = [
+    "json_schema_of",
+    "masked_schema",
+    "openapi_document",
+    "path_schema",
+    "response_schema",
+    "result_schema",
+]
 
 _NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 _INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
@@ -161,6 +173,54 @@ def result_schema(column: Column) -> dict[str, Any]:
     return _nullable(element)
 
 
+_HASH_PATTERN = f"^[A-Za-z0-9_-]{{{HASH_LENGTH}}}$"
+
+
+def _masked_element(scalar: str, mode: str) -> dict[str, Any]:
+    """What one masked value (or array element) may be, null included."""
+    string = scalar == "STRING"
+    if mode == "redact" and string:
+        return {"enum": [REDACTED, None]}
+    if mode == "last4" and string:
+        return {"type": ["string", "null"], "pattern": r"^\*\*\*", "maxLength": 7}
+    if mode == "hash":
+        return {"type": ["string", "null"], "pattern": _HASH_PATTERN}
+    return {"type": "null"}
+
+
+def masked_schema(column: Column, mask: Mask) -> dict[str, Any]:
+    """The JSON Schema of a column's values masked by ``mask`` (``gateway.shaping.masks``)."""
+    mode = mask.with_
+    if mode == "null":
+        schema: dict[str, Any] = {"type": "null"}
+    elif column.is_array:
+        schema = {"type": ["array", "null"], "items": _masked_element(column.scalar, mode)}
+    else:
+        schema = _masked_element(column.scalar, mode)
+    return {**schema, "x-spangate-mask": {"with": mode, "unless": list(mask.unless)}}
+
+
+def _column_schema(column: Column, mask: Mask | None, masked: Collection[str] | None) -> dict[str, Any]:
+    """A column's schema: clear; masked (``masked`` names it, or its mask has no ``unless``);
+    or, for every caller at once (``masked`` None), either, as the caller's roles decide."""
+    if mask is None:
+        return result_schema(column)
+    hidden = masked_schema(column, mask)
+    if masked is not None:  # one caller's (an MCP token's tools/list)
+        if column.name not in masked:
+            return result_schema(column)
+        return {**hidden, "description": f"masked ({mask.with_}) for this caller"}
+    if not mask.unless:
+        return {**hidden, "description": f"masked ({mask.with_}) for every caller"}
+    roles = ", ".join(mask.unless)
+    return {
+        "anyOf": [result_schema(column), {k: v for k, v in hidden.items() if k != "x-spangate-mask"}],
+        "description": f"masked ({mask.with_}) unless the caller holds a role of: {roles}; then "
+        "clear",
+        "x-spangate-mask": hidden["x-spangate-mask"],
+    }
+
+
 def _problems(statuses: list[tuple[int, str]]) -> dict[str, Any]:
     ref = {
         "content": {
@@ -200,14 +260,21 @@ def _who_may_call(policy: CompiledPolicy, allow: list[str]) -> str:
     return "Allowed for the roles: " + ", ".join(shown) + "."
 
 
-def response_schema(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
+def response_schema(
+    route: CompiledRoute, analysis: Analysis | None, masked: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The JSON a route answers. Masked columns: for every caller (``masked`` None: OpenAPI) or
+    for one caller, whose masked columns ``masked`` names (MCP's per-token ``outputSchema``)."""
     query = route.query
     shape = analysis.shapes.get(query.name) if analysis is not None else None
+    masks = query.model.mask
     row: dict[str, Any] = {"type": "object"}
     if shape is not None:
         row = {
             "type": "object",
-            "properties": {c.name: result_schema(c) for c in shape.columns},
+            "properties": {
+                c.name: _column_schema(c, masks.get(c.name), masked) for c in shape.columns
+            },
             "required": [c.name for c in shape.columns],
             "additionalProperties": False,
         }

@@ -19,7 +19,8 @@ Contract:
   dropped stay open for the requests still using them. Changing an identity that is in use, or
   ``spanner:`` or ``audit:``, needs a restart: such a reload is refused with a message saying so,
   rather than half-applied. So is a policy with budgets under ``--workers`` without Redis (each
-  worker would count them on its own).
+  worker would count them on its own), and a policy that masks a column with ``hash`` when the
+  gateway started without ``SPANGATE_MASK_KEY``.
 - The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
   (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
 - A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
@@ -48,6 +49,7 @@ from gateway.auth.verify import TokenVerifier
 from gateway.errors import PolicyError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
+from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer
 
 __all__ = ["PolicyReloader", "log_policy_warnings", "policy_change"]
@@ -209,6 +211,13 @@ class PolicyReloader:
     def _refuse_restart_only_changes(self, policy: CompiledPolicy) -> None:
         old = self.gateway.policy.model
         new = policy.model
+        hashed = hash_masks(new)
+        if hashed and self.gateway.mask_key is None:
+            raise _NeedsRestart(
+                f"the new policy masks {', '.join(hashed)} with hash, which needs "
+                "SPANGATE_MASK_KEY: this gateway started without one; set it and restart. "
+                "The reload was refused and the old policy keeps serving"
+            )
         # Against what is open, not only the policy being served: an identity dropped by an
         # earlier reload keeps its Database (and role) for the requests that were using it.
         opened = self.gateway.executor.databases.identities

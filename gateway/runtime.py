@@ -20,11 +20,14 @@ from gateway.budgets.check import Budgets
 from gateway.budgets.core import UNKEYED_WARNING as UNKEYED_BUDGETS
 from gateway.budgets.core import derive_hash_key
 from gateway.budgets.store import BudgetStore, MemoryStore
+from gateway.errors import ConfigError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
+from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer, SpannerTarget
 from gateway.reload import PolicyReloader, log_policy_warnings
 from gateway.settings import Settings
+from gateway.shaping.masks import MaskKey
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import (
     AsyncClientFactory,
@@ -35,7 +38,14 @@ from gateway.spanner.identities import (
 )
 from gateway.tracing import Tracing, tracing_from_env
 
-__all__ = ["budget_store", "build_budgets", "build_gateway", "load_compiled", "spanner_target"]
+__all__ = [
+    "budget_store",
+    "build_budgets",
+    "build_gateway",
+    "load_compiled",
+    "mask_key",
+    "spanner_target",
+]
 
 log = logging.getLogger("spangate")
 
@@ -76,6 +86,30 @@ def build_budgets(settings: Settings) -> Budgets:
     return Budgets(budget_store(settings), key=key)
 
 
+MASK_KEY_MIN_LENGTH = 16
+
+
+def mask_key(settings: Settings, policy: CompiledPolicy) -> MaskKey | None:
+    """The key of ``hash`` masks from ``SPANGATE_MASK_KEY``; ConfigError when the policy has
+    ``hash`` masks and no key, or the key is shorter than 16 characters (never shown)."""
+    secret = settings.mask_key.get_secret_value() if settings.mask_key is not None else None
+    if secret is not None and len(secret) < MASK_KEY_MIN_LENGTH:
+        raise ConfigError(
+            f"SPANGATE_MASK_KEY is shorter than {MASK_KEY_MIN_LENGTH} characters: with a short "
+            "key anyone who sees a masked hash can try every candidate value. Use e.g. 32 random "
+            "bytes in hex from your secret store"
+        )
+    hashed = hash_masks(policy.model)
+    if hashed and secret is None:
+        raise ConfigError(
+            f"the policy masks {', '.join(hashed)} with hash, which needs SPANGATE_MASK_KEY (an "
+            "HMAC key: without one a hash of an email or a number is reversed by hashing every "
+            "candidate). Set SPANGATE_MASK_KEY (e.g. 32 random bytes in hex from your secret "
+            "store), or mask with redact, null or last4"
+        )
+    return MaskKey.from_secret(secret.encode("utf-8")) if secret is not None else None
+
+
 async def _analyze(executor: Executor, app: Gateway) -> None:
     await executor.analyze(app.policy)
 
@@ -109,10 +143,12 @@ def build_gateway(
     variables of ``env`` ask (``tracing_from_env``: off unless they name an exporter); the
     Spanner client's spans go to the same provider. ConfigError for an exporter it cannot load.
 
-    Raises ``ConfigError`` when the policy redacts audit values and there is no audit key; an
-    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``."""
+    Raises ``ConfigError`` when the policy redacts audit values and there is no audit key (an
+    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), or
+    masks a column with ``hash`` and there is no mask key (``mask_key``)."""
     policy = load_compiled(settings.policy, env)
     check_audit_key(settings, policy)
+    masking = mask_key(settings, policy)
     if tracing is None:
         tracing = tracing_from_env(env)
     if (warning := unkeyed_warning(settings)) is not None:
@@ -198,6 +234,7 @@ def build_gateway(
         closers=closers,
         budgets=build_budgets(settings),
         tracing=tracing,
+        mask_key=masking,
     )
     reloader = PolicyReloader(
         app,

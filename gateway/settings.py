@@ -194,6 +194,19 @@ class Settings(BaseSettings):
         "SHA-256 is used, which only detects accidents. A key derived from it also keys the "
         "principals in budget counter keys (the same on every replica sharing a Redis).",
     )
+    mask_key: SecretStr | None = Field(
+        None,
+        description="HMAC key of the policy's `hash` column masks (at least 16 characters); "
+        "required when a query masks a column with `hash`. Empty: not set.",
+    )
+
+    @field_validator("mask_key")
+    @classmethod
+    def _mask_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Its length is checked where it is used (runtime.check_mask_key): a validation error
+        # here would print the value.
+        return value if value is not None and value.get_secret_value() else None
+
     audit_batch_window_ms: float = Field(
         5.0,
         ge=0,

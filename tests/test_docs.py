@@ -194,6 +194,7 @@ SCHEMA_SECTIONS = {
     "Query": "Queries",
     "Param": "Parameters",
     "Staleness": "Staleness",
+    "Mask": "Masks",
     "Route": "Routes",
     "Budget": "Budgets",
     "Audit": "Audit",

@@ -157,12 +157,17 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
                 persona = line[2:].split(":")[0]
             elif line.startswith("curl ") and persona:
                 curls[persona] = shlex.split(line)
-        assert set(curls) == {"support-console", "order-agent", "order-writer", "outsider", "mcp"}
+        assert set(curls) == {
+            "support-console", "support-lead", "order-agent", "order-writer", "outsider", "mcp"
+        }  # fmt: skip
         statuses = {name: _run_curl(argv) for name, argv in curls.items()}
         assert statuses == {
-            "support-console": 200, "order-agent": 200, "order-writer": 200, "outsider": 403,
-            "mcp": 200,  # tools/list
+            "support-console": 200, "support-lead": 200, "order-agent": 200, "order-writer": 200,
+            "outsider": 403, "mcp": 200,  # tools/list
         }  # fmt: skip
+        lead = subprocess.run(curls["support-lead"], capture_output=True, text=True, check=True)
+        (customer,) = json.loads(lead.stdout.split("\n\n", 1)[1])["rows"]
+        assert customer["Email"] == "wile@acme.example"  # a support lead sees it clear
         listed = subprocess.run(curls["mcp"], capture_output=True, text=True, check=True)
         tools = json.loads(listed.stdout.split("\n\n", 1)[1])["result"]["tools"]
         assert {t["name"] for t in tools} == {"get_order", "list_orders", "list_order_items"}

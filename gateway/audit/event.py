@@ -19,7 +19,8 @@ Cloud Audit Logs read it as they are:
       status               google.rpc code and the stable error code (``ok`` when allowed)
       metadata             decision (allow, reason, rule, roles that held), policy hash, what
                            was truncated, transport (http or mcp; for mcp the tool and the
-                           JSON-RPC id); ``settlement`` on the follow-up event of a write
+                           JSON-RPC id); ``masked``: the result columns masked for this caller
+                           (never a row value); ``settlement`` on the follow-up event of a write
                            answered while its Commit was in flight (see ``recorder.settle_hook``)
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
@@ -337,6 +338,7 @@ def _event(
                 "transport": call.transport,
                 **_mcp_call(call, bounds),
                 **_budget(error),
+                **_masked(decision),
             },
         },
     }
@@ -351,6 +353,15 @@ def _budget(error: GatewayError | None) -> dict[str, Any]:
     if error is None or error.code != "budget-exceeded":
         return {}
     return {"budget": {k: error.extra.get(k) for k in ("budget", "role", "limit")}}
+
+
+def _masked(decision: Decision | None) -> dict[str, Any]:
+    """An allowed call to a query with masks: the result columns masked for this caller (the
+    others of its masks it saw clear, through an ``unless`` role). Names only, never values."""
+    route = decision.route if decision is not None else None
+    if decision is None or not decision.allow or route is None or not route.query.model.mask:
+        return {}
+    return {"masked": list(decision.masked)}
 
 
 def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:

@@ -177,6 +177,12 @@ class Metadata(_Model):
     budget: BudgetRefusal | None = Field(
         None, description="Only on the event of a call refused by a budget (budget-exceeded)."
     )
+    masked: list[str] | None = Field(
+        None,
+        description="Only on the event of an allowed call to a query with column masks: the "
+        "result columns masked for this caller (its other masked columns it saw clear, through "
+        "an unless role). Column names only; row values are never in the trail.",
+    )
     policySha256: str | None
     truncated: list[Truncation] = Field(
         description="Values cut to 512 bytes or dropped to fit SPANGATE_AUDIT_MAX_EVENT_BYTES."

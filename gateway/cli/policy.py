@@ -27,6 +27,7 @@ from typing import Any
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
+from gateway.policy.masking import hash_masks
 
 __all__ = ["register"]
 
@@ -105,6 +106,13 @@ def _check(args: argparse.Namespace) -> int:
         print(
             f"note: audit.redact ({', '.join(model.audit.redact)}) needs SPANGATE_AUDIT_KEY, "
             "which is not set here: `spangate serve` refuses to start without it",
+            file=sys.stderr,
+        )
+    hashed = hash_masks(model)
+    if hashed and not os.environ.get("SPANGATE_MASK_KEY"):
+        print(
+            f"note: the hash masks ({', '.join(hashed)}) need SPANGATE_MASK_KEY, which is not set "
+            "here: `spangate serve` refuses to start without it",
             file=sys.stderr,
         )
     if args.database:

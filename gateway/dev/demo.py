@@ -41,6 +41,7 @@ __all__ = ["mcp_config", "mcp_curl", "run_demo"]
 # What each persona tries in the printed curl lines.
 _TRIES: dict[str, tuple[str, str, str | None]] = {
     "support-console": ("GET", "/v1/orders/O-1001", None),
+    "support-lead": ("GET", "/v1/customers/C-1", None),  # the email clear; support gets "***"
     "order-agent": ("GET", "/v1/orders?status=PAID&limit=5", None),
     "order-writer": (
         "POST",

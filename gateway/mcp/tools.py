@@ -6,12 +6,13 @@ body schemas: types, min/max, max_length, pattern, enum, default, nullable); pat
 always required, with the OpenAPI path schema (text, one path segment: the router's rule, never
 null); claim-bound parameters never appear. A write's tool also takes
 ``idempotency_key`` (the ``Idempotency-Key`` header's twin). ``outputSchema``: the JSON the HTTP
-route answers, with the rows typed from the policy's PLAN analysis when there is one.
+route answers, with the rows typed from the policy's PLAN analysis when there is one, and each
+masked column as it is masked for this token (exact: tools/list is per token).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from gateway.auth.principal import Principal
@@ -23,6 +24,7 @@ from gateway.policy.decide import (
     takes_idempotency_key,
     tool_parameters,
 )
+from gateway.policy.masking import masked_columns
 from gateway.spanner.analyze import Analysis
 from gateway.spanner.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -69,15 +71,18 @@ def input_schema(route: CompiledRoute) -> dict[str, Any]:
     return schema
 
 
-def tool_document(route: CompiledRoute, analysis: Analysis | None) -> dict[str, Any]:
-    """The ``tools/list`` entry of a route (MCP's Tool, as JSON)."""
+def tool_document(
+    route: CompiledRoute, analysis: Analysis | None, masked: Collection[str] = ()
+) -> dict[str, Any]:
+    """The ``tools/list`` entry of a route (MCP's Tool, as JSON); ``masked``: the result
+    columns masked for the token it is listed for."""
     name = route.tool_name
     assert name is not None
     description = route.model.description or route.query.model.description
     tool: dict[str, Any] = {
         "name": name,
         "inputSchema": input_schema(route),
-        "outputSchema": response_schema(route, analysis),
+        "outputSchema": response_schema(route, analysis, masked),
         "annotations": (
             {"readOnlyHint": False, "idempotentHint": True}  # with the same idempotency_key
             if route.query.is_dml
@@ -92,12 +97,17 @@ def tool_document(route: CompiledRoute, analysis: Analysis | None) -> dict[str, 
 def tools_for(
     policy: CompiledPolicy, principal: Principal, analysis: Analysis | None
 ) -> list[dict[str, Any]]:
-    """The tools ``principal`` may call: the routes its roles allow (deny wins), as for HTTP."""
-    return [
-        tool_document(route, analysis)
-        for route in policy.routes
-        if route.tool_name is not None and role_verdict(policy, route, principal)[2] is None
-    ]
+    """The tools ``principal`` may call: the routes its roles allow (deny wins), as for HTTP,
+    each with the result columns masked for it as a call would mask them."""
+    tools = []
+    for route in policy.routes:
+        if route.tool_name is None:
+            continue
+        roles, _, refused = role_verdict(policy, route, principal)
+        if refused is None:
+            masked = masked_columns(route.query.model, roles)
+            tools.append(tool_document(route, analysis, masked))
+    return tools
 
 
 def find_tool(policy: CompiledPolicy, name: str) -> CompiledRoute | None:

@@ -12,7 +12,8 @@ parameters. ``roles`` are the roles that hold (that can allow); for a delegated 
 deny roles are judged as ``RoleTable.held(..., deny=True)`` says, so ``rule`` may name a deny
 role that is not in ``roles``. Once a route matched, ``ignored`` holds the values the caller sent
 for its claim-bound parameters, whatever the outcome: the audit trail records a tenant override
-that was refused too.
+that was refused too. An allowed decision names the result columns ``masked`` for this caller
+(``masking.masked_columns``: those whose ``unless`` roles are none of ``roles``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
 from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.masking import masked_columns
 from gateway.policy.router import MethodMismatch, PathInvalid, check_param_segment
 
 __all__ = [
@@ -87,6 +89,7 @@ class Decision:
     problem: GatewayError | None = None
     path_params: dict[str, str] = field(default_factory=dict)
     ignored: dict[str, Any] = field(default_factory=dict)  # caller values for claim-bound params
+    masked: tuple[str, ...] = ()  # allowed: the result columns masked for this caller
 
     @property
     def query_name(self) -> str | None:
@@ -224,4 +227,5 @@ def decide_route(
         bound=bound,
         path_params=path_params,
         ignored=ignored,
+        masked=masked_columns(route.query.model, roles),
     )

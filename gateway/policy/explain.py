@@ -3,8 +3,9 @@ caller passes in.
 
 ``explain`` runs ``decide`` (the gateway's own decision, so the reason codes are the same) and
 adds what a person needs to see why: every role of the policy with the verdict of every key of
-every entry, the route and where it is defined, the statement and its identity, and each bound
-parameter with where its value came from (path, query, body, claim, default, null).
+every entry, the route and where it is defined, the statement and its identity, each bound
+parameter with where its value came from (path, query, body, claim, default, null), and for an
+allowed call each masked result column: masked or clear for this caller, and why.
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
 people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
@@ -30,6 +31,7 @@ from gateway.budgets.core import applicable
 from gateway.errors import AuthError
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide
+from gateway.policy.masking import MaskVerdict, mask_verdicts
 from gateway.policy.model import Policy
 from gateway.policy.roles import RoleResult
 from gateway.policy.simulate import SimulationError, issuer_for
@@ -250,8 +252,21 @@ def explanation_record(ex: Explanation, policy: CompiledPolicy | None = None) ->
         "roles": [_role_record(r) for r in ex.roles],
         "params": [{"name": t.name, "value": t.value, "source": t.source} for t in ex.params],
         "ignored": {k: v for k, v in (d.bound.ignored if d.bound else {}).items()},
+        "masks": [
+            {"column": v.column, "with": v.mode, "masked": v.masked, "unless": list(v.unless),
+             "why": v.why}
+            for v in _verdicts(ex)
+        ],
         **({"budget": budget_limits(policy, ex)} if policy is not None else {}),
     }
+
+
+def _verdicts(ex: Explanation) -> tuple[MaskVerdict, ...]:
+    """Per masked column of an allowed call: masked or clear for this caller, and why."""
+    d, route = ex.decision, ex.route
+    if not d.allow or route is None:
+        return ()
+    return mask_verdicts(route.query.model, d.roles)
 
 
 def _at(policy: CompiledPolicy, where: tuple[str | int, ...]) -> str:
@@ -336,6 +351,9 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
         lines.append(
             f"ignored   {name} = {_show(value)}  (a caller value for a claim-bound parameter)"
         )
+    for v in _verdicts(ex):
+        state = f"masked ({v.mode})" if v.masked else f"clear (else {v.mode})"
+        lines.append(f"mask      {v.column}: {state}: {v.why}")
     if d.allow:
         spent = budget_limits(policy, ex)
         shown = ", ".join(

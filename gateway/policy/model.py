@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -34,6 +35,9 @@ __all__ = [
     "ClaimNames",
     "ClaimTest",
     "FileSink",
+    "MASK_MODES",
+    "Mask",
+    "MaskMode",
     "Identity",
     "Introspection",
     "Issuer",
@@ -432,6 +436,46 @@ class Staleness(_Strict):
         return self
 
 
+MaskMode = Literal["redact", "null", "hash", "last4"]
+MASK_MODES: tuple[str, ...] = ("redact", "null", "hash", "last4")
+
+
+def _yaml_null(value: object) -> object:
+    """``with: null`` unquoted is YAML's null: it can only mean the ``null`` mode."""
+    return "null" if value is None else value
+
+
+class Mask(_Strict):
+    """How one result column is masked, and for whom it is not (``docs/masking.md``)."""
+
+    with_: Annotated[
+        MaskMode, BeforeValidator(_yaml_null, json_schema_input_type=MaskMode | None)
+    ] = Field(
+        alias="with",
+        description="redact: a STRING answers \"***\", any other type null; null: null; hash: a "
+        "keyed HMAC-SHA256 of the value (base64url, equal values mask equally; needs "
+        "SPANGATE_MASK_KEY); last4: \"***\" and the last four characters of a STRING of at "
+        "least 8 characters, else \"***\" (STRING columns only). A NULL stays NULL; an ARRAY is "
+        "masked element by element (null: the whole array).",
+    )
+    unless: list[str] = Field(
+        default_factory=list,
+        description="Roles (names in `roles`) whose holders see the clear value: a role counts "
+        "as it does in a route's allow, so a delegated token holds it only through an entry "
+        "that admits delegated tokens. Empty: masked for everyone.",
+    )
+    description: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("unless")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a role is listed twice")
+        return value
+
+
 class Query(_Strict):
     identity: str = Field(description="The name of an identity in `identities`.")
     sql: str = Field(min_length=1)
@@ -448,6 +492,12 @@ class Query(_Strict):
     )
     priority: Literal["low", "medium", "high"] | None = Field(
         None, description="Spanner request priority; Spanner's default (high) when absent."
+    )
+    mask: dict[Annotated[str, Field(min_length=1, max_length=128)], Mask] = Field(
+        default_factory=dict,
+        description="Per result column (its name exactly as the statement returns it): how it "
+        "is masked and which roles see it clear. A column the statement does not return is a "
+        "load error.",
     )
     description: str | None = None
 

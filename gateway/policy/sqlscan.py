@@ -43,7 +43,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SqlInfo", "SqlProblem", "scan_sql"]
+__all__ = ["SqlInfo", "SqlProblem", "Token", "scan_sql", "statement_tokens"]
 
 _QUERY_START = frozenset({"SELECT", "WITH"})
 _DML_START = frozenset({"INSERT", "UPDATE", "DELETE"})
@@ -90,7 +90,7 @@ class SqlInfo:
 
 
 @dataclass(frozen=True)
-class _Token:
+class Token:
     kind: TokenKind
     text: str  # a word as written, a quoted identifier unquoted, a parameter's name, a punct char
     pos: int
@@ -193,8 +193,8 @@ def _number_end(sql: str, i: int) -> int:
     return j
 
 
-def _tokenize(sql: str) -> list[_Token]:
-    tokens: list[_Token] = []
+def _tokenize(sql: str) -> list[Token]:
+    tokens: list[Token] = []
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -210,21 +210,21 @@ def _tokenize(sql: str) -> list[_Token]:
             i = end + 2
         elif c in ("'", '"'):
             end = _string_end(sql, i, i)
-            tokens.append(_Token("string", sql[i:end], i))
+            tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in _IDENT_START:
             quote_at = _string_prefix(sql, i)
             if quote_at is not None:
                 end = _string_end(sql, i, quote_at)
-                tokens.append(_Token("string", sql[i:end], i))
+                tokens.append(Token("string", sql[i:end], i))
                 i = end
             else:
                 end = _identifier_end(sql, i)
-                tokens.append(_Token("word", sql[i:end], i))
+                tokens.append(Token("word", sql[i:end], i))
                 i = end
         elif c == "`":
             text, end = _backtick(sql, i)
-            tokens.append(_Token("quoted", text, i))
+            tokens.append(Token("quoted", text, i))
             i = end
         elif c == "@":
             nxt = sql[i + 1 : i + 2]
@@ -232,32 +232,32 @@ def _tokenize(sql: str) -> list[_Token]:
                 end = _identifier_end(sql, i + 2)
                 if end == i + 2:
                     raise _fail(sql, i, "'@@' must be followed by a system variable name")
-                tokens.append(_Token("sysvar", sql[i + 2 : end], i))
+                tokens.append(Token("sysvar", sql[i + 2 : end], i))
                 i = end
             elif nxt == "{":
-                tokens.append(_Token("hint", "@", i))
+                tokens.append(Token("hint", "@", i))
                 i += 1
             elif nxt and nxt in _IDENT_START:
                 end = _identifier_end(sql, i + 1)
-                tokens.append(_Token("param", sql[i + 1 : end], i))
+                tokens.append(Token("param", sql[i + 1 : end], i))
                 i = end
             elif nxt == "`":
                 text, end = _backtick(sql, i + 1)
-                tokens.append(_Token("param", text, i))
+                tokens.append(Token("param", text, i))
                 i = end
             else:
                 raise _fail(sql, i, "'@' must be followed by a parameter name")
         elif c in _DIGITS or (c == "." and sql[i + 1 : i + 2] in _DIGITS):
             end = _number_end(sql, i)
-            tokens.append(_Token("number", sql[i:end], i))
+            tokens.append(Token("number", sql[i:end], i))
             i = end
         else:
-            tokens.append(_Token("punct", c, i))
+            tokens.append(Token("punct", c, i))
             i += 1
     return tokens
 
 
-def _skip_hint(tokens: list[_Token], i: int) -> int:
+def _skip_hint(tokens: list[Token], i: int) -> int:
     """If ``@{…}`` starts at ``i``, the index past its closing brace; else ``i``."""
     if i < len(tokens) and tokens[i].kind == "hint":
         depth = 0
@@ -272,7 +272,7 @@ def _skip_hint(tokens: list[_Token], i: int) -> int:
     return i
 
 
-def _kind(sql: str, tokens: list[_Token]) -> Literal["query", "dml"]:
+def _kind(sql: str, tokens: list[Token]) -> Literal["query", "dml"]:
     start = _skip_hint(tokens, 0)
     if start >= len(tokens):
         raise SqlProblem("empty statement: only a hint")
@@ -291,7 +291,7 @@ def _kind(sql: str, tokens: list[_Token]) -> Literal["query", "dml"]:
     raise _fail(sql, first.pos, f"{shown!r} does not start a query or DML: {allowed}")
 
 
-def _name_at(tokens: list[_Token], i: int) -> tuple[str | None, int]:
+def _name_at(tokens: list[Token], i: int) -> tuple[str | None, int]:
     """A dotted table name starting at ``i`` (words or quoted identifiers) and the index past it."""
     parts: list[str] = []
     j = i
@@ -306,7 +306,7 @@ def _name_at(tokens: list[_Token], i: int) -> tuple[str | None, int]:
     return (".".join(parts) if parts else None), j
 
 
-def _from_item(tokens: list[_Token], i: int) -> tuple[str | None, int]:
+def _from_item(tokens: list[Token], i: int) -> tuple[str | None, int]:
     """A table name in a FROM/JOIN item at ``i``, skipping subqueries, UNNEST and TVF calls."""
     if i >= len(tokens) or tokens[i].is_word("UNNEST", "SELECT", "LATERAL"):
         return None, i
@@ -316,7 +316,7 @@ def _from_item(tokens: list[_Token], i: int) -> tuple[str | None, int]:
     return name, j
 
 
-def _comma_items(tokens: list[_Token], j: int) -> tuple[list[str], int]:
+def _comma_items(tokens: list[Token], j: int) -> tuple[list[str], int]:
     """Further tables of a comma join after the FROM item that ended at ``j``."""
     names: list[str] = []
     while True:
@@ -336,7 +336,7 @@ def _comma_items(tokens: list[_Token], j: int) -> tuple[list[str], int]:
         j = end
 
 
-def _cte_names(tokens: list[_Token]) -> set[str]:
+def _cte_names(tokens: list[Token]) -> set[str]:
     names = set()
     for k in range(1, len(tokens) - 2):
         before, this = tokens[k - 1], tokens[k]
@@ -350,9 +350,9 @@ def _cte_names(tokens: list[_Token]) -> set[str]:
     return names
 
 
-def _tables(tokens: list[_Token]) -> tuple[str, ...]:
+def _tables(tokens: list[Token]) -> tuple[str, ...]:
     found: list[str] = []
-    openers: list[_Token | None] = []  # for each open paren, the token before it
+    openers: list[Token | None] = []  # for each open paren, the token before it
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -409,8 +409,9 @@ def _tables(tokens: list[_Token]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in found if t.upper() not in ctes))
 
 
-def scan_sql(sql: str) -> SqlInfo:
-    """Tokenize one GoogleSQL statement; raises SqlProblem when it cannot be whitelisted."""
+def statement_tokens(sql: str) -> list[Token]:
+    """The tokens of one statement (comments dropped, a final ``;`` cut off); SqlProblem as
+    ``scan_sql`` raises it for characters, tokens and a second statement."""
     _refuse_unclear_characters(sql)
     tokens = _tokenize(sql)
     for index, tok in enumerate(tokens):
@@ -420,8 +421,13 @@ def scan_sql(sql: str) -> SqlInfo:
                 raise _fail(
                     sql, extra.pos, "more than one statement: nothing but comments may follow ';'"
                 )
-            tokens = tokens[:index]
-            break
+            return tokens[:index]
+    return tokens
+
+
+def scan_sql(sql: str) -> SqlInfo:
+    """Tokenize one GoogleSQL statement; raises SqlProblem when it cannot be whitelisted."""
+    tokens = statement_tokens(sql)
     if not tokens:
         raise SqlProblem("empty statement")
     kind = _kind(sql, tokens)

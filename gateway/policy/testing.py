@@ -13,12 +13,15 @@ A case file (see ``policy-format.md``)::
         request: MCP list_orders
         arguments: {status: PAID}
         expect: {allow: true, reason: allowed, query: get_order,
-                 params: {tenant: t1, order_id: O-1}, roles: [support], rule: support}
+                 params: {tenant: t1, order_id: O-1}, roles: [support], rule: support,
+                 masked: []}
 
 ``expect.allow`` is required; every other key is compared only when given. ``params`` lists
 every bound parameter (defaults and claims included) and compares typed values, so ``"12.5"``
 equals ``"12.50"`` for a NUMERIC; ``roles`` is the exact set of roles that hold; ``rule`` is the
-role that allowed or denied. Claims become a Principal as in ``simulate.py``.
+role that allowed or denied; ``masked`` is the exact set of result columns masked for the
+caller (``[]``: every masked column is clear for it). Claims become a Principal as in
+``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
 no case, and the role entries that held in no case. An entry of a deny role of the route a case
@@ -71,6 +74,11 @@ class Expect(_Strict):
     params: dict[str, Any] | None = Field(None, description="Every bound parameter, typed.")
     roles: list[str] | None = Field(None, description="Exactly the roles that hold.")
     rule: str | None = Field(None, description="The role that allowed or denied.")
+    masked: list[str] | None = Field(
+        None,
+        description="Exactly the result columns masked for this caller (of the query's masks; "
+        "[]: it sees them all clear). A denied call masks nothing.",
+    )
 
 
 class PolicyCase(_Strict):
@@ -242,14 +250,15 @@ def _compare(expect: Expect, decision: Decision, held: frozenset[str]) -> tuple[
         "query": decision.query_name,
         "roles": sorted(held),
         "rule": decision.rule,
+        "masked": sorted(decision.masked),
     }
     lines: list[str] = []
     failed = False
-    for key in ("allow", "reason", "query", "roles", "rule"):
+    for key in ("allow", "reason", "query", "roles", "rule", "masked"):
         want = getattr(expect, key)
         if want is None and key != "allow":
             continue
-        want = sorted(set(want)) if key == "roles" else want
+        want = sorted(set(want)) if key in ("roles", "masked") else want
         if want == actual[key] and type(want) is type(actual[key]):
             lines.append(f"  {key}: {_show(want)}")
         else:
@@ -290,6 +299,13 @@ def _references(
             if role not in model.roles:
                 hint = did_you_mean(role, model.roles)
                 found.append(source.problem(at, f"unknown role '{role}'{hint}"))
+        masked = {c for q in model.queries.values() for c in q.mask}
+        for k, column in enumerate(e.masked or []):
+            if column not in masked:
+                hint = did_you_mean(column, masked)
+                found.append(source.problem(
+                    (*where, "masked", k), f"no query masks a column '{column}'{hint}"
+                ))
     return found
 
 

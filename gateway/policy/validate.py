@@ -18,6 +18,8 @@ policy may be served. What it checks, beyond the models:
   in either direction; a GET route must not reach DML; a DML query takes no ``staleness`` (it runs
   in a read-write transaction); ``timeout`` must be more than zero; every query is routed;
 - parameter constraints, which must fit the type (``constraints.py``);
+- masks (``masking.mask_findings``): ``unless`` roles exist, a masked column is one the
+  statement returns when its select list says so, DML without ``THEN RETURN`` masks nothing;
 - claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
   without the claim is always refused (403 claim-missing), so either would promise a value the
   gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.constraints import Finding, Where, param_findings
+from gateway.policy.masking import mask_findings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.regex import ascii_escapes
@@ -198,6 +201,8 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
             if info.kind == "dml" and query.staleness is not None:
                 findings.append(((*where, "staleness"), "staleness applies to reads; DML runs in a "
                                  "read-write transaction"))
+        found = mask_findings(name, query, infos.get(name), lambda r: ctx.unknown("roles", r))
+        findings.extend(found)
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():

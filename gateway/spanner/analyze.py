@@ -13,6 +13,8 @@ Contract:
   the OpenAPI document publishes. A result that the JSON body cannot carry is a problem too: a
   STRUCT column, an unnamed column (``SELECT COUNT(*)`` without ``AS``) or two columns with one
   name (rows are JSON objects keyed by column name).
+- A query's masks must name result columns (exactly: rows are keyed by them), and ``last4``
+  only STRING columns (``policy.masking.column_findings``): else a problem located at the mask.
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
@@ -30,10 +32,20 @@ from google.api_core import exceptions as gexc
 
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
+from gateway.policy.masking import column_findings
+from gateway.policy.source import dotted
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
 
-__all__ = ["PLAN_TIMEOUT_SECONDS", "Analysis", "Column", "Shape", "analyze_policy", "plan_query"]
+__all__ = [
+    "PLAN_TIMEOUT_SECONDS",
+    "Analysis",
+    "Column",
+    "Shape",
+    "analyze_policy",
+    "plan_query",
+    "type_name",
+]
 
 log = logging.getLogger("spangate.spanner")
 
@@ -79,19 +91,19 @@ class _Planned(Exception):  # control flow: roll the planning transaction back
     pass
 
 
-def _type_name(type_pb: Any) -> str:
+def type_name(type_pb: Any) -> str:
     """``INT64``, ``ARRAY<STRING>``... of a result field's type (a protobuf message)."""
     from google.cloud.spanner_v1 import TypeCode
 
     raw = type_pb.code
     code = raw.name if hasattr(raw, "name") else TypeCode(raw).name
     if code == "ARRAY":
-        return f"ARRAY<{_type_name(type_pb.array_element_type)}>"
+        return f"ARRAY<{type_name(type_pb.array_element_type)}>"
     return str(code)
 
 
 def _columns(fields: Any) -> tuple[Column, ...]:
-    return tuple(Column(f.name, _type_name(f.type_)) for f in (fields or ()))
+    return tuple(Column(f.name, type_name(f.type_)) for f in (fields or ()))
 
 
 async def _drain(stream: Any) -> None:
@@ -153,10 +165,12 @@ def _result_problems(columns: tuple[Column, ...]) -> list[str]:
     return out
 
 
-def _problem(policy: CompiledPolicy, name: str, message: str) -> PolicyProblem:
-    where = ("queries", name, "sql")
+def _problem(
+    policy: CompiledPolicy, name: str, message: str, where: tuple[str | int, ...] | None = None
+) -> PolicyProblem:
+    where = where or ("queries", name, "sql")
     file, line, column = policy.loaded.locate(where)
-    return PolicyProblem(file, line, column, f"queries.{name}.sql", message)
+    return PolicyProblem(file, line, column, dotted(where), message)
 
 
 def _spanner_words(exc: BaseException) -> str:
@@ -216,6 +230,9 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
             continue
         for message in _result_problems(columns):
             problems.append(_problem(policy, name, f"query {name!r}: {message}"))
+        pairs = [(c.name, c.type) for c in columns]
+        for where, message in column_findings(name, query.model.mask, pairs):
+            problems.append(_problem(policy, name, message, where))
         shapes[name] = Shape(columns)
     if problems:
         raise PolicyError(problems)

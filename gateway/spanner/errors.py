@@ -38,6 +38,7 @@ __all__ = ["RETRY_AFTER_SECONDS", "map_error", "timeout_error", "unavailable_err
 log = logging.getLogger("spangate.spanner")
 
 RETRY_AFTER_SECONDS = 2
+WITHHELD = "(Spanner's message withheld: this query masks result columns, which it may quote)"
 
 _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (gexc.AlreadyExists, 409, "conflict"),
@@ -112,17 +113,21 @@ def map_error(
     query: str | None = None,
     identity: str | None = None,
     role: str | None = None,
+    quiet: bool = False,
 ) -> SpannerError:
     """A Spanner/gRPC error -> ``SpannerError`` with a stable code and status (table above).
 
-    ``query``, ``identity`` and ``role`` only enrich the log line of a 5xx."""
+    ``query``, ``identity`` and ``role`` only enrich the log line of a 5xx. ``quiet``: the
+    query masks result columns, and Spanner's message may quote a row's value (a failed cast,
+    a check constraint): the log says that it was withheld instead of saying it."""
     name = type(exc).__name__
     message = _message(exc)
+    shown = WITHHELD if quiet else message
     grpc_code = getattr(getattr(exc, "grpc_status_code", None), "name", None) or name
     where = f"query {query!r} as identity {identity!r} (role {role!r})" if query else "a statement"
     if _session_lost(exc):
         # The session vanished (server restart, expiry): nothing ran; the client makes a new one.
-        log.warning("spanner session lost running %s: %s", where, message)
+        log.warning("spanner session lost running %s: %s", where, shown)
         return unavailable_error()
     if isinstance(exc, gexc.InvalidArgument | gexc.FailedPrecondition) and (
         "too many mutations" in message.lower() or "mutation limit" in message.lower()
@@ -139,7 +144,7 @@ def map_error(
             "spanner %s running %s: %s (the schema changed under the policy)",
             grpc_code,
             where,
-            message,
+            shown,
         )
         return SpannerError(
             _DETAILS["statement-invalid"],
@@ -154,17 +159,17 @@ def map_error(
                     "spanner %s running %s: %s (a policy/grant/schema mismatch)",
                     grpc_code,
                     where,
-                    message,
+                    shown,
                 )
             elif status == 400:
-                log.warning("spanner %s running %s: %s", grpc_code, where, message)
+                log.warning("spanner %s running %s: %s", grpc_code, where, shown)
             # Spanner's own message names tables, columns and SQL: it goes to the log only.
             detail = _DETAILS.get(code, "the statement failed")
             retry = RETRY_AFTER_SECONDS if status == 503 else None
             return SpannerError(
                 detail, status=status, code=code, spanner_code=grpc_code, retry_after=retry
             )
-    log.error("unexpected spanner error %s running %s: %s", name, where, message)
+    log.error("unexpected spanner error %s running %s: %s", name, where, shown)
     return SpannerError(
         "the statement failed", status=500, code="spanner-error", spanner_code=grpc_code
     )

@@ -54,7 +54,7 @@ from google.api_core import exceptions as gexc
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
-from gateway.spanner.analyze import Analysis, analyze_policy
+from gateway.spanner.analyze import Analysis, analyze_policy, type_name
 from gateway.spanner.errors import map_error, timeout_error, unavailable_error
 from gateway.spanner.identities import CONNECT_TIMEOUT_SECONDS, Databases
 from gateway.spanner.limits import check_limits
@@ -101,6 +101,12 @@ _COMMIT_REFUSED: tuple[type[Exception], ...] = (
 # discarded with it), never for an Idempotency-Key replay. An exception it raises rolls the write
 # back and reaches the caller.
 InTransaction = Callable[[Any, Result], Awaitable[None] | None]
+
+
+def _types(query: CompiledQuery, fields: Any) -> list[str]:
+    """The result columns' Spanner types, for a query that masks columns (what its masks hash
+    and redact by); nothing for the others, which need none."""
+    return [type_name(f.type_) for f in fields or ()] if query.model.mask else []
 
 
 def _rows(columns: list[str], raw: list[Any]) -> list[dict[str, Any]]:
@@ -445,7 +451,11 @@ class Executor:
             raise timeout_error(timeout, outcome="unknown") from exc.cause
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise map_error(
-                exc, query=query.name, identity=identity, role=self.databases.roles.get(identity)
+                exc,
+                query=query.name,
+                identity=identity,
+                role=self.databases.roles.get(identity),
+                quiet=bool(query.model.mask),  # Spanner's words may quote a masked value
             ) from exc
         finally:
             if self.on_statement is not None:
@@ -606,6 +616,7 @@ class Executor:
             finally:
                 await rows.aclose()
             result.columns = [f.name for f in stream.fields] if stream.fields else []
+            result.types = _types(query, stream.fields)
         result.rows = _rows(result.columns, raw)
         result.row_count = len(result.rows)
         return result
@@ -742,6 +753,7 @@ class Executor:
         )
         raw = [row async for row in stream]  # read to the end: the statement's stats come last
         result.columns = [f.name for f in stream.fields] if stream.fields else []
+        result.types = _types(query, stream.fields)
         limit = query.model.max_rows
         result.rows = _rows(result.columns, raw[:limit])
         result.truncated = len(raw) > limit

@@ -203,6 +203,7 @@ def _stored_body(result: Result) -> str:
     return json.dumps(
         {
             "columns": result.columns,
+            "types": result.types,
             "rows": result.rows,
             "row_count": result.row_count,
             "truncated": result.truncated,
@@ -233,6 +234,7 @@ async def lookup(transaction: Any, key: IdempotencyKey, *, now: dt.datetime) -> 
     body = json.loads(response)
     result = Result(
         columns=list(body["columns"]),
+        types=[str(t) for t in body.get("types", ())],  # absent in records of older gateways
         rows=list(body["rows"]),
         row_count=int(body["row_count"]),
         truncated=bool(body["truncated"]),

@@ -19,9 +19,13 @@ __all__ = ["Result", "response_body", "rfc3339", "to_json"]
 @dataclass
 class Result:
     """What one statement produced. ``replayed``: a write answered from its Idempotency-Key record
-    (nothing ran again); ``commit_timestamp`` is then the first commit's."""
+    (nothing ran again); ``commit_timestamp`` is then the first commit's. ``types``: each
+    column's Spanner type as the statement returned it (``INT64``, ``ARRAY<STRING>``), kept for
+    queries with column masks; empty otherwise, or when unknown (an Idempotency-Key record
+    stored without them)."""
 
     columns: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     row_count: int = 0
     truncated: bool = False

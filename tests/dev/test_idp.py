@@ -198,6 +198,7 @@ def test_load_clients_has_the_personas() -> None:
     clients = {c["client_id"]: c for c in load_clients()}
     assert set(clients) == {
         "support-console",
+        "support-lead",
         "order-agent",
         "order-writer",
         "outsider",
