@@ -1,5 +1,8 @@
 # spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
-# Everything is installed from the repository's lock files: requirements.lock (pip, hashes)
+# Everything is installed from the repository's lock files (pip, with hashes):
+#   requirements.lock        what the gateway needs at run time
+#   requirements-dev.lock    the same pins plus the development tools (pytest, mypy, ruff, ...)
+#   requirements-build.lock  the build backend (setuptools) that turns the package into a wheel
 # and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -17,8 +20,9 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spangate needs Python 3.11 or newer"'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -54,11 +58,15 @@ schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
 	$(BIN)/python -m gateway.policy.schema --cases > policies/policy-test.schema.json
 
-# Re-pin the Python dependencies (needs `uv` on PATH or in the venv).
+# Re-pin the Python dependencies (installs `uv` into the venv). The run-time lock first; the dev
+# lock is constrained by it and the build lock by the dev lock: a package is pinned the same in all.
+COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --no-header
 lock:
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
-	  --no-header -o requirements.lock
+	$(COMPILE) pyproject.toml -o requirements.lock
+	$(COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(COMPILE) - -c requirements-dev.lock -o requirements-build.lock
 
 clean:
 	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run
