@@ -1,6 +1,7 @@
-# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
+# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test;
+# `make image` builds the container image (docs/image.md).
 # Everything is installed from the repository's lock files (pip, with hashes):
-#   requirements.lock        what the gateway needs at run time
+#   requirements.lock        what the gateway needs at run time (the container image installs only this)
 #   requirements-dev.lock    the same pins plus the development tools (pytest, mypy, ruff, ...)
 #   requirements-build.lock  the build backend (setuptools) that turns the package into a wheel
 # and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci).
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed-stamp
 IDP    := dev/idp/node_modules/.package-lock.json
 INSPECTOR := dev/mcp-inspector/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit bench schema lock clean
+.PHONY: setup demo test lint typecheck unit bench schema lock image clean
 
 setup: $(STAMP) $(IDP) $(INSPECTOR)
 
@@ -44,6 +45,7 @@ demo: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests $(wildcard bench)
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -68,5 +70,12 @@ lock:
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	  | $(COMPILE) - -c requirements-dev.lock -o requirements-build.lock
 
+# The container image, built with buildah as root (docs/image.md). Without BASE_IMAGE its base is
+# made from Debian packages (debootstrap); where a registry can be reached:
+#   make image BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
+image: | $(BIN)/python
+	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(BIN)/python" dev/image/build.sh
+
 clean:
-	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run
+	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run dev/image/wheelhouse/*.whl \
+	  dev/image/wheelhouse/.locks-sha256
