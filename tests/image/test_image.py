@@ -199,6 +199,8 @@ def test_the_image_holds_the_runtime_lock_and_no_compiler_pip_or_cache(
     ]
     assert caches == []
     assert not (root / "opt" / "spangate" / "bin" / "pip").exists()
+    leftovers = ["wheelhouse", "src", "dist", "opt/build", "root/.cache"]  # the builder's
+    assert [path for path in leftovers if (root / path).exists()] == []
 
 
 def _descendants(pid: int) -> list[int]:
