@@ -55,6 +55,17 @@ class Served:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def log_with(self, text: str, timeout: float = 15.0) -> str:
+        """The server's log once it holds ``text`` (log lines reach the file from a writer thread,
+        in batches: a line is not there the moment its request was answered); the log as it is
+        after ``timeout`` otherwise, for the caller's assertion to show."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log.read_text()
+            if text in log or time.monotonic() > deadline:
+                return log
+            time.sleep(0.05)
+
     def trail_files(self) -> list[Path]:
         """The audit files written so far: the file, or with ``SPANGATE_WORKERS`` one per worker
         (``audit-PORT.wN.jsonl``), and their rotated files."""

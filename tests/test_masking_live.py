@@ -226,7 +226,8 @@ def test_hash_last4_and_null_mask_each_row_and_hashes_join(
     # equal values mask equally across queries: a caller joins orders to customers by hash
     contacts = get(modes_server.base, "/v1/orders-with-contact", support).json()["rows"]
     by_hash = {r["Email"]: r["CustomerId"] for r in rows}
-    assert [(r["OrderId"], by_hash[r["Contact"]]) for r in contacts] == [
+    seeded = {"O-1001", "O-1002", "O-1003", "O-1004"}  # other tests add orders to the shared t1
+    assert [(r["OrderId"], by_hash[r["Contact"]]) for r in contacts if r["OrderId"] in seeded] == [
         ("O-1001", "C-1"), ("O-1002", "C-2"), ("O-1003", "C-1"), ("O-1004", "C-3")
     ]  # fmt: skip
     again = get(modes_server.base, "/v1/customers", support).json()["rows"]
@@ -271,8 +272,8 @@ def test_spanners_message_quoting_a_masked_value_never_reaches_the_log(
     problem = answer.json()
     assert problem["code"] == "statement-rejected"
     assert "wile" not in answer.text
-    log = modes_server.log.read_text()
-    assert "Spanner's message withheld: this query masks result columns" in log
+    withheld = "Spanner's message withheld: this query masks result columns"
+    assert withheld in modes_server.log_with(withheld)
     assert_never_in_clear(modes_server)
 
 
@@ -293,8 +294,8 @@ def test_a_reload_with_a_mask_spanner_cannot_honour_is_refused(
         assert refused
     finally:
         policy.write_text(good)
-    log = modes_server.log.read_text()
-    assert "mask on column 'Nmae', which query list_customers does not return" in log
+    refusal = "mask on column 'Nmae', which query list_customers does not return"
+    assert refusal in modes_server.log_with(refusal)
     rows = get(modes_server.base, "/v1/customers", token_for("support-console")).json()["rows"]
     assert rows[0]["Name"] == "***yote"  # the old policy keeps serving
 

@@ -497,13 +497,17 @@ class Executor:
                 task.cancel()
                 raise
             loop = asyncio.get_running_loop()
+            # What the caller is told (``outcome``): ``unknown`` while its Commit is in flight,
+            # and for a keyed write cut while its key was read (an earlier write of that key may
+            # have committed); either way it gets a follow-up event once it settles.
+            unknown = state.outcome() == "unknown"
             self._settling[task] = _Settling(request=request, commit_sent=state.commit_sent)
             bound = SETTLE_TIMEOUT_SECONDS if state.commit_sent else ROLLBACK_TIMEOUT_SECONDS
             timer = loop.call_later(bound, task.cancel)
             task.add_done_callback(
                 functools.partial(
                     self._settled,
-                    unknown=state.commit_sent,
+                    unknown=unknown,
                     answered_at=loop.time(),
                     timer=timer,
                     on_settled=on_settled,
