@@ -36,6 +36,7 @@ __all__ = [
     "parse_machine",
     "parse_process",
     "process_ticks",
+    "too_busy",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -102,6 +103,12 @@ def foreign_share(busy_ticks: int, ours_ticks: float, wall_s: float, cores: int,
     if capacity <= 0:
         return 0.0
     return max(0.0, busy_ticks - ours_ticks) / capacity
+
+
+def too_busy(foreign: float, limit: float) -> bool:
+    """Whether a phase with this foreign share is refused; a ``limit`` of 1 or more turns the
+    check off (a smoke run on a shared machine)."""
+    return limit < 1 and foreign > limit
 
 
 @dataclass
