@@ -36,8 +36,8 @@ PAIRS = (("raw-sync", "raw sync"), ("raw-async", "raw async"), ("fastapi", "Fast
 class Cell:
     target: str
     conc: int
-    rounds: list[float]  # req/s of every round, refused ones included
-    accepted: int
+    rounds: list[float]  # req/s of every accepted round
+    refused: int  # rounds refused (the machine was busy): not reported
     per_second: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -56,7 +56,7 @@ def aggregate(options: Options, phases: Sequence[Phase]) -> list[Cell]:
         for conc in options.conc:
             mine = [p for p in phases if p.target == target and p.conc == conc]
             ok = [p for p in mine if not p.refused]
-            cell = Cell(target, conc, [p.per_second for p in mine], len(ok))
+            cell = Cell(target, conc, [p.per_second for p in ok], len(mine) - len(ok))
             if ok:
                 cell.per_second = _median([p.per_second for p in ok])
                 cell.p50_ms = _median([p.p50_ms for p in ok])
@@ -178,10 +178,10 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
-        rounds = ", ".join(f"{r:,.0f}" for r in c.rounds)
-        if c.accepted < len(c.rounds):
-            rounds += f" ({len(c.rounds) - c.accepted} refused)"
-        req = _num(c.per_second, ",.0f") if c.accepted else "refused"
+        rounds = ", ".join(
+            [f"{r:,.0f}" for r in c.rounds] + [f"{c.refused} refused"] * bool(c.refused)
+        )
+        req = _num(c.per_second, ",.0f") if c.rounds else "refused"
         lines.append(
             f"| {LABELS[c.target]} | {c.conc} | {req} | {rounds} | {_num(c.p50_ms, '.2f')} "
             f"| {_num(c.p99_ms, '.2f')} | {_num(c.cpu_ms.get('server'), '.3f')} "
@@ -207,14 +207,18 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
         "",
         "## Phases",
         "",
-        "| round | target | conc | req/s | p50 ms | p99 ms | foreign CPU | |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| round | target | conc | req/s | p50 ms | p99 ms | foreign CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for p in run["phases"]:
+        measured = (
+            "refused | | "
+            if p["refused"]
+            else f"{p['per_second']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f}"
+        )
         lines.append(
-            f"| {p['round']} | {LABELS[p['target']]} | {p['conc']} | {p['per_second']:,.0f} "
-            f"| {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['foreign']:.1%} "
-            f"| {'refused' if p['refused'] else ''} |"
+            f"| {p['round']} | {LABELS[p['target']]} | {p['conc']} | {measured} "
+            f"| {p['foreign']:.1%} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -243,7 +247,10 @@ def chart(run: dict[str, Any], cells: Sequence[Cell], png: Path, svg: Path) -> N
         axis.set_xticks(concs, [str(c) for c in concs])
         axis.set_ylim(bottom=0)
         axis.grid(True, alpha=0.3)
-    left.legend(fontsize="small")
+    if left.lines:
+        left.legend(fontsize="small")
+    else:
+        left.text(0.5, 0.5, "every phase refused", ha="center", transform=left.transAxes)
     m = run["machine"]
     figure.suptitle(
         f"spangate end to end, {run['when']}: {m['cores']} cores, {m['cpu']}"

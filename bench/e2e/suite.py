@@ -64,15 +64,19 @@ class Phase:
     foreign: float  # share of the machine's capacity spent by others
     refused: bool
 
-    def line(self) -> str:
+    def line(self, limit: float) -> str:
+        where = f"  round {self.round}  x{self.conc:<3} {self.target:<9}"
+        if self.refused:
+            return (
+                f"{where}  REFUSED: the machine was busy (foreign CPU {self.foreign:.1%}, "
+                f"over {limit:.0%})"
+            )
         cpu = "  ".join(
             f"{role} {value:.3f}" for role, value in self.cpu_ms.items() if value is not None
         )
-        verdict = "REFUSED: the machine was busy" if self.refused else ""
         return (
-            f"  round {self.round}  x{self.conc:<3} {self.target:<9} {self.per_second:9,.1f} req/s"
-            f"  p50 {self.p50_ms:7.2f} ms  p99 {self.p99_ms:7.2f} ms  CPU ms/req: {cpu}"
-            f"  foreign {self.foreign:6.1%}  {verdict}"
+            f"{where} {self.per_second:9,.1f} req/s  p50 {self.p50_ms:7.2f} ms"
+            f"  p99 {self.p99_ms:7.2f} ms  CPU ms/req: {cpu}  foreign {self.foreign:.1%}"
         )
 
 
@@ -168,7 +172,7 @@ def run(options: Options) -> list[Phase]:
                     callers=callers, tokens=tokens, policy=policy,
                 )  # fmt: skip
                 shutil.rmtree(here, ignore_errors=True)  # audit trails and logs: MBs a phase
-                print(phase.line(), flush=True)
+                print(phase.line(options.max_foreign), flush=True)
                 phases.append(phase)
     return phases
 
