@@ -1,5 +1,6 @@
 """The processes of a run: the emulator with its database, the OpenID provider and its tokens, and
 the two HTTP targets (``spangate serve``, the hand-written service) or a raw client's driver.
+Tokens are fetched afresh for every phase (a run may outlast their hour), and cached through it.
 
 Everything listens on 127.0.0.1 on a free port, runs in a process group of its own (a Ctrl-C of
 the suite does not reach it half-way) and is stopped by its pid. The gateway is started as
@@ -41,6 +42,7 @@ __all__ = [
     "Driver",
     "Server",
     "StackError",
+    "callers",
     "fresh_database",
     "gateway",
     "handwritten",
@@ -87,22 +89,29 @@ def fresh_database(folder: Path, policy: Path) -> Any:
 
 
 @contextmanager
-def identity_provider(folder: Path) -> Iterator[tuple[Any, list[Caller]]]:
-    """The repository's OpenID provider and one cached token per persona of ``PERSONAS``."""
-    from gateway.dev.idp import fetch_token, load_clients, start_idp
+def identity_provider(folder: Path) -> Iterator[Any]:
+    """The repository's OpenID provider (an ``IdpProcess``), stopped at the block's end."""
+    from gateway.dev.idp import start_idp
     from gateway.dev.keys import write_signing_keys
 
     keys = folder / "idp-keys.json"
     write_signing_keys(keys)
-    clients = {c["client_id"]: c for c in load_clients(REPO / "dev" / "idp" / "clients.json")}
     with start_idp(idp_dir=REPO / "dev" / "idp", keys_path=keys) as idp:
-        callers = []
-        for persona in PERSONAS:
-            client = clients[persona]
-            scopes = " ".join(client.get("scopes") or []) or None
-            token = fetch_token(idp.issuer, persona, str(client["client_secret"]), scope=scopes)
-            callers.append(Caller(persona, str(client["claims"]["tenant"]), token))
-        yield idp, callers
+        yield idp
+
+
+def callers(issuer: str) -> list[Caller]:
+    """A new token for each persona of ``PERSONAS``, with all its client's scopes."""
+    from gateway.dev.idp import fetch_token, load_clients
+
+    clients = {c["client_id"]: c for c in load_clients(REPO / "dev" / "idp" / "clients.json")}
+    found = []
+    for persona in PERSONAS:
+        client = clients[persona]
+        scopes = " ".join(client.get("scopes") or []) or None
+        token = fetch_token(issuer, persona, str(client["client_secret"]), scope=scopes)
+        found.append(Caller(persona, str(client["claims"]["tenant"]), token))
+    return found
 
 
 @dataclass
@@ -194,7 +203,10 @@ def gateway(
         "SPANGATE_DRAIN_SECONDS": "0",
         **env,
     }
-    argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port)]
+    # The console script the image runs (ENTRYPOINT spangate), installed beside this Python.
+    script = Path(sys.executable).with_name("spangate")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "gateway"]
+    argv = [*command, "serve", "--policy", str(policy), "--port", str(port)]
     return _serve("gateway", argv, variables, folder, port, "/readyz")
 
 

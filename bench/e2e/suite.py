@@ -161,12 +161,13 @@ def run(options: Options) -> list[Phase]:
     with tempfile.TemporaryDirectory(prefix="spangate-bench-e2e-") as tmp:
         folder = Path(tmp)
         policy = example_policy(folder)  # without budgets: the budgets suite measures them
-        with stack.identity_provider(folder) as (idp, callers):
-            tokens = folder / "tokens.txt"
-            tokens.write_text("".join(f"{c.token}\n" for c in callers))
+        with stack.identity_provider(folder) as idp:
             for n, (round_, conc, target) in enumerate(schedule(options), 1):
                 here = folder / f"phase-{n}"
                 here.mkdir()
+                callers = stack.callers(idp.issuer)
+                tokens = here / "tokens.txt"
+                tokens.write_text("".join(f"{c.token}\n" for c in callers))
                 phase = _phase(
                     options, here, target=target, conc=conc, round_=round_, issuer=idp.issuer,
                     callers=callers, tokens=tokens, policy=policy,
