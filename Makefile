@@ -78,8 +78,11 @@ $(CHART_STAMP): dev/chart-tools/requirements.txt
 	$(CHART_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r dev/chart-tools/requirements.txt
 	@touch $@
 
+# The benchmarks (docs/performance.md): every component module, then the end-to-end suite, which
+# needs wrk (apt-get install wrk) and writes bench/results/. ARGS picks, e.g.
+#   make bench ARGS="e2e --seconds 5 --conc 8"     make bench ARGS="tokens decide --quick"
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json

@@ -27,6 +27,11 @@ __all__ = ["policy_with", "run"]
 ROLES = 10
 
 
+# An MCP tool is named after its query unless the route says otherwise, and two tools may not
+# share a name: only the first pair of routes offers its query as a tool.
+NO_TOOL: dict[str, Any] = {"tool": False}
+
+
 def policy_with(routes: int) -> dict[str, Any]:
     """A valid policy of ``routes`` routes (an even number), as plain data."""
     roles: dict[str, Any] = {f"role{r}": [{"groups": [f"g{r}"]}] for r in range(ROLES)}
@@ -42,6 +47,7 @@ def policy_with(routes: int) -> dict[str, Any]:
                 "query": "get_thing",
                 "allow": allow,
                 "deny": deny,
+                **({} if k == 0 else NO_TOOL),
             }
         )
         table.append(
@@ -51,6 +57,7 @@ def policy_with(routes: int) -> dict[str, Any]:
                 "query": "list_things",
                 "allow": allow,
                 "deny": deny,
+                **({} if k == 0 else NO_TOOL),
             }
         )
     return {

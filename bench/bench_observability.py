@@ -63,6 +63,7 @@ class _Databases:
 
 class _Executor:
     databases = _Databases()
+    on_statement: Any = None  # the gateway sets its statement-latency metric here
 
     async def run(self, query: Any, values: Any, **options: Any) -> Any:
         from gateway.spanner.results import Result

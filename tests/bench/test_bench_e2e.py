@@ -1,0 +1,147 @@
+"""The end-to-end benchmark (``python -m bench e2e``) keeps working: its structure, never its speed.
+
+A ``--quick`` run with 1 s phases at one concurrency starts everything for real (emulators, the
+OpenID provider, ``spangate serve``, the hand-written service, wrk, the raw drivers) and must
+report every target, compute every ratio and write its files. The foreign-CPU guard is off there
+(the machine running the tests is busy by design); its rule and the aggregation that leaves
+refused phases out are tested on plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.e2e import cpu, report
+from bench.e2e.suite import LABELS, TARGETS, Options, Phase
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_quick_run_reports_every_target_computes_the_ratios_and_writes_its_files(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "e2e", "--quick", "--conc", "2", "--max-foreign", "1",
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    written = sorted(p.name for p in out.iterdir())
+    stamps = {Path(name).stem for name in written}
+    assert len(stamps) == 1, written  # one dated set, and no latest.*: a smoke run is no result
+    (stamp,) = stamps
+    assert written == sorted(f"{stamp}.{ext}" for ext in ("json", "md", "png", "svg"))
+    assert (out / f"{stamp}.png").read_bytes().startswith(b"\x89PNG")
+    assert "<svg" in (out / f"{stamp}.svg").read_text()
+
+    result = json.loads((out / f"{stamp}.json").read_text())
+    assert {(p["target"], p["conc"]) for p in result["phases"]} == {(t, 2) for t in TARGETS}
+    for phase in result["phases"]:
+        assert phase["requests"] > 0 and not phase["refused"], phase
+        cpu_ms = phase["cpu_ms"]
+        assert cpu_ms["emulator"] is not None and cpu_ms["driver"] is not None, phase
+        assert (cpu_ms["server"] is None) == phase["target"].startswith("raw-"), phase
+        assert 0 <= phase["foreign"] <= 1
+    assert [c["target"] for c in result["cells"]] == list(TARGETS)
+    (ratios,) = result["ratios"]
+    assert ratios["conc"] == 2
+    for other in ("raw-sync", "raw-async", "fastapi"):
+        for metric in ("throughput", "p50"):
+            value = ratios[f"{metric} gateway/{other}"]
+            assert value is not None and math.isfinite(value) and value > 0, (metric, other)
+    assert set(result["machine"]) == {"cores", "cpu", "kernel"}
+    versions = result["versions"]
+    for name in ("python", "google-cloud-spanner", "emulator", "wrk", "spangate"):
+        assert versions[name] and versions[name] != "unknown", (name, versions)
+
+    text = (out / f"{stamp}.md").read_text()
+    assert "Not a result" in text and f"]({stamp}.png)" in text
+    for label in LABELS.values():
+        assert f"| {label} | 2 |" in text
+    assert "req/s gateway / raw sync" in text and "req/s gateway / FastAPI" in text
+
+
+def test_without_wrk_it_says_how_to_install_it_and_stops(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "e2e", "--quick", "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(empty)},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "apt-get install wrk" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- The foreign-CPU guard and the aggregation, on plain values --------------------------------
+
+
+def test_proc_lines_are_read_field_by_field() -> None:
+    machine = cpu.parse_machine("cpu  100 5 40 800 20 3 2 10 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    assert machine == cpu.MachineTicks(busy=100 + 5 + 40 + 3 + 2 + 10, total=160 + 800 + 20)
+    # A command name may hold spaces and parentheses: fields are counted from its last ")".
+    line = "42 (a) b (c) S 7 42 42 0 -1 4194304 10 0 0 0 1500 250 0 0 20 0 9 0 100 1 1"
+    assert cpu.parse_process(line) == (7, 1750)
+    with pytest.raises(ValueError):
+        cpu.parse_machine("intr 1 2 3\n")
+
+
+def test_foreign_cpu_is_the_busy_time_that_was_not_ours_as_a_share_of_the_machine() -> None:
+    # 2 cores for 10 s at 100 ticks a second: 2,000 ticks. Busy 1,500, ours 1,300: 10 %.
+    assert cpu.foreign_share(1500, 1300, 10.0, 2, 100) == pytest.approx(0.10)
+    assert cpu.foreign_share(1200, 1300, 10.0, 2, 100) == 0.0  # never below nothing
+    assert cpu.too_busy(0.11, 0.10) and not cpu.too_busy(0.10, 0.10)
+    assert not cpu.too_busy(0.99, 1.0)  # 1: the check is off
+
+
+def _phase(target: str, per_second: float, *, refused: bool = False, round_: int = 1) -> Phase:
+    return Phase(
+        round=round_, target=target, conc=8, requests=int(per_second * 10), per_second=per_second,
+        p50_ms=1000 * 8 / per_second, p99_ms=50.0, wall_s=10.0,
+        cpu_ms={"server": None, "emulator": 1.0, "driver": 1.0}, foreign=0.5 if refused else 0.01,
+        refused=refused,
+    )  # fmt: skip
+
+
+def test_refused_phases_stay_out_of_the_cells_and_the_ratios(tmp_path: Path) -> None:
+    options = Options(
+        seconds=10, warmup=2, conc=[8], rounds=2, targets=list(TARGETS), max_foreign=0.1,
+        out=tmp_path, quick=False,
+    )  # fmt: skip
+    phases = [
+        _phase("raw-sync", 500), _phase("raw-sync", 600, round_=2),
+        _phase("raw-async", 700), _phase("raw-async", 9999, refused=True, round_=2),
+        _phase("gateway", 450), _phase("gateway", 9999, refused=True, round_=2),
+        _phase("fastapi", 1, refused=True), _phase("fastapi", 1, refused=True, round_=2),
+    ]  # fmt: skip
+    cells = {c.target: c for c in report.aggregate(options, phases)}
+    assert cells["raw-sync"].per_second == 550 and cells["raw-sync"].rounds == [500, 600]
+    assert cells["raw-async"].per_second == 700 and cells["raw-async"].rounds == [700]
+    assert cells["raw-async"].refused == 1
+    assert cells["fastapi"].per_second is None and cells["fastapi"].refused == 2
+    (ratios,) = report.ratios(list(cells.values()))
+    assert ratios["throughput gateway/raw-sync"] == pytest.approx(450 / 550)
+    assert ratios["throughput gateway/raw-async"] == pytest.approx(450 / 700)
+    assert ratios["throughput gateway/fastapi"] is None  # refused: no ratio, not a made-up one
+    text = report.markdown(
+        {"when": "now", "machine": report.machine(), "refused": 3,
+         "versions": dict.fromkeys(
+             ("python", "google-cloud-spanner", "grpcio", "emulator", "wrk", "fastapi",
+              "uvicorn", "pyjwt", "spangate"), "v"),
+         "options": {"quick": False, "rounds": 2, "seconds": 10, "warmup": 2, "max_foreign": 0.1,
+                     "gateway_env": {}},
+         "phases": [vars(p) for p in phases], "ratios": [ratios]},
+        list(cells.values()), "chart.png",
+    )  # fmt: skip
+    assert "**Not a result: 3 of 8 phases were refused.**" in text
+    assert "| hand-written FastAPI | 8 | refused | 2 refused |" in text
+    assert "| raw AsyncClient | 8 | 700 | 700, 1 refused |" in text
+    assert "9,999" not in text  # a refused phase's numbers are not reported
