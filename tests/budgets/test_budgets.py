@@ -364,19 +364,25 @@ async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
 
 # -- giving back, keys, header bounds ------------------------------------------------------------
 async def test_a_refund_gives_back_the_calls_and_writes_of_its_window(tmp_path: Path) -> None:
-    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 1/day}")
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 2/day}")
     create = next(r for r in policy.routes if r.query.is_dml)
-    clock = Clock()
-    budgets = Budgets(MemoryStore(), clock=clock)
+    clock = Clock()  # 20 s into its minute
+    store = MemoryStore()
+    budgets = Budgets(store, clock=clock)
     roles = frozenset({"order-writer"})
     spend = await budgets.spend(policy, create, roles, who())
     assert spend is not None and spend.headers["RateLimit"].startswith('"calls";r=4;')
-    clock.now += 30  # the next minute: the refund still goes to the window it was taken in
-    await budgets.refund(spend)
+    clock.now += 45  # 5 s into the next minute
+    later = await budgets.spend(policy, create, roles, who())  # the new minute's first call
+    assert later is not None and [u.used for u in later.used] == [1, 2]
+    await budgets.refund(spend)  # to the window it was taken in, not the current one
     await budgets.refund(spend)  # once only
-    assert [u.used for u in spend.used] == [0, 0]
+    assert [u.used for u in spend.used] == [0, 1]
+    calls = spend.counters[0]
+    assert (await store.add(calls, 0, clock.now - 45))[0] == 0  # its minute: given back
+    assert (await store.add(calls, 0, clock.now))[0] == 1  # the new minute: untouched
     again = await budgets.spend(policy, create, roles, who())  # the write was given back
-    assert again is not None and [u.used for u in again.used] == [1, 1]
+    assert again is not None and [u.used for u in again.used] == [2, 2]
     with pytest.raises(BudgetExceeded, match="writes"):
         await budgets.spend(policy, create, roles, who())
 
