@@ -29,7 +29,7 @@ from gateway.audit.recorder import (
 )
 from gateway.audit.trail import AuditTrail
 from gateway.auth.verify import TokenVerifier, bearer_token
-from gateway.budgets.check import Budgets
+from gateway.budgets.check import Budgets, Spend, refundable
 from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
 from gateway.errors import AuditUnavailable, BadRequest, GatewayError
@@ -53,7 +53,7 @@ from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import decide_route, match_route
 from gateway.settings import Settings
-from gateway.spanner.execute import Executor, tags_for
+from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import response_body
 
@@ -364,12 +364,7 @@ class Gateway:
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
         call.request_tag = tags.request
-        sent = False
-
-        def on_sent() -> None:
-            nonlocal sent
-            sent = True
-
+        sent: set[Sent] = set()  # what reached Spanner (the key's lookup, the statement)
         try:
             call.result = await self.executor.run(
                 route.query,
@@ -383,20 +378,29 @@ class Gateway:
                     self.audit, call, policy, key=self._audit_key, database=self._database
                 ),
                 on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
-                on_sent=on_sent,
+                on_sent=sent.add,
             )
         except Exception:
-            if spend is not None and not sent:  # refused before its statement: nothing spent
-                await self.budgets.refund(spend)
-                call.extra["ratelimit"] = spend.headers
+            if spend is not None:  # what it never sent to Spanner is given back
+                await self._give_back(call, spend, sent)
             raise
         if spend is not None:
-            if call.result.replayed:  # a stored answer: no statement ran for this call
-                await self.budgets.refund(spend)
+            if SENT_STATEMENT not in sent:  # a replay: no statement ran for this call
+                await self._give_back(call, spend, sent)
             elif not route.query.is_dml:  # rows: counted after the read
                 await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
+
+    async def _give_back(self, call: CallRecord, spend: Spend, sent: set[Sent]) -> None:
+        """Refund what ``sent`` says the call never used (``refundable``). Never raises: the
+        call's own answer (or error) stands whatever the budget store does."""
+        kinds = refundable(looked_up=SENT_LOOKUP in sent, statement=SENT_STATEMENT in sent)
+        try:
+            await self.budgets.refund(spend, kinds)
+        except Exception:
+            log.exception("request %s: giving back its budget failed", call.request_id)
+        call.extra["ratelimit"] = spend.headers
 
 
 def create_app(

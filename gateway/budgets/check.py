@@ -1,11 +1,13 @@
 """The budget check of ``Gateway._run``: spend before the statement, count rows after, and give
-back what a call spent when its statement provably never started.
+back what a call spent on what it never sent to Spanner (``refundable``).
 
 What a call spends: a call whose statement ran, or may have run (a write whose outcome is
-``unknown``), has spent its ``calls`` (and ``writes``). A call whose statement provably never
-started gets them back: refused after the check (Spanner's limits, 503 while Spanner is
-unreachable or too many writes settle, an Idempotency-Key used for another request) or answered
-from a stored Idempotency-Key answer (a replay: nothing ran again). The refund is an atomic
+``unknown``), has spent its ``calls`` (and ``writes``). A call that sent nothing to Spanner gets
+both back: refused after the check (Spanner's limits, 503 up front while Spanner is unreachable
+or too many writes settle). A keyed write that read its Idempotency-Key record and then ran no
+DML (a replay, 422 ``idempotency-key-reused``, the key's table missing, cut by its deadline
+during the lookup) keeps its ``calls`` spent (a read-write transaction read, and locked, the
+key's row: looping replays is not free) and gets its ``writes`` back. The refund is an atomic
 decrement in the same store and window (``BudgetStore.refund``).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from gateway.auth.principal import Principal
@@ -24,7 +26,7 @@ from gateway.budgets.store import BudgetStore, StoreUnavailable
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 
-__all__ = ["Budgets", "Spend"]
+__all__ = ["Budgets", "Spend", "refundable"]
 
 log = logging.getLogger("spangate")
 
@@ -37,11 +39,22 @@ class Spend:
     used: list[Usage] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
     at: float = 0.0
-    refunded: bool = False
+    refunded: set[str] = field(default_factory=set)  # the kinds given back
 
     @property
     def headers(self) -> dict[str, str]:
         return rate_headers(self.used)
+
+
+def refundable(*, looked_up: bool, statement: bool) -> frozenset[str]:
+    """The kinds a call gets back, by what it sent to Spanner: nothing (it sent nothing), ``writes``
+    (only an Idempotency-Key lookup: no DML ran, the transaction that read the key is paid for),
+    or ``calls`` and ``writes`` (nothing at all). Pure."""
+    if statement:
+        return frozenset()
+    if looked_up:
+        return frozenset({"writes"})
+    return frozenset({"calls", "writes"})
 
 
 class Budgets:
@@ -107,18 +120,27 @@ class Budgets:
             },
         )
 
-    async def refund(self, spend: Spend) -> None:
-        """Give back what ``spend`` took (its statement provably never started), once. A store
-        that fails here is logged: the call's answer stands, and its spend with it."""
-        if spend.refunded:
+    async def refund(self, spend: Spend, kinds: Collection[str] = ("calls", "writes")) -> None:
+        """Give back what ``spend`` took of ``kinds`` (see ``refundable``), each kind once, to the
+        windows it was taken in. A store that fails here is logged: the call's answer stands,
+        and its spend with it."""
+        picked = [
+            k
+            for k, (usage, counter) in enumerate(zip(spend.used, spend.counters, strict=True))
+            if usage.limit.kind in kinds
+            and usage.limit.kind not in spend.refunded
+            and counter.cost > 0
+        ]
+        spend.refunded.update(spend.used[k].limit.kind for k in picked)
+        if not picked:
             return
-        spend.refunded = True
         try:
-            values = await self.store.refund(spend.counters, spend.at)
+            values = await self.store.refund([spend.counters[k] for k in picked], spend.at)
         except StoreUnavailable as exc:
             log.warning("budget store unavailable, a call's spend not given back: %s", exc)
             return
-        spend.used = usages_of([u.limit for u in spend.used], values, spend.at)
+        for k, value in zip(picked, values, strict=True):
+            spend.used[k] = usages_of([spend.used[k].limit], [value], spend.at)[0]
 
     async def count_rows(self, spend: Spend, rows: int) -> None:
         """Add a read's rows to its ``rows`` budget (it answers anyway; the next call may not).

@@ -14,7 +14,7 @@ import pytest
 import redis as redis_sync
 
 from gateway.auth.principal import Principal
-from gateway.budgets.check import Budgets
+from gateway.budgets.check import Budgets, refundable
 from gateway.budgets.core import (
     Counter,
     Limit,
@@ -476,3 +476,29 @@ def test_a_route_allowing_a_budgeted_and_an_unbudgeted_role_is_a_located_warning
     assert load_policy(path, env=ENV).warnings == ()
     # every allowing role budgeted (the example): no warning
     assert load_policy(REPO / "policy.example.yaml", env=ENV).warnings == ()
+
+
+# -- what a call gets back ---------------------------------------------------------------------------
+def test_what_a_call_gets_back_follows_what_it_sent_to_spanner() -> None:
+    assert refundable(looked_up=False, statement=False) == {"calls", "writes"}  # nothing
+    assert refundable(looked_up=True, statement=False) == {"writes"}  # its key's lookup only
+    assert refundable(looked_up=True, statement=True) == frozenset()  # a keyed write that ran
+    assert refundable(looked_up=False, statement=True) == frozenset()
+
+
+async def test_a_refund_of_writes_keeps_the_call_and_gives_each_kind_back_once(
+    tmp_path: Path,
+) -> None:
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 2/day}")
+    create = next(r for r in policy.routes if r.query.is_dml)
+    budgets = Budgets(MemoryStore(), clock=Clock())
+    roles = frozenset({"order-writer"})
+    spend = await budgets.spend(policy, create, roles, who())
+    assert spend is not None
+    await budgets.refund(spend, {"writes"})
+    assert [(u.limit.kind, u.used) for u in spend.used] == [("calls", 1), ("writes", 0)]
+    await budgets.refund(spend)  # the calls now; writes were given back already
+    await budgets.refund(spend)
+    assert [(u.limit.kind, u.used) for u in spend.used] == [("calls", 0), ("writes", 0)]
+    again = await budgets.spend(policy, create, roles, who())
+    assert again is not None and [u.used for u in again.used] == [1, 1]

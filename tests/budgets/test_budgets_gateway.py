@@ -4,6 +4,7 @@ and MCP, a reused key, a malformed key), and the budget store in ``/readyz``."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ async def writer_gateway(
     tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str
 ) -> AsyncIterator[Gateway]:
     settings = Settings(
-        policy=policy(tmp_path, "budgets:\n  order-writer: {writes: 3/day}"),
+        policy=policy(tmp_path, "budgets:\n  order-writer: {calls: 20/day, writes: 3/day}"),
         spanner_emulator_host=demo_database,
         audit_path=tmp_path / "audit.jsonl",
         audit_key=audit_key,
@@ -60,12 +61,20 @@ def order() -> dict[str, Any]:
     return {"order_id": f"O-{secrets.randbelow(10**12)}", "customer_id": "C-1", "total_cents": 5}
 
 
+def left(answer: httpx.Response) -> tuple[int, int]:
+    """(calls, writes) remaining, as the RateLimit field says."""
+    found = dict(re.findall(r'"(\w+)";r=(\d+)', answer.headers["RateLimit"]))
+    return int(found["calls"]), int(found["writes"])
+
+
 async def test_a_call_whose_statement_never_ran_spends_no_write(
     writer_gateway: Gateway, token_for: Callable[..., str]
 ) -> None:
     """A replay (HTTP or MCP), a reused key and a malformed key run no statement: the writes
     budget (3 a day) is spent by the three writes that ran (one of them refused by Spanner), and
-    only by them."""
+    only by them. The replays and the reused key read the key's record in a read-write
+    transaction: they spend their call (20 a day); the malformed key is refused before the
+    budget is asked."""
     token = token_for("order-writer")
     transport = httpx.ASGITransport(app=writer_gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
@@ -99,16 +108,16 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
         first, key = order(), secrets.token_hex(8)
         ran = await post(first, key)
         assert ran.status_code == 200, ran.text
-        assert ran.headers["RateLimit"].startswith('"writes";r=2;')
+        assert left(ran) == (19, 2)
         replayed = await post(first, key)  # the stored answer: nothing ran again
         assert replayed.status_code == 200 and replayed.content == ran.content
-        assert replayed.headers["RateLimit"].startswith('"writes";r=2;')
-        over_mcp = await mcp(first, key)  # MCP's replay: the same path
+        assert left(replayed) == (18, 2)
+        over_mcp = await mcp(first, key)  # MCP's replay: the same path (a call, no write)
         assert over_mcp["isError"] is False
         assert over_mcp["structuredContent"] == ran.json()
         reused = await post({**first, "total_cents": 6}, key)  # another request, same key
         assert reused.status_code == 422 and reused.json()["code"] == "idempotency-key-reused"
-        assert reused.headers["RateLimit"].startswith('"writes";r=2;')
+        assert left(reused) == (16, 2)
         malformed = await post(order(), "\x7f")  # refused before the budget is asked
         assert malformed.status_code == 400, malformed.text
         assert malformed.json()["code"] == "idempotency-key-invalid"
@@ -116,10 +125,11 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
         assert second["isError"] is False, second
         third = await post(first, None)  # the same order again: it ran, and Spanner refused it
         assert third.status_code == 409, third.text
-        assert third.headers["RateLimit"].startswith('"writes";r=0;')  # a statement that ran spends
+        assert left(third) == (14, 0)  # a statement that ran spends
         fourth = await post(order(), secrets.token_hex(8))  # three writes ran: spent
         assert fourth.status_code == 429, fourth.text
         assert fourth.json()["budget"] == "writes"
+        assert left(fourth) == (14, 0)
 
 
 async def test_readyz_reports_the_budget_store(
