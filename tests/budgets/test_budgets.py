@@ -466,10 +466,10 @@ def test_a_route_allowing_a_budgeted_and_an_unbudgeted_role_is_a_located_warning
     assert warnings[0].as_warning() == (
         f"{path}:{first + 1}:{lines[first].index('support') + 1}: warning: routes[0].allow[0]: "
         "role support has no budget, and order-agent, also allowed on GET "
-        "/v1/orders/{order_id}, has a budget: a token holding support and order-agent spends no "
-        "budget on this route (a call gets the most generous budget of the roles that allow "
-        "it, and no budget is the most generous); give support a budget too, or allow only "
-        "one of them"
+        "/v1/orders/{order_id}, limits calls: a token holding support and order-agent makes "
+        "unlimited calls on this route (a call gets, per kind, the most generous limit of the "
+        "roles that allow it, and no limit is the most generous); give support a calls limit "
+        "too, or allow only one of them"
     )
     # agent-for-support judges delegated tokens only, support direct ones: no token holds both
     path = policy_with(tmp_path, "budgets:\n  agent-for-support: {calls: 60/min}")
@@ -502,3 +502,43 @@ async def test_a_refund_of_writes_keeps_the_call_and_gives_each_kind_back_once(
     assert [(u.limit.kind, u.used) for u in spend.used] == [("calls", 0), ("writes", 0)]
     again = await budgets.spend(policy, create, roles, who())
     assert again is not None and [u.used for u in again.used] == [1, 1]
+
+
+def test_the_unbudgeted_warning_is_per_kind(tmp_path: Path) -> None:
+    """A role with a budget that sets no limit for a kind leaves that kind unlimited for a token
+    that also holds a role limiting it: warned per route and kind (calls; rows for reads; writes
+    for writes), at the role without the limit. Kinds a route never spends are not warned."""
+    path = policy_with(
+        tmp_path,
+        "budgets:\n"
+        "  support: {calls: 6000/min}\n"  # no rows, while order-agent limits them
+        "  order-agent: {calls: 60/min, rows: 5000/hour}\n"
+        "  agent-for-support: {calls: 60/min, rows: 5000/hour}\n"
+        "  order-writer: {calls: 10/min, writes: 5/day}\n"
+        "  batch: {calls: 100/min, rows: 10/hour}\n",  # no writes; rows mean nothing on a write
+        extra_roles="  batch:\n    - scopes: [orders.batch]",
+    )
+    path.write_text(
+        path.read_text().replace("allow: [order-writer]", "allow: [order-writer, batch]")
+    )
+    warnings = load_policy(path, env=ENV).warnings
+    lines = path.read_text().splitlines()
+    reads = next(i for i, line in enumerate(lines) if "allow: [support, order-agent" in line)
+    write = next(i for i, line in enumerate(lines) if "allow: [order-writer, batch]" in line)
+    assert [(w.where, w.line, w.column) for w in warnings] == [
+        *[(f"routes[{k}].allow[0]", reads + 1 + 5 * k, lines[reads].index("support") + 1)
+          for k in range(3)],
+        ("routes[4].allow[1]", write + 1, lines[write].index("batch") + 1),
+    ]  # fmt: skip
+    assert warnings[0].message == (
+        "role support has no rows limit in its budget, and order-agent, also allowed on GET "
+        "/v1/orders/{order_id}, limits rows: a token holding support and order-agent reads "
+        "unlimited rows on this route (a call gets, per kind, the most generous limit of the "
+        "roles that allow it, and no limit is the most generous); give support a rows limit "
+        "too, or allow only one of them"
+    )
+    assert warnings[3].message.startswith(
+        "role batch has no writes limit in its budget, and order-writer, also allowed on POST "
+        "/v1/orders, limits writes: a token holding batch and order-writer makes unlimited "
+        "writes on this route"
+    )
