@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ from gateway.budgets.core import (
 )
 from gateway.budgets.rates import Rate, parse_rate
 from gateway.budgets.redis_store import RedisStore
-from gateway.budgets.store import MemoryStore, StoreUnavailable, Taken
+from gateway.budgets.store import MemoryStore, StoreState, StoreUnavailable, Taken
 from gateway.dev.ports import free_port
-from gateway.dev.redis import RedisProcess
+from gateway.dev.redis import RedisProcess, start_redis
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable, PolicyError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
@@ -293,6 +295,59 @@ async def test_budgets_on_redis(tmp_path: Path, redis_url: str) -> None:
             await budgets.spend(policy, policy.routes[0], roles, who())
     finally:
         await budgets.store.aclose()
+
+
+def pings(sync: redis_sync.Redis) -> int:
+    """PING commands the server has run since its stats were reset."""
+    stats: dict[str, Any] = sync.info("commandstats")
+    return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+
+async def test_readiness_probes_are_cached_and_made_one_at_a_time(redis_url: str) -> None:
+    """``/readyz``'s PING: at most one per ``probe_every`` seconds (by the injected clock, frozen
+    here), and a flood of probes while one is in flight waits for that one."""
+    clock = Clock(100.0)
+    store = RedisStore(redis_url, timeout=2.0, probe_every=1.0, clock=clock)
+    sync = redis_sync.Redis.from_url(redis_url)
+    sync.config_resetstat()
+    try:
+        assert store.state() == StoreState("redis", None, None)  # not asked yet
+        await asyncio.gather(*(store.probe() for _ in range(50)))
+        await store.probe()
+        assert pings(sync) == 1
+        assert store.state() == StoreState("redis", True, None)
+        clock.now += 0.9
+        await store.probe()
+        assert pings(sync) == 1
+        clock.now += 0.1
+        await asyncio.gather(*(store.probe() for _ in range(50)))
+        assert pings(sync) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_flood_of_probes_of_a_hung_redis_opens_one_connection(tmp_path: Path) -> None:
+    """Redis stopped (SIGSTOP): 150 probes at once share one PING, so they hold one connection of
+    the pool (100 by default) that budget checks draw from; each is answered at the deadline."""
+    with start_redis(log_path=tmp_path / "redis.log") as server:
+        sync = redis_sync.Redis.from_url(server.url)
+        store = RedisStore(server.url, timeout=0.5, clock=Clock(100.0))
+        try:
+            await store.take([Counter("k", 5, 1, DAY)], 0.0)  # a pooled connection
+            before = int(sync.info("stats")["total_connections_received"])
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                await asyncio.gather(*(store.probe() for _ in range(150)))
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            state = store.state()
+            assert state.reachable is False and "Timeout" in (state.last_error or "")
+            after = int(sync.info("stats")["total_connections_received"])
+            assert after - before <= 1, after - before
+            taken = await store.take([Counter("k", 5, 1, DAY)], 0.0)  # checks still work
+            assert taken.ok and store.state().reachable is True
+        finally:
+            await store.aclose()
 
 
 async def test_an_unreachable_redis_refuses_fast_and_closed(tmp_path: Path) -> None:
