@@ -32,7 +32,7 @@ from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.budgets.check import Budgets, Spend, refundable
 from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
-from gateway.errors import AuditUnavailable, BadRequest, GatewayError
+from gateway.errors import AuditUnavailable, BadRequest, BudgetExceeded, GatewayError
 from gateway.http import (
     Receive,
     Scope,
@@ -355,15 +355,33 @@ class Gateway:
             decision.bound.values,
             ttl_seconds=self.settings.idempotency_ttl_seconds,
         )
-        # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
-        # back when the statement provably never started (see gateway.budgets.check).
-        spend = await self.budgets.spend(policy, route, decision.roles, call.principal)
-        if spend is not None:
-            call.extra["ratelimit"] = spend.headers
         tags = tags_for(
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
         call.request_tag = tags.request
+        # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
+        # back for what the call never sent to Spanner (see gateway.budgets.check).
+        try:
+            spend = await self.budgets.spend(
+                policy, route, decision.roles, call.principal, counted=idempotency is None
+            )
+        except BudgetExceeded as refusal:
+            if idempotency is None:
+                raise
+            # The retry of a keyed write that spent its budget is never refused for it: its
+            # stored answer, if the key holds one for this very request, is replayed (nothing
+            # spent; audited as a replay). Otherwise the 429.
+            stored = await self.executor.stored_answer(route.query, idempotency)
+            if stored is None:
+                self.budgets.note_refusal(refusal)
+                raise
+            call.result = stored
+            call.extra["ratelimit"] = {
+                k: v for k, v in refusal.headers.items() if k.startswith("RateLimit")
+            }
+            return response_body(stored)
+        if spend is not None:
+            call.extra["ratelimit"] = spend.headers
         sent: set[Sent] = set()  # what reached Spanner (the key's lookup, the statement)
         try:
             call.result = await self.executor.run(

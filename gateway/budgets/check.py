@@ -87,10 +87,18 @@ class Budgets:
         return applicable(policy.model.budgets, allowing, who, write=route.query.is_dml)
 
     async def spend(
-        self, policy: CompiledPolicy, route: CompiledRoute, roles: frozenset[str], who: Principal
+        self,
+        policy: CompiledPolicy,
+        route: CompiledRoute,
+        roles: frozenset[str],
+        who: Principal,
+        *,
+        counted: bool = True,
     ) -> Spend | None:
         """Spend a call (and a write) or refuse it: 429 budget-exceeded, or 503
-        budget-store-unavailable when the store does not answer. None: no budget applies."""
+        budget-store-unavailable when the store does not answer. None: no budget applies.
+        ``counted=False``: a 429 is not counted in ``refusals`` (the caller may answer the call
+        otherwise, and counts it with ``note_refusal`` when it does not)."""
         limits = self.limits(policy, route, roles, who)
         if not limits:
             return None
@@ -106,9 +114,8 @@ class Budgets:
         if taken.ok:
             return Spend(used, wanted, taken.now)
         spent = next(u for u in used if u.spent)
-        self.refusals[(spent.limit.role, spent.limit.kind)] += 1
         retry = max(u.reset for u in used if u.spent)
-        raise BudgetExceeded(
+        refusal = BudgetExceeded(
             f"the {spent.limit.kind} budget of role '{spent.limit.role}' "
             f"({spent.limit.text}) is spent; retry in {retry} s",
             headers={"Retry-After": str(retry), **rate_headers(used)},
@@ -119,6 +126,13 @@ class Budgets:
                 "retry_after": retry,
             },
         )
+        if counted:
+            self.note_refusal(refusal)
+        raise refusal
+
+    def note_refusal(self, refusal: BudgetExceeded) -> None:
+        """Count a 429 answered (``spangate_budget_refusals_total``)."""
+        self.refusals[(str(refusal.extra["role"]), str(refusal.extra["budget"]))] += 1
 
     async def refund(self, spend: Spend, kinds: Collection[str] = ("calls", "writes")) -> None:
         """Give back what ``spend`` took of ``kinds`` (see ``refundable``), each kind once, to the

@@ -774,6 +774,28 @@ class Executor:
         result.row_count = int(exact) if exact else len(raw)
         return result
 
+    async def stored_answer(self, query: CompiledQuery, key: idem.IdempotencyKey) -> Result | None:
+        """The stored answer of a keyed write that will not run (its budget refused it): the
+        key's record read in a single-use strong read-only snapshot (a point read: no read-write
+        transaction, no lock), within the query's timeout, under the query's identity. The
+        answer when the record is this very request's (its fingerprint); None when there is
+        none, it is another request's, or the read failed (the caller's refusal stands)."""
+        try:
+            database = self.databases.aio(query.model.identity)
+            async with asyncio.timeout(query.model.timeout_seconds):
+                async with database.snapshot() as snapshot:
+                    stored = await idem.lookup(snapshot, key, now=dt.datetime.now(dt.UTC))
+        except Exception as exc:  # noqa: BLE001 - the refusal is answered instead
+            log.warning(
+                "reading the Idempotency-Key record of a refused write to query %r failed: %s",
+                query.name,
+                f"{type(exc).__name__}: {exc}",
+            )
+            return None
+        if stored is None or stored.request_hash != key.request_hash:
+            return None
+        return stored.result
+
     async def _lookup(
         self, transaction: Any, key: idem.IdempotencyKey, state: _WriteState
     ) -> idem.Stored | None:

@@ -4,6 +4,8 @@ and MCP, a reused key, a malformed key), and the budget store in ``/readyz``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -19,14 +21,16 @@ from gateway.dev.idp import IdpProcess
 from gateway.dev.ports import free_port
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
+from gateway.spanner.execute import WriteHooks
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def policy(folder: Path, budgets: str, *, redact: bool = True) -> Path:
+def policy(folder: Path, budgets: str, *, redact: bool = True, write_timeout: str = "5s") -> Path:
     text = (REPO / "policy.example.yaml").read_text()
     start, end = text.index("\nbudgets:"), text.index("\naudit:")
     text = text[:start] + "\n" + budgets.rstrip() + "\n" + text[end:]
+    text = text.replace("    timeout: 5s\n", f"    timeout: {write_timeout}\n", 1)  # create_order's
     if not redact:
         text = text.replace("  redact: [total_cents]", "")
     path = folder / "policy.yaml"
@@ -130,6 +134,97 @@ async def test_a_call_whose_statement_never_ran_spends_no_write(
         assert fourth.status_code == 429, fourth.text
         assert fourth.json()["budget"] == "writes"
         assert left(fourth) == (14, 0)
+
+
+async def test_a_keyed_retry_refused_by_its_budget_gets_the_answer_of_the_write_it_spent(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    token_for: Callable[..., str],
+) -> None:  # fmt: skip
+    """writes: 1/day. A keyed write is cut by its deadline with its Commit in flight (504,
+    outcome unknown) and commits afterwards, spending the day's write. Its retry with the same
+    key is refused by the budget, so the gateway reads the key's record (read-only) and answers
+    the stored response: the caller learns the outcome, nothing is spent, and the event is the
+    replay's. Over MCP too. Another request under that key, a new key and no key get the 429."""
+    audit = tmp_path / "audit.jsonl"
+    settings = Settings(
+        policy=policy(tmp_path, "budgets:\n  order-writer: {writes: 1/day}", write_timeout="1s"),
+        spanner_emulator_host=demo_database,
+        audit_path=audit,
+        audit_key=audit_key,
+    )
+    app = await started(settings, idp)
+    commits = {"delay": 2.0}
+
+    async def slow_commit() -> None:
+        delay, commits["delay"] = commits["delay"], 0.0
+        await asyncio.sleep(delay)
+
+    token = token_for("order-writer")
+    try:
+        app.executor.hooks = WriteHooks(before_commit=slow_commit)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+
+            async def post(body: dict[str, Any], key: str | None) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {token}"}
+                if key is not None:
+                    headers["Idempotency-Key"] = key
+                return await http.post("/v1/orders", json=body, headers=headers)
+
+            first, key = order(), secrets.token_hex(8)
+            cut = await post(first, key)
+            assert (cut.status_code, cut.json()["outcome"]) == (504, "unknown"), cut.text
+            assert cut.headers["RateLimit"].startswith('"writes";r=0;')
+            while app.executor.settling:  # its Commit lands after the answer
+                await asyncio.sleep(0.1)
+            retried = await post(first, key)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["row_count"] == 1 and retried.json()["commit_timestamp"]
+            assert retried.headers["RateLimit"].startswith('"writes";r=0;')
+            assert "Retry-After" not in retried.headers
+            again = await post(first, key)  # still nothing spent: the same answer
+            assert again.status_code == 200 and again.content == retried.content
+            answer = await http.post(
+                "/mcp",
+                json={
+                    "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "create_order",
+                               "arguments": {**first, "idempotency_key": key}},
+                },
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json, text/event-stream",
+                    "MCP-Protocol-Version": "2025-11-25",
+                },
+            )  # fmt: skip
+            over_mcp = answer.json()["result"]
+            assert over_mcp["isError"] is False, over_mcp
+            assert over_mcp["structuredContent"] == retried.json()
+            other = await post({**first, "total_cents": 6}, key)  # another request, same key
+            fresh = await post(order(), secrets.token_hex(8))
+            unkeyed = await post(order(), None)
+            for refused in (other, fresh, unkeyed):
+                assert refused.status_code == 429, refused.text
+                assert refused.json()["budget"] == "writes"
+            metrics = (await http.get("/metrics")).text
+        assert (
+            'spangate_budget_refusals_total{role="order-writer",budget="writes"} 3'
+            in metrics.splitlines()
+        )  # the answered retries were not refusals
+        events = [json.loads(line) for line in audit.read_text().splitlines()]
+        [event] = [
+            e for e in events
+            if e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"]
+            == retried.headers["x-request-id"]
+        ]  # fmt: skip
+        assert event["httpRequest"]["status"] == 200
+        assert "budget" not in event["protoPayload"]["metadata"]
+        response = event["protoPayload"]["response"]
+        assert (response["outcome"], response["commitTimestamp"]) == (
+            "committed", retried.json()["commit_timestamp"]
+        )  # fmt: skip
+    finally:
+        await app.shutdown()
 
 
 async def test_readyz_reports_the_budget_store(
