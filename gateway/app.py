@@ -29,7 +29,7 @@ from gateway.audit.recorder import (
 )
 from gateway.audit.trail import AuditTrail
 from gateway.auth.verify import TokenVerifier, bearer_token
-from gateway.budgets.check import Budgets, Spend, refundable
+from gateway.budgets.check import Budgets, Spend
 from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
 from gateway.errors import AuditUnavailable, BadRequest, BudgetExceeded, GatewayError
@@ -399,7 +399,7 @@ class Gateway:
                 on_sent=sent.add,
             )
         except Exception:
-            if spend is not None:  # what it never sent to Spanner is given back
+            if spend is not None:  # what it never sent to Spanner is given back (never raises)
                 await self._give_back(call, spend, sent)
             raise
         if spend is not None:
@@ -411,13 +411,10 @@ class Gateway:
         return response_body(call.result)
 
     async def _give_back(self, call: CallRecord, spend: Spend, sent: set[Sent]) -> None:
-        """Refund what ``sent`` says the call never used (``refundable``). Never raises: the
-        call's own answer (or error) stands whatever the budget store does."""
-        kinds = refundable(looked_up=SENT_LOOKUP in sent, statement=SENT_STATEMENT in sent)
-        try:
-            await self.budgets.refund(spend, kinds)
-        except Exception:
-            log.exception("request %s: giving back its budget failed", call.request_id)
+        looked_up, statement = SENT_LOOKUP in sent, SENT_STATEMENT in sent
+        await self.budgets.give_back(
+            spend, looked_up=looked_up, statement=statement, request=call.request_id
+        )
         call.extra["ratelimit"] = spend.headers
 
 

@@ -156,6 +156,16 @@ class Budgets:
         for k, value in zip(picked, values, strict=True):
             spend.used[k] = usages_of([spend.used[k].limit], [value], spend.at)[0]
 
+    async def give_back(
+        self, spend: Spend, *, looked_up: bool, statement: bool, request: str = ""
+    ) -> None:
+        """Refund what a call never used, by what it sent to Spanner (``refundable``). Never
+        raises: the call's own answer (or error) stands whatever the store does (logged)."""
+        try:
+            await self.refund(spend, refundable(looked_up=looked_up, statement=statement))
+        except Exception:
+            log.exception("giving back the budget of request %s failed", request)
+
     async def count_rows(self, spend: Spend, rows: int) -> None:
         """Add a read's rows to its ``rows`` budget (it answers anyway; the next call may not).
         A store that fails here is logged: the rows were read and are answered."""
