@@ -47,9 +47,9 @@ class Spend:
 
 
 def refundable(*, looked_up: bool, statement: bool) -> frozenset[str]:
-    """The kinds a call gets back, by what it sent to Spanner: nothing (it sent nothing), ``writes``
-    (only an Idempotency-Key lookup: no DML ran, the transaction that read the key is paid for),
-    or ``calls`` and ``writes`` (nothing at all). Pure."""
+    """The kinds a call gets back, by what it sent to Spanner: none once its statement was sent;
+    ``writes`` when only its Idempotency-Key lookup was (no DML ran; the read-write transaction
+    that read the key is paid for); ``calls`` and ``writes`` when nothing was. Pure."""
     if statement:
         return frozenset()
     if looked_up:
