@@ -34,10 +34,10 @@ from gateway.audit.recorder import (
 from gateway.audit.trail import AuditTrail
 from gateway.auth.principal import Principal
 from gateway.auth.verify import TokenVerifier, bearer_token
-from gateway.budgets.check import Budgets
+from gateway.budgets.check import Budgets, Spend
 from gateway.budgets.store import MemoryStore
 from gateway.endpoints import FIXED_PATHS, fixed_endpoints
-from gateway.errors import AuditUnavailable, BadRequest, GatewayError
+from gateway.errors import AuditUnavailable, BadRequest, BudgetExceeded, GatewayError
 from gateway.http import (
     CALL,
     Message,
@@ -62,7 +62,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, decide_route, match_route
 from gateway.settings import Settings
 from gateway.shaping.masks import MaskFailed, MaskKey, mask_result
-from gateway.spanner.execute import Executor, tags_for
+from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import Result, response_body
 from gateway.tracing import SPAN, Tracing
@@ -470,22 +470,39 @@ class Gateway:
             decision.bound.values,
             ttl_seconds=self.settings.idempotency_ttl_seconds,
         )
-        # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
-        # back when the statement provably never started (see gateway.budgets.check).
-        spending = self.budgets.spend(policy, route, decision.roles, call.principal)
-        spend = await (spending if tracing is None else tracing.traced("spangate.budget", spending))
-        if spend is not None:
-            call.extra["ratelimit"] = spend.headers
         tags = tags_for(
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
         call.request_tag = tags.request
-        sent = False
-
-        def on_sent() -> None:
-            nonlocal sent
-            sent = True
-
+        # The budget: spent (calls, writes) before the statement runs, or 429/503 here; given
+        # back for what the call never sent to Spanner (see gateway.budgets.check).
+        try:
+            spending = self.budgets.spend(
+                policy, route, decision.roles, call.principal, counted=idempotency is None
+            )
+            spend = await (
+                spending if tracing is None else tracing.traced("spangate.budget", spending)
+            )
+        except BudgetExceeded as refusal:
+            if idempotency is None:
+                raise
+            # The retry of a keyed write that spent its budget is never refused for it: its
+            # stored answer, if the key holds one for this very request, is replayed (nothing
+            # spent; audited as a replay). Otherwise the 429.
+            stored = await self.executor.stored_answer(route.query, idempotency)
+            if stored is None:
+                self.budgets.note_refusal(refusal)
+                raise
+            if decision.masked:  # a replay is masked for this caller, as every answer
+                stored = self._masked(call, stored, route.query, decision.masked, policy)
+            call.result = stored
+            call.extra["ratelimit"] = {
+                k: v for k, v in refusal.headers.items() if k.startswith("RateLimit")
+            }
+            return response_body(stored)
+        if spend is not None:
+            call.extra["ratelimit"] = spend.headers
+        sent: set[Sent] = set()  # what reached Spanner (the key's lookup, the statement)
         try:
             running = self.executor.run(
                 route.query,
@@ -499,23 +516,22 @@ class Gateway:
                     self.audit, call, policy, key=self._audit_key, database=self._database
                 ),
                 on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
-                on_sent=on_sent,
+                on_sent=sent.add,
             )
             if tracing is None:
                 result = await running
             else:
                 result = await tracing.statement(running, route.query, policy, self._database)
         except Exception:
-            if spend is not None and not sent:  # refused before its statement: nothing spent
-                await self.budgets.refund(spend)
-                call.extra["ratelimit"] = spend.headers
+            if spend is not None:  # what it never sent to Spanner is given back (never raises)
+                await self._give_back(call, spend, sent)
             raise
         if decision.masked:  # before anything else sees the rows, whatever the transport
             result = self._masked(call, result, route.query, decision.masked, policy)
         call.result = result
         if spend is not None:
-            if call.result.replayed:  # a stored answer: no statement ran for this call
-                await self.budgets.refund(spend)
+            if SENT_STATEMENT not in sent:  # a replay: no statement ran for this call
+                await self._give_back(call, spend, sent)
             elif not route.query.is_dml:  # rows: counted after the read
                 await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
@@ -571,6 +587,13 @@ class Gateway:
             if query.is_dml:
                 error.extra["outcome"] = "committed"  # it ran; only its answer failed
             raise error from None
+
+    async def _give_back(self, call: CallRecord, spend: Spend, sent: set[Sent]) -> None:
+        looked_up, statement = SENT_LOOKUP in sent, SENT_STATEMENT in sent
+        await self.budgets.give_back(
+            spend, looked_up=looked_up, statement=statement, request=call.request_id
+        )
+        call.extra["ratelimit"] = spend.headers
 
 
 def create_app(

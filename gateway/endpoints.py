@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.budgets.core import UNKEYED_WARNING as UNKEYED_BUDGETS
-from gateway.budgets.store import StoreUnavailable
 from gateway.errors import MisdirectedRequest
 from gateway.http import PROBLEM_TYPE
 from gateway.http import problem as problem_body
@@ -113,10 +112,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
                     "backoff_seconds": round(seen.backoff_seconds, 1),
                 }
         store = gateway.budgets.store
-        try:  # Redis (SPANGATE_REDIS_URL): asked now, within its deadline; the state keeps why
-            await store.ping()
-        except StoreUnavailable:
-            pass
+        await store.probe()  # Redis: asked at most once a second, reported, not part of readiness
         budget = store.state()
         unkeyed = budget.kind == "redis" and not gateway.budgets.keyed
         ready = serving_ready(gateway)

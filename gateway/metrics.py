@@ -111,14 +111,17 @@ def multiprocess_dir() -> str | None:
 
 
 def serving_ready(gateway: Gateway) -> bool:
-    """What ``/readyz`` answers 200 for: not draining, every identity warmed, every issuer able
-    to verify, and the budget store reachable as last seen (Redis: every budgeted call would be
-    refused)."""
+    """What ``/readyz`` answers 200 for: not draining, every identity warmed and every issuer
+    able to verify.
+
+    Not the budget store: Redis is shared by every replica, so while it does not answer all of
+    them would go unready at once, the Service would lose every endpoint, and unbudgeted routes
+    would die with the budgeted ones (clients would get connection errors instead of 503
+    budget-store-unavailable with Retry-After). ``/readyz`` reports it instead."""
     return (
         gateway.ready
         and not gateway.draining
         and all(c.state().ready for c in gateway.verifier.caches.values())
-        and gateway.budgets.store.state().reachable is not False
     )
 
 

@@ -1,11 +1,13 @@
 """The budget check of ``Gateway._run``: spend before the statement, count rows after, and give
-back what a call spent when its statement provably never started.
+back what a call spent on what it never sent to Spanner (``refundable``).
 
 What a call spends: a call whose statement ran, or may have run (a write whose outcome is
-``unknown``), has spent its ``calls`` (and ``writes``). A call whose statement provably never
-started gets them back: refused after the check (Spanner's limits, 503 while Spanner is
-unreachable or too many writes settle, an Idempotency-Key used for another request) or answered
-from a stored Idempotency-Key answer (a replay: nothing ran again). The refund is an atomic
+``unknown``), has spent its ``calls`` (and ``writes``). A call that sent nothing to Spanner gets
+both back: refused after the check (Spanner's limits, 503 up front while Spanner is unreachable
+or too many writes settle). A keyed write that read its Idempotency-Key record and then ran no
+DML (a replay, 422 ``idempotency-key-reused``, the key's table missing, cut by its deadline
+during the lookup) keeps its ``calls`` spent (a read-write transaction read, and locked, the
+key's row: looping replays is not free) and gets its ``writes`` back. The refund is an atomic
 decrement in the same store and window (``BudgetStore.refund``).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from gateway.auth.principal import Principal
@@ -24,7 +26,7 @@ from gateway.budgets.store import BudgetStore, StoreUnavailable
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 
-__all__ = ["Budgets", "Spend"]
+__all__ = ["Budgets", "Spend", "refundable"]
 
 log = logging.getLogger("spangate")
 
@@ -37,11 +39,22 @@ class Spend:
     used: list[Usage] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
     at: float = 0.0
-    refunded: bool = False
+    refunded: set[str] = field(default_factory=set)  # the kinds given back
 
     @property
     def headers(self) -> dict[str, str]:
         return rate_headers(self.used)
+
+
+def refundable(*, looked_up: bool, statement: bool) -> frozenset[str]:
+    """The kinds a call gets back, by what it sent to Spanner: none once its statement was sent;
+    ``writes`` when only its Idempotency-Key lookup was (no DML ran; the read-write transaction
+    that read the key is paid for); ``calls`` and ``writes`` when nothing was. Pure."""
+    if statement:
+        return frozenset()
+    if looked_up:
+        return frozenset({"writes"})
+    return frozenset({"calls", "writes"})
 
 
 class Budgets:
@@ -74,10 +87,18 @@ class Budgets:
         return applicable(policy.model.budgets, allowing, who, write=route.query.is_dml)
 
     async def spend(
-        self, policy: CompiledPolicy, route: CompiledRoute, roles: frozenset[str], who: Principal
+        self,
+        policy: CompiledPolicy,
+        route: CompiledRoute,
+        roles: frozenset[str],
+        who: Principal,
+        *,
+        counted: bool = True,
     ) -> Spend | None:
         """Spend a call (and a write) or refuse it: 429 budget-exceeded, or 503
-        budget-store-unavailable when the store does not answer. None: no budget applies."""
+        budget-store-unavailable when the store does not answer. None: no budget applies.
+        ``counted=False``: a 429 is not counted in ``refusals`` (the caller may answer the call
+        otherwise, and counts it with ``note_refusal`` when it does not)."""
         limits = self.limits(policy, route, roles, who)
         if not limits:
             return None
@@ -93,9 +114,8 @@ class Budgets:
         if taken.ok:
             return Spend(used, wanted, taken.now)
         spent = next(u for u in used if u.spent)
-        self.refusals[(spent.limit.role, spent.limit.kind)] += 1
         retry = max(u.reset for u in used if u.spent)
-        raise BudgetExceeded(
+        refusal = BudgetExceeded(
             f"the {spent.limit.kind} budget of role '{spent.limit.role}' "
             f"({spent.limit.text}) is spent; retry in {retry} s",
             headers={"Retry-After": str(retry), **rate_headers(used)},
@@ -106,19 +126,45 @@ class Budgets:
                 "retry_after": retry,
             },
         )
+        if counted:
+            self.note_refusal(refusal)
+        raise refusal
 
-    async def refund(self, spend: Spend) -> None:
-        """Give back what ``spend`` took (its statement provably never started), once. A store
-        that fails here is logged: the call's answer stands, and its spend with it."""
-        if spend.refunded:
+    def note_refusal(self, refusal: BudgetExceeded) -> None:
+        """Count a 429 answered (``spangate_budget_refusals_total``)."""
+        self.refusals[(str(refusal.extra["role"]), str(refusal.extra["budget"]))] += 1
+
+    async def refund(self, spend: Spend, kinds: Collection[str] = ("calls", "writes")) -> None:
+        """Give back what ``spend`` took of ``kinds`` (see ``refundable``), each kind once, to the
+        windows it was taken in. A store that fails here is logged: the call's answer stands,
+        and its spend with it."""
+        picked = [
+            k
+            for k, (usage, counter) in enumerate(zip(spend.used, spend.counters, strict=True))
+            if usage.limit.kind in kinds
+            and usage.limit.kind not in spend.refunded
+            and counter.cost > 0
+        ]
+        spend.refunded.update(spend.used[k].limit.kind for k in picked)
+        if not picked:
             return
-        spend.refunded = True
         try:
-            values = await self.store.refund(spend.counters, spend.at)
+            values = await self.store.refund([spend.counters[k] for k in picked], spend.at)
         except StoreUnavailable as exc:
             log.warning("budget store unavailable, a call's spend not given back: %s", exc)
             return
-        spend.used = usages_of([u.limit for u in spend.used], values, spend.at)
+        for k, value in zip(picked, values, strict=True):
+            spend.used[k] = usages_of([spend.used[k].limit], [value], spend.at)[0]
+
+    async def give_back(
+        self, spend: Spend, *, looked_up: bool, statement: bool, request: str = ""
+    ) -> None:
+        """Refund what a call never used, by what it sent to Spanner (``refundable``). Never
+        raises: the call's own answer (or error) stands whatever the store does (logged)."""
+        try:
+            await self.refund(spend, refundable(looked_up=looked_up, statement=statement))
+        except Exception:
+            log.exception("giving back the budget of request %s failed", request)
 
     async def count_rows(self, spend: Spend, rows: int) -> None:
         """Add a read's rows to its ``rows`` budget (it answers anyway; the next call may not).

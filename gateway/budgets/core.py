@@ -4,8 +4,9 @@ A budget is a fixed window per (role, kind, principal): ``calls: 60/min`` allows
 wall-clock minute (windows start at multiples of their length since the epoch). Whose clock says
 which window it is belongs to the store: the in-process store takes the replica's (injected)
 clock, Redis its own (``TIME``), so replicas whose clocks disagree still count in one window.
-``calls`` and ``writes`` are spent before the statement runs and given back when it provably never
-started (see ``check``); ``rows`` are counted after a read ran, and refuse the next call once spent.
+``calls`` and ``writes`` are spent before the statement runs and given back for what a call never
+sent to Spanner (see ``check.refundable``); ``rows`` are counted after a read ran, and refuse the
+next call once spent.
 
 A caller whose token holds several roles that allow the route gets, per kind, the most generous
 of those roles' limits (the highest rate, then the highest count); a kind is unlimited when one

@@ -8,13 +8,18 @@ from Redis's clock, never a replica's: replicas whose clocks disagree still shar
 whole, which a single Redis allows; Redis Cluster is not supported, see the README.) Every Redis
 call has a deadline (``SPANGATE_REDIS_TIMEOUT_SECONDS``) and is not retried: a Redis that does
 not answer in time refuses the call (503 budget-store-unavailable). The outcome of every call
-(and of ``/readyz``'s ping) is kept for ``state()``.
+(and of ``/readyz``'s probe) is kept for ``state()``.
+
+Redis 5.0 or later: the scripts read ``TIME`` and then write, which needs script effects
+replication (the default from 5.0; before it a script had to ask for it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.budgets.core import Counter, window_key
@@ -88,7 +93,16 @@ def _now(seconds: Any, micros: Any) -> float:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout: float) -> None:
+    """``probe_every``: ``/readyz`` asks Redis (PING) at most this often, by ``clock``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        probe_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from redis.asyncio import Redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -106,6 +120,10 @@ class RedisStore:
         self._refund = self._redis.register_script(REFUND)
         self._reachable: bool | None = None
         self._last_error: str | None = None
+        self._probe_every = probe_every
+        self._clock = clock
+        self._probed_at: float | None = None
+        self._probing: asyncio.Future[None] | None = None
 
     async def _call(self, call: Any) -> Any:
         from redis.exceptions import RedisError
@@ -142,11 +160,33 @@ class RedisStore:
         answer = await self._run(self._refund, keys, [c.cost for c in counters])
         return [int(v) for v in answer]
 
-    async def ping(self) -> None:
-        await self._call(self._redis.ping)
+    async def probe(self) -> None:
+        """One PING for ``/readyz`` (its outcome goes to ``state()``), at most once every
+        ``probe_every`` seconds and one at a time: a probe while one is in flight waits for it,
+        one soon after reads what it found. A flood of ``/readyz`` against a Redis that hangs
+        thus holds one connection, never the pool the budget checks draw from. Never raises."""
+        if self._probing is None:
+            now = self._clock()
+            if self._probed_at is not None and now - self._probed_at < self._probe_every:
+                return
+            self._probed_at = now
+            self._probing = asyncio.ensure_future(self._ping())
+        await asyncio.shield(self._probing)  # a caller that gives up leaves it to the others
+
+    async def _ping(self) -> None:
+        try:
+            await self._call(self._redis.ping)
+        except StoreUnavailable:
+            pass  # in state()
+        finally:
+            self._probing = None
 
     def state(self) -> StoreState:
         return StoreState("redis", self._reachable, self._last_error)
 
     async def aclose(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         await self._redis.aclose()

@@ -28,7 +28,8 @@ class Taken:
 
 @dataclass(frozen=True)
 class StoreState:
-    """For ``/readyz``: ``reachable`` is None until the store was first used or probed."""
+    """For ``/readyz`` (reported, not part of readiness): ``reachable`` is None until the store
+    was first used or probed, then what its last call or probe found."""
 
     kind: Literal["memory", "redis"]
     reachable: bool | None
@@ -54,8 +55,9 @@ class BudgetStore(Protocol):
         never below 0, never creating a counter that has expired; the values after."""
         ...
 
-    async def ping(self) -> None:
-        """Raise StoreUnavailable when the store does not answer (``/readyz``)."""
+    async def probe(self) -> None:
+        """Ask the store whether it answers, for ``/readyz``: the answer is in ``state()``
+        (a shared store asks at most about once a second, one probe at a time). Never raises."""
         ...
 
     def state(self) -> StoreState: ...
@@ -128,7 +130,7 @@ class MemoryStore:
             out.append(value)
         return out
 
-    async def ping(self) -> None:
+    async def probe(self) -> None:
         return None
 
     def state(self) -> StoreState:

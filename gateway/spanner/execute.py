@@ -47,7 +47,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
 
@@ -68,6 +68,9 @@ __all__ = [
     "InTransaction",
     "OnSettled",
     "Result",
+    "SENT_LOOKUP",
+    "SENT_STATEMENT",
+    "Sent",
     "Settled",
     "Tags",
     "WriteHooks",
@@ -95,6 +98,12 @@ _COMMIT_REFUSED: tuple[type[Exception], ...] = (
     gexc.OutOfRange,
     gexc.PermissionDenied,
 )
+
+# What a call has handed to Spanner (``on_sent``): a keyed write's lookup of its Idempotency-Key
+# record (a read-write transaction that reads, and locks, one row), and the statement itself.
+Sent = Literal["key-lookup", "statement"]
+SENT_LOOKUP: Sent = "key-lookup"
+SENT_STATEMENT: Sent = "statement"
 
 # Extra work inside a write's read-write transaction, after its statement ran: (transaction,
 # result) -> None or an awaitable. Called on every attempt (an aborted attempt's mutations are
@@ -142,16 +151,26 @@ class _WriteState:
     commit_sent: bool = False  # a Commit was handed to the client library and not refused
     commit_sends: int = 0  # Commit RPCs of the current attempt actually sent (transport level)
     abandoned: bool = False  # _Abandoned was raised (whatever the library's rollback raises next)
+    looked_up: bool = False  # the key's record was asked for (a read-write transaction began)
     sent: bool = False  # the statement itself was handed to Spanner (reads too; see note_sent)
-    on_sent: Callable[[], None] | None = None
+    on_sent: Callable[[Sent], None] | None = None
+
+    def note_lookup(self) -> None:
+        """The Idempotency-Key record is about to be read, in a read-write transaction of its
+        own. Tells ``on_sent`` (``SENT_LOOKUP``) once."""
+        if not self.looked_up:
+            self.looked_up = True
+            if self.on_sent is not None:
+                self.on_sent(SENT_LOOKUP)
 
     def note_sent(self) -> None:
         """The statement is about to be sent (a read's query, a write's DML, not an
-        Idempotency-Key lookup): from here on it may have run. Tells ``on_sent`` once."""
+        Idempotency-Key lookup): from here on it may have run. Tells ``on_sent``
+        (``SENT_STATEMENT``) once."""
         if not self.sent:
             self.sent = True
             if self.on_sent is not None:
-                self.on_sent()
+                self.on_sent(SENT_STATEMENT)
 
     def outcome(self) -> str:
         """A failed write's outcome: ``unknown`` while its Commit may have landed, or (with an
@@ -201,11 +220,16 @@ def _count_commit_sends(database: Any) -> bool:
 @dataclass
 class WriteHooks:
     """Seams for tests (None in production): awaited inside a write's attempt, in its own task.
-    ``after_statement``: after the statement (and the key's record) ran, before ``in_transaction``
-    and the Commit. ``before_commit``: once the Commit is marked sent, just before the client
-    library sends it; an exception it raises is the Commit's (call ``note_commit_send()`` to
-    count fake sends)."""
+    ``attempt``: called with each attempt's transaction as the attempt starts (so that a test
+    can end it as Spanner ends an aborted one). ``after_lookup``: once a keyed write has read its
+    key's record, before it looks at what it found (a slow lookup, as far as the write knows).
+    ``after_statement``: after the statement (and the key's record) ran, before
+    ``in_transaction`` and the Commit. ``before_commit``: once the Commit is marked sent, just
+    before the client library sends it; an exception it raises is the Commit's (call
+    ``note_commit_send()`` to count fake sends)."""
 
+    attempt: Callable[[Any], None] | None = None
+    after_lookup: Callable[[], Awaitable[None]] | None = None
     after_statement: Callable[[], Awaitable[None]] | None = None
     before_commit: Callable[[], Awaitable[None]] | None = None
 
@@ -348,7 +372,7 @@ class Executor:
         in_transaction: InTransaction | None = None,
         on_settled: OnSettled | None = None,
         on_outcome: OnOutcome | None = None,
-        on_sent: Callable[[], None] | None = None,
+        on_sent: Callable[[Sent], None] | None = None,
     ) -> Result:
         """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
 
@@ -356,11 +380,13 @@ class Executor:
         member). ``on_outcome`` (writes): called with the outcome when the write fails otherwise:
         its caller cancelled (not by the deadline), or an unexpected exception (re-raised as it
         is). ``on_settled`` (writes): called once, later, when a write answered with outcome
-        ``unknown`` (its Commit in flight) has settled; see ``Settled``. ``on_sent``: called once,
-        just before the statement itself is first sent to Spanner; a call that fails without it
-        provably never ran its statement (refused before sending it, an Idempotency-Key replay
-        or misuse, a write cut before its statement), which is what its budget is given back
-        for."""
+        ``unknown`` (its Commit in flight) has settled; see ``Settled``. ``on_sent``: called
+        at most once with each ``Sent``: ``SENT_LOOKUP`` just before a keyed write first reads
+        its key's record, ``SENT_STATEMENT`` just before the statement itself is first sent. A
+        call that ends without ``SENT_STATEMENT`` provably never ran its statement (refused
+        before sending anything, an Idempotency-Key replay or misuse, a write cut before its
+        statement), and one without either sent nothing to Spanner: what its budget is given
+        back for (``gateway.budgets.check.refundable``)."""
         state = _WriteState(keyed=idempotency is not None, on_sent=on_sent)
         try:
             return await self._run(
@@ -645,9 +671,14 @@ class Executor:
                 raise _Abandoned
             state.began, state.key_clear = True, False
             seen["tx"] = transaction
+            if self.hooks.attempt is not None:
+                self.hooks.attempt(transaction)
             transaction.commit = functools.partial(guarded_commit, transaction.commit)
             if key is not None:
+                state.note_lookup()
                 stored = await self._lookup(transaction, key, state)
+                if self.hooks.after_lookup is not None:
+                    await self.hooks.after_lookup()
                 if stored is not None:
                     if stored.request_hash != key.request_hash:
                         state.key_clear = True  # no record of this request
@@ -765,6 +796,28 @@ class Executor:
         exact = getattr(stats, "row_count_exact", None) if stats is not None else None
         result.row_count = int(exact) if exact else len(raw)
         return result
+
+    async def stored_answer(self, query: CompiledQuery, key: idem.IdempotencyKey) -> Result | None:
+        """The stored answer of a keyed write that will not run (its budget refused it): the
+        key's record read in a single-use strong read-only snapshot (a point read: no read-write
+        transaction, no lock), within the query's timeout, under the query's identity. The
+        answer when the record is this very request's (its fingerprint); None when there is
+        none, it is another request's, or the read failed (the caller's refusal stands)."""
+        try:
+            database = self.databases.aio(query.model.identity)
+            async with asyncio.timeout(query.model.timeout_seconds):
+                async with database.snapshot() as snapshot:
+                    stored = await idem.lookup(snapshot, key, now=dt.datetime.now(dt.UTC))
+        except Exception as exc:  # noqa: BLE001 - the refusal is answered instead
+            log.warning(
+                "reading the Idempotency-Key record of a refused write to query %r failed: %s",
+                query.name,
+                f"{type(exc).__name__}: {exc}",
+            )
+            return None
+        if stored is None or stored.request_hash != key.request_hash:
+            return None
+        return stored.result
 
     async def _lookup(
         self, transaction: Any, key: idem.IdempotencyKey, state: _WriteState

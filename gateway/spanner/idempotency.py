@@ -16,6 +16,9 @@ Contract:
   another fingerprint -> 422 ``idempotency-key-reused``, nothing runs. Two concurrent requests
   with one key serialise on the record's lock (one commits; the other aborts, is retried by the
   client library, then finds the record).
+- A keyed write refused by its budget (429) reads the record in a read-only snapshot instead
+  (``Executor.stored_answer``): the same fingerprint -> the stored response (a replay, nothing
+  spent); else the 429. A retry of a write that spent the budget can always learn its outcome.
 - Records expire ``SPANGATE_IDEMPOTENCY_TTL_SECONDS`` after their write (default 24 h): an expired
   record counts as absent and is overwritten; Spanner's row deletion policy removes old ones.
 - The table ships as ``DDL`` (``spangate init-db`` applies it). Each writing identity needs
@@ -215,8 +218,9 @@ def _stored_body(result: Result) -> str:
 
 
 async def lookup(transaction: Any, key: IdempotencyKey, *, now: dt.datetime) -> Stored | None:
-    """The live record of ``key``, read (and locked) in ``transaction`` by its primary key (a
-    point read: no SQL to compile), or None when there is none or it expired before ``now``."""
+    """The live record of ``key``, read in ``transaction`` by its primary key (a point read: no
+    SQL to compile; a read-write transaction locks it, a read-only snapshot does not), or None
+    when there is none or it expired before ``now``."""
     from google.cloud.spanner_v1 import KeySet
 
     from gateway.spanner.results import to_json

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import redis as redis_sync
 
 from gateway.auth.principal import Principal
-from gateway.budgets.check import Budgets
+from gateway.budgets.check import Budgets, refundable
 from gateway.budgets.core import (
     Counter,
     Limit,
@@ -29,9 +31,9 @@ from gateway.budgets.core import (
 )
 from gateway.budgets.rates import Rate, parse_rate
 from gateway.budgets.redis_store import RedisStore
-from gateway.budgets.store import MemoryStore, StoreUnavailable, Taken
+from gateway.budgets.store import MemoryStore, StoreState, StoreUnavailable, Taken
 from gateway.dev.ports import free_port
-from gateway.dev.redis import RedisProcess
+from gateway.dev.redis import RedisProcess, start_redis
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable, PolicyError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
@@ -295,6 +297,59 @@ async def test_budgets_on_redis(tmp_path: Path, redis_url: str) -> None:
         await budgets.store.aclose()
 
 
+def pings(sync: redis_sync.Redis) -> int:
+    """PING commands the server has run since its stats were reset."""
+    stats: dict[str, Any] = sync.info("commandstats")
+    return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+
+async def test_readiness_probes_are_cached_and_made_one_at_a_time(redis_url: str) -> None:
+    """``/readyz``'s PING: at most one per ``probe_every`` seconds (by the injected clock, frozen
+    here), and a flood of probes while one is in flight waits for that one."""
+    clock = Clock(100.0)
+    store = RedisStore(redis_url, timeout=2.0, probe_every=1.0, clock=clock)
+    sync = redis_sync.Redis.from_url(redis_url)
+    sync.config_resetstat()
+    try:
+        assert store.state() == StoreState("redis", None, None)  # not asked yet
+        await asyncio.gather(*(store.probe() for _ in range(50)))
+        await store.probe()
+        assert pings(sync) == 1
+        assert store.state() == StoreState("redis", True, None)
+        clock.now += 0.9
+        await store.probe()
+        assert pings(sync) == 1
+        clock.now += 0.1
+        await asyncio.gather(*(store.probe() for _ in range(50)))
+        assert pings(sync) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_flood_of_probes_of_a_hung_redis_opens_one_connection(tmp_path: Path) -> None:
+    """Redis stopped (SIGSTOP): 150 probes at once share one PING, so they hold one connection of
+    the pool (100 by default) that budget checks draw from; each is answered at the deadline."""
+    with start_redis(log_path=tmp_path / "redis.log") as server:
+        sync = redis_sync.Redis.from_url(server.url)
+        store = RedisStore(server.url, timeout=0.5, clock=Clock(100.0))
+        try:
+            await store.take([Counter("k", 5, 1, DAY)], 0.0)  # a pooled connection
+            before = int(sync.info("stats")["total_connections_received"])
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                await asyncio.gather(*(store.probe() for _ in range(150)))
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            state = store.state()
+            assert state.reachable is False and "Timeout" in (state.last_error or "")
+            after = int(sync.info("stats")["total_connections_received"])
+            assert after - before <= 1, after - before
+            taken = await store.take([Counter("k", 5, 1, DAY)], 0.0)  # checks still work
+            assert taken.ok and store.state().reachable is True
+        finally:
+            await store.aclose()
+
+
 async def test_an_unreachable_redis_refuses_fast_and_closed(tmp_path: Path) -> None:
     policy = example(tmp_path, "budgets:\n  order-agent: {calls: 2/day}")
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
@@ -364,19 +419,25 @@ async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(
 
 # -- giving back, keys, header bounds ------------------------------------------------------------
 async def test_a_refund_gives_back_the_calls_and_writes_of_its_window(tmp_path: Path) -> None:
-    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 1/day}")
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 2/day}")
     create = next(r for r in policy.routes if r.query.is_dml)
-    clock = Clock()
-    budgets = Budgets(MemoryStore(), clock=clock)
+    clock = Clock()  # 20 s into its minute
+    store = MemoryStore()
+    budgets = Budgets(store, clock=clock)
     roles = frozenset({"order-writer"})
     spend = await budgets.spend(policy, create, roles, who())
     assert spend is not None and spend.headers["RateLimit"].startswith('"calls";r=4;')
-    clock.now += 30  # the next minute: the refund still goes to the window it was taken in
-    await budgets.refund(spend)
+    clock.now += 45  # 5 s into the next minute
+    later = await budgets.spend(policy, create, roles, who())  # the new minute's first call
+    assert later is not None and [u.used for u in later.used] == [1, 2]
+    await budgets.refund(spend)  # to the window it was taken in, not the current one
     await budgets.refund(spend)  # once only
-    assert [u.used for u in spend.used] == [0, 0]
+    assert [u.used for u in spend.used] == [0, 1]
+    calls = spend.counters[0]
+    assert (await store.add(calls, 0, clock.now - 45))[0] == 0  # its minute: given back
+    assert (await store.add(calls, 0, clock.now))[0] == 1  # the new minute: untouched
     again = await budgets.spend(policy, create, roles, who())  # the write was given back
-    assert again is not None and [u.used for u in again.used] == [1, 1]
+    assert again is not None and [u.used for u in again.used] == [2, 2]
     with pytest.raises(BudgetExceeded, match="writes"):
         await budgets.spend(policy, create, roles, who())
 
@@ -460,13 +521,79 @@ def test_a_route_allowing_a_budgeted_and_an_unbudgeted_role_is_a_located_warning
     assert warnings[0].as_warning() == (
         f"{path}:{first + 1}:{lines[first].index('support') + 1}: warning: routes[0].allow[0]: "
         "role support has no budget, and order-agent, also allowed on GET "
-        "/v1/orders/{order_id}, has a budget: a token holding support and order-agent spends no "
-        "budget on this route (a call gets the most generous budget of the roles that allow "
-        "it, and no budget is the most generous); give support a budget too, or allow only "
-        "one of them"
+        "/v1/orders/{order_id}, limits calls: a token holding support and order-agent makes "
+        "unlimited calls on this route (a call gets, per kind, the most generous limit of the "
+        "roles that allow it, and no limit is the most generous); give support a calls limit "
+        "too, or allow only one of them"
     )
     # agent-for-support judges delegated tokens only, support direct ones: no token holds both
     path = policy_with(tmp_path, "budgets:\n  agent-for-support: {calls: 60/min}")
     assert load_policy(path, env=ENV).warnings == ()
     # every allowing role budgeted (the example): no warning
     assert load_policy(REPO / "policy.example.yaml", env=ENV).warnings == ()
+
+
+# -- what a call gets back ---------------------------------------------------------------------------
+def test_what_a_call_gets_back_follows_what_it_sent_to_spanner() -> None:
+    assert refundable(looked_up=False, statement=False) == {"calls", "writes"}  # nothing
+    assert refundable(looked_up=True, statement=False) == {"writes"}  # its key's lookup only
+    assert refundable(looked_up=True, statement=True) == frozenset()  # a keyed write that ran
+    assert refundable(looked_up=False, statement=True) == frozenset()
+
+
+async def test_a_refund_of_writes_keeps_the_call_and_gives_each_kind_back_once(
+    tmp_path: Path,
+) -> None:
+    policy = example(tmp_path, "budgets:\n  order-writer: {calls: 5/min, writes: 2/day}")
+    create = next(r for r in policy.routes if r.query.is_dml)
+    budgets = Budgets(MemoryStore(), clock=Clock())
+    roles = frozenset({"order-writer"})
+    spend = await budgets.spend(policy, create, roles, who())
+    assert spend is not None
+    await budgets.refund(spend, {"writes"})
+    assert [(u.limit.kind, u.used) for u in spend.used] == [("calls", 1), ("writes", 0)]
+    await budgets.refund(spend)  # the calls now; writes were given back already
+    await budgets.refund(spend)
+    assert [(u.limit.kind, u.used) for u in spend.used] == [("calls", 0), ("writes", 0)]
+    again = await budgets.spend(policy, create, roles, who())
+    assert again is not None and [u.used for u in again.used] == [1, 1]
+
+
+def test_the_unbudgeted_warning_is_per_kind(tmp_path: Path) -> None:
+    """A role with a budget that sets no limit for a kind leaves that kind unlimited for a token
+    that also holds a role limiting it: warned per route and kind (calls; rows for reads; writes
+    for writes), at the role without the limit. Kinds a route never spends are not warned."""
+    path = policy_with(
+        tmp_path,
+        "budgets:\n"
+        "  support: {calls: 6000/min}\n"  # no rows, while order-agent limits them
+        "  order-agent: {calls: 60/min, rows: 5000/hour}\n"
+        "  agent-for-support: {calls: 60/min, rows: 5000/hour}\n"
+        "  order-writer: {calls: 10/min, writes: 5/day}\n"
+        "  batch: {calls: 100/min, rows: 10/hour}\n",  # no writes; rows mean nothing on a write
+        extra_roles="  batch:\n    - scopes: [orders.batch]",
+    )
+    path.write_text(
+        path.read_text().replace("allow: [order-writer]", "allow: [order-writer, batch]")
+    )
+    warnings = load_policy(path, env=ENV).warnings
+    lines = path.read_text().splitlines()
+    reads = next(i for i, line in enumerate(lines) if "allow: [support, order-agent" in line)
+    write = next(i for i, line in enumerate(lines) if "allow: [order-writer, batch]" in line)
+    assert [(w.where, w.line, w.column) for w in warnings] == [
+        *[(f"routes[{k}].allow[0]", reads + 1 + 5 * k, lines[reads].index("support") + 1)
+          for k in range(3)],
+        ("routes[4].allow[1]", write + 1, lines[write].index("batch") + 1),
+    ]  # fmt: skip
+    assert warnings[0].message == (
+        "role support has no rows limit in its budget, and order-agent, also allowed on GET "
+        "/v1/orders/{order_id}, limits rows: a token holding support and order-agent reads "
+        "unlimited rows on this route (a call gets, per kind, the most generous limit of the "
+        "roles that allow it, and no limit is the most generous); give support a rows limit "
+        "too, or allow only one of them"
+    )
+    assert warnings[3].message.startswith(
+        "role batch has no writes limit in its budget, and order-writer, also allowed on POST "
+        "/v1/orders, limits writes: a token holding batch and order-writer makes unlimited "
+        "writes on this route"
+    )

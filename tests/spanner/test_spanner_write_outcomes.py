@@ -35,7 +35,6 @@ from spanner_stack import Token, bearer, gateway_on, make_database, policy_text,
 from gateway.audit.sinks import FileSink
 from gateway.audit.spanner_sink import audit_table_ddl
 from gateway.dev.emulator import EmulatorProcess, start_emulator
-from gateway.spanner import idempotency
 from gateway.spanner.execute import WriteHooks, note_commit_send
 from gateway.spanner.idempotency import DDL as IDEMPOTENCY_DDL
 
@@ -647,31 +646,26 @@ async def test_a_refusal_after_a_resent_commit_is_unknown(
 
 
 async def test_a_keyed_write_cut_during_its_key_lookup_is_unknown(
-    tmp_path: Path,
-    emulator: EmulatorProcess,
-    idp: Any,
-    token_for: Token,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token
 ) -> None:
     """With an Idempotency-Key the write may be the retry of an earlier write that committed:
     cut before its lookup said "no record", its outcome is unknown, not not-committed."""
     database = "seam-lookup"
     make_database(emulator.host, database, DDL)
-    original = idempotency.lookup
+    lookups = {"delay": 2.5}  # the deadline is 2 s
 
-    async def slow_lookup(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(2.5)
-        return await original(*args, **kwargs)
+    async def slow_lookup() -> None:
+        delay, lookups["delay"] = lookups["delay"], 0.0
+        await asyncio.sleep(delay)
 
     async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
                           issuer=idp.issuer) as (app, http):  # fmt: skip
-        monkeypatch.setattr(idempotency, "lookup", slow_lookup)
+        app.executor.hooks = WriteHooks(after_lookup=slow_lookup)
         headers = with_key(bearer(token_for("support-console")), "seam-lookup")
         answer = await post(http, headers, 10)
         assert answer.status_code == 504, answer.text
         assert answer.json()["outcome"] == "unknown"
         await until_settled(app)
-        monkeypatch.setattr(idempotency, "lookup", original)
         assert ids(emulator.host, database) == []
 
 
