@@ -283,7 +283,7 @@ def test_a_hung_redis_is_503_within_its_deadline_and_recovers(
             assert ready.status_code == 200, ready.text
             assert ready.json()["budgets"]["reachable"] is False
             assert "Timeout" in ready.json()["budgets"]["last_error"]
-            assert "spangate_ready 1" in metrics.splitlines()
+            assert "spangate_ready 1.0" in metrics.splitlines()
             assert unbudgeted.status_code == 200, unbudgeted.text
             recovered = get(gw, ORDER, agent)
             assert recovered.status_code == 200, recovered.text

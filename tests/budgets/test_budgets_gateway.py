@@ -208,7 +208,7 @@ async def test_a_keyed_retry_refused_by_its_budget_gets_the_answer_of_the_write_
                 assert refused.json()["budget"] == "writes"
             metrics = (await http.get("/metrics")).text
         assert (
-            'spangate_budget_refusals_total{role="order-writer",budget="writes"} 3'
+            'spangate_budget_refusals_total{budget="writes",role="order-writer"} 3.0'
             in metrics.splitlines()
         )  # the answered retries were not refusals
         events = [json.loads(line) for line in audit.read_text().splitlines()]
@@ -281,6 +281,6 @@ async def test_an_unreachable_redis_is_reported_but_stays_ready(
         assert (budgets["store"], budgets["reachable"], budgets["keyed"]) == ("redis", False, False)
         assert isinstance(budgets["last_error"], str) and budgets["last_error"]
         assert budgets["warning"] == UNKEYED_WARNING
-        assert "spangate_ready 1" in metrics.splitlines()
+        assert "spangate_ready 1.0" in metrics.splitlines()
     finally:
         await app.shutdown()
