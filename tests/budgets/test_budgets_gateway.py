@@ -227,6 +227,49 @@ async def test_a_keyed_retry_refused_by_its_budget_gets_the_answer_of_the_write_
         await app.shutdown()
 
 
+async def test_a_keyed_retry_answered_from_its_record_is_masked_for_its_caller(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    token_for: Callable[..., str],
+) -> None:  # fmt: skip
+    """The stored answer a keyed retry refused by its budget gets (see above) passes through the
+    caller's masks like every answer: a THEN RETURN column masked for the writer stays masked."""
+    path = policy(tmp_path, "budgets:\n  order-writer: {writes: 1/day}")
+    text = path.read_text()
+    text = text.replace(
+        "PENDING_COMMIT_TIMESTAMP())\n",
+        "PENDING_COMMIT_TIMESTAMP())\n      THEN RETURN OrderId, CustomerId\n",
+        1,
+    ).replace("    timeout: 5s\n", "    timeout: 5s\n    mask:\n      CustomerId: {with: redact}\n", 1)
+    path.write_text(text)
+    settings = Settings(
+        policy=path,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+    )
+    app = await started(settings, idp)
+    headers = {"Authorization": f"Bearer {token_for('order-writer')}"}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            body, key = order(), secrets.token_hex(8)
+            first = await http.post(
+                "/v1/orders", json=body, headers={**headers, "Idempotency-Key": key}
+            )
+            assert first.status_code == 200, first.text
+            assert first.json()["rows"] == [{"OrderId": body["order_id"], "CustomerId": "***"}]
+            spent = await http.post("/v1/orders", json=order(), headers=headers)
+            assert spent.status_code == 429, spent.text  # the day's write is spent
+            retried = await http.post(
+                "/v1/orders", json=body, headers={**headers, "Idempotency-Key": key}
+            )
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["rows"] == first.json()["rows"]  # masked, not C-1
+            assert "C-1" not in retried.text
+    finally:
+        await app.shutdown()
+
+
 async def test_readyz_reports_the_budget_store(
     writer_gateway: Gateway, token_for: Callable[..., str]
 ) -> None:
