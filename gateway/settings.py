@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     watch_policy: bool = Field(
         False, description="Reload when the policy file or folder changes (SIGHUP always reloads)."
     )
+    policy_poll_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="With SPANGATE_WATCH_POLICY, also compare the policy files' SHA-256 this "
+        "often and reload when it changed (what the file watcher may miss), and retry a reload "
+        "refused because a new issuer's keys could not be fetched; 0: no poll.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(
