@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHART", "REPO", "SCHEMA_CASES", "only", "pod_spec"]
+__all__ = ["CHART", "REPO", "RENDER_CASES", "SCHEMA_CASES", "only", "pod_spec"]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "spangate"
@@ -53,6 +53,11 @@ SCHEMA_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
         "gcpServiceAccount",
     ),
 }
+
+
+# Values that Helm must take, rendered (on a Kubernetes version when one is named): the tests
+# read their manifests. Run in the same Helm session as SCHEMA_CASES.
+RENDER_CASES: dict[str, tuple[dict[str, Any], str | None]] = {}
 
 
 def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
