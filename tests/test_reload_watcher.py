@@ -148,8 +148,6 @@ async def test_the_watcher_is_restarted_when_it_fails(
     reloader = await watching(watcher=failing_once(failures))
     await until(lambda: reloader.watcher_restarts == 1, "the failed watcher was restarted")
     assert failures == ["failed"]
-    await until(lambda: reloader.reloads + reloader.failures == 0 and reloader._seen is not None,
-                "the restarted watch reloaded once (unchanged)")  # fmt: skip
     policy_copy.write_text(with_new_route(policy_copy.read_text()))
     await until(serves_new_route(own_gateway), "a change after the restart was reloaded")
 
