@@ -36,8 +36,14 @@ from gateway.auth.principal import Principal
 from gateway.auth.verify import TokenVerifier, bearer_token
 from gateway.budgets.check import Budgets, Spend
 from gateway.budgets.store import MemoryStore
-from gateway.endpoints import FIXED_PATHS, fixed_endpoints
-from gateway.errors import AuditUnavailable, BadRequest, BudgetExceeded, GatewayError
+from gateway.endpoints import FIXED_PATHS, MOVED_PATHS, fixed_endpoints
+from gateway.errors import (
+    AuditUnavailable,
+    BadRequest,
+    BudgetExceeded,
+    GatewayError,
+    RouteNotFound,
+)
 from gateway.http import (
     CALL,
     Message,
@@ -159,6 +165,8 @@ class Gateway:
         self.draining = False
         self.worker: int | None = None  # the worker number under `spangate serve --workers N`
         self.api = fixed_endpoints(self)
+        # With SPANGATE_ADMIN_PORT these are served there only (/healthz stays on both).
+        self._moved = MOVED_PATHS if settings.admin_port else frozenset()
         self.mcp = McpEndpoint(self)
 
     @property
@@ -232,12 +240,10 @@ class Gateway:
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         if path in FIXED_PATHS:  # no span (probes and scrapes), a log line
-            state["request_id"] = rid
-            sent = _Status(with_request_id(send, rid))
-            try:
-                await self.api(scope, receive, sent)
-            finally:
-                self._log(scope, rid, path, sent.status or 500, started, "http")
+            refuse = None
+            if path in self._moved:
+                refuse = f"{path} is served on the admin port (SPANGATE_ADMIN_PORT), not this one"
+            await self.fixed(scope, receive, send, rid, path, started, refuse=refuse)
             return
         mcp = path == MCP_PATH
         tracing = self.tracing
@@ -247,6 +253,30 @@ class Gateway:
         with tracing.server(scope) as span:
             state[SPAN] = span  # Tracing.resume
             await self._exchange(scope, receive, send, rid, path, mcp, started, span)
+
+    async def fixed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        path: str,
+        started: float,
+        *,
+        refuse: str | None = None,
+    ) -> None:
+        """A fixed endpoint (FastAPI), and its log line; with ``refuse`` (why), a 404
+        ``no-route`` instead (a path the other port serves: ``gateway.admin``)."""
+        scope.setdefault("state", {})["request_id"] = rid
+        sent = _Status(with_request_id(send, rid))
+        try:
+            if refuse is not None:
+                error = RouteNotFound(refuse)
+                await send_problem(sent, error, rid, head=scope["method"] == "HEAD")
+            else:
+                await self.api(scope, receive, sent)
+        finally:
+            self._log(scope, rid, path, sent.status or 500, started, "http")
 
     async def _exchange(
         self,

@@ -27,7 +27,14 @@ from gateway.openapi import openapi_document
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["DOCS_ASSETS", "FIXED_PATHS", "fixed_endpoints", "not_ready_reason"]
+__all__ = [
+    "ADMIN_PATHS",
+    "DOCS_ASSETS",
+    "FIXED_PATHS",
+    "MOVED_PATHS",
+    "fixed_endpoints",
+    "not_ready_reason",
+]
 
 # Swagger UI's assets come from the installed package (fastapi-offline ships a current Swagger UI
 # build): /docs works offline and loads nothing from a CDN. Only these names are served.
@@ -42,6 +49,10 @@ DOCS_CSP = (
     "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'none'"
 )
+# SPANGATE_ADMIN_PORT's paths; the API port then answers 404 for the moved ones (/healthz stays:
+# a load balancer's health check of the serving port may use it).
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MOVED_PATHS = frozenset({"/readyz", "/metrics"})
 FIXED_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"}
     | {f"/docs/{name}" for name in DOCS_ASSETS}
@@ -123,6 +134,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "databases_warmed": gateway.ready,
             "issuers": issuers,
             "policy_sha256": gateway.policy.sha256,
+            "policy_reload_error": getattr(gateway.reloader, "last_error", None),
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
             "writes_settling": gateway.executor.settling,
             "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},

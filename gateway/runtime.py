@@ -243,6 +243,7 @@ def build_gateway(
         make_cache=make_cache,
         make_verifier=make_verifier,
         watch=settings.watch_policy,
+        poll_seconds=settings.policy_poll_seconds,
     )
     app.reloader = reloader
     app.worker = worker

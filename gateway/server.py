@@ -47,9 +47,9 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import uvicorn
@@ -72,6 +72,8 @@ __all__ = [
     "GatewayServer",
     "PIPELINE_DEPTH",
     "ServerLimits",
+    "admin_config",
+    "bind_admin_socket",
     "run_server",
     "server_config",
 ]
@@ -98,6 +100,7 @@ class ServerLimits:
     header_timeout: float
     max_connections: int
     max_connections_per_ip: int = 0
+    label: str = "SPANGATE_MAX_CONNECTIONS"  # what the connection cap is called in warnings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServerLimits:
@@ -157,12 +160,51 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
     )
 
 
+def admin_config(app: Any, config: GatewayConfig) -> GatewayConfig:
+    """The admin port's server configuration (``gateway.admin``): the API's head limits and
+    keep-alive, a connection budget of its own, no lifespan (the API server runs it)."""
+    from gateway.admin import ADMIN_MAX_CONNECTIONS
+
+    limits = replace(
+        config.limits,
+        max_connections=ADMIN_MAX_CONNECTIONS,
+        max_connections_per_ip=0,
+        label="the admin port's cap",
+    )
+    admin = GatewayConfig(
+        app,
+        limits=limits,
+        http=GatewayHttpProtocol,
+        ws="none",
+        lifespan="off",
+        log_level=config.log_level,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=config.timeout_keep_alive,
+        limit_concurrency=None,
+        h11_max_incomplete_event_size=config.h11_max_incomplete_event_size,
+    )
+    admin.load()
+    return admin
+
+
+def bind_admin_socket(settings: Settings) -> socket.socket:
+    """The admin port's socket, bound (not yet listening) on SPANGATE_HOST; exits 3 (as uvicorn
+    does for the API port) when the address is taken."""
+    config = uvicorn.Config(cast(Any, None), host=settings.host, port=settings.admin_port)
+    return config.bind_socket()
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's Server with a drain before its graceful shutdown (see the module docstring).
 
     ``on_drain`` is called (on the event loop) when the drain starts: the application's cue to
     say not-ready. ``parent``: a worker's supervisor pid; when the worker finds itself orphaned
-    (its parent gone), it drains and stops as if it had been sent SIGTERM."""
+    (its parent gone), it drains and stops as if it had been sent SIGTERM. ``admin``: the admin
+    port's socket and app (``gateway.admin``), served from the end of start-up to the end of
+    shutdown, with its own connection count."""
 
     config: GatewayConfig
 
@@ -172,6 +214,7 @@ class GatewayServer(uvicorn.Server):
         *,
         on_drain: Callable[[], None] | None = None,
         parent: int | None = None,
+        admin: tuple[socket.socket, Any] | None = None,
     ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
@@ -179,6 +222,38 @@ class GatewayServer(uvicorn.Server):
         self._signals = 0  # SIGTERM/SIGINT received
         self._drain_until: float | None = None
         self._drain_told = False
+        self._admin = admin
+        self._admin_state = ServerState()
+        self._admin_server: asyncio.base_events.Server | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._admin is not None:
+            sock, app = self._admin
+            config = admin_config(app, self.config)
+            state = self._admin_state
+            state.default_headers = self.server_state.default_headers
+
+            def protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+                return GatewayHttpProtocol(config, state, {}, _loop)
+
+            loop = asyncio.get_running_loop()
+            self._admin_server = await loop.create_server(
+                protocol, sock=sock, backlog=self.config.backlog
+            )
+            host, port = sock.getsockname()[:2]
+            log.info("admin port (/healthz, /readyz, /metrics) on %s:%d", host, port)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            # Last: /healthz answered while requests finished and the trail was flushed.
+            if self._admin_server is not None:
+                self._admin_server.close()
+                for connection in list(self._admin_state.connections):
+                    connection.shutdown()
+                self._admin_server = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: only flags here (no logging, no loop calls); on_tick acts on them.
@@ -215,7 +290,9 @@ class GatewayServer(uvicorn.Server):
                 self._on_drain()
         if self._drain_until is not None and time.monotonic() >= self._drain_until:
             self.should_exit = True
-        return await super().on_tick(counter)
+        exiting = await super().on_tick(counter)
+        self._admin_state.default_headers = self.server_state.default_headers
+        return exiting
 
 
 def run_server(
@@ -225,18 +302,27 @@ def run_server(
     log_level: str | None = None,
     sockets: list[socket.socket] | None = None,
     parent: int | None = None,
+    admin_socket: socket.socket | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
     shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
-    ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port.
+    ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port;
+    ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up).
     ``app.drain()``, when the app has it, is the drain's cue. Logging: ``SPANGATE_LOG_FORMAT``
     for every logger (``gateway.logs``)."""
     configure_logging(settings.log_format, log_level or settings.log_level)
     drain = getattr(app, "drain", None)
+    admin = None
+    if settings.admin_port:
+        from gateway.admin import AdminApp
+
+        sock = admin_socket if admin_socket is not None else bind_admin_socket(settings)
+        admin = (sock, AdminApp(app))
     server = GatewayServer(
         server_config(app, settings, log_level=log_level),
         on_drain=drain if callable(drain) else None,
         parent=parent,
+        admin=admin,
     )
     server.run(sockets=sockets)
     return 0 if server.started else 3
@@ -310,7 +396,8 @@ class _CycleTransport:
 class _BusyLog:
     """At most one warning per ``_BUSY_LOG_SECONDS`` about refused or evicted connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self._label = label
         self._last = -_BUSY_LOG_SECONDS
         self._refused = 0
         self._evicted = 0
@@ -326,9 +413,10 @@ class _BusyLog:
         now = time.monotonic()
         if now - self._last >= _BUSY_LOG_SECONDS:
             log.warning(
-                "connection limits (SPANGATE_MAX_CONNECTIONS %d): %d new connections refused at "
-                "the cap, %d over SPANGATE_MAX_CONNECTIONS_PER_IP, %d idle or slow ones closed to "
-                "make room, since the last such warning",
+                "connection limits (%s %d): %d new connections refused at the cap, %d over "
+                "SPANGATE_MAX_CONNECTIONS_PER_IP, %d idle or slow ones closed to make room, since "
+                "the last such warning",
+                self._label,
                 limit,
                 self._refused,
                 self._peer,
@@ -337,7 +425,11 @@ class _BusyLog:
             self._last, self._refused, self._peer, self._evicted = now, 0, 0, 0
 
 
-_busy_log = _BusyLog()
+_busy_logs: dict[str, _BusyLog] = {}
+
+
+def _busy_log_for(label: str) -> _BusyLog:
+    return _busy_logs.setdefault(label, _BusyLog(label))
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -373,6 +465,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         self._last_active = 0.0
         self._peers = config.peers
+        self._busy = _busy_log_for(self.limits.label)
         self._peer: str | None = None  # counted in self._peers while open
 
     # -- connection ------------------------------------------------------------------------
@@ -384,12 +477,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         per_ip = self.limits.max_connections_per_ip
         peer = self.client[0] if self.client else None
         if per_ip and peer is not None and self._peers[peer] >= per_ip:
-            _busy_log.note(refused=True, limit=limit, peer=True)
+            self._busy.note(refused=True, limit=limit, peer=True)
             self._refuse_connection("connections from your address")
             return
         if len(self.connections) > limit and not self._evict_one():
             # Every connection holds a request in progress: refuse this one at once.
-            _busy_log.note(refused=True, limit=limit)
+            self._busy.note(refused=True, limit=limit)
             self._refuse_connection("connections")
             return
         if peer is not None:
@@ -419,7 +512,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 best, best_key = other, key
         if best is None:
             return False
-        _busy_log.note(refused=False, limit=self.limits.max_connections)
+        self._busy.note(refused=False, limit=self.limits.max_connections)
         best.connections.discard(best)
         best.transport.close()
         return True
@@ -580,7 +673,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._body_left = int(length)
         limit = self.limits.max_connections
         if len(self.tasks) >= limit:
-            _busy_log.note(refused=True, limit=limit)
+            self._busy.note(refused=True, limit=limit)
             app, self.app = self.app, _server_busy
             try:
                 super().on_headers_complete()

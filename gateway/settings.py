@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -24,8 +24,26 @@ class Settings(BaseSettings):
     watch_policy: bool = Field(
         False, description="Reload when the policy file or folder changes (SIGHUP always reloads)."
     )
+    policy_poll_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="With SPANGATE_WATCH_POLICY, also compare the policy files' SHA-256 this "
+        "often and reload when it changed (what the file watcher may miss), and retry a reload "
+        "refused because a new issuer's keys could not be fetched; 0: no poll.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    admin_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A port of its own for /healthz, /readyz and /metrics (on SPANGATE_HOST), "
+        "with its own small connection budget (not SPANGATE_MAX_CONNECTIONS): probes and "
+        "scrapes still answer when the API port is full, and the API port then answers 404 "
+        "for /readyz and /metrics. 0: off, everything on SPANGATE_PORT.",
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -199,6 +217,15 @@ class Settings(BaseSettings):
         description="HMAC key of the policy's `hash` column masks (at least 16 characters); "
         "required when a query masks a column with `hash`. Empty: not set.",
     )
+
+    @model_validator(mode="after")
+    def _ports(self) -> Settings:
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError(
+                f"SPANGATE_ADMIN_PORT ({self.admin_port}) must differ from SPANGATE_PORT "
+                "(0 turns the admin port off)"
+            )
+        return self
 
     @field_validator("mask_key")
     @classmethod

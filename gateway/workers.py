@@ -1,8 +1,9 @@
 """``spangate serve --workers N``: N processes serving on one port, and the supervisor above them.
 
 How the port is shared: the supervisor binds the listening socket once (uvicorn's own
-``Config.bind_socket``: the address, ``SO_REUSEADDR``) and starts each worker as a fresh
-interpreter (``python -m gateway.workers``) that inherits it; each worker runs exactly the server
+``Config.bind_socket``: the address, ``SO_REUSEADDR``), and the admin port's when
+``SPANGATE_ADMIN_PORT`` is set (``gateway.admin``), and starts each worker as a fresh
+interpreter (``python -m gateway.workers``) that inherits them; each worker runs exactly the server
 of a single ``spangate serve`` (``gateway.server.run_server``: the ``GatewayHttpProtocol`` with its
 limits, the drain) on that socket, so the kernel hands each new connection to one worker. Not
 uvicorn's own ``Multiprocess`` supervisor: it restarts every worker on SIGHUP (the gateway reloads
@@ -72,10 +73,16 @@ class _Slot:
 
 class _Supervisor:
     def __init__(
-        self, settings: Settings, env: Mapping[str, str], sock: socket.socket, run_dir: Path
+        self,
+        settings: Settings,
+        env: Mapping[str, str],
+        sock: socket.socket,
+        run_dir: Path,
+        admin: socket.socket | None = None,
     ) -> None:
         self.settings = settings
         self.sock = sock
+        self.admin = admin
         self.run_dir = run_dir
         self.metrics_dir = str(run_dir / "metrics")
         self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
@@ -108,6 +115,11 @@ class _Supervisor:
     # -- workers ------------------------------------------------------------------------------
     def _start(self, slot: _Slot) -> None:
         fd = self.sock.fileno()
+        fds = [fd]
+        admin: list[str] = []
+        if self.admin is not None:
+            fds.append(self.admin.fileno())
+            admin = ["--admin-fd", str(self.admin.fileno())]
         slot.process = subprocess.Popen(
             [
                 sys.executable,
@@ -117,13 +129,14 @@ class _Supervisor:
                 str(slot.number),
                 "--fd",
                 str(fd),
+                *admin,
                 "--parent",
                 str(os.getpid()),
                 "--run-dir",
                 str(self.run_dir),
             ],
             env=self.env,
-            pass_fds=(fd,),
+            pass_fds=tuple(fds),
             start_new_session=True,  # Ctrl-C reaches the supervisor, which forwards it once
         )
         slot.started = time.monotonic()
@@ -188,7 +201,7 @@ def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
     from gateway.audit.configure import check_audit_key
     from gateway.errors import ConfigError
     from gateway.runtime import load_compiled
-    from gateway.server import server_config
+    from gateway.server import bind_admin_socket, server_config
 
     policy = load_compiled(settings.policy, env)  # a PolicyError here: exit 2, nothing started
     check_audit_key(settings, policy)
@@ -198,12 +211,16 @@ def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
             "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
         )
     sock = server_config(None, settings).bind_socket()  # exits 3 when the address is taken
+    # The admin port likewise: bound once, inherited by every worker (gateway.admin).
+    admin = bind_admin_socket(settings) if settings.admin_port else None
     run_dir = Path(tempfile.mkdtemp(prefix="spangate-"))  # 0700, new: nothing stale in it
     try:
         (run_dir / "metrics").mkdir()
-        return _Supervisor(settings, env, sock, run_dir).run()
+        return _Supervisor(settings, env, sock, run_dir, admin).run()
     finally:
         sock.close()
+        if admin is not None:
+            admin.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -212,6 +229,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.workers")
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--admin-fd", type=int)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -229,7 +247,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("worker %d could not start", args.worker)
         return STARTUP_FAILURE
-    return run_server(app, settings, sockets=[sock], parent=args.parent)
+    admin = socket.socket(fileno=args.admin_fd) if args.admin_fd is not None else None
+    return run_server(app, settings, sockets=[sock], parent=args.parent, admin_socket=admin)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 ``start_served`` runs ``python -m gateway serve`` on a free loopback port with the given policy (the
 example policy by default, which redacts, so an audit key is always set), the emulator and the
-OpenID provider from the session fixtures, and waits for ``/readyz``; ``Served.stop`` sends SIGINT
-(what Ctrl-C and Kubernetes do) and kills the process if it has not exited within 20 s. Its output
-goes to ``Served.log``, which a failed start-up shows.
+OpenID provider from the session fixtures, and waits for ``/readyz`` (on ``SPANGATE_ADMIN_PORT``
+when the test sets one); ``Served.stop`` sends SIGINT (what Ctrl-C and Kubernetes do) and kills
+the process if it has not exited within 20 s. Its output goes to ``Served.log``, which a failed
+start-up shows.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Served:
     port: int
     audit: Path
     log: Path
+    admin_port: int | None = None  # SPANGATE_ADMIN_PORT, when the test set one
 
     @property
     def base(self) -> str:
@@ -65,6 +67,11 @@ class Served:
             if text in log or time.monotonic() > deadline:
                 return log
             time.sleep(0.05)
+
+    @property
+    def health_base(self) -> str:
+        """Where /healthz, /readyz and /metrics are served: the admin port, else the API's."""
+        return f"http://127.0.0.1:{self.admin_port or self.port}"
 
     def trail_files(self) -> list[Path]:
         """The audit files written so far: the file, or with ``SPANGATE_WORKERS`` one per worker
@@ -132,7 +139,7 @@ def start_served(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Served(process, port, audit, log)
+    server = Served(process, port, audit, log, int(variables.get("SPANGATE_ADMIN_PORT", 0)) or None)
     if wait != "no":
         try:
             _wait(server, ready=wait == "ready")
@@ -162,7 +169,7 @@ def _wait(server: Served, *, ready: bool) -> None:
         if server.process.poll() is not None:
             raise AssertionError(f"spangate serve exited: {server.log.read_text()}")
         try:
-            answer = httpx.get(f"{server.base}/readyz", timeout=2.0)
+            answer = httpx.get(f"{server.health_base}/readyz", timeout=2.0)
             if answer.status_code == 200 or not ready:
                 return
         except httpx.TransportError:

@@ -354,3 +354,96 @@ async def test_introspection_caches_survive_a_reload_that_does_not_touch_the_iss
         assert after.calls == 1
     finally:
         await app.shutdown()
+
+
+def with_unreachable_issuer(text: str, port: int) -> str:
+    """The policy with one more issuer, whose identity provider nobody serves (``port``)."""
+    issuer = (
+        "  partner:\n"
+        f"    issuer: http://127.0.0.1:{port}/oauth2/partner\n"
+        "    audience: api://shop\n"
+        "    algorithms: [RS256]\n"
+    )
+    changed = text.replace("\nidentities:", "\n" + issuer + "\nidentities:", 1)
+    assert "partner:" in changed
+    return changed
+
+
+async def test_a_reload_adding_an_issuer_whose_keys_cannot_be_fetched_is_refused(
+    own_gateway: Gateway, policy_copy: Path, token_for: Callable[..., str]
+) -> None:
+    """Regression: the reload swapped in a verifier with a cold key cache, so /readyz said 503
+    (issuer-keys) on every replica at once: one bad `helm upgrade`, a whole outage."""
+    from gateway.dev.ports import free_port
+
+    token = token_for("support-console")
+    before, caches = own_gateway.policy.sha256, dict(own_gateway.verifier.caches)
+    base = policy_copy.read_text()
+    policy_copy.write_text(with_new_route(with_unreachable_issuer(base, free_port())))
+    reloader = own_gateway.reloader
+    assert await reloader.reload() is False
+    assert reloader.failures == 1 and reloader.retry is True  # the poll tries it again
+    assert "issuer 'partner'" in reloader.last_error and "cannot be fetched" in reloader.last_error
+    assert own_gateway.policy.sha256 == before and own_gateway.verifier.caches == caches
+    ready = await _get(own_gateway, "/readyz", token)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["policy_reload_error"] == reloader.last_error
+    assert "refused" in (await _get(own_gateway, "/metrics", token)).text
+    assert (await _get(own_gateway, "/v1/orders/O-1001", token)).status_code == 200
+    assert (await _get(own_gateway, "/v1/tenant", token)).status_code == 404  # not swapped in
+
+    policy_copy.write_text(with_new_route(base))  # the issuer withdrawn: the rest goes in
+    assert await reloader.reload() is True, reloader.last_error
+    assert reloader.retry is False and reloader.last_error is None
+    assert (await _get(own_gateway, "/v1/tenant", token)).status_code == 200
+    assert (await _get(own_gateway, "/readyz", token)).json()["policy_reload_error"] is None
+
+
+async def test_an_error_while_swapping_is_a_refusal_not_a_crash(
+    own_gateway: Gateway, policy_copy: Path
+) -> None:
+    """Whatever fails in a reload is caught, logged and counted: reload() never raises (an
+    exception escaping it ended the watcher's loop, and reloads with it, for good)."""
+    reloader = own_gateway.reloader
+    build = reloader.make_verifier
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the verifier could not be built")
+
+    reloader.make_verifier = broken
+    text = with_new_route(policy_copy.read_text()).replace(
+        "\n  shop_writer:\n", "\n  tenant_reader:\n    database_role: tenant_reader\n  shop_writer:\n", 1
+    )
+    policy_copy.write_text(text)
+    before = own_gateway.policy.sha256
+    assert await reloader.reload() is False
+    assert reloader.last_error == "RuntimeError: the verifier could not be built"
+    assert reloader.retry is True and own_gateway.policy.sha256 == before
+    assert "tenant_reader" not in own_gateway.executor.databases.identities  # nothing left behind
+    reloader.make_verifier = build
+    assert await reloader.reload() is True, reloader.last_error
+
+
+def test_a_running_server_refuses_an_issuer_it_cannot_reach_and_stays_ready(
+    policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
+) -> None:
+    from gateway.dev.ports import free_port
+
+    with serving(
+        tmp_path,
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key=audit_key,
+        policy=policy_copy,
+    ) as server:
+        readyz = f"{server.base}/readyz"
+        first = _poll(readyz, lambda r: r.status_code == 200).json()["policy_sha256"]
+        policy_copy.write_text(with_unreachable_issuer(policy_copy.read_text(), free_port()))
+        server.process.send_signal(signal.SIGHUP)
+        refused = _poll(readyz, lambda r: r.json()["policy_reload_error"] is not None)
+        assert refused.status_code == 200 and refused.json()["status"] == "ready"
+        assert refused.json()["policy_sha256"] == first
+        assert "issuer 'partner'" in refused.json()["policy_reload_error"]
+        metrics = httpx.get(f"{server.base}/metrics").text.splitlines()
+        assert 'spangate_policy_reloads_total{result="refused"} 1.0' in metrics
+        assert httpx.get(readyz).status_code == 200

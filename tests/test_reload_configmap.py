@@ -2,13 +2,22 @@
 
 The kubelet projects a ConfigMap with its atomic writer (pkg/volume/util/atomic_writer.go): the
 files live in a hidden timestamped folder ``..2026_12_01_10_00_00.123``, ``..data`` is a symlink
-to it, and each key is a symlink ``policy.yaml -> ..data/policy.yaml`` that never changes. An update
-writes a new timestamped folder, points a new ``..data_tmp`` at it, renames that over ``..data``
-(atomic), adds the symlinks of new keys, removes those of dropped keys and deletes the old folder.
-``atomic_write`` below does the same steps in the same order, and a real ``spangate serve
---watch`` must reload after each of two updates (a watch on the file's first inode sees the
-first and then nothing: the regression this guards against), with the policy given as the file
-and as the folder.
+to it, and each top-level name is a symlink ``policy.yaml -> ..data/policy.yaml`` (or, for an
+item with a ``path`` in a folder, ``rules -> ..data/rules``) that never changes. An update writes
+a new timestamped folder, points a new ``..data_tmp`` at it, renames that over ``..data``
+(atomic), adds the symlinks of new names, removes those of dropped ones and deletes the old
+folder. ``atomic_write`` below does the same steps in the same order, and a real ``spangate
+serve`` with ``SPANGATE_WATCH_POLICY`` must reload after each of two updates, the policy given as
+the file, as the mount, and as a folder inside the mount; and a policy file that is a symlink to
+a file in another folder must reload when that file is replaced.
+
+What each case guards against: a watch on the file's first inode (the first watcher) sees the
+first update and then nothing: the "file" case. The "nested" case also fails with the watch of the
+policy's folder that replaced it, since that folder is a timestamped one, deleted at the first
+update. The "folder" case (the mount itself) passes with either older watcher (a watch of the
+mount, recursive or not, sees the ``..data`` swap): it stays as a guard for the layout the chart
+uses. The poll is off in all of them (``SPANGATE_POLICY_POLL_SECONDS=0``): the watcher alone must
+see each update.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from served import EXAMPLE_POLICY, served
+from served import EXAMPLE_POLICY, Served, served
 
 from gateway.policy.load import load_policy
 from gateway.reload import policy_change
@@ -44,26 +53,32 @@ NEW_ROUTE_ENTRY = """  - path: /v1/tenant
 
 
 def atomic_write(target: Path, payload: dict[str, bytes]) -> None:
-    """Project ``payload`` (key -> content) into ``target`` as the kubelet's AtomicWriter does."""
+    """Project ``payload`` (path -> content; a path may name a folder: ``rules/a.yaml``) into
+    ``target`` as the kubelet's AtomicWriter does."""
     data = target / "..data"
     old = os.readlink(data) if data.is_symlink() else ""
-    old_keys = {p.name for p in (target / old).iterdir()} if old else set()
-    current = {key: (target / old / key).read_bytes() for key in old_keys}
+    current = {
+        str(p.relative_to(target / old)): p.read_bytes()
+        for p in (target / old).rglob("*")
+        if old and p.is_file()
+    }
     if old and current == payload:
         return  # unchanged: the kubelet writes nothing
     stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
     fresh = Path(tempfile.mkdtemp(prefix=stamp, dir=target))
     fresh.chmod(0o755)
     for key, content in payload.items():
+        (fresh / key).parent.mkdir(parents=True, exist_ok=True)
         (fresh / key).write_bytes(content)
         (fresh / key).chmod(0o644)
     os.symlink(fresh.name, target / "..data_tmp")
     os.rename(target / "..data_tmp", data)
-    for key in payload:
-        if not (target / key).is_symlink():
-            os.symlink(f"..data/{key}", target / key)
-    for key in old_keys - payload.keys():
-        (target / key).unlink()
+    tops = {key.split("/")[0] for key in payload}
+    for top in sorted(tops):
+        if not (target / top).is_symlink():
+            os.symlink(f"..data/{top}", target / top)
+    for top in {key.split("/")[0] for key in current} - tops:
+        (target / top).unlink()
     if old:
         shutil.rmtree(target / old)
 
@@ -77,6 +92,11 @@ def test_atomic_write_lays_out_what_the_kubelet_does(tmp_path: Path) -> None:
     assert second != first and not (tmp_path / first).exists()
     assert (tmp_path / "a.yaml").read_bytes() == b"3" and not (tmp_path / "b.yaml").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["..data", second, "a.yaml"])
+    atomic_write(tmp_path, {"rules/a.yaml": b"4"})  # an item whose path is in a folder
+    third = os.readlink(tmp_path / "..data")
+    assert os.readlink(tmp_path / "rules") == "..data/rules" and not (tmp_path / "a.yaml").exists()
+    assert (tmp_path / "rules" / "a.yaml").read_bytes() == b"4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["..data", third, "rules"])
 
 
 def _sha_of(path: Path) -> str:
@@ -97,7 +117,35 @@ def _wait_for_sha(base: str, sha: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"the gateway never served policy {sha[:12]} (it serves {last})")
 
 
-@pytest.mark.parametrize("given", ["file", "folder"])
+WATCH_ONLY = {"SPANGATE_WATCH_POLICY": "true", "SPANGATE_POLICY_POLL_SECONDS": "0"}
+
+
+def _with_new_route(base: str) -> str:
+    first = base.replace("\nqueries:\n", "\nqueries:" + NEW_ROUTE, 1)
+    first = first.replace("\nroutes:\n", "\nroutes:\n" + NEW_ROUTE_ENTRY, 1)
+    assert first.count("tenant_name") == 2
+    return first
+
+
+def _two_updates(
+    server: Served, policy: Path, update: Callable[[str], None], token: str
+) -> None:
+    """Update 1 adds a route, update 2 withdraws it: each must be served (the watcher alone)."""
+    base = EXAMPLE_POLICY.read_text()
+    _wait_for_sha(server.base, _sha_of(policy))
+    tenant = f"{server.base}/v1/tenant"
+    assert httpx.get(tenant, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    update(_with_new_route(base))
+    _wait_for_sha(server.base, _sha_of(policy))
+    answer = httpx.get(tenant, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    update(base)  # a watch on the first file's inode, or on a deleted folder, stops before this
+    _wait_for_sha(server.base, _sha_of(policy))
+    assert httpx.get(tenant, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    assert server.process.poll() is None
+
+
+@pytest.mark.parametrize("given", ["file", "folder", "nested"])
 def test_a_configmap_update_is_reloaded_every_time(
     given: str,
     tmp_path: Path,
@@ -108,37 +156,56 @@ def test_a_configmap_update_is_reloaded_every_time(
 ) -> None:
     mount = tmp_path / "policy"  # the ConfigMap's volume, as the pod sees it
     mount.mkdir()
-    base = EXAMPLE_POLICY.read_text()
-    atomic_write(mount, {"policy.yaml": base.encode()})
-    policy = mount / "policy.yaml" if given == "file" else mount
-    assert (mount / "policy.yaml").is_symlink()
+    # "nested": the item's path puts the file in a folder of the mount (items: [{key: policy.yaml,
+    # path: rules/policy.yaml}]), and SPANGATE_POLICY is that folder.
+    key = "rules/policy.yaml" if given == "nested" else "policy.yaml"
+
+    def update(text: str) -> None:
+        atomic_write(mount, {key: text.encode()})
+
+    update(EXAMPLE_POLICY.read_text())
+    policy = {"file": mount / "policy.yaml", "folder": mount, "nested": mount / "rules"}[given]
+    assert (mount / key.split("/")[0]).is_symlink()
     with served(
         tmp_path,
         database=demo_database,
         issuer=idp.issuer,
         audit_key=audit_key,
         policy=policy,
-        env={"SPANGATE_WATCH_POLICY": "true"},
+        env=WATCH_ONLY,
     ) as server:
-        _wait_for_sha(server.base, _sha_of(policy))
-        token = token_for("support-console")
-        tenant = f"{server.base}/v1/tenant"
-        assert httpx.get(tenant, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+        _two_updates(server, policy, update, token_for("support-console"))
 
-        # Update 1: a new route.
-        first = base.replace("\nqueries:\n", "\nqueries:" + NEW_ROUTE, 1)
-        first = first.replace("\nroutes:\n", "\nroutes:\n" + NEW_ROUTE_ENTRY, 1)
-        assert first.count("tenant_name") == 2
-        atomic_write(mount, {"policy.yaml": first.encode()})
-        _wait_for_sha(server.base, _sha_of(policy))
-        answer = httpx.get(tenant, headers={"Authorization": f"Bearer {token}"})
-        assert answer.status_code == 200, answer.text
 
-        # Update 2: the same route withdrawn. A watch on the first file's inode stops here.
-        atomic_write(mount, {"policy.yaml": base.encode()})
-        _wait_for_sha(server.base, _sha_of(policy))
-        assert httpx.get(tenant, headers={"Authorization": f"Bearer {token}"}).status_code == 404
-        assert server.process.poll() is None
+def test_a_policy_file_linked_to_another_folder_is_reloaded_when_that_file_changes(
+    tmp_path: Path,
+    demo_database: str,
+    idp: Any,
+    audit_key: str,
+    token_for: Callable[..., str],
+) -> None:
+    """``/etc/x/policy.yaml -> /srv/cfg/policy.yaml``: an edit in /srv/cfg makes no event in
+    /etc/x, the folder the watcher watched alone."""
+    real = tmp_path / "srv" / "cfg"
+    real.mkdir(parents=True)
+    (real / "policy.yaml").write_text(EXAMPLE_POLICY.read_text())
+    policy = tmp_path / "etc" / "x" / "policy.yaml"
+    policy.parent.mkdir(parents=True)
+    policy.symlink_to(real / "policy.yaml")
+
+    def update(text: str) -> None:  # as an editor saves: a new file renamed over the old one
+        (real / ".policy.yaml.tmp").write_text(text)
+        os.rename(real / ".policy.yaml.tmp", real / "policy.yaml")
+
+    with served(
+        tmp_path,
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key=audit_key,
+        policy=policy,
+        env=WATCH_ONLY,
+    ) as server:
+        _two_updates(server, policy, update, token_for("support-console"))
 
 
 def test_only_changes_that_can_change_the_policy_trigger_a_reload(tmp_path: Path) -> None:

@@ -6,16 +6,18 @@ For the chart's default values and for each ``ci/*-values.yaml`` of the chart (a
 
 - ``helm lint --strict`` (Helm v4's own library, helm-python-sdk) for every Kubernetes version
   checked (1.29 to 1.33), values.schema.json included;
-- ``helm template`` (``Chart.render``), once; the manifests are written to ``OUT/<set>/``;
-- every manifest validated by kubernetes-validate, strictly (unknown fields are errors), against
-  each Kubernetes version; a kind it has no schema for (a CRD's, like ServiceMonitor) is reported
-  as such, not as valid;
+- ``helm template`` once for each Kubernetes version (``.Capabilities.KubeVersion`` set to it:
+  the chart chooses some fields by version), and every manifest of that rendering validated by
+  kubernetes-validate, strictly (unknown fields are errors), against that version; a kind it has
+  no schema for (a CRD's, like ServiceMonitor) is reported as such, not as valid. The rendering
+  for the newest version is the set's ``manifests``, written to ``OUT/<set>/``;
 
 then ``checkov`` once over all the rendered manifests (its kubernetes framework, offline). Both
 validators are also shown a canary that they must refuse (a manifest with a misspelt field; a
 privileged root pod in ``OUT/canary/``), so a check that silently stopped checking is seen. With
 ``--schema-cases FILE`` (a JSON object: case name -> values), each case's values are validated
-against values.schema.json by Helm and the outcome reported (the tests' refusals).
+against values.schema.json by Helm, rendered, and the outcome reported (the tests' refusals and
+renderings); a case is ``{"values": {...}, "kube_version": "1.29.0" or null}``.
 
 Prints a summary and exits 1 when anything failed (a lint error or warning, a render error, an
 invalid manifest, a failed checkov check); ``--report`` writes everything as JSON for the tests.
@@ -38,6 +40,7 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate.utils as kv
 import yaml
+from helm_python import _native
 
 KUBE_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 RELEASE, NAMESPACE = "spangate", "spangate"
@@ -51,6 +54,32 @@ def values_sets(chart: Path) -> dict[str, Path | None]:
     return sets
 
 
+def render(
+    loaded: helm.Chart, values: dict[str, Any] | None, kube_version: str | None
+) -> dict[str, str]:
+    """``helm template`` of ``loaded`` as an install; with ``kube_version``, as on that version.
+
+    helm-python-sdk's ``Chart.render`` takes no Kubernetes version (its default is its own, newer
+    than any checked here), while its library's render options do (``kube_version``, as ``helm
+    lint`` takes it): that option is passed through the package's native call."""
+    if kube_version is None:
+        return loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    options = {
+        "name": RELEASE,
+        "namespace": NAMESPACE,
+        "is_install": True,
+        "kube_version": f"v{kube_version}",
+    }
+    text = _native.call_string(
+        "helm_render",
+        loaded._raw(),
+        None if values is None else json.dumps(values),
+        json.dumps(options),
+    )
+    manifests: dict[str, str] = json.loads(text)
+    return manifests
+
+
 def check_set(chart: Path, values_file: Path | None, out: Path) -> dict[str, Any]:
     values = helm.values_from_yaml(values_file.read_text()) if values_file else None
     result: dict[str, Any] = {
@@ -58,6 +87,7 @@ def check_set(chart: Path, values_file: Path | None, out: Path) -> dict[str, Any
         "lint": {},
         "render_error": None,
         "manifests": {},
+        "manifests_by_kube": {},
         "notes": "",
         "validation": [],
     }
@@ -69,29 +99,36 @@ def check_set(chart: Path, values_file: Path | None, out: Path) -> dict[str, Any
         ] + [{"severity": "error", "path": "", "error": e} for e in report.get("errors") or []]
     try:
         with helm.Chart.load(chart) as loaded:
-            rendered = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            renderings = {kube: render(loaded, values, kube) for kube in KUBE_VERSIONS}
     except helm.HelmError as exc:
         result["render_error"] = str(exc)
         return result
     out.mkdir(parents=True, exist_ok=True)
-    for template, text in sorted(rendered.items()):
-        name = template.split("/templates/", 1)[-1]
-        if name == "NOTES.txt":
-            result["notes"] = text
-            continue
-        if not text.strip():
-            continue
-        result["manifests"][name] = text
+    for kube, rendered in renderings.items():
+        manifests: dict[str, str] = {}
+        for template, text in sorted(rendered.items()):
+            name = template.split("/templates/", 1)[-1]
+            if name == "NOTES.txt":
+                result["notes"] = text
+                continue
+            if not text.strip():
+                continue
+            manifests[name] = text
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    result["validation"].extend(validate(doc, name, (kube,)))
+        result["manifests_by_kube"][kube] = manifests
+    result["manifests"] = result["manifests_by_kube"][KUBE_VERSIONS[-1]]
+    for name, text in result["manifests"].items():
         (out / name.replace("/", "_")).write_text(text)
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                result["validation"].extend(validate(doc, name))
     return result
 
 
-def validate(doc: dict[str, Any], template: str) -> list[dict[str, Any]]:
+def validate(
+    doc: dict[str, Any], template: str, versions: tuple[str, ...] = KUBE_VERSIONS
+) -> list[dict[str, Any]]:
     found = []
-    for kube in KUBE_VERSIONS:
+    for kube in versions:
         entry = {
             "template": template,
             "kind": doc.get("kind"),
@@ -199,19 +236,30 @@ def _check(check: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_cases(chart: Path, cases: dict[str, Any]) -> dict[str, dict[str, str | None]]:
-    """Each case's values through Helm: the error (None when taken) and the install notes."""
-    outcome: dict[str, dict[str, str | None]] = {}
+def schema_cases(chart: Path, cases: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each case's values through Helm: the error (None when taken), the install notes and the
+    rendered manifests (template -> text), on the case's Kubernetes version if it names one."""
+    outcome: dict[str, dict[str, Any]] = {}
     with helm.Chart.load(chart) as loaded:
-        for name, values in cases.items():
+        for name, case in cases.items():
+            values = case["values"]
             try:
                 loaded.validate_schema(values)
-                rendered = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+                rendered = render(loaded, values, case.get("kube_version"))
             except helm.HelmError as exc:
-                outcome[name] = {"error": str(exc), "notes": None}
+                outcome[name] = {"error": str(exc), "notes": None, "manifests": {}}
             else:
                 notes = [text for path, text in rendered.items() if path.endswith("/NOTES.txt")]
-                outcome[name] = {"error": None, "notes": notes[0] if notes else ""}
+                manifests = {
+                    path.split("/templates/", 1)[-1]: text
+                    for path, text in rendered.items()
+                    if not path.endswith("/NOTES.txt") and text.strip()
+                }
+                outcome[name] = {
+                    "error": None,
+                    "notes": notes[0] if notes else "",
+                    "manifests": manifests,
+                }
     return outcome
 
 

@@ -14,7 +14,8 @@ The only I/O of the policy package is reading files, here. Then, purely:
 3. A folder's files are merged: ``issuers``, ``identities``, ``roles`` and ``queries`` by name (a
    name in two files is one problem naming both places), ``routes`` concatenated in file order,
    ``version`` equal wherever given, any other key (``spanner``, ``audit``) in one file only.
-   Files whose top level has ``cases:`` are policy tests and are skipped.
+   Files whose top level has ``cases:`` are policy tests and are skipped, and so are dotfiles
+   (``._policy.yaml``: macOS metadata, editors' temporary files; ``policy_files``).
 
 Problems are appended to the caller's list as ``PolicyProblem``; a file that cannot be read or
 parsed yields no document (nothing else in it is trusted).
@@ -42,9 +43,11 @@ __all__ = [
     "SourceMap",
     "digest",
     "dotted",
+    "fingerprint",
     "interpolate",
     "merge_documents",
     "parse_document",
+    "policy_files",
     "read_documents",
     "show_position",
 ]
@@ -297,6 +300,42 @@ def parse_document(
     return Document(path, name, raw, data, builder.nodes, builder.keys, notes)
 
 
+def policy_files(path: Path) -> list[Path] | None:
+    """The files a policy at ``path`` is read from: the file itself, or a folder's ``*.yaml`` and
+    ``*.yml`` files by name, skipping dotfiles (``._policy.yaml``, which macOS and some editors
+    leave beside a file, and Kubernetes' ``..data``); None when ``path`` is neither."""
+    if path.is_dir():
+        return sorted(
+            (
+                p
+                for p in path.iterdir()
+                if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+            ),
+            key=lambda p: p.name,
+        )
+    if path.is_file():
+        return [path]
+    return None
+
+
+def fingerprint(path: Path) -> str | None:
+    """SHA-256 over the names and bytes of ``policy_files(path)`` (policy test files included),
+    without parsing: what the policy watcher's poll compares to notice a change. None when the
+    files cannot be listed or read (the reload that follows says why)."""
+    files = policy_files(path)
+    if files is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        for file in files:
+            raw = file.read_bytes()
+            h.update(f"{file.name}\0{len(raw)}\0".encode())
+            h.update(raw)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def read_documents(
     path: Path,
     env: Mapping[str, str],
@@ -306,14 +345,8 @@ def read_documents(
 ) -> list[Document] | None:
     """The policy documents at ``path`` (sorted by name), or None when one could not be parsed."""
     folder = path.is_dir()
-    if folder:
-        files = sorted(
-            (p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()),
-            key=lambda p: p.name,
-        )
-    elif path.is_file():
-        files = [path]
-    else:
+    files = policy_files(path)
+    if files is None:
         problems.append(PolicyProblem(str(path), None, None, "", "no such file or folder"))
         return None
     docs: list[Document] = []

@@ -148,13 +148,20 @@ def _show_position(file: str, line: int | None, column: int | None) -> str:
 
 
 def find_case_files(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, and in folders (recursively) every ``*.yaml``/``*.yml`` with ``cases:``."""
+    """Files as given, and in folders (recursively) every ``*.yaml``/``*.yml`` with ``cases:``,
+    but none under a dot-name (``._x.yaml``, and a ConfigMap mount's ``..data`` and timestamped
+    folders, which hold the same files again)."""
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
             found.append(path)
             continue
-        for file in sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")):
+        for file in sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix in (".yaml", ".yml")
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ):
             try:
                 text = file.read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError):

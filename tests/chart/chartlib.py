@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHART", "REPO", "SCHEMA_CASES", "only", "pod_spec"]
+__all__ = ["CHART", "REPO", "RENDER_CASES", "SCHEMA_CASES", "named", "only", "pod_spec"]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "spangate"
@@ -33,9 +33,56 @@ SCHEMA_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "an unknown setting": ({"config": {"extra": {"MAX_CONNECTIONS": "5"}}}, "MAX_CONNECTIONS"),
     "a policy file that is not YAML": ({"policy": {"files": {"policy.json": "{}"}}}, "policy.json"),
     "a grace period too short to drain": (
-        {"shutdown": {"terminationGracePeriodSeconds": 20}},
-        "terminationGracePeriodSeconds (20) must be at least",
+        {"shutdown": {"terminationGracePeriodSeconds": 34}},
+        "terminationGracePeriodSeconds (34) must be at least preStopSleepSeconds + drainSeconds"
+        " + requestTimeoutSeconds + config.settleSeconds + 5 for the audit flush (35)",
     ),
+    "a grace period that forgets a preStop wait": (
+        {"shutdown": {"preStopSleepSeconds": 11}},
+        "terminationGracePeriodSeconds (45) must be at least",
+    ),
+    "a number in config.extra (it would render as 1e+06)": (
+        {"config": {"extra": {"SPANGATE_MAX_CONNECTIONS": 1000000}}},
+        "SPANGATE_MAX_CONNECTIONS",
+    ),
+    "a setting the chart sets itself in config.extra": (
+        {"config": {"extra": {"SPANGATE_SETTLE_SECONDS": "999"}}},
+        "SPANGATE_SETTLE_SECONDS",
+    ),
+    "Workload Identity on a ServiceAccount the chart does not create": (
+        {
+            "serviceAccount": {
+                "create": False,
+                "name": "mine",
+                "gcpServiceAccount": "gateway@acme-prod.iam.gserviceaccount.com",
+            }
+        },
+        "serviceAccount.gcpServiceAccount needs serviceAccount.create: true",
+    ),
+    "a PodDisruptionBudget keeping every pod": (
+        {"podDisruptionBudget": {"maxUnavailable": "", "minAvailable": 2}},
+        "podDisruptionBudget.minAvailable (2) keeps every pod of replicaCount (2)",
+    ),
+    "a PodDisruptionBudget keeping 100%": (
+        {"podDisruptionBudget": {"maxUnavailable": "", "minAvailable": "100%"}},
+        "podDisruptionBudget.minAvailable (100%) keeps every pod",
+    ),
+    "a PodDisruptionBudget keeping the HPA's only pod": (
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 1},
+            "podDisruptionBudget": {"maxUnavailable": "", "minAvailable": 1},
+        },
+        "keeps every pod of autoscaling.minReplicas (1)",
+    ),
+    "a PodDisruptionBudget with both bounds": (
+        {"podDisruptionBudget": {"maxUnavailable": 1, "minAvailable": 1}},
+        "set exactly one of maxUnavailable",
+    ),
+    "a PodDisruptionBudget with neither bound": (
+        {"podDisruptionBudget": {"maxUnavailable": ""}},
+        "set exactly one of maxUnavailable",
+    ),
+    "the admin port on the API's port": ({"admin": {"port": 8080}}, "admin.port must not be 8080"),
     "no policy at all": ({"policy": {"files": None}}, "set policy.files"),
     "a digest that is not one": ({"image": {"digest": "latest"}}, "digest"),
     "an existing ConfigMap instead of files": ({"policy": {"existingConfigMap": "mine"}}, None),
@@ -53,6 +100,39 @@ SCHEMA_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
         "gcpServiceAccount",
     ),
 }
+
+
+# Values that Helm must take, rendered (on a Kubernetes version when one is named): the tests
+# read their manifests. Run in the same Helm session as SCHEMA_CASES.
+POLICY = "version: 1\nroutes: []\n"
+RENDER_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
+    "a preStop wait on Kubernetes 1.29": ({"shutdown": {"preStopSleepSeconds": 5}}, "1.29.0"),
+    "a preStop wait on Kubernetes 1.30": ({"shutdown": {"preStopSleepSeconds": 5}}, "1.30.0"),
+    "policy A": ({"policy": {"files": {"policy.yaml": POLICY}}}, None),
+    "policy B": ({"policy": {"files": {"policy.yaml": POLICY + "# changed\n"}}}, None),
+    "a large number in config.extra, quoted": (
+        {"config": {"extra": {"SPANGATE_MAX_BODY_BYTES": "1000000"}}},
+        None,
+    ),
+    "no admin port": ({"admin": {"port": 0}, "serviceMonitor": {"enabled": True}}, None),
+    "an HPA from one pod": ({"autoscaling": {"enabled": True, "minReplicas": 1}}, None),
+    "one replica": ({"replicaCount": 1}, None),
+    "a minAvailable below the replicas": (
+        {"replicaCount": 3, "podDisruptionBudget": {"maxUnavailable": "", "minAvailable": 2}},
+        None,
+    ),
+    "a file audit sink": (
+        {"policy": {"files": {"policy.yaml": "audit:\n  sinks:\n    - {type: file}\n"}}},
+        None,
+    ),
+}
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The object of ``kind`` called ``name``."""
+    matching = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matching) == 1, f"{len(matching)} {kind}s named {name}"
+    return matching[0]
 
 
 def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

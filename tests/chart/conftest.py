@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import CHART, REPO, SCHEMA_CASES
+from chartlib import CHART, RENDER_CASES, REPO, SCHEMA_CASES
 
 TOOLS_PYTHON = REPO / ".venv-chart" / "bin" / "python"
 CHART_CHECK = REPO / "dev" / "chart-tools" / "chart_check.py"
@@ -30,7 +30,17 @@ def chart_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
     folder = tmp_path_factory.mktemp("chart")
     cases = folder / "schema-cases.json"
-    cases.write_text(json.dumps({name: values for name, (values, _) in SCHEMA_CASES.items()}))
+    cases.write_text(
+        json.dumps(
+            {
+                **{name: {"values": values} for name, (values, _) in SCHEMA_CASES.items()},
+                **{
+                    name: {"values": values, "kube_version": kube}
+                    for name, (values, kube) in RENDER_CASES.items()
+                },
+            }
+        )
+    )
     report = folder / "report.json"
     done = subprocess.run(
         [
@@ -55,6 +65,22 @@ def chart_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(report.read_text())
     data["summary"] = done.stdout
     return data
+
+
+@pytest.fixture(scope="session")
+def cases(chart_report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each of chartlib.RENDER_CASES -> its rendered objects."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name in RENDER_CASES:
+        outcome = chart_report["schema_cases"][name]
+        assert outcome["error"] is None, f"{name}: {outcome['error']}"
+        found[name] = [
+            doc
+            for text in outcome["manifests"].values()
+            for doc in yaml.safe_load_all(text)
+            if doc
+        ]
+    return found
 
 
 @pytest.fixture(scope="session")

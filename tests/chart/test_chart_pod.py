@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import only, pod_spec
+import yaml
+from chartlib import named, only, pod_spec
 
 from gateway.policy.load import load_policy
 from gateway.settings import Settings
@@ -212,15 +213,24 @@ def test_the_policy_is_the_mounted_configmap_and_loads(
     assert loaded.policy.routes
 
 
-def test_the_checksum_annotation_follows_the_policy(
-    rendered: dict[str, list[dict[str, Any]]],
+def _checksum(objects: list[dict[str, Any]]) -> str | None:
+    template = only(objects, "Deployment")["spec"]["template"]["metadata"]
+    found: str | None = template.get("annotations", {}).get("checksum/policy")
+    return found
+
+
+def test_a_policy_change_rolls_the_pods_by_default(
+    rendered: dict[str, list[dict[str, Any]]], cases: dict[str, list[dict[str, Any]]]
 ) -> None:
-    annotations = {
-        name: only(objects, "Deployment")["spec"]["template"]["metadata"].get("annotations", {})
-        for name, objects in rendered.items()
-    }
-    assert "checksum/policy" not in annotations["default"]
-    assert len(annotations["full"]["checksum/policy"]) == 64
+    """checksumAnnotation is on by default: a changed policy changes the pod template, so new
+    pods that refuse it stay unready and the rollout (and `helm upgrade --wait`) stalls on the
+    old ones. Two policies differing by one comment: two checksums."""
+    first, second = _checksum(cases["policy A"]), _checksum(cases["policy B"])
+    assert first is not None and second is not None and len(first) == 64
+    assert first != second
+    assert _checksum(rendered["default"]) not in (None, first, second)
+    configmap = only(cases["policy A"], "ConfigMap")
+    assert configmap["data"] == {"policy.yaml": "version: 1\nroutes: []\n"}
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -232,13 +242,19 @@ def test_the_gateway_listens_where_the_service_and_probes_look(
     (container,) = spec["containers"]
     env = _env(container)
     assert (env["SPANGATE_HOST"], env["SPANGATE_PORT"]) == ("0.0.0.0", "8080")  # noqa: S104
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert env["SPANGATE_ADMIN_PORT"] == "8081"
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["args"] == ["serve"] and "command" not in container  # the image's entrypoint
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    service = only(objects, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # The probes on the admin port: not subject to the API's connection cap (gateway.admin).
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    # The API's Service carries the API only: /metrics and /readyz are not published with it.
+    service = named(objects, "Service", only(objects, "Deployment")["metadata"]["name"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     for kind, selector in (
         ("Service", service["spec"]["selector"]),
@@ -250,8 +266,11 @@ def test_the_gateway_listens_where_the_service_and_probes_look(
         ("NetworkPolicy", only(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]),
     ):
         assert selector.items() <= labels.items(), kind
-    policy = only(objects, "NetworkPolicy")
-    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    ingress = only(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert [rule["ports"] for rule in ingress] == [
+        [{"port": "http", "protocol": "TCP"}],
+        [{"port": "admin", "protocol": "TCP"}],
+    ]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"/etc/spangate/policy", "/tmp", "/var/lib/spangate"}  # noqa: S108
     writable = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
@@ -259,32 +278,88 @@ def test_the_gateway_listens_where_the_service_and_probes_look(
     assert env["SPANGATE_AUDIT_PATH"].startswith("/var/lib/spangate/")
 
 
+def test_without_an_admin_port_everything_is_on_the_api_port(
+    cases: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = cases["no admin port"]
+    (container,) = pod_spec(objects)["containers"]
+    assert _env(container)["SPANGATE_ADMIN_PORT"] == "0"
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert [o["kind"] for o in objects].count("Service") == 1
+    monitor = only(objects, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    service = only(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert len(only(objects, "NetworkPolicy")["spec"]["ingress"]) == 1
+
+
+def _pre_stop_wait(container: dict[str, Any]) -> float:
+    """Seconds of the container's preStop hook (0 without one)."""
+    pre_stop = (container.get("lifecycle") or {}).get("preStop")
+    if pre_stop is None:
+        return 0.0
+    if "sleep" in pre_stop:  # the Kubernetes sleep action: nothing needed in the image
+        return float(pre_stop["sleep"]["seconds"])
+    command = pre_stop["exec"]["command"]
+    assert command[:2] == ["python3", "-c"]  # the image's Python (on PATH: /opt/spangate/bin)
+    return float(command[2].removeprefix("import time; time.sleep(").removesuffix(")"))
+
+
 @pytest.mark.parametrize("name", SETS)
 def test_shutdown_drains_before_the_pod_is_killed(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
+    """The grace period covers what the gateway's shutdown can take, as configured in the pod:
+    a preStop wait, the drain, requests in flight, settling writes and the audit flush (5 s)."""
     spec = pod_spec(rendered[name])
     (container,) = spec["containers"]
-    settle = float(_env(container)["SPANGATE_SETTLE_SECONDS"])
-    pre_stop = container["lifecycle"]["preStop"]
-    if "sleep" in pre_stop:  # the Kubernetes sleep action: nothing needed in the image
-        wait = pre_stop["sleep"]["seconds"]
-    else:
-        command = pre_stop["exec"]["command"]
-        assert command[:2] == ["python3", "-c"]  # the image has no shell
-        wait = float(command[2].removeprefix("import time; time.sleep(").removesuffix(")"))
-    assert wait > 0
-    # preStop, requests in flight (10 s), settling writes, the audit flush (5 s).
-    assert spec["terminationGracePeriodSeconds"] >= wait + 10 + settle + 5
+    env = _env(container)
+    steps = [
+        _pre_stop_wait(container),
+        float(env["SPANGATE_DRAIN_SECONDS"]),
+        float(env["SPANGATE_SHUTDOWN_TIMEOUT_SECONDS"]),
+        float(env["SPANGATE_SETTLE_SECONDS"]),
+        5.0,
+    ]
+    assert steps[1] >= 5  # the drain is what endpoint removal needs
+    assert spec["terminationGracePeriodSeconds"] >= sum(steps)
 
 
-def test_the_defaults_use_the_sleep_action_and_the_full_set_exec(
+def test_the_drain_replaces_a_pre_stop_sleep_by_default(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    default = pod_spec(rendered["default"])["containers"][0]["lifecycle"]["preStop"]
-    assert default == {"sleep": {"seconds": 5}}
-    full = pod_spec(rendered["full"])["containers"][0]["lifecycle"]["preStop"]
-    assert full == {"exec": {"command": ["python3", "-c", "import time; time.sleep(10)"]}}
+    (container,) = pod_spec(rendered["default"])["containers"]
+    assert "lifecycle" not in container
+    assert _env(container)["SPANGATE_DRAIN_SECONDS"] == "10"
+
+
+def test_a_pre_stop_wait_uses_exec_before_kubernetes_1_30_and_sleep_from_it(
+    chart_report: dict[str, Any], cases: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Kubernetes 1.29 refuses the sleep action without the PodLifecycleSleepAction feature gate
+    (on by default from 1.30): preStopAction auto picks by .Capabilities.KubeVersion."""
+    old = pod_spec(cases["a preStop wait on Kubernetes 1.29"])["containers"][0]["lifecycle"]
+    new = pod_spec(cases["a preStop wait on Kubernetes 1.30"])["containers"][0]["lifecycle"]
+    assert old == {"preStop": {"exec": {"command": ["python3", "-c", "import time; time.sleep(5)"]}}}
+    assert new == {"preStop": {"sleep": {"seconds": 5}}}
+    # The full set, rendered (and validated) once per version, does the same.
+    by_kube = chart_report["sets"]["full"]["manifests_by_kube"]
+    for kube, action in (("1.29.0", "exec"), ("1.30.0", "sleep"), ("1.33.0", "sleep")):
+        deployment = yaml.safe_load(by_kube[kube]["deployment.yaml"])
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert set(container["lifecycle"]["preStop"]) == {action}, kube
+
+
+def test_config_extra_values_are_written_as_given(
+    cases: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A bare number there is refused (SCHEMA_CASES): Helm would write 1000000 as "1e+06", which
+    no setting parses, and every pod would crash."""
+    (container,) = pod_spec(cases["a large number in config.extra, quoted"])["containers"]
+    assert _env(container)["SPANGATE_MAX_BODY_BYTES"] == "1000000"
+    settings = Settings(max_body_bytes=_env(container)["SPANGATE_MAX_BODY_BYTES"])
+    assert settings.max_body_bytes == 1_000_000
 
 
 def test_the_full_set_wires_secrets_workload_identity_and_autoscaling(
@@ -301,6 +376,7 @@ def test_the_full_set_wires_secrets_workload_identity_and_autoscaling(
         "secretKeyRef": {"name": "okta-introspection", "key": "client-secret"}
     }
     assert env["SPANGATE_MAX_CONNECTIONS"] == "2000"
+    assert _env(container)["SPANGATE_DRAIN_SECONDS"] == "15"
     account = only(objects, "ServiceAccount")
     assert (
         account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
@@ -312,13 +388,32 @@ def test_the_full_set_wires_secrets_workload_identity_and_autoscaling(
     hpa = only(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    # Prometheus scrapes the admin port through a ClusterIP Service of its own, and the
+    # NetworkPolicy lets it in from its namespace; callers come from the ingress controller's.
     monitor = only(objects, "ServiceMonitor")
-    service = only(objects, "Service")
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    name = deployment["metadata"]["name"]
+    admin = named(objects, "Service", f"{name}-admin")
+    api = named(objects, "Service", name)
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 8081, "targetPort": "admin", "protocol": "TCP"}
+    ]
+    assert monitor["spec"]["endpoints"][0]["port"] == "admin"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= admin["metadata"]["labels"].items()
+    assert not selector <= api["metadata"]["labels"].items()  # never the API's Service
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["spangate"]}
+    ingress = only(objects, "NetworkPolicy")["spec"]["ingress"]
+    peers = {
+        rule["ports"][0]["port"]: rule["from"][0]["namespaceSelector"]["matchLabels"]
+        for rule in ingress
+    }
+    assert peers == {
+        "http": {"kubernetes.io/metadata.name": "ingress"},
+        "admin": {"kubernetes.io/metadata.name": "monitoring"},
+    }
+    assert api["spec"]["type"] == "ClusterIP"  # the ingress controller in front
     egress = only(objects, "NetworkPolicy")["spec"]
     assert "Egress" in egress["policyTypes"]
     assert {"port": 6379, "protocol": "TCP"} in egress["egress"][-1]["ports"]
@@ -335,4 +430,29 @@ def test_the_default_deployment_runs_two_spread_replicas(
         "topology.kubernetes.io/zone",
         "kubernetes.io/hostname",
     }
-    assert only(rendered["default"], "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def _budget(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    found = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    return found[0]["spec"] if found else None
+
+
+def test_the_disruption_budget_takes_one_pod_at_a_time_and_never_blocks_a_drain(
+    rendered: dict[str, list[dict[str, Any]]], cases: dict[str, list[dict[str, Any]]]
+) -> None:
+    """maxUnavailable: 1 by default, for any number of pods (an HPA from one pod too: a budget
+    of one pod may take that pod); minAvailable only below the pods that run (a minAvailable
+    that keeps every pod is refused: SCHEMA_CASES); unhealthy pods may always be evicted."""
+    selector = {"app.kubernetes.io/name": "spangate", "app.kubernetes.io/instance": "spangate"}
+    expected = {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": selector},
+    }
+    assert _budget(rendered["default"]) == expected
+    assert _budget(cases["an HPA from one pod"]) == expected
+    assert _budget(cases["one replica"]) == expected
+    below = _budget(cases["a minAvailable below the replicas"])
+    assert below is not None and below["minAvailable"] == 2 and "maxUnavailable" not in below
+    full = _budget(rendered["full"])
+    assert full is not None and full["minAvailable"] == 2  # of the HPA's 3 at least

@@ -48,7 +48,10 @@ def test_helm_renders_every_part_that_the_values_turn_on(
         "Service",
         "ServiceAccount",
     ]
-    assert kinds["full"] == sorted([*kinds["default"], "HorizontalPodAutoscaler", "ServiceMonitor"])
+    # The full set adds the HPA, the ServiceMonitor and the admin port's Service it scrapes.
+    assert kinds["full"] == sorted(
+        [*kinds["default"], "HorizontalPodAutoscaler", "ServiceMonitor", "Service"]
+    )
 
 
 def test_every_manifest_is_valid_on_kubernetes_1_29_to_1_33(chart_report: dict[str, Any]) -> None:
@@ -120,6 +123,15 @@ def test_the_install_notes_say_what_is_missing(chart_report: dict[str, Any]) -> 
     assert "No serviceAccount.gcpServiceAccount" in default
     assert "No serviceAccount.gcpServiceAccount" not in full
     assert "budgets but no secrets.redisUrl" not in full  # it has budgets, and Redis
+
+
+def test_the_install_notes_warn_of_a_file_audit_sink_on_the_emptydir(
+    chart_report: dict[str, Any],
+) -> None:
+    warning = "The policy has a file audit sink"
+    assert warning in chart_report["schema_cases"]["a file audit sink"]["notes"]
+    assert warning in chart_report["sets"]["full"]["notes"]  # {type: file, ...}
+    assert warning not in chart_report["sets"]["default"]["notes"]  # stdout only
 
 
 def test_the_install_notes_warn_of_budgets_counted_per_pod(chart_report: dict[str, Any]) -> None:

@@ -504,6 +504,24 @@ def test_a_folder_merges_its_files(tmp_path: Path) -> None:
     assert loaded.sha256 != load_policy(EXAMPLE, env=ENV).sha256
 
 
+def test_a_folder_skips_dotfiles(tmp_path: Path) -> None:
+    """macOS leaves ``._policy.yaml`` (AppleDouble metadata, not YAML) beside a copied file, and
+    editors leave hidden temporary files: a folder's dotfiles are not policy files, and a policy
+    fingerprint (the watcher's poll) does not read them either."""
+    from gateway.policy.source import fingerprint
+
+    first, second = _split_example(tmp_path)
+    (tmp_path / "._10-base.yaml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    write(tmp_path, "routes: [\n", ".20-second.yaml.yaml")
+    loaded = load_policy(tmp_path, env=ENV)
+    assert loaded.files == (first, second)
+    before = fingerprint(tmp_path)
+    (tmp_path / "._10-base.yaml").write_bytes(b"changed")
+    assert fingerprint(tmp_path) == before
+    second.write_text(second.read_text() + "\n")
+    assert fingerprint(tmp_path) != before
+
+
 def test_routes_of_several_files_concatenate(tmp_path: Path) -> None:
     _split_example(tmp_path)
     more = (

@@ -190,6 +190,11 @@ def test_a_folder_is_searched_for_case_files(tmp_path: Path) -> None:
         "x.yml",
     )
     (tmp_path / "policy.yaml").write_text(EXAMPLE.read_text())  # no cases: not a case file
+    # Dot-names are skipped: macOS's ._ files, and a ConfigMap mount's timestamped folder (the
+    # same files again, behind the ..data symlink).
+    (tmp_path / "sub" / "._x.yml").write_bytes(b"\x00\x05\x16\x07Mac OS X\xff")
+    (tmp_path / "..2026_12_01_10_00_00.1").mkdir()
+    (tmp_path / "..2026_12_01_10_00_00.1" / "x.yml").write_text(found.read_text())
     assert find_case_files([tmp_path]) == [found]
     (tmp_path / "empty").mkdir()
     with pytest.raises(PolicyError, match="no case files"):

@@ -61,11 +61,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (not .Values.policy.existingConfigMap) (empty .Values.policy.files) -}}
 {{- fail "policy: set policy.files (the policy) or policy.existingConfigMap (a ConfigMap holding it)" -}}
 {{- end -}}
-{{- $needed := add (int .Values.shutdown.preStopSleepSeconds) 15 (int .Values.config.settleSeconds) -}}
-{{- if lt (int .Values.shutdown.terminationGracePeriodSeconds) (int $needed) -}}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + 15 + config.settleSeconds (%d): in-flight requests (10 s), settling writes and the audit flush (5 s) need it" (int .Values.shutdown.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- if and (not .Values.serviceAccount.create) .Values.serviceAccount.gcpServiceAccount -}}
+{{- fail "serviceAccount.gcpServiceAccount needs serviceAccount.create: true (the chart annotates the ServiceAccount it creates); with your own ServiceAccount, annotate it with iam.gke.io/gcp-service-account yourself and leave gcpServiceAccount empty" -}}
+{{- end -}}
+{{- if eq (int .Values.admin.port) 8080 -}}
+{{- fail "admin.port must not be 8080, the API's port (0: no admin port)" -}}
+{{- end -}}
+{{- /* What shutting down can take (docs/operations.md): the preStop wait, the drain, requests in
+       flight, settling writes, the audit flush (every sink at once, 5 s in all). */ -}}
+{{- $shutdown := .Values.shutdown -}}
+{{- $needed := add (int $shutdown.preStopSleepSeconds) (ceil $shutdown.drainSeconds | int) (ceil $shutdown.requestTimeoutSeconds | int) (ceil .Values.config.settleSeconds | int) 5 -}}
+{{- if lt (int $shutdown.terminationGracePeriodSeconds) (int $needed) -}}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + drainSeconds + requestTimeoutSeconds + config.settleSeconds + 5 for the audit flush (%d)" (int $shutdown.terminationGracePeriodSeconds) (int $needed)) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- $budget := .Values.podDisruptionBudget -}}
+{{- if $budget.enabled -}}
+{{- $max := toString $budget.maxUnavailable -}}
+{{- $min := toString $budget.minAvailable -}}
+{{- if eq (eq $max "") (eq $min "") -}}
+{{- fail "podDisruptionBudget: set exactly one of maxUnavailable (e.g. 1) and minAvailable (\"\" for the other)" -}}
+{{- end -}}
+{{- $pods := ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled | int -}}
+{{- $podsFrom := ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled -}}
+{{- if and (ne $min "") (or (eq $min "100%") (and (not (hasSuffix "%" $min)) (ge (int $min) $pods))) -}}
+{{- fail (printf "podDisruptionBudget.minAvailable (%s) keeps every pod of %s (%d): no node could ever be drained; use podDisruptionBudget.maxUnavailable: 1 (and minAvailable: \"\")" $min $podsFrom $pods) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
