@@ -138,7 +138,9 @@ def _json(value: Any) -> str:
 
 def _numeric(text: str) -> str:
     with decimal.localcontext() as context:
-        context.prec = 100  # NUMERIC has 38 digits, PG_NUMERIC up to 147,455: normalize exactly
+        # normalize() rounds to the context's precision: as many digits as the text has, so it
+        # never rounds (NUMERIC has 38 digits, PG_NUMERIC up to 147,455 + 16,383)
+        context.prec = max(len(text), 1)
         number = decimal.Decimal(text)
         if number.is_nan():
             return "NaN"

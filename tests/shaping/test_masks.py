@@ -104,6 +104,19 @@ def test_equal_values_hash_equally_and_types_and_keys_apart() -> None:
     assert mask_value("hash", "FLOAT64", -0.0, KEY) == mask_value("hash", "FLOAT64", 0.0, KEY)
 
 
+def test_a_long_pg_numeric_is_canonical_to_its_last_digit() -> None:
+    # PG_NUMERIC has up to 147,455 digits before the point: normalize() must not round them
+    long = "1" + "0" * 300 + "1"
+    assert canonical_bytes("PG_NUMERIC", long + ".500") == (long + ".5").encode()
+    assert canonical_bytes("PG_NUMERIC", "-" + long) == ("-" + long).encode()
+    nearly = long[:-1] + "2"
+    assert mask_value("hash", "PG_NUMERIC", long, KEY) != mask_value(
+        "hash", "PG_NUMERIC", nearly, KEY
+    )
+    fraction = "0." + "0" * 200 + "7"
+    assert canonical_bytes("PG_NUMERIC", fraction + "000") == fraction.encode()
+
+
 def test_the_key_is_derived_and_never_shown() -> None:
     assert KEY.key != SECRET and len(KEY.key) == 32
     assert SECRET.decode() not in repr(KEY) and KEY.key.hex() not in repr(KEY)
