@@ -24,7 +24,11 @@ Contract:
 - The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
   (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
 - A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
-  nothing more is done (no PLAN analysis, no swap), so a spurious trigger costs one read and parse.
+  nothing more is done (no swap), so a spurious trigger of the watcher costs one read and parse.
+  SIGHUP also PLAN-analyses an unchanged policy again, so that after a schema change the
+  gateway knows the statements' result columns as they now are (a masked query answers 500
+  while its result's columns differ from the analysed ones, ``Gateway._masked``); problems
+  found then are logged and counted as a refused reload, and the earlier analysis stays.
 - The watcher watches the *folder* (the policy folder, or the folder holding the policy file),
   not the file: an editor that saves by renaming, and Kubernetes, which updates a mounted
   ConfigMap by renaming a new ``..data`` symlink over the old one (the file ``policy.yaml`` is a
@@ -120,7 +124,7 @@ class PolicyReloader:
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
-        task = asyncio.ensure_future(self.reload())
+        task = asyncio.ensure_future(self.reload(reanalyse=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -140,9 +144,12 @@ class PolicyReloader:
             await self.reload()
 
     # -- the reload ---------------------------------------------------------------------------
-    async def reload(self) -> bool:
-        """Load, validate and swap in the policy at ``path``; False (old policy kept) on error."""
+    async def reload(self, *, reanalyse: bool = False) -> bool:
+        """Load, validate and swap in the policy at ``path``; False (old policy kept) on error.
+        ``reanalyse`` (SIGHUP): an unchanged policy is PLAN-analysed again (the schema may have
+        changed since; a masked query's answers need its result columns to be as analysed)."""
         async with self._lock:
+            what = "the new policy"
             try:
                 # Reading, validating and compiling are CPU work (80-120 ms at 10,000 routes):
                 # off the event loop.
@@ -151,11 +158,15 @@ class PolicyReloader:
                 )
                 if policy.sha256 == self.gateway.active.policy.sha256:
                     log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
+                    if reanalyse:
+                        what = "the policy being served, analysed again,"
+                        await self.gateway.executor.analyze(self.gateway.active.policy, fresh=True)
+                        log.info("policy analysed again against the database")
                     return True
                 self._refuse_restart_only_changes(policy)
                 await self._prepare_identities_and_analyze(policy)
             except PolicyError as exc:
-                self._failed(f"the new policy has {len(exc.problems)} problem(s)", exc)
+                self._failed(f"{what} has {len(exc.problems)} problem(s)", exc)
                 return False
             except _NeedsRestart as exc:
                 self._failed(str(exc), None)

@@ -505,3 +505,79 @@ async def test_a_value_that_cannot_be_masked_answers_500_and_nothing_of_the_rows
     (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
     payload = json.loads(line)["protoPayload"]
     assert payload["status"]["message"] == "internal" and payload["response"]["rowCount"] == 1
+
+
+# --- the schema changes under a running gateway ----------------------------------------------
+
+DRIFT_POLICY = """\
+version: 1
+spanner: {{project: demo-project, instance: demo, database: {database}}}
+issuers:
+  okta: {{issuer: "{issuer}", audience: "api://shop", preset: okta}}
+identities:
+  reader: {{database_role: drift_reader}}
+roles:
+  tester:
+    - groups: [support]
+queries:
+  get_person:
+    identity: reader
+    sql: SELECT * FROM People WHERE Id = @id
+    params: {{id: {{type: STRING, max_length: 36}}}}
+    mask:
+      Email: {{with: redact}}
+routes:
+  - {{path: "/people/{{id}}", method: GET, query: get_person, allow: [tester]}}
+"""
+
+
+async def test_a_schema_changed_after_start_answers_500_until_analysed_again(
+    demo_database: str, idp: IdpProcess, tmp_path: Path, audit_key: str,
+    token_for: Callable[..., str], caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The masks were judged on the columns Spanner's analysis gave at start: a result with
+    other columns (here SELECT * after a column was added) is refused, never answered with
+    masks judged on another shape; SIGHUP analyses the unchanged policy again."""
+    import asyncio
+
+    from gateway.dev.database import create_database, emulator_client
+    from gateway.runtime import build_gateway
+    from gateway.settings import Settings
+
+    name = f"drift{os.getpid()}"
+    create_database(
+        demo_database, project="demo-project", instance="demo", database=name,
+        ddl=["CREATE TABLE People (Id STRING(36) NOT NULL, Email STRING(MAX)) PRIMARY KEY (Id)"],
+        dml=["INSERT INTO People (Id, Email) VALUES ('P-1', 'wile@acme.example')"],
+    )  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DRIFT_POLICY.format(database=name, issuer=idp.issuer))
+    settings = Settings(policy=policy, spanner_emulator_host=demo_database,
+                        audit_path=tmp_path / "audit.jsonl", audit_key=audit_key)  # fmt: skip
+    app = build_gateway(settings, env={})
+    await app.startup()
+    headers = {"Authorization": f"Bearer {token_for('support-console')}"}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            before = await client.get("/people/P-1", headers=headers)
+            assert before.json()["rows"] == [{"Id": "P-1", "Email": "***"}], before.text
+            none = await client.get("/people/P-404", headers=headers)
+            assert none.status_code == 200 and none.json()["rows"] == []  # no rows: still fine
+
+            database = emulator_client(demo_database, project="demo-project").instance(
+                "demo").database(name)  # fmt: skip
+            await asyncio.to_thread(lambda: database.update_ddl(
+                ["ALTER TABLE People ADD COLUMN Phone STRING(MAX)"]).result(timeout=60))  # fmt: skip
+            after = await client.get("/people/P-1", headers=headers)
+            assert after.status_code == 500 and after.json()["code"] == "internal", after.text
+            assert "wile" not in after.text
+            assert "the statement returned the columns Id STRING, Email STRING, Phone STRING, " \
+                "but the policy was analysed with Id STRING, Email STRING" in caplog.text  # fmt: skip
+
+            assert await app.reloader.reload(reanalyse=True) is True  # what SIGHUP does
+            again = await client.get("/people/P-1", headers=headers)
+            assert again.json()["rows"] == [{"Id": "P-1", "Email": "***", "Phone": None}]
+    finally:
+        await app.shutdown()
+    assert "wile@acme.example" not in caplog.text

@@ -47,7 +47,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "MaskKey",
     "canonical_bytes",
     "es_number",
+    "expect_columns",
     "mask_result",
     "mask_value",
 ]
@@ -219,6 +220,28 @@ def mask_value(mode: str, type_name: str | None, value: Any, key: MaskKey | None
     return _scalar(mode, type_name, value, key)  # a JSON column's array is one value
 
 
+def expect_columns(result: Result, columns: Sequence[tuple[str, str | None]]) -> None:
+    """MaskFailed unless ``result`` has exactly the ``columns`` (name, Spanner type; a None type,
+    or a result without types, compares the name alone) that the policy's analysis found: a
+    view or the schema changed since, and the masks were judged on another shape."""
+    names = [name for name, _ in columns]
+    same = list(result.columns) == names
+    if same and len(result.types) == len(result.columns):
+        same = all(t is None or t == got for (_, t), got in zip(columns, result.types, strict=True))
+    if not same:
+        raise MaskFailed(
+            f"the statement returned the columns {_shown(result.columns, result.types)}, but "
+            f"the policy was analysed with {_shown(names, [t for _, t in columns])}: the schema "
+            "or a view changed since; reload the policy (SIGHUP) to analyse it again"
+        )
+
+
+def _shown(names: Sequence[str], types: Sequence[str | None]) -> str:
+    if len(types) != len(names):
+        return ", ".join(names) or "(none)"
+    return ", ".join(f"{n} {t}" if t else n for n, t in zip(names, types, strict=True)) or "(none)"
+
+
 def mask_result(
     result: Result,
     masks: Mapping[str, str],
@@ -226,14 +249,25 @@ def mask_result(
     key: MaskKey | None,
 ) -> Result:
     """``result`` with the columns of ``masks`` (column -> mode) masked in every row; the rest
-    of the result as it was. ``types``: each column's Spanner type."""
-    present = {c: m for c, m in masks.items() if c in result.columns}
-    if not present or not result.rows:
+    of the result as it was. ``types``: each column's Spanner type.
+
+    Fails closed: a masked column the result does not have (exactly: rows are keyed by the name)
+    is MaskFailed, whether it is missing or there only in another case (``email`` for
+    ``Email``), rows or no rows; the masks were judged on a statement that returned it."""
+    for column in masks:
+        if column not in result.columns:
+            other = [c for c in result.columns if c.casefold() == column.casefold()]
+            raise MaskFailed(
+                f"the masked column {column} is not in the result"
+                + (f" (only {', '.join(other)}, in another case)" if other else "")
+                + f"; its columns: {', '.join(result.columns) or '(none)'}"
+            )
+    if not masks or not result.rows:
         return result
     rows = [
         {
-            column: mask_value(present[column], types.get(column), value, key)
-            if column in present
+            column: mask_value(masks[column], types.get(column), value, key)
+            if column in masks
             else value
             for column, value in row.items()
         }

@@ -300,11 +300,16 @@ class Executor:
 
     # -- analysis -----------------------------------------------------------------------------
     async def analyze(
-        self, policy: CompiledPolicy, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+        self,
+        policy: CompiledPolicy,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        fresh: bool = False,
     ) -> Analysis:
         """PLAN-analyse every statement of ``policy`` (see ``analyze.py``); PolicyError naming the
-        query when Spanner refuses one. Remembered per policy hash for ``analysis()``."""
-        found = self._analyses.get(policy.sha256)
+        query when Spanner refuses one. Remembered per policy hash for ``analysis()``; ``fresh``:
+        analyse again even so (the schema may have changed), replacing it only on success."""
+        found = None if fresh else self._analyses.get(policy.sha256)
         if found is not None:
             return found
         await self.databases.connect(connect_timeout)

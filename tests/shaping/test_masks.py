@@ -25,6 +25,7 @@ from gateway.shaping.masks import (
     MaskKey,
     canonical_bytes,
     es_number,
+    expect_columns,
     mask_result,
     mask_value,
 )
@@ -195,7 +196,7 @@ def test_mask_result_masks_only_the_named_columns() -> None:
         truncated=True,
     )
     types = dict(zip(result.columns, result.types, strict=True))
-    masked = mask_result(result, {"Email": "redact", "Tags": "hash", "Missing": "null"}, types, KEY)
+    masked = mask_result(result, {"Email": "redact", "Tags": "hash"}, types, KEY)
     assert masked.rows == [
         {"CustomerId": "C-1", "Email": REDACTED, "Tags": [published("STRING", b"vip")]},
         {"CustomerId": "C-2", "Email": None, "Tags": None},
@@ -203,6 +204,49 @@ def test_mask_result_masks_only_the_named_columns() -> None:
     assert (masked.row_count, masked.truncated, masked.columns) == (2, True, result.columns)
     assert result.rows[0]["Email"] == "wile@acme.example"  # a new result; the input is untouched
     assert mask_result(result, {}, types, KEY) is result
+
+
+def test_a_masked_column_the_result_lacks_fails_closed() -> None:
+    """The masks were judged on a statement that returned the column: a result without it
+    (a view or the schema changed) is refused, not answered unmasked."""
+    result = Result(
+        columns=["CustomerId", "email"],
+        types=["STRING", "STRING"],
+        rows=[{"CustomerId": "C-1", "email": "wile@acme.example"}],
+        row_count=1,
+    )
+    types = dict(zip(result.columns, result.types, strict=True))
+    with pytest.raises(MaskFailed, match=r"column Email is not in the result \(only email, in "
+                       r"another case\); its columns: CustomerId, email") as caught:  # fmt: skip
+        mask_result(result, {"Email": "redact"}, types, KEY)
+    assert "wile" not in str(caught.value)
+    with pytest.raises(MaskFailed, match="column Phone is not in the result; its columns"):
+        mask_result(result, {"email": "redact", "Phone": "null"}, types, KEY)
+    empty = Result(columns=["CustomerId"], types=["STRING"], rows=[], row_count=0)
+    with pytest.raises(MaskFailed, match="column Email is not in the result"):
+        mask_result(empty, {"Email": "redact"}, {}, KEY)  # no rows: still the wrong shape
+
+
+def test_the_result_must_have_the_analysed_columns() -> None:
+    result = Result(
+        columns=["CustomerId", "Email"],
+        types=["STRING", "STRING"],
+        rows=[{"CustomerId": "C-1", "Email": "wile@acme.example"}],
+    )
+    expect_columns(result, [("CustomerId", "STRING"), ("Email", "STRING")])
+    expect_columns(result, [("CustomerId", None), ("Email", None)])
+    untyped = Result(columns=["CustomerId", "Email"], rows=result.rows)  # a stored replay
+    expect_columns(untyped, [("CustomerId", "STRING"), ("Email", "STRING")])
+    for analysed in (
+        [("CustomerId", "STRING")],  # a column added since (SELECT *)
+        [("CustomerId", "STRING"), ("Email", "STRING"), ("Phone", "STRING")],  # one dropped
+        [("Email", "STRING"), ("CustomerId", "STRING")],  # reordered (a view redefined)
+        [("CustomerId", "STRING"), ("Email", "BYTES")],  # retyped
+        [("CustomerId", "STRING"), ("email", "STRING")],  # renamed in case
+    ):
+        with pytest.raises(MaskFailed, match="the policy was analysed with") as caught:
+            expect_columns(result, analysed)
+        assert "wile" not in str(caught.value)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
