@@ -560,11 +560,18 @@ class Gateway:
             types: dict[str, str | None] = dict(zip(result.columns, result.types, strict=True))
         else:  # an Idempotency-Key record stored without types
             types = {c.name: c.type for c in shape.columns} if shape is not None else {}
-        modes = {column: query.model.mask[column].with_ for column in columns}
+        masks = {column: query.model.mask[column] for column in columns}
+        modes = {column: mask.with_ for column, mask in masks.items()}
+        root = self.mask_key
+        keys = {
+            column: root.for_mask(query.name, column, mask.domain)
+            for column, mask in masks.items()
+            if mask.with_ == "hash" and root is not None
+        }
         try:
             if shape is not None:
                 expect_columns(result, [(c.name, c.type) for c in shape.columns])
-            return mask_result(result, modes, types, self.mask_key)
+            return mask_result(result, modes, types, keys)
         except MaskFailed as exc:  # its message names the mode and type, never the value
             log.error("request %s: query %s: %s", call.request_id, query.name, exc)
             call.result = replace(result, rows=[])  # the trail records counts, never rows

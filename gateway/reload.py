@@ -21,8 +21,9 @@ Contract:
   rather than half-applied. So is a policy with budgets under ``--workers`` without Redis (each
   worker would count them on its own), and a policy that masks a column with ``hash`` when the
   gateway started without ``SPANGATE_MASK_KEY``.
-- The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
-  (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
+- The warnings of a policy that loads (``LoadedPolicy.warnings``, and those of its analysis,
+  ``Analysis.warnings``) are logged, at start-up (``log_policy_warnings``, called by
+  ``runtime``) and on every reload that swaps it in.
 - A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
   nothing more is done (no swap), so a spurious trigger of the watcher costs one read and parse.
   SIGHUP also PLAN-analyses an unchanged policy again, so that after a schema change the
@@ -55,6 +56,7 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer
+from gateway.spanner.analyze import Analysis
 
 __all__ = ["PolicyReloader", "log_policy_warnings", "policy_change"]
 
@@ -70,9 +72,11 @@ VerifierFactory = Callable[
 ]
 
 
-def log_policy_warnings(policy: CompiledPolicy) -> None:
-    """Log, one line each, what the policy loads with but should not say."""
-    for warning in policy.loaded.warnings:
+def log_policy_warnings(policy: CompiledPolicy, analysis: Analysis | None = None) -> None:
+    """Log, one line each, what the policy loads with but should not say (``analysis``: and
+    what Spanner's analysis of it found)."""
+    found = (*policy.loaded.warnings, *(analysis.warnings if analysis is not None else ()))
+    for warning in found:
         log.warning("policy %s", warning.as_warning())
 
 
@@ -160,8 +164,11 @@ class PolicyReloader:
                     log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
                     if reanalyse:
                         what = "the policy being served, analysed again,"
-                        await self.gateway.executor.analyze(self.gateway.active.policy, fresh=True)
+                        served = self.gateway.active.policy
+                        analysis = await self.gateway.executor.analyze(served, fresh=True)
                         log.info("policy analysed again against the database")
+                        for warning in analysis.warnings:
+                            log.warning("policy %s", warning.as_warning())
                     return True
                 self._refuse_restart_only_changes(policy)
                 await self._prepare_identities_and_analyze(policy)
@@ -191,7 +198,7 @@ class PolicyReloader:
             log.info(
                 "policy reloaded: sha256 %s -> %s", current.policy.sha256[:12], policy.sha256[:12]
             )
-            log_policy_warnings(policy)
+            log_policy_warnings(policy, self.gateway.executor.analysis(policy))
             return True
 
     def _failed(self, message: str, exc: PolicyError | None) -> None:

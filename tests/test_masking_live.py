@@ -62,9 +62,11 @@ def log_with(server: Served, text: str) -> str:
         time.sleep(0.05)
 
 
-def published_hash(type_name: str, canonical: bytes) -> str:
-    """docs/masking.md's formula, computed here, not by the gateway's code."""
-    key = hmac.new(MASK_KEY.encode(), b"spangate mask v1", hashlib.sha256).digest()
+def published_hash(type_name: str, canonical: bytes, *, domain: str) -> str:
+    """docs/masking.md's formula for a mask naming ``domain``, computed here, not by the
+    gateway's code."""
+    root = hmac.new(MASK_KEY.encode(), b"spangate mask v1", hashlib.sha256).digest()
+    key = hmac.new(root, b"domain\x00" + domain.encode(), hashlib.sha256).digest()
     digest = hmac.new(key, type_name.encode() + b"\x00" + canonical, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -151,7 +153,7 @@ MODES_POLICY = """
     params:
       tenant: {type: STRING, from: claim.tenant}
     mask:
-      Email: {with: hash, unless: [support-leads]}
+      Email: {with: hash, unless: [support-leads], domain: email}
       Name: {with: last4}
       CreatedAt: {with: null}        # YAML null: the null mode
   orders_with_email:
@@ -163,7 +165,7 @@ MODES_POLICY = """
     params:
       tenant: {type: STRING, from: claim.tenant}
     mask:
-      Contact: {with: hash}
+      Contact: {with: hash, domain: email}   # the same domain: a caller joins the two
   cast_email:
     identity: shop_reader
     sql: |
@@ -184,6 +186,13 @@ MODES_POLICY = """
       customer_id: {type: STRING, max_length: 36}
     mask:
       Email: {with: last4, unless: [support-leads]}
+  customers_and_lower:
+    identity: shop_reader
+    sql: SELECT c.*, LOWER(c.Email) AS email FROM Customers c WHERE c.TenantId = @tenant
+    params:
+      tenant: {type: STRING, from: claim.tenant}
+    mask:
+      Email: {with: redact}   # c.*: only Spanner names the columns; `email` is answered clear
   cast_text:
     identity: shop_reader
     sql: SELECT CAST(@text AS INT64) AS n
@@ -196,6 +205,7 @@ MODES_ROUTES = """
   - {path: "/v1/customers/{customer_id}/cast", method: GET, query: cast_email, allow: [support]}
   - {path: "/v1/customers/{customer_id}/touch", method: POST, query: touch_customer, allow: [support]}
   - {path: /v1/cast, method: GET, query: cast_text, allow: [support]}
+  - {path: /v1/customers-lower, method: GET, query: customers_and_lower, allow: [support]}
 """
 
 
@@ -234,13 +244,14 @@ def test_hash_last4_and_null_mask_each_row_and_hashes_join(
     rows = answer.json()["rows"]
     assert rows == [
         {"CustomerId": "C-1", "Name": "***yote", "CreatedAt": None,
-         "Email": published_hash("STRING", b"wile@acme.example")},
+         "Email": published_hash("STRING", b"wile@acme.example", domain="email")},
         {"CustomerId": "C-2", "Name": "***nner", "CreatedAt": None,
-         "Email": published_hash("STRING", b"beep@acme.example")},
+         "Email": published_hash("STRING", b"beep@acme.example", domain="email")},
         {"CustomerId": "C-3", "Name": "***Fudd", "CreatedAt": None,
-         "Email": published_hash("STRING", b"elmer@acme.example")},
+         "Email": published_hash("STRING", b"elmer@acme.example", domain="email")},
     ]  # fmt: skip
-    # equal values mask equally across queries: a caller joins orders to customers by hash
+    # equal values mask equally across the queries of one domain: a caller joins orders to
+    # customers by hash
     contacts = get(modes_server.base, "/v1/orders-with-contact", support).json()["rows"]
     by_hash = {r["Email"]: r["CustomerId"] for r in rows}
     assert [(r["OrderId"], by_hash[r["Contact"]]) for r in contacts] == [
@@ -305,6 +316,27 @@ def test_spanners_message_is_withheld_for_a_query_without_masks_too(
     assert answer.json()["code"] == "statement-rejected"
     log = log_with(modes_server, "running query 'cast_text'")
     assert "running query 'cast_text'" in log and guess not in log
+
+
+def test_a_column_that_differs_from_a_masked_one_only_in_case_is_a_located_warning(
+    modes_server: Served, demo_database: str, idp: IdpProcess
+) -> None:
+    args = list(modes_server.process.args)  # type: ignore[arg-type]
+    path = Path(args[args.index("--policy") + 1])
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines) if "`email` is answered clear" in text) + 1
+    warning = (
+        f"{path}:{line}:14: warning: queries.customers_and_lower.mask.Email: query "
+        "customers_and_lower also returns email, which differs from the masked column Email "
+        "only in case: it is answered unmasked"
+    )
+    assert warning in log_with(modes_server, warning)  # at start-up, from Spanner's analysis
+    env = {"SPANNER_EMULATOR_HOST": demo_database, "OKTA_ISSUER": idp.issuer}
+    offline = run("policy", "check", str(path), env=env)
+    assert offline.returncode == 0 and "also returns email" not in offline.stderr  # c.*
+    checked = run("policy", "check", "--database", str(path), env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert warning in checked.stderr
 
 
 def test_a_reload_with_a_mask_spanner_cannot_honour_is_refused(

@@ -8,10 +8,18 @@ Modes (``docs/masking.md``):
 - ``last4``: a STRING of at least 8 characters (Unicode code points) answers ``"***"`` and its
   last four characters (``"***4242"``), a shorter one ``"***"``: never more than half of a value
   shows. The loader allows it on STRING columns only; any other value answers null;
-- ``hash``: ``base64url(HMAC-SHA256(K, TYPE || 0x00 || canonical(value)))`` without padding (43
-  characters), where ``K = HMAC-SHA256(SPANGATE_MASK_KEY, "spangate mask v1")`` and ``TYPE`` is
-  the scalar type's name in ASCII (``STRING``, ``INT64``...; empty when unknown). Equal values of
-  one type hash equally in every query, replica and restart with the same key.
+- ``hash``: ``base64url(HMAC-SHA256(C, TYPE || 0x00 || canonical(value)))`` without padding (43
+  characters), where ``TYPE`` is the scalar type's name in ASCII (``STRING``, ``INT64``...; empty
+  when unknown) and ``C`` is the column's key (``MaskKey.for_mask``)::
+
+      K = HMAC-SHA256(SPANGATE_MASK_KEY, "spangate mask v1")
+      C = HMAC-SHA256(K, "column" || 0x00 || QUERY || 0x00 || COLUMN)   (no ``domain``)
+      C = HMAC-SHA256(K, "domain" || 0x00 || DOMAIN)                    (``domain: DOMAIN``)
+
+  (names in UTF-8). Equal values of one type hash equally within one query's column, or across
+  the masks naming one domain, in every replica and restart with the same key; a route that
+  hashes what its caller sent (``INSERT … THEN RETURN``) hashes with its own key, so it does not
+  let a caller test guesses against another query's hashes unless they share a domain.
 
 NULL stays NULL in every mode (a mask hides a value, not its absence; ``null`` hides both). An
 ARRAY is masked element by element (its NULL elements stay NULL): ``["***", null]``.
@@ -70,6 +78,8 @@ REDACTED = "***"
 LAST4_MIN_LENGTH = 8  # shorter strings are masked whole: at most half of a value ever shows
 HASH_LENGTH = 43  # base64url of 32 bytes, without padding
 _DERIVATION = b"spangate mask v1"
+_COLUMN = b"column\x00"
+_DOMAIN = b"domain\x00"
 
 
 class MaskFailed(Exception):
@@ -79,14 +89,25 @@ class MaskFailed(Exception):
 
 @dataclass(frozen=True)
 class MaskKey:
-    """The key of ``hash`` masks, derived from ``SPANGATE_MASK_KEY`` (never used directly, so
-    the same secret used elsewhere does not give the same hashes)."""
+    """A key of ``hash`` masks: ``from_secret`` derives the gateway's (``K``) from
+    ``SPANGATE_MASK_KEY`` (never used directly, so the same secret used elsewhere does not give
+    the same hashes); ``for_mask`` derives one column's or domain's from it (``C``), which is
+    what values are hashed with."""
 
     key: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> MaskKey:
         return cls(hmac.new(secret, _DERIVATION, hashlib.sha256).digest())
+
+    def for_mask(self, query: str, column: str, domain: str | None = None) -> MaskKey:
+        """The key of query ``query``'s column ``column``, or of ``domain`` when the mask
+        names one (then the query and column do not matter)."""
+        if domain is not None:
+            label = _DOMAIN + domain.encode("utf-8")
+        else:
+            label = _COLUMN + query.encode("utf-8") + b"\x00" + column.encode("utf-8")
+        return MaskKey(hmac.new(self.key, label, hashlib.sha256).digest())
 
 
 def es_number(value: float) -> str:
@@ -246,10 +267,11 @@ def mask_result(
     result: Result,
     masks: Mapping[str, str],
     types: Mapping[str, str | None],
-    key: MaskKey | None,
+    keys: Mapping[str, MaskKey],
 ) -> Result:
     """``result`` with the columns of ``masks`` (column -> mode) masked in every row; the rest
-    of the result as it was. ``types``: each column's Spanner type.
+    of the result as it was. ``types``: each column's Spanner type; ``keys``: each ``hash``
+    column's key (``MaskKey.for_mask``; one missing is MaskFailed).
 
     Fails closed: a masked column the result does not have (exactly: rows are keyed by the name)
     is MaskFailed, whether it is missing or there only in another case (``email`` for
@@ -266,7 +288,7 @@ def mask_result(
         return result
     rows = [
         {
-            column: mask_value(masks[column], types.get(column), value, key)
+            column: mask_value(masks[column], types.get(column), value, keys.get(column))
             if column in masks
             else value
             for column, value in row.items()
