@@ -420,6 +420,65 @@ def test_policy_test_refuses_an_unknown_masked_column(
     ), err
 
 
+def test_masked_on_a_case_expected_to_be_denied_is_a_located_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    text = f"""\
+policy: {EXAMPLE}
+cases:
+  - name: a suspended support lead is denied
+    claims: {{iss: okta, groups: [support, support-leads, suspended], tenant: t1}}
+    request: GET /v1/customers/C-1
+    expect: {{allow: false, reason: denied-by-role, masked: []}}
+"""
+    cases.write_text(text)
+    assert main(["policy", "test", str(cases)]) == 2
+    err = capsys.readouterr().err
+    line = 6
+    column = text.splitlines()[line - 1].index("[]") + 1
+    assert f"{cases}:{line}:{column}: cases[0].expect.masked: masked on a case expected to be " \
+        "denied: a denied call runs nothing and masks nothing, so this could never fail" in err  # fmt: skip
+
+
+AGENT_FOR_LEAD = """\
+policy: policy.yaml
+cases:
+  - name: an agent acting for a support lead reads a customer, the email masked
+    claims:
+      {iss: okta, sub: 00u-lead-1, groups: [support, support-leads], tenant: t1,
+       scp: [orders.read], act: {sub: order-agent}}
+    request: GET /v1/customers/C-1
+    expect: {allow: true, roles: [agent-for-support], masked: [Email]}
+"""
+
+
+def test_an_agent_acting_for_a_support_lead_sees_the_email_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example, with agents acting for support people let in to customers: the lead's
+    support-leads role does not hold for a delegated token, so the email stays masked, unless
+    the role's entry admits delegated tokens."""
+    text = EXAMPLE.read_text().replace(
+        "    query: get_customer           # people only: no agent, on its own or acting for a "
+        "person\n    allow: [support]\n",
+        "    query: get_customer\n    allow: [support, agent-for-support]\n",
+    )
+    assert "allow: [support, agent-for-support]\n    deny: [suspended]\n  - path: /v1/orders\n" \
+        in text  # fmt: skip
+    (tmp_path / "policy.yaml").write_text(text)
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(AGENT_FOR_LEAD)
+    assert main(["policy", "test", str(cases)]) == 0, capsys.readouterr()
+    lead = "    - groups: [support-leads]     # their own tokens only (an agent acting for one does not)"
+    (tmp_path / "policy.yaml").write_text(
+        text.replace(lead, "    - {groups: [support-leads], delegated: true}")
+    )
+    assert main(["policy", "test", str(cases)]) == 1  # now the agent sees it clear
+    out = capsys.readouterr().out
+    assert '- masked: ["Email"]' in out and "+ masked: []" in out
+
+
 def test_the_example_masks_email_for_everyone_but_support_leads() -> None:
     query = POLICY.queries["get_customer"].model
     assert {c: (m.with_, m.unless) for c, m in query.mask.items()} == {
