@@ -176,8 +176,9 @@ async def _compare(quick: bool) -> Table:
     from gateway.tracing import Tracing
 
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_DropExporter()))  # type: ignore[arg-type]
-    off, on = _app(None), _app(Tracing(provider))
+    tracing = Tracing(provider)
+    tracing.add_processor(BatchSpanProcessor(_DropExporter()))  # type: ignore[arg-type]
+    off, on = _app(None), _app(tracing)  # the processor as served: behind the scrubbing one
     sink = open(os.devnull, "w")  # closed below
     access = logging.getLogger(logs.ACCESS_LOGGER)
     configs = [

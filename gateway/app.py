@@ -67,7 +67,7 @@ from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, decide_route, match_route
 from gateway.settings import Settings
-from gateway.shaping.masks import MaskFailed, MaskKey, mask_result
+from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
 from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import Result, response_body
@@ -596,17 +596,28 @@ class Gateway:
         policy: CompiledPolicy,
     ) -> Result:
         """``result`` with ``columns`` masked (``gateway.shaping.masks``), typed by the
-        statement's own result fields (else by the policy's PLAN analysis). A value that cannot
+        statement's own result fields (else by the policy's PLAN analysis). Fails closed: a
+        result whose columns are not those the policy's analysis found (a view or the schema
+        changed since it was analysed), a masked column missing from it, or a value that cannot
         be masked: 500 ``internal``, nothing of the rows answered (a write says it committed)."""
+        analysis = self.executor.analysis(policy)  # run at start-up and by every reload
+        shape = analysis.shapes.get(query.name) if analysis is not None else None
         if len(result.types) == len(result.columns):
             types: dict[str, str | None] = dict(zip(result.columns, result.types, strict=True))
         else:  # an Idempotency-Key record stored without types
-            analysis = self.executor.analysis(policy)
-            shape = analysis.shapes.get(query.name) if analysis is not None else None
             types = {c.name: c.type for c in shape.columns} if shape is not None else {}
-        modes = {column: query.model.mask[column].with_ for column in columns}
+        masks = {column: query.model.mask[column] for column in columns}
+        modes = {column: mask.with_ for column, mask in masks.items()}
+        root = self.mask_key
+        keys = {
+            column: root.for_mask(query.name, column, mask.domain)
+            for column, mask in masks.items()
+            if mask.with_ == "hash" and root is not None
+        }
         try:
-            return mask_result(result, modes, types, self.mask_key)
+            if shape is not None:
+                expect_columns(result, [(c.name, c.type) for c in shape.columns])
+            return mask_result(result, modes, types, keys)
         except MaskFailed as exc:  # its message names the mode and type, never the value
             log.error("request %s: query %s: %s", call.request_id, query.name, exc)
             call.result = replace(result, rows=[])  # the trail records counts, never rows

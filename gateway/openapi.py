@@ -197,7 +197,10 @@ def masked_schema(column: Column, mask: Mask) -> dict[str, Any]:
         schema = {"type": ["array", "null"], "items": _masked_element(column.scalar, mode)}
     else:
         schema = _masked_element(column.scalar, mode)
-    return {**schema, "x-spangate-mask": {"with": mode, "unless": list(mask.unless)}}
+    extension: dict[str, Any] = {"with": mode, "unless": list(mask.unless)}
+    if mask.domain is not None:  # the columns of one domain hash alike: a client may join them
+        extension["domain"] = mask.domain
+    return {**schema, "x-spangate-mask": extension}
 
 
 def _column_schema(column: Column, mask: Mask | None, masked: Collection[str] | None) -> dict[str, Any]:

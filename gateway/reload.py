@@ -28,10 +28,15 @@ Contract:
   policy with budgets under ``--workers`` without Redis (each worker would count them on its
   own), and a policy that masks a column with ``hash`` when the gateway started without
   ``SPANGATE_MASK_KEY``.
-- The warnings of a policy that loads (``LoadedPolicy.warnings``) are logged, at start-up
-  (``log_policy_warnings``, called by ``runtime``) and on every reload that swaps it in.
+- The warnings of a policy that loads (``LoadedPolicy.warnings``, and those of its analysis,
+  ``Analysis.warnings``) are logged, at start-up (``log_policy_warnings``, called by
+  ``runtime``) and on every reload that swaps it in.
 - A policy whose files are byte for byte the ones being served (the same SHA-256) is "unchanged":
-  nothing more is done (no PLAN analysis, no swap), so a spurious trigger costs one read and parse.
+  nothing more is done (no swap), so a spurious trigger of the watcher costs one read and parse.
+  SIGHUP also PLAN-analyses an unchanged policy again, so that after a schema change the
+  gateway knows the statements' result columns as they now are (a masked query answers 500
+  while its result's columns differ from the analysed ones, ``Gateway._masked``); problems
+  found then are logged and counted as a refused reload, and the earlier analysis stays.
 
 The watcher (``SPANGATE_WATCH_POLICY``):
 
@@ -75,6 +80,7 @@ from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer
 from gateway.policy.source import fingerprint
+from gateway.spanner.analyze import Analysis
 
 __all__ = [
     "PolicyReloader",
@@ -104,9 +110,11 @@ _HEALTHY_SECONDS = 60.0  # a watch that ran this long before failing restarts th
 _SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 
 
-def log_policy_warnings(policy: CompiledPolicy) -> None:
-    """Log, one line each, what the policy loads with but should not say."""
-    for warning in policy.loaded.warnings:
+def log_policy_warnings(policy: CompiledPolicy, analysis: Analysis | None = None) -> None:
+    """Log, one line each, what the policy loads with but should not say (``analysis``: and
+    what Spanner's analysis of it found)."""
+    found = (*policy.loaded.warnings, *(analysis.warnings if analysis is not None else ()))
+    for warning in found:
         log.warning("policy %s", warning.as_warning())
 
 
@@ -136,6 +144,7 @@ class PolicyReloader:
         # The last refusal may pass with the files unchanged (issuer keys, an error): retried.
         self.retry = False
         self.watcher_restarts = 0
+        self._what = "the new policy"  # what a PolicyError during a reload is about
         self._watcher = watcher
         self._seen: str | None = None  # the files' fingerprint when the last reload read them
         self._watching: list[Path] = []
@@ -196,11 +205,11 @@ class PolicyReloader:
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
-        self._reload_soon()
+        self._reload_soon(reanalyse=True)
 
-    def _reload_soon(self) -> None:
+    def _reload_soon(self, *, reanalyse: bool = False) -> None:
         if not self._stop.is_set():
-            self._spawn(self.reload(), "policy reload")
+            self._spawn(self.reload(reanalyse=reanalyse), "policy reload")
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:
@@ -287,15 +296,18 @@ class PolicyReloader:
                 log.exception("the policy poll failed; polling again in %g s", self.poll_seconds)
 
     # -- the reload ---------------------------------------------------------------------------
-    async def reload(self) -> bool:
+    async def reload(self, *, reanalyse: bool = False) -> bool:
         """Load, validate and swap in the policy at ``path``; False (old policy kept) when it is
-        refused. Never raises (but CancelledError): whatever fails is a refusal, logged."""
+        refused. Never raises (but CancelledError): whatever fails is a refusal, logged.
+        ``reanalyse`` (SIGHUP): an unchanged policy is PLAN-analysed again (the schema may have
+        changed since; a masked query's answers need its result columns to be as analysed)."""
         async with self._lock:
             try:
                 self._seen = await asyncio.to_thread(fingerprint, self.path)
-                return await self._reload()
+                self._what = "the new policy"
+                return await self._reload(reanalyse=reanalyse)
             except PolicyError as exc:
-                self._failed(f"the new policy has {len(exc.problems)} problem(s)", exc)
+                self._failed(f"{self._what} has {len(exc.problems)} problem(s)", exc)
             except _NeedsRestart as exc:
                 self._failed(str(exc), None)
             except _KeysUnavailable as exc:
@@ -305,7 +317,7 @@ class PolicyReloader:
                 self._failed(f"{type(exc).__name__}: {exc}", None, retry=True)
             return False
 
-    async def _reload(self) -> bool:
+    async def _reload(self, *, reanalyse: bool = False) -> bool:
         # Reading, validating and compiling are CPU work (80-120 ms at 10,000 routes): off the
         # event loop.
         policy = await asyncio.to_thread(
@@ -314,6 +326,12 @@ class PolicyReloader:
         current = self.gateway.active
         if policy.sha256 == current.policy.sha256:
             log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
+            if reanalyse:
+                self._what = "the policy being served, analysed again,"
+                analysis = await self.gateway.executor.analyze(current.policy, fresh=True)
+                log.info("policy analysed again against the database")
+                for warning in analysis.warnings:
+                    log.warning("policy %s", warning.as_warning())
             self.retry = False
             return True
         self._refuse_restart_only_changes(policy)
@@ -351,7 +369,7 @@ class PolicyReloader:
         log.info(
             "policy reloaded: sha256 %s -> %s", current.policy.sha256[:12], policy.sha256[:12]
         )
-        log_policy_warnings(policy)
+        log_policy_warnings(policy, self.gateway.executor.analysis(policy))
         return True
 
     def _failed(self, message: str, exc: PolicyError | None, *, retry: bool = False) -> None:

@@ -111,7 +111,9 @@ def mask_key(settings: Settings, policy: CompiledPolicy) -> MaskKey | None:
 
 
 async def _analyze(executor: Executor, app: Gateway) -> None:
-    await executor.analyze(app.policy)
+    analysis = await executor.analyze(app.policy)
+    for warning in analysis.warnings:  # the loader's were logged when it was built
+        log.warning("policy %s", warning.as_warning())
 
 
 async def _close_caches(app: Gateway) -> None:

@@ -230,7 +230,7 @@ class Settings(BaseSettings):
     @field_validator("mask_key")
     @classmethod
     def _mask_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # Its length is checked where it is used (runtime.check_mask_key): a validation error
+        # Its length is checked where it is used (runtime.mask_key): a validation error
         # here would print the value.
         return value if value is not None and value.get_secret_value() else None
 

@@ -19,7 +19,8 @@ no span. On, each policy request and each request to ``/mcp`` gets::
       +- spangate.decision       route, roles, parameters
       +- spangate.budget         the budget spent (memory or Redis)
       +- spangate.statement      the whitelisted statement
-      |    +- CloudSpanner.*     the Spanner client's own spans (it is given the same provider)
+      |    +- CloudSpanner.*     the Spanner client's own spans (it is given the same provider;
+      |                          exported without Spanner's error text: ``gateway.scrubbing``)
       +- spangate.audit          the audit event recorded
 
 The trace and span ids of the request's span go into its audit event (``trace``, ``spanId``)
@@ -218,8 +219,13 @@ class Tracing:
         return cls(TracerProvider(resource=_resource(), shutdown_on_exit=False))
 
     def add_processor(self, processor: Any) -> None:
-        """Add a span processor (the provider must be the SDK's)."""
-        self.provider.add_span_processor(processor)  # type: ignore[attr-defined]
+        """Add a span processor (the provider must be the SDK's), behind a
+        ``ScrubbingProcessor``: the Spanner client's spans reach it without Spanner's error
+        text, which can quote values (``gateway.scrubbing``). Add processors here only."""
+        from gateway.scrubbing import ScrubbingProcessor
+
+        scrubbing = ScrubbingProcessor(processor, TRACER_NAME)
+        self.provider.add_span_processor(scrubbing)  # type: ignore[attr-defined]
 
     @property
     def spanner_options(self) -> dict[str, Any]:

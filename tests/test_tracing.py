@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from served import EXAMPLE_POLICY
 
 from gateway.app import Gateway
 from gateway.dev.idp import IdpProcess
@@ -51,12 +52,12 @@ def traced_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def traced(
     settings: Settings, idp: IdpProcess, exporter: InMemorySpanExporter, traced_audit: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(TracerProvider())
+    tracing.add_processor(SimpleSpanProcessor(exporter))  # as tracing_from_env adds its own
     app = build_gateway(
         settings.model_copy(update={"audit_path": traced_audit}),
         env={"OKTA_ISSUER": idp.issuer},
-        tracing=Tracing(provider),
+        tracing=tracing,
     )
     await app.startup()
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
@@ -425,3 +426,77 @@ def test_an_exporter_or_protocol_it_cannot_load_stops_the_start(
 ) -> None:
     with pytest.raises(ConfigError, match=named):
         tracing_from_env(env)
+
+
+CAST_QUERY = """
+  cast_email:
+    identity: shop_reader
+    sql: |
+      SELECT CAST(Email AS INT64) AS n, Email FROM Customers
+      WHERE TenantId = @tenant AND CustomerId = @customer_id
+    params:
+      tenant: {type: STRING, from: claim.tenant}
+      customer_id: {type: STRING, max_length: 36}
+    mask:
+      Email: {with: redact}
+"""
+CAST_ROUTE = """
+  - {path: "/v1/customers/{customer_id}/cast", method: GET, query: cast_email, allow: [support]}
+"""
+
+
+def span_text(span: ReadableSpan) -> str:
+    """Everything of a span an exporter sends, as text."""
+    return json.dumps(
+        {
+            "name": span.name,
+            "attributes": dict(span.attributes or {}),
+            "events": [(e.name, dict(e.attributes or {})) for e in span.events],
+            "status": [span.status.status_code.name, span.status.description],
+            "links": [dict(link.attributes or {}) for link in span.links],
+            "resource": dict(span.resource.attributes),
+        },
+        default=str,
+    )
+
+
+async def test_spanners_error_text_quoting_a_masked_value_is_in_no_span(
+    settings: Settings, idp: IdpProcess, tmp_path: Path, token_for: Callable[..., str]
+) -> None:
+    """CAST('wile@acme.example' AS INT64) fails and Spanner's message quotes the masked value;
+    the Spanner client records it as its span's status and an exception event. Every exported
+    span, through the real wiring (``Tracing.add_processor``), is free of it."""
+    text = EXAMPLE_POLICY.read_text()
+    text = text.replace("\nroutes:\n", CAST_QUERY + "\nroutes:\n", 1)
+    text = text.replace("\nbudgets:", CAST_ROUTE.rstrip() + "\n\nbudgets:", 1)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider())
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    app = build_gateway(
+        settings.model_copy(update={"policy": policy, "audit_path": tmp_path / "audit.jsonl"}),
+        env={"OKTA_ISSUER": idp.issuer},
+        tracing=tracing,
+    )
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            answer = await http.get(
+                "/v1/customers/C-1/cast",
+                headers={"Authorization": f"Bearer {token_for('support-console')}"},
+            )
+    finally:
+        await app.shutdown()
+    assert answer.status_code == 400 and answer.json()["code"] == "statement-rejected"
+    spans = exporter.get_finished_spans()
+    failed = [
+        s for s in spans
+        if s.instrumentation_scope is not None and s.instrumentation_scope.name == SPANNER_SCOPE
+        and s.status.status_code == StatusCode.ERROR
+    ]  # fmt: skip
+    assert failed, [s.name for s in spans]  # the error did pass through the client's spans
+    for span in spans:
+        assert "wile@acme.example" not in span_text(span), span.name
+        assert "Bad int64" not in span_text(span), span.name

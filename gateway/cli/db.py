@@ -258,4 +258,6 @@ def check_on_database(policy: Any, *, connect_timeout: float = 10.0) -> int:
     for identity, ready in analysis.idempotency_ready.items():
         if not ready:
             print(f"  warning: identity {identity} cannot use Idempotency-Key (spangate init-db)")
+    for warning in analysis.warnings:
+        print(warning.as_warning(), file=sys.stderr)
     return 0

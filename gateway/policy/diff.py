@@ -9,9 +9,16 @@ routes. Routes are matched by method and path shape, so renaming a path paramete
 Access also changes without any route changing when a role's entries change (who holds the
 role; the summary says when the entries that delegated tokens can hold change, as a
 ``delegated`` key or a claims test under ``act`` does, and when the entries that deny delegated
-tokens change for a role some route's ``deny`` names, as ``delegated: false`` does) or a route's
-statement changes: roles, queries (SQL, parameters, identity, limits), identities, issuers, the
-Spanner target, the budgets and the audit settings are compared too.
+tokens change for a role some route's ``deny`` names, as ``delegated: false`` does, and names
+the routes the role allows or denies and the masks whose ``unless`` names it: who sees those
+columns clear changes) or a route's statement changes: roles, queries (SQL, parameters,
+identity, limits), identities, issuers, the Spanner target, the budgets and the audit settings
+are compared too.
+
+Column masks are their own section, ``masks``, one item per ``query.column`` (not part of the
+query's change): a mask added, removed (the column is now clear for every caller of the query),
+or changed (its mode, its ``unless`` roles: who now sees it clear and who no longer does, its
+hash ``domain``).
 
 Secrets (fields marked by ``model.secret_fields``: an introspection ``client_secret``) are compared
 by value but never shown, in the text or the JSON: ``(secret)`` in an added or removed item,
@@ -29,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.policy.model import Policy, Role, Route, secret_fields
+from gateway.policy.model import Mask, Policy, Role, Route, secret_fields
 from gateway.policy.validate import template_shape
 
 __all__ = ["AccessChange", "Change", "PolicyDiff", "diff_policies", "render_diff"]
@@ -50,7 +57,7 @@ class AccessChange:
 class Change:
     """One changed item: ``kind`` is ``+`` (added), ``-`` (removed) or ``~`` (changed)."""
 
-    section: str  # routes, roles, queries, budgets, identities, issuers, spanner, audit
+    section: str  # routes, roles, queries, masks, budgets, identities, issuers, spanner, audit
     name: str
     kind: Literal["+", "-", "~"]
     summary: str
@@ -238,6 +245,57 @@ def _delegation(old: Role | None, new: Role, *, denying: bool = False) -> str:
     return out
 
 
+def _mask_text(mask: Mask) -> str:
+    clear = f"clear for {', '.join(mask.unless)}" if mask.unless else "for every caller"
+    domain = f", domain {mask.domain}" if mask.domain is not None else ""
+    return f"{mask.with_}, {clear}{domain}"
+
+
+def _mask_change(a: Mask, b: Mask) -> list[str]:
+    what = []
+    if a.with_ != b.with_:
+        what.append(f"with {a.with_} -> {b.with_}")
+    if a.unless != b.unless:
+        gained = [r for r in b.unless if r not in a.unless]
+        lost = [r for r in a.unless if r not in b.unless]
+        words = [f"now clear for {', '.join(gained)}"] if gained else []
+        words += [f"no longer clear for {', '.join(lost)}"] if lost else []
+        what.append(f"unless {a.unless} -> {b.unless} ({'; '.join(words) or 'reordered'})")
+    if a.domain != b.domain:
+        own = "(the column's own key)"
+        what.append(f"domain {a.domain or own} -> {b.domain or own}: its hashes change")
+    if a.description != b.description:
+        what.append("description")
+    return what
+
+
+def _masks(old: Policy, new: Policy) -> list[Change]:
+    """One change per ``query.column`` whose mask was added, removed or changed."""
+    out: list[Change] = []
+    for name in dict.fromkeys([*new.queries, *old.queries]):
+        a = old.queries[name].mask if name in old.queries else {}
+        b = new.queries[name].mask if name in new.queries else {}
+        gone = name not in new.queries
+        for column in dict.fromkeys([*b, *a]):
+            item = f"{name}.{column}"
+            if column not in a:
+                out.append(Change("masks", item, "+", "masked: " + _mask_text(b[column])))
+            elif column not in b:
+                summary = f"no longer masked (was {_mask_text(a[column])})" + (
+                    ": the query is removed" if gone else ": now clear for every caller"
+                )
+                out.append(Change("masks", item, "-", summary))
+            elif what := _mask_change(a[column], b[column]):
+                out.append(Change("masks", item, "~", "; ".join(what)))
+    return out
+
+
+def _unmasked(policy: Policy) -> Policy:
+    """``policy`` with its queries' masks left out (the ``masks`` section shows them)."""
+    queries = {n: q.model_copy(update={"mask": {}}) for n, q in policy.queries.items()}
+    return policy.model_copy(update={"queries": queries})
+
+
 def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
     """Every change from ``old`` to ``new`` that matters to access or to what runs."""
     access, changes = _access(old, new)
@@ -246,7 +304,16 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
         routes = [
             f"{_show(r)} ({_effect(r, role)})" for r in new.routes if _effect(r, role) != "none"
         ]
-        return f"; who holds it changes for {', '.join(routes)}" if routes else ""
+        masks = [
+            f"{q}.{c}"
+            for q, query in new.queries.items()
+            for c, mask in query.mask.items()
+            if role in mask.unless
+        ]
+        out = f"; who holds it changes for {', '.join(routes)}" if routes else ""
+        if masks:
+            out += f"; who sees {', '.join(masks)} clear changes (unless)"
+        return out
 
     for name in dict.fromkeys([*new.roles, *old.roles]):
         a, b = old.roles.get(name), new.roles.get(name)
@@ -260,7 +327,8 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             denying = any(name in r.deny for r in (*old.routes, *new.routes))
             summary = "entries changed" + _delegation(a, b, denying=denying) + used_by(name)
             changes.append(Change("roles", name, "~", summary, lines))
-    changes += _named("queries", old.queries, new.queries)
+    changes += _named("queries", _unmasked(old).queries, _unmasked(new).queries)
+    changes += _masks(old, new)
     changes += _named("budgets", old.budgets, new.budgets)
     changes += _named("identities", old.identities, new.identities)
     changes += _named("issuers", old.issuers, new.issuers)

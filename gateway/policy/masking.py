@@ -16,6 +16,16 @@ Checks:
   masked column is a result column (exactly, case included: rows are keyed by it), and ``last4``
   masks a STRING (or ARRAY<STRING>) column only.
 
+Warnings (the policy serves, but says what it may not mean):
+
+- ``mask_warnings`` (the loader, from the text): a result column that differs from a masked one
+  only in case (``SELECT c.Email, u.email`` with a mask on ``Email``: ``email`` is answered
+  clear); a ``hash`` column whose value the statement takes from a parameter (``INSERT …
+  VALUES (@email) THEN RETURN Email``, ``SELECT @x AS Email``): its caller can have values of
+  its choice hashed with that column's key (or its ``domain``'s) and test guesses;
+- ``column_warnings`` (the analysis): the case rule on Spanner's columns, for statements whose
+  text does not name them (``SELECT *``).
+
 The values themselves are masked by ``gateway.shaping.masks``.
 """
 
@@ -26,14 +36,17 @@ from dataclasses import dataclass
 
 from gateway.policy.constraints import Finding, Where
 from gateway.policy.model import Mask, Policy, Query
-from gateway.policy.selectlist import result_columns
+from gateway.policy.selectlist import result_columns, result_items, set_from_params
 from gateway.policy.sqlscan import SqlInfo
 
 __all__ = [
     "MaskVerdict",
     "column_findings",
+    "column_warnings",
+    "hash_domains",
     "hash_masks",
     "mask_findings",
+    "mask_warnings",
     "mask_verdicts",
     "masked_columns",
 ]
@@ -106,6 +119,10 @@ def mask_findings(
         for k, role in enumerate(mask.unless):
             if msg := unknown_role(role):
                 found.append(((*where, column, "unless", k), msg))
+        if mask.domain is not None and mask.with_ != "hash":
+            found.append(((*where, column, "domain"), (
+                f"domain names the key of a hash; this mask is with: {mask.with_}"
+            )))
     if info is None or not query.mask:
         return found
     if info.kind == "dml" and not info.returning:
@@ -150,3 +167,76 @@ def column_findings(
                 f"{name} is {types[column]}: use redact, null or hash"
             )))
     return found
+
+
+def _case_twins(
+    name: str, masks: dict[str, Mask], columns: Sequence[str]
+) -> list[Finding]:
+    found: list[Finding] = []
+    for masked in masks:
+        twins = [
+            c for c in columns
+            if c != masked and c not in masks and c.casefold() == masked.casefold()
+        ]  # fmt: skip
+        for twin in twins:
+            found.append((("queries", name, "mask", masked), (
+                f"query {name} also returns {twin}, which differs from the masked column "
+                f"{masked} only in case: it is answered unmasked (rows are keyed by the exact "
+                f"name); mask {twin} too, or rename it with AS"
+            )))
+    return found
+
+
+def mask_warnings(name: str, query: Query, masks_by_domain: dict[str, list[str]]) -> list[Finding]:
+    """What the masks of query ``name`` may not mean, read from its text (see the module doc);
+    ``masks_by_domain``: each hash domain's masks as ``query.column``."""
+    if not query.mask:
+        return []
+    items = result_items(query.sql)
+    if items is None:
+        return []
+    found = _case_twins(name, query.mask, [item.name for item in items])
+    fed = set_from_params(query.sql)
+    for column, mask in query.mask.items():
+        if mask.with_ != "hash":
+            continue
+        item = next((i for i in items if i.name == column), None)
+        if item is None:
+            continue
+        if not (item.has_param or (item.source is not None and item.source.upper() in fed)):
+            continue
+        if mask.domain is not None:
+            others = [m for m in masks_by_domain.get(mask.domain, []) if m != f"{name}.{column}"]
+            key = f"the key of domain {mask.domain}" + (
+                f" (also hashing {', '.join(others)})" if others else ""
+            )
+        else:
+            key = "this column's key"
+        found.append((("queries", name, "mask", column, "with"), (
+            f"query {name} hashes {column}, whose value it takes from a parameter: a caller "
+            f"can have any value of its choice hashed with {key} and compare the hash with "
+            "others made with it, testing guesses; the hash of what the caller sent hides "
+            "nothing from that caller. Return the column unmasked, mask it with redact or null, "
+            "or leave it out"
+        )))
+    return found
+
+
+def hash_domains(policy: Policy) -> dict[str, list[str]]:
+    """Each ``domain`` of the policy's hash masks: its masks as ``query.column``."""
+    out: dict[str, list[str]] = {}
+    for name, query in policy.queries.items():
+        for column, mask in query.mask.items():
+            if mask.with_ == "hash" and mask.domain is not None:
+                out.setdefault(mask.domain, []).append(f"{name}.{column}")
+    return out
+
+
+def column_warnings(
+    name: str, query: Query, columns: Sequence[tuple[str, str]]
+) -> list[Finding]:
+    """The case rule of ``mask_warnings`` on the analysed ``columns`` (name, type), for a
+    statement whose text does not name its columns (else the loader has warned already)."""
+    if not query.mask or result_columns(query.sql) is not None:
+        return []
+    return _case_twins(name, query.mask, [c for c, _ in columns])

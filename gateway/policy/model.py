@@ -453,16 +453,25 @@ class Mask(_Strict):
     ] = Field(
         alias="with",
         description="redact: a STRING answers \"***\", any other type null; null: null; hash: a "
-        "keyed HMAC-SHA256 of the value (base64url, equal values mask equally; needs "
-        "SPANGATE_MASK_KEY); last4: \"***\" and the last four characters of a STRING of at "
-        "least 8 characters, else \"***\" (STRING columns only). A NULL stays NULL; an ARRAY is "
-        "masked element by element (null: the whole array).",
+        "keyed HMAC-SHA256 of the value (base64url; equal values mask equally within the "
+        "query's column, or within its domain; needs SPANGATE_MASK_KEY); last4: \"***\" and the "
+        "last four characters of a STRING of at least 8 characters, else \"***\" (STRING "
+        "columns only). A NULL stays NULL; an ARRAY is masked element by element (null: the "
+        "whole array).",
     )
     unless: list[str] = Field(
         default_factory=list,
         description="Roles (names in `roles`) whose holders see the clear value: a role counts "
         "as it does in a route's allow, so a delegated token holds it only through an entry "
         "that admits delegated tokens. Empty: masked for everyone.",
+    )
+    domain: str | None = Field(
+        None,
+        pattern=_NAME,
+        max_length=128,
+        description="hash only: the name of the key the hash is made with. Masks naming the "
+        "same domain hash equal values equally (a caller can join on them across queries); "
+        "without one, each query's column has a key of its own.",
     )
     description: str | None = None
 

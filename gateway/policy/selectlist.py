@@ -21,10 +21,11 @@ this reading lets ``policy check`` refuse a mask on a column that is not returne
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from gateway.policy.sqlscan import SqlProblem, Token, statement_tokens
 
-__all__ = ["result_columns"]
+__all__ = ["ResultItem", "result_columns", "result_items", "set_from_params"]
 
 # Where the select list ends (at depth 0).
 _LIST_END = frozenset(
@@ -132,8 +133,30 @@ def _name(item: list[Token]) -> str | None:
     return ""  # an expression without a name
 
 
+@dataclass(frozen=True)
+class ResultItem:
+    """One item of the list that names the result columns (see ``result_items``)."""
+
+    name: str  # the result column's name ("" when unnamed)
+    source: str | None  # the column a bare path names (``c.Email``, ``c.Email AS x``: Email)
+    has_param: bool  # the item's expression holds a parameter (``@p AS x``, ``LOWER(@p)``)
+
+
+def _source(item: list[Token]) -> str | None:
+    expression = item[:-2] if len(item) >= 2 and item[-2].is_word("AS") else item
+    return expression[-1].text if expression and _is_path(expression) else None
+
+
 def result_columns(sql: str) -> tuple[str, ...] | None:
     """The result column names of ``sql`` read from its text (see the module doc), or None."""
+    items = result_items(sql)
+    return None if items is None else tuple(item.name for item in items)
+
+
+def result_items(sql: str) -> tuple[ResultItem, ...] | None:
+    """The items of ``sql``'s result list, where the text decides every name (as
+    ``result_columns``), or None: each item's name, the column a bare path names, and whether
+    its expression holds a parameter."""
     try:
         tokens = statement_tokens(sql)
     except SqlProblem:
@@ -166,7 +189,98 @@ def result_columns(sql: str) -> tuple[str, ...] | None:
             items[-1].append(tokens[k])
     if len(items) > 1 and not items[-1]:
         items.pop()  # GoogleSQL allows a trailing comma
-    names = [_name(item) for item in items]
-    if any(name is None for name in names):
-        return None
-    return tuple(name for name in names if name is not None)
+    out = []
+    for item in items:
+        name = _name(item)
+        if name is None:
+            return None
+        has_param = any(tok.kind == "param" for tok in item)
+        out.append(ResultItem(name, _source(item), has_param))
+    return tuple(out)
+
+
+def _split(tokens: list[Token], depths: list[int], start: int, end: int, depth: int) -> list[
+    list[Token]
+]:
+    """The tokens of [start, end) split at the commas of bracket depth ``depth``."""
+    parts: list[list[Token]] = [[]]
+    for k in range(start, end):
+        if depths[k] == depth and tokens[k].is_punct(","):
+            parts.append([])
+        else:
+            parts[-1].append(tokens[k])
+    return parts
+
+
+def _closing(tokens: list[Token], depths: list[int], k: int) -> int:
+    """The index of the bracket closing the one at ``k``."""
+    for j in range(k + 1, len(tokens)):
+        if depths[j] == depths[k] and tokens[j].kind == "punct" and tokens[j].text in _CLOSE:
+            return j
+    return len(tokens)
+
+
+def _insert_targets(tokens: list[Token], depths: list[int], at: int) -> set[str]:
+    """INSERT [OR …] [INTO] t (a, b) VALUES (x, y), …: the columns a row's value with a
+    parameter goes to (``INSERT … SELECT`` is not read)."""
+    k = at
+    while k < len(tokens) and not (depths[k] == 0 and tokens[k].is_punct("(")):
+        if depths[k] == 0 and tokens[k].is_word("VALUES", "SELECT", "WITH"):
+            return set()  # no column list
+        k += 1
+    if k >= len(tokens):
+        return set()
+    close = _closing(tokens, depths, k)
+    names = [part[-1].text.upper() if part else "" for part in _split(tokens, depths, k + 1,
+                                                                       close, 1)]  # fmt: skip
+    found: set[str] = set()
+    k = close + 1
+    if not (k < len(tokens) and tokens[k].is_word("VALUES")):
+        return found
+    k += 1
+    while k < len(tokens) and tokens[k].is_punct("("):
+        close = _closing(tokens, depths, k)
+        for name, value in zip(names, _split(tokens, depths, k + 1, close, 1), strict=False):
+            if any(tok.kind == "param" for tok in value):
+                found.add(name)
+        k = close + 1
+        if k < len(tokens) and tokens[k].is_punct(","):
+            k += 1
+    return found
+
+
+def _update_targets(tokens: list[Token], depths: list[int], at: int) -> set[str]:
+    """UPDATE t SET a = x, b = y WHERE …: the columns set to a value with a parameter."""
+    k = next((j for j in range(at, len(tokens)) if depths[j] == 0 and tokens[j].is_word("SET")),
+             None)  # fmt: skip
+    if k is None:
+        return set()
+    end = next((j for j in range(k + 1, len(tokens)) if depths[j] == 0 and tokens[j].is_word(
+        "WHERE", "THEN")), len(tokens))  # fmt: skip
+    found: set[str] = set()
+    for assignment in _split(tokens, depths, k + 1, end, 0):
+        eq = next((i for i, tok in enumerate(assignment) if tok.is_punct("=")), None)
+        if eq is None or not _is_path(assignment[:eq]):
+            continue
+        if any(tok.kind == "param" for tok in assignment[eq + 1 :]):
+            found.add(assignment[eq - 1].text.upper())
+    return found
+
+
+def set_from_params(sql: str) -> frozenset[str]:
+    """The columns (upper case: Spanner's names are case-insensitive) that DML ``sql`` sets to
+    a value holding a parameter: an INSERT's VALUES, an UPDATE's SET. Empty for a query, or
+    when the text cannot be read."""
+    try:
+        tokens = statement_tokens(sql)
+    except SqlProblem:
+        return frozenset()
+    depths = _depths(tokens)
+    if not tokens or depths is None:
+        return frozenset()
+    at = _skip_hint(tokens, 0)
+    if at < len(tokens) and tokens[at].is_word("INSERT"):
+        return frozenset(_insert_targets(tokens, depths, at + 1))
+    if at < len(tokens) and tokens[at].is_word("UPDATE"):
+        return frozenset(_update_targets(tokens, depths, at + 1))
+    return frozenset()

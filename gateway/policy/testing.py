@@ -20,8 +20,9 @@ A case file (see ``policy-format.md``)::
 every bound parameter (defaults and claims included) and compares typed values, so ``"12.5"``
 equals ``"12.50"`` for a NUMERIC; ``roles`` is the exact set of roles that hold; ``rule`` is the
 role that allowed or denied; ``masked`` is the exact set of result columns masked for the
-caller (``[]``: every masked column is clear for it). Claims become a Principal as in
-``simulate.py``.
+caller (``[]``: every masked column is clear for it), on a case that expects ``allow: true``
+only (a denied call runs nothing and masks nothing: ``masked`` there could never fail, and is a
+located problem). Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
 no case, and the role entries that held in no case. An entry of a deny role of the route a case
@@ -77,7 +78,7 @@ class Expect(_Strict):
     masked: list[str] | None = Field(
         None,
         description="Exactly the result columns masked for this caller (of the query's masks; "
-        "[]: it sees them all clear). A denied call masks nothing.",
+        "[]: it sees them all clear). Only with allow: true: a denied call masks nothing.",
     )
 
 
@@ -306,6 +307,11 @@ def _references(
             if role not in model.roles:
                 hint = did_you_mean(role, model.roles)
                 found.append(source.problem(at, f"unknown role '{role}'{hint}"))
+        if e.masked is not None and not e.allow:
+            found.append(source.problem((*where, "masked"), (
+                "masked on a case expected to be denied: a denied call runs nothing and masks "
+                "nothing, so this could never fail; expect allow: true, or leave masked out"
+            )))
         masked = {c for q in model.queries.values() for c in q.mask}
         for k, column in enumerate(e.masked or []):
             if column not in masked:

@@ -32,7 +32,9 @@ which RE2 matches on ASCII only where Python's ``re`` (which such patterns were 
 for) is Unicode aware, worded more strongly in a deny role (non-ASCII input escapes the deny);
 an entry of a route's ``deny`` role that says ``delegated: false`` (it never denies a delegated
 token, which the default would); a route that allows a role without a budget beside a budgeted
-role one token may also hold (``unbudgeted.py``: the budget is moot for such a token).
+role one token may also hold (``unbudgeted.py``: the budget is moot for such a token); masks
+that may not mean what they say (``masking.mask_warnings``: a result column that differs from a
+masked one only in case, a ``hash`` of a value the statement takes from a parameter).
 
 ``Salvage`` lets the loader run these checks on the valid part of a policy that also has shape
 errors, without reporting follow-on errors for the entries that failed.
@@ -48,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.constraints import Finding, Where, param_findings
-from gateway.policy.masking import mask_findings
+from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.regex import ascii_escapes
@@ -222,7 +224,9 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
 def policy_warnings(policy: Policy) -> list[Finding]:
     """What the loader reports as warnings: the policy loads, but says less than it could."""
     found: list[Finding] = []
+    domains = hash_domains(policy)
     for name, query in policy.queries.items():
+        found.extend(mask_warnings(name, query, domains))
         for pname, param in query.params.items():
             scalar_string = not param.ptype.is_array and param.ptype.kind == "STRING"
             if scalar_string and param.pattern is not None and param.max_length is None:

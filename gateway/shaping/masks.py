@@ -8,10 +8,18 @@ Modes (``docs/masking.md``):
 - ``last4``: a STRING of at least 8 characters (Unicode code points) answers ``"***"`` and its
   last four characters (``"***4242"``), a shorter one ``"***"``: never more than half of a value
   shows. The loader allows it on STRING columns only; any other value answers null;
-- ``hash``: ``base64url(HMAC-SHA256(K, TYPE || 0x00 || canonical(value)))`` without padding (43
-  characters), where ``K = HMAC-SHA256(SPANGATE_MASK_KEY, "spangate mask v1")`` and ``TYPE`` is
-  the scalar type's name in ASCII (``STRING``, ``INT64``...; empty when unknown). Equal values of
-  one type hash equally in every query, replica and restart with the same key.
+- ``hash``: ``base64url(HMAC-SHA256(C, TYPE || 0x00 || canonical(value)))`` without padding (43
+  characters), where ``TYPE`` is the scalar type's name in ASCII (``STRING``, ``INT64``...; empty
+  when unknown) and ``C`` is the column's key (``MaskKey.for_mask``)::
+
+      K = HMAC-SHA256(SPANGATE_MASK_KEY, "spangate mask v1")
+      C = HMAC-SHA256(K, "column" || 0x00 || QUERY || 0x00 || COLUMN)   (no ``domain``)
+      C = HMAC-SHA256(K, "domain" || 0x00 || DOMAIN)                    (``domain: DOMAIN``)
+
+  (names in UTF-8). Equal values of one type hash equally within one query's column, or across
+  the masks naming one domain, in every replica and restart with the same key; a route that
+  hashes what its caller sent (``INSERT … THEN RETURN``) hashes with its own key, so it does not
+  let a caller test guesses against another query's hashes unless they share a domain.
 
 NULL stays NULL in every mode (a mask hides a value, not its absence; ``null`` hides both). An
 ARRAY is masked element by element (its NULL elements stay NULL): ``["***", null]``.
@@ -47,7 +55,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +69,7 @@ __all__ = [
     "MaskKey",
     "canonical_bytes",
     "es_number",
+    "expect_columns",
     "mask_result",
     "mask_value",
 ]
@@ -69,6 +78,8 @@ REDACTED = "***"
 LAST4_MIN_LENGTH = 8  # shorter strings are masked whole: at most half of a value ever shows
 HASH_LENGTH = 43  # base64url of 32 bytes, without padding
 _DERIVATION = b"spangate mask v1"
+_COLUMN = b"column\x00"
+_DOMAIN = b"domain\x00"
 
 
 class MaskFailed(Exception):
@@ -78,14 +89,25 @@ class MaskFailed(Exception):
 
 @dataclass(frozen=True)
 class MaskKey:
-    """The key of ``hash`` masks, derived from ``SPANGATE_MASK_KEY`` (never used directly, so
-    the same secret used elsewhere does not give the same hashes)."""
+    """A key of ``hash`` masks: ``from_secret`` derives the gateway's (``K``) from
+    ``SPANGATE_MASK_KEY`` (never used directly, so the same secret used elsewhere does not give
+    the same hashes); ``for_mask`` derives one column's or domain's from it (``C``), which is
+    what values are hashed with."""
 
     key: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> MaskKey:
         return cls(hmac.new(secret, _DERIVATION, hashlib.sha256).digest())
+
+    def for_mask(self, query: str, column: str, domain: str | None = None) -> MaskKey:
+        """The key of query ``query``'s column ``column``, or of ``domain`` when the mask
+        names one (then the query and column do not matter)."""
+        if domain is not None:
+            label = _DOMAIN + domain.encode("utf-8")
+        else:
+            label = _COLUMN + query.encode("utf-8") + b"\x00" + column.encode("utf-8")
+        return MaskKey(hmac.new(self.key, label, hashlib.sha256).digest())
 
 
 def es_number(value: float) -> str:
@@ -138,7 +160,9 @@ def _json(value: Any) -> str:
 
 def _numeric(text: str) -> str:
     with decimal.localcontext() as context:
-        context.prec = 100  # NUMERIC has 38 digits, PG_NUMERIC up to 147,455: normalize exactly
+        # normalize() rounds to the context's precision: as many digits as the text has, so it
+        # never rounds (NUMERIC has 38 digits, PG_NUMERIC up to 147,455 + 16,383)
+        context.prec = max(len(text), 1)
         number = decimal.Decimal(text)
         if number.is_nan():
             return "NaN"
@@ -217,21 +241,55 @@ def mask_value(mode: str, type_name: str | None, value: Any, key: MaskKey | None
     return _scalar(mode, type_name, value, key)  # a JSON column's array is one value
 
 
+def expect_columns(result: Result, columns: Sequence[tuple[str, str | None]]) -> None:
+    """MaskFailed unless ``result`` has exactly the ``columns`` (name, Spanner type; a None type,
+    or a result without types, compares the name alone) that the policy's analysis found: a
+    view or the schema changed since, and the masks were judged on another shape."""
+    names = [name for name, _ in columns]
+    same = list(result.columns) == names
+    if same and len(result.types) == len(result.columns):
+        same = all(t is None or t == got for (_, t), got in zip(columns, result.types, strict=True))
+    if not same:
+        raise MaskFailed(
+            f"the statement returned the columns {_shown(result.columns, result.types)}, but "
+            f"the policy was analysed with {_shown(names, [t for _, t in columns])}: the schema "
+            "or a view changed since; reload the policy (SIGHUP) to analyse it again"
+        )
+
+
+def _shown(names: Sequence[str], types: Sequence[str | None]) -> str:
+    if len(types) != len(names):
+        return ", ".join(names) or "(none)"
+    return ", ".join(f"{n} {t}" if t else n for n, t in zip(names, types, strict=True)) or "(none)"
+
+
 def mask_result(
     result: Result,
     masks: Mapping[str, str],
     types: Mapping[str, str | None],
-    key: MaskKey | None,
+    keys: Mapping[str, MaskKey],
 ) -> Result:
     """``result`` with the columns of ``masks`` (column -> mode) masked in every row; the rest
-    of the result as it was. ``types``: each column's Spanner type."""
-    present = {c: m for c, m in masks.items() if c in result.columns}
-    if not present or not result.rows:
+    of the result as it was. ``types``: each column's Spanner type; ``keys``: each ``hash``
+    column's key (``MaskKey.for_mask``; one missing is MaskFailed).
+
+    Fails closed: a masked column the result does not have (exactly: rows are keyed by the name)
+    is MaskFailed, whether it is missing or there only in another case (``email`` for
+    ``Email``), rows or no rows; the masks were judged on a statement that returned it."""
+    for column in masks:
+        if column not in result.columns:
+            other = [c for c in result.columns if c.casefold() == column.casefold()]
+            raise MaskFailed(
+                f"the masked column {column} is not in the result"
+                + (f" (only {', '.join(other)}, in another case)" if other else "")
+                + f"; its columns: {', '.join(result.columns) or '(none)'}"
+            )
+    if not masks or not result.rows:
         return result
     rows = [
         {
-            column: mask_value(present[column], types.get(column), value, key)
-            if column in present
+            column: mask_value(masks[column], types.get(column), value, keys.get(column))
+            if column in masks
             else value
             for column, value in row.items()
         }

@@ -15,6 +15,8 @@ Contract:
   name (rows are JSON objects keyed by column name).
 - A query's masks must name result columns (exactly: rows are keyed by them), and ``last4``
   only STRING columns (``policy.masking.column_findings``): else a problem located at the mask.
+  A result column that differs from a masked one only in case is a warning
+  (``Analysis.warnings``, located; ``policy.masking.column_warnings``): it is answered unmasked.
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
@@ -32,7 +34,7 @@ from google.api_core import exceptions as gexc
 
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
-from gateway.policy.masking import column_findings
+from gateway.policy.masking import column_findings, column_warnings
 from gateway.policy.source import dotted
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
@@ -85,6 +87,7 @@ class Shape:
 class Analysis:
     shapes: Mapping[str, Shape] = field(default_factory=dict)  # query name -> result columns
     idempotency_ready: Mapping[str, bool] = field(default_factory=dict)  # writing identity -> ok
+    warnings: tuple[PolicyProblem, ...] = ()  # located; the policy still serves
 
 
 class _Planned(Exception):  # control flow: roll the planning transaction back
@@ -203,6 +206,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
     The caller serialises this with writes against the emulator (DML planning opens read-write
     transactions). Unreachable Spanner: the google.api_core error propagates."""
     problems: list[PolicyProblem] = []
+    warnings: list[PolicyProblem] = []
     shapes: dict[str, Shape] = {}
     for name, query in policy.queries.items():
         identity = query.model.identity
@@ -233,6 +237,8 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
         pairs = [(c.name, c.type) for c in columns]
         for where, message in column_findings(name, query.model.mask, pairs):
             problems.append(_problem(policy, name, message, where))
+        for where, message in column_warnings(name, query.model, pairs):
+            warnings.append(_problem(policy, name, message, where))
         shapes[name] = Shape(columns)
     if problems:
         raise PolicyError(problems)
@@ -249,4 +255,4 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
                     "`spangate init-db` creates it and `spangate grants` are applied",
                     identity,
                 )
-    return Analysis(shapes=shapes, idempotency_ready=ready)
+    return Analysis(shapes=shapes, idempotency_ready=ready, warnings=tuple(warnings))

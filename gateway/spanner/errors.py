@@ -20,25 +20,44 @@
     anything else                         500  spanner-error (logged as an error)
 
 A 500 here is a mismatch between the policy, the grants and the schema: an operator's problem,
-never the caller's. No detail carries Spanner's message (it names tables, columns and SQL): the
-log does, with the query, the identity and its role.
+never the caller's. No detail carries Spanner's message (it names tables, columns and SQL).
+
+Nor does the log: Spanner's messages can quote a row's value or a parameter (``Bad int64 value:
+wile@acme.example``, a unique index's key), which may be a masked column, an ``audit.redact``
+parameter or anything else the log must not hold. The log line names the gRPC code, the query,
+its identity and role, and a digest of the message (``withheld``): HMAC-SHA256 under a key drawn
+at random when the process starts, its first 12 hex digits. Equal messages have equal digests
+in one process's log; the digest cannot be used to test a guess of what the message said.
+Spanner's words for a schema or grant mismatch come from ``spangate policy check --database``
+(PLAN: nothing runs, so no row is quoted).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 
 from google.api_core import exceptions as gexc
 
 from gateway.errors import SpannerError
 
-__all__ = ["RETRY_AFTER_SECONDS", "map_error", "timeout_error", "unavailable_error"]
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "grpc_code",
+    "map_error",
+    "timeout_error",
+    "unavailable_error",
+    "withheld",
+]
 
 log = logging.getLogger("spangate.spanner")
 
 RETRY_AFTER_SECONDS = 2
-WITHHELD = "(Spanner's message withheld: this query masks result columns, which it may quote)"
+_DIGEST_KEY = secrets.token_bytes(32)  # per process: a digest tells messages apart, no more
+_CHECK = "`spangate policy check --database` shows Spanner's words"
 
 _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (gexc.AlreadyExists, 409, "conflict"),
@@ -60,7 +79,7 @@ _DETAILS = {
     "precondition-failed": "the statement's precondition failed",
     "aborted": "the transaction was aborted by concurrent work and its retries ran out",
     "statement-rejected": "Spanner rejected the statement with these parameters (for example a "
-    "value longer than its column allows); the logs have Spanner's message",
+    "value longer than its column allows); the log has Spanner's status code for this request",
     "timeout": "the statement did not finish within its timeout",
     "spanner-unavailable": "Spanner is unavailable; retry later",
     "identity-lacks-grant": "the statement's identity lacks a grant it needs (see the logs)",
@@ -72,6 +91,18 @@ _DETAILS = {
 
 def _message(exc: BaseException) -> str:
     return str(getattr(exc, "message", None) or exc)
+
+
+def withheld(exc: BaseException) -> str:
+    """What a log line says of Spanner's message (see the module doc): never its words."""
+    text = _message(exc).encode("utf-8", "backslashreplace")
+    digest = hmac.new(_DIGEST_KEY, text, hashlib.sha256).hexdigest()[:12]
+    return f"Spanner's message withheld (digest {digest})"
+
+
+def grpc_code(exc: BaseException) -> str:
+    """The gRPC status name of a google.api_core error (``INVALID_ARGUMENT``), else its type."""
+    return getattr(getattr(exc, "grpc_status_code", None), "name", None) or type(exc).__name__
 
 
 _SCHEMA_MISMATCH = re.compile(
@@ -113,17 +144,15 @@ def map_error(
     query: str | None = None,
     identity: str | None = None,
     role: str | None = None,
-    quiet: bool = False,
 ) -> SpannerError:
     """A Spanner/gRPC error -> ``SpannerError`` with a stable code and status (table above).
 
-    ``query``, ``identity`` and ``role`` only enrich the log line of a 5xx. ``quiet``: the
-    query masks result columns, and Spanner's message may quote a row's value (a failed cast,
-    a check constraint): the log says that it was withheld instead of saying it."""
+    ``query``, ``identity`` and ``role`` only enrich the log line of a 400 or a 5xx, which
+    never holds Spanner's message (``withheld``: it may quote a row's value)."""
     name = type(exc).__name__
     message = _message(exc)
-    shown = WITHHELD if quiet else message
-    grpc_code = getattr(getattr(exc, "grpc_status_code", None), "name", None) or name
+    shown = withheld(exc)
+    code_name = grpc_code(exc)
     where = f"query {query!r} as identity {identity!r} (role {role!r})" if query else "a statement"
     if _session_lost(exc):
         # The session vanished (server restart, expiry): nothing ran; the client makes a new one.
@@ -136,40 +165,43 @@ def map_error(
             _DETAILS["too-many-mutations"],
             status=422,
             code="too-many-mutations",
-            spanner_code=grpc_code,
+            spanner_code=code_name,
         )
     if isinstance(exc, gexc.InvalidArgument) and _SCHEMA_MISMATCH.search(message):
         # The statement no longer fits the schema (it was PLAN-checked at load): not the caller's.
         log.error(
-            "spanner %s running %s: %s (the schema changed under the policy)",
-            grpc_code,
+            "spanner %s running %s: %s (the schema changed under the policy; %s)",
+            code_name,
             where,
             shown,
+            _CHECK,
         )
         return SpannerError(
             _DETAILS["statement-invalid"],
             status=500,
             code="statement-invalid",
-            spanner_code=grpc_code,
+            spanner_code=code_name,
         )
     for kind, status, code in _TABLE:
         if isinstance(exc, kind):
             if status >= 500 and status != 503:
                 log.error(
-                    "spanner %s running %s: %s (a policy/grant/schema mismatch)",
-                    grpc_code,
+                    "spanner %s running %s: %s (a policy/grant/schema mismatch; %s)",
+                    code_name,
                     where,
                     shown,
+                    _CHECK,
                 )
             elif status == 400:
-                log.warning("spanner %s running %s: %s", grpc_code, where, shown)
-            # Spanner's own message names tables, columns and SQL: it goes to the log only.
+                log.warning("spanner %s running %s: %s", code_name, where, shown)
+            # Spanner's own message names tables, columns and SQL, and may quote values: it
+            # reaches neither the caller nor the log.
             detail = _DETAILS.get(code, "the statement failed")
             retry = RETRY_AFTER_SECONDS if status == 503 else None
             return SpannerError(
-                detail, status=status, code=code, spanner_code=grpc_code, retry_after=retry
+                detail, status=status, code=code, spanner_code=code_name, retry_after=retry
             )
     log.error("unexpected spanner error %s running %s: %s", name, where, shown)
     return SpannerError(
-        "the statement failed", status=500, code="spanner-error", spanner_code=grpc_code
+        "the statement failed", status=500, code="spanner-error", spanner_code=code_name
     )

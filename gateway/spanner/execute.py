@@ -55,7 +55,13 @@ from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
 from gateway.spanner.analyze import Analysis, analyze_policy, type_name
-from gateway.spanner.errors import map_error, timeout_error, unavailable_error
+from gateway.spanner.errors import (
+    grpc_code,
+    map_error,
+    timeout_error,
+    unavailable_error,
+    withheld,
+)
 from gateway.spanner.identities import CONNECT_TIMEOUT_SECONDS, Databases
 from gateway.spanner.limits import check_limits
 from gateway.spanner.options import Tags, request_options, snapshot_options, tags_for
@@ -135,7 +141,7 @@ class _Abandoned(Exception):  # control flow: the caller was answered; this writ
 
 class _CommitUnknown(Exception):  # a Commit that was sent failed in a way that does not prove
     def __init__(self, cause: BaseException) -> None:  # it did not commit
-        super().__init__(f"{type(cause).__name__}: {cause}")
+        super().__init__(type(cause).__name__)  # never Spanner's words (they may quote values)
         self.cause = cause
 
 
@@ -324,11 +330,16 @@ class Executor:
 
     # -- analysis -----------------------------------------------------------------------------
     async def analyze(
-        self, policy: CompiledPolicy, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+        self,
+        policy: CompiledPolicy,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        fresh: bool = False,
     ) -> Analysis:
         """PLAN-analyse every statement of ``policy`` (see ``analyze.py``); PolicyError naming the
-        query when Spanner refuses one. Remembered per policy hash for ``analysis()``."""
-        found = self._analyses.get(policy.sha256)
+        query when Spanner refuses one. Remembered per policy hash for ``analysis()``; ``fresh``:
+        analyse again even so (the schema may have changed), replacing it only on success."""
+        found = None if fresh else self._analyses.get(policy.sha256)
         if found is not None:
             return found
         await self.databases.connect(connect_timeout)
@@ -470,9 +481,11 @@ class Executor:
             ) from None
         except _CommitUnknown as exc:
             log.warning(
-                "the Commit of a write to query %r failed without saying whether it committed: %s",
+                "the Commit of a write to query %r failed without saying whether it committed: "
+                "%s, %s",
                 query.name,
-                exc,
+                grpc_code(exc.cause),
+                withheld(exc.cause),
             )
             raise timeout_error(timeout, outcome="unknown") from exc.cause
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
@@ -481,7 +494,6 @@ class Executor:
                 query=query.name,
                 identity=identity,
                 role=self.databases.roles.get(identity),
-                quiet=bool(query.model.mask),  # Spanner's words may quote a masked value
             ) from exc
         finally:
             if self.on_statement is not None:
@@ -827,7 +839,11 @@ class Executor:
         except (gexc.InvalidArgument, gexc.NotFound) as exc:
             if idem.TABLE in str(exc):
                 state.key_clear = True  # no table: no keyed write ever committed here
-                log.error("the Idempotency-Key table is missing: run `spangate init-db` (%s)", exc)
+                log.error(
+                    "the Idempotency-Key table is missing: run `spangate init-db` (%s, %s)",
+                    grpc_code(exc),
+                    withheld(exc),
+                )
                 raise SpannerError(
                     "Idempotency-Key is not set up on this gateway's database",
                     status=500,

@@ -265,3 +265,75 @@ def test_budget_changes_are_listed() -> None:
     assert "budgets:\n  ~ staff: changed: calls, rows\n" in text
     assert '      - calls: "60/min"\n      + calls: "30/min"\n      + rows: "100/hour"\n' in text
     assert '  + blocked: {"calls": "1/s"}\n' in text
+
+
+# --- column masks ------------------------------------------------------------------------------
+
+
+def masked(masks: dict[str, Any], roles: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = base()
+    data["roles"].update(roles or {"leads": [{"groups": ["leads"]}]})
+    data["queries"]["get_thing"]["mask"] = masks
+    return data
+
+
+def test_mask_changes_are_their_own_lines_per_query_column() -> None:
+    old = masked({
+        "Owner": {"with": "redact", "unless": ["leads"]},
+        "Secret": {"with": "null"},
+        "Token": {"with": "hash"},
+    })  # fmt: skip
+    new = masked({
+        "Owner": {"with": "redact", "unless": ["leads", "staff"]},  # staff now sees it clear
+        "Token": {"with": "hash", "domain": "tokens"},
+        "Phone": {"with": "last4"},
+    })  # fmt: skip
+    diff = diff_policies(model(old), model(new))
+    masks = [(c.kind, c.name, c.summary) for c in diff.changes if c.section == "masks"]
+    assert masks == [
+        ("~", "get_thing.Owner",
+         "unless ['leads'] -> ['leads', 'staff'] (now clear for staff)"),
+        ("~", "get_thing.Token",
+         "domain (the column's own key) -> tokens: its hashes change"),
+        ("+", "get_thing.Phone", "masked: last4, for every caller"),
+        ("-", "get_thing.Secret",
+         "no longer masked (was null, for every caller): now clear for every caller"),
+    ]  # fmt: skip
+    assert not [c for c in diff.changes if c.section == "queries"]  # not a query change too
+    text = render_diff(diff)
+    assert "masks:\n  ~ get_thing.Owner: unless ['leads'] -> ['leads', 'staff'] (now clear " \
+        "for staff)\n" in text  # fmt: skip
+    assert "  - get_thing.Secret: no longer masked (was null, for every caller): now clear for " \
+        "every caller\n" in text  # fmt: skip
+
+
+def test_a_mode_change_and_a_lost_unless_role_are_said() -> None:
+    old = masked({"Owner": {"with": "hash", "unless": ["leads", "staff"]}})
+    new = masked({"Owner": {"with": "redact", "unless": ["leads"]}})
+    (change,) = [c for c in diff_policies(model(old), model(new)).changes if c.section == "masks"]
+    assert change.summary == (
+        "with hash -> redact; unless ['leads', 'staff'] -> ['leads'] (no longer clear for staff)"
+    )
+    gone = base()
+    del gone["queries"]["get_thing"]
+    gone["routes"] = [r for r in gone["routes"] if r["query"] != "get_thing"]
+    removed = [c for c in diff_policies(model(old), model(gone)).changes if c.section == "masks"]
+    assert [(c.kind, c.summary) for c in removed] == [
+        ("-", "no longer masked (was hash, clear for leads, staff): the query is removed")
+    ]
+
+
+def test_a_role_change_names_the_masks_it_unmasks() -> None:
+    old = masked({"Owner": {"with": "redact", "unless": ["leads"]}})
+    new = masked({"Owner": {"with": "redact", "unless": ["leads"]}},
+                 roles={"leads": [{"groups": ["leads"]}, {"groups": ["interns"]}]})  # fmt: skip
+    (leads,) = [c for c in diff_policies(model(old), model(new)).changes if c.section == "roles"]
+    assert leads.summary == "entries changed; who sees get_thing.Owner clear changes (unless)"
+    added = masked({"Owner": {"with": "redact", "unless": ["leads"]}}, roles={"leads": []})
+    added["roles"].pop("leads")
+    added["queries"]["get_thing"].pop("mask")
+    diff = diff_policies(model(added), model(old))
+    (role,) = [c for c in diff.changes if c.section == "roles"]
+    assert role.kind == "+" and role.summary.endswith(
+        "; who sees get_thing.Owner clear changes (unless)"
+    )

@@ -113,6 +113,9 @@ EXAMPLE_MASK = "      Email: {with: redact, unless: [support-leads]}"
         ("      Email: {with: redact, unless: [support, support]}", "[support, support]",
          "a role is listed twice"),
         ("      Email: {unless: [support]}", "{unless", "with"),
+        ("      Email: {with: redact, domain: email}", "email}",
+         "domain names the key of a hash; this mask is with: redact"),
+        ("      Email: {with: hash, domain: 'e mail'}", "'e mail'", "a name starts with a letter"),
     ],
 )  # fmt: skip
 def test_a_bad_mask_is_refused_where_it_is_written(
@@ -122,6 +125,88 @@ def test_a_bad_mask_is_refused_where_it_is_written(
     (problem,) = refused(path)
     assert str(problem).startswith(at(path, text, needle)), str(problem)
     assert message in str(problem)
+
+
+def warnings_of(path: Path) -> list[str]:
+    return [str(w) for w in load_policy(path, env={}).warnings]
+
+
+def test_a_column_differing_from_a_masked_one_only_in_case_is_a_warning(tmp_path: Path) -> None:
+    # both come back (rows are keyed by the exact name): `email` would be answered clear
+    path, text = edited(tmp_path, "SELECT CustomerId, Name, Email, CreatedAt",
+                        "SELECT CustomerId, Name, Email, LOWER(Email) AS email, CreatedAt")  # fmt: skip
+    (warning,) = warnings_of(path)
+    assert warning == (
+        f"{at(path, text, '{with: redact')}: queries.get_customer.mask.Email: query get_customer "
+        "also returns email, which differs from the masked column Email only in case: it is "
+        "answered unmasked (rows are keyed by the exact name); mask email too, or rename it with AS"
+    )
+    text = text.replace(EXAMPLE_MASK, EXAMPLE_MASK + "\n      email: {with: null}")
+    path.write_text(text)
+    assert warnings_of(path) == []  # both masked: nothing shows clear
+
+
+WRITE_QUERY = """
+  add_customer:
+    identity: shop_writer
+    sql: |
+      {sql}
+    params:
+      tenant: {{type: STRING, from: claim.tenant}}
+      customer_id: {{type: STRING, max_length: 36}}
+      email: {{type: STRING, max_length: 200}}
+    mask:
+      Email: {{with: hash{domain}}}
+"""
+WRITE_ROUTE = "  - {path: /v1/customers, method: POST, query: add_customer, allow: [support]}\n"
+
+
+def with_write(tmp_path: Path, sql: str, domain: str = "") -> tuple[Path, str]:
+    text = EXAMPLE.read_text()
+    text = text.replace("\nroutes:\n", WRITE_QUERY.format(sql=sql, domain=domain) + "\nroutes:\n")
+    text = text.replace("\nbudgets:", "\n" + WRITE_ROUTE + "\nbudgets:")
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path, text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO Customers (TenantId, CustomerId, Name, Email, CreatedAt) VALUES (@tenant, "
+        "@customer_id, 'n', @email, PENDING_COMMIT_TIMESTAMP()) THEN RETURN CustomerId, Email",
+        "INSERT INTO Customers (TenantId, CustomerId, Name, Email, CreatedAt) VALUES (@tenant, "
+        "@customer_id, 'n', LOWER(@email), PENDING_COMMIT_TIMESTAMP()) THEN RETURN c.Email",
+        "UPDATE Customers SET Email = COALESCE(@email, Email) WHERE TenantId = @tenant AND "
+        "CustomerId = @customer_id THEN RETURN CustomerId, Email",
+        "UPDATE Customers SET Name = Name WHERE TenantId = @tenant AND CustomerId = @customer_id "
+        "THEN RETURN CustomerId, @email AS Email",
+    ],
+)  # fmt: skip
+def test_hashing_a_value_the_caller_sent_is_a_warning(tmp_path: Path, sql: str) -> None:
+    path, text = with_write(tmp_path, sql)
+    (warning,) = warnings_of(path)
+    assert warning.startswith(f"{at(path, text, 'hash}')}: queries.add_customer.mask.Email.with: ")
+    assert "query add_customer hashes Email, whose value it takes from a parameter: a caller " \
+        "can have any value of its choice hashed with this column's key and compare" in warning  # fmt: skip
+
+
+def test_the_warning_names_the_masks_sharing_the_domain(tmp_path: Path) -> None:
+    sql = ("UPDATE Customers SET Email = @email WHERE TenantId = @tenant AND CustomerId = "
+           "@customer_id THEN RETURN Email")  # fmt: skip
+    path, text = with_write(tmp_path, sql, ", domain: email")
+    text = text.replace(EXAMPLE_MASK, "      Email: {with: hash, unless: [support-leads], "
+                        "domain: email}")  # fmt: skip
+    path.write_text(text)
+    (warning,) = warnings_of(path)
+    assert "hashed with the key of domain email (also hashing get_customer.Email) and " in warning
+
+
+def test_hashing_a_stored_value_on_a_write_is_no_warning(tmp_path: Path) -> None:
+    sql = ("UPDATE Customers SET Name = @email WHERE TenantId = @tenant AND CustomerId = "
+           "@customer_id THEN RETURN CustomerId, Email")  # fmt: skip
+    path, _ = with_write(tmp_path, sql)
+    assert warnings_of(path) == []
 
 
 def test_with_null_unquoted_is_the_null_mode(tmp_path: Path) -> None:
@@ -333,6 +418,65 @@ def test_policy_test_refuses_an_unknown_masked_column(
         r"did you mean 'Email'\?",
         err,
     ), err
+
+
+def test_masked_on_a_case_expected_to_be_denied_is_a_located_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    text = f"""\
+policy: {EXAMPLE}
+cases:
+  - name: a suspended support lead is denied
+    claims: {{iss: okta, groups: [support, support-leads, suspended], tenant: t1}}
+    request: GET /v1/customers/C-1
+    expect: {{allow: false, reason: denied-by-role, masked: []}}
+"""
+    cases.write_text(text)
+    assert main(["policy", "test", str(cases)]) == 2
+    err = capsys.readouterr().err
+    line = 6
+    column = text.splitlines()[line - 1].index("[]") + 1
+    assert f"{cases}:{line}:{column}: cases[0].expect.masked: masked on a case expected to be " \
+        "denied: a denied call runs nothing and masks nothing, so this could never fail" in err  # fmt: skip
+
+
+AGENT_FOR_LEAD = """\
+policy: policy.yaml
+cases:
+  - name: an agent acting for a support lead reads a customer, the email masked
+    claims:
+      {iss: okta, sub: 00u-lead-1, groups: [support, support-leads], tenant: t1,
+       scp: [orders.read], act: {sub: order-agent}}
+    request: GET /v1/customers/C-1
+    expect: {allow: true, roles: [agent-for-support], masked: [Email]}
+"""
+
+
+def test_an_agent_acting_for_a_support_lead_sees_the_email_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example, with agents acting for support people let in to customers: the lead's
+    support-leads role does not hold for a delegated token, so the email stays masked, unless
+    the role's entry admits delegated tokens."""
+    text = EXAMPLE.read_text().replace(
+        "    query: get_customer           # people only: no agent, on its own or acting for a "
+        "person\n    allow: [support]\n",
+        "    query: get_customer\n    allow: [support, agent-for-support]\n",
+    )
+    assert "allow: [support, agent-for-support]\n    deny: [suspended]\n  - path: /v1/orders\n" \
+        in text  # fmt: skip
+    (tmp_path / "policy.yaml").write_text(text)
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(AGENT_FOR_LEAD)
+    assert main(["policy", "test", str(cases)]) == 0, capsys.readouterr()
+    lead = "    - groups: [support-leads]     # their own tokens only (an agent acting for one does not)"
+    (tmp_path / "policy.yaml").write_text(
+        text.replace(lead, "    - {groups: [support-leads], delegated: true}")
+    )
+    assert main(["policy", "test", str(cases)]) == 1  # now the agent sees it clear
+    out = capsys.readouterr().out
+    assert '- masked: ["Email"]' in out and "+ masked: []" in out
 
 
 def test_the_example_masks_email_for_everyone_but_support_leads() -> None:

@@ -39,7 +39,7 @@ MASKS = {
     "Email": {"with": "redact", "unless": ["leads"]},
     "Phone": {"with": "last4", "unless": ["leads"]},
     "Total": {"with": "hash", "unless": ["leads", "staff"]},
-    "Tags": {"with": "hash"},
+    "Tags": {"with": "hash", "domain": "tags"},
     "Note": {"with": "null"},
 }
 KEY = MaskKey.from_secret(b"k" * 32)
@@ -118,6 +118,7 @@ def test_openapi_describes_each_masked_column_for_every_caller() -> None:
         "description": "masked (null) for every caller",
     }
     assert props["Tags"]["items"]["pattern"] == "^[A-Za-z0-9_-]{43}$"
+    assert props["Tags"]["x-spangate-mask"] == {"with": "hash", "unless": [], "domain": "tags"}
     validator = Draft202012Validator(schema)
     for masked in [("Email", "Phone", "Total", "Tags", "Note"), ("Tags", "Note")]:
         validator.validate(body(masked_row(masked)))

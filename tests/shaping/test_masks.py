@@ -25,13 +25,15 @@ from gateway.shaping.masks import (
     MaskKey,
     canonical_bytes,
     es_number,
+    expect_columns,
     mask_result,
     mask_value,
 )
 from gateway.spanner.results import Result
 
 SECRET = b"a-test-mask-key-of-32-characters"
-KEY = MaskKey.from_secret(SECRET)
+ROOT = MaskKey.from_secret(SECRET)
+KEY = ROOT.for_mask("get_customer", "Email")  # the key values are hashed with: a column's
 
 # One value of each Spanner type as the gateway answers it (spanner.results.to_json), and the
 # canonical bytes docs/masking.md gives for it.
@@ -64,9 +66,23 @@ VALUES: list[tuple[str, Any, bytes]] = [
 ]  # fmt: skip
 
 
-def published(type_name: str, canonical: bytes, secret: bytes = SECRET) -> str:
+def published(
+    type_name: str,
+    canonical: bytes,
+    secret: bytes = SECRET,
+    *,
+    query: str = "get_customer",
+    column: str = "Email",
+    domain: str | None = None,
+) -> str:
     """The hash as docs/masking.md defines it, computed here independently of the code."""
-    key = hmac.new(secret, b"spangate mask v1", hashlib.sha256).digest()
+    root = hmac.new(secret, b"spangate mask v1", hashlib.sha256).digest()
+    label = (
+        b"domain\x00" + domain.encode()
+        if domain is not None
+        else b"column\x00" + query.encode() + b"\x00" + column.encode()
+    )
+    key = hmac.new(root, label, hashlib.sha256).digest()
     message = type_name.encode() + b"\x00" + canonical
     digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -95,18 +111,56 @@ def test_redact_null_and_last4_on_each_type(type_name: str, value: Any, canonica
 
 def test_equal_values_hash_equally_and_types_and_keys_apart() -> None:
     one = mask_value("hash", "STRING", "wile@acme.example", KEY)
-    assert one == mask_value("hash", "STRING", "wile@acme.example", MaskKey.from_secret(SECRET))
+    again = MaskKey.from_secret(SECRET).for_mask("get_customer", "Email")
+    assert one == mask_value("hash", "STRING", "wile@acme.example", again)
     assert one != mask_value("hash", "STRING", "beep@acme.example", KEY)
-    assert one != mask_value("hash", "STRING", "wile@acme.example", MaskKey.from_secret(b"x" * 32))
+    other = MaskKey.from_secret(b"x" * 32).for_mask("get_customer", "Email")
+    assert one != mask_value("hash", "STRING", "wile@acme.example", other)
     assert mask_value("hash", "STRING", "5", KEY) != mask_value("hash", "INT64", 5, KEY)
     # equal NUMERICs, however written, and both zeros of a FLOAT64, hash equally (as they group)
     assert mask_value("hash", "NUMERIC", "1.50", KEY) == mask_value("hash", "NUMERIC", "1.5", KEY)
     assert mask_value("hash", "FLOAT64", -0.0, KEY) == mask_value("hash", "FLOAT64", 0.0, KEY)
 
 
+def test_a_long_pg_numeric_is_canonical_to_its_last_digit() -> None:
+    # PG_NUMERIC has up to 147,455 digits before the point: normalize() must not round them
+    long = "1" + "0" * 300 + "1"
+    assert canonical_bytes("PG_NUMERIC", long + ".500") == (long + ".5").encode()
+    assert canonical_bytes("PG_NUMERIC", "-" + long) == ("-" + long).encode()
+    nearly = long[:-1] + "2"
+    assert mask_value("hash", "PG_NUMERIC", long, KEY) != mask_value(
+        "hash", "PG_NUMERIC", nearly, KEY
+    )
+    fraction = "0." + "0" * 200 + "7"
+    assert canonical_bytes("PG_NUMERIC", fraction + "000") == fraction.encode()
+
+
 def test_the_key_is_derived_and_never_shown() -> None:
     assert KEY.key != SECRET and len(KEY.key) == 32
     assert SECRET.decode() not in repr(KEY) and KEY.key.hex() not in repr(KEY)
+    assert ROOT.key.hex() not in repr(ROOT)
+
+
+def test_each_column_has_its_own_key_unless_masks_name_one_domain() -> None:
+    """A hash is tied to its query's column: a route that hashes what its caller sent does not
+    let the caller test guesses against another query's hashes. Masks naming one ``domain``
+    share a key, so a caller can join their columns."""
+    email = "wile@acme.example"
+
+    def hashed(query: str, column: str, domain: str | None = None) -> str:
+        return str(mask_value("hash", "STRING", email, ROOT.for_mask(query, column, domain)))
+
+    assert hashed("get_customer", "Email") == published("STRING", email.encode())
+    assert hashed("list_orders", "Contact") == published(
+        "STRING", email.encode(), query="list_orders", column="Contact"
+    )
+    assert len({hashed("get_customer", "Email"), hashed("list_orders", "Contact"),
+                hashed("get_customer", "Contact"), hashed("add_customer", "Email")}) == 4  # fmt: skip
+    shared = hashed("get_customer", "Email", "email")
+    assert shared == hashed("list_orders", "Contact", "email")  # the domain alone decides
+    assert shared == published("STRING", email.encode(), domain="email")
+    assert shared != hashed("get_customer", "Email")  # a domain is no column's key
+    assert shared != hashed("get_customer", "Email", "contact")
 
 
 @pytest.mark.parametrize(
@@ -182,14 +236,59 @@ def test_mask_result_masks_only_the_named_columns() -> None:
         truncated=True,
     )
     types = dict(zip(result.columns, result.types, strict=True))
-    masked = mask_result(result, {"Email": "redact", "Tags": "hash", "Missing": "null"}, types, KEY)
+    masked = mask_result(result, {"Email": "redact", "Tags": "hash"}, types, {"Tags": KEY})
     assert masked.rows == [
         {"CustomerId": "C-1", "Email": REDACTED, "Tags": [published("STRING", b"vip")]},
         {"CustomerId": "C-2", "Email": None, "Tags": None},
     ]
     assert (masked.row_count, masked.truncated, masked.columns) == (2, True, result.columns)
     assert result.rows[0]["Email"] == "wile@acme.example"  # a new result; the input is untouched
-    assert mask_result(result, {}, types, KEY) is result
+    assert mask_result(result, {}, types, {}) is result
+    with pytest.raises(MaskFailed, match="a hash mask without SPANGATE_MASK_KEY"):
+        mask_result(result, {"Tags": "hash"}, types, {})  # no key for the column: fails closed
+
+
+def test_a_masked_column_the_result_lacks_fails_closed() -> None:
+    """The masks were judged on a statement that returned the column: a result without it
+    (a view or the schema changed) is refused, not answered unmasked."""
+    result = Result(
+        columns=["CustomerId", "email"],
+        types=["STRING", "STRING"],
+        rows=[{"CustomerId": "C-1", "email": "wile@acme.example"}],
+        row_count=1,
+    )
+    types = dict(zip(result.columns, result.types, strict=True))
+    with pytest.raises(MaskFailed, match=r"column Email is not in the result \(only email, in "
+                       r"another case\); its columns: CustomerId, email") as caught:  # fmt: skip
+        mask_result(result, {"Email": "redact"}, types, {})
+    assert "wile" not in str(caught.value)
+    with pytest.raises(MaskFailed, match="column Phone is not in the result; its columns"):
+        mask_result(result, {"email": "redact", "Phone": "null"}, types, {})
+    empty = Result(columns=["CustomerId"], types=["STRING"], rows=[], row_count=0)
+    with pytest.raises(MaskFailed, match="column Email is not in the result"):
+        mask_result(empty, {"Email": "redact"}, {}, {})  # no rows: still the wrong shape
+
+
+def test_the_result_must_have_the_analysed_columns() -> None:
+    result = Result(
+        columns=["CustomerId", "Email"],
+        types=["STRING", "STRING"],
+        rows=[{"CustomerId": "C-1", "Email": "wile@acme.example"}],
+    )
+    expect_columns(result, [("CustomerId", "STRING"), ("Email", "STRING")])
+    expect_columns(result, [("CustomerId", None), ("Email", None)])
+    untyped = Result(columns=["CustomerId", "Email"], rows=result.rows)  # a stored replay
+    expect_columns(untyped, [("CustomerId", "STRING"), ("Email", "STRING")])
+    for analysed in (
+        [("CustomerId", "STRING")],  # a column added since (SELECT *)
+        [("CustomerId", "STRING"), ("Email", "STRING"), ("Phone", "STRING")],  # one dropped
+        [("Email", "STRING"), ("CustomerId", "STRING")],  # reordered (a view redefined)
+        [("CustomerId", "STRING"), ("Email", "BYTES")],  # retyped
+        [("CustomerId", "STRING"), ("email", "STRING")],  # renamed in case
+    ):
+        with pytest.raises(MaskFailed, match="the policy was analysed with") as caught:
+            expect_columns(result, analysed)
+        assert "wile" not in str(caught.value)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))

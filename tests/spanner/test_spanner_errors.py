@@ -4,6 +4,8 @@ again under a running gateway (503s, then recovery without restarting the gatewa
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from google.api_core import exceptions as gexc
 from spanner_stack import Token, bearer, gateway_on, make_database, policy_text
 
 from gateway.dev.emulator import start_emulator
-from gateway.spanner.errors import map_error
+from gateway.spanner.errors import map_error, withheld
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,41 @@ def test_permission_denied_is_logged_loudly(caplog: pytest.LogCaptureFixture) ->
     record = caplog.records[-1]
     assert record.levelname == "ERROR"
     assert "get_order" in record.getMessage() and "shop_reader" in record.getMessage()
+
+
+QUOTING = [  # Spanner's messages quote values: a cast, a unique index, a check constraint
+    gexc.InvalidArgument("Bad int64 value: wile@acme.example"),
+    gexc.AlreadyExists("Unique index violation on index CustomersByEmail at index key "
+                       "[wile@acme.example,C-1]. It conflicts with row [C-1] in table Customers."),
+    gexc.OutOfRange("Check constraint `Positive` is violated for value wile@acme.example"),
+    gexc.PermissionDenied("Role reader lacks SELECT on column Email: wile@acme.example"),
+    gexc.NotFound("Session not found: wile@acme.example"),
+    gexc.InvalidArgument("Unrecognized name: wile@acme.example"),
+    gexc.FailedPrecondition("Foreign key violation: wile@acme.example"),
+    gexc.Unknown("wile@acme.example"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("exc", QUOTING, ids=lambda e: type(e).__name__)
+def test_spanners_message_never_reaches_the_log(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the query (masks or not): the log has the code and a digest, never the words."""
+    with caplog.at_level("DEBUG", logger="spangate.spanner"):
+        map_error(exc, query="q", identity="i", role="r")
+    assert "wile" not in caplog.text
+    for record in caplog.records:
+        assert "Spanner's message withheld (digest " in record.getMessage()
+
+
+def test_the_digest_tells_messages_apart_and_is_keyed() -> None:
+    one = withheld(gexc.InvalidArgument("Bad int64 value: wile@acme.example"))
+    assert one == withheld(gexc.InvalidArgument("Bad int64 value: wile@acme.example"))
+    assert one != withheld(gexc.InvalidArgument("Bad int64 value: beep@acme.example"))
+    digest = re.fullmatch(r"Spanner's message withheld \(digest ([0-9a-f]{12})\)", one)
+    assert digest is not None
+    plain = hashlib.sha256(b"Bad int64 value: wile@acme.example").hexdigest()
+    assert digest[1] not in plain  # not a plain hash: a guess cannot be tested against it
 
 
 POLICY = """\

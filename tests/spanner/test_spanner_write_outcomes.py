@@ -864,3 +864,29 @@ async def test_every_failed_write_carries_its_outcome(
             [event] = events_of(audit, answer.headers["x-request-id"])
             assert event["protoPayload"]["response"]["outcome"] == "not-committed"
     assert ids(emulator.host, database) == []
+
+
+async def test_a_commit_that_fails_unknown_logs_its_code_never_spanners_words(
+    tmp_path: Path, emulator: EmulatorProcess, idp: Any, token_for: Token,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A Commit that failed without saying whether it committed is logged with its gRPC code
+    and a digest: Spanner's message may quote a value (here one no query masks)."""
+    database = "seam-commit-words"
+    make_database(emulator.host, database, DDL)
+
+    async def sent_then_failed() -> None:
+        note_commit_send()
+        raise gexc.InternalServerError("Commit failed for key [wile@acme.example]")
+
+    caplog.set_level(logging.INFO, logger="spangate.spanner")
+    async with gateway_on(tmp_path, emulator.host, policy_text(database, POLICY),
+                          issuer=idp.issuer) as (app, http):  # fmt: skip
+        app.executor.hooks = WriteHooks(before_commit=sent_then_failed)
+        answer = await post(http, bearer(token_for("support-console")), 11)
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["outcome"] == "unknown"
+    [line] = [r.getMessage() for r in caplog.records if "without saying" in r.getMessage()]
+    assert "'add' failed without saying whether it committed: INTERNAL, Spanner's message " \
+        "withheld (digest " in line  # fmt: skip
+    assert "wile" not in caplog.text
