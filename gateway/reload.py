@@ -33,6 +33,12 @@ Contract:
   policy count (``policy_change``): the policy file's own name, ``*.yaml``/``*.yml`` in a policy
   folder, and the ``..``-names of Kubernetes' atomic writer; an audit file beside the policy
   does not.
+- A shadow policy (``--shadow-policy``, ``shadow_path``) is reloaded with the live one, by the
+  same triggers (the watcher watches its folder too), loaded and validated the same way (its
+  statements never run, so they are not PLAN-analysed). A shadow with problems is refused and
+  logged (``shadow_failures``, ``shadow_last_error``) and the shadow that was deciding keeps
+  deciding; the live policy's reload goes on as if there were no shadow. A reload that changes
+  only the shadow swaps it in beside the same live policy.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer
 
-__all__ = ["PolicyReloader", "log_policy_warnings", "policy_change"]
+__all__ = ["PolicyReloader", "load_shadow", "log_policy_warnings", "policy_change"]
 
 log = logging.getLogger("spangate.reload")
 
@@ -66,10 +72,16 @@ VerifierFactory = Callable[
 ]
 
 
-def log_policy_warnings(policy: CompiledPolicy) -> None:
+def log_policy_warnings(policy: CompiledPolicy, *, shadow: bool = False) -> None:
     """Log, one line each, what the policy loads with but should not say."""
     for warning in policy.loaded.warnings:
-        log.warning("policy %s", warning.as_warning())
+        log.warning("%s %s", "shadow policy" if shadow else "policy", warning.as_warning())
+
+
+def load_shadow(path: Path, env: Mapping[str, str]) -> CompiledPolicy:
+    """A shadow policy, loaded and validated as the live one is (``PolicyError`` naming
+    file:line:column); its statements never run, so Spanner does not analyse them."""
+    return compile_policy(load_policy(path, env=env))
 
 
 class PolicyReloader:
@@ -82,9 +94,13 @@ class PolicyReloader:
         make_cache: CacheFactory,
         make_verifier: VerifierFactory,
         watch: bool = False,
+        shadow_path: Path | None = None,
     ) -> None:
         self.gateway = gateway
         self.path = path
+        self.shadow_path = shadow_path
+        self.shadow_failures = 0
+        self.shadow_last_error: str | None = None
         self.env = env
         self.make_cache = make_cache
         self.make_verifier = make_verifier
@@ -94,7 +110,7 @@ class PolicyReloader:
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     # -- triggers -----------------------------------------------------------------------------
@@ -106,13 +122,16 @@ class PolicyReloader:
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             log.warning("SIGHUP reload is not available in this process")
         if self.watch:
-            self._watcher = asyncio.ensure_future(self._watch())
+            self._watchers.append(asyncio.ensure_future(self._watch(self.path)))
+            shadow = self.shadow_path
+            if shadow is not None and _folder(shadow) != _folder(self.path):
+                self._watchers.append(asyncio.ensure_future(self._watch(shadow)))
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
@@ -124,25 +143,29 @@ class PolicyReloader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _watch(self) -> None:
+    async def _watch(self, path: Path) -> None:
+        """Watch ``path``'s folder; a change to the live policy or the shadow reloads both."""
         from watchfiles import awatch
 
-        folder = self.path if self.path.is_dir() else self.path.parent
-        relevant = policy_change(self.path)
+        paths = [p for p in (self.path, self.shadow_path) if p is not None]
+        tests = [policy_change(p) for p in paths if _folder(p) == _folder(path)]
         async for _changes in awatch(
-            folder,
-            watch_filter=lambda _change, changed: relevant(changed),
+            _folder(path),
+            watch_filter=lambda _change, changed: any(test(changed) for test in tests),
             recursive=False,
             stop_event=self._stop,
             debounce=200,
         ):
-            log.info("%s changed: reloading", self.path)
+            log.info("%s changed: reloading", path)
             await self.reload()
 
     # -- the reload ---------------------------------------------------------------------------
     async def reload(self) -> bool:
-        """Load, validate and swap in the policy at ``path``; False (old policy kept) on error."""
+        """Load, validate and swap in the policy at ``path`` (and the shadow at
+        ``shadow_path``); False (old policy kept) when the live policy has an error. A shadow
+        with problems is refused on its own (``shadow_failures``): the old shadow stays."""
         async with self._lock:
+            shadow = await self._load_shadow()
             try:
                 # Reading, validating and compiling are CPU work (80-120 ms at 10,000 routes):
                 # off the event loop.
@@ -151,6 +174,7 @@ class PolicyReloader:
                 )
                 if policy.sha256 == self.gateway.active.policy.sha256:
                     log.info("policy unchanged (sha256 %s)", policy.sha256[:12])
+                    self._swap_shadow(shadow)
                     return True
                 self._refuse_restart_only_changes(policy)
                 await self._prepare_identities_and_analyze(policy)
@@ -166,7 +190,7 @@ class PolicyReloader:
                 return False
             current = self.gateway.active
             verifier = await self._verifier_for(policy)
-            self.gateway.swap(policy, verifier)
+            self.gateway.swap(policy, verifier, shadow)
             kept = {id(cache) for cache in verifier.caches.values()}
             for cache in current.verifier.caches.values():
                 if id(cache) not in kept:
@@ -182,6 +206,48 @@ class PolicyReloader:
             )
             log_policy_warnings(policy)
             return True
+
+    async def _load_shadow(self) -> CompiledPolicy | None:
+        """The shadow policy to decide beside the live one after this reload: the one at
+        ``shadow_path``, or the current one when that one has problems (refused and logged)."""
+        current = self.gateway.active.shadow
+        path = self.shadow_path
+        if path is None:
+            return None
+        try:
+            shadow = await asyncio.to_thread(lambda: load_shadow(path, self.env))
+        except PolicyError as exc:
+            self._shadow_failed(f"the shadow policy has {len(exc.problems)} problem(s)", exc)
+            return current
+        except Exception as exc:
+            log.exception("shadow policy reload failed")
+            self._shadow_failed(f"{type(exc).__name__}: {exc}", None)
+            return current
+        self.shadow_last_error = None
+        if current is None or shadow.sha256 != current.sha256:
+            log.info("shadow policy %s: sha256 %s", path, shadow.sha256[:12])
+            log_policy_warnings(shadow, shadow=True)
+            return shadow
+        return current
+
+    def _swap_shadow(self, shadow: CompiledPolicy | None) -> None:
+        active = self.gateway.active
+        if shadow is not active.shadow:
+            self.gateway.swap(active.policy, active.verifier, shadow)
+
+    def _shadow_failed(self, message: str, exc: PolicyError | None) -> None:
+        self.shadow_failures += 1
+        if exc is not None:
+            message += ": " + "; ".join(str(p) for p in exc.problems[:3])
+        self.shadow_last_error = message
+        log.error(
+            "shadow policy %s refused, the shadow that was deciding keeps deciding: %s",
+            self.shadow_path,
+            message,
+        )
+        if exc is not None:
+            for problem in exc.problems:
+                log.error("  %s", problem)
 
     def _failed(self, message: str, exc: PolicyError | None) -> None:
         self.failures += 1
@@ -263,6 +329,11 @@ class PolicyReloader:
                 caches[name] = self.make_cache(name, cfg)
                 await caches[name].start()
         return self.make_verifier(policy, caches, old.verifier)
+
+
+def _folder(path: Path) -> Path:
+    """The folder the watcher watches for ``path`` (a policy folder, or a file's folder)."""
+    return path if path.is_dir() else path.parent
 
 
 def policy_change(path: Path) -> Callable[[str], bool]:

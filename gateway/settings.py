@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     watch_policy: bool = Field(
         False, description="Reload when the policy file or folder changes (SIGHUP always reloads)."
     )
+    shadow_policy: Path | None = Field(
+        None,
+        description="A candidate policy file or folder decided beside the live one on every call "
+        "(never answering, never running a statement): disagreements go to the audit trail and "
+        "/metrics. Reloaded with the live policy.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(

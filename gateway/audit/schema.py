@@ -180,9 +180,10 @@ class ClaimsRead(_Model):
     claims: dict[str, Any] = Field(
         description="Each claim path the policy's roles test or its parameters are bound to "
         "(those of the shadow policy too, when one is set) -> the token's value, null when "
-        "absent (sub and claims under act are in authenticationInfo); a claim bound to a redacted parameter as redacted:hmac-sha256:<hex> (an array "
-        "element by element); strings at most 512 bytes, a value null when dropped for the "
-        "event's size (see truncated)."
+        "absent (sub and claims under act are in authenticationInfo); a claim bound to a "
+        "redacted parameter as redacted:hmac-sha256:<hex> (an array element by element); "
+        "strings at most 512 bytes, a value null when dropped for the event's size (see "
+        "truncated)."
     )
     groups: list[str] | None = Field(
         description="The principal's groups, when a role tests groups (else null)."
