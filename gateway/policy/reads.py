@@ -12,7 +12,8 @@ The audit trail records, on every event with a principal, the values of these cl
 The issuer and whether the token is delegated are in every event already
 (``authenticationInfo``). A claim bound to a parameter that ``audit.redact`` names is
 ``redacted``: the trail records its keyed hash, never the value (the parameter's own value is
-hashed; its claim must not give it away).
+hashed; its claim must not give it away); so is a claim ``audit.redact`` names as
+``claim.PATH``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def claim_reads(policy: Policy) -> ClaimReads:
             scopes = scopes or entry.scopes is not None
             paths.update(dict.fromkeys(entry.claims or ()))
     redact = set(policy.audit.redact)
-    redacted: set[str] = set()
+    redacted = {n.removeprefix("claim.") for n in redact if n.startswith("claim.")}
     for query in policy.queries.values():
         for name, param in query.params.items():
             if param.claim is not None:

@@ -373,3 +373,19 @@ def test_the_shadow_decision_and_the_replay_agree() -> None:
     result = outcome(candidate, event_of("GET /things/T-1", principal))
     assert isinstance(result, Replayed)
     assert (result.allow, result.reason, result.rule) == (shadow.allow, shadow.reason, shadow.rule)
+
+
+def test_a_claim_named_in_redact_is_hashed_and_a_bad_name_is_refused() -> None:
+    from gateway.errors import PolicyError
+
+    live = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "claim.kind"]})
+    live_policy = policy(live)
+    event = event_of("GET /things/T-1", who(live_policy, kind="agent"), live_policy)
+    kind = event["protoPayload"]["metadata"]["claimsRead"]["claims"]["kind"]
+    assert kind.startswith("redacted:hmac-sha256:") and "agent" not in kind
+    result = outcome(live_policy, event)
+    assert isinstance(result, Replayed) and changes(rec(event), result, KEYS.redact) == []
+    for name, why in (("claim.email", "no role tests"), ("claim.sub", "authenticationInfo")):
+        bad = edited(audit={"sinks": [{"type": "stdout"}], "redact": [name]})
+        with pytest.raises(PolicyError, match=why):
+            policy(bad)
