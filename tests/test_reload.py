@@ -434,12 +434,34 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
 
     # the shadow changes alone: swapped in beside the same live policy
     live = app.policy.sha256
-    shadow_copy.write_text(with_new_route(shadow_copy.read_text()))
+    only_shadow = with_new_route(shadow_copy.read_text()).replace(
+        "- path: /v1/tenant\n", "- path: /v1/shadow-tenant\n"
+    )
+    assert "/v1/shadow-tenant" in only_shadow
+    shadow_copy.write_text(only_shadow)
     assert await reloader.reload() is True
     assert app.policy.sha256 == live and app.shadow is not None and app.shadow is not first
     second = app.shadow
     ready = await _get(app, "/readyz", agent)
     assert ready.json()["shadow_policy_sha256"] == second.sha256
+    # a path only the shadow routes: the live policy answers 404, the shadow's decision is kept
+    unrouted = await _get(app, "/v1/shadow-tenant", token_for("support-console"))
+    assert unrouted.status_code == 404
+    shadow = _events(tmp_path / "audit.jsonl")[unrouted.headers["x-request-id"]]
+    assert shadow["protoPayload"]["metadata"]["decision"]["reason"] == "no-route"
+    assert shadow["protoPayload"]["metadata"]["shadow"] == {
+        "allow": True,
+        "reason": "allowed",
+        "rule": "support",
+        "query": "tenant_name",
+        "params": ["tenant"],
+        "policySha256": second.sha256,
+    }
+    metrics = (await _get(app, "/metrics", agent)).text
+    assert (
+        'spangate_shadow_disagreements_total{live="no-route",route="/v1/shadow-tenant",'
+        'shadow="allowed"} 1.0'
+    ) in metrics
 
     # a bad shadow: refused and logged, the shadow deciding keeps deciding, the live one reloads
     shadow_copy.write_text(shadow_copy.read_text().replace("allow: [support]", "allow: [suport]"))
