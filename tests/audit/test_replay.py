@@ -8,6 +8,7 @@ under a candidate (``replay``): no network, no fakes.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +397,6 @@ def test_the_command_reads_workers_trails_and_rotations(
 ) -> None:
     """``spangate policy replay`` over one trail per worker, one of them rotated: every event of
     every file, as ``audit verify`` reads them; exit 1 on flips, 0 without, 2 on garbage."""
-    import json
 
     from gateway.cli import main
 
@@ -430,3 +430,21 @@ def test_the_command_reads_workers_trails_and_rotations(
     assert main(["policy", "replay", "--policy", str(same), str(tmp_path / "empty.jsonl")]) == 2
     assert "no audit events" in capsys.readouterr().err
     assert main(["policy", "replay", "--policy", str(same), str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_a_huge_redacted_array_claim_is_dropped_for_the_events_size_and_then_unknown() -> None:
+    live = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "claim.kind"]})
+    live_policy = policy(live)
+    principal = who(live_policy, scp=["things.read"], kind=[f"k{i}" for i in range(2000)])
+    event = event_of("GET /things/T-1", principal, live_policy)
+    assert len(json.dumps(event)) <= 16384
+    metadata = event["protoPayload"]["metadata"]
+    assert metadata["claimsRead"]["claims"]["kind"] is None
+    dropped = [t["field"] for t in metadata["truncated"]]
+    assert "/protoPayload/metadata/claimsRead/claims/kind" in dropped
+    result = outcome(live_policy, event)
+    assert isinstance(result, Replayed) and result.allow  # staff, first: agent's claim not needed
+    data = copy.deepcopy(live)
+    data["routes"][0]["allow"] = ["agent", "staff"]
+    result = outcome(policy(data), event)
+    assert isinstance(result, NotReplayed) and "cut for the event's size" in result.why
