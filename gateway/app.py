@@ -383,6 +383,8 @@ class Gateway:
         and exactly one audit event. The answer is the JSON body or the error to answer."""
         self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
         policy = active.policy  # calls in flight finish on the policy they started with
+        if active.shadow is not None:  # the event records the claims both policies read
+            call.reads = active.reads
         tracing = self.tracing
         if tracing is not None:
             tracing.bind(call)  # the audit event names the request's span
@@ -560,7 +562,6 @@ class Gateway:
         evaluation, logged and counted, and the call goes on as the live policy decided."""
         shadow = active.shadow
         assert shadow is not None and call.principal is not None
-        call.reads = active.reads
         try:
             verdict = decide(shadow, facts, call.principal)
             live = call.decision
