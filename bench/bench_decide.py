@@ -7,6 +7,11 @@ call timed on its own. Matching walks the path's segments, not the route list: t
 sends the first row's requests to the 10,000-route policy and costs the same; what the third row
 adds is memory locality (its requests touch 5,000 resources). The note gives the time to load
 (validate) and compile each policy, which is what a reload costs before the swap.
+
+The shadow rows measure what ``spangate serve --shadow-policy`` adds to a call: the live
+decision, then the candidate's (the policy less one role's place on every route: the note says
+how many calls disagree) and the comparison (``shadow.disagreement``), as ``Gateway`` runs
+them; the note gives the median the shadow step adds per call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from gateway.auth.principal import Principal
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import RequestFacts, decide
 from gateway.policy.load import load_policy_data
+from gateway.policy.shadow import disagreement
 
 __all__ = ["policy_with", "run"]
 
@@ -113,6 +119,40 @@ def _principal(rng: random.Random) -> Principal:
     )
 
 
+def _candidate(routes: int) -> dict[str, Any]:
+    """``policy_with(routes)`` less ``role1`` on every route: a change to shadow."""
+    data = policy_with(routes)
+    for route in data["routes"]:
+        route["allow"] = [r for r in route["allow"] if r != "role1"] or ["role0"]
+    return data
+
+
+def _measure_shadow(
+    live: CompiledPolicy, shadow: CompiledPolicy, count: int, spread: int
+) -> tuple[list[float], list[float], float, int]:
+    """(live + shadow per call, the shadow step alone per call, wall, disagreements)."""
+    rng = random.Random(spread)  # noqa: S311 - a reproducible request mix, not a secret
+    requests = _requests(spread, count, rng)
+    principals = [_principal(rng) for _ in range(64)]
+    both: list[float] = []
+    step: list[float] = []
+    differ = 0
+    clock = time.perf_counter
+    started = clock()
+    for i, facts in enumerate(requests):
+        principal = principals[i & 63]
+        t0 = clock()
+        decision = decide(live, facts, principal)
+        t1 = clock()
+        verdict = decide(shadow, facts, principal)
+        found = disagreement(decision, decision.reason, verdict, shadow.sha256)
+        t2 = clock()
+        both.append(t2 - t0)
+        step.append(t2 - t1)
+        differ += found is not None
+    return both, step, clock() - started, differ
+
+
 def _measure(
     policy: CompiledPolicy, routes: int, count: int, spread: int
 ) -> tuple[list[float], float, int]:
@@ -156,4 +196,13 @@ def run(quick: bool) -> Table:
             f"{100 * allowed / count:.0f}% allowed"
         )
         table.add(Row.from_latencies(label, latencies, wall, note))
+    for routes in (10, 1_000):
+        live = compile_policy(load_policy_data(policy_with(routes), base_dir=Path.cwd()))
+        shadow = compile_policy(load_policy_data(_candidate(routes), base_dir=Path.cwd()))
+        both, step, wall, differ = _measure_shadow(live, shadow, count, routes)
+        added = sorted(step)[len(step) // 2] * 1e6
+        note = (
+            f"the shadow step adds {added:.1f} us (p50), {100 * differ / count:.0f}% disagree"
+        )
+        table.add(Row.from_latencies(f"{routes:,} routes, live + shadow", both, wall, note))
     return table

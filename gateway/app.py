@@ -8,6 +8,11 @@
 Traces (``gateway.tracing``) are off unless the environment turns them on: then
 ``self.tracing`` is a ``Tracing``, else None, and the request path tests that and creates no span.
 
+A shadow policy (``spangate serve --shadow-policy``) is ``Active.shadow``: when set, every call
+is decided under it too, after the live decision (``gateway.policy.shadow``); a disagreement goes
+into the call's audit event and ``/metrics``. It never changes the answer, and a failure in it is
+logged and counted, never a 500. Without one, the request path tests ``None`` and nothing more.
+
 Every error is RFC 9457 ``application/problem+json`` with a stable ``code`` and the ``request_id``;
 unexpected exceptions become a 500 ``internal`` without details (logged with the request id).
 """
@@ -65,7 +70,9 @@ from gateway.mcp.server import McpEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
-from gateway.policy.decide import Decision, decide_route, match_route
+from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
+from gateway.policy.reads import ClaimReads
+from gateway.policy.shadow import ROUTING_REASONS, disagreement
 from gateway.settings import Settings
 from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
 from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
@@ -110,10 +117,20 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Active:
-    """What a request runs on, swapped as one: a reload never mixes two policies' parts."""
+    """What a request runs on, swapped as one: a reload never mixes two policies' parts.
+    ``shadow``: the candidate decided beside ``policy`` (never answering), or None; ``reads``:
+    the claims the audit events record (both policies', when there is a shadow)."""
 
     policy: CompiledPolicy
     verifier: TokenVerifier
+    shadow: CompiledPolicy | None = None
+    reads: ClaimReads = field(init=False)
+
+    def __post_init__(self) -> None:
+        reads = self.policy.reads
+        if self.shadow is not None:
+            reads = reads.union(self.shadow.reads)
+        object.__setattr__(self, "reads", reads)
 
 
 class Gateway:
@@ -136,6 +153,7 @@ class Gateway:
         budgets: Budgets | None = None,
         tracing: Tracing | None = None,
         mask_key: MaskKey | None = None,
+        shadow: CompiledPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing  # None: traces are off (nothing on the request path but a test)
@@ -143,7 +161,7 @@ class Gateway:
         # The policy's budgets: counters in this process unless runtime gives a shared store.
         self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
-        self.active = Active(policy, verifier)
+        self.active = Active(policy, verifier, shadow)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.metrics = GatewayMetrics()
         if executor.on_statement is None:  # each statement's latency, by query name
@@ -182,8 +200,15 @@ class Gateway:
     def verifier(self) -> TokenVerifier:
         return self.active.verifier
 
-    def swap(self, policy: CompiledPolicy, verifier: TokenVerifier) -> None:
-        self.active = Active(policy, verifier)
+    @property
+    def shadow(self) -> CompiledPolicy | None:
+        """The shadow policy (``--shadow-policy``), or None."""
+        return self.active.shadow
+
+    def swap(
+        self, policy: CompiledPolicy, verifier: TokenVerifier, shadow: CompiledPolicy | None = None
+    ) -> None:
+        self.active = Active(policy, verifier, shadow)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -388,6 +413,8 @@ class Gateway:
         and exactly one audit event. The answer is the JSON body or the error to answer."""
         self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
         policy = active.policy  # calls in flight finish on the policy they started with
+        if active.shadow is not None:  # the event records the claims both policies read
+            call.reads = active.reads
         tracing = self.tracing
         if tracing is not None:
             tracing.bind(call)  # the audit event names the request's span
@@ -398,6 +425,8 @@ class Gateway:
         except GatewayError as exc:
             call.error = exc
             status = exc.status
+            if active.shadow is not None and call.decision is None:
+                self._shadow_undecided(call, active, exc.code)
         except Exception:
             log.exception("request %s failed", call.request_id)
             call.error = GatewayError(
@@ -453,6 +482,8 @@ class Gateway:
         path = routed_path(scope)  # the raw path: what the trail records (call.path) is routed
         found = match_route(active.policy, method, path)
         if isinstance(found, GatewayError):
+            if active.shadow is not None:  # what the shadow decides on (no body was read)
+                call.extra["facts"] = RequestFacts(method, path, query)
             raise found
         body = await read_json_body(
             receive,
@@ -485,6 +516,9 @@ class Gateway:
                     {"spangate.decision.allow": decision.allow, "spangate.reason": decision.reason}
                 )
         call.decision = decision
+        if active.shadow is not None:
+            facts = call.extra.pop("facts", None)
+            self._shadow_decide(call, active, facts or _facts(call, target))
         if not decision.allow:
             assert decision.problem is not None
             raise decision.problem
@@ -566,6 +600,41 @@ class Gateway:
                 await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
         return response_body(call.result)
+
+    # -- the shadow policy ----------------------------------------------------------------------
+    def _shadow_decide(self, call: CallRecord, active: Active, facts: RequestFacts) -> None:
+        """Decide ``call`` under the shadow policy too; record a disagreement on the call (its
+        audit event) and in ``/metrics``. Never raises: a failure here is a bug in the candidate's
+        evaluation, logged and counted, and the call goes on as the live policy decided."""
+        shadow = active.shadow
+        assert shadow is not None and call.principal is not None
+        try:
+            verdict = decide(shadow, facts, call.principal)
+            live = call.decision
+            code = live.reason if live is not None else (call.error.code if call.error else "")
+            differs = disagreement(live, code, verdict, shadow.sha256)
+            if differs is not None:
+                call.shadow = differs.record
+                self.metrics.observe_shadow(differs.route, differs.live, differs.shadow)
+        except Exception:
+            call.shadow = None
+            log.exception("request %s: the shadow policy's decision failed", call.request_id)
+            self.metrics.observe_shadow_error()
+
+    def _shadow_undecided(self, call: CallRecord, active: Active, code: str) -> None:
+        """A call the live policy refused before deciding (no route…): the shadow decides it on
+        what the transport had read (``call.extra["facts"]``), when there is a principal."""
+        facts = call.extra.pop("facts", None)
+        if call.principal is None or code not in ROUTING_REASONS:
+            return
+        if not isinstance(facts, RequestFacts):
+            if call.transport == "mcp":
+                if call.tool is None:
+                    return
+                facts = RequestFacts("MCP", call.tool, (), {}, tool=call.tool)
+            else:
+                facts = RequestFacts(call.method, call.path)
+        self._shadow_decide(call, active, facts)
 
     @staticmethod
     def _decide(policy: CompiledPolicy, target: Target, call: CallRecord) -> Decision:
@@ -649,6 +718,7 @@ def create_app(
     budgets: Budgets | None = None,
     tracing: Tracing | None = None,
     mask_key: MaskKey | None = None,
+    shadow: CompiledPolicy | None = None,
 ) -> Gateway:
     """The gateway with its seams injected (tests pass their own verifier, executor, audit,
     tracing)."""
@@ -663,7 +733,17 @@ def create_app(
         budgets=budgets,
         tracing=tracing,
         mask_key=mask_key,
+        shadow=shadow,
     )
+
+
+def _facts(call: CallRecord, target: Target) -> RequestFacts:
+    """The request as a shadow policy decides it: as the live one did (an MCP call by its tool's
+    name and arguments, which the shadow's route may split otherwise)."""
+    if call.transport == "mcp" and call.tool is not None:
+        arguments = {**target.path_params, **(target.body or {})}
+        return RequestFacts("MCP", call.tool, (), arguments, tool=call.tool)
+    return RequestFacts(target.method or call.method, call.path, target.query, target.body)
 
 
 class _Status:

@@ -135,6 +135,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "issuers": issuers,
             "policy_sha256": gateway.policy.sha256,
             "policy_reload_error": getattr(gateway.reloader, "last_error", None),
+            "shadow_policy_sha256": shadow.sha256 if (shadow := gateway.shadow) else None,
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
             "writes_settling": gateway.executor.settling,
             "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},

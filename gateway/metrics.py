@@ -201,8 +201,22 @@ class GatewayMetrics:
             buckets=STATEMENT_BUCKETS,
             registry=r,
         )
+        self._shadow = Counter(
+            "spangate_shadow_disagreements",
+            "Calls the shadow policy decided otherwise than the live one, by route template and "
+            "each policy's reason code.",
+            ("route", "live", "shadow"),
+            registry=r,
+        )
+        self._shadow_errors = Counter(
+            "spangate_shadow_errors",
+            "Shadow decisions that failed (a bug, logged with the request id); the call went on "
+            "as the live policy decided.",
+            registry=r,
+        )
         self._request_children: dict[tuple[str | None, int, str], Any] = {}
         self._statement_children: dict[str, Any] = {}
+        self._shadow_children: dict[tuple[str, str, str], Any] = {}
 
         # -- published from the components ---------------------------------------------------
         def counter(name: str, text: str, labels: tuple[str, ...]) -> _Published:
@@ -260,7 +274,10 @@ class GatewayMetrics:
             "spangate_audit_flush_seconds_max", "The slowest flush so far, per sink.", ("sink",)
         )
         self._reloads = counter(
-            "spangate_policy_reloads", "Policy reloads by result.", ("result",)
+            "spangate_policy_reloads",
+            "Policy reloads by result (shadow-refused: the shadow policy was refused, the live "
+            "one reloaded or kept).",
+            ("result",),
         )
         self._policy = gauge("spangate_policy_info", "The policy being served.", ("sha256",))
         self._settling = gauge(
@@ -303,6 +320,18 @@ class GatewayMetrics:
             child = self._statement_children[query] = self._statements.labels(query)
         child.observe(seconds)
 
+    def observe_shadow(self, route: str, live: str, shadow: str) -> None:
+        """One call the shadow policy decided otherwise (labels: route template, reason codes)."""
+        key = (route, live, shadow)
+        child = self._shadow_children.get(key)
+        if child is None:
+            child = self._shadow_children[key] = self._shadow.labels(route, live, shadow)
+        child.inc()
+
+    def observe_shadow_error(self) -> None:
+        """One shadow decision that failed."""
+        self._shadow_errors.inc()
+
     # -- published state ----------------------------------------------------------------------
     def publish(self, gateway: Gateway) -> None:
         """Copy the components' counters and state into the registry (see the module docstring)."""
@@ -338,6 +367,8 @@ class GatewayMetrics:
         if reloader is not None:
             self._reloads.publish(("ok",), reloader, reloader.reloads)
             self._reloads.publish(("refused",), reloader, reloader.failures)
+            if reloader.shadow_path is not None:
+                self._reloads.publish(("shadow-refused",), reloader, reloader.shadow_failures)
         sha = gateway.policy.sha256
         for old in self._policies - {sha}:
             if self.multiprocess is None:

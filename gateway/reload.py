@@ -59,6 +59,12 @@ The watcher (``SPANGATE_WATCH_POLICY``):
   policy's files (``source.fingerprint``) with the one of the last reload, and reloads when they
   differ (an event any watcher missed: network file systems, a watch limit), or while a refusal
   is to be retried; it also restarts the watcher when the symlinks now lead to other folders.
+- A shadow policy (``--shadow-policy``, ``shadow_path``) is reloaded with the live one, by the
+  same triggers (the watcher watches its folders too, the poll fingerprints its files too),
+  loaded and validated the same way (its statements never run, so they are not PLAN-analysed).
+  A shadow with problems is refused and logged (``shadow_failures``, ``shadow_last_error``) and
+  the shadow that was deciding keeps deciding; the live policy's reload goes on as if there were
+  no shadow. A reload that changes only the shadow swaps it in beside the same live policy.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ from gateway.spanner.analyze import Analysis
 __all__ = [
     "PolicyReloader",
     "Watcher",
+    "load_shadow",
     "log_policy_warnings",
     "policy_change",
     "watch_folders",
@@ -110,12 +117,20 @@ _HEALTHY_SECONDS = 60.0  # a watch that ran this long before failing restarts th
 _SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 
 
-def log_policy_warnings(policy: CompiledPolicy, analysis: Analysis | None = None) -> None:
+def log_policy_warnings(
+    policy: CompiledPolicy, analysis: Analysis | None = None, *, shadow: bool = False
+) -> None:
     """Log, one line each, what the policy loads with but should not say (``analysis``: and
-    what Spanner's analysis of it found)."""
+    what Spanner's analysis of it found; ``shadow``: said of the shadow policy)."""
     found = (*policy.loaded.warnings, *(analysis.warnings if analysis is not None else ()))
     for warning in found:
-        log.warning("policy %s", warning.as_warning())
+        log.warning("%s %s", "shadow policy" if shadow else "policy", warning.as_warning())
+
+
+def load_shadow(path: Path, env: Mapping[str, str]) -> CompiledPolicy:
+    """A shadow policy, loaded and validated as the live one is (``PolicyError`` naming
+    file:line:column); its statements never run, so Spanner does not analyse them."""
+    return compile_policy(load_policy(path, env=env))
 
 
 class PolicyReloader:
@@ -130,9 +145,13 @@ class PolicyReloader:
         watch: bool = False,
         poll_seconds: float = POLL_SECONDS,
         watcher: Watcher | None = None,
+        shadow_path: Path | None = None,
     ) -> None:
         self.gateway = gateway
         self.path = path
+        self.shadow_path = shadow_path
+        self.shadow_failures = 0
+        self.shadow_last_error: str | None = None
         self.env = env
         self.make_cache = make_cache
         self.make_verifier = make_verifier
@@ -146,7 +165,7 @@ class PolicyReloader:
         self.watcher_restarts = 0
         self._what = "the new policy"  # what a PolicyError during a reload is about
         self._watcher = watcher
-        self._seen: str | None = None  # the files' fingerprint when the last reload read them
+        self._seen: str | None = None  # the files' fingerprints when the last reload read them
         self._watching: list[Path] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -260,14 +279,14 @@ class PolicyReloader:
             from watchfiles import awatch
 
             watcher = awatch
-        folders = self._watching = watch_folders(self.path)
-        relevant = policy_change(self.path)
+        folders = self._watching = self._folders()
+        tests = [policy_change(path) for path in self._paths()]
         # Runs once the watcher has set up its watches (it does so before its first wait): a
         # change since the policy was read, or while no watch was running, is reloaded.
         asyncio.get_running_loop().call_soon(self._reload_soon)
         async for _changes in watcher(
             *folders,
-            watch_filter=lambda _change, changed: relevant(changed),
+            watch_filter=lambda _change, changed: any(test(changed) for test in tests),
             recursive=False,
             stop_event=self._rewatch,
             debounce=200,
@@ -278,7 +297,7 @@ class PolicyReloader:
     async def _poll_forever(self) -> None:
         while not await self._stopped_within(self.poll_seconds):
             try:
-                current = await asyncio.to_thread(fingerprint, self.path)
+                current = await asyncio.to_thread(self._fingerprint)
                 if current != self._seen or self.retry:
                     log.info(
                         "%s: %s; reloading",
@@ -286,7 +305,7 @@ class PolicyReloader:
                         "retrying the refused reload" if current == self._seen else "changed",
                     )
                     await self.reload()
-                folders = await asyncio.to_thread(watch_folders, self.path)
+                folders = await asyncio.to_thread(self._folders)
                 if folders != self._watching:
                     log.info("the policy's symlinks lead elsewhere now: watching them again")
                     self._rewatch.set()
@@ -295,17 +314,35 @@ class PolicyReloader:
             except Exception:  # the poll must outlive anything: logged, polled again
                 log.exception("the policy poll failed; polling again in %g s", self.poll_seconds)
 
+    def _paths(self) -> list[Path]:
+        """The live policy's path, and the shadow's when there is one."""
+        return [p for p in (self.path, self.shadow_path) if p is not None]
+
+    def _folders(self) -> list[Path]:
+        folders: list[Path] = []
+        for path in self._paths():
+            folders += [f for f in watch_folders(path) if f not in folders]
+        return folders
+
+    def _fingerprint(self) -> str | None:
+        """The policy's fingerprint (and the shadow's); None when one cannot be read."""
+        prints = [fingerprint(path) for path in self._paths()]
+        return None if None in prints else " ".join(p for p in prints if p is not None)
+
     # -- the reload ---------------------------------------------------------------------------
     async def reload(self, *, reanalyse: bool = False) -> bool:
         """Load, validate and swap in the policy at ``path``; False (old policy kept) when it is
         refused. Never raises (but CancelledError): whatever fails is a refusal, logged.
         ``reanalyse`` (SIGHUP): an unchanged policy is PLAN-analysed again (the schema may have
-        changed since; a masked query's answers need its result columns to be as analysed)."""
+        changed since; a masked query's answers need its result columns to be as analysed).
+        The shadow at ``shadow_path`` is reloaded with it; a shadow with problems is refused on
+        its own (``shadow_failures``): the old shadow stays."""
         async with self._lock:
             try:
-                self._seen = await asyncio.to_thread(fingerprint, self.path)
+                self._seen = await asyncio.to_thread(self._fingerprint)
                 self._what = "the new policy"
-                return await self._reload(reanalyse=reanalyse)
+                shadow = await self._load_shadow()
+                return await self._reload(shadow, reanalyse=reanalyse)
             except PolicyError as exc:
                 self._failed(f"{self._what} has {len(exc.problems)} problem(s)", exc)
             except _NeedsRestart as exc:
@@ -317,7 +354,7 @@ class PolicyReloader:
                 self._failed(f"{type(exc).__name__}: {exc}", None, retry=True)
             return False
 
-    async def _reload(self, *, reanalyse: bool = False) -> bool:
+    async def _reload(self, shadow: CompiledPolicy | None, *, reanalyse: bool = False) -> bool:
         # Reading, validating and compiling are CPU work (80-120 ms at 10,000 routes): off the
         # event loop.
         policy = await asyncio.to_thread(
@@ -332,6 +369,7 @@ class PolicyReloader:
                 log.info("policy analysed again against the database")
                 for warning in analysis.warnings:
                     log.warning("policy %s", warning.as_warning())
+            self._swap_shadow(shadow)
             self.retry = False
             return True
         self._refuse_restart_only_changes(policy)
@@ -349,7 +387,7 @@ class PolicyReloader:
             if cold:
                 raise _KeysUnavailable(cold)
             verifier = self.make_verifier(policy, caches, current.verifier)
-            self.gateway.swap(policy, verifier)
+            self.gateway.swap(policy, verifier, shadow)
         except BaseException:
             # Refused (or failed): nothing of it stays behind.
             for cache in fresh:
@@ -371,6 +409,48 @@ class PolicyReloader:
         )
         log_policy_warnings(policy, self.gateway.executor.analysis(policy))
         return True
+
+    async def _load_shadow(self) -> CompiledPolicy | None:
+        """The shadow policy to decide beside the live one after this reload: the one at
+        ``shadow_path``, or the current one when that one has problems (refused and logged)."""
+        current = self.gateway.active.shadow
+        path = self.shadow_path
+        if path is None:
+            return None
+        try:
+            shadow = await asyncio.to_thread(lambda: load_shadow(path, self.env))
+        except PolicyError as exc:
+            self._shadow_failed(f"the shadow policy has {len(exc.problems)} problem(s)", exc)
+            return current
+        except Exception as exc:
+            log.exception("shadow policy reload failed")
+            self._shadow_failed(f"{type(exc).__name__}: {exc}", None)
+            return current
+        self.shadow_last_error = None
+        if current is None or shadow.sha256 != current.sha256:
+            log.info("shadow policy %s: sha256 %s", path, shadow.sha256[:12])
+            log_policy_warnings(shadow, shadow=True)
+            return shadow
+        return current
+
+    def _swap_shadow(self, shadow: CompiledPolicy | None) -> None:
+        active = self.gateway.active
+        if shadow is not active.shadow:
+            self.gateway.swap(active.policy, active.verifier, shadow)
+
+    def _shadow_failed(self, message: str, exc: PolicyError | None) -> None:
+        self.shadow_failures += 1
+        if exc is not None:
+            message += ": " + "; ".join(str(p) for p in exc.problems[:3])
+        self.shadow_last_error = message
+        log.error(
+            "shadow policy %s refused, the shadow that was deciding keeps deciding: %s",
+            self.shadow_path,
+            message,
+        )
+        if exc is not None:
+            for problem in exc.problems:
+                log.error("  %s", problem)
 
     def _failed(self, message: str, exc: PolicyError | None, *, retry: bool = False) -> None:
         self.failures += 1

@@ -25,7 +25,7 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer, SpannerTarget
-from gateway.reload import PolicyReloader, log_policy_warnings
+from gateway.reload import PolicyReloader, load_shadow, log_policy_warnings
 from gateway.settings import Settings
 from gateway.shaping.masks import MaskKey
 from gateway.spanner.execute import Executor
@@ -145,10 +145,18 @@ def build_gateway(
     variables of ``env`` ask (``tracing_from_env``: off unless they name an exporter); the
     Spanner client's spans go to the same provider. ConfigError for an exporter it cannot load.
 
+    ``settings.shadow_policy``: a candidate decided beside the live policy (``gateway.policy.
+    shadow``), loaded and validated as it is: one with problems raises ``PolicyError``.
+
     Raises ``ConfigError`` when the policy redacts audit values and there is no audit key (an
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), or
     masks a column with ``hash`` and there is no mask key (``mask_key``)."""
     policy = load_compiled(settings.policy, env)
+    shadow = None
+    if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
+        shadow = load_shadow(settings.shadow_policy, env)
+        log.info("shadow policy %s: sha256 %s", settings.shadow_policy, shadow.sha256[:12])
+        log_policy_warnings(shadow, shadow=True)
     check_audit_key(settings, policy)
     masking = mask_key(settings, policy)
     if tracing is None:
@@ -237,6 +245,7 @@ def build_gateway(
         budgets=build_budgets(settings),
         tracing=tracing,
         mask_key=masking,
+        shadow=shadow,
     )
     reloader = PolicyReloader(
         app,
@@ -246,6 +255,7 @@ def build_gateway(
         make_verifier=make_verifier,
         watch=settings.watch_policy,
         poll_seconds=settings.policy_poll_seconds,
+        shadow_path=settings.shadow_policy,
     )
     app.reloader = reloader
     app.worker = worker

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         "often and reload when it changed (what the file watcher may miss), and retry a reload "
         "refused because a new issuer's keys could not be fetched; 0: no poll.",
     )
+    shadow_policy: Path | None = Field(
+        None,
+        description="A candidate policy file or folder decided beside the live one on every call "
+        "(never answering, never running a statement): disagreements go to the audit trail and "
+        "/metrics. Reloaded with the live policy.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     admin_port: int = Field(

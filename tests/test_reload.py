@@ -447,3 +447,192 @@ def test_a_running_server_refuses_an_issuer_it_cannot_reach_and_stays_ready(
         metrics = httpx.get(f"{server.base}/metrics").text.splitlines()
         assert 'spangate_policy_reloads_total{result="refused"} 1.0' in metrics
         assert httpx.get(readyz).status_code == 200
+
+
+# -- a shadow policy, reloaded with the live one ---------------------------------------------------
+
+
+def _shadow_of(text: str) -> str:
+    """A candidate: the example policy whose order routes no longer allow order-agent."""
+    changed = text.replace(
+        "allow: [support, order-agent, agent-for-support]", "allow: [support, agent-for-support]"
+    )
+    assert changed != text
+    return changed
+
+
+@pytest.fixture
+def shadow_copy(tmp_path: Path, repo: Path) -> Path:
+    folder = tmp_path / "candidate"  # another folder than the live policy's
+    folder.mkdir()
+    path = folder / "candidate.yaml"
+    path.write_text(_shadow_of((repo / "policy.example.yaml").read_text()))
+    return path
+
+
+@pytest.fixture
+async def shadow_gateway(
+    policy_copy: Path,
+    shadow_copy: Path,
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    audit_key: str,
+) -> AsyncIterator[Gateway]:
+    settings = Settings(
+        policy=policy_copy,
+        shadow_policy=shadow_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+    )
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+def _events(path: Path) -> dict[str, dict[str, Any]]:
+    import json
+
+    return {
+        e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"]: e
+        for e in map(json.loads, path.read_text().splitlines())
+    }
+
+
+async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_alone(
+    shadow_gateway: Gateway,
+    policy_copy: Path,
+    shadow_copy: Path,
+    tmp_path: Path,
+    token_for: Callable[..., str],
+) -> None:
+    app, reloader = shadow_gateway, shadow_gateway.reloader
+    agent = token_for("order-agent")
+    first = app.shadow
+    assert first is not None and first.sha256 != app.policy.sha256
+    response = await _get(app, "/v1/orders/O-1001", agent)
+    assert response.status_code == 200, response.text  # the live policy answers
+    event = _events(tmp_path / "audit.jsonl")[response.headers["x-request-id"]]
+    assert event["protoPayload"]["metadata"]["shadow"]["reason"] == "no-allow-role"
+
+    # the live policy changes alone: the shadow stays, beside the new live policy
+    live = app.policy.sha256
+    policy_copy.write_text(with_new_route(policy_copy.read_text()))
+    assert await reloader.reload() is True
+    assert app.policy.sha256 != live and app.shadow is first
+
+    # the shadow changes alone: swapped in beside the same live policy
+    live = app.policy.sha256
+    only_shadow = with_new_route(shadow_copy.read_text()).replace(
+        "- path: /v1/tenant\n", "- path: /v1/shadow-tenant\n"
+    )
+    assert "/v1/shadow-tenant" in only_shadow
+    shadow_copy.write_text(only_shadow)
+    assert await reloader.reload() is True
+    assert app.policy.sha256 == live and app.shadow is not None and app.shadow is not first
+    second = app.shadow
+    ready = await _get(app, "/readyz", agent)
+    assert ready.json()["shadow_policy_sha256"] == second.sha256
+    # a path only the shadow routes: the live policy answers 404, the shadow's decision is kept
+    unrouted = await _get(app, "/v1/shadow-tenant", token_for("support-console"))
+    assert unrouted.status_code == 404
+    shadow = _events(tmp_path / "audit.jsonl")[unrouted.headers["x-request-id"]]
+    assert shadow["protoPayload"]["metadata"]["decision"]["reason"] == "no-route"
+    assert shadow["protoPayload"]["metadata"]["shadow"] == {
+        "allow": True,
+        "reason": "allowed",
+        "rule": "support",
+        "query": "tenant_name",
+        "params": ["tenant"],
+        "policySha256": second.sha256,
+    }
+    metrics = (await _get(app, "/metrics", agent)).text
+    assert (
+        'spangate_shadow_disagreements_total{live="no-route",route="/v1/shadow-tenant",'
+        'shadow="allowed"} 1.0'
+    ) in metrics
+
+    # a bad shadow: refused and logged, the shadow deciding keeps deciding, the live one reloads
+    shadow_copy.write_text(shadow_copy.read_text().replace("allow: [support]", "allow: [suport]"))
+    policy_copy.write_text(policy_copy.read_text().replace("max_rows: 500", "max_rows: 400"))
+    assert await reloader.reload() is True
+    assert app.policy.sha256 != live and app.shadow is second
+    assert reloader.shadow_failures == 1 and reloader.failures == 0
+    assert "unknown role 'suport'" in (reloader.shadow_last_error or "")
+    metrics = (await _get(app, "/metrics", agent)).text
+    assert 'spangate_policy_reloads_total{result="shadow-refused"} 1.0' in metrics
+
+
+async def test_a_failing_shadow_decision_is_counted_never_a_500(
+    shadow_gateway: Gateway, token_for: Callable[..., str]
+) -> None:
+    """A bug in the candidate's evaluation (here a router that raises, injected through the
+    gateway's own seam, ``swap``): logged and counted; the call is the live policy's."""
+    import dataclasses
+
+    class BrokenRouter:
+        def match(self, method: str, path: str) -> Any:
+            raise RuntimeError("a bug in the shadow's router")
+
+    app = shadow_gateway
+    assert app.shadow is not None
+    broken = dataclasses.replace(app.shadow, router=BrokenRouter())
+    app.swap(app.policy, app.verifier, broken)
+    response = await _get(app, "/v1/orders/O-1001", token_for("support-console"))
+    assert response.status_code == 200, response.text
+    metrics = (await _get(app, "/metrics", token_for("support-console"))).text
+    assert "spangate_shadow_errors_total 1.0" in metrics
+
+
+def test_a_shadow_with_problems_stops_the_start(
+    policy_copy: Path, shadow_copy: Path, demo_database: str, tmp_path: Path, audit_key: str
+) -> None:
+    from gateway.errors import PolicyError
+
+    shadow_copy.write_text(shadow_copy.read_text().replace("allow: [support]", "allow: [suport]"))
+    settings = Settings(
+        policy=policy_copy,
+        shadow_policy=shadow_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+    )
+    with pytest.raises(PolicyError, match="suport"):
+        build_gateway(settings, env={})
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+def test_a_running_server_reloads_its_shadow(
+    trigger: str,
+    policy_copy: Path,
+    shadow_copy: Path,
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    audit_key: str,
+) -> None:
+    env = {
+        "SPANGATE_WATCH_POLICY": "true" if trigger == "watch" else "false",
+        "SPANGATE_SHADOW_POLICY": str(shadow_copy),
+    }
+    with serving(
+        tmp_path,
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key=audit_key,
+        policy=policy_copy,
+        env=env,
+    ) as server:
+        readyz = f"{server.base}/readyz"
+        ready = _poll(readyz, lambda r: r.status_code == 200).json()
+        first = ready["shadow_policy_sha256"]
+        assert first is not None and first != ready["policy_sha256"]
+        shadow_copy.write_text(with_new_route(shadow_copy.read_text()))
+        if trigger == "sighup":
+            server.process.send_signal(signal.SIGHUP)
+        second = _poll(readyz, lambda r: r.json()["shadow_policy_sha256"] != first).json()
+        assert second["policy_sha256"] == ready["policy_sha256"] and server.process.poll() is None

@@ -21,7 +21,11 @@ Cloud Audit Logs read it as they are:
                            was truncated, transport (http or mcp; for mcp the tool and the
                            JSON-RPC id); ``masked``: the result columns masked for this caller
                            (never a row value); ``settlement`` on the follow-up event of a write
-                           answered while its Commit was in flight (see ``recorder.settle_hook``)
+                           answered while its Commit was in flight (see ``recorder.settle_hook``);
+                           ``claimsRead``: the claims the decision read (``policy.reads``: what
+                           ``spangate policy replay`` recomputes a decision from; claims bound
+                           to redacted parameters as keyed hashes); ``shadow``: the shadow
+                           policy's decision, when it differs from the live one
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
 Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
@@ -41,10 +45,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit, pointer
-from gateway.auth.principal import Principal
+from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision
+from gateway.policy.reads import ClaimReads
 from gateway.policy.types import json_value
 from gateway.spanner.execute import Result
 from gateway.spanner.results import to_json
@@ -56,6 +61,7 @@ __all__ = [
     "database_resource",
     "fallback_event",
     "redacted",
+    "redacted_claim",
     "rpc_code",
     "utc_now",
     "write_outcome",
@@ -98,6 +104,25 @@ def redacted(value: Any, key: bytes | None) -> str:
     if key:
         return "redacted:hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
     return "redacted:sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _number(value: Any) -> Any:
+    # 1.0 and 1 are the same claim value to a role's test: they hash alike
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+def redacted_claim(value: Any, key: bytes | None) -> Any:
+    """A claim bound to a redacted parameter, as the trail records it: ``redacted`` of the value
+    (an integral number as an integer), an array element by element (a role's test holds when
+    any element equals, which the hashes still tell: ``spangate policy replay`` hashes the
+    policy's values with the same key), null as null."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [redacted(_number(v), key) for v in value]
+    return redacted(_number(value), key)
 
 
 _AUTH = pointer("protoPayload", "authenticationInfo")
@@ -169,6 +194,8 @@ class CallRecord:
     transport: str = "http"  # or "mcp": a tools/call at /mcp (``gateway.mcp``)
     tool: str | None = None  # the MCP tool called
     jsonrpc_id: str | int | None = None  # the MCP request's JSON-RPC id
+    reads: ClaimReads | None = None  # the claims to record (else the policy's own reads)
+    shadow: dict[str, Any] | None = None  # the shadow decision, when it differs (``shadow.py``)
 
     @property
     def write(self) -> bool:
@@ -207,7 +234,10 @@ def _statement(
     if bound is not None:
         statement["params"] = params = {}
         for name, value in bound.values.items():
-            params[name] = entry = {"from": "claim" if name in bound.claim_bound else "caller"}
+            entry: dict[str, Any] = {"from": "claim" if name in bound.claim_bound else "caller"}
+            params[name] = entry
+            if name in bound.defaulted:
+                entry["defaulted"] = True
             if name in redact:
                 entry["value"] = redacted(value, key)
             else:
@@ -339,6 +369,8 @@ def _event(
                 **_mcp_call(call, bounds),
                 **_budget(error),
                 **_masked(decision),
+                **_claims_read(call, call.reads or policy.reads, key, bounds),
+                **({"shadow": call.shadow} if call.shadow is not None else {}),
             },
         },
     }
@@ -362,6 +394,44 @@ def _masked(decision: Decision | None) -> dict[str, Any]:
     if decision is None or not decision.allow or route is None or not route.query.model.mask:
         return {}
     return {"masked": list(decision.masked)}
+
+
+_CLAIMS_READ = _METADATA + "/claimsRead"
+
+
+def _claims_read(
+    call: CallRecord, reads: ClaimReads, key: bytes | None, bounds: Bounds
+) -> dict[str, Any]:
+    """``claimsRead``: the values of the claims ``reads`` names (null: absent), and the
+    principal's groups and scopes when roles read them (null: not read). Each value is the
+    token's, so bounded as a caller's (cut, or dropped for the event's size: listed in
+    ``truncated``); a claim bound to a redacted parameter is its keyed hash. ``sub`` and the
+    claims under ``act`` are in ``authenticationInfo`` already (the subject, each actor's
+    ``sub`` and other claims): each string once."""
+    principal = call.principal
+    if principal is None:
+        return {}
+    claims: dict[str, Any] = {}
+    block: dict[str, Any] = {"claims": claims, "groups": None, "scopes": None}
+    for path in reads.paths:
+        if path == "sub" or path.startswith("act."):
+            continue
+        value = principal.claim(path)
+        if value is MISSING or value is None:
+            claims[path] = None
+        elif path in reads.redacted:
+            hashed = redacted_claim(value, key)
+            if isinstance(hashed, list):  # a hash per element: as droppable as any array
+                bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), hashed)
+            else:
+                claims[path] = hashed
+        else:
+            bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), to_json(value))
+    if reads.groups:
+        bounds.put(block, "groups", _CLAIMS_READ + "/groups", sorted(principal.groups))
+    if reads.scopes:
+        bounds.put(block, "scopes", _CLAIMS_READ + "/scopes", sorted(principal.scopes))
+    return {"claimsRead": block}
 
 
 def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:

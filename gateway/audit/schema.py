@@ -87,6 +87,11 @@ class Param(_Model):
         "bytes, or null when dropped for the event's size (see metadata.truncated)."
     )
     from_: Literal["claim", "caller"] = Field(alias="from")
+    defaulted: Literal[True] | None = Field(
+        None,
+        description="Only when the caller did not send it: the declared default, or null for a "
+        "nullable parameter (from is then caller).",
+    )
 
 
 class Statement(_Model):
@@ -168,6 +173,40 @@ class BudgetRefusal(_Model):
     limit: str = Field(description="As the policy writes it: 60/min.")
 
 
+class ClaimsRead(_Model):
+    """The claims the decision read, recorded so that ``spangate policy replay`` can recompute
+    it under another policy (never the token)."""
+
+    claims: dict[str, Any] = Field(
+        description="Each claim path the policy's roles test or its parameters are bound to "
+        "(those of the shadow policy too, when one is set) -> the token's value, null when "
+        "absent (sub and claims under act are in authenticationInfo); a claim bound to a "
+        "redacted parameter as redacted:hmac-sha256:<hex> (an array element by element); "
+        "strings at most 512 bytes, a value null when dropped for the event's size (see "
+        "truncated)."
+    )
+    groups: list[str] | None = Field(
+        description="The principal's groups, when a role tests groups (else null)."
+    )
+    scopes: list[str] | None = Field(
+        description="The principal's scopes, when a role tests scopes (else null)."
+    )
+
+
+class ShadowDecision(_Model):
+    """The shadow policy's decision (``spangate serve --shadow-policy``), where it differs from
+    the live one; the answer was the live policy's."""
+
+    allow: bool
+    reason: str = Field(description="allowed, or the stable reason code.")
+    rule: str | None = Field(description="The role that allowed or denied under the shadow.")
+    query: str | None = Field(description="The query the shadow would run.")
+    params: list[str] | None = Field(
+        description="The bound parameters whose values differ (names only), or null."
+    )
+    policySha256: str = Field(pattern=_HEX64)
+
+
 class Metadata(_Model):
     decision: Decision
     transport: Literal["http", "mcp"] = Field(
@@ -189,6 +228,12 @@ class Metadata(_Model):
     )
     settlement: Settlement | None = Field(
         None, description="Only on the follow-up event of a write answered with outcome unknown."
+    )
+    claimsRead: ClaimsRead | None = Field(
+        None, description="On every event with a principal (authenticationInfo)."
+    )
+    shadow: ShadowDecision | None = Field(
+        None, description="Only when a shadow policy is set and decided otherwise."
     )
 
 

@@ -1,8 +1,10 @@
 """``spangate``: the command line.
 
-    spangate serve --policy PATH [--host 127.0.0.1] [--port 8080] [--workers N]
+    spangate serve --policy PATH [--shadow-policy CANDIDATE] [--host 127.0.0.1] [--port 8080]
+                   [--workers N]
     spangate dev [--policy policy.example.yaml] [--port 8080]
     spangate policy check PATH [--database]
+    spangate policy replay --policy CANDIDATE [--key-file F | --no-key] [--json] AUDIT_FILE...
     spangate grants --policy PATH [--schema FILE] [--check]
     spangate init-db --policy PATH [--print]
     spangate audit verify [--key-file F | --no-key] [--from-genesis | --anchor HASH] FILE...

@@ -1,10 +1,12 @@
-"""``spangate policy check | test | explain | diff``: tools for the people who write policies.
+"""``spangate policy check | test | explain | diff | replay``: tools for the people who write
+policies.
 
 Exit codes: ``check`` 0 valid; ``test`` 0 every case passed (and, with ``--require-coverage``,
 everything was exercised), 1 otherwise; ``explain`` 0 allowed, 1 denied; ``diff`` 0 no change,
-1 changes. 2 always means the input could not be used (a policy or case file with problems, bad
-claims, a malformed token). None of them imports the Spanner client or touches the network,
-except ``check --database`` (``gateway.cli.db``).
+1 changes; ``replay`` (``gateway.cli.replay``) 0 nothing flips, 1 something does. 2 always
+means the input could not be used (a policy or case file with problems, bad claims, a malformed
+token, an audit file that holds no audit events). None of them imports the Spanner client or
+touches the network, except ``check --database`` (``gateway.cli.db``).
 
 They run without real secrets: an unset ``${VAR}`` in a policy is a warning, and the text ``${VAR}``
 stands in for its value (``load_policy(..., placeholders=True)``); only ``check --database``, which
@@ -29,11 +31,11 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 
-__all__ = ["register"]
+__all__ = ["load_candidate", "register"]
 
 
 def register(sub: Any) -> None:
-    policy = sub.add_parser("policy", help="policy tools: check, test, explain, diff")
+    policy = sub.add_parser("policy", help="policy tools: check, test, explain, diff, replay")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     check = psub.add_parser(
         "check", help="validate a policy; print every problem with file:line:column"
@@ -76,7 +78,18 @@ def register(sub: Any) -> None:
     diff.add_argument("old", type=Path)
     diff.add_argument("new", type=Path)
     diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.add_argument(
+        "--audit",
+        type=Path,
+        nargs="+",
+        metavar="AUDIT_FILE",
+        help="annotate each (route, role) change with the recorded calls it touches",
+    )
     diff.set_defaults(handler=_diff)
+
+    from gateway.cli.replay import add_replay
+
+    add_replay(psub)
 
 
 def _warn(warnings: Iterable[PolicyProblem]) -> None:
@@ -88,6 +101,11 @@ def _load(path: Path, *, placeholders: bool = True) -> CompiledPolicy:
     policy = compile_policy(load_policy(path, env=os.environ, placeholders=placeholders))
     _warn(policy.loaded.warnings)
     return policy
+
+
+def load_candidate(path: Path) -> CompiledPolicy:
+    """A policy as the policy tools load it: without real secrets, warnings on stderr."""
+    return _load(path)
 
 
 def _fail(message: str) -> int:
@@ -232,8 +250,21 @@ def _diff(args: argparse.Namespace) -> int:
     for policy in loaded:
         _warn(policy.warnings)
     result = diff_policies(loaded[0].policy, loaded[1].policy)
+    traffic: dict[Any, Any] = {}
+    if args.audit:
+        from gateway.cli.replay import audit_traffic
+
+        found = audit_traffic(args.audit, result.access)
+        if isinstance(found, str):
+            return _fail(found)
+        traffic = found
     if args.json:
-        print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))
+        record = dataclasses.asdict(result)
+        if args.audit:
+            for entry, change in zip(record["access"], result.access, strict=True):
+                seen = traffic[(change.route, change.role)]
+                entry["traffic"] = {"calls": seen.calls, "allowed": seen.allowed}
+        print(json.dumps(record, indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(render_diff(result))
+        sys.stdout.write(render_diff(result, traffic if args.audit else None))
     return 0 if result.empty else 1

@@ -13,6 +13,13 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="serve a policy (settings from SPANGATE_* variables)")
     serve.add_argument("--policy", type=Path, help="policy file or folder (SPANGATE_POLICY)")
+    serve.add_argument(
+        "--shadow-policy",
+        type=Path,
+        metavar="CANDIDATE",
+        help="also decide every call under this candidate policy, never answering with it "
+        "(SPANGATE_SHADOW_POLICY; see docs/policy/rollout.md)",
+    )
     serve.add_argument("--host", help="address to bind (SPANGATE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (SPANGATE_PORT, default 8080)")
     serve.add_argument(
@@ -41,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     given = {
         "policy": args.policy,
+        "shadow_policy": args.shadow_policy,
         "host": args.host,
         "port": args.port,
         "workers": args.workers,

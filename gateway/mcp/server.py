@@ -75,6 +75,7 @@ from gateway.http import (
 )
 from gateway.mcp.metadata import metadata_url, parse_host
 from gateway.mcp.tools import arguments_of, find_tool, tools_for
+from gateway.policy.decide import RequestFacts
 
 if TYPE_CHECKING:
     from gateway.app import Active, Gateway, Target
@@ -541,6 +542,10 @@ class McpEndpoint:
         route = find_tool(door.active.policy, params.name)
 
         async def resolve(call: CallRecord, active: Active) -> Target:
+            if active.shadow is not None:  # what a shadow policy decides on (gateway.app)
+                arguments = dict(params.arguments or {})
+                name = params.name
+                call.extra["facts"] = RequestFacts("MCP", name, (), arguments, tool=name)
             if route is None:
                 raise RouteNotFound(f"no tool named {_shown(params.name)!r}")
             path, values, idempotency = arguments_of(route, params.arguments)

@@ -52,6 +52,8 @@ class Bound:
     values: dict[str, Any]  # name -> typed value, every declared parameter
     claim_bound: frozenset[str]  # names whose value came from the token
     ignored: dict[str, Any]  # caller values sent for claim-bound parameters (never used)
+    # names the caller did not send: their declared default, or null for a nullable one
+    defaulted: frozenset[str] = frozenset()
 
 
 def _ordered(value: Any) -> Any:
@@ -185,6 +187,7 @@ def bind_params(
 
     values: dict[str, Any] = {}
     claim_bound = set()
+    defaulted = set()
     for name, spec in specs.items():
         if spec.claim is not None:
             claim = principal.claim(spec.claim)
@@ -214,8 +217,12 @@ def bind_params(
             values[name] = value
         elif spec.has_default:
             values[name] = spec.default
+            defaulted.add(name)
         elif spec.nullable:
             values[name] = None
+            defaulted.add(name)
         else:
             raise ParameterError(name, "is required", code="param-missing")
-    return Bound(values, frozenset(claim_bound), ignored_values(specs, query, body))
+    return Bound(
+        values, frozenset(claim_bound), ignored_values(specs, query, body), frozenset(defaulted)
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.policy.bind import ParamSpec, compile_param
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.model import Policy, Query, Route
+from gateway.policy.reads import ClaimReads, claim_reads
 from gateway.policy.roles import RoleTable
 from gateway.policy.router import Router, template_params
 from gateway.policy.sqlscan import SqlInfo, scan_sql
@@ -61,6 +62,7 @@ class CompiledPolicy:
     queries: Mapping[str, CompiledQuery]
     routes: tuple[CompiledRoute, ...]
     roles: RoleTable
+    reads: ClaimReads  # the claims its decisions read: what audit events record for replay
 
     @property
     def model(self) -> Policy:
@@ -96,4 +98,6 @@ def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
         for i, route in enumerate(policy.routes)
     )
     router = Router([(r.method, r.path) for r in policy.routes])
-    return CompiledPolicy(loaded, router, queries, routes, RoleTable(policy.roles))
+    return CompiledPolicy(
+        loaded, router, queries, routes, RoleTable(policy.roles), claim_reads(policy)
+    )

@@ -32,7 +32,7 @@ import difflib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -347,8 +347,21 @@ _WORDS = {
 }
 
 
-def render_diff(diff: PolicyDiff) -> str:
-    """The diff as text: access first, then the other changes by section."""
+class Touched(Protocol):
+    """Recorded traffic of one (route, role) (``gateway.audit.replay_report.Traffic``)."""
+
+    @property
+    def calls(self) -> int: ...
+
+    @property
+    def allowed(self) -> int: ...
+
+
+def render_diff(
+    diff: PolicyDiff, traffic: Mapping[tuple[str, str], Touched] | None = None
+) -> str:
+    """The diff as text: access first, then the other changes by section; with ``traffic``
+    (``policy diff --audit``), each access change with the recorded calls it touches."""
     if diff.empty:
         return "no changes\n"
     out: list[str] = []
@@ -357,7 +370,14 @@ def render_diff(diff: PolicyDiff) -> str:
         width = max(len(a.route) for a in diff.access)
         for a in diff.access:
             words = _WORDS[(a.old, a.new)]
-            out.append(f"  {a.route:{width}}  {a.role}: {a.old} -> {a.new}  ({words})")
+            line = f"  {a.route:{width}}  {a.role}: {a.old} -> {a.new}  ({words})"
+            seen = traffic.get((a.route, a.role)) if traffic is not None else None
+            if seen is not None:
+                line += (
+                    f"  [recorded: {seen.calls} call{'s' if seen.calls != 1 else ''} by its "
+                    f"holders, {seen.allowed} allowed]"
+                )
+            out.append(line)
     section = None
     for c in diff.changes:
         if c.section != section:

@@ -613,7 +613,9 @@ class Audit(_Strict):
     redact: list[str] = Field(
         default_factory=list,
         description="Parameter names whose values the trail stores as a keyed hash (HMAC) "
-        "instead of the value; the gateway refuses to start without SPANGATE_AUDIT_KEY.",
+        "instead of the value, and claim.PATH for a claim a role tests (the claims a decision "
+        "read are recorded for replay; a claim bound to a redacted parameter is hashed too); "
+        "the gateway refuses to start without SPANGATE_AUDIT_KEY.",
     )
 
     @field_validator("sinks")

@@ -4,8 +4,9 @@
 policy may be served. What it checks, beyond the models:
 
 - references: a route's ``query`` and its ``allow``/``deny`` roles, a query's ``identity``, a role
-  entry's ``issuer``, and ``audit.redact`` names (each must be a parameter of some query); unknown
-  names come with "did you mean …?";
+  entry's ``issuer``, and ``audit.redact`` names (each must be a parameter of some query, or
+  ``claim.PATH`` for a claim a role tests or a parameter is bound to, not ``sub`` nor under
+  ``act``); unknown names come with "did you mean …?";
 - path templates (``template_problems``): they start with ``/``; a segment is literal text of RFC
   3986 pchar characters (no percent-encoding, no ``.``/``..``) or a whole ``{name}`` with a
   parameter-style name, each name once; ``//`` only as a trailing slash; ``RESERVED_PREFIXES``
@@ -53,6 +54,7 @@ from gateway.policy.constraints import Finding, Where, param_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
+from gateway.policy.reads import claim_reads
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
 from gateway.policy.unbudgeted import unbudgeted_roles
@@ -391,13 +393,30 @@ def _never_routed(ctx: _Context) -> list[Finding]:
 
 
 def _redact(ctx: _Context) -> list[Finding]:
+    """``audit.redact``: parameter names, and ``claim.PATH`` for claims the policy reads."""
+    found: list[Finding] = []
+    read = set(claim_reads(ctx.policy).paths)
+    for k, name in enumerate(ctx.policy.audit.redact):
+        if not name.startswith("claim."):
+            continue
+        path = name.removeprefix("claim.")
+        if path == "sub" or path == "act" or path.startswith("act."):
+            found.append((("audit", "redact", k), (
+                f"redact names '{name}': the trail records the subject and the actors of a "
+                "delegated token in authenticationInfo, which redact does not hash"
+            )))
+        elif path not in read:
+            found.append((("audit", "redact", k), (
+                f"redact names '{name}', which no role tests and no parameter is bound to (the "
+                "trail records only the claims a decision reads)" + did_you_mean(path, read)
+            )))
     extra = ctx.salvage.redactable if ctx.salvage else frozenset()
     if extra is None:
-        return []
+        return found
     params = set(extra).union(*(q.params for q in ctx.policy.queries.values()))
-    return [
+    return found + [
         (("audit", "redact", k), f"redact names '{name}', which is no parameter of any query"
          + did_you_mean(name, params))
         for k, name in enumerate(ctx.policy.audit.redact)
-        if name not in params
+        if name not in params and not name.startswith("claim.")
     ]

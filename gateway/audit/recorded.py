@@ -1,0 +1,204 @@
+"""Recorded calls: audit events read back as the inputs of a decision (``spangate policy replay``).
+
+``read_trail(paths)`` reads audit files as ``spangate audit verify`` does (a file and its rotations
+are one trail, in rotation order; ``audit.wN.jsonl``, one trail per worker, each its own) and
+yields each event with where it is. A line that is not a JSON object is unusable input
+(``TrailUnreadable``), except a last line cut short by a crash (no newline): skipped, with a note.
+
+``recorded(event)`` is the call an event records, as far as replay needs it, or why the event
+records no decision (``Skipped``): a follow-up event (``metadata.settlement``: its request is
+counted once, by its own event), no principal (no valid token: the policy was never consulted),
+or a refusal that was no decision of the policy (a malformed body, a budget… after a route
+matched: the reason is not one of ``decide.REASONS``). An object that is no spangate audit event
+is unusable input. Pure, apart from ``read_trail``'s reading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.bounds import pointer
+from gateway.audit.rotation import trail_groups
+from gateway.policy.decide import REASONS
+
+__all__ = [
+    "CLAIMS_READ",
+    "HASHED",
+    "LiveDecision",
+    "Recorded",
+    "Skipped",
+    "TrailUnreadable",
+    "read_trail",
+    "recorded",
+]
+
+CLAIMS_READ = pointer("protoPayload", "metadata", "claimsRead")
+PARAMS = pointer("protoPayload", "request", "params")
+IGNORED = pointer("protoPayload", "request", "ignoredCallerValues")
+# A value the trail holds as a hash (``event.redacted``): what a redacted parameter or claim is.
+HASHED = re.compile(r"^redacted:(?:hmac-sha256|sha256):[0-9a-f]{64}$")
+
+
+class TrailUnreadable(ValueError):
+    """An audit file that cannot be replayed: it names the file and line."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    why: str  # follow-up | no-principal | not-a-decision
+
+
+@dataclass(frozen=True)
+class LiveDecision:
+    allow: bool
+    reason: str
+    rule: str | None
+    roles: tuple[str, ...]  # the roles that held
+    route: str | None  # "GET /v1/orders/{order_id}", the live route, when one matched
+    query: str | None
+    params: Mapping[str, Any] | None  # request.params as recorded; None: not bound
+    ignored: Mapping[str, Any]  # request.ignoredCallerValues as recorded
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One recorded decision's inputs. ``cut`` holds the JSON Pointers of values the event holds
+    cut or dropped (``metadata.truncated``): such a value is not what the caller sent."""
+
+    request_id: str
+    where: str  # FILE:LINE
+    transport: str  # http | mcp
+    method: str
+    path: str
+    tool: str | None
+    issuer: str
+    iss: str
+    subject: str
+    delegated: bool
+    actors: tuple[tuple[Any, Any], ...]  # (sub, other claims) of each actor, the current first
+    claims: Mapping[str, Any] | None  # claimsRead.claims; None: not recorded (an older event)
+    groups: Sequence[str] | None  # None: not recorded
+    scopes: Sequence[str] | None
+    live: LiveDecision
+    policy_sha256: str | None
+    cut: frozenset[str] = field(default_factory=frozenset)
+
+    def is_cut(self, where: str) -> bool:
+        """Whether the value at ``where`` (or anything in it) is cut or dropped."""
+        return any(c == where or c.startswith(where + "/") for c in self.cut)
+
+
+def read_trail(paths: Sequence[Path], notes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every event of the files, each trail in order, as (``FILE:LINE``, event)."""
+    for group in trail_groups(paths):
+        for path in group:
+            with path.open("rb") as f:
+                lines = list(enumerate(f, start=1))
+            for number, raw in lines:
+                if not raw.strip():
+                    continue
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    if number == len(lines) and not raw.endswith(b"\n"):
+                        notes.append(f"{path}:{number}: a last line cut short (skipped)")
+                        continue
+                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event") from None
+                if not isinstance(event, dict):
+                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event")
+                yield f"{path}:{number}", event
+
+
+def _get(node: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
+    """The decision ``event`` records (see the module docstring); ``TrailUnreadable`` when it is
+    no spangate audit event."""
+    payload = event.get("protoPayload")
+    metadata = _get(payload, "metadata")
+    decision = _get(metadata, "decision")
+    http = event.get("httpRequest")
+    if not (
+        isinstance(payload, Mapping)
+        and isinstance(metadata, Mapping)
+        and isinstance(decision, Mapping)
+        and isinstance(http, Mapping)
+        and isinstance(decision.get("reason"), str)
+    ):
+        raise TrailUnreadable(f"{where}: not a spangate audit event")
+    if metadata.get("settlement") is not None:
+        return Skipped("follow-up")
+    auth = payload.get("authenticationInfo")
+    if not isinstance(auth, Mapping):
+        return Skipped("no-principal")
+    reason = decision["reason"]
+    if reason not in REASONS:
+        return Skipped("not-a-decision")
+    third = _get(auth, "thirdPartyPrincipal")
+    cut = frozenset(
+        t["field"]
+        for t in metadata.get("truncated") or ()
+        if isinstance(t, Mapping) and isinstance(t.get("field"), str)
+    )
+    read = metadata.get("claimsRead")
+    read = read if isinstance(read, Mapping) else {}
+    claims = read.get("claims")
+    statement = payload.get("request")
+    statement = statement if isinstance(statement, Mapping) else {}
+    authorization = payload.get("authorizationInfo") or []
+    resource = _get(authorization[0], "resource") if authorization else None
+    params = statement.get("params")
+    ignored = statement.get("ignoredCallerValues")
+    rid = _get(payload, "requestMetadata", "requestAttributes", "id")
+    return Recorded(
+        request_id=str(rid),
+        where=where,
+        transport="mcp" if metadata.get("transport") == "mcp" else "http",
+        method=str(http.get("requestMethod")),
+        path=str(http.get("requestUrl")),
+        tool=_text(_get(metadata, "mcp", "tool")),
+        issuer=str(_get(third, "issuer")),
+        iss=str(_get(third, "iss")),
+        subject=str(auth.get("principalSubject")),
+        delegated=bool(auth.get("serviceAccountDelegationInfo")),
+        actors=tuple(
+            (_get(a, "principalSubject"), _get(a, "thirdPartyPrincipal", "thirdPartyClaims"))
+            for a in auth.get("serviceAccountDelegationInfo") or ()
+        ),
+        claims=claims if isinstance(claims, Mapping) else None,
+        groups=_strings(read.get("groups")),
+        scopes=_strings(read.get("scopes")),
+        live=LiveDecision(
+            allow=decision.get("allow") is True,
+            reason=reason,
+            rule=_text(decision.get("rule")),
+            roles=tuple(r for r in decision.get("roles") or () if isinstance(r, str)),
+            route=_text(resource),
+            query=_text(statement.get("query")),
+            params=params if isinstance(params, Mapping) else None,
+            ignored=ignored if isinstance(ignored, Mapping) else {},
+        ),
+        policy_sha256=_text(metadata.get("policySha256")),
+        cut=cut,
+    )
+
+
+def _strings(value: Any) -> list[str] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None

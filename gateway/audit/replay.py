@@ -1,0 +1,465 @@
+"""A recorded decision, recomputed under a candidate policy. Pure: a ``Recorded`` call and a
+``CompiledPolicy`` in, a ``Replayed`` decision (or why it cannot be recomputed) out.
+
+What the decision is recomputed from, and how far it can be:
+
+- the route: the recorded method and raw path (``httpRequest``), or an MCP call's tool name;
+- the issuer: the candidate's issuer of the recorded name, else of the recorded ``iss`` URL;
+  neither: the candidate refuses the token (``issuer-unknown``);
+- roles: the candidate's role entries, judged three-valued on what the event recorded
+  (``metadata.claimsRead``: claims, groups, scopes; the issuer; whether the token is delegated).
+  An entry holds, fails, or is unknown when it tests a claim the event did not record (a claim
+  the live policy did not read, an event from before claims were recorded, a value cut for the
+  event's size), a ``matches`` test on a claim recorded as a keyed hash, or an equality test on
+  one without the audit key (with the key the policy's values are hashed alike). A route's
+  verdict is unknown when an unknown role could change it (an earlier deny or allow role): the
+  call "could not be replayed", naming those roles;
+- parameters: a claim-bound one from the recorded claim; path parameters from the path (an MCP
+  call's from its recorded arguments); the others from the values the event recorded
+  (``request.params`` sent by the caller, ``ignoredCallerValues``), re-checked against the
+  candidate's types and constraints. A value recorded as a hash (redacted) or cut is taken as it
+  was recorded, not re-checked (``unchecked``). A call the live policy refused before binding
+  recorded no caller values: when the candidate's roles let it in, its parameters are not known
+  (``params_known`` false): a deny -> allow flip all the same; and when the live policy refused
+  it for a caller's parameter and the candidate runs the same query, that refusal is assumed
+  (``assumed``).
+
+Comparison (``changes``): ``allow->deny`` and ``deny->allow`` (flips), and for decisions that do
+not flip ``query``, ``params`` (the bound values: names, where each came from, values; a hash
+compared to a clear value with the key) and ``reason`` (a refusal for another reason or rule).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit.bounds import pointer
+from gateway.audit.event import redacted, redacted_claim
+from gateway.audit.recorded import CLAIMS_READ, HASHED, IGNORED, PARAMS, Recorded
+from gateway.auth.principal import MISSING
+from gateway.errors import GatewayError
+from gateway.policy.bind import BODY_METHODS, ParamSpec, check_constraints
+from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.decide import match_route
+from gateway.policy.model import ClaimTest, ClaimValue, RoleEntry
+from gateway.policy.roles import claim_holds
+from gateway.policy.router import PathInvalid, check_param_segment, template_params
+from gateway.policy.types import TypeProblem, coerce, json_value
+
+__all__ = ["NotReplayed", "Replayed", "changes", "replay"]
+
+_CALLER_REASONS = frozenset({"param-unknown", "param-missing", "param-invalid"})
+
+
+@dataclass(frozen=True)
+class NotReplayed:
+    why: str  # what was missing, e.g. "claim dept not recorded"
+    roles: tuple[str, ...] = ()  # the candidate's roles that could not be judged
+
+
+@dataclass(frozen=True)
+class Replayed:
+    allow: bool
+    reason: str
+    rule: str | None = None
+    route: str | None = None  # "GET /v1/orders/{order_id}"
+    query: str | None = None
+    params: dict[str, tuple[str, Any]] | None = None  # name -> (from, recorded form)
+    params_known: bool = True
+    unchecked: tuple[str, ...] = ()  # parameters taken as recorded (a hash, a cut value)
+    assumed: bool = False  # the live refusal for a caller's parameter, assumed
+
+
+class _Unknown(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class _Opaque:
+    """A value recorded as a hash or cut: bound as recorded, never re-checked."""
+
+    recorded: Any
+
+
+@dataclass
+class _View:
+    """What a replay knows of the caller."""
+
+    rec: Recorded
+    key: bytes | None  # the audit key's redaction key (hashes the policy's values alike)
+    issuer: str  # the candidate's name for the token's issuer
+    unknown: list[str] = field(default_factory=list)
+
+    def claim(self, path: str) -> Any:
+        """The recorded claim: a value, MISSING, an ``_Opaque`` hash, or ``_Unknown``."""
+        rec = self.rec
+        if path == "sub":
+            if rec.is_cut(_AUTH + "/principalSubject"):
+                raise _Unknown("claim sub cut for the event's size")
+            return rec.subject
+        if path.startswith("act."):
+            return _actor_claim(rec, path)
+        claims = rec.claims
+        if claims is None or path not in claims:
+            raise _Unknown(f"claim {path} not recorded")
+        if rec.is_cut(CLAIMS_READ + pointer("claims", path)):
+            raise _Unknown(f"claim {path} cut for the event's size")
+        value = claims[path]
+        if value is None:
+            return MISSING
+        if _hashed(value):
+            return _Opaque(value)
+        return value
+
+    def strings(self, name: str) -> frozenset[str]:
+        values = self.rec.groups if name == "groups" else self.rec.scopes
+        if values is None or self.rec.is_cut(f"{CLAIMS_READ}/{name}"):
+            raise _Unknown(f"{name} not recorded")
+        return frozenset(values)
+
+
+_AUTH = pointer("protoPayload", "authenticationInfo")
+
+
+def _actor_claim(rec: Recorded, path: str) -> Any:
+    """A claim under ``act`` (``act.sub``, ``act.act.sub``, ``act.team``), from the actors the
+    event records (``serviceAccountDelegationInfo``): nested objects only, as ``claim_value``."""
+    parts = path.split(".")
+    depth = 0
+    while parts and parts[0] == "act":
+        depth, parts = depth + 1, parts[1:]
+    if not parts:
+        raise _Unknown(f"claim {path} not recorded")
+    if depth > len(rec.actors):
+        return MISSING
+    sub, others = rec.actors[depth - 1]
+    where = f"{_AUTH}/serviceAccountDelegationInfo/{depth - 1}"
+    if parts == ["sub"]:
+        if rec.is_cut(where + "/principalSubject"):
+            raise _Unknown(f"claim {path} cut for the event's size")
+        return sub if sub is not None else MISSING
+    if rec.is_cut(where + "/thirdPartyPrincipal"):
+        raise _Unknown(f"claim {path} cut for the event's size")
+    node: Any = others or {}
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    return MISSING if node is None else node
+
+
+def _hashed(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(HASHED.match(value))
+    return isinstance(value, list) and bool(value) and all(_hashed(v) for v in value)
+
+
+# -- roles, three-valued ------------------------------------------------------------------------
+def _claim_test(view: _View, path: str, test: ClaimValue) -> bool:
+    actual = view.claim(path)
+    if not isinstance(actual, _Opaque):
+        return claim_holds(actual, test)
+    if isinstance(test, ClaimTest):
+        if test.present:
+            return True
+        raise _Unknown(f"claim {path} is a keyed hash: a matches test cannot be judged")
+    if view.key is None:
+        raise _Unknown(f"claim {path} is a keyed hash and no audit key was given")
+    hashes = actual.recorded if isinstance(actual.recorded, list) else [actual.recorded]
+    wanted = test if isinstance(test, list) else [test]
+    return any(_hash_literal(w, view.key) in hashes for w in wanted)
+
+
+def _hash_literal(value: Any, key: bytes) -> str:
+    """A policy's value hashed as the trail hashes a claim's (``event.redacted_claim``)."""
+    return str(redacted_claim(value, key))
+
+
+def _judges(entry: RoleEntry, delegated: bool, deny: bool) -> bool:
+    delegation = entry.delegation
+    if not delegated or delegation == "any":
+        return True
+    return delegation == "default" and deny
+
+
+def _entry(view: _View, entry: RoleEntry, deny: bool) -> bool | None:
+    """True, False, or None (unknown; why in ``view.unknown``)."""
+    if not _judges(entry, view.rec.delegated, deny):
+        return False
+    unknown = False
+    tests: list[Any] = []
+    if entry.issuer is not None:
+        tests.append(lambda: view.issuer == entry.issuer)
+    if entry.groups is not None:
+        groups = entry.groups
+        tests.append(lambda: not view.strings("groups").isdisjoint(groups))
+    if entry.scopes is not None:
+        scopes = entry.scopes
+        tests.append(lambda: set(scopes) <= view.strings("scopes"))
+    for path, test in (entry.claims or {}).items():
+        tests.append(lambda p=path, t=test: _claim_test(view, p, t))
+    for check in tests:
+        try:
+            if not check():
+                return False
+        except _Unknown as exc:
+            view.unknown.append(exc.why)
+            unknown = True
+    return None if unknown else True
+
+
+def _role(view: _View, policy: CompiledPolicy, name: str, deny: bool) -> bool | None:
+    role = policy.model.roles.get(name)
+    unknown = False
+    for entry in role.any_of if role else ():
+        verdict = _entry(view, entry, deny)
+        if verdict:
+            return True
+        unknown = unknown or verdict is None
+    return None if unknown else False
+
+
+def _verdict(
+    view: _View, policy: CompiledPolicy, route: CompiledRoute
+) -> tuple[str | None, str | None] | NotReplayed:
+    """(the refusal's reason or None, the rule), or NotReplayed naming the unknown roles."""
+    pending: list[str] = []
+    for name in route.model.deny:
+        verdict = _role(view, policy, name, deny=True)
+        if verdict is None:
+            pending.append(name)
+        elif verdict:
+            return _blocked(view, pending) or ("denied-by-role", name)
+    for name in route.model.allow:
+        verdict = _role(view, policy, name, deny=False)
+        if verdict is None:
+            pending.append(name)
+        elif verdict:
+            return _blocked(view, pending) or (None, name)
+    return _blocked(view, pending) or ("no-allow-role", None)
+
+
+def _blocked(view: _View, pending: list[str]) -> NotReplayed | None:
+    if not pending:
+        return None
+    return NotReplayed("; ".join(dict.fromkeys(view.unknown)), tuple(pending))
+
+
+# -- parameters ---------------------------------------------------------------------------------
+def _typed(spec: ParamSpec, raw: Any, from_text: bool) -> Any:
+    value = coerce(spec.ptype, raw, from_text=from_text)
+    check_constraints(spec, value)
+    return value
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _inputs(rec: Recorded) -> tuple[dict[str, Any], bool]:
+    """The caller's values the event recorded: name -> (raw, from_text) or ``_Opaque``; and
+    whether they are all of them (the call was bound)."""
+    live = rec.live
+    http = rec.transport == "http"
+    text = http and rec.method not in BODY_METHODS  # a query string's values: text
+    # over HTTP the live route's path parameters came from the path, which the candidate routes
+    skip = set(template_params(live.route.split(" ", 1)[1])) if live.route and http else set()
+    values: dict[str, Any] = {}
+    for name, value in live.ignored.items():
+        where = IGNORED + pointer(name)
+        values[name] = _Opaque(value) if rec.is_cut(where) or _hashed(value) else (value, text)
+    if live.params is None:
+        return values, False
+    for name, entry in live.params.items():
+        if not isinstance(entry, Mapping) or entry.get("from") != "caller" or name in skip:
+            continue
+        if entry.get("defaulted"):
+            continue
+        value = entry.get("value")
+        where = PARAMS + pointer(name, "value")
+        values[name] = _Opaque(value) if rec.is_cut(where) or _hashed(value) else (value, False)
+    return values, True
+
+
+def _bind(
+    view: _View, route: CompiledRoute, path: Mapping[str, str]
+) -> tuple[dict[str, tuple[str, Any]] | None, bool, tuple[str, ...]]:
+    """(the bound parameters, or None when the caller's values are not known; whether they are;
+    the parameters taken as recorded); ``_Refused`` with the reason of a refusal."""
+    rec = view.rec
+    inputs, known = _inputs(rec)
+    specs = route.query.params
+    segments: dict[str, Any] = dict(path)  # name -> text, or _Opaque
+    if rec.transport == "mcp":  # the route's path parameters are arguments of the tool
+        segments = {}
+        for name in route.path_params:
+            given = inputs.pop(name, None)
+            if isinstance(given, tuple):
+                raw = given[0]
+                raw = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+                if not isinstance(raw, str):
+                    raise _Refused("path-invalid")
+                try:
+                    check_param_segment(raw)
+                except PathInvalid:
+                    raise _Refused("path-invalid") from None
+                segments[name] = raw
+            elif isinstance(given, _Opaque):
+                segments[name] = given
+    if known:
+        for name in inputs:
+            spec = specs.get(name)
+            if spec is None:
+                raise _Refused("param-unknown")
+            if spec.claim is None and name in segments:
+                raise _Refused("param-invalid")
+    bound: dict[str, tuple[str, Any]] = {}
+    unchecked: list[str] = []
+    caller_unknown = False
+    for name, spec in specs.items():
+        if spec.claim is not None:
+            claim = view.claim(spec.claim)
+            if claim is MISSING or claim is None:
+                raise _Refused("claim-missing")
+            if isinstance(claim, _Opaque):
+                bound[name] = ("claim", claim.recorded)
+                unchecked.append(name)
+                continue
+            try:
+                bound[name] = ("claim", json_value(_typed(spec, claim, False)))
+            except TypeProblem:
+                raise _Refused("claim-invalid") from None
+            continue
+        segment = segments.get(name)
+        given = segment if isinstance(segment, _Opaque) else (segment, True)
+        if segment is None:
+            given = inputs.get(name)
+        if isinstance(given, _Opaque):
+            bound[name] = ("caller", given.recorded)
+            unchecked.append(name)
+        elif given is not None:
+            try:
+                bound[name] = ("caller", json_value(_typed(spec, given[0], given[1])))
+            except TypeProblem:
+                raise _Refused("param-invalid") from None
+        elif not known:
+            caller_unknown = True
+        elif spec.has_default:
+            bound[name] = ("caller", json_value(spec.default))
+        elif spec.nullable:
+            bound[name] = ("caller", None)
+        else:
+            raise _Refused("param-missing")
+    if caller_unknown:
+        return None, False, tuple(unchecked)
+    return bound, True, tuple(unchecked)
+
+
+# -- the decision -------------------------------------------------------------------------------
+def _issuer(policy: CompiledPolicy, rec: Recorded) -> str | None:
+    issuers = policy.model.issuers
+    if rec.issuer in issuers:
+        return rec.issuer
+    return next((name for name, cfg in issuers.items() if cfg.issuer == rec.iss), None)
+
+
+def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[str, str]] | str:
+    """The candidate's route and path parameters, or the refusal's reason; ``_Unknown``."""
+    if rec.transport == "mcp":
+        if rec.tool is None or rec.is_cut("/protoPayload/metadata/mcp/tool"):
+            raise _Unknown("the tool's name was not recorded whole")
+        route = policy.tool(rec.tool)
+        return (route, {}) if route is not None else "no-route"
+    if rec.is_cut("/httpRequest/requestUrl") or rec.is_cut("/httpRequest/requestMethod"):
+        raise _Unknown("the path cut for the event's size")
+    found = match_route(policy, rec.method, rec.path)
+    if isinstance(found, GatewayError):
+        return found.code
+    return found
+
+
+def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed | NotReplayed:
+    """The decision ``policy`` makes on the recorded call (see the module docstring)."""
+    live = rec.live
+    if rec.transport == "mcp" and live.reason == "path-invalid":
+        return NotReplayed("the tool's arguments were not recorded (refused as path-invalid)")
+    issuer = _issuer(policy, rec)
+    if issuer is None:
+        return Replayed(False, "issuer-unknown")
+    view = _View(rec, key, issuer)
+    try:
+        found = _route(policy, rec)
+    except _Unknown as exc:
+        return NotReplayed(exc.why)
+    if isinstance(found, str):
+        return Replayed(False, found)
+    route, path = found
+    shown = f"{route.model.method} {route.template}"
+    query = route.query_name
+    verdict = _verdict(view, policy, route)
+    if isinstance(verdict, NotReplayed):
+        return verdict
+    refused, rule = verdict
+    if refused is not None:
+        return Replayed(False, refused, rule, shown, query)
+    try:
+        params, known, unchecked = _bind(view, route, path)
+    except _Refused as exc:
+        return Replayed(False, exc.reason, rule, shown, query)
+    except _Unknown as exc:
+        return NotReplayed(exc.why)
+    if not known and live.reason in _CALLER_REASONS and query == live.query:
+        return Replayed(False, live.reason, rule, shown, query, params_known=False, assumed=True)
+    return Replayed(True, "allowed", rule, shown, query, params, known, unchecked)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _same(live: Any, candidate: Any, key: bytes | None) -> bool:
+    if _canonical(live) == _canonical(candidate):  # true is not 1
+        return True
+    for hashed, clear in ((live, candidate), (candidate, live)):
+        if isinstance(hashed, str) and HASHED.match(hashed) and key is not None:
+            if not (isinstance(clear, str) and HASHED.match(clear)):
+                return redacted(clear, key) == hashed
+    return False
+
+
+def changes(rec: Recorded, outcome: Replayed, key: bytes | None) -> list[str]:
+    """How the recomputed decision differs from the recorded one: ``allow->deny``,
+    ``deny->allow``, or (not flipping) any of ``query``, ``params``, ``reason``."""
+    live = rec.live
+    if live.allow != outcome.allow:
+        return ["allow->deny" if live.allow else "deny->allow"]
+    found: list[str] = []
+    if live.query != outcome.query and (live.allow or live.query is not None):
+        found.append("query")
+    if live.allow and outcome.params_known and not _same_params(live.params, outcome, key):
+        found.append("params")
+    if not live.allow and (live.reason != outcome.reason or live.rule != outcome.rule):
+        found.append("reason")
+    return found
+
+
+def _same_params(recorded: Mapping[str, Any] | None, outcome: Replayed, key: bytes | None) -> bool:
+    bound = outcome.params or {}
+    recorded = recorded or {}
+    if set(recorded) != set(bound):
+        return False
+    for name, (source, value) in bound.items():
+        entry = recorded[name]
+        if not isinstance(entry, Mapping) or entry.get("from") != source:
+            return False
+        if not _same(entry.get("value"), value, key):
+            return False
+    return True
+

@@ -1,0 +1,138 @@
+"""``spangate policy replay``, and the ``--audit`` of ``policy diff``: a policy against recorded
+traffic.
+
+``replay --policy CANDIDATE AUDIT_FILE...`` recomputes every decision the audit files record
+under the candidate (``gateway.audit.replay``) and reports the calls that would flip, and those
+whose query, parameters or refusal would change, per route and role (``--json`` for machines).
+Exit 0 when nothing flips, 1 when something does, 2 on unusable input: a file that is missing,
+holds something other than audit events, or holds none; a candidate with problems; an audit key
+that does not verify the trail.
+
+The audit key (``--key-file``, else ``SPANGATE_AUDIT_KEY``, as ``audit verify`` reads it;
+``--no-key`` for a trail written without one) lets replay judge a role's equality test against a
+claim the trail holds as a keyed hash (a claim bound to a redacted parameter): the policy's values
+are hashed with the same key. It is checked against each file's first event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_replay", "audit_traffic", "recorded_calls"]
+
+
+def add_replay(psub: Any) -> None:
+    replay = psub.add_parser(
+        "replay",
+        help="recompute recorded decisions under a candidate policy; report what would flip",
+        description="Pass every file of the trail (audit.jsonl*, audit.wN.jsonl*: rotated and "
+        "workers' files are read in order).",
+    )
+    replay.add_argument("--policy", type=Path, required=True, help="the candidate policy")
+    replay.add_argument("files", nargs="+", type=Path, metavar="AUDIT_FILE")
+    keys = replay.add_mutually_exclusive_group()
+    keys.add_argument("--key-file", type=Path, help="read the audit key from this file")
+    keys.add_argument(
+        "--no-key", action="store_true", help="the trail was written without SPANGATE_AUDIT_KEY"
+    )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(handler=_replay)
+
+
+class _Unusable(Exception):
+    pass
+
+
+def _secret(args: argparse.Namespace) -> bytes | None:
+    if args.no_key:
+        return None
+    if args.key_file is not None:
+        key_file: Path = args.key_file
+        return key_file.read_bytes().rstrip(b"\r\n")
+    from gateway.settings import Settings
+
+    key = Settings().audit_key
+    return key.get_secret_value().encode() if key else None
+
+
+def recorded_calls(
+    files: Sequence[Path], secret: bytes | None, notes: list[str]
+) -> tuple[int, list[Any], list[Any]]:
+    """(events read, recorded decisions, skipped events) of ``files``; ``_Unusable`` with why."""
+    from gateway.audit.chain import AuditKeys, event_hash
+    from gateway.audit.recorded import Skipped, TrailUnreadable, read_trail, recorded
+
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise _Unusable(f"no such file: {', '.join(missing)}")
+    chain_key = AuditKeys.from_secret(secret).chain
+    events = 0
+    calls: list[Any] = []
+    skipped: list[Any] = []
+    checked: set[str] = set()
+    try:
+        for where, event in read_trail(files, notes):
+            events += 1
+            name = where.rsplit(":", 1)[0]
+            if name not in checked and isinstance(event.get("hash"), str):
+                checked.add(name)
+                if chain_key is not None and event_hash(event, chain_key) != event["hash"]:
+                    raise _Unusable(
+                        f"{where}: the audit key does not verify this event (is it the key the "
+                        "gateway wrote the trail with? `spangate audit verify` tells a tampered "
+                        "trail apart)"
+                    )
+            found = recorded(event, where)
+            (skipped if isinstance(found, Skipped) else calls).append(found)
+    except TrailUnreadable as exc:
+        raise _Unusable(str(exc)) from None
+    if not events:
+        raise _Unusable(f"no audit events in {', '.join(map(str, files))}")
+    return events, calls, skipped
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from gateway.audit.chain import AuditKeys
+    from gateway.audit.replay import replay
+    from gateway.audit.replay_report import ReplayReport
+    from gateway.cli.policy import load_candidate
+
+    policy = load_candidate(args.policy)
+    notes: list[str] = []
+    try:
+        secret = _secret(args)
+        events, calls, skipped = recorded_calls(args.files, secret, notes)
+    except (_Unusable, OSError) as exc:
+        print(f"spangate: {exc}", file=sys.stderr)
+        return 2
+    key = AuditKeys.from_secret(secret).redact
+    report = ReplayReport(policy.sha256, events=events, notes=notes)
+    for skip in skipped:
+        report.skip(skip)
+    for rec in calls:
+        report.add(rec, replay(policy, rec, key), key)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(report.render())
+    return 1 if report.flips else 0
+
+
+def audit_traffic(files: Sequence[Path], access: Sequence[Any]) -> dict[Any, Any] | str:
+    """``policy diff --audit``: the recorded traffic each access change touches, or why the
+    files cannot be used."""
+    from gateway.audit.replay_report import traffic
+
+    notes: list[str] = []
+    try:
+        _, calls, _ = recorded_calls(files, None, notes)
+    except (_Unusable, OSError) as exc:
+        return str(exc)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return traffic(calls, access)

@@ -1,0 +1,90 @@
+"""A shadow policy's disagreement with the live one, on one call. Pure.
+
+``spangate serve --shadow-policy CANDIDATE`` decides every call under the candidate too
+(``decide``: no statement runs under it) and answers with the live decision, always. Two
+decisions disagree when they differ in any of: allow, reason, the rule (the role that allowed or
+denied), the query, or the bound parameters (names, where each came from, values). A
+disagreement becomes the audit event's ``metadata.shadow`` and one count of
+``spangate_shadow_disagreements_total{route, live, shadow}``.
+
+Calls the live policy refused before deciding (no route, a method the path does not take, a
+path it cannot route) are decided by the candidate too, on what the transport had read by then:
+the path and query string, or the tool's name and arguments; never a body it did not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy.bind import Bound
+from gateway.policy.decide import Decision
+from gateway.policy.types import same_value
+
+__all__ = ["ROUTING_REASONS", "Disagreement", "disagreement"]
+
+# The live policy's refusals before a decision that the candidate decides too.
+ROUTING_REASONS = frozenset({"no-route", "method-not-allowed", "path-invalid"})
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    route: str  # the metric's label: the live route's template, else the shadow's, else ""
+    live: str  # the live reason code
+    shadow: str  # the shadow's reason code
+    record: dict[str, Any]  # the audit event's metadata.shadow
+
+
+def _changed_params(live: Bound | None, shadow: Bound | None) -> list[str] | None:
+    if live is None or shadow is None:
+        return None if live is shadow else sorted({*_names(live), *_names(shadow)})
+    a, b = live.values, shadow.values
+    names = [
+        n
+        for n in dict.fromkeys([*a, *b])
+        if n not in a
+        or n not in b
+        or (n in live.claim_bound) != (n in shadow.claim_bound)
+        or not same_value(a[n], b[n])
+    ]
+    return sorted(names) or None
+
+
+def _names(bound: Bound | None) -> Mapping[str, Any]:
+    return bound.values if bound is not None else {}
+
+
+def disagreement(
+    live: Decision | None, live_reason: str, shadow: Decision, sha256: str
+) -> Disagreement | None:
+    """How ``shadow`` (the candidate's decision, ``sha256`` its policy) differs from the live
+    decision (None when the live policy refused with ``live_reason`` before deciding); None when
+    they agree."""
+    allow = live.allow if live is not None else False
+    reason = live.reason if live is not None else live_reason
+    rule = live.rule if live is not None else None
+    query = live.query_name if live is not None else None
+    params = _changed_params(live.bound if live is not None else None, shadow.bound)
+    if (
+        shadow.allow == allow
+        and shadow.reason == reason
+        and shadow.rule == rule
+        and shadow.query_name == query
+        and params is None
+    ):
+        return None
+    route = live.route if live is not None and live.route is not None else shadow.route
+    return Disagreement(
+        route.template if route is not None else "",
+        reason,
+        shadow.reason,
+        {
+            "allow": shadow.allow,
+            "reason": shadow.reason,
+            "rule": shadow.rule,
+            "query": shadow.query_name,
+            "params": params,
+            "policySha256": sha256,
+        },
+    )

@@ -1,0 +1,450 @@
+"""Replay: events built by the real event builder from real decisions, recomputed under candidates.
+
+Each test decides a call under a live policy (``decide``), builds its audit event as the gateway
+does (``build_event``, sealed by the real ``Chain``), reads it back (``recorded``) and replays it
+under a candidate (``replay``): no network, no fakes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit.chain import AuditKeys, Chain
+from gateway.audit.event import CallRecord, build_event
+from gateway.audit.recorded import Recorded, Skipped, TrailUnreadable, read_trail, recorded
+from gateway.audit.replay import NotReplayed, Replayed, changes, replay
+from gateway.audit.replay_report import ReplayReport, traffic
+from gateway.auth.principal import Principal
+from gateway.policy.compiled import CompiledPolicy, compile_policy
+from gateway.policy.decide import RequestFacts, decide
+from gateway.policy.diff import diff_policies
+from gateway.policy.load import load_policy_data
+from gateway.policy.simulate import principal_for, request_facts
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = AuditKeys.from_secret(b"replay-test-key")
+
+LIVE: dict[str, Any] = {
+    "version": 1,
+    "spanner": {"project": "p", "instance": "i", "database": "d"},
+    "issuers": {
+        "okta": {"issuer": "https://idp.example/oauth2/default", "audience": "api", "preset": "okta"}
+    },
+    "identities": {"reader": {"database_role": "reader"}, "writer": {"database_role": "writer"}},
+    "roles": {
+        "staff": [{"groups": ["staff"]}],
+        "agent": [{"scopes": ["things.read"], "claims": {"kind": "agent"}}],
+        "agent-for-staff": [{"groups": ["staff"], "claims": {"act.sub": "bot"}}],
+        "blocked": [{"claims": {"sub": ["user-666"]}}],
+    },
+    "queries": {
+        "get_thing": {
+            "identity": "reader",
+            "sql": "SELECT * FROM Things WHERE Tenant = @tenant AND Id = @id",
+            "params": {
+                "id": {"type": "STRING", "max_length": 10},
+                "tenant": {"type": "STRING", "from": "claim.tenant"},
+            },
+        },
+        "list_things": {
+            "identity": "reader",
+            "sql": "SELECT * FROM Things WHERE Tenant = @tenant LIMIT @limit",
+            "params": {
+                "tenant": {"type": "STRING", "from": "claim.tenant"},
+                "limit": {"type": "INT64", "min": 1, "max": 100, "default": 20},
+            },
+        },
+        "add_thing": {
+            "identity": "writer",
+            "sql": "INSERT INTO Things (Tenant, Id, Size) VALUES (@tenant, @id, @size)",
+            "params": {
+                "id": {"type": "STRING"},
+                "tenant": {"type": "STRING", "from": "claim.tenant"},
+                "size": {"type": "INT64", "min": 0},
+            },
+        },
+    },
+    "routes": [
+        {
+            "path": "/things/{id}",
+            "method": "GET",
+            "query": "get_thing",
+            "allow": ["staff", "agent", "agent-for-staff"],
+            "deny": ["blocked"],
+        },
+        {"path": "/things", "method": "GET", "query": "list_things", "allow": ["staff"]},
+        {"path": "/things", "method": "POST", "query": "add_thing", "allow": ["staff"]},
+    ],
+    "audit": {"sinks": [{"type": "stdout"}], "redact": ["size"]},
+}
+
+
+def policy(data: dict[str, Any]) -> CompiledPolicy:
+    return compile_policy(load_policy_data(data, base_dir=REPO))
+
+
+def edited(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(LIVE)
+    data.update(changes)
+    return data
+
+
+LIVE_POLICY = policy(LIVE)
+STAFF = {"iss": "okta", "sub": "user-1", "groups": ["staff"], "tenant": "t1"}
+
+
+def who(live: CompiledPolicy = LIVE_POLICY, **claims: Any) -> Principal:
+    return principal_for(live.model, {**STAFF, **claims})
+
+
+def event_of(
+    request: str,
+    principal: Principal,
+    live: CompiledPolicy = LIVE_POLICY,
+    body: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The sealed audit event of ``request`` by ``principal`` under ``live``."""
+    facts = request_facts(request, body, arguments)
+    decision = decide(live, facts, principal)
+    call = CallRecord(
+        request_id=f"r-{request}",
+        method="POST" if facts.tool else facts.method,
+        path="/mcp" if facts.tool else facts.path,
+        started=0.0,
+        client=None,
+        user_agent=None,
+    )
+    if facts.tool:
+        call.transport, call.tool = "mcp", facts.tool
+    call.principal, call.decision = principal, decision
+    call.error = decision.problem
+    call.status = 200 if decision.allow else decision.problem.status  # type: ignore[union-attr]
+    event = build_event(call, live, key=KEYS.redact)
+    sealed, _ = Chain(KEYS.chain).seal(event)
+    return sealed
+
+
+def rec(event: dict[str, Any]) -> Recorded:
+    found = recorded(event, "audit.jsonl:1")
+    assert isinstance(found, Recorded)
+    return found
+
+
+def outcome(
+    candidate: CompiledPolicy, event: dict[str, Any], key: bytes | None = KEYS.redact
+) -> Replayed | NotReplayed:
+    return replay(candidate, rec(event), key)
+
+
+REQUESTS = [
+    ("GET /things/T-1", {}),
+    ("GET /things/T-1", {"groups": ["sales"]}),
+    ("GET /things/T-1", {"sub": "user-666"}),
+    ("GET /things/T-1", {"tenant": None}),
+    ("GET /things/T-12345678901", {}),
+    ("GET /things?limit=5", {}),
+    ("GET /things", {}),
+    ("GET /things?limit=500", {}),
+    ("GET /nothing", {}),
+    ("DELETE /things/T-1", {}),
+    ("GET /things/T-1", {"groups": [], "scp": ["things.read"], "kind": "agent"}),
+    ("GET /things/T-1", {"groups": ["staff"], "act": {"sub": "bot"}}),
+]
+
+
+@pytest.mark.parametrize(("request_line", "claims"), REQUESTS)
+def test_the_live_policy_itself_changes_nothing(request_line: str, claims: dict[str, Any]) -> None:
+    principal = who(**claims)
+    if claims.get("tenant", "") is None:
+        principal = principal_for(LIVE_POLICY.model, {k: v for k, v in STAFF.items() if k != "tenant"})
+    event = event_of(request_line, principal)
+    result = outcome(LIVE_POLICY, event)
+    assert isinstance(result, Replayed), result
+    assert changes(rec(event), result, KEYS.redact) == []
+    assert result.reason == event["protoPayload"]["metadata"]["decision"]["reason"]
+
+
+def test_a_write_with_a_redacted_value_and_an_mcp_call_change_nothing() -> None:
+    write = event_of("POST /things", who(), body={"id": "T-9", "size": 7})
+    assert write["protoPayload"]["request"]["params"]["size"]["value"].startswith("redacted:")
+    result = outcome(LIVE_POLICY, write)
+    assert isinstance(result, Replayed) and result.unchecked == ("size",)
+    assert changes(rec(write), result, KEYS.redact) == []
+    tool = event_of("MCP get_thing", who(), arguments={"id": "T-1"})
+    assert tool["protoPayload"]["metadata"]["mcp"]["tool"] == "get_thing"
+    result = outcome(LIVE_POLICY, tool)
+    assert isinstance(result, Replayed) and result.allow and result.params_known
+    assert changes(rec(tool), result, KEYS.redact) == []
+
+
+def test_removing_a_role_from_a_route_flips_its_calls_to_deny() -> None:
+    data = edited()
+    data["routes"][0]["allow"] = ["agent", "agent-for-staff"]
+    candidate = policy(data)
+    event = event_of("GET /things/T-1", who())
+    result = outcome(candidate, event)
+    assert isinstance(result, Replayed)
+    assert (result.allow, result.reason) == (False, "no-allow-role")
+    assert changes(rec(event), result, KEYS.redact) == ["allow->deny"]
+
+
+def test_a_new_route_flips_no_route_to_allow_with_its_parameters() -> None:
+    data = edited()
+    data["routes"].append(
+        {"path": "/gadgets/{id}", "method": "GET", "query": "get_thing", "allow": ["staff"],
+         "tool": "get_gadget"}
+    )
+    event = event_of("GET /gadgets/G-1", who())
+    assert event["protoPayload"]["metadata"]["decision"]["reason"] == "no-route"
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.allow and result.params_known
+    assert result.params == {"id": ("caller", "G-1"), "tenant": ("claim", "t1")}
+    assert changes(rec(event), result, KEYS.redact) == ["deny->allow"]
+
+
+def test_a_caller_refused_before_binding_flips_with_unknown_parameters() -> None:
+    data = edited()
+    data["routes"][1]["allow"] = ["staff", "agent"]
+    agent = who(groups=[], scp=["things.read"], kind="agent")
+    event = event_of("GET /things?limit=5", agent)
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.allow and not result.params_known
+    assert changes(rec(event), result, KEYS.redact) == ["deny->allow"]
+
+
+def test_a_tighter_constraint_flips_and_a_new_default_changes_parameters() -> None:
+    data = edited()
+    data["queries"]["list_things"]["params"]["limit"].update(max=3, default=3)
+    event = event_of("GET /things?limit=5", who())
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.reason == "param-invalid"
+    data = edited()
+    data["queries"]["list_things"]["params"]["limit"]["default"] = 50
+    defaulted = event_of("GET /things", who())
+    assert defaulted["protoPayload"]["request"]["params"]["limit"]["defaulted"] is True
+    result = outcome(policy(data), defaulted)
+    assert isinstance(result, Replayed) and result.params == {
+        "tenant": ("claim", "t1"),
+        "limit": ("caller", 50),
+    }
+    assert changes(rec(defaulted), result, KEYS.redact) == ["params"]
+    sent = event_of("GET /things?limit=5", who())  # a value the caller sent is no default
+    assert changes(rec(sent), outcome(policy(data), sent), KEYS.redact) == []  # type: ignore[arg-type]
+
+
+def test_removing_a_defaulted_parameter_is_no_refusal() -> None:
+    data = edited()
+    data["queries"]["list_things"]["sql"] = "SELECT * FROM Things WHERE Tenant = @tenant"
+    del data["queries"]["list_things"]["params"]["limit"]
+    defaulted = event_of("GET /things", who())
+    result = outcome(policy(data), defaulted)
+    assert isinstance(result, Replayed) and result.allow
+    assert changes(rec(defaulted), result, KEYS.redact) == ["params"]
+    sent = event_of("GET /things?limit=5", who())
+    result = outcome(policy(data), sent)
+    assert isinstance(result, Replayed) and result.reason == "param-unknown"
+
+
+def test_a_role_on_a_claim_the_live_policy_never_read_cannot_be_replayed() -> None:
+    data = edited()
+    data["roles"]["contractor"] = [{"claims": {"employment": "contractor"}}]
+    data["routes"][0]["deny"] = ["blocked", "contractor"]
+    event = event_of("GET /things/T-1", who(employment="contractor"))
+    assert "employment" not in event["protoPayload"]["metadata"]["claimsRead"]["claims"]
+    result = outcome(policy(data), event)
+    assert isinstance(result, NotReplayed)
+    assert result.roles == ("contractor",) and "claim employment not recorded" in result.why
+
+
+def test_a_claim_bound_to_a_redacted_parameter_is_a_hash_judged_with_the_key() -> None:
+    live = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "tenant"]})
+    live_policy = policy(live)
+    event = event_of("GET /things/T-1", who(live_policy), live_policy)
+    recorded_tenant = event["protoPayload"]["metadata"]["claimsRead"]["claims"]["tenant"]
+    assert recorded_tenant.startswith("redacted:hmac-sha256:") and "t1" not in recorded_tenant
+    data = copy.deepcopy(live)
+    data["roles"]["staff"] = [{"groups": ["staff"], "claims": {"tenant": ["t1", "t3"]}}]
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.allow
+    assert changes(rec(event), result, KEYS.redact) == []
+    data["roles"]["staff"] = [{"groups": ["staff"], "claims": {"tenant": "t2"}}]
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.reason == "no-allow-role"
+    unkeyed = outcome(policy(data), event, key=None)
+    assert isinstance(unkeyed, NotReplayed) and "no audit key" in unkeyed.why
+    data["roles"]["staff"] = [{"groups": ["staff"], "claims": {"tenant": {"matches": "t.*"}}}]
+    matching = outcome(policy(data), event)
+    assert isinstance(matching, NotReplayed) and "matches" in matching.why
+
+
+def test_a_claim_of_the_actor_is_read_from_the_delegation_info() -> None:
+    event = event_of("GET /things/T-1", who(act={"sub": "bot"}))
+    assert "act.sub" not in event["protoPayload"]["metadata"]["claimsRead"]["claims"]
+    data = edited()
+    data["roles"]["agent-for-staff"] = [{"groups": ["staff"], "claims": {"act.sub": "other"}}]
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.reason == "no-allow-role"
+
+
+def test_an_older_event_is_replayed_as_far_as_it_goes() -> None:
+    event = event_of("GET /things/T-1", who())
+    del event["protoPayload"]["metadata"]["claimsRead"]
+    result = outcome(LIVE_POLICY, event)
+    assert isinstance(result, NotReplayed) and "groups not recorded" in result.why
+    data = edited()
+    data["roles"]["staff"] = [{"issuer": "okta"}]
+    data["queries"]["get_thing"]["params"]["tenant"] = {"type": "STRING"}
+    data["queries"]["get_thing"]["sql"] = "SELECT * FROM Things WHERE Id = @id"
+    del data["queries"]["get_thing"]["params"]["tenant"]
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.allow
+
+
+def test_an_issuer_the_candidate_lacks_refuses_the_token() -> None:
+    data = edited()
+    data["issuers"] = {"corp": {"issuer": "https://login.corp.example", "audience": "gw"}}
+    data["roles"]["agent"] = [{"scopes": ["things.read"]}]
+    result = outcome(policy(data), event_of("GET /things/T-1", who()))
+    assert isinstance(result, Replayed) and result.reason == "issuer-unknown"
+
+
+def test_events_without_a_decision_are_skipped_and_garbage_is_refused(tmp_path: Path) -> None:
+    event = event_of("GET /things/T-1", who())
+    follow = copy.deepcopy(event)
+    follow["protoPayload"]["metadata"]["settlement"] = {"outcome": "committed"}
+    assert recorded(follow, "x") == Skipped("follow-up")
+    anonymous = copy.deepcopy(event)
+    anonymous["protoPayload"]["authenticationInfo"] = None
+    assert recorded(anonymous, "x") == Skipped("no-principal")
+    with pytest.raises(TrailUnreadable):
+        recorded({"hello": "world"}, "x")
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text('{"a": 1}\nnot json\n')
+    with pytest.raises(TrailUnreadable, match=r"audit\.jsonl:2"):
+        list(read_trail([trail], []))
+    trail.write_text('{"a": 1}\n{"cut sh')  # a crash's last line: a note
+    notes: list[str] = []
+    assert len(list(read_trail([trail], notes))) == 1 and "cut short" in notes[0]
+
+
+def test_the_report_groups_flips_per_route_and_role() -> None:
+    data = edited()
+    data["routes"][0]["allow"] = ["agent"]
+    candidate = policy(data)
+    report = ReplayReport(candidate.sha256)
+    for request, claims in REQUESTS:
+        if claims.get("tenant", "") is None:
+            continue
+        found = rec(event_of(request, who(**claims)))
+        report.add(found, replay(candidate, found, KEYS.redact), KEYS.redact)
+    assert report.flips == 2  # staff, and the agent acting for staff, on GET /things/{id}
+    flips = {(g.route, g.role): g.count for g in report.groups.values() if g.kind == "allow->deny"}
+    assert flips == {("GET /things/{id}", "staff"): 1, ("GET /things/{id}", "agent-for-staff"): 1}
+    document = report.as_json()
+    assert document["flips"] == {"allow->deny": 2, "deny->allow": 0}
+    assert "allow -> deny:" in report.render()
+
+
+def test_diff_traffic_counts_the_calls_each_change_touches() -> None:
+    data = edited()
+    data["routes"][0]["allow"] = ["agent"]
+    diff = diff_policies(LIVE_POLICY.model, policy(data).model)
+    events = [rec(event_of("GET /things/T-1", who())) for _ in range(3)]
+    events.append(rec(event_of("GET /things/T-1", who(groups=["sales"]))))
+    seen = traffic(events, diff.access)
+    assert seen[("GET /things/{id}", "staff")].calls == 3
+    assert seen[("GET /things/{id}", "staff")].allowed == 3
+    assert seen[("GET /things/{id}", "agent-for-staff")].calls == 0
+
+
+def test_the_shadow_decision_and_the_replay_agree() -> None:
+    """What a shadow would record and what a replay of the live event computes are the same
+    decision: both are ``decide`` on the same facts."""
+    data = edited()
+    data["routes"][0]["allow"] = ["agent"]
+    candidate = policy(data)
+    principal = who()
+    shadow = decide(candidate, RequestFacts("GET", "/things/T-1"), principal)
+    result = outcome(candidate, event_of("GET /things/T-1", principal))
+    assert isinstance(result, Replayed)
+    assert (result.allow, result.reason, result.rule) == (shadow.allow, shadow.reason, shadow.rule)
+
+
+def test_a_claim_named_in_redact_is_hashed_and_a_bad_name_is_refused() -> None:
+    from gateway.errors import PolicyError
+
+    live = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "claim.kind"]})
+    live_policy = policy(live)
+    event = event_of("GET /things/T-1", who(live_policy, kind="agent"), live_policy)
+    kind = event["protoPayload"]["metadata"]["claimsRead"]["claims"]["kind"]
+    assert kind.startswith("redacted:hmac-sha256:") and "agent" not in kind
+    result = outcome(live_policy, event)
+    assert isinstance(result, Replayed) and changes(rec(event), result, KEYS.redact) == []
+    for name, why in (("claim.email", "no role tests"), ("claim.sub", "authenticationInfo")):
+        bad = edited(audit={"sinks": [{"type": "stdout"}], "redact": [name]})
+        with pytest.raises(PolicyError, match=why):
+            policy(bad)
+
+
+def test_the_command_reads_workers_trails_and_rotations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``spangate policy replay`` over one trail per worker, one of them rotated: every event of
+    every file, as ``audit verify`` reads them; exit 1 on flips, 0 without, 2 on garbage."""
+
+    from gateway.cli import main
+
+    def write(path: Path, *events: dict[str, Any]) -> None:
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    staff, sales = who(), who(groups=["sales"])
+    write(tmp_path / "audit.w1.jsonl.000001", event_of("GET /things/T-1", staff))
+    write(tmp_path / "audit.w1.jsonl", event_of("GET /things/T-2", staff))
+    third, fourth = event_of("GET /things/T-3", staff), event_of("GET /things/T-4", sales)
+    write(tmp_path / "audit.w2.jsonl", third, fourth)
+    files = sorted(str(p) for p in tmp_path.glob("audit.*"))
+    data = edited()
+    data["routes"][0]["allow"] = ["agent"]
+    candidate, same = tmp_path / "candidate.yaml", tmp_path / "live.yaml"
+    candidate.write_text(json.dumps(data))
+    same.write_text(json.dumps(LIVE))
+    key = tmp_path / "key"
+    key.write_bytes(b"replay-test-key\n")
+
+    keyed = ["--key-file", str(key), "--json"]
+    assert main(["policy", "replay", "--policy", str(candidate), *keyed, *files]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["events"] == 4 and report["replayed"] == 4
+    assert report["flips"] == {"allow->deny": 3, "deny->allow": 0}
+    examples = report["groups"][0]["examples"]
+    assert examples == ["r-GET /things/T-1", "r-GET /things/T-2", "r-GET /things/T-3"]  # in order
+    assert main(["policy", "replay", "--policy", str(same), "--no-key", *files]) == 0
+    assert "flips: 0 allow -> deny" in capsys.readouterr().out
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["policy", "replay", "--policy", str(same), str(tmp_path / "empty.jsonl")]) == 2
+    assert "no audit events" in capsys.readouterr().err
+    assert main(["policy", "replay", "--policy", str(same), str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_a_huge_redacted_array_claim_is_dropped_for_the_events_size_and_then_unknown() -> None:
+    live = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "claim.kind"]})
+    live_policy = policy(live)
+    principal = who(live_policy, scp=["things.read"], kind=[f"k{i}" for i in range(2000)])
+    event = event_of("GET /things/T-1", principal, live_policy)
+    assert len(json.dumps(event)) <= 16384
+    metadata = event["protoPayload"]["metadata"]
+    assert metadata["claimsRead"]["claims"]["kind"] is None
+    dropped = [t["field"] for t in metadata["truncated"]]
+    assert "/protoPayload/metadata/claimsRead/claims/kind" in dropped
+    result = outcome(live_policy, event)
+    assert isinstance(result, Replayed) and result.allow  # staff, first: agent's claim not needed
+    data = copy.deepcopy(live)
+    data["routes"][0]["allow"] = ["agent", "staff"]
+    result = outcome(policy(data), event)
+    assert isinstance(result, NotReplayed) and "cut for the event's size" in result.why
