@@ -15,6 +15,8 @@ Contract:
   name (rows are JSON objects keyed by column name).
 - A query's masks must name result columns (exactly: rows are keyed by them), and ``last4``
   only STRING columns (``policy.masking.column_findings``): else a problem located at the mask.
+- A paginated query's keyset columns must be result columns (exactly) of a keyset type, the
+  type their cursor parameters declare (``policy.pagination.column_findings``).
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
@@ -33,6 +35,7 @@ from google.api_core import exceptions as gexc
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.policy.masking import column_findings
+from gateway.policy.pagination import column_findings as keyset_findings
 from gateway.policy.source import dotted
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
@@ -232,6 +235,8 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
             problems.append(_problem(policy, name, f"query {name!r}: {message}"))
         pairs = [(c.name, c.type) for c in columns]
         for where, message in column_findings(name, query.model.mask, pairs):
+            problems.append(_problem(policy, name, message, where))
+        for where, message in keyset_findings(name, query.model, pairs):
             problems.append(_problem(policy, name, message, where))
         shapes[name] = Shape(columns)
     if problems:
