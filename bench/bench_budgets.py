@@ -86,6 +86,8 @@ async def _compare(quick: bool) -> Table:
                         spanner_emulator_host=emulator.host,
                         audit_path=where / "audit.jsonl",
                         audit_key="bench-audit-key",  # the example policy redacts a parameter
+                        # the example policy paginates list_orders
+                        cursor_keys="YmVuY2gtY3Vyc29yLWtleS1ub3QtYS1zZWNyZXQhISE",
                         redis_url=SecretStr(redis.url) if name == "redis" else None,
                     )
                     app = apps[name] = build_gateway(

@@ -53,6 +53,8 @@ async def _compare(quick: bool) -> Table:
                     spanner_emulator_host=emulator.host,
                     audit_path=Path(tmp) / "audit.jsonl",
                     audit_key="bench-audit-key",  # the example policy redacts a parameter
+                    # the example policy paginates list_orders
+                    cursor_keys="YmVuY2gtY3Vyc29yLWtleS1ub3QtYS1zZWNyZXQhISE",
                 )
                 app = build_gateway(settings, env={**os.environ, "OKTA_ISSUER": idp.issuer})
                 await app.startup()

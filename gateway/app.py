@@ -3,7 +3,8 @@
     request -> Gateway.__call__ (pure ASGI: request id, timing, one audit event per request,
                one log line per request, a span per request when traces are on)
             -> /healthz /readyz /openapi.json /docs : FastAPI
-            -> anything else: token -> Principal -> Decision -> statement -> masks -> JSON rows
+            -> anything else: token -> Principal -> Decision -> [cursor opened] -> statement
+               -> [page cut, next cursor sealed] -> masks -> JSON rows
 
 Traces (``gateway.tracing``) are off unless the environment turns them on: then
 ``self.tracing`` is a ``Tracing``, else None, and the request path tests that and creates no span.
@@ -46,6 +47,7 @@ from gateway.errors import (
     AuditUnavailable,
     BadRequest,
     BudgetExceeded,
+    CursorRefused,
     GatewayError,
     RouteNotFound,
 )
@@ -71,10 +73,20 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
+from gateway.policy.pagination import Paging
 from gateway.policy.reads import ClaimReads
 from gateway.policy.shadow import ROUTING_REASONS, disagreement
 from gateway.settings import Settings
+from gateway.shaping.cursors import CursorKeys, CursorNotOpened
 from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
+from gateway.shaping.paging import (
+    PageFailed,
+    cut_page,
+    next_cursor,
+    open_page,
+    page_size_of,
+    run_values,
+)
 from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import Result, response_body
@@ -154,10 +166,15 @@ class Gateway:
         tracing: Tracing | None = None,
         mask_key: MaskKey | None = None,
         shadow: CompiledPolicy | None = None,
+        cursor_keys: CursorKeys | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing  # None: traces are off (nothing on the request path but a test)
         self.mask_key = mask_key  # the key of `hash` masks (SPANGATE_MASK_KEY)
+        if cursor_keys is None and settings.cursor_keys is not None:  # runtime checked them
+            cursor_keys = CursorKeys.parse(settings.cursor_keys.get_secret_value())
+        self.cursor_keys = cursor_keys  # pagination cursors' (SPANGATE_CURSOR_KEYS)
+        self.clock: Callable[[], float] = time.time  # cursors' expiry (tests inject their own)
         # The policy's budgets: counters in this process unless runtime gives a shared store.
         self.budgets = budgets if budgets is not None else Budgets(MemoryStore())
         self._closers = closers if closers is not None else []
@@ -526,6 +543,10 @@ class Gateway:
         route = decision.route
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
+        paging = route.query.paging
+        values: Mapping[str, Any] = decision.bound.values
+        if paging is not None:  # a cheap refusal too: a cursor that does not open spends nothing
+            values = self._page_values(call, decision, paging)
         # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here.
         idempotency = request_key(
             target.idempotency,
@@ -570,7 +591,7 @@ class Gateway:
         try:
             running = self.executor.run(
                 route.query,
-                decision.bound.values,
+                values,
                 tags=tags,
                 idempotency=idempotency,
                 in_transaction=in_transaction_hook(  # the Spanner sink's row commits with the write
@@ -590,6 +611,9 @@ class Gateway:
             if spend is not None:  # what it never sent to Spanner is given back (never raises)
                 await self._give_back(call, spend, sent)
             raise
+        cursor = None
+        if paging is not None:  # the page, and the cursor of the next one (from clear rows)
+            result, cursor = self._paged(call, result, decision, paging)
         if decision.masked:  # before anything else sees the rows, whatever the transport
             result = self._masked(call, result, route.query, decision.masked, policy)
         call.result = result
@@ -599,7 +623,10 @@ class Gateway:
             elif not route.query.is_dml:  # rows: counted after the read
                 await self.budgets.count_rows(spend, call.result.row_count)
             call.extra["ratelimit"] = spend.headers
-        return response_body(call.result)
+        body = response_body(call.result)
+        if cursor is not None:
+            body["next_cursor"] = cursor
+        return body
 
     # -- the shadow policy ----------------------------------------------------------------------
     def _shadow_decide(self, call: CallRecord, active: Active, facts: RequestFacts) -> None:
@@ -655,6 +682,68 @@ class Gateway:
         verifying = active.verifier.verify(token)
         tracing = self.tracing
         return verifying if tracing is None else tracing.traced("spangate.token", verifying)
+
+    def _page_values(self, call: CallRecord, decision: Decision, paging: Paging) -> dict[str, Any]:
+        """What a paginated query runs with (``paging.run_values``): the caller's cursor opened
+        (400 ``cursor-invalid`` or ``cursor-expired`` when it does not open: its reason goes to
+        the audit trail, nothing of it to the caller), and the page size plus one."""
+        assert decision.route is not None and decision.bound is not None
+        assert call.principal is not None
+        query, bound = decision.route.query, decision.bound.values
+        record: dict[str, Any] = {
+            "cursor": "none",
+            "pageSize": page_size_of(bound, paging),
+            "nextCursor": False,
+        }
+        call.extra["pagination"] = record
+        keys = self.cursor_keys
+        if keys is None:  # runtime refuses to start so; an app assembled without keys
+            log.error("query %s is paginated and no SPANGATE_CURSOR_KEYS are set", query.name)
+            raise GatewayError("pagination cursors are not configured; see the logs")
+        opened = None
+        if decision.cursor is not None:
+            try:
+                opened = open_page(
+                    keys, query, paging, bound, call.principal, decision.cursor, now=self.clock()
+                )
+            except CursorNotOpened as exc:
+                record.update(cursor="refused", refused=exc.reason)
+                raise CursorRefused(exc.reason) from None
+            record["cursor"] = "opened"
+        return run_values(bound, paging, opened)
+
+    def _paged(
+        self, call: CallRecord, result: Result, decision: Decision, paging: Paging
+    ) -> tuple[Result, str | None]:
+        """The page of ``result`` (it holds one row more when a next page exists) and the next
+        page's cursor, sealed for this caller, or None on the last page. A cursor that cannot
+        be sealed: 500 ``internal``, nothing of the rows answered."""
+        assert decision.route is not None and decision.bound is not None
+        assert call.principal is not None and self.cursor_keys is not None
+        bound = decision.bound.values
+        page, more = cut_page(result, page_size_of(bound, paging))
+        if not more:
+            return page, None
+        try:
+            cursor = next_cursor(
+                self.cursor_keys,
+                decision.route.query,
+                paging,
+                bound,
+                call.principal,
+                page.rows[-1],
+                now=self.clock(),
+                ttl_seconds=self.settings.cursor_ttl_seconds,
+            )
+        except PageFailed as exc:  # it names the column, never a value
+            log.error("request %s: query %s: %s", call.request_id, decision.query_name, exc)
+            call.result = replace(page, rows=[])  # the trail records counts, never rows
+            raise GatewayError(
+                "the next page's cursor could not be made, so nothing of this page is answered; "
+                "see the logs for this request id"
+            ) from None
+        call.extra["pagination"]["nextCursor"] = True
+        return page, cursor
 
     def _masked(
         self,
@@ -719,9 +808,10 @@ def create_app(
     tracing: Tracing | None = None,
     mask_key: MaskKey | None = None,
     shadow: CompiledPolicy | None = None,
+    cursor_keys: CursorKeys | None = None,
 ) -> Gateway:
     """The gateway with its seams injected (tests pass their own verifier, executor, audit,
-    tracing)."""
+    tracing); ``cursor_keys``: else from ``settings``."""
     return Gateway(
         settings,
         policy,
@@ -734,6 +824,7 @@ def create_app(
         tracing=tracing,
         mask_key=mask_key,
         shadow=shadow,
+        cursor_keys=cursor_keys,
     )
 
 

@@ -16,7 +16,8 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── MethodNotAllowed     405   method-not-allowed (Allow header)
         ├── MisdirectedRequest   421   host-not-allowed (/mcp's DNS-rebinding protection)
         ├── BadRequest           400   bad-request, path-invalid, body-invalid, ...
-        │   └── ParameterError   400   param-invalid, param-missing, param-unknown
+        │   ├── ParameterError   400   param-invalid, param-missing, param-unknown
+        │   └── CursorRefused    400   cursor-invalid, cursor-expired
         ├── RequestTimeout       408   request-timeout
         ├── PayloadTooLarge      413   body-too-large
         ├── HeadersTooLarge      431   headers-too-large
@@ -40,6 +41,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetStoreUnavailable",
     "ConfigError",
+    "CursorRefused",
     "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
@@ -213,6 +215,26 @@ class ParameterError(BadRequest):
     def __init__(self, param: str, message: str, *, code: str = "param-invalid") -> None:
         super().__init__(f"parameter '{param}': {message}", code=code, extra={"param": param})
         self.param = param
+
+
+class CursorRefused(BadRequest):
+    """A pagination cursor that does not open for this call: ``cursor-invalid`` (not a cursor,
+    tampered, sealed for another principal, query or parameters, or by a retired key) or
+    ``cursor-expired`` (its own caller's, past its time). The detail says nothing of the cursor;
+    ``reason`` (``gateway.shaping.cursors.REFUSALS``) is for the audit trail only."""
+
+    code = "cursor-invalid"
+
+    def __init__(self, reason: str) -> None:
+        expired = reason == "expired"
+        super().__init__(
+            "the cursor has expired: list again from the first page (without a cursor)"
+            if expired
+            else "the cursor is not valid for this call: list again from the first page "
+            "(without a cursor), with the same parameters for every page",
+            code="cursor-expired" if expired else "cursor-invalid",
+        )
+        self.reason = reason
 
 
 class PayloadTooLarge(GatewayError):

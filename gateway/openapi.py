@@ -1,7 +1,8 @@
 """OpenAPI 3.1 built from the loaded policy.
 
 Every route of the policy: its path, query and body parameters with their types and constraints
-(claim-bound ones hidden: a caller cannot set them), the bearer security scheme, the response
+(claim-bound and cursor-bound ones hidden: a caller cannot set them; a paginated query's
+``cursor``, and ``next_cursor`` in its answer), the bearer security scheme, the response
 shape with the statement's columns and their types (from Spanner's PLAN result metadata, see
 ``gateway.spanner.analyze``; generic rows when the policy has not been analysed; a masked
 column as what its mask answers, or, where ``unless`` roles see it clear, either, with a
@@ -22,11 +23,15 @@ from gateway.intrange import int_range_pattern
 from gateway.policy.bind import BODY_METHODS, ParamSpec
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.model import Mask
+from gateway.policy.pagination import CURSOR_ARGUMENT
 from gateway.policy.types import INT64_MAX, INT64_MIN
+from gateway.shaping.cursors import MAX_CURSOR_CHARS
 from gateway.shaping.masks import HASH_LENGTH, REDACTED
 from gateway.spanner.analyze import Analysis, Column
 
 __all__ = [
+    "CURSOR_SCHEMA",
+    "NEXT_CURSOR_SCHEMA",
     "json_schema_of",
     "masked_schema",
     "openapi_document",
@@ -36,6 +41,22 @@ __all__ = [
 ]
 
 _NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+# A paginated query's cursor, as the caller passes it back (docs/pagination.md).
+CURSOR_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_CURSOR_CHARS,
+    "pattern": "^[A-Za-z0-9_-]+$",
+    "description": "The next_cursor of the previous page, as it was answered (opaque; it opens "
+    "only for the caller it was answered to, with the same parameters, until it expires). "
+    "Absent (or null): the first page.",
+}
+NEXT_CURSOR_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_-]+$",
+    "description": "Present when more rows follow: pass it as cursor, with the same "
+    "parameters, for the next page. Absent on the last page.",
+}
 _INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
 _NUMERIC_TEXT = r"^[+-]?[0-9]{1,29}(?:\.[0-9]{1,9})?$"  # NUMERIC: 38 digits, 9 after the point
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # padded
@@ -236,8 +257,11 @@ def _problems(statuses: list[tuple[int, str]]) -> dict[str, Any]:
 def _problem_statuses(route: CompiledRoute) -> list[tuple[int, str]]:
     body = route.model.method in BODY_METHODS
     dml = route.query.is_dml
+    invalid = "A parameter, the body or the request is invalid (param-*, body-*, path-invalid"
+    if route.query.paging is not None:
+        invalid += ", cursor-invalid, cursor-expired"
     statuses = [
-        (400, "A parameter, the body or the request is invalid (param-*, body-*, path-invalid)"),
+        (400, invalid + ")"),
         (401, "Missing or invalid bearer token"),
         (403, "No role allows this call, a deny role holds, or a claim is missing"),
         (404, "No route"),
@@ -299,6 +323,9 @@ def response_schema(
     if query.is_dml:
         properties["commit_timestamp"] = stamp
         required.append("commit_timestamp")
+    if query.paging is not None:
+        rows["maxItems"] = query.paging.max
+        properties["next_cursor"] = dict(NEXT_CURSOR_SCHEMA)
     return {
         "type": "object",
         "required": required,
@@ -312,7 +339,7 @@ def _operation(
 ) -> dict[str, Any]:
     query = route.query
     method = route.model.method
-    visible = {n: s for n, s in query.params.items() if s.claim is None}
+    visible = {n: s for n, s in query.params.items() if s.caller_sets}
     parameters: list[dict[str, Any]] = [
         {"name": n, "in": "path", "required": True, "schema": path_schema(visible[n])}
         for n in route.path_params
@@ -333,6 +360,10 @@ def _operation(
             "additionalProperties": False,
             "properties": {n: json_schema_of(s) for n, s in rest.items()},
         }
+        if query.paging is not None:
+            body_schema["properties"][CURSOR_ARGUMENT] = {
+                "anyOf": [CURSOR_SCHEMA, {"type": "null"}]
+            }
         if required:
             body_schema["required"] = required
         operation["requestBody"] = {
@@ -341,6 +372,14 @@ def _operation(
         }
     else:
         parameters += [_query_parameter(n, s) for n, s in rest.items()]
+        if query.paging is not None:
+            parameters.append({
+                "name": CURSOR_ARGUMENT,
+                "in": "query",
+                "required": False,
+                "description": CURSOR_SCHEMA["description"],
+                "schema": {k: v for k, v in CURSOR_SCHEMA.items() if k != "description"},
+            })
     if query.is_dml:
         parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
     if parameters:

@@ -26,8 +26,9 @@ Contract:
   ones behind. Changing an identity that is in use, or ``spanner:`` or ``audit:``, needs a
   restart: such a reload is refused with a message saying so, rather than half-applied. So is a
   policy with budgets under ``--workers`` without Redis (each worker would count them on its
-  own), and a policy that masks a column with ``hash`` when the gateway started without
-  ``SPANGATE_MASK_KEY``.
+  own), a policy that masks a column with ``hash`` when the gateway started without
+  ``SPANGATE_MASK_KEY``, and one that paginates a query when it started without
+  ``SPANGATE_CURSOR_KEYS``.
 - The warnings of a policy that loads (``LoadedPolicy.warnings``, and those of its analysis,
   ``Analysis.warnings``) are logged, at start-up (``log_policy_warnings``, called by
   ``runtime``) and on every reload that swaps it in.
@@ -85,6 +86,7 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer
+from gateway.policy.pagination import paginated_queries
 from gateway.policy.source import fingerprint
 from gateway.spanner.analyze import Analysis
 
@@ -471,6 +473,13 @@ class PolicyReloader:
             raise _NeedsRestart(
                 f"the new policy masks {', '.join(hashed)} with hash, which needs "
                 "SPANGATE_MASK_KEY: this gateway started without one; set it and restart. "
+                "The reload was refused and the old policy keeps serving"
+            )
+        paginated = paginated_queries(new)
+        if paginated and self.gateway.cursor_keys is None:
+            raise _NeedsRestart(
+                f"the new policy paginates {', '.join(paginated)}, whose cursors need "
+                "SPANGATE_CURSOR_KEYS: this gateway started without them; set them and restart. "
                 "The reload was refused and the old policy keeps serving"
             )
         # Against what is open, not only the policy being served: an identity dropped by an

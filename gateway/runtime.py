@@ -25,8 +25,10 @@ from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
 from gateway.policy.model import Issuer, SpannerTarget
+from gateway.policy.pagination import paginated_queries
 from gateway.reload import PolicyReloader, load_shadow, log_policy_warnings
 from gateway.settings import Settings
+from gateway.shaping.cursors import CursorKeys
 from gateway.shaping.masks import MaskKey
 from gateway.spanner.execute import Executor
 from gateway.spanner.identities import (
@@ -42,6 +44,7 @@ __all__ = [
     "budget_store",
     "build_budgets",
     "build_gateway",
+    "cursor_keys",
     "load_compiled",
     "mask_key",
     "spanner_target",
@@ -110,6 +113,32 @@ def mask_key(settings: Settings, policy: CompiledPolicy) -> MaskKey | None:
     return MaskKey.from_secret(secret.encode("utf-8")) if secret is not None else None
 
 
+def cursor_keys(settings: Settings, policy: CompiledPolicy | None) -> CursorKeys | None:
+    """The keys of pagination cursors from ``SPANGATE_CURSOR_KEYS``; ConfigError when a key is
+    not a base64url 256-bit key (its position named, never its text), or when ``policy`` has
+    paginated queries and no keys are set: cursors must open on every replica, so keys made up
+    here would not do."""
+    text = settings.cursor_keys.get_secret_value() if settings.cursor_keys is not None else None
+    keys = None
+    if text is not None:
+        try:
+            keys = CursorKeys.parse(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"SPANGATE_CURSOR_KEYS: {exc}. Give comma-separated base64url keys of 32 random "
+                "bytes each (e.g. python -c \"import secrets, base64; "
+                "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())\")"
+            ) from None
+    paginated = paginated_queries(policy.model) if policy is not None else []
+    if paginated and keys is None:
+        raise ConfigError(
+            f"the policy paginates {', '.join(paginated)}, whose cursors are sealed with "
+            "SPANGATE_CURSOR_KEYS, which is not set: set it (comma-separated base64url 256-bit "
+            "keys, the same on every replica; see docs/pagination.md)"
+        )
+    return keys
+
+
 async def _analyze(executor: Executor, app: Gateway) -> None:
     analysis = await executor.analyze(app.policy)
     for warning in analysis.warnings:  # the loader's were logged when it was built
@@ -149,8 +178,9 @@ def build_gateway(
     shadow``), loaded and validated as it is: one with problems raises ``PolicyError``.
 
     Raises ``ConfigError`` when the policy redacts audit values and there is no audit key (an
-    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), or
-    masks a column with ``hash`` and there is no mask key (``mask_key``)."""
+    unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), masks
+    a column with ``hash`` and there is no mask key (``mask_key``), or paginates a query and
+    there are no cursor keys (``cursor_keys``)."""
     policy = load_compiled(settings.policy, env)
     shadow = None
     if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
@@ -159,6 +189,7 @@ def build_gateway(
         log_policy_warnings(shadow, shadow=True)
     check_audit_key(settings, policy)
     masking = mask_key(settings, policy)
+    cursors = cursor_keys(settings, policy)
     if tracing is None:
         tracing = tracing_from_env(env)
     if (warning := unkeyed_warning(settings)) is not None:
@@ -246,6 +277,7 @@ def build_gateway(
         tracing=tracing,
         mask_key=masking,
         shadow=shadow,
+        cursor_keys=cursors,
     )
     reloader = PolicyReloader(
         app,

@@ -224,6 +224,21 @@ class Settings(BaseSettings):
         "required when a query masks a column with `hash`. Empty: not set.",
     )
 
+    cursor_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated base64url 256-bit keys of pagination cursors (AES-256-GCM): "
+        "the first seals, all open, so keys rotate; required when a query has `pagination`. "
+        "Every replica needs the same keys. Empty: not set.",
+    )
+    cursor_ttl_seconds: int = Field(
+        3600,
+        ge=1,
+        le=30 * 86_400,
+        description="How long a pagination cursor opens after it was sealed (then 400 "
+        "cursor-expired: the caller lists again from the first page).",
+    )
+
+
     @model_validator(mode="after")
     def _ports(self) -> Settings:
         if self.admin_port and self.admin_port == self.port:
@@ -233,11 +248,11 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("mask_key")
+    @field_validator("mask_key", "cursor_keys")
     @classmethod
-    def _mask_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # Its length is checked where it is used (runtime.mask_key): a validation error
-        # here would print the value.
+    def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # Keys are checked where they are used (runtime.mask_key, runtime.cursor_keys): a
+        # validation error here would print the value.
         return value if value is not None and value.get_secret_value() else None
 
     audit_batch_window_ms: float = Field(

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import hypothesis
 import pytest
-from served import Served, served
+from served import CURSOR_KEYS, Served, served
 
 from gateway.app import Gateway
 from gateway.dev.database import create_database, load_demo_sql
@@ -37,6 +37,12 @@ hypothesis.settings.register_profile("default", deadline=None)
 hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "default")
 PROJECT, INSTANCE, DATABASE = "demo-project", "demo", "shop"
+
+# The example policy paginates list_orders, and a gateway serving pagination refuses to start
+# without SPANGATE_CURSOR_KEYS: every gateway of the session has the tests' key, whether built
+# in-process (Settings reads the environment) or run as `spangate serve` (which inherits it). A
+# test of its absence leaves it out of the environment it gives.
+os.environ.setdefault("SPANGATE_CURSOR_KEYS", CURSOR_KEYS)
 
 
 @pytest.fixture(scope="session")

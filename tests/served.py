@@ -1,7 +1,8 @@
 """A real ``spangate serve`` for end-to-end tests, started the one way every such test needs.
 
 ``start_served`` runs ``python -m gateway serve`` on a free loopback port with the given policy (the
-example policy by default, which redacts, so an audit key is always set), the emulator and the
+example policy by default, which redacts, so an audit key is always set, and paginates, so cursor
+keys are always set: ``CURSOR_KEYS`` unless ``env`` says otherwise), the emulator and the
 OpenID provider from the session fixtures, and waits for ``/readyz`` (on ``SPANGATE_ADMIN_PORT``
 when the test sets one); ``Served.stop`` sends SIGINT (what Ctrl-C and Kubernetes do) and kills
 the process if it has not exited within 20 s. Its output goes to ``Served.log``, which a failed
@@ -26,11 +27,22 @@ import httpx
 
 from gateway.dev.ports import free_port
 
-__all__ = ["EXAMPLE_POLICY", "SPANGATE", "Served", "served", "start_served", "stop_process"]
+__all__ = [
+    "CURSOR_KEYS",
+    "EXAMPLE_POLICY",
+    "SPANGATE",
+    "Served",
+    "served",
+    "start_served",
+    "stop_process",
+]
 
 SPANGATE = [sys.executable, "-m", "gateway"]
 EXAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policy.example.yaml"
 STARTUP_SECONDS = 60  # generous: the start-up warms Spanner sessions on a loaded machine
+# The tests' SPANGATE_CURSOR_KEYS (one base64url 256-bit key; not a secret): conftest puts it in
+# the environment, which every `spangate serve` and Settings() of the test session reads.
+CURSOR_KEYS = "c3BhbmdhdGUtdGVzdC1jdXJzb3Ita2V5LTMyYnl0ZXM"
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 20) -> int:
@@ -126,6 +138,7 @@ def start_served(
         "SPANGATE_LOG_LEVEL": "warning",
         # Stopped at once: a test that drains says so (env SPANGATE_DRAIN_SECONDS).
         "SPANGATE_DRAIN_SECONDS": "0",
+        "SPANGATE_CURSOR_KEYS": os.environ.get("SPANGATE_CURSOR_KEYS", CURSOR_KEYS),
     }
     if issuer is not None:
         variables["OKTA_ISSUER"] = issuer

@@ -195,6 +195,8 @@ SCHEMA_SECTIONS = {
     "Param": "Parameters",
     "Staleness": "Staleness",
     "Mask": "Masks",
+    "Pagination": "Pagination",
+    "PageSize": "Page size",
     "Route": "Routes",
     "Budget": "Budgets",
     "Audit": "Audit",

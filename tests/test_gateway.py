@@ -543,7 +543,8 @@ async def test_openapi_describes_the_policy(client: httpx.AsyncClient) -> None:
     }
     listing = doc["paths"]["/v1/orders"]["get"]
     names = {p["name"] for p in listing["parameters"]}
-    assert names == {"status", "min_total_cents", "limit"}  # tenant is claim-bound: hidden
+    # tenant is claim-bound, after_created and after_order cursor-bound: hidden; the cursor shows
+    assert names == {"status", "min_total_cents", "limit", "cursor"}
     create = doc["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"][
         "schema"
     ]

@@ -30,6 +30,9 @@ LIST_ORDERS = """\
       WHERE TenantId = @tenant
         AND (@status IS NULL OR Status = @status)
         AND TotalCents >= @min_total_cents
+        AND (@after_created IS NULL                 -- the first page
+             OR CreatedAt < @after_created          -- newest first: older orders come next,
+             OR (CreatedAt = @after_created AND OrderId > @after_order))  -- then ties by id
       ORDER BY CreatedAt DESC, OrderId
       LIMIT @limit
 """
@@ -37,7 +40,9 @@ LIST_ORDERS = """\
 CR_EXPLOIT = (
     '    sql: "SELECT OrderId, CustomerId, Status, TotalCents, Currency, CreatedAt FROM Orders '
     "WHERE TenantId = @tenant -- scoped\\r OR TRUE\\n AND (@status IS NULL OR Status = @status) "
-    'AND TotalCents >= @min_total_cents ORDER BY CreatedAt DESC, OrderId LIMIT @limit"\n'
+    "AND TotalCents >= @min_total_cents AND (@after_created IS NULL OR CreatedAt < @after_created "
+    "OR (CreatedAt = @after_created AND OrderId > @after_order)) "
+    'ORDER BY CreatedAt DESC, OrderId LIMIT @limit"\n'
 )
 
 

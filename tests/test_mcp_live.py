@@ -84,7 +84,8 @@ async def test_a_tool_describes_its_arguments_and_result(
     listed = tools["list_orders"]
     assert listed.description.startswith("the caller's tenant's orders")
     schema = listed.input_schema
-    assert set(schema["properties"]) == {"status", "min_total_cents", "limit"}  # no tenant
+    # no tenant (claim-bound), no after_created, after_order (cursor-bound); the cursor
+    assert set(schema["properties"]) == {"status", "min_total_cents", "limit", "cursor"}
     assert schema["additionalProperties"] is False and "required" not in schema
     assert schema["properties"]["limit"]["default"] == 20
     assert {"type": "integer", "format": "int64", "minimum": 1, "maximum": 100} in schema[

@@ -120,7 +120,9 @@ def _running(pid: int) -> bool:
 def test_demo_prints_curl_lines_that_work_and_stops_everything(
     repo: Path, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    # Its own emulator, and its own cursor key (the example policy paginates list_orders).
+    own = ("SPANNER_EMULATOR_HOST", "SPANGATE_CURSOR_KEYS")
+    env = {k: v for k, v in os.environ.items() if k not in own}
     process = subprocess.Popen(
         [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(repo / "policy.example.yaml")],
         env=env,
@@ -165,6 +167,13 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
             "support-console": 200, "support-lead": 200, "order-agent": 200, "order-writer": 200,
             "outsider": 403, "mcp": 200,  # tools/list
         }  # fmt: skip
+        # The demo seals list_orders' cursors with a key of its own: the next page opens.
+        name, value = curls["order-agent"][curls["order-agent"].index("-H") + 1].split(": ", 1)
+        orders = base.group(1) + "/v1/orders"
+        first = httpx.get(orders, params={"limit": 1}, headers={name: value}).json()
+        second = httpx.get(orders, params={"limit": 1, "cursor": first["next_cursor"]},
+                           headers={name: value})  # fmt: skip
+        assert second.status_code == 200, second.text
         lead = subprocess.run(curls["support-lead"], capture_output=True, text=True, check=True)
         (customer,) = json.loads(lead.stdout.split("\n\n", 1)[1])["rows"]
         assert customer["Email"] == "wile@acme.example"  # a support lead sees it clear

@@ -20,12 +20,15 @@ Cloud Audit Logs read it as they are:
       metadata             decision (allow, reason, rule, roles that held), policy hash, what
                            was truncated, transport (http or mcp; for mcp the tool and the
                            JSON-RPC id); ``masked``: the result columns masked for this caller
-                           (never a row value); ``settlement`` on the follow-up event of a write
-                           answered while its Commit was in flight (see ``recorder.settle_hook``);
-                           ``claimsRead``: the claims the decision read (``policy.reads``: what
-                           ``spangate policy replay`` recomputes a decision from; claims bound
-                           to redacted parameters as keyed hashes); ``shadow``: the shadow
-                           policy's decision, when it differs from the live one
+                           (never a row value); ``pagination``: whether a cursor was presented,
+                           opened or refused (and why), the page size, whether a next cursor
+                           was answered (never a cursor or its values); ``settlement`` on the
+                           follow-up event of a write answered while its Commit was in flight
+                           (see ``recorder.settle_hook``); ``claimsRead``: the claims the
+                           decision read (``policy.reads``: what ``spangate policy replay``
+                           recomputes a decision from; claims bound to redacted parameters as
+                           keyed hashes); ``shadow``: the shadow policy's decision, when it
+                           differs from the live one
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
 Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
@@ -232,8 +235,12 @@ def _statement(
     redact = set(policy.model.audit.redact)
     bound = decision.bound if decision else None
     if bound is not None:
-        statement["params"] = params = {}
+        params: dict[str, dict[str, Any]] = {}
+        statement["params"] = params
         for name, value in bound.values.items():
+            if name in bound.cursor_bound:  # the cursor's values are never recorded
+                params[name] = {"from": "cursor", "value": None}
+                continue
             entry: dict[str, Any] = {"from": "claim" if name in bound.claim_bound else "caller"}
             params[name] = entry
             if name in bound.defaulted:
@@ -371,6 +378,7 @@ def _event(
                 **_masked(decision),
                 **_claims_read(call, call.reads or policy.reads, key, bounds),
                 **({"shadow": call.shadow} if call.shadow is not None else {}),
+                **_pagination(call),
             },
         },
     }
@@ -432,6 +440,22 @@ def _claims_read(
     if reads.scopes:
         bounds.put(block, "scopes", _CLAIMS_READ + "/scopes", sorted(principal.scopes))
     return {"claimsRead": block}
+
+
+def _pagination(call: CallRecord) -> dict[str, Any]:
+    """A call to a paginated query: its cursor (``none``: a first page; ``opened``; ``refused``
+    with the reason, ``gateway.shaping.cursors.REFUSALS``; ``not-checked``: sent with a call
+    refused before it was opened), the page size, whether a next cursor was answered. Never a
+    cursor, nor anything it holds."""
+    decision = call.decision
+    route = decision.route if decision is not None else None
+    if decision is None or route is None or route.query.paging is None:
+        return {}
+    recorded: dict[str, Any] | None = call.extra.get("pagination")
+    if recorded is None:
+        cursor = "none" if decision.cursor is None else "not-checked"
+        recorded = {"cursor": cursor, "pageSize": None, "nextCursor": False}
+    return {"pagination": dict(recorded)}
 
 
 def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:

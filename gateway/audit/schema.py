@@ -86,7 +86,11 @@ class Param(_Model):
         description="The bound value, or redacted:[hmac-]sha256:<hex>; its strings at most 512 "
         "bytes, or null when dropped for the event's size (see metadata.truncated)."
     )
-    from_: Literal["claim", "caller"] = Field(alias="from")
+    from_: Literal["claim", "caller", "cursor"] = Field(
+        alias="from",
+        description="cursor: a paginated query's keyset parameter, bound from the caller's "
+        "cursor; its value is never recorded (always null here).",
+    )
     defaulted: Literal[True] | None = Field(
         None,
         description="Only when the caller did not send it: the declared default, or null for a "
@@ -207,6 +211,27 @@ class ShadowDecision(_Model):
     policySha256: str = Field(pattern=_HEX64)
 
 
+class PaginationInfo(_Model):
+    """A call to a paginated query (docs/pagination.md): what became of its cursor. Never the
+    cursor nor anything it holds."""
+
+    cursor: Literal["none", "opened", "refused", "not-checked"] = Field(
+        description="none: no cursor (a first page); opened; refused (400 cursor-invalid or "
+        "cursor-expired, see refused); not-checked: sent with a call refused before it was "
+        "opened."
+    )
+    refused: Literal["malformed", "unknown-key", "unauthentic", "params", "expired"] | None = (
+        Field(
+            None,
+            description="Why a cursor was refused: malformed (no cursor), unknown-key (sealed by "
+            "a key no longer, or never, listed), unauthentic (tampered with, or sealed for "
+            "another principal or query), params (other parameters), expired.",
+        )
+    )
+    pageSize: int | None = Field(description="The page size asked (or the default).")
+    nextCursor: bool = Field(description="Whether the answer carried next_cursor.")
+
+
 class Metadata(_Model):
     decision: Decision
     transport: Literal["http", "mcp"] = Field(
@@ -221,6 +246,9 @@ class Metadata(_Model):
         description="Only on the event of an allowed call to a query with column masks: the "
         "result columns masked for this caller (its other masked columns it saw clear, through "
         "an unless role). Column names only; row values are never in the trail.",
+    )
+    pagination: PaginationInfo | None = Field(
+        None, description="Only on the event of a call to a paginated query."
     )
     policySha256: str | None
     truncated: list[Truncation] = Field(

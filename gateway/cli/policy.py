@@ -30,6 +30,7 @@ from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
+from gateway.policy.pagination import paginated_queries
 
 __all__ = ["load_candidate", "register"]
 
@@ -131,6 +132,13 @@ def _check(args: argparse.Namespace) -> int:
         print(
             f"note: the hash masks ({', '.join(hashed)}) need SPANGATE_MASK_KEY, which is not set "
             "here: `spangate serve` refuses to start without it",
+            file=sys.stderr,
+        )
+    paginated = paginated_queries(model)
+    if paginated and not os.environ.get("SPANGATE_CURSOR_KEYS"):
+        print(
+            f"note: the paginated queries ({', '.join(paginated)}) need SPANGATE_CURSOR_KEYS, "
+            "which is not set here: `spangate serve` refuses to start without it",
             file=sys.stderr,
         )
     if args.database:

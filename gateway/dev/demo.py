@@ -11,10 +11,15 @@ The audit trail is ``.run/audit.jsonl``, keyed (the example policy redacts a par
 gateway refuses without a key) with ``SPANGATE_AUDIT_KEY`` when it is set, else with a dev key
 made once, at random, in ``.run/audit.key`` and reused by later demos, so one
 ``spangate audit verify --key-file .run/audit.key .run/audit.jsonl*`` checks them all.
+
+The example policy paginates ``list_orders``: its cursors are sealed with ``SPANGATE_CURSOR_KEYS``
+when it is set, else with a key made at random for this demo (one process: its cursors open
+until the demo stops).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -148,6 +153,9 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         else:
             key_note = "keyed with SPANGATE_AUDIT_KEY"
             verify = f"spangate audit verify {settings.audit_path}*"
+        if settings.cursor_keys is None:  # a key for this demo only (docs/pagination.md)
+            cursor_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+            settings = settings.model_copy(update={"cursor_keys": SecretStr(cursor_key)})
         from gateway.runtime import build_gateway, load_compiled, spanner_target
 
         ddl, dml = load_demo_sql(repo)

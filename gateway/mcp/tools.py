@@ -4,10 +4,12 @@ A route's tool is named by its ``tool:`` key, else by its query's name (``tool: 
 ``inputSchema``: the parameters the caller supplies, in their JSON form (``gateway.openapi``'s
 body schemas: types, min/max, max_length, pattern, enum, default, nullable); path parameters are
 always required, with the OpenAPI path schema (text, one path segment: the router's rule, never
-null); claim-bound parameters never appear. A write's tool also takes
-``idempotency_key`` (the ``Idempotency-Key`` header's twin). ``outputSchema``: the JSON the HTTP
-route answers, with the rows typed from the policy's PLAN analysis when there is one, and each
-masked column as it is masked for this token (exact: tools/list is per token).
+null); claim-bound and cursor-bound parameters never appear. A write's tool also takes
+``idempotency_key`` (the ``Idempotency-Key`` header's twin), a paginated query's tool ``cursor``
+(the ``next_cursor`` of the previous page; absent or null: the first page). ``outputSchema``: the
+JSON the HTTP route answers (``next_cursor`` included), with the rows typed from the policy's
+PLAN analysis when there is one, and each masked column as it is masked for this token (exact:
+tools/list is per token).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from gateway.auth.principal import Principal
-from gateway.openapi import json_schema_of, path_schema, response_schema
+from gateway.openapi import CURSOR_SCHEMA, json_schema_of, path_schema, response_schema
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import (
     IDEMPOTENCY_ARGUMENT,
@@ -25,6 +27,7 @@ from gateway.policy.decide import (
     tool_parameters,
 )
 from gateway.policy.masking import masked_columns
+from gateway.policy.pagination import CURSOR_ARGUMENT
 from gateway.spanner.analyze import Analysis
 from gateway.spanner.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -49,7 +52,7 @@ _IDEMPOTENCY_SCHEMA = {
 
 def input_schema(route: CompiledRoute) -> dict[str, Any]:
     """The JSON Schema of a tool's arguments."""
-    visible = {n: s for n, s in route.query.params.items() if s.claim is None}
+    visible = {n: s for n, s in route.query.params.items() if s.caller_sets}
     properties: dict[str, Any] = {
         n: path_schema(s) if n in route.path_params else json_schema_of(s)
         for n, s in visible.items()
@@ -61,6 +64,11 @@ def input_schema(route: CompiledRoute) -> dict[str, Any]:
     ]
     if takes_idempotency_key(route):
         properties[IDEMPOTENCY_ARGUMENT] = dict(_IDEMPOTENCY_SCHEMA)
+    if route.query.paging is not None:
+        properties[CURSOR_ARGUMENT] = {
+            "type": ["string", "null"],
+            **{k: v for k, v in CURSOR_SCHEMA.items() if k != "type"},
+        }
     schema: dict[str, Any] = {
         "type": "object",
         "properties": properties,

@@ -7,7 +7,13 @@ Sources, in the only places they may come from:
 - ``from: claim.NAME``: the token. A caller value for a claim-bound parameter is ignored (and
   reported in ``ignored`` for the audit trail, by ``ignored_values`` also when the request is
   refused), never used. A claim the token lacks is a 403 ``claim-missing``: the statement cannot
-  be scoped, so it does not run.
+  be scoped, so it does not run;
+- ``from: cursor.COLUMN`` (a paginated query): bound to null here, the first page; the gateway
+  binds the values of the caller's cursor once it has opened it (``gateway.shaping.paging``). A
+  caller value under such a parameter's name is a 400 ``param-unknown``: it is no parameter the
+  caller has;
+- ``from: page_size``: the caller's value under the parameter's name, as any other, within the
+  query's ``pagination.page_size`` (at least 1, at most ``max``, ``default`` when absent).
 
 A name the query does not declare is a 400 ``param-unknown``; a declared parameter that is absent
 takes its ``default``, else null when ``nullable``, else is a 400 ``param-missing``. Constraints:
@@ -23,7 +29,7 @@ from typing import Any
 
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import Forbidden, ParameterError
-from gateway.policy.model import Param
+from gateway.policy.model import Pagination, Param
 from gateway.policy.regex import Regex, compile_regex
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
@@ -45,6 +51,13 @@ class ParamSpec:
     max_length: int | None
     pattern: Regex | None
     enum: tuple[Any, ...] | None
+    cursor: str | None = None  # from: cursor.COLUMN: the keyset column
+    page_size: bool = False  # from: page_size
+
+    @property
+    def caller_sets(self) -> bool:
+        """Whether a caller may give this parameter (not from a claim or a cursor)."""
+        return self.claim is None and self.cursor is None
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Bound:
     ignored: dict[str, Any]  # caller values sent for claim-bound parameters (never used)
     # names the caller did not send: their declared default, or null for a nullable one
     defaulted: frozenset[str] = frozenset()
+    cursor_bound: frozenset[str] = frozenset()  # from: cursor.COLUMN (null here: a first page)
 
 
 def _ordered(value: Any) -> Any:
@@ -61,14 +75,31 @@ def _ordered(value: Any) -> Any:
     return (value.value, value.nanos) if isinstance(value, SpannerTimestamp) else value
 
 
-def compile_param(name: str, param: Param) -> ParamSpec:
-    """Pre-coerce a param's constraints; the validator has already checked they fit the type."""
+def compile_param(name: str, param: Param, pagination: Pagination | None = None) -> ParamSpec:
+    """Pre-coerce a param's constraints; the validator has already checked they fit the type.
+    The page size parameter takes its bounds from ``pagination``."""
     ptype = param.ptype
     element = ParamType(ptype.element) if ptype.is_array and ptype.element else ptype
 
     def pre(value: Any) -> Any:
         return None if value is None else coerce(element, value, from_text=False)
 
+    if param.is_page_size and pagination is not None:
+        size = pagination.page_size
+        return ParamSpec(
+            name=name,
+            ptype=ptype,
+            claim=None,
+            nullable=False,
+            has_default=True,
+            default=size.default,
+            min=1,
+            max=size.max,
+            max_length=None,
+            pattern=None,
+            enum=None,
+            page_size=True,
+        )
     return ParamSpec(
         name=name,
         ptype=ptype,
@@ -81,6 +112,7 @@ def compile_param(name: str, param: Param) -> ParamSpec:
         max_length=param.max_length,
         pattern=compile_regex(param.pattern) if param.pattern is not None else None,
         enum=tuple(pre(v) for v in param.enum) if param.enum is not None else None,
+        cursor=param.cursor_column,
     )
 
 
@@ -161,7 +193,7 @@ def bind_params(
         grouped.setdefault(name, []).append(value)
     for name, given_values in grouped.items():
         spec = specs.get(name)
-        if spec is None:
+        if spec is None or spec.cursor is not None:
             raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
         if spec.claim is not None:
             continue  # ignored: see ignored_values
@@ -175,7 +207,7 @@ def bind_params(
 
     for name, value in (body or {}).items():
         spec = specs.get(name)
-        if spec is None:
+        if spec is None or spec.cursor is not None:
             raise ParameterError(name, "is not a parameter of this route", code="param-unknown")
         if spec.claim is not None:
             continue  # ignored: see ignored_values
@@ -189,6 +221,9 @@ def bind_params(
     claim_bound = set()
     defaulted = set()
     for name, spec in specs.items():
+        if spec.cursor is not None:
+            values[name] = None  # the first page; a cursor's values replace it once opened
+            continue
         if spec.claim is not None:
             claim = principal.claim(spec.claim)
             if claim is MISSING or claim is None:
@@ -223,6 +258,11 @@ def bind_params(
             defaulted.add(name)
         else:
             raise ParameterError(name, "is required", code="param-missing")
+    cursor_bound = frozenset(n for n, s in specs.items() if s.cursor is not None)
     return Bound(
-        values, frozenset(claim_bound), ignored_values(specs, query, body), frozenset(defaulted)
+        values,
+        frozenset(claim_bound),
+        ignored_values(specs, query, body),
+        defaulted=frozenset(defaulted),
+        cursor_bound=cursor_bound,
     )

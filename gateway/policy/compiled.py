@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.policy.bind import ParamSpec, compile_param
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.model import Policy, Query, Route
+from gateway.policy.pagination import Paging, compile_paging
 from gateway.policy.reads import ClaimReads, claim_reads
 from gateway.policy.roles import RoleTable
 from gateway.policy.router import Router, template_params
@@ -27,6 +28,7 @@ class CompiledQuery:
     model: Query
     sql: SqlInfo
     params: Mapping[str, ParamSpec]
+    paging: Paging | None = None  # keyset pagination (``pagination:``)
 
     @property
     def is_dml(self) -> bool:
@@ -89,7 +91,10 @@ def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
             name=name,
             model=query,
             sql=scan_sql(query.sql),
-            params={p: compile_param(p, spec) for p, spec in query.params.items()},
+            params={
+                p: compile_param(p, spec, query.pagination) for p, spec in query.params.items()
+            },
+            paging=compile_paging(query),
         )
         for name, query in policy.queries.items()
     }

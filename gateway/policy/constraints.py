@@ -110,7 +110,7 @@ def param_findings(where: Where, param: Param) -> list[Finding]:
             bad("enum", f"enum applies to STRING and INT64 (or arrays of them), not {ptype}")
         else:
             limits.enum = _enum(param.enum, element, limits, ptype.is_array, bad)
-    if param.from_ is not None:
+    if param.claim is not None:
         if param.has_default:
             bad(
                 "default",
@@ -122,7 +122,7 @@ def param_findings(where: Where, param: Param) -> list[Finding]:
                 "nullable",
                 "a claim-bound parameter cannot be nullable: a token without the claim is refused",
             )
-    elif param.has_default:
+    elif param.has_default and param.from_ is None:  # cursor and page size: pagination.py
         _default(param, ptype, limits, bad)
     return found
 

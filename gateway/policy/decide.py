@@ -14,6 +14,12 @@ role that is not in ``roles``. Once a route matched, ``ignored`` holds the value
 for its claim-bound parameters, whatever the outcome: the audit trail records a tenant override
 that was refused too. An allowed decision names the result columns ``masked`` for this caller
 (``masking.masked_columns``: those whose ``unless`` roles are none of ``roles``).
+
+A paginated query's route takes the caller's ``cursor`` (``pagination.CURSOR_ARGUMENT``: in the
+query string for GET, HEAD and DELETE, in the JSON body otherwise, an MCP tool's argument; null
+or absent: the first page). The decision sets it aside, as the caller sent it, in ``cursor``:
+opening it needs the cursor keys and the clock, which the gateway has and a decision does not
+(``gateway.shaping.paging``); the decision binds the cursor parameters to null, the first page.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed
 from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.masking import masked_columns
+from gateway.policy.pagination import CURSOR_ARGUMENT
 from gateway.policy.router import MethodMismatch, PathInvalid, check_param_segment
 
 __all__ = [
@@ -90,6 +97,9 @@ class Decision:
     path_params: dict[str, str] = field(default_factory=dict)
     ignored: dict[str, Any] = field(default_factory=dict)  # caller values for claim-bound params
     masked: tuple[str, ...] = ()  # allowed: the result columns masked for this caller
+    # A paginated route: the caller's cursor as sent (a string, or anything a caller may send
+    # that is no cursor); None for none. Never shown, logged or recorded.
+    cursor: object = field(default=None, repr=False)
 
     @property
     def query_name(self) -> str | None:
@@ -203,11 +213,20 @@ def decide_route(
 ) -> Decision:
     """The decision on a route already found (by the router, or by an MCP tool's name)."""
     path_params = dict(path_params)
+    cursor: object = None
+    if route.query.paging is not None:
+        cursor, query, body = _take_cursor(query, body)
     ignored = ignored_values(route.query.params, query, body)
     roles, rule, refused = role_verdict(policy, route, principal)
     if refused is not None:
         return _deny(
-            refused, route=route, roles=roles, rule=rule, path_params=path_params, ignored=ignored
+            refused,
+            route=route,
+            roles=roles,
+            rule=rule,
+            path_params=path_params,
+            ignored=ignored,
+            cursor=cursor,
         )
     assert rule is not None
     try:
@@ -216,7 +235,13 @@ def decide_route(
         )
     except GatewayError as exc:
         return _deny(
-            exc, route=route, roles=roles, rule=rule, path_params=path_params, ignored=ignored
+            exc,
+            route=route,
+            roles=roles,
+            rule=rule,
+            path_params=path_params,
+            ignored=ignored,
+            cursor=cursor,
         )
     return Decision(
         allow=True,
@@ -228,4 +253,25 @@ def decide_route(
         path_params=path_params,
         ignored=ignored,
         masked=masked_columns(route.query.model, roles),
+        cursor=cursor,
     )
+
+
+def _take_cursor(
+    query: Sequence[tuple[str, str]], body: Mapping[str, Any] | None
+) -> tuple[object, Sequence[tuple[str, str]], Mapping[str, Any] | None]:
+    """The caller's cursor, and the query string and body without it. A cursor given twice in a
+    query string is kept as the list of both (no cursor: opening it refuses it)."""
+    given = [v for k, v in query if k == CURSOR_ARGUMENT]
+    cursor: object = None
+    if given:
+        cursor = given[0] if len(given) == 1 else given
+        query = [(k, v) for k, v in query if k != CURSOR_ARGUMENT]
+    if body is not None and CURSOR_ARGUMENT in body:
+        sent = body[CURSOR_ARGUMENT]
+        if cursor is None:
+            cursor = sent
+        elif sent is not None:
+            cursor = [cursor, sent]
+        body = {k: v for k, v in body.items() if k != CURSOR_ARGUMENT}
+    return cursor, query, body

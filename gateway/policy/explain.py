@@ -4,8 +4,10 @@ caller passes in.
 ``explain`` runs ``decide`` (the gateway's own decision, so the reason codes are the same) and
 adds what a person needs to see why: every role of the policy with the verdict of every key of
 every entry, the route and where it is defined, the statement and its identity, each bound
-parameter with where its value came from (path, query, body, claim, default, null), and for an
-allowed call each masked result column: masked or clear for this caller, and why.
+parameter with where its value came from (path, query, body, claim, cursor, default, null), for
+an allowed call each masked result column: masked or clear for this caller, and why, and for a
+paginated query its keyset, page size and cursor (explain shows the first page: a cursor is
+opened by a running gateway, which holds the keys).
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
 people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
@@ -94,6 +96,8 @@ def _sources(facts: RequestFacts, decision: Decision) -> tuple[ParamTrace, ...]:
         spec = decision.route.query.params[name]
         if spec.claim is not None:
             source = f"claim {spec.claim}"
+        elif spec.cursor is not None:
+            source = f"cursor {spec.cursor} (null: the first page)"
         elif name in body and facts.tool is not None:
             source = "argument"  # an MCP tool's argument (a path parameter's too)
         elif name in decision.path_params:
@@ -257,7 +261,30 @@ def explanation_record(ex: Explanation, policy: CompiledPolicy | None = None) ->
              "why": v.why}
             for v in _verdicts(ex)
         ],
+        "pagination": pagination_record(ex),
         **({"budget": budget_limits(policy, ex)} if policy is not None else {}),
+    }
+
+
+def pagination_record(ex: Explanation) -> dict[str, Any] | None:
+    """A paginated query's keyset (column, direction, parameter), page size and cursor."""
+    route = ex.route
+    paging = route.query.paging if route is not None else None
+    if route is None or paging is None:
+        return None
+    bound = ex.decision.bound.values if ex.decision.bound else {}
+    return {
+        "keyset": [
+            {"column": c, "direction": d, "param": p}
+            for c, d, p in zip(paging.keyset, paging.directions, paging.cursor_params, strict=True)
+        ],
+        "page_size": {
+            "param": paging.page_param,
+            "value": bound.get(paging.page_param),
+            "default": paging.default,
+            "max": paging.max,
+        },
+        "cursor": "given" if ex.decision.cursor is not None else "none",
     }
 
 
@@ -354,6 +381,21 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
     for v in _verdicts(ex):
         state = f"masked ({v.mode})" if v.masked else f"clear (else {v.mode})"
         lines.append(f"mask      {v.column}: {state}: {v.why}")
+    page = pagination_record(ex)
+    if page is not None:
+        keyset = ", ".join(f"{k['column']} {k['direction']}" for k in page["keyset"])
+        size = page["page_size"]
+        lines.append(
+            f"pages     keyset {keyset}; page size {_show(size['value'])} ({size['param']}: "
+            f"default {size['default']}, max {size['max']}); next_cursor while rows remain"
+        )
+        if page["cursor"] == "given":
+            lines.append(
+                "          a cursor is given: the gateway opens it (for the caller it was sealed "
+                "for, with the same parameters); shown here: the first page"
+            )
+        else:
+            lines.append("          no cursor: the first page")
     if d.allow:
         spent = budget_limits(policy, ex)
         shown = ", ".join(

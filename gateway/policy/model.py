@@ -39,6 +39,9 @@ __all__ = [
     "Mask",
     "MaskMode",
     "Identity",
+    "KEYSET_TYPES",
+    "PageSize",
+    "Pagination",
     "Introspection",
     "Issuer",
     "Param",
@@ -76,6 +79,8 @@ Scalar = str | int | float | bool
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_COLUMN_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_FROM = r"^(?:claim\.[A-Za-z0-9_:/.-]+|cursor\.[A-Za-z_][A-Za-z0-9_]*|page_size)$"
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"  # MCP's tool names
 _DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -373,8 +378,13 @@ class Param(_Strict):
     from_: str | None = Field(
         None,
         alias="from",
-        pattern=r"^claim\.[A-Za-z0-9_:/.-]+$",
-        description="claim.NAME (dotted path allowed): bound from the token, never from the caller.",
+        pattern=_FROM,
+        description="Where the value comes from when not from the caller. claim.NAME (dotted "
+        "path allowed): from the token, never from the caller. cursor.COLUMN: the keyset column "
+        "COLUMN of the last row of the previous page, from the caller's cursor (null on the "
+        "first page); page_size: the page size, which the caller asks under this parameter's "
+        "name within the query's pagination.page_size. The last two only in a query with "
+        "pagination.",
     )
     min: int | float | str | None = None
     max: int | float | str | None = None
@@ -418,7 +428,21 @@ class Param(_Strict):
     @property
     def claim(self) -> str | None:
         """The claim path this parameter is bound from, or None."""
-        return self.from_.removeprefix("claim.") if self.from_ else None
+        if self.from_ is None or not self.from_.startswith("claim."):
+            return None
+        return self.from_.removeprefix("claim.")
+
+    @property
+    def cursor_column(self) -> str | None:
+        """The keyset column this parameter is bound from (``from: cursor.COLUMN``), or None."""
+        if self.from_ is None or not self.from_.startswith("cursor."):
+            return None
+        return self.from_.removeprefix("cursor.")
+
+    @property
+    def is_page_size(self) -> bool:
+        """``from: page_size``: the parameter carries the page size."""
+        return self.from_ == "page_size"
 
     @property
     def has_default(self) -> bool:
@@ -485,6 +509,56 @@ class Mask(_Strict):
         return value
 
 
+# The Spanner types a keyset column may have: what a cursor carries and binds back exactly.
+KEYSET_TYPES: tuple[str, ...] = (
+    "STRING", "INT64", "TIMESTAMP", "DATE", "NUMERIC", "BYTES", "BOOL", "FLOAT64",
+)  # fmt: skip
+
+
+class PageSize(_Strict):
+    """How many rows one page holds: what the caller asks under the ``from: page_size``
+    parameter's name, at least 1 and at most ``max``; ``default`` when it asks nothing."""
+
+    default: int = Field(ge=1, le=100_000, strict=True, description="The page size asked for none.")
+    max: int = Field(
+        ge=1,
+        le=100_000,
+        strict=True,
+        description="The largest page a caller may ask for; at most the query's max_rows.",
+    )
+
+    @model_validator(mode="after")
+    def _default_within(self) -> PageSize:
+        if self.default > self.max:
+            raise ValueError(f"default {self.default} is larger than max {self.max}")
+        return self
+
+
+class Pagination(_Strict):
+    """Keyset pagination of a read (``docs/pagination.md``): the statement orders by ``keyset``
+    and reads past the previous page through its ``from: cursor.COLUMN`` parameters (null on the
+    first page); answers carry ``next_cursor`` while rows remain, a token sealed for the caller."""
+
+    keyset: list[Annotated[str, Field(pattern=_COLUMN_NAME, max_length=128)]] = Field(
+        min_length=1,
+        max_length=8,
+        description="Result columns, as the statement returns them, that order the rows and "
+        "name one row uniquely together (end with a unique key): the statement's ORDER BY "
+        "lists exactly them, in this order, each ASC or DESC. NOT NULL columns of the types "
+        "STRING, INT64, TIMESTAMP, DATE, NUMERIC, BYTES, BOOL or FLOAT64; never a masked "
+        "column.",
+    )
+    page_size: PageSize
+    description: str | None = None
+
+    @field_validator("keyset")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a column is listed twice")
+        return value
+
+
 class Query(_Strict):
     identity: str = Field(description="The name of an identity in `identities`.")
     sql: str = Field(min_length=1)
@@ -507,6 +581,11 @@ class Query(_Strict):
         description="Per result column (its name exactly as the statement returns it): how it "
         "is masked and which roles see it clear. A column the statement does not return is a "
         "load error.",
+    )
+    pagination: Pagination | None = Field(
+        None,
+        description="Keyset pagination (reads only): the keyset columns and the page size; "
+        "the statement's cursor.COLUMN and page_size parameters carry them.",
     )
     description: str | None = None
 

@@ -14,7 +14,7 @@ A case file (see ``policy-format.md``)::
         arguments: {status: PAID}
         expect: {allow: true, reason: allowed, query: get_order,
                  params: {tenant: t1, order_id: O-1}, roles: [support], rule: support,
-                 masked: []}
+                 masked: [], paginated: false}
 
 ``expect.allow`` is required; every other key is compared only when given. ``params`` lists
 every bound parameter (defaults and claims included) and compares typed values, so ``"12.5"``
@@ -22,7 +22,10 @@ equals ``"12.50"`` for a NUMERIC; ``roles`` is the exact set of roles that hold;
 role that allowed or denied; ``masked`` is the exact set of result columns masked for the
 caller (``[]``: every masked column is clear for it), on a case that expects ``allow: true``
 only (a denied call runs nothing and masks nothing: ``masked`` there could never fail, and is a
-located problem). Claims become a Principal as in ``simulate.py``.
+located problem); ``paginated`` whether the route's query pages by keyset. A case decides a
+paginated query's first page (its cursor parameters bound to null): a request carrying a
+``cursor`` is refused as a problem of the case file, since a cursor is sealed and opened by a
+running gateway only. Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
 no case, and the role entries that held in no case. An entry of a deny role of the route a case
@@ -79,6 +82,11 @@ class Expect(_Strict):
         None,
         description="Exactly the result columns masked for this caller (of the query's masks; "
         "[]: it sees them all clear). Only with allow: true: a denied call masks nothing.",
+    )
+    paginated: bool | None = Field(
+        None,
+        description="Whether the query the request reached pages by keyset (pagination:). A "
+        "case decides the first page: its cursor parameters are bound to null.",
     )
 
 
@@ -259,10 +267,11 @@ def _compare(expect: Expect, decision: Decision, held: frozenset[str]) -> tuple[
         "roles": sorted(held),
         "rule": decision.rule,
         "masked": sorted(decision.masked),
+        "paginated": decision.route is not None and decision.route.query.paging is not None,
     }
     lines: list[str] = []
     failed = False
-    for key in ("allow", "reason", "query", "roles", "rule", "masked"):
+    for key in ("allow", "reason", "query", "roles", "rule", "masked", "paginated"):
         want = getattr(expect, key)
         if want is None and key != "allow":
             continue
@@ -405,9 +414,20 @@ def run_case_files(
         problems.extend(found)
         if found or parsed.problems:
             continue
+        decided = [(i, c, p, decide(tally.policy, facts, p)) for i, c, p, facts in runs]
+        cursors = [
+            source.problem(("cases", i, "request"), (
+                "a policy test decides a paginated query's first page: leave the cursor out "
+                "(a cursor is sealed and opened by a running gateway, with its keys)"
+            ))
+            for i, _, _, decision in decided
+            if decision.cursor is not None
+        ]
+        if cursors:
+            problems.extend(cursors)
+            continue
         tally.files.append(file)
-        for i, case, principal, facts in runs:
-            decision = decide(tally.policy, facts, principal)
+        for i, case, principal, decision in decided:
             trace = tally.policy.roles.trace(principal)
             held = frozenset(r.role for r in trace if r.holds)
             denying = frozenset(decision.route.model.deny) if decision.route else frozenset()

@@ -21,6 +21,8 @@ policy may be served. What it checks, beyond the models:
 - parameter constraints, which must fit the type (``constraints.py``);
 - masks (``masking.mask_findings``): ``unless`` roles exist, a masked column is one the
   statement returns when its select list says so, DML without ``THEN RETURN`` masks nothing;
+- pagination (``pagination.pagination_findings``): cursor and page size parameters, the
+  statement's ``ORDER BY`` keyset and ``LIMIT``, reads only;
 - claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
   without the claim is always refused (403 claim-missing), so either would promise a value the
   gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
@@ -54,6 +56,7 @@ from gateway.policy.constraints import Finding, Where, param_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
+from gateway.policy.pagination import pagination_findings
 from gateway.policy.reads import claim_reads
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
@@ -207,6 +210,7 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
                                  "read-write transaction"))
         found = mask_findings(name, query, infos.get(name), lambda r: ctx.unknown("roles", r))
         findings.extend(found)
+        findings.extend(pagination_findings(name, query, infos.get(name)))
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():
@@ -333,10 +337,15 @@ def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
                 found.append(((*where, "path"), (
                     f"path parameter {{{name}}} is not a param of query {route.query}{hint}"
                 )))
-            elif param.from_ is not None:
+            elif param.claim is not None:
                 found.append(((*where, "path"), (
                     f"path parameter {{{name}}} is claim-bound in query {route.query} "
                     f"(from: {param.from_}): a claim-bound parameter cannot come from the path"
+                )))
+            elif param.from_ is not None:
+                found.append(((*where, "path"), (
+                    f"path parameter {{{name}}} is bound from: {param.from_} in query "
+                    f"{route.query}: the pagination's parameters cannot come from the path"
                 )))
         info = infos.get(route.query)
         if route.method == "GET" and info is not None and info.kind == "dml":

@@ -17,6 +17,8 @@ Contract:
   only STRING columns (``policy.masking.column_findings``): else a problem located at the mask.
   A result column that differs from a masked one only in case is a warning
   (``Analysis.warnings``, located; ``policy.masking.column_warnings``): it is answered unmasked.
+- A paginated query's keyset columns must be result columns (exactly) of a keyset type, the
+  type their cursor parameters declare (``policy.pagination.column_findings``).
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
@@ -35,6 +37,7 @@ from google.api_core import exceptions as gexc
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.policy.masking import column_findings, column_warnings
+from gateway.policy.pagination import column_findings as keyset_findings
 from gateway.policy.source import dotted
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
@@ -239,6 +242,8 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
             problems.append(_problem(policy, name, message, where))
         for where, message in column_warnings(name, query.model, pairs):
             warnings.append(_problem(policy, name, message, where))
+        for where, message in keyset_findings(name, query.model, pairs):
+            problems.append(_problem(policy, name, message, where))
         shapes[name] = Shape(columns)
     if problems:
         raise PolicyError(problems)

@@ -7,7 +7,8 @@ blocking call abandoned by its caller keeps its thread (the client's streaming r
 UNAVAILABLE without end while Spanner is unreachable).
 
 - Reads run in a single-use snapshot (strong, or the query's exact or bounded staleness), never in
-  a read-write transaction; rows stream until ``max_rows + 1`` and then stop, with ``truncated``.
+  a read-write transaction; rows stream until ``max_rows + 1`` and then stop, with ``truncated``
+  (a paginated query's one more: its ``LIMIT`` already bounds them to its page and one row).
 - DML runs through ``run_in_transaction``, which retries ABORTED itself (there is no second retry
   loop here) with a transaction tag; THEN RETURN rows come back (at most ``max_rows``); the commit
   timestamp comes from the committed transaction. With an Idempotency-Key its record is read and
@@ -636,7 +637,9 @@ class Executor:
         tags: Tags,
         deadline: float,
     ) -> Result:
-        limit = query.model.max_rows
+        # A paginated query's LIMIT reads one row past its page (at most max_rows + 1): the
+        # gateway cuts the page and knows a next one exists (gateway.shaping.paging).
+        limit = query.model.max_rows + (1 if query.paging is not None else 0)
         result = Result()
         raw: list[Any] = []
         async with database.snapshot(**snapshot_options(query)) as snapshot:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+from served import CURSOR_KEYS
 
 from gateway.dev.idp import IdpProcess
 from gateway.dev.ports import free_port
@@ -261,6 +262,7 @@ def test_the_demo_personas_get_their_answers_through_the_image(
         "-v", f"{tmp}:/tmp",
         "-e", f"SPANNER_EMULATOR_HOST={demo_database}", "-e", f"OKTA_ISSUER={idp.issuer}",
         "-e", f"SPANGATE_AUDIT_KEY={audit_key}", "-e", "SPANGATE_LOG_LEVEL=warning",
+        "-e", f"SPANGATE_CURSOR_KEYS={CURSOR_KEYS}",  # the example policy paginates
         "-e", "SPANGATE_DRAIN_SECONDS=1",
         # The host's network: our port on loopback only (the image's 0.0.0.0 is for a pod).
         "-e", "SPANGATE_HOST=127.0.0.1", "-e", f"SPANGATE_PORT={port}",

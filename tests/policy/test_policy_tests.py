@@ -20,7 +20,7 @@ def test_the_example_policy_passes_its_cases_with_full_coverage(
 ) -> None:
     assert main(["policy", "test", "--require-coverage", str(EXAMPLE_CASES)]) == 0
     out = capsys.readouterr().out
-    assert "41 cases, 41 passed, 0 failed" in out
+    assert "43 cases, 43 passed, 0 failed" in out
     assert "routes 5/5, roles 6/6" in out
     assert "not exercised" not in out
 
@@ -33,6 +33,7 @@ def test_the_example_cases_reach_every_reason_they_claim() -> None:
         "no-allow-role",
         "denied-by-role",
         "param-invalid",
+        "param-unknown",
         "claim-missing",
         "no-route",
         "method-not-allowed",
@@ -64,19 +65,22 @@ def test_a_failing_case_prints_a_diff_and_exits_1(
           claims: {SUPPORT}
           request: GET /v1/orders?limit=5&min_total_cents=10
           expect: {{allow: false, reason: no-allow-role, query: list_orders,
-                    params: {{tenant: t2, limit: 5, min_total_cents: "10", status: null}}}}
+                    params: {{tenant: t2, limit: 5, min_total_cents: "10", status: null,
+                              after_created: null, after_order: null}}}}
         """,
     )
     assert main(["policy", "test", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"FAIL  {path}:7:5  wrong\n" in out
-    assert "\n".join(line.strip() for line in out.splitlines()[1:10]) == textwrap.dedent("""\
+    assert "\n".join(line.strip() for line in out.splitlines()[1:12]) == textwrap.dedent("""\
         GET /v1/orders?limit=5&min_total_cents=10
         - allow: false
         + allow: true
         - reason: "no-allow-role"
         + reason: "allowed"
         query: "list_orders"
+        params.after_created: null
+        params.after_order: null
         params.limit: 5
         params.min_total_cents: "10"
         params.status: null""")
