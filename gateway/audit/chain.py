@@ -79,6 +79,19 @@ def line_text(text: str) -> str:
     return _BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+# The same three characters in UTF-8: these byte sequences are always those characters (0xC2 and
+# 0xE2 only ever start a character), so the written bytes can be escaped without decoding them.
+_BREAKS_UTF8 = re.compile(b"\xc2\x85|\xe2\x80[\xa8\xa9]")
+_ESCAPES = {b"\xc2\x85": b"\\u0085", b"\xe2\x80\xa8": b"\\u2028", b"\xe2\x80\xa9": b"\\u2029"}
+
+
+def _line_bytes(data: bytes) -> bytes:
+    """``line_text`` on canonical JSON's UTF-8 bytes."""
+    if b"\xc2" not in data and b"\xe2" not in data:
+        return data
+    return _BREAKS_UTF8.sub(lambda m: _ESCAPES[m.group()], data)
+
+
 def encoded_size(event: Mapping[str, Any]) -> int:
     """The bytes ``event``'s line will take (an upper bound when it must be scrubbed)."""
     try:
@@ -162,32 +175,38 @@ class Chain:
     def seal(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A sealed copy of ``event`` (``chain``, ``seq``, ``prev``, ``hash`` added) and its line.
 
-        The line is ``canonical(sealed)``, encoded once (the ``hash`` member is spliced in where
-        sorting puts it, after the members whose keys sort before ``"hash"``), with line breaks
-        escaped (``line_text``)."""
-        event = writable(event)
-        self.seq += 1
-        sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
-        if self.worker is not None:
-            sealed["worker"] = self.worker
-        sealed.pop("hash", None)
-        text = _ENCODER.encode(sealed)
-        body = text.encode()
+        One JSON encode: the canonical bytes of the sealed event without its hash are hashed,
+        and the line is those bytes with the ``"hash"`` member spliced in where sorting puts it
+        (after ``"chain"`` and any other member whose key sorts before ``"hash"``) and line
+        breaks escaped (``line_text``, on the UTF-8 bytes). An event that does not encode (a lone
+        surrogate, NaN, an unknown type) is scrubbed first (``writable``) and encoded again."""
+        seq = self.seq + 1
+        sealed = self._sealed(event, seq)
+        try:
+            body = _ENCODER.encode(sealed).encode()
+        except (UnicodeError, ValueError, TypeError, RecursionError):
+            sealed = self._sealed(writable(event), seq)
+            body = _ENCODER.encode(sealed).encode()
         digest = (
             hmac.new(self.key, body, hashlib.sha256).hexdigest()
             if self.key
             else hashlib.sha256(body).hexdigest()
         )
-        sealed["hash"] = digest
-        self.last_hash = digest
+        # "chain" sorts before "hash": the members before it are never empty, so the body is
+        # '{<before>,<after>}' or '{<before>}' and the hash goes right after <before>.
         before = {k: v for k, v in sealed.items() if k < "hash"}
-        member = f'"hash":"{digest}"'
-        if before:  # text is "{<before>,<after>}" or "{<before>}"
-            cut = len(_ENCODER.encode(before)) - 1
-            line = f"{text[:cut]},{member}{text[cut:]}"
-        else:  # text is "{<after>}" or "{}"
-            line = "{" + member + ("," + text[1:] if len(text) > 2 else "}")
-        return sealed, (line_text(line) + "\n").encode()
+        cut = len(_ENCODER.encode(before).encode()) - 1
+        line = b"%s,\"hash\":\"%s\"%s\n" % (body[:cut], digest.encode(), body[cut:])
+        sealed["hash"] = digest
+        self.seq, self.last_hash = seq, digest
+        return sealed, _line_bytes(line)
+
+    def _sealed(self, event: Mapping[str, Any], seq: int) -> dict[str, Any]:
+        sealed = {**event, "chain": self.chain_id, "seq": seq, "prev": self.last_hash}
+        if self.worker is not None:
+            sealed["worker"] = self.worker
+        sealed.pop("hash", None)
+        return sealed
 
     def mark(self) -> tuple[int, str]:
         return self.seq, self.last_hash
