@@ -91,7 +91,12 @@ def build_trail(
         sink: Sink
         if isinstance(config, FileSinkConfig):
             path = file_sink_path(settings, policy, config, worker)
-            sink = FileSink(path, rotate_bytes=config.rotate_bytes)
+            sink = FileSink(
+                path,
+                rotate_bytes=config.rotate_bytes,
+                sync_interval=config.sync_interval_seconds,
+                max_unsynced=config.max_unsynced_seconds,
+            )
         elif isinstance(config, SpannerSinkConfig):
             sink = SpannerSink(
                 databases.get(config.identity),

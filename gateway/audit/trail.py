@@ -1,7 +1,7 @@
 """The audit trail: every event to every sink, each sink with its own chain, writer and durability.
 
-``record(event, write=...)`` returns once the event is durable in every sink (see
-``writer.SinkWriter`` for strict and batched group commit), and raises ``AuditUnavailable`` when
+``record(event, write=...)`` returns once the event is as durable in every sink as that sink's
+durability says (see ``writer.SinkWriter``: strict, written, batched), and raises ``AuditUnavailable`` when
 any sink could not take it: the caller then refuses the request (fail closed). ``available`` says
 whether the last write of every sink succeeded, so a gateway can refuse a request before running
 its statement while a sink is failing (the refusal's own event probes the sink again).
@@ -10,7 +10,6 @@ its statement while a sink is failing (the refusal's own event probes the sink a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -91,9 +90,10 @@ class AuditTrail:
         futures = [
             w.submit(event, write=write, skip=w.sink.name in durable_in) for w in self.writers
         ]
-        # Shielded: a request cancelled while it waits leaves its event to be written.
+        # A request cancelled while it waits cancels only its wait: its event stays queued and is
+        # written (the writer settles futures that are still pending only).
         if len(futures) == 1:
-            await asyncio.shield(futures[0])  # raises AuditUnavailable (the writer sets only it)
+            await futures[0]  # raises AuditUnavailable (the writer sets only it)
             return
         results = await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
         for result in results:
@@ -111,7 +111,7 @@ class AuditTrail:
             writer.submit(event, write=write).add_done_callback(_log_failure)
 
     def metrics(self) -> AuditMetrics:
-        return AuditMetrics(tuple(dataclasses.replace(w.stats) for w in self.writers))
+        return AuditMetrics(tuple(w.snapshot() for w in self.writers))
 
     async def close(self) -> None:
         """Refuse new events, flush every queued one of every sink (at once), close the sinks."""
