@@ -80,6 +80,7 @@ class SinkStats:
     flush_seconds_total: float = 0.0
     flush_seconds_max: float = 0.0
     last_error: str | None = None
+    healthy: bool = True  # as ``SinkWriter.healthy``
     # A file sink's syncs (zero elsewhere): counts and times, what is written and not yet
     # synced (bytes, and the age of the oldest of them), events waiting for a sync, and whether
     # a sync has run longer than the sink's sync deadline.
@@ -98,7 +99,6 @@ class _Pending:
     event: dict[str, Any]
     done: asyncio.Future[None]
     mode: Durability
-    queued: float
     skip: bool = False  # already durable in this sink (a Spanner row written in its transaction)
     settled: bool = False
 
@@ -190,7 +190,7 @@ class SinkWriter:
 
     def snapshot(self) -> SinkStats:
         """The counters now (``stats`` plus the syncer's)."""
-        stats = dataclasses.replace(self.stats)
+        stats = dataclasses.replace(self.stats, healthy=self.healthy)
         syncer = self._syncer
         if syncer is not None:
             oldest = syncer.oldest_unsynced()
@@ -258,7 +258,7 @@ class SinkWriter:
             done.set_exception(AuditUnavailable("the audit trail is closed"))
             return done
         mode = self.writes if write else self.reads
-        self._queue.append(_Pending(event, done, mode, self._clock(), skip))
+        self._queue.append(_Pending(event, done, mode, skip))
         self._eager += mode != "batched"
         self.stats.queue_depth = len(self._queue)
         if not self._busy and not self._kicking:  # once per loop iteration: one batch for all
