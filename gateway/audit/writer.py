@@ -45,23 +45,19 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from gateway.audit.chain import Chain
+from gateway.audit.durability import DURABILITIES, Durability, Pending, SyncWaits, post, settle
 from gateway.audit.sinks import Sealed, Sink, SyncingSink
-from gateway.audit.syncer import Syncer
 from gateway.audit.worker_thread import WorkerThread
 from gateway.errors import AuditUnavailable
 
 __all__ = ["CLOSE_TIMEOUT_SECONDS", "DURABILITIES", "Durability", "SinkStats", "SinkWriter"]
 
 log = logging.getLogger("spangate.audit")
-
-Durability = Literal["strict", "written", "batched"]
-DURABILITIES: tuple[Durability, ...] = ("strict", "written", "batched")
 
 CLOSE_TIMEOUT_SECONDS = 5.0
 
@@ -94,33 +90,6 @@ class SinkStats:
     sync_stalled: bool = False
 
 
-@dataclass(eq=False)
-class _Pending:
-    event: dict[str, Any]
-    done: asyncio.Future[None]
-    mode: Durability
-    skip: bool = False  # already durable in this sink (a Spanner row written in its transaction)
-    settled: bool = False
-
-
-@dataclass(eq=False)
-class _SyncWait:
-    """Events written up to ``total`` bytes, answered once a sync covers them."""
-
-    total: int
-    pending: list[_Pending]
-    timer: asyncio.TimerHandle | None = None
-
-
-def _settle(p: _Pending, error: BaseException | None = None) -> None:
-    p.settled = True
-    if not p.done.done():  # a caller that was cancelled stopped waiting; its event is written
-        if error is None:
-            p.done.set_result(None)
-        else:
-            p.done.set_exception(error)
-
-
 class SinkWriter:
     def __init__(
         self,
@@ -151,18 +120,17 @@ class SinkWriter:
         self.stats = SinkStats(sink.name, self.reads, self.writes)
         self._clock = clock
         self._syncing = cast(SyncingSink, sink) if hasattr(sink, "sync_appended") else None
-        self._syncer: Syncer | None = None
+        self._syncs: SyncWaits | None = None  # a file sink's (once bound to a loop)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._eager = 0  # queued events that start a flush at once (strict, written)
         self._kicking = False  # a _kick is scheduled on the loop
         self._timer: asyncio.TimerHandle | None = None  # the end of a batched window
         self._busy = False  # a batch is on the writer thread
-        self._inflight: list[_Pending] = []
+        self._inflight: list[Pending] = []
         self._started = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._stuck = False  # a write past its deadline is still on the writer thread
-        self._waits: deque[_SyncWait] = deque()
         self._idle: asyncio.Event | None = None  # set while nothing is queued, in flight or waiting
         self._thread = WorkerThread(f"audit-{sink.name}")
         self._open = False
@@ -178,10 +146,7 @@ class SinkWriter:
     @property
     def sync_stalled(self) -> bool:
         """A sync has been running for longer than the sink's ``sync_deadline``."""
-        syncer, sink = self._syncer, self._syncing
-        if syncer is None or sink is None or (since := syncer.running_since) is None:
-            return False
-        return self._clock() - since > sink.sync_deadline
+        return self._syncs is not None and self._syncs.stalled
 
     @property
     def healthy(self) -> bool:
@@ -191,17 +156,17 @@ class SinkWriter:
     def snapshot(self) -> SinkStats:
         """The counters now (``stats`` plus the syncer's)."""
         stats = dataclasses.replace(self.stats, healthy=self.healthy)
-        syncer = self._syncer
-        if syncer is not None:
-            oldest = syncer.oldest_unsynced()
+        syncs = self._syncs
+        if syncs is not None:
+            syncer = syncs.syncer
             stats.syncs = syncer.syncs
             stats.sync_seconds_total = syncer.seconds_total
             stats.sync_seconds_max = syncer.seconds_max
             stats.sync_seconds_last = syncer.seconds_last
             stats.unsynced_bytes = syncer.unsynced_bytes
-            stats.unsynced_seconds = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
-            stats.waiting_for_sync = sum(len(w.pending) for w in self._waits)
-            stats.sync_stalled = self.sync_stalled
+            stats.unsynced_seconds = syncs.unsynced_seconds()
+            stats.waiting_for_sync = sum(1 for _ in syncs.held())
+            stats.sync_stalled = syncs.stalled
         return stats
 
     def mode_for(self, write: bool) -> Durability:
@@ -212,13 +177,13 @@ class SinkWriter:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            sink = self._syncing
-            if sink is not None:
-                self._syncer = Syncer(
-                    sink.sync_appended,
-                    interval=sink.sync_interval,
-                    on_synced=self._post_synced,
-                    name=sink.name,
+            if self._syncing is not None:
+                self._syncs = SyncWaits(
+                    self._syncing,
+                    loop,
+                    refuse=self._refuse,
+                    failed=self._sync_failed,
+                    changed=self._check_idle,
                     clock=self._clock,
                 )
         return loop
@@ -258,7 +223,7 @@ class SinkWriter:
             done.set_exception(AuditUnavailable("the audit trail is closed"))
             return done
         mode = self.writes if write else self.reads
-        self._queue.append(_Pending(event, done, mode, skip))
+        self._queue.append(Pending(event, done, mode, skip))
         self._eager += mode != "batched"
         self.stats.queue_depth = len(self._queue)
         if not self._busy and not self._kicking:  # once per loop iteration: one batch for all
@@ -314,12 +279,12 @@ class SinkWriter:
         return None
 
     # -- the writer thread -----------------------------------------------------------------
-    def _job(self, batch: list[_Pending]) -> None:
+    def _job(self, batch: list[Pending]) -> None:
         error, total = self._write(batch)
         assert self._loop is not None
-        _post(self._loop, self._written, batch, error, total)
+        post(self._loop, self._written, batch, error, total)
 
-    def _write(self, batch: list[_Pending]) -> tuple[BaseException | None, int]:
+    def _write(self, batch: list[Pending]) -> tuple[BaseException | None, int]:
         """Seal, write (a file sink: append only), and undo the sealing when the write fails.
         Returns the error and, for a file sink, how far the file goes after the batch."""
         mark = self.chain.mark()
@@ -337,12 +302,12 @@ class SinkWriter:
             self.chain.rollback(mark)
             self._open = False
             return exc, 0
-        assert self._syncer is not None
-        self._syncer.appended_to(total)
+        assert self._syncs is not None
+        self._syncs.syncer.appended_to(total)
         return None, total
 
     # -- results (the event loop) ----------------------------------------------------------
-    def _written(self, batch: list[_Pending], error: BaseException | None, total: int) -> None:
+    def _written(self, batch: list[Pending], error: BaseException | None, total: int) -> None:
         if batch is not self._inflight:  # refused for its deadline already (see _expire)
             self._stuck = False
             self._late(error)
@@ -361,7 +326,7 @@ class SinkWriter:
         self.stats.flush_seconds_total += elapsed
         self.stats.flush_seconds_max = max(self.stats.flush_seconds_max, elapsed)
 
-    def _expire(self, batch: list[_Pending]) -> None:
+    def _expire(self, batch: list[Pending]) -> None:
         """The batch on the writer thread has had its deadline: refuse it, and refuse the next
         ones at once while it is still there (``_stuck``); whatever it ends with is logged."""
         self._deadline = None
@@ -384,48 +349,28 @@ class SinkWriter:
         else:
             log.info("audit sink %s: a batch past its deadline failed: %s", self.sink.name, error)
 
-    def _settle_batch(self, batch: list[_Pending], error: BaseException | None, total: int) -> None:
+    def _settle_batch(self, batch: list[Pending], error: BaseException | None, total: int) -> None:
         if error is not None:
             self._refuse(batch, error, "audit sink %s failed; %d event(s) refused: %s")
             return
         self._healthy = True
         self.stats.events_written += sum(not p.skip for p in batch)
-        syncer = self._syncer
-        if syncer is None:
+        syncs = self._syncs
+        if syncs is None:
             for p in batch:
-                _settle(p)
+                settle(p)
             return
-        behind = self._too_far_behind(syncer)
-        waiting = []
+        behind = syncs.behind()
+        held = []
         for p in batch:
             if p.skip or (p.mode == "written" and not behind):
-                _settle(p)
+                settle(p)
             else:
-                waiting.append(p)
-        if not waiting:
-            return
-        if self.sync_stalled:
-            self._refuse(waiting, TimeoutError("a sync is stalled"), "audit sink %s: a sync is "
-                         "stalled; %d event(s) that need one refused: %s")  # fmt: skip
-        elif syncer.want(total):
-            for p in waiting:
-                _settle(p)
-        else:
-            wait = _SyncWait(total, waiting)
-            assert self._syncing is not None and self._loop is not None
-            wait.timer = self._loop.call_later(self._syncing.sync_deadline, self._overdue, wait)
-            self._waits.append(wait)
+                held.append(p)
+        if held:
+            syncs.hold(held, total)
 
-    def _too_far_behind(self, syncer: Syncer) -> bool:
-        """The unsynced backlog is past its bounds: ``written`` events wait for their sync."""
-        sink = self._syncing
-        assert sink is not None
-        if syncer.unsynced_bytes > sink.max_unsynced_bytes:
-            return True
-        oldest = syncer.oldest_unsynced()
-        return oldest is not None and self._clock() - oldest > sink.max_unsynced
-
-    def _refuse(self, batch: list[_Pending], error: BaseException, message: str) -> None:
+    def _refuse(self, batch: list[Pending], error: BaseException, message: str) -> None:
         self._healthy = False
         self.stats.failures += 1
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -433,45 +378,15 @@ class SinkWriter:
         log.error(message, self.sink.name, len(batch), reason)
         refusal = AuditUnavailable("the audit trail cannot be written")  # which sink: the log
         for p in batch:
-            _settle(p, refusal)
+            settle(p, refusal)
         self._check_idle()
 
-    def _post_synced(self, synced: int, error: BaseException | None) -> None:
-        """On the syncer thread: hand the outcome of a sync to the event loop."""
-        assert self._loop is not None
-        _post(self._loop, self._synced, synced, error)
-
-    def _synced(self, synced: int, error: BaseException | None) -> None:
-        if error is not None:
-            self._reopen = True  # whatever the descriptor held may be lost: start afresh
-            waiting = [p for w in self._waits for p in w.pending]
-            for w in self._waits:
-                if w.timer is not None:
-                    w.timer.cancel()
-            self._waits.clear()
-            self._refuse(waiting, error, "audit sink %s: a sync failed; %d event(s) refused: %s")
-            return
-        while self._waits and self._waits[0].total <= synced:
-            w = self._waits.popleft()
-            if w.timer is not None:
-                w.timer.cancel()
-            for p in w.pending:
-                _settle(p)
-        self._check_idle()
-
-    def _overdue(self, wait: _SyncWait) -> None:
-        if wait in self._waits:
-            self._waits.remove(wait)
-            deadline = self._syncing.sync_deadline if self._syncing is not None else 0.0
-            self._refuse(
-                wait.pending,
-                TimeoutError(f"not synced within {deadline:g}s"),
-                "audit sink %s: %d event(s) not synced in time, refused: %s",
-            )
+    def _sync_failed(self) -> None:
+        self._reopen = True  # open the sink again (a new descriptor) before the next batch
 
     # -- closing ---------------------------------------------------------------------------
     def _check_idle(self) -> None:
-        if self._idle is not None and not (self._queue or self._busy or self._waits):
+        if self._idle is not None and not (self._queue or self._busy or self._syncs):
             self._idle.set()
 
     async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
@@ -481,9 +396,9 @@ class SinkWriter:
         until = loop.time() + timeout
         self._closing = True
         self._idle = asyncio.Event()
-        syncer = self._syncer
+        syncs = self._syncs
         self._kick()
-        if self._queue or self._busy or self._waits:
+        if self._queue or self._busy or syncs:
             try:
                 async with asyncio.timeout(timeout):
                     await self._idle.wait()
@@ -491,15 +406,10 @@ class SinkWriter:
                 pass
         if self._timer is not None:
             self._timer.cancel()
-        lost = [
-            p
-            for p in (*self._inflight, *self._queue, *(p for w in self._waits for p in w.pending))
-            if not p.settled
-        ]
-        for w in self._waits:
-            if w.timer is not None:
-                w.timer.cancel()
-        self._inflight, self._queue, self._waits = [], [], deque()
+        lost = [p for p in (*self._inflight, *self._queue) if not p.settled]
+        if syncs is not None:
+            lost += syncs.drop()
+        self._inflight, self._queue = [], []
         self.stats.queue_depth = 0
         if lost:
             log.error(
@@ -510,19 +420,17 @@ class SinkWriter:
                 ", ".join(str(p.event.get("insertId")) for p in lost),
             )
             for p in lost:
-                _settle(p, AuditUnavailable("the audit trail is closed"))
-        if syncer is not None:
-            stopped = loop.create_future()
-            syncer.stop(lambda: _post(loop, _done, stopped))
-            done, _ = await asyncio.wait([stopped], timeout=max(0.1, until - loop.time()))
-            if not done or syncer.unsynced_bytes:
+                settle(p, AuditUnavailable("the audit trail is closed"))
+        if syncs is not None:
+            done, _ = await asyncio.wait([syncs.stop()], timeout=max(0.1, until - loop.time()))
+            if not done or syncs.syncer.unsynced_bytes:
                 log.error(
                     "audit sink %s: %d byte(s) written but not synced before shutdown (%s)",
                     self.sink.name,
-                    syncer.unsynced_bytes,
-                    syncer.last_error or "the sync did not finish in time",
+                    syncs.syncer.unsynced_bytes,
+                    syncs.syncer.last_error or "the sync did not finish in time",
                 )
-        if self._busy or self._stuck or (syncer is not None and syncer.running_since is not None):
+        if self._busy or self._stuck or (syncs is not None and syncs.syncer.running_since is not None):
             log.error("audit sink %s is still stuck in a write or sync; left unclosed", self.sink.name)
         else:
             closing = loop.run_in_executor(self._thread, self.sink.close)
@@ -532,17 +440,3 @@ class SinkWriter:
             elif (error := closing.exception()) is not None:
                 log.error("audit sink %s did not close cleanly: %s", self.sink.name, error)
         self._thread.shutdown(wait=False)
-
-
-def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
-    """From another thread: call ``fn(*args)`` on ``loop`` (not at all once it is closed: the
-    process is exiting)."""
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:
-        pass
-
-
-def _done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
