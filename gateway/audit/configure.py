@@ -6,8 +6,9 @@ import functools
 from pathlib import Path
 
 from gateway.audit.chain import UNKEYED_WARNING, AuditKeys, Chain
-from gateway.audit.sinks import FileSink, Sink, StdoutSink
+from gateway.audit.sinks import FileSink, Sink
 from gateway.audit.spanner_sink import SpannerSink
+from gateway.audit.stdout_sink import StdoutSink
 from gateway.audit.trail import AuditTrail
 from gateway.audit.writer import SinkWriter
 from gateway.errors import ConfigError
