@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.audit.chain import Members
 from gateway.audit.sinks import SyncingSink
 from gateway.audit.syncer import Syncer
 
@@ -41,6 +42,7 @@ class Pending:
     event: dict[str, Any]
     done: asyncio.Future[None]
     mode: Durability
+    members: Members | None = None  # the event's, already encoded (chain.Chain.seal)
     skip: bool = False  # already durable in this sink (a Spanner row written in its transaction)
     settled: bool = False
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES
+from gateway.audit.chain import Members
 from gateway.audit.writer import SinkStats, SinkWriter
 from gateway.errors import AuditUnavailable
 
@@ -79,16 +80,24 @@ class AuditTrail:
         return not self.closed and all(w.healthy for w in self.writers)
 
     async def record(
-        self, event: dict[str, Any], *, write: bool, durable_in: Collection[str] = ()
+        self,
+        event: dict[str, Any],
+        *,
+        write: bool,
+        durable_in: Collection[str] = (),
+        members: Members | None = None,
     ) -> None:
         """Write ``event`` to every sink; ``write``: the request ran DML (strict by default).
 
         ``durable_in`` names sinks that already hold the event (a Spanner row committed in the
-        write's own transaction): they do not write it again."""
+        write's own transaction): they do not write it again. ``members``: the event's top-level
+        members already encoded (``event.build_event_encoded``); the event must not change
+        after this call."""
         if self.closed:
             raise AuditUnavailable("the audit trail is closed")
         futures = [
-            w.submit(event, write=write, skip=w.sink.name in durable_in) for w in self.writers
+            w.submit(event, write=write, skip=w.sink.name in durable_in, members=members)
+            for w in self.writers
         ]
         # A request cancelled while it waits cancels only its wait: its event stays queued and is
         # written (the writer settles futures that are still pending only).
@@ -102,13 +111,15 @@ class AuditTrail:
                     raise result
                 raise AuditUnavailable("the audit trail cannot be written") from result
 
-    def record_nowait(self, event: dict[str, Any], *, write: bool) -> None:
+    def record_nowait(
+        self, event: dict[str, Any], *, write: bool, members: Members | None = None
+    ) -> None:
         """Queue ``event`` without waiting (a cancelled request's last word); errors are logged."""
         if self.closed:
             log.error("audit event %s dropped: the trail is closed", event.get("insertId"))
             return
         for writer in self.writers:
-            writer.submit(event, write=write).add_done_callback(_log_failure)
+            writer.submit(event, write=write, members=members).add_done_callback(_log_failure)
 
     def metrics(self) -> AuditMetrics:
         return AuditMetrics(tuple(w.snapshot() for w in self.writers))

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.audit.chain import Chain
+from gateway.audit.chain import Chain, Members
 from gateway.audit.durability import DURABILITIES, Durability, Pending, SyncWaits, post, settle
 from gateway.audit.sinks import Sealed, Sink, SyncingSink
 from gateway.audit.worker_thread import WorkerThread
@@ -213,17 +213,23 @@ class SinkWriter:
 
     # -- queueing (the event loop) ---------------------------------------------------------
     def submit(
-        self, event: dict[str, Any], *, write: bool, skip: bool = False
+        self,
+        event: dict[str, Any],
+        *,
+        write: bool,
+        skip: bool = False,
+        members: Members | None = None,
     ) -> asyncio.Future[None]:
-        """Queue ``event``; the future resolves once it is as durable here as its mode says (or
-        is skipped), or fails with ``AuditUnavailable``."""
+        """Queue ``event`` (``members``: its top-level members already encoded, see
+        ``chain.Chain.seal``); the future resolves once it is as durable here as its mode says
+        (or is skipped), or fails with ``AuditUnavailable``."""
         loop = self._bind()
         done: asyncio.Future[None] = loop.create_future()
         if self._closing:
             done.set_exception(AuditUnavailable("the audit trail is closed"))
             return done
         mode = self.writes if write else self.reads
-        self._queue.append(Pending(event, done, mode, skip))
+        self._queue.append(Pending(event, done, mode, members, skip))
         self._eager += mode != "batched"
         self.stats.queue_depth = len(self._queue)
         if not self._busy and not self._kicking:  # once per loop iteration: one batch for all
@@ -292,7 +298,7 @@ class SinkWriter:
         try:
             if (error := self._open_sink()) is not None:
                 raise error
-            sealed = [Sealed(*self.chain.seal(p.event)) for p in batch if not p.skip]
+            sealed = [Sealed(*self.chain.seal(p.event, p.members)) for p in batch if not p.skip]
             if syncing is None:
                 if sealed:
                     self.sink.write(sealed)
