@@ -309,7 +309,10 @@ class SinkWriter:
             self._open = False
             return exc, 0
         assert self._syncs is not None
-        self._syncs.syncer.appended_to(total)
+        syncer = self._syncs.syncer
+        syncer.appended_to(total)
+        if any(p.mode != "written" for p in batch):
+            syncer.want(total)  # start the sync now, not once the event loop has heard of it
         return None, total
 
     # -- results (the event loop) ----------------------------------------------------------
