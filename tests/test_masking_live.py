@@ -262,6 +262,15 @@ def test_a_write_returns_its_then_return_rows_masked_and_so_does_its_replay(
     assert_never_in_clear(modes_server)
 
 
+def _logged(server: Served, text: str, seconds: float = 20.0) -> str:
+    """The server's log once it holds ``text`` (or after ``seconds``): a log line is written by
+    the server's log thread, which may come after the answer that caused it."""
+    deadline = time.monotonic() + seconds
+    while text not in (log := server.log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
+
+
 def test_spanners_message_quoting_a_masked_value_never_reaches_the_log(
     modes_server: Served, token_for: Callable[..., str]
 ) -> None:
@@ -271,7 +280,7 @@ def test_spanners_message_quoting_a_masked_value_never_reaches_the_log(
     problem = answer.json()
     assert problem["code"] == "statement-rejected"
     assert "wile" not in answer.text
-    log = modes_server.log.read_text()
+    log = _logged(modes_server, "Spanner's message withheld: this query masks result columns")
     assert "Spanner's message withheld: this query masks result columns" in log
     assert_never_in_clear(modes_server)
 
@@ -293,7 +302,7 @@ def test_a_reload_with_a_mask_spanner_cannot_honour_is_refused(
         assert refused
     finally:
         policy.write_text(good)
-    log = modes_server.log.read_text()
+    log = _logged(modes_server, "mask on column 'Nmae', which query list_customers does not return")
     assert "mask on column 'Nmae', which query list_customers does not return" in log
     rows = get(modes_server.base, "/v1/customers", token_for("support-console")).json()["rows"]
     assert rows[0]["Name"] == "***yote"  # the old policy keeps serving

@@ -1,6 +1,7 @@
 """Durability ``written`` through a real ``spangate serve``: every answered request's event is in
 the file, readable by another process, when the answer arrives; SIGKILL right after the answers
-loses none of them (the kernel holds what was written, synced or not); the trail verifies."""
+loses none of them (the kernel holds what was written, synced or not); the trail verifies. On the
+audit tests' policy and database (``conftest.POLICY``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from served import EXAMPLE_POLICY, start_served
+from conftest import POLICY
+from served import start_served
 
 from gateway.audit.chain import AuditKeys
 from gateway.audit.verify import verify_trail
@@ -38,7 +40,7 @@ def test_written_answers_are_in_the_file_and_survive_kill_9(
     audit_key: str,
     tmp_path: Path,
 ) -> None:
-    text = EXAMPLE_POLICY.read_text()
+    text = POLICY.read_text()  # the audit tests' own database: writes stay out of the demo's
     default = "{type: file, path: audit.jsonl}"
     assert default in text
     policy = tmp_path / "policy.yaml"
