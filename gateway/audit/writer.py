@@ -28,8 +28,9 @@ Events are sealed into the chain on the writer thread, in queue order, right bef
 batch that cannot be written is rolled back out of the chain, so the trail never has a gap, and the
 sink is opened again for the next batch. Hand-offs: the event loop posts a batch to the writer
 thread, which posts the result back with one ``call_soon_threadsafe``; nothing else crosses
-threads per batch (the syncer's wake-ups are per sync). Not thread-safe: ``submit`` and ``close``
-are called on the event loop.
+threads for a batch of ``written`` events (the syncer wakes on its own, once per sync). A batch
+that needs a sync also wakes the syncer, which posts back once that sync has returned. Not
+thread-safe: ``submit`` and ``close`` are called on the event loop.
 
 Bounded: a sink with a ``deadline`` (seconds; the Spanner sink) has each batch refused with
 ``AuditUnavailable`` once it has waited that long; while that write is still stuck on the writer
@@ -168,9 +169,6 @@ class SinkWriter:
             stats.waiting_for_sync = sum(1 for _ in syncs.held())
             stats.sync_stalled = syncs.stalled
         return stats
-
-    def mode_for(self, write: bool) -> Durability:
-        return self.writes if write else self.reads
 
     # -- starting --------------------------------------------------------------------------
     def _bind(self) -> asyncio.AbstractEventLoop:
