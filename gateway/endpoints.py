@@ -138,7 +138,25 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "shadow_policy_sha256": shadow.sha256 if (shadow := gateway.shadow) else None,
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
             "writes_settling": gateway.executor.settling,
-            "audit": {"keyed": gateway.audit_warning is None, "warning": gateway.audit_warning},
+            "audit": {
+                "keyed": gateway.audit_warning is None,
+                "warning": gateway.audit_warning,
+                "sinks": {
+                    stats.sink: {
+                        "reads": stats.reads,
+                        "writes": stats.writes,
+                        "healthy": stats.healthy,
+                        "queue_depth": stats.queue_depth,
+                        "unsynced_bytes": stats.unsynced_bytes,
+                        "unsynced_seconds": round(stats.unsynced_seconds, 3),
+                        "waiting_for_sync": stats.waiting_for_sync,
+                        "last_sync_seconds": round(stats.sync_seconds_last, 6),
+                        "sync_stalled": stats.sync_stalled,
+                        "last_error": stats.last_error,
+                    }
+                    for stats in gateway.audit.metrics().sinks
+                },
+            },
             "budgets": {
                 "store": budget.kind,
                 "reachable": budget.reachable,
@@ -212,11 +230,14 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
 def not_ready_reason(gateway: Gateway) -> str:
     """Why ``/readyz`` says 503, as a stable code: ``draining`` (SIGTERM or SIGINT received: the
     server still answers until it stops listening), ``starting`` (identities not warmed or
-    statements not analysed yet, or shutting down), ``issuer-keys`` (an issuer cannot verify)."""
+    statements not analysed yet, or shutting down), ``audit-sync-stalled`` (an audit file's
+    fdatasync has run past its deadline), ``issuer-keys`` (an issuer cannot verify)."""
     if gateway.draining:
         return "draining"
     if not gateway.ready:
         return "starting"
+    if any(w.sync_stalled for w in gateway.audit.writers):
+        return "audit-sync-stalled"
     return "issuer-keys"
 
 

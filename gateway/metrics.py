@@ -93,8 +93,12 @@ GAUGE_MODES: dict[str, _Mode] = {
     # writes still settling and events waiting: each worker has its own, the total is the sum
     "spangate_writes_settling": "livesum",
     "spangate_audit_queue_depth": "livesum",
-    # the slowest flush so far, of any worker, past or present
+    # the slowest flush and sync so far, of any worker, past or present
     "spangate_audit_flush_seconds_max": "max",
+    "spangate_audit_sync_seconds_max": "max",
+    # each worker writes its own file: bytes unsynced add up, the oldest of them is the oldest
+    "spangate_audit_unsynced_bytes": "livesum",
+    "spangate_audit_unsynced_seconds": "livemax",
     # the same constant 1 in every worker
     "spangate_build_info": "max",
 }
@@ -111,8 +115,9 @@ def multiprocess_dir() -> str | None:
 
 
 def serving_ready(gateway: Gateway) -> bool:
-    """What ``/readyz`` answers 200 for: not draining, every identity warmed and every issuer
-    able to verify.
+    """What ``/readyz`` answers 200 for: not draining, every identity warmed, every issuer able
+    to verify, and no audit sink's sync stalled past its deadline (every call would be refused
+    until the disk answers).
 
     Not the budget store: Redis is shared by every replica, so while it does not answer all of
     them would go unready at once, the Service would lose every endpoint, and unbudgeted routes
@@ -122,6 +127,7 @@ def serving_ready(gateway: Gateway) -> bool:
         gateway.ready
         and not gateway.draining
         and all(c.state().ready for c in gateway.verifier.caches.values())
+        and not any(w.sync_stalled for w in gateway.audit.writers)
     )
 
 
@@ -273,6 +279,25 @@ class GatewayMetrics:
         self._audit_flush_max = gauge(
             "spangate_audit_flush_seconds_max", "The slowest flush so far, per sink.", ("sink",)
         )
+        self._audit_syncs = counter(
+            "spangate_audit_syncs", "fdatasyncs of a file sink (on its syncer thread).", ("sink",)
+        )
+        self._audit_sync_total = counter(
+            "spangate_audit_sync_seconds", "Time spent in fdatasync, per sink.", ("sink",)
+        )
+        self._audit_sync_max = gauge(
+            "spangate_audit_sync_seconds_max", "The slowest fdatasync so far, per sink.", ("sink",)
+        )
+        self._audit_unsynced_bytes = gauge(
+            "spangate_audit_unsynced_bytes",
+            "Bytes of audit events written to the OS and not yet fdatasync'd, per sink.",
+            ("sink",),
+        )
+        self._audit_unsynced_seconds = gauge(
+            "spangate_audit_unsynced_seconds",
+            "Age of the oldest audit event written and not yet fdatasync'd (0: none), per sink.",
+            ("sink",),
+        )
         self._reloads = counter(
             "spangate_policy_reloads",
             "Policy reloads by result (shadow-refused: the shadow policy was refused, the live "
@@ -363,6 +388,11 @@ class GatewayMetrics:
             self._audit_flush_total.publish(sink, writer, stats.flush_seconds_total)
             self._audit_queue.labels(stats.sink).set(stats.queue_depth)
             self._audit_flush_max.labels(stats.sink).set(stats.flush_seconds_max)
+            self._audit_syncs.publish(sink, writer, stats.syncs)
+            self._audit_sync_total.publish(sink, writer, stats.sync_seconds_total)
+            self._audit_sync_max.labels(stats.sink).set(stats.sync_seconds_max)
+            self._audit_unsynced_bytes.labels(stats.sink).set(stats.unsynced_bytes)
+            self._audit_unsynced_seconds.labels(stats.sink).set(stats.unsynced_seconds)
         reloader = gateway.reloader
         if reloader is not None:
             self._reloads.publish(("ok",), reloader, reloader.reloads)

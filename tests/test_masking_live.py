@@ -257,7 +257,7 @@ def test_hash_last4_and_null_mask_each_row_and_hashes_join(
     seeded = {"O-1001", "O-1002", "O-1003", "O-1004"}  # other tests add orders to the shared t1
     assert [(r["OrderId"], by_hash[r["Contact"]]) for r in contacts if r["OrderId"] in seeded] == [
         ("O-1001", "C-1"), ("O-1002", "C-2"), ("O-1003", "C-1"), ("O-1004", "C-3")
-    ]  # fmt: skip
+    ]  # fmt: skip (the seed's orders: tests that ran before may have added others to the demo)
     again = get(modes_server.base, "/v1/customers", support).json()["rows"]
     assert again == rows  # stable
     lead = get(modes_server.base, "/v1/customers", token_for("support-lead")).json()["rows"]

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit.chain import encoded_size
+from gateway.audit.chain import Members, encode_members, encoded_size, members_size
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -40,6 +40,7 @@ __all__ = [
     "cut",
     "digest",
     "fit",
+    "fit_encoded",
     "pointer",
 ]
 
@@ -157,16 +158,25 @@ class Bounds:
 def fit(build: Callable[[Bounds], dict[str, Any]], max_bytes: int) -> dict[str, Any]:
     """The event ``build`` makes with a ``Bounds``, shrunk until its line fits in ``max_bytes``
     (see the module's docstring); an event that cannot be shrunk enough is returned anyway."""
+    return fit_encoded(build, max_bytes)[0]
+
+
+def fit_encoded(
+    build: Callable[[Bounds], dict[str, Any]], max_bytes: int
+) -> tuple[dict[str, Any], Members | None]:
+    """``fit``, and the event's top-level members as measuring it encoded them (what sealing
+    joins, ``chain.Chain.seal``: the event is encoded once); None when it must be scrubbed."""
     budget = max_bytes - SEAL_BYTES
     bounds = Bounds()
     event = build(bounds)
-    while encoded_size(event) > budget:
+    while True:
+        size, members = _measure(event)
+        if size <= budget:
+            return event, members
         if not bounds.drop_largest():
             break
-    else:
-        return event
     event = build(Bounds(SHRUNK_STRING_BYTES, drop_all=True))
-    size = encoded_size(event)
+    size, members = _measure(event)
     if size > budget:
         log.warning(
             "audit event %s is %d bytes, over SPANGATE_AUDIT_MAX_EVENT_BYTES (%d): written whole",
@@ -174,4 +184,14 @@ def fit(build: Callable[[Bounds], dict[str, Any]], max_bytes: int) -> dict[str, 
             size + SEAL_BYTES,
             max_bytes,
         )
-    return event
+    return event, members
+
+
+def _measure(event: dict[str, Any]) -> tuple[int, Members | None]:
+    try:
+        members = encode_members(event)
+    except (UnicodeError, ValueError, TypeError, RecursionError):
+        members = None
+    if members is None:
+        return encoded_size(event), None
+    return members_size(members), members

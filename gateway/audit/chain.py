@@ -24,6 +24,7 @@ never leaves a gap in the chain.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import json
@@ -41,9 +42,12 @@ __all__ = [
     "AuditKeys",
     "Chain",
     "canonical",
+    "Members",
+    "encode_members",
     "encoded_size",
     "event_hash",
     "line_text",
+    "members_size",
     "writable",
 ]
 
@@ -77,6 +81,66 @@ def line_text(text: str) -> str:
     """Canonical JSON text as it is written: U+0085, U+2028 and U+2029 escaped. These characters
     can only stand inside JSON strings, where ``\\uXXXX`` means the same character."""
     return _BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# The same three characters in UTF-8: these byte sequences are always those characters (0xC2 and
+# 0xE2 only ever start a character), so the written bytes can be escaped without decoding them.
+_BREAKS_UTF8 = re.compile(b"\xc2\x85|\xe2\x80[\xa8\xa9]")
+_ESCAPES = {b"\xc2\x85": b"\\u0085", b"\xe2\x80\xa8": b"\\u2028", b"\xe2\x80\xa9": b"\\u2029"}
+
+
+def _line_bytes(data: bytes) -> bytes:
+    """``line_text`` on canonical JSON's UTF-8 bytes."""
+    if b"\xc2" not in data and b"\xe2" not in data:
+        return data
+    return _BREAKS_UTF8.sub(lambda m: _ESCAPES[m.group()], data)
+
+
+# An event's top-level members, each value's canonical JSON in UTF-8: what sealing joins (with the
+# chain's own members) into the canonical bytes and the line, without encoding the event again.
+Members = dict[str, bytes]
+
+_KEYS: dict[str, bytes] = {}  # '"name":' of the top-level keys seen (a handful)
+
+
+def _key(name: str) -> bytes:
+    found = _KEYS.get(name)
+    if found is None:
+        found = _ENCODER.encode(name).encode() + b":"
+        if len(_KEYS) < 256:
+            _KEYS[name] = found
+    return found
+
+
+def _json(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode()
+
+
+def encode_members(event: Mapping[str, Any]) -> Members | None:
+    """``event``'s ``Members``; None when a top-level key is not a string (JSON would order the
+    keys otherwise). Raises ``UnicodeError``, ``ValueError``, ``TypeError`` or ``RecursionError``
+    when a value does not encode (see ``writable``)."""
+    if not all(isinstance(k, str) for k in event):
+        return None
+    return {k: _ENCODER.encode(v).encode() for k, v in event.items()}
+
+
+def members_size(members: Members) -> int:
+    """``encoded_size`` of the event with these members (its line without the chain's members
+    and the newline)."""
+    size = 1 + max(len(members), 1)  # the braces and the commas
+    for name, value in members.items():
+        size += len(_line_bytes(_key(name))) + len(_line_bytes(value))
+    return size
+
+
+def _encodable(event: Mapping[str, Any]) -> tuple[Mapping[str, Any], Members | None]:
+    """``event`` and its members, or its scrubbed copy and theirs (see ``writable``)."""
+    try:
+        return event, encode_members(event)
+    except (UnicodeError, ValueError, TypeError, RecursionError):
+        clean = writable(event)
+        return clean, encode_members(clean)
 
 
 def encoded_size(event: Mapping[str, Any]) -> int:
@@ -152,6 +216,7 @@ class Chain:
         self.last_hash = GENESIS
         self.seq = 0
         self.started = False
+        self._chain_json = _json(self.chain_id)
 
     def start(self, predecessor: str | None) -> None:
         """Name the predecessor's last hash (a previous process's) before the first event."""
@@ -159,35 +224,61 @@ class Chain:
             self.last_hash = predecessor
         self.started = True
 
-    def seal(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    def seal(
+        self, event: Mapping[str, Any], members: Members | None = None
+    ) -> tuple[dict[str, Any], bytes]:
         """A sealed copy of ``event`` (``chain``, ``seq``, ``prev``, ``hash`` added) and its line.
 
-        The line is ``canonical(sealed)``, encoded once (the ``hash`` member is spliced in where
-        sorting puts it, after the members whose keys sort before ``"hash"``), with line breaks
-        escaped (``line_text``)."""
-        event = writable(event)
-        self.seq += 1
-        sealed = {**event, "chain": self.chain_id, "seq": self.seq, "prev": self.last_hash}
+        The canonical bytes of the sealed event without its hash are hashed; the line is those
+        bytes with the ``"hash"`` member put where sorting puts it, line breaks escaped
+        (``line_text``, on the UTF-8 bytes). Both are joined from the event's top-level members,
+        each encoded once: ``members`` when the caller has them already (``encode_members`` of
+        this very event, as ``bounds.fit`` makes them), else encoded here. An event that does not
+        encode (a lone surrogate, NaN, an unknown type) is scrubbed first (``writable``)."""
+        seq = self.seq + 1
+        if members is None:
+            event, members = _encodable(event)
+        if members is None:  # a key that is not a string: JSON's own order, one encode
+            return self._seal_whole(event, seq)
+        own = {"chain": self._chain_json, "seq": b"%d" % seq, "prev": _json(self.last_hash)}
+        if self.worker is not None:
+            own["worker"] = b"%d" % self.worker
+        joined = {k: v for k, v in members.items() if k != "hash" and k not in own}
+        joined.update(own)
+        keys = sorted(joined)
+        parts = [_key(k) + joined[k] for k in keys]
+        body = b"{" + b",".join(parts) + b"}"
+        digest = self._digest(body)
+        parts.insert(bisect.bisect(keys, "hash"), b'"hash":"' + digest.encode() + b'"')
+        sealed = {k: v for k, v in event.items() if k != "hash"}
+        sealed.update(chain=self.chain_id, seq=seq, prev=self.last_hash, hash=digest)
+        if self.worker is not None:
+            sealed["worker"] = self.worker
+        self.seq, self.last_hash = seq, digest
+        return sealed, _line_bytes(b"{" + b",".join(parts) + b"}\n")
+
+    def _seal_whole(self, event: Mapping[str, Any], seq: int) -> tuple[dict[str, Any], bytes]:
+        sealed = {**event, "chain": self.chain_id, "seq": seq, "prev": self.last_hash}
         if self.worker is not None:
             sealed["worker"] = self.worker
         sealed.pop("hash", None)
-        text = _ENCODER.encode(sealed)
-        body = text.encode()
-        digest = (
-            hmac.new(self.key, body, hashlib.sha256).hexdigest()
-            if self.key
-            else hashlib.sha256(body).hexdigest()
-        )
+        try:
+            body = _ENCODER.encode(sealed).encode()
+        except (UnicodeError, ValueError, TypeError, RecursionError):
+            log.warning("audit event %s had keys or values that are not JSON; scrubbed", seq)
+            return self.seal(_scrub(event))  # every key a string now
+        digest = self._digest(body)
+        before = {k: v for k, v in sealed.items() if k < "hash"}  # "chain" at least
+        cut = len(_ENCODER.encode(before).encode()) - 1
+        line = b"%s,\"hash\":\"%s\"%s\n" % (body[:cut], digest.encode(), body[cut:])
         sealed["hash"] = digest
-        self.last_hash = digest
-        before = {k: v for k, v in sealed.items() if k < "hash"}
-        member = f'"hash":"{digest}"'
-        if before:  # text is "{<before>,<after>}" or "{<before>}"
-            cut = len(_ENCODER.encode(before)) - 1
-            line = f"{text[:cut]},{member}{text[cut:]}"
-        else:  # text is "{<after>}" or "{}"
-            line = "{" + member + ("," + text[1:] if len(text) > 2 else "}")
-        return sealed, (line_text(line) + "\n").encode()
+        self.seq, self.last_hash = seq, digest
+        return sealed, _line_bytes(line)
+
+    def _digest(self, body: bytes) -> str:
+        if self.key:
+            return hmac.new(self.key, body, hashlib.sha256).hexdigest()
+        return hashlib.sha256(body).hexdigest()
 
     def mark(self) -> tuple[int, str]:
         return self.seq, self.last_hash

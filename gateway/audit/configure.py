@@ -6,8 +6,9 @@ import functools
 from pathlib import Path
 
 from gateway.audit.chain import UNKEYED_WARNING, AuditKeys, Chain
-from gateway.audit.sinks import FileSink, Sink, StdoutSink
+from gateway.audit.sinks import FileSink, Sink
 from gateway.audit.spanner_sink import SpannerSink
+from gateway.audit.stdout_sink import StdoutSink
 from gateway.audit.trail import AuditTrail
 from gateway.audit.writer import SinkWriter
 from gateway.errors import ConfigError
@@ -91,7 +92,12 @@ def build_trail(
         sink: Sink
         if isinstance(config, FileSinkConfig):
             path = file_sink_path(settings, policy, config, worker)
-            sink = FileSink(path, rotate_bytes=config.rotate_bytes)
+            sink = FileSink(
+                path,
+                rotate_bytes=config.rotate_bytes,
+                sync_interval=config.sync_interval_seconds,
+                max_unsynced=config.max_unsynced_seconds,
+            )
         elif isinstance(config, SpannerSinkConfig):
             sink = SpannerSink(
                 databases.get(config.identity),

@@ -47,7 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit, pointer
+from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit_encoded, pointer
+from gateway.audit.chain import Members
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
@@ -61,6 +62,7 @@ __all__ = [
     "AUDIT_LOG_TYPE",
     "CallRecord",
     "build_event",
+    "build_event_encoded",
     "database_resource",
     "fallback_event",
     "redacted",
@@ -284,8 +286,23 @@ def build_event(
 ) -> dict[str, Any]:
     """The event of ``call`` (``key``: the redaction key; ``database``: the resource name), its
     line at most ``max_bytes`` long as far as shrinking caller values can make it (``bounds``)."""
+    return build_event_encoded(call, policy, key=key, database=database, max_bytes=max_bytes)[0]
+
+
+def build_event_encoded(
+    call: CallRecord,
+    policy: CompiledPolicy,
+    *,
+    key: bytes | None,
+    database: str | None = None,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> tuple[dict[str, Any], Members | None]:
+    """``build_event``, and its top-level members as bounding it encoded them, for sealing
+    (``AuditTrail.record(members=...)``): valid only while the event is not changed."""
     latency = time.perf_counter() - call.started
-    return fit(lambda bounds: _event(call, policy, key, database, latency, bounds), max_bytes)
+    return fit_encoded(
+        lambda bounds: _event(call, policy, key, database, latency, bounds), max_bytes
+    )
 
 
 def _http_request(call: CallRecord, status: int, latency: float, bounds: Bounds) -> dict[str, Any]:

@@ -27,7 +27,14 @@ import secrets
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
-from gateway.audit.event import CallRecord, build_event, fallback_event, write_outcome
+from gateway.audit.chain import Members
+from gateway.audit.event import (
+    CallRecord,
+    build_event,
+    build_event_encoded,
+    fallback_event,
+    write_outcome,
+)
 from gateway.audit.origin import IPNetwork, client_address, trace_context
 from gateway.audit.spanner_sink import SpannerSink
 from gateway.audit.trail import AuditTrail
@@ -71,9 +78,12 @@ def _event(
     key: bytes | None,
     database: str | None,
     max_bytes: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Members | None]:
+    """The event of ``call`` and its encoded members (``build_event_encoded``)."""
     try:
-        return build_event(call, policy, key=key, database=database, max_bytes=max_bytes)
+        return build_event_encoded(
+            call, policy, key=key, database=database, max_bytes=max_bytes
+        )
     except Exception:
         log.exception("the audit event of request %s could not be built", call.request_id)
         outcome = write_outcome(call)  # a write that ran still says whether it committed
@@ -82,7 +92,8 @@ def _event(
             call.error.extra["outcome"] = outcome
         call.status = 500
         call.result = None
-        return fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
+        event = fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
+        return event, None
 
 
 async def record_call(
@@ -107,9 +118,9 @@ async def record_call(
         # its deadline is still settling and may commit it yet. A new insertId keeps this event
         # from colliding with that row (the hook keeps the insertId it was made with).
         call.insert_id = secrets.token_hex(16)
-    event = _event(call, policy, key, database, audit.max_event_bytes)
-    try:
-        await audit.record(event, write=call.write, durable_in=durable_in)
+    event, members = _event(call, policy, key, database, audit.max_event_bytes)
+    try:  # the event does not change from here on: its members stay valid for sealing
+        await audit.record(event, write=call.write, durable_in=durable_in, members=members)
     except AuditUnavailable as exc:
         outcome = write_outcome(call)
         if outcome is not None:  # a write that ran: the 503 still says whether it committed
@@ -136,8 +147,8 @@ def record_nowait(
     insertId, so that row and this event never collide."""
     if call.write and _spanner_sink(audit) is not None:
         call.insert_id = secrets.token_hex(16)
-    event = _event(call, policy, key, database, audit.max_event_bytes)
-    audit.record_nowait(event, write=call.write)
+    event, members = _event(call, policy, key, database, audit.max_event_bytes)
+    audit.record_nowait(event, write=call.write, members=members)
     _recorded(audit, call, policy, event, key=key, database=database)
 
 

@@ -1,9 +1,16 @@
-"""Where audit lines go: a JSON-lines file (rotated by size) and stdout. Spanner: ``spanner_sink``.
+"""Where audit lines go: what a sink is, and the JSON-lines file (rotated by size). Standard
+output: ``stdout_sink``; Spanner: ``spanner_sink``.
 
 A sink is blocking and is called from its own writer thread only (``writer.SinkWriter``). Contract:
 ``open()`` returns the predecessor's last hash (the newest event already in the trail) or None;
 ``write(batch)`` makes the whole batch durable before it returns, or raises ``OSError`` and leaves
 nothing of it behind (no partial line). A sink that failed is opened again on the next batch.
+
+A sink that can tell written from synced (the file sink) also has ``append(batch)`` (written to the
+OS, returns the bytes appended ever) and ``sync_appended()`` (durable up to what it returns), which
+the writer calls from two threads (``syncer.Syncer``). ``read_durability`` is the durability of a
+read's event when the policy names none; ``written_ok`` says whether ``written`` means anything
+here (not for Spanner, where a batch is durable when it commits).
 """
 
 from __future__ import annotations
@@ -15,20 +22,34 @@ import json
 import logging
 import os
 import re
-import select
-import sys
-import time
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["FileSink", "Sealed", "Sink", "StdoutSink", "last_hash", "rotated_paths"]
+__all__ = [
+    "MAX_UNSYNCED_BYTES",
+    "MAX_UNSYNCED_SECONDS",
+    "SYNC_DEADLINE_SECONDS",
+    "SYNC_INTERVAL_SECONDS",
+    "FileSink",
+    "Sealed",
+    "Sink",
+    "SyncingSink",
+    "last_hash",
+    "rotated_paths",
+]
 
 log = logging.getLogger("spangate.audit")
 
 _TAIL_CHUNK = 65536
-STDOUT_DEADLINE_SECONDS = 5.0
+
+# A file sink's durability defaults (the policy's file sink keys override the first two).
+SYNC_INTERVAL_SECONDS = 0.1  # ``sync_interval``: background syncs of ``written`` events
+MAX_UNSYNCED_SECONDS = 1.0  # ``max_unsynced``: the most ``written`` answers run ahead of the disk
+MAX_UNSYNCED_BYTES = 16 * 1024 * 1024  # ... and in bytes
+SYNC_DEADLINE_SECONDS = 5.0  # the longest a request waits for a sync (then 503)
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,20 @@ class Sink(Protocol):
         """Make every event of the batch durable, or raise OSError leaving none of it."""
 
     def close(self) -> None: ...
+
+
+class SyncingSink(Sink, Protocol):
+    """A sink whose appends and syncs are apart (see the module docstring)."""
+
+    sync_interval: float
+    max_unsynced: float
+    max_unsynced_bytes: int
+    sync_deadline: float
+    appended: int
+
+    def append(self, batch: Sequence[Sealed]) -> int: ...
+
+    def sync_appended(self) -> int: ...
 
 
 def rotated_paths(path: Path) -> list[Path]:
@@ -107,28 +142,65 @@ def last_hash(path: Path) -> str | None:
 
 
 class FileSink:
-    """JSON lines appended to ``path``, ``fdatasync``'d before ``write`` returns.
+    """JSON lines appended to ``path``; ``append`` hands a batch to the OS (``write(2)``),
+    ``sync_appended`` makes what was appended durable (``fdatasync``), ``write`` does both.
 
     - One process writes a file at a time: an exclusive ``flock`` on ``.NAME.lock`` beside it
       (a second gateway on the same file answers 503 until the first is gone).
     - A partial last line left by a crash (never acknowledged) is cut off when the file is opened.
     - ``rotate_bytes``: before a batch would take the file past it, the file becomes
       ``NAME.000001`` (the next free number) and a new ``NAME`` starts; the chain goes on.
-    - A failed write is undone with ``ftruncate`` to the size before the batch.
+    - A failed append is undone with ``ftruncate`` to the size before the batch.
+
+    Threads: ``open``, ``append``, ``write`` and ``close`` are the writer thread's;
+    ``sync_appended`` may run at the same time on a syncer thread (``syncer.Syncer``). A file
+    descriptor replaced by a rotation or a re-open is not closed there but retired: the next
+    ``sync_appended`` syncs and closes it (and syncs the directory after a rotation), so a sync
+    in progress never loses its descriptor, and a sync covers the rotated file, the rename and
+    the new file alike. ``sync`` (``os.fdatasync``) is the seam a test slows down.
+
+    The durability keys (``syncer.Syncer``, ``writer.SinkWriter``): ``sync_interval`` (seconds
+    between background syncs of ``written`` events), ``max_unsynced`` (seconds) and
+    ``max_unsynced_bytes`` (the most ``written`` answers may run ahead of the disk),
+    ``sync_deadline`` (the longest a request waits for a sync).
     """
 
-    def __init__(self, path: Path, *, rotate_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        rotate_bytes: int | None = None,
+        sync: Callable[[int], None] = os.fdatasync,
+        sync_interval: float = SYNC_INTERVAL_SECONDS,
+        max_unsynced: float = MAX_UNSYNCED_SECONDS,
+        max_unsynced_bytes: int = MAX_UNSYNCED_BYTES,
+        sync_deadline: float = SYNC_DEADLINE_SECONDS,
+    ) -> None:
         self.name = f"file:{path}"
+        self.read_durability = "written"
+        self.written_ok = True
         self.path = path
         self.rotate_bytes = rotate_bytes
+        self.sync = sync
+        self.sync_interval = sync_interval
+        self.max_unsynced = max_unsynced
+        self.max_unsynced_bytes = max_unsynced_bytes
+        self.sync_deadline = sync_deadline
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._size = 0
         self.rotations = 0
+        # Shared with the syncer thread, under _fds: the descriptor appended to, those replaced
+        # and not yet synced, whether a rename awaits a directory sync, bytes appended (ever).
+        self._fds = threading.Lock()
+        self._retired: list[int] = []
+        self._renamed = False
+        self.appended = 0
 
     # -- opening ---------------------------------------------------------------------------
     def open(self) -> str | None:
-        self.close()
+        self._retire()
+        self._unlock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
@@ -143,7 +215,7 @@ class FileSink:
         try:
             self._open_active()
         except OSError:
-            self.close()
+            self._unlock()
             raise
         predecessor = last_hash(self.path)
         if predecessor is None:
@@ -153,8 +225,14 @@ class FileSink:
 
     def _open_active(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._fd = fd
-        self._size = self._cut_partial_tail(fd, os.fstat(fd).st_size)
+        try:
+            size = self._cut_partial_tail(fd, os.fstat(fd).st_size)
+        except OSError:
+            os.close(fd)
+            raise
+        with self._fds:
+            self._fd = fd
+        self._size = size
 
     def _cut_partial_tail(self, fd: int, size: int) -> int:
         if size == 0:
@@ -184,7 +262,9 @@ class FileSink:
         return keep
 
     # -- writing ---------------------------------------------------------------------------
-    def write(self, batch: Sequence[Sealed]) -> None:
+    def append(self, batch: Sequence[Sealed]) -> int:
+        """Hand ``batch`` to the OS (``write(2)`` returned for all of it: another process reads
+        it, a crash of this one loses none of it); return ``appended``. Not synced."""
         if self._fd is None:
             raise OSError(f"{self.path} is not open")
         data = b"".join(s.line for s in batch)
@@ -197,137 +277,85 @@ class FileSink:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fdatasync(fd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, before)
             raise
         self._size = before + len(data)
+        with self._fds:
+            self.appended += len(data)
+            return self.appended
+
+    def sync_appended(self) -> int:
+        """Make everything appended so far durable; return how far that is (``appended``)."""
+        with self._fds:
+            fd, retired, renamed = self._fd, self._retired, self._renamed
+            self._retired, self._renamed = [], False
+            covered = self.appended
+        try:
+            for old in retired:
+                try:
+                    self._sync_fd(old)
+                finally:
+                    os.close(old)
+            if renamed:
+                dirfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dirfd)
+                finally:
+                    os.close(dirfd)
+            if fd is not None:
+                self._sync_fd(fd)
+        except OSError:
+            with self._fds:
+                self._renamed |= renamed
+            raise
+        return covered
+
+    def _sync_fd(self, fd: int) -> None:
+        try:
+            self.sync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: a special file (/dev/full): nothing to sync
+                raise
+
+    def write(self, batch: Sequence[Sealed]) -> None:
+        """``append`` and ``sync_appended``: durable before it returns."""
+        self.append(batch)
+        self.sync_appended()
 
     def _rotate(self) -> None:
         assert self._fd is not None
         rotated = rotated_paths(self.path)
         number = int(rotated[-1].name.rsplit(".", 1)[1]) + 1 if rotated else 1
         target = self.path.with_name(f"{self.path.name}.{number:06d}")
-        os.fsync(self._fd)
         os.rename(self.path, target)
-        os.close(self._fd)
-        self._fd = None
+        self._retire()
+        with self._fds:
+            self._renamed = True
         self._open_active()
-        dirfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
         self.rotations += 1
         log.info("audit file rotated to %s", target)
 
-    def close(self) -> None:
-        for attr in ("_fd", "_lock_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                setattr(self, attr, None)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+    def _retire(self) -> None:
+        """Stop appending to the current descriptor; the next sync syncs and closes it."""
+        with self._fds:
+            if self._fd is not None:
+                self._retired.append(self._fd)
+                self._fd = None
 
-
-class StdoutSink:
-    """JSON lines on the process's standard output (Kubernetes / Cloud Logging collectors).
-
-    Durable here means handed to the pipe; the collector takes it from there. Bounded: a reader
-    that stalls (a full pipe) fails the batch after ``deadline`` seconds (503
-    ``audit-unavailable``) instead of hanging the request: each chunk waits for ``poll`` to say
-    the fd is writable and is at most ``PIPE_BUF`` bytes, which a writable pipe takes without
-    blocking. A batch cut short leaves a partial line in the pipe (it cannot be taken back): the
-    next batch starts with a newline, so it ends there as one malformed line.
-
-    ``lock`` (``spangate serve --workers N``, whose workers share one stdout): a lock file that
-    makes each batch whole in the pipe (a batch is written in ``PIPE_BUF`` chunks, which another
-    worker's could otherwise split); waiting for it counts against the same deadline. A batch cut
-    short is remembered in the lock file (its first byte), so whichever worker writes next starts
-    with the newline."""
-
-    def __init__(
-        self,
-        *,
-        fd: int | None = None,
-        deadline: float = STDOUT_DEADLINE_SECONDS,
-        lock: Path | None = None,
-    ) -> None:
-        self.name = "stdout"
-        self._fd = fd
-        self.write_deadline = deadline
-        self._partial = False
-        self._stalled = False
-        self._lock_path = lock
-        self._lock_fd: int | None = None
-
-    def open(self) -> str | None:
-        if self._lock_path is not None and self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        return None
-
-    def write(self, batch: Sequence[Sealed]) -> None:
-        # A reader that stalled the last batch gets no new wait: refused at once until it drains.
-        until = time.monotonic() + (0 if self._stalled else self.write_deadline)
-        lock = self._lock_fd
-        if lock is None:
-            self._write(batch, until)
-            return
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= until:
-                    raise OSError(
-                        errno.ETIMEDOUT,
-                        f"stdout not writable within {self.write_deadline:g}s (another worker "
-                        "holds it)",
-                    ) from None
-                time.sleep(0.001)
-        try:
-            self._partial = os.pread(lock, 1, 0) == b"1"
-            try:
-                self._write(batch, until)
-            finally:
-                os.pwrite(lock, b"1" if self._partial else b"0", 0)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _write(self, batch: Sequence[Sealed], until: float) -> None:
-        fd = sys.stdout.fileno() if self._fd is None else self._fd
-        data = b"".join(s.line for s in batch)
-        if self._partial:
-            data = b"\n" + data
-        view = memoryview(data)
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        while view:
-            events = poller.poll(max(0, int((until - time.monotonic()) * 1000)))
-            if not events:
-                self._partial |= len(view) < len(data)
-                self._stalled = True
-                raise OSError(
-                    errno.ETIMEDOUT,
-                    f"stdout not writable within {self.write_deadline:g}s (a stalled reader)",
-                )
-            if any(mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, mask in events):
-                self._partial |= len(view) < len(data)
-                raise OSError(errno.EPIPE, "stdout is closed")
-            try:
-                written = os.write(fd, view[: select.PIPE_BUF])
-            except BlockingIOError:
-                continue
-            except OSError:
-                self._partial |= len(view) < len(data)
-                raise
-            view = view[written:]
-        self._partial = self._stalled = False
-
-    def close(self) -> None:
-        """Nothing buffered: every write went to the fd."""
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor (no sync: ``sync_appended`` first when that is wanted)."""
+        with self._fds:
+            fds = [*self._retired, *([self._fd] if self._fd is not None else [])]
+            self._retired, self._fd = [], None
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._unlock()

@@ -125,6 +125,8 @@ class SpannerSink:
         if not _TABLE.match(table):
             raise ValueError(f"not a table name: {table!r}")
         self.name = f"spanner:{table}"
+        self.read_durability = "batched"  # a commit is a round trip: reads share theirs
+        self.written_ok = False  # a batch is durable when it commits: nothing comes between
         self.table = table
         self.database = database
         self.key = key

@@ -1,7 +1,7 @@
 """The audit trail: every event to every sink, each sink with its own chain, writer and durability.
 
-``record(event, write=...)`` returns once the event is durable in every sink (see
-``writer.SinkWriter`` for strict and batched group commit), and raises ``AuditUnavailable`` when
+``record(event, write=...)`` returns once the event is as durable in every sink as that sink's
+durability says (see ``writer.SinkWriter``: strict, written, batched), and raises ``AuditUnavailable`` when
 any sink could not take it: the caller then refuses the request (fail closed). ``available`` says
 whether the last write of every sink succeeded, so a gateway can refuse a request before running
 its statement while a sink is failing (the refusal's own event probes the sink again).
@@ -10,13 +10,13 @@ its statement while a sink is failing (the refusal's own event probes the sink a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES
+from gateway.audit.chain import Members
 from gateway.audit.writer import SinkStats, SinkWriter
 from gateway.errors import AuditUnavailable
 
@@ -80,20 +80,29 @@ class AuditTrail:
         return not self.closed and all(w.healthy for w in self.writers)
 
     async def record(
-        self, event: dict[str, Any], *, write: bool, durable_in: Collection[str] = ()
+        self,
+        event: dict[str, Any],
+        *,
+        write: bool,
+        durable_in: Collection[str] = (),
+        members: Members | None = None,
     ) -> None:
         """Write ``event`` to every sink; ``write``: the request ran DML (strict by default).
 
         ``durable_in`` names sinks that already hold the event (a Spanner row committed in the
-        write's own transaction): they do not write it again."""
+        write's own transaction): they do not write it again. ``members``: the event's top-level
+        members already encoded (``event.build_event_encoded``); the event must not change
+        after this call."""
         if self.closed:
             raise AuditUnavailable("the audit trail is closed")
         futures = [
-            w.submit(event, write=write, skip=w.sink.name in durable_in) for w in self.writers
+            w.submit(event, write=write, skip=w.sink.name in durable_in, members=members)
+            for w in self.writers
         ]
-        # Shielded: a request cancelled while it waits leaves its event to be written.
+        # A request cancelled while it waits cancels only its wait: its event stays queued and is
+        # written (the writer settles futures that are still pending only).
         if len(futures) == 1:
-            await asyncio.shield(futures[0])  # raises AuditUnavailable (the writer sets only it)
+            await futures[0]  # raises AuditUnavailable (the writer sets only it)
             return
         results = await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
         for result in results:
@@ -102,16 +111,18 @@ class AuditTrail:
                     raise result
                 raise AuditUnavailable("the audit trail cannot be written") from result
 
-    def record_nowait(self, event: dict[str, Any], *, write: bool) -> None:
+    def record_nowait(
+        self, event: dict[str, Any], *, write: bool, members: Members | None = None
+    ) -> None:
         """Queue ``event`` without waiting (a cancelled request's last word); errors are logged."""
         if self.closed:
             log.error("audit event %s dropped: the trail is closed", event.get("insertId"))
             return
         for writer in self.writers:
-            writer.submit(event, write=write).add_done_callback(_log_failure)
+            writer.submit(event, write=write, members=members).add_done_callback(_log_failure)
 
     def metrics(self) -> AuditMetrics:
-        return AuditMetrics(tuple(dataclasses.replace(w.stats) for w in self.writers))
+        return AuditMetrics(tuple(w.snapshot() for w in self.writers))
 
     async def close(self) -> None:
         """Refuse new events, flush every queued one of every sink (at once), close the sinks."""

@@ -619,12 +619,22 @@ _SIZE_RE = re.compile(r"^([0-9]+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000,
                "MB": 1000**2, "GB": 1000**3}  # fmt: skip
 
-Durability = Literal["strict", "batched"]
+Durability = Literal["strict", "written", "batched"]
+SpannerDurability = Literal["strict", "batched"]
 _DURABILITY = (
-    "strict: the response waits until this sink holds the event durably (fsync'd, committed), "
-    "flushed at once; batched: events are flushed together within SPANGATE_AUDIT_BATCH_WINDOW_MS "
-    "and responses wait for their batch. Default: strict for writes (DML), batched for the rest."
+    "strict: the response waits until this sink holds the event durably (fdatasync'd, handed to "
+    "the pipe), flushed at once; written: the response waits until the event is written to the OS "
+    "(a crash of the process loses nothing answered), a file sink fdatasyncs it in the background "
+    "(sync_interval, max_unsynced); batched: as strict, flushed together within "
+    "SPANGATE_AUDIT_BATCH_WINDOW_MS. Default: strict for writes (DML), written for the rest."
 )
+_SPANNER_DURABILITY = (
+    "strict: the response waits until the event's batch has committed, committed at once; "
+    "batched: batches commit at most once per SPANGATE_AUDIT_BATCH_WINDOW_MS and responses wait "
+    "for theirs. Default: strict for writes (their row commits in their own transaction), "
+    "batched for the rest."
+)
+MAX_SYNC_WAIT_SECONDS = 5.0  # audit.sinks.SYNC_DEADLINE_SECONDS: max_unsynced stays within it
 
 
 def parse_size(text: str | int) -> int:
@@ -639,6 +649,18 @@ class FileSink(_Strict):
     type: Literal["file"]
     path: str = Field(min_length=1, description="Relative paths are relative to the policy file.")
     durability: Durability | None = Field(None, description=_DURABILITY)
+    sync_interval: Duration = Field(
+        "100ms",
+        description="written: events written are fdatasync'd in the background at most this "
+        "often (at once after an idle spell; 0ms: continuously), so while the disk keeps up a "
+        "power loss loses at most about this much of the events answered.",
+    )
+    max_unsynced: Duration = Field(
+        "1s",
+        description="written: how far answers may run ahead of the disk: once the oldest event "
+        "written but not fdatasync'd is older than this (a slow or stalled disk), answers wait "
+        "for their sync as with strict. Longer than sync_interval, at most 5s.",
+    )
     rotate_size: Annotated[str, Field(pattern=_SIZE_RE.pattern)] | int | None = Field(
         None,
         description="Rotate the file to PATH.000001, .000002… before it would grow past this "
@@ -648,6 +670,29 @@ class FileSink(_Strict):
     @property
     def rotate_bytes(self) -> int | None:
         return parse_size(self.rotate_size) if self.rotate_size is not None else None
+
+    @property
+    def sync_interval_seconds(self) -> float:
+        return parse_duration(self.sync_interval)
+
+    @property
+    def max_unsynced_seconds(self) -> float:
+        return parse_duration(self.max_unsynced)
+
+    @model_validator(mode="after")
+    def _sync_bounds(self) -> FileSink:
+        interval, bound = self.sync_interval_seconds, self.max_unsynced_seconds
+        if bound > MAX_SYNC_WAIT_SECONDS:
+            raise ValueError(
+                f"max_unsynced must be at most {MAX_SYNC_WAIT_SECONDS:g}s (a request waits for a "
+                "sync at most that long)"
+            )
+        if bound <= interval:
+            raise ValueError(
+                f"max_unsynced ({self.max_unsynced}) must be longer than sync_interval "
+                f"({self.sync_interval}), or answers would keep waiting for their sync"
+            )
+        return self
 
     @field_validator("rotate_size")
     @classmethod
@@ -673,7 +718,17 @@ class SpannerSink(_Strict):
         pattern=r"^[A-Za-z][A-Za-z0-9_]{0,127}$",
         description="The append-only audit table (created by spangate init-db).",
     )
-    durability: Durability | None = Field(None, description=_DURABILITY)
+    durability: SpannerDurability | None = Field(None, description=_SPANNER_DURABILITY)
+
+    @field_validator("durability", mode="before")
+    @classmethod
+    def _not_written(cls, value: object) -> object:
+        if value == "written":
+            raise ValueError(
+                "durability written is for file and stdout sinks: a Spanner batch is durable "
+                "when it commits, nothing comes between (use strict or batched)"
+            )
+        return value
 
 
 Sink = Annotated[FileSink | StdoutSink | SpannerSink, Field(discriminator="type")]

@@ -18,8 +18,9 @@ import pytest
 from gateway.audit.chain import Chain
 from gateway.audit.event import CallRecord
 from gateway.audit.recorder import in_transaction_hook, record_call, record_nowait
-from gateway.audit.sinks import FileSink, Sealed, StdoutSink
+from gateway.audit.sinks import FileSink, Sealed
 from gateway.audit.spanner_sink import SpannerSink
+from gateway.audit.stdout_sink import StdoutSink
 from gateway.audit.trail import AuditTrail
 from gateway.audit.writer import SinkWriter
 from gateway.auth.principal import Principal

@@ -9,7 +9,17 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audit.chain import GENESIS, AuditKeys, Chain, canonical, event_hash, line_text
+from gateway.audit.chain import (
+    GENESIS,
+    AuditKeys,
+    Chain,
+    canonical,
+    encode_members,
+    encoded_size,
+    event_hash,
+    line_text,
+    members_size,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -31,6 +41,29 @@ def test_the_line_is_the_canonical_json_of_the_sealed_event(
     assert len(line.decode().splitlines()) == 1  # one line for every line splitter
     assert sealed["hash"] == event_hash(sealed, key) == chain.last_hash
     assert (sealed["seq"], sealed["prev"], sealed["chain"]) == (1, GENESIS, chain.chain_id)
+
+
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=8), st.integers(1, 9))
+def test_members_encoded_beforehand_seal_to_the_same_line(
+    event: dict[str, Any], worker: int
+) -> None:
+    """What ``bounds.fit`` encodes while it bounds an event is what sealing joins: the same bytes
+    as sealing the event alone, and ``members_size`` is the size of its line without the chain's
+    own members (``"chain"``, ``"seq"``, ``"prev"``, ``"worker"``, ``"hash"``): ``encoded_size``."""
+    members = encode_members(event)
+    assert members is not None
+    alone, given = Chain(b"k" * 32, chain_id="c1", worker=worker), Chain(b"k" * 32, chain_id="c1")
+    given.worker = worker
+    sealed, line = alone.seal(event)
+    assert given.seal(event, members) == (sealed, line)
+    own = {"chain", "seq", "prev", "worker", "hash"}
+    plain = {k: v for k, v in event.items() if k not in own}
+    assert members_size({k: v for k, v in members.items() if k not in own}) == encoded_size(plain)
+
+
+def test_odd_keys_are_sealed_as_strings() -> None:
+    sealed, line = Chain(None).seal({1: "one", "two": 2})  # type: ignore[dict-item]
+    assert json.loads(line) == sealed and sealed["1"] == "one"
 
 
 def test_a_chain_links_and_rolls_back() -> None:

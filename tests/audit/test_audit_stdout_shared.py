@@ -9,7 +9,8 @@ import os
 import threading
 from pathlib import Path
 
-from gateway.audit.sinks import Sealed, StdoutSink
+from gateway.audit.sinks import Sealed
+from gateway.audit.stdout_sink import StdoutSink
 
 LINE_BYTES = 6000  # more than PIPE_BUF (4096): each line takes two writes
 

@@ -1,5 +1,6 @@
 """Sink writers on real files: group commit, strict vs batched, fail closed without a chain gap,
-rotation, a predecessor's last hash, a crash's partial line, one process per file."""
+rotation, a predecessor's last hash, a crash's partial line, one process per file. (``written``:
+test_audit_written.py.)"""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from gateway.errors import AuditUnavailable
 
 
 def writer(path: Path, *, window: float = 10.0, max_batch: int = 512, **kw: object) -> SinkWriter:
+    """Strict writes and batched reads (the default for reads before ``written``)."""
     rotate = kw.pop("rotate_bytes", None)
     assert isinstance(rotate, int | None)
     return SinkWriter(
         FileSink(path, rotate_bytes=rotate),
         Chain(KEY),
         durability=None,
+        reads="batched",
         window=window,
         max_batch=max_batch,
     )

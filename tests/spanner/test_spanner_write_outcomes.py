@@ -483,14 +483,14 @@ async def test_a_committed_write_whose_event_fails_says_it_committed(
     emulator = start_emulator(log_path=tmp_path / "emulator.log")
     commit = Fault(monkeypatch, "commit")
 
-    def disk_fails(self: FileSink, batch: Any) -> None:
+    def disk_fails(self: FileSink, batch: Any) -> int:
         raise OSError(28, "No space left on device")
 
     try:
         make_database(emulator.host, "diskfull", DDL)
         policy = policy_text("diskfull", POLICY)
         async with gateway_on(tmp_path, emulator.host, policy, issuer=idp.issuer) as (_, http):
-            commit.after = lambda: monkeypatch.setattr(FileSink, "write", disk_fails)
+            commit.after = lambda: monkeypatch.setattr(FileSink, "append", disk_fails)
             answer = await post(http, headers, 5)
             assert answer.status_code == 503, answer.text
             assert answer.json()["code"] == "audit-unavailable"
