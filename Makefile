@@ -101,8 +101,9 @@ lock:
 # The container image, built with buildah as root (docs/image.md). Without BASE_IMAGE its base is
 # made from Debian packages (debootstrap); where a registry can be reached:
 #   make image BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
-image: | $(BIN)/python
-	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(BIN)/python" dev/image/build.sh
+# The host's Python, not the .venv: `sudo make image` leaves no root-owned .venv behind.
+image:
+	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(PYTHON)" dev/image/build.sh
 
 # Re-pin the chart tools (dev/chart-tools/requirements.in -> requirements.txt).
 chart-lock:
@@ -112,4 +113,4 @@ chart-lock:
 
 clean:
 	rm -rf $(VENV) $(CHART_VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs build/chart \
-	  dev/image/wheelhouse/*.whl dev/image/wheelhouse/.locks-sha256
+	  dev/image/wheelhouse/*.whl dev/image/wheelhouse/.key
