@@ -88,11 +88,11 @@ schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
 	$(BIN)/python -m gateway.policy.schema --cases > policies/policy-test.schema.json
 
-# Re-pin the Python dependencies (installs `uv` into the venv). The run-time lock first; the dev
-# lock is constrained by it and the build lock by the dev lock: a package is pinned the same in all.
+# Re-pin the Python dependencies with the venv's `uv` (pinned in the dev lock). The run-time lock
+# first; the dev lock is constrained by it and the build lock by the dev lock: a package is pinned
+# the same in all.
 COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --no-header
-lock:
-	$(BIN)/python -m pip install --quiet uv
+lock: $(STAMP)
 	$(COMPILE) pyproject.toml -o requirements.lock
 	$(COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
@@ -106,8 +106,7 @@ image:
 	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(PYTHON)" dev/image/build.sh
 
 # Re-pin the chart tools (dev/chart-tools/requirements.in -> requirements.txt).
-chart-lock:
-	$(BIN)/python -m pip install --quiet uv
+chart-lock: $(STAMP)
 	$(BIN)/uv pip compile dev/chart-tools/requirements.in --generate-hashes --python-version 3.11 \
 	  --no-header -o dev/chart-tools/requirements.txt
 
