@@ -88,11 +88,11 @@ schema: $(STAMP)
 	$(BIN)/python -m gateway.policy.schema > policies/policy.schema.json
 	$(BIN)/python -m gateway.policy.schema --cases > policies/policy-test.schema.json
 
-# Re-pin the Python dependencies (installs `uv` into the venv). The run-time lock first; the dev
-# lock is constrained by it and the build lock by the dev lock: a package is pinned the same in all.
+# Re-pin the Python dependencies with the venv's `uv` (pinned in the dev lock). The run-time lock
+# first; the dev lock is constrained by it and the build lock by the dev lock: a package is pinned
+# the same in all.
 COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --no-header
-lock:
-	$(BIN)/python -m pip install --quiet uv
+lock: $(STAMP)
 	$(COMPILE) pyproject.toml -o requirements.lock
 	$(COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
@@ -101,15 +101,15 @@ lock:
 # The container image, built with buildah as root (docs/image.md). Without BASE_IMAGE its base is
 # made from Debian packages (debootstrap); where a registry can be reached:
 #   make image BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
-image: | $(BIN)/python
-	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(BIN)/python" dev/image/build.sh
+# The host's Python, not the .venv: `sudo make image` leaves no root-owned .venv behind.
+image:
+	BASE_IMAGE="$(BASE_IMAGE)" PYTHON="$(PYTHON)" dev/image/build.sh
 
 # Re-pin the chart tools (dev/chart-tools/requirements.in -> requirements.txt).
-chart-lock:
-	$(BIN)/python -m pip install --quiet uv
+chart-lock: $(STAMP)
 	$(BIN)/uv pip compile dev/chart-tools/requirements.in --generate-hashes --python-version 3.11 \
 	  --no-header -o dev/chart-tools/requirements.txt
 
 clean:
 	rm -rf $(VENV) $(CHART_VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache .run build/docs build/chart \
-	  dev/image/wheelhouse/*.whl dev/image/wheelhouse/.locks-sha256
+	  dev/image/wheelhouse/*.whl dev/image/wheelhouse/.key

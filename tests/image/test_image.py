@@ -1,13 +1,20 @@
 """The container image, built by ``dev/image/build.sh`` (what ``make image`` runs) and run with
 ``buildah run`` on the host network against the session's emulator and OpenID provider.
 
-Needs root, buildah and debootstrap (``.ci/run`` installs them): without them the build fails
-and says what to install; it is never skipped. ``buildah run`` (1.28) has no ``--read-only``, so
+Needs root, buildah, debootstrap and Debian's archive keyring (``.ci/run`` installs them and runs
+as root): it is never skipped; run as another user it fails at once and says what to run.
+The image is built under a tag of this run's own (``localhost/spangate-test-PID``), which the
+teardown removes, so test runs of other checkouts sharing buildah's store never see it; the
+build itself is skipped when an image built from the same sources exists (build.sh).
+
+``buildah run`` (1.28) has no ``--read-only``, so
 the root filesystem is made read-only as a container runtime does for Kubernetes'
 ``readOnlyRootFilesystem``: a read-only bind mount of the container's root (made in a mount
 namespace of the run, before ``buildah run`` starts), the volumes mounted over it. Only ``/run``
 stays writable there (buildah puts its ``.containerenv`` in it and removes it afterwards): the
-test checks that the gateway left nothing in it.
+test checks that the gateway left nothing in it. Nor has it a ``no-new-privileges`` option: the
+runs are started under ``setpriv --no-new-privs`` (which their processes inherit, as Kubernetes'
+``allowPrivilegeEscalation: false`` gives) with ``--cap-drop=all``.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,26 +77,52 @@ class Container:
         """The image's ENTRYPOINT followed by ``args`` (its CMD when none are given)."""
         return [*self.config["Entrypoint"], *(args or self.config["Cmd"])]
 
-    def run_argv(self, *options: str, command: list[str]) -> list[str]:
-        """``buildah run`` of ``command`` on the host network, the root read-only."""
-        run = [*BUILDAH, "run", *ISOLATION, "--network=host", *options, self.name, "--", *command]
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-euc", READ_ONLY,
-                "sh", str(self.root), *run]  # fmt: skip
+    def run_argv(self, *options: str, command: list[str], hardened: bool = True) -> list[str]:
+        """``buildah run`` of ``command`` on the host network, the root read-only; ``hardened``:
+        no capabilities and no new privileges (a pod's ``capabilities: {drop: [ALL]}`` and
+        ``allowPrivilegeEscalation: false``)."""
+        caps = ["--cap-drop=all"] if hardened else []
+        run = [*BUILDAH, "run", *ISOLATION, "--network=host", *caps, *options, self.name, "--",
+               *command]  # fmt: skip
+        wrapper = ["setpriv", "--no-new-privs"] if hardened else []
+        return [*wrapper, "unshare", "--mount", "--propagation", "private", "--", "sh", "-euc",
+                READ_ONLY, "sh", str(self.root), *run]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    """``make image``'s script: the image's name (a failure says what is missing)."""
-    out = subprocess.run(
+NOT_ROOT = (
+    "tests/image builds the container image with buildah, which needs root here (chroot isolation, "
+    "vfs storage), and CI always runs it (.ci/run runs as root). As another user, run it as root "
+    "on its own: `sudo .venv/bin/python -m pytest -p no:cacheprovider tests/image` (with "
+    "`sudo apt-get install buildah debootstrap debian-archive-keyring` once), and the other tests "
+    "with `.venv/bin/python -m pytest -m 'not image'`."
+)
+
+
+def build(image: str) -> subprocess.CompletedProcess[str]:
+    """``dev/image/build.sh`` tagging ``image`` (its repository): the name is printed last."""
+    return subprocess.run(
         [str(REPO / "dev" / "image" / "build.sh")],
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": sys.executable, "IMAGE": image},
         capture_output=True,
         text=True,
         timeout=840,
     )
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    """``make image``'s script, under a tag of this run's own (a failure says what is missing);
+    the tag is removed at the end (the image stays as the checkout's cache, build.sh)."""
+    if os.geteuid() != 0:
+        pytest.fail(NOT_ROOT, pytrace=False)
+    out = build(f"localhost/spangate-test-{os.getpid()}")
     if out.returncode != 0:
         pytest.fail(f"dev/image/build.sh (make image) failed:\n{out.stderr[-4000:]}", pytrace=False)
-    return out.stdout.split()[-1]
+    name = out.stdout.split()[-1]
+    try:
+        yield name
+    finally:
+        buildah("rmi", name, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +152,37 @@ def test_the_image_runs_as_10001_and_serves_on_8080_with_its_labels(container: C
     assert env["SPANGATE_AUDIT_PATH"] == "/var/lib/spangate/audit.jsonl"
     assert set(config["Volumes"]) == {"/tmp", "/var/lib/spangate"}  # noqa: S108
     assert set(config["ExposedPorts"]) == {"8080/tcp"}
-    labels = config["Labels"]
-    import tomllib
-
+    labels = dict(config["Labels"])
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert labels["org.opencontainers.image.title"] == "spangate"
-    assert labels["org.opencontainers.image.version"] == project["version"]
-    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0" == project["license"]
-    assert labels["org.opencontainers.image.description"] == project["description"]
-    assert "org.opencontainers.image.source" in labels
-    assert re.fullmatch(r"[0-9a-f]{40}|unknown", labels["org.opencontainers.image.revision"])
+    assert labels.pop("org.opencontainers.image.title") == "spangate"
+    assert labels.pop("org.opencontainers.image.version") == project["version"]
+    assert labels.pop("org.opencontainers.image.licenses") == "Apache-2.0" == project["license"]
+    assert labels.pop("org.opencontainers.image.description") == project["description"]
+    source = labels.pop("org.opencontainers.image.source")
+    assert re.fullmatch(r"https://[^\s@/]+/\S+", source) and source == project["urls"]["Source"]
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", labels.pop("org.opencontainers.image.revision"))
+    assert re.fullmatch(r"[0-9a-f]{64}", labels.pop("spangate.build.hash"))  # build.sh's cache
+    # buildah's own, and nothing inherited from the base (no spangate.base.* recipe).
+    assert set(labels) == {"io.buildah.version"}, labels
+
+
+def test_a_second_build_of_the_same_sources_is_the_same_image_without_building(
+    image: str,
+) -> None:
+    """build.sh's cache: the same sources, locks, build arguments and base give a new tag on
+    the existing image (repeated `make test` runs do not rebuild)."""
+    again = f"localhost/spangate-test-{os.getpid()}-again"
+    out = build(again)
+    try:
+        assert out.returncode == 0, out.stderr
+        assert "is up to date" in out.stderr and "building" not in out.stderr, out.stderr
+        ids = [
+            buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", name).stdout
+            for name in (image, out.stdout.split()[-1])
+        ]
+        assert ids[0] == ids[1]
+    finally:
+        buildah("rmi", f"{again}:{image.rsplit(':', 1)[1]}", check=False)
 
 
 def test_the_entrypoint_answers_help_and_version(container: Container) -> None:
@@ -204,6 +260,95 @@ def test_the_image_holds_the_runtime_lock_and_no_compiler_pip_or_cache(
     assert [path for path in leftovers if (root / path).exists()] == []
 
 
+def _walk(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every file and folder of the image's root (not the runtime's /proc, /sys, /dev)."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+        for name in dirs + files:
+            path = Path(folder) / name
+            yield path, path.lstat()
+
+
+def test_no_installer_is_left_in_the_image(container: Container) -> None:
+    """No pip in the gateway's environment nor in the base interpreter, and no wheel anywhere
+    (ensurepip's bundled ones, Debian's /usr/share/python-wheels) to install one from."""
+    for python in ("python3", "/opt/spangate/bin/python"):
+        pip = subprocess.run(
+            container.run_argv(command=[python, "-m", "pip", "--version"]),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert pip.returncode != 0 and "No module named pip" in pip.stdout + pip.stderr, pip
+    wheels = [str(path.relative_to(container.root)) for path, _ in _walk(container.root)
+              if path.name.endswith(".whl")]  # fmt: skip
+    assert wheels == []
+
+
+def test_no_setuid_or_setgid_file_is_in_the_image(container: Container) -> None:
+    privileged = [
+        str(path.relative_to(container.root))
+        for path, info in _walk(container.root)
+        if stat.S_ISREG(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID)
+    ]
+    assert privileged == []
+
+
+def test_the_audit_folder_is_10001s_and_group_0s_for_arbitrary_uids(container: Container) -> None:
+    """Owned by 10001, writable by group 0 (OpenShift runs an arbitrary uid in group 0)."""
+    info = (container.root / "var" / "lib" / "spangate").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (UID, 0, 0o770)
+
+
+def test_nothing_of_the_build_host_is_in_the_image(container: Container) -> None:
+    """No host name, no name server (the runtime provides both); Debian's canonical sources."""
+    etc = container.root / "etc"
+    assert (etc / "hostname").read_text() == ""
+    assert (etc / "resolv.conf").read_text() == ""
+    assert (etc / "apt" / "sources.list").read_text().splitlines() == [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]
+
+
+def test_the_debian_packages_carry_every_published_security_update(
+    container: Container, tmp_path: Path
+) -> None:
+    """apt inside the image (its own sources.list, lists in throw-away volumes, the root
+    read-only) finds nothing to upgrade, and libssl3 is bookworm-security's version."""
+    lists, cache, tmp = tmp_path / "lists", tmp_path / "cache", tmp_path / "tmp"
+    for folder in (lists, cache, tmp):
+        folder.mkdir()
+    tmp.chmod(0o1777)  # as an emptyDir
+    script = r"""
+        apt-get update -qq --error-on=any >&2
+        apt list --upgradable 2>/dev/null | grep -v '^Listing' || true
+        echo '---'
+        apt-cache policy libssl3 | grep -E 'Installed|Candidate'
+        installed=$(dpkg-query -W -f '${Version}' libssl3)
+        apt-cache madison libssl3 | awk -F'|' '/bookworm-security/ {gsub(/ /, "", $2); print $2}' |
+        while read -r version; do
+            if dpkg --compare-versions "$installed" ge "$version"; then echo "security $version: ok"
+            else echo "security $version: newer"; fi
+        done
+    """
+    out = subprocess.run(
+        container.run_argv(
+            "--user", "0:0", "-v", f"{lists}:/var/lib/apt/lists", "-v", f"{cache}:/var/cache/apt",
+            "-v", f"{tmp}:/tmp", command=["sh", "-euc", script], hardened=False,  # apt drops to its _apt user
+        ),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    upgradable, _, libssl3 = out.stdout.partition("---\n")
+    assert upgradable.strip() == "", upgradable
+    installed = re.search(r"Installed: (\S+)", libssl3)
+    candidate = re.search(r"Candidate: (\S+)", libssl3)
+    assert installed and candidate and installed.group(1) == candidate.group(1), libssl3
+    security = re.findall(r"^security (\S+): (\w+)$", libssl3, re.M)
+    assert security and all(verdict == "ok" for _, verdict in security), libssl3
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -247,7 +392,8 @@ def test_the_demo_personas_get_their_answers_through_the_image(
     tmp_path: Path,
 ) -> None:
     """``spangate serve`` as the image runs it (ENTRYPOINT + CMD, the policy at its default
-    path), as uid 10001 on a read-only root: 200/200/200/403 for the four demo personas."""
+    path), as uid 10001 on a read-only root, with no capabilities and no new privileges:
+    200/200/200/403 for the four demo personas."""
     policy, audit, tmp = tmp_path / "policy", tmp_path / "audit", tmp_path / "tmp"
     for folder in (policy, audit, tmp):
         folder.mkdir()
@@ -282,6 +428,10 @@ def test_the_demo_personas_get_their_answers_through_the_image(
         status = Path(f"/proc/{gateway}/status").read_text()
         assert re.search(rf"^Uid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", status, re.M), status
         assert re.search(rf"^Gid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", status, re.M), status
+        # As a pod with capabilities: {drop: [ALL]} and allowPrivilegeEscalation: false runs it.
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+        assert re.search(r"^CapPrm:\s+0+$", status, re.M), status
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), status
         (root_mount,) = [
             line.split() for line in Path(f"/proc/{gateway}/mountinfo").read_text().splitlines()
             if line.split()[4] == "/"

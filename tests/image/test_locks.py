@@ -63,3 +63,15 @@ def test_the_dockerfile_labels_the_projects_version_and_license() -> None:
     assert f'org.opencontainers.image.description="{PYPROJECT["project"]["description"]}"' in (
         dockerfile
     )
+
+
+def test_the_source_label_is_the_projects_public_home_and_the_charts_image_repository() -> None:
+    """The Dockerfile's default SOURCE_URL is pyproject.toml's [project.urls] Source (which
+    dev/image/build.sh passes), an https URL whose owner/name the chart's image repository has."""
+    source = PYPROJECT["project"]["urls"]["Source"]
+    match = re.fullmatch(r"https://github\.com/([a-z0-9-]+/[a-z0-9-]+)", source)
+    assert match, source
+    (default,) = re.findall(r"^ARG SOURCE_URL=(\S*)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert default == source
+    values = (REPO / "charts" / "spangate" / "values.yaml").read_text()
+    assert re.search(rf"^  repository: ghcr\.io/{re.escape(match.group(1))}$", values, re.M)
