@@ -87,6 +87,8 @@ class Recorded:
     live: LiveDecision
     policy_sha256: str | None
     cut: frozenset[str] = field(default_factory=frozenset)
+    # metadata.pagination.cursor: none | opened | refused | not-checked; None: no paginated route
+    cursor: str | None = None
 
     def is_cut(self, where: str) -> bool:
         """Whether the value at ``where`` (or anything in it) is cut or dropped."""
@@ -195,6 +197,7 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
         ),
         policy_sha256=_text(metadata.get("policySha256")),
         cut=cut,
+        cursor=_text(_get(metadata, "pagination", "cursor")),
     )
 
 

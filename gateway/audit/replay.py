@@ -22,7 +22,12 @@ What the decision is recomputed from, and how far it can be:
   recorded no caller values: when the candidate's roles let it in, its parameters are not known
   (``params_known`` false): a deny -> allow flip all the same; and when the live policy refused
   it for a caller's parameter and the candidate runs the same query, that refusal is assumed
-  (``assumed``).
+  (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail records it,
+  ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened under the live
+  policy is assumed to open under the candidate. A call that presented a cursor
+  (``metadata.pagination.cursor`` other than ``none``) to a candidate route without
+  ``pagination:`` is refused as the candidate would refuse it, ``param-unknown`` (its ``cursor``
+  is a parameter it does not take).
 
 Comparison (``changes``): ``allow->deny`` and ``deny->allow`` (flips), and for decisions that do
 not flip ``query``, ``params`` (the bound values: names, where each came from, values; a hash
@@ -323,7 +328,12 @@ def _bind(
     bound: dict[str, tuple[str, Any]] = {}
     unchecked: list[str] = []
     caller_unknown = False
+    if rec.cursor not in (None, "none") and route.query.paging is None:
+        raise _Refused("param-unknown")  # the caller's cursor is an unknown parameter here
     for name, spec in specs.items():
+        if spec.cursor is not None:  # the cursor's values are never recorded
+            bound[name] = ("cursor", None)
+            continue
         if spec.claim is not None:
             claim = view.claim(spec.claim)
             if claim is MISSING or claim is None:
@@ -462,4 +472,3 @@ def _same_params(recorded: Mapping[str, Any] | None, outcome: Replayed, key: byt
         if not _same(entry.get("value"), value, key):
             return False
     return True
-

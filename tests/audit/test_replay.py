@@ -33,7 +33,11 @@ LIVE: dict[str, Any] = {
     "version": 1,
     "spanner": {"project": "p", "instance": "i", "database": "d"},
     "issuers": {
-        "okta": {"issuer": "https://idp.example/oauth2/default", "audience": "api", "preset": "okta"}
+        "okta": {
+            "issuer": "https://idp.example/oauth2/default",
+            "audience": "api",
+            "preset": "okta",
+        }
     },
     "identities": {"reader": {"database_role": "reader"}, "writer": {"database_role": "writer"}},
     "roles": {
@@ -162,7 +166,9 @@ REQUESTS = [
 def test_the_live_policy_itself_changes_nothing(request_line: str, claims: dict[str, Any]) -> None:
     principal = who(**claims)
     if claims.get("tenant", "") is None:
-        principal = principal_for(LIVE_POLICY.model, {k: v for k, v in STAFF.items() if k != "tenant"})
+        principal = principal_for(
+            LIVE_POLICY.model, {k: v for k, v in STAFF.items() if k != "tenant"}
+        )
     event = event_of(request_line, principal)
     result = outcome(LIVE_POLICY, event)
     assert isinstance(result, Replayed), result
@@ -197,8 +203,13 @@ def test_removing_a_role_from_a_route_flips_its_calls_to_deny() -> None:
 def test_a_new_route_flips_no_route_to_allow_with_its_parameters() -> None:
     data = edited()
     data["routes"].append(
-        {"path": "/gadgets/{id}", "method": "GET", "query": "get_thing", "allow": ["staff"],
-         "tool": "get_gadget"}
+        {
+            "path": "/gadgets/{id}",
+            "method": "GET",
+            "query": "get_thing",
+            "allow": ["staff"],
+            "tool": "get_gadget",
+        }
     )
     event = event_of("GET /gadgets/G-1", who())
     assert event["protoPayload"]["metadata"]["decision"]["reason"] == "no-route"
@@ -448,3 +459,51 @@ def test_a_huge_redacted_array_claim_is_dropped_for_the_events_size_and_then_unk
     data["routes"][0]["allow"] = ["agent", "staff"]
     result = outcome(policy(data), event)
     assert isinstance(result, NotReplayed) and "cut for the event's size" in result.why
+
+
+# -- pagination ----------------------------------------------------------------------------------
+def _example(edit: Any = None) -> CompiledPolicy:
+    import yaml
+
+    text = (REPO / "policy.example.yaml").read_text()
+    data = yaml.safe_load(text.replace("${OKTA_ISSUER:-", "").replace("default}", "default"))
+    if edit is not None:
+        edit(data)
+    return compile_policy(load_policy_data(data, base_dir=REPO))
+
+
+def test_paginated_calls_replay_unchanged_under_the_same_policy() -> None:
+    example = _example()
+    support = principal_for(
+        example.model, {"iss": "okta", "sub": "u1", "groups": ["support"], "tenant": "t1"}
+    )
+    for request in ("GET /v1/orders", "GET /v1/orders?limit=5", "GET /v1/orders?limit=5&cursor=c1"):
+        recorded_call = rec(event_of(request, support, live=example))
+        found = replay(example, recorded_call, KEYS.redact)
+        assert isinstance(found, Replayed) and found.allow, (request, found)
+        assert found.params is not None and found.params["after_created"] == ("cursor", None)
+        assert changes(recorded_call, found, KEYS.redact) == [], request
+
+
+def test_a_cursor_presented_to_a_candidate_without_pagination_is_param_unknown() -> None:
+    def unpaged(data: dict[str, Any]) -> None:
+        query = data["queries"]["list_orders"]
+        del query["pagination"]
+        query["params"]["limit"] = {"type": "INT64", "min": 1, "max": 100, "default": 20}
+        query["params"]["after_created"] = {"type": "TIMESTAMP", "nullable": True}
+        query["params"]["after_order"] = {"type": "STRING", "nullable": True}
+
+    example, candidate = _example(), _example(unpaged)
+    support = principal_for(
+        example.model, {"iss": "okta", "sub": "u1", "groups": ["support"], "tenant": "t1"}
+    )
+    first = rec(event_of("GET /v1/orders", support, live=example))
+    assert first.cursor == "none"
+    found = replay(candidate, first, KEYS.redact)
+    assert isinstance(found, Replayed) and found.allow
+    assert changes(first, found, KEYS.redact) == ["params"]  # from: cursor -> from: caller
+    nxt = rec(event_of("GET /v1/orders?cursor=c1", support, live=example))
+    assert nxt.cursor == "not-checked"
+    found = replay(candidate, nxt, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.allow, found.reason) == (False, "param-unknown")
+    assert changes(nxt, found, KEYS.redact) == ["allow->deny"]
