@@ -75,7 +75,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
 from gateway.policy.pagination import Paging
 from gateway.policy.reads import ClaimReads
-from gateway.policy.shadow import ROUTING_REASONS, disagreement
+from gateway.policy.shadow import ROUTING_REASONS, disagreement, shadow_principal
 from gateway.settings import Settings
 from gateway.shaping.cursors import CursorKeys, CursorNotOpened
 from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
@@ -636,7 +636,11 @@ class Gateway:
         shadow = active.shadow
         assert shadow is not None and call.principal is not None
         try:
-            verdict = decide(shadow, facts, call.principal)
+            seen = shadow_principal(call.principal, active.policy.model, shadow.model)
+            if isinstance(seen, str):  # the candidate refuses the token
+                verdict = Decision(allow=False, reason=seen)
+            else:
+                verdict = decide(shadow, facts, seen)
             live = call.decision
             code = live.reason if live is not None else (call.error.code if call.error else "")
             differs = disagreement(live, code, verdict, shadow.sha256)

@@ -63,9 +63,7 @@ def shadowed(
 
 
 def get(server: Served, path: str, token: str) -> httpx.Response:
-    return httpx.get(
-        f"{server.base}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+    return httpx.get(f"{server.base}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
 def tool_call(server: Served, tool: str, arguments: dict[str, Any], token: str) -> httpx.Response:
@@ -88,9 +86,7 @@ def disagreements(text: str) -> dict[tuple[str, str, str], float]:
     for line in text.splitlines():
         if line.startswith("spangate_shadow_disagreements_total{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            found[(labels["route"], labels["live"], labels["shadow"])] = float(
-                line.rsplit(" ", 1)[1]
-            )
+            found[(labels["route"], labels["live"], labels["shadow"])] = float(line.rsplit(" ", 1)[1])
     return found
 
 
@@ -106,27 +102,15 @@ def replay(*args: str, audit_key: str, issuer: str) -> subprocess.CompletedProce
 
 
 def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
-    shadowed: Served,
-    candidate: Path,
-    token_for: Token,
-    idp: IdpProcess,
-    audit_key: str,
-    tmp_path: Path,
+    shadowed: Served, candidate: Path, token_for: Token, idp: IdpProcess, audit_key: str, tmp_path: Path
 ) -> None:
-    agent, support, outsider = (
-        token_for("order-agent"),
-        token_for("support-console"),
-        token_for("outsider"),
-    )
+    agent, support, outsider = token_for("order-agent"), token_for("support-console"), token_for("outsider")
     ready = httpx.get(f"{shadowed.base}/readyz", timeout=30).json()
     expected = load_policy(candidate, env={"OKTA_ISSUER": idp.issuer}).sha256
     assert ready["shadow_policy_sha256"] == expected != ready["policy_sha256"]
 
     # the answers are the live policy's: the agent still reads
-    agreed = [
-        get(shadowed, "/v1/orders/O-1001", support),
-        get(shadowed, "/v1/orders/O-1001", outsider),
-    ]
+    agreed = [get(shadowed, "/v1/orders/O-1001", support), get(shadowed, "/v1/orders/O-1001", outsider)]
     assert [r.status_code for r in agreed] == [200, 403]
     # a paginated query: a first page, then the next one with its cursor (both agree)
     first = get(shadowed, "/v1/orders?limit=1", support)
@@ -139,10 +123,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     )
     assert following.status_code == 200, following.text
     agreed += [first, following]
-    flipped = [
-        get(shadowed, "/v1/orders/O-1001", agent),
-        get(shadowed, "/v1/orders/O-1001/items", agent),
-    ]
+    flipped = [get(shadowed, "/v1/orders/O-1001", agent), get(shadowed, "/v1/orders/O-1001/items", agent)]
     assert [r.status_code for r in flipped] == [200, 200], flipped[0].text
     mcp = tool_call(shadowed, "get_order", {"order_id": "O-1001"}, agent)
     assert mcp.status_code == 200 and mcp.json()["result"]["isError"] is False, mcp.text
@@ -150,8 +131,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     flipped_ids = {r.headers["x-request-id"] for r in flipped}
 
     events = {
-        e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"]: e
-        for e in shadowed.events()
+        e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"]: e for e in shadowed.events()
     }
     paged = events[following.headers["x-request-id"]]["protoPayload"]["metadata"]["pagination"]
     assert paged["cursor"] == "opened"
@@ -159,9 +139,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     assert shadowed_ids == flipped_ids
     for rid in flipped_ids:
         metadata = events[rid]["protoPayload"]["metadata"]
-        assert (
-            metadata["decision"]["allow"] is True and metadata["decision"]["rule"] == "order-agent"
-        )
+        assert metadata["decision"]["allow"] is True and metadata["decision"]["rule"] == "order-agent"
         assert metadata["shadow"]["allow"] is False
         assert metadata["shadow"]["reason"] == "no-allow-role"
         assert metadata["shadow"]["rule"] is None and metadata["shadow"]["policySha256"] == expected
@@ -176,9 +154,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
 
     # the replay of that trail under the candidate: exactly those calls flip
     trail = [str(p) for p in shadowed.trail_files()]
-    done = replay(
-        "--policy", str(candidate), "--json", *trail, audit_key=audit_key, issuer=idp.issuer
-    )
+    done = replay("--policy", str(candidate), "--json", *trail, audit_key=audit_key, issuer=idp.issuer)
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["flips"] == {"allow->deny": 3, "deny->allow": 0}
@@ -205,9 +181,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     garbage.write_text("this is not an audit trail\n")
     bad = replay("--policy", str(candidate), str(garbage), audit_key=audit_key, issuer=idp.issuer)
     assert bad.returncode == 2 and "not a JSON audit event" in bad.stderr
-    wrong_key = replay(
-        "--policy", str(candidate), *trail, audit_key="another-key", issuer=idp.issuer
-    )
+    wrong_key = replay("--policy", str(candidate), *trail, audit_key="another-key", issuer=idp.issuer)
     assert wrong_key.returncode == 2 and "does not verify" in wrong_key.stderr
 
     diff = subprocess.run(

@@ -158,7 +158,18 @@ def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str,
     return chain
 
 
-def _authentication(principal: Principal, bounds: Bounds) -> dict[str, Any]:
+def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
+    """The token's audiences its issuer accepts (for replay under a candidate whose issuer may
+    take others); None when the token has no ``aud`` (an introspection answer may not)."""
+    aud = principal.claims.get("aud")
+    given = [aud] if isinstance(aud, str) else aud
+    issuer = policy.model.issuers.get(principal.issuer)
+    if not isinstance(given, list) or issuer is None:
+        return None
+    return sorted({a for a in given if isinstance(a, str)} & set(issuer.audiences))
+
+
+def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds) -> dict[str, Any]:
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
         "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
@@ -168,6 +179,7 @@ def _authentication(principal: Principal, bounds: Bounds) -> dict[str, Any]:
             "clientId": bounds.text(third + "clientId", principal.client_id),
             "userId": bounds.text(third + "userId", principal.user_id),
             "tokenId": bounds.text(third + "tokenId", principal.token_id),
+            "audience": _accepted(principal, policy),
         },
         "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
     }
@@ -347,7 +359,7 @@ def _event(
             "methodName": route.query_name if route else None,
             "resourceName": database
             or database_resource(target.project, target.instance, target.database),
-            "authenticationInfo": _authentication(call.principal, bounds)
+            "authenticationInfo": _authentication(call.principal, policy, bounds)
             if call.principal
             else None,
             "authorizationInfo": [

@@ -89,6 +89,9 @@ class Recorded:
     cut: frozenset[str] = field(default_factory=frozenset)
     # metadata.pagination.cursor: none | opened | refused | not-checked; None: no paginated route
     cursor: str | None = None
+    # thirdPartyPrincipal.audience: the token's audiences the live issuer accepted; None: not
+    # recorded (an older event, or a token without aud)
+    audience: tuple[str, ...] | None = None
 
     def is_cut(self, where: str) -> bool:
         """Whether the value at ``where`` (or anything in it) is cut or dropped."""
@@ -198,7 +201,12 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
         policy_sha256=_text(metadata.get("policySha256")),
         cut=cut,
         cursor=_text(_get(metadata, "pagination", "cursor")),
+        audience=_tuple(_strings(_get(third, "audience"))),
     )
+
+
+def _tuple(value: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
 
 
 def _strings(value: Any) -> list[str] | None:

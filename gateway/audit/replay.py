@@ -4,8 +4,12 @@
 What the decision is recomputed from, and how far it can be:
 
 - the route: the recorded method and raw path (``httpRequest``), or an MCP call's tool name;
-- the issuer: the candidate's issuer of the recorded name, else of the recorded ``iss`` URL;
-  neither: the candidate refuses the token (``issuer-unknown``);
+- the issuer: the candidate's issuer of the recorded ``iss`` URL (of the recorded name first,
+  when two share the URL), else of the recorded name; neither: the candidate refuses the token
+  (``issuer-unknown``), as the shadow policy does (``shadow.shadow_principal``). When that
+  issuer accepts none of the token's audiences the live issuer accepted
+  (``thirdPartyPrincipal.audience``; not recorded before it was: not checked), the token would
+  be refused before any decision: the call could not be replayed;
 - roles: the candidate's role entries, judged three-valued on what the event recorded
   (``metadata.claimsRead``: claims, groups, scopes; the issuer; whether the token is delegated).
   An entry holds, fails, or is unknown when it tests a claim the event did not record (a claim
@@ -52,6 +56,7 @@ from gateway.policy.decide import match_route
 from gateway.policy.model import ClaimTest, ClaimValue, RoleEntry
 from gateway.policy.roles import claim_holds
 from gateway.policy.router import PathInvalid, check_param_segment, template_params
+from gateway.policy.shadow import candidate_issuer
 from gateway.policy.types import TypeProblem, coerce, json_value
 
 __all__ = ["NotReplayed", "Replayed", "changes", "replay"]
@@ -374,10 +379,11 @@ def _bind(
 
 # -- the decision -------------------------------------------------------------------------------
 def _issuer(policy: CompiledPolicy, rec: Recorded) -> str | None:
+    """The candidate's issuer of the recorded ``iss`` URL (the recorded name first, when two
+    share it), else of the recorded name (the same issuer at another environment's URL)."""
     issuers = policy.model.issuers
-    if rec.issuer in issuers:
-        return rec.issuer
-    return next((name for name, cfg in issuers.items() if cfg.issuer == rec.iss), None)
+    found = candidate_issuer(issuers, rec.issuer, rec.iss)
+    return found if found is not None or rec.issuer not in issuers else rec.issuer
 
 
 def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[str, str]] | str:
@@ -403,6 +409,11 @@ def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed
     issuer = _issuer(policy, rec)
     if issuer is None:
         return Replayed(False, "issuer-unknown")
+    accepted = policy.model.issuers[issuer].audiences
+    if rec.audience is not None and rec.audience and set(rec.audience).isdisjoint(accepted):
+        return NotReplayed(
+            f"the token's audience {list(rec.audience)} is not one issuer {issuer!r} accepts"
+        )
     view = _View(rec, key, issuer)
     try:
         found = _route(policy, rec)

@@ -46,6 +46,9 @@ class ThirdPartyPrincipal(_Model):
     clientId: str | None
     userId: str | None
     tokenId: str | None = Field(description="The token's jti (never the token).")
+    audience: list[str] | None = Field(
+        None, description="The token's audiences (aud) its issuer accepts; null: no aud."
+    )
 
 
 class Actor(_Model):

@@ -33,11 +33,7 @@ LIVE: dict[str, Any] = {
     "version": 1,
     "spanner": {"project": "p", "instance": "i", "database": "d"},
     "issuers": {
-        "okta": {
-            "issuer": "https://idp.example/oauth2/default",
-            "audience": "api",
-            "preset": "okta",
-        }
+        "okta": {"issuer": "https://idp.example/oauth2/default", "audience": "api", "preset": "okta"}
     },
     "identities": {"reader": {"database_role": "reader"}, "writer": {"database_role": "writer"}},
     "roles": {
@@ -166,9 +162,7 @@ REQUESTS = [
 def test_the_live_policy_itself_changes_nothing(request_line: str, claims: dict[str, Any]) -> None:
     principal = who(**claims)
     if claims.get("tenant", "") is None:
-        principal = principal_for(
-            LIVE_POLICY.model, {k: v for k, v in STAFF.items() if k != "tenant"}
-        )
+        principal = principal_for(LIVE_POLICY.model, {k: v for k, v in STAFF.items() if k != "tenant"})
     event = event_of(request_line, principal)
     result = outcome(LIVE_POLICY, event)
     assert isinstance(result, Replayed), result
@@ -203,13 +197,8 @@ def test_removing_a_role_from_a_route_flips_its_calls_to_deny() -> None:
 def test_a_new_route_flips_no_route_to_allow_with_its_parameters() -> None:
     data = edited()
     data["routes"].append(
-        {
-            "path": "/gadgets/{id}",
-            "method": "GET",
-            "query": "get_thing",
-            "allow": ["staff"],
-            "tool": "get_gadget",
-        }
+        {"path": "/gadgets/{id}", "method": "GET", "query": "get_thing", "allow": ["staff"],
+         "tool": "get_gadget"}
     )
     event = event_of("GET /gadgets/G-1", who())
     assert event["protoPayload"]["metadata"]["decision"]["reason"] == "no-route"
@@ -507,3 +496,42 @@ def test_a_cursor_presented_to_a_candidate_without_pagination_is_param_unknown()
     found = replay(candidate, nxt, KEYS.redact)
     assert isinstance(found, Replayed) and (found.allow, found.reason) == (False, "param-unknown")
     assert changes(nxt, found, KEYS.redact) == ["allow->deny"]
+
+
+# -- issuers -------------------------------------------------------------------------------------
+def test_the_issuer_is_found_by_its_url_first_and_an_audience_change_is_not_replayed() -> None:
+    data = copy.deepcopy(LIVE)
+    data["roles"]["agent"] = [
+        {"issuer": "okta", "scopes": ["things.read"], "claims": {"kind": "agent"}}
+    ]
+    live = policy(data)
+    agent = who(live, groups=[], scp=["things.read"], kind="agent", aud=["api", "other"])
+    event = event_of("GET /things/T-1", agent, live=live)
+    third = event["protoPayload"]["authenticationInfo"]["thirdPartyPrincipal"]
+    assert third["audience"] == ["api"]  # what the live issuer accepted, no more
+    recorded_call = rec(event)
+
+    renamed = copy.deepcopy(data)  # okta is now corp (same URL); an okta of another URL
+    renamed["issuers"] = {
+        "corp": data["issuers"]["okta"],
+        "okta": {**data["issuers"]["okta"], "issuer": "https://elsewhere.example/oauth2/x"},
+    }
+    renamed["roles"]["agent"] = [
+        {"issuer": "corp", "scopes": ["things.read"], "claims": {"kind": "agent"}}
+    ]
+    found = replay(policy(renamed), recorded_call, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.allow, found.rule) == (True, "agent")
+    assert changes(recorded_call, found, KEYS.redact) == []
+
+    dropped = copy.deepcopy(data)
+    dropped["issuers"] = {
+        "corp": {**data["issuers"]["okta"], "issuer": "https://elsewhere.example/"}
+    }
+    dropped["roles"]["agent"] = [{"scopes": ["things.read"], "claims": {"kind": "agent"}}]
+    found = replay(policy(dropped), recorded_call, KEYS.redact)
+    assert isinstance(found, Replayed) and found.reason == "issuer-unknown"
+
+    audience = copy.deepcopy(data)
+    audience["issuers"]["okta"]["audience"] = "another-api"
+    found = replay(policy(audience), recorded_call, KEYS.redact)
+    assert isinstance(found, NotReplayed) and "audience" in found.why
