@@ -422,14 +422,15 @@ _CLAIMS_READ = _METADATA + "/claimsRead"
 def _claims_read(
     call: CallRecord, reads: ClaimReads, key: bytes | None, bounds: Bounds
 ) -> dict[str, Any]:
-    """``claimsRead``: the values of the claims ``reads`` names (null: absent), and the
-    principal's groups and scopes when roles read them (null: not read). Each value is the
+    """``claimsRead``: the values of the claims ``reads`` names (null: absent), and whether the
+    principal holds each group and scope a role names (``{name: bool}``; null: none named;
+    each name its keyed hash when ``audit.redact`` names ``claim.groups``/``claim.scopes``). Each value is the
     token's, so bounded as a caller's (cut, or dropped for the event's size: listed in
     ``truncated``); a claim bound to a redacted parameter is its keyed hash. ``sub`` and the
     claims under ``act`` are in ``authenticationInfo`` already (the subject, each actor's
     ``sub`` and other claims): each string once."""
     principal = call.principal
-    if principal is None:
+    if principal is None or not reads.recorded:
         return {}
     claims: dict[str, Any] = {}
     block: dict[str, Any] = {"claims": claims, "groups": None, "scopes": None}
@@ -447,10 +448,15 @@ def _claims_read(
                 claims[path] = hashed
         else:
             bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), to_json(value))
-    if reads.groups:
-        bounds.put(block, "groups", _CLAIMS_READ + "/groups", sorted(principal.groups))
-    if reads.scopes:
-        bounds.put(block, "scopes", _CLAIMS_READ + "/scopes", sorted(principal.scopes))
+    for kind, names, held in (
+        ("groups", reads.groups, principal.groups),
+        ("scopes", reads.scopes, principal.scopes),
+    ):
+        if names:  # whether the principal holds each name a role tests, never its others
+            hashed = kind in reads.redacted
+            block[kind] = {
+                (str(redacted_claim(n, key)) if hashed else n): n in held for n in sorted(names)
+            }
     return {"claimsRead": block}
 
 

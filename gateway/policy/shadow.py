@@ -3,7 +3,8 @@
 ``spangate serve --shadow-policy CANDIDATE`` decides every call under the candidate too
 (``decide``: no statement runs under it) and answers with the live decision, always. Two
 decisions disagree when they differ in any of: allow, reason, the rule (the role that allowed or
-denied), the query, or the bound parameters (names, where each came from, values). A
+denied), the query, the bound parameters (names, where each came from, values), or the result
+columns masked for the caller (``masked``, recorded with the shadow's decision). A
 disagreement becomes the audit event's ``metadata.shadow`` and one count of
 ``spangate_shadow_disagreements_total{route, live, shadow}``.
 
@@ -86,8 +87,8 @@ def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> P
 
 
 def _changed_params(live: Bound | None, shadow: Bound | None) -> list[str] | None:
-    if live is None or shadow is None:
-        return None if live is shadow else sorted({*_names(live), *_names(shadow)})
+    if live is None or shadow is None:  # one side did not bind: allow or reason differ already
+        return None
     a, b = live.values, shadow.values
     names = [
         n
@@ -115,12 +116,14 @@ def disagreement(
     rule = live.rule if live is not None else None
     query = live.query_name if live is not None else None
     params = _changed_params(live.bound if live is not None else None, shadow.bound)
+    masked = live.masked if live is not None else ()
     if (
         shadow.allow == allow
         and shadow.reason == reason
         and shadow.rule == rule
         and shadow.query_name == query
         and params is None
+        and set(shadow.masked) == set(masked)
     ):
         return None
     route = live.route if live is not None and live.route is not None else shadow.route
@@ -134,6 +137,7 @@ def disagreement(
             "rule": shadow.rule,
             "query": shadow.query_name,
             "params": params,
+            "masked": list(shadow.masked),
             "policySha256": sha256,
         },
     )

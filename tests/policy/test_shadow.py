@@ -46,6 +46,7 @@ def test_allow_reason_rule_query_and_parameters_each_disagree() -> None:
     assert found is not None
     assert (found.route, found.live, found.shadow) == ("/things/{id}", "allowed", "no-allow-role")
     assert found.record["allow"] is False and found.record["rule"] is None
+    assert found.record["params"] is None  # the shadow bound nothing: no parameters listed
 
     post = request_facts("POST /things", {"id": "T-1"})
     live = decide(LIVE, post, staff)
@@ -61,7 +62,7 @@ def test_a_call_the_live_policy_did_not_route() -> None:
     shadow = _candidate("route")
     found = disagreement(None, "no-route", decide(shadow, facts, staff), shadow.sha256)
     assert found is not None and found.route == "/gadgets/{id}"
-    assert found.record["query"] == "get_thing" and found.record["params"] == ["id", "tenant"]
+    assert found.record["query"] == "get_thing" and found.record["params"] is None
 
 
 def _by_issuer() -> dict[str, Any]:
