@@ -257,7 +257,10 @@ def _statement(
             params[name] = entry
             if name in bound.defaulted:
                 entry["defaulted"] = True
-            if name in redact:
+            if name in redact and name in bound.claim_bound and isinstance(value, list):
+                # an array claim: element by element, as claimsRead records the claim
+                entry["value"] = redacted_claim(json_value(value), key)
+            elif name in redact:
                 entry["value"] = redacted(value, key)
             else:
                 where = _REQUEST + pointer("params", name, "value")

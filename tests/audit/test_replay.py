@@ -649,3 +649,23 @@ def test_calls_not_replayed_without_a_route_are_grouped_as_no_route() -> None:
     unrouted = rec(event_of("GET /nowhere/1", who()))
     report.add(unrouted, NotReplayed("the path cut for the event's size"), KEYS.redact)
     assert [g.route for g in report.not_replayed_roles.values()] == ["(no route)"]
+
+
+def test_a_redacted_array_claim_bound_to_a_parameter_replays_unchanged() -> None:
+    data = copy.deepcopy(LIVE)
+    data["queries"]["team_things"] = {
+        "identity": "reader",
+        "sql": "SELECT * FROM Things WHERE Team IN UNNEST(@teams)",
+        "params": {"teams": {"type": "ARRAY<STRING>", "from": "claim.teams"}},
+    }
+    route = {"path": "/team-things", "method": "GET", "query": "team_things", "allow": ["staff"]}
+    data["routes"].append(route)
+    data["audit"]["redact"] = ["size", "teams"]
+    live = policy(data)
+    event = event_of("GET /team-things", who(live, teams=["crimson", "blue"]), live=live)
+    value = event["protoPayload"]["request"]["params"]["teams"]["value"]
+    assert value == event["protoPayload"]["metadata"]["claimsRead"]["claims"]["teams"]
+    assert len(value) == 2 and "crimson" not in json.dumps(value)
+    found = replay(live, rec(event), KEYS.redact)
+    assert isinstance(found, Replayed) and found.allow
+    assert changes(rec(event), found, KEYS.redact) == []
