@@ -669,3 +669,18 @@ def test_a_redacted_array_claim_bound_to_a_parameter_replays_unchanged() -> None
     found = replay(live, rec(event), KEYS.redact)
     assert isinstance(found, Replayed) and found.allow
     assert changes(rec(event), found, KEYS.redact) == []
+
+
+def test_invalid_settings_in_the_environment_are_unusable_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import main
+
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text(json.dumps(event_of("GET /things/T-1", who())) + "\n")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(json.dumps(LIVE))
+    monkeypatch.setenv("SPANGATE_AUDIT_MAX_EVENT_BYTES", "not-a-number")
+    assert main(["policy", "replay", "--policy", str(candidate), str(trail)]) == 2
+    err = capsys.readouterr().err
+    assert "SPANGATE_AUDIT_MAX_EVENT_BYTES" in err and "Traceback" not in err
