@@ -74,8 +74,8 @@ from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
 from gateway.policy.pagination import Paging
-from gateway.policy.reads import ClaimReads
-from gateway.policy.shadow import ROUTING_REASONS, disagreement
+from gateway.policy.reads import NO_READS, ClaimReads
+from gateway.policy.shadow import ROUTING_REASONS, disagreement, shadow_principal
 from gateway.settings import Settings
 from gateway.shaping.cursors import CursorKeys, CursorNotOpened
 from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
@@ -430,7 +430,9 @@ class Gateway:
         and exactly one audit event. The answer is the JSON body or the error to answer."""
         self.unrecorded += 1  # on its way to the audit trail (batched sinks wait only for these)
         policy = active.policy  # calls in flight finish on the policy they started with
-        if active.shadow is not None:  # the event records the claims both policies read
+        if self.settings.audit_claims == "off":  # the event records no claims
+            call.reads = NO_READS
+        elif active.shadow is not None:  # the event records the claims both policies read
             call.reads = active.reads
         tracing = self.tracing
         if tracing is not None:
@@ -636,7 +638,11 @@ class Gateway:
         shadow = active.shadow
         assert shadow is not None and call.principal is not None
         try:
-            verdict = decide(shadow, facts, call.principal)
+            seen = shadow_principal(call.principal, active.policy.model, shadow.model)
+            if isinstance(seen, str):  # the candidate refuses the token
+                verdict = Decision(allow=False, reason=seen)
+            else:
+                verdict = decide(shadow, facts, seen)
             live = call.decision
             code = live.reason if live is not None else (call.error.code if call.error else "")
             differs = disagreement(live, code, verdict, shadow.sha256)

@@ -79,9 +79,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
+from gateway.audit.configure import check_audit_key
 from gateway.auth.jwks import JwksCache
 from gateway.auth.verify import TokenVerifier
-from gateway.errors import PolicyError
+from gateway.errors import ConfigError, PolicyError
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
 from gateway.policy.masking import hash_masks
@@ -167,7 +168,8 @@ class PolicyReloader:
         self.watcher_restarts = 0
         self._what = "the new policy"  # what a PolicyError during a reload is about
         self._watcher = watcher
-        self._seen: str | None = None  # the files' fingerprints when the last reload read them
+        # the files' fingerprints (each, or None) when the last reload read them
+        self._seen: tuple[str | None, ...] | None = None
         self._watching: list[Path] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -326,10 +328,10 @@ class PolicyReloader:
             folders += [f for f in watch_folders(path) if f not in folders]
         return folders
 
-    def _fingerprint(self) -> str | None:
-        """The policy's fingerprint (and the shadow's); None when one cannot be read."""
-        prints = [fingerprint(path) for path in self._paths()]
-        return None if None in prints else " ".join(p for p in prints if p is not None)
+    def _fingerprint(self) -> tuple[str | None, ...]:
+        """The policy's fingerprint and the shadow's, each on its own (None: that file cannot
+        be read): a shadow file removed, or unreadable, never hides a change of the live one."""
+        return tuple(fingerprint(path) for path in self._paths())
 
     # -- the reload ---------------------------------------------------------------------------
     async def reload(self, *, reanalyse: bool = False) -> bool:
@@ -427,6 +429,11 @@ class PolicyReloader:
         except Exception as exc:
             log.exception("shadow policy reload failed")
             self._shadow_failed(f"{type(exc).__name__}: {exc}", None)
+            return current
+        try:  # a shadow that redacts needs the audit key, as the live policy does
+            check_audit_key(self.gateway.settings, shadow)
+        except ConfigError as exc:
+            self._shadow_failed(str(exc), None)
             return current
         self.shadow_last_error = None
         if current is None or shadow.sha256 != current.sha256:

@@ -187,6 +187,7 @@ def build_gateway(
         shadow = load_shadow(settings.shadow_policy, env)
         log.info("shadow policy %s: sha256 %s", settings.shadow_policy, shadow.sha256[:12])
         log_policy_warnings(shadow, shadow=True)
+        check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
     check_audit_key(settings, policy)
     masking = mask_key(settings, policy)
     cursors = cursor_keys(settings, policy)

@@ -218,6 +218,13 @@ class Settings(BaseSettings):
         "SHA-256 is used, which only detects accidents. A key derived from it also keys the "
         "principals in budget counter keys (the same on every replica sharing a Redis).",
     )
+    audit_claims: Literal["read", "off"] = Field(
+        "read",
+        description="What audit events record of the token's claims for policy replay "
+        "(metadata.claimsRead): read, the claims the live and shadow policies read and whether "
+        "the caller holds each group and scope they name; off, nothing (replay cannot judge "
+        "roles that test claims, groups or scopes).",
+    )
     mask_key: SecretStr | None = Field(
         None,
         description="HMAC key of the policy's `hash` column masks (at least 16 characters); "

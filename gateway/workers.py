@@ -205,6 +205,10 @@ def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
 
     policy = load_compiled(settings.policy, env)  # a PolicyError here: exit 2, nothing started
     check_audit_key(settings, policy)
+    if settings.shadow_policy is not None:  # each worker loads it too; refused here first
+        from gateway.reload import load_shadow
+
+        check_audit_key(settings, load_shadow(settings.shadow_policy, env))
     if policy.model.budgets and settings.redis_url is None:
         raise ConfigError(
             "the policy has budgets: with --workers, each worker would count them on its own "

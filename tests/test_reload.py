@@ -547,7 +547,8 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
         "reason": "allowed",
         "rule": "support",
         "query": "tenant_name",
-        "params": ["tenant"],
+        "params": None,  # the live policy bound nothing: no parameters compared
+        "masked": [],
         "policySha256": second.sha256,
     }
     metrics = (await _get(app, "/metrics", agent)).text
@@ -636,3 +637,63 @@ def test_a_running_server_reloads_its_shadow(
             server.process.send_signal(signal.SIGHUP)
         second = _poll(readyz, lambda r: r.json()["shadow_policy_sha256"] != first).json()
         assert second["policy_sha256"] == ready["policy_sha256"] and server.process.poll() is None
+
+
+async def test_a_shadow_that_redacts_needs_the_audit_key_at_start_and_on_reload(
+    policy_copy: Path, shadow_copy: Path, demo_database: str, idp: Any, tmp_path: Path
+) -> None:
+    from gateway.errors import ConfigError
+
+    redacting = shadow_copy.read_text()
+    unredacted = "  redact: [total_cents]"
+    assert unredacted in redacting
+    policy_copy.write_text(policy_copy.read_text().replace(unredacted, "  redact: []"))
+    settings = Settings(
+        policy=policy_copy,
+        shadow_policy=shadow_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+    )
+    with pytest.raises(ConfigError, match="SPANGATE_AUDIT_KEY"):
+        build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+
+    shadow_copy.write_text(redacting.replace(unredacted, "  redact: []"))
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        first = app.shadow
+        assert first is not None and app.reloader is not None
+        shadow_copy.write_text(redacting)
+        await app.reloader.reload()
+        assert app.shadow is first and app.reloader.shadow_failures == 1
+        assert "SPANGATE_AUDIT_KEY" in (app.reloader.shadow_last_error or "")
+    finally:
+        await app.shutdown()
+
+
+async def test_audit_claims_off_records_no_claims_even_with_a_shadow(
+    policy_copy: Path,
+    shadow_copy: Path,
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    audit_key: str,
+    token_for: Callable[..., str],
+) -> None:
+    settings = Settings(
+        policy=policy_copy,
+        shadow_policy=shadow_copy,
+        spanner_emulator_host=demo_database,
+        audit_path=tmp_path / "audit.jsonl",
+        audit_key=audit_key,
+        audit_claims="off",
+    )
+    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
+    await app.startup()
+    try:
+        response = await _get(app, "/v1/orders/O-1001", token_for("order-agent"))
+        assert response.status_code == 200, response.text
+    finally:
+        await app.shutdown()
+    metadata = _events(tmp_path / "audit.jsonl")[response.headers["x-request-id"]]["protoPayload"]["metadata"]
+    assert "claimsRead" not in metadata and metadata["shadow"]["reason"] == "no-allow-role"

@@ -289,3 +289,37 @@ def test_a_policy_linked_to_another_folder_is_watched_there_too(tmp_path: Path) 
     _configmap(mount, {"policy.yaml": "x"})
     chained = _link(tmp_path / "etc" / "y" / "policy.yaml", str(mount / "policy.yaml"))
     assert set(watch_folders(chained)) == {mount, chained.parent}
+
+
+async def test_a_removed_shadow_file_does_not_hide_a_change_of_the_live_policy(
+    own_gateway: Gateway, policy_copy: Path, tmp_path: Path, repo: Path
+) -> None:
+    """Each file is fingerprinted on its own: with the shadow's file gone (unreadable), the
+    poll still sees the live policy change."""
+    shadow = tmp_path / "candidate" / "candidate.yaml"
+    shadow.parent.mkdir()
+    shadow.write_text((repo / "policy.example.yaml").read_text())
+    own = own_gateway.reloader
+    reloader = PolicyReloader(
+        own_gateway,
+        path=own.path,
+        env=own.env,
+        make_cache=own.make_cache,
+        make_verifier=own.make_verifier,
+        watch=True,
+        poll_seconds=0.2,
+        watcher=deaf,
+        shadow_path=shadow,
+    )
+    own_gateway.reloader = reloader
+    await reloader.start()
+    try:
+        await until(lambda: own_gateway.shadow is not None, "the shadow was loaded")
+        kept = own_gateway.shadow
+        shadow.unlink()
+        await until(lambda: reloader.shadow_failures >= 1, "the poll noticed the shadow gone")
+        policy_copy.write_text(with_new_route(policy_copy.read_text()))
+        await until(serves_new_route(own_gateway), "the poll noticed the live change")
+        assert own_gateway.shadow is kept  # the shadow that was deciding keeps deciding
+    finally:
+        await reloader.stop()

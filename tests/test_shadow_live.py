@@ -112,6 +112,17 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     # the answers are the live policy's: the agent still reads
     agreed = [get(shadowed, "/v1/orders/O-1001", support), get(shadowed, "/v1/orders/O-1001", outsider)]
     assert [r.status_code for r in agreed] == [200, 403]
+    # a paginated query: a first page, then the next one with its cursor (both agree)
+    first = get(shadowed, "/v1/orders?limit=1", support)
+    assert first.status_code == 200 and first.json()["next_cursor"], first.text
+    following = httpx.get(
+        f"{shadowed.base}/v1/orders",
+        params={"limit": "1", "cursor": first.json()["next_cursor"]},
+        headers={"Authorization": f"Bearer {support}"},
+        timeout=30,
+    )
+    assert following.status_code == 200, following.text
+    agreed += [first, following]
     flipped = [get(shadowed, "/v1/orders/O-1001", agent), get(shadowed, "/v1/orders/O-1001/items", agent)]
     assert [r.status_code for r in flipped] == [200, 200], flipped[0].text
     mcp = tool_call(shadowed, "get_order", {"order_id": "O-1001"}, agent)
@@ -122,6 +133,8 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
     events = {
         e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"]: e for e in shadowed.events()
     }
+    paged = events[following.headers["x-request-id"]]["protoPayload"]["metadata"]["pagination"]
+    assert paged["cursor"] == "opened"
     shadowed_ids = {rid for rid, e in events.items() if "shadow" in e["protoPayload"]["metadata"]}
     assert shadowed_ids == flipped_ids
     for rid in flipped_ids:
@@ -130,7 +143,7 @@ def test_the_shadow_records_disagreements_and_replay_reports_exactly_them(
         assert metadata["shadow"]["allow"] is False
         assert metadata["shadow"]["reason"] == "no-allow-role"
         assert metadata["shadow"]["rule"] is None and metadata["shadow"]["policySha256"] == expected
-        assert metadata["claimsRead"]["scopes"] == ["orders.read"]
+        assert metadata["claimsRead"]["scopes"]["orders.read"] is True  # the names roles test
     assert events[mcp.headers["x-request-id"]]["protoPayload"]["metadata"]["transport"] == "mcp"
 
     metrics = disagreements(httpx.get(f"{shadowed.base}/metrics", timeout=30).text)

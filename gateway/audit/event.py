@@ -160,7 +160,18 @@ def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str,
     return chain
 
 
-def _authentication(principal: Principal, bounds: Bounds) -> dict[str, Any]:
+def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
+    """The token's audiences its issuer accepts (for replay under a candidate whose issuer may
+    take others); None when the token has no ``aud`` (an introspection answer may not)."""
+    aud = principal.claims.get("aud")
+    given = [aud] if isinstance(aud, str) else aud
+    issuer = policy.model.issuers.get(principal.issuer)
+    if not isinstance(given, list) or issuer is None:
+        return None
+    return sorted({a for a in given if isinstance(a, str)} & set(issuer.audiences))
+
+
+def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds) -> dict[str, Any]:
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
         "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
@@ -170,6 +181,7 @@ def _authentication(principal: Principal, bounds: Bounds) -> dict[str, Any]:
             "clientId": bounds.text(third + "clientId", principal.client_id),
             "userId": bounds.text(third + "userId", principal.user_id),
             "tokenId": bounds.text(third + "tokenId", principal.token_id),
+            "audience": _accepted(principal, policy),
         },
         "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
     }
@@ -247,7 +259,10 @@ def _statement(
             params[name] = entry
             if name in bound.defaulted:
                 entry["defaulted"] = True
-            if name in redact:
+            if name in redact and name in bound.claim_bound and isinstance(value, list):
+                # an array claim: element by element, as claimsRead records the claim
+                entry["value"] = redacted_claim(json_value(value), key)
+            elif name in redact:
                 entry["value"] = redacted(value, key)
             else:
                 where = _REQUEST + pointer("params", name, "value")
@@ -364,7 +379,7 @@ def _event(
             "methodName": route.query_name if route else None,
             "resourceName": database
             or database_resource(target.project, target.instance, target.database),
-            "authenticationInfo": _authentication(call.principal, bounds)
+            "authenticationInfo": _authentication(call.principal, policy, bounds)
             if call.principal
             else None,
             "authorizationInfo": [
@@ -427,14 +442,15 @@ _CLAIMS_READ = _METADATA + "/claimsRead"
 def _claims_read(
     call: CallRecord, reads: ClaimReads, key: bytes | None, bounds: Bounds
 ) -> dict[str, Any]:
-    """``claimsRead``: the values of the claims ``reads`` names (null: absent), and the
-    principal's groups and scopes when roles read them (null: not read). Each value is the
+    """``claimsRead``: the values of the claims ``reads`` names (null: absent), and whether the
+    principal holds each group and scope a role names (``{name: bool}``; null: none named;
+    each name its keyed hash when ``audit.redact`` names ``claim.groups``/``claim.scopes``). Each value is the
     token's, so bounded as a caller's (cut, or dropped for the event's size: listed in
     ``truncated``); a claim bound to a redacted parameter is its keyed hash. ``sub`` and the
     claims under ``act`` are in ``authenticationInfo`` already (the subject, each actor's
     ``sub`` and other claims): each string once."""
     principal = call.principal
-    if principal is None:
+    if principal is None or not reads.recorded:
         return {}
     claims: dict[str, Any] = {}
     block: dict[str, Any] = {"claims": claims, "groups": None, "scopes": None}
@@ -452,10 +468,15 @@ def _claims_read(
                 claims[path] = hashed
         else:
             bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), to_json(value))
-    if reads.groups:
-        bounds.put(block, "groups", _CLAIMS_READ + "/groups", sorted(principal.groups))
-    if reads.scopes:
-        bounds.put(block, "scopes", _CLAIMS_READ + "/scopes", sorted(principal.scopes))
+    for kind, names, held in (
+        ("groups", reads.groups, principal.groups),
+        ("scopes", reads.scopes, principal.scopes),
+    ):
+        if names:  # whether the principal holds each name a role tests, never its others
+            hashed = kind in reads.redacted
+            block[kind] = {
+                (str(redacted_claim(n, key)) if hashed else n): n in held for n in sorted(names)
+            }
     return {"claimsRead": block}
 
 

@@ -63,6 +63,7 @@ class LiveDecision:
     query: str | None
     params: Mapping[str, Any] | None  # request.params as recorded; None: not bound
     ignored: Mapping[str, Any]  # request.ignoredCallerValues as recorded
+    masked: tuple[str, ...] = ()  # metadata.masked: the result columns masked (absent: none)
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,19 @@ class Recorded:
     delegated: bool
     actors: tuple[tuple[Any, Any], ...]  # (sub, other claims) of each actor, the current first
     claims: Mapping[str, Any] | None  # claimsRead.claims; None: not recorded (an older event)
-    groups: Sequence[str] | None  # None: not recorded
-    scopes: Sequence[str] | None
+    # group (scope) name, or its keyed hash -> whether the principal holds it; None: not
+    # recorded. An older event's list of all the principal's groups: complete (others False)
+    groups: Mapping[str, bool] | None
+    scopes: Mapping[str, bool] | None
     live: LiveDecision
     policy_sha256: str | None
     cut: frozenset[str] = field(default_factory=frozenset)
+    complete: frozenset[str] = frozenset()  # groups, scopes: recorded whole (an older event)
+    # metadata.pagination.cursor: none | opened | refused | not-checked; None: no paginated route
+    cursor: str | None = None
+    # thirdPartyPrincipal.audience: the token's audiences the live issuer accepted; None: not
+    # recorded (an older event, or a token without aud)
+    audience: tuple[str, ...] | None = None
 
     def is_cut(self, where: str) -> bool:
         """Whether the value at ``where`` (or anything in it) is cut or dropped."""
@@ -181,8 +190,8 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
             for a in auth.get("serviceAccountDelegationInfo") or ()
         ),
         claims=claims if isinstance(claims, Mapping) else None,
-        groups=_strings(read.get("groups")),
-        scopes=_strings(read.get("scopes")),
+        groups=_held(read.get("groups")),
+        scopes=_held(read.get("scopes")),
         live=LiveDecision(
             allow=decision.get("allow") is True,
             reason=reason,
@@ -192,10 +201,26 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
             query=_text(statement.get("query")),
             params=params if isinstance(params, Mapping) else None,
             ignored=ignored if isinstance(ignored, Mapping) else {},
+            masked=tuple(_strings(metadata.get("masked")) or ()),
         ),
         policy_sha256=_text(metadata.get("policySha256")),
         cut=cut,
+        complete=frozenset(k for k in ("groups", "scopes") if isinstance(read.get(k), list)),
+        cursor=_text(_get(metadata, "pagination", "cursor")),
+        audience=_tuple(_strings(_get(third, "audience"))),
     )
+
+
+def _held(value: Any) -> Mapping[str, bool] | None:
+    """``claimsRead.groups``: ``{name: held}``; an older event's list of names: all held."""
+    if isinstance(value, Mapping) and all(isinstance(v, bool) for v in value.values()):
+        return value
+    listed = _strings(value)
+    return dict.fromkeys(listed, True) if listed is not None else None
+
+
+def _tuple(value: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
 
 
 def _strings(value: Any) -> list[str] | None:

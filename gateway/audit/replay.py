@@ -4,16 +4,24 @@
 What the decision is recomputed from, and how far it can be:
 
 - the route: the recorded method and raw path (``httpRequest``), or an MCP call's tool name;
-- the issuer: the candidate's issuer of the recorded name, else of the recorded ``iss`` URL;
-  neither: the candidate refuses the token (``issuer-unknown``);
+- the issuer: the candidate's issuer of the recorded ``iss`` URL (of the recorded name first,
+  when two share the URL), else of the recorded name; neither: the candidate refuses the token
+  (``issuer-unknown``), as the shadow policy does (``shadow.shadow_principal``). When that
+  issuer accepts none of the token's audiences the live issuer accepted
+  (``thirdPartyPrincipal.audience``; not recorded before it was: not checked), the token would
+  be refused before any decision: the call could not be replayed;
 - roles: the candidate's role entries, judged three-valued on what the event recorded
-  (``metadata.claimsRead``: claims, groups, scopes; the issuer; whether the token is delegated).
+  (``metadata.claimsRead``: claims, whether each group and scope a policy named is held; the
+  issuer; whether the token is delegated).
   An entry holds, fails, or is unknown when it tests a claim the event did not record (a claim
   the live policy did not read, an event from before claims were recorded, a value cut for the
   event's size), a ``matches`` test on a claim recorded as a keyed hash, or an equality test on
   one without the audit key (with the key the policy's values are hashed alike). A route's
-  verdict is unknown when an unknown role could change it (an earlier deny or allow role): the
-  call "could not be replayed", naming those roles;
+  verdict is unknown when an unknown role could change allow or deny (an unknown deny role
+  before an allow role that holds, or no role holding): the call "could not be replayed",
+  naming those roles. An unknown role before a deny role that holds, or an unknown allow role
+  before an allow role that holds (no deny role unknown), leaves only the rule uncertain
+  (``rule_uncertain``): flips are reported, the rule is not compared;
 - parameters: a claim-bound one from the recorded claim; path parameters from the path (an MCP
   call's from its recorded arguments); the others from the values the event recorded
   (``request.params`` sent by the caller, ``ignoredCallerValues``), re-checked against the
@@ -22,11 +30,18 @@ What the decision is recomputed from, and how far it can be:
   recorded no caller values: when the candidate's roles let it in, its parameters are not known
   (``params_known`` false): a deny -> allow flip all the same; and when the live policy refused
   it for a caller's parameter and the candidate runs the same query, that refusal is assumed
-  (``assumed``).
+  (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail records it,
+  ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened under the live
+  policy is assumed to open under the candidate. A call that presented a cursor
+  (``metadata.pagination.cursor`` other than ``none``) to a candidate route without
+  ``pagination:`` is refused as the candidate would refuse it, ``param-unknown`` (its ``cursor``
+  is a parameter it does not take).
 
 Comparison (``changes``): ``allow->deny`` and ``deny->allow`` (flips), and for decisions that do
 not flip ``query``, ``params`` (the bound values: names, where each came from, values; a hash
-compared to a clear value with the key) and ``reason`` (a refusal for another reason or rule).
+compared to a clear value with the key), ``reason`` (a refusal for another reason or rule) and
+``masked`` (an allowed call whose masked result columns, ``metadata.masked``, differ; not
+compared when an ``unless`` role cannot be judged).
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ from gateway.policy.decide import match_route
 from gateway.policy.model import ClaimTest, ClaimValue, RoleEntry
 from gateway.policy.roles import claim_holds
 from gateway.policy.router import PathInvalid, check_param_segment, template_params
+from gateway.policy.shadow import candidate_issuer
 from gateway.policy.types import TypeProblem, coerce, json_value
 
 __all__ = ["NotReplayed", "Replayed", "changes", "replay"]
@@ -71,6 +87,11 @@ class Replayed:
     params_known: bool = True
     unchecked: tuple[str, ...] = ()  # parameters taken as recorded (a hash, a cut value)
     assumed: bool = False  # the live refusal for a caller's parameter, assumed
+    # allowed: the result columns masked for the caller; None: not known (an unknown role)
+    masked: tuple[str, ...] | None = ()
+    # roles that could not be judged and might be the rule instead of ``rule`` (the decision
+    # itself is certain): the rule is not compared
+    rule_uncertain: tuple[str, ...] = ()
 
 
 class _Unknown(Exception):
@@ -116,11 +137,23 @@ class _View:
             return _Opaque(value)
         return value
 
-    def strings(self, name: str) -> frozenset[str]:
-        values = self.rec.groups if name == "groups" else self.rec.scopes
-        if values is None or self.rec.is_cut(f"{CLAIMS_READ}/{name}"):
-            raise _Unknown(f"{name} not recorded")
-        return frozenset(values)
+    def holds(self, kind: str, name: str) -> bool:
+        """Whether the principal holds group (scope) ``name``; ``_Unknown`` when the event did
+        not record it (a name no live or shadow policy named: shadow the candidate first)."""
+        held = self.rec.groups if kind == "groups" else self.rec.scopes
+        if held is None or self.rec.is_cut(f"{CLAIMS_READ}/{kind}"):
+            raise _Unknown(f"{kind} not recorded")
+        if name in held:
+            return held[name]
+        if any(_hashed(k) for k in held):
+            if self.key is None:
+                raise _Unknown(f"{kind} are keyed hashes and no audit key was given")
+            hashed = _hash_literal(name, self.key)
+            if hashed in held:
+                return held[hashed]
+        if kind in self.rec.complete:
+            return False
+        raise _Unknown(f"{kind[:-1]} {name} not recorded")
 
 
 _AUTH = pointer("protoPayload", "authenticationInfo")
@@ -180,6 +213,21 @@ def _hash_literal(value: Any, key: bytes) -> str:
     return str(redacted_claim(value, key))
 
 
+def _any_held(view: _View, kind: str, names: Any, every: bool = False) -> bool:
+    """Whether any of ``names`` is held (``every``: whether any is not); ``_Unknown`` when that
+    turns on a name the event did not record."""
+    unknown: _Unknown | None = None
+    for name in names:
+        try:
+            if view.holds(kind, name) != every:
+                return True
+        except _Unknown as exc:
+            unknown = unknown or exc
+    if unknown is not None:
+        raise unknown
+    return False
+
+
 def _judges(entry: RoleEntry, delegated: bool, deny: bool) -> bool:
     delegation = entry.delegation
     if not delegated or delegation == "any":
@@ -197,10 +245,10 @@ def _entry(view: _View, entry: RoleEntry, deny: bool) -> bool | None:
         tests.append(lambda: view.issuer == entry.issuer)
     if entry.groups is not None:
         groups = entry.groups
-        tests.append(lambda: not view.strings("groups").isdisjoint(groups))
+        tests.append(lambda: _any_held(view, "groups", groups))
     if entry.scopes is not None:
         scopes = entry.scopes
-        tests.append(lambda: set(scopes) <= view.strings("scopes"))
+        tests.append(lambda: not _any_held(view, "scopes", scopes, every=True))
     for path, test in (entry.claims or {}).items():
         tests.append(lambda p=path, t=test: _claim_test(view, p, t))
     for check in tests:
@@ -226,22 +274,28 @@ def _role(view: _View, policy: CompiledPolicy, name: str, deny: bool) -> bool | 
 
 def _verdict(
     view: _View, policy: CompiledPolicy, route: CompiledRoute
-) -> tuple[str | None, str | None] | NotReplayed:
-    """(the refusal's reason or None, the rule), or NotReplayed naming the unknown roles."""
+) -> tuple[str | None, str | None, tuple[str, ...]] | NotReplayed:
+    """(the refusal's reason or None, the rule, the unknown roles that might be the rule
+    instead), or NotReplayed naming the unknown roles when allow or deny itself is unknown. A
+    deny role that holds denies whatever an earlier unknown deny role is; an allow role that
+    holds allows when no deny role is unknown, whatever an earlier unknown allow role is: then
+    only the rule is uncertain."""
     pending: list[str] = []
     for name in route.model.deny:
         verdict = _role(view, policy, name, deny=True)
         if verdict is None:
             pending.append(name)
         elif verdict:
-            return _blocked(view, pending) or ("denied-by-role", name)
+            return ("denied-by-role", name, tuple(pending))
+    denies_unknown = bool(pending)
     for name in route.model.allow:
         verdict = _role(view, policy, name, deny=False)
         if verdict is None:
             pending.append(name)
         elif verdict:
-            return _blocked(view, pending) or (None, name)
-    return _blocked(view, pending) or ("no-allow-role", None)
+            blocked = _blocked(view, pending) if denies_unknown else None
+            return blocked or (None, name, tuple(pending))
+    return _blocked(view, pending) or ("no-allow-role", None, ())
 
 
 def _blocked(view: _View, pending: list[str]) -> NotReplayed | None:
@@ -323,7 +377,12 @@ def _bind(
     bound: dict[str, tuple[str, Any]] = {}
     unchecked: list[str] = []
     caller_unknown = False
+    if rec.cursor not in (None, "none") and route.query.paging is None:
+        raise _Refused("param-unknown")  # the caller's cursor is an unknown parameter here
     for name, spec in specs.items():
+        if spec.cursor is not None:  # the cursor's values are never recorded
+            bound[name] = ("cursor", None)
+            continue
         if spec.claim is not None:
             claim = view.claim(spec.claim)
             if claim is MISSING or claim is None:
@@ -364,10 +423,11 @@ def _bind(
 
 # -- the decision -------------------------------------------------------------------------------
 def _issuer(policy: CompiledPolicy, rec: Recorded) -> str | None:
+    """The candidate's issuer of the recorded ``iss`` URL (the recorded name first, when two
+    share it), else of the recorded name (the same issuer at another environment's URL)."""
     issuers = policy.model.issuers
-    if rec.issuer in issuers:
-        return rec.issuer
-    return next((name for name, cfg in issuers.items() if cfg.issuer == rec.iss), None)
+    found = candidate_issuer(issuers, rec.issuer, rec.iss)
+    return found if found is not None or rec.issuer not in issuers else rec.issuer
 
 
 def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[str, str]] | str:
@@ -393,6 +453,11 @@ def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed
     issuer = _issuer(policy, rec)
     if issuer is None:
         return Replayed(False, "issuer-unknown")
+    accepted = policy.model.issuers[issuer].audiences
+    if rec.audience is not None and rec.audience and set(rec.audience).isdisjoint(accepted):
+        return NotReplayed(
+            f"the token's audience {list(rec.audience)} is not one issuer {issuer!r} accepts"
+        )
     view = _View(rec, key, issuer)
     try:
         found = _route(policy, rec)
@@ -406,18 +471,53 @@ def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed
     verdict = _verdict(view, policy, route)
     if isinstance(verdict, NotReplayed):
         return verdict
-    refused, rule = verdict
+    refused, rule, uncertain = verdict
     if refused is not None:
-        return Replayed(False, refused, rule, shown, query)
+        return Replayed(False, refused, rule, shown, query, rule_uncertain=uncertain)
     try:
         params, known, unchecked = _bind(view, route, path)
     except _Refused as exc:
-        return Replayed(False, exc.reason, rule, shown, query)
+        return Replayed(False, exc.reason, rule, shown, query, rule_uncertain=uncertain)
     except _Unknown as exc:
         return NotReplayed(exc.why)
     if not known and live.reason in _CALLER_REASONS and query == live.query:
-        return Replayed(False, live.reason, rule, shown, query, params_known=False, assumed=True)
-    return Replayed(True, "allowed", rule, shown, query, params, known, unchecked)
+        return Replayed(
+            False,
+            live.reason,
+            rule,
+            shown,
+            query,
+            params_known=False,
+            assumed=True,
+            rule_uncertain=uncertain,
+        )
+    masked = _masked(view, policy, route)
+    return Replayed(
+        True,
+        "allowed",
+        rule,
+        shown,
+        query,
+        params,
+        known,
+        unchecked,
+        masked=masked,
+        rule_uncertain=uncertain,
+    )
+
+
+def _masked(view: _View, policy: CompiledPolicy, route: CompiledRoute) -> tuple[str, ...] | None:
+    """The columns the candidate masks for the caller: a mask holds unless one of its
+    ``unless`` roles does; None when that turns on a role that cannot be judged."""
+    masked: list[str] = []
+    for column, mask in route.query.model.mask.items():
+        verdicts = [_role(view, policy, name, deny=False) for name in mask.unless]
+        if any(verdicts):
+            continue
+        if None in verdicts:
+            return None
+        masked.append(column)
+    return tuple(masked)
 
 
 def _canonical(value: Any) -> str:
@@ -445,8 +545,11 @@ def changes(rec: Recorded, outcome: Replayed, key: bytes | None) -> list[str]:
         found.append("query")
     if live.allow and outcome.params_known and not _same_params(live.params, outcome, key):
         found.append("params")
-    if not live.allow and (live.reason != outcome.reason or live.rule != outcome.rule):
+    other_rule = live.rule != outcome.rule and not outcome.rule_uncertain
+    if not live.allow and (live.reason != outcome.reason or other_rule):
         found.append("reason")
+    if live.allow and outcome.masked is not None and set(live.masked) != set(outcome.masked):
+        found.append("masked")
     return found
 
 
@@ -462,4 +565,3 @@ def _same_params(recorded: Mapping[str, Any] | None, outcome: Replayed, key: byt
         if not _same(entry.get("value"), value, key):
             return False
     return True
-

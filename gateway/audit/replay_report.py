@@ -31,7 +31,7 @@ from gateway.policy.validate import template_shape
 __all__ = ["EXAMPLES", "KINDS", "Group", "ReplayReport", "Traffic", "traffic"]
 
 EXAMPLES = 3  # request ids kept per group
-KINDS = ("allow->deny", "deny->allow", "query", "params", "reason")
+KINDS = ("allow->deny", "deny->allow", "query", "params", "reason", "masked")
 FLIPS = KINDS[:2]
 
 
@@ -102,7 +102,7 @@ class ReplayReport:
     def add(self, rec: Recorded, outcome: Replayed | NotReplayed, key: bytes | None) -> None:
         live = rec.live
         self.policies[rec.policy_sha256 or "unknown"] += 1
-        route = live.route or f"{rec.method} {rec.path}"
+        route = live.route or "(no route)"
         if isinstance(outcome, NotReplayed):
             self.not_replayed[outcome.why] += 1
             for role in outcome.roles or (None,):
@@ -117,8 +117,11 @@ class ReplayReport:
         if not found:
             self.unchanged += 1
             return
-        route = live.route or outcome.route or route
-        shift = f"{_decided(live.reason, live.rule)} -> {_decided(outcome.reason, outcome.rule)}"
+        route = live.route or outcome.route or f"{rec.method} {rec.path}"
+        rule = outcome.rule
+        if rule is not None and outcome.rule_uncertain:  # another role might be the rule
+            rule = f"{rule}, or {' or '.join(outcome.rule_uncertain)}?"
+        shift = f"{_decided(live.reason, live.rule)} -> {_decided(outcome.reason, rule)}"
         for kind in found:
             role = outcome.rule if kind == "deny->allow" else live.rule or outcome.rule
             if kind == "deny->allow" and not outcome.params_known:
@@ -161,7 +164,7 @@ class ReplayReport:
             f"  flips: {self.count('allow->deny')} allow -> deny, "
             f"{self.count('deny->allow')} deny -> allow",
             f"  other changes: {self.count('query')} query, {self.count('params')} params, "
-            f"{self.count('reason')} reason",
+            f"{self.count('reason')} reason, {self.count('masked')} masked",
         ]
         missed = sum(self.not_replayed.values())
         out.append(f"  could not be replayed: {missed}")

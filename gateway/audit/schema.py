@@ -46,6 +46,9 @@ class ThirdPartyPrincipal(_Model):
     clientId: str | None
     userId: str | None
     tokenId: str | None = Field(description="The token's jti (never the token).")
+    audience: list[str] | None = Field(
+        None, description="The token's audiences (aud) its issuer accepts; null: no aud."
+    )
 
 
 class Actor(_Model):
@@ -189,11 +192,14 @@ class ClaimsRead(_Model):
         "strings at most 512 bytes, a value null when dropped for the event's size (see "
         "truncated)."
     )
-    groups: list[str] | None = Field(
-        description="The principal's groups, when a role tests groups (else null)."
+    groups: dict[str, bool] | None = Field(
+        description="Each group a role names (a keyed hash when audit.redact names "
+        "claim.groups) -> whether the principal holds it; never its other groups (null: none "
+        "named)."
     )
-    scopes: list[str] | None = Field(
-        description="The principal's scopes, when a role tests scopes (else null)."
+    scopes: dict[str, bool] | None = Field(
+        description="Each scope a role names (a keyed hash when audit.redact names "
+        "claim.scopes) -> whether the principal holds it (null: none named)."
     )
 
 
@@ -207,6 +213,10 @@ class ShadowDecision(_Model):
     query: str | None = Field(description="The query the shadow would run.")
     params: list[str] | None = Field(
         description="The bound parameters whose values differ (names only), or null."
+    )
+    masked: list[str] = Field(
+        default_factory=list,
+        description="The result columns the shadow would mask for this caller (names only).",
     )
     policySha256: str = Field(pattern=_HEX64)
 

@@ -6,7 +6,8 @@ under the candidate (``gateway.audit.replay``) and reports the calls that would 
 whose query, parameters or refusal would change, per route and role (``--json`` for machines).
 Exit 0 when nothing flips, 1 when something does, 2 on unusable input: a file that is missing,
 holds something other than audit events, or holds none; a candidate with problems; an audit key
-that does not verify the trail.
+that does not verify the trail; settings in the environment that are not valid. One unusable
+file stops the whole run with no report: a report without it would understate what flips.
 
 The audit key (``--key-file``, else ``SPANGATE_AUDIT_KEY``, as ``audit verify`` reads it;
 ``--no-key`` for a trail written without one) lets replay judge a role's equality test against a
@@ -54,9 +55,18 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if args.key_file is not None:
         key_file: Path = args.key_file
         return key_file.read_bytes().rstrip(b"\r\n")
+    from pydantic import ValidationError
+
     from gateway.settings import Settings
 
-    key = Settings().audit_key
+    try:
+        key = Settings().audit_key
+    except ValidationError as exc:  # names the settings, never their values (a key's, say)
+        wrong = ", ".join(
+            "SPANGATE_" + "_".join(map(str, e["loc"])).upper() + f" ({e['msg']})"
+            for e in exc.errors()
+        )
+        raise _Unusable(f"invalid settings in the environment: {wrong}") from None
     return key.get_secret_value().encode() if key else None
 
 

@@ -3,26 +3,43 @@
 ``spangate serve --shadow-policy CANDIDATE`` decides every call under the candidate too
 (``decide``: no statement runs under it) and answers with the live decision, always. Two
 decisions disagree when they differ in any of: allow, reason, the rule (the role that allowed or
-denied), the query, or the bound parameters (names, where each came from, values). A
+denied), the query, the bound parameters (names, where each came from, values), or the result
+columns masked for the caller (``masked``, recorded with the shadow's decision). A
 disagreement becomes the audit event's ``metadata.shadow`` and one count of
 ``spangate_shadow_disagreements_total{route, live, shadow}``.
 
 Calls the live policy refused before deciding (no route, a method the path does not take, a
 path it cannot route) are decided by the candidate too, on what the transport had read by then:
 the path and query string, or the tool's name and arguments; never a body it did not read.
+
+The candidate decides on the token as its own issuers would read it (``shadow_principal``): the
+live policy's issuer is found among the candidate's by its URL (``iss``; the same name first,
+when two share it), so renaming an issuer is no disagreement; the principal is rebuilt with that
+issuer's claim names when they differ (groups, scopes…). A candidate with no issuer of that URL
+refuses the token: its decision is ``issuer-unknown``; one whose issuer takes none of the
+token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.auth.presets import claim_names, principal_from_claims
+from gateway.auth.principal import Principal
 from gateway.policy.bind import Bound
 from gateway.policy.decide import Decision
+from gateway.policy.model import Issuer, Policy
 from gateway.policy.types import same_value
 
-__all__ = ["ROUTING_REASONS", "Disagreement", "disagreement"]
+__all__ = [
+    "ROUTING_REASONS",
+    "Disagreement",
+    "candidate_issuer",
+    "disagreement",
+    "shadow_principal",
+]
 
 # The live policy's refusals before a decision that the candidate decides too.
 ROUTING_REASONS = frozenset({"no-route", "method-not-allowed", "path-invalid"})
@@ -36,9 +53,42 @@ class Disagreement:
     record: dict[str, Any]  # the audit event's metadata.shadow
 
 
+def candidate_issuer(issuers: Mapping[str, Issuer], name: str, iss: str) -> str | None:
+    """The candidate's name for the issuer at URL ``iss`` (``name`` when it has one of that
+    name and URL), else None."""
+    if name in issuers and issuers[name].issuer == iss:
+        return name
+    return next((n for n, cfg in issuers.items() if cfg.issuer == iss), None)
+
+
+def _audiences(claims: Mapping[str, Any]) -> set[str] | None:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return {aud}
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return set(aud)
+    return None  # not in the token (an introspection answer may have none): not checked
+
+
+def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> Principal | str:
+    """The principal as the candidate's issuers read the token, or the code the candidate
+    refuses it with (``issuer-unknown``, ``audience-mismatch``); see the module docstring."""
+    name = candidate_issuer(candidate.issuers, principal.issuer, principal.iss)
+    if name is None:
+        return "issuer-unknown"
+    config = candidate.issuers[name]
+    audiences = _audiences(principal.claims)
+    if audiences is not None and audiences.isdisjoint(config.audiences):
+        return "audience-mismatch"
+    before = live.issuers.get(principal.issuer)
+    if before is not None and claim_names(before) != claim_names(config):
+        return principal_from_claims(name, claim_names(config), principal.claims)
+    return principal if name == principal.issuer else replace(principal, issuer=name)
+
+
 def _changed_params(live: Bound | None, shadow: Bound | None) -> list[str] | None:
-    if live is None or shadow is None:
-        return None if live is shadow else sorted({*_names(live), *_names(shadow)})
+    if live is None or shadow is None:  # one side did not bind: allow or reason differ already
+        return None
     a, b = live.values, shadow.values
     names = [
         n
@@ -66,12 +116,14 @@ def disagreement(
     rule = live.rule if live is not None else None
     query = live.query_name if live is not None else None
     params = _changed_params(live.bound if live is not None else None, shadow.bound)
+    masked = live.masked if live is not None else ()
     if (
         shadow.allow == allow
         and shadow.reason == reason
         and shadow.rule == rule
         and shadow.query_name == query
         and params is None
+        and set(shadow.masked) == set(masked)
     ):
         return None
     route = live.route if live is not None and live.route is not None else shadow.route
@@ -85,6 +137,7 @@ def disagreement(
             "rule": shadow.rule,
             "query": shadow.query_name,
             "params": params,
+            "masked": list(shadow.masked),
             "policySha256": sha256,
         },
     )

@@ -404,7 +404,10 @@ def _never_routed(ctx: _Context) -> list[Finding]:
 def _redact(ctx: _Context) -> list[Finding]:
     """``audit.redact``: parameter names, and ``claim.PATH`` for claims the policy reads."""
     found: list[Finding] = []
-    read = set(claim_reads(ctx.policy).paths)
+    reads = claim_reads(ctx.policy)
+    read = set(reads.paths)
+    read.update(("groups",) if reads.groups else ())  # claim.groups: the names recorded, hashed
+    read.update(("scopes",) if reads.scopes else ())
     for k, name in enumerate(ctx.policy.audit.redact):
         if not name.startswith("claim."):
             continue

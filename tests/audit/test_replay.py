@@ -446,5 +446,241 @@ def test_a_huge_redacted_array_claim_is_dropped_for_the_events_size_and_then_unk
     assert isinstance(result, Replayed) and result.allow  # staff, first: agent's claim not needed
     data = copy.deepcopy(live)
     data["routes"][0]["allow"] = ["agent", "staff"]
+    result = outcome(policy(data), event)  # allowed either way: only the rule is uncertain
+    assert isinstance(result, Replayed) and result.rule_uncertain == ("agent",)
+    data["routes"][0]["deny"] = ["agent"]
     result = outcome(policy(data), event)
     assert isinstance(result, NotReplayed) and "cut for the event's size" in result.why
+
+
+# -- pagination ----------------------------------------------------------------------------------
+def _example(edit: Any = None) -> CompiledPolicy:
+    import yaml
+
+    text = (REPO / "policy.example.yaml").read_text()
+    data = yaml.safe_load(text.replace("${OKTA_ISSUER:-", "").replace("default}", "default"))
+    if edit is not None:
+        edit(data)
+    return compile_policy(load_policy_data(data, base_dir=REPO))
+
+
+def test_paginated_calls_replay_unchanged_under_the_same_policy() -> None:
+    example = _example()
+    support = principal_for(
+        example.model, {"iss": "okta", "sub": "u1", "groups": ["support"], "tenant": "t1"}
+    )
+    for request in ("GET /v1/orders", "GET /v1/orders?limit=5", "GET /v1/orders?limit=5&cursor=c1"):
+        recorded_call = rec(event_of(request, support, live=example))
+        found = replay(example, recorded_call, KEYS.redact)
+        assert isinstance(found, Replayed) and found.allow, (request, found)
+        assert found.params is not None and found.params["after_created"] == ("cursor", None)
+        assert changes(recorded_call, found, KEYS.redact) == [], request
+
+
+def test_a_cursor_presented_to_a_candidate_without_pagination_is_param_unknown() -> None:
+    def unpaged(data: dict[str, Any]) -> None:
+        query = data["queries"]["list_orders"]
+        del query["pagination"]
+        query["params"]["limit"] = {"type": "INT64", "min": 1, "max": 100, "default": 20}
+        query["params"]["after_created"] = {"type": "TIMESTAMP", "nullable": True}
+        query["params"]["after_order"] = {"type": "STRING", "nullable": True}
+
+    example, candidate = _example(), _example(unpaged)
+    support = principal_for(
+        example.model, {"iss": "okta", "sub": "u1", "groups": ["support"], "tenant": "t1"}
+    )
+    first = rec(event_of("GET /v1/orders", support, live=example))
+    assert first.cursor == "none"
+    found = replay(candidate, first, KEYS.redact)
+    assert isinstance(found, Replayed) and found.allow
+    assert changes(first, found, KEYS.redact) == ["params"]  # from: cursor -> from: caller
+    nxt = rec(event_of("GET /v1/orders?cursor=c1", support, live=example))
+    assert nxt.cursor == "not-checked"
+    found = replay(candidate, nxt, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.allow, found.reason) == (False, "param-unknown")
+    assert changes(nxt, found, KEYS.redact) == ["allow->deny"]
+
+
+# -- issuers -------------------------------------------------------------------------------------
+def test_the_issuer_is_found_by_its_url_first_and_an_audience_change_is_not_replayed() -> None:
+    data = copy.deepcopy(LIVE)
+    data["roles"]["agent"] = [
+        {"issuer": "okta", "scopes": ["things.read"], "claims": {"kind": "agent"}}
+    ]
+    live = policy(data)
+    agent = who(live, groups=[], scp=["things.read"], kind="agent", aud=["api", "other"])
+    event = event_of("GET /things/T-1", agent, live=live)
+    third = event["protoPayload"]["authenticationInfo"]["thirdPartyPrincipal"]
+    assert third["audience"] == ["api"]  # what the live issuer accepted, no more
+    recorded_call = rec(event)
+
+    renamed = copy.deepcopy(data)  # okta is now corp (same URL); an okta of another URL
+    renamed["issuers"] = {
+        "corp": data["issuers"]["okta"],
+        "okta": {**data["issuers"]["okta"], "issuer": "https://elsewhere.example/oauth2/x"},
+    }
+    renamed["roles"]["agent"] = [
+        {"issuer": "corp", "scopes": ["things.read"], "claims": {"kind": "agent"}}
+    ]
+    found = replay(policy(renamed), recorded_call, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.allow, found.rule) == (True, "agent")
+    assert changes(recorded_call, found, KEYS.redact) == []
+
+    dropped = copy.deepcopy(data)
+    dropped["issuers"] = {
+        "corp": {**data["issuers"]["okta"], "issuer": "https://elsewhere.example/"}
+    }
+    dropped["roles"]["agent"] = [{"scopes": ["things.read"], "claims": {"kind": "agent"}}]
+    found = replay(policy(dropped), recorded_call, KEYS.redact)
+    assert isinstance(found, Replayed) and found.reason == "issuer-unknown"
+
+    audience = copy.deepcopy(data)
+    audience["issuers"]["okta"]["audience"] = "another-api"
+    found = replay(policy(audience), recorded_call, KEYS.redact)
+    assert isinstance(found, NotReplayed) and "audience" in found.why
+
+
+# -- what claimsRead records ---------------------------------------------------------------------
+def test_claims_read_records_only_the_groups_and_scopes_a_policy_names() -> None:
+    staff = who(groups=["staff", "payroll-secret"], scp=["things.read", "mail.read"])
+    read = event_of("GET /things/T-1", staff)["protoPayload"]["metadata"]["claimsRead"]
+    assert read["groups"] == {"staff": True}  # never payroll-secret
+    assert read["scopes"] == {"things.read": True}
+    found = replay(LIVE_POLICY, rec(event_of("GET /things/T-1", staff)), KEYS.redact)
+    assert isinstance(found, Replayed) and found.rule == "staff"
+    # a candidate testing a group no loaded policy named cannot be judged from the trail
+    data = copy.deepcopy(LIVE)
+    data["roles"]["staff"] = [{"groups": ["payroll-secret"]}]
+    found = replay(policy(data), rec(event_of("GET /things/T-1", staff)), KEYS.redact)
+    assert isinstance(found, NotReplayed) and "group payroll-secret not recorded" in found.why
+    # an older event's whole list: complete, so a group not in it is not held
+    older = event_of("GET /things/T-1", staff)
+    older["protoPayload"]["metadata"]["claimsRead"]["groups"] = ["other"]
+    found = replay(LIVE_POLICY, rec(older), KEYS.redact)
+    assert isinstance(found, Replayed) and found.reason == "no-allow-role"
+
+
+def test_claim_groups_in_redact_hashes_each_name_and_replay_hashes_the_candidates() -> None:
+    data = copy.deepcopy(LIVE)
+    data["audit"]["redact"] = ["size", "claim.groups", "claim.scopes"]
+    live = policy(data)
+    event = event_of("GET /things/T-1", who(live, groups=["staff"]), live=live)
+    held = event["protoPayload"]["metadata"]["claimsRead"]["groups"]
+    assert list(held.values()) == [True] and "staff" not in json.dumps(held)
+    found = replay(live, rec(event), KEYS.redact)
+    assert isinstance(found, Replayed) and found.rule == "staff"
+    assert changes(rec(event), found, KEYS.redact) == []
+    assert isinstance(replay(live, rec(event), None), NotReplayed)
+
+
+def test_audit_claims_off_records_no_claims() -> None:
+    from gateway.policy.reads import NO_READS
+
+    facts = request_facts("GET /things/T-1")
+    call = CallRecord(
+        request_id="r", method="GET", path="/things/T-1", started=0.0, client=None, user_agent=None
+    )
+    call.principal = who()
+    call.decision = decide(LIVE_POLICY, facts, call.principal)
+    call.reads = NO_READS
+    event = build_event(call, LIVE_POLICY, key=KEYS.redact)
+    assert "claimsRead" not in event["protoPayload"]["metadata"]
+    call.reads = None
+    assert "claimsRead" in build_event(call, LIVE_POLICY, key=KEYS.redact)["protoPayload"]["metadata"]
+
+
+# -- masking -------------------------------------------------------------------------------------
+def test_masking_changes_are_a_shadow_disagreement_and_a_replay_change() -> None:
+    from gateway.policy.shadow import disagreement
+
+    def unmasked(data: dict[str, Any]) -> None:
+        del data["queries"]["get_customer"]["mask"]
+
+    example, candidate = _example(), _example(unmasked)
+    claims = {"iss": "okta", "sub": "u1", "groups": ["support"], "tenant": "t1"}
+    support = principal_for(example.model, claims)
+    facts = request_facts("GET /v1/customers/C-1")
+    live = decide(example, facts, support)
+    assert live.allow and live.masked == ("Email",)
+    assert disagreement(live, live.reason, decide(example, facts, support), example.sha256) is None
+    found = disagreement(live, live.reason, decide(candidate, facts, support), candidate.sha256)
+    assert found is not None and found.record["masked"] == [] and found.record["params"] is None
+
+    recorded_call = rec(event_of("GET /v1/customers/C-1", support, live=example))
+    assert recorded_call.live.masked == ("Email",)
+    same = replay(example, recorded_call, KEYS.redact)
+    assert isinstance(same, Replayed) and same.masked == ("Email",)
+    assert changes(recorded_call, same, KEYS.redact) == []
+    other = replay(candidate, recorded_call, KEYS.redact)
+    assert isinstance(other, Replayed) and other.masked == ()
+    assert changes(recorded_call, other, KEYS.redact) == ["masked"]
+
+
+# -- an uncertain rule ---------------------------------------------------------------------------
+def test_an_unknown_role_before_one_that_holds_leaves_only_the_rule_uncertain() -> None:
+    data = copy.deepcopy(LIVE)
+    data["roles"]["dept-x"] = [{"claims": {"dept": "x"}}]  # dept: never recorded
+    data["roles"]["tenant-t1"] = [{"claims": {"tenant": "t1"}}]  # tenant: recorded (bound)
+    data["routes"][0]["allow"] = ["dept-x", "tenant-t1"]
+    candidate = policy(data)
+    outsider = rec(event_of("GET /things/T-1", who(groups=["other"])))
+    assert outsider.live.reason == "no-allow-role"
+    found = replay(candidate, outsider, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.allow, found.rule) == (True, "tenant-t1")
+    assert found.rule_uncertain == ("dept-x",)
+    assert changes(outsider, found, KEYS.redact) == ["deny->allow"]
+    report = ReplayReport(candidate.sha256)
+    report.add(outsider, found, KEYS.redact)
+    assert "tenant-t1, or dept-x?" in report.render()
+
+    data["routes"][0]["allow"] = ["staff"]
+    data["routes"][0]["deny"] = ["dept-x", "tenant-t1"]
+    staff = rec(event_of("GET /things/T-1", who()))
+    found = replay(policy(data), staff, KEYS.redact)
+    assert isinstance(found, Replayed) and (found.reason, found.rule) == ("denied-by-role", "tenant-t1")
+    assert changes(staff, found, KEYS.redact) == ["allow->deny"]
+
+    data["routes"][0]["deny"] = ["dept-x"]  # an unknown deny role: allow itself is unknown
+    assert isinstance(replay(policy(data), staff, KEYS.redact), NotReplayed)
+
+
+def test_calls_not_replayed_without_a_route_are_grouped_as_no_route() -> None:
+    report = ReplayReport(LIVE_POLICY.sha256)
+    unrouted = rec(event_of("GET /nowhere/1", who()))
+    report.add(unrouted, NotReplayed("the path cut for the event's size"), KEYS.redact)
+    assert [g.route for g in report.not_replayed_roles.values()] == ["(no route)"]
+
+
+def test_a_redacted_array_claim_bound_to_a_parameter_replays_unchanged() -> None:
+    data = copy.deepcopy(LIVE)
+    data["queries"]["team_things"] = {
+        "identity": "reader",
+        "sql": "SELECT * FROM Things WHERE Team IN UNNEST(@teams)",
+        "params": {"teams": {"type": "ARRAY<STRING>", "from": "claim.teams"}},
+    }
+    route = {"path": "/team-things", "method": "GET", "query": "team_things", "allow": ["staff"]}
+    data["routes"].append(route)
+    data["audit"]["redact"] = ["size", "teams"]
+    live = policy(data)
+    event = event_of("GET /team-things", who(live, teams=["crimson", "blue"]), live=live)
+    value = event["protoPayload"]["request"]["params"]["teams"]["value"]
+    assert value == event["protoPayload"]["metadata"]["claimsRead"]["claims"]["teams"]
+    assert len(value) == 2 and "crimson" not in json.dumps(value)
+    found = replay(live, rec(event), KEYS.redact)
+    assert isinstance(found, Replayed) and found.allow
+    assert changes(rec(event), found, KEYS.redact) == []
+
+
+def test_invalid_settings_in_the_environment_are_unusable_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import main
+
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text(json.dumps(event_of("GET /things/T-1", who())) + "\n")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(json.dumps(LIVE))
+    monkeypatch.setenv("SPANGATE_AUDIT_MAX_EVENT_BYTES", "not-a-number")
+    assert main(["policy", "replay", "--policy", str(candidate), str(trail)]) == 2
+    err = capsys.readouterr().err
+    assert "SPANGATE_AUDIT_MAX_EVENT_BYTES" in err and "Traceback" not in err
