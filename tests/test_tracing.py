@@ -500,3 +500,45 @@ async def test_spanners_error_text_quoting_a_masked_value_is_in_no_span(
     for span in spans:
         assert "wile@acme.example" not in span_text(span), span.name
         assert "Bad int64" not in span_text(span), span.name
+
+
+async def test_a_unique_violation_quoting_the_key_is_in_no_span(
+    settings: Settings, idp: IdpProcess, tmp_path: Path, token_for: Callable[..., str]
+) -> None:
+    """A write whose key exists fails with ALREADY_EXISTS, and Spanner's message quotes the key;
+    the Spanner client records it as its span's status and an exception event. No exported span,
+    through the real wiring (``Tracing.add_processor``), has it anywhere."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider())
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    app = build_gateway(
+        settings.model_copy(update={"audit_path": tmp_path / "audit.jsonl"}),
+        env={"OKTA_ISSUER": idp.issuer},
+        tracing=tracing,
+    )
+    order_id = f"O-{secrets.randbelow(10**12):012d}"
+    body = {"order_id": order_id, "customer_id": "C-1", "total_cents": 5}
+    headers = {"Authorization": f"Bearer {token_for('order-writer')}"}
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            first = await http.post("/v1/orders", json=body, headers=headers)
+            again = await http.post("/v1/orders", json=body, headers=headers)
+    finally:
+        await app.shutdown()
+    assert first.status_code == 200, first.text
+    assert again.status_code == 409 and again.json()["code"] == "conflict", again.text
+    spans = exporter.get_finished_spans()
+    failed = [
+        s for s in spans
+        if s.instrumentation_scope is not None and s.instrumentation_scope.name == SPANNER_SCOPE
+        and s.status.status_code == StatusCode.ERROR
+    ]  # fmt: skip
+    assert failed, [s.name for s in spans]  # the error did pass through the client's spans
+    for span in spans:
+        assert order_id not in span_text(span), span.name
+        assert not [e for e in span.events if e.name == "exception"], span.name
+        assert span.instrumentation_scope is not None
+        if span.instrumentation_scope.name != "spangate":
+            assert not span.status.description, span.name
