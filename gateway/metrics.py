@@ -48,6 +48,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.logs import dropped_lines
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -146,7 +147,8 @@ class _Published:
         else:
             grown = value - last[1]
         self._seen[labels] = (source, value)
-        child = self.counter.labels(*labels)  # the series exists, at 0 when nothing happened
+        # the series exists, at 0 when nothing happened
+        child = self.counter.labels(*labels) if labels else self.counter
         if grown > 0:
             child.inc(grown)
 
@@ -279,6 +281,11 @@ class GatewayMetrics:
             "one reloaded or kept).",
             ("result",),
         )
+        self._log_dropped = counter(
+            "spangate_log_lines_dropped",
+            "Log lines dropped because stderr fell behind (the buffer of lines waiting was full).",
+            (),
+        )
         self._policy = gauge("spangate_policy_info", "The policy being served.", ("sha256",))
         self._settling = gauge(
             "spangate_writes_settling", "Writes answered before they ended, still settling."
@@ -369,6 +376,8 @@ class GatewayMetrics:
             self._reloads.publish(("refused",), reloader, reloader.failures)
             if reloader.shadow_path is not None:
                 self._reloads.publish(("shadow-refused",), reloader, reloader.shadow_failures)
+        log_writer, dropped = dropped_lines()
+        self._log_dropped.publish((), log_writer, dropped)
         sha = gateway.policy.sha256
         for old in self._policies - {sha}:
             if self.multiprocess is None:
