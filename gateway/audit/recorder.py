@@ -82,7 +82,7 @@ def _event(
             call.error.extra["outcome"] = outcome
         call.status = 500
         call.result = None
-        return fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
+        return fallback_event(call, status=500, code="internal", policy=policy, key=key)
 
 
 async def record_call(
