@@ -10,9 +10,11 @@ libraries' loggers propagate to it (google-api-core would turn that off), at INF
 ``log_request`` writes the line of one request (logger ``spangate.access``, instead of uvicorn's
 access log): request id, trace and span id, transport (``http``/``mcp``), method, path, route,
 query, MCP tool, status, stable code, latency, the principal's subject and issuer, client address,
-user agent. Never the token, the query string or a parameter value: where the route binds a path
-parameter that the policy's ``audit.redact`` names, the path is logged as the route's template.
-Severity as the audit event's: INFO below 400, WARNING for 4xx, ERROR for 5xx.
+user agent. Never the token, the query string or a parameter value: a path segment that a route
+binds to a parameter the policy's ``audit.redact`` names is logged as ``{name}`` (the caller
+passes the path so: ``gateway.policy.redaction.shown_path``). Severity as the audit event's: INFO
+below 400, WARNING for 4xx, ERROR for 5xx, of how the call ended (an MCP ``tools/call`` that
+failed is answered HTTP 200; its line says 200 and its severity the call's status).
 
 Caller-supplied strings (path, user agent, subject, tool) are cut to ``MAX_STRING_BYTES`` and
 escaped: JSON escapes every control and non-ASCII character; text lines show them as ``\\xNN``.
@@ -36,7 +38,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
@@ -409,14 +411,6 @@ def _severity(status: int) -> int:
     return logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
 
 
-def _logged_path(call: CallRecord | None, path: str, redact: Collection[str]) -> str:
-    """The raw path, or the route's template when it binds a path parameter that is redacted."""
-    route = call.decision.route if call is not None and call.decision is not None else None
-    if route is not None and redact and any(p in redact for p in route.path_params):
-        return route.template
-    return path
-
-
 def request_fields(
     *,
     request_id: str,
@@ -428,9 +422,9 @@ def request_fields(
     call: CallRecord | None,
     user_agent: str | None,
     client: str | None,
-    redact: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The fields of one request's line (``call``: its audit record, when it made one)."""
+    """The fields of one request's line (``call``: its audit record, when it made one;
+    ``path``: as shown, its redacted segments replaced: ``gateway.policy.redaction``)."""
     decision = call.decision if call is not None else None
     route = decision.route if decision is not None else None
     principal = call.principal if call is not None else None
@@ -441,7 +435,7 @@ def request_fields(
         "request_id": request_id,
         "transport": transport,
         "method": _bounded(method),
-        "path": _bounded(_logged_path(call, path, redact)),
+        "path": _bounded(path),
         "route": f"{route.model.method} {route.template}" if route is not None else None,
         "query": route.query_name if route is not None else None,
         "tool": _bounded(call.tool) if call is not None else None,
@@ -455,9 +449,16 @@ def request_fields(
     }
 
 
-def log_request(fields: dict[str, Any], trace_id: str | None, span_id: str | None) -> None:
-    """Log one request's line (see ``request_fields``), at its status's severity."""
-    level = _severity(fields["status"])
+def log_request(
+    fields: dict[str, Any],
+    trace_id: str | None,
+    span_id: str | None,
+    *,
+    outcome: int | None = None,
+) -> None:
+    """Log one request's line (see ``request_fields``), at the severity of ``outcome`` (how the
+    call ended: an MCP tool call answered 200 may have failed), else of its status."""
+    level = _severity(fields["status"] if outcome is None else outcome)
     if not access_log.isEnabledFor(level):
         return
     access_log.log(

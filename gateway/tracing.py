@@ -53,7 +53,7 @@ from gateway import __version__
 from gateway.audit.bounds import MAX_STRING_BYTES, cut
 from gateway.audit.origin import TraceParent, trace_parent
 from gateway.errors import ConfigError, GatewayError, SpannerError
-from gateway.http import Scope, routed_path
+from gateway.http import Scope
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -248,9 +248,8 @@ class Tracing:
         known = method in _METHODS
         server = scope.get("server") or (None, None)
         client = scope.get("client") or (None, None)
-        attributes: dict[str, Any] = {
+        attributes: dict[str, Any] = {  # url.path is set by finish: redacted segments hidden
             "http.request.method": method if known else "_OTHER",
-            "url.path": _text(routed_path(scope)),
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
         }
@@ -281,7 +280,9 @@ class Tracing:
         span = scope.get("state", {}).get(SPAN)
         if span is None:
             return contextlib.nullcontext()
-        return trace.use_span(span, end_on_exit=False)
+        return trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
 
     @staticmethod
     def bind(call: CallRecord) -> None:
@@ -293,10 +294,20 @@ class Tracing:
 
     @staticmethod
     def finish(
-        span: Span, scope: Scope, call: CallRecord | None, status: int, *, mcp: bool
+        span: Span,
+        scope: Scope,
+        call: CallRecord | None,
+        status: int,
+        outcome: int,
+        *,
+        path: str,
+        mcp: bool,
     ) -> None:
         """Name the request's span after its route (``/mcp`` for MCP: the tool is an
-        attribute) and set what the request came to."""
+        attribute) and set what the request came to: ``status`` what HTTP answered,
+        ``outcome`` how the call ended (an MCP tool call that failed is answered 200), ``path``
+        the path as shown (``gateway.policy.redaction.shown_path``: never a redacted value).
+        An outcome of 5xx is an error (``error.type``: the stable code)."""
         decision = call.decision if call is not None else None
         route = decision.route if decision is not None else None
         method = scope["method"]
@@ -304,6 +315,7 @@ class Tracing:
         if template is not None:
             span.update_name(f"{method if method in _METHODS else 'HTTP'} {template}")
             span.set_attribute("http.route", template)
+        span.set_attribute("url.path", _text(path) or "")
         span.set_attribute("http.response.status_code", status)
         if call is not None:
             code = call.error.code if call.error is not None else "ok"
@@ -325,11 +337,11 @@ class Tracing:
                 if call.tool is not None:
                     attributes["gen_ai.tool.name"] = _text(call.tool)
             span.set_attributes(attributes)
-            if status >= 500:
+            if outcome >= 500:
                 span.set_attribute("error.type", code)
-        elif status >= 500:
-            span.set_attribute("error.type", str(status))
-        if status >= 500:
+        elif outcome >= 500:
+            span.set_attribute("error.type", str(outcome))
+        if outcome >= 500:
             span.set_status(Status(StatusCode.ERROR))
 
     def step(

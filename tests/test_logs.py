@@ -35,6 +35,7 @@ from gateway.logs import (
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import decide_route, match_route
 from gateway.policy.load import load_policy
+from gateway.policy.redaction import shown_path
 from gateway.policy.simulate import principal_for
 
 HOSTILE = 'evil\n{"severity":"CRITICAL"}\x1b[31m\u2028\x00\x7f\x85' + "\u00e9" * 3
@@ -98,23 +99,33 @@ def test_a_request_line_has_every_field_and_never_a_token(policy: CompiledPolicy
     assert line["tool"] is None and line["request_id"] == "rid-1"
 
 
-def test_a_redacted_path_parameter_is_logged_as_the_template(
+def test_a_redacted_path_parameter_is_shown_as_its_name(
     policy: CompiledPolicy, repo: Path, tmp_path: Path
 ) -> None:
+    """The path the log line and the span show (``shown_path``): with the call's route, or
+    without one (the token refused before routing, a 405, a path the router refuses), each
+    segment a route binds to a redacted parameter is ``{name}``."""
     text = (repo / "policy.example.yaml").read_text()
     redacting = tmp_path / "policy.yaml"
     assert "redact: [total_cents]" in text
     redacting.write_text(text.replace("redact: [total_cents]", "redact: [total_cents, order_id]"))
     strict = compile_policy(load_policy(redacting, env={"OKTA_ISSUER": "https://idp.example/o"}))
     call = call_to(strict, "/v1/orders/O-123", {"groups": ["support"], "tenant": "t1"})
-    common: dict[str, Any] = {
-        "request_id": "r", "method": "GET", "path": "/v1/orders/O-123", "status": 200,
-        "seconds": 0.0, "transport": "http", "call": call, "user_agent": None, "client": None,
-    }  # fmt: skip
-    assert request_fields(**common, redact=strict.model.audit.redact)["path"] == (
-        "/v1/orders/{order_id}"
-    )
-    assert request_fields(**common, redact=policy.model.audit.redact)["path"] == "/v1/orders/O-123"
+    assert call.decision is not None
+    route = call.decision.route
+    assert shown_path(strict, "/v1/orders/O-123", route) == "/v1/orders/{order_id}"
+    assert shown_path(strict, "/v1/orders/O-123") == "/v1/orders/{order_id}"  # no decision
+    assert shown_path(strict, "/v1/orders/O-123/items") == "/v1/orders/{order_id}/items"
+    assert shown_path(strict, "/v1/orders/O-1%2F23%00") == "/v1/orders/{order_id}"  # invalid
+    assert shown_path(strict, "/v1/%6Frders/O-123") == "/v1/%6Frders/{order_id}"
+    assert shown_path(strict, "/v1/customers/C-1") == "/v1/customers/C-1"  # not redacted
+    assert shown_path(strict, "/v1/orders/O-123/x/y") == "/v1/orders/O-123/x/y"  # fits none
+    assert shown_path(policy, "/v1/orders/O-123", route) == "/v1/orders/O-123"
+    fields = request_fields(
+        request_id="r", method="GET", path=shown_path(strict, "/v1/orders/O-123", route),
+        status=200, seconds=0.0, transport="http", call=call, user_agent=None, client=None,
+    )  # fmt: skip
+    assert fields["path"] == "/v1/orders/{order_id}"
 
 
 def test_hostile_strings_are_bounded_and_escaped(policy: CompiledPolicy) -> None:

@@ -7,7 +7,9 @@ in the same exporter. Every test reads the spans of its own trace.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,11 +21,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import SecretStr
 from served import EXAMPLE_POLICY
 
 from gateway.app import Gateway
 from gateway.dev.idp import IdpProcess
+from gateway.dev.ports import free_port
 from gateway.errors import ConfigError
+from gateway.logs import REQUEST_EXTRA
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
 from gateway.tracing import Tracing, tracing_from_env
@@ -542,3 +547,137 @@ async def test_a_unique_violation_quoting_the_key_is_in_no_span(
         assert span.instrumentation_scope is not None
         if span.instrumentation_scope.name != "spangate":
             assert not span.status.description, span.name
+
+
+@contextlib.asynccontextmanager
+async def gateway_with(
+    settings: Settings, idp: IdpProcess, tmp_path: Path, policy_text: str | None = None, **updates: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter, Path]]:
+    """A traced gateway of its own (a policy of its own, settings changed): its client, its
+    spans, its audit file."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider())
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    audit = tmp_path / "audit.jsonl"
+    if policy_text is not None:
+        updates["policy"] = tmp_path / "policy.yaml"
+        updates["policy"].write_text(policy_text)
+    app = build_gateway(
+        settings.model_copy(update={"audit_path": audit, **updates}),
+        env={"OKTA_ISSUER": idp.issuer},
+        tracing=tracing,
+    )
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            yield http, exporter, audit
+    finally:
+        await app.shutdown()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> dict[str, logging.LogRecord]:
+    """The request lines logged, by request id."""
+    return {
+        getattr(r, REQUEST_EXTRA)["request_id"]: r
+        for r in caplog.records
+        if r.name == "spangate.access"
+    }
+
+
+async def test_a_redacted_path_parameter_is_in_no_span_log_line_or_audit_path(
+    settings: Settings,
+    idp: IdpProcess,
+    tmp_path: Path,
+    token_for: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``order_id`` redacted: the request span's url.path and the log line show the segment as
+    ``{order_id}``, the audit event's path holds its keyed hash; allowed, refused before routing
+    (401) or refused for its method (405) alike."""
+    text = EXAMPLE_POLICY.read_text()
+    assert "redact: [total_cents]" in text
+    text = text.replace("redact: [total_cents]", "redact: [total_cents, order_id]")
+    caplog.set_level(logging.INFO, "spangate.access")
+    support = {"Authorization": f"Bearer {token_for('support-console')}"}
+    async with gateway_with(settings, idp, tmp_path, text) as (http, exporter, audit):
+        answers = {
+            "O-1001": await http.get("/v1/orders/O-1001", headers=support),
+            "O-1002": await http.get("/v1/orders/O-1002"),
+            "O-1003": await http.delete("/v1/orders/O-1003", headers=support),
+        }
+    assert [a.status_code for a in answers.values()] == [200, 401, 405]
+    lines = access_lines(caplog)
+    for value, answer in answers.items():
+        rid = answer.headers["x-request-id"]
+        event = event_of(audit, rid)
+        (server,) = [
+            s for s in exporter.get_finished_spans()
+            if s.kind == SpanKind.SERVER and f"{s.context.trace_id:032x}" == event["trace"]
+        ]  # fmt: skip
+        assert server.attributes is not None
+        assert server.attributes["url.path"] == "/v1/orders/{order_id}"
+        assert value not in span_text(server)
+        fields = getattr(lines[rid], REQUEST_EXTRA)
+        assert fields["path"] == "/v1/orders/{order_id}"
+        assert value not in json.dumps(fields)
+        url = event["httpRequest"]["requestUrl"]
+        assert url.startswith("/v1/orders/redacted:hmac-sha256:"), url
+        assert value not in json.dumps(event)
+    bound = event_of(audit, answers["O-1001"].headers["x-request-id"])
+    assert bound["httpRequest"]["requestUrl"] == (
+        "/v1/orders/" + bound["protoPayload"]["request"]["params"]["order_id"]["value"]
+    )
+
+
+async def test_a_failed_mcp_tool_call_is_an_error_in_its_span_and_log_line(
+    settings: Settings,
+    idp: IdpProcess,
+    tmp_path: Path,
+    token_for: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tools/call is answered HTTP 200 however it ends: its span and log line take their
+    error and severity from the call (503: the budget store is down; 403: refused), while
+    ``status`` and ``http.response.status_code`` say 200."""
+    caplog.set_level(logging.INFO, "spangate.access")
+    nobody = SecretStr(f"redis://127.0.0.1:{free_port()}/0")
+    down = {"redis_url": nobody, "redis_timeout_seconds": 0.5}
+    call = {
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_order", "arguments": {"order_id": "O-1001"}},
+    }  # fmt: skip
+    async with gateway_with(settings, idp, tmp_path, **down) as (http, exporter, audit):
+        failed = await http.post(
+            "/mcp", json=call,
+            headers={**MCP_HEADERS, "Authorization": f"Bearer {token_for('order-agent')}"},
+        )  # fmt: skip
+        refused = await http.post(
+            "/mcp", json=call,
+            headers={**MCP_HEADERS, "Authorization": f"Bearer {token_for('outsider')}"},
+        )  # fmt: skip
+    lines = access_lines(caplog)
+    expected = [
+        (failed, "budget-store-unavailable", logging.ERROR, StatusCode.ERROR),
+        (refused, "no-allow-role", logging.WARNING, StatusCode.UNSET),
+    ]
+    for answer, code, level, span_status in expected:
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["result"]
+        assert result["isError"] and result["structuredContent"]["code"] == code
+        rid = answer.headers["x-request-id"]
+        line = lines[rid]
+        assert line.levelno == level
+        assert getattr(line, REQUEST_EXTRA)["status"] == 200
+        assert getattr(line, REQUEST_EXTRA)["code"] == code
+        event = event_of(audit, rid)
+        (server,) = [
+            s for s in exporter.get_finished_spans()
+            if s.kind == SpanKind.SERVER and f"{s.context.trace_id:032x}" == event["trace"]
+        ]  # fmt: skip
+        assert server.attributes is not None
+        assert server.attributes["http.response.status_code"] == 200
+        assert server.status.status_code == span_status
+        assert server.attributes.get("error.type") == (
+            code if span_status == StatusCode.ERROR else None
+        )
