@@ -31,7 +31,7 @@ from gateway.errors import ConfigError
 from gateway.logs import REQUEST_EXTRA
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
-from gateway.tracing import Tracing, tracing_from_env
+from gateway.tracing import SPAN, Tracing, tracing_from_env
 
 SPANNER_SCOPE = "cloud.google.com/python/spanner"
 MCP_HEADERS = {
@@ -681,3 +681,21 @@ async def test_a_failed_mcp_tool_call_is_an_error_in_its_span_and_log_line(
         assert server.attributes.get("error.type") == (
             code if span_status == StatusCode.ERROR else None
         )
+
+
+
+def test_the_request_span_made_current_again_records_no_exception() -> None:
+    """``Tracing.resume`` (around an MCP tool call) lets an exception through untouched: no
+    exception event, no status with its text on the request span."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider())
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    span = tracing.tracer.start_span("request")
+    scope: dict[str, Any] = {"state": {SPAN: span}}
+    with pytest.raises(ValueError, match="wile"):
+        with Tracing.resume(scope):
+            raise ValueError("wile@acme.example")
+    span.end()
+    (done,) = exporter.get_finished_spans()
+    assert list(done.events) == []
+    assert done.status.status_code == StatusCode.UNSET and not done.status.description
