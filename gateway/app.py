@@ -30,7 +30,7 @@ from opentelemetry.trace import get_current_span as current_span
 
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
-from gateway.audit.origin import IPNetwork, parse_networks, trace_context
+from gateway.audit.origin import IPNetwork, parse_networks, peer_trusted, trace_context
 from gateway.audit.recorder import (
     in_transaction_hook,
     new_call,
@@ -278,7 +278,9 @@ class Gateway:
         if tracing is None:
             await self._exchange(scope, receive, send, rid, path, mcp, started)
             return
-        with tracing.server(scope) as span:
+        peer = scope.get("client")
+        trusted = peer_trusted(peer[0] if peer else None, self._trusted)  # its sampled flag
+        with tracing.server(scope, trusted=trusted) as span:
             state[SPAN] = span  # Tracing.resume
             await self._exchange(scope, receive, send, rid, path, mcp, started, span)
 

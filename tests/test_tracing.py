@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import SecretStr
@@ -53,24 +54,55 @@ def traced_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("traced") / "audit.jsonl"
 
 
+TRUSTED_PROXIES = "203.0.113.0/24"  # the traced gateway's SPANGATE_TRUSTED_PROXIES
+
+
+def in_memory(env: dict[str, str] | None = None) -> tuple[Tracing, InMemorySpanExporter]:
+    """Tracing as tracing_from_env builds it from ``env`` (sampler, ids, resource), its spans
+    kept in memory (a simple processor, behind the scrubbing one as every processor)."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_sdk(env or {})
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    return tracing, exporter
+
+
 @pytest.fixture(scope="module")
-async def traced(
+async def traced_app(
     settings: Settings, idp: IdpProcess, exporter: InMemorySpanExporter, traced_audit: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    tracing = Tracing(TracerProvider())
+) -> AsyncIterator[Gateway]:
+    tracing = Tracing.with_sdk({})
     tracing.add_processor(SimpleSpanProcessor(exporter))  # as tracing_from_env adds its own
     app = build_gateway(
-        settings.model_copy(update={"audit_path": traced_audit}),
+        settings.model_copy(
+            update={"audit_path": traced_audit, "trusted_proxies": TRUSTED_PROXIES}
+        ),
         env={"OKTA_ISSUER": idp.issuer},
         tracing=tracing,
     )
     await app.startup()
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
-            yield http
+        yield app
     finally:
         await app.shutdown()
+
+
+def client_of(app: Gateway, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+
+
+@pytest.fixture(scope="module")
+async def traced(traced_app: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling through a trusted proxy (its sampled flags are followed)."""
+    async with client_of(traced_app, "203.0.113.9") as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+async def untrusted(traced_app: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling directly, from no trusted proxy."""
+    async with client_of(traced_app, "198.51.100.7") as http:
+        yield http
 
 
 def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
@@ -282,7 +314,7 @@ async def test_an_mcp_tool_call_makes_the_same_spans(
     assert event["spanId"] == f"{server.context.span_id:016x}"
 
 
-async def test_an_unsampled_caller_gets_no_spans_but_its_trace_in_the_audit_event(
+async def test_an_unsampled_caller_through_a_trusted_proxy_gets_no_spans(
     traced: httpx.AsyncClient,
     exporter: InMemorySpanExporter,
     traced_audit: Path,
@@ -296,6 +328,78 @@ async def test_an_unsampled_caller_gets_no_spans_but_its_trace_in_the_audit_even
     assert answer.status_code == 200
     assert spans_of(exporter, int(trace_id, 16)) == []  # parentbased_always_on: not sampled
     assert event_of(traced_audit, answer.headers["x-request-id"])["trace"] == trace_id
+
+
+@pytest.mark.parametrize("header", ["traceparent", "x-cloud-trace-context"])
+async def test_a_caller_from_no_trusted_proxy_does_not_decide_sampling(
+    untrusted: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+    header: str,
+) -> None:
+    """"Not sampled" from a caller that is not a trusted proxy: the sampler decides as for a new
+    trace (parentbased_always_on: recorded), and the span stays in the caller's trace, below
+    its span, with its tracestate."""
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {"Authorization": f"Bearer {token_for('support-console')}"}
+    if header == "traceparent":
+        headers |= {"traceparent": f"00-{trace_id}-{caller_span}-00", "tracestate": "v=1"}
+    else:
+        headers["X-Cloud-Trace-Context"] = f"{trace_id}/{int(caller_span, 16)};o=0"
+    answer = await untrusted.get("/v1/orders/O-1001", headers=headers)
+    assert answer.status_code == 200
+    spans = spans_of(exporter, int(trace_id, 16))
+    server = server_span(spans)
+    assert server.parent is not None and server.parent.span_id == int(caller_span, 16)
+    if header == "traceparent":
+        assert server.context.trace_state.get("v") == "1"
+    assert [s.name for s in children(spans, server)] == [*STEPS, "spangate.audit"]
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    assert (event["trace"], event["spanId"]) == (trace_id, f"{server.context.span_id:016x}")
+
+
+async def test_a_sampled_caller_from_no_trusted_proxy_is_not_recorded_when_the_sampler_says_no(
+    settings: Settings, idp: IdpProcess, tmp_path: Path, token_for: Callable[..., str]
+) -> None:
+    """parentbased_always_off: a trusted proxy's "sampled" is followed, anyone else's is not."""
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+    headers = {"Authorization": f"Bearer {token_for('support-console')}"}
+    proxy, direct = traceparent(), traceparent()
+    async with gateway_with(
+        settings, idp, tmp_path, tracing_env=env, trusted_proxies=TRUSTED_PROXIES
+    ) as (app, exporter, audit):
+        async with client_of(app, "203.0.113.9") as http:
+            through = await http.get("/v1/orders/O-1001", headers={**headers, "traceparent": proxy[0]})
+        async with client_of(app, "198.51.100.7") as http:
+            straight = await http.get("/v1/orders/O-1001", headers={**headers, "traceparent": direct[0]})
+    assert (through.status_code, straight.status_code) == (200, 200)
+    assert server_span(spans_of(exporter, int(proxy[1], 16))).parent is not None
+    assert spans_of(exporter, int(direct[1], 16)) == []
+    assert event_of(audit, straight.headers["x-request-id"])["trace"] == direct[1]  # still named
+
+
+async def test_x_cloud_trace_context_without_a_span_is_continued_as_a_root(
+    traced: httpx.AsyncClient,
+    exporter: InMemorySpanExporter,
+    traced_audit: Path,
+    token_for: Callable[..., str],
+) -> None:
+    trace_id = secrets.token_hex(16)
+    answer = await traced.get(
+        "/v1/orders/O-1001",
+        headers={
+            "Authorization": f"Bearer {token_for('support-console')}",
+            "X-Cloud-Trace-Context": f"{trace_id};o=1",
+        },
+    )
+    assert answer.status_code == 200
+    spans = spans_of(exporter, int(trace_id, 16))
+    server = server_span(spans)
+    assert server.parent is None
+    assert [s.name for s in children(spans, server)] == [*STEPS, "spangate.audit"]
+    event = event_of(traced_audit, answer.headers["x-request-id"])
+    assert (event["trace"], event["spanId"]) == (trace_id, f"{server.context.span_id:016x}")
 
 
 async def test_x_cloud_trace_context_is_continued_too(
@@ -396,23 +500,99 @@ def test_off_unless_an_exporter_or_endpoint_is_named(env: dict[str, str]) -> Non
     assert tracing_from_env(env) is None
 
 
+DEFAULT_TRACES = "http://localhost:4318/v1/traces"
+RATIO = {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "traceidratio"}
+
+
 @pytest.mark.parametrize(
-    "env",
+    ("env", "installed"),
     [
-        {"OTEL_TRACES_EXPORTER": "otlp"},
-        {"OTEL_TRACES_EXPORTER": "console"},
-        {"OTEL_TRACES_EXPORTER": "otlp,console"},
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
-        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"},
-        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, [("otlp", DEFAULT_TRACES)]),
+        ({"OTEL_TRACES_EXPORTER": "console"}, [("console", None)]),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp,console,otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"},
+            [("otlp", "http://c:4318/v1/traces"), ("console", None)],
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, [("otlp", "http://127.0.0.1:4318/v1/traces")]),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/traces",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://ignored:4318",
+            },
+            [("otlp", "http://127.0.0.1:9/traces")],
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            [("otlp", DEFAULT_TRACES)],
+        ),
     ],
 )
-async def test_on_when_an_exporter_or_endpoint_is_named(env: dict[str, str]) -> None:
+async def test_on_when_an_exporter_or_endpoint_is_named(
+    env: dict[str, str], installed: list[tuple[str, str | None]]
+) -> None:
     tracing = tracing_from_env(env)
     assert tracing is not None
+    assert [(e.name, e.endpoint) for e in tracing.exporting] == installed
+    for one in tracing.exporting:
+        kind = OTLPSpanExporter if one.name == "otlp" else ConsoleSpanExporter
+        assert isinstance(one.exporter, kind)
+        if isinstance(one.exporter, OTLPSpanExporter):
+            assert one.exporter._endpoint == one.endpoint  # what the SDK's exporter uses
     resource = tracing.provider.resource  # type: ignore[attr-defined]
     assert resource.attributes["service.name"] == "spangate"
     await tracing.aclose()
+
+
+async def test_everything_is_read_from_the_environment_given_not_the_process_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process's own OTEL_* variables say otherwise; the mapping given is what counts (as
+    it decided that traces are on)."""
+    for name, value in {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://process:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-process=1",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "99",
+        "OTEL_TRACES_SAMPLER": "always_off",
+        "OTEL_SERVICE_NAME": "process",
+        "OTEL_BSP_SCHEDULE_DELAY": "99999",
+    }.items():
+        monkeypatch.setenv(name, value)
+    tracing = tracing_from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://given:4318",
+            "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20t,x-given=2",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.25",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=prod,service.name=ignored",
+            "OTEL_SERVICE_NAME": "given",
+        }
+    )
+    assert tracing is not None
+    (one,) = tracing.exporting
+    assert one.endpoint == "http://given:4318/v1/traces"
+    assert isinstance(one.exporter, OTLPSpanExporter)
+    sent = one.exporter._client  # the headers and timeout its requests carry
+    assert (sent._headers["authorization"], sent._headers["x-given"]) == ("Bearer t", "2")
+    assert sent._timeout == 3.0
+    sampler = tracing.provider.sampler  # type: ignore[attr-defined]
+    assert sampler.get_description().startswith("CallerSampler{ParentBased{root:TraceIdRatioBased{0.25}")
+    attributes = tracing.provider.resource.attributes  # type: ignore[attr-defined]
+    assert (attributes["service.name"], attributes["deployment.environment.name"]) == ("given", "prod")
+    await tracing.aclose()
+
+
+def test_the_console_exporter_writes_one_line_per_span(capsys: pytest.CaptureFixture[str]) -> None:
+    tracing = tracing_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert tracing is not None
+    with tracing.tracer.start_as_current_span("one", attributes={"a": "x\ny"}):
+        pass
+    with tracing.tracer.start_as_current_span("two"):
+        pass
+    tracing.provider.force_flush()  # type: ignore[attr-defined]
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["one", "two"]
+    tracing.provider.shutdown()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -424,9 +604,15 @@ async def test_on_when_an_exporter_or_endpoint_is_named(env: dict[str, str]) -> 
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+        ({**RATIO, "OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({**RATIO, "OTEL_TRACES_SAMPLER_ARG": "x"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TIMEOUT": "ten"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "COMPRESSION"),
     ],
 )
-def test_an_exporter_or_protocol_it_cannot_load_stops_the_start(
+def test_an_exporter_or_setting_it_cannot_honour_stops_the_start(
     env: dict[str, str], named: str
 ) -> None:
     with pytest.raises(ConfigError, match=named):
@@ -551,13 +737,16 @@ async def test_a_unique_violation_quoting_the_key_is_in_no_span(
 
 @contextlib.asynccontextmanager
 async def gateway_with(
-    settings: Settings, idp: IdpProcess, tmp_path: Path, policy_text: str | None = None, **updates: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter, Path]]:
-    """A traced gateway of its own (a policy of its own, settings changed): its client, its
-    spans, its audit file."""
-    exporter = InMemorySpanExporter()
-    tracing = Tracing(TracerProvider())
-    tracing.add_processor(SimpleSpanProcessor(exporter))
+    settings: Settings,
+    idp: IdpProcess,
+    tmp_path: Path,
+    policy_text: str | None = None,
+    tracing_env: dict[str, str] | None = None,
+    **updates: Any,
+) -> AsyncIterator[tuple[Gateway, InMemorySpanExporter, Path]]:
+    """A traced gateway of its own (a policy of its own, the OTEL_* variables of
+    ``tracing_env``, settings changed): the app, its spans, its audit file."""
+    tracing, exporter = in_memory(tracing_env)
     audit = tmp_path / "audit.jsonl"
     if policy_text is not None:
         updates["policy"] = tmp_path / "policy.yaml"
@@ -569,9 +758,7 @@ async def gateway_with(
     )
     await app.startup()
     try:
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
-            yield http, exporter, audit
+        yield app, exporter, audit
     finally:
         await app.shutdown()
 
@@ -600,7 +787,9 @@ async def test_a_redacted_path_parameter_is_in_no_span_log_line_or_audit_path(
     text = text.replace("redact: [total_cents]", "redact: [total_cents, order_id]")
     caplog.set_level(logging.INFO, "spangate.access")
     support = {"Authorization": f"Bearer {token_for('support-console')}"}
-    async with gateway_with(settings, idp, tmp_path, text) as (http, exporter, audit):
+    async with gateway_with(settings, idp, tmp_path, text) as (app, exporter, audit), client_of(
+        app, "203.0.113.9"
+    ) as http:
         answers = {
             "O-1001": await http.get("/v1/orders/O-1001", headers=support),
             "O-1002": await http.get("/v1/orders/O-1002"),
@@ -647,7 +836,9 @@ async def test_a_failed_mcp_tool_call_is_an_error_in_its_span_and_log_line(
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_order", "arguments": {"order_id": "O-1001"}},
     }  # fmt: skip
-    async with gateway_with(settings, idp, tmp_path, **down) as (http, exporter, audit):
+    async with gateway_with(settings, idp, tmp_path, **down) as (app, exporter, audit), client_of(
+        app, "203.0.113.9"
+    ) as http:
         failed = await http.post(
             "/mcp", json=call,
             headers={**MCP_HEADERS, "Authorization": f"Bearer {token_for('order-agent')}"},
