@@ -232,7 +232,9 @@ class Gateway:
     async def shutdown(self) -> None:
         """Calls the server cancelled record their events first (bounded), then settling writes
         (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events go to the trail), then
-        the audit trail (flushed), then the rest (the databases last)."""
+        the audit trail (flushed), then the rest (the databases), the last metrics, and last the
+        spans still buffered (at most ``tracing.SHUTDOWN_SECONDS``: a collector that does not
+        answer never holds the exit)."""
         self.draining = True
         self.ready = False
         await self.mcp.stop()
@@ -247,6 +249,8 @@ class Gateway:
             await close()
         await self.budgets.store.aclose()
         self.metrics.publish(self)  # with several workers: this worker's last counts stay
+        if self.tracing is not None:  # last: bounded (Tracing.aclose), the databases' spans too
+            await self.tracing.aclose()
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
