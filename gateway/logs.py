@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESS_LOGGER",
+    "REQUEST_FIELDS",
     "REQUEST_EXTRA",
     "LogFormat",
     "JsonFormatter",
@@ -181,9 +182,11 @@ class TextFormatter(logging.Formatter):
                 for k, v in fields.items()
                 if v is not None and k not in main and k != "transport"
             )
+            latency = fields["latency_ms"]
             line = (
-                f"{head} {fields['method']} {_printable(str(fields['path']))} -> "
-                f"{fields['status']} {fields['code'] or '-'} {fields['latency_ms']:.1f} ms"
+                f"{head} {fields['method'] or '-'} {_printable(str(fields['path'] or '-'))} -> "
+                f"{fields['status']} {fields['code'] or '-'} "
+                f"{'-' if latency is None else f'{latency:.1f}'} ms"
                 f"{' (mcp)' if fields.get('transport') == 'mcp' else ''}  {extra}"
             )
         else:
@@ -390,6 +393,7 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # the root's (a uvicorn Config made earlier set its own)
     # httpx logs every call at INFO (key fetches, each introspection: a second line for a
     # request); below debug, only its warnings.
     quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
@@ -455,18 +459,22 @@ def log_request(
     span_id: str | None,
     *,
     outcome: int | None = None,
+    note: str | None = None,
 ) -> None:
-    """Log one request's line (see ``request_fields``), at the severity of ``outcome`` (how the
-    call ended: an MCP tool call answered 200 may have failed), else of its status."""
+    """Log one request's line (see ``request_fields``; a refusal by the HTTP server has only
+    some of them, the others None: ``gateway.refusals``), at the severity of ``outcome`` (how
+    the call ended: an MCP tool call answered 200 may have failed), else of its status;
+    ``note`` follows the message."""
     level = _severity(fields["status"] if outcome is None else outcome)
     if not access_log.isEnabledFor(level):
         return
     access_log.log(
         level,
-        "%s %s %s %s",
-        fields["method"],
-        fields["path"],
+        "%s %s %s %s%s",
+        fields["method"] or "-",
+        fields["path"] or "-",
         fields["status"],
         fields["code"] or "-",
+        f": {note}" if note else "",
         extra={REQUEST_EXTRA: fields, "trace_id": trace_id, "span_id": span_id},
     )

@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.logs import dropped_lines
+from gateway.refusals import CODES, REFUSALS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -281,6 +282,12 @@ class GatewayMetrics:
             "one reloaded or kept).",
             ("result",),
         )
+        self._server_refusals = counter(
+            "spangate_server_refusals",
+            "Requests the HTTP server refused before they reached the gateway, by code "
+            "(headers-too-large, request-timeout, request-invalid, server-busy).",
+            ("code",),
+        )
         self._log_dropped = counter(
             "spangate_log_lines_dropped",
             "Log lines dropped because stderr fell behind (the buffer of lines waiting was full).",
@@ -376,6 +383,9 @@ class GatewayMetrics:
             self._reloads.publish(("refused",), reloader, reloader.failures)
             if reloader.shadow_path is not None:
                 self._reloads.publish(("shadow-refused",), reloader, reloader.shadow_failures)
+        refused = REFUSALS.counts
+        for code in (*CODES, *(c for c in list(refused) if c not in CODES)):
+            self._server_refusals.publish((code,), REFUSALS, refused[code])
         log_writer, dropped = dropped_lines()
         self._log_dropped.publish((), log_writer, dropped)
         sha = gateway.policy.sha256
