@@ -292,7 +292,8 @@ class CallerSampler(Sampler):
                 parent_context, trace_id, name, kind, attributes, links, trace_state
             )
         draw = random.getrandbits(128) or 1
-        root = self.inner.should_sample(None, draw, name, kind, attributes, links)
+        # an empty context: no parent at all (None would mean "the current context")
+        root = self.inner.should_sample(context_api.Context(), draw, name, kind, attributes, links)
         caller = trace.get_current_span(parent_context).get_span_context()
         return SamplingResult(root.decision, root.attributes, caller.trace_state)
 

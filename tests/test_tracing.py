@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
@@ -32,7 +33,7 @@ from gateway.errors import ConfigError
 from gateway.logs import REQUEST_EXTRA
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
-from gateway.tracing import SPAN, Tracing, tracing_from_env
+from gateway.tracing import SPAN, Tracing, parent_context, tracing_from_env
 
 SPANNER_SCOPE = "cloud.google.com/python/spanner"
 MCP_HEADERS = {
@@ -890,3 +891,22 @@ def test_the_request_span_made_current_again_records_no_exception() -> None:
     (done,) = exporter.get_finished_spans()
     assert list(done.events) == []
     assert done.status.status_code == StatusCode.UNSET and not done.status.description
+
+
+def test_an_untrusted_callers_sampling_ignores_whatever_span_is_current() -> None:
+    """CallerSampler decides an untrusted caller's span as a root: not as the child of a span
+    that happens to be current where the request starts."""
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    from gateway.tracing_setup import sampler_from_env
+
+    tracing, _ = in_memory()
+    sampler = sampler_from_env({"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    headers = [(b"traceparent", f"00-{trace_id}-{span_id}-01".encode())]
+    untrusted = parent_context(headers, trusted=False)
+    with tracing.tracer.start_as_current_span("something current", context=Context()):
+        decided = sampler.should_sample(untrusted, int(trace_id, 16), "GET")
+    assert decided.decision == Decision.DROP
+    trusted = sampler.should_sample(parent_context(headers), int(trace_id, 16), "GET")
+    assert trusted.decision == Decision.RECORD_AND_SAMPLE
