@@ -27,9 +27,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from opentelemetry.trace import get_current_span as current_span
+
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
-from gateway.audit.origin import IPNetwork, parse_networks
+from gateway.audit.origin import IPNetwork, parse_networks, peer_trusted, trace_context
 from gateway.audit.recorder import (
     in_transaction_hook,
     new_call,
@@ -75,6 +77,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
 from gateway.policy.pagination import Paging
 from gateway.policy.reads import NO_READS, ClaimReads
+from gateway.policy.redaction import shown_path
 from gateway.policy.shadow import ROUTING_REASONS, disagreement, shadow_principal
 from gateway.settings import Settings
 from gateway.shaping.cursors import CursorKeys, CursorNotOpened
@@ -246,7 +249,9 @@ class Gateway:
     async def shutdown(self) -> None:
         """Calls the server cancelled record their events first (bounded), then settling writes
         (bounded by ``SPANGATE_SETTLE_SECONDS``: their follow-up events go to the trail), then
-        the audit trail (flushed), then the rest (the databases last)."""
+        the audit trail (flushed), then the rest (the databases), the last metrics, and last the
+        spans still buffered (at most ``tracing.SHUTDOWN_SECONDS``: a collector that does not
+        answer never holds the exit)."""
         self.draining = True
         self.ready = False
         await self.mcp.stop()
@@ -261,6 +266,8 @@ class Gateway:
             await close()
         await self.budgets.store.aclose()
         self.metrics.publish(self)  # with several workers: this worker's last counts stay
+        if self.tracing is not None:  # last: bounded (Tracing.aclose), the databases' spans too
+            await self.tracing.aclose()
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -292,7 +299,9 @@ class Gateway:
         if tracing is None:
             await self._exchange(scope, receive, send, rid, path, mcp, started)
             return
-        with tracing.server(scope) as span:
+        peer = scope.get("client")
+        trusted = peer_trusted(peer[0] if peer else None, self._trusted)  # its sampled flag
+        with tracing.server(scope, trusted=trusted) as span:
             state[SPAN] = span  # Tracing.resume
             await self._exchange(scope, receive, send, rid, path, mcp, started, span)
 
@@ -311,14 +320,19 @@ class Gateway:
         ``no-route`` instead (a path the other port serves: ``gateway.admin``)."""
         scope.setdefault("state", {})["request_id"] = rid
         sent = _Status(with_request_id(send, rid))
+        unanswered = 500
         try:
             if refuse is not None:
                 error = RouteNotFound(refuse)
                 await send_problem(sent, error, rid, head=scope["method"] == "HEAD")
             else:
                 await self.api(scope, receive, sent)
+        except asyncio.CancelledError:
+            unanswered = 499  # the server gave up on the request (as a policy route logs it)
+            raise
         finally:
-            self._log(scope, rid, path, sent.status or 500, started, "http")
+            status = sent.status or unanswered
+            self._log(scope, rid, path, status, status, started, "http")
 
     async def _exchange(
         self,
@@ -350,9 +364,15 @@ class Gateway:
                 status = sent.status
             elif call is not None and status != 499:
                 status = call.status
+            # How the call ended (an MCP tools/call answers 200 whatever it came to): the log
+            # line's severity and the span's error; ``status`` stays what HTTP answered.
+            outcome = call.status if call is not None and status != 499 else status
+            if not mcp:  # without the values audit.redact hides (gateway.policy.redaction)
+                route = call.decision.route if call is not None and call.decision else None
+                path = shown_path(self.active.policy, path, route)
             if span is not None:
-                Tracing.finish(span, scope, call, status, mcp=mcp)
-            self._log(scope, rid, path, status, started, "mcp" if mcp else "http", call)
+                Tracing.finish(span, scope, call, status, outcome, path=path, mcp=mcp)
+            self._log(scope, rid, path, status, outcome, started, "mcp" if mcp else "http", call)
 
     def _log(
         self,
@@ -360,12 +380,14 @@ class Gateway:
         rid: str,
         path: str,
         status: int,
+        outcome: int,
         started: float,
         transport: str,
         call: CallRecord | None = None,
     ) -> None:
-        """The request's log line (``gateway.logs``); its trace: the call's (the request's span,
-        or the caller's traceparent when traces are off), else the current span's."""
+        """The request's log line (``gateway.logs``; ``path`` as shown, at ``outcome``'s
+        severity); its trace: the call's (the request's span, or the caller's traceparent when
+        traces are off), else the current span's (the request's), else the caller's."""
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         agent = next((v for k, v in headers if k == b"user-agent"), None)
         peer = scope.get("client")
@@ -379,9 +401,18 @@ class Gateway:
             call=call,
             user_agent=agent.decode("latin-1") if agent is not None else None,
             client=peer[0] if peer else None,
-            redact=self.active.policy.model.audit.redact,
         )
-        log_request(fields, call.trace if call else None, call.span if call else None)
+        if call is not None:
+            trace_id, span_id = call.trace, call.span
+        elif current_span().get_span_context().is_valid:
+            trace_id = span_id = None  # the writer stamps the current span's ids
+        else:  # no call and no span (a fixed endpoint, traces off): the caller's, as an event
+            found = trace_context(
+                next((v for k, v in headers if k == b"traceparent"), None),
+                next((v for k, v in headers if k == b"x-cloud-trace-context"), None),
+            )
+            trace_id, span_id = found if found is not None else (None, None)
+        log_request(fields, trace_id, span_id, outcome=outcome)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

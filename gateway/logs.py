@@ -3,22 +3,27 @@
 ``configure_logging`` installs one formatter for every logger (the gateway's, uvicorn's, the
 libraries'), so a JSON stream is all JSON: ``SPANGATE_LOG_FORMAT`` ``json``, ``text``, or
 ``auto`` (text when stderr is a terminal, else JSON). Every line carries the trace and span id of
-the span current when it was logged (when traces are on, ``gateway.tracing``).
+the span current when it was logged (when traces are on, ``gateway.tracing``). The ``google``
+libraries' loggers propagate to it (google-api-core would turn that off), at INFO at most;
+``warnings.warn`` goes to it too (logger ``py.warnings``).
 
 ``log_request`` writes the line of one request (logger ``spangate.access``, instead of uvicorn's
 access log): request id, trace and span id, transport (``http``/``mcp``), method, path, route,
 query, MCP tool, status, stable code, latency, the principal's subject and issuer, client address,
-user agent. Never the token, the query string or a parameter value: where the route binds a path
-parameter that the policy's ``audit.redact`` names, the path is logged as the route's template.
-Severity as the audit event's: INFO below 400, WARNING for 4xx, ERROR for 5xx.
+user agent. Never the token, the query string or a parameter value: a path segment that a route
+binds to a parameter the policy's ``audit.redact`` names is logged as ``{name}`` (the caller
+passes the path so: ``gateway.policy.redaction.shown_path``). Severity as the audit event's: INFO
+below 400, WARNING for 4xx, ERROR for 5xx, of how the call ended (an MCP ``tools/call`` that
+failed is answered HTTP 200; its line says 200 and its severity the call's status).
 
 Caller-supplied strings (path, user agent, subject, tool) are cut to ``MAX_STRING_BYTES`` and
 escaped: JSON escapes every control and non-ASCII character; text lines show them as ``\\xNN``.
 
 Writes never block the event loop: records go to a bounded buffer and a thread formats and writes
 what gathered every 50 ms (one write; no thread wake-up per record, which costs the event loop
-more than the write itself). When stderr cannot keep up and the buffer is full, records are
-dropped and counted; the next line that gets through says how many were lost.
+more than the write itself). When stderr cannot keep up and the buffer is full (by count or by
+size), records are dropped and counted (``dropped_lines``: ``/metrics``); the next line that
+gets through says how many were lost. A forked worker starts with an empty buffer.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
@@ -45,11 +50,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESS_LOGGER",
+    "REQUEST_FIELDS",
+    "REQUEST_EXTRA",
     "LogFormat",
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
     "configured",
+    "dropped_lines",
     "log_request",
     "request_fields",
 ]
@@ -57,10 +65,19 @@ __all__ = [
 LogFormat = Literal["auto", "json", "text"]
 ACCESS_LOGGER = "spangate.access"
 QUEUE_RECORDS = 10_000  # records waiting for stderr at most; beyond, dropped and counted
+QUEUE_BYTES = 8 * 1024 * 1024  # and about this many characters of them (a few huge tracebacks)
+_RECORD_OVERHEAD = 256  # characters a line adds to its message (time, level, logger, ids)
+_REQUEST_OVERHEAD = 2048  # and a request line's fields (each caller string at most 512 bytes)
 WRITE_SECONDS = 0.05  # the writer thread writes what gathered this often
 FLUSH_SECONDS = 1.0  # at exit, how long to wait for a write that is stuck
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+
+# The extra attribute of a record that carries a request line's fields. Not "request": Google's
+# gRPC logging interceptors pass ``extra={"request": <the RPC's payload>}``, which a formatter
+# reading "request" would write out (parameter values and all).
+REQUEST_EXTRA = "spangate_request"
+_INDENT = "\n    "  # a text line's continuation lines (a traceback, a multi-line message)
 
 # The request line's fields, in the order a JSON line and a text line show them.
 REQUEST_FIELDS = (
@@ -125,7 +142,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         trace_id, span_id = _trace_of(record)
-        fields: Mapping[str, Any] | None = getattr(record, "request", None)
+        fields: Mapping[str, Any] | None = getattr(record, REQUEST_EXTRA, None)
         if trace_id is not None or fields is not None:
             entry["trace_id"] = trace_id
             entry["span_id"] = span_id
@@ -140,14 +157,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":"))
 
 
+def _continued(text: str) -> str:
+    """``text`` as the continuation of a text line: non-printable characters escaped (ANSI
+    escapes and carriage returns included), each further line indented."""
+    return _printable(text, keep_newlines=True).replace("\n", _INDENT)
+
+
 class TextFormatter(logging.Formatter):
     """A line a person reads: local time, level, logger, message; a request line as
-    ``GET /v1/orders/O-1 200 ok 3.1 ms`` and its other fields as ``name=value``."""
+    ``GET /v1/orders/O-1 200 ok 3.1 ms`` and its other fields as ``name=value``. A message,
+    traceback or stack of several lines continues on lines indented by four spaces; nothing in
+    them can drive the terminal or start a line of its own (``_printable``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(record.created))
         head = f"{when}.{int(record.msecs):03d} {record.levelname:<7}"
-        fields: Mapping[str, Any] | None = getattr(record, "request", None)
+        fields: Mapping[str, Any] | None = getattr(record, REQUEST_EXTRA, None)
         trace_id, _ = _trace_of(record)
         if fields is not None:
             shown = {"request_id": "rid", "subject": "sub", "issuer": "iss", "user_agent": "ua"}
@@ -157,22 +182,23 @@ class TextFormatter(logging.Formatter):
                 for k, v in fields.items()
                 if v is not None and k not in main and k != "transport"
             )
+            latency = fields["latency_ms"]
             line = (
-                f"{head} {fields['method']} {_printable(str(fields['path']))} -> "
-                f"{fields['status']} {fields['code'] or '-'} {fields['latency_ms']:.1f} ms"
+                f"{head} {fields['method'] or '-'} {_printable(str(fields['path'] or '-'))} -> "
+                f"{fields['status']} {fields['code'] or '-'} "
+                f"{'-' if latency is None else f'{latency:.1f}'} ms"
                 f"{' (mcp)' if fields.get('transport') == 'mcp' else ''}  {extra}"
             )
         else:
-            message = _printable(record.getMessage(), keep_newlines=True)
-            line = f"{head} {record.name}: {message}"
+            line = f"{head} {record.name}: {_continued(record.getMessage())}"
         if trace_id is not None:
             line += f" trace={trace_id}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line += "\n" + record.exc_text
+            line += _INDENT + _continued(record.exc_text)
         if record.stack_info:
-            line += "\n" + record.stack_info
+            line += _INDENT + _continued(record.stack_info)
         return line
 
 
@@ -180,18 +206,35 @@ class _Buffered(logging.Handler):
     """Hands records to a writer thread without blocking: the message is rendered here (its
     arguments may change later) and the current span's ids stamped on it; the thread formats
     and writes what gathered every ``WRITE_SECONDS`` (one write, no wake-up per record). Beyond
-    ``limit`` records waiting, a record is dropped and counted; the next one kept says how many
-    were lost."""
+    ``limit`` records or about ``limit_bytes`` characters waiting, a record is dropped and
+    counted (``dropped_total``: ``/metrics``); the next one kept says how many were lost."""
 
-    def __init__(self, stream: IO[str], formatter: logging.Formatter, limit: int) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        formatter: logging.Formatter,
+        limit: int,
+        limit_bytes: int = QUEUE_BYTES,
+    ) -> None:
         super().__init__()
         self.setFormatter(formatter)
-        self.dropped = 0
         self._stream = stream
         self._limit = limit
-        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        self._limit_bytes = limit_bytes
         self._renderer = logging.Formatter()
+        self._reset()
         self._start()
+
+    def _reset(self) -> None:
+        """Nothing waiting, nothing dropped (a new handler, or a forked child: its parent's
+        records are its parent's to write, and its parent's drops its parent's to count)."""
+        self.dropped = 0  # since the last line kept (that line says so)
+        self.dropped_total = 0  # ever, in this process
+        self._records: collections.deque[tuple[logging.LogRecord, int]] = collections.deque()
+        # Characters waiting: added by emit() alone, taken by the writer alone (each counter
+        # has one writer, so neither loses an update; their difference is what waits).
+        self._added = 0
+        self._taken = 0
 
     def _start(self) -> None:
         """The writer thread (again in a forked child, which has none: ``os.register_at_fork``
@@ -215,20 +258,40 @@ class _Buffered(logging.Handler):
                 record.span_id = f"{context.span_id:016x}"
         return record
 
+    @staticmethod
+    def _size(record: logging.LogRecord) -> int:
+        """About how many characters the record's line takes."""
+        overhead = _REQUEST_OVERHEAD if hasattr(record, REQUEST_EXTRA) else _RECORD_OVERHEAD
+        return (
+            overhead
+            + len(record.message)
+            + len(record.exc_text or "")
+            + len(record.stack_info or "")
+        )
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.dropped_total += 1
+
     def emit(self, record: logging.LogRecord) -> None:  # under self.lock (Handler.handle)
-        if len(self._records) >= self._limit:
-            self.dropped += 1
+        if len(self._records) >= self._limit or self._added - self._taken >= self._limit_bytes:
+            self._drop()
             return
         try:
             prepared = self._prepare(record)
         except Exception:  # noqa: BLE001 - as logging.Handler.emit: a broken record never raises
             self.handleError(record)
             return
+        size = self._size(prepared)
+        if self._added - self._taken + size > self._limit_bytes and self._records:
+            self._drop()  # (one record alone is always let through: it is bounded by itself)
+            return
         if self.dropped:
             note = f" [{self.dropped} earlier log line(s) dropped: stderr fell behind]"
             prepared.msg = prepared.message = prepared.message + note
             self.dropped = 0
-        self._records.append(prepared)
+        self._added += size
+        self._records.append((prepared, size))
 
     def _run(self) -> None:
         while not self._stopping.wait(WRITE_SECONDS):
@@ -241,7 +304,8 @@ class _Buffered(logging.Handler):
         try:
             lines = []
             while self._records:
-                record = self._records.popleft()
+                record, size = self._records.popleft()
+                self._taken += size
                 try:
                     lines.append(self.format(record))
                 except Exception:  # noqa: BLE001 - one bad record does not stop the rest
@@ -275,6 +339,7 @@ def _stop() -> None:
     handler, _Installed.handler = _Installed.handler, None
     if handler is not None:
         logging.getLogger().removeHandler(handler)
+        logging.captureWarnings(False)
         handler.close()
 
 
@@ -282,11 +347,19 @@ def _after_fork() -> None:
     handler = _Installed.handler
     if handler is not None:
         handler.createLock()
+        handler._reset()  # the parent writes what it had waiting: written once, not twice
         handler._start()
 
 
 atexit.register(_stop)
 os.register_at_fork(after_in_child=_after_fork)  # worker processes forked from a server
+
+
+def dropped_lines() -> tuple[object, int]:
+    """(the installed log's writer, the lines it dropped so far because stderr fell behind):
+    what ``/metrics`` counts as ``spangate_log_lines_dropped_total``."""
+    handler = _Installed.handler
+    return (handler, handler.dropped_total) if handler is not None else (None, 0)
 
 
 def configured() -> bool:
@@ -312,7 +385,7 @@ def configure_logging(
     if chosen == "auto":
         chosen = "text" if _is_terminal(out) else "json"
     formatter: logging.Formatter = TextFormatter() if chosen == "text" else JsonFormatter()
-    handler = _Buffered(out, formatter, QUEUE_RECORDS)
+    handler = _Buffered(out, formatter, QUEUE_RECORDS, QUEUE_BYTES)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -320,24 +393,26 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # the root's (a uvicorn Config made earlier set its own)
     # httpx logs every call at INFO (key fetches, each introspection: a second line for a
     # request); below debug, only its warnings.
     quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
     logging.getLogger("httpx").setLevel(quiet)
+    # google-api-core turns the "google" logger's propagation off when a client is created and
+    # the logger is unconfigured (client_logging.initialize_logging): its lines would go to no
+    # handler, or as plain text to stderr. A level makes it configured; propagation is set back
+    # in case a client came first. Never DEBUG: there, Google's gRPC interceptors serialise every
+    # request and response (values, rows) into each record.
+    google = logging.getLogger("google")
+    google.setLevel(max(root.level, logging.INFO))
+    google.propagate = True
+    logging.captureWarnings(True)  # warnings.warn(...) as lines of the same stream
     _Installed.handler = handler
     return formatter
 
 
 def _severity(status: int) -> int:
     return logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
-
-
-def _logged_path(call: CallRecord | None, path: str, redact: Collection[str]) -> str:
-    """The raw path, or the route's template when it binds a path parameter that is redacted."""
-    route = call.decision.route if call is not None and call.decision is not None else None
-    if route is not None and redact and any(p in redact for p in route.path_params):
-        return route.template
-    return path
 
 
 def request_fields(
@@ -351,9 +426,9 @@ def request_fields(
     call: CallRecord | None,
     user_agent: str | None,
     client: str | None,
-    redact: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The fields of one request's line (``call``: its audit record, when it made one)."""
+    """The fields of one request's line (``call``: its audit record, when it made one;
+    ``path``: as shown, its redacted segments replaced: ``gateway.policy.redaction``)."""
     decision = call.decision if call is not None else None
     route = decision.route if decision is not None else None
     principal = call.principal if call is not None else None
@@ -364,7 +439,7 @@ def request_fields(
         "request_id": request_id,
         "transport": transport,
         "method": _bounded(method),
-        "path": _bounded(_logged_path(call, path, redact)),
+        "path": _bounded(path),
         "route": f"{route.model.method} {route.template}" if route is not None else None,
         "query": route.query_name if route is not None else None,
         "tool": _bounded(call.tool) if call is not None else None,
@@ -378,17 +453,28 @@ def request_fields(
     }
 
 
-def log_request(fields: dict[str, Any], trace_id: str | None, span_id: str | None) -> None:
-    """Log one request's line (see ``request_fields``), at its status's severity."""
-    level = _severity(fields["status"])
+def log_request(
+    fields: dict[str, Any],
+    trace_id: str | None,
+    span_id: str | None,
+    *,
+    outcome: int | None = None,
+    note: str | None = None,
+) -> None:
+    """Log one request's line (see ``request_fields``; a refusal by the HTTP server has only
+    some of them, the others None: ``gateway.refusals``), at the severity of ``outcome`` (how
+    the call ended: an MCP tool call answered 200 may have failed), else of its status;
+    ``note`` follows the message."""
+    level = _severity(fields["status"] if outcome is None else outcome)
     if not access_log.isEnabledFor(level):
         return
     access_log.log(
         level,
-        "%s %s %s %s",
-        fields["method"],
-        fields["path"],
+        "%s %s %s %s%s",
+        fields["method"] or "-",
+        fields["path"] or "-",
         fields["status"],
         fields["code"] or "-",
-        extra={"request": fields, "trace_id": trace_id, "span_id": span_id},
+        f": {note}" if note else "",
+        extra={REQUEST_EXTRA: fields, "trace_id": trace_id, "span_id": span_id},
     )

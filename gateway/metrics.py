@@ -48,6 +48,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.logs import dropped_lines
+from gateway.refusals import CODES, REFUSALS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -152,7 +154,8 @@ class _Published:
         else:
             grown = value - last[1]
         self._seen[labels] = (source, value)
-        child = self.counter.labels(*labels)  # the series exists, at 0 when nothing happened
+        # the series exists, at 0 when nothing happened
+        child = self.counter.labels(*labels) if labels else self.counter
         if grown > 0:
             child.inc(grown)
 
@@ -304,6 +307,17 @@ class GatewayMetrics:
             "one reloaded or kept).",
             ("result",),
         )
+        self._server_refusals = counter(
+            "spangate_server_refusals",
+            "Requests the HTTP server refused before they reached the gateway, by code "
+            "(headers-too-large, request-timeout, request-invalid, server-busy).",
+            ("code",),
+        )
+        self._log_dropped = counter(
+            "spangate_log_lines_dropped",
+            "Log lines dropped because stderr fell behind (the buffer of lines waiting was full).",
+            (),
+        )
         self._policy = gauge("spangate_policy_info", "The policy being served.", ("sha256",))
         self._settling = gauge(
             "spangate_writes_settling", "Writes answered before they ended, still settling."
@@ -399,6 +413,11 @@ class GatewayMetrics:
             self._reloads.publish(("refused",), reloader, reloader.failures)
             if reloader.shadow_path is not None:
                 self._reloads.publish(("shadow-refused",), reloader, reloader.shadow_failures)
+        refused = REFUSALS.counts
+        for code in (*CODES, *(c for c in list(refused) if c not in CODES)):
+            self._server_refusals.publish((code,), REFUSALS, refused[code])
+        log_writer, dropped = dropped_lines()
+        self._log_dropped.publish((), log_writer, dropped)
         sha = gateway.policy.sha256
         for old in self._policies - {sha}:
             if self.multiprocess is None:

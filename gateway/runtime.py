@@ -263,9 +263,7 @@ def build_gateway(
     )
     audit = build_trail(settings, policy, databases, worker=worker, run_dir=run_dir)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []
-    closers.append(executor.aclose)
-    if tracing is not None:
-        closers.append(tracing.aclose)  # after the databases: their last spans are exported
+    closers.append(executor.aclose)  # the gateway closes its tracing last (Gateway.shutdown)
     app = create_app(
         settings,
         policy,

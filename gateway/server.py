@@ -32,9 +32,11 @@ writes and flushes the audit trail. A second signal ends the drain at once; a th
 waiting. The exit code is 0: the signal is handled, not re-raised.
 
 These answers are problem+json written by the server itself: they are not audit events, since no
-request reached the gateway. The body deadline is the gateway's own (``gateway.http``), so a body
-too slow is a 408 with its audit event. WebSockets are off: an upgrade request is served as plain
-HTTP (and audited like any request); the h11 implementation is never selected.
+request reached the gateway; each is a request line of ``spangate.access`` (rate-limited) and
+counted in ``/metrics`` (``gateway.refusals``). The body deadline is the gateway's own
+(``gateway.http``), so a body too slow is a 408 with its audit event. WebSockets are off: an
+upgrade request is served as plain HTTP (and audited like any request); the h11 implementation
+is never selected.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from uvicorn.server import ServerState
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
 from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
 from gateway.logs import configure_logging
+from gateway.refusals import REFUSALS
 from gateway.settings import Settings
 
 __all__ = [
@@ -332,9 +335,8 @@ class _HeadRefused(Exception):
     """Raised in a parser callback: the head is over a limit, parse no further."""
 
 
-def _raw_problem(error: GatewayError) -> bytes:
+def _raw_problem(error: GatewayError, rid: str) -> bytes:
     """A complete HTTP/1.1 problem+json response that closes the connection."""
-    rid = secrets.token_hex(16)
     body = dumps(problem(error, rid))
     headers = {
         "content-type": "application/problem+json",
@@ -351,7 +353,10 @@ def _raw_problem(error: GatewayError) -> bytes:
 async def _server_busy(scope: Scope, receive: Receive, send: Send) -> None:
     error = ServerBusy("the server holds as many connections as it may; retry shortly")
     error.headers["Connection"] = "close"
-    await send_problem(send, error, secrets.token_hex(16), head=scope.get("method") == "HEAD")
+    rid = secrets.token_hex(16)
+    client = scope.get("client")
+    REFUSALS.note(error, rid, client[0] if client else None, scope.get("method"))
+    await send_problem(send, error, rid, head=scope.get("method") == "HEAD")
 
 
 class _Flow(FlowControl):
@@ -460,7 +465,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._framing = 0  # body-phase bytes fed since the last body data (chunk lines, trailers)
         self._held = bytearray()  # bytes read but not yet parsed (the pipeline is full)
         self._refused = False  # a limit was hit: parse nothing more
-        self._refusal: GatewayError | None = None  # to answer once earlier requests are answered
+        # to answer once earlier requests are answered: the refusal and its request id
+        self._refusal: tuple[GatewayError, str] | None = None
         self._lingering = False  # answered and closing: what arrives is dropped
         self._running: RequestResponseCycle | None = None
         self._last_active = 0.0
@@ -496,7 +502,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self._lingering = True
         error = ServerBusy(f"the server holds as many {what} as it may; retry shortly")
-        self.transport.write(_raw_problem(error))
+        self.transport.write(_raw_problem(error, self._noted(error)))
         self.transport.close()
 
     def _evict_one(self) -> bool:
@@ -712,8 +718,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 cycle, app = self.pipeline.pop()
                 self._start_asgi_task(cycle, app)
                 return
-            error, self._refusal = self._refusal, None
-            self.transport.write(_raw_problem(error))
+            (error, rid), self._refusal = self._refusal, None
+            self.transport.write(_raw_problem(error, rid))
             self._linger_close()
             return
         cycle = self.cycle
@@ -760,6 +766,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._held.clear()
         self._cancel_head_timer()
         log.debug("%s from %s: %s", error.code, self.client, error.detail)
+        rid = self._noted(error)
         broken = self.cycle if not self._awaiting_head and self.cycle is not None else None
         if broken is not None:
             # Its body cannot be read: its application sees a disconnect now (not at the body
@@ -776,11 +783,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             running is not None and running is not broken and not running.response_complete
         )
         if owed:
-            self._refusal = error  # written once the requests before it are answered
+            self._refusal = (error, rid)  # written once the requests before it are answered
             self.flow.pause_reading()
             return
-        self.transport.write(_raw_problem(error))
+        self.transport.write(_raw_problem(error, rid))
         self._linger_close()
+
+    def _noted(self, error: GatewayError) -> str:
+        """A refusal's request id, the refusal counted and logged (``gateway.refusals``)."""
+        rid = secrets.token_hex(16)
+        REFUSALS.note(error, rid, self.client[0] if self.client else None)
+        return rid
 
     def _linger_close(self) -> None:
         """Close after the answer: FIN now, and what the client still sends is read and dropped

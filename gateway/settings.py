@@ -282,7 +282,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For "
-        "is believed for the client address (none by default: the TCP peer is the client).",
+        "is believed for the client address (none by default: the TCP peer is the client), and "
+        "whose traceparent / X-Cloud-Trace-Context sampled flag decides whether a request is "
+        "traced (from anyone else, the sampler decides).",
     )
 
     @field_validator("trusted_proxies")

@@ -4,11 +4,17 @@ Turned on by the standard variables (``tracing_from_env``; docs/observability.md
 when ``OTEL_SDK_DISABLED`` is not ``true`` and ``OTEL_TRACES_EXPORTER`` names an exporter
 (``otlp``, ``console``; ``none`` is off) or ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (then ``otlp``). Unlike the specification's default
-(``otlp`` to localhost:4318), nothing is exported unless asked. The SDK reads the rest itself:
-the OTLP/HTTP exporter's endpoint, headers, timeout, compression and TLS files
+(``otlp`` to localhost:4318), nothing is exported unless asked. The rest is read from the same
+variables (``gateway.tracing_setup``, never the SDK's own reading of ``os.environ``): the
+OTLP/HTTP exporter's endpoint, headers, timeout, compression and TLS files
 (``OTEL_EXPORTER_OTLP_*``), the sampler (``OTEL_TRACES_SAMPLER[_ARG]``, default
 ``parentbased_always_on``), the batch processor (``OTEL_BSP_*``), the resource
 (``OTEL_SERVICE_NAME``, default ``spangate``; ``OTEL_RESOURCE_ATTRIBUTES``).
+
+A caller's sampled flag is followed only from a trusted proxy (``SPANGATE_TRUSTED_PROXIES``);
+from anyone else the request span continues the caller's trace but the sampler decides as for a
+new one (``tracing_setup.CallerSampler``). At shutdown, what is buffered is exported for at most
+``SHUTDOWN_SECONDS`` (``Tracing.aclose``).
 
 Off, the gateway holds ``None`` instead of a ``Tracing``: the request path tests that and creates
 no span. On, each policy request and each request to ``/mcp`` gets::
@@ -33,10 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import re
+import threading
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -52,24 +62,41 @@ from opentelemetry.trace import (
 from gateway import __version__
 from gateway.audit.bounds import MAX_STRING_BYTES, cut
 from gateway.audit.origin import TraceParent, trace_parent
-from gateway.errors import ConfigError, GatewayError, SpannerError
-from gateway.http import Scope, routed_path
+from gateway.errors import GatewayError, SpannerError
+from gateway.http import Scope
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExporter
-
     from gateway.audit.event import CallRecord
     from gateway.policy.compiled import CompiledPolicy, CompiledQuery
     from gateway.spanner.results import Result
+    from gateway.tracing_setup import Exporting
 
 T = TypeVar("T")
 
-__all__ = ["SPAN", "TRACER_NAME", "Tracing", "parent_context", "tracing_from_env"]
+__all__ = [
+    "SHUTDOWN_SECONDS",
+    "SPAN",
+    "TRACER_NAME",
+    "UNTRUSTED_PARENT",
+    "Tracing",
+    "caller_trace_id",
+    "parent_context",
+    "tracing_from_env",
+]
+
+log = logging.getLogger("spangate.tracing")
 
 TRACER_NAME = "spangate"
 SPAN = "spangate.span"  # the ASGI scope's state key of the request's span
-EXPORTERS = ("otlp", "console", "none")
-_HTTP_PROTOBUF = "http/protobuf"
+SHUTDOWN_SECONDS = 5.0  # at most this long exporting what is buffered at shutdown, in all
+# In the context of a caller's span that did not come through a trusted proxy: the sampler
+# decides (``tracing_setup.CallerSampler``), not the caller's flag.
+UNTRUSTED_PARENT = context_api.create_key("spangate-untrusted-parent")
+# The trace a caller named without a span: a span started with no parent gets it
+# (``tracing_setup.CallerTraceIds``). The SDK is imported only when traces are on.
+CALLER_TRACE: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "spangate_caller_trace", default=0
+)
 _METHODS = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
 )
@@ -82,78 +109,50 @@ _TRACESTATE_MEMBER = re.compile(
 _TRACESTATE_MAX_BYTES = 512 * 2  # W3C: vendors may truncate beyond 512; beyond twice that, drop
 
 
+@contextlib.contextmanager
+def caller_trace_id(trace_id: int | None) -> Iterator[None]:
+    """A span started inside with no parent gets ``trace_id`` (``CallerTraceIds``)."""
+    if not trace_id:
+        yield
+        return
+    token = CALLER_TRACE.set(trace_id)
+    try:
+        yield
+    finally:
+        CALLER_TRACE.reset(token)
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
-def _exporter_names(env: Mapping[str, str]) -> list[str]:
-    """The exporters asked for: ``OTEL_TRACES_EXPORTER``'s list, else ``otlp`` when an OTLP
-    endpoint is set, else none; ConfigError for a name this gateway cannot load."""
-    given = env.get("OTEL_TRACES_EXPORTER", "").strip()
-    if not given:
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        return ["otlp"] if endpoint and endpoint.strip() else []
-    names = [n.strip().lower() for n in given.split(",") if n.strip()]
-    for name in names:
-        if name not in EXPORTERS:
-            raise ConfigError(
-                f"OTEL_TRACES_EXPORTER: {name!r} is not an exporter spangate has "
-                f"(one or more of {', '.join(EXPORTERS)})"
-            )
-    return [n for n in names if n != "none"]
-
-
-def _check_protocol(env: Mapping[str, str]) -> None:
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        value = env.get(variable, "").strip()
-        if value:
-            if value != _HTTP_PROTOBUF:
-                raise ConfigError(
-                    f"{variable}: {value!r} is not a protocol spangate exports with "
-                    f"(only {_HTTP_PROTOBUF}: OTLP over HTTP, port 4318 by default)"
-                )
-            return
-
-
-def _exporter(name: str) -> SpanExporter:
-    if name == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_[TRACES_]* from the environment
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-    return ConsoleSpanExporter()
-
-
 def tracing_from_env(env: Mapping[str, str]) -> Tracing | None:
     """The gateway's tracing as the ``OTEL_*`` variables of ``env`` ask (see the module's
-    docstring), or None: off. ConfigError for an exporter or protocol it cannot honour."""
+    docstring), or None: off. ConfigError for an exporter, protocol, sampler or number it
+    cannot honour."""
     if _truthy(env.get("OTEL_SDK_DISABLED")):
         return None
-    names = _exporter_names(env)
+    from gateway.tracing_setup import batch_options, exporter_names, make_exporter
+
+    names = exporter_names(env)
     if not names:
         return None
-    if "otlp" in names:
-        _check_protocol(env)
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    tracing = Tracing.with_sdk()
-    for name in dict.fromkeys(names):
-        tracing.add_processor(BatchSpanProcessor(_exporter(name)))
+    exporting = [make_exporter(name, env) for name in names]
+    options = batch_options(env)
+    tracing = Tracing.with_sdk(env)
+    for one in exporting:
+        processor = BatchSpanProcessor(
+            one.exporter,
+            max_queue_size=options["max_queue_size"],
+            schedule_delay_millis=options["schedule_delay_millis"],
+            max_export_batch_size=options["max_export_batch_size"],
+            export_timeout_millis=options["export_timeout_millis"],
+        )
+        tracing.add_processor(processor)
+        tracing.exporting.append(one)
     return tracing
-
-
-def _resource() -> Any:
-    """The SDK's resource from the environment, named ``spangate`` unless it names itself."""
-    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-
-    detected = Resource.create({SERVICE_VERSION: __version__})
-    name = detected.attributes.get(SERVICE_NAME)
-    if not name or str(name).startswith("unknown_service"):
-        detected = detected.merge(Resource({SERVICE_NAME: TRACER_NAME}))
-    return detected
 
 
 def _tracestate(headers: list[tuple[bytes, bytes]]) -> TraceState:
@@ -170,14 +169,20 @@ def _tracestate(headers: list[tuple[bytes, bytes]]) -> TraceState:
     return TraceState([(k, v) for k, v in pairs])
 
 
-def parent_context(headers: list[tuple[bytes, bytes]]) -> Any:
-    """The OpenTelemetry context of the caller's span (W3C traceparent and tracestate, else
-    X-Cloud-Trace-Context with a span), or None (a new trace). Malformed headers are ignored
-    without a log line (a caller could otherwise write to the log at will)."""
-    found: TraceParent | None = trace_parent(
+def _caller(headers: list[tuple[bytes, bytes]]) -> TraceParent | None:
+    return trace_parent(
         next((v for k, v in headers if k == b"traceparent"), None),
         next((v for k, v in headers if k == b"x-cloud-trace-context"), None),
     )
+
+
+def parent_context(headers: list[tuple[bytes, bytes]], *, trusted: bool = True) -> Any:
+    """The OpenTelemetry context of the caller's span (W3C traceparent and tracestate, else
+    X-Cloud-Trace-Context with a span), or None (a new trace). ``trusted``: the request came
+    from a trusted proxy, whose sampled flag is followed; else the context says so
+    (``UNTRUSTED_PARENT``) and ``CallerSampler`` decides. Malformed headers are ignored without
+    a log line (a caller could otherwise write to the log at will)."""
+    found = _caller(headers)
     if found is None or found.span is None or set(found.span) == {"0"}:
         return None
     remote = SpanContext(
@@ -187,7 +192,8 @@ def parent_context(headers: list[tuple[bytes, bytes]]) -> Any:
         trace_flags=TraceFlags(TraceFlags.SAMPLED if found.sampled else TraceFlags.DEFAULT),
         trace_state=_tracestate(headers) if found.w3c else None,
     )
-    return trace.set_span_in_context(NonRecordingSpan(remote))
+    context = trace.set_span_in_context(NonRecordingSpan(remote))
+    return context if trusted else context_api.set_value(UNTRUSTED_PARENT, True, context)
 
 
 def _text(value: str | None) -> str | None:
@@ -209,14 +215,26 @@ class Tracing:
     def __init__(self, provider: trace.TracerProvider) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
+        self.exporting: list[Exporting] = []  # what tracing_from_env installed
 
     @classmethod
-    def with_sdk(cls) -> Tracing:
-        """An SDK ``TracerProvider`` (sampler from ``OTEL_TRACES_SAMPLER``; resource from the
-        environment, named ``spangate``) with no processor yet (``add_processor``)."""
+    def with_sdk(cls, env: Mapping[str, str] | None = None) -> Tracing:
+        """An SDK ``TracerProvider`` as ``env`` asks (``gateway.tracing_setup``: the sampler
+        behind ``CallerSampler``, the resource named ``spangate``, ``CallerTraceIds``) with no
+        processor yet (``add_processor``). ConfigError for a sampler it cannot honour."""
         from opentelemetry.sdk.trace import TracerProvider
 
-        return cls(TracerProvider(resource=_resource(), shutdown_on_exit=False))
+        from gateway.tracing_setup import CallerTraceIds, resource_from_env, sampler_from_env
+
+        given = env if env is not None else {}
+        return cls(
+            TracerProvider(
+                sampler=sampler_from_env(given),
+                resource=resource_from_env(given),
+                id_generator=CallerTraceIds(),
+                shutdown_on_exit=False,
+            )
+        )
 
     def add_processor(self, processor: Any) -> None:
         """Add a span processor (the provider must be the SDK's), behind a
@@ -233,24 +251,53 @@ class Tracing:
         children of whatever span is current (``spangate.statement``)."""
         return {"tracer_provider": self.provider}
 
-    async def aclose(self) -> None:
-        """Export what is buffered and stop (blocking, bounded by the exporter's timeout: in a
-        thread)."""
+    async def aclose(self, seconds: float = SHUTDOWN_SECONDS) -> None:
+        """Export what is buffered and stop, waiting at most ``seconds``: the SDK's shutdown
+        joins each batch processor for up to 30 s and an export to a collector that does not
+        answer waits out its timeout (and retries), so it runs in a daemon thread that is left
+        behind (and dies with the process) when it takes longer; the spans still buffered then
+        are lost, and a warning says so."""
         shutdown = getattr(self.provider, "shutdown", None)
-        if shutdown is not None:
-            await asyncio.to_thread(shutdown)
+        if shutdown is None:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def run() -> None:
+            try:
+                shutdown()
+            except Exception:  # stopping: an exporter's failure is only logged
+                log.warning("exporting the last spans failed", exc_info=True)
+            finally:
+                loop.call_soon_threadsafe(finished)
+
+        threading.Thread(target=run, name="spangate-trace-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), seconds)
+        except TimeoutError:
+            log.warning(
+                "the trace exporter did not finish within %g s: spans still buffered are lost",
+                seconds,
+            )
 
     # -- spans --------------------------------------------------------------------------------
-    def server(self, scope: Scope) -> contextlib.AbstractContextManager[Span]:
-        """The request's span, current while the request runs (named by ``finish``)."""
+    @contextlib.contextmanager
+    def server(self, scope: Scope, *, trusted: bool = False) -> Iterator[Span]:
+        """The request's span, current while the request runs (named by ``finish``): a child
+        of the caller's span, sampled as its flag says when ``trusted`` (the peer is a trusted
+        proxy), else as the sampler decides; a root span of the caller's trace when it named no
+        span."""
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         method = scope["method"]
         known = method in _METHODS
         server = scope.get("server") or (None, None)
         client = scope.get("client") or (None, None)
-        attributes: dict[str, Any] = {
+        attributes: dict[str, Any] = {  # url.path is set by finish: redacted segments hidden
             "http.request.method": method if known else "_OTHER",
-            "url.path": _text(routed_path(scope)),
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
         }
@@ -264,14 +311,27 @@ class Tracing:
             "user_agent.original": _text(_header(headers, b"user-agent")),
         }
         attributes.update({k: v for k, v in optional.items() if v is not None})
-        return self.tracer.start_as_current_span(
-            method if known else "HTTP",
-            context=parent_context(headers),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        parent = parent_context(headers, trusted=trusted)
+        named = None
+        if parent is None and (found := _caller(headers)) is not None:
+            named = int(found.trace, 16)  # a trace without a span: continued as its root
+        with caller_trace_id(named):
+            starting = self.tracer.start_as_current_span(
+                method if known else "HTTP",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            span = starting.__enter__()
+        try:
+            yield span
+        except BaseException as exc:
+            if not starting.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            starting.__exit__(None, None, None)
 
     @staticmethod
     def resume(scope: Scope) -> contextlib.AbstractContextManager[Any]:
@@ -281,7 +341,9 @@ class Tracing:
         span = scope.get("state", {}).get(SPAN)
         if span is None:
             return contextlib.nullcontext()
-        return trace.use_span(span, end_on_exit=False)
+        return trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
 
     @staticmethod
     def bind(call: CallRecord) -> None:
@@ -293,10 +355,20 @@ class Tracing:
 
     @staticmethod
     def finish(
-        span: Span, scope: Scope, call: CallRecord | None, status: int, *, mcp: bool
+        span: Span,
+        scope: Scope,
+        call: CallRecord | None,
+        status: int,
+        outcome: int,
+        *,
+        path: str,
+        mcp: bool,
     ) -> None:
         """Name the request's span after its route (``/mcp`` for MCP: the tool is an
-        attribute) and set what the request came to."""
+        attribute) and set what the request came to: ``status`` what HTTP answered,
+        ``outcome`` how the call ended (an MCP tool call that failed is answered 200), ``path``
+        the path as shown (``gateway.policy.redaction.shown_path``: never a redacted value).
+        An outcome of 5xx is an error (``error.type``: the stable code)."""
         decision = call.decision if call is not None else None
         route = decision.route if decision is not None else None
         method = scope["method"]
@@ -304,6 +376,7 @@ class Tracing:
         if template is not None:
             span.update_name(f"{method if method in _METHODS else 'HTTP'} {template}")
             span.set_attribute("http.route", template)
+        span.set_attribute("url.path", _text(path) or "")
         span.set_attribute("http.response.status_code", status)
         if call is not None:
             code = call.error.code if call.error is not None else "ok"
@@ -325,11 +398,11 @@ class Tracing:
                 if call.tool is not None:
                     attributes["gen_ai.tool.name"] = _text(call.tool)
             span.set_attributes(attributes)
-            if status >= 500:
+            if outcome >= 500:
                 span.set_attribute("error.type", code)
-        elif status >= 500:
-            span.set_attribute("error.type", str(status))
-        if status >= 500:
+        elif outcome >= 500:
+            span.set_attribute("error.type", str(outcome))
+        if outcome >= 500:
             span.set_status(Status(StatusCode.ERROR))
 
     def step(

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import pty
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from gateway.audit.event import CallRecord
 from gateway.errors import Forbidden
 from gateway.logs import (
+    REQUEST_EXTRA,
     JsonFormatter,
     TextFormatter,
     configure_logging,
@@ -32,6 +35,7 @@ from gateway.logs import (
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import decide_route, match_route
 from gateway.policy.load import load_policy
+from gateway.policy.redaction import shown_path
 from gateway.policy.simulate import principal_for
 
 HOSTILE = 'evil\n{"severity":"CRITICAL"}\x1b[31m\u2028\x00\x7f\x85' + "\u00e9" * 3
@@ -59,7 +63,7 @@ def call_to(policy: CompiledPolicy, path: str, claims: dict[str, Any]) -> CallRe
 
 def record_of(fields: dict[str, Any], trace: str | None = None) -> logging.LogRecord:
     record = logging.LogRecord("spangate.access", logging.INFO, __file__, 1, "%s", ("m",), None)
-    record.request = fields  # type: ignore[attr-defined]
+    setattr(record, REQUEST_EXTRA, fields)
     record.trace_id = trace  # type: ignore[attr-defined]
     record.span_id = "00f067aa0ba902b7" if trace else None  # type: ignore[attr-defined]
     return record
@@ -95,23 +99,33 @@ def test_a_request_line_has_every_field_and_never_a_token(policy: CompiledPolicy
     assert line["tool"] is None and line["request_id"] == "rid-1"
 
 
-def test_a_redacted_path_parameter_is_logged_as_the_template(
+def test_a_redacted_path_parameter_is_shown_as_its_name(
     policy: CompiledPolicy, repo: Path, tmp_path: Path
 ) -> None:
+    """The path the log line and the span show (``shown_path``): with the call's route, or
+    without one (the token refused before routing, a 405, a path the router refuses), each
+    segment a route binds to a redacted parameter is ``{name}``."""
     text = (repo / "policy.example.yaml").read_text()
     redacting = tmp_path / "policy.yaml"
     assert "redact: [total_cents]" in text
     redacting.write_text(text.replace("redact: [total_cents]", "redact: [total_cents, order_id]"))
     strict = compile_policy(load_policy(redacting, env={"OKTA_ISSUER": "https://idp.example/o"}))
     call = call_to(strict, "/v1/orders/O-123", {"groups": ["support"], "tenant": "t1"})
-    common: dict[str, Any] = {
-        "request_id": "r", "method": "GET", "path": "/v1/orders/O-123", "status": 200,
-        "seconds": 0.0, "transport": "http", "call": call, "user_agent": None, "client": None,
-    }  # fmt: skip
-    assert request_fields(**common, redact=strict.model.audit.redact)["path"] == (
-        "/v1/orders/{order_id}"
-    )
-    assert request_fields(**common, redact=policy.model.audit.redact)["path"] == "/v1/orders/O-123"
+    assert call.decision is not None
+    route = call.decision.route
+    assert shown_path(strict, "/v1/orders/O-123", route) == "/v1/orders/{order_id}"
+    assert shown_path(strict, "/v1/orders/O-123") == "/v1/orders/{order_id}"  # no decision
+    assert shown_path(strict, "/v1/orders/O-123/items") == "/v1/orders/{order_id}/items"
+    assert shown_path(strict, "/v1/orders/O-1%2F23%00") == "/v1/orders/{order_id}"  # invalid
+    assert shown_path(strict, "/v1/%6Frders/O-123") == "/v1/%6Frders/{order_id}"
+    assert shown_path(strict, "/v1/customers/C-1") == "/v1/customers/C-1"  # not redacted
+    assert shown_path(strict, "/v1/orders/O-123/x/y") == "/v1/orders/O-123/x/y"  # fits none
+    assert shown_path(policy, "/v1/orders/O-123", route) == "/v1/orders/O-123"
+    fields = request_fields(
+        request_id="r", method="GET", path=shown_path(strict, "/v1/orders/O-123", route),
+        status=200, seconds=0.0, transport="http", call=call, user_agent=None, client=None,
+    )  # fmt: skip
+    assert fields["path"] == "/v1/orders/{order_id}"
 
 
 def test_hostile_strings_are_bounded_and_escaped(policy: CompiledPolicy) -> None:
@@ -299,3 +313,118 @@ def test_a_forked_worker_writes_its_lines_too(restore_logging: None, tmp_path: P
     out.close()
     lines = [json.loads(line)["message"] for line in path.read_text().splitlines()]
     assert lines == ["from the child"]
+
+
+def test_stderr_falling_behind_drops_by_size_too_and_counts_in_metrics(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch, gateway: Any
+) -> None:
+    """A few huge records (tracebacks, long messages) fill the buffer long before its count
+    does: beyond about QUEUE_BYTES characters they are dropped, counted in /metrics."""
+    from gateway.logs import dropped_lines
+
+    out = _StuckStream()
+    monkeypatch.setattr("gateway.logs.QUEUE_BYTES", 20_000)
+    configure_logging("json", "info", stream=out)
+    log = logging.getLogger("spangate")
+    log.warning("first")
+    assert out.writing.wait(60)  # the writer thread is stuck in its write of "first"
+    for i in range(10):
+        log.warning("big %d %s", i, "x" * 5_000)  # about 5 KB each: 3 fit in 20 KB
+    out.go.set()
+    _flush()
+    log.warning("after")
+    _flush()
+    lines = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert [m.split(" x")[0] for m in lines] == [
+        "first",
+        "big 0",
+        "big 1",
+        "big 2",
+        "after [7 earlier log line(s) dropped: stderr fell behind]",
+    ]
+    assert dropped_lines()[1] == 7
+    exposition = gateway.metrics.render(gateway).decode()
+    assert "spangate_log_lines_dropped_total 7.0" in exposition
+
+
+def test_a_forked_worker_never_writes_its_parents_waiting_lines(
+    restore_logging: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.logs.WRITE_SECONDS", 3600.0)  # nothing leaves but by flush
+    path = tmp_path / "log"
+    out = path.open("w")
+    configure_logging("json", "info", stream=out)
+    logging.getLogger("spangate").warning("from the parent")  # waiting when the child forks
+    pid = os.fork()
+    if pid == 0:
+        logging.getLogger("spangate").warning("from the child")
+        _flush()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _flush()
+    out.close()
+    lines = sorted(json.loads(line)["message"] for line in path.read_text().splitlines())
+    assert lines == ["from the child", "from the parent"]
+
+
+def test_text_lines_escape_and_indent_tracebacks_and_multi_line_messages() -> None:
+    try:
+        raise ValueError("bad\x1b[2J\rvalue\nsecond")
+    except ValueError as exc:
+        info = (type(exc), exc, exc.__traceback__)
+    record = logging.LogRecord(
+        "spangate", logging.ERROR, __file__, 1, "one\ntwo\x1b[31m", None, info
+    )
+    record.stack_info = "Stack (most recent call last):\n  frame\x07"
+    text = TextFormatter().format(record)
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert "\\x1b[2J\\x0dvalue" in text and "two\\x1b[31m" in text
+    first, *rest = text.split("\n")
+    assert first.endswith("spangate: one")
+    assert rest and all(line.startswith("    ") for line in rest), text
+    assert any("ValueError: bad" in line for line in rest)
+    assert rest[-1] == "      frame\\x07"
+
+
+GOOGLE_LOGGING = """
+import logging, sys, warnings
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.spanner_v1.services.spanner import SpannerClient
+from gateway.logs import configure_logging, _stop
+order = sys.argv[1]
+if order == "client-first":
+    SpannerClient(credentials=AnonymousCredentials())
+configure_logging("json", "info")
+if order == "logging-first":
+    SpannerClient(credentials=AnonymousCredentials())
+logging.getLogger("google.cloud.spanner_v1._helpers").warning(
+    "from the library", extra={"request": {"payload": "wile@acme.example"}}  # as gRPC's logging
+)
+logging.getLogger("google.cloud.spanner_v1").debug("never at debug")
+warnings.warn("a library's warning", DeprecationWarning, stacklevel=1)
+_stop()
+"""
+
+
+@pytest.mark.parametrize("order", ["client-first", "logging-first"])
+def test_google_library_lines_and_warnings_are_json_lines_too(order: str) -> None:
+    """google-api-core turns the "google" logger's propagation off when a Spanner client is
+    created unless the logger is configured: its lines would miss the formatter."""
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", GOOGLE_LOGGING, order],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "GOOGLE_SDK_PYTHON_LOGGING_SCOPE"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert [(x["logger"], x["severity"]) for x in lines] == [
+        ("google.cloud.spanner_v1._helpers", "WARNING"),
+        ("py.warnings", "WARNING"),
+    ], done.stderr
+    assert lines[0]["message"] == "from the library"
+    assert "wile@acme.example" not in done.stderr  # another library's extra is not a request line
+    assert "a library's warning" in lines[1]["message"]

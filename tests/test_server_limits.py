@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import select
 import socket
@@ -726,3 +727,76 @@ def test_serve_ignores_a_forwarded_for_header_from_loopback(server: Served) -> N
     assert response.status_code == 401
     (event,) = server.events(rid)
     assert event["httpRequest"]["remoteIp"] == "127.0.0.1"
+
+
+# -- refusals by the server: a log line each (rate-limited) and a count --------------------------
+
+
+def _metric(server: Served, sample: str) -> float:
+    text = httpx.get(server.base + "/metrics", timeout=30).text
+    (line,) = [x for x in text.splitlines() if x.startswith(sample + " ")]
+    return float(line.split()[-1])
+
+
+def test_each_refusal_by_the_server_is_a_log_line_and_counted(
+    serve: Callable[..., Served],
+) -> None:
+    server = serve(header_timeout_seconds="2", max_connections_per_ip="2")
+    answers: dict[str, dict[str, Any]] = {}
+    with _connect(server) as sock:  # 431
+        fields = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+        sock.sendall(b"GET /v1/orders/O-1001 HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+        answers["headers-too-large"] = _problem(_read_all(sock), 431, "headers-too-large")
+    with _connect(server) as sock:  # 400
+        sock.sendall(b"GET /v1/orders/O-1001 HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n")
+        answers["request-invalid"] = _problem(_read_all(sock), 400, "request-invalid")
+    with _connect(server) as sock:  # 408
+        sock.sendall(b"GET /v1/orders/O-secret HTTP/1.1\r\nHost: x\r\nX-A: b")
+        answers["request-timeout"] = _problem(_read_all(sock), 408, "request-timeout")
+    held = [_connect(server) for _ in range(2)]  # 503: a third connection from this address
+    try:
+        time.sleep(0.3)
+        with _connect(server) as sock:
+            _, end = _read_to_end(sock, timeout=30)
+        assert end in ("eof", "reset")
+    finally:
+        for sock in held:
+            sock.close()
+    _wait_healthy(server, "the connections held were not released")
+    for code, problem in answers.items():
+        rid = problem["request_id"]
+        log = server.log_with(rid)
+        (line,) = [json.loads(x) for x in log.splitlines() if rid in x]
+        assert line["logger"] == "spangate.access"
+        assert (line["request_id"], line["status"], line["code"]) == (rid, problem["status"], code)
+        assert line["severity"] == "WARNING" and line["client"] == "127.0.0.1"
+        assert line["path"] is None and line["route"] is None and line["user_agent"] is None
+    assert "O-secret" not in server.log.read_text()
+    for code in answers:
+        assert _metric(server, f'spangate_server_refusals_total{{code="{code}"}}') == 1.0
+    assert _metric(server, 'spangate_server_refusals_total{code="server-busy"}') == 1.0
+    assert all(e["httpRequest"]["status"] in (200, 404) for e in server.events())  # no events
+
+
+def test_refusal_lines_are_rate_limited_and_counted_whatever_the_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.errors import HeadersTooLarge
+    from gateway.logs import REQUEST_EXTRA
+    from gateway.refusals import LINES_PER_SECOND, ServerRefusals
+
+    now = [100.0]
+    refusals = ServerRefusals(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, "spangate.access")
+    error = HeadersTooLarge("the request has more than 100 header fields")
+    for i in range(LINES_PER_SECOND + 5):  # in one second: 5 too many
+        refusals.note(error, f"r{i}", "198.51.100.1")
+    now[0] += 1.0
+    refusals.note(error, "later", "198.51.100.1")
+    lines = [r for r in caplog.records if r.name == "spangate.access"]
+    assert [getattr(r, REQUEST_EXTRA)["request_id"] for r in lines] == [
+        *(f"r{i}" for i in range(LINES_PER_SECOND)),
+        "later",
+    ]
+    assert "5 earlier refusal(s) not logged" in lines[-1].getMessage()
+    assert refusals.counts == {"headers-too-large": LINES_PER_SECOND + 6}

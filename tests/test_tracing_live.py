@@ -12,6 +12,9 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
+import signal
+import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,9 +29,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from served import served
+from served import served, start_served, stop_process
 
 from gateway.dev.idp import IdpProcess
+from gateway.tracing import SHUTDOWN_SECONDS
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 SPANNER_SCOPE = "cloud.google.com/python/spanner"
@@ -223,3 +227,47 @@ def test_spans_reach_an_otlp_receiver_from_spangate_serve(
             if x.get("request_id") == rid
         ]
         assert (line["trace_id"], line["span_id"]) == (trace_id, span.span_id)
+
+
+def test_a_collector_that_never_answers_does_not_hold_the_exit(
+    tmp_path: Path,
+    demo_database: str,
+    idp: IdpProcess,
+    audit_key: str,
+    token_for: Callable[..., str],
+) -> None:
+    """The OTLP endpoint accepts connections and never answers (a black hole): after SIGTERM,
+    `spangate serve` exports what it holds for at most tracing.SHUTDOWN_SECONDS and exits 0,
+    though the exporter's own timeout (60 s here) and the SDK's shutdown (30 s per processor)
+    are far longer."""
+    hole = socket.create_server(("127.0.0.1", 0), backlog=16)  # never accepted: no answer
+    try:
+        server = start_served(
+            tmp_path,
+            database=demo_database,
+            issuer=idp.issuer,
+            audit_key=audit_key,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hole.getsockname()[1]}",
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
+                "OTEL_BSP_SCHEDULE_DELAY": "600000",  # the span waits for the shutdown
+            },
+        )
+        try:
+            read = httpx.get(
+                f"{server.base}/v1/orders/O-1001",
+                headers={"Authorization": f"Bearer {token_for('support-console')}"},
+                timeout=30,
+            )
+            assert read.status_code == 200, read.text
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                code = server.process.wait(timeout=SHUTDOWN_SECONDS + 15)  # the bound, and room
+            except subprocess.TimeoutExpired:
+                code = None
+        finally:
+            stop_process(server.process, timeout=1)
+        assert code == 0, server.log.read_text()
+        assert f"the trace exporter did not finish within {SHUTDOWN_SECONDS:g} s" in server.log.read_text()
+    finally:
+        hole.close()

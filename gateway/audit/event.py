@@ -5,7 +5,8 @@ LogEntry whose ``protoPayload`` is an ``AuditLog``, so Cloud Logging, BigQuery a
 Cloud Audit Logs read it as they are:
 
     insertId, timestamp, severity, logName, trace, spanId      the entry
-    httpRequest        method, path (raw, as routed), status, user agent, client address, latency
+    httpRequest        method, path (raw, as routed; a segment a route binds to a redacted
+                       parameter as its keyed hash), status, user agent, client address, latency
     protoPayload       serviceName "spangate", methodName (the query), resourceName (the database)
       authenticationInfo   the principal: subject, issuer, client, user, token id; ``act``
                            delegation as serviceAccountDelegationInfo (current actor first)
@@ -46,6 +47,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit_encoded, pointer
 from gateway.audit.chain import Members
@@ -54,6 +56,7 @@ from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision
 from gateway.policy.reads import ClaimReads
+from gateway.policy.redaction import redacted_segments
 from gateway.policy.types import json_value
 from gateway.spanner.execute import Result
 from gateway.spanner.results import to_json
@@ -67,6 +70,7 @@ __all__ = [
     "fallback_event",
     "redacted",
     "redacted_claim",
+    "request_url",
     "rpc_code",
     "utc_now",
     "write_outcome",
@@ -320,10 +324,29 @@ def build_event_encoded(
     )
 
 
-def _http_request(call: CallRecord, status: int, latency: float, bounds: Bounds) -> dict[str, Any]:
+def request_url(call: CallRecord, policy: CompiledPolicy, key: bytes | None) -> str:
+    """The path the event records: as received, but each segment that a route binds to a
+    parameter ``audit.redact`` names is its keyed hash (``redacted``: of the bound value, as
+    ``request.params`` records it, else of the percent-decoded segment)."""
+    if call.transport != "http":
+        return call.path
+    decision = call.decision
+    found = redacted_segments(policy, call.path, decision.route if decision else None)
+    if not found:
+        return call.path
+    bound = decision.bound.values if decision is not None and decision.bound is not None else {}
+    parts = call.path.split("/")
+    for index, name in found.items():
+        parts[index] = redacted(bound[name] if name in bound else unquote(parts[index]), key)
+    return "/".join(parts)
+
+
+def _http_request(
+    call: CallRecord, url: str, status: int, latency: float, bounds: Bounds
+) -> dict[str, Any]:
     return {
         "requestMethod": bounds.text("/httpRequest/requestMethod", call.method),
-        "requestUrl": bounds.text("/httpRequest/requestUrl", call.path),
+        "requestUrl": bounds.text("/httpRequest/requestUrl", url),
         "status": status,
         "userAgent": bounds.text("/httpRequest/userAgent", call.user_agent),
         "remoteIp": call.client,
@@ -372,7 +395,9 @@ def _event(
         "logName": f"projects/{target.project}/logs/spangate%2Faudit",
         "trace": call.trace,
         "spanId": call.span,
-        "httpRequest": _http_request(call, call.status, latency, bounds),
+        "httpRequest": _http_request(
+            call, request_url(call, policy, key), call.status, latency, bounds
+        ),
         "protoPayload": {
             "@type": AUDIT_LOG_TYPE,
             "serviceName": SERVICE,
@@ -519,12 +544,22 @@ def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:
 
 
 def fallback_event(
-    call: CallRecord, *, status: int, code: str, policy_sha256: str | None
+    call: CallRecord,
+    *,
+    status: int,
+    code: str,
+    policy: CompiledPolicy,
+    key: bytes | None,
 ) -> dict[str, Any]:
     """A minimal event for a request whose full event could not be built (a bug): still one
-    event, with what is surely known."""
+    event, with what is surely known (its path without redacted values: their segments hashed,
+    or, when even that fails, the path's first segment and ``/...``)."""
     bounds = Bounds()
     latency = time.perf_counter() - call.started
+    try:
+        url = request_url(call, policy, key)
+    except Exception:  # noqa: BLE001 - a bug already: record no more of the path than is safe
+        url = "/".join(call.path.split("/")[:2]) + "/..."
     return {
         "insertId": call.insert_id,
         "timestamp": utc_now(),
@@ -532,7 +567,7 @@ def fallback_event(
         "logName": None,
         "trace": call.trace,
         "spanId": call.span,
-        "httpRequest": _http_request(call, status, latency, bounds),
+        "httpRequest": _http_request(call, url, status, latency, bounds),
         "protoPayload": {
             "@type": AUDIT_LOG_TYPE,
             "serviceName": SERVICE,
@@ -546,7 +581,7 @@ def fallback_event(
             "status": {"code": rpc_code(status, code), "message": code},
             "metadata": {
                 "decision": {"allow": False, "reason": code, "rule": None, "roles": []},
-                "policySha256": policy_sha256,
+                "policySha256": policy.sha256,
                 "truncated": bounds.truncated,
             },
         },

@@ -9,7 +9,8 @@ the last address known to be real.
 Trace: W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``), else Google's
 ``X-Cloud-Trace-Context`` (``<32 hex>/<decimal span>;o=1``). Anything malformed is ignored. The
 audit trail records the caller's trace this way whether or not the gateway exports spans; when it
-does (``gateway.tracing``), the request's span continues the same trace.
+does (``gateway.tracing``), the request's span continues the same trace (its sampled flag is
+followed only when the peer is a trusted proxy: ``peer_trusted``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "TraceParent",
     "client_address",
     "parse_networks",
+    "peer_trusted",
     "trace_context",
     "trace_parent",
 ]
@@ -68,6 +70,14 @@ def _trusted(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]
 ) -> bool:
     return any(address.version == n.version and address in n for n in nets)
+
+
+def peer_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    """Is the TCP peer one of the trusted proxies (``SPANGATE_TRUSTED_PROXIES``)?"""
+    if peer is None or not trusted:
+        return False
+    address = _ip(peer)
+    return address is not None and _trusted(address, trusted)
 
 
 def client_address(

@@ -92,7 +92,7 @@ def _event(
             call.error.extra["outcome"] = outcome
         call.status = 500
         call.result = None
-        event = fallback_event(call, status=500, code="internal", policy_sha256=policy.sha256)
+        event = fallback_event(call, status=500, code="internal", policy=policy, key=key)
         return event, None
 
 

@@ -23,7 +23,8 @@ What the decision is recomputed from, and how far it can be:
   before an allow role that holds (no deny role unknown), leaves only the rule uncertain
   (``rule_uncertain``): flips are reported, the rule is not compared;
 - parameters: a claim-bound one from the recorded claim; path parameters from the path (an MCP
-  call's from its recorded arguments); the others from the values the event recorded
+  call's from its recorded arguments; a segment recorded as its keyed hash, a redacted one, is
+  taken as recorded); the others from the values the event recorded
   (``request.params`` sent by the caller, ``ignoredCallerValues``), re-checked against the
   candidate's types and constraints. A value recorded as a hash (redacted) or cut is taken as it
   was recorded, not re-checked (``unchecked``). A call the live policy refused before binding
@@ -350,7 +351,10 @@ def _bind(
     rec = view.rec
     inputs, known = _inputs(rec)
     specs = route.query.params
-    segments: dict[str, Any] = dict(path)  # name -> text, or _Opaque
+    # name -> text, or _Opaque: a segment the live policy redacted was recorded as its hash
+    segments: dict[str, Any] = {
+        name: _Opaque(text) if HASHED.match(text) else text for name, text in path.items()
+    }
     if rec.transport == "mcp":  # the route's path parameters are arguments of the tool
         segments = {}
         for name in route.path_params:

@@ -32,7 +32,8 @@ class HttpRequest(_Model):
     requestMethod: str
     requestUrl: str = Field(
         description="The path as received and routed, still percent-encoded, without the query "
-        "string (at most 512 bytes: see metadata.truncated)."
+        "string; a segment a route binds to a parameter audit.redact names is its keyed hash "
+        "(at most 512 bytes: see metadata.truncated)."
     )
     status: int = Field(ge=100, le=599, description="The HTTP status the caller received.")
     userAgent: str | None = Field(description="At most 512 bytes: see metadata.truncated.")

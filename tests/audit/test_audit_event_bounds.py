@@ -168,7 +168,8 @@ def test_the_fallback_event_is_bounded(policy: CompiledPolicy) -> None:
         client=None,
         user_agent="\u2028" * 9000,
     )
-    sealed, line = _sealed(fallback_event(call, status=500, code="internal", policy_sha256=None))
+    event = fallback_event(call, status=500, code="internal", policy=policy, key=None)
+    sealed, line = _sealed(event)
     assert sealed["httpRequest"]["userAgent"] == "\u2028" * 170  # 510 of its 27000 bytes
     assert [t["field"] for t in sealed["protoPayload"]["metadata"]["truncated"]] == [
         "/httpRequest/requestUrl",

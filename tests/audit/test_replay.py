@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.chain import AuditKeys, Chain
-from gateway.audit.event import CallRecord, build_event
+from gateway.audit.event import CallRecord, build_event, redacted
 from gateway.audit.recorded import Recorded, Skipped, TrailUnreadable, read_trail, recorded
 from gateway.audit.replay import NotReplayed, Replayed, changes, replay
 from gateway.audit.replay_report import ReplayReport, traffic
@@ -684,3 +684,33 @@ def test_invalid_settings_in_the_environment_are_unusable_input(
     assert main(["policy", "replay", "--policy", str(candidate), str(trail)]) == 2
     err = capsys.readouterr().err
     assert "SPANGATE_AUDIT_MAX_EVENT_BYTES" in err and "Traceback" not in err
+
+
+def test_a_redacted_path_parameter_is_a_hash_in_the_path_and_replays_as_recorded() -> None:
+    """With ``id`` redacted the event's path holds its keyed hash (as ``request.params`` does),
+    never the value, whether the call was decided (allowed, denied) or refused before routing;
+    replay takes the hash as recorded."""
+    data = edited(audit={"sinks": [{"type": "stdout"}], "redact": ["size", "id"]})
+    live = policy(data)
+    allowed = event_of("GET /things/T-secret1", who(live), live)
+    denied = event_of("GET /things/T-secret2", who(live, groups=["sales"]), live)
+    assert allowed["httpRequest"]["requestUrl"] == (
+        "/things/" + allowed["protoPayload"]["request"]["params"]["id"]["value"]
+    )
+    # refused before binding: no params, the segment's hash (a STRING binds the same text)
+    assert denied["protoPayload"]["request"]["params"] is None
+    assert denied["httpRequest"]["requestUrl"] == "/things/" + redacted("T-secret2", KEYS.redact)
+    for event in (allowed, denied):
+        assert "secret" not in json.dumps([event["httpRequest"], event["protoPayload"]["request"]])
+        assert event["httpRequest"]["requestUrl"].startswith("/things/redacted:hmac-sha256:")
+        result = outcome(live, event)
+        assert isinstance(result, Replayed), result
+        assert changes(rec(event), result, KEYS.redact) == []
+    result = outcome(live, allowed)
+    assert isinstance(result, Replayed) and result.unchecked == ("id",)
+    # a 405 (no route for the method, no decision): the path fits the route's template
+    wrong = event_of("DELETE /things/T-secret3", who(live), live)
+    assert "secret" not in json.dumps(wrong["httpRequest"])
+    assert wrong["httpRequest"]["requestUrl"].startswith("/things/redacted:hmac-sha256:")
+    # under the live policy without `id` redacted, the path is as received
+    assert event_of("GET /things/T-1", who())["httpRequest"]["requestUrl"] == "/things/T-1"
