@@ -52,6 +52,8 @@ __all__ = [
 
 STARTUP_SECONDS = 60.0
 AUDIT_KEY = "bench-audit-key-not-a-secret"  # the example policy redacts a parameter
+# the example policy paginates list_orders: its cursors need a key (32 bytes, base64url)
+CURSOR_KEYS = "YmVuY2gtY3Vyc29yLWtleS1ub3QtYS1zZWNyZXQhISE"
 
 
 class StackError(RuntimeError):
@@ -159,13 +161,19 @@ def _stop(process: subprocess.Popen[Any], sig: signal.Signals, timeout: float = 
             process.wait()
 
 
+def _inherited() -> dict[str, str]:
+    """The driver's environment without its ``SPANGATE_*`` settings: the gateway measured runs on
+    the run's settings and ``--gateway-env`` alone, whatever the shell that started it holds."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPANGATE_")}
+
+
 def _serve(
     name: str, argv: list[str], env: Mapping[str, str], folder: Path, port: int, ready: str
 ) -> Server:
     log = folder / f"{name}-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, cwd=REPO, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+            argv, cwd=REPO, env={**_inherited(), **env}, stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     server = Server(name, process, port, log)
@@ -200,6 +208,7 @@ def gateway(
         "OKTA_ISSUER": issuer,
         "SPANGATE_AUDIT_PATH": str(folder / f"audit-{port}.jsonl"),
         "SPANGATE_AUDIT_KEY": AUDIT_KEY,
+        "SPANGATE_CURSOR_KEYS": CURSOR_KEYS,
         "SPANGATE_DRAIN_SECONDS": "0",
         **env,
     }
