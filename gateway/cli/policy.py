@@ -121,26 +121,18 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
         f"{len(model.roles)} roles, sha256 {policy.sha256[:12]})"
     )
-    if model.audit.redact and not os.environ.get("SPANGATE_AUDIT_KEY"):
-        print(
-            f"note: audit.redact ({', '.join(model.audit.redact)}) needs SPANGATE_AUDIT_KEY, "
-            "which is not set here: `spangate serve` refuses to start without it",
-            file=sys.stderr,
-        )
-    hashed = hash_masks(model)
-    if hashed and not os.environ.get("SPANGATE_MASK_KEY"):
-        print(
-            f"note: the hash masks ({', '.join(hashed)}) need SPANGATE_MASK_KEY, which is not set "
-            "here: `spangate serve` refuses to start without it",
-            file=sys.stderr,
-        )
-    paginated = paginated_queries(model)
-    if paginated and not os.environ.get("SPANGATE_CURSOR_KEYS"):
-        print(
-            f"note: the paginated queries ({', '.join(paginated)}) need SPANGATE_CURSOR_KEYS, "
-            "which is not set here: `spangate serve` refuses to start without it",
-            file=sys.stderr,
-        )
+    needs = (
+        ("audit.redact", list(model.audit.redact), "needs", "SPANGATE_AUDIT_KEY"),
+        ("the hash masks", hash_masks(model), "need", "SPANGATE_MASK_KEY"),
+        ("the paginated queries", paginated_queries(model), "need", "SPANGATE_CURSOR_KEYS"),
+    )
+    for what, names, verb, setting in needs:
+        if names and not os.environ.get(setting):
+            print(
+                f"note: {what} ({', '.join(names)}) {verb} {setting}, which is not set here: "
+                "`spangate serve` refuses to start without it",
+                file=sys.stderr,
+            )
     if args.database:
         from gateway.cli.db import check_on_database
 
