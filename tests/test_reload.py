@@ -11,34 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from reloading import gateway_on, with_new_route
 from served import served as serving
 
 from gateway.app import Gateway
 from gateway.dev.idp import OPAQUE_RESOURCE, fetch_token, revoke_token
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
-
-NEW_ROUTE = """
-  tenant_name:
-    identity: shop_reader
-    sql: SELECT Name FROM Tenants WHERE TenantId = @tenant
-    params:
-      tenant: {type: STRING, from: claim.tenant}
-"""
-NEW_ROUTE_ENTRY = """
-  - path: /v1/tenant
-    method: GET
-    query: tenant_name
-    allow: [support]
-"""
-
-
-def with_new_route(text: str) -> str:
-    text = text.replace(
-        "\nroutes:\n", "\n" + NEW_ROUTE.rstrip() + "\n\nroutes:\n" + NEW_ROUTE_ENTRY.lstrip("\n"), 1
-    )
-    assert "tenant_name" in text
-    return text
 
 
 @pytest.fixture
@@ -52,18 +31,10 @@ def policy_copy(tmp_path: Path, repo: Path) -> Path:
 async def own_gateway(
     policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> AsyncIterator[Gateway]:
-    settings = Settings(
-        policy=policy_copy,
-        spanner_emulator_host=demo_database,
-        audit_path=tmp_path / "audit.jsonl",
-        audit_key=audit_key,
-    )
-    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
-    await app.startup()
-    try:
+    async with gateway_on(
+        policy_copy, database=demo_database, idp=idp, tmp_path=tmp_path, audit_key=audit_key
+    ) as app:
         yield app
-    finally:
-        await app.shutdown()
 
 
 async def _get(app: Gateway, path: str, token: str) -> httpx.Response:
@@ -412,7 +383,9 @@ async def test_an_error_while_swapping_is_a_refusal_not_a_crash(
 
     reloader.make_verifier = broken
     text = with_new_route(policy_copy.read_text()).replace(
-        "\n  shop_writer:\n", "\n  tenant_reader:\n    database_role: tenant_reader\n  shop_writer:\n", 1
+        "\n  shop_writer:\n",
+        "\n  tenant_reader:\n    database_role: tenant_reader\n  shop_writer:\n",
+        1,
     )
     policy_copy.write_text(text)
     before = own_gateway.policy.sha256
@@ -479,19 +452,15 @@ async def shadow_gateway(
     tmp_path: Path,
     audit_key: str,
 ) -> AsyncIterator[Gateway]:
-    settings = Settings(
-        policy=policy_copy,
-        shadow_policy=shadow_copy,
-        spanner_emulator_host=demo_database,
-        audit_path=tmp_path / "audit.jsonl",
+    async with gateway_on(
+        policy_copy,
+        database=demo_database,
+        idp=idp,
+        tmp_path=tmp_path,
         audit_key=audit_key,
-    )
-    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
-    await app.startup()
-    try:
+        shadow_policy=shadow_copy,
+    ) as app:
         yield app
-    finally:
-        await app.shutdown()
 
 
 def _events(path: Path) -> dict[str, dict[str, Any]]:
@@ -695,5 +664,7 @@ async def test_audit_claims_off_records_no_claims_even_with_a_shadow(
         assert response.status_code == 200, response.text
     finally:
         await app.shutdown()
-    metadata = _events(tmp_path / "audit.jsonl")[response.headers["x-request-id"]]["protoPayload"]["metadata"]
+    metadata = _events(tmp_path / "audit.jsonl")[response.headers["x-request-id"]]["protoPayload"][
+        "metadata"
+    ]
     assert "claimsRead" not in metadata and metadata["shadow"]["reason"] == "no-allow-role"

@@ -33,23 +33,11 @@ from typing import Any
 
 import httpx
 import pytest
+from reloading import with_new_route
 from served import EXAMPLE_POLICY, Served, served
 
 from gateway.policy.load import load_policy
 from gateway.reload import policy_change
-
-NEW_ROUTE = """
-  tenant_name:
-    identity: shop_reader
-    sql: SELECT Name FROM Tenants WHERE TenantId = @tenant
-    params:
-      tenant: {type: STRING, from: claim.tenant}
-"""
-NEW_ROUTE_ENTRY = """  - path: /v1/tenant
-    method: GET
-    query: tenant_name
-    allow: [support]
-"""
 
 
 def atomic_write(target: Path, payload: dict[str, bytes]) -> None:
@@ -120,22 +108,13 @@ def _wait_for_sha(base: str, sha: str, timeout: float = 30.0) -> None:
 WATCH_ONLY = {"SPANGATE_WATCH_POLICY": "true", "SPANGATE_POLICY_POLL_SECONDS": "0"}
 
 
-def _with_new_route(base: str) -> str:
-    first = base.replace("\nqueries:\n", "\nqueries:" + NEW_ROUTE, 1)
-    first = first.replace("\nroutes:\n", "\nroutes:\n" + NEW_ROUTE_ENTRY, 1)
-    assert first.count("tenant_name") == 2
-    return first
-
-
-def _two_updates(
-    server: Served, policy: Path, update: Callable[[str], None], token: str
-) -> None:
+def _two_updates(server: Served, policy: Path, update: Callable[[str], None], token: str) -> None:
     """Update 1 adds a route, update 2 withdraws it: each must be served (the watcher alone)."""
     base = EXAMPLE_POLICY.read_text()
     _wait_for_sha(server.base, _sha_of(policy))
     tenant = f"{server.base}/v1/tenant"
     assert httpx.get(tenant, headers={"Authorization": f"Bearer {token}"}).status_code == 404
-    update(_with_new_route(base))
+    update(with_new_route(base))
     _wait_for_sha(server.base, _sha_of(policy))
     answer = httpx.get(tenant, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text

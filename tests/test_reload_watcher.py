@@ -16,31 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from reloading import gateway_on, with_new_route
 
 from gateway.app import Gateway
 from gateway.dev.ports import free_port
 from gateway.reload import PolicyReloader, Watcher, policy_change, watch_folders
-from gateway.runtime import build_gateway
-from gateway.settings import Settings
 
 WAIT_SECONDS = 30.0  # bounds every wait (a loaded machine), never asserted on
-NEW_ROUTE = """
-  tenant_name:
-    identity: shop_reader
-    sql: SELECT Name FROM Tenants WHERE TenantId = @tenant
-    params:
-      tenant: {type: STRING, from: claim.tenant}
-"""
-NEW_ROUTE_ENTRY = """  - path: /v1/tenant
-    method: GET
-    query: tenant_name
-    allow: [support]
-"""
-
-
-def with_new_route(text: str) -> str:
-    text = text.replace("\nqueries:\n", "\nqueries:" + NEW_ROUTE, 1)
-    return text.replace("\nroutes:\n", "\nroutes:\n" + NEW_ROUTE_ENTRY, 1)
 
 
 @pytest.fixture
@@ -56,18 +38,10 @@ def policy_copy(tmp_path: Path, repo: Path) -> Path:
 async def own_gateway(
     policy_copy: Path, demo_database: str, idp: Any, tmp_path: Path, audit_key: str
 ) -> AsyncIterator[Gateway]:
-    settings = Settings(
-        policy=policy_copy,
-        spanner_emulator_host=demo_database,
-        audit_path=tmp_path / "audit.jsonl",
-        audit_key=audit_key,
-    )
-    app = build_gateway(settings, env={"OKTA_ISSUER": idp.issuer})
-    await app.startup()
-    try:
+    async with gateway_on(
+        policy_copy, database=demo_database, idp=idp, tmp_path=tmp_path, audit_key=audit_key
+    ) as app:
         yield app
-    finally:
-        await app.shutdown()
 
 
 @pytest.fixture
