@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from authkit import Clock, FakeIdp, Key, client_for, rsa_key
+from authkit import Clock, FakeIdp, client_for, rsa_key
 from pydantic import ValidationError
 
 from gateway.auth.jwks import JwksCache
