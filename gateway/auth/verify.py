@@ -8,7 +8,14 @@ decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, 
 refused with ``token-sender-constrained``: the gateway does not verify such bindings. Keys come
 only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk`` or ``x5c`` headers), and a key
 must fit the alg (type, curve, declared alg). ``typ`` may be absent, ``JWT`` or ``at+jwt``; a
-recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false``. Verified
+recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false`` (or has
+``preset: google``, where the ID token is the credential). The preset's own rules then apply
+(``presets.principal_for_issuer``: a Kubernetes service-account ``sub``, a verified Google
+``email``); a signed token whose audience is wrong is ``audience-mismatch``, or
+``api-server-token`` for a Kubernetes token meant for the API server (``presets.audience_refusal``),
+and so is a legacy Secret-based Kubernetes token (``iss: kubernetes/serviceaccount``) when the
+policy has a ``kubernetes`` issuer. Under ``preset: google`` the issuer
+``https://accounts.google.com`` is also picked by ``iss: accounts.google.com``. Verified
 JWTs are cached by SHA-256 of the token (bounded, least recently used first out), each entry
 living no longer than the token's ``exp``.
 

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from builders import REPO
 
+from gateway.auth.presets import principal_for_issuer
 from gateway.policy.compiled import compile_policy
 from gateway.policy.decide import decide
 from gateway.policy.load import load_policy_data
 from gateway.policy.model import Policy
+from gateway.policy.shadow import shadow_principal
 from gateway.policy.simulate import SimulationError, principal_for, request_facts
 from gateway.policy.validate import validate_policy
 
@@ -164,3 +166,26 @@ def test_groups_mapped_onto_a_pin_claim_pin() -> None:
     assert findings(data) != []
     data["issuers"]["github"]["claims"] = {"groups": "repository_owner"}
     assert findings(data) == []
+
+
+def test_a_shadow_policy_reads_the_token_with_its_own_preset() -> None:
+    live = Policy.model_validate(policy())
+    candidate_data = policy()
+    candidate_data["issuers"]["google"]["preset"] = "oidc"
+    candidate = Policy.model_validate(candidate_data)
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": GATEWAY,
+        "sub": "1085",
+        "email": "deployer@shop.iam.gserviceaccount.com",
+        "email_verified": True,
+    }
+    principal = principal_for_issuer("google", live.issuers["google"], claims)
+    assert principal.subject == "deployer@shop.iam.gserviceaccount.com"
+    shadow = shadow_principal(principal, live, candidate)
+    assert not isinstance(shadow, str) and shadow.subject == "1085"  # oidc: the sub
+    # and the other way: a candidate under google refuses an unverified email
+    unverified = principal_for_issuer(
+        "google", candidate.issuers["google"], {**claims, "email_verified": False}
+    )
+    assert shadow_principal(unverified, candidate, live) == "email-unverified"
