@@ -8,7 +8,8 @@ gateway, not by whom. So every entry of a role that a route allows, when it can 
 of such an issuer (it names that issuer, or no issuer at all), must say who the caller is: test
 one of the preset's ``PINS`` claims (``email``; ``repository_owner``, ``repository``, ``sub``...)
 with a value or a pattern (``present: true`` pins nothing), or test ``groups``/``scopes`` that the
-issuer's ``claims:`` maps onto such a claim. Deny roles and mask ``unless`` roles grant nothing
+issuer's ``claims:`` maps onto such a claim. An entry that tests ``groups`` or ``scopes`` the
+issuer does not read (the workload presets read none) never holds for its tokens. Deny roles and mask ``unless`` roles grant nothing
 by themselves and are not checked.
 """
 
@@ -22,10 +23,14 @@ __all__ = ["pin_findings"]
 
 
 def _pinned(entry: RoleEntry, issuer: Issuer, pins: frozenset[str]) -> bool:
+    """The entry says who the caller is, or can never hold for this issuer's tokens (it tests
+    groups or scopes, which the issuer's preset and ``claims:`` do not read)."""
     for path, test in (entry.claims or {}).items():
         if path in pins and not (isinstance(test, ClaimTest) and test.present):
             return True
     names = claim_names(issuer)
+    if (entry.groups and names.groups is None) or (entry.scopes and names.scopes is None):
+        return True
     return bool(
         (entry.groups and names.groups in pins) or (entry.scopes and names.scopes in pins)
     )

@@ -163,8 +163,17 @@ def test_deny_roles_are_not_checked() -> None:
 
 def test_groups_mapped_onto_a_pin_claim_pin() -> None:
     data = policy(owners=[{"issuer": "github", "groups": ["octo-org"]}])
-    assert findings(data) != []
+    assert findings(data) == []  # github-actions reads no groups: the entry never holds
+    data["issuers"]["github"]["claims"] = {"groups": "workflow"}
+    assert findings(data) != []  # now it does, and a workflow's name says nothing
     data["issuers"]["github"]["claims"] = {"groups": "repository_owner"}
+    assert findings(data) == []
+
+
+def test_an_entry_on_groups_or_scopes_never_holds_for_workload_tokens() -> None:
+    # beside an Okta issuer, the usual roles need no issuer: workload tokens have no groups
+    data = policy(support=[{"groups": ["support"]}], agents=[{"scopes": ["orders.read"]}])
+    data["issuers"]["okta"] = {"issuer": "https://idp.example/oauth2/default", "audience": "api"}
     assert findings(data) == []
 
 
