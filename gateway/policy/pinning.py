@@ -9,8 +9,8 @@ of such an issuer (it names that issuer, or no issuer at all), must say who the 
 one of the preset's ``PINS`` claims (``email``; ``repository_owner``, ``repository``, ``sub``...)
 with a value or a pattern (``present: true`` pins nothing), or test ``groups``/``scopes`` that the
 issuer's ``claims:`` maps onto such a claim. An entry that tests ``groups`` or ``scopes`` the
-issuer does not read (the workload presets read none) never holds for its tokens. Deny roles and mask ``unless`` roles grant nothing
-by themselves and are not checked.
+issuer does not read (the workload presets read none) never holds for its tokens. Deny roles
+and mask ``unless`` roles grant nothing by themselves and are not checked.
 """
 
 from __future__ import annotations
