@@ -11,7 +11,8 @@
 //                `python -m gateway.dev.keys PATH` writes one)
 //   IDP_CLIENTS  clients file (default: clients.json next to this file)
 //                (each client: client_id, client_secret, scopes, claims, alg RS256|ES256,
-//                access_token_ttl, auth_method client_secret_basic|client_secret_post)
+//                access_token_ttl, auth_method client_secret_basic|client_secret_post, and for
+//                workload tokens shape, subject, audiences: see "Workload shapes" below)
 //
 // Issuer: http://IDP_HOST:IDP_PORT/oauth2/default, with Okta's routes under it:
 //   /.well-known/openid-configuration  /.well-known/oauth-authorization-server
@@ -35,6 +36,17 @@
 // requested_token_type ...:token-type:id_token instead returns an OpenID ID token (aud = the
 // actor client, an at_hash, signed like any ID token): the tests use it to send an ID token
 // where an access token belongs.
+//
+// Workload shapes: a client with "shape" gets tokens shaped like a workload's instead of Okta's,
+// for the audience it asks for (resource=<audience>, one of its "audiences"; the first when it
+// names none), with sub = its "subject" and its "claims" as they are (nested objects too), no
+// ver/cid/scp:
+//   kubernetes      a projected service-account token: header {alg, kid}; aud an array [aud],
+//                   exp, iat, nbf, iss, jti, sub, and the client's claims ("kubernetes.io": {...})
+//   google          a Google-signed ID token: header {alg, kid, typ: JWT}; aud a string, azp
+//                   (= sub unless the client's claims say), email, email_verified, exp, iat, iss
+//   github-actions  a GitHub Actions OIDC token: header {alg, kid, typ: JWT}; aud a string, jti,
+//                   nbf, exp, iat, iss, sub and the client's claims (repository, ref, ...)
 //
 // Prints exactly one line, "READY <issuer>", to stdout once listening; everything else goes to
 // stderr. Bad configuration: a message on stderr and exit status 2. SIGTERM/SIGINT: exit 0.
@@ -65,6 +77,8 @@ const SUPPORTED_ALGS = new Set(['RS256', 'ES256']);
 // How a client authenticates at the token, introspection and revocation endpoints.
 const AUTH_METHODS = new Set(['client_secret_basic', 'client_secret_post']);
 const DEFAULT_TTL = 3600;
+// Token shapes: 'okta' (the default) and the workload shapes of the header above.
+const SHAPES = new Set(['okta', 'kubernetes', 'google', 'github-actions']);
 // Claims the provider sets itself; a client's extra claims may not override them.
 const RESERVED_CLAIMS = new Set([
   'iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'ver', 'cid', 'scp', 'scope', 'client_id',
@@ -174,6 +188,20 @@ function loadClients(file) {
     if (!AUTH_METHODS.has(authMethod)) fail(`${where} (${id}): auth_method must be client_secret_basic or client_secret_post`);
     const ttl = c.access_token_ttl ?? DEFAULT_TTL;
     if (!Number.isSafeInteger(ttl) || ttl <= 0) fail(`${where} (${id}): access_token_ttl must be a positive integer (seconds)`);
+    const shape = c.shape ?? 'okta';
+    if (!SHAPES.has(shape)) fail(`${where} (${id}): shape must be one of ${[...SHAPES].join(', ')}`);
+    const subject = c.subject ?? id;
+    if (typeof subject !== 'string' || !subject) fail(`${where} (${id}): subject must be a non-empty string`);
+    const audiences = c.audiences ?? [];
+    if (!Array.isArray(audiences) || !audiences.every((a) => typeof a === 'string' && URL.canParse(a))) {
+      fail(`${where} (${id}): audiences must be a list of absolute URIs`);
+    }
+    if (shape !== 'okta' && (audiences.length === 0 || scopes.length)) {
+      fail(`${where} (${id}): a client of shape ${shape} needs audiences and takes no scopes`);
+    }
+    if (shape === 'okta' && (audiences.length || c.subject !== undefined)) {
+      fail(`${where} (${id}): audiences and subject are for workload shapes`);
+    }
     byId.set(id, {
       clientId: id,
       clientSecret: c.client_secret,
@@ -182,6 +210,9 @@ function loadClients(file) {
       alg,
       ttl,
       authMethod,
+      shape,
+      subject,
+      audiences,
     });
   });
   return byId;
@@ -230,6 +261,42 @@ function verifyOwnJwt(value, keysByKid, issuer) {
   return payload;
 }
 
+// A workload client's token: the header and payload its shape has (see the header of this
+// file), or undefined for an Okta-shaped client. ``jwt`` is the provider's own: its payload has
+// jti, iss, aud, iat, exp, client_id, scope, sub (the client id) and the client's claims.
+function workloadShape(persona, jwt) {
+  if (!persona || persona.shape === 'okta') return undefined;
+  const {
+    jti, iss, aud, iat, exp,
+  } = jwt.payload;
+  const sub = persona.subject; // the provider's own sub of a client-credentials token is its id
+  const audience = Array.isArray(aud) ? aud[0] : aud;
+  const claims = structuredClone(persona.claims);
+  // The header is built as {alg, typ: 'at+jwt', kid, ...jwt.header}: an undefined typ drops it.
+  if (persona.shape === 'kubernetes') {
+    return {
+      header: { typ: undefined },
+      payload: {
+        aud: [audience], exp, iat, iss, jti, ...claims, nbf: iat, sub,
+      },
+    };
+  }
+  if (persona.shape === 'google') {
+    return {
+      header: { typ: 'JWT' },
+      payload: {
+        aud: audience, azp: sub, ...claims, exp, iat, iss, sub,
+      },
+    };
+  }
+  return {
+    header: { typ: 'JWT' },
+    payload: {
+      jti, sub, aud: audience, ...claims, iss, nbf: iat, exp, iat,
+    },
+  };
+}
+
 function issuerFor(host, port) {
   const h = host.includes(':') ? `[${host}]` : host;
   return `http://${h}:${port}${ISSUER_PATH}`;
@@ -252,10 +319,24 @@ async function main() {
   // RFC 8707 resource -> the resource server the token is for; refuses any requested scope
   // outside the client's list, as Okta does, with the provider's own invalid_scope error.
   const resourceServerInfo = (ctx, resource, client) => {
-    const rs = RESOURCES[resource];
-    if (!rs) throw new errors.InvalidTarget(`unknown resource ${resource}`);
     const persona = personaOf(client);
     if (!persona) throw new errors.InvalidClient('client not configured');
+    if (persona.shape !== 'okta') {
+      // A workload token for any of the client's audiences, signed like its shape's.
+      if (!persona.audiences.includes(resource)) {
+        throw new errors.InvalidTarget(`client ${persona.clientId} gets no tokens for ${resource}`);
+      }
+      if (ctx.oidc.params.scope) throw new errors.InvalidScope('workload tokens carry no scopes', ctx.oidc.params.scope);
+      return {
+        scope: '',
+        audience: resource,
+        accessTokenFormat: 'jwt',
+        accessTokenTTL: persona.ttl,
+        jwt: { sign: { alg: persona.alg } },
+      };
+    }
+    const rs = RESOURCES[resource];
+    if (!rs) throw new errors.InvalidTarget(`unknown resource ${resource}`);
     const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
     for (const s of requested) {
       if (!persona.scopes.includes(s)) {
@@ -310,7 +391,11 @@ async function main() {
       },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async (ctx, client, oneOf) => oneOf ?? DEFAULT_RESOURCE,
+        defaultResource: async (ctx, client, oneOf) => {
+          const persona = personaOf(client);
+          const own = persona && persona.shape !== 'okta' ? persona.audiences[0] : DEFAULT_RESOURCE;
+          return oneOf ?? own;
+        },
         getResourceServerInfo: async (ctx, resource, client) => resourceServerInfo(
           ctx, resource, client,
         ),
@@ -334,6 +419,12 @@ async function main() {
         // Okta's shape: no typ header; ver, cid and an scp array instead of client_id and a
         // space-separated scope string.
         jwt: async (ctx, token, jwt) => {
+          const shaped = workloadShape(personas.get(token.clientId), jwt);
+          if (shaped) {
+            jwt.header = shaped.header;
+            jwt.payload = shaped.payload;
+            return;
+          }
           const {
             jti, iss, aud, iat, exp, sub, client_id: cid, scope, ...rest
           } = jwt.payload;

@@ -1,30 +1,63 @@
-"""Where each issuer keeps what roles read: claims -> scopes, groups, client, user.
+"""Where each issuer keeps what roles read (claims -> scopes, groups, client, user), and the
+rules a preset adds to verification.
 
-Presets: ``okta`` (custom authorization servers: ``scp`` array, ``cid``, ``uid``, ``groups``) and
-``oidc`` (RFC 9068 / generic: ``scope`` string, ``client_id`` else ``azp``, ``groups``). An issuer's
-``claims:`` overrides any of these names; names are claim paths (dotted for nested claims).
-RFC 7662 introspection answers use the standard ``scope`` and ``client_id`` members whatever the
-preset, unless ``claims:`` names others.
+Presets:
+
+- ``okta`` (custom authorization servers: ``scp`` array, ``cid``, ``uid``, ``groups``) and
+  ``oidc`` (RFC 9068 / generic: ``scope`` string, ``client_id`` else ``azp``, ``groups``);
+- ``kubernetes``: a cluster's service-account tokens. ``sub`` must read
+  ``system:serviceaccount:NS:NAME`` and agree with the nested ``kubernetes.io`` claims (when they
+  are there); a token whose audience is the API server's (a default token, or a legacy
+  Secret-based one, ``iss: kubernetes/serviceaccount``) is refused with ``api-server-token`` and
+  told to use a projected token with the gateway's audience;
+- ``google``: Google-signed ID tokens, where the ID token is the credential (``refuse_id_tokens``
+  does not apply). ``email`` must be there (``email-missing``) and ``email_verified`` exactly
+  ``true`` (``email-unverified``); the principal's subject is the ``email``. The issuer
+  ``https://accounts.google.com`` also accepts tokens whose ``iss`` is ``accounts.google.com``
+  (Google issues both);
+- ``github-actions``: GitHub's OIDC tokens for workflow jobs; ``sub`` as GitHub builds it,
+  ``actor`` as the user, every other claim (``repository``, ``ref``, ``environment``...) by name.
+
+An issuer's ``claims:`` overrides any claim name; names are claim paths (dotted for nested
+claims, see ``claim_value``). RFC 7662 introspection answers use the standard ``scope`` and
+``client_id`` members whatever the preset, unless ``claims:`` names others.
+
+Anyone can get a Google ID token or a GitHub Actions token for any audience (any service account
+of any project, any workflow of any repository): the audience does not keep strangers out. The
+policy's validation therefore requires every role entry that allows a route to such an issuer's
+callers to test one of the preset's ``PINS`` claims (``validate.py``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.auth.audiences import api_server_audience
 from gateway.auth.principal import MISSING, Principal, claim_value
 from gateway.errors import AuthError
 from gateway.policy.model import ClaimNames, Issuer
 
 __all__ = [
+    "GOOGLE_ISSUER",
+    "LEGACY_KUBERNETES_ISSUER",
+    "PINS",
     "PRESETS",
+    "WORKLOAD_PRESETS",
+    "accepted_iss",
+    "audience_refusal",
     "check_act",
     "claim_names",
     "introspection_names",
     "is_org_server",
+    "legacy_kubernetes_refusal",
+    "principal_for_issuer",
     "principal_from_claims",
+    "subject_claim",
 ]
 
 PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
@@ -33,8 +66,50 @@ PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
         "okta": ClaimNames(groups="groups", scopes="scp", client="cid", user="uid"),
         # Generic OIDC / OAuth 2.0 (RFC 9068): scope is a space-separated string.
         "oidc": ClaimNames(groups="groups", scopes="scope", client="client_id", user=None),
+        # Workload tokens carry no scopes, groups or client: roles test their claims.
+        "kubernetes": ClaimNames(),
+        "google": ClaimNames(),
+        "github-actions": ClaimNames(user="actor"),
     }
 )
+
+# Presets for workload tokens: JWTs only (no introspection), each with rules of its own.
+WORKLOAD_PRESETS = frozenset({"kubernetes", "google", "github-actions"})
+
+# Presets whose tokens anyone can get for any audience, and the claims that say who the caller
+# is: an allowing role entry must test one of them (``validate.py``).
+PINS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "google": frozenset({"email", "sub"}),
+        "github-actions": frozenset(
+            {
+                "sub",
+                "repository",
+                "repository_id",
+                "repository_owner",
+                "repository_owner_id",
+                "workflow_ref",
+                "job_workflow_ref",
+                "enterprise",
+                "enterprise_id",
+            }
+        ),
+    }
+)
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+LEGACY_KUBERNETES_ISSUER = "kubernetes/serviceaccount"
+_SERVICE_ACCOUNT = re.compile(r"system:serviceaccount:([^:]+):([^:]+)")
+
+_MINT_ADVICE = {
+    "kubernetes": "mount a projected service-account token with audience {aud} "
+    "(serviceAccountToken.audience in the pod's projected volume)",
+    "google": "mint the ID token for audience {aud} "
+    "(gcloud auth print-identity-token --audiences={aud} --include-email, or the metadata "
+    "server's identity?audience={aud}&format=full)",
+    "github-actions": "request the job's token for audience {aud} "
+    "(permissions: id-token: write, then core.getIDToken('{aud}'))",
+}
 
 
 def claim_names(issuer: Issuer) -> ClaimNames:
@@ -54,10 +129,64 @@ def introspection_names(issuer: Issuer) -> ClaimNames:
     return names.model_copy(update=issuer.claims.model_dump(exclude_none=True))
 
 
+def subject_claim(issuer: Issuer) -> str:
+    """The claim that names the principal (``Principal.subject``): ``email`` under ``google``
+    (a service account's numeric ``sub`` says nothing to a reader of the audit trail), else
+    ``sub``."""
+    return "email" if issuer.preset == "google" else "sub"
+
+
+def accepted_iss(issuer: Issuer) -> tuple[str, ...]:
+    """The ``iss`` values that pick ``issuer``: its URL, and under ``google`` for Google's own
+    issuer also the scheme-less ``accounts.google.com`` Google puts in some tokens."""
+    if issuer.preset == "google" and issuer.issuer == GOOGLE_ISSUER:
+        return (issuer.issuer, urlsplit(GOOGLE_ISSUER).netloc)
+    return (issuer.issuer,)
+
+
 def is_org_server(issuer: Issuer) -> bool:
     """An Okta org authorization server (``preset: okta``, no ``/oauth2/`` in the issuer's path):
     its access tokens are for Okta's own APIs and cannot be validated locally."""
     return issuer.preset == "okta" and "/oauth2/" not in urlsplit(issuer.issuer).path + "/"
+
+
+def _audiences(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [a for a in value if isinstance(a, str)]
+    return []
+
+
+def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
+    """The refusal of a signed token of ``issuer`` whose ``aud`` holds none of its audiences:
+    ``api-server-token`` for a Kubernetes token meant for the API server, else
+    ``audience-mismatch``; under a workload preset the detail says how to mint the right one."""
+    wanted = issuer.audiences[0]
+    advice = _MINT_ADVICE.get(issuer.preset, "").format(aud=wanted)
+    given = _audiences(aud)
+    if issuer.preset == "kubernetes" and any(
+        api_server_audience(a, issuer.issuer) for a in given
+    ):
+        return AuthError(
+            f"this service-account token is for the Kubernetes API server (aud {given[:3]}), "
+            f"not for the gateway (issuer '{name}' accepts {list(issuer.audiences)}): {advice}",
+            code="api-server-token",
+        )
+    detail = f"the token's audience is not one of {list(issuer.audiences)}"
+    return AuthError(f"{detail}; {advice}" if advice else detail, code="audience-mismatch")
+
+
+def legacy_kubernetes_refusal(name: str, issuer: Issuer) -> AuthError:
+    """A legacy Secret-based service-account token (``iss: kubernetes/serviceaccount``, no
+    audience, no expiry) when the policy has a ``kubernetes`` issuer: it is for the API server."""
+    advice = _MINT_ADVICE["kubernetes"].format(aud=issuer.audiences[0])
+    return AuthError(
+        "this is a legacy service-account token (from a Secret: no audience, no expiry), "
+        f"meant for the Kubernetes API server; issuer '{name}' accepts projected tokens: "
+        f"{advice}",
+        code="api-server-token",
+    )
 
 
 def _strings(value: Any) -> frozenset[str]:
@@ -94,9 +223,68 @@ def check_act(claims: Mapping[str, Any]) -> None:
             )
 
 
-def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any]) -> Principal:
-    """Build the Principal of a verified token (``sub`` and ``iss`` already required); a
-    malformed ``act`` is an AuthError (``check_act``)."""
+def _check_kubernetes(claims: Mapping[str, Any]) -> None:
+    """``sub`` is ``system:serviceaccount:NS:NAME``, and the nested ``kubernetes.io`` claims, when
+    present, name the same namespace and service account: roles may test either."""
+    sub = claims.get("sub")
+    match = _SERVICE_ACCOUNT.fullmatch(sub) if isinstance(sub, str) else None
+    if match is None:
+        raise AuthError(
+            "the token's sub is not a service account (system:serviceaccount:NAMESPACE:NAME)",
+            code="token-malformed",
+        )
+    nested = claims.get("kubernetes.io", MISSING)
+    if nested is MISSING:
+        return
+    namespace = claim_value(claims, "kubernetes.io.namespace")
+    account = claim_value(claims, "kubernetes.io.serviceaccount.name")
+    if not isinstance(nested, Mapping) or (namespace, account) != match.groups():
+        raise AuthError(
+            "the token's kubernetes.io claims do not name the service account its sub names",
+            code="token-malformed",
+        )
+
+
+def _check_google(claims: Mapping[str, Any]) -> None:
+    """The ID token names a verified email: the principal."""
+    email = claims.get("email")
+    if not isinstance(email, str) or not email:
+        raise AuthError(
+            "the Google ID token carries no email: mint it with the email included "
+            "(gcloud ... --include-email, the metadata server's format=full, "
+            "generateIdToken's includeEmail)",
+            code="email-missing",
+        )
+    if claims.get("email_verified") is not True:
+        raise AuthError(
+            "the Google ID token's email is not verified (email_verified is not true)",
+            code="email-unverified",
+        )
+
+
+def principal_for_issuer(name: str, issuer: Issuer, claims: Mapping[str, Any]) -> Principal:
+    """The Principal of a verified token of ``issuer`` (the policy's ``name`` for it): the
+    preset's checks (an AuthError with the preset's code when one fails), its claim names, its
+    subject claim; ``iss`` is the issuer's configured URL whichever accepted form the token used,
+    so budgets, cursors and the audit trail see one issuer."""
+    if issuer.preset == "kubernetes":
+        _check_kubernetes(claims)
+    elif issuer.preset == "google":
+        _check_google(claims)
+    principal = principal_from_claims(
+        name, claim_names(issuer), claims, subject=subject_claim(issuer)
+    )
+    if principal.iss != issuer.issuer and principal.iss in accepted_iss(issuer):
+        principal = replace(principal, iss=issuer.issuer)
+    return principal
+
+
+def principal_from_claims(
+    name: str, names: ClaimNames, claims: Mapping[str, Any], *, subject: str = "sub"
+) -> Principal:
+    """Build the Principal of a verified token (``sub`` and ``iss`` already required; ``subject``
+    names the claim that becomes ``Principal.subject``); a malformed ``act`` is an AuthError
+    (``check_act``)."""
     check_act(claims)
     scopes = _strings(claim_value(claims, names.scopes)) if names.scopes else frozenset()
     if not scopes and names.scopes == "scope":  # generic issuers sometimes use Okta's scp
@@ -107,7 +295,7 @@ def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any
     return Principal(
         issuer=name,
         iss=str(claims["iss"]),
-        subject=str(claims["sub"]),
+        subject=str(claims[subject]),
         client_id=client,
         user_id=_string(claim_value(claims, names.user)) if names.user else None,
         scopes=scopes,

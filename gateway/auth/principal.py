@@ -31,19 +31,41 @@ def is_delegation_path(path: str) -> bool:
 
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
-    """The claim at ``path``: a dotted walk through nested objects first, else the exact key
-    (claims like ``https://x.example/roles`` contain dots). The nested claim wins, so a flat claim
-    literally named ``org.tenant`` can never stand in for ``org: {tenant: ...}``; under ``act``
-    and ``may_act`` (``NESTED_ONLY``) there is no flat fallback at all. Returns ``MISSING`` when
-    absent."""
-    node: Any = claims
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            if "." not in path or path.split(".", 1)[0] in NESTED_ONLY:
+    """The claim at ``path``, a dot-separated walk through nested objects. A key may itself
+    contain dots (``kubernetes.io``, ``https://x.example/roles``): at each object the walk tries
+    the shortest key first (``a``, then ``a.b``, then ``a.b.c``...) and backtracks to a longer
+    one when the shorter leads nowhere; the first complete walk found wins. So the nested claim
+    wins (a flat claim literally named ``org.tenant`` never stands in for ``org: {tenant: ...}``),
+    ``kubernetes.io.namespace`` reaches ``{"kubernetes.io": {"namespace": ...}}``, and an exact
+    top-level key is found last. Under ``act`` and ``may_act`` (``NESTED_ONLY``) only the plain
+    walk counts (one key per dot). Returns ``MISSING`` when absent."""
+    parts = path.split(".")
+    if parts[0] in NESTED_ONLY:
+        node: Any = claims
+        for part in parts:
+            if not isinstance(node, Mapping) or part not in node:
                 return MISSING
-            return claims.get(path, MISSING)
-        node = node[part]
-    return node
+            node = node[part]
+        return node
+    return _walk(claims, parts, 0, set())
+
+
+def _walk(node: Any, parts: list[str], start: int, dead: set[tuple[int, int]]) -> Any:
+    """``claim_value``'s backtracking walk from ``parts[start]`` in ``node``. ``dead`` remembers
+    (object, position) pairs that led nowhere, so a hostile token's keys cannot make the walk
+    try every split of a long path more than once per object."""
+    if start == len(parts):
+        return node
+    if not isinstance(node, Mapping) or (id(node), start) in dead:
+        return MISSING
+    for end in range(start + 1, len(parts) + 1):
+        key = ".".join(parts[start:end])
+        if key in node:
+            found = _walk(node[key], parts, end, dead)
+            if found is not MISSING:
+                return found
+    dead.add((id(node), start))
+    return MISSING
 
 
 @dataclass(frozen=True, slots=True)

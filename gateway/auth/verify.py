@@ -8,7 +8,14 @@ decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, 
 refused with ``token-sender-constrained``: the gateway does not verify such bindings. Keys come
 only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk`` or ``x5c`` headers), and a key
 must fit the alg (type, curve, declared alg). ``typ`` may be absent, ``JWT`` or ``at+jwt``; a
-recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false``. Verified
+recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false`` (or has
+``preset: google``, where the ID token is the credential). The preset's own rules then apply
+(``presets.principal_for_issuer``: a Kubernetes service-account ``sub``, a verified Google
+``email``); a signed token whose audience is wrong is ``audience-mismatch``, or
+``api-server-token`` for a Kubernetes token meant for the API server (``presets.audience_refusal``),
+and so is a legacy Secret-based Kubernetes token (``iss: kubernetes/serviceaccount``) when the
+policy has a ``kubernetes`` issuer. Under ``preset: google`` the issuer
+``https://accounts.google.com`` is also picked by ``iss: accounts.google.com``. Verified
 JWTs are cached by SHA-256 of the token (bounded, least recently used first out), each entry
 living no longer than the token's ``exp``.
 
@@ -44,9 +51,13 @@ import jwt
 from gateway.auth.introspect import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.presets import (
-    claim_names,
+    LEGACY_KUBERNETES_ISSUER,
+    accepted_iss,
+    audience_refusal,
     introspection_names,
     is_org_server,
+    legacy_kubernetes_refusal,
+    principal_for_issuer,
     principal_from_claims,
 )
 from gateway.auth.principal import Principal
@@ -54,7 +65,7 @@ from gateway.auth.sender import binding as _binding
 from gateway.auth.sender import sender_constrained
 from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
-from gateway.policy.model import ClaimNames, Issuer
+from gateway.policy.model import Issuer
 
 __all__ = ["ID_TOKEN_CLAIMS", "TokenVerifier", "bearer_token"]
 
@@ -102,7 +113,6 @@ def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_byte
 class _IssuerRuntime:
     name: str
     config: Issuer
-    names: ClaimNames
     keys: JwksCache | None
     introspector: Introspector | None
     org_server: bool
@@ -134,14 +144,13 @@ class TokenVerifier:
             _IssuerRuntime(
                 name,
                 cfg,
-                claim_names(cfg),
                 caches.get(name),
                 self.introspectors.get(name),
                 is_org_server(cfg),
             )
             for name, cfg in issuers.items()
         ]
-        self._by_iss = {rt.config.issuer: rt for rt in self._runtimes}
+        self._by_iss = {iss: rt for rt in self._runtimes for iss in accepted_iss(rt.config)}
         self._okta_origins = {
             _origin(rt.config.issuer): rt.name
             for rt in self._runtimes
@@ -210,9 +219,11 @@ class TokenVerifier:
         if runtime.keys is None:
             raise AuthError(f"issuer '{runtime.name}' has no keys", code="key-unknown")
         key = await runtime.keys.get_key(kid, alg)
-        claims = self._decode(token, runtime, key.key.key, alg)
+        claims = self._decode(token, runtime, key.key.key, alg, iss, unverified)
         times = check_times(claims, now, self._leeway)
-        if runtime.config.refuse_id_tokens and (typ or "").lower() not in (
+        # Under preset google the ID token is the credential: refuse_id_tokens does not apply.
+        id_tokens_refused = runtime.config.refuse_id_tokens and runtime.config.preset != "google"
+        if id_tokens_refused and (typ or "").lower() not in (
             "at+jwt",
             "application/at+jwt",
         ):
@@ -227,10 +238,18 @@ class TokenVerifier:
             raise AuthError("the token's sub claim is not a string", code="token-malformed")
         if "cnf" in claims:
             raise sender_constrained(_binding(claims["cnf"]))
-        principal = principal_from_claims(runtime.name, runtime.names, claims)
+        principal = principal_for_issuer(runtime.name, runtime.config, claims)
         return principal, times["exp"]
 
-    def _decode(self, token: str, runtime: _IssuerRuntime, key: Any, alg: str) -> dict[str, Any]:
+    def _decode(
+        self,
+        token: str,
+        runtime: _IssuerRuntime,
+        key: Any,
+        alg: str,
+        iss: str,
+        unverified: Mapping[str, Any],
+    ) -> dict[str, Any]:
         audiences = list(runtime.config.audiences)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -238,7 +257,7 @@ class TokenVerifier:
                 key=key,
                 algorithms=[alg],
                 audience=audiences,
-                issuer=runtime.config.issuer,
+                issuer=iss,  # one of accepted_iss(runtime.config), as the token says
                 leeway=self._leeway,
                 options={
                     "require": ["exp", "iss", "aud", "sub"],
@@ -250,9 +269,8 @@ class TokenVerifier:
                 },
             )
         except jwt.InvalidAudienceError as exc:
-            raise AuthError(
-                f"the token's audience is not one of {audiences}", code="audience-mismatch"
-            ) from exc
+            # pyjwt checks claims after the signature: this token is the issuer's own
+            raise audience_refusal(runtime.config, runtime.name, unverified.get("aud")) from exc
         except jwt.InvalidIssuerError as exc:
             raise AuthError("the token's issuer does not match", code="issuer-unknown") from exc
         except jwt.InvalidSignatureError as exc:
@@ -268,6 +286,10 @@ class TokenVerifier:
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:
+        if iss == LEGACY_KUBERNETES_ISSUER:
+            cluster = next((rt for rt in self._runtimes if rt.config.preset == "kubernetes"), None)
+            if cluster is not None:
+                return legacy_kubernetes_refusal(cluster.name, cluster.config)
         try:
             parts = urlsplit(iss)
             origin = _origin(iss)

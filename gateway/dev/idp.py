@@ -471,7 +471,9 @@ def load_clients(path: str | os.PathLike[str] | None = None) -> list[dict[str, A
     """Read a clients file (default ``dev/idp/clients.json``): a list of objects each with at
     least a string ``client_id`` and ``client_secret`` (and ``description``, ``scopes``,
     ``claims``, optional ``alg``, ``access_token_ttl`` and ``auth_method``: client_secret_basic, the
-    default, or client_secret_post). Raises ValueError when malformed."""
+    default, or client_secret_post; a workload client adds ``shape``: kubernetes, google or
+    github-actions, ``subject`` and ``audiences``, see ``dev/idp/server.js``). Raises ValueError
+    when malformed."""
     file = Path(path) if path is not None else DEFAULT_CLIENTS
     doc = json.loads(file.read_text(encoding="utf-8"))
     if not isinstance(doc, list):

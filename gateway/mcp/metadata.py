@@ -18,6 +18,7 @@ from typing import Any
 from mcp.server.auth.routes import build_resource_metadata_url
 from pydantic import AnyHttpUrl
 
+from gateway.auth.presets import WORKLOAD_PRESETS
 from gateway.policy.compiled import CompiledPolicy
 
 __all__ = [
@@ -81,10 +82,16 @@ def metadata_paths() -> frozenset[str]:
 
 
 def resource_metadata(policy: CompiledPolicy, resource: str) -> dict[str, Any]:
-    """The RFC 9728 document: the resource, the policy's issuers, every scope read by a role
+    """The RFC 9728 document: the resource, the policy's issuers (those an MCP client can get a
+    token from: not the workload presets'), every scope read by a role
     that some route allows (a role only denied, or named by no route, grants nothing)."""
     model = policy.model
-    issuers = list(dict.fromkeys(i.issuer for i in model.issuers.values()))
+    # Workload issuers (a cluster, Google, GitHub Actions) hand out no tokens to an MCP client.
+    issuers = list(
+        dict.fromkeys(
+            i.issuer for i in model.issuers.values() if i.preset not in WORKLOAD_PRESETS
+        )
+    )
     allowing = {name for route in model.routes for name in route.allow}
     scopes = sorted(
         {

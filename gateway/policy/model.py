@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.auth.audiences import api_server_audience, gateway_url_problem
 from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
 from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate
@@ -186,8 +187,15 @@ def _default_algorithms() -> list[Algorithm]:
 class Issuer(_Strict):
     issuer: str = Field(min_length=1, description="Must equal the token's `iss` exactly.")
     audience: str | list[str] = Field(description="The token's aud must contain one of these.")
-    preset: Literal["okta", "oidc"] = Field(
-        "oidc", description="okta: scp -> scopes, cid -> client, uid -> user, groups -> groups."
+    preset: Literal["okta", "oidc", "kubernetes", "google", "github-actions"] = Field(
+        "oidc",
+        description="oidc: scope -> scopes, client_id (else azp) -> client, groups -> groups; "
+        "okta: scp -> scopes, cid -> client, uid -> user, groups -> groups; "
+        "kubernetes: a cluster's service-account tokens (sub system:serviceaccount:NS:NAME, "
+        "kubernetes.io.* claims; API-server audiences refused); google: Google-signed ID tokens "
+        "(the principal is the verified email; audience: the gateway's URL); github-actions: "
+        "GitHub Actions OIDC tokens (actor -> user; repository, ref, environment... as claims). "
+        "Workload presets take no introspection.",
     )
     algorithms: list[Algorithm] = Field(default_factory=_default_algorithms, min_length=1)
     jwks_uri: str | None = Field(None, description="Default: from discovery.")
@@ -196,7 +204,8 @@ class Issuer(_Strict):
     refuse_id_tokens: bool = Field(
         True,
         description="Refuse a token that is recognisably an OpenID ID token (nonce, at_hash, "
-        "c_hash or s_hash claims) sent as an access token.",
+        "c_hash or s_hash claims) sent as an access token. Not with preset google, where the "
+        "ID token is the credential.",
     )
     description: str | None = None
 
@@ -227,6 +236,30 @@ class Issuer(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("algorithms are listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _preset_rules(self) -> Issuer:
+        if self.preset in ("kubernetes", "google", "github-actions"):
+            if self.introspection is not None:
+                raise ValueError(
+                    f"preset {self.preset} takes no introspection: its tokens are JWTs "
+                    "verified with the issuer's keys"
+                )
+        if self.preset == "google" and "refuse_id_tokens" in self.model_fields_set:
+            raise ValueError(
+                "refuse_id_tokens does not apply under preset google: a Google ID token minted "
+                "for the gateway's URL is the credential"
+            )
+        for audience in self.audiences:
+            if self.preset == "google" and (problem := gateway_url_problem(audience)):
+                raise ValueError(f"audience {audience!r} {problem}")
+            if self.preset == "kubernetes" and api_server_audience(audience, self.issuer):
+                raise ValueError(
+                    f"audience {audience!r} is the Kubernetes API server's: every default "
+                    "service-account token carries it; choose an audience of the gateway's own "
+                    "(its URL) and mount projected tokens for it"
+                )
+        return self
 
     @property
     def audiences(self) -> tuple[str, ...]:

@@ -15,9 +15,10 @@ the path and query string, or the tool's name and arguments; never a body it did
 The candidate decides on the token as its own issuers would read it (``shadow_principal``): the
 live policy's issuer is found among the candidate's by its URL (``iss``; the same name first,
 when two share it), so renaming an issuer is no disagreement; the principal is rebuilt with that
-issuer's claim names when they differ (groups, scopes…). A candidate with no issuer of that URL
-refuses the token: its decision is ``issuer-unknown``; one whose issuer takes none of the
-token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
+issuer's preset and claim names when they differ (groups, scopes…), and refused with the
+code that preset's rules give when they refuse it (``email-unverified``...). A candidate with no
+issuer of that URL refuses the token: its decision is ``issuer-unknown``; one whose issuer takes
+none of the token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth.presets import claim_names, principal_from_claims
+from gateway.auth.presets import claim_names, principal_for_issuer
 from gateway.auth.principal import Principal
+from gateway.errors import AuthError
 from gateway.policy.bind import Bound
 from gateway.policy.decide import Decision
 from gateway.policy.model import Issuer, Policy
@@ -81,8 +83,13 @@ def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> P
     if audiences is not None and audiences.isdisjoint(config.audiences):
         return "audience-mismatch"
     before = live.issuers.get(principal.issuer)
-    if before is not None and claim_names(before) != claim_names(config):
-        return principal_from_claims(name, claim_names(config), principal.claims)
+    if before is not None and (
+        before.preset != config.preset or claim_names(before) != claim_names(config)
+    ):
+        try:
+            return principal_for_issuer(name, config, principal.claims)
+        except AuthError as exc:  # the candidate's preset refuses the token (email-unverified...)
+            return exc.code
     return principal if name == principal.issuer else replace(principal, issuer=name)
 
 

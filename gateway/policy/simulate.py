@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.auth.presets import claim_names, principal_from_claims
+from gateway.auth.presets import principal_for_issuer
 from gateway.auth.principal import Principal
 from gateway.errors import AuthError
 from gateway.policy.bind import BODY_METHODS
@@ -71,8 +71,8 @@ def principal_for(policy: Policy, claims: Mapping[str, Any]) -> Principal:
     issuer = policy.issuers[name]
     given = {**claims, "iss": issuer.issuer}
     try:
-        principal = principal_from_claims(
-            name, claim_names(issuer), {**given, "sub": str(claims.get("sub", ""))}
+        principal = principal_for_issuer(
+            name, issuer, {**given, "sub": str(claims.get("sub", ""))}
         )
     except AuthError as exc:  # the gateway would answer 401: no decision to simulate
         raise SimulationError(

@@ -206,6 +206,11 @@ def test_load_clients_has_the_personas() -> None:
         "suspended-support",
         "short-lived",
         "spangate-gateway",
+        "k8s-payments-api",
+        "k8s-billing-worker",
+        "google-deployer",
+        "google-unverified",
+        "github-deploy",
     }
     assert clients["spangate-gateway"]["auth_method"] == "client_secret_post"
     assert clients["order-agent"]["alg"] == "ES256"
@@ -369,3 +374,68 @@ def test_token_exchange_refuses_a_token_signed_by_another_key(idp: IdpProcess) -
     response = _exchange(idp, "order-agent", forged)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+
+
+# -- workload shapes (clients with "shape") ---------------------------------------------------------
+
+WORKLOAD_AUDIENCE = "https://spangate.test"
+
+
+def _workload(
+    idp: IdpProcess, client_id: str, audience: str | None = WORKLOAD_AUDIENCE
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A workload client's token for ``audience`` (None: it names none), verified with the
+    provider's keys: its header and claims."""
+    token = _token(idp, client_id, resource=audience)
+    header = jwt.get_unverified_header(token)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key=jwt.PyJWK(_jwks(idp)[header["kid"]]),
+        algorithms=["RS256"],
+        audience=audience or WORKLOAD_AUDIENCE,
+        issuer=idp.issuer,
+        options={"require": ["iss", "aud", "sub", "iat", "exp"]},
+    )
+    return header, claims
+
+
+def test_a_kubernetes_client_gets_a_projected_service_account_token(idp: IdpProcess) -> None:
+    header, claims = _workload(idp, "k8s-payments-api")
+    assert set(header) == {"alg", "kid"}
+    assert set(claims) == {"aud", "exp", "iat", "nbf", "iss", "jti", "kubernetes.io", "sub"}
+    assert claims["aud"] == [WORKLOAD_AUDIENCE]
+    assert claims["sub"] == "system:serviceaccount:payments:api"
+    assert claims["kubernetes.io"]["namespace"] == "payments"
+    assert claims["kubernetes.io"]["serviceaccount"]["name"] == "api"
+    api = "https://kubernetes.default.svc.cluster.local"
+    _, default = _workload(idp, "k8s-payments-api", audience=api)
+    assert default["aud"] == [api]
+    _, unnamed = _workload(idp, "k8s-payments-api", audience=None)  # the first audience
+    assert unnamed["aud"] == [WORKLOAD_AUDIENCE]
+
+
+def test_a_google_client_gets_a_google_id_token(idp: IdpProcess) -> None:
+    header, claims = _workload(idp, "google-deployer")
+    assert header["typ"] == "JWT"
+    assert set(claims) == {"aud", "azp", "email", "email_verified", "exp", "iat", "iss", "sub"}
+    assert claims["aud"] == WORKLOAD_AUDIENCE  # a string, as Google writes it
+    assert claims["sub"] == claims["azp"] == "108562830391273012345"
+    assert claims["email_verified"] is True
+
+
+def test_a_github_actions_client_gets_a_job_token(idp: IdpProcess) -> None:
+    header, claims = _workload(idp, "github-deploy")
+    assert header["typ"] == "JWT"
+    assert claims["sub"] == "repo:octo-org/shop:environment:prod"
+    assert claims["aud"] == WORKLOAD_AUDIENCE
+    for name in ("repository", "repository_owner", "ref", "environment", "workflow_ref", "nbf"):
+        assert name in claims
+    assert not {"ver", "cid", "scp", "client_id", "scope"} & set(claims)
+
+
+def test_a_workload_client_gets_tokens_only_for_its_audiences(idp: IdpProcess) -> None:
+    with pytest.raises(TokenError) as caught:
+        _token(idp, "github-deploy", resource="https://evil.example")
+    assert caught.value.error == "invalid_target"
+    with pytest.raises(TokenError):
+        _token(idp, "support-console", resource=WORKLOAD_AUDIENCE)

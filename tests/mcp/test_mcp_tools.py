@@ -157,6 +157,22 @@ def test_protected_resource_metadata(repo: Path) -> None:
     }
 
 
+def test_workload_issuers_are_no_authorization_servers(repo: Path, tmp_path: Path) -> None:
+    """A cluster's service-account issuer gives an MCP client no token: not advertised."""
+    edit = (
+        "issuers:\n",
+        "issuers:\n"
+        "  cluster:\n"
+        "    issuer: https://k8s.example\n"
+        "    audience: https://gw.example\n"
+        "    preset: kubernetes\n",
+    )
+    policy = example(repo, edit, tmp_path)
+    assert "cluster" in policy.model.issuers
+    document = resource_metadata(policy, "https://gw.example/mcp")
+    assert document["authorization_servers"] == [ISSUER]
+
+
 @pytest.mark.parametrize(
     ("template", "reserved"),
     [

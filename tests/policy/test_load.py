@@ -365,7 +365,8 @@ def test_several_errors_are_reported_together_in_order(tmp_path: Path) -> None:
     found = problems(path, env={})
     messages = [p.message for p in found]
     assert messages == [
-        "unexpected value 'octa'; expected 'okta' or 'oidc'; did you mean 'okta'?",
+        "unexpected value 'octa'; expected 'okta', 'oidc', 'kubernetes', 'google' or "
+        "'github-actions'; did you mean 'okta'?",
         "environment variable OKTA_CLIENT_ID is not set",
         "environment variable OKTA_CLIENT_SECRET is not set",
         "unknown identity 'shop_raeder'; did you mean 'shop_reader'?",

@@ -1,0 +1,200 @@
+"""Policies with workload issuers: roles read the presets' claims (``kubernetes.io.namespace``,
+``repository``, ``email``), policy tests simulate such tokens with the preset's rules, and a role
+that routes allow must say who the caller is when anyone can get the issuer's tokens."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from builders import REPO
+
+from gateway.auth.presets import principal_for_issuer
+from gateway.policy.compiled import compile_policy
+from gateway.policy.decide import decide
+from gateway.policy.load import load_policy_data
+from gateway.policy.model import Policy
+from gateway.policy.shadow import shadow_principal
+from gateway.policy.simulate import SimulationError, principal_for, request_facts
+from gateway.policy.validate import validate_policy
+
+CLUSTER = "https://container.googleapis.com/v1/projects/p/locations/l/clusters/c"
+GATEWAY = "https://spangate.example"
+
+POLICY: dict[str, Any] = {
+    "version": 1,
+    "spanner": {"project": "p", "instance": "i", "database": "d"},
+    "issuers": {
+        "cluster": {"issuer": CLUSTER, "audience": GATEWAY, "preset": "kubernetes"},
+        "google": {
+            "issuer": "https://accounts.google.com",
+            "audience": GATEWAY,
+            "preset": "google",
+        },
+        "github": {
+            "issuer": "https://token.actions.githubusercontent.com",
+            "audience": GATEWAY,
+            "preset": "github-actions",
+        },
+    },
+    "identities": {"reader": {"database_role": "reader"}},
+    "roles": {
+        "payments": [{"issuer": "cluster", "claims": {"kubernetes.io.namespace": "payments"}}],
+        "deployer": [
+            {"issuer": "google", "claims": {"email": "deployer@shop.iam.gserviceaccount.com"}},
+            {
+                "issuer": "github",
+                "claims": {"repository": "octo-org/shop", "environment": "prod"},
+            },
+        ],
+    },
+    "queries": {
+        "get_thing": {
+            "identity": "reader",
+            "sql": "SELECT Id FROM Things WHERE Id = @id",
+            "params": {"id": {"type": "STRING"}},
+        },
+    },
+    "routes": [
+        {
+            "path": "/things/{id}",
+            "method": "GET",
+            "query": "get_thing",
+            "allow": ["payments", "deployer"],
+        },
+    ],
+}
+
+
+def policy(**roles: Any) -> dict[str, Any]:
+    data = copy.deepcopy(POLICY)
+    data["roles"].update(roles)
+    if roles:
+        data["routes"][0]["allow"] = [*data["routes"][0]["allow"], *roles]
+    return data
+
+
+def allowed(claims: dict[str, Any]) -> bool:
+    compiled = compile_policy(load_policy_data(policy(), base_dir=REPO))
+    principal = principal_for(compiled.model, claims)
+    return decide(compiled, request_facts("GET /things/t1"), principal).allow
+
+
+SA = {"iss": "cluster", "sub": "system:serviceaccount:payments:api"}
+
+
+def test_a_role_reads_the_nested_kubernetes_io_claims() -> None:
+    ns = {"namespace": "payments", "serviceaccount": {"name": "api", "uid": "u"}}
+    assert allowed({**SA, "kubernetes.io": ns})
+    other = {**ns, "namespace": "billing"}
+    assert not allowed(
+        {"iss": "cluster", "sub": "system:serviceaccount:billing:api", "kubernetes.io": other}
+    )
+
+
+def test_policy_tests_simulate_with_the_presets_rules() -> None:
+    model = Policy.model_validate(policy())
+    with pytest.raises(SimulationError, match="email-unverified"):
+        principal_for(model, {"iss": "google", "email": "a@b.example", "email_verified": False})
+    with pytest.raises(SimulationError, match="token-malformed"):
+        principal_for(model, {"iss": "cluster", "sub": "api"})
+    google = principal_for(
+        model,
+        {"iss": "google", "email": "deployer@shop.iam.gserviceaccount.com", "email_verified": True},
+    )
+    assert google.subject == "deployer@shop.iam.gserviceaccount.com"
+    assert allowed(
+        {"iss": "google", "email": "deployer@shop.iam.gserviceaccount.com", "email_verified": True}
+    )
+    gh = {"iss": "github", "sub": "repo:octo-org/shop:environment:prod"}
+    assert allowed({**gh, "repository": "octo-org/shop", "environment": "prod"})
+    assert not allowed({**gh, "repository": "octo-org/shop", "environment": "staging"})
+    assert not allowed({**gh, "repository": "evil/shop", "environment": "prod"})
+
+
+def findings(data: dict[str, Any]) -> list[tuple[Any, str]]:
+    return [(w, m) for w, m in validate_policy(Policy.model_validate(data)) if "test who" in m]
+
+
+def test_the_example_roles_say_who_the_caller_is() -> None:
+    assert findings(policy()) == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "issuers"),
+    [
+        ([{"authenticated": True}], {"google", "github"}),
+        ([{"issuer": "github"}], {"github"}),
+        ([{"issuer": "github", "claims": {"ref": "refs/heads/main"}}], {"github"}),
+        ([{"issuer": "github", "claims": {"repository": {"present": True}}}], {"github"}),
+        ([{"issuer": "google", "claims": {"email_verified": True}}], {"google"}),
+        ([{"claims": {"email": "x@p.iam.gserviceaccount.com"}}], {"github"}),
+    ],
+)
+def test_an_allow_role_open_to_anyone_with_a_token_is_a_load_error(
+    entries: list[dict[str, Any]], issuers: set[str]
+) -> None:
+    found = findings(policy(anyone=entries))
+    assert {w for w, _ in found} == {("roles", "anyone", 0)}
+    assert {m.split("issuer '")[1].split("'")[0] for _, m in found} == issuers
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [{"issuer": "cluster"}],  # the cluster's own tokens: only its workloads get them
+        [{"issuer": "github", "claims": {"repository_owner": "octo-org"}}],
+        [{"issuer": "github", "claims": {"sub": {"matches": "repo:octo-org/.*"}}}],
+        [{"issuer": "google", "claims": {"email": {"matches": ".*@shop.iam.gserviceaccount.com"}}}],
+        [{"issuer": "github", "claims": {"repository_id": ["1", "2"]}}],
+    ],
+)
+def test_pinned_or_closed_entries_pass(entries: list[dict[str, Any]]) -> None:
+    assert findings(policy(anyone=entries)) == []
+
+
+def test_deny_roles_are_not_checked() -> None:
+    data = policy()
+    data["roles"]["everyone"] = [{"authenticated": True}]
+    data["routes"][0]["deny"] = ["everyone"]
+    assert findings(data) == []
+
+
+def test_groups_mapped_onto_a_pin_claim_pin() -> None:
+    data = policy(owners=[{"issuer": "github", "groups": ["octo-org"]}])
+    assert findings(data) == []  # github-actions reads no groups: the entry never holds
+    data["issuers"]["github"]["claims"] = {"groups": "workflow"}
+    assert findings(data) != []  # now it does, and a workflow's name says nothing
+    data["issuers"]["github"]["claims"] = {"groups": "repository_owner"}
+    assert findings(data) == []
+
+
+def test_an_entry_on_groups_or_scopes_never_holds_for_workload_tokens() -> None:
+    # beside an Okta issuer, the usual roles need no issuer: workload tokens have no groups
+    data = policy(support=[{"groups": ["support"]}], agents=[{"scopes": ["orders.read"]}])
+    data["issuers"]["okta"] = {"issuer": "https://idp.example/oauth2/default", "audience": "api"}
+    assert findings(data) == []
+
+
+def test_a_shadow_policy_reads_the_token_with_its_own_preset() -> None:
+    live = Policy.model_validate(policy())
+    candidate_data = policy()
+    candidate_data["issuers"]["google"]["preset"] = "oidc"
+    candidate = Policy.model_validate(candidate_data)
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": GATEWAY,
+        "sub": "1085",
+        "email": "deployer@shop.iam.gserviceaccount.com",
+        "email_verified": True,
+    }
+    principal = principal_for_issuer("google", live.issuers["google"], claims)
+    assert principal.subject == "deployer@shop.iam.gserviceaccount.com"
+    shadow = shadow_principal(principal, live, candidate)
+    assert not isinstance(shadow, str) and shadow.subject == "1085"  # oidc: the sub
+    # and the other way: a candidate under google refuses an unverified email
+    unverified = principal_for_issuer(
+        "google", candidate.issuers["google"], {**claims, "email_verified": False}
+    )
+    assert shadow_principal(unverified, candidate, live) == "email-unverified"
