@@ -211,6 +211,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
     problems: list[PolicyProblem] = []
     warnings: list[PolicyProblem] = []
     shapes: dict[str, Shape] = {}
+    dialect = policy.model.spanner.dialect
     for name, query in policy.queries.items():
         identity = query.model.identity
         try:
@@ -240,7 +241,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
         pairs = [(c.name, c.type) for c in columns]
         for where, message in column_findings(name, query.model.mask, pairs):
             problems.append(_problem(policy, name, message, where))
-        for where, message in column_warnings(name, query.model, pairs):
+        for where, message in column_warnings(name, query.model, pairs, dialect):
             warnings.append(_problem(policy, name, message, where))
         for where, message in keyset_findings(name, query.model, pairs):
             problems.append(_problem(policy, name, message, where))
