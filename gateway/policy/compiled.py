@@ -18,7 +18,7 @@ from gateway.policy.reads import ClaimReads, claim_reads
 from gateway.policy.roles import RoleTable
 from gateway.policy.router import Router, template_params
 from gateway.policy.sqlscan import SqlInfo, scan_sql
-from gateway.policy.sqltoken import POSTGRESQL, Dialect
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = ["CompiledPolicy", "CompiledQuery", "CompiledRoute", "compile_policy", "wire_names"]
 
@@ -41,6 +41,7 @@ class CompiledQuery:
     # Each declared parameter's name on the wire: itself (GoogleSQL's @name), or p1..pN in
     # declared order (PostgreSQL's $1..$N, which Spanner binds as p1..pN).
     wire: Mapping[str, str] = field(default_factory=dict)
+    dialect: Dialect = GOOGLESQL  # the policy's spanner.dialect
 
     @property
     def is_dml(self) -> bool:
@@ -110,6 +111,7 @@ def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
             },
             paging=compile_paging(query, dialect),
             wire=wire_names(query.params, dialect),
+            dialect=dialect,
         )
         for name, query in policy.queries.items()
     }

@@ -1,0 +1,79 @@
+"""The database side of a PostgreSQL-dialect policy: `spangate grants` in the dialect's syntax,
+and `init-db`'s tables in the dialect (applied on the real emulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as gexc
+from spanner_stack import apply_ddl, make_database, query_rows
+
+from gateway.audit.spanner_sink import audit_table_ddl
+from gateway.dev.database import split_statements
+from gateway.policy.compiled import compile_policy
+from gateway.policy.load import load_policy
+from gateway.spanner import grants, idempotency
+from gateway.spanner.ddl import shipped_ddl
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"OKTA_ISSUER": "http://127.0.0.1:1/x"}
+
+
+def _policy() -> grants.CompiledPolicy:
+    return compile_policy(load_policy(REPO / "policy.example.postgresql.yaml", env=ENV))
+
+
+def _catalog() -> grants.Catalog:
+    text = (REPO / "dev" / "schema-postgresql.sql").read_text()
+    return grants.catalog_from_ddl(split_statements(text), "postgresql")
+
+
+def test_grants_are_written_in_the_postgresql_dialect() -> None:
+    catalog = _catalog()
+    statements = grants.ddl(grants.needs_of(_policy(), catalog), catalog, "postgresql")
+    assert statements == [
+        "CREATE ROLE shop_reader",
+        "GRANT SELECT(tenant_id, customer_id, name, email, created_at) ON TABLE customers "
+        "TO shop_reader",
+        "GRANT SELECT(tenant_id, order_id, customer_id, status, total_cents, currency, "
+        "created_at) ON TABLE orders TO shop_reader",
+        "GRANT SELECT(tenant_id, order_id, item_id, sku, quantity, unit_price_cents) ON TABLE "
+        "order_items TO shop_reader",
+        "CREATE ROLE shop_writer",
+        "GRANT INSERT ON TABLE orders TO shop_writer",
+        'GRANT SELECT("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt") ON '
+        'TABLE "SpangateIdempotency" TO shop_writer',
+        'GRANT INSERT ON TABLE "SpangateIdempotency" TO shop_writer',
+        'GRANT UPDATE ON TABLE "SpangateIdempotency" TO shop_writer',
+    ]
+
+
+def test_a_postgresql_schema_folds_unquoted_names_and_keeps_quoted_ones() -> None:
+    catalog = grants.catalog_from_ddl(
+        ['CREATE TABLE Orders (OrderId varchar NOT NULL, "Total" int8, PRIMARY KEY (OrderId))',
+         'CREATE TABLE "Mixed" (a int8 PRIMARY KEY)'],
+        "postgresql",
+    )  # fmt: skip
+    assert catalog.tables == {"orders": ("orderid", "Total"), "Mixed": ("a",)}
+
+
+def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) -> None:
+    statements = [*shipped_ddl(_policy()), audit_table_ddl("SpangateAudit", "postgresql")]
+    assert statements[0] == idempotency.PG_DDL[0]
+    make_database(demo_database, "pgddl", statements, dialect="postgresql")
+    tables = query_rows(
+        demo_database,
+        "pgddl",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+        "ORDER BY table_name",
+    )
+    assert tables == [["SpangateAudit"], ["SpangateIdempotency"]]
+
+
+def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
+    demo_database: str,
+) -> None:
+    make_database(demo_database, "pgroles", ["CREATE TABLE t (k int8 PRIMARY KEY)"], dialect="postgresql")
+    with pytest.raises(gexc.FailedPrecondition, match="Statement is not supported"):
+        apply_ddl(demo_database, "pgroles", ["CREATE ROLE shop_reader"])
