@@ -3,14 +3,18 @@ and `init-db`'s tables in the dialect (applied on the real emulator)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from spanner_stack import apply_ddl, make_database, query_rows
+from google.cloud.spanner_v1 import COMMIT_TIMESTAMP
+from spanner_stack import INSTANCE, PROJECT, apply_ddl, make_database, query_rows
 
-from gateway.audit.spanner_sink import audit_table_ddl
-from gateway.dev.database import split_statements
+from gateway.audit.spanner_sink import COLUMNS, audit_table_ddl
+from gateway.dev.database import emulator_client, split_statements
 from gateway.policy.compiled import compile_policy
 from gateway.policy.load import load_policy
 from gateway.spanner import grants, idempotency
@@ -69,6 +73,32 @@ def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) 
         "ORDER BY table_name",
     )
     assert tables == [["SpangateAudit"], ["SpangateIdempotency"]]
+    # The audit sink and the Idempotency-Key record write by mutations, naming them as in
+    # GoogleSQL (the quoted names keep their case), with a commit timestamp.
+    client = emulator_client(demo_database, project=PROJECT)
+    session = client.instance(INSTANCE).database("pgddl").session()
+    session.create()
+    row = ["i" * 32, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), COMMIT_TIMESTAMP, "r", None, None,
+           True, 200, "ok", None, None, None, "h" * 64, "{}"]  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    record = ["k" * 64, "q" * 64, "{}", COMMIT_TIMESTAMP, now + dt.timedelta(days=1)]
+
+    def write(transaction: Any) -> None:
+        transaction.insert("SpangateAudit", COLUMNS, [row])
+        transaction.insert(
+            idempotency.TABLE, ("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt"),
+            [record],
+        )  # fmt: skip
+
+    session.run_in_transaction(write)
+    with contextlib.suppress(Exception):
+        session.delete()
+    counts = query_rows(
+        demo_database,
+        "pgddl",
+        'SELECT (SELECT count(*) FROM "SpangateAudit"), (SELECT count(*) FROM "SpangateIdempotency")',
+    )
+    assert counts == [[1, 1]]
 
 
 def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
