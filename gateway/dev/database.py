@@ -99,8 +99,9 @@ def create_database(
     The instance is created (with ``instance_config``) when absent and kept when
     present. An existing database is dropped and recreated, so the result
     always holds exactly ``ddl`` and the rows of ``dml``. The DDL is applied in
-    the CreateDatabase call (PostgreSQL: by UpdateDatabaseDdl right after it, as
-    Spanner takes no extra statements with a PostgreSQL-dialect CreateDatabase);
+    the CreateDatabase call (PostgreSQL: by UpdateDatabaseDdl right after it, the
+    way Spanner's documentation creates PostgreSQL-dialect databases; the emulator
+    would take them in CreateDatabase too, measured);
     the DML statements run in one read-write transaction (all or nothing).
     Raises ``google.api_core.exceptions`` errors from the emulator, and
     RuntimeError when a DML statement fails.

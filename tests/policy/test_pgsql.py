@@ -311,3 +311,10 @@ def test_pagination_in_the_dialect() -> None:
         "LIMIT $2 is not the page size parameter: the statement must end with ORDER BY id "
         "(each ASC or DESC) LIMIT $4"
     )) in findings(bad, params=params, pagination=pagination)
+
+
+def test_the_mutation_count_reads_a_postgresql_insert() -> None:
+    from gateway.spanner.limits import insert_cells_per_row
+
+    sql = 'INSERT INTO "Orders" (a, b) VALUES ($1, $2), ($3, $4)'
+    assert insert_cells_per_row(sql) == (2, 2)
