@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,28 @@ def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
     make_database(demo_database, "pgroles", ["CREATE TABLE t (k int8 PRIMARY KEY)"], dialect="postgresql")
     with pytest.raises(gexc.FailedPrecondition, match="Statement is not supported"):
         apply_ddl(demo_database, "pgroles", ["CREATE ROLE shop_reader"])
+
+
+def test_the_init_db_and_grants_commands_on_a_postgresql_database(
+    demo_database: str, tmp_path: Path
+) -> None:
+    ddl = split_statements((REPO / "dev" / "schema-postgresql.sql").read_text())
+    make_database(demo_database, "pginit", ddl, dialect="postgresql")
+    env = {
+        **os.environ,
+        **ENV,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "SPANGATE_SPANNER_DATABASE": "pginit",
+    }
+    policy = str(REPO / "policy.example.postgresql.yaml")
+    run = [sys.executable, "-m", "gateway", "init-db", "--policy", policy]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "SpangateIdempotency: created" in first.stdout, first.stderr
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "SpangateIdempotency: exists" in again.stdout, again.stderr
+    # grants from the live schema (information_schema's 'public' tables) in the dialect
+    run = [sys.executable, "-m", "gateway", "grants", "--policy", policy]
+    printed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert "GRANT INSERT ON TABLE orders TO shop_writer;" in printed.stdout
+    assert 'ON TABLE "SpangateIdempotency" TO shop_writer;' in printed.stdout
