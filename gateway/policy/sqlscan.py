@@ -1,4 +1,9 @@
-"""What the gateway needs to know about a whitelisted GoogleSQL statement, read by a tokenizer.
+"""What the gateway needs to know about a whitelisted statement, read by a tokenizer.
+
+GoogleSQL is read here; a policy with ``spanner.dialect: postgresql`` has its statements read by
+``pgsql``'s tokenizer into the same tokens (``$k`` as the k-th declared parameter), and the rest
+below (kind, tables, one statement) applies alike, with ``RETURNING`` for ``THEN RETURN``. A
+``$1`` in a GoogleSQL statement is refused, saying which dialect to set.
 
 ``scan_sql`` never executes or fully parses SQL; it tokenizes it the way Spanner does, so that text
 inside string and bytes literals (``'…'``, ``"…"``, ``'''…'''``, ``\"\"\"…\"\"\"``, with
