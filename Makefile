@@ -45,8 +45,10 @@ $(INSPECTOR): dev/mcp-inspector/package-lock.json dev/mcp-inspector/package.json
 	npm ci --prefix dev/mcp-inspector --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# DIALECT=postgresql: the same shop in a PostgreSQL-dialect database (docs/postgresql.md).
+DIALECT ?= googlesql
 demo: setup
-	$(BIN)/spangate dev --policy policy.example.yaml
+	$(BIN)/spangate dev --dialect $(DIALECT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests dev/chart-tools $(wildcard bench)

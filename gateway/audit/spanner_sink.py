@@ -31,6 +31,7 @@ from google.cloud import spanner
 from gateway.audit.chain import canonical, event_hash, line_text, writable
 from gateway.audit.sinks import Sealed
 from gateway.policy.compiled import CompiledPolicy
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = ["COLUMNS", "DEADLINE_SECONDS", "SpannerSink", "audit_table_ddl", "policy_ddl"]
 
@@ -56,10 +57,29 @@ DEADLINE_SECONDS = 5.0  # one batch, all its attempts: past it the batch's reque
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 
 
-def audit_table_ddl(table: str) -> str:
-    """The CREATE TABLE statement of the audit table (GoogleSQL)."""
+def audit_table_ddl(table: str, dialect: Dialect = GOOGLESQL) -> str:
+    """The CREATE TABLE statement of the audit table, in ``dialect`` (PostgreSQL: the same
+    names, quoted, so the sink's mutations name it alike in both)."""
     if not _TABLE.match(table):
         raise ValueError(f"not a table name: {table!r}")
+    if dialect == POSTGRESQL:
+        return f"""CREATE TABLE IF NOT EXISTS "{table}" (
+  "InsertId"   varchar(32) NOT NULL,
+  "EventTime"  timestamptz NOT NULL,
+  "CommitTime" spanner.commit_timestamp NOT NULL,
+  "RequestId"  varchar(128) NOT NULL,
+  "Subject"    text,
+  "Query"      text,
+  "Allowed"    bool NOT NULL,
+  "Status"     int8 NOT NULL,
+  "Code"       text NOT NULL,
+  "ChainId"    varchar(16),
+  "Seq"        int8,
+  "PrevHash"   varchar(64),
+  "EventHash"  varchar(64) NOT NULL,
+  "Event"      text NOT NULL,
+  PRIMARY KEY ("InsertId")
+)"""
     return f"""CREATE TABLE IF NOT EXISTS {table} (
   InsertId   STRING(32) NOT NULL,
   EventTime  TIMESTAMP NOT NULL,
@@ -80,7 +100,9 @@ def audit_table_ddl(table: str) -> str:
 
 def policy_ddl(policy: CompiledPolicy) -> list[str]:
     """The audit table of the policy's Spanner sink, if it has one (for ``spangate init-db``)."""
-    return [audit_table_ddl(s.table) for s in policy.model.audit.sinks if s.type == "spanner"]
+    dialect = policy.model.spanner.dialect
+    sinks = policy.model.audit.sinks
+    return [audit_table_ddl(s.table, dialect) for s in sinks if s.type == "spanner"]
 
 
 def _time(text: str) -> dt.datetime:

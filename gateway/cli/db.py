@@ -27,8 +27,16 @@ from gateway.errors import PolicyError
 
 __all__ = ["check_on_database", "register"]
 
-_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?", re.I)
+_CREATE_TABLE = re.compile(
+    r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[`\"]?(\w+)[`\"]?", re.I
+)
 _DDL_TIMEOUT_SECONDS = 300.0
+# The roles of a database (``grants --check``): PostgreSQL's information_schema names the view
+# enabled_roles.
+_ROLES = {
+    "googlesql": "SELECT ROLE_NAME FROM INFORMATION_SCHEMA.ROLES",
+    "postgresql": "SELECT role_name FROM information_schema.enabled_roles",
+}
 
 
 def register(sub: Any) -> None:
@@ -79,14 +87,19 @@ def _rows(database: Any, sql: str) -> list[list[Any]]:
         return [list(row) for row in snapshot.execute_sql(sql)]
 
 
-def _live_catalog(database: Any) -> Any:
+def _schema(policy: Any) -> str:
+    """The INFORMATION_SCHEMA name of the default schema: '' (GoogleSQL), 'public' (PostgreSQL)."""
+    return "public" if policy.model.spanner.dialect == "postgresql" else ""
+
+
+def _live_catalog(database: Any, policy: Any) -> Any:
     from gateway.spanner.grants import Catalog
 
     tables: dict[str, list[str]] = {}
     for table, column in _rows(
         database,
-        "SELECT TABLE_NAME, COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "
-        "WHERE TABLE_SCHEMA = '' ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        "SELECT TABLE_NAME, COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "  # noqa: S608
+        f"WHERE TABLE_SCHEMA = '{_schema(policy)}' ORDER BY TABLE_NAME, ORDINAL_POSITION",
     ):
         tables.setdefault(table, []).append(column)
     return Catalog({t: tuple(c) for t, c in tables.items()})
@@ -107,10 +120,12 @@ def _grants(args: argparse.Namespace) -> int:
     database = None
     try:
         if args.schema is not None:
-            catalog = grants.catalog_from_ddl(split_statements(args.schema.read_text("utf-8")))
+            catalog = grants.catalog_from_ddl(
+                split_statements(args.schema.read_text("utf-8")), policy.model.spanner.dialect
+            )
         else:
             database = _database(settings, target)
-            catalog = _live_catalog(database)
+            catalog = _live_catalog(database, policy)
     except OSError as exc:
         return _fail(f"cannot read the schema: {exc}", 2)
     except gexc.GoogleAPICallError as exc:
@@ -121,7 +136,7 @@ def _grants(args: argparse.Namespace) -> int:
         return 0
     database = database or _database(settings, target)
     try:
-        roles = [r[0] for r in _rows(database, "SELECT ROLE_NAME FROM INFORMATION_SCHEMA.ROLES")]
+        roles = [r[0] for r in _rows(database, _ROLES[policy.model.spanner.dialect])]
         tables = _rows(
             database,
             "SELECT GRANTEE, TABLE_NAME, PRIVILEGE_TYPE FROM INFORMATION_SCHEMA.TABLE_PRIVILEGES",
@@ -172,7 +187,7 @@ def _print_ddl(policy: Any, needs: Any, catalog: Any) -> None:
         )
         for name in sorted(need.unknown_tables):
             print(f"-- (table {name} is not in the schema: no grant for it)")
-        for statement in grants.ddl({role: need}, catalog):
+        for statement in grants.ddl({role: need}, catalog, policy.model.spanner.dialect):
             print(f"{statement};")
 
 
@@ -196,7 +211,9 @@ def _init_db(args: argparse.Namespace) -> int:
         existing = {
             row[0].upper()
             for row in _rows(
-                database, "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = ''"
+                database,
+                "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES "  # noqa: S608
+                f"WHERE TABLE_SCHEMA = '{_schema(policy)}'",
             )
         }
         todo = []

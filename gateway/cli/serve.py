@@ -32,7 +32,17 @@ def register(sub: Any) -> None:
     dev = sub.add_parser(
         "dev", help="run the demo: emulator, OpenID provider and gateway, with tokens to try"
     )
-    dev.add_argument("--policy", type=Path, default=Path("policy.example.yaml"))
+    dev.add_argument(
+        "--policy",
+        type=Path,
+        help="the policy to serve (default: policy.example.yaml, or policy.example.postgresql.yaml "
+        "with --dialect postgresql)",
+    )
+    dev.add_argument(
+        "--dialect",
+        choices=["googlesql", "postgresql"],
+        help="the demo database's SQL dialect (default: the policy's spanner.dialect)",
+    )
     dev.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     dev.add_argument("--repo", type=Path, default=Path("."), help="repository root (dev/ lives there)")
     dev.set_defaults(handler=_dev)
@@ -74,4 +84,4 @@ def _serve(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from gateway.dev.demo import run_demo
 
-    return run_demo(policy=args.policy, port=args.port, repo=args.repo)
+    return run_demo(policy=args.policy, port=args.port, repo=args.repo, dialect=args.dialect)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_INSTANCE_CONFIG",
+    "PG_SCHEMA_FILE",
+    "PG_SEED_FILE",
     "SCHEMA_FILE",
     "SEED_FILE",
     "create_database",
@@ -35,6 +37,8 @@ DEFAULT_INSTANCE_CONFIG: Final = "emulator-config"
 
 SCHEMA_FILE: Final = Path("dev/schema.sql")
 SEED_FILE: Final = Path("dev/seed.sql")
+PG_SCHEMA_FILE: Final = Path("dev/schema-postgresql.sql")  # the same shop, PostgreSQL dialect
+PG_SEED_FILE: Final = Path("dev/seed-postgresql.sql")
 
 # Admin long-running operations finish at once on the emulator; this only
 # bounds a hung call.
@@ -87,15 +91,20 @@ def create_database(
     ddl: Sequence[str],
     dml: Sequence[str] = (),
     instance_config: str = DEFAULT_INSTANCE_CONFIG,
+    dialect: str = "googlesql",
 ) -> None:
-    """Create ``projects/{project}/instances/{instance}/databases/{database}`` afresh.
+    """Create ``projects/{project}/instances/{instance}/databases/{database}`` afresh, in
+    ``dialect`` (``googlesql`` or ``postgresql``).
 
     The instance is created (with ``instance_config``) when absent and kept when
     present. An existing database is dropped and recreated, so the result
     always holds exactly ``ddl`` and the rows of ``dml``. The DDL is applied in
-    the CreateDatabase call; the DML statements run in one read-write
-    transaction (all or nothing). Raises ``google.api_core.exceptions`` errors
-    from the emulator, and RuntimeError when a DML statement fails.
+    the CreateDatabase call (PostgreSQL: by UpdateDatabaseDdl right after it, the
+    way Spanner's documentation creates PostgreSQL-dialect databases; the emulator
+    would take them in CreateDatabase too, measured);
+    the DML statements run in one read-write transaction (all or nothing).
+    Raises ``google.api_core.exceptions`` errors from the emulator, and
+    RuntimeError when a DML statement fails.
     """
     from google.rpc import code_pb2
 
@@ -109,10 +118,17 @@ def create_database(
         if not inst.exists():
             inst.create().result(timeout=_ADMIN_TIMEOUT_S)
 
-        db = inst.database(database, ddl_statements=list(ddl))
+        if dialect == "postgresql":
+            from google.cloud.spanner_admin_database_v1 import DatabaseDialect
+
+            db = inst.database(database, database_dialect=DatabaseDialect.POSTGRESQL)
+        else:
+            db = inst.database(database, ddl_statements=list(ddl))
         if db.exists():
             db.drop()
         db.create().result(timeout=_ADMIN_TIMEOUT_S)
+        if dialect == "postgresql" and ddl:
+            db.update_ddl(list(ddl)).result(timeout=_ADMIN_TIMEOUT_S)
         if not dml:
             return
 
@@ -193,12 +209,15 @@ def split_statements(sql_text: str) -> list[str]:
     return [s.strip() for s in statements if s.strip()]
 
 
-def load_demo_sql(repo_dir: Path) -> tuple[list[str], list[str]]:
-    """Return ``(ddl, dml)``: the statements of ``dev/schema.sql`` and ``dev/seed.sql``.
+def load_demo_sql(repo_dir: Path, dialect: str = "googlesql") -> tuple[list[str], list[str]]:
+    """Return ``(ddl, dml)``: the statements of ``dev/schema.sql`` and ``dev/seed.sql``, or of
+    ``dev/schema-postgresql.sql`` and ``dev/seed-postgresql.sql`` for ``dialect`` postgresql.
 
     Paths are relative to ``repo_dir`` (the repository root). Raises
     FileNotFoundError when either file is missing.
     """
-    ddl = split_statements((repo_dir / SCHEMA_FILE).read_text(encoding="utf-8"))
-    dml = split_statements((repo_dir / SEED_FILE).read_text(encoding="utf-8"))
+    pg = dialect == "postgresql"
+    schema, seed = (PG_SCHEMA_FILE, PG_SEED_FILE) if pg else (SCHEMA_FILE, SEED_FILE)
+    ddl = split_statements((repo_dir / schema).read_text(encoding="utf-8"))
+    dml = split_statements((repo_dir / seed).read_text(encoding="utf-8"))
     return ddl, dml

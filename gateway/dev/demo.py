@@ -1,7 +1,9 @@
 """``spangate dev`` (``make demo``): the whole stack on this machine, with tokens to try.
 
 Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), creates the demo
-database from ``dev/schema.sql`` and ``dev/seed.sql``, starts the repository's OpenID provider with
+database from ``dev/schema.sql`` and ``dev/seed.sql`` (in the policy's ``spanner.dialect``: the
+PostgreSQL shop is ``dev/schema-postgresql.sql`` and ``dev/seed-postgresql.sql``, served with
+``policy.example.postgresql.yaml`` by ``--dialect postgresql``), starts the repository's OpenID provider with
 fresh keys and a redis-server on a free loopback port for the budgets (unless SPANGATE_REDIS_URL
 names one), serves the policy with uvicorn, and prints a curl line per persona, and for MCP a
 ``.mcp.json`` with the order-agent's token and a curl line for ``tools/list``. Ctrl-C stops every
@@ -109,7 +111,18 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(*, policy: Path, port: int, repo: Path) -> int:
+DEFAULT_POLICIES = {
+    "googlesql": Path("policy.example.yaml"),
+    "postgresql": Path("policy.example.postgresql.yaml"),
+}
+
+
+def run_demo(
+    *, policy: Path | None, port: int, repo: Path, dialect: str | None = None
+) -> int:
+    """The demo on ``policy`` (default: the example policy of ``dialect``, GoogleSQL's when
+    None); its database in the policy's dialect, which ``dialect`` (when given) must be."""
+    policy = policy or DEFAULT_POLICIES[dialect or "googlesql"]
     repo = repo.resolve()
     # SIGTERM must stop what the demo started, as Ctrl-C does: uvicorn re-raises the signal it
     # caught after shutting down, and the default SIGTERM action would end the process before
@@ -158,7 +171,6 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             settings = settings.model_copy(update={"cursor_keys": SecretStr(cursor_key)})
         from gateway.runtime import build_gateway, load_compiled, spanner_target
 
-        ddl, dml = load_demo_sql(repo)
         env = dict(os.environ)
         keys = run_dir / "idp-keys.json"
         write_signing_keys(keys)
@@ -167,6 +179,15 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
         _say(f"OpenID provider at {idp.issuer} (pid {idp.pid})")
         compiled = load_compiled(settings.policy, env)
         target = spanner_target(settings, compiled)
+        wanted = compiled.model.spanner.dialect
+        if dialect is not None and dialect != wanted:
+            print(
+                f"spangate dev: --dialect {dialect}, but {policy}'s statements are {wanted} "
+                f"(spanner.dialect): give a {dialect} policy, or leave --policy out",
+                file=sys.stderr,
+            )
+            return 2
+        ddl, dml = load_demo_sql(repo, wanted)
         # The demo schema plus the gateway's own tables (what `spangate init-db` creates).
         create_database(
             emulator_host,
@@ -175,10 +196,11 @@ def run_demo(*, policy: Path, port: int, repo: Path) -> int:
             database=target.database,
             ddl=[*ddl, *shipped_ddl(compiled)],
             dml=dml,
+            dialect=wanted,
         )
         _say(
-            f"database {target.project}/{target.instance}/{target.database}: demo schema, "
-            "seed and the gateway's tables applied"
+            f"database {target.project}/{target.instance}/{target.database} ({wanted}): demo "
+            "schema, seed and the gateway's tables applied"
         )
         app = build_gateway(settings, env=env)
         base = f"http://{settings.host}:{settings.port}"

@@ -24,13 +24,14 @@ value must match), ``enum``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import Forbidden, ParameterError
 from gateway.policy.model import Pagination, Param
 from gateway.policy.regex import Regex, compile_regex
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
 __all__ = ["Bound", "ParamSpec", "bind_params", "compile_param", "ignored_values"]
@@ -75,11 +76,23 @@ def _ordered(value: Any) -> Any:
     return (value.value, value.nanos) if isinstance(value, SpannerTimestamp) else value
 
 
-def compile_param(name: str, param: Param, pagination: Pagination | None = None) -> ParamSpec:
+def compile_param(
+    name: str,
+    param: Param,
+    pagination: Pagination | None = None,
+    dialect: Dialect = GOOGLESQL,
+) -> ParamSpec:
     """Pre-coerce a param's constraints; the validator has already checked they fit the type.
-    The page size parameter takes its bounds from ``pagination``."""
+    The page size parameter takes its bounds from ``pagination``. In a PostgreSQL-dialect
+    policy a NUMERIC takes PG.NUMERIC's values (``ParamType.pg_numeric``)."""
     ptype = param.ptype
-    element = ParamType(ptype.element) if ptype.is_array and ptype.element else ptype
+    if dialect == POSTGRESQL:
+        ptype = replace(ptype, pg_numeric=True)
+    element = (
+        ParamType(ptype.element, pg_numeric=ptype.pg_numeric)
+        if ptype.is_array and ptype.element
+        else ptype
+    )
 
     def pre(value: Any) -> Any:
         return None if value is None else coerce(element, value, from_text=False)

@@ -6,8 +6,8 @@ with while a reload swaps in a new one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.policy.bind import ParamSpec, compile_param
@@ -18,8 +18,17 @@ from gateway.policy.reads import ClaimReads, claim_reads
 from gateway.policy.roles import RoleTable
 from gateway.policy.router import Router, template_params
 from gateway.policy.sqlscan import SqlInfo, scan_sql
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
-__all__ = ["CompiledPolicy", "CompiledQuery", "CompiledRoute", "compile_policy"]
+__all__ = ["CompiledPolicy", "CompiledQuery", "CompiledRoute", "compile_policy", "wire_names"]
+
+
+def wire_names(params: Iterable[str], dialect: Dialect) -> dict[str, str]:
+    """Declared parameter -> its name on the wire: GoogleSQL binds ``@name`` as ``name``,
+    Spanner's PostgreSQL dialect binds ``$k`` as ``pk``."""
+    if dialect == POSTGRESQL:
+        return {name: f"p{k}" for k, name in enumerate(params, start=1)}
+    return {name: name for name in params}
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,10 @@ class CompiledQuery:
     sql: SqlInfo
     params: Mapping[str, ParamSpec]
     paging: Paging | None = None  # keyset pagination (``pagination:``)
+    # Each declared parameter's name on the wire: itself (GoogleSQL's @name), or p1..pN in
+    # declared order (PostgreSQL's $1..$N, which Spanner binds as p1..pN).
+    wire: Mapping[str, str] = field(default_factory=dict)
+    dialect: Dialect = GOOGLESQL  # the policy's spanner.dialect
 
     @property
     def is_dml(self) -> bool:
@@ -86,15 +99,19 @@ class CompiledPolicy:
 def compile_policy(loaded: LoadedPolicy) -> CompiledPolicy:
     """Compile a policy that ``load_policy`` has already validated."""
     policy = loaded.policy
+    dialect = policy.spanner.dialect
     queries = {
         name: CompiledQuery(
             name=name,
             model=query,
-            sql=scan_sql(query.sql),
+            sql=scan_sql(query.sql, dialect, tuple(query.params)),
             params={
-                p: compile_param(p, spec, query.pagination) for p, spec in query.params.items()
+                p: compile_param(p, spec, query.pagination, dialect)
+                for p, spec in query.params.items()
             },
-            paging=compile_paging(query),
+            paging=compile_paging(query, dialect),
+            wire=wire_names(query.params, dialect),
+            dialect=dialect,
         )
         for name, query in policy.queries.items()
     }

@@ -49,6 +49,7 @@ from gateway.policy.source import (
     merge_documents,
     read_documents,
 )
+from gateway.policy.sqltoken import DIALECTS, GOOGLESQL
 from gateway.policy.validate import Salvage, Where, policy_warnings, validate_policy
 
 __all__ = ["LoadedPolicy", "Position", "dotted", "interpolate", "load_policy", "load_policy_data"]
@@ -135,9 +136,16 @@ def _salvage(data: dict[str, Any]) -> tuple[Policy, Salvage]:
         if isinstance(raw_redact, list) and all(isinstance(r, str) for r in raw_redact):
             redact = raw_redact
         audit = Audit.model_construct(redact=redact)
+    raw_spanner = data.get("spanner")
+    dialect = raw_spanner.get("dialect") if isinstance(raw_spanner, dict) else None
     policy = Policy.model_construct(  # never served: only cross-checked, spanner unused
         version=1,
-        spanner=SpannerTarget.model_construct(project="", instance="", database=""),
+        spanner=SpannerTarget.model_construct(  # its dialect reads the statements
+            project="",
+            instance="",
+            database="",
+            dialect=dialect if dialect in DIALECTS else GOOGLESQL,
+        ),
         issuers=kept["issuers"],
         identities=kept["identities"],
         roles=kept["roles"],

@@ -38,6 +38,7 @@ from gateway.policy.constraints import Finding, Where
 from gateway.policy.model import Mask, Policy, Query
 from gateway.policy.selectlist import result_columns, result_items, set_from_params
 from gateway.policy.sqlscan import SqlInfo
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = [
     "MaskVerdict",
@@ -110,6 +111,7 @@ def mask_findings(
     query: Query,
     info: SqlInfo | None,
     unknown_role: Callable[[str], str | None],
+    dialect: Dialect = GOOGLESQL,
 ) -> list[Finding]:
     """What is wrong with the masks of query ``name`` as written (``info``: its scanned SQL, or
     None when it did not scan); ``unknown_role`` gives the message for an unknown role name."""
@@ -128,11 +130,12 @@ def mask_findings(
     if info.kind == "dml" and not info.returning:
         for column in query.mask:
             found.append(((*where, column), (
-                f"query {name} is DML without THEN RETURN: it returns no rows, so there is no "
+                f"query {name} is DML without {_returning(dialect)}: it returns no rows, so there "
+                f"is no "
                 f"column {column} to mask"
             )))
         return found
-    columns = result_columns(query.sql)
+    columns = result_columns(query.sql, dialect)
     if columns is None:  # SELECT *, or items the text alone does not name: Spanner decides
         return found
     for column in query.mask:
@@ -187,16 +190,25 @@ def _case_twins(
     return found
 
 
-def mask_warnings(name: str, query: Query, masks_by_domain: dict[str, list[str]]) -> list[Finding]:
+def _returning(dialect: Dialect) -> str:
+    return "RETURNING" if dialect == POSTGRESQL else "THEN RETURN"
+
+
+def mask_warnings(
+    name: str,
+    query: Query,
+    masks_by_domain: dict[str, list[str]],
+    dialect: Dialect = GOOGLESQL,
+) -> list[Finding]:
     """What the masks of query ``name`` may not mean, read from its text (see the module doc);
     ``masks_by_domain``: each hash domain's masks as ``query.column``."""
     if not query.mask:
         return []
-    items = result_items(query.sql)
+    items = result_items(query.sql, dialect)
     if items is None:
         return []
     found = _case_twins(name, query.mask, [item.name for item in items])
-    fed = set_from_params(query.sql)
+    fed = set_from_params(query.sql, dialect)
     for column, mask in query.mask.items():
         if mask.with_ != "hash":
             continue
@@ -233,10 +245,10 @@ def hash_domains(policy: Policy) -> dict[str, list[str]]:
 
 
 def column_warnings(
-    name: str, query: Query, columns: Sequence[tuple[str, str]]
+    name: str, query: Query, columns: Sequence[tuple[str, str]], dialect: Dialect = GOOGLESQL
 ) -> list[Finding]:
     """The case rule of ``mask_warnings`` on the analysed ``columns`` (name, type), for a
     statement whose text does not name its columns (else the loader has warned already)."""
-    if not query.mask or result_columns(query.sql) is not None:
+    if not query.mask or result_columns(query.sql, dialect) is not None:
         return []
     return _case_twins(name, query.mask, [c for c, _ in columns])

@@ -27,6 +27,7 @@ from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
 from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate
 from gateway.policy.regex import compile_regex
+from gateway.policy.sqltoken import GOOGLESQL, Dialect
 from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
@@ -121,6 +122,13 @@ class SpannerTarget(_Strict):
     project: str = Field(min_length=1)
     instance: str = Field(min_length=1)
     database: str = Field(min_length=1)
+    dialect: Dialect = Field(
+        GOOGLESQL,
+        description="The database's SQL dialect, which the statements are written in: "
+        "googlesql (@name parameters) or postgresql ($1..$N, the query's params in the order "
+        "declared). The gateway asks the database for its dialect at start-up (and `policy "
+        "check --database`) and refuses to serve when they differ.",
+    )
 
 
 class Introspection(_Strict):

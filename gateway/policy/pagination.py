@@ -37,6 +37,7 @@ from gateway.policy.constraints import Finding, Where
 from gateway.policy.model import KEYSET_TYPES, Policy, Query
 from gateway.policy.selectlist import result_columns
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, Token, statement_tokens
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = [
     "CURSOR_ARGUMENT",
@@ -114,10 +115,11 @@ def _path_name(item: Sequence[Token]) -> str | None:
     return item[-1].text
 
 
-def read_order(sql: str) -> Order:
-    """The statement's top-level ``ORDER BY … LIMIT @p`` (see ``Order``)."""
+def read_order(sql: str, dialect: Dialect = GOOGLESQL, params: Sequence[str] = ()) -> Order:
+    """The statement's top-level ``ORDER BY … LIMIT @p`` (PostgreSQL: ``LIMIT $k``, read as the
+    k-th of ``params``; see ``Order``)."""
     try:
-        tokens = statement_tokens(sql)
+        tokens = statement_tokens(sql, dialect, params)
     except SqlProblem as exc:
         return Order(problem=str(exc))
     depths = _depths(tokens)
@@ -154,13 +156,26 @@ def read_order(sql: str) -> Order:
         order.append((name, direction))
     rest = tokens[end:]
     if len(rest) != 2 or not rest[0].is_word("LIMIT") or rest[1].kind != "param":
-        shown = " ".join(t.text if t.kind != "param" else "@" + t.text for t in rest)
+        shown = " ".join(_shown(t, dialect, params) for t in rest)
         ending = f"it ends with {shown}" if shown else "it has no LIMIT"
         return Order(tuple(order), problem=f"{ending} after its ORDER BY")
     return Order(tuple(order), limit=rest[1].text)
 
 
-def compile_paging(query: Query) -> Paging | None:
+def _shown(tok: Token, dialect: Dialect, params: Sequence[str]) -> str:
+    if tok.kind != "param":
+        return tok.text
+    return _placeholder(tok.text, dialect, params)
+
+
+def _placeholder(name: str, dialect: Dialect, params: Sequence[str]) -> str:
+    """How a statement refers to parameter ``name``: ``@name``, or PostgreSQL's ``$k``."""
+    if dialect != POSTGRESQL:
+        return "@" + name
+    return f"${list(params).index(name) + 1}" if name in params else name
+
+
+def compile_paging(query: Query, dialect: Dialect = GOOGLESQL) -> Paging | None:
     """The query's ``Paging``, or None without ``pagination`` (a policy the loader accepted)."""
     pagination = query.pagination
     if pagination is None:
@@ -169,7 +184,8 @@ def compile_paging(query: Query) -> Paging | None:
         p.cursor_column: name for name, p in query.params.items() if p.cursor_column is not None
     }
     page = next((name for name, p in query.params.items() if p.is_page_size), "")
-    order = {name.casefold(): direction for name, direction in read_order(query.sql).items}
+    read = read_order(query.sql, dialect, tuple(query.params))
+    order = {name.casefold(): direction for name, direction in read.items}
     keyset = tuple(pagination.keyset)
     directions = tuple(order.get(c.casefold(), "ASC") for c in keyset)
     params = tuple(by_column.get(c, "") for c in keyset)
@@ -192,7 +208,9 @@ def _hint(name: str, choices: Sequence[str]) -> str:
     return did_you_mean(name, [c for c in choices if c])
 
 
-def pagination_findings(name: str, query: Query, info: SqlInfo | None) -> list[Finding]:
+def pagination_findings(
+    name: str, query: Query, info: SqlInfo | None, dialect: Dialect = GOOGLESQL
+) -> list[Finding]:
     """What is wrong with the pagination of query ``name`` as written (``info``: its scanned
     SQL, or None when it did not scan)."""
     found: list[Finding] = []
@@ -212,7 +230,7 @@ def pagination_findings(name: str, query: Query, info: SqlInfo | None) -> list[F
     if info is not None and info.kind == "dml":
         found.append((at, (
             f"query {name} is DML: pagination pages through what a read returns (a write's "
-            "THEN RETURN rows come back whole)"
+            f"{'RETURNING' if dialect == POSTGRESQL else 'THEN RETURN'} rows come back whole)"
         )))
         return found
     if "cursor" in query.params:
@@ -261,7 +279,7 @@ def pagination_findings(name: str, query: Query, info: SqlInfo | None) -> list[F
     if page is None:
         found.append(((*at, "page_size"), (
             "no parameter carries the page size: declare one (type: INT64, from: page_size) and "
-            "end the statement with LIMIT @it"
+            f"end the statement with LIMIT {'$<its number>' if dialect == POSTGRESQL else '@it'}"
         )))
     for extra in page_params[1:]:
         found.append(((*where, "params", extra, "from"), (
@@ -284,8 +302,10 @@ def pagination_findings(name: str, query: Query, info: SqlInfo | None) -> list[F
         )))
     if info is None:
         return found
-    order = read_order(query.sql)
-    wanted = f"ORDER BY {', '.join(keyset)} (each ASC or DESC) LIMIT @{page or '<page size>'}"
+    declared = tuple(query.params)
+    order = read_order(query.sql, dialect, declared)
+    limit = _placeholder(page, dialect, declared) if page else "@<page size>"
+    wanted = f"ORDER BY {', '.join(keyset)} (each ASC or DESC) LIMIT {limit}"
     if order.problem is not None:
         found.append(((*where, "sql"), (
             f"query {name} pages by keyset: its statement must end with {wanted}, but "
@@ -299,10 +319,10 @@ def pagination_findings(name: str, query: Query, info: SqlInfo | None) -> list[F
         )))
     elif page is not None and order.limit != page:
         found.append(((*where, "sql"), (
-            f"LIMIT @{order.limit} is not the page size parameter: the statement must end "
-            f"with {wanted}"
+            f"LIMIT {_placeholder(order.limit or '', dialect, declared)} is not the page size "
+            f"parameter: the statement must end with {wanted}"
         )))
-    columns = result_columns(query.sql)
+    columns = result_columns(query.sql, dialect)
     if columns is not None:
         for k, column in enumerate(keyset):
             if column not in columns:

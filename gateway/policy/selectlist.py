@@ -2,12 +2,17 @@
 
 ``result_columns`` reads the select list of a query's outermost SELECT (after its WITH clause;
 the first SELECT of a UNION, INTERSECT or EXCEPT, which names the result), or the list after
-``THEN RETURN`` of DML, with ``sqlscan``'s tokenizer. Spanner names a result column:
+``THEN RETURN`` of DML (PostgreSQL: ``RETURNING``), with ``sqlscan``'s tokenizer of the policy's
+dialect. Spanner names a result column:
 
 - ``expr AS name``: ``name``, as written;
 - a bare column or path (``Email``, ``c.Email``, a backtick-quoted one): its last part, as
   written (``email`` stays ``email``, measured on the emulator);
-- any other expression: no name (the gateway refuses such a column when it analyses the policy).
+- any other expression: no name (the gateway refuses such a column when it analyses the policy);
+  PostgreSQL names it itself (``?column?``, a function's name): not read from the text.
+
+In the PostgreSQL dialect an unquoted name is folded to lower case (``SELECT OrderId`` returns
+``orderid``) and a ``"quoted"`` one keeps its case (``AS "OrderId"``).
 
 Answered only when every item is one of these, recognised without doubt; ``None`` otherwise: a
 ``*`` (its columns are the table's, which only Spanner knows), ``SELECT AS STRUCT|VALUE``, a
@@ -24,6 +29,7 @@ import itertools
 from dataclasses import dataclass
 
 from gateway.policy.sqlscan import SqlProblem, Token, statement_tokens
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = ["ResultItem", "result_columns", "result_items", "set_from_params"]
 
@@ -93,7 +99,14 @@ def _select_list(tokens: list[Token], depths: list[int]) -> tuple[int, int] | No
     return i, end
 
 
-def _returning_list(tokens: list[Token], depths: list[int]) -> tuple[int, int] | None:
+def _returning_list(
+    tokens: list[Token], depths: list[int], dialect: Dialect
+) -> tuple[int, int] | None:
+    if dialect == POSTGRESQL:
+        for k, tok in enumerate(tokens):
+            if depths[k] == 0 and tok.is_word("RETURNING"):
+                return k + 1, len(tokens)
+        return len(tokens), len(tokens)
     for k in range(len(tokens) - 1):
         if depths[k] == 0 and tokens[k].is_word("THEN") and tokens[k + 1].is_word("RETURN"):
             start = k + 2
@@ -147,18 +160,18 @@ def _source(item: list[Token]) -> str | None:
     return expression[-1].text if expression and _is_path(expression) else None
 
 
-def result_columns(sql: str) -> tuple[str, ...] | None:
+def result_columns(sql: str, dialect: Dialect = GOOGLESQL) -> tuple[str, ...] | None:
     """The result column names of ``sql`` read from its text (see the module doc), or None."""
-    items = result_items(sql)
+    items = result_items(sql, dialect)
     return None if items is None else tuple(item.name for item in items)
 
 
-def result_items(sql: str) -> tuple[ResultItem, ...] | None:
+def result_items(sql: str, dialect: Dialect = GOOGLESQL) -> tuple[ResultItem, ...] | None:
     """The items of ``sql``'s result list, where the text decides every name (as
     ``result_columns``), or None: each item's name, the column a bare path names, and whether
     its expression holds a parameter."""
     try:
-        tokens = statement_tokens(sql)
+        tokens = statement_tokens(sql, dialect)
     except SqlProblem:
         return None
     depths = _depths(tokens)
@@ -168,7 +181,7 @@ def result_items(sql: str) -> tuple[ResultItem, ...] | None:
     if at >= len(tokens):
         return None
     if tokens[at].is_word("INSERT", "UPDATE", "DELETE"):
-        span = _returning_list(tokens, depths)
+        span = _returning_list(tokens, depths, dialect)
     else:
         span = _select_list(tokens, depths)
     if span is None:
@@ -192,8 +205,8 @@ def result_items(sql: str) -> tuple[ResultItem, ...] | None:
     out = []
     for item in items:
         name = _name(item)
-        if name is None:
-            return None
+        if name is None or (name == "" and dialect == POSTGRESQL):
+            return None  # PostgreSQL names expressions itself (?column?, a function's name)
         has_param = any(tok.kind == "param" for tok in item)
         out.append(ResultItem(name, _source(item), has_param))
     return tuple(out)
@@ -267,12 +280,12 @@ def _update_targets(tokens: list[Token], depths: list[int], at: int) -> set[str]
     return found
 
 
-def set_from_params(sql: str) -> frozenset[str]:
+def set_from_params(sql: str, dialect: Dialect = GOOGLESQL) -> frozenset[str]:
     """The columns (upper case: Spanner's names are case-insensitive) that DML ``sql`` sets to
     a value holding a parameter: an INSERT's VALUES, an UPDATE's SET. Empty for a query, or
     when the text cannot be read."""
     try:
-        tokens = statement_tokens(sql)
+        tokens = statement_tokens(sql, dialect)
     except SqlProblem:
         return frozenset()
     depths = _depths(tokens)

@@ -1,4 +1,9 @@
-"""What the gateway needs to know about a whitelisted GoogleSQL statement, read by a tokenizer.
+"""What the gateway needs to know about a whitelisted statement, read by a tokenizer.
+
+GoogleSQL is read here; a policy with ``spanner.dialect: postgresql`` has its statements read by
+``pgsql``'s tokenizer into the same tokens (``$k`` as the k-th declared parameter), and the rest
+below (kind, tables, one statement) applies alike, with ``RETURNING`` for ``THEN RETURN``. A
+``$1`` in a GoogleSQL statement is refused, saying which dialect to set.
 
 ``scan_sql`` never executes or fully parses SQL; it tokenizes it the way Spanner does, so that text
 inside string and bytes literals (``'…'``, ``"…"``, ``'''…'''``, ``\"\"\"…\"\"\"``, with
@@ -39,11 +44,25 @@ from __future__ import annotations
 
 import itertools
 import re
-import unicodedata
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["SqlInfo", "SqlProblem", "Token", "scan_sql", "statement_tokens"]
+from gateway.policy.sqltoken import (
+    DIGITS,
+    GOOGLESQL,
+    IDENT_CHARS,
+    IDENT_START,
+    POSTGRESQL,
+    Dialect,
+    SqlInfo,
+    SqlProblem,
+    Token,
+    fail,
+    number_end,
+    refuse_unclear_characters,
+)
+
+__all__ = ["Dialect", "SqlInfo", "SqlProblem", "Token", "scan_sql", "statement_tokens"]
 
 _QUERY_START = frozenset({"SELECT", "WITH"})
 _DML_START = frozenset({"INSERT", "UPDATE", "DELETE"})
@@ -54,79 +73,10 @@ _CLAUSE_WORDS = frozenset(
         "WHERE", "JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "OUTER", "ON", "USING",
         "GROUP", "ORDER", "LIMIT", "OFFSET", "UNION", "INTERSECT", "EXCEPT", "HAVING", "WINDOW",
         "QUALIFY", "TABLESAMPLE", "SET", "VALUES", "SELECT", "THEN", "FOR", "WITH",
+        "RETURNING",
     }
 )
-_IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
-_IDENT_CHARS = _IDENT_START | frozenset("0123456789")
-_DIGITS = frozenset("0123456789")
 _LINE_END = re.compile(r"[\r\n]")  # ZetaSQL: a comment ends at \r, \n or \r\n
-_NOT_PLAIN = re.compile(r"[^\t\n\x20-\x7e]")  # the characters to look at more closely
-_REFUSED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_CONTROL_NAMES = {
-    "\r": "CARRIAGE RETURN",
-    "\x0b": "LINE TABULATION",
-    "\x0c": "FORM FEED",
-    "\x85": "NEXT LINE",
-    "\x00": "NULL",
-}
-
-TokenKind = Literal["word", "quoted", "string", "number", "param", "sysvar", "hint", "punct"]
-
-
-class SqlProblem(ValueError):
-    """A statement the gateway refuses to whitelist; ``offset`` is where, when known."""
-
-    def __init__(self, message: str, *, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = offset
-
-
-@dataclass(frozen=True)
-class SqlInfo:
-    params: tuple[str, ...]
-    kind: Literal["query", "dml"]
-    returning: bool
-    tables: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: TokenKind
-    text: str  # a word as written, a quoted identifier unquoted, a parameter's name, a punct char
-    pos: int
-
-    def is_word(self, *words: str) -> bool:
-        return self.kind == "word" and self.text.upper() in words
-
-    def is_punct(self, char: str) -> bool:
-        return self.kind == "punct" and self.text == char
-
-
-def _where(sql: str, pos: int) -> str:
-    line = sql.count("\n", 0, pos) + 1
-    column = pos - (sql.rfind("\n", 0, pos) + 1) + 1
-    return f"line {line}, column {column}"
-
-
-def _fail(sql: str, pos: int, message: str) -> SqlProblem:
-    return SqlProblem(f"{message} (SQL {_where(sql, pos)})", offset=pos)
-
-
-def _refuse_unclear_characters(sql: str) -> None:
-    """Raise SqlProblem at the first character that is not plain text and whitespace (see above)."""
-    for m in _NOT_PLAIN.finditer(sql):
-        c = m.group(0)
-        category = unicodedata.category(c)
-        if category in _REFUSED:
-            name = _CONTROL_NAMES.get(c) or unicodedata.name(c, "a control character")
-            raise _fail(
-                sql,
-                m.start(),
-                f"U+{ord(c):04X} ({name}) is not allowed in policy SQL: the only control "
-                "characters allowed are tab and line feed (and no format or line-separator "
-                "characters), so that the gateway reads the statement as Spanner does; in a "
-                "string literal, write an escape such as \\r",
-            )
 
 
 def _string_end(sql: str, start: int, quote_at: int) -> int:
@@ -145,7 +95,7 @@ def _string_end(sql: str, start: int, quote_at: int) -> int:
         if sql.startswith(delimiter, i):
             return i + len(delimiter)
         i += 1
-    raise _fail(sql, start, "unterminated string literal")
+    raise fail(sql, start, "unterminated string literal")
 
 
 def _string_prefix(sql: str, i: int) -> int | None:
@@ -162,7 +112,7 @@ def _string_prefix(sql: str, i: int) -> int | None:
 
 
 def _identifier_end(sql: str, i: int) -> int:
-    while i < len(sql) and sql[i] in _IDENT_CHARS:
+    while i < len(sql) and sql[i] in IDENT_CHARS:
         i += 1
     return i
 
@@ -180,17 +130,7 @@ def _backtick(sql: str, i: int) -> tuple[str, int]:
         if c == "`":
             return sql[i + 1 : j], j + 1
         j += 1
-    raise _fail(sql, i, "unterminated quoted identifier")
-
-
-def _number_end(sql: str, i: int) -> int:
-    j = i
-    while j < len(sql) and (sql[j] in _IDENT_CHARS or sql[j] == "."):
-        if sql[j] in "eE" and sql[j + 1 : j + 2] in ("+", "-") and not sql.startswith("0x", i):
-            j += 2
-            continue
-        j += 1
-    return j
+    raise fail(sql, i, "unterminated quoted identifier")
 
 
 def _tokenize(sql: str) -> list[Token]:
@@ -206,13 +146,13 @@ def _tokenize(sql: str) -> list[Token]:
         elif sql.startswith("/*", i):
             end = sql.find("*/", i + 2)
             if end < 0:
-                raise _fail(sql, i, "unterminated comment")
+                raise fail(sql, i, "unterminated comment")
             i = end + 2
         elif c in ("'", '"'):
             end = _string_end(sql, i, i)
             tokens.append(Token("string", sql[i:end], i))
             i = end
-        elif c in _IDENT_START:
+        elif c in IDENT_START:
             quote_at = _string_prefix(sql, i)
             if quote_at is not None:
                 end = _string_end(sql, i, quote_at)
@@ -231,13 +171,13 @@ def _tokenize(sql: str) -> list[Token]:
             if nxt == "@":
                 end = _identifier_end(sql, i + 2)
                 if end == i + 2:
-                    raise _fail(sql, i, "'@@' must be followed by a system variable name")
+                    raise fail(sql, i, "'@@' must be followed by a system variable name")
                 tokens.append(Token("sysvar", sql[i + 2 : end], i))
                 i = end
             elif nxt == "{":
                 tokens.append(Token("hint", "@", i))
                 i += 1
-            elif nxt and nxt in _IDENT_START:
+            elif nxt and nxt in IDENT_START:
                 end = _identifier_end(sql, i + 1)
                 tokens.append(Token("param", sql[i + 1 : end], i))
                 i = end
@@ -246,11 +186,20 @@ def _tokenize(sql: str) -> list[Token]:
                 tokens.append(Token("param", text, i))
                 i = end
             else:
-                raise _fail(sql, i, "'@' must be followed by a parameter name")
-        elif c in _DIGITS or (c == "." and sql[i + 1 : i + 2] in _DIGITS):
-            end = _number_end(sql, i)
+                raise fail(sql, i, "'@' must be followed by a parameter name")
+        elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
+            end = number_end(sql, i)
             tokens.append(Token("number", sql[i:end], i))
             i = end
+        elif c == "$" and sql[i + 1 : i + 2] in DIGITS:
+            end = number_end(sql, i + 1)
+            raise fail(
+                sql,
+                i,
+                f"{sql[i:end]} is a PostgreSQL-dialect placeholder, and this policy's statements "
+                "are GoogleSQL (spanner.dialect: googlesql, the default): write @name, or set "
+                "spanner.dialect: postgresql for a PostgreSQL-dialect database",
+            )
         else:
             tokens.append(Token("punct", c, i))
             i += 1
@@ -286,9 +235,9 @@ def _kind(sql: str, tokens: list[Token]) -> Literal["query", "dml"]:
         "only a query (SELECT, WITH or '(') or DML (INSERT, UPDATE, DELETE) can be whitelisted"
     )
     if word in _DDL:
-        raise _fail(sql, first.pos, f"DDL ({word}) is refused: {allowed}")
+        raise fail(sql, first.pos, f"DDL ({word}) is refused: {allowed}")
     shown = first.text if first.kind in ("word", "punct") else first.kind
-    raise _fail(sql, first.pos, f"{shown!r} does not start a query or DML: {allowed}")
+    raise fail(sql, first.pos, f"{shown!r} does not start a query or DML: {allowed}")
 
 
 def _name_at(tokens: list[Token], i: int) -> tuple[str | None, int]:
@@ -409,30 +358,42 @@ def _tables(tokens: list[Token]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in found if t.upper() not in ctes))
 
 
-def statement_tokens(sql: str) -> list[Token]:
+def statement_tokens(
+    sql: str, dialect: Dialect = GOOGLESQL, params: Sequence[str] = ()
+) -> list[Token]:
     """The tokens of one statement (comments dropped, a final ``;`` cut off); SqlProblem as
-    ``scan_sql`` raises it for characters, tokens and a second statement."""
-    _refuse_unclear_characters(sql)
-    tokens = _tokenize(sql)
+    ``scan_sql`` raises it for characters, tokens and a second statement. ``params``: the
+    declared parameters in order, which a PostgreSQL-dialect ``$k`` names (``pgsql``)."""
+    refuse_unclear_characters(sql)
+    if dialect == POSTGRESQL:
+        from gateway.policy.pgsql import tokenize
+
+        tokens = tokenize(sql, params)
+    else:
+        tokens = _tokenize(sql)
     for index, tok in enumerate(tokens):
         if tok.is_punct(";"):
             if index + 1 < len(tokens):
                 extra = tokens[index + 1]
-                raise _fail(
+                raise fail(
                     sql, extra.pos, "more than one statement: nothing but comments may follow ';'"
                 )
             return tokens[:index]
     return tokens
 
 
-def scan_sql(sql: str) -> SqlInfo:
-    """Tokenize one GoogleSQL statement; raises SqlProblem when it cannot be whitelisted."""
-    tokens = statement_tokens(sql)
+def scan_sql(sql: str, dialect: Dialect = GOOGLESQL, params: Sequence[str] = ()) -> SqlInfo:
+    """Tokenize one statement of ``dialect``; raises SqlProblem when it cannot be whitelisted.
+    ``params``: the query's declared parameters in order (PostgreSQL's ``$k`` names the k-th)."""
+    tokens = statement_tokens(sql, dialect, params)
     if not tokens:
         raise SqlProblem("empty statement")
     kind = _kind(sql, tokens)
-    returning = kind == "dml" and any(
-        a.is_word("THEN") and b.is_word("RETURN") for a, b in itertools.pairwise(tokens)
-    )
+    if dialect == POSTGRESQL:
+        returning = kind == "dml" and any(t.is_word("RETURNING") for t in tokens)
+    else:
+        returning = kind == "dml" and any(
+            a.is_word("THEN") and b.is_word("RETURN") for a, b in itertools.pairwise(tokens)
+        )
     params = tuple(dict.fromkeys(t.text for t in tokens if t.kind == "param"))
     return SqlInfo(params=params, kind=kind, returning=returning, tables=_tables(tokens))

@@ -12,6 +12,11 @@ Pure: no Spanner import. One JSON representation per type, both ways (documented
     TIMESTAMP  RFC 3339 with an offset or Z, up to nanoseconds
     JSON       any JSON value
     ARRAY<T>   JSON array of T (repeated keys in a query string); elements may be null
+
+A policy may spell them as the PostgreSQL dialect does (``PG_NAMES``: int8/bigint, float8,
+numeric, varchar/text, bytea, date, timestamptz, jsonb, bool, and ``T[]`` arrays); each is the
+same type of the gateway. In a PostgreSQL-dialect policy a NUMERIC takes what PG.NUMERIC takes
+(``ParamType.pg_numeric``): NaN, up to 131072 digits before the point and 16383 after.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import datetime as dt
 import decimal
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "PG_NAMES",
     "SCALAR_KINDS",
     "ParamType",
     "TypeProblem",
@@ -43,8 +49,32 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # NUMERIC: precision 38, scale 9.
 _NUMERIC_MAX = decimal.Decimal("99999999999999999999999999999.999999999")
+_PG_PRECISION = 131072  # PG.NUMERIC: digits before the point
+_PG_SCALE = 16383  # and after it
 
-_TYPE_RE = re.compile(r"^\s*ARRAY\s*<\s*([A-Z0-9_]+)\s*>\s*$|^\s*([A-Z0-9_]+)\s*$")
+_TYPE_RE = re.compile(
+    r"^\s*ARRAY\s*<\s*([A-Z0-9_ ]+?)\s*>\s*$|^\s*([A-Z0-9_ ]+?)\s*(\[\s*\])?\s*$"
+)
+# Spanner's PostgreSQL-dialect names of the same types (the policy's types are the gateway's;
+# each binds as its dialect's counterpart: NUMERIC as PG.NUMERIC, JSON as PG.JSONB).
+PG_NAMES: dict[str, str] = {
+    "BOOL": "BOOL",
+    "BOOLEAN": "BOOL",
+    "INT8": "INT64",
+    "BIGINT": "INT64",
+    "FLOAT8": "FLOAT64",
+    "DOUBLE PRECISION": "FLOAT64",
+    "NUMERIC": "NUMERIC",
+    "DECIMAL": "NUMERIC",
+    "VARCHAR": "STRING",
+    "CHARACTER VARYING": "STRING",
+    "TEXT": "STRING",
+    "BYTEA": "BYTES",
+    "DATE": "DATE",
+    "TIMESTAMPTZ": "TIMESTAMP",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
+    "JSONB": "JSON",
+}
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 _TS_RE = re.compile(
@@ -61,6 +91,9 @@ class TypeProblem(ValueError):
 class ParamType:
     kind: str  # one of SCALAR_KINDS or "ARRAY"
     element: str | None = None  # the element kind of an ARRAY
+    # NUMERIC (or its elements) as PG.NUMERIC: a PostgreSQL-dialect database's wider range and
+    # NaN; the same type otherwise (``str``, equality).
+    pg_numeric: bool = field(default=False, compare=False)
 
     @property
     def is_array(self) -> bool:
@@ -70,12 +103,24 @@ class ParamType:
         return f"ARRAY<{self.element}>" if self.is_array else self.kind
 
 
+def _kind(name: str) -> str:
+    """A type name, or its PostgreSQL-dialect spelling, as the gateway's kind (else as given)."""
+    name = " ".join(name.split())
+    return name if name in SCALAR_KINDS else PG_NAMES.get(name, name)
+
+
 def parse_type(text: str) -> ParamType:
-    """``"STRING"`` or ``"ARRAY<INT64>"`` -> ParamType; ValueError names what is allowed."""
+    """``"STRING"``, ``"ARRAY<INT64>"``, or the PostgreSQL-dialect spellings (``"varchar"``,
+    ``"int8[]"``, ``"ARRAY<jsonb>"``: ``PG_NAMES``) -> ParamType; ValueError names what is
+    allowed."""
     m = _TYPE_RE.match(text.upper()) if isinstance(text, str) else None
     if m is None:
         raise ValueError(f"unknown type {text!r}; expected one of {_allowed()}")
     element, scalar = m.group(1), m.group(2)
+    if scalar is not None and m.group(3) is not None:
+        element, scalar = scalar, None  # int8[]
+    element = _kind(element) if element is not None else None
+    scalar = _kind(scalar) if scalar is not None else None
     if element is not None:
         if element not in SCALAR_KINDS:
             raise ValueError(f"unknown array element type {element!r}; expected {_allowed()}")
@@ -87,7 +132,12 @@ def parse_type(text: str) -> ParamType:
 
 
 def _allowed() -> str:
-    return ", ".join(sorted(SCALAR_KINDS)) + " or ARRAY<...>"
+    return (
+        ", ".join(sorted(SCALAR_KINDS))
+        + " or ARRAY<...> (or their PostgreSQL-dialect names: "
+        + ", ".join(n.lower() for n in PG_NAMES)
+        + ", and T[])"
+    )
 
 
 @dataclass(frozen=True)
@@ -133,6 +183,7 @@ def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
     """
     if raw is None:
         return None
+    pg_numeric = ptype.pg_numeric
     if ptype.is_array:
         if not isinstance(raw, list):
             if from_text:
@@ -144,16 +195,18 @@ def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
         out = []
         for i, item in enumerate(raw):
             try:
-                out.append(None if item is None else _scalar(element.kind, item, from_text))
+                out.append(
+                    None if item is None else _scalar(element.kind, item, from_text, pg_numeric)
+                )
             except TypeProblem as exc:
                 raise TypeProblem(f"element {i}: {exc}") from None
         return out
     if isinstance(raw, list) and not (ptype.kind == "JSON" and not from_text):  # [..] is JSON
         raise TypeProblem(f"expected a single {ptype.kind} value, got several")
-    return _scalar(ptype.kind, raw, from_text)
+    return _scalar(ptype.kind, raw, from_text, pg_numeric)
 
 
-def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
+def _scalar(kind: str, raw: Any, from_text: bool, pg_numeric: bool = False) -> Any:
     if kind == "STRING":
         if not isinstance(raw, str):
             raise TypeProblem("expected a string")
@@ -213,6 +266,8 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
                 raise TypeProblem('expected a decimal string such as "12.50"') from None
         else:
             raise TypeProblem('expected a decimal string such as "12.50" (floats lose precision)')
+        if pg_numeric:
+            return _pg_numeric(dec)
         if not dec.is_finite() or dec.copy_abs() > _NUMERIC_MAX:
             raise TypeProblem("NUMERIC out of range (38 digits, 9 after the point)")
         exponent = dec.as_tuple().exponent
@@ -249,6 +304,23 @@ def _scalar(kind: str, raw: Any, from_text: bool) -> Any:
             return value
         return raw
     raise TypeProblem(f"unsupported type {kind}")  # pragma: no cover - parse_type guards this
+
+
+def _pg_numeric(dec: decimal.Decimal) -> decimal.Decimal:
+    """PG.NUMERIC: NaN, or up to 131072 digits before the point and 16383 after."""
+    if dec.is_nan():
+        if dec.is_snan():
+            raise TypeProblem('expected a decimal string such as "12.50", or "NaN"')
+        return decimal.Decimal("NaN")
+    if dec.is_infinite():
+        raise TypeProblem("NUMERIC cannot be infinite (NaN is allowed)")
+    _, digits, exponent = dec.as_tuple()
+    assert isinstance(exponent, int)
+    if -exponent > _PG_SCALE:
+        raise TypeProblem(f"NUMERIC allows at most {_PG_SCALE} digits after the point")
+    if len(digits) + exponent > _PG_PRECISION:
+        raise TypeProblem(f"NUMERIC allows at most {_PG_PRECISION} digits before the point")
+    return dec
 
 
 def json_value(value: Any) -> Any:

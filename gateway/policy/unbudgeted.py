@@ -60,7 +60,7 @@ def _kinds(policy: Policy, route: Route) -> tuple[str, ...]:
     if query is None:
         return ("calls", "rows", "writes")
     try:
-        kind = scan_sql(query.sql).kind
+        kind = scan_sql(query.sql, policy.spanner.dialect, tuple(query.params)).kind
     except SqlProblem:
         return ("calls", "rows", "writes")
     return ("calls", "writes") if kind == "dml" else ("calls", "rows")

@@ -15,7 +15,8 @@ policy may be served. What it checks, beyond the models:
   both match a path while neither is more specific than the other (``overlap.py``) can shadow
   each other;
 - every path parameter is a declared, non-claim-bound parameter of the route's query;
-- SQL (via ``scan_sql``): refused statements, and ``@params`` that differ from the declared params
+- SQL (via ``scan_sql``, in the policy's ``spanner.dialect``): refused statements, and ``@params``
+  (PostgreSQL: ``$1..$N``, the declared params in order) that differ from the declared params
   in either direction; a GET route must not reach DML; a DML query takes no ``staleness`` (it runs
   in a read-write transaction); ``timeout`` must be more than zero; every query is routed;
 - parameter constraints, which must fit the type (``constraints.py``);
@@ -63,6 +64,7 @@ from gateway.policy.pinning import pin_findings
 from gateway.policy.reads import claim_reads
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
+from gateway.policy.sqltoken import POSTGRESQL, Dialect
 from gateway.policy.unbudgeted import unbudgeted_roles
 
 __all__ = [
@@ -198,22 +200,25 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
             if entry.issuer is not None and (msg := ctx.unknown("issuers", entry.issuer)):
                 findings.append((("roles", name, *role.entry_path(k), "issuer"), msg))
     infos: dict[str, SqlInfo] = {}
+    dialect = policy.spanner.dialect
     for name, query in policy.queries.items():
         where: Where = ("queries", name)
         if msg := ctx.unknown("identities", query.identity):
             findings.append(((*where, "identity"), msg))
         try:
-            infos[name] = info = scan_sql(query.sql)
+            infos[name] = info = scan_sql(query.sql, dialect, tuple(query.params))
         except SqlProblem as exc:
             findings.append(((*where, "sql"), str(exc)))
         else:
-            findings.extend(_sql_params(where, info, query.params))
+            findings.extend(_sql_params(where, info, query.params, dialect))
             if info.kind == "dml" and query.staleness is not None:
                 findings.append(((*where, "staleness"), "staleness applies to reads; DML runs in a "
                                  "read-write transaction"))
-        found = mask_findings(name, query, infos.get(name), lambda r: ctx.unknown("roles", r))
+        found = mask_findings(
+            name, query, infos.get(name), lambda r: ctx.unknown("roles", r), dialect
+        )
         findings.extend(found)
-        findings.extend(pagination_findings(name, query, infos.get(name)))
+        findings.extend(pagination_findings(name, query, infos.get(name), dialect))
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():
@@ -236,7 +241,7 @@ def policy_warnings(policy: Policy) -> list[Finding]:
     found: list[Finding] = []
     domains = hash_domains(policy)
     for name, query in policy.queries.items():
-        found.extend(mask_warnings(name, query, domains))
+        found.extend(mask_warnings(name, query, domains, policy.spanner.dialect))
         for pname, param in query.params.items():
             scalar_string = not param.ptype.is_array and param.ptype.kind == "STRING"
             if scalar_string and param.pattern is not None and param.max_length is None:
@@ -296,9 +301,28 @@ def _ascii_pattern(where: Where, pattern: str, deny: str) -> list[Finding]:
     ))]
 
 
-def _sql_params(where: Where, info: SqlInfo, declared: Mapping[str, Param]) -> list[Finding]:
+def _sql_params(
+    where: Where, info: SqlInfo, declared: Mapping[str, Param], dialect: Dialect
+) -> list[Finding]:
     found: list[Finding] = []
     unused = [p for p in declared if p not in info.params]
+    if dialect == POSTGRESQL:  # $k names the k-th declared parameter (``pgsql``)
+        count = len(declared)
+        for p in info.params:
+            if p not in declared:
+                found.append(((*where, "sql"), (
+                    f"{p} is used in the SQL, but the query declares {count} parameter"
+                    f"{'' if count == 1 else 's'}: $1..$N stand for its params in the order "
+                    "they are declared"
+                )))
+        positions = {p: k for k, p in enumerate(declared, start=1)}
+        for p in unused:
+            found.append(((*where, "params", p), (
+                f"param {p} is declared (number {positions[p]}) but ${positions[p]} is not used "
+                "in the SQL: a PostgreSQL-dialect statement refers to its k-th declared "
+                "parameter as $k"
+            )))
+        return found
     for p in info.params:
         if p not in declared:
             hint = did_you_mean(p, unused)

@@ -21,6 +21,8 @@ Contract:
   type their cursor parameters declare (``policy.pagination.column_findings``).
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
+- First of all, the database's dialect must be the policy's ``spanner.dialect``
+  (``dialect.py``): else a PolicyError located at ``spanner.dialect`` saying which to set.
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
 """
 
@@ -39,6 +41,8 @@ from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.policy.masking import column_findings, column_warnings
 from gateway.policy.pagination import column_findings as keyset_findings
 from gateway.policy.source import dotted
+from gateway.policy.sqltoken import Dialect
+from gateway.spanner.dialect import database_dialect, dialect_problem
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
 
@@ -122,8 +126,11 @@ async def plan_query(database: Any, query: CompiledQuery) -> tuple[Column, ...]:
     from google.cloud.spanner_v1 import ExecuteSqlRequest
 
     plan = ExecuteSqlRequest.QueryMode.PLAN
-    params = {name: None for name in query.params}
-    types = {name: spanner_type(spec.ptype) for name, spec in query.params.items()}
+    wire = query.wire or {name: name for name in query.params}
+    params = {wire[name]: None for name in query.params}
+    types = {
+        wire[name]: spanner_type(spec.ptype, query.dialect) for name, spec in query.params.items()
+    }
     options = {"request_tag": f"spangate analyze {query.name}"[:50]}
     if not query.is_dml:
         async with database.snapshot() as snapshot:
@@ -184,23 +191,42 @@ def _spanner_words(exc: BaseException) -> str:
     return text.split("\n", 1)[0].split(", request_id", 1)[0].strip()
 
 
-async def _idempotency_ready(database: Any) -> bool:
+async def _idempotency_ready(database: Any, dialect: Dialect) -> bool:
     from google.cloud.spanner_v1 import ExecuteSqlRequest, param_types
 
-    from gateway.spanner.idempotency import LOOKUP_SQL
+    from gateway.spanner.idempotency import lookup_sql
 
+    sql, param = lookup_sql(dialect)
     try:
         async with database.snapshot() as snapshot:
             stream = await snapshot.execute_sql(
-                LOOKUP_SQL,
-                params={"key": None},
-                param_types={"key": param_types.STRING},
+                sql,
+                params={param: None},
+                param_types={param: param_types.STRING},
                 query_mode=ExecuteSqlRequest.QueryMode.PLAN,
             )
             await _drain(stream)
     except _POLICY_ERRORS:
         return False
     return True
+
+
+async def _check_dialect(policy: CompiledPolicy, databases: Databases) -> None:
+    """PolicyError at ``spanner.dialect`` when the database's dialect is not the policy's. A
+    database that will not say (a role without access to INFORMATION_SCHEMA) is not refused
+    here: the PLAN of each statement still is the authority."""
+    identity = next((q.model.identity for q in policy.queries.values()), None)
+    if identity is None:
+        return
+    try:
+        async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+            actual = await database_dialect(databases.aio(identity))
+    except _POLICY_ERRORS as exc:
+        log.warning("cannot ask the database for its dialect: %s", _spanner_words(exc))
+        return
+    problem = dialect_problem(policy.model.spanner.dialect, actual, databases.target.database)
+    if problem is not None:
+        raise PolicyError([_problem(policy, "", problem, ("spanner", "dialect"))])
 
 
 async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analysis:
@@ -211,6 +237,8 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
     problems: list[PolicyProblem] = []
     warnings: list[PolicyProblem] = []
     shapes: dict[str, Shape] = {}
+    dialect = policy.model.spanner.dialect
+    await _check_dialect(policy, databases)
     for name, query in policy.queries.items():
         identity = query.model.identity
         try:
@@ -240,7 +268,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
         pairs = [(c.name, c.type) for c in columns]
         for where, message in column_findings(name, query.model.mask, pairs):
             problems.append(_problem(policy, name, message, where))
-        for where, message in column_warnings(name, query.model, pairs):
+        for where, message in column_warnings(name, query.model, pairs, dialect):
             warnings.append(_problem(policy, name, message, where))
         for where, message in keyset_findings(name, query.model, pairs):
             problems.append(_problem(policy, name, message, where))
@@ -252,7 +280,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
         identity = query.model.identity
         if query.is_dml and identity not in ready:
             async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
-                ready[identity] = await _idempotency_ready(databases.aio(identity))
+                ready[identity] = await _idempotency_ready(databases.aio(identity), dialect)
             if not ready[identity]:
                 log.warning(
                     "identity %s cannot read the Idempotency-Key table: writes with an "

@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
+
 __all__ = ["Catalog", "catalog_from_ddl"]
 
 
@@ -22,13 +24,21 @@ class Catalog:
 
 
 _CREATE_TABLE = re.compile(
-    r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?`?([\w.]+)`?\s*\(", re.IGNORECASE
+    r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[`\"]?([\w.]+)[`\"]?\s*\(", re.IGNORECASE
 )
 _NOT_COLUMNS = {"CONSTRAINT", "FOREIGN", "CHECK", "PRIMARY"}
 
 
-def catalog_from_ddl(statements: Iterable[str]) -> Catalog:
-    """A catalog from CREATE TABLE statements (other statements are ignored)."""
+def _name(word: str, dialect: Dialect) -> str:
+    """A name as the database spells it: PostgreSQL folds an unquoted one to lower case."""
+    if word.startswith('"') and word.endswith('"') and len(word) > 1:
+        return word[1:-1]
+    word = word.strip("`")
+    return word.lower() if dialect == POSTGRESQL else word
+
+
+def catalog_from_ddl(statements: Iterable[str], dialect: Dialect = GOOGLESQL) -> Catalog:
+    """A catalog from CREATE TABLE statements of ``dialect`` (other statements are ignored)."""
     tables: dict[str, tuple[str, ...]] = {}
     for statement in statements:
         m = _CREATE_TABLE.match(statement)
@@ -57,6 +67,8 @@ def catalog_from_ddl(statements: Iterable[str]) -> Catalog:
         for part in parts:
             words = part.split()
             if words and words[0].upper() not in _NOT_COLUMNS:
-                columns.append(words[0].strip("`"))
-        tables[m.group(1).rsplit(".", 1)[-1]] = tuple(columns)
+                columns.append(_name(words[0], dialect))
+        quoted = statement[m.start(1) - 1 : m.start(1)] == '"'
+        table = m.group(1).rsplit(".", 1)[-1]
+        tables[_name(f'"{table}"' if quoted else table, dialect)] = tuple(columns)
     return Catalog(tables)

@@ -1,8 +1,9 @@
 """The DDL of the gateway's own tables, applied by ``spangate init-db``.
 
 ``SOURCES`` lists one function per feature that owns a table: each takes the policy and returns its
-statements (``CREATE TABLE ...``, no trailing ``;``). ``init-db`` skips a CREATE TABLE whose table
-exists, so it can run again after an upgrade. A feature adds its table by appending its function.
+statements (``CREATE TABLE ...``, no trailing ``;``) in the policy's ``spanner.dialect``.
+``init-db`` skips a CREATE TABLE whose table exists, so it can run again after an upgrade. A
+feature adds its table by appending its function.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ __all__ = ["SOURCES", "shipped_ddl"]
 
 def _idempotency(policy: CompiledPolicy) -> list[str]:
     """The Idempotency-Key table, when the policy has a write."""
-    return list(idempotency.DDL) if any(q.is_dml for q in policy.queries.values()) else []
+    if not any(q.is_dml for q in policy.queries.values()):
+        return []
+    return list(idempotency.ddl(policy.model.spanner.dialect))
 
 
 SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [_idempotency, audit_policy_ddl]

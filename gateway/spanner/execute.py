@@ -445,7 +445,7 @@ class Executor:
                 tags.request,
             )
             raise unavailable_error("Spanner is unavailable; the write did not run; retry later")
-        params, types = spanner_params(query.params, values)
+        params, types = spanner_params(query.params, values, query.wire, query.dialect)
         timeout = query.model.timeout_seconds
         started = asyncio.get_running_loop().time()
         deadline = started + timeout

@@ -1,6 +1,7 @@
 """The least fine-grained access control each identity needs, derived from its statements (pure).
 
-For every identity with a ``database_role``:
+In the policy's ``spanner.dialect``: PostgreSQL's ``GRANT … TO <role>`` (GoogleSQL: ``TO ROLE``),
+names quoted where PostgreSQL would fold them. For every identity with a ``database_role``:
 
 - ``CREATE ROLE <role>``;
 - ``GRANT SELECT(<columns>) ON TABLE <t>``: the columns of ``t`` its statements name (in SELECT
@@ -28,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
+from gateway.policy.sqlscan import statement_tokens
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 from gateway.spanner import idempotency
 from gateway.spanner.catalog import Catalog, catalog_from_ddl
 
@@ -87,7 +90,13 @@ class Needs:
         return sorted(out, key=lambda g: (g.table.upper(), rank[g.privilege]))
 
 
-def _tokens(sql: str) -> list[tuple[str, str]]:
+def _tokens(sql: str, dialect: Dialect = GOOGLESQL) -> list[tuple[str, str]]:
+    if dialect == POSTGRESQL:  # sqlscan's reader of the dialect: its names, folded or quoted
+        kinds = {"word": "word", "quoted": "word", "param": "param", "string": "string"}
+        return [
+            (kinds.get(t.kind, "punct"), "" if t.kind == "string" else t.text)
+            for t in statement_tokens(sql, POSTGRESQL)
+        ]
     out = []
     for m in _LEXEME.finditer(sql):
         kind = m.lastgroup
@@ -117,7 +126,9 @@ def _star_tables(tokens: Sequence[tuple[str, str]]) -> tuple[bool, set[str]]:
         if before == ("punct", "."):
             if i >= 2 and tokens[i - 2][0] == "word":
                 qualified.add(tokens[i - 2][1].upper())
-        elif before[0] == "word" and before[1].upper() in ("SELECT", "RETURN", "DISTINCT", "ALL"):
+        elif before[0] == "word" and before[1].upper() in (
+            "SELECT", "RETURN", "RETURNING", "DISTINCT", "ALL",
+        ):  # fmt: skip
             bare = True
         elif before == ("punct", ","):
             bare = True
@@ -139,7 +150,7 @@ def _set_targets(tokens: Sequence[tuple[str, str]]) -> list[str]:
         elif depth == 0 and kind == "word" and upper == "SET":
             in_set, expect = True, True
             continue
-        elif depth == 0 and kind == "word" and upper in ("WHERE", "THEN"):
+        elif depth == 0 and kind == "word" and upper in ("WHERE", "THEN", "RETURNING"):
             in_set = False
         elif in_set and depth == 0 and kind == "punct" and text == ",":
             expect = True
@@ -230,7 +241,7 @@ def _add_query(needs: Needs, query: CompiledQuery, catalog: Catalog) -> None:
     """A column of a table the statement names is read when its name occurs (bare, or qualified
     by that table or its alias) more often than it is only written (an INSERT's column list, an
     UPDATE's SET targets); ``*`` reads them all."""
-    tokens = _tokens(query.model.sql)
+    tokens = _tokens(query.model.sql, query.dialect)
     tables: list[str] = []
     for name in query.sql.tables:
         table = catalog.table(name)
@@ -288,17 +299,33 @@ def needs_of(policy: CompiledPolicy, catalog: Catalog) -> dict[str, Needs]:
     return dict(sorted(out.items()))
 
 
-def _grant_sql(grant: Grant, role: str) -> str:
-    what = f"{grant.privilege}({', '.join(grant.columns)})" if grant.columns else grant.privilege
-    return f"GRANT {what} ON TABLE {grant.table} TO ROLE {role}"
+_PG_PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
-def ddl(needs: Mapping[str, Needs], catalog: Catalog) -> list[str]:
-    """The statements, role by role: CREATE ROLE, then its grants (no trailing ``;``)."""
+def _name(name: str, dialect: Dialect) -> str:
+    """``name`` as the dialect's DDL must write it: PostgreSQL quotes a name that is not all
+    lower case (it would fold), GoogleSQL writes it as it is."""
+    if dialect != POSTGRESQL or _PG_PLAIN.match(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _grant_sql(grant: Grant, role: str, dialect: Dialect) -> str:
+    columns = ", ".join(_name(c, dialect) for c in grant.columns)
+    what = f"{grant.privilege}({columns})" if grant.columns else grant.privilege
+    table = _name(grant.table, dialect)
+    if dialect == POSTGRESQL:
+        return f"GRANT {what} ON TABLE {table} TO {_name(role, dialect)}"
+    return f"GRANT {what} ON TABLE {table} TO ROLE {role}"
+
+
+def ddl(needs: Mapping[str, Needs], catalog: Catalog, dialect: Dialect = GOOGLESQL) -> list[str]:
+    """The statements, role by role: CREATE ROLE, then its grants (no trailing ``;``), in
+    ``dialect``'s syntax (PostgreSQL: ``GRANT … TO role``, names quoted where they would fold)."""
     out = []
     for role, need in needs.items():
-        out.append(f"CREATE ROLE {role}")
-        out += [_grant_sql(g, role) for g in need.grants(_with_idempotency(catalog))]
+        out.append(f"CREATE ROLE {_name(role, dialect)}")
+        out += [_grant_sql(g, role, dialect) for g in need.grants(_with_idempotency(catalog))]
     return out
 
 

@@ -21,8 +21,9 @@ Contract:
   spent); else the 429. A retry of a write that spent the budget can always learn its outcome.
 - Records expire ``SPANGATE_IDEMPOTENCY_TTL_SECONDS`` after their write (default 24 h): an expired
   record counts as absent and is overwritten; Spanner's row deletion policy removes old ones.
-- The table ships as ``DDL`` (``spangate init-db`` applies it). Each writing identity needs
-  SELECT, INSERT and UPDATE on it (``spangate grants`` includes them).
+- The table ships as ``DDL`` (``PG_DDL`` in a PostgreSQL-dialect database: the same names,
+  quoted, so reads and mutations name it alike in both; ``spangate init-db`` applies it). Each
+  writing identity needs SELECT, INSERT and UPDATE on it (``spangate grants`` includes them).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, GatewayError
 from gateway.policy.compiled import CompiledRoute
+from gateway.policy.sqltoken import POSTGRESQL, Dialect
 from gateway.policy.types import SpannerTimestamp
 from gateway.spanner.results import Result
 
@@ -49,6 +51,10 @@ __all__ = [
     "TABLE",
     "IdempotencyKey",
     "LOOKUP_SQL",
+    "PG_DDL",
+    "PG_LOOKUP_SQL",
+    "ddl",
+    "lookup_sql",
     "KeyReused",
     "Stored",
     "key_for",
@@ -73,11 +79,36 @@ DDL: tuple[str, ...] = (
   ROW DELETION POLICY (OLDER_THAN(ExpiresAt, INTERVAL 0 DAY))""",
 )
 
+PG_DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS "{TABLE}" (
+  "KeyHash" varchar(64) NOT NULL,
+  "RequestHash" varchar(64) NOT NULL,
+  "Response" text NOT NULL,
+  "CommittedAt" spanner.commit_timestamp NOT NULL,
+  "ExpiresAt" timestamptz NOT NULL,
+  PRIMARY KEY ("KeyHash")
+) TTL INTERVAL '0 days' ON "ExpiresAt\"""",
+)
+
 _COLUMNS = ("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt")
 LOOKUP_SQL = (
     f"SELECT RequestHash, Response, CommittedAt FROM {TABLE} "  # noqa: S608 - constant names only
     "WHERE KeyHash = @key AND ExpiresAt > CURRENT_TIMESTAMP()"
 )
+PG_LOOKUP_SQL = (  # its parameter is p1
+    f'SELECT "RequestHash", "Response", "CommittedAt" FROM "{TABLE}" '  # noqa: S608
+    'WHERE "KeyHash" = $1 AND "ExpiresAt" > CURRENT_TIMESTAMP'
+)
+
+
+def ddl(dialect: Dialect) -> tuple[str, ...]:
+    """The table's DDL in ``dialect``."""
+    return PG_DDL if dialect == POSTGRESQL else DDL
+
+
+def lookup_sql(dialect: Dialect) -> tuple[str, str]:
+    """The record's lookup by key in ``dialect`` (what the analysis plans), and its parameter."""
+    return (PG_LOOKUP_SQL, "p1") if dialect == POSTGRESQL else (LOOKUP_SQL, "key")
 
 
 class KeyReused(GatewayError):

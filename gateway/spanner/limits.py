@@ -36,7 +36,7 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 _INSERT = re.compile(
     r"^\s*(?:@\{[^}]*\}\s*)?INSERT\s+(?:OR\s+(?:IGNORE|UPDATE)\s+)?(?:INTO\s+)?"
-    r"[`\w.]+\s*\(([^()]*)\)\s*(VALUES\b|SELECT\b)?",
+    r"[`\"\w.]+\s*\(([^()]*)\)\s*(VALUES\b|SELECT\b)?",
     re.IGNORECASE,
 )
 _VALUES_TUPLE = re.compile(r"\)\s*,\s*\(")

@@ -52,8 +52,11 @@ def make_database(
     dml: Sequence[str] = (),
     *,
     project: str = PROJECT,
+    dialect: str = "googlesql",
 ) -> None:
-    create_database(host, project=project, instance=INSTANCE, database=name, ddl=ddl, dml=dml)
+    create_database(
+        host, project=project, instance=INSTANCE, database=name, ddl=ddl, dml=dml, dialect=dialect
+    )
 
 
 def query_rows(host: str, database: str, sql: str, *, project: str = PROJECT) -> list[list[Any]]:

@@ -1,0 +1,207 @@
+"""The tokenizer of Spanner's PostgreSQL dialect, for ``sqlscan`` (``spanner.dialect: postgresql``).
+
+It reads a statement as PostgreSQL's lexer does, so that text inside literals, quoted identifiers
+and comments is never taken for a parameter, a keyword or a statement separator:
+
+- ``'…'`` strings, a quote inside doubled (``''``); a backslash is an ordinary character
+  (standard-conforming strings: ``'a\\'`` is the two characters ``a\\``, measured on the
+  emulator); ``E'…'`` strings also take backslash escapes (``E'it\\'s'``); ``B'…'``, ``X'…'`` and
+  ``N'…'`` strings read as ``'…'``. ``U&'…'`` and ``U&"…"`` (Unicode escapes, with ``UESCAPE``)
+  are refused: the gateway does not read them;
+- dollar quoting: ``$$…$$`` and ``$tag$…$tag$`` (a tag is a name without ``$``), nothing
+  escaped inside;
+- ``"…"`` quoted identifiers (``""`` inside for a quote; never empty): a ``quoted`` token,
+  unquoted, its case kept;
+- ``--`` comments to the end of the line, ``/* … */`` comments, which nest (``/* a /* b */ c */``
+  is one comment);
+- unquoted names (letters, ``_``, any non-ASCII character; then also digits and ``$``) are folded
+  to lower case (ASCII letters only), as PostgreSQL folds them: ``SELECT OrderId`` returns a
+  column named ``orderid``;
+- ``$k`` (k from 1) is the k-th declared parameter: its token carries that parameter's name, or
+  ``$k`` itself when fewer are declared (the loader refuses it, naming both). A ``$k`` followed
+  by a letter is refused, as PostgreSQL refuses it;
+- ``@name`` is GoogleSQL's parameter: refused, naming the ``$k`` to write instead. ``@`` before
+  anything but a name is an operator, as ``#`` is (PostgreSQL has no ``#`` comments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.policy.sqltoken import DIGITS, IDENT_CHARS, IDENT_START, Token, fail, number_end
+
+__all__ = ["tokenize"]
+
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_PLAIN_PREFIXES = frozenset("bBxXnN")  # B'0101', X'1F', N'text': read as '…'
+_MAX_PLACEHOLDER_DIGITS = 6
+
+
+def _ident_start(c: str) -> bool:
+    return c in IDENT_START or c >= "\x80"
+
+
+def _ident_char(c: str) -> bool:
+    return c in IDENT_CHARS or c == "$" or c >= "\x80"
+
+
+def _word_end(sql: str, i: int) -> int:
+    while i < len(sql) and _ident_char(sql[i]):
+        i += 1
+    return i
+
+
+def _quoted_end(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
+    """The index past the ``'``-quoted literal opening at ``quote_at`` (``''`` inside is a quote;
+    with ``backslash``, an E'' string, ``\\`` escapes the next character)."""
+    i = quote_at + 1
+    while i < len(sql):
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+            continue
+        if c == "'":
+            if sql.startswith("''", i):
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    raise fail(sql, start, "unterminated string literal")
+
+
+def _identifier(sql: str, i: int) -> tuple[str, int]:
+    """The unquoted text of the ``"``-quoted identifier at ``i`` and the index past it."""
+    j = i + 1
+    parts: list[str] = []
+    while j < len(sql):
+        end = sql.find('"', j)
+        if end < 0:
+            break
+        parts.append(sql[j:end])
+        if sql.startswith('""', end):
+            parts.append('"')
+            j = end + 2
+            continue
+        text = "".join(parts)
+        if not text:
+            raise fail(sql, i, 'a quoted identifier cannot be empty ("")')
+        return text, end + 1
+    raise fail(sql, i, "unterminated quoted identifier")
+
+
+def _dollar_tag(sql: str, i: int) -> str | None:
+    """The delimiter ``$tag$`` (or ``$$``) starting at ``i``, or None when none starts there."""
+    j = i + 1
+    if j < len(sql) and _ident_start(sql[j]):
+        j += 1
+        while j < len(sql) and (sql[j] in IDENT_CHARS or sql[j] >= "\x80"):
+            j += 1
+    return sql[i : j + 1] if sql.startswith("$", j) else None
+
+
+def _placeholder(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    end = i + 1
+    while end < len(sql) and sql[end] in DIGITS:
+        end += 1
+    if end < len(sql) and _ident_char(sql[end]):
+        raise fail(sql, i, f"trailing junk after parameter {sql[i:end]}")
+    digits = sql[i + 1 : end]
+    if len(digits.lstrip("0")) > _MAX_PLACEHOLDER_DIGITS:
+        raise fail(sql, i, f"{sql[i:end]} is no parameter number a policy can declare")
+    k = int(digits)
+    name = params[k - 1] if 1 <= k <= len(params) else f"${k}"
+    return Token("param", name, i), end
+
+
+def _at_name(sql: str, i: int, params: Sequence[str]) -> Exception:
+    name = sql[i + 1 : _word_end(sql, i + 1)]
+    hint = ""
+    for k, declared in enumerate(params, start=1):
+        if declared == name:
+            hint = f": write ${k} ({name} is declared parameter number {k})"
+            break
+    return fail(
+        sql,
+        i,
+        f"@{name} is a GoogleSQL parameter; a PostgreSQL-dialect statement refers to its "
+        f"parameters as $1..$N, in the order the query declares them{hint} (an operator "
+        "followed by a name: put a space after it)",
+    )
+
+
+def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
+    """The tokens of ``sql`` read as Spanner's PostgreSQL dialect (see the module doc); the
+    characters were checked by the caller."""
+    tokens: list[Token] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            depth, j = 1, i + 2
+            while depth:
+                opens, closes = sql.find("/*", j), sql.find("*/", j)
+                if closes < 0:
+                    raise fail(sql, i, "unterminated comment")
+                if 0 <= opens < closes:
+                    depth, j = depth + 1, opens + 2
+                else:
+                    depth, j = depth - 1, closes + 2
+            i = j
+        elif c == "'":
+            end = _quoted_end(sql, i, i, backslash=False)
+            tokens.append(Token("string", sql[i:end], i))
+            i = end
+        elif c in "eE" and sql.startswith("'", i + 1):
+            end = _quoted_end(sql, i, i + 1, backslash=True)
+            tokens.append(Token("string", sql[i:end], i))
+            i = end
+        elif c in _PLAIN_PREFIXES and sql.startswith("'", i + 1):
+            end = _quoted_end(sql, i, i + 1, backslash=False)
+            tokens.append(Token("string", sql[i:end], i))
+            i = end
+        elif c in "uU" and sql.startswith("&", i + 1) and sql[i + 2 : i + 3] in ("'", '"'):
+            raise fail(
+                sql,
+                i,
+                "U& strings and identifiers (Unicode escapes) are not read by the gateway: "
+                "write the characters themselves, or an E'' string with \\u escapes",
+            )
+        elif _ident_start(c):
+            end = _word_end(sql, i)
+            tokens.append(Token("word", sql[i:end].translate(_LOWER), i))
+            i = end
+        elif c == '"':
+            text, end = _identifier(sql, i)
+            tokens.append(Token("quoted", text, i))
+            i = end
+        elif c == "$":
+            if sql[i + 1 : i + 2] in DIGITS:
+                token, i = _placeholder(sql, i, params)
+                tokens.append(token)
+                continue
+            tag = _dollar_tag(sql, i)
+            if tag is None:
+                raise fail(
+                    sql, i, "'$' must start a parameter ($1) or a dollar-quoted string ($$…$$)"
+                )
+            close = sql.find(tag, i + len(tag))
+            if close < 0:
+                raise fail(sql, i, f"unterminated dollar-quoted string (no closing {tag})")
+            end = close + len(tag)
+            tokens.append(Token("string", sql[i:end], i))
+            i = end
+        elif c == "@" and i + 1 < n and _ident_start(sql[i + 1]):
+            raise _at_name(sql, i, params)
+        elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
+            end = number_end(sql, i)
+            tokens.append(Token("number", sql[i:end], i))
+            i = end
+        else:
+            tokens.append(Token("punct", c, i))
+            i += 1
+    return tokens

@@ -1,0 +1,129 @@
+"""What the SQL readers of both dialects share: tokens, the problem they raise, where it is.
+
+``sqlscan`` reads GoogleSQL, ``pgsql`` reads Spanner's PostgreSQL dialect; both hand the rest of
+the policy package the same ``Token`` list, so the select list, pagination and grants read either
+dialect's statements alike. ``Dialect`` names the two.
+
+Before tokenizing, both refuse any character a reader and Spanner may not see alike: control
+characters (Unicode Cc) other than tab and line feed (so CR, VT, FF, NEL), format characters (Cf:
+bidirectional overrides, zero-width characters), line and paragraph separators (U+2028, U+2029)
+and lone surrogates (``refuse_unclear_characters``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "DIALECTS",
+    "DIGITS",
+    "GOOGLESQL",
+    "IDENT_CHARS",
+    "IDENT_START",
+    "POSTGRESQL",
+    "Dialect",
+    "SqlInfo",
+    "SqlProblem",
+    "Token",
+    "TokenKind",
+    "fail",
+    "number_end",
+    "refuse_unclear_characters",
+]
+
+Dialect = Literal["googlesql", "postgresql"]
+GOOGLESQL: Dialect = "googlesql"
+POSTGRESQL: Dialect = "postgresql"
+DIALECTS: tuple[Dialect, ...] = (GOOGLESQL, POSTGRESQL)
+
+IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+IDENT_CHARS = IDENT_START | frozenset("0123456789")
+DIGITS = frozenset("0123456789")
+_NOT_PLAIN = re.compile(r"[^\t\n\x20-\x7e]")  # the characters to look at more closely
+_REFUSED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_CONTROL_NAMES = {
+    "\r": "CARRIAGE RETURN",
+    "\x0b": "LINE TABULATION",
+    "\x0c": "FORM FEED",
+    "\x85": "NEXT LINE",
+    "\x00": "NULL",
+}
+
+TokenKind = Literal["word", "quoted", "string", "number", "param", "sysvar", "hint", "punct"]
+
+
+class SqlProblem(ValueError):
+    """A statement the gateway refuses to whitelist; ``offset`` is where, when known."""
+
+    def __init__(self, message: str, *, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class SqlInfo:
+    """``params``: the declared parameters the statement uses, in order of first appearance
+    (GoogleSQL: ``@name`` as written; PostgreSQL: ``$k`` read as the k-th declared parameter's
+    name, and as ``$k`` itself when fewer are declared)."""
+
+    params: tuple[str, ...]
+    kind: Literal["query", "dml"]
+    returning: bool
+    tables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Token:
+    # A word as written (PostgreSQL: folded to lower case, as the dialect folds unquoted names),
+    # a quoted identifier unquoted, a parameter's name, a punct char.
+    kind: TokenKind
+    text: str
+    pos: int
+
+    def is_word(self, *words: str) -> bool:
+        return self.kind == "word" and self.text.upper() in words
+
+    def is_punct(self, char: str) -> bool:
+        return self.kind == "punct" and self.text == char
+
+
+def _where(sql: str, pos: int) -> str:
+    line = sql.count("\n", 0, pos) + 1
+    column = pos - (sql.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def fail(sql: str, pos: int, message: str) -> SqlProblem:
+    """A SqlProblem at ``pos`` of ``sql`` (its line and column appended to ``message``)."""
+    return SqlProblem(f"{message} (SQL {_where(sql, pos)})", offset=pos)
+
+
+def refuse_unclear_characters(sql: str) -> None:
+    """Raise SqlProblem at the first character that is not plain text and whitespace (see above)."""
+    for m in _NOT_PLAIN.finditer(sql):
+        c = m.group(0)
+        category = unicodedata.category(c)
+        if category in _REFUSED:
+            name = _CONTROL_NAMES.get(c) or unicodedata.name(c, "a control character")
+            raise fail(
+                sql,
+                m.start(),
+                f"U+{ord(c):04X} ({name}) is not allowed in policy SQL: the only control "
+                "characters allowed are tab and line feed (and no format or line-separator "
+                "characters), so that the gateway reads the statement as Spanner does; in a "
+                "string literal, write an escape such as \\r",
+            )
+
+
+def number_end(sql: str, i: int) -> int:
+    """The index past the number starting at ``i`` (letters, digits, dots, a signed exponent)."""
+    j = i
+    while j < len(sql) and (sql[j] in IDENT_CHARS or sql[j] == "."):
+        if sql[j] in "eE" and sql[j + 1 : j + 2] in ("+", "-") and not sql.startswith("0x", i):
+            j += 2
+            continue
+        j += 1
+    return j

@@ -1,0 +1,137 @@
+"""The database side of a PostgreSQL-dialect policy: `spangate grants` in the dialect's syntax,
+and `init-db`'s tables in the dialect (applied on the real emulator)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud.spanner_v1 import COMMIT_TIMESTAMP
+from spanner_stack import INSTANCE, PROJECT, apply_ddl, make_database, query_rows
+
+from gateway.audit.spanner_sink import COLUMNS, audit_table_ddl
+from gateway.dev.database import emulator_client, split_statements
+from gateway.policy.compiled import compile_policy
+from gateway.policy.load import load_policy
+from gateway.spanner import grants, idempotency
+from gateway.spanner.ddl import shipped_ddl
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"OKTA_ISSUER": "http://127.0.0.1:1/x"}
+
+
+def _policy() -> grants.CompiledPolicy:
+    return compile_policy(load_policy(REPO / "policy.example.postgresql.yaml", env=ENV))
+
+
+def _catalog() -> grants.Catalog:
+    text = (REPO / "dev" / "schema-postgresql.sql").read_text()
+    return grants.catalog_from_ddl(split_statements(text), "postgresql")
+
+
+def test_grants_are_written_in_the_postgresql_dialect() -> None:
+    catalog = _catalog()
+    statements = grants.ddl(grants.needs_of(_policy(), catalog), catalog, "postgresql")
+    assert statements == [
+        "CREATE ROLE shop_reader",
+        "GRANT SELECT(tenant_id, customer_id, name, email, created_at) ON TABLE customers "
+        "TO shop_reader",
+        "GRANT SELECT(tenant_id, order_id, customer_id, status, total_cents, currency, "
+        "created_at) ON TABLE orders TO shop_reader",
+        "GRANT SELECT(tenant_id, order_id, item_id, sku, quantity, unit_price_cents) ON TABLE "
+        "order_items TO shop_reader",
+        "CREATE ROLE shop_writer",
+        "GRANT INSERT ON TABLE orders TO shop_writer",
+        'GRANT SELECT("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt") ON '
+        'TABLE "SpangateIdempotency" TO shop_writer',
+        'GRANT INSERT ON TABLE "SpangateIdempotency" TO shop_writer',
+        'GRANT UPDATE ON TABLE "SpangateIdempotency" TO shop_writer',
+    ]
+
+
+def test_a_postgresql_schema_folds_unquoted_names_and_keeps_quoted_ones() -> None:
+    catalog = grants.catalog_from_ddl(
+        ['CREATE TABLE Orders (OrderId varchar NOT NULL, "Total" int8, PRIMARY KEY (OrderId))',
+         'CREATE TABLE "Mixed" (a int8 PRIMARY KEY)'],
+        "postgresql",
+    )  # fmt: skip
+    assert catalog.tables == {"orders": ("orderid", "Total"), "Mixed": ("a",)}
+
+
+def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) -> None:
+    statements = [*shipped_ddl(_policy()), audit_table_ddl("SpangateAudit", "postgresql")]
+    assert statements[0] == idempotency.PG_DDL[0]
+    make_database(demo_database, "pgddl", statements, dialect="postgresql")
+    tables = query_rows(
+        demo_database,
+        "pgddl",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+        "ORDER BY table_name",
+    )
+    assert tables == [["SpangateAudit"], ["SpangateIdempotency"]]
+    # The audit sink and the Idempotency-Key record write by mutations, naming them as in
+    # GoogleSQL (the quoted names keep their case), with a commit timestamp.
+    client = emulator_client(demo_database, project=PROJECT)
+    session = client.instance(INSTANCE).database("pgddl").session()
+    session.create()
+    row = ["i" * 32, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), COMMIT_TIMESTAMP, "r", None, None,
+           True, 200, "ok", None, None, None, "h" * 64, "{}"]  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    record = ["k" * 64, "q" * 64, "{}", COMMIT_TIMESTAMP, now + dt.timedelta(days=1)]
+
+    def write(transaction: Any) -> None:
+        transaction.insert("SpangateAudit", COLUMNS, [row])
+        transaction.insert(
+            idempotency.TABLE, ("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt"),
+            [record],
+        )  # fmt: skip
+
+    session.run_in_transaction(write)
+    with contextlib.suppress(Exception):
+        session.delete()
+    counts = query_rows(
+        demo_database,
+        "pgddl",
+        'SELECT (SELECT count(*) FROM "SpangateAudit"), (SELECT count(*) FROM "SpangateIdempotency")',
+    )
+    assert counts == [[1, 1]]
+
+
+def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
+    demo_database: str,
+) -> None:
+    make_database(demo_database, "pgroles", ["CREATE TABLE t (k int8 PRIMARY KEY)"], dialect="postgresql")
+    with pytest.raises(gexc.FailedPrecondition, match="Statement is not supported"):
+        apply_ddl(demo_database, "pgroles", ["CREATE ROLE shop_reader"])
+
+
+def test_the_init_db_and_grants_commands_on_a_postgresql_database(
+    demo_database: str, tmp_path: Path
+) -> None:
+    ddl = split_statements((REPO / "dev" / "schema-postgresql.sql").read_text())
+    make_database(demo_database, "pginit", ddl, dialect="postgresql")
+    env = {
+        **os.environ,
+        **ENV,
+        "SPANNER_EMULATOR_HOST": demo_database,
+        "SPANGATE_SPANNER_DATABASE": "pginit",
+    }
+    policy = str(REPO / "policy.example.postgresql.yaml")
+    run = [sys.executable, "-m", "gateway", "init-db", "--policy", policy]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "SpangateIdempotency: created" in first.stdout, first.stderr
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "SpangateIdempotency: exists" in again.stdout, again.stderr
+    # grants from the live schema (information_schema's 'public' tables) in the dialect
+    run = [sys.executable, "-m", "gateway", "grants", "--policy", policy]
+    printed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert "GRANT INSERT ON TABLE orders TO shop_writer;" in printed.stdout
+    assert 'ON TABLE "SpangateIdempotency" TO shop_writer;' in printed.stdout
