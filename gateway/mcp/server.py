@@ -139,17 +139,20 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
     )
 
 
-def request_host(settings: Settings, scope: Scope) -> str:
+def request_host(settings: Settings, scope: Scope, allowed: list[str] | None = None) -> str:
     """The request's one Host header, strictly a host name or IP literal with an optional port
     1-65535 (``parse_host``), and one the gateway answers as /mcp (SPANGATE_MCP_ALLOWED_HOSTS,
-    the public URL's host); else ``MisdirectedRequest`` (421 ``host-not-allowed``)."""
+    the public URL's host; ``allowed``: those, when the caller has them already); else
+    ``MisdirectedRequest`` (421 ``host-not-allowed``)."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     values = [v.decode("latin-1") for k, v in headers if k == b"host"]
     if len(values) != 1 or parse_host(values[0]) is None:
         raise MisdirectedRequest(
             "the Host header must be one host name or IP literal, with an optional port 1-65535"
         )
-    if not host_allowed(values[0], security_settings(settings).allowed_hosts):
+    if allowed is None:
+        allowed = security_settings(settings).allowed_hosts
+    if not host_allowed(values[0], allowed):
         raise MisdirectedRequest("this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)")
     return values[0]
 
@@ -210,11 +213,14 @@ def malformed_tool_call(message: Any) -> tuple[dict[str, Any], GatewayError] | N
 _VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("ascii")
 
 
-def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, str] | None:
+def single_tool_call(
+    scope: Scope, parsed: Any, request: Request | None = None
+) -> tuple[types.JSONRPCRequest, str] | None:
     """A POST that the SDK's stateless JSON transport would hand its dispatcher as one
     ``tools/call`` request of the handshake era (``MCP-Protocol-Version`` absent or one of
     ``HANDSHAKE_PROTOCOL_VERSIONS``, ``Accept`` taking JSON, a body that is one JSON-RPC request,
-    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it): (the request, its
+    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it; ``request``: the
+    scope's, when the caller has one, its headers parsed once): (the request, its
     protocol version); else None
     (everything else, the 2026-07-28 revision and every refusal included, is the SDK
     manager's)."""
@@ -222,7 +228,7 @@ def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, s
     version = next((v.decode("latin-1") for k, v in headers if k == _VERSION_HEADER), None)
     if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return None
-    if not check_accept_headers(Request(scope))[0]:
+    if not check_accept_headers(request if request is not None else Request(scope))[0]:
         return None  # the SDK's 406
     if parsed is NOT_JSON:
         return None
@@ -309,6 +315,7 @@ class McpEndpoint:
         settings = gateway.settings
         self.security = security_settings(settings)
         self._guard = TransportSecurityMiddleware(self.security)
+        self._audiences = set(_split(settings.mcp_audience))  # none: any audience the IdP's
         self.server: Server[Any] = Server(
             "spangate",
             version=__version__,
@@ -365,8 +372,9 @@ class McpEndpoint:
     # -- the door ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         active = self.gateway.active
+        request = Request(scope)  # its headers parsed once, for the SDK's checks
         try:
-            principal, body = await self._enter(scope, receive, active)
+            principal, body = await self._enter(scope, receive, active, request)
         except AuthError as exc:
             await self._refuse(scope, send, rid, active, self._challenge(exc, scope))
             return
@@ -387,7 +395,7 @@ class McpEndpoint:
             await self._answer_malformed(scope, send, rid, active, principal, *malformed)
             return
         scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
-        single = single_tool_call(scope, parsed)
+        single = single_tool_call(scope, parsed, request)
         if single is not None:
             await self._serve_one(scope, send, rid, *single)
             return
@@ -463,7 +471,7 @@ class McpEndpoint:
         )
 
     async def _enter(
-        self, scope: Scope, receive: Receive, active: Active
+        self, scope: Scope, receive: Receive, active: Active, request: Request
     ) -> tuple[Principal, bytes]:
         """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
         audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
@@ -475,8 +483,9 @@ class McpEndpoint:
                 f"{scope['method']} is not allowed on /mcp: POST JSON-RPC messages",
                 allow=["POST"],
             )
-        request_host(settings, scope)  # strictly, before anything uses it (the 401's challenge)
-        refused = await self._guard.validate_request(Request(scope), is_post=False)
+        # strictly, before anything uses it (the 401's challenge)
+        request_host(settings, scope, self.security.allowed_hosts)
+        refused = await self._guard.validate_request(request, is_post=False)
         if refused is not None:
             if refused.status_code == 421:
                 raise MisdirectedRequest(
@@ -493,8 +502,7 @@ class McpEndpoint:
             max_bytes=settings.max_token_bytes,
         )
         principal = await self.gateway.verify(active, token)  # its span when traced
-        audiences = _split(settings.mcp_audience)
-        if audiences and not _audience_of(principal) & set(audiences):
+        if self._audiences and not _audience_of(principal) & self._audiences:
             raise AuthError(
                 "the token's audience is not this MCP resource (SPANGATE_MCP_AUDIENCE)",
                 code="audience-mismatch",
