@@ -42,6 +42,7 @@ class Table:
     title: str
     rows: list[Row] = field(default_factory=list)
     unit: str = "ops/s"
+    notes: list[str] = field(default_factory=list)  # lines printed under the rows
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -63,6 +64,7 @@ class Table:
             lines.append(
                 f"  {r.name:{width}}  {r.ops_per_second:12,.0f}  {ratio:6.2f}x  {p50}  {p99}  {r.note}"
             )
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 

@@ -687,3 +687,47 @@ def test_the_2026_07_28_revision_is_answered_raw(
     )
     assert called.status_code == 200, called.text
     assert called.json()["result"]["structuredContent"]["rows"][0]["OrderId"] == "O-1001"
+
+
+def without_request_ids(value: Any) -> Any:
+    """An answer with its request ids (and the text content that repeats them) left out."""
+    if isinstance(value, dict):
+        return {k: without_request_ids(v) for k, v in value.items() if k not in ("request_id",)}
+    if isinstance(value, list):
+        return [without_request_ids(v) for v in value]
+    if isinstance(value, str) and value.startswith("{"):
+        return without_request_ids(json.loads(value))
+    return value
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("get_order", {"order_id": "O-1001"}),  # rows
+        ("get_customer", {"customer_id": "C-1"}),  # refused: a tool error
+        ("get_order", {"order_id": "a/b"}),  # path-invalid: a tool error
+        ("drop_tables", {}),  # unknown: a JSON-RPC error
+    ],
+)
+def test_the_gateways_answer_to_a_plain_call_is_the_sdk_runners(
+    served: tuple[str, Path], token_for: Callable[..., str], name: str, arguments: Any
+) -> None:
+    """A plain tools/call (name and arguments) is answered by the gateway itself
+    (``plain_tool_call``); the same call with ``_meta`` goes through the SDK's runner: the two
+    answers and their audit events say the same."""
+    base, audit = served
+    token = token_for("order-agent")
+    plain = raw_post(base, call(name, arguments, rpc_id="p-1"), token=token)
+    body = call(name, arguments, rpc_id="p-1")
+    body["params"]["_meta"] = {"progressToken": "t-1"}
+    runner = raw_post(base, body, token=token)
+    assert plain.status_code == runner.status_code == 200, (plain.text, runner.text)
+    assert without_request_ids(plain.json()) == without_request_ids(runner.json())
+    events = [
+        event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+        for answer in (plain, runner)
+    ]
+    for part in ("status", "metadata"):
+        assert without_request_ids({**events[0][part], "latency": None}) == without_request_ids(
+            {**events[1][part], "latency": None}
+        )

@@ -4,8 +4,11 @@
                  (the gateway's own verifier: 401 with ``resource_metadata``), body limits
               -> the SDK (StreamableHTTPSessionManager, stateless, json_response): JSON-RPC,
                  protocol revisions 2026-07-28 and 2025-11-25; a 2025-11-25-era ``tools/call``
-                 goes to the SDK's single-exchange entry (``serve_one``: same runner, no
-                 per-request transport, streams and task; ``single_tool_call``)
+                 (``single_tool_call``) is answered by the gateway when its params are only a
+                 name and arguments (``plain_tool_call``: the tool, then the bytes the SDK's
+                 runner would answer, ``tool_result_body``), else goes to the SDK's
+                 single-exchange entry (``serve_one``: same runner, no per-request transport,
+                 streams and task)
               -> tools/list: ``tools.tools_for`` (the routes the token's roles allow)
               -> tools/call: ``Gateway.perform``, the very path of an HTTP request (decision,
                  binding, execution, one audit event with ``transport: mcp``)
@@ -41,6 +44,7 @@ from mcp.shared.jsonrpc_dispatcher import (
 )
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
+from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -135,17 +139,20 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
     )
 
 
-def request_host(settings: Settings, scope: Scope) -> str:
+def request_host(settings: Settings, scope: Scope, allowed: list[str] | None = None) -> str:
     """The request's one Host header, strictly a host name or IP literal with an optional port
     1-65535 (``parse_host``), and one the gateway answers as /mcp (SPANGATE_MCP_ALLOWED_HOSTS,
-    the public URL's host); else ``MisdirectedRequest`` (421 ``host-not-allowed``)."""
+    the public URL's host; ``allowed``: those, when the caller has them already); else
+    ``MisdirectedRequest`` (421 ``host-not-allowed``)."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     values = [v.decode("latin-1") for k, v in headers if k == b"host"]
     if len(values) != 1 or parse_host(values[0]) is None:
         raise MisdirectedRequest(
             "the Host header must be one host name or IP literal, with an optional port 1-65535"
         )
-    if not host_allowed(values[0], security_settings(settings).allowed_hosts):
+    if allowed is None:
+        allowed = security_settings(settings).allowed_hosts
+    if not host_allowed(values[0], allowed):
         raise MisdirectedRequest("this Host is not one /mcp answers (SPANGATE_MCP_ALLOWED_HOSTS)")
     return values[0]
 
@@ -206,11 +213,14 @@ def malformed_tool_call(message: Any) -> tuple[dict[str, Any], GatewayError] | N
 _VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("ascii")
 
 
-def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, str] | None:
+def single_tool_call(
+    scope: Scope, parsed: Any, request: Request | None = None
+) -> tuple[types.JSONRPCRequest, str] | None:
     """A POST that the SDK's stateless JSON transport would hand its dispatcher as one
     ``tools/call`` request of the handshake era (``MCP-Protocol-Version`` absent or one of
     ``HANDSHAKE_PROTOCOL_VERSIONS``, ``Accept`` taking JSON, a body that is one JSON-RPC request,
-    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it): (the request, its
+    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it; ``request``: the
+    scope's, when the caller has one, its headers parsed once): (the request, its
     protocol version); else None
     (everything else, the 2026-07-28 revision and every refusal included, is the SDK
     manager's)."""
@@ -218,7 +228,7 @@ def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, s
     version = next((v.decode("latin-1") for k, v in headers if k == _VERSION_HEADER), None)
     if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return None
-    if not check_accept_headers(Request(scope))[0]:
+    if not check_accept_headers(request if request is not None else Request(scope))[0]:
         return None  # the SDK's 406
     if parsed is NOT_JSON:
         return None
@@ -231,6 +241,72 @@ def single_tool_call(scope: Scope, parsed: Any) -> tuple[types.JSONRPCRequest, s
     return message, version if version is not None else types.DEFAULT_NEGOTIATED_VERSION
 
 
+_PLAIN_PARAMS = frozenset({"name", "arguments"})
+
+
+def _plain_result_versions() -> frozenset[str]:
+    """The handshake-era revisions whose ``tools/call`` result the SDK's serialisation passes
+    through unchanged (its per-revision sieve keeps ``content``, ``isError`` and
+    ``structuredContent`` as they are): the ones ``tool_result_body`` may answer. Asked of the
+    SDK itself, once: a revision whose sieve changes the result stays with the SDK's runner."""
+    probe = {
+        "content": [{"text": "t", "type": "text"}],
+        "isError": False,
+        "structuredContent": {"k": [1, None, "v"]},
+    }
+    plain = set()
+    for version in HANDSHAKE_PROTOCOL_VERSIONS:
+        try:
+            shaped = serialize_server_result("tools/call", version, probe)
+        except (KeyError, ValueError):  # ValidationError is a ValueError
+            continue
+        if shaped == probe and list(shaped) == list(probe):
+            plain.add(version)
+    return frozenset(plain)
+
+
+PLAIN_RESULT_VERSIONS = _plain_result_versions()
+
+
+def plain_tool_call(message: types.JSONRPCRequest, version: str) -> bool:
+    """May the gateway answer this one ``tools/call`` (``single_tool_call``'s) itself, with the
+    bytes the SDK's runner would answer: params that are only ``name`` (a string) and
+    ``arguments`` (an object, or absent or null), which every handshake-era revision's params
+    model accepts as they are (``malformed_tool_call`` refused other types), and a revision
+    whose result the SDK passes through unchanged (``PLAIN_RESULT_VERSIONS``). Anything else
+    (``_meta``, ``task``, another revision) is the SDK runner's, with its validation and
+    answers."""
+    params = message.params
+    return (
+        version in PLAIN_RESULT_VERSIONS
+        and params is not None
+        and params.keys() <= _PLAIN_PARAMS
+        and isinstance(params.get("name"), str)
+        and isinstance(params.get("arguments"), dict | None)
+    )
+
+
+def tool_result_body(rpc_id: str | int, answer: dict[str, Any], is_error: bool) -> bytes:
+    """The JSON-RPC response of a ``tools/call`` whose tool answered ``answer`` (the rows, or the
+    problem when ``is_error``), as the SDK's runner and JSON transport answer it (same members,
+    same order): its text content is the answer's JSON, its structured content the same JSON,
+    encoded once."""
+    text = dumps(answer)
+    return b"".join(
+        (
+            b'{"jsonrpc":"2.0","id":',
+            dumps(rpc_id),
+            b',"result":{"content":[{"text":',
+            dumps(text.decode("utf-8")),
+            b',"type":"text"}],"isError":',
+            b"true" if is_error else b"false",
+            b',"structuredContent":',
+            text,
+            b"}}",
+        )
+    )
+
+
 class McpEndpoint:
     """The ASGI app of ``/mcp`` (``Gateway`` routes the path here)."""
 
@@ -239,6 +315,7 @@ class McpEndpoint:
         settings = gateway.settings
         self.security = security_settings(settings)
         self._guard = TransportSecurityMiddleware(self.security)
+        self._audiences = set(_split(settings.mcp_audience))  # none: any audience the IdP's
         self.server: Server[Any] = Server(
             "spangate",
             version=__version__,
@@ -295,8 +372,9 @@ class McpEndpoint:
     # -- the door ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         active = self.gateway.active
+        request = Request(scope)  # its headers parsed once, for the SDK's checks
         try:
-            principal, body = await self._enter(scope, receive, active)
+            principal, body = await self._enter(scope, receive, active, request)
         except AuthError as exc:
             await self._refuse(scope, send, rid, active, self._challenge(exc, scope))
             return
@@ -317,7 +395,7 @@ class McpEndpoint:
             await self._answer_malformed(scope, send, rid, active, principal, *malformed)
             return
         scope.setdefault("state", {})[_STATE] = _Door(principal, active, rid)
-        single = single_tool_call(scope, parsed)
+        single = single_tool_call(scope, parsed, request)
         if single is not None:
             await self._serve_one(scope, send, rid, *single)
             return
@@ -340,41 +418,60 @@ class McpEndpoint:
         message: types.JSONRPCRequest,
         version: str,
     ) -> None:
-        """One stateless ``tools/call`` through the SDK's single-exchange entry (``serve_one``:
-        the same runner, middleware, params validation, handler and result serialisation as its
-        transport's dispatcher), without building a transport, memory streams and a server task
-        per request (half of /mcp's extra CPU per call). Answered as the SDK's JSON transport
-        answers: 200 ``application/json``, the JSON-RPC response or error; a handler exception
-        maps as its dispatcher maps it."""
-        request = Request(scope)
-        dctx = _SingleExchangeDispatchContext(
-            transport=TransportContext(kind="streamable-http", can_send_request=False),
-            request_id=message.id,
-            message_metadata=ServerMessageMetadata(request_context=request),
-            progress_token=progress_token_from_params(message.params),
-        )
-        reply: types.JSONRPCResponse | types.JSONRPCError
+        """One stateless ``tools/call``, answered as the SDK's JSON transport answers: 200
+        ``application/json``, the JSON-RPC response or error. A plain call (``plain_tool_call``)
+        is answered here: the tool, then its result's bytes (``tool_result_body``), none of the
+        SDK runner's per-call kernel, context, second params validation and result models; any
+        other goes through the SDK's single-exchange entry (``serve_one``: the same runner,
+        middleware, params validation, handler and result serialisation as its transport's
+        dispatcher), without a per-request transport, memory streams and server task. A handler
+        exception maps as the SDK's dispatcher maps it."""
+        body: bytes | None = None
         try:
-            result = await serve_one(
-                self.server,
-                dctx,
-                message.method,
-                message.params,
-                connection=Connection.from_envelope(version, None, None),
-                lifespan_state=self.manager._lifespan_state,  # entered once by manager.run()
-            )
-            reply = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+            if plain_tool_call(message, version):
+                params = message.params
+                assert params is not None  # plain_tool_call
+                door = self._door_of(scope)
+                answer, is_error = await self._tool_call(
+                    door, scope, message.id, params["name"], params.get("arguments")
+                )
+                body = tool_result_body(message.id, answer, is_error)
+            else:
+                result = await self._sdk_serve_one(scope, message, version)
+                reply: types.JSONRPCResponse | types.JSONRPCError = types.JSONRPCResponse(
+                    jsonrpc="2.0", id=message.id, result=result
+                )
         except Exception as exc:
             error = handler_exception_to_error_data(exc)
             if error is None:  # as the SDK's dispatcher answers an unmapped exception
                 log.exception("MCP request %s: the tools/call handler raised", rid)
                 error = types.ErrorData(code=0, message=str(exc))
             reply = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
-        body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+        if body is None:
+            body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
         await send_response(send, 200, body, "application/json", rid)
 
+    async def _sdk_serve_one(
+        self, scope: Scope, message: types.JSONRPCRequest, version: str
+    ) -> dict[str, Any]:
+        """``message`` through the SDK's single-exchange entry: its result, or what it raised."""
+        dctx = _SingleExchangeDispatchContext(
+            transport=TransportContext(kind="streamable-http", can_send_request=False),
+            request_id=message.id,
+            message_metadata=ServerMessageMetadata(request_context=Request(scope)),
+            progress_token=progress_token_from_params(message.params),
+        )
+        return await serve_one(
+            self.server,
+            dctx,
+            message.method,
+            message.params,
+            connection=Connection.from_envelope(version, None, None),
+            lifespan_state=self.manager._lifespan_state,  # entered once by manager.run()
+        )
+
     async def _enter(
-        self, scope: Scope, receive: Receive, active: Active
+        self, scope: Scope, receive: Receive, active: Active, request: Request
     ) -> tuple[Principal, bytes]:
         """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
         audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
@@ -386,8 +483,9 @@ class McpEndpoint:
                 f"{scope['method']} is not allowed on /mcp: POST JSON-RPC messages",
                 allow=["POST"],
             )
-        request_host(settings, scope)  # strictly, before anything uses it (the 401's challenge)
-        refused = await self._guard.validate_request(Request(scope), is_post=False)
+        # strictly, before anything uses it (the 401's challenge)
+        request_host(settings, scope, self.security.allowed_hosts)
+        refused = await self._guard.validate_request(request, is_post=False)
         if refused is not None:
             if refused.status_code == 421:
                 raise MisdirectedRequest(
@@ -404,8 +502,7 @@ class McpEndpoint:
             max_bytes=settings.max_token_bytes,
         )
         principal = await self.gateway.verify(active, token)  # its span when traced
-        audiences = _split(settings.mcp_audience)
-        if audiences and not _audience_of(principal) & set(audiences):
+        if self._audiences and not _audience_of(principal) & self._audiences:
             raise AuthError(
                 "the token's audience is not this MCP resource (SPANGATE_MCP_AUDIENCE)",
                 code="audience-mismatch",
@@ -512,12 +609,16 @@ class McpEndpoint:
 
     # -- the tools -----------------------------------------------------------------------------
     @staticmethod
-    def _door(ctx: Any) -> _Door:
-        request = ctx.request
-        door = request.scope.get("state", {}).get(_STATE) if request is not None else None
+    def _door_of(scope: Scope) -> _Door:
+        door = scope.get("state", {}).get(_STATE)
         if not isinstance(door, _Door):  # only the door hands requests to the SDK
             raise MCPError(types.INTERNAL_ERROR, "the request did not pass the gateway's door")
         return door
+
+    @classmethod
+    def _door(cls, ctx: Any) -> _Door:
+        request = ctx.request
+        return cls._door_of(request.scope if request is not None else {})
 
     async def _list_tools(
         self, ctx: Any, params: types.PaginatedRequestParams | None
@@ -531,24 +632,44 @@ class McpEndpoint:
     async def _call_tool(
         self, ctx: Any, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        """The SDK's ``tools/call`` handler (every call that ``_serve_one`` does not answer
+        itself: the 2026-07-28 revision, params with ``_meta``...)."""
+        door = self._door(ctx)
+        answer, is_error = await self._tool_call(
+            door, ctx.request.scope, ctx.request_id, params.name, params.arguments
+        )
+        return types.CallToolResult(
+            content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
+            structured_content=answer,
+            is_error=is_error,
+        )
+
+    async def _tool_call(
+        self,
+        door: _Door,
+        scope: Scope,
+        rpc_id: str | int,
+        name: str,
+        arguments: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """One tool call through ``Gateway.perform``: (its answer, whether it is an error): the
+        rows, or the problem body HTTP would answer. An unknown tool raises ``MCPError``
+        (invalid params, the problem as its data)."""
         from gateway.app import Target
 
-        door = self._door(ctx)
-        scope = ctx.request.scope
         call = self._new_call(scope, door.request_id)
         call.principal = door.principal
-        call.tool = params.name
-        call.jsonrpc_id = ctx.request_id
-        route = find_tool(door.active.policy, params.name)
+        call.tool = name
+        call.jsonrpc_id = rpc_id
+        route = find_tool(door.active.policy, name)
 
         async def resolve(call: CallRecord, active: Active) -> Target:
             if active.shadow is not None:  # what a shadow policy decides on (gateway.app)
-                arguments = dict(params.arguments or {})
-                name = params.name
-                call.extra["facts"] = RequestFacts("MCP", name, (), arguments, tool=name)
+                facts = dict(arguments or {})
+                call.extra["facts"] = RequestFacts("MCP", name, (), facts, tool=name)
             if route is None:
-                raise RouteNotFound(f"no tool named {_shown(params.name)!r}")
-            path, values, idempotency = arguments_of(route, params.arguments)
+                raise RouteNotFound(f"no tool named {_shown(name)!r}")
+            path, values, idempotency = arguments_of(route, arguments)
             return Target(route, path, body=values, idempotency=idempotency)
 
         tracing = self.gateway.tracing
@@ -560,16 +681,6 @@ class McpEndpoint:
         if outcome.error is not None:
             body = problem(outcome.error, door.request_id)
             if route is None and outcome.error.code == "no-route":
-                raise MCPError(
-                    types.INVALID_PARAMS, f"Unknown tool: {_shown(params.name)}", data=body
-                )
-            return types.CallToolResult(
-                content=[types.TextContent(text=dumps(body).decode("utf-8"))],
-                structured_content=body,
-                is_error=True,
-            )
-        answer = outcome.body or {}
-        return types.CallToolResult(
-            content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
-            structured_content=answer,
-        )
+                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {_shown(name)}", data=body)
+            return body, True
+        return outcome.body or {}, False
