@@ -5,8 +5,11 @@ What the decision is recomputed from, and how far it can be:
 
 - the route: the recorded method and raw path (``httpRequest``), or an MCP call's tool name;
 - the issuer: the candidate's issuer of the recorded ``iss`` URL (of the recorded name first,
-  when two share the URL), else of the recorded name; neither: the candidate refuses the token
-  (``issuer-unknown``), as the shadow policy does (``shadow.shadow_principal``). When that
+  when two share the URL); else the candidate refuses the token (``issuer-unknown``), as the
+  shadow policy does (``shadow.shadow_principal``), except when the candidate's issuer of the
+  recorded name has a stand-in URL (an unset ``${VAR}`` of the policy tools, a
+  ``${VAR:-default}``'s default: the URL a deployment sets is not known here): then that one
+  (``issuer_by_name``, counted in the report). When that
   issuer accepts none of the token's audiences the live issuer accepted
   (``thirdPartyPrincipal.audience``; not recorded before it was: not checked), the token would
   be refused before any decision: the call could not be replayed;
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.audit.bounds import pointer
@@ -75,6 +78,7 @@ _CALLER_REASONS = frozenset({"param-unknown", "param-missing", "param-invalid"})
 class NotReplayed:
     why: str  # what was missing, e.g. "claim dept not recorded"
     roles: tuple[str, ...] = ()  # the candidate's roles that could not be judged
+    issuer_by_name: bool = False  # the issuer found by its name, its URL a stand-in
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Replayed:
     # roles that could not be judged and might be the rule instead of ``rule`` (the decision
     # itself is certain): the rule is not compared
     rule_uncertain: tuple[str, ...] = ()
+    issuer_by_name: bool = False  # the issuer found by its name, its URL a stand-in
 
 
 class _Unknown(Exception):
@@ -426,12 +431,19 @@ def _bind(
 
 
 # -- the decision -------------------------------------------------------------------------------
-def _issuer(policy: CompiledPolicy, rec: Recorded) -> str | None:
-    """The candidate's issuer of the recorded ``iss`` URL (the recorded name first, when two
-    share it), else of the recorded name (the same issuer at another environment's URL)."""
+def _issuer(policy: CompiledPolicy, rec: Recorded) -> tuple[str | None, bool]:
+    """(the candidate's issuer of the recorded ``iss`` URL, the recorded name first when two
+    share it; whether it was found by its name instead). By name only when the candidate's URL
+    of that name is a stand-in (an unset ``${VAR}``, a ``${VAR:-default}``'s default): the same
+    issuer at the URL a deployment sets. A URL written out that differs refuses the token, as
+    the shadow policy does."""
     issuers = policy.model.issuers
     found = candidate_issuer(issuers, rec.issuer, rec.iss)
-    return found if found is not None or rec.issuer not in issuers else rec.issuer
+    if found is not None or rec.issuer not in issuers:
+        return found, False
+    if ("issuers", rec.issuer, "issuer") in policy.loaded.stand_ins:
+        return rec.issuer, True
+    return None, False
 
 
 def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[str, str]] | str:
@@ -451,12 +463,19 @@ def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[s
 
 def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed | NotReplayed:
     """The decision ``policy`` makes on the recorded call (see the module docstring)."""
-    live = rec.live
-    if rec.transport == "mcp" and live.reason == "path-invalid":
+    if rec.transport == "mcp" and rec.live.reason == "path-invalid":
         return NotReplayed("the tool's arguments were not recorded (refused as path-invalid)")
-    issuer = _issuer(policy, rec)
+    issuer, by_name = _issuer(policy, rec)
     if issuer is None:
         return Replayed(False, "issuer-unknown")
+    found = _replay(policy, rec, key, issuer)
+    return replace(found, issuer_by_name=True) if by_name else found
+
+
+def _replay(
+    policy: CompiledPolicy, rec: Recorded, key: bytes | None, issuer: str
+) -> Replayed | NotReplayed:
+    live = rec.live
     accepted = policy.model.issuers[issuer].audiences
     if rec.audience is not None and rec.audience and set(rec.audience).isdisjoint(accepted):
         return NotReplayed(

@@ -714,3 +714,46 @@ def test_a_redacted_path_parameter_is_a_hash_in_the_path_and_replays_as_recorded
     assert wrong["httpRequest"]["requestUrl"].startswith("/things/redacted:hmac-sha256:")
     # under the live policy without `id` redacted, the path is as received
     assert event_of("GET /things/T-1", who())["httpRequest"]["requestUrl"] == "/things/T-1"
+
+
+def test_an_issuer_url_written_out_that_differs_refuses_the_token_as_the_shadow_does(
+    tmp_path: Path,
+) -> None:
+    """Only a stand-in URL (a ``${VAR:-default}``'s default) lets replay find the issuer by its
+    name; a URL written out (a typo) is refused."""
+    import yaml
+
+    from gateway.policy.load import load_policy
+    from gateway.policy.shadow import shadow_principal
+
+    typo = edited()
+    typo["issuers"]["okta"]["issuer"] = "https://idp.example/oauth2/defualt"
+    candidate = policy(typo)
+    event = event_of("GET /things/T-1", who())
+    found = outcome(candidate, event)
+    assert isinstance(found, Replayed) and found.reason == "issuer-unknown"
+    assert not found.issuer_by_name and changes(rec(event), found, KEYS.redact) == ["allow->deny"]
+    assert shadow_principal(who(), LIVE_POLICY.model, candidate.model) == "issuer-unknown"
+
+    for url, env in (
+        ("${OKTA_ISSUER:-https://idp.ci.example/}", {}),
+        ("${OKTA_ISSUER:-https://idp.ci.example/}", {"OKTA_ISSUER": ""}),
+    ):
+        data = edited()
+        data["issuers"]["okta"]["issuer"] = url
+        path = tmp_path / "candidate.yaml"
+        path.write_text(yaml.safe_dump(data))
+        loaded = compile_policy(load_policy(path, env=env, placeholders=True))
+        assert ("issuers", "okta", "issuer") in loaded.loaded.stand_ins
+        found = outcome(loaded, event)
+        assert isinstance(found, Replayed) and found.issuer_by_name, url
+        assert changes(rec(event), found, KEYS.redact) == []
+        report = ReplayReport(loaded.sha256)
+        report.add(rec(event), found, KEYS.redact)
+        assert report.as_json()["issuerMatchedByName"] == 1
+        assert "issuer matched by name, URL differs: 1" in report.render()
+    # the variable set: a URL a deployment loads, not a stand-in
+    loaded = compile_policy(
+        load_policy(path, env={"OKTA_ISSUER": "https://idp.example/oauth2/defualt"})
+    )
+    assert outcome(loaded, event) == Replayed(False, "issuer-unknown")
