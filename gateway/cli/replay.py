@@ -4,9 +4,11 @@ traffic.
 ``replay --policy CANDIDATE AUDIT_FILE...`` recomputes every decision the audit files record
 under the candidate (``gateway.audit.replay``) and reports the calls that would flip, and those
 whose query, parameters or refusal would change, per route and role (``--json`` for machines).
-Exit 0 when nothing flips, 1 when something does, 2 on unusable input: a file that is missing,
-holds something other than audit events, or holds none; a candidate with problems; an audit key
-that does not verify the trail; settings in the environment that are not valid. One unusable
+Exit 0 when every decision was replayed and nothing flips, 1 when something flips, 3 when nothing
+flips but some calls could not be replayed (``notReplayed``), 2 on unusable input: a file that is
+missing, holds something other than audit events, or holds none; a trail that records no
+decision at all; a candidate with problems; an audit key that does not verify the trail;
+settings in the environment that are not valid. One unusable
 file stops the whole run with no report: a report without it would understate what flips.
 
 The audit key (``--key-file``, else ``SPANGATE_AUDIT_KEY``, as ``audit verify`` reads it;
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_replay", "audit_traffic", "recorded_calls"]
+__all__ = ["add_replay", "audit_traffic", "exit_code", "recorded_calls"]
 
 
 def add_replay(psub: Any) -> None:
@@ -130,7 +132,22 @@ def _replay(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(report.render())
-    return 1 if report.flips else 0
+    return exit_code(report)
+
+
+def exit_code(report: Any) -> int:
+    """1 when something flips; else 3 when calls could not be replayed (what they would do is
+    not known: a lock-out may hide there); 2 when the trail records no decision at all."""
+    if not report.decisions:
+        print(
+            "spangate: the trail records no decision of the policy (every event was skipped): "
+            "nothing was replayed",
+            file=sys.stderr,
+        )
+        return 2
+    if report.flips:
+        return 1
+    return 3 if report.decisions != report.replayed else 0
 
 
 def audit_traffic(files: Sequence[Path], access: Sequence[Any]) -> dict[Any, Any] | str:

@@ -757,3 +757,48 @@ def test_an_issuer_url_written_out_that_differs_refuses_the_token_as_the_shadow_
         load_policy(path, env={"OKTA_ISSUER": "https://idp.example/oauth2/defualt"})
     )
     assert outcome(loaded, event) == Replayed(False, "issuer-unknown")
+
+
+def anonymous_event(request_id: str = "r-anon") -> dict[str, Any]:
+    """The sealed event of a call without a valid token: no principal, no decision."""
+    from gateway.errors import AuthError
+
+    call = CallRecord(
+        request_id=request_id, method="GET", path="/things/T-1", started=0.0, client=None,
+        user_agent=None,
+    )
+    call.error, call.status = AuthError("no token", code="token-missing"), 401
+    sealed, _ = Chain(KEYS.chain).seal(build_event(call, LIVE_POLICY, key=KEYS.redact))
+    return sealed
+
+
+def test_calls_that_could_not_be_replayed_or_a_trail_without_decisions_exit_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing flips among the replayed calls but some could not be replayed: exit 3 (a new
+    deny role on a claim never read, a role redefined on a group no policy named, can lock out
+    everyone there); a trail whose every event is skipped: exit 2."""
+    from gateway.cli import main
+
+    trail, key = tmp_path / "audit.jsonl", tmp_path / "key"
+    key.write_bytes(b"replay-test-key\n")
+    trail.write_text(json.dumps(event_of("GET /things/T-1", who())) + "\n")
+    new_deny = edited()
+    new_deny["roles"]["contractor"] = [{"claims": {"dept": "contractors"}}]
+    new_deny["routes"][0]["deny"] = ["blocked", "contractor"]
+    redefined = edited()
+    redefined["roles"]["staff"] = [{"groups": ["staff-v2"]}]
+    for data in (new_deny, redefined):
+        candidate = tmp_path / "candidate.yaml"
+        candidate.write_text(json.dumps(data))
+        args = ["policy", "replay", "--policy", str(candidate), "--key-file", str(key)]
+        assert main([*args, str(trail)]) == 3
+        assert "could not be replayed: 1" in capsys.readouterr().out
+    same = tmp_path / "live.yaml"
+    same.write_text(json.dumps(LIVE))
+    assert main(["policy", "replay", "--policy", str(same), "--key-file", str(key), str(trail)]) == 0
+    capsys.readouterr()
+    trail.write_text(json.dumps(anonymous_event()) + "\n")
+    assert main(["policy", "replay", "--policy", str(same), "--key-file", str(key), str(trail)]) == 2
+    captured = capsys.readouterr()
+    assert "0 recorded decisions" in captured.out and "no decision" in captured.err
