@@ -51,6 +51,7 @@ from urllib.parse import unquote
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit_encoded, pointer
 from gateway.audit.chain import Members
+from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy
@@ -175,6 +176,16 @@ def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
     return sorted({a for a in given if isinstance(a, str)} & set(issuer.audiences))
 
 
+def _claim_names(principal: Principal, policy: CompiledPolicy) -> dict[str, str | None] | None:
+    """The claims the issuer read groups and scopes from (for replay under a candidate whose
+    issuer maps them otherwise)."""
+    issuer = policy.model.issuers.get(principal.issuer)
+    if issuer is None:
+        return None
+    names = effective_names(issuer, principal.introspected)
+    return {"groups": names.groups, "scopes": names.scopes}
+
+
 def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds) -> dict[str, Any]:
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
@@ -186,6 +197,8 @@ def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds
             "userId": bounds.text(third + "userId", principal.user_id),
             "tokenId": bounds.text(third + "tokenId", principal.token_id),
             "audience": _accepted(principal, policy),
+            "introspected": principal.introspected,
+            "claimNames": _claim_names(principal, policy),
         },
         "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
     }

@@ -96,6 +96,10 @@ class Recorded:
     # thirdPartyPrincipal.audience: the token's audiences the live issuer accepted; None: not
     # recorded (an older event, or a token without aud)
     audience: tuple[str, ...] | None = None
+    # thirdPartyPrincipal.claimNames: the claims groups and scopes were read from ({groups,
+    # scopes}); None: not recorded (an older event)
+    claim_names: Mapping[str, Any] | None = None
+    introspected: bool = False  # thirdPartyPrincipal.introspected: an opaque token
 
     def is_cut(self, where: str) -> bool:
         """Whether the value at ``where`` (or anything in it) is cut or dropped."""
@@ -208,6 +212,8 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
         complete=frozenset(k for k in ("groups", "scopes") if isinstance(read.get(k), list)),
         cursor=_text(_get(metadata, "pagination", "cursor")),
         audience=_tuple(_strings(_get(third, "audience"))),
+        claim_names=_mapping(_get(third, "claimNames")),
+        introspected=_get(third, "introspected") is True,
     )
 
 
@@ -217,6 +223,10 @@ def _held(value: Any) -> Mapping[str, bool] | None:
         return value
     listed = _strings(value)
     return dict.fromkeys(listed, True) if listed is not None else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
 
 
 def _tuple(value: list[str] | None) -> tuple[str, ...] | None:

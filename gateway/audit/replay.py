@@ -16,6 +16,9 @@ What the decision is recomputed from, and how far it can be:
 - roles: the candidate's role entries, judged three-valued on what the event recorded
   (``metadata.claimsRead``: claims, whether each group and scope a policy named is held; the
   issuer; whether the token is delegated).
+  A group or scope is unknown when the candidate's issuer reads it from another claim than the
+  live issuer did (``thirdPartyPrincipal.claimNames``, a changed ``claims:`` mapping or preset;
+  not recorded before it was: not checked).
   An entry holds, fails, or is unknown when it tests a claim the event did not record (a claim
   the live policy did not read, an event from before claims were recorded, a value cut for the
   event's size), a ``matches`` test on a claim recorded as a keyed hash, or an equality test on
@@ -58,6 +61,7 @@ from typing import Any
 from gateway.audit.bounds import pointer
 from gateway.audit.event import redacted, redacted_claim
 from gateway.audit.recorded import CLAIMS_READ, HASHED, IGNORED, PARAMS, Recorded
+from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING
 from gateway.errors import GatewayError
 from gateway.policy.bind import BODY_METHODS, ParamSpec, check_constraints
@@ -120,6 +124,8 @@ class _View:
     rec: Recorded
     key: bytes | None  # the audit key's redaction key (hashes the policy's values alike)
     issuer: str  # the candidate's name for the token's issuer
+    # the claims the candidate's issuer reads groups and scopes from; None: not compared
+    names: Mapping[str, str | None] | None = None
     unknown: list[str] = field(default_factory=list)
 
     def claim(self, path: str) -> Any:
@@ -146,6 +152,13 @@ class _View:
     def holds(self, kind: str, name: str) -> bool:
         """Whether the principal holds group (scope) ``name``; ``_Unknown`` when the event did
         not record it (a name no live or shadow policy named: shadow the candidate first)."""
+        recorded = self.rec.claim_names
+        if recorded is not None and self.names is not None:
+            if recorded.get(kind) != self.names[kind]:
+                raise _Unknown(
+                    f"the issuer's claims mapping changed ({kind}: claim "
+                    f"{recorded.get(kind)} -> {self.names[kind]})"
+                )
         held = self.rec.groups if kind == "groups" else self.rec.scopes
         if held is None or self.rec.is_cut(f"{CLAIMS_READ}/{kind}"):
             raise _Unknown(f"{kind} not recorded")
@@ -481,7 +494,8 @@ def _replay(
         return NotReplayed(
             f"the token's audience {list(rec.audience)} is not one issuer {issuer!r} accepts"
         )
-    view = _View(rec, key, issuer)
+    names = effective_names(policy.model.issuers[issuer], rec.introspected)
+    view = _View(rec, key, issuer, {"groups": names.groups, "scopes": names.scopes})
     try:
         found = _route(policy, rec)
     except _Unknown as exc:

@@ -50,6 +50,14 @@ class ThirdPartyPrincipal(_Model):
     audience: list[str] | None = Field(
         None, description="The token's audiences (aud) its issuer accepts; null: no aud."
     )
+    introspected: bool = Field(
+        False, description="The token was opaque: its claims are an RFC 7662 answer."
+    )
+    claimNames: dict[str, str | None] | None = Field(
+        None,
+        description="The claims the issuer read groups and scopes from ({groups, scopes}; "
+        "null: not read).",
+    )
 
 
 class Actor(_Model):

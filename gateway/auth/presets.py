@@ -22,6 +22,7 @@ __all__ = [
     "PRESETS",
     "check_act",
     "claim_names",
+    "effective_names",
     "introspection_names",
     "is_org_server",
     "principal_from_claims",
@@ -52,6 +53,11 @@ def introspection_names(issuer: Issuer) -> ClaimNames:
     if issuer.claims is None:
         return names
     return names.model_copy(update=issuer.claims.model_dump(exclude_none=True))
+
+
+def effective_names(issuer: Issuer, introspected: bool) -> ClaimNames:
+    """The claim names a principal of ``issuer`` was read with."""
+    return introspection_names(issuer) if introspected else claim_names(issuer)
 
 
 def is_org_server(issuer: Issuer) -> bool:
@@ -94,9 +100,12 @@ def check_act(claims: Mapping[str, Any]) -> None:
             )
 
 
-def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any]) -> Principal:
+def principal_from_claims(
+    name: str, names: ClaimNames, claims: Mapping[str, Any], *, introspected: bool = False
+) -> Principal:
     """Build the Principal of a verified token (``sub`` and ``iss`` already required); a
-    malformed ``act`` is an AuthError (``check_act``)."""
+    malformed ``act`` is an AuthError (``check_act``). ``introspected``: ``claims`` is an RFC
+    7662 answer (``names``: ``introspection_names``)."""
     check_act(claims)
     scopes = _strings(claim_value(claims, names.scopes)) if names.scopes else frozenset()
     if not scopes and names.scopes == "scope":  # generic issuers sometimes use Okta's scp
@@ -115,4 +124,5 @@ def principal_from_claims(name: str, names: ClaimNames, claims: Mapping[str, Any
         claims=MappingProxyType(dict(claims)),
         token_id=_string(claims.get("jti")),
         expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,
+        introspected=introspected,
     )

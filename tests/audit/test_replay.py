@@ -802,3 +802,32 @@ def test_calls_that_could_not_be_replayed_or_a_trail_without_decisions_exit_non_
     assert main(["policy", "replay", "--policy", str(same), "--key-file", str(key), str(trail)]) == 2
     captured = capsys.readouterr()
     assert "0 recorded decisions" in captured.out and "no decision" in captured.err
+
+
+def test_a_changed_claims_mapping_of_the_issuer_cannot_be_replayed() -> None:
+    """The event records the claims groups and scopes were read from; a candidate whose issuer
+    reads them from others (``claims:``, a preset) cannot be judged from what was recorded."""
+    event = event_of("GET /things/T-1", who())
+    third = event["protoPayload"]["authenticationInfo"]["thirdPartyPrincipal"]
+    assert third["claimNames"] == {"groups": "groups", "scopes": "scp"}
+    assert third["introspected"] is False
+    data = edited()
+    data["issuers"]["okta"]["claims"] = {"groups": "roles"}
+    found = outcome(policy(data), event)
+    assert isinstance(found, NotReplayed), found
+    assert "claims mapping changed (groups: claim groups -> roles)" in found.why
+    assert found.roles == ("staff",)
+    data["issuers"]["okta"]["preset"] = "oidc"  # scopes from scope: the agent's scopes unknown
+    data["issuers"]["okta"]["claims"] = {"groups": "groups"}
+    agent = event_of("GET /things/T-1", who(groups=[], scp=["things.read"], kind="agent"))
+    found = outcome(policy(data), agent)
+    assert isinstance(found, NotReplayed) and "scopes: claim scp -> scope" in found.why
+    # a mapping of user or client only changes nothing replay judges
+    data = edited()
+    data["issuers"]["okta"]["claims"] = {"user": "uid2"}
+    found = outcome(policy(data), event)
+    assert isinstance(found, Replayed) and changes(rec(event), found, KEYS.redact) == []
+    # an older event (no claimNames): not checked
+    del third["claimNames"]
+    data["issuers"]["okta"]["claims"] = {"groups": "roles"}
+    assert isinstance(outcome(policy(data), event), Replayed)
