@@ -54,6 +54,7 @@ from gateway.audit.chain import Members
 from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
+from gateway.policy.bind import Bound
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision
 from gateway.policy.reads import ClaimReads
@@ -284,6 +285,7 @@ def _statement(
             else:
                 where = _REQUEST + pointer("params", name, "value")
                 bounds.put(entry, "value", where, json_value(value))
+                _sent(entry, name, bound, bounds)
     if decision is not None and decision.ignored:  # recorded whether the request was allowed or not
         statement["ignoredCallerValues"] = ignored = {}
         for name, value in decision.ignored.items():
@@ -293,6 +295,25 @@ def _statement(
                 where = _REQUEST + pointer("ignoredCallerValues", name)
                 bounds.put(ignored, name, where, to_json(value))
     return statement
+
+
+def _sent(entry: dict[str, Any], name: str, bound: Bound, bounds: Bounds) -> None:
+    """What the caller sent, where ``coerce`` changed its form (``"5"`` bound as 5): a candidate
+    of another type checks what was sent (``spangate policy replay``). ``text``: a path or
+    query-string value. Never for a redacted parameter (its hash is all the trail holds)."""
+    if name not in bound.sent or name in bound.claim_bound:
+        return
+    raw, text = bound.sent[name]
+    raw = to_json(raw)
+    if _canonical(raw) == _canonical(entry.get("value")):
+        return
+    bounds.put(entry, "sent", _REQUEST + pointer("params", name, "sent"), raw)
+    if text:
+        entry["text"] = True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def write_outcome(call: CallRecord) -> str | None:

@@ -30,16 +30,18 @@ What the decision is recomputed from, and how far it can be:
   (``rule_uncertain``): flips are reported, the rule is not compared;
 - parameters: a claim-bound one from the recorded claim; path parameters from the path (an MCP
   call's from its recorded arguments; a segment recorded as its keyed hash, a redacted one, is
-  taken as recorded); the others from the values the event recorded
-  (``request.params`` sent by the caller, ``ignoredCallerValues``), re-checked against the
-  candidate's types and constraints. A value recorded as a hash (redacted) or cut is taken as it
-  was recorded, not re-checked (``unchecked``). A call the live policy refused before binding
-  recorded no caller values: when the candidate's roles let it in, its parameters are not known
-  (``params_known`` false): a deny -> allow flip all the same; and when the live policy refused
-  it for a caller's parameter and the candidate runs the same query, that refusal is assumed
-  (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail records it,
-  ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened under the live
-  policy is assumed to open under the candidate. A call that presented a cursor
+  taken as recorded); the others from the values the event recorded (``request.params`` sent by
+  the caller, ``ignoredCallerValues``), re-checked against the candidate's types and
+  constraints: what the caller sent where the live type changed its form (``sent``, ``text``
+  when from a query string: ``"5"`` bound as 5), else the recorded value (an older event's
+  query-string value turned back into text). A value recorded as a hash (redacted) or cut is
+  taken as it was recorded, not re-checked (``unchecked``). A call the live policy refused
+  before binding recorded no caller values: when the candidate's roles let it in, its parameters
+  are not known (``params_known`` false): a deny -> allow flip all the same; and when the live
+  policy refused it for a caller's parameter and the candidate runs the same query, that refusal
+  is assumed (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail
+  records it, ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened
+  under the live policy is assumed to open under the candidate. A call that presented a cursor
   (``metadata.pagination.cursor`` other than ``none``) to a candidate route without
   ``pagination:`` is refused as the candidate would refuse it, ``param-unknown`` (its ``cursor``
   is a parameter it does not take).
@@ -357,8 +359,28 @@ def _inputs(rec: Recorded) -> tuple[dict[str, Any], bool]:
             continue
         value = entry.get("value")
         where = PARAMS + pointer(name, "value")
-        values[name] = _Opaque(value) if rec.is_cut(where) or _hashed(value) else (value, False)
+        if rec.is_cut(where) or _hashed(value):
+            values[name] = _Opaque(value)
+        elif "sent" in entry:  # what the caller sent, before the live type converted it
+            sent = entry["sent"]
+            cut = rec.is_cut(PARAMS + pointer(name, "sent"))
+            values[name] = _Opaque(value) if cut else (sent, entry.get("text") is True)
+        elif text:  # an older event: the query string's text, as far as it can be rebuilt
+            values[name] = (_as_text(value), True)
+        else:
+            values[name] = (value, False)
     return values, True
+
+
+def _as_text(value: Any) -> Any:
+    """A recorded JSON value as the query string held it (``5`` was ``"5"``)."""
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _bind(

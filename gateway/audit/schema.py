@@ -108,6 +108,14 @@ class Param(_Model):
         description="Only when the caller did not send it: the declared default, or null for a "
         "nullable parameter (from is then caller).",
     )
+    sent: Any = Field(
+        None,
+        description="What the caller sent, where the parameter's type changed its form (\"5\" "
+        "bound as 5); never for a redacted parameter.",
+    )
+    text: Literal[True] | None = Field(
+        None, description="Only with sent: it came from the path or the query string."
+    )
 
 
 class Statement(_Model):

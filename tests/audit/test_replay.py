@@ -831,3 +831,45 @@ def test_a_changed_claims_mapping_of_the_issuer_cannot_be_replayed() -> None:
     del third["claimNames"]
     data["issuers"]["okta"]["claims"] = {"groups": "roles"}
     assert isinstance(outcome(policy(data), event), Replayed)
+
+
+@pytest.mark.parametrize(
+    ("live_type", "candidate_type", "request_line", "body"),
+    [
+        ("INT64", "STRING", "GET /things?limit=5", None),
+        ("STRING", "BOOL", "GET /things?limit=true", None),
+        ("STRING", "ARRAY<STRING>", "GET /things?limit=a", None),
+        ("NUMERIC", "FLOAT64", "GET /things?limit=5.5", None),
+        ("INT64", "STRING", "POST /things", {"id": "T-9", "size": 1, "limit": "5"}),
+    ],
+)
+def test_a_parameter_changing_type_is_checked_as_the_caller_sent_it(
+    live_type: str, candidate_type: str, request_line: str, body: dict[str, Any] | None
+) -> None:
+    """The trail records what the caller sent where the live type converted it (``"5"`` bound
+    as 5); replay checks that against the candidate's type, as ``decide`` would."""
+    def typed(kind: str) -> dict[str, Any]:
+        data = edited()
+        for query in ("list_things", "add_thing"):
+            data["queries"][query]["params"]["limit"] = {"type": kind, "nullable": True}
+        data["queries"]["add_thing"]["sql"] = (
+            "INSERT INTO Things (Tenant, Id, Size, Note) VALUES (@tenant, @id, @size, @limit)"
+        )
+        return data
+
+    live = policy(typed(live_type))
+    candidate = policy(typed(candidate_type))
+    event = event_of(request_line, who(live), live, body=body)
+    assert event["protoPayload"]["metadata"]["decision"]["allow"]
+    found = outcome(candidate, event)
+    decided = decide(candidate, request_facts(request_line, body), who(candidate))
+    assert isinstance(found, Replayed), found
+    assert (found.allow, found.reason) == (decided.allow, decided.reason) == (True, "allowed")
+    assert changes(rec(event), found, KEYS.redact) in ([], ["params"])
+    # an older event (no "sent"): a query string's value is turned back into text
+    for entry in event["protoPayload"]["request"]["params"].values():
+        entry.pop("sent", None)
+        entry.pop("text", None)
+    if body is None:
+        found = outcome(candidate, event)
+        assert isinstance(found, Replayed) and found.allow, found
