@@ -15,7 +15,8 @@ the path and query string, or the tool's name and arguments; never a body it did
 The candidate decides on the token as its own issuers would read it (``shadow_principal``): the
 live policy's issuer is found among the candidate's by its URL (``iss``; the same name first,
 when two share it), so renaming an issuer is no disagreement; the principal is rebuilt with that
-issuer's claim names when they differ (groups, scopes…). A candidate with no issuer of that URL
+issuer's claim names when they differ (groups, scopes…; an introspected token's as an RFC 7662
+answer is read, ``introspection_names``). A candidate with no issuer of that URL
 refuses the token: its decision is ``issuer-unknown``; one whose issuer takes none of the
 token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
 """
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth.presets import claim_names, principal_from_claims
+from gateway.auth.presets import effective_names, principal_from_claims
 from gateway.auth.principal import Principal
 from gateway.policy.bind import Bound
 from gateway.policy.decide import Decision
@@ -81,8 +82,10 @@ def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> P
     if audiences is not None and audiences.isdisjoint(config.audiences):
         return "audience-mismatch"
     before = live.issuers.get(principal.issuer)
-    if before is not None and claim_names(before) != claim_names(config):
-        return principal_from_claims(name, claim_names(config), principal.claims)
+    introspected = principal.introspected
+    names = effective_names(config, introspected)
+    if before is not None and effective_names(before, introspected) != names:
+        return principal_from_claims(name, names, principal.claims, introspected=introspected)
     return principal if name == principal.issuer else replace(principal, issuer=name)
 
 

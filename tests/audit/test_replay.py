@@ -873,3 +873,28 @@ def test_a_parameter_changing_type_is_checked_as_the_caller_sent_it(
     if body is None:
         found = outcome(candidate, event)
         assert isinstance(found, Replayed) and found.allow, found
+
+
+def test_the_shadow_reads_an_introspected_token_with_the_introspection_names() -> None:
+    """An opaque token's principal comes from an RFC 7662 answer (scopes from ``scope``): a
+    candidate changing an unrelated claim name reads it the same way, no disagreement."""
+    from gateway.auth.presets import introspection_names, principal_from_claims
+    from gateway.policy.shadow import disagreement, shadow_principal
+
+    data = edited()
+    data["issuers"]["okta"]["introspection"] = {"client_id": "c", "client_secret": "s"}
+    live = policy(data)
+    answer = {
+        "active": True, "iss": "https://idp.example/oauth2/default", "sub": "user-1",
+        "scope": "things.read", "client_id": "c", "kind": "agent", "tenant": "t1", "aud": "api",
+    }
+    names = introspection_names(live.model.issuers["okta"])
+    principal = principal_from_claims("okta", names, answer, introspected=True)
+    decided = decide(live, request_facts("GET /things/T-1"), principal)
+    assert (decided.allow, decided.rule) == (True, "agent")
+    data["issuers"]["okta"]["claims"] = {"user": "uid2"}
+    candidate = policy(data)
+    shadow = shadow_principal(principal, live.model, candidate.model)
+    assert not isinstance(shadow, str) and shadow.scopes == {"things.read"} and shadow.introspected
+    under = decide(candidate, request_facts("GET /things/T-1"), shadow)
+    assert disagreement(decided, decided.reason, under, candidate.sha256) is None
