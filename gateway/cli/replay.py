@@ -14,7 +14,9 @@ file stops the whole run with no report: a report without it would understate wh
 The audit key (``--key-file``, else ``SPANGATE_AUDIT_KEY``, as ``audit verify`` reads it;
 ``--no-key`` for a trail written without one) lets replay judge a role's equality test against a
 claim the trail holds as a keyed hash (a claim bound to a redacted parameter): the policy's values
-are hashed with the same key. It is checked against each file's first event.
+are hashed with the same key. With it, every trail is verified first, as ``audit verify`` does
+(every event's hash and chain link): a break is unusable input (exit 2). Without it, the report
+notes that the trail's integrity was not verified.
 """
 
 from __future__ import annotations
@@ -75,30 +77,22 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 def recorded_calls(
     files: Sequence[Path], secret: bytes | None, notes: list[str]
 ) -> tuple[int, list[Any], list[Any]]:
-    """(events read, recorded decisions, skipped events) of ``files``; ``_Unusable`` with why."""
-    from gateway.audit.chain import AuditKeys, event_hash
+    """(events read, recorded decisions, skipped events) of ``files``; ``_Unusable`` with why.
+    With an audit key, every trail is verified first (``audit.verify``: each event's hash and
+    its link to the one before): a break is unusable input; without one, a note says the
+    trail's integrity was not verified."""
     from gateway.audit.recorded import Skipped, TrailUnreadable, read_trail, recorded
 
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise _Unusable(f"no such file: {', '.join(missing)}")
-    chain_key = AuditKeys.from_secret(secret).chain
+    _verify(files, secret, notes)
     events = 0
     calls: list[Any] = []
     skipped: list[Any] = []
-    checked: set[str] = set()
     try:
         for where, event in read_trail(files, notes):
             events += 1
-            name = where.rsplit(":", 1)[0]
-            if name not in checked and isinstance(event.get("hash"), str):
-                checked.add(name)
-                if chain_key is not None and event_hash(event, chain_key) != event["hash"]:
-                    raise _Unusable(
-                        f"{where}: the audit key does not verify this event (is it the key the "
-                        "gateway wrote the trail with? `spangate audit verify` tells a tampered "
-                        "trail apart)"
-                    )
             found = recorded(event, where)
             (skipped if isinstance(found, Skipped) else calls).append(found)
     except TrailUnreadable as exc:
@@ -106,6 +100,27 @@ def recorded_calls(
     if not events:
         raise _Unusable(f"no audit events in {', '.join(map(str, files))}")
     return events, calls, skipped
+
+
+def _verify(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> None:
+    """Every trail of ``files`` verified with the audit key, as ``spangate audit verify`` does;
+    ``_Unusable`` at the first break."""
+    from gateway.audit.chain import AuditKeys
+    from gateway.audit.verify import trail_groups, verify_trail
+
+    chain_key = AuditKeys.from_secret(secret).chain
+    if chain_key is None:
+        notes.append(
+            "integrity not verified (no audit key): run `spangate audit verify` on these files"
+        )
+        return
+    for group in trail_groups(files):
+        broken = verify_trail(group, chain_key).broken
+        if broken is not None:
+            raise _Unusable(
+                f"{broken}: the trail does not verify with this audit key (tampered, or not "
+                "the key the gateway wrote it with: `spangate audit verify` tells them apart)"
+            )
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -898,3 +898,36 @@ def test_the_shadow_reads_an_introspected_token_with_the_introspection_names() -
     assert not isinstance(shadow, str) and shadow.scopes == {"things.read"} and shadow.introspected
     under = decide(candidate, request_facts("GET /things/T-1"), shadow)
     assert disagreement(decided, decided.reason, under, candidate.sha256) is None
+
+
+def test_a_tampered_trail_is_unusable_input_and_without_a_key_integrity_is_not_verified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the audit key every event's hash and chain link are verified, as ``audit verify``
+    does (not only each file's first event): an edited event stops the run."""
+    from gateway.cli import main
+
+    chain = Chain(KEYS.chain)
+    events = []
+    for n in range(4):
+        facts = request_facts(f"GET /things/T-{n}")
+        call = CallRecord(
+            request_id=f"r-{n}", method="GET", path=facts.path, started=0.0, client=None,
+            user_agent=None,
+        )
+        call.principal, call.decision = who(), decide(LIVE_POLICY, facts, who())
+        call.status = 200
+        events.append(chain.seal(build_event(call, LIVE_POLICY, key=KEYS.redact))[0])
+    trail, key, same = tmp_path / "audit.jsonl", tmp_path / "key", tmp_path / "live.yaml"
+    key.write_bytes(b"replay-test-key\n")
+    same.write_text(json.dumps(LIVE))
+    trail.write_text("".join(json.dumps(e) + "\n" for e in events))
+    args = ["policy", "replay", "--policy", str(same)]
+    assert main([*args, "--key-file", str(key), str(trail)]) == 0
+    events[2]["httpRequest"]["requestUrl"] = "/things/T-9"
+    trail.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert main([*args, "--key-file", str(key), str(trail)]) == 2
+    err = capsys.readouterr().err
+    assert "audit.jsonl:3: seq 3 edited" in err and "does not verify" in err
+    assert main([*args, "--no-key", str(trail)]) == 0
+    assert "integrity not verified" in capsys.readouterr().out
