@@ -107,24 +107,35 @@ class Recorded:
 
 
 def read_trail(paths: Sequence[Path], notes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every event of the files, each trail in order, as (``FILE:LINE``, event)."""
+    """Every event of the files, each trail in order, as (``FILE:LINE``, event). Streamed: one
+    line at a time, and the next one read ahead (is this line the last?)."""
     for group in trail_groups(paths):
         for path in group:
             with path.open("rb") as f:
-                lines = list(enumerate(f, start=1))
-            for number, raw in lines:
-                if not raw.strip():
-                    continue
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    if number == len(lines) and not raw.endswith(b"\n"):
-                        notes.append(f"{path}:{number}: a last line cut short (skipped)")
-                        continue
-                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event") from None
-                if not isinstance(event, dict):
-                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event")
-                yield f"{path}:{number}", event
+                number, raw = 0, f.readline()
+                while raw:
+                    number, following = number + 1, f.readline()
+                    found = _event(path, number, raw, not following, notes)
+                    if found is not None:
+                        yield f"{path}:{number}", found
+                    raw = following
+
+
+def _event(
+    path: Path, number: int, raw: bytes, last: bool, notes: list[str]
+) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        if last and not raw.endswith(b"\n"):
+            notes.append(f"{path}:{number}: a last line cut short (skipped)")
+            return None
+        raise TrailUnreadable(f"{path}:{number}: not a JSON audit event") from None
+    if not isinstance(event, dict):
+        raise TrailUnreadable(f"{path}:{number}: not a JSON audit event")
+    return event
 
 
 def _get(node: Any, *keys: str) -> Any:

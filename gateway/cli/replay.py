@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,32 +74,28 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     return key.get_secret_value().encode() if key else None
 
 
-def recorded_calls(
-    files: Sequence[Path], secret: bytes | None, notes: list[str]
-) -> tuple[int, list[Any], list[Any]]:
-    """(events read, recorded decisions, skipped events) of ``files``; ``_Unusable`` with why.
+def recorded_calls(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> Iterator[Any]:
+    """Each event of ``files`` as the decision it records (``Recorded``) or why it records
+    none (``Skipped``), streamed: nothing is kept; ``_Unusable`` with why (no events at all,
+    once they are read).
     With an audit key, every trail is verified first (``audit.verify``: each event's hash and
     its link to the one before): a break is unusable input; without one, a note says the
     trail's integrity was not verified."""
-    from gateway.audit.recorded import Skipped, TrailUnreadable, read_trail, recorded
+    from gateway.audit.recorded import TrailUnreadable, read_trail, recorded
 
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise _Unusable(f"no such file: {', '.join(missing)}")
     _verify(files, secret, notes)
     events = 0
-    calls: list[Any] = []
-    skipped: list[Any] = []
     try:
         for where, event in read_trail(files, notes):
             events += 1
-            found = recorded(event, where)
-            (skipped if isinstance(found, Skipped) else calls).append(found)
+            yield recorded(event, where)
     except TrailUnreadable as exc:
         raise _Unusable(str(exc)) from None
     if not events:
         raise _Unusable(f"no audit events in {', '.join(map(str, files))}")
-    return events, calls, skipped
 
 
 def _verify(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> None:
@@ -125,24 +121,26 @@ def _verify(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> No
 
 def _replay(args: argparse.Namespace) -> int:
     from gateway.audit.chain import AuditKeys
+    from gateway.audit.recorded import Skipped
     from gateway.audit.replay import replay
     from gateway.audit.replay_report import ReplayReport
     from gateway.cli.policy import load_candidate
 
     policy = load_candidate(args.policy)
     notes: list[str] = []
+    report = ReplayReport(policy.sha256, notes=notes)
     try:
         secret = _secret(args)
-        events, calls, skipped = recorded_calls(args.files, secret, notes)
+        key = AuditKeys.from_secret(secret).redact
+        for found in recorded_calls(args.files, secret, notes):  # one at a time: counts kept
+            report.events += 1
+            if isinstance(found, Skipped):
+                report.skip(found)
+            else:
+                report.add(found, replay(policy, found, key), key)
     except (_Unusable, OSError) as exc:
         print(f"spangate: {exc}", file=sys.stderr)
         return 2
-    key = AuditKeys.from_secret(secret).redact
-    report = ReplayReport(policy.sha256, events=events, notes=notes)
-    for skip in skipped:
-        report.skip(skip)
-    for rec in calls:
-        report.add(rec, replay(policy, rec, key), key)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:
@@ -168,13 +166,15 @@ def exit_code(report: Any) -> int:
 def audit_traffic(files: Sequence[Path], access: Sequence[Any]) -> dict[Any, Any] | str:
     """``policy diff --audit``: the recorded traffic each access change touches, or why the
     files cannot be used."""
+    from gateway.audit.recorded import Recorded
     from gateway.audit.replay_report import traffic
 
     notes: list[str] = []
     try:
-        _, calls, _ = recorded_calls(files, None, notes)
+        found = recorded_calls(files, None, notes)
+        counted = traffic((c for c in found if isinstance(c, Recorded)), access)
     except (_Unusable, OSError) as exc:
         return str(exc)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return traffic(calls, access)
+    return counted
