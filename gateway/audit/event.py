@@ -139,13 +139,22 @@ def redacted_claim(value: Any, key: bytes | None) -> Any:
 _AUTH = pointer("protoPayload", "authenticationInfo")
 
 
-def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str, Any]]:
-    """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first."""
+def _delegation(
+    act: Mapping[str, Any] | None, bounds: Bounds, redact: frozenset[str], key: bytes | None
+) -> list[dict[str, Any]]:
+    """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first. An actor's
+    claim bound to a redacted parameter (``redact``: ``ClaimReads.redacted``, ``act.email``)
+    is its keyed hash, as the parameter is (a claim in which such a path lies: all of it)."""
     chain: list[dict[str, Any]] = []
     node: Any = act
     while isinstance(node, Mapping) and len(chain) < 16:
         where = _AUTH + pointer("serviceAccountDelegationInfo", len(chain))
-        claims = {k: to_json(v) for k, v in node.items() if k not in ("sub", "act")}
+        prefix = "act." * (len(chain) + 1)
+        claims = {
+            k: redacted_claim(to_json(v), key) if _hidden(prefix + k, redact) else to_json(v)
+            for k, v in node.items()
+            if k not in ("sub", "act")
+        }
         sub = node.get("sub")
         entry: dict[str, Any] = {
             "principalSubject": bounds.text(
@@ -164,6 +173,10 @@ def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str,
         chain.append(entry)
         node = node.get("act")
     return chain
+
+
+def _hidden(path: str, redact: frozenset[str]) -> bool:
+    return path in redact or any(r.startswith(path + ".") for r in redact)
 
 
 def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
@@ -187,7 +200,13 @@ def _claim_names(principal: Principal, policy: CompiledPolicy) -> dict[str, str 
     return {"groups": names.groups, "scopes": names.scopes}
 
 
-def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds) -> dict[str, Any]:
+def _authentication(
+    principal: Principal,
+    policy: CompiledPolicy,
+    bounds: Bounds,
+    reads: ClaimReads,
+    key: bytes | None,
+) -> dict[str, Any]:
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
         "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
@@ -201,7 +220,7 @@ def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds
             "introspected": principal.introspected,
             "claimNames": _claim_names(principal, policy),
         },
-        "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
+        "serviceAccountDelegationInfo": _delegation(principal.act, bounds, reads.redacted, key),
     }
 
 
@@ -438,7 +457,9 @@ def _event(
             "methodName": route.query_name if route else None,
             "resourceName": database
             or database_resource(target.project, target.instance, target.database),
-            "authenticationInfo": _authentication(call.principal, policy, bounds)
+            "authenticationInfo": _authentication(
+                call.principal, policy, bounds, call.reads or policy.reads, key
+            )
             if call.principal
             else None,
             "authorizationInfo": [

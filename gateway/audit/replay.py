@@ -201,10 +201,14 @@ def _actor_claim(rec: Recorded, path: str) -> Any:
         raise _Unknown(f"claim {path} cut for the event's size")
     node: Any = others or {}
     for part in parts:
+        if _hashed(node):  # a claim bound to a redacted parameter: its keyed hash
+            raise _Unknown(f"claim {path} is within a claim recorded as a keyed hash")
         if not isinstance(node, Mapping) or part not in node:
             return MISSING
         node = node[part]
-    return MISSING if node is None else node
+    if node is None:
+        return MISSING
+    return _Opaque(node) if _hashed(node) else node
 
 
 def _hashed(value: Any) -> bool:

@@ -963,3 +963,37 @@ def test_replay_streams_the_trail_and_keeps_counts_only(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert trail.stat().st_size > 2_500_000 and peak < 2_000_000, peak  # before: 9 MB
+
+
+def test_an_actor_claim_bound_to_a_redacted_parameter_is_hashed_in_the_delegation_info() -> None:
+    data = edited()
+    data["queries"]["get_thing"]["params"]["actor_email"] = {
+        "type": "STRING", "from": "claim.act.email",
+    }
+    data["queries"]["get_thing"]["sql"] += " AND Agent = @actor_email"
+    data["roles"]["staff"] = [{"groups": ["staff"], "delegated": True}]
+    data["audit"]["redact"] = ["size", "actor_email"]
+    live = policy(data)
+    principal = who(live, act={"sub": "bot", "email": "owner@secret.example", "team": "t"})
+    event = event_of("GET /things/T-1", principal, live)
+    assert event["protoPayload"]["metadata"]["decision"]["allow"]
+    assert "secret" not in json.dumps(event)
+    actor = event["protoPayload"]["authenticationInfo"]["serviceAccountDelegationInfo"][0]
+    claims = actor["thirdPartyPrincipal"]["thirdPartyClaims"]
+    assert claims["email"] == redacted("owner@secret.example", KEYS.redact)
+    assert claims["team"] == "t" and actor["principalSubject"] == "bot"
+    found = outcome(live, event)
+    assert isinstance(found, Replayed) and found.allow and found.unchecked == ("actor_email",)
+    assert changes(rec(event), found, KEYS.redact) == []
+    # a role testing the hashed actor claim is judged with the key
+    data["roles"]["staff"] = [
+        {"groups": ["staff"], "delegated": True, "claims": {"act.email": "owner@secret.example"}}
+    ]
+    found = outcome(policy(data), event)
+    assert isinstance(found, Replayed) and found.allow, found
+    # a redacted parameter bound to the subject: a warning (the subject is recorded in clear)
+    data["queries"]["get_thing"]["params"]["who"] = {"type": "STRING", "from": "claim.sub"}
+    data["queries"]["get_thing"]["sql"] += " AND Owner = @who"
+    data["audit"]["redact"] = ["size", "who"]
+    warnings = [w.message for w in policy(data).loaded.warnings]
+    assert any("bound to claim.sub" in w for w in warnings), warnings
