@@ -8,8 +8,9 @@ yields each event with where it is. A line that is not a JSON object is unusable
 ``recorded(event)`` is the call an event records, as far as replay needs it, or why the event
 records no decision (``Skipped``): a follow-up event (``metadata.settlement``: its request is
 counted once, by its own event), no principal (no valid token: the policy was never consulted),
-or a refusal that was no decision of the policy (a malformed body, a budget… after a route
-matched: the reason is not one of ``decide.REASONS``). An object that is no spangate audit event
+or a refusal that was no decision of the policy (a malformed body… after a route matched: the
+reason is not one of ``decide.REASONS``). A call the policy allowed and the gateway refused
+after (a budget, a cursor, the audit sink) records ``allow: true``: replayed as allowed. An object that is no spangate audit event
 is unusable input. Pure, apart from ``read_trail``'s reading.
 """
 
