@@ -119,7 +119,7 @@ class ReplayReport:
         if not found:
             self.unchanged += 1
             return
-        route = live.route or outcome.route or f"{rec.method} {rec.path}"
+        route = live.route or outcome.route or "(no route)"  # never one group per raw path
         rule = outcome.rule
         if rule is not None and outcome.rule_uncertain:  # another role might be the rule
             rule = f"{rule}, or {' or '.join(outcome.rule_uncertain)}?"

@@ -997,3 +997,11 @@ def test_an_actor_claim_bound_to_a_redacted_parameter_is_hashed_in_the_delegatio
     data["audit"]["redact"] = ["size", "who"]
     warnings = [w.message for w in policy(data).loaded.warnings]
     assert any("bound to claim.sub" in w for w in warnings), warnings
+
+
+def test_changes_on_calls_neither_policy_routes_are_one_no_route_group() -> None:
+    report = ReplayReport(LIVE_POLICY.sha256)
+    for n in range(3):  # refused as no-route live; by the candidate for another reason
+        event = event_of(f"GET /nowhere/{n}", who())
+        report.add(rec(event), Replayed(False, "method-not-allowed"), KEYS.redact)
+    assert [(g.route, g.count) for g in report.groups.values()] == [("(no route)", 3)]
