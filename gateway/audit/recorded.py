@@ -10,8 +10,8 @@ records no decision (``Skipped``): a follow-up event (``metadata.settlement``: i
 counted once, by its own event), no principal (no valid token: the policy was never consulted),
 or a refusal that was no decision of the policy (a malformed body… after a route matched: the
 reason is not one of ``decide.REASONS``). A call the policy allowed and the gateway refused
-after (a budget, a cursor, the audit sink) records ``allow: true``: replayed as allowed. An object that is no spangate audit event
-is unusable input. Pure, apart from ``read_trail``'s reading.
+after (a budget, a cursor, the audit sink) records ``allow: true``: replayed as allowed. An
+object that is no spangate audit event is unusable input. Pure, apart from ``read_trail``'s reading.
 """
 
 from __future__ import annotations
