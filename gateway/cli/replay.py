@@ -112,6 +112,10 @@ def _verify(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> No
         return
     for group in trail_groups(files):
         broken = verify_trail(group, chain_key).broken
+        if broken is not None and broken.kind == "edited" and broken.detail.startswith(
+            "the line is not an audit event"
+        ):
+            raise _Unusable(f"{broken.file}:{broken.line}: not a JSON audit event")
         if broken is not None:
             raise _Unusable(
                 f"{broken}: the trail does not verify with this audit key (tampered, or not "
