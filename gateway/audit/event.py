@@ -51,8 +51,10 @@ from urllib.parse import unquote
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit_encoded, pointer
 from gateway.audit.chain import Members
+from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
+from gateway.policy.bind import Bound
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision
 from gateway.policy.reads import ClaimReads
@@ -137,13 +139,22 @@ def redacted_claim(value: Any, key: bytes | None) -> Any:
 _AUTH = pointer("protoPayload", "authenticationInfo")
 
 
-def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str, Any]]:
-    """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first."""
+def _delegation(
+    act: Mapping[str, Any] | None, bounds: Bounds, redact: frozenset[str], key: bytes | None
+) -> list[dict[str, Any]]:
+    """RFC 8693 ``act`` (nested for a chain) -> the actors, the current one first. An actor's
+    claim bound to a redacted parameter (``redact``: ``ClaimReads.redacted``, ``act.email``)
+    is its keyed hash, as the parameter is (a claim in which such a path lies: all of it)."""
     chain: list[dict[str, Any]] = []
     node: Any = act
     while isinstance(node, Mapping) and len(chain) < 16:
         where = _AUTH + pointer("serviceAccountDelegationInfo", len(chain))
-        claims = {k: to_json(v) for k, v in node.items() if k not in ("sub", "act")}
+        prefix = "act." * (len(chain) + 1)
+        claims = {
+            k: redacted_claim(to_json(v), key) if _hidden(prefix + k, redact) else to_json(v)
+            for k, v in node.items()
+            if k not in ("sub", "act")
+        }
         sub = node.get("sub")
         entry: dict[str, Any] = {
             "principalSubject": bounds.text(
@@ -164,6 +175,10 @@ def _delegation(act: Mapping[str, Any] | None, bounds: Bounds) -> list[dict[str,
     return chain
 
 
+def _hidden(path: str, redact: frozenset[str]) -> bool:
+    return path in redact or any(r.startswith(path + ".") for r in redact)
+
+
 def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
     """The token's audiences its issuer accepts (for replay under a candidate whose issuer may
     take others); None when the token has no ``aud`` (an introspection answer may not)."""
@@ -175,7 +190,23 @@ def _accepted(principal: Principal, policy: CompiledPolicy) -> list[str] | None:
     return sorted({a for a in given if isinstance(a, str)} & set(issuer.audiences))
 
 
-def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds) -> dict[str, Any]:
+def _claim_names(principal: Principal, policy: CompiledPolicy) -> dict[str, str | None] | None:
+    """The claims the issuer read groups and scopes from (for replay under a candidate whose
+    issuer maps them otherwise)."""
+    issuer = policy.model.issuers.get(principal.issuer)
+    if issuer is None:
+        return None
+    names = effective_names(issuer, principal.introspected)
+    return {"groups": names.groups, "scopes": names.scopes}
+
+
+def _authentication(
+    principal: Principal,
+    policy: CompiledPolicy,
+    bounds: Bounds,
+    reads: ClaimReads,
+    key: bytes | None,
+) -> dict[str, Any]:
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
         "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
@@ -186,8 +217,10 @@ def _authentication(principal: Principal, policy: CompiledPolicy, bounds: Bounds
             "userId": bounds.text(third + "userId", principal.user_id),
             "tokenId": bounds.text(third + "tokenId", principal.token_id),
             "audience": _accepted(principal, policy),
+            "introspected": principal.introspected,
+            "claimNames": _claim_names(principal, policy),
         },
-        "serviceAccountDelegationInfo": _delegation(principal.act, bounds),
+        "serviceAccountDelegationInfo": _delegation(principal.act, bounds, reads.redacted, key),
     }
 
 
@@ -271,6 +304,7 @@ def _statement(
             else:
                 where = _REQUEST + pointer("params", name, "value")
                 bounds.put(entry, "value", where, json_value(value))
+                _sent(entry, name, bound, bounds)
     if decision is not None and decision.ignored:  # recorded whether the request was allowed or not
         statement["ignoredCallerValues"] = ignored = {}
         for name, value in decision.ignored.items():
@@ -280,6 +314,25 @@ def _statement(
                 where = _REQUEST + pointer("ignoredCallerValues", name)
                 bounds.put(ignored, name, where, to_json(value))
     return statement
+
+
+def _sent(entry: dict[str, Any], name: str, bound: Bound, bounds: Bounds) -> None:
+    """What the caller sent, where ``coerce`` changed its form (``"5"`` bound as 5): a candidate
+    of another type checks what was sent (``spangate policy replay``). ``text``: a path or
+    query-string value. Never for a redacted parameter (its hash is all the trail holds)."""
+    if name not in bound.sent or name in bound.claim_bound:
+        return
+    raw, text = bound.sent[name]
+    raw = to_json(raw)
+    if _canonical(raw) == _canonical(entry.get("value")):
+        return
+    bounds.put(entry, "sent", _REQUEST + pointer("params", name, "sent"), raw)
+    if text:
+        entry["text"] = True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def write_outcome(call: CallRecord) -> str | None:
@@ -404,7 +457,9 @@ def _event(
             "methodName": route.query_name if route else None,
             "resourceName": database
             or database_resource(target.project, target.instance, target.database),
-            "authenticationInfo": _authentication(call.principal, policy, bounds)
+            "authenticationInfo": _authentication(
+                call.principal, policy, bounds, call.reads or policy.reads, key
+            )
             if call.principal
             else None,
             "authorizationInfo": [

@@ -8,9 +8,10 @@ yields each event with where it is. A line that is not a JSON object is unusable
 ``recorded(event)`` is the call an event records, as far as replay needs it, or why the event
 records no decision (``Skipped``): a follow-up event (``metadata.settlement``: its request is
 counted once, by its own event), no principal (no valid token: the policy was never consulted),
-or a refusal that was no decision of the policy (a malformed body, a budget… after a route
-matched: the reason is not one of ``decide.REASONS``). An object that is no spangate audit event
-is unusable input. Pure, apart from ``read_trail``'s reading.
+or a refusal that was no decision of the policy (a malformed body… after a route matched: the
+reason is not one of ``decide.REASONS``). A call the policy allowed and the gateway refused
+after (a budget, a cursor, the audit sink) records ``allow: true``: replayed as allowed. An
+object that is no spangate audit event is unusable input. Pure, apart from ``read_trail``'s reading.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class Recorded:
     # thirdPartyPrincipal.audience: the token's audiences the live issuer accepted; None: not
     # recorded (an older event, or a token without aud)
     audience: tuple[str, ...] | None = None
+    # thirdPartyPrincipal.claimNames: the claims groups and scopes were read from ({groups,
+    # scopes}); None: not recorded (an older event)
+    claim_names: Mapping[str, Any] | None = None
+    introspected: bool = False  # thirdPartyPrincipal.introspected: an opaque token
 
     def is_cut(self, where: str) -> bool:
         """Whether the value at ``where`` (or anything in it) is cut or dropped."""
@@ -103,24 +108,35 @@ class Recorded:
 
 
 def read_trail(paths: Sequence[Path], notes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every event of the files, each trail in order, as (``FILE:LINE``, event)."""
+    """Every event of the files, each trail in order, as (``FILE:LINE``, event). Streamed: one
+    line at a time, and the next one read ahead (is this line the last?)."""
     for group in trail_groups(paths):
         for path in group:
             with path.open("rb") as f:
-                lines = list(enumerate(f, start=1))
-            for number, raw in lines:
-                if not raw.strip():
-                    continue
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    if number == len(lines) and not raw.endswith(b"\n"):
-                        notes.append(f"{path}:{number}: a last line cut short (skipped)")
-                        continue
-                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event") from None
-                if not isinstance(event, dict):
-                    raise TrailUnreadable(f"{path}:{number}: not a JSON audit event")
-                yield f"{path}:{number}", event
+                number, raw = 0, f.readline()
+                while raw:
+                    number, following = number + 1, f.readline()
+                    found = _event(path, number, raw, not following, notes)
+                    if found is not None:
+                        yield f"{path}:{number}", found
+                    raw = following
+
+
+def _event(
+    path: Path, number: int, raw: bytes, last: bool, notes: list[str]
+) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        if last and not raw.endswith(b"\n"):
+            notes.append(f"{path}:{number}: a last line cut short (skipped)")
+            return None
+        raise TrailUnreadable(f"{path}:{number}: not a JSON audit event") from None
+    if not isinstance(event, dict):
+        raise TrailUnreadable(f"{path}:{number}: not a JSON audit event")
+    return event
 
 
 def _get(node: Any, *keys: str) -> Any:
@@ -208,6 +224,8 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
         complete=frozenset(k for k in ("groups", "scopes") if isinstance(read.get(k), list)),
         cursor=_text(_get(metadata, "pagination", "cursor")),
         audience=_tuple(_strings(_get(third, "audience"))),
+        claim_names=_mapping(_get(third, "claimNames")),
+        introspected=_get(third, "introspected") is True,
     )
 
 
@@ -217,6 +235,10 @@ def _held(value: Any) -> Mapping[str, bool] | None:
         return value
     listed = _strings(value)
     return dict.fromkeys(listed, True) if listed is not None else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
 
 
 def _tuple(value: list[str] | None) -> tuple[str, ...] | None:

@@ -5,14 +5,20 @@ What the decision is recomputed from, and how far it can be:
 
 - the route: the recorded method and raw path (``httpRequest``), or an MCP call's tool name;
 - the issuer: the candidate's issuer of the recorded ``iss`` URL (of the recorded name first,
-  when two share the URL), else of the recorded name; neither: the candidate refuses the token
-  (``issuer-unknown``), as the shadow policy does (``shadow.shadow_principal``). When that
+  when two share the URL); else the candidate refuses the token (``issuer-unknown``), as the
+  shadow policy does (``shadow.shadow_principal``), except when the candidate's issuer of the
+  recorded name has a stand-in URL (an unset ``${VAR}`` of the policy tools, a
+  ``${VAR:-default}``'s default: the URL a deployment sets is not known here): then that one
+  (``issuer_by_name``, counted in the report). When that
   issuer accepts none of the token's audiences the live issuer accepted
   (``thirdPartyPrincipal.audience``; not recorded before it was: not checked), the token would
   be refused before any decision: the call could not be replayed;
 - roles: the candidate's role entries, judged three-valued on what the event recorded
   (``metadata.claimsRead``: claims, whether each group and scope a policy named is held; the
   issuer; whether the token is delegated).
+  A group or scope is unknown when the candidate's issuer reads it from another claim than the
+  live issuer did (``thirdPartyPrincipal.claimNames``, a changed ``claims:`` mapping or preset;
+  not recorded before it was: not checked).
   An entry holds, fails, or is unknown when it tests a claim the event did not record (a claim
   the live policy did not read, an event from before claims were recorded, a value cut for the
   event's size), a ``matches`` test on a claim recorded as a keyed hash, or an equality test on
@@ -24,16 +30,18 @@ What the decision is recomputed from, and how far it can be:
   (``rule_uncertain``): flips are reported, the rule is not compared;
 - parameters: a claim-bound one from the recorded claim; path parameters from the path (an MCP
   call's from its recorded arguments; a segment recorded as its keyed hash, a redacted one, is
-  taken as recorded); the others from the values the event recorded
-  (``request.params`` sent by the caller, ``ignoredCallerValues``), re-checked against the
-  candidate's types and constraints. A value recorded as a hash (redacted) or cut is taken as it
-  was recorded, not re-checked (``unchecked``). A call the live policy refused before binding
-  recorded no caller values: when the candidate's roles let it in, its parameters are not known
-  (``params_known`` false): a deny -> allow flip all the same; and when the live policy refused
-  it for a caller's parameter and the candidate runs the same query, that refusal is assumed
-  (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail records it,
-  ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened under the live
-  policy is assumed to open under the candidate. A call that presented a cursor
+  taken as recorded); the others from the values the event recorded (``request.params`` sent by
+  the caller, ``ignoredCallerValues``), re-checked against the candidate's types and
+  constraints: what the caller sent where the live type changed its form (``sent``, ``text``
+  when from a query string: ``"5"`` bound as 5), else the recorded value (an older event's
+  query-string value turned back into text). A value recorded as a hash (redacted) or cut is
+  taken as it was recorded, not re-checked (``unchecked``). A call the live policy refused
+  before binding recorded no caller values: when the candidate's roles let it in, its parameters
+  are not known (``params_known`` false): a deny -> allow flip all the same; and when the live
+  policy refused it for a caller's parameter and the candidate runs the same query, that refusal
+  is assumed (``assumed``). A cursor parameter (``from: cursor.COLUMN``) is bound as the trail
+  records it, ``(cursor, null)``: a cursor's values are never recorded, and a cursor opened
+  under the live policy is assumed to open under the candidate. A call that presented a cursor
   (``metadata.pagination.cursor`` other than ``none``) to a candidate route without
   ``pagination:`` is refused as the candidate would refuse it, ``param-unknown`` (its ``cursor``
   is a parameter it does not take).
@@ -49,12 +57,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.audit.bounds import pointer
 from gateway.audit.event import redacted, redacted_claim
 from gateway.audit.recorded import CLAIMS_READ, HASHED, IGNORED, PARAMS, Recorded
+from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING
 from gateway.errors import GatewayError
 from gateway.policy.bind import BODY_METHODS, ParamSpec, check_constraints
@@ -75,6 +84,7 @@ _CALLER_REASONS = frozenset({"param-unknown", "param-missing", "param-invalid"})
 class NotReplayed:
     why: str  # what was missing, e.g. "claim dept not recorded"
     roles: tuple[str, ...] = ()  # the candidate's roles that could not be judged
+    issuer_by_name: bool = False  # the issuer found by its name, its URL a stand-in
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class Replayed:
     # roles that could not be judged and might be the rule instead of ``rule`` (the decision
     # itself is certain): the rule is not compared
     rule_uncertain: tuple[str, ...] = ()
+    issuer_by_name: bool = False  # the issuer found by its name, its URL a stand-in
 
 
 class _Unknown(Exception):
@@ -115,6 +126,8 @@ class _View:
     rec: Recorded
     key: bytes | None  # the audit key's redaction key (hashes the policy's values alike)
     issuer: str  # the candidate's name for the token's issuer
+    # the claims the candidate's issuer reads groups and scopes from; None: not compared
+    names: Mapping[str, str | None] | None = None
     unknown: list[str] = field(default_factory=list)
 
     def claim(self, path: str) -> Any:
@@ -141,6 +154,13 @@ class _View:
     def holds(self, kind: str, name: str) -> bool:
         """Whether the principal holds group (scope) ``name``; ``_Unknown`` when the event did
         not record it (a name no live or shadow policy named: shadow the candidate first)."""
+        recorded = self.rec.claim_names
+        if recorded is not None and self.names is not None:
+            if recorded.get(kind) != self.names[kind]:
+                raise _Unknown(
+                    f"the issuer's claims mapping changed ({kind}: claim "
+                    f"{recorded.get(kind)} -> {self.names[kind]})"
+                )
         held = self.rec.groups if kind == "groups" else self.rec.scopes
         if held is None or self.rec.is_cut(f"{CLAIMS_READ}/{kind}"):
             raise _Unknown(f"{kind} not recorded")
@@ -181,10 +201,14 @@ def _actor_claim(rec: Recorded, path: str) -> Any:
         raise _Unknown(f"claim {path} cut for the event's size")
     node: Any = others or {}
     for part in parts:
+        if _hashed(node):  # a claim bound to a redacted parameter: its keyed hash
+            raise _Unknown(f"claim {path} is within a claim recorded as a keyed hash")
         if not isinstance(node, Mapping) or part not in node:
             return MISSING
         node = node[part]
-    return MISSING if node is None else node
+    if node is None:
+        return MISSING
+    return _Opaque(node) if _hashed(node) else node
 
 
 def _hashed(value: Any) -> bool:
@@ -339,8 +363,28 @@ def _inputs(rec: Recorded) -> tuple[dict[str, Any], bool]:
             continue
         value = entry.get("value")
         where = PARAMS + pointer(name, "value")
-        values[name] = _Opaque(value) if rec.is_cut(where) or _hashed(value) else (value, False)
+        if rec.is_cut(where) or _hashed(value):
+            values[name] = _Opaque(value)
+        elif "sent" in entry:  # what the caller sent, before the live type converted it
+            sent = entry["sent"]
+            cut = rec.is_cut(PARAMS + pointer(name, "sent"))
+            values[name] = _Opaque(value) if cut else (sent, entry.get("text") is True)
+        elif text:  # an older event: the query string's text, as far as it can be rebuilt
+            values[name] = (_as_text(value), True)
+        else:
+            values[name] = (value, False)
     return values, True
+
+
+def _as_text(value: Any) -> Any:
+    """A recorded JSON value as the query string held it (``5`` was ``"5"``)."""
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _bind(
@@ -426,12 +470,19 @@ def _bind(
 
 
 # -- the decision -------------------------------------------------------------------------------
-def _issuer(policy: CompiledPolicy, rec: Recorded) -> str | None:
-    """The candidate's issuer of the recorded ``iss`` URL (the recorded name first, when two
-    share it), else of the recorded name (the same issuer at another environment's URL)."""
+def _issuer(policy: CompiledPolicy, rec: Recorded) -> tuple[str | None, bool]:
+    """(the candidate's issuer of the recorded ``iss`` URL, the recorded name first when two
+    share it; whether it was found by its name instead). By name only when the candidate's URL
+    of that name is a stand-in (an unset ``${VAR}``, a ``${VAR:-default}``'s default): the same
+    issuer at the URL a deployment sets. A URL written out that differs refuses the token, as
+    the shadow policy does."""
     issuers = policy.model.issuers
     found = candidate_issuer(issuers, rec.issuer, rec.iss)
-    return found if found is not None or rec.issuer not in issuers else rec.issuer
+    if found is not None or rec.issuer not in issuers:
+        return found, False
+    if ("issuers", rec.issuer, "issuer") in policy.loaded.stand_ins:
+        return rec.issuer, True
+    return None, False
 
 
 def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[str, str]] | str:
@@ -451,18 +502,26 @@ def _route(policy: CompiledPolicy, rec: Recorded) -> tuple[CompiledRoute, dict[s
 
 def replay(policy: CompiledPolicy, rec: Recorded, key: bytes | None) -> Replayed | NotReplayed:
     """The decision ``policy`` makes on the recorded call (see the module docstring)."""
-    live = rec.live
-    if rec.transport == "mcp" and live.reason == "path-invalid":
+    if rec.transport == "mcp" and rec.live.reason == "path-invalid":
         return NotReplayed("the tool's arguments were not recorded (refused as path-invalid)")
-    issuer = _issuer(policy, rec)
+    issuer, by_name = _issuer(policy, rec)
     if issuer is None:
         return Replayed(False, "issuer-unknown")
+    found = _replay(policy, rec, key, issuer)
+    return replace(found, issuer_by_name=True) if by_name else found
+
+
+def _replay(
+    policy: CompiledPolicy, rec: Recorded, key: bytes | None, issuer: str
+) -> Replayed | NotReplayed:
+    live = rec.live
     accepted = policy.model.issuers[issuer].audiences
     if rec.audience is not None and rec.audience and set(rec.audience).isdisjoint(accepted):
         return NotReplayed(
             f"the token's audience {list(rec.audience)} is not one issuer {issuer!r} accepts"
         )
-    view = _View(rec, key, issuer)
+    names = effective_names(policy.model.issuers[issuer], rec.introspected)
+    view = _View(rec, key, issuer, {"groups": names.groups, "scopes": names.scopes})
     try:
         found = _route(policy, rec)
     except _Unknown as exc:

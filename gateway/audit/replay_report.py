@@ -83,6 +83,7 @@ class ReplayReport:
     params_unknown: int = 0  # deny->allow flips whose parameters were not recorded
     unchecked: int = 0  # calls with parameters taken as recorded (hashes, cut values)
     assumed: int = 0  # refusals for a caller's parameter assumed unchanged
+    issuer_by_name: int = 0  # calls whose issuer was found by name (its URL a stand-in)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -102,6 +103,7 @@ class ReplayReport:
     def add(self, rec: Recorded, outcome: Replayed | NotReplayed, key: bytes | None) -> None:
         live = rec.live
         self.policies[rec.policy_sha256 or "unknown"] += 1
+        self.issuer_by_name += outcome.issuer_by_name
         route = live.route or "(no route)"
         if isinstance(outcome, NotReplayed):
             self.not_replayed[outcome.why] += 1
@@ -117,7 +119,7 @@ class ReplayReport:
         if not found:
             self.unchanged += 1
             return
-        route = live.route or outcome.route or f"{rec.method} {rec.path}"
+        route = live.route or outcome.route or "(no route)"  # never one group per raw path
         rule = outcome.rule
         if rule is not None and outcome.rule_uncertain:  # another role might be the rule
             rule = f"{rule}, or {' or '.join(outcome.rule_uncertain)}?"
@@ -152,6 +154,7 @@ class ReplayReport:
             "paramsUnknown": self.params_unknown,
             "paramsUnchecked": self.unchecked,
             "refusalsAssumed": self.assumed,
+            "issuerMatchedByName": self.issuer_by_name,
             "skipped": dict(self.skipped),
             "policies": dict(self.policies.most_common()),
             "notes": list(self.notes),
@@ -168,6 +171,7 @@ class ReplayReport:
         ]
         missed = sum(self.not_replayed.values())
         out.append(f"  could not be replayed: {missed}")
+        out.append(f"  issuer matched by name, URL differs: {self.issuer_by_name}")
         for kind in KINDS:
             groups = sorted(
                 (g for g in self.groups.values() if g.kind == kind), key=lambda g: -g.count
@@ -195,6 +199,12 @@ class ReplayReport:
             out.append(
                 f"note: {self.assumed} refusal(s) for a caller's parameter were assumed "
                 "unchanged (the caller's values were not recorded)"
+            )
+        if self.issuer_by_name:
+            out.append(
+                f"note: {self.issuer_by_name} call(s) were replayed under the candidate's issuer "
+                "of the same name, whose URL is a ${VAR} stand-in: check the URL the deployment "
+                "sets is the recorded one"
             )
         if missed:
             out.append(f"could not be replayed ({missed}):")

@@ -50,6 +50,14 @@ class ThirdPartyPrincipal(_Model):
     audience: list[str] | None = Field(
         None, description="The token's audiences (aud) its issuer accepts; null: no aud."
     )
+    introspected: bool = Field(
+        False, description="The token was opaque: its claims are an RFC 7662 answer."
+    )
+    claimNames: dict[str, str | None] | None = Field(
+        None,
+        description="The claims the issuer read groups and scopes from ({groups, scopes}; "
+        "null: not read).",
+    )
 
 
 class Actor(_Model):
@@ -99,6 +107,14 @@ class Param(_Model):
         None,
         description="Only when the caller did not send it: the declared default, or null for a "
         "nullable parameter (from is then caller).",
+    )
+    sent: Any = Field(
+        None,
+        description="What the caller sent, where the parameter's type changed its form (\"5\" "
+        "bound as 5); never for a redacted parameter.",
+    )
+    text: Literal[True] | None = Field(
+        None, description="Only with sent: it came from the path or the query string."
     )
 
 

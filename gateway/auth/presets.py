@@ -52,6 +52,7 @@ __all__ = [
     "audience_refusal",
     "check_act",
     "claim_names",
+    "effective_names",
     "introspection_names",
     "is_org_server",
     "legacy_kubernetes_refusal",
@@ -142,6 +143,11 @@ def accepted_iss(issuer: Issuer) -> tuple[str, ...]:
     if issuer.preset == "google" and issuer.issuer == GOOGLE_ISSUER:
         return (issuer.issuer, urlsplit(GOOGLE_ISSUER).netloc)
     return (issuer.issuer,)
+
+
+def effective_names(issuer: Issuer, introspected: bool) -> ClaimNames:
+    """The claim names a principal of ``issuer`` was read with."""
+    return introspection_names(issuer) if introspected else claim_names(issuer)
 
 
 def is_org_server(issuer: Issuer) -> bool:
@@ -280,11 +286,17 @@ def principal_for_issuer(name: str, issuer: Issuer, claims: Mapping[str, Any]) -
 
 
 def principal_from_claims(
-    name: str, names: ClaimNames, claims: Mapping[str, Any], *, subject: str = "sub"
+    name: str,
+    names: ClaimNames,
+    claims: Mapping[str, Any],
+    *,
+    subject: str = "sub",
+    introspected: bool = False,
 ) -> Principal:
     """Build the Principal of a verified token (``sub`` and ``iss`` already required; ``subject``
     names the claim that becomes ``Principal.subject``); a malformed ``act`` is an AuthError
-    (``check_act``)."""
+    (``check_act``). ``introspected``: ``claims`` is an RFC 7662 answer (``names``:
+    ``introspection_names``)."""
     check_act(claims)
     scopes = _strings(claim_value(claims, names.scopes)) if names.scopes else frozenset()
     if not scopes and names.scopes == "scope":  # generic issuers sometimes use Okta's scp
@@ -303,4 +315,5 @@ def principal_from_claims(
         claims=MappingProxyType(dict(claims)),
         token_id=_string(claims.get("jti")),
         expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,
+        introspected=introspected,
     )

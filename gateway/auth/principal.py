@@ -82,6 +82,7 @@ class Principal:
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     token_id: str | None = None
     expires_at: int | None = None
+    introspected: bool = False  # from an RFC 7662 answer (an opaque token), not a JWT's claims
 
     @property
     def act(self) -> Mapping[str, Any] | None:

@@ -386,7 +386,8 @@ class TokenVerifier:
         )
 
     def _introspected(self, runtime: _IssuerRuntime, answer: Mapping[str, Any]) -> Principal:
-        return principal_from_claims(runtime.name, introspection_names(runtime.config), answer)
+        names = introspection_names(runtime.config)
+        return principal_from_claims(runtime.name, names, answer, introspected=True)
 
 
 def _short(value: str, limit: int = 120) -> str:

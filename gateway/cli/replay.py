@@ -4,15 +4,19 @@ traffic.
 ``replay --policy CANDIDATE AUDIT_FILE...`` recomputes every decision the audit files record
 under the candidate (``gateway.audit.replay``) and reports the calls that would flip, and those
 whose query, parameters or refusal would change, per route and role (``--json`` for machines).
-Exit 0 when nothing flips, 1 when something does, 2 on unusable input: a file that is missing,
-holds something other than audit events, or holds none; a candidate with problems; an audit key
-that does not verify the trail; settings in the environment that are not valid. One unusable
+Exit 0 when every decision was replayed and nothing flips, 1 when something flips, 3 when nothing
+flips but some calls could not be replayed (``notReplayed``), 2 on unusable input: a file that is
+missing, holds something other than audit events, or holds none; a trail that records no
+decision at all; a candidate with problems; an audit key that does not verify the trail;
+settings in the environment that are not valid. One unusable
 file stops the whole run with no report: a report without it would understate what flips.
 
 The audit key (``--key-file``, else ``SPANGATE_AUDIT_KEY``, as ``audit verify`` reads it;
 ``--no-key`` for a trail written without one) lets replay judge a role's equality test against a
 claim the trail holds as a keyed hash (a claim bound to a redacted parameter): the policy's values
-are hashed with the same key. It is checked against each file's first event.
+are hashed with the same key. With it, every trail is verified first, as ``audit verify`` does
+(every event's hash and chain link): a break is unusable input (exit 2). Without it, the report
+notes that the trail's integrity was not verified.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_replay", "audit_traffic", "recorded_calls"]
+__all__ = ["add_replay", "audit_traffic", "exit_code", "recorded_calls"]
 
 
 def add_replay(psub: Any) -> None:
@@ -70,79 +74,111 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     return key.get_secret_value().encode() if key else None
 
 
-def recorded_calls(
-    files: Sequence[Path], secret: bytes | None, notes: list[str]
-) -> tuple[int, list[Any], list[Any]]:
-    """(events read, recorded decisions, skipped events) of ``files``; ``_Unusable`` with why."""
-    from gateway.audit.chain import AuditKeys, event_hash
-    from gateway.audit.recorded import Skipped, TrailUnreadable, read_trail, recorded
+def recorded_calls(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> Iterator[Any]:
+    """Each event of ``files`` as the decision it records (``Recorded``) or why it records
+    none (``Skipped``), streamed: nothing is kept; ``_Unusable`` with why (no events at all,
+    once they are read).
+    With an audit key, every trail is verified first (``audit.verify``: each event's hash and
+    its link to the one before): a break is unusable input; without one, a note says the
+    trail's integrity was not verified."""
+    from gateway.audit.recorded import TrailUnreadable, read_trail, recorded
 
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise _Unusable(f"no such file: {', '.join(missing)}")
-    chain_key = AuditKeys.from_secret(secret).chain
+    _verify(files, secret, notes)
     events = 0
-    calls: list[Any] = []
-    skipped: list[Any] = []
-    checked: set[str] = set()
     try:
         for where, event in read_trail(files, notes):
             events += 1
-            name = where.rsplit(":", 1)[0]
-            if name not in checked and isinstance(event.get("hash"), str):
-                checked.add(name)
-                if chain_key is not None and event_hash(event, chain_key) != event["hash"]:
-                    raise _Unusable(
-                        f"{where}: the audit key does not verify this event (is it the key the "
-                        "gateway wrote the trail with? `spangate audit verify` tells a tampered "
-                        "trail apart)"
-                    )
-            found = recorded(event, where)
-            (skipped if isinstance(found, Skipped) else calls).append(found)
+            yield recorded(event, where)
     except TrailUnreadable as exc:
         raise _Unusable(str(exc)) from None
     if not events:
         raise _Unusable(f"no audit events in {', '.join(map(str, files))}")
-    return events, calls, skipped
+
+
+def _verify(files: Sequence[Path], secret: bytes | None, notes: list[str]) -> None:
+    """Every trail of ``files`` verified with the audit key, as ``spangate audit verify`` does;
+    ``_Unusable`` at the first break."""
+    from gateway.audit.chain import AuditKeys
+    from gateway.audit.verify import trail_groups, verify_trail
+
+    chain_key = AuditKeys.from_secret(secret).chain
+    if chain_key is None:
+        notes.append(
+            "integrity not verified (no audit key): run `spangate audit verify` on these files"
+        )
+        return
+    for group in trail_groups(files):
+        broken = verify_trail(group, chain_key).broken
+        if broken is not None and broken.kind == "edited" and broken.detail.startswith(
+            "the line is not an audit event"
+        ):
+            raise _Unusable(f"{broken.file}:{broken.line}: not a JSON audit event")
+        if broken is not None:
+            raise _Unusable(
+                f"{broken}: the trail does not verify with this audit key (tampered, or not "
+                "the key the gateway wrote it with: `spangate audit verify` tells them apart)"
+            )
 
 
 def _replay(args: argparse.Namespace) -> int:
     from gateway.audit.chain import AuditKeys
+    from gateway.audit.recorded import Skipped
     from gateway.audit.replay import replay
     from gateway.audit.replay_report import ReplayReport
     from gateway.cli.policy import load_candidate
 
     policy = load_candidate(args.policy)
     notes: list[str] = []
+    report = ReplayReport(policy.sha256, notes=notes)
     try:
         secret = _secret(args)
-        events, calls, skipped = recorded_calls(args.files, secret, notes)
+        key = AuditKeys.from_secret(secret).redact
+        for found in recorded_calls(args.files, secret, notes):  # one at a time: counts kept
+            report.events += 1
+            if isinstance(found, Skipped):
+                report.skip(found)
+            else:
+                report.add(found, replay(policy, found, key), key)
     except (_Unusable, OSError) as exc:
         print(f"spangate: {exc}", file=sys.stderr)
         return 2
-    key = AuditKeys.from_secret(secret).redact
-    report = ReplayReport(policy.sha256, events=events, notes=notes)
-    for skip in skipped:
-        report.skip(skip)
-    for rec in calls:
-        report.add(rec, replay(policy, rec, key), key)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(report.render())
-    return 1 if report.flips else 0
+    return exit_code(report)
+
+
+def exit_code(report: Any) -> int:
+    """1 when something flips; else 3 when calls could not be replayed (what they would do is
+    not known: a lock-out may hide there); 2 when the trail records no decision at all."""
+    if not report.decisions:
+        print(
+            "spangate: the trail records no decision of the policy (every event was skipped): "
+            "nothing was replayed",
+            file=sys.stderr,
+        )
+        return 2
+    if report.flips:
+        return 1
+    return 3 if report.decisions != report.replayed else 0
 
 
 def audit_traffic(files: Sequence[Path], access: Sequence[Any]) -> dict[Any, Any] | str:
     """``policy diff --audit``: the recorded traffic each access change touches, or why the
     files cannot be used."""
+    from gateway.audit.recorded import Recorded
     from gateway.audit.replay_report import traffic
 
     notes: list[str] = []
     try:
-        _, calls, _ = recorded_calls(files, None, notes)
+        found = recorded_calls(files, None, notes)
+        counted = traffic((c for c in found if isinstance(c, Recorded)), access)
     except (_Unusable, OSError) as exc:
         return str(exc)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return traffic(calls, access)
+    return counted

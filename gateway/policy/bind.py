@@ -24,7 +24,7 @@ value must match), ``enum``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.auth.principal import MISSING, Principal
@@ -69,6 +69,9 @@ class Bound:
     # names the caller did not send: their declared default, or null for a nullable one
     defaulted: frozenset[str] = frozenset()
     cursor_bound: frozenset[str] = frozenset()  # from: cursor.COLUMN (null here: a first page)
+    # name -> (what the caller sent, whether as text: a path or query-string value), before
+    # ``coerce``: the audit trail records it where it differs from the bound value (replay)
+    sent: Mapping[str, tuple[Any, bool]] = field(default_factory=dict)
 
 
 def _ordered(value: Any) -> Any:
@@ -278,4 +281,5 @@ def bind_params(
         ignored_values(specs, query, body),
         defaulted=frozenset(defaulted),
         cursor_bound=cursor_bound,
+        sent=raw,
     )

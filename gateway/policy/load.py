@@ -71,6 +71,9 @@ class LoadedPolicy:
     sha256: str
     base_dir: Path
     warnings: tuple[PolicyProblem, ...] = ()
+    # the values (document paths) in which an unset ``${VAR}`` (placeholders=True) or a
+    # ``${VAR:-default}``'s default stood in: not the value a deployment would load
+    stand_ins: frozenset[Where] = frozenset()
     _source: SourceMap = field(default_factory=SourceMap.empty, repr=False, compare=False)
 
     def locate(self, where: Where) -> Position:
@@ -189,6 +192,7 @@ def load_policy(
         sha256=digest(docs),
         base_dir=(path if path.is_dir() else path.parent).absolute(),
         warnings=_warnings(policy, source, notes),
+        stand_ins=frozenset(where for doc in docs for where in doc.stand_ins),
         _source=source,
     )
 

@@ -15,7 +15,8 @@ the path and query string, or the tool's name and arguments; never a body it did
 The candidate decides on the token as its own issuers would read it (``shadow_principal``): the
 live policy's issuer is found among the candidate's by its URL (``iss``; the same name first,
 when two share it), so renaming an issuer is no disagreement; the principal is rebuilt with that
-issuer's preset and claim names when they differ (groups, scopes…), and refused with the
+issuer's preset and claim names when they differ (groups, scopes…; an introspected token's as
+an RFC 7662 answer is read, ``introspection_names``), and refused with the
 code that preset's rules give when they refuse it (``email-unverified``...). A candidate with no
 issuer of that URL refuses the token: its decision is ``issuer-unknown``; one whose issuer takes
 none of the token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
@@ -27,7 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth.presets import claim_names, principal_for_issuer
+from gateway.auth.presets import (
+    claim_names,
+    effective_names,
+    principal_for_issuer,
+    principal_from_claims,
+)
 from gateway.auth.principal import Principal
 from gateway.errors import AuthError
 from gateway.policy.bind import Bound
@@ -83,7 +89,11 @@ def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> P
     if audiences is not None and audiences.isdisjoint(config.audiences):
         return "audience-mismatch"
     before = live.issuers.get(principal.issuer)
-    if before is not None and (
+    if principal.introspected:  # an RFC 7662 answer: read with the introspection names
+        names = effective_names(config, introspected=True)
+        if before is not None and effective_names(before, introspected=True) != names:
+            return principal_from_claims(name, names, principal.claims, introspected=True)
+    elif before is not None and (
         before.preset != config.preset or claim_names(before) != claim_names(config)
     ):
         try:

@@ -11,6 +11,7 @@ The only I/O of the policy package is reading files, here. Then, purely:
    An unset VAR (without a default) is a problem, except with ``placeholders=True`` (the offline
    tools: check, test, explain, diff, which must run without real secrets): the text ``${VAR}``
    then stays as it is, standing in for the value, and a note (``Document.notes``) says so.
+   The values in which such a placeholder or a default stood in are ``Document.stand_ins``.
 3. A folder's files are merged: ``issuers``, ``identities``, ``roles`` and ``queries`` by name (a
    name in two files is one problem naming both places), ``routes`` concatenated in file order,
    ``version`` equal wherever given, any other key (``spanner``, ``audit``) in one file only.
@@ -107,13 +108,18 @@ class SourceMap:
 
 
 def interpolate(
-    text: str, env: Mapping[str, str], *, unset: list[str] | None = None
+    text: str,
+    env: Mapping[str, str],
+    *,
+    unset: list[str] | None = None,
+    defaulted: list[str] | None = None,
 ) -> tuple[str, list[str]]:
     """Replace ``${VAR}``, ``${VAR:-default}`` and ``$${``; returns the text and the problems.
 
     With any problem the text is returned unchanged, so that nothing else is reported about it.
     When ``unset`` is a list, a VAR that is not set is no problem: ``${VAR}`` is kept as written
-    (a placeholder) and VAR is appended to ``unset``.
+    (a placeholder) and VAR is appended to ``unset``. When ``defaulted`` is a list, each VAR
+    whose default stood in (unset or empty) is appended to it.
     """
     problems: list[str] = []
 
@@ -131,6 +137,8 @@ def interpolate(
         name, default = ref.group(1), ref.group(2)
         value = env.get(name)
         if default is not None:
+            if not value and defaulted is not None:
+                defaulted.append(name)
             return value if value else default
         if value is None:
             if unset is not None:
@@ -157,6 +165,7 @@ class _Builder:
         self.placeholders = placeholders
         self.problems: list[PolicyProblem] = []
         self.notes: list[PolicyProblem] = []
+        self.stand_ins: set[Where] = set()
         self.nodes: dict[Where, Position] = {}
         self.keys: dict[Where, Position] = {}
         self._constructor = SafeConstructor()
@@ -217,7 +226,10 @@ class _Builder:
         tag = node.tag
         if tag == _TAG + "str":
             unset: list[str] | None = [] if self.placeholders else None
-            value, problems = interpolate(node.value, self.env, unset=unset)
+            defaulted: list[str] = []
+            value, problems = interpolate(node.value, self.env, unset=unset, defaulted=defaulted)
+            if unset or defaulted:
+                self.stand_ins.add(where)
             for message in problems:
                 self.problem(node.start_mark, where, message)
             for name in dict.fromkeys(unset or ()):
@@ -249,6 +261,8 @@ class Document:
     nodes: dict[Where, Position]
     keys: dict[Where, Position]
     notes: tuple[PolicyProblem, ...] = ()  # unset variables with placeholders=True
+    # the values in which an unset variable (placeholders=True) or a default stood in
+    stand_ins: frozenset[Where] = frozenset()
 
 
 def parse_document(
@@ -297,7 +311,8 @@ def parse_document(
     builder.nodes[()] = builder.pos(root.start_mark)
     problems.extend(builder.problems)
     notes = tuple(builder.notes)
-    return Document(path, name, raw, data, builder.nodes, builder.keys, notes)
+    stand_ins = frozenset(builder.stand_ins)
+    return Document(path, name, raw, data, builder.nodes, builder.keys, notes, stand_ins)
 
 
 def policy_files(path: Path) -> list[Path] | None:

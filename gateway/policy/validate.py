@@ -253,6 +253,16 @@ def policy_warnings(policy: Policy) -> list[Finding]:
             if param.pattern is not None:
                 found.extend(_ascii_pattern(("queries", name, "params", pname, "pattern"),
                                             param.pattern, ""))
+    redact = set(policy.audit.redact)
+    for name, query in policy.queries.items():
+        for pname, param in query.params.items():
+            parts = (param.claim or "").split(".")
+            if pname in redact and parts[-1] == "sub" and set(parts[:-1]) <= {"act"}:
+                found.append((("queries", name, "params", pname), (
+                    f"audit.redact names '{pname}', bound to claim.{param.claim}: the parameter "
+                    "is hashed, but the trail records the subject (and each actor's) in clear "
+                    "in authenticationInfo"
+                )))
     denied_by: dict[str, list[int]] = {}
     for i, route in enumerate(policy.routes):
         for role_name in route.deny:

@@ -714,3 +714,294 @@ def test_a_redacted_path_parameter_is_a_hash_in_the_path_and_replays_as_recorded
     assert wrong["httpRequest"]["requestUrl"].startswith("/things/redacted:hmac-sha256:")
     # under the live policy without `id` redacted, the path is as received
     assert event_of("GET /things/T-1", who())["httpRequest"]["requestUrl"] == "/things/T-1"
+
+
+def test_an_issuer_url_written_out_that_differs_refuses_the_token_as_the_shadow_does(
+    tmp_path: Path,
+) -> None:
+    """Only a stand-in URL (a ``${VAR:-default}``'s default) lets replay find the issuer by its
+    name; a URL written out (a typo) is refused."""
+    import yaml
+
+    from gateway.policy.load import load_policy
+    from gateway.policy.shadow import shadow_principal
+
+    typo = edited()
+    typo["issuers"]["okta"]["issuer"] = "https://idp.example/oauth2/defualt"
+    candidate = policy(typo)
+    event = event_of("GET /things/T-1", who())
+    found = outcome(candidate, event)
+    assert isinstance(found, Replayed) and found.reason == "issuer-unknown"
+    assert not found.issuer_by_name and changes(rec(event), found, KEYS.redact) == ["allow->deny"]
+    assert shadow_principal(who(), LIVE_POLICY.model, candidate.model) == "issuer-unknown"
+
+    for url, env in (
+        ("${OKTA_ISSUER:-https://idp.ci.example/}", {}),
+        ("${OKTA_ISSUER:-https://idp.ci.example/}", {"OKTA_ISSUER": ""}),
+    ):
+        data = edited()
+        data["issuers"]["okta"]["issuer"] = url
+        path = tmp_path / "candidate.yaml"
+        path.write_text(yaml.safe_dump(data))
+        loaded = compile_policy(load_policy(path, env=env, placeholders=True))
+        assert ("issuers", "okta", "issuer") in loaded.loaded.stand_ins
+        found = outcome(loaded, event)
+        assert isinstance(found, Replayed) and found.issuer_by_name, url
+        assert changes(rec(event), found, KEYS.redact) == []
+        report = ReplayReport(loaded.sha256)
+        report.add(rec(event), found, KEYS.redact)
+        assert report.as_json()["issuerMatchedByName"] == 1
+        assert "issuer matched by name, URL differs: 1" in report.render()
+    # the variable set: a URL a deployment loads, not a stand-in
+    loaded = compile_policy(
+        load_policy(path, env={"OKTA_ISSUER": "https://idp.example/oauth2/defualt"})
+    )
+    assert outcome(loaded, event) == Replayed(False, "issuer-unknown")
+
+
+def anonymous_event(request_id: str = "r-anon") -> dict[str, Any]:
+    """The sealed event of a call without a valid token: no principal, no decision."""
+    from gateway.errors import AuthError
+
+    call = CallRecord(
+        request_id=request_id, method="GET", path="/things/T-1", started=0.0, client=None,
+        user_agent=None,
+    )
+    call.error, call.status = AuthError("no token", code="token-missing"), 401
+    sealed, _ = Chain(KEYS.chain).seal(build_event(call, LIVE_POLICY, key=KEYS.redact))
+    return sealed
+
+
+def test_calls_that_could_not_be_replayed_or_a_trail_without_decisions_exit_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing flips among the replayed calls but some could not be replayed: exit 3 (a new
+    deny role on a claim never read, a role redefined on a group no policy named, can lock out
+    everyone there); a trail whose every event is skipped: exit 2."""
+    from gateway.cli import main
+
+    trail, key = tmp_path / "audit.jsonl", tmp_path / "key"
+    key.write_bytes(b"replay-test-key\n")
+    trail.write_text(json.dumps(event_of("GET /things/T-1", who())) + "\n")
+    new_deny = edited()
+    new_deny["roles"]["contractor"] = [{"claims": {"dept": "contractors"}}]
+    new_deny["routes"][0]["deny"] = ["blocked", "contractor"]
+    redefined = edited()
+    redefined["roles"]["staff"] = [{"groups": ["staff-v2"]}]
+    for data in (new_deny, redefined):
+        candidate = tmp_path / "candidate.yaml"
+        candidate.write_text(json.dumps(data))
+        args = ["policy", "replay", "--policy", str(candidate), "--key-file", str(key)]
+        assert main([*args, str(trail)]) == 3
+        assert "could not be replayed: 1" in capsys.readouterr().out
+    same = tmp_path / "live.yaml"
+    same.write_text(json.dumps(LIVE))
+    assert main(["policy", "replay", "--policy", str(same), "--key-file", str(key), str(trail)]) == 0
+    capsys.readouterr()
+    trail.write_text(json.dumps(anonymous_event()) + "\n")
+    assert main(["policy", "replay", "--policy", str(same), "--key-file", str(key), str(trail)]) == 2
+    captured = capsys.readouterr()
+    assert "0 recorded decisions" in captured.out and "no decision" in captured.err
+
+
+def test_a_changed_claims_mapping_of_the_issuer_cannot_be_replayed() -> None:
+    """The event records the claims groups and scopes were read from; a candidate whose issuer
+    reads them from others (``claims:``, a preset) cannot be judged from what was recorded."""
+    event = event_of("GET /things/T-1", who())
+    third = event["protoPayload"]["authenticationInfo"]["thirdPartyPrincipal"]
+    assert third["claimNames"] == {"groups": "groups", "scopes": "scp"}
+    assert third["introspected"] is False
+    data = edited()
+    data["issuers"]["okta"]["claims"] = {"groups": "roles"}
+    found = outcome(policy(data), event)
+    assert isinstance(found, NotReplayed), found
+    assert "claims mapping changed (groups: claim groups -> roles)" in found.why
+    assert found.roles == ("staff",)
+    data["issuers"]["okta"]["preset"] = "oidc"  # scopes from scope: the agent's scopes unknown
+    data["issuers"]["okta"]["claims"] = {"groups": "groups"}
+    agent = event_of("GET /things/T-1", who(groups=[], scp=["things.read"], kind="agent"))
+    found = outcome(policy(data), agent)
+    assert isinstance(found, NotReplayed) and "scopes: claim scp -> scope" in found.why
+    # a mapping of user or client only changes nothing replay judges
+    data = edited()
+    data["issuers"]["okta"]["claims"] = {"user": "uid2"}
+    found = outcome(policy(data), event)
+    assert isinstance(found, Replayed) and changes(rec(event), found, KEYS.redact) == []
+    # an older event (no claimNames): not checked
+    del third["claimNames"]
+    data["issuers"]["okta"]["claims"] = {"groups": "roles"}
+    assert isinstance(outcome(policy(data), event), Replayed)
+
+
+@pytest.mark.parametrize(
+    ("live_type", "candidate_type", "request_line", "body"),
+    [
+        ("INT64", "STRING", "GET /things?limit=5", None),
+        ("STRING", "BOOL", "GET /things?limit=true", None),
+        ("STRING", "ARRAY<STRING>", "GET /things?limit=a", None),
+        ("NUMERIC", "FLOAT64", "GET /things?limit=5.5", None),
+        ("INT64", "STRING", "POST /things", {"id": "T-9", "size": 1, "limit": "5"}),
+    ],
+)
+def test_a_parameter_changing_type_is_checked_as_the_caller_sent_it(
+    live_type: str, candidate_type: str, request_line: str, body: dict[str, Any] | None
+) -> None:
+    """The trail records what the caller sent where the live type converted it (``"5"`` bound
+    as 5); replay checks that against the candidate's type, as ``decide`` would."""
+    def typed(kind: str) -> dict[str, Any]:
+        data = edited()
+        for query in ("list_things", "add_thing"):
+            data["queries"][query]["params"]["limit"] = {"type": kind, "nullable": True}
+        data["queries"]["add_thing"]["sql"] = (
+            "INSERT INTO Things (Tenant, Id, Size, Note) VALUES (@tenant, @id, @size, @limit)"
+        )
+        return data
+
+    live = policy(typed(live_type))
+    candidate = policy(typed(candidate_type))
+    event = event_of(request_line, who(live), live, body=body)
+    assert event["protoPayload"]["metadata"]["decision"]["allow"]
+    found = outcome(candidate, event)
+    decided = decide(candidate, request_facts(request_line, body), who(candidate))
+    assert isinstance(found, Replayed), found
+    assert (found.allow, found.reason) == (decided.allow, decided.reason) == (True, "allowed")
+    assert changes(rec(event), found, KEYS.redact) in ([], ["params"])
+    # an older event (no "sent"): a query string's value is turned back into text
+    for entry in event["protoPayload"]["request"]["params"].values():
+        entry.pop("sent", None)
+        entry.pop("text", None)
+    if body is None:
+        found = outcome(candidate, event)
+        assert isinstance(found, Replayed) and found.allow, found
+
+
+def test_the_shadow_reads_an_introspected_token_with_the_introspection_names() -> None:
+    """An opaque token's principal comes from an RFC 7662 answer (scopes from ``scope``): a
+    candidate changing an unrelated claim name reads it the same way, no disagreement."""
+    from gateway.auth.presets import introspection_names, principal_from_claims
+    from gateway.policy.shadow import disagreement, shadow_principal
+
+    data = edited()
+    data["issuers"]["okta"]["introspection"] = {"client_id": "c", "client_secret": "s"}
+    live = policy(data)
+    answer = {
+        "active": True, "iss": "https://idp.example/oauth2/default", "sub": "user-1",
+        "scope": "things.read", "client_id": "c", "kind": "agent", "tenant": "t1", "aud": "api",
+    }
+    names = introspection_names(live.model.issuers["okta"])
+    principal = principal_from_claims("okta", names, answer, introspected=True)
+    decided = decide(live, request_facts("GET /things/T-1"), principal)
+    assert (decided.allow, decided.rule) == (True, "agent")
+    data["issuers"]["okta"]["claims"] = {"user": "uid2"}
+    candidate = policy(data)
+    shadow = shadow_principal(principal, live.model, candidate.model)
+    assert not isinstance(shadow, str) and shadow.scopes == {"things.read"} and shadow.introspected
+    under = decide(candidate, request_facts("GET /things/T-1"), shadow)
+    assert disagreement(decided, decided.reason, under, candidate.sha256) is None
+
+
+def test_a_tampered_trail_is_unusable_input_and_without_a_key_integrity_is_not_verified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the audit key every event's hash and chain link are verified, as ``audit verify``
+    does (not only each file's first event): an edited event stops the run."""
+    from gateway.cli import main
+
+    chain = Chain(KEYS.chain)
+    events = []
+    for n in range(4):
+        facts = request_facts(f"GET /things/T-{n}")
+        call = CallRecord(
+            request_id=f"r-{n}", method="GET", path=facts.path, started=0.0, client=None,
+            user_agent=None,
+        )
+        call.principal, call.decision = who(), decide(LIVE_POLICY, facts, who())
+        call.status = 200
+        events.append(chain.seal(build_event(call, LIVE_POLICY, key=KEYS.redact))[0])
+    trail, key, same = tmp_path / "audit.jsonl", tmp_path / "key", tmp_path / "live.yaml"
+    key.write_bytes(b"replay-test-key\n")
+    same.write_text(json.dumps(LIVE))
+    trail.write_text("".join(json.dumps(e) + "\n" for e in events))
+    args = ["policy", "replay", "--policy", str(same)]
+    assert main([*args, "--key-file", str(key), str(trail)]) == 0
+    events[2]["httpRequest"]["requestUrl"] = "/things/T-9"
+    trail.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert main([*args, "--key-file", str(key), str(trail)]) == 2
+    err = capsys.readouterr().err
+    assert "audit.jsonl:3: seq 3 edited" in err and "does not verify" in err
+    assert main([*args, "--no-key", str(trail)]) == 0
+    assert "integrity not verified" in capsys.readouterr().out
+
+
+def test_replay_streams_the_trail_and_keeps_counts_only(tmp_path: Path) -> None:
+    """Memory does not grow with the trail: events are read one line at a time and each is
+    counted as it comes (measured in allocations with ``tracemalloc``, not in time)."""
+    import tracemalloc
+
+    from gateway.cli import main
+
+    chain = Chain(KEYS.chain)
+    base = event_of("GET /things/T-1", who())
+    trail = tmp_path / "audit.jsonl"
+    with trail.open("w") as f:
+        for i in range(1500):
+            event = copy.deepcopy(base)
+            event["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] = f"r{i}"
+            for name in ("hash", "seq", "prev", "chain"):
+                event.pop(name)
+            f.write(json.dumps(chain.seal(event)[0]) + "\n")
+    candidate = tmp_path / "live.yaml"
+    candidate.write_text(json.dumps(LIVE))
+    key = tmp_path / "key"
+    key.write_bytes(b"replay-test-key\n")
+    args = ["policy", "replay", "--policy", str(candidate), "--key-file", str(key), str(trail)]
+    main(args)  # imports and caches warmed up
+    tracemalloc.start()
+    try:
+        assert main(args) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert trail.stat().st_size > 2_500_000 and peak < 2_000_000, peak  # before: 9 MB
+
+
+def test_an_actor_claim_bound_to_a_redacted_parameter_is_hashed_in_the_delegation_info() -> None:
+    data = edited()
+    data["queries"]["get_thing"]["params"]["actor_email"] = {
+        "type": "STRING", "from": "claim.act.email",
+    }
+    data["queries"]["get_thing"]["sql"] += " AND Agent = @actor_email"
+    data["roles"]["staff"] = [{"groups": ["staff"], "delegated": True}]
+    data["audit"]["redact"] = ["size", "actor_email"]
+    live = policy(data)
+    principal = who(live, act={"sub": "bot", "email": "owner@secret.example", "team": "t"})
+    event = event_of("GET /things/T-1", principal, live)
+    assert event["protoPayload"]["metadata"]["decision"]["allow"]
+    assert "secret" not in json.dumps(event)
+    actor = event["protoPayload"]["authenticationInfo"]["serviceAccountDelegationInfo"][0]
+    claims = actor["thirdPartyPrincipal"]["thirdPartyClaims"]
+    assert claims["email"] == redacted("owner@secret.example", KEYS.redact)
+    assert claims["team"] == "t" and actor["principalSubject"] == "bot"
+    found = outcome(live, event)
+    assert isinstance(found, Replayed) and found.allow and found.unchecked == ("actor_email",)
+    assert changes(rec(event), found, KEYS.redact) == []
+    # a role testing the hashed actor claim is judged with the key
+    data["roles"]["staff"] = [
+        {"groups": ["staff"], "delegated": True, "claims": {"act.email": "owner@secret.example"}}
+    ]
+    found = outcome(policy(data), event)
+    assert isinstance(found, Replayed) and found.allow, found
+    # a redacted parameter bound to the subject: a warning (the subject is recorded in clear)
+    data["queries"]["get_thing"]["params"]["who"] = {"type": "STRING", "from": "claim.sub"}
+    data["queries"]["get_thing"]["sql"] += " AND Owner = @who"
+    data["audit"]["redact"] = ["size", "who"]
+    warnings = [w.message for w in policy(data).loaded.warnings]
+    assert any("bound to claim.sub" in w for w in warnings), warnings
+
+
+def test_changes_on_calls_neither_policy_routes_are_one_no_route_group() -> None:
+    report = ReplayReport(LIVE_POLICY.sha256)
+    for n in range(3):  # refused as no-route live; by the candidate for another reason
+        event = event_of(f"GET /nowhere/{n}", who())
+        report.add(rec(event), Replayed(False, "method-not-allowed"), KEYS.redact)
+    assert [(g.route, g.count) for g in report.groups.values()] == [("(no route)", 3)]

@@ -385,6 +385,7 @@ async def test_org_server_tokens_go_to_introspection() -> None:
     }
     principal = await world.verify(token)
     assert principal.subject == "00u1" and principal.scopes == {"orders.read"}
+    assert principal.introspected  # what the shadow and the audit trail read its names by
     assert idp.jwks_fetches == 0 and idp.introspections == 1
     other = key.sign(claims(ORG, now=NOW, sub="x"))
     assert await world.code(other) == "token-inactive"
