@@ -164,7 +164,7 @@ class DirectReads:
 
             value = DirectedReadOptions(directed) if isinstance(directed, dict) else directed
             self._directed = DirectedReadOptions.pb(value)
-        self._prepared: dict[tuple[str, str], Prepared] = {}
+        self._prepared: dict[tuple[str, str, str], Prepared] = {}
 
     @classmethod
     def of(cls, database: Any) -> DirectReads | None:
@@ -187,8 +187,9 @@ class DirectReads:
             return None
 
     # -- requests -----------------------------------------------------------------------------
-    def prepared(self, key: tuple[str, str], build: Any) -> Prepared:
-        """The query's ``Prepared`` (``key``: its name and SQL), made once by ``build()``."""
+    def prepared(self, key: tuple[str, str, str], build: Any) -> Prepared:
+        """The query's ``Prepared`` (``key``: its name, identity and SQL), made once by
+        ``build()``."""
         found = self._prepared.get(key)
         if found is None:
             found = self._prepared[key] = build()

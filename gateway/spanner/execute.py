@@ -306,6 +306,7 @@ class Executor:
         # library's path (tests compare the two).
         self.direct_reads = direct_reads
         self._directs: dict[int, DirectReads | None] = {}
+        self._point_lookups: set[tuple[str, str, str]] = set()  # (query, identity, sql)
         self.direct_counts = {"direct": 0, "unary": 0, "fallback": 0}  # reads, since start-up
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -359,6 +360,9 @@ class Executor:
         async with self._writes():
             analysis = await asyncio.ensure_future(analyze_policy(policy, self.databases))
         self._analyses = {**dict(list(self._analyses.items())[-3:]), policy.sha256: analysis}
+        for name in analysis.point_lookups:  # one row at most: a unary ExecuteSql (direct.py)
+            query = policy.queries[name]
+            self._point_lookups.add((name, query.model.identity, query.model.sql))
         return analysis
 
     def analysis(self, policy: CompiledPolicy) -> Analysis | None:
@@ -713,10 +717,11 @@ class Executor:
                 param_types={name: Type.pb(t) for name, t in types.items()},
                 selector=direct.selector(snapshot_options(query)),
                 priority=int(request_options(query, "").get("priority", 0)),
-                bounded=bounded_rows(query) is not None,
+                bounded=bounded_rows(query, point_lookup=key in self._point_lookups) is not None,
             )
 
-        prepared = direct.prepared((query.name, query.model.sql), build)
+        key = (query.name, query.model.identity, query.model.sql)
+        prepared = direct.prepared(key, build)
         async with database.snapshot(**snapshot_options(query)) as snapshot:
             session = getattr(getattr(snapshot, "_session", None), "name", None)
             if not isinstance(session, str):

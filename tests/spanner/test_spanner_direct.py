@@ -44,6 +44,16 @@ queries:
     identity: reader
     sql: SELECT Id, Name FROM Things WHERE Id = @id LIMIT 1
     params: {id: {type: INT64}}
+  lookup:
+    identity: reader
+    sql: SELECT t.Id, t.Name FROM Things AS t WHERE t.Id = @id
+    params: {id: {type: INT64}}
+    max_rows: 1
+  scan:
+    identity: reader
+    sql: SELECT Id, Name FROM Things WHERE Name = @name
+    params: {name: {type: STRING}}
+    max_rows: 1
   cast:
     identity: reader
     sql: SELECT CAST(@s AS INT64) AS n LIMIT 1
@@ -52,6 +62,8 @@ routes:
   - {path: /all, method: GET, query: all, allow: [tester]}
   - {path: /limited, method: GET, query: limited, allow: [tester]}
   - {path: "/one/{id}", method: GET, query: one, allow: [tester]}
+  - {path: "/lookup/{id}", method: GET, query: lookup, allow: [tester]}
+  - {path: "/scan/{name}", method: GET, query: scan, allow: [tester]}
   - {path: "/cast/{s}", method: GET, query: cast, allow: [tester]}
 """
 
@@ -89,7 +101,10 @@ async def _both(
     return direct, library
 
 
-@pytest.mark.parametrize("path", ["/all", "/limited", "/one/1", "/one/2", "/one/9"])
+@pytest.mark.parametrize(
+    "path",
+    ["/all", "/limited", "/one/1", "/one/2", "/one/9", "/lookup/1", "/lookup/9", "/scan/one"],
+)
 async def test_the_direct_path_answers_what_the_library_path_answers(
     served: tuple[Gateway, httpx.AsyncClient], token: str, path: str
 ) -> None:
@@ -99,7 +114,9 @@ async def test_the_direct_path_answers_what_the_library_path_answers(
     assert direct.status_code == library.status_code == 200
     assert direct.json() == library.json()
     counts = app.executor.direct_counts
-    way = "direct" if path == "/all" else "unary"  # LIMIT 3 and LIMIT 1 bound their rows
+    # LIMIT 3 and LIMIT 1 bound their rows, and so does fixing the primary key; /all and a
+    # lookup by a column that is not the key stream
+    way = "direct" if path in ("/all", "/scan/one") else "unary"
     assert counts[way] == before[way] + 1
     assert counts["fallback"] == before["fallback"]
 
@@ -117,6 +134,15 @@ async def test_rows_are_cut_at_max_rows_on_both_calls(
             "Id": 1, "Name": "one", "Price": "1.5", "Ts": "2026-01-02T03:04:05.123456789Z",
             "Tags": ["a", None], "Doc": {"k": [1, None]}, "Raw": "AP8=",
         }  # fmt: skip
+
+
+async def test_point_lookups_are_read_from_the_schema(
+    served: tuple[Gateway, httpx.AsyncClient],
+) -> None:
+    app, _ = served
+    analysis = app.executor.analysis(app.policy)
+    assert analysis is not None
+    assert analysis.point_lookups == {"lookup", "one"}  # not `scan`: Name is not its key
 
 
 async def test_errors_map_as_on_the_library_path(
