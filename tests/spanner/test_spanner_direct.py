@@ -184,3 +184,24 @@ async def test_the_library_path_takes_over_what_the_direct_path_cannot_finish(
     assert answer.status_code == 200
     assert answer.json()["rows"] == [{"Id": 3, "Name": "three"}]
     assert app.executor.direct_counts["fallback"] == before + 1
+
+
+async def test_spanner_direct_reads_false_reads_through_the_library(
+    served: tuple[Gateway, httpx.AsyncClient],  # the database and its rows
+    demo_database: str,
+    idp: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    token: str,
+) -> None:
+    policy = policy_text(DATABASE, POLICY)
+    async with gateway_on(
+        tmp_path_factory.mktemp("library"),
+        demo_database,
+        policy,
+        issuer=idp.issuer,
+        spanner_direct_reads=False,
+    ) as (app, http):
+        answer = await http.get("/lookup/1", headers=bearer(token))
+        assert answer.status_code == 200
+        assert answer.json()["rows"] == [{"Id": 1, "Name": "one"}]
+        assert app.executor.direct_counts == {"direct": 0, "unary": 0, "fallback": 0}
