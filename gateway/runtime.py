@@ -259,7 +259,10 @@ def build_gateway(
         ),
     )
     executor = Executor(
-        databases, emulator=bool(emulator), max_settling=settings.max_settling_writes
+        databases,
+        emulator=bool(emulator),
+        max_settling=settings.max_settling_writes,
+        direct_reads=settings.spanner_direct_reads,
     )
     audit = build_trail(settings, policy, databases, worker=worker, run_dir=run_dir)
     closers: list[Callable[[], Awaitable[None]]] = [client.aclose] if own_http else []

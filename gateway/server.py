@@ -379,19 +379,43 @@ class _Flow(FlowControl):
 class _CycleTransport:
     """The transport a request cycle writes to: its close() (an answer with ``Connection:
     close``, a 408, a 503) lingers like the server's own refusals, so the answer is not lost to a
-    reset while the client is still sending."""
+    reset while the client is still sending.
+
+    An answer's head is held until its body is written, and both go in one ``write`` (one
+    ``send(2)``, one TCP segment for a small answer, instead of two): uvicorn writes the head on
+    ``http.response.start`` and the body on ``http.response.body``, which the gateway sends in
+    the same step. A head is never held past the current loop iteration (``call_soon``), nor
+    past ``close()``. Nothing else writes to the connection meanwhile: the server's own
+    refusals wait while a response is incomplete (``_refuse``)."""
 
     def __init__(self, protocol: GatewayHttpProtocol) -> None:
         self._protocol = protocol
+        self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if not self._protocol._lingering:
-            self._protocol.transport.write(data)
+        if self._protocol._lingering:
+            self._head = None
+            return
+        head = data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 ")
+        if self._head is None and head and data.endswith(b"\r\n\r\n"):
+            self._head = data
+            self._protocol.loop.call_soon(self._flush)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._protocol.transport.write(data)
+
+    def _flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._protocol._lingering:
+                self._protocol.transport.write(head)
 
     def is_closing(self) -> bool:
         return self._protocol._lingering or self._protocol.transport.is_closing()
 
     def close(self) -> None:
+        self._flush()
         self._protocol._linger_close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

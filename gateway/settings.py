@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="At most this many answered writes settle in the background; more writes "
         "are refused up front (503 spanner-unavailable, nothing sent).",
     )
+    spanner_direct_reads: bool = Field(
+        True,
+        description="Send reads' RPCs straight on the Spanner client's channel (the client's "
+        "request and headers, without its per-call overhead; one unary ExecuteSql for reads "
+        "whose statement bounds their rows). false: every read through the client's "
+        "execute_sql.",
+    )
 
     # Requests
     max_body_bytes: int = Field(1_048_576, ge=0, description="Larger request bodies get 413.")

@@ -23,6 +23,11 @@ Contract:
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
 - First of all, the database's dialect must be the policy's ``spanner.dialect``
   (``dialect.py``): else a PolicyError located at ``spanner.dialect`` saying which to set.
+- A read shaped as a point lookup (``bounded.point_lookup``) has its table's primary key read
+  from ``INFORMATION_SCHEMA.INDEX_COLUMNS`` under its identity; when its WHERE clause fixes every
+  key column it is in ``Analysis.point_lookups`` (at most one row: one unary ExecuteSql,
+  ``direct.py``). A failure to read the key only leaves it out (it streams). GoogleSQL only:
+  a PostgreSQL-dialect policy's reads all stream.
 - Spanner being unreachable is not a policy problem: that error propagates as it is.
 """
 
@@ -95,6 +100,7 @@ class Analysis:
     shapes: Mapping[str, Shape] = field(default_factory=dict)  # query name -> result columns
     idempotency_ready: Mapping[str, bool] = field(default_factory=dict)  # writing identity -> ok
     warnings: tuple[PolicyProblem, ...] = ()  # located; the policy still serves
+    point_lookups: frozenset[str] = frozenset()  # reads that fix their table's primary key
 
 
 class _Planned(Exception):  # control flow: roll the planning transaction back
@@ -229,6 +235,51 @@ async def _check_dialect(policy: CompiledPolicy, databases: Databases) -> None:
         raise PolicyError([_problem(policy, "", problem, ("spanner", "dialect"))])
 
 
+_PRIMARY_KEY_SQL = (
+    "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.INDEX_COLUMNS WHERE TABLE_SCHEMA = '' "
+    "AND TABLE_NAME = @table AND INDEX_NAME = 'PRIMARY_KEY'"
+)
+
+
+async def primary_key(database: Any, table: str) -> frozenset[str]:
+    """The upper-cased primary key columns of ``table`` (empty: unknown)."""
+    from google.cloud.spanner_v1 import param_types
+
+    async with database.snapshot() as snapshot:
+        stream = await snapshot.execute_sql(
+            _PRIMARY_KEY_SQL,
+            params={"table": table},
+            param_types={"table": param_types.STRING},
+            request_options={"request_tag": "spangate analyze primary key"},
+        )
+        return frozenset([str(row[0]).upper() async for row in stream])
+
+
+async def _point_lookups(policy: CompiledPolicy, databases: Databases) -> frozenset[str]:
+    from gateway.spanner.bounded import point_lookup
+
+    if policy.model.spanner.dialect == "postgresql":  # its reader and key query are GoogleSQL's
+        return frozenset()
+    found = set()
+    keys: dict[tuple[str, str], frozenset[str]] = {}
+    for name, query in policy.queries.items():
+        shape = None if query.is_dml else point_lookup(query.model.sql)
+        if shape is None:
+            continue
+        identity = query.model.identity
+        where = (identity, shape.table.upper())
+        try:
+            if where not in keys:
+                async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+                    keys[where] = await primary_key(databases.aio(identity), shape.table)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: without it the read streams
+            log.info("cannot read the primary key of %s for query %s: %s", shape.table, name, exc)
+            keys[where] = frozenset()
+        if keys[where] and keys[where] <= shape.fixed:
+            found.add(name)
+    return frozenset(found)
+
+
 async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analysis:
     """Plan every query of ``policy``; PolicyError with every problem found (see module doc).
 
@@ -288,4 +339,9 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
                     "`spangate init-db` creates it and `spangate grants` are applied",
                     identity,
                 )
-    return Analysis(shapes=shapes, idempotency_ready=ready, warnings=tuple(warnings))
+    return Analysis(
+        shapes=shapes,
+        idempotency_ready=ready,
+        warnings=tuple(warnings),
+        point_lookups=await _point_lookups(policy, databases),
+    )

@@ -9,6 +9,10 @@ UNAVAILABLE without end while Spanner is unreachable).
 - Reads run in a single-use snapshot (strong, or the query's exact or bounded staleness), never in
   a read-write transaction; rows stream until ``max_rows + 1`` and then stop, with ``truncated``
   (a paginated query's one more: its ``LIMIT`` already bounds them to its page and one row).
+  The read's RPC is sent straight on the client's channel (``direct.py``: the library's request
+  and metadata without its per-call overhead; one unary ExecuteSql when the statement bounds its
+  rows, ``bounded.py``); when that path cannot finish a read (UNAVAILABLE, a chunked value...) the
+  library's ``snapshot.execute_sql`` runs it, as it does for every read when the client traces.
 - DML runs through ``run_in_transaction``, which retries ABORTED itself (there is no second retry
   loop here) with a transaction tag; THEN RETURN rows come back (at most ``max_rows``); the commit
   timestamp comes from the committed transaction. With an Idempotency-Key its record is read and
@@ -56,6 +60,8 @@ from gateway.errors import GatewayError, SpannerError
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
 from gateway.spanner.analyze import Analysis, analyze_policy, type_name
+from gateway.spanner.bounded import bounded_rows
+from gateway.spanner.direct import DirectReads, Fallback, Prepared
 from gateway.spanner.errors import (
     grpc_code,
     map_error,
@@ -282,6 +288,7 @@ class Executor:
         max_settling: int = 256,
         hooks: WriteHooks | None = None,
         on_statement: Callable[[str, float], None] | None = None,
+        direct_reads: bool = True,
     ) -> None:
         self.databases = databases
         # (query name, seconds) as each statement that was sent ends, however it ended
@@ -295,6 +302,12 @@ class Executor:
         self.hooks = hooks or WriteHooks()
         self.commits_sent = 0  # Commit RPCs sent (counted at the transport), since start-up
         self._uncounted_warned = False
+        # Reads on the direct path (direct.py) where the client allows it; False: always the
+        # library's path (tests compare the two).
+        self.direct_reads = direct_reads
+        self._directs: dict[int, DirectReads | None] = {}
+        self._point_lookups: set[tuple[str, str, str]] = set()  # (query, identity, sql)
+        self.direct_counts = {"direct": 0, "unary": 0, "fallback": 0}  # reads, since start-up
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -347,6 +360,9 @@ class Executor:
         async with self._writes():
             analysis = await asyncio.ensure_future(analyze_policy(policy, self.databases))
         self._analyses = {**dict(list(self._analyses.items())[-3:]), policy.sha256: analysis}
+        for name in analysis.point_lookups:  # one row at most: a unary ExecuteSql (direct.py)
+            query = policy.queries[name]
+            self._point_lookups.add((name, query.model.identity, query.model.sql))
         return analysis
 
     def analysis(self, policy: CompiledPolicy) -> Analysis | None:
@@ -452,9 +468,7 @@ class Executor:
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
-                    return await self._read(
-                        state, database, query, params, types, tags, deadline
-                    )
+                    return await self._read(state, database, query, params, types, tags, deadline)
                 return await self._guarded_write(
                     state,
                     on_settled,
@@ -640,6 +654,14 @@ class Executor:
         # A paginated query's LIMIT reads one row past its page (at most max_rows + 1): the
         # gateway cuts the page and knows a next one exists (gateway.shaping.paging).
         limit = query.model.max_rows + (1 if query.paging is not None else 0)
+        direct = self._direct(database)
+        if direct is not None:
+            try:
+                return await self._direct_read(
+                    direct, state, database, query, params, types, tags, deadline, limit
+                )
+            except Fallback:  # nothing of it was used: the library's path runs the read
+                self.direct_counts["fallback"] += 1
         result = Result()
         raw: list[Any] = []
         async with database.snapshot(**snapshot_options(query)) as snapshot:
@@ -663,6 +685,57 @@ class Executor:
             result.columns = [f.name for f in stream.fields] if stream.fields else []
             result.types = _types(query, stream.fields)
         result.rows = _rows(result.columns, raw)
+        result.row_count = len(result.rows)
+        return result
+
+    def _direct(self, database: Any) -> DirectReads | None:
+        """The Database's direct reads (``direct.py``), or None: the library's path."""
+        key = id(database)
+        if key not in self._directs:
+            self._directs[key] = DirectReads.of(database) if self.direct_reads else None
+        return self._directs[key]
+
+    async def _direct_read(
+        self,
+        direct: DirectReads,
+        state: _WriteState,
+        database: Any,
+        query: CompiledQuery,
+        params: dict[str, Any],
+        types: dict[str, Any],
+        tags: Tags,
+        deadline: float,
+        limit: int,
+    ) -> Result:
+        """``_read`` on the direct path; ``Fallback`` when the library's path must run it."""
+
+        def build() -> Prepared:
+            from google.cloud.spanner_v1.types import Type
+
+            return Prepared(
+                sql=query.model.sql,
+                param_types={name: Type.pb(t) for name, t in types.items()},
+                selector=direct.selector(snapshot_options(query)),
+                priority=int(request_options(query, "").get("priority", 0)),
+                bounded=bounded_rows(query, point_lookup=key in self._point_lookups) is not None,
+            )
+
+        key = (query.name, query.model.identity, query.model.sql)
+        prepared = direct.prepared(key, build)
+        async with database.snapshot(**snapshot_options(query)) as snapshot:
+            session = getattr(getattr(snapshot, "_session", None), "name", None)
+            if not isinstance(session, str):
+                raise Fallback
+            request = direct.request(session, prepared, params, tags.request)
+            state.note_sent()
+            read = direct.unary if prepared.bounded else direct.streamed
+            rows = await read(
+                session, prepared, request, limit, self._remaining(deadline),
+                bool(query.model.mask),
+            )  # fmt: skip
+        self.direct_counts["unary" if prepared.bounded else "direct"] += 1
+        result = Result(columns=rows.columns, types=rows.types, rows=rows.rows)
+        result.truncated = rows.truncated
         result.row_count = len(result.rows)
         return result
 

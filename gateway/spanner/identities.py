@@ -126,9 +126,7 @@ def default_async_client_factory(
                 observability_options=options,
             )
         credentials = await asyncio.to_thread(_gcp_credentials, service_account)
-        return AsyncClient(
-            project=project, credentials=credentials, observability_options=options
-        )
+        return AsyncClient(project=project, credentials=credentials, observability_options=options)
 
     return make
 

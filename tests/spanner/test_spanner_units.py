@@ -151,3 +151,47 @@ def test_rendering_of_timestamps_and_values() -> None:
     assert to_json(math.nan) == "NaN" and to_json(2**63 - 1) == 2**63 - 1
     assert to_json(decimal.Decimal("-0.000000001")) == "-0.000000001"
     assert to_json(dt.date(1, 1, 1)) == "0001-01-01"
+
+
+@pytest.mark.parametrize(
+    ("sql", "table", "fixed"),
+    [
+        ("SELECT A FROM Orders WHERE TenantId = @t AND OrderId = @o", "Orders", {"TENANTID", "ORDERID"}),
+        ("SELECT o.A FROM Orders AS o WHERE o.TenantId = 't1' AND @o = o.OrderId ORDER BY o.A LIMIT 5",
+         "Orders", {"TENANTID", "ORDERID"}),
+        ("SELECT A FROM Orders WHERE (TenantId = @t OR TRUE) AND OrderId = @o", "Orders", {"ORDERID"}),
+        ("SELECT (SELECT 1 FROM Y WHERE b = @b) AS x FROM Orders WHERE Id = 5", "Orders", {"ID"}),
+        ("SELECT A FROM Orders WHERE TenantId = @t OR OrderId = @o", None, None),
+        ("SELECT A FROM Orders o JOIN X ON o.a = X.a WHERE o.a = @a", None, None),
+        ("SELECT A FROM Orders, X WHERE Orders.a = @a", None, None),
+        ("SELECT A FROM Orders WHERE Id = @i UNION ALL SELECT A FROM X WHERE Id = @i", None, None),
+        ("SELECT A FROM Orders WHERE x BETWEEN 1 AND Id = @x", None, None),
+        ("SELECT A FROM Orders WHERE Id > @x", None, None),
+        ("SELECT A FROM Orders WHERE X.Id = @x", None, None),
+        ("WITH t AS (SELECT 1) SELECT A FROM t WHERE Id = @x", None, None),
+    ],
+)  # fmt: skip
+def test_point_lookup_shapes(sql: str, table: str | None, fixed: set[str] | None) -> None:
+    from gateway.spanner.bounded import point_lookup
+
+    found = point_lookup(sql)
+    if table is None:
+        assert found is None
+    else:
+        assert found is not None and found.table == table and found.fixed == fixed
+
+
+@pytest.mark.parametrize(
+    ("sql", "limit"),
+    [
+        ("SELECT 1 LIMIT 5", 5),
+        ("SELECT A FROM T ORDER BY A LIMIT 5 OFFSET 10", 5),
+        ("SELECT A FROM T LIMIT @n", None),
+        ("SELECT (SELECT 1 LIMIT 1) AS x", None),
+        ("SELECT A FROM T", None),
+    ],
+)
+def test_literal_limits(sql: str, limit: int | None) -> None:
+    from gateway.spanner.bounded import _literal_limit
+
+    assert _literal_limit(sql) == limit

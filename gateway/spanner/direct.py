@@ -1,0 +1,300 @@
+"""A read's RPC sent straight on the client's gRPC channel: the same request, without the
+library's per-call overhead.
+
+Measured (``bench e2e``, a point read, the emulator): google-cloud-spanner's
+``snapshot.execute_sql`` costs ~1.5 ms of CPU per read on this machine, most of it not the RPC:
+proto-plus marshalling of the request and of every response message, api_core's retry and
+timeout wrappers, the client's tracing and metrics context managers, ``StreamedResultSet`` and
+its per-message bookkeeping. The same ExecuteStreamingSql RPC built here as a plain protobuf costs
+about half of that, and a unary ExecuteSql (one response message) less than a quarter.
+
+What stays the official client's: the session (``database.snapshot()`` checks out the
+multiplexed session, and handles a lost one when the block ends with NotFound, as for any read),
+the channel (its credentials, TLS, keep-alives and interceptors: built-in metrics and the
+library's logging see these calls as theirs), the request-id counter, the client-info header,
+and every write (transactions, retries of ABORTED, commits).
+
+Why each shortcut is safe:
+
+- The request is the library's, field for field (``Prepared``/``request``): session, SQL, params
+  (each value encoded by the library's own ``_make_value_pb``), param types, a single-use
+  read-only selector with the query's staleness and ``return_read_timestamp``, the client's
+  default query options, the request tag and priority, no transaction tag (read-only), the
+  database's directed-read options. The metadata is the library's too: the resource prefix
+  (with the AFE server-timing header when the library adds it), ``x-goog-spanner-request-id``
+  from the client's own counter (so request ids stay unique and ordered across both paths),
+  ``x-goog-api-client`` as the GAPIC wrapper sends it, and the ``session`` routing header.
+- Errors: a gRPC error becomes the same ``google.api_core`` exception the GAPIC wrapper raises
+  (``from_grpc_error``), so ``errors.map_error`` answers exactly as before.
+- Retries and resumption: the library's streaming read resumes after UNAVAILABLE (and after the
+  INTERNAL errors it deems resumable) from the last resume token, and its unary ExecuteSql
+  retries UNAVAILABLE and RESOURCE_EXHAUSTED. This path does neither itself: on such an error
+  (and on FAILED_PRECONDITION from a unary call, which is what Spanner answers when a result
+  exceeds the unary reply's 10 MiB) it raises ``Fallback`` and the caller runs the read again on
+  the library's path, as a new single-use read (a read-only snapshot: running it again changes
+  nothing; the rows of the first attempt were never used).
+- Chunked values: a streamed value may be split across messages (``chunked_value``). This path
+  does not merge chunks: it falls back the same way (values that large are rare, and the
+  library's merge is the reference).
+- Decoding: each value goes through the library's own decoder for its type
+  (``_get_type_decoder``) and the gateway's ``to_json``, as on the library's path.
+- Unary ExecuteSql returns the whole result in one message, so it is only used for reads
+  whose row count is bounded by their statement (``Executor`` decides: ``bounded_rows``).
+
+Used only when nothing would miss the library's per-call work: not when the client traces
+(a ``tracer_provider`` in its ``observability_options``, set when the gateway's traces are on,
+or a global tracer provider: its spans stay the library's),
+and only when the library is shaped as expected (``DirectReads.of`` returns None otherwise and
+every read takes the library's path).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.api_core import exceptions as gexc
+
+from gateway.spanner.analyze import type_name
+from gateway.spanner.results import to_json
+
+__all__ = ["DirectReads", "Fallback", "Prepared", "Rows"]
+
+log = logging.getLogger("spangate.spanner")
+
+_STREAMING = "/google.spanner.v1.Spanner/ExecuteStreamingSql"
+_UNARY = "/google.spanner.v1.Spanner/ExecuteSql"
+# The INTERNAL errors after which the library resumes a stream (snapshot.py)
+_RESUMABLE_INTERNAL = ("RST_STREAM", "Received unexpected EOS on DATA frame from server")
+
+
+class Fallback(Exception):  # control flow: run this read on the library's path
+    """This read must run on the library's path (see the module's notes); nothing of it was
+    used."""
+
+
+@dataclass
+class Rows:
+    """A read's rows as JSON values, cut at ``limit`` (``truncated``: there were more)."""
+
+    columns: list[str]
+    types: list[str]  # Spanner type names, when asked for (masks)
+    rows: list[dict[str, Any]]
+    truncated: bool
+
+
+class _Decoders:
+    """One result shape's column names, type names and value decoders, built once per shape."""
+
+    def __init__(self, row_type: Any) -> None:
+        from google.cloud.spanner_v1 import _helpers
+        from google.cloud.spanner_v1.types import Type
+
+        self.row_type = row_type
+        fields = list(row_type.fields)
+        self.columns = [f.name for f in fields]
+        self.types = [type_name(f.type_) for f in fields]
+        # The library's decoders, on its proto-plus view of the type (no copy)
+        decoder = _helpers._get_type_decoder
+        self.decoders = [decoder(Type.wrap(f.type_), f.name) for f in fields]  # type: ignore[no-untyped-call]
+
+    def row(self, values: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for column, decode, value in zip(self.columns, self.decoders, values, strict=True):
+            # As the library's _parse_nullable: a NULL of any type is None.
+            out[column] = None if value.HasField("null_value") else to_json(decode(value))
+        return out
+
+
+@dataclass
+class Prepared:
+    """What every request of one query shares (built once per query and database)."""
+
+    sql: str
+    param_types: Mapping[str, Any]  # name -> google.spanner.v1.Type (protobuf)
+    selector: Any  # TransactionSelector (protobuf): single use, read only
+    priority: int
+    bounded: bool  # its statement bounds its rows (``bounded.py``): one unary ExecuteSql
+    decoders: _Decoders | None = None
+
+
+def _global_tracing() -> bool:
+    """Whether a global OpenTelemetry tracer provider is set (the client would trace to it)."""
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+class DirectReads:
+    """The stubs and constant metadata of one Database's reads (see the module's notes)."""
+
+    def __init__(self, database: Any, wrapped_metadata: tuple[tuple[str, str], ...]) -> None:
+        from google.cloud.spanner_v1 import _helpers
+        from google.cloud.spanner_v1.types import result_set, spanner
+
+        self._database = database
+        self._request_type = spanner.ExecuteSqlRequest.pb()
+        channel = database.spanner_api.transport.grpc_channel
+        serialize = self._request_type.SerializeToString
+        self._stream = channel.unary_stream(
+            _STREAMING,
+            request_serializer=serialize,
+            response_deserializer=result_set.PartialResultSet.pb().FromString,
+        )
+        self._unary = channel.unary_unary(
+            _UNARY,
+            request_serializer=serialize,
+            response_deserializer=result_set.ResultSet.pb().FromString,
+        )
+        self._make_value = _helpers._make_value_pb
+        # GAPIC's own (x-goog-api-client), then the library's: resource prefix (+ AFE timing)
+        self._static = [*wrapped_metadata, *_helpers._metadata_with_prefix(database.name)]  # type: ignore[no-untyped-call]
+        self._routing: dict[str, tuple[str, str]] = {}
+        client = database._instance._client
+        options = _helpers._merge_query_options(client._query_options, None)  # type: ignore[no-untyped-call]
+        self._query_options = type(options).pb(options) if options is not None else None
+        directed = database._directed_read_options
+        self._directed = None
+        if directed is not None:
+            from google.cloud.spanner_v1.types import DirectedReadOptions
+
+            value = DirectedReadOptions(directed) if isinstance(directed, dict) else directed
+            self._directed = DirectedReadOptions.pb(value)
+        self._prepared: dict[tuple[str, str, str], Prepared] = {}
+
+    @classmethod
+    def of(cls, database: Any) -> DirectReads | None:
+        """This Database's direct reads, or None when they would drop something the library
+        does per call (its tracing) or the library is not shaped as this module expects."""
+        try:
+            options = database._instance._client.observability_options or {}
+            if options.get("tracer_provider") is not None or _global_tracing():
+                return None  # the client's spans are wanted: the library's path makes them
+            transport = database.spanner_api.transport
+            wrapped = transport._wrapped_methods[transport.execute_streaming_sql]
+            metadata = tuple(wrapped._default_metadata)
+            if database._instance._client._client_context is not None:
+                return None  # request options merged per call from a client context
+            database.metadata_and_request_id  # noqa: B018 - shape checks
+            database._next_nth_request  # noqa: B018
+            return cls(database, metadata)
+        except Exception as exc:  # noqa: BLE001 - another shape: the library's path serves
+            log.info("direct reads are off for this client library: %s", exc)
+            return None
+
+    # -- requests -----------------------------------------------------------------------------
+    def prepared(self, key: tuple[str, str, str], build: Any) -> Prepared:
+        """The query's ``Prepared`` (``key``: its name, identity and SQL), made once by
+        ``build()``."""
+        found = self._prepared.get(key)
+        if found is None:
+            found = self._prepared[key] = build()
+        return found
+
+    def selector(self, staleness: Mapping[str, Any]) -> Any:
+        """A single-use read-only TransactionSelector, as ``Snapshot`` builds it."""
+        from google.cloud.spanner_v1.types import TransactionOptions, TransactionSelector
+
+        read_only = TransactionOptions.ReadOnly(
+            return_read_timestamp=True, **(staleness or {"strong": True})
+        )
+        return TransactionSelector.pb(
+            TransactionSelector(single_use=TransactionOptions(read_only=read_only))
+        )
+
+    def request(self, session: str, prepared: Prepared, params: Mapping[str, Any], tag: str) -> Any:
+        request = self._request_type(session=session, sql=prepared.sql)
+        request.transaction.CopyFrom(prepared.selector)
+        fields = request.params.fields
+        for name, value in params.items():
+            fields[name].CopyFrom(self._make_value(value))  # type: ignore[no-untyped-call]
+        for name, type_pb in prepared.param_types.items():
+            request.param_types[name].CopyFrom(type_pb)
+        if self._query_options is not None:
+            request.query_options.CopyFrom(self._query_options)
+        request.request_options.request_tag = tag
+        if prepared.priority:
+            request.request_options.priority = prepared.priority
+        if self._directed is not None:
+            request.directed_read_options.CopyFrom(self._directed)
+        return request
+
+    def _metadata(self, session: str) -> list[tuple[str, str]]:
+        routing = self._routing.get(session)
+        if routing is None:
+            from google.api_core.gapic_v1 import routing_header
+
+            routing = routing_header.to_grpc_metadata((("session", session),))  # type: ignore[no-untyped-call]
+            self._routing = {session: routing}  # the multiplexed session: one at a time
+        database = self._database
+        metadata, _ = database.metadata_and_request_id(database._next_nth_request, 1, self._static)
+        metadata.append(routing)
+        return list(metadata)
+
+    # -- calls --------------------------------------------------------------------------------
+    async def unary(
+        self, session: str, prepared: Prepared, request: Any, limit: int, timeout: float,
+        want_types: bool,
+    ) -> Rows:  # fmt: skip
+        """ExecuteSql: the whole result in one reply (for bounded reads only)."""
+        try:
+            reply = await self._unary(request, metadata=self._metadata(session), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            error = gexc.from_grpc_error(exc)  # type: ignore[no-untyped-call]
+            if isinstance(error, gexc.ServiceUnavailable | gexc.ResourceExhausted):
+                raise Fallback from error  # the library's ExecuteSql retries these
+            if isinstance(error, gexc.FailedPrecondition):
+                raise Fallback from error  # e.g. over the unary reply's 10 MiB: stream it
+            raise error from None
+        decoders = self._decoders(prepared, reply.metadata.row_type)
+        rows = reply.rows
+        kept = [decoders.row(row.values) for row in list(rows)[:limit]]
+        return Rows(decoders.columns, decoders.types if want_types else [], kept, len(rows) > limit)
+
+    async def streamed(
+        self, session: str, prepared: Prepared, request: Any, limit: int, timeout: float,
+        want_types: bool,
+    ) -> Rows:  # fmt: skip
+        """ExecuteStreamingSql, read until ``limit + 1`` rows (then cancelled)."""
+        call = self._stream(request, metadata=self._metadata(session), timeout=timeout)
+        decoders: _Decoders | None = None
+        values: list[Any] = []
+        width = 0
+        truncated = False
+        try:
+            async for message in call:
+                if decoders is None:
+                    decoders = self._decoders(prepared, message.metadata.row_type)
+                    width = len(decoders.columns)
+                if message.chunked_value:
+                    raise Fallback  # the library merges chunks
+                values.extend(message.values)
+                if width and len(values) > limit * width:
+                    truncated = True  # the (limit + 1)th row: stop reading
+                    break
+        except grpc.aio.AioRpcError as exc:
+            error = gexc.from_grpc_error(exc)  # type: ignore[no-untyped-call]
+            if isinstance(error, gexc.ServiceUnavailable) or (
+                isinstance(error, gexc.InternalServerError)
+                and any(m in str(error.message) for m in _RESUMABLE_INTERNAL)
+            ):
+                raise Fallback from error  # the library resumes these
+            raise error from None
+        finally:
+            call.cancel()  # a no-op once the stream ended
+        if decoders is None:
+            raise Fallback  # no message at all: let the library say what that means
+        kept = values[: limit * width] if width else []
+        rows = [decoders.row(kept[i : i + width]) for i in range(0, len(kept), width)]
+        return Rows(decoders.columns, decoders.types if want_types else [], rows, truncated)
+
+    @staticmethod
+    def _decoders(prepared: Prepared, row_type: Any) -> _Decoders:
+        found = prepared.decoders
+        if found is None or found.row_type != row_type:  # a query's shape rarely changes
+            found = prepared.decoders = _Decoders(row_type)
+        return found
