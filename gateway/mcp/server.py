@@ -569,6 +569,12 @@ class McpEndpoint:
                 is_error=True,
             )
         answer = outcome.body or {}
+        if outcome.status == 202:  # approval-required: nothing ran; not the tool's output
+            return types.CallToolResult(
+                content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
+                structured_content=answer,
+                is_error=True,
+            )
         return types.CallToolResult(
             content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
             structured_content=answer,

@@ -56,10 +56,15 @@ def approval_findings(
             found.append(((*where, "approval", "approvers", k), msg))
     query = policy.queries.get(route.query)
     if query is not None and query.pagination is not None:
-        found.append(((*where, "approval"), (
-            f"query {route.query} pages by keyset: every page would be a call of its own to "
-            "approve; approvals are for routes that run one statement"
-        )))
+        found.append(
+            (
+                (*where, "approval"),
+                (
+                    f"query {route.query} pages by keyset: every page would be a call of its own to "
+                    "approve; approvals are for routes that run one statement"
+                ),
+            )
+        )
     return found
 
 

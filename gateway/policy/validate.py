@@ -85,6 +85,7 @@ RESERVED_PREFIXES = (
     "/docs",
     "/redoc",
     "/mcp",
+    "/approvals",
     "/.well-known/oauth-protected-resource",
 )
 _PARAM_SEGMENT = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")

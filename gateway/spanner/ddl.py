@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from gateway.audit.spanner_sink import policy_ddl as audit_policy_ddl
 from gateway.policy.compiled import CompiledPolicy
-from gateway.spanner import idempotency
+from gateway.spanner import approvals, idempotency
 
 __all__ = ["SOURCES", "shipped_ddl"]
 
@@ -21,7 +21,16 @@ def _idempotency(policy: CompiledPolicy) -> list[str]:
     return list(idempotency.DDL) if any(q.is_dml for q in policy.queries.values()) else []
 
 
-SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [_idempotency, audit_policy_ddl]
+def _approvals(policy: CompiledPolicy) -> list[str]:
+    """The approvals table, when a route waits for approval."""
+    return list(approvals.DDL) if any(r.model.approval for r in policy.routes) else []
+
+
+SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [
+    _idempotency,
+    _approvals,
+    audit_policy_ddl,
+]
 
 
 def shipped_ddl(policy: CompiledPolicy) -> list[str]:
