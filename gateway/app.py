@@ -95,7 +95,6 @@ from gateway.shaping.paging import (
     run_values,
 )
 from gateway.spanner.execute import SENT_LOOKUP, SENT_STATEMENT, Executor, Sent, tags_for
-from gateway.spanner.idempotency import HEADER as IDEMPOTENCY_HEADER
 from gateway.spanner.idempotency import request_key
 from gateway.spanner.results import Result, response_body
 from gateway.tracing import SPAN, Tracing
@@ -590,21 +589,8 @@ class Gateway:
         route = decision.route
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
-        approval_id: str | None = None
-        if route.model.approval is not None:  # nothing runs without an approval (202 first)
-            approval_id = _approval_id(target.idempotency)
-            if approval_id is None:
-                return await self._ask_approval(call, policy, decision)
-            keyed = route.query.is_dml and any(
-                k == IDEMPOTENCY_HEADER for k, _ in target.idempotency
-            )
-            call.approval = {"id": approval_id, "event": "approval.presented", "used": False}
-            await self.approvals.check(policy, decision, call.principal, approval_id, keyed=keyed)
-        paging = route.query.paging
-        values: Mapping[str, Any] = decision.bound.values
-        if paging is not None:  # a cheap refusal too: a cursor that does not open spends nothing
-            values = self._page_values(call, decision, paging)
-        # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here.
+        # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here,
+        # before an approval is asked for (a 202 accepts the call as it was sent).
         idempotency = request_key(
             target.idempotency,
             call.principal,
@@ -612,6 +598,19 @@ class Gateway:
             decision.bound.values,
             ttl_seconds=self.settings.idempotency_ttl_seconds,
         )
+        approval_id: str | None = None
+        if route.model.approval is not None:  # nothing runs without an approval (202 first)
+            approval_id = _approval_id(target.idempotency)
+            if approval_id is None:
+                return await self._ask_approval(call, policy, decision)
+            call.approval = {"id": approval_id, "event": "approval.presented", "used": False}
+            await self.approvals.check(
+                policy, decision, call.principal, approval_id, keyed=idempotency is not None
+            )
+        paging = route.query.paging
+        values: Mapping[str, Any] = decision.bound.values
+        if paging is not None:  # a cheap refusal too: a cursor that does not open spends nothing
+            values = self._page_values(call, decision, paging)
         tags = tags_for(
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )

@@ -308,3 +308,20 @@ def test_init_db_prints_the_approvals_table(repo: Path) -> None:
     )
     assert printed.returncode == 0, printed.stderr
     assert "CREATE TABLE IF NOT EXISTS SpangateApprovals" in printed.stdout
+
+
+def test_a_malformed_idempotency_key_is_refused_before_an_approval_is_asked(
+    server: Served, token_for: Token
+) -> None:
+    """A 202 accepts the call as it was sent: invalid data is refused first (400), and no
+    request is stored."""
+    base = server.base
+    support = token_for("support-console")
+    refused = httpx.post(
+        f"{base}/v1/orders/{_new_order(base, token_for)}/cancel",
+        json={},
+        headers=_auth(support, **{"Idempotency-Key": "k" * 256}),
+        timeout=30,
+    )
+    assert (refused.status_code, refused.json()["code"]) == (400, "idempotency-key-invalid")
+    assert "location" not in refused.headers
