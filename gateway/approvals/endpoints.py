@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.approvals.record import ApprovalRecord, check_reason, parse_approval_id, parse_states
 from gateway.audit.event import CallRecord
@@ -40,13 +41,21 @@ from gateway.http import (
 if TYPE_CHECKING:
     from gateway.app import Active, Gateway
 
-__all__ = ["APPROVALS_PATH", "ApprovalsEndpoint", "DEFAULT_LIMIT", "MAX_LIMIT"]
+__all__ = [
+    "APPROVALS_PATH",
+    "ApprovalsEndpoint",
+    "ApprovalsPath",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "parse_path",
+]
 
 log = logging.getLogger("spangate")
 
 APPROVALS_PATH = "/approvals"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
+Action = Literal["list", "view", "approve", "reject"]
 
 
 def _limit(values: list[str]) -> int:
@@ -55,6 +64,37 @@ def _limit(values: list[str]) -> int:
     if len(values) == 1 and values[0].isdigit() and 1 <= int(values[0]) <= MAX_LIMIT:
         return int(values[0])
     raise BadRequest(f"limit is an integer from 1 to {MAX_LIMIT} (once)", code="query-invalid")
+
+
+@dataclass(frozen=True)
+class ApprovalsPath:
+    """What a path under ``/approvals`` asks for: ``action`` (list, view, approve, reject),
+    the id segment as sent (``raw_id``: parsed after the token is verified, so an anonymous
+    caller learns nothing about ids) and the audit event's ``resource`` (ids as ``{id}``)."""
+
+    action: Action
+    raw_id: str | None
+    resource: str
+
+
+def parse_path(path: str, method: str) -> ApprovalsPath:
+    """``path`` (``/approvals`` or below it) and ``method`` as an ``ApprovalsPath`` (pure): 404
+    for a path that is none of the four, 405 for a method the path does not take (HEAD as GET)."""
+    parts = path[len(APPROVALS_PATH) :].split("/")[1:]  # "" -> [], "/x/approve" -> [x, approve]
+    if parts and parts[-1] == "" and len(parts) > 1:
+        raise RouteNotFound("no such approvals path")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("approve", "reject")):
+        raise RouteNotFound("no such approvals path")
+    wants = "POST" if len(parts) == 2 else "GET"
+    if method not in (wants, "HEAD") or (method == "HEAD" and wants == "POST"):
+        raise MethodNotAllowed(f"{method} is not allowed on this path", allow=[wants])
+    if not parts:
+        return ApprovalsPath("list", None, f"{method} {APPROVALS_PATH}")
+    resource = f"{method} {APPROVALS_PATH}/{{id}}"
+    if len(parts) == 1:
+        return ApprovalsPath("view", parts[0], resource)
+    action: Action = "approve" if parts[1] == "approve" else "reject"
+    return ApprovalsPath(action, parts[0], f"{resource}/{parts[1]}")
 
 
 def _requester(record: ApprovalRecord) -> dict[str, Any]:
@@ -128,14 +168,7 @@ class ApprovalsEndpoint:
         gateway = self.gateway
         method = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        parts = path[len(APPROVALS_PATH) :].split("/")[1:]  # "" -> [], "/x/approve" -> [x, approve]
-        if parts and parts[-1] == "" and len(parts) > 1:
-            raise RouteNotFound("no such approvals path")
-        if len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("approve", "reject")):
-            raise RouteNotFound("no such approvals path")
-        wants = "POST" if len(parts) == 2 else "GET"
-        if method not in (wants, "HEAD") or (method == "HEAD" and wants == "POST"):
-            raise MethodNotAllowed(f"{method} is not allowed on this path", allow=[wants])
+        target = parse_path(path, method)  # 404 and 405 before the token is looked at
         query = parse_query(scope.get("query_string", b""))
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
@@ -146,10 +179,8 @@ class ApprovalsEndpoint:
         policy = active.policy
         approvals = gateway.approvals
         now = approvals.clock()
-        resource = f"{method} {path}" if len(parts) < 1 else f"{method} /approvals/{{id}}"
-        if len(parts) == 2:
-            resource += f"/{parts[1]}"
-        if not parts:  # the list
+        resource = target.resource
+        if target.action == "list":
             state = parse_states([v for k, v in query if k == "state"])
             limit = _limit([v for k, v in query if k == "limit"])
             unknown = sorted({k for k, _ in query} - {"state", "limit"})
@@ -166,10 +197,10 @@ class ApprovalsEndpoint:
                 "state": state,
                 "truncated": truncated,
             }
-        approval_id = parse_approval_id(parts[0])
+        approval_id = parse_approval_id(target.raw_id)
         if query:
             raise BadRequest("this path takes no query string", code="query-not-allowed")
-        if len(parts) == 1:
+        if target.action == "view":
             call.approval = {"id": approval_id, "event": "approval.viewed"}
             call.authorization = [
                 {"resource": resource, "permission": "approval.view", "granted": False}
@@ -178,7 +209,7 @@ class ApprovalsEndpoint:
             call.authorization[0]["granted"] = True
             call.approval.update(route=record.route, query=record.query)
             return {"approval": record.view(now)}
-        approve = parts[1] == "approve"
+        approve = target.action == "approve"
         body = await read_json_body(
             receive,
             headers,

@@ -46,7 +46,7 @@ __all__ = [
 
 State = Literal["pending", "approved", "rejected", "used"]
 STATES: tuple[str, ...] = ("pending", "approved", "rejected", "used")
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 MAX_REASON_CHARS = 1000
 
 
@@ -60,7 +60,7 @@ def parse_approval_id(value: object) -> str:
     ``approval-id-invalid``."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ApprovalRefused(
             "an approval id is the 32 lowercase hex digits of a 202 approval-required answer",
             code="approval-id-invalid",
