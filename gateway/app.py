@@ -587,6 +587,10 @@ class Gateway:
             raise decision.problem
         assert decision.route is not None and decision.bound is not None
         route = decision.route
+        if route.model.approval is not None:  # its event says the call waited, whatever follows
+            presented = any(k == APPROVAL_HEADER for k, _ in target.idempotency)
+            step = "approval.presented" if presented else "approval.requested"
+            call.approval = {"id": None, "event": step}
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
         # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here,

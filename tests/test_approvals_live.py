@@ -69,6 +69,14 @@ def _events(server: Served, approval: str) -> list[dict[str, Any]]:
         time.sleep(0.1)
 
 
+def _events_of(server: Served, request_id: str) -> list[dict[str, Any]]:
+    """The audit events of one request, once written (the trail is written by a thread)."""
+    deadline = time.monotonic() + 15
+    while not (found := server.events(request_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 @pytest.fixture(scope="module")
 def server(example_server: Served) -> Served:
     return example_server
@@ -213,6 +221,13 @@ def test_malformed_approval_ids_are_400(server: Served, token_for: Token) -> Non
     support = token_for("support-console")
     bad = _cancel(base, support, "O-1001", "not-an-id")
     assert (bad.status_code, bad.json()["code"]) == (400, "approval-id-invalid")
+    # its event says the call waited for an approval (replay compares that), though no id
+    [event] = _events_of(server, bad.json()["request_id"])
+    assert event["protoPayload"]["metadata"]["approval"] == {
+        "id": None,
+        "event": "approval.presented",
+    }
+    assert event["protoPayload"]["metadata"]["decision"]["allow"] is True
     path = httpx.get(f"{base}/approvals/nope", headers=_auth(support), timeout=30)
     assert (path.status_code, path.json()["code"]) == (400, "approval-id-invalid")
     assert path.headers["content-type"] == "application/problem+json"
@@ -325,3 +340,8 @@ def test_a_malformed_idempotency_key_is_refused_before_an_approval_is_asked(
     )
     assert (refused.status_code, refused.json()["code"]) == (400, "idempotency-key-invalid")
     assert "location" not in refused.headers
+    [event] = _events_of(server, refused.json()["request_id"])
+    assert event["protoPayload"]["metadata"]["approval"] == {
+        "id": None,
+        "event": "approval.requested",
+    }

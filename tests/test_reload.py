@@ -549,6 +549,7 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
         "query": "tenant_name",
         "params": None,  # the live policy bound nothing: no parameters compared
         "masked": [],
+        "approval": False,
         "policySha256": second.sha256,
     }
     metrics = (await _get(app, "/metrics", agent)).text

@@ -224,6 +224,11 @@ class ShadowDecision(_Model):
         default_factory=list,
         description="The result columns the shadow would mask for this caller (names only).",
     )
+    approval: bool = Field(
+        False,
+        description="Whether the shadow would make this call wait for an approval (allowed, to "
+        "a route with approval:).",
+    )
     policySha256: str = Field(pattern=_HEX64)
 
 
