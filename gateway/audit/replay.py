@@ -93,12 +93,12 @@ class Replayed:
     params_known: bool = True
     unchecked: tuple[str, ...] = ()  # parameters taken as recorded (a hash, a cut value)
     assumed: bool = False  # the live refusal for a caller's parameter, assumed
+    approval: bool = False  # allowed, to a route with ``approval:`` (it waits for an approval)
     # allowed: the result columns masked for the caller; None: not known (an unknown role)
     masked: tuple[str, ...] | None = ()
     # roles that could not be judged and might be the rule instead of ``rule`` (the decision
     # itself is certain): the rule is not compared
     rule_uncertain: tuple[str, ...] = ()
-    approval: bool = False  # allowed, to a route with ``approval:`` (it waits for an approval)
 
 
 class _Unknown(Exception):
