@@ -29,6 +29,9 @@ from typing import Any
 
 from opentelemetry.trace import get_current_span as current_span
 
+from gateway.approvals.endpoints import APPROVALS_PATH, ApprovalsEndpoint
+from gateway.approvals.record import parse_approval_id
+from gateway.approvals.service import Approvals
 from gateway.audit.chain import UNKEYED_WARNING
 from gateway.audit.event import CallRecord, database_resource
 from gateway.audit.origin import IPNetwork, parse_networks, peer_trusted, trace_context
@@ -72,6 +75,7 @@ from gateway.logs import log_request, request_fields
 from gateway.mcp.metadata import MCP_PATH
 from gateway.mcp.server import McpEndpoint
 from gateway.metrics import GatewayMetrics
+from gateway.policy.approval import APPROVAL_HEADER
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, match_route
@@ -109,7 +113,8 @@ Resolve = Callable[[CallRecord, "Active"], Awaitable["Target"]]
 @dataclass(frozen=True)
 class Target:
     """What a transport resolved a call to: the route, the caller's values as the route's
-    parameters bind them, and the headers that may carry its ``Idempotency-Key``."""
+    parameters bind them, and the headers that may carry its ``Idempotency-Key`` and its
+    ``Approval-Id`` (``idempotency``: an MCP call's arguments turned into those headers)."""
 
     route: CompiledRoute
     path_params: Mapping[str, str]
@@ -188,6 +193,8 @@ class Gateway:
             executor.on_statement = self.metrics.observe_statement
         self.reloader: Any = None  # a gateway.reload.PolicyReloader once wired by runtime
         self.executor = executor
+        # approval requests, decisions and their use (gateway.approvals); /approvals serves them
+        self.approvals = Approvals(executor, audit_key=audit_key)
         self.audit = audit
         self.unrecorded = 0
         audit.expect_from(lambda: self.unrecorded)
@@ -206,6 +213,7 @@ class Gateway:
         # With SPANGATE_ADMIN_PORT these are served there only (/healthz stays on both).
         self._moved = MOVED_PATHS if settings.admin_port else frozenset()
         self.mcp = McpEndpoint(self)
+        self.approvals_api = ApprovalsEndpoint(self)
 
     @property
     def trusted(self) -> Sequence[IPNetwork]:
@@ -295,6 +303,9 @@ class Gateway:
             await self.fixed(scope, receive, send, rid, path, started, refuse=refuse)
             return
         mcp = path == MCP_PATH
+        if path == APPROVALS_PATH or path.startswith(APPROVALS_PATH + "/"):
+            await self.approvals_api(scope, receive, send, rid, path, started)
+            return
         tracing = self.tracing
         if tracing is None:
             await self._exchange(scope, receive, send, rid, path, mcp, started)
@@ -471,7 +482,7 @@ class Gateway:
         body: dict[str, Any] | None = None
         try:
             body = await self._run(call, active, await resolve(call, active))
-            status = 200
+            status = call.answer_status  # 200, or 202 approval-required
         except GatewayError as exc:
             call.error = exc
             status = exc.status
@@ -504,10 +515,12 @@ class Gateway:
         self.metrics.observe(
             route.template if route else None,
             status,
-            call.error.code if call.error else "ok",
+            call.error.code if call.error else (call.answer_code or "ok"),
             time.perf_counter() - call.started,
         )
         limits: dict[str, str] = call.extra.get("ratelimit", {})
+        if call.error is None and "location" in call.extra:  # 202: where the request is
+            limits = {**limits, "Location": call.extra["location"]}
         if call.error is not None and limits:  # every budgeted answer carries them
             call.error.headers = {**limits, **call.error.headers}
         return Outcome(status, body if call.error is None else None, call.error, limits)
@@ -574,13 +587,14 @@ class Gateway:
             raise decision.problem
         assert decision.route is not None and decision.bound is not None
         route = decision.route
+        if route.model.approval is not None:  # its event says the call waited, whatever follows
+            presented = any(k == APPROVAL_HEADER for k, _ in target.idempotency)
+            step = "approval.presented" if presented else "approval.requested"
+            call.approval = {"id": None, "event": step}
         if not self.audit.available:  # a sink is failing: do not run what cannot be recorded
             raise AuditUnavailable("the audit trail cannot be written; the statement did not run")
-        paging = route.query.paging
-        values: Mapping[str, Any] = decision.bound.values
-        if paging is not None:  # a cheap refusal too: a cursor that does not open spends nothing
-            values = self._page_values(call, decision, paging)
-        # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here.
+        # Cheap refusals before the budget is spent: a malformed Idempotency-Key is a 400 here,
+        # before an approval is asked for (a 202 accepts the call as it was sent).
         idempotency = request_key(
             target.idempotency,
             call.principal,
@@ -588,6 +602,19 @@ class Gateway:
             decision.bound.values,
             ttl_seconds=self.settings.idempotency_ttl_seconds,
         )
+        approval_id: str | None = None
+        if route.model.approval is not None:  # nothing runs without an approval (202 first)
+            approval_id = _approval_id(target.idempotency)
+            if approval_id is None:
+                return await self._ask_approval(call, policy, decision)
+            call.approval = {"id": approval_id, "event": "approval.presented", "used": False}
+            await self.approvals.check(
+                policy, decision, call.principal, approval_id, keyed=idempotency is not None
+            )
+        paging = route.query.paging
+        values: Mapping[str, Any] = decision.bound.values
+        if paging is not None:  # a cheap refusal too: a cursor that does not open spends nothing
+            values = self._page_values(call, decision, paging)
         tags = tags_for(
             route.query_name, target.method or route.model.method, route.template, call.request_id
         )
@@ -621,6 +648,20 @@ class Gateway:
         if spend is not None:
             call.extra["ratelimit"] = spend.headers
         sent: set[Sent] = set()  # what reached Spanner (the key's lookup, the statement)
+        guard = None
+        if approval_id is not None:
+            if route.query.is_dml:  # used in the write's own transaction, iff it commits
+                guard = self.approvals.guard(decision, call.principal, approval_id, call.request_id)
+            else:  # used in a transaction of its own, before the read
+                try:
+                    await self.approvals.claim(
+                        decision, call.principal, approval_id, call.request_id
+                    )
+                except Exception:
+                    if spend is not None:
+                        await self._give_back(call, spend, sent)
+                    raise
+                call.approval = {"id": approval_id, "event": "approval.presented", "used": True}
         try:
             running = self.executor.run(
                 route.query,
@@ -635,6 +676,7 @@ class Gateway:
                 ),
                 on_outcome=lambda outcome: call.extra.__setitem__("outcome", outcome),
                 on_sent=sent.add,
+                guard=guard,
             )
             if tracing is None:
                 result = await running
@@ -644,6 +686,8 @@ class Gateway:
             if spend is not None:  # what it never sent to Spanner is given back (never raises)
                 await self._give_back(call, spend, sent)
             raise
+        if guard is not None and not result.replayed:  # the write committed, and used it
+            call.approval = {"id": approval_id, "event": "approval.presented", "used": True}
         cursor = None
         if paging is not None:  # the page, and the cursor of the next one (from clear rows)
             result, cursor = self._paged(call, result, decision, paging)
@@ -660,6 +704,40 @@ class Gateway:
         if cursor is not None:
             body["next_cursor"] = cursor
         return body
+
+    async def _ask_approval(
+        self, call: CallRecord, policy: CompiledPolicy, decision: Decision
+    ) -> dict[str, Any]:
+        """An allowed call to a route with ``approval:`` and no ``Approval-Id``: a pending
+        request stored, answered 202 ``approval-required``. It spends a call of the caller's
+        budget (a read-write transaction wrote its row), never a write: its statement did not
+        run."""
+        route = decision.route
+        assert route is not None and route.model.approval is not None
+        assert call.principal is not None
+        spend = await self.budgets.spend(policy, route, decision.roles, call.principal)
+        if spend is not None:
+            await self.budgets.refund(spend, ("writes",))
+            call.extra["ratelimit"] = spend.headers
+        record = await self.approvals.request(policy, decision, call.principal, call.request_id)
+        call.approval = {
+            "id": record.approval_id,
+            "event": "approval.requested",
+            "route": record.route,
+            "query": record.query,
+            "expiresAt": record.view(record.created_at)["expires_at"],
+        }
+        call.answer_code, call.answer_status = "approval-required", 202
+        call.extra["location"] = f"/approvals/{record.approval_id}"
+        who = ", ".join(route.model.approval.approvers)
+        return {
+            "code": "approval-required",
+            "detail": f"this call waits for an approval by a holder of one of the roles {who}, "
+            "never you; once approved, repeat it exactly, with the header Approval-Id: "
+            f"{record.approval_id}, before it expires",
+            "approval": record.view(self.approvals.clock()),
+            "request_id": call.request_id,
+        }
 
     # -- the shadow policy ----------------------------------------------------------------------
     def _shadow_decide(self, call: CallRecord, active: Active, facts: RequestFacts) -> None:
@@ -863,6 +941,17 @@ def create_app(
         shadow=shadow,
         cursor_keys=cursor_keys,
     )
+
+
+def _approval_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The ``Approval-Id`` header's approval id, None when absent; 400 ``approval-id-invalid``
+    when malformed or sent twice."""
+    given = [v for k, v in headers if k == APPROVAL_HEADER]
+    if not given:
+        return None
+    if len(given) > 1:
+        return parse_approval_id(None)  # raises approval-id-invalid
+    return parse_approval_id(given[0])
 
 
 def _facts(call: CallRecord, target: Target) -> RequestFacts:

@@ -25,6 +25,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── BudgetExceeded       429   budget-exceeded (Retry-After, RateLimit headers)
         ├── BudgetStoreUnavailable 503 budget-store-unavailable (Retry-After)
         ├── AuditUnavailable     503   audit-unavailable
+        ├── ApprovalRefused      400/403/404/409/503  approval-* codes, not-approver
         ├── ServerBusy           503   server-busy (Retry-After)
         └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
 """
@@ -35,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "APPROVAL_CODES",
+    "ApprovalRefused",
     "AuditUnavailable",
     "AuthError",
     "BadRequest",
@@ -307,6 +310,37 @@ class AuditUnavailable(GatewayError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "5"})
+
+
+# Every code an approval refusal carries, with its status (``docs/approvals.md``).
+APPROVAL_CODES: dict[str, int] = {
+    "approval-id-invalid": 400,  # an Approval-Id (or an id in a path) that is no approval id
+    "approval-mismatch": 403,  # no approval of this caller for this very call (route, values)
+    "approval-rejected": 403,  # an approver rejected it
+    "approval-own-request": 403,  # a party of the request tried to decide it
+    "not-approver": 403,  # no approver role holds (or the route waits for none any more)
+    "approval-not-found": 404,  # no request with this id that this caller may see
+    "approval-pending": 409,  # nobody has decided yet
+    "approval-used": 409,  # its statement ran already
+    "approval-expired": 409,  # past its ttl: ask again
+    "approval-decided": 409,  # approved or rejected already
+    "approval-table-missing": 503,  # `spangate init-db` has not created the table
+}
+_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+           503: "Approvals unavailable"}  # fmt: skip
+
+
+class ApprovalRefused(GatewayError):
+    """What an approval does not allow: a call repeated with ``Approval-Id``, or a decision on
+    a request (``APPROVAL_CODES`` gives each code's status)."""
+
+    code = "approval-mismatch"
+
+    def __init__(self, detail: str, *, code: str) -> None:
+        headers = {"Retry-After": "5"} if code == "approval-table-missing" else None
+        super().__init__(detail, code=code, headers=headers)
+        self.status = APPROVAL_CODES[code]
+        self.title = _TITLES[self.status]
 
 
 class SpannerError(GatewayError):

@@ -224,7 +224,9 @@ def masked_schema(column: Column, mask: Mask) -> dict[str, Any]:
     return {**schema, "x-spangate-mask": extension}
 
 
-def _column_schema(column: Column, mask: Mask | None, masked: Collection[str] | None) -> dict[str, Any]:
+def _column_schema(
+    column: Column, mask: Mask | None, masked: Collection[str] | None
+) -> dict[str, Any]:
     """A column's schema: clear; masked (``masked`` names it, or its mask has no ``unless``);
     or, for every caller at once (``masked`` None), either, as the caller's roles decide."""
     if mask is None:
@@ -238,7 +240,10 @@ def _column_schema(column: Column, mask: Mask | None, masked: Collection[str] | 
         return {**hidden, "description": f"masked ({mask.with_}) for every caller"}
     roles = ", ".join(mask.unless)
     return {
-        "anyOf": [result_schema(column), {k: v for k, v in hidden.items() if k != "x-spangate-mask"}],
+        "anyOf": [
+            result_schema(column),
+            {k: v for k, v in hidden.items() if k != "x-spangate-mask"},
+        ],
         "description": f"masked ({mask.with_}) unless the caller holds a role of: {roles}; then "
         "clear",
         "x-spangate-mask": hidden["x-spangate-mask"],
@@ -260,14 +265,23 @@ def _problem_statuses(route: CompiledRoute) -> list[tuple[int, str]]:
     invalid = "A parameter, the body or the request is invalid (param-*, body-*, path-invalid"
     if route.query.paging is not None:
         invalid += ", cursor-invalid, cursor-expired"
+    if route.model.approval is not None:
+        invalid += ", approval-id-invalid"
     statuses = [
         (400, invalid + ")"),
         (401, "Missing or invalid bearer token"),
         (403, "No role allows this call, a deny role holds, or a claim is missing"),
         (404, "No route"),
     ]
-    if dml:
-        statuses.append((409, "Spanner: conflict, precondition-failed or aborted"))
+    if route.model.approval is not None:
+        statuses[2] = (403, statuses[2][1] + "; approval-mismatch, approval-rejected")
+    if dml or route.model.approval is not None:
+        conflict = "Spanner: conflict, precondition-failed or aborted" if dml else ""
+        if route.model.approval is not None:
+            conflict += ("; " if conflict else "") + (
+                "approval-pending, approval-used, approval-expired"
+            )
+        statuses.append((409, conflict))
     if body:
         statuses += [(413, "Body or statement too large"), (415, "The body is not JSON")]
     if dml:
@@ -373,15 +387,25 @@ def _operation(
     else:
         parameters += [_query_parameter(n, s) for n, s in rest.items()]
         if query.paging is not None:
-            parameters.append({
-                "name": CURSOR_ARGUMENT,
-                "in": "query",
-                "required": False,
-                "description": CURSOR_SCHEMA["description"],
-                "schema": {k: v for k, v in CURSOR_SCHEMA.items() if k != "description"},
-            })
+            parameters.append(
+                {
+                    "name": CURSOR_ARGUMENT,
+                    "in": "query",
+                    "required": False,
+                    "description": CURSOR_SCHEMA["description"],
+                    "schema": {k: v for k, v in CURSOR_SCHEMA.items() if k != "description"},
+                }
+            )
     if query.is_dml:
         parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
+    approval = route.model.approval
+    if approval is not None:
+        parameters.append({"$ref": "#/components/parameters/ApprovalId"})
+        operation["x-spangate-approvers"] = list(approval.approvers)
+        operation["description"] += (
+            f" Waits for approval by {', '.join(approval.approvers)} (ttl {approval.ttl}): "
+            "without Approval-Id it answers 202 approval-required and runs nothing."
+        )
     if parameters:
         operation["parameters"] = parameters
     operation["responses"] = {
@@ -389,9 +413,119 @@ def _operation(
             "description": "OK",
             "content": {"application/json": {"schema": response_schema(route, analysis)}},
         },
+        **(
+            {
+                "202": {
+                    "description": "approval-required: nothing ran; an approver decides, then "
+                    "repeat the call with Approval-Id (Location: the request)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ApprovalRequired"}
+                        }
+                    },
+                }
+            }
+            if approval is not None
+            else {}
+        ),
         **_problems(_problem_statuses(route)),
     }
     return operation
+
+
+_APPROVAL = {
+    "type": "object",
+    "required": ["id", "state", "route", "query", "params", "approvers", "requester",
+                 "created_at", "expires_at"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "state": {"type": "string",
+                  "enum": ["pending", "approved", "rejected", "used", "expired"]},
+        "route": {"type": "string"},
+        "query": {"type": "string"},
+        "params": {"type": "object", "description": "The bound values (audit.redact's as their "
+                   "keyed hash)."},
+        "approvers": {"type": "array", "items": {"type": "string"}},
+        "requester": {"type": "object"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "decided_at": {"type": ["string", "null"], "format": "date-time"},
+        "decided_by": {"type": ["object", "null"]},
+        "reason": {"type": ["string", "null"]},
+        "used_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}  # fmt: skip
+
+
+def _approvals_paths() -> dict[str, Any]:
+    """``/approvals``: the approvers' endpoints (``gateway.approvals.endpoints``)."""
+    one = {"application/json": {"schema": {
+        "type": "object", "properties": {"approval": {"$ref": "#/components/schemas/Approval"}},
+    }}}  # fmt: skip
+    idp = {"name": "id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}  # fmt: skip
+    errors = _problems([
+        (400, "approval-id-invalid, query-invalid, body-invalid, param-unknown"),
+        (401, "Missing or invalid bearer token"),
+        (403, "not-approver, denied-by-role, approval-own-request"),
+        (404, "approval-not-found, no-route"),
+        (409, "approval-decided, approval-expired"),
+        (503, "approval-table-missing, Spanner, the identity provider or the audit trail"),
+    ])  # fmt: skip
+
+    def decide(verb: str) -> dict[str, Any]:
+        return {
+            "operationId": f"{verb}_approval",
+            "summary": f"{verb.capitalize()} a pending request (approvers only, never its "
+            "requester)",
+            "security": [{"bearer": []}],
+            "parameters": [idp],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"reason": {"type": "string", "maxLength": 1000}},
+                        }
+                    }
+                },
+            },
+            "responses": {"200": {"description": "Decided", "content": one}, **errors},
+        }
+
+    return {
+        "/approvals": {"get": {
+            "operationId": "list_approvals",
+            "summary": "Requests to routes the caller may decide (pending: unexpired, not its "
+            "own), oldest first",
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "state", "in": "query", "required": False, "schema": {
+                    "type": "string", "enum": ["pending", "approved", "rejected", "used"],
+                    "default": "pending"}},
+                {"name": "limit", "in": "query", "required": False, "schema": {
+                    "type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+            ],
+            "responses": {"200": {"description": "At most limit requests", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "approvals": {"type": "array",
+                                  "items": {"$ref": "#/components/schemas/Approval"}},
+                    "state": {"type": "string"},
+                    "truncated": {"type": "boolean"},
+                }}}}}, **errors},
+        }},
+        "/approvals/{id}": {"get": {
+            "operationId": "get_approval",
+            "summary": "One request (its requester, or who may decide it)",
+            "security": [{"bearer": []}],
+            "parameters": [idp],
+            "responses": {"200": {"description": "The request", "content": one}, **errors},
+        }},
+        "/approvals/{id}/approve": {"post": decide("approve")},
+        "/approvals/{id}/reject": {"post": decide("reject")},
+    }  # fmt: skip
 
 
 def openapi_document(
@@ -402,6 +536,8 @@ def openapi_document(
     for route in policy.routes:
         operation = _operation(policy, route, analysis)
         paths.setdefault(route.template, {})[route.model.method.lower()] = operation
+    if any(r.model.approval is not None for r in policy.routes):
+        paths.update(_approvals_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "spangate", "version": version, "x-policy-sha256": policy.sha256},
@@ -424,9 +560,28 @@ def openapi_document(
                         "maxLength": 255,
                         "pattern": "^[\\x20-\\x7e]+$",
                     },
-                }
+                },
+                "ApprovalId": {
+                    "name": "Approval-Id",
+                    "in": "header",
+                    "required": False,
+                    "description": "The id of an approved request for exactly this call: it "
+                    "runs once (409 approval-used after). Without it: 202 approval-required.",
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                },
             },
             "schemas": {
+                "Approval": _APPROVAL,
+                "ApprovalRequired": {
+                    "type": "object",
+                    "required": ["code", "detail", "approval", "request_id"],
+                    "properties": {
+                        "code": {"const": "approval-required"},
+                        "detail": {"type": "string"},
+                        "approval": {"$ref": "#/components/schemas/Approval"},
+                        "request_id": {"type": "string"},
+                    },
+                },
                 "Problem": {
                     "type": "object",
                     "required": ["type", "title", "status", "code", "request_id"],

@@ -198,6 +198,7 @@ SCHEMA_SECTIONS = {
     "Pagination": "Pagination",
     "PageSize": "Page size",
     "Route": "Routes",
+    "Approval": "Approval",
     "Budget": "Budgets",
     "Audit": "Audit",
     "FileSink": "File sink",

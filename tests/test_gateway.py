@@ -540,7 +540,15 @@ async def test_openapi_describes_the_policy(client: httpx.AsyncClient) -> None:
         "/v1/orders",
         "/v1/orders/{order_id}/items",
         "/v1/customers/{customer_id}",
+        "/v1/orders/{order_id}/cancel",  # waits for approval: /approvals is documented too
+        "/approvals",
+        "/approvals/{id}",
+        "/approvals/{id}/approve",
+        "/approvals/{id}/reject",
     }
+    cancel = doc["paths"]["/v1/orders/{order_id}/cancel"]["post"]
+    assert set(cancel["responses"]) >= {"200", "202", "403", "409"}
+    assert {"$ref": "#/components/parameters/ApprovalId"} in cancel["parameters"]
     listing = doc["paths"]["/v1/orders"]["get"]
     names = {p["name"] for p in listing["parameters"]}
     # tenant is claim-bound, after_created and after_order cursor-bound: hidden; the cursor shows

@@ -68,7 +68,9 @@ async def test_each_token_lists_the_tools_its_roles_allow(
         async with connected(base, token_for(who), mode) as client:
             seen[who] = set(by_name(await client.list_tools()))
     assert seen == {
-        "support-console": {"get_order", "list_orders", "list_order_items", "get_customer"},
+        "support-console": {
+            "get_order", "list_orders", "list_order_items", "get_customer", "cancel_order"
+        },
         "order-agent": {"get_order", "list_orders", "list_order_items"},  # people only: no
         "order-writer": {"create_order"},
         "outsider": set(),  # an empty list, not an error
@@ -359,7 +361,9 @@ def test_the_mcp_inspector_cli_lists_and_calls_tools(
         for who in ("support-console", "order-agent", "outsider")
     }
     assert listed == {
-        "support-console": {"get_order", "list_orders", "list_order_items", "get_customer"},
+        "support-console": {
+            "get_order", "list_orders", "list_order_items", "get_customer", "cancel_order"
+        },
         "order-agent": {"get_order", "list_orders", "list_order_items"},
         "outsider": set(),
     }

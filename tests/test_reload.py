@@ -147,7 +147,7 @@ def _without_writer(text: str) -> str:
         "  shop_writer:\n    database_role: shop_writer\n    description: inserts orders\n", "", 1
     )
     assert "shop_writer:" not in text.split("roles:")[0]
-    return text.replace("    identity: shop_writer\n", "    identity: shop_reader\n", 1)
+    return text.replace("    identity: shop_writer\n", "    identity: shop_reader\n")
 
 
 async def test_a_dropped_identity_cannot_come_back_with_another_role(
@@ -518,6 +518,7 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
         "query": "tenant_name",
         "params": None,  # the live policy bound nothing: no parameters compared
         "masked": [],
+        "approval": False,
         "policySha256": second.sha256,
     }
     metrics = (await _get(app, "/metrics", agent)).text

@@ -29,7 +29,8 @@ Cloud Audit Logs read it as they are:
                            decision read (``policy.reads``: what ``spangate policy replay``
                            recomputes a decision from; claims bound to redacted parameters as
                            keyed hashes); ``shadow``: the shadow policy's decision, when it
-                           differs from the live one
+                           differs from the live one; ``approval``: the approval a call
+                           requested, decided, listed or presented (``gateway.approvals``)
     chain, seq, prev, hash   added by each sink's writer when the event is sealed
 
 Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
@@ -250,6 +251,13 @@ class CallRecord:
     jsonrpc_id: str | int | None = None  # the MCP request's JSON-RPC id
     reads: ClaimReads | None = None  # the claims to record (else the policy's own reads)
     shadow: dict[str, Any] | None = None  # the shadow decision, when it differs (``shadow.py``)
+    # Approvals (``gateway.approvals``): ``metadata.approval`` of the event; the stable code and
+    # status of an answer that is no error and no plain 200 (202 ``approval-required``); the
+    # authorizationInfo of a call to /approvals (no route).
+    approval: dict[str, Any] | None = None
+    answer_code: str | None = None
+    answer_status: int = 200
+    authorization: list[dict[str, Any]] | None = None
 
     @property
     def write(self) -> bool:
@@ -426,7 +434,7 @@ def _event(
     decision = call.decision
     route = decision.route if decision else None
     error = call.error
-    code = error.code if error else "ok"
+    code = error.code if error else (call.answer_code or "ok")
     target = policy.model.spanner
     result = call.result
     spanner_code = error.spanner_code if isinstance(error, SpannerError) else None
@@ -470,7 +478,7 @@ def _event(
                 }
             ]
             if route
-            else [],
+            else list(call.authorization or []),
             "requestMetadata": _request_metadata(call),
             "request": _statement(call, policy, key, bounds),
             "response": response,
@@ -491,6 +499,7 @@ def _event(
                 **_claims_read(call, call.reads or policy.reads, key, bounds),
                 **({"shadow": call.shadow} if call.shadow is not None else {}),
                 **_pagination(call),
+                **_approval(call, bounds),
             },
         },
     }
@@ -574,6 +583,17 @@ def _pagination(call: CallRecord) -> dict[str, Any]:
         cursor = "none" if decision.cursor is None else "not-checked"
         recorded = {"cursor": cursor, "pageSize": None, "nextCursor": False}
     return {"pagination": dict(recorded)}
+
+
+def _approval(call: CallRecord, bounds: Bounds) -> dict[str, Any]:
+    """``approval``: the approval a call made, decided, listed or presented (its id links every
+    step); an approver's reason is the caller's text, bounded."""
+    if call.approval is None:
+        return {}
+    block = dict(call.approval)
+    if isinstance(block.get("reason"), str):
+        block["reason"] = bounds.text(_METADATA + "/approval/reason", block["reason"])
+    return {"approval": block}
 
 
 def _mcp_call(call: CallRecord, bounds: Bounds) -> dict[str, Any]:

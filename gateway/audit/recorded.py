@@ -51,7 +51,9 @@ class TrailUnreadable(ValueError):
 
 @dataclass(frozen=True)
 class Skipped:
-    why: str  # follow-up | no-principal | not-a-decision
+    # follow-up | no-principal | not-a-decision | approvals (a call to /approvals: an approver's
+    # or requester's call to the gateway's own endpoints, no route of the policy)
+    why: str
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class LiveDecision:
     params: Mapping[str, Any] | None  # request.params as recorded; None: not bound
     ignored: Mapping[str, Any]  # request.ignoredCallerValues as recorded
     masked: tuple[str, ...] = ()  # metadata.masked: the result columns masked (absent: none)
+    approval: str | None = None  # allowed, and it waited for an approval: ``approval_step``
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,28 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# The gateway's own approvals endpoints (``approvals.endpoints.APPROVALS_PATH``, reserved: no
+# policy route is under it); their events record an approver's (or requester's) call, no decision.
+APPROVALS_PATH = "/approvals"
+
+
+def _approvals_endpoint(url: Any, metadata: Mapping[str, Any]) -> bool:
+    if metadata.get("transport") == "mcp" or not isinstance(url, str):
+        return False
+    return url == APPROVALS_PATH or url.startswith(APPROVALS_PATH + "/")
+
+
+def approval_step(decision: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+    """The approval step of an allowed call that waited for an approval under the live policy,
+    as its event records it (``metadata.approval``, set before anything else can refuse such a
+    call): ``approval.requested`` (the 202) or ``approval.presented`` (a call with Approval-Id,
+    MCP ``approval_id``); None for any other call."""
+    step = _get(metadata, "approval", "event")
+    if decision.get("allow") is True and step in ("approval.requested", "approval.presented"):
+        return str(step)
+    return None
+
+
 def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
     """The decision ``event`` records (see the module docstring); ``TrailUnreadable`` when it is
     no spangate audit event."""
@@ -171,6 +196,8 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
     auth = payload.get("authenticationInfo")
     if not isinstance(auth, Mapping):
         return Skipped("no-principal")
+    if _approvals_endpoint(http.get("requestUrl"), metadata):
+        return Skipped("approvals")
     reason = decision["reason"]
     if reason not in REASONS:
         return Skipped("not-a-decision")
@@ -218,6 +245,7 @@ def recorded(event: Mapping[str, Any], where: str) -> Recorded | Skipped:
             params=params if isinstance(params, Mapping) else None,
             ignored=ignored if isinstance(ignored, Mapping) else {},
             masked=tuple(_strings(metadata.get("masked")) or ()),
+            approval=approval_step(decision, metadata),
         ),
         policy_sha256=_text(metadata.get("policySha256")),
         cut=cut,

@@ -50,7 +50,11 @@ Comparison (``changes``): ``allow->deny`` and ``deny->allow`` (flips), and for d
 not flip ``query``, ``params`` (the bound values: names, where each came from, values; a hash
 compared to a clear value with the key), ``reason`` (a refusal for another reason or rule) and
 ``masked`` (an allowed call whose masked result columns, ``metadata.masked``, differ; not
-compared when an ``unless`` role cannot be judged).
+compared when an ``unless`` role cannot be judged) and ``approval`` (an allowed call that waits
+for an approval under one policy and not under the other: the live one's as the event records
+its approval step, ``recorded.approval_step``). An MCP call that presented an ``approval_id`` to
+a candidate route without approval is refused, ``param-unknown``, as that tool would refuse the
+argument (over HTTP the ``Approval-Id`` header is then ignored: the call runs).
 """
 
 from __future__ import annotations
@@ -66,9 +70,10 @@ from gateway.audit.recorded import CLAIMS_READ, HASHED, IGNORED, PARAMS, Recorde
 from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING
 from gateway.errors import GatewayError
+from gateway.policy.approval import APPROVAL_ARGUMENT
 from gateway.policy.bind import BODY_METHODS, ParamSpec, check_constraints
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
-from gateway.policy.decide import match_route
+from gateway.policy.decide import match_route, takes_approval_id
 from gateway.policy.model import ClaimTest, ClaimValue, RoleEntry
 from gateway.policy.roles import claim_holds
 from gateway.policy.router import PathInvalid, check_param_segment, template_params
@@ -98,6 +103,7 @@ class Replayed:
     params_known: bool = True
     unchecked: tuple[str, ...] = ()  # parameters taken as recorded (a hash, a cut value)
     assumed: bool = False  # the live refusal for a caller's parameter, assumed
+    approval: bool = False  # allowed, to a route with ``approval:`` (it waits for an approval)
     # allowed: the result columns masked for the caller; None: not known (an unknown role)
     masked: tuple[str, ...] | None = ()
     # roles that could not be judged and might be the rule instead of ``rule`` (the decision
@@ -427,6 +433,9 @@ def _bind(
     caller_unknown = False
     if rec.cursor not in (None, "none") and route.query.paging is None:
         raise _Refused("param-unknown")  # the caller's cursor is an unknown parameter here
+    if rec.live.approval == "approval.presented" and rec.transport == "mcp":
+        if not takes_approval_id(route) and APPROVAL_ARGUMENT not in specs:
+            raise _Refused("param-unknown")  # its approval_id is an unknown argument here
     for name, spec in specs.items():
         if spec.cursor is not None:  # the cursor's values are never recorded
             bound[name] = ("cursor", None)
@@ -566,6 +575,7 @@ def _replay(
         unchecked,
         masked=masked,
         rule_uncertain=uncertain,
+        approval=route.model.approval is not None,
     )
 
 
@@ -599,7 +609,8 @@ def _same(live: Any, candidate: Any, key: bytes | None) -> bool:
 
 def changes(rec: Recorded, outcome: Replayed, key: bytes | None) -> list[str]:
     """How the recomputed decision differs from the recorded one: ``allow->deny``,
-    ``deny->allow``, or (not flipping) any of ``query``, ``params``, ``reason``."""
+    ``deny->allow``, or (not flipping) any of ``query``, ``params``, ``reason``, ``masked``,
+    ``approval``."""
     live = rec.live
     if live.allow != outcome.allow:
         return ["allow->deny" if live.allow else "deny->allow"]
@@ -613,6 +624,8 @@ def changes(rec: Recorded, outcome: Replayed, key: bytes | None) -> list[str]:
         found.append("reason")
     if live.allow and outcome.masked is not None and set(live.masked) != set(outcome.masked):
         found.append("masked")
+    if live.allow and (live.approval is not None) != outcome.approval:
+        found.append("approval")
     return found
 
 

@@ -8,8 +8,9 @@ example request ids:
 - ``deny->allow``: the role that allows under the candidate (its parameters not known when the
   live policy refused before binding: counted as ``params_unknown``);
 - ``query``, ``params`` (both allowed, another statement or other bound values), ``reason``
-  (both refused, for another reason or by another role): the live policy's rule, else the
-  candidate's.
+  (both refused, for another reason or by another role), ``masked``, ``approval`` (both
+  allowed, waiting for an approval under one only: "approval required -> none" or the reverse):
+  the live policy's rule, else the candidate's.
 
 Calls that could not be recomputed are counted by why, and per route and candidate role;
 events that record no decision are counted by kind (``skipped``); the live policies the trail
@@ -31,7 +32,7 @@ from gateway.policy.validate import template_shape
 __all__ = ["EXAMPLES", "KINDS", "Group", "ReplayReport", "Traffic", "traffic"]
 
 EXAMPLES = 3  # request ids kept per group
-KINDS = ("allow->deny", "deny->allow", "query", "params", "reason", "masked")
+KINDS = ("allow->deny", "deny->allow", "query", "params", "reason", "masked", "approval")
 FLIPS = KINDS[:2]
 
 
@@ -63,6 +64,10 @@ class Group:
             "reasons": dict(self.reasons),
             "examples": list(self.examples),
         }
+
+
+def _approval_shift(outcome: Replayed) -> str:
+    return "none -> approval required" if outcome.approval else "approval required -> none"
 
 
 def _decided(reason: str, rule: str | None) -> str:
@@ -129,7 +134,7 @@ class ReplayReport:
             if kind == "deny->allow" and not outcome.params_known:
                 self.params_unknown += 1
             group = self.groups.setdefault((kind, route, role), Group(kind, route, role))
-            group.add(rec, shift)
+            group.add(rec, _approval_shift(outcome) if kind == "approval" else shift)
 
     # -- output -----------------------------------------------------------------------------------
     def as_json(self) -> dict[str, Any]:
@@ -167,7 +172,8 @@ class ReplayReport:
             f"  flips: {self.count('allow->deny')} allow -> deny, "
             f"{self.count('deny->allow')} deny -> allow",
             f"  other changes: {self.count('query')} query, {self.count('params')} params, "
-            f"{self.count('reason')} reason, {self.count('masked')} masked",
+            f"{self.count('reason')} reason, {self.count('masked')} masked, "
+            f"{self.count('approval')} approval",
         ]
         missed = sum(self.not_replayed.values())
         out.append(f"  could not be replayed: {missed}")

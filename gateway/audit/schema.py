@@ -76,8 +76,13 @@ class AuthenticationInfo(_Model):
 
 
 class AuthorizationInfo(_Model):
-    resource: str = Field(description="METHOD /route/{template}")
-    permission: str = Field(description="The query the route runs.")
+    resource: str = Field(
+        description="METHOD /route/{template}; for /approvals, METHOD /approvals/... itself."
+    )
+    permission: str = Field(
+        description="The query the route runs; for /approvals, approval.list, approval.view, "
+        "approval.approve or approval.reject."
+    )
     granted: bool
 
 
@@ -235,6 +240,11 @@ class ShadowDecision(_Model):
         default_factory=list,
         description="The result columns the shadow would mask for this caller (names only).",
     )
+    approval: bool = Field(
+        False,
+        description="Whether the shadow would make this call wait for an approval (allowed, to "
+        "a route with approval:).",
+    )
     policySha256: str = Field(pattern=_HEX64)
 
 
@@ -257,6 +267,46 @@ class PaginationInfo(_Model):
     )
     pageSize: int | None = Field(description="The page size asked (or the default).")
     nextCursor: bool = Field(description="Whether the answer carried next_cursor.")
+
+
+class Requester(_Model):
+    iss: str
+    sub: str
+    actors: list[str] = Field(description="act.sub of a delegated token, the current first.")
+
+
+class ApprovalInfo(_Model):
+    """A step of an approval (docs/approvals.md); the id links every step's event."""
+
+    id: str | None = Field(
+        pattern=r"^[0-9a-f]{32}$", description="The approval id (null: a list of several)."
+    )
+    event: Literal[
+        "approval.requested",
+        "approval.approved",
+        "approval.rejected",
+        "approval.presented",
+        "approval.viewed",
+        "approval.listed",
+    ] = Field(
+        description="requested: an allowed call answered 202 approval-required; approved, "
+        "rejected: an approver's decision (POST /approvals/{id}/approve|reject, refused ones "
+        "too); presented: a call repeated with Approval-Id (used says whether its statement ran "
+        "under it); viewed: GET /approvals/{id}; listed: GET /approvals."
+    )
+    used: bool | None = Field(
+        None,
+        description="presented: whether this call used the approval (a write: it committed; a "
+        "read: its claim committed, before the read ran).",
+    )
+    route: str | None = Field(None, description="METHOD /template of the request's route.")
+    query: str | None = None
+    requester: Requester | None = Field(None, description="On an approver's events.")
+    role: str | None = Field(None, description="The approver role that held.")
+    reason: str | None = Field(None, description="An approver's reason (at most 512 bytes).")
+    expiresAt: str | None = Field(None, description="When the request or approval expires.")
+    state: str | None = Field(None, description="listed: the state asked for.")
+    count: int | None = Field(None, ge=0, description="listed: how many were answered.")
 
 
 class Metadata(_Model):
@@ -289,6 +339,9 @@ class Metadata(_Model):
     )
     shadow: ShadowDecision | None = Field(
         None, description="Only when a shadow policy is set and decided otherwise."
+    )
+    approval: ApprovalInfo | None = Field(
+        None, description="Only on a step of an approval (docs/approvals.md)."
     )
 
 

@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
     grants.set_defaults(handler=_grants)
 
     init = sub.add_parser(
-        "init-db", help="create the gateway's own tables (Idempotency-Key records)"
+        "init-db", help="create the gateway's own tables (Idempotency-Key records, approvals)"
     )
     init.add_argument("--policy", type=Path, required=True, help="policy file or folder")
     init.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
@@ -275,6 +275,9 @@ def check_on_database(policy: Any, *, connect_timeout: float = 10.0) -> int:
     for identity, ready in analysis.idempotency_ready.items():
         if not ready:
             print(f"  warning: identity {identity} cannot use Idempotency-Key (spangate init-db)")
+    for identity, ready in analysis.approvals_ready.items():
+        if not ready:
+            print(f"  warning: identity {identity} cannot use the approvals table (spangate init-db)")
     for warning in analysis.warnings:
         print(warning.as_warning(), file=sys.stderr)
     return 0

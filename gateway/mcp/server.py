@@ -683,4 +683,5 @@ class McpEndpoint:
             if route is None and outcome.error.code == "no-route":
                 raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {_shown(name)}", data=body)
             return body, True
-        return outcome.body or {}, False
+        # approval-required (202): nothing ran; the answer is not the tool's output
+        return outcome.body or {}, outcome.status == 202

@@ -5,7 +5,8 @@ A route's tool is named by its ``tool:`` key, else by its query's name (``tool: 
 body schemas: types, min/max, max_length, pattern, enum, default, nullable); path parameters are
 always required, with the OpenAPI path schema (text, one path segment: the router's rule, never
 null); claim-bound and cursor-bound parameters never appear. A write's tool also takes
-``idempotency_key`` (the ``Idempotency-Key`` header's twin), a paginated query's tool ``cursor``
+``idempotency_key`` (the ``Idempotency-Key`` header's twin), a route with approval's tool
+``approval_id`` (the ``Approval-Id`` header's twin), a paginated query's tool ``cursor``
 (the ``next_cursor`` of the previous page; absent or null: the first page). ``outputSchema``: the
 JSON the HTTP route answers (``next_cursor`` included), with the rows typed from the policy's
 PLAN analysis when there is one, and each masked column as it is masked for this token (exact:
@@ -19,10 +20,12 @@ from typing import Any
 
 from gateway.auth.principal import Principal
 from gateway.openapi import CURSOR_SCHEMA, json_schema_of, path_schema, response_schema
+from gateway.policy.approval import APPROVAL_ARGUMENT, APPROVAL_HEADER
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import (
     IDEMPOTENCY_ARGUMENT,
     role_verdict,
+    takes_approval_id,
     takes_idempotency_key,
     tool_parameters,
 )
@@ -50,6 +53,16 @@ _IDEMPOTENCY_SCHEMA = {
 }
 
 
+_APPROVAL_SCHEMA = {
+    "type": ["string", "null"],
+    "pattern": "^[0-9a-f]{32}$",
+    "description": "This tool waits for a person's approval: called without approval_id it "
+    "runs nothing and answers approval-required with an approval id; once an approver "
+    "approved it, call it again with exactly the same arguments and that approval_id: it runs "
+    "once.",
+}
+
+
 def input_schema(route: CompiledRoute) -> dict[str, Any]:
     """The JSON Schema of a tool's arguments."""
     visible = {n: s for n, s in route.query.params.items() if s.caller_sets}
@@ -64,6 +77,8 @@ def input_schema(route: CompiledRoute) -> dict[str, Any]:
     ]
     if takes_idempotency_key(route):
         properties[IDEMPOTENCY_ARGUMENT] = dict(_IDEMPOTENCY_SCHEMA)
+    if takes_approval_id(route):
+        properties[APPROVAL_ARGUMENT] = dict(_APPROVAL_SCHEMA)
     if route.query.paging is not None:
         properties[CURSOR_ARGUMENT] = {
             "type": ["string", "null"],
@@ -131,8 +146,13 @@ def arguments_of(
     The key is checked where the header's is, after the decision (``idempotency-key-invalid``):
     a key that is no string is as bad as an empty one."""
     path, values = tool_parameters(route, arguments)
+    headers: list[tuple[bytes, bytes]] = []
+    approval = (arguments or {}).get(APPROVAL_ARGUMENT)
+    if takes_approval_id(route) and approval is not None:  # checked as the header is
+        raw = approval.encode("utf-8", "replace") if isinstance(approval, str) else b""
+        headers.append((APPROVAL_HEADER, raw))
     key = (arguments or {}).get(IDEMPOTENCY_ARGUMENT)
     if not takes_idempotency_key(route) or key is None:  # null or absent: no key, as no header
-        return path, values, []
+        return path, values, headers
     raw = key.encode("utf-8", "replace") if isinstance(key, str) else b""
-    return path, values, [(IDEMPOTENCY_HEADER, raw)]
+    return path, values, [*headers, (IDEMPOTENCY_HEADER, raw)]

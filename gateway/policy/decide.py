@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, RouteNotFound
+from gateway.policy.approval import APPROVAL_ARGUMENT
 from gateway.policy.bind import Bound, bind_params, ignored_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.masking import masked_columns
@@ -44,6 +45,7 @@ __all__ = [
     "decide",
     "decide_route",
     "IDEMPOTENCY_ARGUMENT",
+    "takes_approval_id",
     "takes_idempotency_key",
     "tool_parameters",
     "match_route",
@@ -124,6 +126,11 @@ def match_route(
     return policy.routes[hit.route], hit.params
 
 
+def takes_approval_id(route: CompiledRoute) -> bool:
+    """Does the route's MCP tool take an ``approval_id`` argument (a route with approval)?"""
+    return route.model.approval is not None and APPROVAL_ARGUMENT not in route.query.params
+
+
 def takes_idempotency_key(route: CompiledRoute) -> bool:
     """Does the route's MCP tool take an ``idempotency_key`` argument (a write's tool)?"""
     return route.query.is_dml and IDEMPOTENCY_ARGUMENT not in route.query.params
@@ -133,16 +140,19 @@ def tool_parameters(
     route: CompiledRoute, arguments: Mapping[str, Any] | None
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """An MCP call's arguments as the route's parameters: (the path parameters, as the router
-    would hand them over; the rest, as a JSON body binds them), a write's idempotency key left
-    out. A path parameter's argument is a string, or an integer (its decimal text, what HTTP's
-    path would carry), obeying the router's segment rule (``check_param_segment``); anything
-    else raises ``BadRequest`` ``path-invalid``. An absent one is left to binding (param-missing).
+    would hand them over; the rest, as a JSON body binds them), a write's idempotency key and
+    an approval route's approval id left out. A path parameter's argument is a string, or an
+    integer (its decimal text, what HTTP's path would carry), obeying the router's segment rule
+    (``check_param_segment``); anything else raises ``BadRequest`` ``path-invalid``. An absent
+    one is left to binding (param-missing).
     """
-    skip = IDEMPOTENCY_ARGUMENT if takes_idempotency_key(route) else None
+    skip = {IDEMPOTENCY_ARGUMENT} if takes_idempotency_key(route) else set()
+    if takes_approval_id(route):
+        skip.add(APPROVAL_ARGUMENT)
     path: dict[str, str] = {}
     body: dict[str, Any] = {}
     for name, value in (arguments or {}).items():
-        if name == skip:
+        if name in skip:
             continue
         if name not in route.path_params:
             body[name] = value

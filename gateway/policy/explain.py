@@ -7,7 +7,8 @@ every entry, the route and where it is defined, the statement and its identity, 
 parameter with where its value came from (path, query, body, claim, cursor, default, null), for
 an allowed call each masked result column: masked or clear for this caller, and why, and for a
 paginated query its keyset, page size and cursor (explain shows the first page: a cursor is
-opened by a running gateway, which holds the keys).
+opened by a running gateway, which holds the keys), and for a route that waits for approval its
+approvers and ttl (an allowed call answers 202 ``approval-required``).
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
 people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
@@ -262,6 +263,7 @@ def explanation_record(ex: Explanation, policy: CompiledPolicy | None = None) ->
             for v in _verdicts(ex)
         ],
         "pagination": pagination_record(ex),
+        "approval": approval_record(ex),
         **({"budget": budget_limits(policy, ex)} if policy is not None else {}),
     }
 
@@ -285,6 +287,19 @@ def pagination_record(ex: Explanation) -> dict[str, Any] | None:
             "max": paging.max,
         },
         "cursor": "given" if ex.decision.cursor is not None else "none",
+    }
+
+
+def approval_record(ex: Explanation) -> dict[str, Any] | None:
+    """A route that waits for approval: its approvers, ttl, and what an allowed call answers."""
+    route = ex.route
+    approval = route.model.approval if route is not None else None
+    if route is None or approval is None:
+        return None
+    return {
+        "approvers": list(approval.approvers),
+        "ttl": approval.ttl,
+        "required": ex.decision.allow,  # an allowed call answers 202 approval-required
     }
 
 
@@ -396,6 +411,17 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
             )
         else:
             lines.append("          no cursor: the first page")
+    approval = approval_record(ex)
+    if approval is not None:
+        who = ", ".join(approval["approvers"])
+        lines.append(
+            f"approval  required: approvers {who} (never the requester); ttl {approval['ttl']}"
+        )
+        if d.allow:
+            lines.append(
+                "          this call answers 202 approval-required with an approval id; once "
+                "approved, repeated with Approval-Id it runs once with exactly these parameters"
+            )
     if d.allow:
         spent = budget_limits(policy, ex)
         shown = ", ".join(

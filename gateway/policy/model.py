@@ -32,6 +32,7 @@ from gateway.policy.types import ParamType, parse_type
 
 __all__ = [
     "ALGORITHMS",
+    "Approval",
     "Audit",
     "Budget",
     "ClaimNames",
@@ -635,6 +636,49 @@ class Query(_Strict):
         return parse_duration(self.timeout)
 
 
+MAX_APPROVAL_TTL_SECONDS = 24 * 3600.0  # an approval is good for at most a day
+
+
+class Approval(_Strict):
+    """A route whose calls wait for a person's approval (``docs/approvals.md``): an allowed
+    call answers 202 ``approval-required`` with an approval id; a holder of an ``approvers``
+    role (never the requester) approves or rejects it; the requester repeats the call with
+    ``Approval-Id`` and the statement runs once, with exactly the approved parameters."""
+
+    approvers: list[str] = Field(
+        min_length=1,
+        description="Roles (names in `roles`) whose holders may approve or reject a request: "
+        "a role counts as in a route's allow (a delegated token holds it only through an "
+        "entry that admits delegated tokens), a deny role of the route holding refuses, and "
+        "nobody decides a request they made (its subject, or an actor acting in it).",
+    )
+    ttl: Duration = Field(
+        "15m",
+        description="How long a request waits for a decision, and how long an approval is "
+        "good for once given: from 1s to 24h.",
+    )
+    description: str | None = None
+
+    @field_validator("approvers")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a role is listed twice")
+        return value
+
+    @field_validator("ttl")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if not 1.0 <= seconds <= MAX_APPROVAL_TTL_SECONDS:
+            raise ValueError(f"ttl must be from 1s to 24h, got {value}")
+        return value
+
+    @property
+    def ttl_seconds(self) -> float:
+        return parse_duration(self.ttl)
+
+
 class Route(_Strict):
     path: str = Field(pattern=r"^/", description="A path template: /v1/orders/{order_id}.")
     method: Method
@@ -648,6 +692,11 @@ class Route(_Strict):
         None,
         description="The route's MCP tool name (/mcp): 1 to 128 letters, digits, _ - and . "
         "(default: the query's name); false keeps the route off MCP.",
+    )
+    approval: Approval | None = Field(
+        None,
+        description="Calls wait for an approval by a holder of one of `approvers` "
+        "(docs/approvals.md); not on a paginated query's route.",
     )
 
     @field_validator("method", mode="before")

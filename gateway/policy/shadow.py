@@ -3,8 +3,9 @@
 ``spangate serve --shadow-policy CANDIDATE`` decides every call under the candidate too
 (``decide``: no statement runs under it) and answers with the live decision, always. Two
 decisions disagree when they differ in any of: allow, reason, the rule (the role that allowed or
-denied), the query, the bound parameters (names, where each came from, values), or the result
-columns masked for the caller (``masked``, recorded with the shadow's decision). A
+denied), the query, the bound parameters (names, where each came from, values), the result
+columns masked for the caller (``masked``, recorded with the shadow's decision), or whether an
+allowed call waits for an approval (``approval``: the route's ``approval:``, added or removed). A
 disagreement becomes the audit event's ``metadata.shadow`` and one count of
 ``spangate_shadow_disagreements_total{route, live, shadow}``.
 
@@ -47,6 +48,7 @@ __all__ = [
     "candidate_issuer",
     "disagreement",
     "shadow_principal",
+    "waits_for_approval",
 ]
 
 # The live policy's refusals before a decision that the candidate decides too.
@@ -122,6 +124,17 @@ def _names(bound: Bound | None) -> Mapping[str, Any]:
     return bound.values if bound is not None else {}
 
 
+def waits_for_approval(decision: Decision | None) -> bool:
+    """Whether ``decision`` lets its call run only once approved: allowed, to a route with
+    ``approval:`` (without an Approval-Id the call answers 202 and runs nothing)."""
+    return (
+        decision is not None
+        and decision.allow
+        and decision.route is not None
+        and decision.route.model.approval is not None
+    )
+
+
 def disagreement(
     live: Decision | None, live_reason: str, shadow: Decision, sha256: str
 ) -> Disagreement | None:
@@ -141,6 +154,7 @@ def disagreement(
         and shadow.query_name == query
         and params is None
         and set(shadow.masked) == set(masked)
+        and waits_for_approval(shadow) == waits_for_approval(live)
     ):
         return None
     route = live.route if live is not None and live.route is not None else shadow.route
@@ -155,6 +169,7 @@ def disagreement(
             "query": shadow.query_name,
             "params": params,
             "masked": list(shadow.masked),
+            "approval": waits_for_approval(shadow),
             "policySha256": sha256,
         },
     )

@@ -25,7 +25,11 @@ only (a denied call runs nothing and masks nothing: ``masked`` there could never
 located problem); ``paginated`` whether the route's query pages by keyset. A case decides a
 paginated query's first page (its cursor parameters bound to null): a request carrying a
 ``cursor`` is refused as a problem of the case file, since a cursor is sealed and opened by a
-running gateway only. Claims become a Principal as in ``simulate.py``.
+running gateway only. ``approval`` is ``required`` when the call is allowed and its route waits
+for approval (the gateway answers 202 ``approval-required``), else ``none``; ``may_approve``
+whether the case's token may approve or reject requests to the route it reached
+(``policy.approval.decider_verdict``; the requester check needs a request, which a case has not).
+Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
 no case, and the role entries that held in no case. An entry of a deny role of the route a case
@@ -40,11 +44,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.auth.principal import Principal
 from gateway.errors import PolicyError, PolicyProblem
+from gateway.policy.approval import decider_verdict
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import Decision, Reason, decide
 from gateway.policy.load import load_policy
@@ -87,6 +93,17 @@ class Expect(_Strict):
         None,
         description="Whether the query the request reached pages by keyset (pagination:). A "
         "case decides the first page: its cursor parameters are bound to null.",
+    )
+    approval: Literal["required", "none"] | None = Field(
+        None,
+        description="required: the call is allowed and its route waits for approval (the "
+        "gateway answers 202 approval-required); none: anything else.",
+    )
+    may_approve: bool | None = Field(
+        None,
+        description="Whether this token may approve or reject requests to the route the "
+        "request reached (an approver role holds, no deny role of the route does), had "
+        "someone else made them. False for a route without approval.",
     )
 
 
@@ -258,8 +275,12 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def _compare(expect: Expect, decision: Decision, held: frozenset[str]) -> tuple[str, ...]:
+def _compare(
+    expect: Expect, decision: Decision, held: frozenset[str], may_approve: bool = False
+) -> tuple[str, ...]:
     """The diff of one case, or () when every expected key matches."""
+    route = decision.route
+    waits = decision.allow and route is not None and route.model.approval is not None
     actual: dict[str, Any] = {
         "allow": decision.allow,
         "reason": decision.reason,
@@ -268,10 +289,14 @@ def _compare(expect: Expect, decision: Decision, held: frozenset[str]) -> tuple[
         "rule": decision.rule,
         "masked": sorted(decision.masked),
         "paginated": decision.route is not None and decision.route.query.paging is not None,
+        "approval": "required" if waits else "none",
+        "may_approve": may_approve,
     }
     lines: list[str] = []
     failed = False
-    for key in ("allow", "reason", "query", "roles", "rule", "masked", "paginated"):
+    keys = ("allow", "reason", "query", "roles", "rule", "masked", "paginated", "approval",
+            "may_approve")
+    for key in keys:
         want = getattr(expect, key)
         if want is None and key != "allow":
             continue
@@ -294,6 +319,15 @@ def _compare(expect: Expect, decision: Decision, held: frozenset[str]) -> tuple[
     if decision.problem is not None:
         lines.append(f"  ({decision.reason}: {decision.problem.detail})")
     return tuple(lines)
+
+
+def _may_approve(policy: CompiledPolicy, decision: Decision, principal: Principal) -> bool:
+    """Whether ``principal`` may decide requests to the route ``decision`` reached."""
+    route = decision.route
+    if route is None or route.model.approval is None:
+        return False
+    verdict = decider_verdict(policy.roles, route.model, route.model.approval, principal)
+    return verdict.problem is None
 
 
 def _references(
@@ -445,7 +479,9 @@ def run_case_files(
                     name=case.name,
                     request=case.request,
                     decision=decision,
-                    lines=_compare(case.expect, decision, held),
+                    lines=_compare(
+                        case.expect, decision, held, _may_approve(tally.policy, decision, principal)
+                    ),
                 )
             )
     if problems:

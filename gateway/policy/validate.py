@@ -22,6 +22,8 @@ policy may be served. What it checks, beyond the models:
 - parameter constraints, which must fit the type (``constraints.py``);
 - masks (``masking.mask_findings``): ``unless`` roles exist, a masked column is one the
   statement returns when its select list says so, DML without ``THEN RETURN`` masks nothing;
+- approvals (``approval.approval_findings``): ``approvers`` name known roles, not on a
+  paginated query's route;
 - pagination (``pagination.pagination_findings``): cursor and page size parameters, the
   statement's ``ORDER BY`` keyset and ``LIMIT``, reads only;
 - roles that routes allow say who the caller is when they can hold for a token of an issuer
@@ -55,6 +57,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.policy.approval import approval_findings
 from gateway.policy.constraints import Finding, Where, param_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
@@ -87,6 +90,7 @@ RESERVED_PREFIXES = (
     "/docs",
     "/redoc",
     "/mcp",
+    "/approvals",
     "/.well-known/oauth-protected-resource",
 )
 _PARAM_SEGMENT = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -353,6 +357,7 @@ def _routes(ctx: _Context, infos: Mapping[str, SqlInfo]) -> list[Finding]:
             for k, role in enumerate(getattr(route, field)):
                 if msg := ctx.unknown("roles", role):
                     found.append(((*where, field, k), msg))
+        found.extend(approval_findings(where, route, ctx.policy, lambda r: ctx.unknown("roles", r)))
         problems = template_problems(route.path)
         found.extend(((*where, "path"), p) for p in problems)
         key = (route.method, template_shape(route.path))

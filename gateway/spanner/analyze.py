@@ -21,6 +21,8 @@ Contract:
   type their cursor parameters declare (``policy.pagination.column_findings``).
 - For identities that run DML, the Idempotency-Key table is planned too; its absence is not a
   load error (``idempotency_ready`` is False and a warning says to run ``spangate init-db``).
+  Likewise the approvals table for identities whose query a route's approval guards
+  (``approvals_ready``; calls to such routes answer 503 ``approval-table-missing`` meanwhile).
 - First of all, the database's dialect must be the policy's ``spanner.dialect``
   (``dialect.py``): else a PolicyError located at ``spanner.dialect`` saying which to set.
 - A read shaped as a point lookup (``bounded.point_lookup``) has its table's primary key read
@@ -99,6 +101,7 @@ class Shape:
 class Analysis:
     shapes: Mapping[str, Shape] = field(default_factory=dict)  # query name -> result columns
     idempotency_ready: Mapping[str, bool] = field(default_factory=dict)  # writing identity -> ok
+    approvals_ready: Mapping[str, bool] = field(default_factory=dict)  # approving identity -> ok
     warnings: tuple[PolicyProblem, ...] = ()  # located; the policy still serves
     point_lookups: frozenset[str] = frozenset()  # reads that fix their table's primary key
 
@@ -198,11 +201,22 @@ def _spanner_words(exc: BaseException) -> str:
 
 
 async def _idempotency_ready(database: Any, dialect: Dialect) -> bool:
-    from google.cloud.spanner_v1 import ExecuteSqlRequest, param_types
-
     from gateway.spanner.idempotency import lookup_sql
 
     sql, param = lookup_sql(dialect)
+    return await _plans(database, sql, param)
+
+
+async def _approvals_ready(database: Any) -> bool:
+    from gateway.spanner.approvals import PROBE_SQL
+
+    return await _plans(database, PROBE_SQL, "id")
+
+
+async def _plans(database: Any, sql: str, param: str) -> bool:
+    """Whether Spanner plans ``sql`` (one STRING parameter) under this database's role."""
+    from google.cloud.spanner_v1 import ExecuteSqlRequest, param_types
+
     try:
         async with database.snapshot() as snapshot:
             stream = await snapshot.execute_sql(
@@ -339,9 +353,23 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
                     "`spangate init-db` creates it and `spangate grants` are applied",
                     identity,
                 )
+    approving: dict[str, bool] = {}
+    for route in policy.routes:
+        identity = route.query.model.identity
+        if route.model.approval is not None and identity not in approving:
+            async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+                approving[identity] = await _approvals_ready(databases.aio(identity))
+            if not approving[identity]:
+                log.warning(
+                    "identity %s cannot read the approvals table: calls to routes with an "
+                    "approval will fail (503 approval-table-missing) until `spangate init-db` "
+                    "creates it and `spangate grants` are applied",
+                    identity,
+                )
     return Analysis(
         shapes=shapes,
         idempotency_ready=ready,
+        approvals_ready=approving,
         warnings=tuple(warnings),
         point_lookups=await _point_lookups(policy, databases),
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from gateway.audit.spanner_sink import policy_ddl as audit_policy_ddl
 from gateway.policy.compiled import CompiledPolicy
-from gateway.spanner import idempotency
+from gateway.spanner import approvals, idempotency
 
 __all__ = ["SOURCES", "shipped_ddl"]
 
@@ -24,7 +24,16 @@ def _idempotency(policy: CompiledPolicy) -> list[str]:
     return list(idempotency.ddl(policy.model.spanner.dialect))
 
 
-SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [_idempotency, audit_policy_ddl]
+def _approvals(policy: CompiledPolicy) -> list[str]:
+    """The approvals table, when a route waits for approval."""
+    return list(approvals.DDL) if any(r.model.approval for r in policy.routes) else []
+
+
+SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [
+    _idempotency,
+    _approvals,
+    audit_policy_ddl,
+]
 
 
 def shipped_ddl(policy: CompiledPolicy) -> list[str]:

@@ -52,7 +52,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as gexc
 
@@ -78,6 +78,7 @@ from gateway.spanner.results import Result, to_json
 __all__ = [
     "EMULATOR_RETRY_DELAY",
     "Executor",
+    "Guard",
     "InTransaction",
     "OnSettled",
     "Result",
@@ -92,6 +93,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("spangate.spanner")
+T = TypeVar("T")
 
 EMULATOR_RETRY_DELAY = 0.01
 ROLLBACK_TIMEOUT_SECONDS = 2.0
@@ -123,6 +125,12 @@ SENT_STATEMENT: Sent = "statement"
 # discarded with it), never for an Idempotency-Key replay. An exception it raises rolls the write
 # back and reaches the caller.
 InTransaction = Callable[[Any, Result], Awaitable[None] | None]
+
+# Work inside a write's read-write transaction BEFORE its statement (after its Idempotency-Key
+# lookup, so a replay answers first): an approval's use is checked and marked here
+# (``gateway.approvals``). Called on every attempt; an exception it raises rolls the write back,
+# nothing of the statement sent, and reaches the caller.
+Guard = Callable[[Any], Awaitable[None]]
 
 
 def _types(query: CompiledQuery, fields: Any) -> list[str]:
@@ -381,6 +389,36 @@ class Executor:
             log.warning("cannot analyse the policy for OpenAPI: %s", exc)
             return None
 
+    # -- the gateway's own rows (approvals) ----------------------------------------------------
+    async def transact(
+        self, identity: str, work: Callable[[Any], Awaitable[T]], *, tag: str, timeout: float
+    ) -> T:
+        """``work(transaction)`` in a read-write transaction of ``identity`` (retried on ABORTED
+        by the client library), within ``timeout``; against the emulator, one writer at a time
+        as for statements. In a task of its own (see ``_guarded_write`` on the client's context
+        variable). Spanner's errors propagate as they are."""
+        database = self.databases.aio(identity)
+        options: dict[str, Any] = {"transaction_tag": tag, "timeout_secs": timeout}
+        if self._emulator:
+            options["default_retry_delay"] = EMULATOR_RETRY_DELAY
+
+        async def body() -> T:
+            async with self._writes():
+                result: T = await database.run_in_transaction(work, **options)
+                return result
+
+        async with asyncio.timeout(timeout):
+            return await asyncio.ensure_future(body())
+
+    async def snapshot_read(
+        self, identity: str, read: Callable[[Any], Awaitable[T]], *, timeout: float
+    ) -> T:
+        """``read(snapshot)`` in a strong single-use snapshot of ``identity``, within ``timeout``."""
+        database = self.databases.aio(identity)
+        async with asyncio.timeout(timeout):
+            async with database.snapshot() as snapshot:
+                return await read(snapshot)
+
     # -- statements ---------------------------------------------------------------------------
     def _writes(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """The emulator's one-writer-at-a-time lock; nothing in production."""
@@ -401,8 +439,10 @@ class Executor:
         on_settled: OnSettled | None = None,
         on_outcome: OnOutcome | None = None,
         on_sent: Callable[[Sent], None] | None = None,
+        guard: Guard | None = None,
     ) -> Result:
         """Run ``query`` with bound ``values``; SpannerError (and the limits' errors) on failure.
+        ``guard`` (writes): awaited in the write's transaction before its statement (``Guard``).
 
         A write's GatewayError always carries ``outcome`` (``extra["outcome"]``, the problem's
         member). ``on_outcome`` (writes): called with the outcome when the write fails otherwise:
@@ -425,6 +465,7 @@ class Executor:
                 idempotency=idempotency,
                 in_transaction=in_transaction,
                 on_settled=on_settled,
+                guard=guard,
             )
         except GatewayError as exc:
             if query.is_dml and not isinstance(exc.extra.get("outcome"), str):
@@ -445,6 +486,7 @@ class Executor:
         idempotency: idem.IdempotencyKey | None,
         in_transaction: InTransaction | None,
         on_settled: OnSettled | None,
+        guard: Guard | None = None,
     ) -> Result:
         identity = query.model.identity
         database = self.databases.aio(identity)
@@ -481,6 +523,7 @@ class Executor:
                     deadline,
                     idempotency,
                     in_transaction,
+                    guard,
                 )
         except TimeoutError:
             if query.is_dml and state.outcome() == "unknown":  # its Commit (or an earlier one
@@ -750,6 +793,7 @@ class Executor:
         deadline: float,
         key: idem.IdempotencyKey | None,
         in_transaction: InTransaction | None,
+        guard: Guard | None = None,
     ) -> Result:
         seen: dict[str, Any] = {}
 
@@ -776,6 +820,8 @@ class Executor:
                         )
                     raise _Replay(stored.result)
                 state.key_clear = True
+            if guard is not None:
+                await guard(transaction)
             if state.answered:  # cut while its key was read: its statement never starts
                 state.abandoned = True
                 raise _Abandoned

@@ -10,7 +10,10 @@ names quoted where PostgreSQL would fold them. For every identity with a ``datab
   written, not read, so they need no SELECT;
 - ``GRANT INSERT | UPDATE | DELETE ON TABLE <t>`` for the table each DML statement writes;
 - for identities that run DML, SELECT on the Idempotency-Key table's columns and INSERT, UPDATE on
-  it (the gateway reads and writes its record in the write's transaction).
+  it (the gateway reads and writes its record in the write's transaction);
+- for identities whose query a route's ``approval`` guards, SELECT on the approvals table's
+  columns and INSERT, UPDATE on it (requests, decisions, and the use marked in the statement's
+  own transaction: ``spanner/approvals.py``).
 
 Columns are found by matching the statement's identifiers (outside strings and comments) against
 the catalog of the tables it reads (``sqlscan``'s table list): an alias that happens to equal a
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.policy.sqlscan import statement_tokens
 from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
-from gateway.spanner import idempotency
+from gateway.spanner import approvals, idempotency
 from gateway.spanner.catalog import Catalog, catalog_from_ddl
 
 __all__ = [
@@ -280,6 +283,7 @@ def needs_of(policy: CompiledPolicy, catalog: Catalog) -> dict[str, Needs]:
     """Database role -> what it needs, from every query of ``policy`` (roles in name order)."""
     out: dict[str, Needs] = {}
     identities = policy.model.identities
+    guarded = {r.query_name for r in policy.routes if r.model.approval is not None}
     for name, query in sorted(policy.queries.items()):
         identity = query.model.identity
         role = identities[identity].database_role
@@ -296,6 +300,9 @@ def needs_of(policy: CompiledPolicy, catalog: Catalog) -> dict[str, Needs]:
                 ("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt")
             )
             needs.writes |= {(table, "INSERT"), (table, "UPDATE")}
+        if name in guarded:
+            needs.select.setdefault(approvals.TABLE, set()).update(approvals.COLUMNS)
+            needs.writes |= {(approvals.TABLE, "INSERT"), (approvals.TABLE, "UPDATE")}
     return dict(sorted(out.items()))
 
 
@@ -330,10 +337,15 @@ def ddl(needs: Mapping[str, Needs], catalog: Catalog, dialect: Dialect = GOOGLES
 
 
 def _with_idempotency(catalog: Catalog) -> Catalog:
-    if catalog.table(idempotency.TABLE) is not None:
-        return catalog
-    columns = ("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt")
-    return Catalog({**catalog.tables, idempotency.TABLE: columns})
+    """The catalog with the gateway's own tables (as ``spangate init-db`` creates them)."""
+    tables = dict(catalog.tables)
+    if catalog.table(idempotency.TABLE) is None:
+        tables[idempotency.TABLE] = (
+            "KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt"
+        )
+    if catalog.table(approvals.TABLE) is None:
+        tables[approvals.TABLE] = approvals.COLUMNS
+    return Catalog(tables)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def names(policy: CompiledPolicy, claims: dict[str, Any]) -> list[str]:
 def test_the_tools_are_the_routes_the_roles_allow_deny_winning(repo: Path) -> None:
     policy = example(repo)
     assert names(policy, {"groups": ["support"], "tenant": "t1"}) == [
-        "get_order", "list_orders", "list_order_items", "get_customer"
+        "get_order", "list_orders", "list_order_items", "get_customer", "cancel_order"
     ]  # fmt: skip
     assert names(policy, {"scp": ["orders.read"], "tenant": "t1"}) == [
         "get_order", "list_orders", "list_order_items"
@@ -63,7 +63,7 @@ def test_tool_names_a_route_and_false_keeps_it_off(repo: Path, tmp_path: Path) -
         repo, ("    query: get_customer", "    query: get_customer\n    tool: customer"), tmp_path
     )
     support = {"groups": ["support"], "tenant": "t1"}
-    assert names(renamed, support)[-1] == "customer"
+    assert names(renamed, support)[-2] == "customer"
     assert find_tool(renamed, "customer") is renamed.routes[3]
     assert find_tool(renamed, "get_customer") is None
     hidden = example(
@@ -71,6 +71,17 @@ def test_tool_names_a_route_and_false_keeps_it_off(repo: Path, tmp_path: Path) -
     )
     assert "get_customer" not in names(hidden, support)
     assert find_tool(hidden, "get_customer") is None
+
+
+def test_a_tool_with_approval_takes_approval_id(repo: Path) -> None:
+    policy = example(repo)
+    route = next(r for r in policy.routes if r.query_name == "cancel_order")
+    schema = input_schema(route)
+    assert schema["properties"]["approval_id"]["pattern"] == "^[0-9a-f]{32}$"
+    assert schema["required"] == ["order_id"]  # approval_id is optional: absent asks for one
+    path, values, headers = arguments_of(route, {"order_id": "O-1", "approval_id": "a" * 32})
+    assert (path, values, headers) == ({"order_id": "O-1"}, {}, [(b"approval-id", b"a" * 32)])
+    assert "approval_id" not in input_schema(policy.routes[0])["properties"]
 
 
 def test_input_schema_hides_claims_and_requires_path_parameters(repo: Path) -> None:

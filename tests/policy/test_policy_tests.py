@@ -20,8 +20,8 @@ def test_the_example_policy_passes_its_cases_with_full_coverage(
 ) -> None:
     assert main(["policy", "test", "--require-coverage", str(EXAMPLE_CASES)]) == 0
     out = capsys.readouterr().out
-    assert "43 cases, 43 passed, 0 failed" in out
-    assert "routes 5/5, roles 6/6" in out
+    assert "49 cases, 49 passed, 0 failed" in out
+    assert "routes 6/6, roles 6/6" in out
     assert "not exercised" not in out
 
 
@@ -104,7 +104,7 @@ def test_coverage_names_what_no_case_exercised(
     assert main(["policy", "test", "-v", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"ok    {path}:3:5  one" in out
-    assert "coverage: routes 1/5, roles 1/6" in out
+    assert "coverage: routes 1/6, roles 1/6" in out
     customers = where_in(EXAMPLE, "path: /v1/customers/{customer_id}")
     assert f"route routes[3] GET /v1/customers/{{customer_id}}  ({customers})" in out
     assert f"role  suspended  ({where_in(EXAMPLE, 'suspended:')})" in out

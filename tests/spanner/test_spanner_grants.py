@@ -46,7 +46,15 @@ def test_example_policy_grants() -> None:
         "GRANT SELECT(TenantId, OrderId, CustomerId, Status, TotalCents, Currency, CreatedAt) "
         "ON TABLE Orders TO ROLE shop_reader",
         "CREATE ROLE shop_writer",
+        "GRANT SELECT(TenantId, OrderId, Status) ON TABLE Orders TO ROLE shop_writer",  # cancel
         "GRANT INSERT ON TABLE Orders TO ROLE shop_writer",  # an INSERT reads nothing
+        "GRANT UPDATE ON TABLE Orders TO ROLE shop_writer",
+        # cancel_order waits for approval: its identity reads and writes the approvals table
+        "GRANT SELECT(ApprovalId, State, Issuer, Iss, Subject, Actors, Route, Query, RequestHash, "
+        "Params, Approvers, RequestId, CreatedAt, ExpiresAt, DecidedAt, DeciderIss, "
+        "DeciderSubject, Reason, UsedAt, UsedBy) ON TABLE SpangateApprovals TO ROLE shop_writer",
+        "GRANT INSERT ON TABLE SpangateApprovals TO ROLE shop_writer",
+        "GRANT UPDATE ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT SELECT(KeyHash, RequestHash, Response, CommittedAt, ExpiresAt) ON TABLE "
         "SpangateIdempotency TO ROLE shop_writer",
         "GRANT INSERT ON TABLE SpangateIdempotency TO ROLE shop_writer",

@@ -1,0 +1,119 @@
+"""Approvals, the policy's side (pure): what a route's ``approval:`` may say, and who may decide.
+
+A route with ``approval: {approvers: [roles], ttl: 15m}`` runs nothing on an allowed call: the
+call answers 202 ``approval-required`` with an approval id (``gateway.approvals``). Who may
+decide a request, under the live policy (``decider_verdict``):
+
+- a holder of one of the route's ``approvers`` roles, a role judged as a route's ``allow``
+  judges it (``RoleTable.held``: a delegated token holds it only through an entry that admits
+  delegated tokens);
+- not denied by the route: a ``deny`` role of the route that holds refuses (``denied-by-role``),
+  as it would refuse the call itself;
+- nobody who took part in the request (``parties``): its subject (issuer and ``sub``) or an actor
+  of its delegation chain (``act.sub`` under the same issuer). The requester never approves their
+  own request, nor does the agent that asked for them.
+
+Checks (``approval_findings``, the loader and ``policy check``): ``approvers`` name known roles;
+not on a paginated query's route (each page would be a call of its own to approve). The ``ttl``
+is bounded by the model (1s to 24h).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.auth.principal import Principal
+from gateway.errors import Forbidden, GatewayError
+from gateway.policy.constraints import Finding, Where
+from gateway.policy.model import Approval, Policy, Route
+from gateway.policy.roles import RoleTable
+
+__all__ = [
+    "APPROVAL_ARGUMENT",
+    "APPROVAL_HEADER",
+    "DeciderVerdict",
+    "approval_findings",
+    "decider_verdict",
+    "parties",
+]
+
+# The header a requester repeats the call with, and its MCP tool argument twin.
+APPROVAL_HEADER = b"approval-id"
+APPROVAL_ARGUMENT = "approval_id"
+
+
+def approval_findings(
+    where: Where, route: Route, policy: Policy, unknown_role: Callable[[str], str | None]
+) -> list[Finding]:
+    """What is wrong with ``route``'s ``approval:`` as written (none when it has none)."""
+    approval = route.approval
+    if approval is None:
+        return []
+    found: list[Finding] = []
+    for k, role in enumerate(approval.approvers):
+        if msg := unknown_role(role):
+            found.append(((*where, "approval", "approvers", k), msg))
+    if policy.spanner.dialect == "postgresql":
+        found.append(
+            (
+                (*where, "approval"),
+                "approvals are not available on a PostgreSQL-dialect database yet: their table "
+                "(SpangateApprovals) and its statements are GoogleSQL (docs/postgresql.md)",
+            )
+        )
+    query = policy.queries.get(route.query)
+    if query is not None and query.pagination is not None:
+        found.append(
+            (
+                (*where, "approval"),
+                (
+                    f"query {route.query} pages by keyset: every page would be a call of its own to "
+                    "approve; approvals are for routes that run one statement"
+                ),
+            )
+        )
+    return found
+
+
+def parties(principal: Principal) -> frozenset[tuple[str, str]]:
+    """Who takes part in a call: (issuer URL, subject) of the token's subject and of each actor
+    of its ``act`` chain (actors are named by their ``sub`` under the token's issuer)."""
+    found = {(principal.iss, principal.subject)}
+    found.update((principal.iss, actor) for actor in principal.actors if actor)
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class DeciderVerdict:
+    """May a principal decide requests to a route: ``problem`` None when it may; ``role`` the
+    approver role that holds (or the deny role that refused)."""
+
+    roles: frozenset[str]
+    role: str | None
+    problem: GatewayError | None
+
+
+def decider_verdict(
+    roles_table: RoleTable, route: Route, approval: Approval, principal: Principal
+) -> DeciderVerdict:
+    """Whether ``principal`` may approve or reject requests to ``route`` (the requester check is
+    the caller's: it needs the request). 403 ``denied-by-role`` or ``not-approver``."""
+    roles = roles_table.held(principal)
+    denying = roles_table.held(principal, deny=True) if principal.delegated else roles
+    for role in route.deny:
+        if role in denying:
+            return DeciderVerdict(
+                roles, role, Forbidden(f"denied by role '{role}'", code="denied-by-role")
+            )
+    holding = next((r for r in approval.approvers if r in roles), None)
+    if holding is None:
+        return DeciderVerdict(
+            roles,
+            None,
+            Forbidden(
+                "none of the roles that may decide this request holds for this token",
+                code="not-approver",
+            ),
+        )
+    return DeciderVerdict(roles, holding, None)

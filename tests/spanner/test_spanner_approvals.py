@@ -1,0 +1,154 @@
+"""The approvals table missing: the start-up analysis says so (``approvals_ready``, a warning),
+every call that needs the table answers 503 ``approval-table-missing`` (problem+json, audited,
+nothing run), and a reload runs the same analysis again: SIGHUP's after ``spangate init-db``
+made the table (calls then ask for approval), and a changed policy's that adds an approval."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from spanner_stack import (
+    Token,
+    apply_ddl,
+    bearer,
+    gateway_on,
+    make_database,
+    policy_text,
+    query_rows,
+)
+
+from gateway.app import Gateway
+from gateway.spanner.approvals import DDL as APPROVALS_DDL
+
+TABLE = ["CREATE TABLE Tickets (Id INT64 NOT NULL, Status STRING(16)) PRIMARY KEY (Id)"]
+SEED = ["INSERT INTO Tickets (Id, Status) VALUES (1, 'OPEN'), (2, 'OPEN')"]
+
+POLICY = """\
+identities:
+  writer: {{database_role: tickets_writer}}
+queries:
+  close:
+    identity: writer
+    sql: UPDATE Tickets SET Status = 'CLOSED' WHERE Id = @id THEN RETURN Id, Status
+    params:
+      id: {{type: INT64}}
+routes:
+  - path: "/tickets/{{id}}/close"
+    method: POST
+    query: close
+    allow: [tester]
+{approval}audit:
+  sinks:
+    - {{type: file, path: audit.jsonl}}
+"""
+APPROVAL = """\
+    approval:
+      approvers: [writer]
+"""
+WARNING = "identity writer cannot read the approvals table"
+
+
+def _policy(database: str, *, approval: bool) -> str:
+    return policy_text(database, POLICY.format(approval=APPROVAL if approval else ""))
+
+
+def _ready(app: Gateway) -> dict[str, bool]:
+    analysis = app.executor.analysis(app.policy)
+    assert analysis is not None
+    return dict(analysis.approvals_ready)
+
+
+def _missing(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "approval-table-missing" and body["request_id"]
+    assert response.headers["retry-after"] == "5"
+    assert "SpangateApprovals" not in response.text  # Spanner's words stay in the log
+
+
+def _status(host: str, database: str, ticket: int) -> str:
+    sql = f"SELECT Status FROM Tickets WHERE Id = {ticket}"  # noqa: S608
+    return str(query_rows(host, database, sql)[0][0])
+
+
+async def test_without_the_table_calls_are_503_until_init_db_and_a_sighup(
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    token_for: Token,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = "sgnoapprovals"
+    make_database(demo_database, name, TABLE, SEED)
+    asker, approver = bearer(token_for("support-console")), bearer(token_for("order-writer"))
+    caplog.set_level(logging.WARNING, logger="spangate")
+    audit = tmp_path / "audit.jsonl"
+    async with gateway_on(
+        tmp_path, demo_database, _policy(name, approval=True), issuer=idp.issuer, audit_path=audit
+    ) as (app, http):
+        assert _ready(app) == {"writer": False}  # the start-up analysis
+        assert WARNING in caplog.text
+
+        asked = await http.post("/tickets/1/close", json={}, headers=asker)
+        _missing(asked)
+        assert "location" not in asked.headers
+        presented = await http.post(
+            "/tickets/1/close", json={}, headers={**asker, "Approval-Id": "0" * 32}
+        )
+        _missing(presented)
+        _missing(await http.get("/approvals", headers=approver))  # what the approver may decide
+        _missing(await http.get(f"/approvals/{'1' * 32}", headers=approver))
+        _missing(await http.post(f"/approvals/{'1' * 32}/approve", json={}, headers=approver))
+        assert _status(demo_database, name, 1) == "OPEN"  # nothing ran
+        assert "the approvals table is missing: run `spangate init-db`" in caplog.text
+
+        # `spangate init-db` makes the table; SIGHUP analyses the unchanged policy again.
+        apply_ddl(demo_database, name, APPROVALS_DDL)
+        assert await app.reloader.reload(reanalyse=True) is True  # what SIGHUP does
+        assert _ready(app) == {"writer": True}
+        asked = await http.post("/tickets/1/close", json={}, headers=asker)
+        assert asked.status_code == 202, asked.text
+        assert asked.json()["code"] == "approval-required"
+        assert _status(demo_database, name, 1) == "OPEN"
+
+    events = [json.loads(line) for line in audit.read_text().splitlines() if line]
+    refused = [
+        e["protoPayload"] for e in events
+        if e["protoPayload"]["status"]["message"] == "approval-table-missing"
+    ]  # fmt: skip
+    assert len(refused) == 5
+    assert {p["status"]["code"] for p in refused} == {14}  # UNAVAILABLE, as 503 maps
+
+
+async def test_a_reloaded_policy_that_adds_an_approval_is_analysed_again(
+    demo_database: str,
+    idp: Any,
+    tmp_path: Path,
+    token_for: Token,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = "sgnoapprovals2"
+    make_database(demo_database, name, TABLE, SEED)
+    asker = bearer(token_for("support-console"))
+    caplog.set_level(logging.WARNING, logger="spangate")
+    async with gateway_on(
+        tmp_path, demo_database, _policy(name, approval=False), issuer=idp.issuer
+    ) as (app, http):
+        assert _ready(app) == {}  # no route waits for approval: the table is not needed
+        assert WARNING not in caplog.text
+        ran = await http.post("/tickets/2/close", json={}, headers=asker)
+        assert ran.status_code == 200, ran.text
+
+        (tmp_path / "policy.yaml").write_text(_policy(name, approval=True))
+        assert await app.reloader.reload() is True
+        assert app.policy.routes[0].model.approval is not None
+        assert _ready(app) == {"writer": False}  # the reload's own analysis
+        assert WARNING in caplog.text
+        _missing(await http.post("/tickets/1/close", json={}, headers=asker))
+        assert _status(demo_database, name, 1) == "OPEN"
