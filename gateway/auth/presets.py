@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from gateway.auth.audiences import api_server_audience
 from gateway.auth.principal import MISSING, Principal, claim_value
+from gateway.auth.wellknown import GOOGLE_ISSUER
 from gateway.errors import AuthError
 from gateway.policy.model import ClaimNames, Issuer
 
@@ -97,7 +98,6 @@ PINS: Mapping[str, frozenset[str]] = MappingProxyType(
     }
 )
 
-GOOGLE_ISSUER = "https://accounts.google.com"
 LEGACY_KUBERNETES_ISSUER = "kubernetes/serviceaccount"
 _SERVICE_ACCOUNT = re.compile(r"system:serviceaccount:([^:]+):([^:]+)")
 

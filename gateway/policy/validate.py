@@ -24,6 +24,7 @@ policy may be served. What it checks, beyond the models:
   statement returns when its select list says so, DML without ``THEN RETURN`` masks nothing;
 - pagination (``pagination.pagination_findings``): cursor and page size parameters, the
   statement's ``ORDER BY`` keyset and ``LIMIT``, reads only;
+- no two issuers answer to the same token ``iss`` (``issuers.py``);
 - roles that routes allow say who the caller is when they can hold for a token of an issuer
   anyone can get tokens from (``google``, ``github-actions``; ``pinning.py``);
 - claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
@@ -56,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy.constraints import Finding, Where, param_findings
+from gateway.policy.issuers import issuer_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
@@ -226,6 +228,7 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))
+    findings.extend(issuer_findings(policy))
     findings.extend(pin_findings(policy))
     for budgeted in policy.budgets:  # a budget for a role that does not exist would never apply
         if msg := ctx.unknown("roles", budgeted):

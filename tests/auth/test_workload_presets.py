@@ -292,8 +292,9 @@ async def test_refuse_id_tokens_does_not_apply_under_google() -> None:
     # A Google ID token is an ID token: its being one is no reason to refuse it here.
     marked = google(at_hash="x", nonce="n")
     assert (await Verifier("google", GOOGLE_ISSUER).verify(marked)).subject.startswith("deployer")
-    oidc = Verifier("oidc", GOOGLE_ISSUER)
-    assert (await oidc.refusal(marked)).code == "token-malformed"
+    elsewhere = "http://127.0.0.1:9/google"  # Google's own issuer takes preset google only
+    oidc = Verifier("oidc", elsewhere)
+    assert (await oidc.refusal({**marked, "iss": elsewhere})).code == "token-malformed"
 
 
 @pytest.mark.parametrize(
@@ -308,6 +309,30 @@ async def test_refuse_id_tokens_does_not_apply_under_google() -> None:
 def test_google_issuer_load_errors(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Issuer.model_validate({"issuer": GOOGLE_ISSUER, "preset": "google", **fields})
+
+
+@pytest.mark.parametrize(
+    ("issuer", "preset", "own"),
+    [
+        (GOOGLE_ISSUER, "oidc", "google"),
+        (GOOGLE_ISSUER, "okta", "google"),
+        (GOOGLE_ISSUER, None, "google"),  # the default preset is oidc
+        (GOOGLE_ISSUER + "/", "oidc", "google"),
+        ("https://ACCOUNTS.google.com", "kubernetes", "google"),
+        (GITHUB, "oidc", "github-actions"),
+        (GITHUB, "google", "github-actions"),
+        (GITHUB + "/octo-enterprise", "oidc", "github-actions"),  # an enterprise's issuer
+    ],
+)
+def test_googles_and_githubs_issuers_take_their_own_preset(
+    issuer: str, preset: str | None, own: str
+) -> None:
+    # Under oidc an `authenticated: true` role would admit every service account of every
+    # project (every workflow of every repository), and Google's unverified emails with them.
+    fields = {"issuer": issuer, "audience": GATEWAY}
+    with pytest.raises(ValidationError, match=f"takes preset {own}"):
+        Issuer.model_validate(fields if preset is None else {**fields, "preset": preset})
+    Issuer.model_validate({**fields, "preset": own})
 
 
 # --- github-actions ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from builders import REPO
 
 from gateway.auth.presets import principal_for_issuer
+from gateway.errors import PolicyError
 from gateway.policy.compiled import compile_policy
 from gateway.policy.decide import decide
 from gateway.policy.load import load_policy_data
@@ -178,12 +179,15 @@ def test_an_entry_on_groups_or_scopes_never_holds_for_workload_tokens() -> None:
 
 
 def test_a_shadow_policy_reads_the_token_with_its_own_preset() -> None:
-    live = Policy.model_validate(policy())
-    candidate_data = policy()
+    elsewhere = "http://127.0.0.1:9/google"  # Google's own issuer takes preset google only
+    live_data = policy()
+    live_data["issuers"]["google"]["issuer"] = elsewhere
+    live = Policy.model_validate(live_data)
+    candidate_data = copy.deepcopy(live_data)
     candidate_data["issuers"]["google"]["preset"] = "oidc"
     candidate = Policy.model_validate(candidate_data)
     claims = {
-        "iss": "https://accounts.google.com",
+        "iss": elsewhere,
         "aud": GATEWAY,
         "sub": "1085",
         "email": "deployer@shop.iam.gserviceaccount.com",
@@ -198,3 +202,23 @@ def test_a_shadow_policy_reads_the_token_with_its_own_preset() -> None:
         "google", candidate.issuers["google"], {**claims, "email_verified": False}
     )
     assert shadow_principal(unverified, candidate, live) == "email-unverified"
+
+
+@pytest.mark.parametrize(
+    ("name", "copied", "change"),
+    [
+        ("google2", "google", {"audience": "https://other.example"}),
+        ("cluster2", "cluster", {"preset": "oidc"}),  # an oidc twin: no kubernetes rules
+    ],
+)
+def test_two_issuers_for_one_iss_are_a_load_error(
+    name: str, copied: str, change: dict[str, Any]
+) -> None:
+    # Verification would pick one, explain and policy tests the other: one iss, one issuer.
+    data = policy()
+    data["issuers"][name] = {**data["issuers"][copied], **change}
+    problems = [(w, m) for w, m in validate_policy(Policy.model_validate(data)) if "already" in m]
+    assert [w for w, _ in problems] == [("issuers", name, "issuer")]
+    assert f"issuer '{copied}' already takes the tokens whose iss is" in problems[0][1]
+    with pytest.raises(PolicyError, match="already takes the tokens"):
+        load_policy_data(data, base_dir=REPO)
