@@ -77,8 +77,10 @@ PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
 # Presets for workload tokens: JWTs only (no introspection), each with rules of its own.
 WORKLOAD_PRESETS = frozenset({"kubernetes", "google", "github-actions"})
 
-# Presets whose tokens anyone can get for any audience, and the claims that say who the caller
-# is: an allowing role entry must test one of them (``validate.py``).
+# Presets whose tokens anyone can get for any audience, and the claims that can say who the
+# caller is: an allowing role entry must test one of them with a value or a pattern that names
+# the owner (``gateway/policy/pinning.py``). Not ``job_workflow_ref``: it names the reusable
+# workflow a job calls, the same for every repository that calls it.
 PINS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "google": frozenset({"email", "sub"}),
@@ -90,7 +92,6 @@ PINS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "repository_owner",
                 "repository_owner_id",
                 "workflow_ref",
-                "job_workflow_ref",
                 "enterprise",
                 "enterprise_id",
             }

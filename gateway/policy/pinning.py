@@ -11,29 +11,123 @@ with a value or a pattern (``present: true`` pins nothing), or test ``groups``/`
 issuer's ``claims:`` maps onto such a claim. An entry that tests ``groups`` or ``scopes`` the
 issuer does not read (the workload presets read none) never holds for its tokens. Deny roles
 and mask ``unless`` roles grant nothing by themselves and are not checked.
+
+A test pins only when each value it accepts names the owner (``_OWNER_RULES``). GitHub builds
+``sub`` from a template the repository's owner chooses (``include_claim_keys``): anyone can get
+``environment:prod`` or ``ref:refs/heads/main``, so a ``sub`` pins only when it starts with
+``repo:OWNER/`` or holds ``repository_owner_id:ID`` or ``repository_id:ID`` as one of its
+``key:value`` pairs, and a ``sub`` pattern only when the text it spells out at its start does
+(``literals.py``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from gateway.auth.presets import PINS, claim_names
 from gateway.policy.constraints import Finding
-from gateway.policy.model import ClaimTest, Issuer, Policy, RoleEntry
+from gateway.policy.literals import Atoms, branches, literal_prefix
+from gateway.policy.model import ClaimTest, ClaimValue, Issuer, Policy, RoleEntry
 
 __all__ = ["pin_findings"]
+
+_SUB_REPO = re.compile(r"repo:[^:/]+/")
+_SUB_ID = re.compile(r"(?:^|:)repository(?:_owner)?_id:[0-9]+(?::|$)")
+_SUB_ID_OPEN = re.compile(r"(?:^|:)repository(?:_owner)?_id:[0-9]+:")
+
+
+def _any_value(value: str) -> bool:
+    return True
+
+
+def _any_branch(atoms: Atoms) -> bool:
+    return True
+
+
+def _github_sub(value: str) -> bool:
+    return bool(_SUB_REPO.match(value) or _SUB_ID.search(value))
+
+
+def _github_sub_branch(atoms: Atoms) -> bool:
+    prefix = literal_prefix(atoms)
+    return bool(_SUB_REPO.match(prefix) or _SUB_ID_OPEN.search(prefix))
+
+
+# (preset, claim) -> (whether a value names the owner, whether an alternative of a pattern that
+# is not one literal text does, what to write instead); the other pins: any value or pattern.
+_OWNER_RULES: dict[tuple[str, str], tuple[Callable[[str], bool], Callable[[Atoms], bool], str]] = {
+    ("github-actions", "sub"): (
+        _github_sub,
+        _github_sub_branch,
+        "a sub names the caller only when it starts with repo:OWNER/ (a pattern: spelled out "
+        "literally) or holds repository_owner_id:ID or repository_id:ID, since a repository's "
+        "owner chooses the template GitHub builds sub from",
+    ),
+}
+
+
+# Claims that look like pins and are not: what to say about them.
+_NOT_PINS = {
+    ("github-actions", "job_workflow_ref"): "job_workflow_ref names the reusable workflow a job "
+    "calls, the same for every repository allowed to call it: test it beside "
+    "repository_owner_id or repository_id",
+}
+
+
+def _names_owner(preset: str, claim: str, test: ClaimValue) -> bool:
+    """Whether every value ``test`` accepts for ``claim`` names the caller's owner."""
+    value_ok, branch_ok, _ = _OWNER_RULES.get((preset, claim), (_any_value, _any_branch, ""))
+    if isinstance(test, ClaimTest):
+        if test.matches is None:  # present: true
+            return False
+        found = branches(test.matches)
+        return found is not None and all(
+            value_ok("".join(a for a in atoms if a is not None))
+            if None not in atoms
+            else branch_ok(atoms)
+            for atoms in found
+        )
+    values = test if isinstance(test, list) else [test]
+    # a value that is no string never equals a string claim: such a test never holds
+    return all(not isinstance(v, str) or value_ok(v) for v in values)
 
 
 def _pinned(entry: RoleEntry, issuer: Issuer, pins: frozenset[str]) -> bool:
     """The entry says who the caller is, or can never hold for this issuer's tokens (it tests
     groups or scopes, which the issuer's preset and ``claims:`` do not read)."""
+    preset = issuer.preset
     for path, test in (entry.claims or {}).items():
-        if path in pins and not (isinstance(test, ClaimTest) and test.present):
+        if path in pins and _names_owner(preset, path, test):
             return True
     names = claim_names(issuer)
     if (entry.groups and names.groups is None) or (entry.scopes and names.scopes is None):
         return True
-    return bool(
-        (entry.groups and names.groups in pins) or (entry.scopes and names.scopes in pins)
+    if entry.groups and names.groups in pins:  # any of the groups: each must name the owner
+        if _names_owner(preset, names.groups, list(entry.groups)):
+            return True
+    return bool(  # all of the scopes: one that names the owner is enough
+        entry.scopes
+        and names.scopes in pins
+        and any(_names_owner(preset, names.scopes, s) for s in entry.scopes)
     )
+
+
+def _advice(entry: RoleEntry, issuer: Issuer, pins: frozenset[str]) -> str:
+    """Why the pin claims the entry tests do not pin, when it tests some."""
+    tested = sorted(
+        p for p in entry.claims or () if p in pins or (issuer.preset, p) in _NOT_PINS
+    )
+    why = [
+        rule[2] if (rule := _OWNER_RULES.get((issuer.preset, p))) else _NOT_PINS[issuer.preset, p]
+        for p in tested
+        if (issuer.preset, p) in _OWNER_RULES or (issuer.preset, p) in _NOT_PINS
+    ]
+    shown = f" ({'; '.join(why)})" if why else ""
+    if not tested:
+        return ""
+    tests = "its test of {} does" if len(tested) == 1 else "its tests of {} do"
+    return f"; {tests.format(', '.join(tested))} not say who{shown}"
 
 
 def pin_findings(policy: Policy) -> list[Finding]:
@@ -72,5 +166,6 @@ def pin_findings(policy: Policy) -> list[Finding]:
                     "one for the gateway's audience: test who the caller is, a claim among "
                     f"{', '.join(sorted(pins))}"
                     + ("" if entry.issuer else f", or name another issuer than '{issuer_name}'")
+                    + _advice(entry, issuer, pins)
                 )))
     return found

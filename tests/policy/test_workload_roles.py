@@ -155,6 +155,52 @@ def test_pinned_or_closed_entries_pass(entries: list[dict[str, Any]]) -> None:
     assert findings(policy(anyone=entries)) == []
 
 
+PUBLIC_REUSABLE = "octo-org/shared/.github/workflows/deploy.yml@refs/heads/main"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        # the reusable workflow a job calls: the same for every repository allowed to call it
+        {"job_workflow_ref": PUBLIC_REUSABLE},
+        # a sub template without the repository: anyone's job can produce these
+        {"sub": "environment:prod"},
+        {"sub": "ref:refs/heads/main"},
+        {"sub": f"job_workflow_ref:{PUBLIC_REUSABLE}"},
+        {"sub": "environment:prod:repository_owner:octo-org"},  # a name, not the id
+        {"sub": ["repo:octo-org/shop:environment:prod", "environment:prod"]},
+        {"sub": {"matches": "repo:.*"}},
+        {"sub": {"matches": "environment:prod|repo:octo-org/.*"}},
+        {"sub": {"matches": ".*repo:octo-org/.*"}},
+        {"sub": {"matches": "repository_owner_id:1.*"}},
+        {"sub": {"matches": "(?i)repo:octo-org/.*"}},
+    ],
+)
+def test_github_claims_a_stranger_can_reproduce_pin_nothing(claims: dict[str, Any]) -> None:
+    found = findings(policy(anyone=[{"issuer": "github", "claims": claims}]))
+    assert [w for w, _ in found] == [("roles", "anyone", 0)]
+    assert "does not say who" in found[0][1]
+    if "sub" in claims:
+        assert "starts with repo:OWNER/" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "repo:octo-org/shop:environment:prod"},
+        {"sub": ["repo:octo-org/shop:ref:refs/heads/main", "repo:octo-org/api:environment:prod"]},
+        {"sub": {"matches": "repo:octo-org/shop:ref:refs/heads/(main|release)"}},
+        {"sub": {"matches": "^(repo:octo-org/shop:.*|repo:octo-labs/shop:.*)$"}},
+        {"sub": "repository_owner_id:123:environment:prod"},
+        {"sub": "environment:prod:repository_id:456"},
+        {"sub": {"matches": "repository_owner_id:123:.*"}},
+        {"job_workflow_ref": PUBLIC_REUSABLE, "repository_owner": "octo-org"},
+    ],
+)
+def test_github_claims_that_name_the_owner_pin(claims: dict[str, Any]) -> None:
+    assert findings(policy(anyone=[{"issuer": "github", "claims": claims}])) == []
+
+
 def test_deny_roles_are_not_checked() -> None:
     data = policy()
     data["roles"]["everyone"] = [{"authenticated": True}]
