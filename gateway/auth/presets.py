@@ -7,8 +7,9 @@ Presets:
   ``oidc`` (RFC 9068 / generic: ``scope`` string, ``client_id`` else ``azp``, ``groups``);
 - ``kubernetes``: a cluster's service-account tokens. ``sub`` must read
   ``system:serviceaccount:NS:NAME`` and agree with the nested ``kubernetes.io`` claims (when they
-  are there); a token whose audience is the API server's (a default token, or a legacy
-  Secret-based one, ``iss: kubernetes/serviceaccount``) is refused with ``api-server-token`` and
+  are there); a token with an audience of the API server's (a default token, also when it names
+  the gateway's audience beside it, or a legacy Secret-based one,
+  ``iss: kubernetes/serviceaccount``) is refused with ``api-server-token`` and
   told to use a projected token with the gateway's audience;
 - ``google``: Google-signed ID tokens, where the ID token is the credential (``refuse_id_tokens``
   does not apply). ``email`` must be there (``email-missing``) and ``email_verified`` exactly
@@ -160,8 +161,9 @@ def _audiences(value: Any) -> list[str]:
 
 
 def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
-    """The refusal of a signed token of ``issuer`` whose ``aud`` holds none of its audiences:
-    ``api-server-token`` for a Kubernetes token meant for the API server, else
+    """The refusal of a signed token of ``issuer`` whose ``aud`` holds none of its audiences, or
+    under ``kubernetes`` one of the API server's: ``api-server-token`` for a Kubernetes token the
+    API server accepts (its audience alone, or beside the gateway's), else
     ``audience-mismatch``; under a workload preset the detail says how to mint the right one."""
     wanted = issuer.audiences[0]
     advice = _MINT_ADVICE.get(issuer.preset, "").format(aud=wanted)
@@ -171,7 +173,8 @@ def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
     ):
         return AuthError(
             f"this service-account token is for the Kubernetes API server (aud {given[:3]}), "
-            f"not for the gateway (issuer '{name}' accepts {list(issuer.audiences)}): {advice}",
+            "and the gateway takes none the API server also accepts (issuer "
+            f"'{name}' accepts {list(issuer.audiences)}): {advice}",
             code="api-server-token",
         )
     detail = f"the token's audience is not one of {list(issuer.audiences)}"
@@ -224,9 +227,14 @@ def check_act(claims: Mapping[str, Any]) -> None:
             )
 
 
-def _check_kubernetes(claims: Mapping[str, Any]) -> None:
-    """``sub`` is ``system:serviceaccount:NS:NAME``, and the nested ``kubernetes.io`` claims, when
-    present, name the same namespace and service account: roles may test either."""
+def _check_kubernetes(name: str, issuer: Issuer, claims: Mapping[str, Any]) -> None:
+    """No audience of the token is the API server's (a token the API server also accepts is one
+    whoever receives it could call the API server with, as the pod); ``sub`` is
+    ``system:serviceaccount:NS:NAME``, and the nested ``kubernetes.io`` claims, when present, name
+    the same namespace and service account: roles may test either."""
+    given = _audiences(claims.get("aud"))
+    if any(api_server_audience(a, issuer.issuer) for a in given):
+        raise audience_refusal(issuer, name, given)
     sub = claims.get("sub")
     match = _SERVICE_ACCOUNT.fullmatch(sub) if isinstance(sub, str) else None
     if match is None:
@@ -269,7 +277,7 @@ def principal_for_issuer(name: str, issuer: Issuer, claims: Mapping[str, Any]) -
     subject claim; ``iss`` is the issuer's configured URL whichever accepted form the token used,
     so budgets, cursors and the audit trail see one issuer."""
     if issuer.preset == "kubernetes":
-        _check_kubernetes(claims)
+        _check_kubernetes(name, issuer, claims)
     elif issuer.preset == "google":
         _check_google(claims)
     principal = principal_from_claims(

@@ -178,6 +178,9 @@ async def test_a_projected_service_account_token() -> None:
         ["https://kubernetes.default.svc"],
         ["https://kubernetes.default.svc.cluster.local"],
         "kubernetes.default.svc",
+        # the gateway's audience beside the API server's: the API server accepts it too
+        [CLUSTER, GATEWAY],
+        [GATEWAY, "https://kubernetes.default.svc"],
     ],
 )
 async def test_a_default_token_for_the_api_server_is_refused_with_advice(aud: Any) -> None:

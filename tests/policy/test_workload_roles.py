@@ -100,6 +100,8 @@ def test_policy_tests_simulate_with_the_presets_rules() -> None:
         principal_for(model, {"iss": "google", "email": "a@b.example", "email_verified": False})
     with pytest.raises(SimulationError, match="token-malformed"):
         principal_for(model, {"iss": "cluster", "sub": "api"})
+    with pytest.raises(SimulationError, match="api-server-token"):
+        principal_for(model, {**SA, "aud": [GATEWAY, "https://kubernetes.default.svc"]})
     google = principal_for(
         model,
         {"iss": "google", "email": "deployer@shop.iam.gserviceaccount.com", "email_verified": True},
