@@ -3,8 +3,9 @@
 The pinning rule (``pinning.py``) asks whether a pattern names the owner of a token (a GitHub
 owner, a Google Cloud project): only text the pattern spells out letter by letter does.
 ``branches(pattern)`` splits a pattern into its top-level alternatives, each as a list of atoms:
-a literal character, or ``None`` for anything that can match more than one text (``.``, a class,
-a group, an escape such as ``\\d``, an atom made optional or repeatable by ``*``, ``?``, ``{``).
+a literal character (a class of one member, ``[.]``, included), or ``None`` for anything that
+can match more than one text (``.``, a class, a group, an escape such as ``\\d``, an atom made
+optional or repeatable by ``*``, ``?``, ``{``).
 ``a+`` is ``a`` then ``None``. When a pattern uses what this reader does not follow (``\\Q``),
 it answers None: nothing is known, so nothing is pinned. Conservative by design: a pattern it
 reads as open may in fact be closed (``a{2}``), never the reverse.
@@ -103,6 +104,15 @@ def _repetition(text: str, i: int) -> int | None:
     return None
 
 
+def _one_member(inside: str) -> str | None:
+    """The character a class of one member stands for (``[.]``, ``[\\.]``), else None."""
+    if len(inside) == 1 and inside not in "^\\":
+        return inside
+    if len(inside) == 2 and inside[0] == "\\" and not inside[1].isalnum():
+        return inside[1]
+    return None
+
+
 def _atoms(text: str) -> Atoms | None:
     atoms: Atoms = []
     end: int | None
@@ -138,7 +148,7 @@ def _atoms(text: str) -> Atoms | None:
             end = _close_class(text, i)
             if end is None:
                 return None
-            atoms.append(None)
+            atoms.append(_one_member(text[i + 1 : end - 1]))
             i = end
             continue
         if c == "(":

@@ -12,12 +12,21 @@ issuer's ``claims:`` maps onto such a claim. An entry that tests ``groups`` or `
 issuer does not read (the workload presets read none) never holds for its tokens. Deny roles
 and mask ``unless`` roles grant nothing by themselves and are not checked.
 
-A test pins only when each value it accepts names the owner (``_OWNER_RULES``). GitHub builds
-``sub`` from a template the repository's owner chooses (``include_claim_keys``): anyone can get
-``environment:prod`` or ``ref:refs/heads/main``, so a ``sub`` pins only when it starts with
-``repo:OWNER/`` or holds ``repository_owner_id:ID`` or ``repository_id:ID`` as one of its
-``key:value`` pairs, and a ``sub`` pattern only when the text it spells out at its start does
-(``literals.py``).
+A test pins only when each value it accepts names the owner (``_RULES``): any value does,
+a pattern only when each of its alternatives spells the owner out literally (``literals.py``),
+since a pattern is easily wider than meant (``.*``, ``.+@.+``, ``repo:.*``):
+
+- an ``email`` pattern ends with ``@PROJECT.iam.gserviceaccount.com``, spelled out (the dots
+  escaped), the domain of one project's own service accounts: not a domain every project shares
+  (``developer``, ``appspot``, ``cloudbuild.gserviceaccount.com``, a ``gcp-sa-`` service agent's);
+- a ``repository`` or ``workflow_ref`` pattern starts with ``OWNER/``;
+- ``repository_owner``, ``enterprise``, the ids, a Google ``sub``: only literal alternatives
+  (``octo-org|octo-labs``);
+- GitHub builds ``sub`` from a template the repository's owner chooses
+  (``include_claim_keys``): anyone can get ``environment:prod`` or ``ref:refs/heads/main``, so a
+  ``sub`` value pins only when it starts with ``repo:OWNER/`` or holds
+  ``repository_owner_id:ID`` or ``repository_id:ID`` as one of its ``key:value`` pairs, and a
+  ``sub`` pattern only when it spells that out at its start.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from collections.abc import Callable
 
 from gateway.auth.presets import PINS, claim_names
 from gateway.policy.constraints import Finding
-from gateway.policy.literals import Atoms, branches, literal_prefix
+from gateway.policy.literals import Atoms, branches, literal_prefix, literal_suffix
 from gateway.policy.model import ClaimTest, ClaimValue, Issuer, Policy, RoleEntry
 
 __all__ = ["pin_findings"]
@@ -35,14 +44,18 @@ __all__ = ["pin_findings"]
 _SUB_REPO = re.compile(r"repo:[^:/]+/")
 _SUB_ID = re.compile(r"(?:^|:)repository(?:_owner)?_id:[0-9]+(?::|$)")
 _SUB_ID_OPEN = re.compile(r"(?:^|:)repository(?:_owner)?_id:[0-9]+:")
+_PROJECT_DOMAIN = re.compile(r"@(?!gcp-sa-)[a-z0-9.-]+\.iam\.gserviceaccount\.com")
+_OWNER_PREFIX = re.compile(r"[^/]+/")
+
+_Rule = tuple[Callable[[str], bool], Callable[[Atoms], bool], str]
 
 
 def _any_value(value: str) -> bool:
     return True
 
 
-def _any_branch(atoms: Atoms) -> bool:
-    return True
+def _no_branch(atoms: Atoms) -> bool:
+    return False
 
 
 def _github_sub(value: str) -> bool:
@@ -54,16 +67,52 @@ def _github_sub_branch(atoms: Atoms) -> bool:
     return bool(_SUB_REPO.match(prefix) or _SUB_ID_OPEN.search(prefix))
 
 
+def _owner_prefix_branch(atoms: Atoms) -> bool:
+    return bool(_OWNER_PREFIX.match(literal_prefix(atoms)))
+
+
+def _email_branch(atoms: Atoms) -> bool:
+    suffix = literal_suffix(atoms)
+    at = suffix.rfind("@")
+    return at >= 0 and bool(_PROJECT_DOMAIN.fullmatch(suffix[at:]))
+
+
+_LITERAL_ONLY: _Rule = (
+    _any_value,
+    _no_branch,
+    "a pattern on it must list the values literally (a|b), or use a list of values",
+)
+_OWNER_FIRST: _Rule = (
+    _any_value,
+    _owner_prefix_branch,
+    "a pattern on it must spell out the owner literally at its start (octo-org/.*)",
+)
+
 # (preset, claim) -> (whether a value names the owner, whether an alternative of a pattern that
-# is not one literal text does, what to write instead); the other pins: any value or pattern.
-_OWNER_RULES: dict[tuple[str, str], tuple[Callable[[str], bool], Callable[[Atoms], bool], str]] = {
+# is not one literal text does, what to write instead); a pin claim not listed: _LITERAL_ONLY.
+_RULES: dict[tuple[str, str], _Rule] = {
+    ("google", "email"): (
+        _any_value,
+        _email_branch,
+        "an email pattern must end with one project's service-account domain, spelled out: "
+        "@PROJECT\\.iam\\.gserviceaccount\\.com (dots escaped; not developer., appspot., "
+        "cloudbuild.gserviceaccount.com nor a gcp-sa- service agent's, which every project shares)",
+    ),
+    ("google", "sub"): _LITERAL_ONLY,
     ("github-actions", "sub"): (
         _github_sub,
         _github_sub_branch,
-        "a sub names the caller only when it starts with repo:OWNER/ (a pattern: spelled out "
+        "it names the caller only when it starts with repo:OWNER/ (a pattern: spelled out "
         "literally) or holds repository_owner_id:ID or repository_id:ID, since a repository's "
         "owner chooses the template GitHub builds sub from",
     ),
+    ("github-actions", "repository"): _OWNER_FIRST,
+    ("github-actions", "workflow_ref"): _OWNER_FIRST,
+    ("github-actions", "repository_owner"): _LITERAL_ONLY,
+    ("github-actions", "repository_owner_id"): _LITERAL_ONLY,
+    ("github-actions", "repository_id"): _LITERAL_ONLY,
+    ("github-actions", "enterprise"): _LITERAL_ONLY,
+    ("github-actions", "enterprise_id"): _LITERAL_ONLY,
 }
 
 
@@ -77,7 +126,7 @@ _NOT_PINS = {
 
 def _names_owner(preset: str, claim: str, test: ClaimValue) -> bool:
     """Whether every value ``test`` accepts for ``claim`` names the caller's owner."""
-    value_ok, branch_ok, _ = _OWNER_RULES.get((preset, claim), (_any_value, _any_branch, ""))
+    value_ok, branch_ok, _ = _RULES.get((preset, claim), _LITERAL_ONLY)
     if isinstance(test, ClaimTest):
         if test.matches is None:  # present: true
             return False
@@ -113,21 +162,23 @@ def _pinned(entry: RoleEntry, issuer: Issuer, pins: frozenset[str]) -> bool:
     )
 
 
+def _why(preset: str, path: str, test: ClaimValue) -> str:
+    if (preset, path) in _NOT_PINS:
+        return _NOT_PINS[preset, path]
+    if isinstance(test, ClaimTest) and test.present:
+        return f"{path}: present: true says nothing"
+    return f"{path}: {_RULES.get((preset, path), _LITERAL_ONLY)[2]}"
+
+
 def _advice(entry: RoleEntry, issuer: Issuer, pins: frozenset[str]) -> str:
     """Why the pin claims the entry tests do not pin, when it tests some."""
-    tested = sorted(
-        p for p in entry.claims or () if p in pins or (issuer.preset, p) in _NOT_PINS
-    )
-    why = [
-        rule[2] if (rule := _OWNER_RULES.get((issuer.preset, p))) else _NOT_PINS[issuer.preset, p]
-        for p in tested
-        if (issuer.preset, p) in _OWNER_RULES or (issuer.preset, p) in _NOT_PINS
-    ]
-    shown = f" ({'; '.join(why)})" if why else ""
+    claims = entry.claims or {}
+    tested = sorted(p for p in claims if p in pins or (issuer.preset, p) in _NOT_PINS)
     if not tested:
         return ""
+    why = "; ".join(_why(issuer.preset, p, claims[p]) for p in tested)
     tests = "its test of {} does" if len(tested) == 1 else "its tests of {} do"
-    return f"; {tests.format(', '.join(tested))} not say who{shown}"
+    return f"; {tests.format(', '.join(tested))} not say who ({why})"
 
 
 def pin_findings(policy: Policy) -> list[Finding]:

@@ -36,6 +36,10 @@ def read(pattern: str) -> list[tuple[str, str, bool]] | None:
         (r"a\\$", [("a\\", "a\\", True)]),  # an escaped backslash, then the end anchor
         ("[[:alpha:]]+@x", [("", "@x", False)]),
         ("[]a|]b", [("", "b", False)]),  # a class holding ] and |, no alternation
+        (r"[^@]+@shop[.]iam[\.]x", [("", "@shop.iam.x", False)]),  # one-member classes
+        ("[^]]x", [("", "x", False)]),  # a negated class holding ]
+        ("[]]x", [("]x", "]x", True)]),
+        ("[ab]x", [("", "x", False)]),
         ("a^b", [("a", "b", False)]),
         (r"a\Qb\E", None),
     ],

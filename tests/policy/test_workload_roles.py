@@ -16,6 +16,7 @@ from gateway.policy.compiled import compile_policy
 from gateway.policy.decide import decide
 from gateway.policy.load import load_policy_data
 from gateway.policy.model import Policy
+from gateway.policy.regex import compile_regex
 from gateway.policy.shadow import shadow_principal
 from gateway.policy.simulate import SimulationError, principal_for, request_facts
 from gateway.policy.validate import validate_policy
@@ -149,7 +150,7 @@ def test_an_allow_role_open_to_anyone_with_a_token_is_a_load_error(
         [{"issuer": "cluster"}],  # the cluster's own tokens: only its workloads get them
         [{"issuer": "github", "claims": {"repository_owner": "octo-org"}}],
         [{"issuer": "github", "claims": {"sub": {"matches": "repo:octo-org/.*"}}}],
-        [{"issuer": "google", "claims": {"email": {"matches": ".*@shop.iam.gserviceaccount.com"}}}],
+        [{"issuer": "google", "claims": {"email": {"matches": r".*@shop\.iam\.gserviceaccount\.com"}}}],
         [{"issuer": "github", "claims": {"repository_id": ["1", "2"]}}],
     ],
 )
@@ -201,6 +202,80 @@ def test_github_claims_a_stranger_can_reproduce_pin_nothing(claims: dict[str, An
 )
 def test_github_claims_that_name_the_owner_pin(claims: dict[str, Any]) -> None:
     assert findings(policy(anyone=[{"issuer": "github", "claims": claims}])) == []
+
+
+PROBE_SA = "x@spangate-probe-123.iam.gserviceaccount.com"
+# What a stranger's token can carry: an owner of the stranger's own.
+FOREIGN = {
+    "email": PROBE_SA,
+    "repository": "spangate-probe/x",
+    "workflow_ref": "spangate-probe/x/.github/workflows/deploy.yml@refs/heads/main",
+}
+
+
+@pytest.mark.parametrize(
+    ("issuer", "claim", "pattern", "stranger"),
+    [
+        ("google", "email", ".*", PROBE_SA),
+        ("google", "email", ".+@.+", PROBE_SA),
+        ("google", "email", "deployer@.*", "deployer@spangate-probe-123.iam.gserviceaccount.com"),
+        ("google", "email", r".*@.*\.iam\.gserviceaccount\.com", PROBE_SA),
+        # each unescaped . is any character: the rule cannot tell, and asks for \.
+        ("google", "email", ".*@shop.iam.gserviceaccount.com", None),
+        ("google", "email", r"deployer@shop\.iam\.gserviceaccount\.com|.*", PROBE_SA),
+        # domains every project shares: the account's name says whose it is
+        ("google", "email", r".*@developer\.gserviceaccount\.com",
+         "999999999999-compute@developer.gserviceaccount.com"),
+        ("google", "email", r".*@cloudbuild\.gserviceaccount\.com",
+         "999999999999@cloudbuild.gserviceaccount.com"),
+        ("google", "email", r"service-.*@gcp-sa-pubsub\.iam\.gserviceaccount\.com",
+         "service-999999999999@gcp-sa-pubsub.iam.gserviceaccount.com"),
+        ("google", "sub", "1085.*", "108599999999999999999"),
+        ("github", "repository", "octo-.*", "octo-spangate-probe/x"),
+        ("github", "repository", ".*/shop", "spangate-probe/shop"),
+        ("github", "workflow_ref", ".*/.github/workflows/deploy.yml@refs/heads/main",
+         "spangate-probe/x/.github/workflows/deploy.yml@refs/heads/main"),
+        ("github", "repository_owner", "[a-z].*", "spangate-probe"),
+        ("github", "repository_owner", "octo-.*", "octo-spangate-probe"),
+        ("github", "repository_id", "[0-9]+", "999999999"),
+        ("github", "enterprise", ".*", "spangate-probe"),
+    ],
+)
+def test_a_pattern_that_does_not_spell_out_the_owner_pins_nothing(
+    issuer: str, claim: str, pattern: str, stranger: str | None
+) -> None:
+    found = findings(policy(anyone=[{"issuer": issuer, "claims": {claim: {"matches": pattern}}}]))
+    assert [w for w, _ in found] == [("roles", "anyone", 0)]
+    assert f"its test of {claim} does not say who ({claim}: " in found[0][1]
+    if stranger is not None:  # a stranger's own owner passes the test
+        assert compile_regex(pattern).fullmatch(stranger)
+
+
+@pytest.mark.parametrize(
+    ("issuer", "claim", "test"),
+    [
+        ("google", "email", {"matches": r".*@shop\.iam\.gserviceaccount\.com"}),
+        ("google", "email", {"matches": r"(deployer|reporter)@shop\.iam\.gserviceaccount\.com"}),
+        ("google", "email", {"matches": r"^.*@shop-prod\.iam\.gserviceaccount\.com$"}),
+        ("google", "email", {"matches": "[^@]+@shop[.]iam[.]gserviceaccount[.]com"}),
+        ("google", "email", "123456789012-compute@developer.gserviceaccount.com"),
+        ("google", "sub", {"matches": "108562830391273012345|108562830391273099999"}),
+        ("github", "repository", {"matches": "octo-org/.*"}),
+        ("github", "workflow_ref", {"matches": "octo-org/shop/.github/workflows/deploy.yml@.*"}),
+        ("github", "repository_owner", {"matches": "octo-org|octo-labs"}),
+        ("github", "repository_id", {"matches": "(123|456)"}),
+        ("github", "enterprise", {"matches": "octo-enterprise"}),
+    ],
+)
+def test_a_pattern_that_spells_out_the_owner_pins(issuer: str, claim: str, test: Any) -> None:
+    assert findings(policy(anyone=[{"issuer": issuer, "claims": {claim: test}}])) == []
+    if isinstance(test, dict) and claim in FOREIGN:
+        assert not compile_regex(test["matches"]).fullmatch(FOREIGN[claim])
+
+
+def test_a_delegated_entry_is_held_to_the_same_rule() -> None:
+    entry = {"issuer": "google", "delegated": True, "claims": {"email": {"matches": ".*"}}}
+    assert [w for w, _ in findings(policy(anyone=[entry]))] == [("roles", "anyone", 0)]
 
 
 def test_deny_roles_are_not_checked() -> None:
