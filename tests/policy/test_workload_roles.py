@@ -5,15 +5,19 @@ that routes allow must say who the caller is when anyone can get the issuer's to
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
+import jwt
 import pytest
 from builders import REPO
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth.presets import principal_for_issuer
 from gateway.errors import PolicyError
 from gateway.policy.compiled import compile_policy
 from gateway.policy.decide import decide
+from gateway.policy.explain import UNVERIFIED, unverified_claims
 from gateway.policy.load import load_policy_data
 from gateway.policy.model import Policy
 from gateway.policy.regex import compile_regex
@@ -345,3 +349,41 @@ def test_two_issuers_for_one_iss_are_a_load_error(
     assert f"issuer '{copied}' already takes the tokens whose iss is" in problems[0][1]
     with pytest.raises(PolicyError, match="already takes the tokens"):
         load_policy_data(data, base_dir=REPO)
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    """A JWT for explain, which never checks the signature."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+
+
+NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+EXP = int(NOW.timestamp()) + 600
+
+
+def test_explain_and_policy_tests_take_workload_tokens_as_the_gateway_does() -> None:
+    model = Policy.model_validate(policy())
+    google = {
+        "iss": "accounts.google.com",  # Google's scheme-less form, which the gateway accepts
+        "aud": GATEWAY,
+        "sub": "1085",
+        "email": "deployer@shop.iam.gserviceaccount.com",
+        "email_verified": True,
+        "exp": EXP,
+    }
+    claims, notes = unverified_claims(model, _unsigned(google), now=NOW)
+    assert notes == [UNVERIFIED]
+    assert principal_for(model, claims).subject == "deployer@shop.iam.gserviceaccount.com"
+    # a pod's default token: the gateway says api-server-token, and so does explain
+    default = {**SA, "iss": CLUSTER, "aud": [CLUSTER], "exp": EXP}
+    _, notes = unverified_claims(model, _unsigned(default), now=NOW)
+    assert [n.rsplit(" ", 1)[1] for n in notes[1:]] == ["api-server-token"]
+    both = {**default, "aud": [GATEWAY, "https://kubernetes.default.svc"]}
+    _, notes = unverified_claims(model, _unsigned(both), now=NOW)
+    assert [n.rsplit(" ", 1)[1] for n in notes[1:]] == ["api-server-token"]
+    # a legacy Secret-based token
+    legacy = {"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:payments:api"}
+    with pytest.raises(SimulationError, match=r"legacy service-account token.*api-server-token"):
+        unverified_claims(model, _unsigned(legacy), now=NOW)
+    with pytest.raises(SimulationError, match="api-server-token"):
+        principal_for(model, legacy)
