@@ -178,6 +178,7 @@ async def test_a_projected_service_account_token() -> None:
         ["https://kubernetes.default.svc"],
         ["https://kubernetes.default.svc.cluster.local"],
         "kubernetes.default.svc",
+        ["Kubernetes.Default.svc"],
         # the gateway's audience beside the API server's: the API server accepts it too
         [CLUSTER, GATEWAY],
         [GATEWAY, "https://kubernetes.default.svc"],
@@ -239,6 +240,11 @@ async def test_without_nested_claims_the_sub_alone_names_the_account() -> None:
     [
         ({"audience": CLUSTER}, "is the Kubernetes API server's"),
         ({"audience": ["spangate", "https://kubernetes.default.svc"]}, "API server's"),
+        # host names in any case, with a port
+        ({"audience": "KUBERNETES.default.svc"}, "API server's"),
+        ({"audience": "kubernetes.default.svc:443"}, "API server's"),
+        ({"audience": "https://Kubernetes.Default.svc:443"}, "API server's"),
+        ({"audience": CLUSTER.replace("https://container", "HTTPS://Container") + "/"}, "API"),
         (
             {"audience": "spangate", "introspection": {"client_id": "a", "client_secret": "b"}},
             "takes no introspection",
