@@ -39,7 +39,7 @@ from gateway.policy.constraints import Finding
 from gateway.policy.literals import Atoms, branches, literal_prefix, literal_suffix
 from gateway.policy.model import ClaimTest, ClaimValue, Issuer, Policy, RoleEntry
 
-__all__ = ["pin_findings"]
+__all__ = ["number_findings", "pin_findings"]
 
 _SUB_REPO = re.compile(r"repo:[^:/]+/")
 _SUB_ID = re.compile(r"(?:^|:)repository(?:_owner)?_id:[0-9]+(?::|$)")
@@ -219,4 +219,35 @@ def pin_findings(policy: Policy) -> list[Finding]:
                     + ("" if entry.issuer else f", or name another issuer than '{issuer_name}'")
                     + _advice(entry, issuer, pins)
                 )))
+    return found
+
+
+# Claims the presets' issuers write as strings, numeric ids included ("repository_id": "123"):
+# a number in the policy never equals them.
+_STRINGS: dict[str, frozenset[str]] = {
+    "google": PINS["google"],
+    "github-actions": PINS["github-actions"]
+    | {"actor_id", "run_id", "run_number", "run_attempt", "job_workflow_ref"},
+}
+
+
+def number_findings(policy: Policy) -> list[Finding]:
+    """Every role entry naming a google or github-actions issuer that tests one of its string
+    claims with a number or a boolean: the test never holds (an allow that never allows, a deny
+    that never denies)."""
+    found: list[Finding] = []
+    for name, role in policy.roles.items():
+        for k, entry in enumerate(role.any_of):
+            issuer = policy.issuers.get(entry.issuer or "")
+            if issuer is None or issuer.preset not in _STRINGS:
+                continue
+            for path, test in (entry.claims or {}).items():
+                values = test if isinstance(test, list) else [test]
+                bad = [v for v in values if not isinstance(v, (str, ClaimTest))]
+                if path in _STRINGS[issuer.preset] and bad:
+                    where = ("roles", name, *role.entry_path(k), "claims", path)
+                    found.append((where, (
+                        f"the token's {path} is a string (preset {issuer.preset}), which "
+                        f"{bad[0]!r} never equals: quote it ({path}: \"{bad[0]}\")"
+                    )))
     return found

@@ -282,6 +282,36 @@ def test_a_delegated_entry_is_held_to_the_same_rule() -> None:
     assert [w for w, _ in findings(policy(anyone=[entry]))] == [("roles", "anyone", 0)]
 
 
+@pytest.mark.parametrize(
+    ("issuer", "claims"),
+    [
+        ("github", {"repository_id": 123456789}),  # YAML reads an unquoted id as a number
+        ("github", {"repository_owner_id": [123, "456"], "repository": "octo-org/shop"}),
+        ("github", {"repository": "octo-org/shop", "actor_id": 789}),
+        ("google", {"sub": 108562830391273012345}),
+    ],
+)
+def test_a_number_for_a_string_claim_is_a_load_error(issuer: str, claims: dict[str, Any]) -> None:
+    data = policy(anyone=[{"issuer": issuer, "claims": claims}])
+    data["roles"]["blocked"] = [{"issuer": issuer, "claims": claims}]  # a deny never denying
+    data["routes"][0]["deny"] = ["blocked"]
+    found = [
+        (w, m)
+        for w, m in validate_policy(Policy.model_validate(data))
+        if "is a string" in m
+    ]
+    path = next(p for p, v in claims.items() if not isinstance(v, str))
+    assert [w for w, _ in found] == [
+        ("roles", "anyone", 0, "claims", path),
+        ("roles", "blocked", 0, "claims", path),
+    ]
+    assert "quote it" in found[0][1]
+    # an entry naming no issuer may mean another issuer's numeric claim: not checked
+    fine = policy(anyone=[{"issuer": issuer, "claims": {"email_verified": True}}])
+    fine["roles"]["numeric"] = [{"claims": {"repository_id": 1}}]
+    assert [m for _, m in validate_policy(Policy.model_validate(fine)) if "is a string" in m] == []
+
+
 def test_deny_roles_are_not_checked() -> None:
     data = policy()
     data["roles"]["everyone"] = [{"authenticated": True}]
