@@ -181,14 +181,16 @@ def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
     return AuthError(f"{detail}; {advice}" if advice else detail, code="audience-mismatch")
 
 
-def legacy_kubernetes_refusal(name: str, issuer: Issuer) -> AuthError:
+def legacy_kubernetes_refusal() -> AuthError:
     """A legacy Secret-based service-account token (``iss: kubernetes/serviceaccount``, no
-    audience, no expiry) when the policy has a ``kubernetes`` issuer: it is for the API server."""
-    advice = _MINT_ADVICE["kubernetes"].format(aud=issuer.audiences[0])
+    audience, no expiry) when the policy has a ``kubernetes`` issuer: it is for the API server.
+    Refused before any signature is checked, so anyone can send one: the detail names neither
+    the issuer nor its audiences."""
     return AuthError(
         "this is a legacy service-account token (from a Secret: no audience, no expiry), "
-        f"meant for the Kubernetes API server; issuer '{name}' accepts projected tokens: "
-        f"{advice}",
+        "meant for the Kubernetes API server; the gateway accepts projected service-account "
+        "tokens minted for its own audience (serviceAccountToken.audience in the pod's "
+        "projected volume)",
         code="api-server-token",
     )
 

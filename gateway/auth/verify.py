@@ -287,10 +287,10 @@ class TokenVerifier:
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:
-        if iss == LEGACY_KUBERNETES_ISSUER:
-            cluster = next((rt for rt in self._runtimes if rt.config.preset == "kubernetes"), None)
-            if cluster is not None:
-                return legacy_kubernetes_refusal(cluster.name, cluster.config)
+        if iss == LEGACY_KUBERNETES_ISSUER and any(
+            rt.config.preset == "kubernetes" for rt in self._runtimes
+        ):
+            return legacy_kubernetes_refusal()
         try:
             parts = urlsplit(iss)
             origin = _origin(iss)

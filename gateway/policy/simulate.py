@@ -65,9 +65,9 @@ def issuer_for(policy: Policy, iss: object) -> str:
         by_url = [name for name, cfg in policy.issuers.items() if iss in accepted_iss(cfg)]
         if by_url:
             return by_url[0]
-        cluster = next((n for n, c in policy.issuers.items() if c.preset == "kubernetes"), None)
-        if iss == LEGACY_KUBERNETES_ISSUER and cluster is not None:
-            refusal = legacy_kubernetes_refusal(cluster, policy.issuers[cluster])
+        kubernetes = any(c.preset == "kubernetes" for c in policy.issuers.values())
+        if iss == LEGACY_KUBERNETES_ISSUER and kubernetes:
+            refusal = legacy_kubernetes_refusal()
             raise SimulationError(
                 f"{refusal.detail} (the gateway answers 401 {refusal.code})", key="claims"
             )

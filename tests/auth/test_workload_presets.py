@@ -206,7 +206,11 @@ async def test_a_legacy_secret_token_is_refused_as_an_api_server_token() -> None
         "kubernetes.io/serviceaccount/service-account.name": "api",
         "sub": "system:serviceaccount:payments:api",
     }
-    assert (await k8s.refusal(legacy)).code == "api-server-token"
+    refusal = await k8s.refusal(legacy)
+    assert refusal.code == "api-server-token"
+    assert "projected service-account tokens" in str(refusal.detail)
+    # refused before any signature is checked: nothing of the policy's issuer in the detail
+    assert GATEWAY not in str(refusal.detail) and "issuer '" not in str(refusal.detail)
     # without a kubernetes issuer, it is simply an unknown issuer
     other = Verifier("github-actions", GITHUB)
     assert (await other.refusal(legacy)).code == "issuer-unknown"
