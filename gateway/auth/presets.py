@@ -26,7 +26,9 @@ claims, see ``claim_value``). RFC 7662 introspection answers use the standard ``
 Anyone can get a Google ID token or a GitHub Actions token for any audience (any service account
 of any project, any workflow of any repository): the audience does not keep strangers out. The
 policy's validation therefore requires every role entry that allows a route to such an issuer's
-callers to test one of the preset's ``PINS`` claims (``validate.py``).
+callers to test one of the preset's ``PINS`` claims with values or a pattern naming the owner
+(``gateway/policy/pinning.py``); and the issuers of Google and GitHub Actions load only under
+their own preset (``gateway/auth/wellknown.py``).
 """
 
 from __future__ import annotations
