@@ -535,16 +535,19 @@ def _claims_read(
     principal holds each group and scope a role names (``{name: bool}``; null: none named;
     each name its keyed hash when ``audit.redact`` names ``claim.groups``/``claim.scopes``). Each value is the
     token's, so bounded as a caller's (cut, or dropped for the event's size: listed in
-    ``truncated``); a claim bound to a redacted parameter is its keyed hash. ``sub`` and the
-    claims under ``act`` are in ``authenticationInfo`` already (the subject, each actor's
-    ``sub`` and other claims): each string once."""
+    ``truncated``); a claim bound to a redacted parameter is its keyed hash. The claims under
+    ``act`` are in ``authenticationInfo`` already (each actor's ``sub`` and other claims), and
+    so is ``sub`` when it is the subject: each string once. Under a preset whose subject is
+    another claim (``google``: the ``email``), ``sub`` is recorded here."""
     principal = call.principal
     if principal is None or not reads.recorded:
         return {}
     claims: dict[str, Any] = {}
     block: dict[str, Any] = {"claims": claims, "groups": None, "scopes": None}
     for path in reads.paths:
-        if path == "sub" or path.startswith("act."):
+        if path.startswith("act.") or (
+            path == "sub" and principal.claims.get("sub") == principal.subject
+        ):
             continue
         value = principal.claim(path)
         if value is MISSING or value is None:

@@ -139,7 +139,7 @@ class _View:
     def claim(self, path: str) -> Any:
         """The recorded claim: a value, MISSING, an ``_Opaque`` hash, or ``_Unknown``."""
         rec = self.rec
-        if path == "sub":
+        if path == "sub" and (rec.claims is None or "sub" not in rec.claims):  # the subject
             if rec.is_cut(_AUTH + "/principalSubject"):
                 raise _Unknown("claim sub cut for the event's size")
             return rec.subject

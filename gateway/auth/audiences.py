@@ -8,15 +8,31 @@ from urllib.parse import urlsplit
 __all__ = ["api_server_audience", "gateway_url_problem"]
 
 
+def _comparable(url: str) -> str:
+    """``url`` with its scheme and host in lower case and no trailing ``/``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rstrip("/")
+    if not parts.netloc:
+        return url.rstrip("/")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}".rstrip("/")
+
+
 def api_server_audience(audience: str, issuer_url: str) -> bool:
     """Whether ``audience`` is one a Kubernetes API server takes for itself: the cluster's
     issuer URL (the API server's default ``--api-audiences``) or ``kubernetes.default.svc...``
-    (``https://kubernetes.default.svc``, ``...svc.cluster.local``). A default service-account
-    token carries such an audience; the gateway must never accept one."""
-    if audience.rstrip("/") == issuer_url.rstrip("/"):
+    (``https://kubernetes.default.svc``, ``...svc.cluster.local``, ``kubernetes``), host names
+    compared in any case. A default service-account token carries such an audience; the gateway
+    must never accept one. Audiences a cluster adds with ``--api-audiences`` cannot be known
+    here: the policy must not use them (a token for one is ``audience-mismatch``)."""
+    if _comparable(audience) == _comparable(issuer_url):
         return True
     try:
-        host = urlsplit(audience).hostname if "://" in audience else audience.split("/", 1)[0]
+        if "://" in audience:
+            host = urlsplit(audience).hostname
+        else:  # kubernetes.default.svc[:443][/...]
+            host = audience.split("/", 1)[0].lower().rsplit(":", 1)[0]
     except ValueError:
         return False
     return host is not None and (host == "kubernetes" or host.startswith("kubernetes.default"))

@@ -7,8 +7,9 @@ Presets:
   ``oidc`` (RFC 9068 / generic: ``scope`` string, ``client_id`` else ``azp``, ``groups``);
 - ``kubernetes``: a cluster's service-account tokens. ``sub`` must read
   ``system:serviceaccount:NS:NAME`` and agree with the nested ``kubernetes.io`` claims (when they
-  are there); a token whose audience is the API server's (a default token, or a legacy
-  Secret-based one, ``iss: kubernetes/serviceaccount``) is refused with ``api-server-token`` and
+  are there); a token with an audience of the API server's (a default token, also when it names
+  the gateway's audience beside it, or a legacy Secret-based one,
+  ``iss: kubernetes/serviceaccount``) is refused with ``api-server-token`` and
   told to use a projected token with the gateway's audience;
 - ``google``: Google-signed ID tokens, where the ID token is the credential (``refuse_id_tokens``
   does not apply). ``email`` must be there (``email-missing``) and ``email_verified`` exactly
@@ -25,7 +26,9 @@ claims, see ``claim_value``). RFC 7662 introspection answers use the standard ``
 Anyone can get a Google ID token or a GitHub Actions token for any audience (any service account
 of any project, any workflow of any repository): the audience does not keep strangers out. The
 policy's validation therefore requires every role entry that allows a route to such an issuer's
-callers to test one of the preset's ``PINS`` claims (``validate.py``).
+callers to test one of the preset's ``PINS`` claims with values or a pattern naming the owner
+(``gateway/policy/pinning.py``); and the issuers of Google and GitHub Actions load only under
+their own preset (``gateway/auth/wellknown.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from urllib.parse import urlsplit
 
 from gateway.auth.audiences import api_server_audience
 from gateway.auth.principal import MISSING, Principal, claim_value
+from gateway.auth.wellknown import GOOGLE_ISSUER
 from gateway.errors import AuthError
 from gateway.policy.model import ClaimNames, Issuer
 
@@ -77,8 +81,10 @@ PRESETS: Mapping[str, ClaimNames] = MappingProxyType(
 # Presets for workload tokens: JWTs only (no introspection), each with rules of its own.
 WORKLOAD_PRESETS = frozenset({"kubernetes", "google", "github-actions"})
 
-# Presets whose tokens anyone can get for any audience, and the claims that say who the caller
-# is: an allowing role entry must test one of them (``validate.py``).
+# Presets whose tokens anyone can get for any audience, and the claims that can say who the
+# caller is: an allowing role entry must test one of them with a value or a pattern that names
+# the owner (``gateway/policy/pinning.py``). Not ``job_workflow_ref``: it names the reusable
+# workflow a job calls, the same for every repository that calls it.
 PINS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "google": frozenset({"email", "sub"}),
@@ -90,7 +96,6 @@ PINS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "repository_owner",
                 "repository_owner_id",
                 "workflow_ref",
-                "job_workflow_ref",
                 "enterprise",
                 "enterprise_id",
             }
@@ -98,7 +103,6 @@ PINS: Mapping[str, frozenset[str]] = MappingProxyType(
     }
 )
 
-GOOGLE_ISSUER = "https://accounts.google.com"
 LEGACY_KUBERNETES_ISSUER = "kubernetes/serviceaccount"
 _SERVICE_ACCOUNT = re.compile(r"system:serviceaccount:([^:]+):([^:]+)")
 
@@ -165,8 +169,9 @@ def _audiences(value: Any) -> list[str]:
 
 
 def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
-    """The refusal of a signed token of ``issuer`` whose ``aud`` holds none of its audiences:
-    ``api-server-token`` for a Kubernetes token meant for the API server, else
+    """The refusal of a signed token of ``issuer`` whose ``aud`` holds none of its audiences, or
+    under ``kubernetes`` one of the API server's: ``api-server-token`` for a Kubernetes token the
+    API server accepts (its audience alone, or beside the gateway's), else
     ``audience-mismatch``; under a workload preset the detail says how to mint the right one."""
     wanted = issuer.audiences[0]
     advice = _MINT_ADVICE.get(issuer.preset, "").format(aud=wanted)
@@ -176,21 +181,24 @@ def audience_refusal(issuer: Issuer, name: str, aud: Any) -> AuthError:
     ):
         return AuthError(
             f"this service-account token is for the Kubernetes API server (aud {given[:3]}), "
-            f"not for the gateway (issuer '{name}' accepts {list(issuer.audiences)}): {advice}",
+            "and the gateway takes none the API server also accepts (issuer "
+            f"'{name}' accepts {list(issuer.audiences)}): {advice}",
             code="api-server-token",
         )
     detail = f"the token's audience is not one of {list(issuer.audiences)}"
     return AuthError(f"{detail}; {advice}" if advice else detail, code="audience-mismatch")
 
 
-def legacy_kubernetes_refusal(name: str, issuer: Issuer) -> AuthError:
+def legacy_kubernetes_refusal() -> AuthError:
     """A legacy Secret-based service-account token (``iss: kubernetes/serviceaccount``, no
-    audience, no expiry) when the policy has a ``kubernetes`` issuer: it is for the API server."""
-    advice = _MINT_ADVICE["kubernetes"].format(aud=issuer.audiences[0])
+    audience, no expiry) when the policy has a ``kubernetes`` issuer: it is for the API server.
+    Refused before any signature is checked, so anyone can send one: the detail names neither
+    the issuer nor its audiences."""
     return AuthError(
         "this is a legacy service-account token (from a Secret: no audience, no expiry), "
-        f"meant for the Kubernetes API server; issuer '{name}' accepts projected tokens: "
-        f"{advice}",
+        "meant for the Kubernetes API server; the gateway accepts projected service-account "
+        "tokens minted for its own audience (serviceAccountToken.audience in the pod's "
+        "projected volume)",
         code="api-server-token",
     )
 
@@ -229,9 +237,14 @@ def check_act(claims: Mapping[str, Any]) -> None:
             )
 
 
-def _check_kubernetes(claims: Mapping[str, Any]) -> None:
-    """``sub`` is ``system:serviceaccount:NS:NAME``, and the nested ``kubernetes.io`` claims, when
-    present, name the same namespace and service account: roles may test either."""
+def _check_kubernetes(name: str, issuer: Issuer, claims: Mapping[str, Any]) -> None:
+    """No audience of the token is the API server's (a token the API server also accepts is one
+    whoever receives it could call the API server with, as the pod); ``sub`` is
+    ``system:serviceaccount:NS:NAME``, and the nested ``kubernetes.io`` claims, when present, name
+    the same namespace and service account: roles may test either."""
+    given = _audiences(claims.get("aud"))
+    if any(api_server_audience(a, issuer.issuer) for a in given):
+        raise audience_refusal(issuer, name, given)
     sub = claims.get("sub")
     match = _SERVICE_ACCOUNT.fullmatch(sub) if isinstance(sub, str) else None
     if match is None:
@@ -274,7 +287,7 @@ def principal_for_issuer(name: str, issuer: Issuer, claims: Mapping[str, Any]) -
     subject claim; ``iss`` is the issuer's configured URL whichever accepted form the token used,
     so budgets, cursors and the audit trail see one issuer."""
     if issuer.preset == "kubernetes":
-        _check_kubernetes(claims)
+        _check_kubernetes(name, issuer, claims)
     elif issuer.preset == "google":
         _check_google(claims)
     principal = principal_from_claims(

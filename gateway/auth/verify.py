@@ -12,7 +12,8 @@ recognisable ID token is refused unless the issuer says ``refuse_id_tokens: fals
 ``preset: google``, where the ID token is the credential). The preset's own rules then apply
 (``presets.principal_for_issuer``: a Kubernetes service-account ``sub``, a verified Google
 ``email``); a signed token whose audience is wrong is ``audience-mismatch``, or
-``api-server-token`` for a Kubernetes token meant for the API server (``presets.audience_refusal``),
+``api-server-token`` for a Kubernetes token meant for the API server, even beside the gateway's
+audience (``presets.audience_refusal``),
 and so is a legacy Secret-based Kubernetes token (``iss: kubernetes/serviceaccount``) when the
 policy has a ``kubernetes`` issuer. Under ``preset: google`` the issuer
 ``https://accounts.google.com`` is also picked by ``iss: accounts.google.com``. Verified
@@ -286,10 +287,10 @@ class TokenVerifier:
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:
-        if iss == LEGACY_KUBERNETES_ISSUER:
-            cluster = next((rt for rt in self._runtimes if rt.config.preset == "kubernetes"), None)
-            if cluster is not None:
-                return legacy_kubernetes_refusal(cluster.name, cluster.config)
+        if iss == LEGACY_KUBERNETES_ISSUER and any(
+            rt.config.preset == "kubernetes" for rt in self._runtimes
+        ):
+            return legacy_kubernetes_refusal()
         try:
             parts = urlsplit(iss)
             origin = _origin(iss)

@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 import jwt
 
+from gateway.auth.audiences import api_server_audience
+from gateway.auth.presets import accepted_iss, audience_refusal
 from gateway.auth.principal import Principal
 from gateway.auth.sender import binding
 from gateway.auth.times import time_claims
@@ -136,7 +138,8 @@ def unverified_claims(
 ) -> tuple[dict[str, Any], list[str]]:
     """The claims of ``token`` read without verifying it, and notes: that it was not verified,
     and what the gateway would refuse about it (expiry, audience, algorithm). SimulationError
-    when it is no JWT or comes from no issuer of the policy."""
+    when it is no JWT or comes from no issuer of the policy (a legacy Kubernetes token: as the
+    gateway refuses it, ``api-server-token``)."""
     try:
         header = jwt.get_unverified_header(token)
         claims: dict[str, Any] = jwt.decode(
@@ -155,7 +158,7 @@ def unverified_claims(
     name = issuer_for(policy, claims.get("iss"))
     issuer = policy.issuers[name]
     notes = [UNVERIFIED]
-    if claims.get("iss") != issuer.issuer:
+    if claims.get("iss") not in accepted_iss(issuer):
         notes.append(
             f"iss is not the URL of issuer '{name}': the gateway answers 401 issuer-unknown"
         )
@@ -183,11 +186,12 @@ def unverified_claims(
             )
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
-    if not set(auds) & set(issuer.audiences):
-        notes.append(
-            f"aud {aud!r} is none of {list(issuer.audiences)}: the gateway answers 401 "
-            "audience-mismatch"
-        )
+    api_server = issuer.preset == "kubernetes" and any(
+        isinstance(a, str) and api_server_audience(a, issuer.issuer) for a in auds
+    )
+    if api_server or not set(auds) & set(issuer.audiences):
+        refusal = audience_refusal(issuer, name, aud)
+        notes.append(f"aud {aud!r}: {refusal.detail}: the gateway answers 401 {refusal.code}")
     return claims, notes
 
 

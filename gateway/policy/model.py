@@ -25,6 +25,7 @@ from pydantic import (
 from gateway.auth.audiences import api_server_audience, gateway_url_problem
 from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
+from gateway.auth.wellknown import own_preset
 from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate
 from gateway.policy.regex import compile_regex
 from gateway.policy.sqltoken import GOOGLESQL, Dialect
@@ -248,6 +249,13 @@ class Issuer(_Strict):
 
     @model_validator(mode="after")
     def _preset_rules(self) -> Issuer:
+        own = own_preset(self.issuer)
+        if own is not None and self.preset != own[0]:
+            raise ValueError(
+                f"the issuer is {own[1]}, whose tokens anyone can get for any audience: it "
+                f"takes preset {own[0]}, which checks them and makes the roles that admit its "
+                "callers say who the caller is"
+            )
         if self.preset in ("kubernetes", "google", "github-actions"):
             if self.introspection is not None:
                 raise ValueError(

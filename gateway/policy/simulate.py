@@ -2,8 +2,10 @@
 
 Pure. ``principal_for`` builds the Principal the gateway would build from a verified token with
 these claims (the issuer's preset and ``claims:`` names apply: ``scp`` -> scopes for Okta, ...).
-``iss`` may name the issuer by its policy name (``okta``) or by its URL; without ``iss``, a
-policy with a single issuer means that one. ``sub`` is optional here.
+``iss`` may name the issuer by its policy name (``okta``) or by an ``iss`` the gateway picks it by
+(its URL; ``accounts.google.com`` too under ``preset: google``); without ``iss``, a policy with a
+single issuer means that one. A legacy Kubernetes token's ``iss`` is refused as the gateway
+refuses it (``api-server-token``). ``sub`` is optional here.
 
 ``request_facts`` turns ``"GET /v1/orders?status=PAID"`` (the raw, percent-encoded target) and an
 optional JSON body into the ``RequestFacts`` the gateway would decide on: the query string parsed
@@ -20,7 +22,12 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.auth.presets import principal_for_issuer
+from gateway.auth.presets import (
+    LEGACY_KUBERNETES_ISSUER,
+    accepted_iss,
+    legacy_kubernetes_refusal,
+    principal_for_issuer,
+)
 from gateway.auth.principal import Principal
 from gateway.errors import AuthError
 from gateway.policy.bind import BODY_METHODS
@@ -55,9 +62,15 @@ def issuer_for(policy: Policy, iss: object) -> str:
     if isinstance(iss, str):
         if iss in policy.issuers:
             return iss
-        by_url = [name for name, cfg in policy.issuers.items() if cfg.issuer == iss]
+        by_url = [name for name, cfg in policy.issuers.items() if iss in accepted_iss(cfg)]
         if by_url:
             return by_url[0]
+        kubernetes = any(c.preset == "kubernetes" for c in policy.issuers.values())
+        if iss == LEGACY_KUBERNETES_ISSUER and kubernetes:
+            refusal = legacy_kubernetes_refusal()
+            raise SimulationError(
+                f"{refusal.detail} (the gateway answers 401 {refusal.code})", key="claims"
+            )
     names = ", ".join(sorted(policy.issuers))
     raise SimulationError(
         f"iss {iss!r} is no issuer of the policy: give an issuer's name ({names}) or its URL",

@@ -26,8 +26,10 @@ policy may be served. What it checks, beyond the models:
   paginated query's route;
 - pagination (``pagination.pagination_findings``): cursor and page size parameters, the
   statement's ``ORDER BY`` keyset and ``LIMIT``, reads only;
+- no two issuers answer to the same token ``iss`` (``issuers.py``);
 - roles that routes allow say who the caller is when they can hold for a token of an issuer
-  anyone can get tokens from (``google``, ``github-actions``; ``pinning.py``);
+  anyone can get tokens from (``google``, ``github-actions``; ``pinning.py``), and no role entry
+  naming such an issuer tests one of its string claims (``repository_id``) with a number;
 - claim-bound parameters (``from: claim.…``) take no ``default`` and are not ``nullable``: a token
   without the claim is always refused (403 claim-missing), so either would promise a value the
   gateway never uses. Their other constraints (pattern, enum, min/max, max_length) are allowed:
@@ -59,11 +61,12 @@ from typing import Any
 
 from gateway.policy.approval import approval_findings
 from gateway.policy.constraints import Finding, Where, param_findings
+from gateway.policy.issuers import issuer_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.pagination import pagination_findings
-from gateway.policy.pinning import pin_findings
+from gateway.policy.pinning import number_findings, pin_findings
 from gateway.policy.reads import claim_reads
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
@@ -230,7 +233,9 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))
+    findings.extend(issuer_findings(policy))
     findings.extend(pin_findings(policy))
+    findings.extend(number_findings(policy))
     for budgeted in policy.budgets:  # a budget for a role that does not exist would never apply
         if msg := ctx.unknown("roles", budgeted):
             findings.append((("budgets", budgeted), msg))

@@ -292,6 +292,49 @@ def test_a_claim_of_the_actor_is_read_from_the_delegation_info() -> None:
     assert isinstance(result, Replayed) and result.reason == "no-allow-role"
 
 
+def test_a_google_sub_is_recorded_apart_from_the_email_subject() -> None:
+    """Under ``preset: google`` the subject is the email: a role pinning the numeric ``sub`` and
+    a parameter bound to it replay against the recorded ``sub``, never the email."""
+    data = copy.deepcopy(LIVE)
+    data["issuers"] = {
+        "google": {
+            "issuer": "https://accounts.google.com",
+            "audience": "https://spangate.example",
+            "preset": "google",
+        }
+    }
+    data["roles"] = {"deployer": [{"issuer": "google", "claims": {"sub": "108562830391273012345"}}]}
+    data["queries"] = {"get_thing": data["queries"]["get_thing"]}
+    data["audit"] = {"sinks": [{"type": "stdout"}]}
+    data["queries"]["get_thing"]["params"]["tenant"]["from"] = "claim.sub"
+    data["routes"] = [{**data["routes"][0], "allow": ["deployer"], "deny": []}]
+    live = policy(data)
+    principal = principal_for(
+        live.model,
+        {
+            "iss": "google",
+            "sub": "108562830391273012345",
+            "email": "deployer@shop.iam.gserviceaccount.com",
+            "email_verified": True,
+        },
+    )
+    event = event_of("GET /things/T-1", principal, live)
+    payload = event["protoPayload"]
+    assert payload["authenticationInfo"]["principalSubject"] == principal.subject
+    assert payload["metadata"]["claimsRead"]["claims"]["sub"] == "108562830391273012345"
+    assert payload["metadata"]["decision"]["allow"] is True
+    result = outcome(live, event)
+    assert isinstance(result, Replayed) and result.allow, result
+    assert result.params is not None and result.params["tenant"] == ("claim", "108562830391273012345")
+    assert changes(rec(event), result, KEYS.redact) == []
+    data["roles"]["deployer"] = [{"issuer": "google", "claims": {"sub": principal.subject}}]
+    result = outcome(policy(data), event)
+    assert isinstance(result, Replayed) and result.reason == "no-allow-role"
+    # where the subject is the sub (every other preset), it is recorded once, as the subject
+    okta = event_of("GET /things/T-1", who(sub="user-666"))
+    assert "sub" not in okta["protoPayload"]["metadata"]["claimsRead"]["claims"]
+
+
 def test_an_older_event_is_replayed_as_far_as_it_goes() -> None:
     event = event_of("GET /things/T-1", who())
     del event["protoPayload"]["metadata"]["claimsRead"]

@@ -178,6 +178,10 @@ async def test_a_projected_service_account_token() -> None:
         ["https://kubernetes.default.svc"],
         ["https://kubernetes.default.svc.cluster.local"],
         "kubernetes.default.svc",
+        ["Kubernetes.Default.svc"],
+        # the gateway's audience beside the API server's: the API server accepts it too
+        [CLUSTER, GATEWAY],
+        [GATEWAY, "https://kubernetes.default.svc"],
     ],
 )
 async def test_a_default_token_for_the_api_server_is_refused_with_advice(aud: Any) -> None:
@@ -202,7 +206,11 @@ async def test_a_legacy_secret_token_is_refused_as_an_api_server_token() -> None
         "kubernetes.io/serviceaccount/service-account.name": "api",
         "sub": "system:serviceaccount:payments:api",
     }
-    assert (await k8s.refusal(legacy)).code == "api-server-token"
+    refusal = await k8s.refusal(legacy)
+    assert refusal.code == "api-server-token"
+    assert "projected service-account tokens" in str(refusal.detail)
+    # refused before any signature is checked: nothing of the policy's issuer in the detail
+    assert GATEWAY not in str(refusal.detail) and "issuer '" not in str(refusal.detail)
     # without a kubernetes issuer, it is simply an unknown issuer
     other = Verifier("github-actions", GITHUB)
     assert (await other.refusal(legacy)).code == "issuer-unknown"
@@ -236,6 +244,11 @@ async def test_without_nested_claims_the_sub_alone_names_the_account() -> None:
     [
         ({"audience": CLUSTER}, "is the Kubernetes API server's"),
         ({"audience": ["spangate", "https://kubernetes.default.svc"]}, "API server's"),
+        # host names in any case, with a port
+        ({"audience": "KUBERNETES.default.svc"}, "API server's"),
+        ({"audience": "kubernetes.default.svc:443"}, "API server's"),
+        ({"audience": "https://Kubernetes.Default.svc:443"}, "API server's"),
+        ({"audience": CLUSTER.replace("https://container", "HTTPS://Container") + "/"}, "API"),
         (
             {"audience": "spangate", "introspection": {"client_id": "a", "client_secret": "b"}},
             "takes no introspection",
@@ -292,8 +305,9 @@ async def test_refuse_id_tokens_does_not_apply_under_google() -> None:
     # A Google ID token is an ID token: its being one is no reason to refuse it here.
     marked = google(at_hash="x", nonce="n")
     assert (await Verifier("google", GOOGLE_ISSUER).verify(marked)).subject.startswith("deployer")
-    oidc = Verifier("oidc", GOOGLE_ISSUER)
-    assert (await oidc.refusal(marked)).code == "token-malformed"
+    elsewhere = "http://127.0.0.1:9/google"  # Google's own issuer takes preset google only
+    oidc = Verifier("oidc", elsewhere)
+    assert (await oidc.refusal({**marked, "iss": elsewhere})).code == "token-malformed"
 
 
 @pytest.mark.parametrize(
@@ -308,6 +322,30 @@ async def test_refuse_id_tokens_does_not_apply_under_google() -> None:
 def test_google_issuer_load_errors(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Issuer.model_validate({"issuer": GOOGLE_ISSUER, "preset": "google", **fields})
+
+
+@pytest.mark.parametrize(
+    ("issuer", "preset", "own"),
+    [
+        (GOOGLE_ISSUER, "oidc", "google"),
+        (GOOGLE_ISSUER, "okta", "google"),
+        (GOOGLE_ISSUER, None, "google"),  # the default preset is oidc
+        (GOOGLE_ISSUER + "/", "oidc", "google"),
+        ("https://ACCOUNTS.google.com", "kubernetes", "google"),
+        (GITHUB, "oidc", "github-actions"),
+        (GITHUB, "google", "github-actions"),
+        (GITHUB + "/octo-enterprise", "oidc", "github-actions"),  # an enterprise's issuer
+    ],
+)
+def test_googles_and_githubs_issuers_take_their_own_preset(
+    issuer: str, preset: str | None, own: str
+) -> None:
+    # Under oidc an `authenticated: true` role would admit every service account of every
+    # project (every workflow of every repository), and Google's unverified emails with them.
+    fields = {"issuer": issuer, "audience": GATEWAY}
+    with pytest.raises(ValidationError, match=f"takes preset {own}"):
+        Issuer.model_validate(fields if preset is None else {**fields, "preset": preset})
+    Issuer.model_validate({**fields, "preset": own})
 
 
 # --- github-actions ---------------------------------------------------------------------------------
