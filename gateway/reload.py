@@ -63,11 +63,12 @@ The watcher (``SPANGATE_WATCH_POLICY``):
 - A shadow policy (``--shadow-policy``, ``shadow_path``) is reloaded with the live one, by the
   same triggers (the watcher watches its folders too, the poll fingerprints its files too),
   loaded and validated the same way (its statements never run, so they are not PLAN-analysed).
-  A shadow with problems is refused and logged (``shadow_failures``, ``shadow_last_error``) and
-  the shadow that was deciding keeps deciding; the live policy's reload goes on as if there were
-  no shadow. A reload that changes only the shadow swaps it in beside the same live policy, and
-  so does a reload whose live policy is refused: the refusal is counted and logged as any, and a
-  new valid shadow is still swapped in (logged) beside the live policy that keeps serving.
+  A shadow with problems is refused and logged (``shadow_failures``, ``shadow_last_error``:
+  ``/readyz``'s ``shadow_policy_reload_error``) and the shadow that was deciding keeps
+  deciding; the live policy's reload goes on as if there were no shadow. A reload that changes
+  only the shadow swaps it in beside the same live policy, and so does a reload whose live
+  policy is refused: the refusal is counted and logged as any, and a new valid shadow is still
+  swapped in (logged) beside the live policy that keeps serving.
 """
 
 from __future__ import annotations

@@ -535,6 +535,13 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
     assert "unknown role 'suport'" in (reloader.shadow_last_error or "")
     metrics = (await _get(app, "/metrics", agent)).text
     assert 'spangate_policy_reloads_total{result="shadow-refused"} 1.0' in metrics
+    ready = await _get(app, "/readyz", agent)
+    assert ready.status_code == 200 and ready.json()["policy_reload_error"] is None
+    assert ready.json()["shadow_policy_reload_error"] == reloader.shadow_last_error
+    # the shadow fixed: its error is cleared
+    shadow_copy.write_text(shadow_copy.read_text().replace("allow: [suport]", "allow: [support]"))
+    assert await reloader.reload() is True
+    assert (await _get(app, "/readyz", agent)).json()["shadow_policy_reload_error"] is None
 
 
 async def test_a_refused_live_policy_does_not_hold_back_a_new_shadow(
@@ -559,6 +566,7 @@ async def test_a_refused_live_policy_does_not_hold_back_a_new_shadow(
     ready = (await _get(app, "/readyz", token_for("order-agent"))).json()
     assert ready["shadow_policy_sha256"] == second.sha256
     assert ready["policy_reload_error"] is not None
+    assert ready["shadow_policy_reload_error"] is None
     # a bad live policy and a bad shadow: both refused, both counted, both kept
     shadow_copy.write_text(shadow_copy.read_text().replace("allow: [support]", "allow: [suport]"))
     assert await reloader.reload() is False
