@@ -9,9 +9,11 @@ adds is memory locality (its requests touch 5,000 resources). The note gives the
 (validate) and compile each policy, which is what a reload costs before the swap.
 
 The shadow rows measure what ``spangate serve --shadow-policy`` adds to a call: the live
-decision, then the candidate's (the policy less one role's place on every route: the note says
-how many calls disagree) and the comparison (``shadow.disagreement``), as ``Gateway`` runs
-them; the note gives the median the shadow step adds per call.
+decision, then the token as the candidate's issuers read it (``ShadowIssuers.principal``, its
+mapping worked out once per swap; the candidate's issuer has ``claims:`` overrides, which the
+mapping compares), the candidate's decision (the policy less one role's place on every route:
+the note says how many calls disagree) and the comparison (``shadow.disagreement``), as
+``Gateway`` runs them; the note gives the median the shadow step adds per call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gateway.auth.principal import Principal
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import RequestFacts, decide
 from gateway.policy.load import load_policy_data
-from gateway.policy.shadow import disagreement
+from gateway.policy.shadow import ShadowIssuers, disagreement
 
 __all__ = ["policy_with", "run"]
 
@@ -120,8 +122,10 @@ def _principal(rng: random.Random) -> Principal:
 
 
 def _candidate(routes: int) -> dict[str, Any]:
-    """``policy_with(routes)`` less ``role1`` on every route: a change to shadow."""
+    """``policy_with(routes)`` less ``role1`` on every route: a change to shadow; its issuer
+    names its claims (the same ones: the token is read as the live policy reads it)."""
     data = policy_with(routes)
+    data["issuers"]["okta"]["claims"] = {"groups": "groups"}
     for route in data["routes"]:
         route["allow"] = [r for r in route["allow"] if r != "role1"] or ["role0"]
     return data
@@ -134,6 +138,7 @@ def _measure_shadow(
     rng = random.Random(spread)  # noqa: S311 - a reproducible request mix, not a secret
     requests = _requests(spread, count, rng)
     principals = [_principal(rng) for _ in range(64)]
+    issuers = ShadowIssuers(live.model, shadow.model)  # as Gateway.swap works it out
     both: list[float] = []
     step: list[float] = []
     differ = 0
@@ -144,7 +149,9 @@ def _measure_shadow(
         t0 = clock()
         decision = decide(live, facts, principal)
         t1 = clock()
-        verdict = decide(shadow, facts, principal)
+        seen = issuers.principal(principal)
+        assert not isinstance(seen, str)
+        verdict = decide(shadow, facts, seen)
         found = disagreement(decision, decision.reason, verdict, shadow.sha256)
         t2 = clock()
         both.append(t2 - t0)

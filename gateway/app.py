@@ -82,7 +82,7 @@ from gateway.policy.decide import Decision, RequestFacts, decide, decide_route, 
 from gateway.policy.pagination import Paging
 from gateway.policy.reads import NO_READS, ClaimReads
 from gateway.policy.redaction import shown_path
-from gateway.policy.shadow import ROUTING_REASONS, disagreement, shadow_principal
+from gateway.policy.shadow import ROUTING_REASONS, ShadowIssuers, disagreement
 from gateway.settings import Settings
 from gateway.shaping.cursors import CursorKeys, CursorNotOpened
 from gateway.shaping.masks import MaskFailed, MaskKey, expect_columns, mask_result
@@ -139,18 +139,24 @@ class Outcome:
 class Active:
     """What a request runs on, swapped as one: a reload never mixes two policies' parts.
     ``shadow``: the candidate decided beside ``policy`` (never answering), or None; ``reads``:
-    the claims the audit events record (both policies', when there is a shadow)."""
+    the claims the audit events record (both policies', when there is a shadow);
+    ``shadow_issuers``: how the candidate reads the live policy's tokens, worked out once per
+    swap (None without a shadow)."""
 
     policy: CompiledPolicy
     verifier: TokenVerifier
     shadow: CompiledPolicy | None = None
     reads: ClaimReads = field(init=False)
+    shadow_issuers: ShadowIssuers | None = field(init=False)
 
     def __post_init__(self) -> None:
         reads = self.policy.reads
+        issuers = None
         if self.shadow is not None:
             reads = reads.union(self.shadow.reads)
+            issuers = ShadowIssuers(self.policy.model, self.shadow.model)
         object.__setattr__(self, "reads", reads)
+        object.__setattr__(self, "shadow_issuers", issuers)
 
 
 class Gateway:
@@ -744,10 +750,10 @@ class Gateway:
         """Decide ``call`` under the shadow policy too; record a disagreement on the call (its
         audit event) and in ``/metrics``. Never raises: a failure here is a bug in the candidate's
         evaluation, logged and counted, and the call goes on as the live policy decided."""
-        shadow = active.shadow
-        assert shadow is not None and call.principal is not None
+        shadow, issuers = active.shadow, active.shadow_issuers
+        assert shadow is not None and issuers is not None and call.principal is not None
         try:
-            seen = shadow_principal(call.principal, active.policy.model, shadow.model)
+            seen = issuers.principal(call.principal)
             if isinstance(seen, str):  # the candidate refuses the token
                 verdict = Decision(allow=False, reason=seen)
             else:

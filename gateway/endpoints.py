@@ -136,6 +136,7 @@ def fixed_endpoints(gateway: Gateway) -> FastAPI:
             "policy_sha256": gateway.policy.sha256,
             "policy_reload_error": getattr(gateway.reloader, "last_error", None),
             "shadow_policy_sha256": shadow.sha256 if (shadow := gateway.shadow) else None,
+            "shadow_policy_reload_error": getattr(gateway.reloader, "shadow_last_error", None),
             "opaque_tokens_refused": gateway.verifier.refusals["format"],
             "writes_settling": gateway.executor.settling,
             "audit": {

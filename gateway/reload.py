@@ -63,9 +63,12 @@ The watcher (``SPANGATE_WATCH_POLICY``):
 - A shadow policy (``--shadow-policy``, ``shadow_path``) is reloaded with the live one, by the
   same triggers (the watcher watches its folders too, the poll fingerprints its files too),
   loaded and validated the same way (its statements never run, so they are not PLAN-analysed).
-  A shadow with problems is refused and logged (``shadow_failures``, ``shadow_last_error``) and
-  the shadow that was deciding keeps deciding; the live policy's reload goes on as if there were
-  no shadow. A reload that changes only the shadow swaps it in beside the same live policy.
+  A shadow with problems is refused and logged (``shadow_failures``, ``shadow_last_error``:
+  ``/readyz``'s ``shadow_policy_reload_error``) and the shadow that was deciding keeps
+  deciding; the live policy's reload goes on as if there were no shadow. A reload that changes
+  only the shadow swaps it in beside the same live policy, and so does a reload whose live
+  policy is refused: the refusal is counted and logged as any, and a new valid shadow is still
+  swapped in (logged) beside the live policy that keeps serving.
 """
 
 from __future__ import annotations
@@ -342,10 +345,13 @@ class PolicyReloader:
         The shadow at ``shadow_path`` is reloaded with it; a shadow with problems is refused on
         its own (``shadow_failures``): the old shadow stays."""
         async with self._lock:
+            shadow: CompiledPolicy | None = None
+            loaded = False  # the shadow to decide after this reload is known
             try:
                 self._seen = await asyncio.to_thread(self._fingerprint)
                 self._what = "the new policy"
                 shadow = await self._load_shadow()
+                loaded = True
                 return await self._reload(shadow, reanalyse=reanalyse)
             except PolicyError as exc:
                 self._failed(f"{self._what} has {len(exc.problems)} problem(s)", exc)
@@ -356,6 +362,10 @@ class PolicyReloader:
             except Exception as exc:
                 log.exception("policy reload failed")
                 self._failed(f"{type(exc).__name__}: {exc}", None, retry=True)
+            if loaded:
+                # The live policy was refused, not the shadow: a new valid shadow still decides,
+                # beside the live policy that keeps serving.
+                self._swap_shadow(shadow, beside_refused=True)
             return False
 
     async def _reload(self, shadow: CompiledPolicy | None, *, reanalyse: bool = False) -> bool:
@@ -442,10 +452,19 @@ class PolicyReloader:
             return shadow
         return current
 
-    def _swap_shadow(self, shadow: CompiledPolicy | None) -> None:
+    def _swap_shadow(self, shadow: CompiledPolicy | None, *, beside_refused: bool = False) -> None:
+        """Swap ``shadow`` in beside the live policy being served (when it is another one);
+        ``beside_refused``: the live policy's reload was refused (said in the log)."""
         active = self.gateway.active
         if shadow is not active.shadow:
             self.gateway.swap(active.policy, active.verifier, shadow)
+            if beside_refused:
+                log.info(
+                    "shadow policy swapped in (sha256 %s) beside the policy being served "
+                    "(sha256 %s), whose reload was refused",
+                    shadow.sha256[:12] if shadow is not None else None,
+                    active.policy.sha256[:12],
+                )
 
     def _shadow_failed(self, message: str, exc: PolicyError | None) -> None:
         self.shadow_failures += 1

@@ -536,6 +536,47 @@ async def test_a_shadow_reloads_with_the_live_policy_and_a_bad_one_is_refused_al
     assert "unknown role 'suport'" in (reloader.shadow_last_error or "")
     metrics = (await _get(app, "/metrics", agent)).text
     assert 'spangate_policy_reloads_total{result="shadow-refused"} 1.0' in metrics
+    ready = await _get(app, "/readyz", agent)
+    assert ready.status_code == 200 and ready.json()["policy_reload_error"] is None
+    assert ready.json()["shadow_policy_reload_error"] == reloader.shadow_last_error
+    # the shadow fixed: its error is cleared
+    shadow_copy.write_text(shadow_copy.read_text().replace("allow: [suport]", "allow: [support]"))
+    assert await reloader.reload() is True
+    assert (await _get(app, "/readyz", agent)).json()["shadow_policy_reload_error"] is None
+
+
+async def test_a_refused_live_policy_does_not_hold_back_a_new_shadow(
+    shadow_gateway: Gateway,
+    policy_copy: Path,
+    shadow_copy: Path,
+    token_for: Callable[..., str],
+) -> None:
+    app, reloader = shadow_gateway, shadow_gateway.reloader
+    live, first = app.policy.sha256, app.shadow
+    assert first is not None
+    # a bad live policy and a good new shadow: the live refusal is counted, the shadow swapped in
+    good_live = policy_copy.read_text()
+    policy_copy.write_text(good_live.replace("allow: [support]", "allow: [suport]", 1))
+    shadow_copy.write_text(with_new_route(shadow_copy.read_text()))
+    assert await reloader.reload() is False
+    assert reloader.failures == 1 and reloader.shadow_failures == 0
+    assert "unknown role 'suport'" in (reloader.last_error or "")
+    assert app.policy.sha256 == live
+    second = app.shadow
+    assert second is not None and second is not first and second.sha256 != first.sha256
+    ready = (await _get(app, "/readyz", token_for("order-agent"))).json()
+    assert ready["shadow_policy_sha256"] == second.sha256
+    assert ready["policy_reload_error"] is not None
+    assert ready["shadow_policy_reload_error"] is None
+    # a bad live policy and a bad shadow: both refused, both counted, both kept
+    shadow_copy.write_text(shadow_copy.read_text().replace("allow: [support]", "allow: [suport]"))
+    assert await reloader.reload() is False
+    assert reloader.failures == 2 and reloader.shadow_failures == 1
+    assert app.policy.sha256 == live and app.shadow is second
+    # the live policy fixed, the shadow still bad: the live one reloads, the shadow stays
+    policy_copy.write_text(with_new_route(good_live))
+    assert await reloader.reload() is True
+    assert app.policy.sha256 != live and app.shadow is second and reloader.last_error is None
 
 
 async def test_a_failing_shadow_decision_is_counted_never_a_500(

@@ -20,7 +20,7 @@ was written under, by hash.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from gateway.audit.replay import NotReplayed, Replayed, changes
 from gateway.policy.diff import AccessChange
 from gateway.policy.validate import template_shape
 
-__all__ = ["EXAMPLES", "KINDS", "Group", "ReplayReport", "Traffic", "traffic"]
+__all__ = ["EXAMPLES", "KINDS", "UNKNOWN_ROLE", "Group", "ReplayReport", "Traffic", "traffic"]
 
 EXAMPLES = 3  # request ids kept per group
 KINDS = ("allow->deny", "deny->allow", "query", "params", "reason", "masked", "approval")
@@ -235,10 +235,16 @@ def _calls(group: Group) -> str:
 
 
 # -- policy diff --audit ------------------------------------------------------------------------
+# Why the traffic of a (route, role) is not known: the recorded events name the roles their
+# principal held under the live policy, which has no such role.
+UNKNOWN_ROLE = "role not in the live policy"
+
+
 @dataclass(frozen=True)
 class Traffic:
-    calls: int  # recorded calls on the route by holders of the role
-    allowed: int  # of which the live policy allowed
+    calls: int | None  # recorded calls on the route by holders of the role; None: not known
+    allowed: int | None  # of which the live policy allowed
+    unknown: str | None = None  # why not known
 
 
 def _shape(route: str) -> tuple[str, tuple[str, ...]]:
@@ -247,11 +253,21 @@ def _shape(route: str) -> tuple[str, tuple[str, ...]]:
 
 
 def traffic(
-    recs: Iterable[Recorded], access: Iterable[AccessChange]
+    recs: Iterable[Recorded],
+    access: Iterable[AccessChange],
+    *,
+    live_roles: Collection[str] | None = None,
+    redefined: Iterable[tuple[str, str]] = (),
 ) -> dict[tuple[str, str], Traffic]:
-    """For each (route, role) of the diff's access changes: the recorded calls on that route
-    (matched by method and path shape) whose principal held the role (or that it denied)."""
-    wanted = {(_shape(a.route), a.role): (a.route, a.role) for a in access}
+    """For each (route, role) of the diff's access changes, and of ``redefined`` (a role whose
+    entries changed, on each route naming it): the recorded calls on that route (matched by
+    method and path shape) whose principal held the role (or that it denied), as the live
+    policy defined it. A role not in ``live_roles`` (the live policy's) was never judged when
+    the calls were recorded: its traffic is unknown, not 0."""
+    pairs = [*((a.route, a.role) for a in access), *redefined]
+    unknown = {p for p in pairs if live_roles is not None and p[1] not in live_roles}
+    wanted = {(_shape(route), role): (route, role) for route, role in pairs}
+    wanted = {k: v for k, v in wanted.items() if v not in unknown}
     calls: Counter[tuple[str, str]] = Counter()
     allowed: Counter[tuple[str, str]] = Counter()
     for rec in recs:
@@ -263,4 +279,5 @@ def traffic(
             if change is not None:
                 calls[change] += 1
                 allowed[change] += rec.live.allow
-    return {k: Traffic(calls[k], allowed[k]) for k in wanted.values()}
+    found = {k: Traffic(calls[k], allowed[k]) for k in wanted.values()}
+    return found | {k: Traffic(None, None, UNKNOWN_ROLE) for k in unknown}

@@ -109,6 +109,15 @@ def load_candidate(path: Path) -> CompiledPolicy:
     return _load(path)
 
 
+def _traffic_json(seen: Any) -> dict[str, Any]:
+    """``policy diff --audit --json``'s ``traffic`` of one (route, role): ``calls`` and
+    ``allowed`` (null when not known, ``unknown`` saying why)."""
+    out = {"calls": seen.calls, "allowed": seen.allowed}
+    if seen.unknown is not None:
+        out["unknown"] = seen.unknown
+    return out
+
+
 def _fail(message: str) -> int:
     print(f"spangate: {message}", file=sys.stderr)
     return 2
@@ -254,7 +263,18 @@ def _diff(args: argparse.Namespace) -> int:
     if args.audit:
         from gateway.cli.replay import audit_traffic
 
-        found = audit_traffic(args.audit, result.access)
+        redefined = [
+            (route, change.name)
+            for change in result.changes
+            if change.section == "roles"
+            for route in change.routes
+        ]
+        found = audit_traffic(
+            args.audit,
+            result.access,
+            live_roles=loaded[0].policy.roles.keys(),
+            redefined=redefined,
+        )
         if isinstance(found, str):
             return _fail(found)
         traffic = found
@@ -262,8 +282,12 @@ def _diff(args: argparse.Namespace) -> int:
         record = dataclasses.asdict(result)
         if args.audit:
             for entry, change in zip(record["access"], result.access, strict=True):
-                seen = traffic[(change.route, change.role)]
-                entry["traffic"] = {"calls": seen.calls, "allowed": seen.allowed}
+                entry["traffic"] = _traffic_json(traffic[(change.route, change.role)])
+            for entry, other in zip(record["changes"], result.changes, strict=True):
+                if other.routes:
+                    entry["traffic"] = {
+                        route: _traffic_json(traffic[(route, other.name)]) for route in other.routes
+                    }
         print(json.dumps(record, indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(render_diff(result, traffic if args.audit else None))

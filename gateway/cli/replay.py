@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +167,27 @@ def exit_code(report: Any) -> int:
     return 3 if report.decisions != report.replayed else 0
 
 
-def audit_traffic(files: Sequence[Path], access: Sequence[Any]) -> dict[Any, Any] | str:
-    """``policy diff --audit``: the recorded traffic each access change touches, or why the
-    files cannot be used."""
+def audit_traffic(
+    files: Sequence[Path],
+    access: Sequence[Any],
+    *,
+    live_roles: Collection[str] | None = None,
+    redefined: Sequence[tuple[str, str]] = (),
+) -> dict[Any, Any] | str:
+    """``policy diff --audit``: the recorded traffic each access change (and each redefined
+    role's route) touches, or why the files cannot be used."""
     from gateway.audit.recorded import Recorded
     from gateway.audit.replay_report import traffic
 
     notes: list[str] = []
     try:
         found = recorded_calls(files, None, notes)
-        counted = traffic((c for c in found if isinstance(c, Recorded)), access)
+        counted = traffic(
+            (c for c in found if isinstance(c, Recorded)),
+            access,
+            live_roles=live_roles,
+            redefined=redefined,
+        )
     except (_Unusable, OSError) as exc:
         return str(exc)
     for note in notes:

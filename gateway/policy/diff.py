@@ -62,6 +62,8 @@ class Change:
     kind: Literal["+", "-", "~"]
     summary: str
     lines: tuple[str, ...] = ()  # a diff, "- old" / "+ new"
+    # a role's entries changed: the routes (method and path) whose allow or deny names it
+    routes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -326,7 +328,8 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             lines = _lines(map(_text, a.any_of), map(_text, b.any_of))
             denying = any(name in r.deny for r in (*old.routes, *new.routes))
             summary = "entries changed" + _delegation(a, b, denying=denying) + used_by(name)
-            changes.append(Change("roles", name, "~", summary, lines))
+            used = tuple(_show(r) for r in new.routes if _effect(r, name) != "none")
+            changes.append(Change("roles", name, "~", summary, lines, used))
     changes += _named("queries", _unmasked(old).queries, _unmasked(new).queries)
     changes += _masks(old, new)
     changes += _named("budgets", old.budgets, new.budgets)
@@ -348,20 +351,33 @@ _WORDS = {
 
 
 class Touched(Protocol):
-    """Recorded traffic of one (route, role) (``gateway.audit.replay_report.Traffic``)."""
+    """Recorded traffic of one (route, role) (``gateway.audit.replay_report.Traffic``):
+    ``calls`` and ``allowed`` None when not known, ``unknown`` saying why."""
 
     @property
-    def calls(self) -> int: ...
+    def calls(self) -> int | None: ...
 
     @property
-    def allowed(self) -> int: ...
+    def allowed(self) -> int | None: ...
+
+    @property
+    def unknown(self) -> str | None: ...
+
+
+def _recorded(seen: Touched, holders: str = "by its holders") -> str:
+    if seen.calls is None:
+        return f"[recorded: unknown ({seen.unknown})]"
+    calls = f"{seen.calls} call{'s' if seen.calls != 1 else ''}"
+    return f"[recorded: {calls} {holders}, {seen.allowed} allowed]"
 
 
 def render_diff(
     diff: PolicyDiff, traffic: Mapping[tuple[str, str], Touched] | None = None
 ) -> str:
     """The diff as text: access first, then the other changes by section; with ``traffic``
-    (``policy diff --audit``), each access change with the recorded calls it touches."""
+    (``policy diff --audit``), each access change with the recorded calls it touches, and each
+    role whose entries changed with the recorded calls of its holders (as the live policy
+    defines it) on each route that names it."""
     if diff.empty:
         return "no changes\n"
     out: list[str] = []
@@ -373,10 +389,7 @@ def render_diff(
             line = f"  {a.route:{width}}  {a.role}: {a.old} -> {a.new}  ({words})"
             seen = traffic.get((a.route, a.role)) if traffic is not None else None
             if seen is not None:
-                line += (
-                    f"  [recorded: {seen.calls} call{'s' if seen.calls != 1 else ''} by its "
-                    f"holders, {seen.allowed} allowed]"
-                )
+                line += "  " + _recorded(seen)
             out.append(line)
     section = None
     for c in diff.changes:
@@ -385,4 +398,9 @@ def render_diff(
             out.append(f"{section}:")
         out.append(f"  {c.kind} {c.name}: {c.summary}")
         out += [f"      {line}" for line in c.lines]
+        for route in c.routes:
+            seen = traffic.get((route, c.name)) if traffic is not None else None
+            if seen is not None:
+                held = "by its holders as the live policy defines it"
+                out.append(f"      {route}  {_recorded(seen, held)}")
     return "\n".join(out) + "\n"

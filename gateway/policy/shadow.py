@@ -20,7 +20,9 @@ issuer's preset and claim names when they differ (groups, scopes…; an introspe
 an RFC 7662 answer is read, ``introspection_names``), and refused with the
 code that preset's rules give when they refuse it (``email-unverified``...). A candidate with no
 issuer of that URL refuses the token: its decision is ``issuer-unknown``; one whose issuer takes
-none of the token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement.
+none of the token's audiences (``aud``), ``audience-mismatch``. Either is a disagreement. A
+gateway works that mapping out once per swap of either policy (``ShadowIssuers``, kept on
+``Active``): a call costs a look-up, not a comparison of claim names (a pydantic copy each).
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from gateway.auth.principal import Principal
 from gateway.errors import AuthError
 from gateway.policy.bind import Bound
 from gateway.policy.decide import Decision
-from gateway.policy.model import Issuer, Policy
+from gateway.policy.model import ClaimNames, Issuer, Policy
 from gateway.policy.types import same_value
 
 __all__ = [
     "ROUTING_REASONS",
     "Disagreement",
+    "ShadowIssuers",
     "candidate_issuer",
     "disagreement",
     "shadow_principal",
@@ -80,29 +83,82 @@ def _audiences(claims: Mapping[str, Any]) -> set[str] | None:
     return None  # not in the token (an introspection answer may have none): not checked
 
 
-def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> Principal | str:
-    """The principal as the candidate's issuers read the token, or the code the candidate
-    refuses it with (``issuer-unknown``, ``audience-mismatch``); see the module docstring."""
-    name = candidate_issuer(candidate.issuers, principal.issuer, principal.iss)
-    if name is None:
+@dataclass(frozen=True)
+class _Reading:
+    """How the candidate reads a token of one live issuer at one URL: worked out once per swap
+    (``ShadowIssuers``), not per call (comparing claim names copies a pydantic model)."""
+
+    iss: str  # the URL this was worked out for
+    name: str | None  # the candidate's issuer of that URL; None: it refuses, issuer-unknown
+    config: Issuer | None  # that issuer's configuration
+    reread: bool  # a JWT principal is rebuilt (the preset or the claim names differ)
+    introspection: ClaimNames | None  # an introspected one is rebuilt with these; None: kept
+
+
+def _reading(candidate: Policy, name: str, before: Issuer | None, iss: str) -> _Reading:
+    found = candidate_issuer(candidate.issuers, name, iss)
+    if found is None:
+        return _Reading(iss, None, None, False, None)
+    config = candidate.issuers[found]
+    if before is None:
+        return _Reading(iss, found, config, False, None)
+    names = effective_names(config, introspected=True)
+    return _Reading(
+        iss,
+        found,
+        config,
+        before.preset != config.preset or claim_names(before) != claim_names(config),
+        names if effective_names(before, introspected=True) != names else None,
+    )
+
+
+def _read(reading: _Reading, principal: Principal) -> Principal | str:
+    name, config = reading.name, reading.config
+    if name is None or config is None:
         return "issuer-unknown"
-    config = candidate.issuers[name]
     audiences = _audiences(principal.claims)
     if audiences is not None and audiences.isdisjoint(config.audiences):
         return "audience-mismatch"
-    before = live.issuers.get(principal.issuer)
     if principal.introspected:  # an RFC 7662 answer: read with the introspection names
-        names = effective_names(config, introspected=True)
-        if before is not None and effective_names(before, introspected=True) != names:
-            return principal_from_claims(name, names, principal.claims, introspected=True)
-    elif before is not None and (
-        before.preset != config.preset or claim_names(before) != claim_names(config)
-    ):
+        if reading.introspection is not None:
+            return principal_from_claims(
+                name, reading.introspection, principal.claims, introspected=True
+            )
+    elif reading.reread:
         try:
             return principal_for_issuer(name, config, principal.claims)
         except AuthError as exc:  # the candidate's preset refuses the token (email-unverified...)
             return exc.code
     return principal if name == principal.issuer else replace(principal, issuer=name)
+
+
+def shadow_principal(principal: Principal, live: Policy, candidate: Policy) -> Principal | str:
+    """The principal as the candidate's issuers read the token, or the code the candidate
+    refuses it with (``issuer-unknown``, ``audience-mismatch``); see the module docstring.
+    Works the mapping out on every call: a gateway uses ``ShadowIssuers``, worked out once."""
+    before = live.issuers.get(principal.issuer)
+    return _read(_reading(candidate, principal.issuer, before, principal.iss), principal)
+
+
+class ShadowIssuers:
+    """``shadow_principal`` for one pair of policies, its mapping of each live issuer to the
+    candidate's worked out once (when the live or the shadow policy is swapped in): a call
+    costs a dict look-up, and the token's own checks (audience, the preset's rules)."""
+
+    def __init__(self, live: Policy, candidate: Policy) -> None:
+        self._live = live
+        self._candidate = candidate
+        self._by_name = {
+            name: _reading(candidate, name, config, config.issuer)
+            for name, config in live.issuers.items()
+        }
+
+    def principal(self, principal: Principal) -> Principal | str:
+        """As ``shadow_principal(principal, live, candidate)``."""
+        reading = self._by_name.get(principal.issuer)
+        if reading is None or reading.iss != principal.iss:  # not a principal of ``live``'s
+            return shadow_principal(principal, self._live, self._candidate)
+        return _read(reading, principal)
 
 
 def _changed_params(live: Bound | None, shadow: Bound | None) -> list[str] | None:

@@ -18,11 +18,11 @@ from gateway.audit.chain import AuditKeys, Chain
 from gateway.audit.event import CallRecord, build_event, redacted
 from gateway.audit.recorded import Recorded, Skipped, TrailUnreadable, read_trail, recorded
 from gateway.audit.replay import NotReplayed, Replayed, changes, replay
-from gateway.audit.replay_report import ReplayReport, traffic
+from gateway.audit.replay_report import UNKNOWN_ROLE, ReplayReport, traffic
 from gateway.auth.principal import Principal
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import RequestFacts, decide
-from gateway.policy.diff import diff_policies
+from gateway.policy.diff import diff_policies, render_diff
 from gateway.policy.load import load_policy_data
 from gateway.policy.simulate import principal_for, request_facts
 
@@ -404,6 +404,36 @@ def test_diff_traffic_counts_the_calls_each_change_touches() -> None:
     assert seen[("GET /things/{id}", "staff")].calls == 3
     assert seen[("GET /things/{id}", "staff")].allowed == 3
     assert seen[("GET /things/{id}", "agent-for-staff")].calls == 0
+
+
+def test_diff_traffic_of_a_new_role_is_unknown_and_a_redefined_role_is_annotated() -> None:
+    """A role the live policy lacks was never judged when the calls were recorded: its traffic
+    is unknown, not 0 (a caller in group sales called); a role whose entries change is shown
+    with the calls of its holders on each route naming it."""
+    data = edited()
+    data["roles"]["sales"] = [{"groups": ["sales"]}]
+    data["routes"][0]["allow"].append("sales")
+    data["roles"]["staff"] = [{"groups": ["staff-v2"]}]
+    live_model = LIVE_POLICY.model
+    diff = diff_policies(live_model, policy(data).model)
+    redefined = [
+        (route, c.name) for c in diff.changes if c.section == "roles" for route in c.routes
+    ]
+    assert ("GET /things/{id}", "staff") in redefined
+    events = [rec(event_of("GET /things/T-1", who())) for _ in range(2)]
+    events.append(rec(event_of("GET /things/T-1", who(groups=["sales"]))))
+    seen = traffic(events, diff.access, live_roles=live_model.roles.keys(), redefined=redefined)
+    sales = seen[("GET /things/{id}", "sales")]
+    assert (sales.calls, sales.allowed, sales.unknown) == (None, None, UNKNOWN_ROLE)
+    assert seen[("GET /things/{id}", "staff")].calls == 2
+    text = render_diff(diff, seen)
+    line = next(x for x in text.splitlines() if "sales: none -> allow" in x)
+    assert line.endswith("[recorded: unknown (role not in the live policy)]")
+    roles = text[text.index("\nroles:\n") :]
+    assert (
+        "GET /things/{id}  [recorded: 2 calls by its holders as the live policy defines it, "
+        "2 allowed]"
+    ) in roles
 
 
 def test_the_shadow_decision_and_the_replay_agree() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 from builders import base, caller, compiled
 
 from gateway.auth.principal import Principal
+from gateway.policy import shadow as shadow_module
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import Decision, decide
-from gateway.policy.shadow import disagreement, shadow_principal
+from gateway.policy.shadow import ShadowIssuers, disagreement, shadow_principal
 from gateway.policy.simulate import request_facts
 
 LIVE = compiled(base())
@@ -102,3 +105,55 @@ def test_the_candidate_reads_the_token_through_its_own_issuers() -> None:
     refused = Decision(allow=False, reason="issuer-unknown")
     found = disagreement(live, live.reason, refused, LIVE.sha256)
     assert found is not None and (found.live, found.shadow) == ("allowed", "issuer-unknown")
+
+
+def _claims(change: str) -> CompiledPolicy:
+    data = _by_issuer()
+    if change == "groups":  # the candidate reads groups from another claim
+        data["issuers"]["okta"]["claims"] = {"groups": "roles"}
+    elif change == "preset":
+        data["issuers"]["okta"]["preset"] = "oidc"
+    return compiled(data)
+
+
+def test_the_mapping_worked_out_once_per_swap_reads_as_shadow_principal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ShadowIssuers`` (what a gateway uses) answers as ``shadow_principal`` for each kind of
+    change, without comparing claim names on a call (a pydantic copy each, tens of us)."""
+    by_issuer = compiled(_by_issuer())
+    overridden = _claims("groups")
+    staff = caller(by_issuer, groups=["staff"], roles=["staff-too"], tenant="t1", aud="api")
+    opaque = dataclasses.replace(staff, introspected=True)
+    pairs = [
+        (by_issuer, candidate)
+        for candidate in (
+            by_issuer,
+            _issuers("rename"),
+            _issuers("drop"),
+            _issuers("audience"),
+            overridden,
+            _claims("preset"),
+        )
+    ] + [(overridden, by_issuer), (overridden, overridden)]
+    cases = []
+    for live, candidate in pairs:
+        mapping = ShadowIssuers(live.model, candidate.model)
+        for principal in (staff, opaque, dataclasses.replace(staff, issuer="corp")):
+            cases.append(
+                (mapping, principal, shadow_principal(principal, live.model, candidate.model))
+            )
+    answers = {repr(expected) for _, _, expected in cases}
+    assert {"'issuer-unknown'", "'audience-mismatch'"} <= answers  # the cases differ
+    regrouped = ShadowIssuers(by_issuer.model, overridden.model).principal(staff)
+    assert isinstance(regrouped, Principal) and regrouped.groups == {"staff-too"}
+
+    def never(*_: Any, **__: Any) -> Any:
+        raise AssertionError("claim names compared on a call")
+
+    monkeypatch.setattr(shadow_module, "claim_names", never)
+    monkeypatch.setattr(shadow_module, "effective_names", never)
+    for mapping, principal, expected in cases:
+        if principal.issuer == "corp":  # not the live policy's issuer of its URL: worked out
+            continue
+        assert mapping.principal(principal) == expected
