@@ -3,7 +3,8 @@
 How the port is shared: the supervisor binds the listening socket once (uvicorn's own
 ``Config.bind_socket``: the address, ``SO_REUSEADDR``), and the admin port's when
 ``SPANGATE_ADMIN_PORT`` is set (``gateway.admin``), and starts each worker as a fresh
-interpreter (``python -m gateway.workers``) that inherits them; each worker runs exactly the server
+interpreter (``python -P -m gateway.workers``: ``-P``, so a ``gateway`` or any other module in the
+working directory is never imported in its place) that inherits them; each worker runs exactly the server
 of a single ``spangate serve`` (``gateway.server.run_server``: the ``GatewayHttpProtocol`` with its
 limits, the drain) on that socket, so the kernel hands each new connection to one worker. Not
 uvicorn's own ``Multiprocess`` supervisor: it restarts every worker on SIGHUP (the gateway reloads
@@ -123,6 +124,7 @@ class _Supervisor:
         slot.process = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # no script folder or working directory on sys.path: only what is installed
                 "-m",
                 "gateway.workers",
                 "--worker",
