@@ -45,6 +45,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from collections import Counter, deque
@@ -72,9 +73,11 @@ from gateway.settings import Settings
 __all__ = [
     "GatewayConfig",
     "GatewayHttpProtocol",
+    "ECHO_SECONDS",
     "GatewayServer",
     "PIPELINE_DEPTH",
     "ServerLimits",
+    "StopSignals",
     "admin_config",
     "bind_admin_socket",
     "run_server",
@@ -200,6 +203,32 @@ def bind_admin_socket(settings: Settings) -> socket.socket:
     return config.bind_socket()
 
 
+ECHO_SECONDS = 1.0  # a stop signal this soon after the one counted is the same stop
+
+
+class StopSignals:
+    """Counts stop signals (SIGTERM, SIGINT), each stop once: a terminal's Ctrl-C or an
+    orchestrator's SIGTERM sent to a whole process group reaches this process and every wrapper
+    in the group, and a wrapper that forwards what it got delivers the same stop a second time,
+    a moment later. A signal within ``ECHO_SECONDS`` of the last one counted is taken for such an
+    echo; a second signal sent on purpose (later than that) still counts. Safe in a signal
+    handler (no locks, no I/O)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self.counted = 0
+
+    def count(self) -> bool:
+        """Note one signal; True when it counts (a new stop), False for an echo."""
+        now = self._clock()
+        if self._last is not None and now - self._last < ECHO_SECONDS:
+            return False
+        self._last = now
+        self.counted += 1
+        return True
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's Server with a drain before its graceful shutdown (see the module docstring).
 
@@ -207,7 +236,12 @@ class GatewayServer(uvicorn.Server):
     say not-ready. ``parent``: a worker's supervisor pid; when the worker finds itself orphaned
     (its parent gone), it drains and stops as if it had been sent SIGTERM. ``admin``: the admin
     port's socket and app (``gateway.admin``), served from the end of start-up to the end of
-    shutdown, with its own connection count."""
+    shutdown, with its own connection count. ``early``: signals received before the server
+    installed its handlers (a worker's, ``gateway.workers``), raised again once it has started.
+
+    Stop signals (SIGTERM, SIGINT) are counted once per stop (``StopSignals``): a signal that
+    comes within ``ECHO_SECONDS`` of the one counted before it is the same stop delivered twice
+    (a process group's signal that also reaches a wrapper which forwards it), not a second."""
 
     config: GatewayConfig
 
@@ -218,11 +252,14 @@ class GatewayServer(uvicorn.Server):
         on_drain: Callable[[], None] | None = None,
         parent: int | None = None,
         admin: tuple[socket.socket, Any] | None = None,
+        early: list[int] | None = None,
     ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
         self._parent = parent
-        self._signals = 0  # SIGTERM/SIGINT received
+        self._signals = 0  # SIGTERM/SIGINT received (each stop counted once: StopSignals)
+        self._stops = StopSignals()
+        self._early = early if early is not None else []
         self._drain_until: float | None = None
         self._drain_told = False
         self._admin = admin
@@ -232,6 +269,16 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and self._admin is not None:
+            await self._serve_admin()
+        if self.started:
+            # Signals a worker received before any handler of the server was installed
+            # (``gateway.workers``): now acted on, in the order they came.
+            for sig in self._early:
+                signal.raise_signal(sig)
+        self._early = []
+
+    async def _serve_admin(self) -> None:
+        if self._admin is not None:
             sock, app = self._admin
             config = admin_config(app, self.config)
             state = self._admin_state
@@ -262,6 +309,8 @@ class GatewayServer(uvicorn.Server):
         # A signal handler: only flags here (no logging, no loop calls); on_tick acts on them.
         # Not recorded in _captured_signals: uvicorn would re-raise it after the shutdown, and
         # the exit code would be the signal's instead of 0.
+        if not self._stops.count():
+            return  # the same stop delivered twice (StopSignals)
         self._signals += 1
         if not self.started or self._signals == 2:
             self.should_exit = True  # not serving yet, or a second signal: no (more) drain
@@ -306,11 +355,13 @@ def run_server(
     sockets: list[socket.socket] | None = None,
     parent: int | None = None,
     admin_socket: socket.socket | None = None,
+    early: list[int] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
     shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
     ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port;
-    ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up).
+    ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up);
+    ``early``: signals received before this (raised again once started, see GatewayServer).
     ``app.drain()``, when the app has it, is the drain's cue. Logging: ``SPANGATE_LOG_FORMAT``
     for every logger (``gateway.logs``)."""
     configure_logging(settings.log_format, log_level or settings.log_level)
@@ -326,6 +377,7 @@ def run_server(
         on_drain=drain if callable(drain) else None,
         parent=parent,
         admin=admin,
+        early=early,
     )
     server.run(sockets=sockets)
     return 0 if server.started else 3

@@ -27,18 +27,28 @@ The supervisor:
   ``mark_process_dead``); ``stdout.lock`` makes each audit batch on the shared stdout whole;
 - forwards SIGHUP to every worker (each reloads its policy) and SIGTERM to every worker on
   SIGTERM or SIGINT (each drains, finishes its requests, flushes its trail, exits 0); workers run
-  in their own process group, so a terminal's Ctrl-C reaches them once, through the supervisor;
+  in their own process group, so a terminal's Ctrl-C reaches them once, through the supervisor,
+  and a stop signal that comes within a second of the one before is that same stop delivered
+  twice (a process group's signal forwarded by a wrapper), not a second one
+  (``gateway.server.StopSignals``); a second one sent later still ends the drain at once;
+- starts each worker with those signals blocked; the worker records what arrives before its
+  server's handlers exist (SIGTERM's and SIGHUP's default action would end it, unflushed) and
+  acts on it once it has started;
 - restarts a worker that died (at most once a second per worker) with the same number, unless
   it failed to start (exit 3): then every worker is stopped and the supervisor exits 3;
 - exits 0 when every worker exited 0 after the stop, else 1.
 
-A worker whose supervisor disappears (killed with SIGKILL) drains and stops by itself.
+A worker whose supervisor disappears (killed with SIGKILL) gets SIGTERM from the kernel
+(``prctl(PR_SET_PDEATHSIG)``, Linux), so it drains and stops by itself, and none is left
+listening on the port; where that is not available it notices within a second (its parent's
+pid changed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -53,15 +63,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from gateway.server import StopSignals
 from gateway.settings import Settings
 
-__all__ = ["STARTUP_FAILURE", "run_workers", "worker_main"]
+__all__ = ["STARTUP_FAILURE", "die_with_parent", "run_workers", "worker_main"]
 
 log = logging.getLogger("spangate.workers")
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that could not start
 _RESTART_SECONDS = 1.0  # a worker slot is restarted at most this often
 _POLL_SECONDS = 0.1
+# What the supervisor passes on to its workers; blocked while one is started (see worker_main).
+_FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 @dataclass
@@ -89,11 +102,14 @@ class _Supervisor:
         self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         self.slots = [_Slot(n) for n in range(1, settings.workers + 1)]
         self.pending: list[int] = []  # signals received, handled by the loop
-        self.stops = 0  # SIGTERM/SIGINT received
+        self.stops = 0  # SIGTERM/SIGINT received (each stop once)
+        self.stop_signals = StopSignals()
         self.failed = False  # a worker could not start
 
     # -- signals ------------------------------------------------------------------------------
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGHUP and not self.stop_signals.count():
+            return  # the same stop delivered twice (gateway.server.StopSignals)
         self.pending.append(sig)  # handled in the loop: nothing else in a signal handler
 
     def _handle_signals(self) -> None:
@@ -121,7 +137,20 @@ class _Supervisor:
         if self.admin is not None:
             fds.append(self.admin.fileno())
             admin = ["--admin-fd", str(self.admin.fileno())]
-        slot.process = subprocess.Popen(
+        # Started with the forwarded signals blocked (a child inherits the mask across exec):
+        # one sent before the worker's handlers exist waits for them (see worker_main).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            slot.process = self._spawn(slot, fd, fds, admin)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        slot.started = time.monotonic()
+        log.info("worker %d started (pid %d)", slot.number, slot.process.pid)
+
+    def _spawn(
+        self, slot: _Slot, fd: int, fds: list[int], admin: list[str]
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-P",  # no script folder or working directory on sys.path: only what is installed
@@ -141,8 +170,6 @@ class _Supervisor:
             pass_fds=tuple(fds),
             start_new_session=True,  # Ctrl-C reaches the supervisor, which forwards it once
         )
-        slot.started = time.monotonic()
-        log.info("worker %d started (pid %d)", slot.number, slot.process.pid)
 
     def _reap(self, slot: _Slot) -> None:
         """Account for a worker that exited; restart it unless stopping or it could not start."""
@@ -239,8 +266,18 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    # A SIGHUP before the reloader listens must not end the worker (its default action).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Signals before the server's handlers (its own, the reloader's SIGHUP) are recorded, not
+    # lost nor fatal (SIGTERM's and SIGHUP's default action ends the process), and raised again
+    # once it has started. The supervisor starts a worker with them blocked: none is lost in
+    # the moment before these handlers exist either.
+    early = _EarlySignals()
+    early.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    parent: int | None = args.parent
+    if die_with_parent():
+        parent = None  # no need to watch for it: the kernel says so (SIGTERM)
+    if os.getppid() != args.parent:  # the supervisor died before that: stop as if told to
+        early.received.append(signal.SIGTERM)
     sock = socket.socket(fileno=args.fd)
     from gateway.logs import configure_logging
     from gateway.runtime import build_gateway
@@ -254,7 +291,40 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         log.exception("worker %d could not start", args.worker)
         return STARTUP_FAILURE
     admin = socket.socket(fileno=args.admin_fd) if args.admin_fd is not None else None
-    return run_server(app, settings, sockets=[sock], parent=args.parent, admin_socket=admin)
+    return run_server(
+        app, settings, sockets=[sock], parent=parent, admin_socket=admin, early=early.received
+    )
+
+
+class _EarlySignals:
+    """SIGTERM, SIGINT and SIGHUP received while the worker starts, in order (the server raises
+    them again once it has started: ``gateway.server.GatewayServer``)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def install(self) -> None:
+        for sig in _FORWARDED:
+            signal.signal(sig, self._record)
+
+    def _record(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux:
+    ``prctl(PR_SET_PDEATHSIG)``, through ctypes; cleared by fork, kept across exec). False where
+    that is not available (then a worker watches its parent's pid instead)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ example policy has budgets, which workers must share) are the session's."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from served import EXAMPLE_POLICY, Served, served
+from served import EXAMPLE_POLICY, Served, served, start_served, stop_process
 
 from gateway.dev.idp import IdpProcess
 from gateway.dev.redis import RedisProcess
@@ -39,6 +42,7 @@ def _options(
         policy = tmp_path / "policy.yaml"
         policy.write_text(EXAMPLE_POLICY.read_text())
     variables = {"SPANGATE_WORKERS": "2", "SPANGATE_REDIS_URL": redis.url, **env}
+    variables.setdefault("SPANGATE_LOG_LEVEL", "info")  # the supervisor's and drains' lines
     return {
         "policy": policy,
         "database": demo_database,
@@ -97,3 +101,75 @@ def test_workers_import_nothing_from_the_working_directory(
         assert fresh(server, "/readyz").status_code == 200
         assert set(workers_of(server)) == {1, 2}
     assert not marker.exists()
+
+
+def exited(server: Served) -> int:
+    until(lambda: server.process.poll() is not None, "the supervisor exited")
+    return server.process.returncode
+
+
+def test_sigterm_while_workers_start_is_kept_and_acted_on(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    redis_server: RedisProcess,
+) -> None:  # fmt: skip
+    options = _options(tmp_path, demo_database, idp, audit_key, redis_server)
+    server = start_served(tmp_path, wait="no", **options)
+    try:
+        until(lambda: set(workers_of(server)) == {1, 2}, "both workers started")
+        server.process.send_signal(signal.SIGTERM)  # they are importing: no handler yet
+        code = exited(server)
+    finally:
+        stop_process(server.process)
+    log = server.log.read_text()
+    # Each worker started, then stopped as told (exit 0); none was ended by the signal.
+    assert code == 0, log
+    assert "exited -15" not in log and "died" not in log, log
+
+
+def test_a_stop_signal_delivered_twice_counts_once(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    redis_server: RedisProcess,
+) -> None:  # fmt: skip
+    options = _options(
+        tmp_path, demo_database, idp, audit_key, redis_server, SPANGATE_DRAIN_SECONDS="300"
+    )
+    server = start_served(tmp_path, **options)
+    try:
+        until(lambda: fresh(server, "/readyz").json()["worker"] == 2, "worker 2 answers")
+        until(lambda: fresh(server, "/readyz").json()["worker"] == 1, "worker 1 answers")
+        # As a terminal's Ctrl-C or a group's SIGTERM through a wrapper that forwards it.
+        # (Two of one kind sent at once may reach it as one: the kernel queues one of each.)
+        os.kill(server.process.pid, signal.SIGINT)
+        time.sleep(0.2)  # handled by now, mostly: the second is a signal of its own
+        os.kill(server.process.pid, signal.SIGTERM)
+        until(lambda: server.log.read_text().count("stopping: /readyz says 503") == 2, "drains")
+        log = server.log.read_text()
+        assert log.count("serving 300 s more") == 2, log  # the drain, not ended at once
+        answer = fresh(server, "/readyz")
+        assert answer.status_code == 503 and answer.json()["reason"] == "draining"
+        time.sleep(1.5)  # past the echo window (gateway.server.ECHO_SECONDS)
+        os.kill(server.process.pid, signal.SIGTERM)  # a second stop, on purpose: no more drain
+        code = exited(server)  # long before the 300 s drain would have ended
+    finally:
+        stop_process(server.process)
+    assert code == 0, server.log.read_text()
+
+
+def test_a_supervisor_killed_leaves_no_worker_behind(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    redis_server: RedisProcess,
+) -> None:  # fmt: skip
+    options = _options(tmp_path, demo_database, idp, audit_key, redis_server)
+    server = start_served(tmp_path, **options)
+    pids = until(lambda: len(found := workers_of(server)) == 2 and found, "both workers")
+    try:
+        server.process.kill()
+        server.process.wait()
+        until(lambda: not any(alive(pid) for pid in pids.values()), "the workers stopped")
+        with socket.socket() as probe:  # the port is free for the next instance
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", server.port))
+    finally:
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
