@@ -36,6 +36,8 @@ The supervisor:
   acts on it once it has started;
 - restarts a worker that died (at most once a second per worker) with the same number, unless
   it failed to start (exit 3): then every worker is stopped and the supervisor exits 3;
+- closes its own copy of the listening sockets as soon as it stops (the port is free once the
+  workers have closed theirs, while they still finish their requests);
 - exits 0 when every worker exited 0 after the stop, else 1.
 
 A worker whose supervisor disappears (killed with SIGKILL) gets SIGTERM from the kernel
@@ -121,7 +123,16 @@ class _Supervisor:
             else:  # SIGTERM or SIGINT: each drains and stops; again: each stops sooner
                 self.stops += 1
                 log.info("%s: stopping %d worker(s)", signal.Signals(sig).name, len(self.slots))
+                self._release()
                 self._send(signal.SIGTERM)
+
+    def _release(self) -> None:
+        """Close the supervisor's own copies of the listening sockets (it starts no worker any
+        more): once the workers have closed theirs the port is free for a new instance, and no
+        connection waits in a queue that nobody will accept from."""
+        self.sock.close()
+        if self.admin is not None:
+            self.admin.close()
 
     def _send(self, sig: int) -> None:
         for slot in self.slots:
@@ -187,6 +198,7 @@ class _Supervisor:
             log.error("worker %d could not start: stopping every worker", slot.number)
             self.failed = True
             self.stops += 1
+            self._release()
             self._send(signal.SIGTERM)
             return
         log.error(

@@ -103,6 +103,26 @@ def test_workers_import_nothing_from_the_working_directory(
     assert not marker.exists()
 
 
+def slow_request(server: Served, token: str) -> socket.socket:
+    """A POST whose body stops half way: a request in flight until the client closes."""
+    conn = socket.create_connection(("127.0.0.1", server.port))
+    body = b'{"order_id": "O-1", "customer_id": "C-1", "total_cents": 5}'
+    conn.sendall(
+        b"POST /v1/orders HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
+    return conn
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
 def exited(server: Served) -> int:
     until(lambda: server.process.poll() is not None, "the supervisor exited")
     return server.process.returncode
@@ -173,3 +193,28 @@ def test_a_supervisor_killed_leaves_no_worker_behind(
         for pid in pids.values():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_port_is_released_while_workers_finish_their_requests(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    redis_server: RedisProcess, token_for: Callable[..., str],
+) -> None:  # fmt: skip
+    options = _options(
+        tmp_path, demo_database, idp, audit_key, redis_server,
+        SPANGATE_SHUTDOWN_TIMEOUT_SECONDS="300", SPANGATE_BODY_TIMEOUT_SECONDS="300",
+    )  # fmt: skip
+    server = start_served(tmp_path, **options)
+    held = slow_request(server, token_for("order-writer"))
+    try:
+        until(lambda: fresh(server, "/readyz").status_code == 200, "still ready")
+        server.process.send_signal(signal.SIGTERM)
+        # The workers stop listening after the drain (0 s); the supervisor must not keep the
+        # port listening for them, with connections queued that nobody accepts.
+        until(lambda: refused(server.port), "the port refuses connections")
+        assert server.process.poll() is None  # still finishing the held request
+        held.close()
+        code = exited(server)
+    finally:
+        held.close()
+        stop_process(server.process)
+    assert code == 0, server.log.read_text()
