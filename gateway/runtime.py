@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,12 +39,14 @@ from gateway.spanner.identities import (
     default_async_client_factory,
     default_client_factory,
 )
-from gateway.tracing import Tracing, tracing_from_env
+from gateway.tracing import Tracing, check_tracing, tracing_from_env
 
 __all__ = [
     "budget_store",
     "build_budgets",
+    "Startup",
     "build_gateway",
+    "check_startup",
     "cursor_keys",
     "load_compiled",
     "mask_key",
@@ -139,6 +142,41 @@ def cursor_keys(settings: Settings, policy: CompiledPolicy | None) -> CursorKeys
     return keys
 
 
+@dataclass(frozen=True)
+class Startup:
+    """What ``check_startup`` found good to serve."""
+
+    policy: CompiledPolicy
+    shadow: CompiledPolicy | None
+    mask_key: MaskKey | None
+    cursor_keys: CursorKeys | None
+
+
+def check_startup(settings: Settings, env: Mapping[str, str]) -> Startup:
+    """Every check of the settings and the policy that needs no I/O but reading the policy, in
+    one order, for ``spangate serve`` in one process (``build_gateway``) and for the supervisor
+    of ``--workers N`` before it starts a worker: the same refusal, message and exit code (2)
+    either way. Raises ``PolicyError`` (the policy or the shadow policy has problems) or
+    ``ConfigError``: the policy (or shadow) redacts without an audit key, masks with ``hash``
+    without a mask key, paginates without cursor keys, has budgets under ``--workers`` without
+    Redis; an ``OTEL_*`` variable the tracing cannot honour."""
+    policy = load_compiled(settings.policy, env)
+    shadow = None
+    if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
+        shadow = load_shadow(settings.shadow_policy, env)
+        check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
+    check_audit_key(settings, policy)
+    masking = mask_key(settings, policy)
+    cursors = cursor_keys(settings, policy)
+    if settings.workers > 1 and policy.model.budgets and settings.redis_url is None:
+        raise ConfigError(
+            "the policy has budgets: with --workers, each worker would count them on its own "
+            "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
+        )
+    check_tracing(env)
+    return Startup(policy, shadow, masking, cursors)
+
+
 async def _analyze(executor: Executor, app: Gateway) -> None:
     analysis = await executor.analyze(app.policy)
     for warning in analysis.warnings:  # the loader's were logged when it was built
@@ -181,16 +219,12 @@ def build_gateway(
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), masks
     a column with ``hash`` and there is no mask key (``mask_key``), or paginates a query and
     there are no cursor keys (``cursor_keys``)."""
-    policy = load_compiled(settings.policy, env)
-    shadow = None
-    if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
-        shadow = load_shadow(settings.shadow_policy, env)
+    checked = check_startup(settings, env)
+    policy, shadow = checked.policy, checked.shadow
+    masking, cursors = checked.mask_key, checked.cursor_keys
+    if shadow is not None:
         log.info("shadow policy %s: sha256 %s", settings.shadow_policy, shadow.sha256[:12])
         log_policy_warnings(shadow, shadow=True)
-        check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
-    check_audit_key(settings, policy)
-    masking = mask_key(settings, policy)
-    cursors = cursor_keys(settings, policy)
     if tracing is None:
         tracing = tracing_from_env(env)
     if (warning := unkeyed_warning(settings)) is not None:

@@ -19,7 +19,8 @@ connection limits, introspection budget and in-process counters.
 
 The supervisor:
 
-- checks the settings and the policy first (the same errors and exit code 2 as one process);
+- checks the settings and the policy first, with the very checks of one process
+  (``gateway.runtime.check_startup``: the same message and exit code 2, no worker started);
 - creates a private directory (``spangate-*``, mode 0700) under the temporary directory
   (``TMPDIR``, else ``/tmp``: the one writable place in a read-only container) and removes it
   when it exits: ``metrics/`` is every worker's ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics``
@@ -239,22 +240,11 @@ class _Supervisor:
 def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
     """Supervise ``settings.workers`` workers on one socket until stopped (see the module
     docstring); the exit code is the supervisor's."""
-    from gateway.audit.configure import check_audit_key
-    from gateway.errors import ConfigError
-    from gateway.runtime import load_compiled
+    from gateway.runtime import check_startup
     from gateway.server import bind_admin_socket, server_config
 
-    policy = load_compiled(settings.policy, env)  # a PolicyError here: exit 2, nothing started
-    check_audit_key(settings, policy)
-    if settings.shadow_policy is not None:  # each worker loads it too; refused here first
-        from gateway.reload import load_shadow
-
-        check_audit_key(settings, load_shadow(settings.shadow_policy, env))
-    if policy.model.budgets and settings.redis_url is None:
-        raise ConfigError(
-            "the policy has budgets: with --workers, each worker would count them on its own "
-            "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
-        )
+    # The checks of one process, before any worker starts: the same refusal (exit 2).
+    check_startup(settings, env)
     sock = server_config(None, settings).bind_socket()  # exits 3 when the address is taken
     # The admin port likewise: bound once, inherited by every worker (gateway.admin).
     admin = bind_admin_socket(settings) if settings.admin_port else None

@@ -6,16 +6,18 @@ example policy has budgets, which workers must share) are the session's."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from served import EXAMPLE_POLICY, Served, served, start_served, stop_process
+from served import EXAMPLE_POLICY, SPANGATE, Served, served, start_served, stop_process
 
 from gateway.dev.idp import IdpProcess
 from gateway.dev.redis import RedisProcess
@@ -218,3 +220,29 @@ def test_the_port_is_released_while_workers_finish_their_requests(
         held.close()
         stop_process(server.process)
     assert code == 0, server.log.read_text()
+
+
+def test_workers_refuse_what_one_process_refuses_alike(tmp_path: Path, audit_key: str) -> None:
+    # The example policy paginates: without cursor keys one process refuses to start (exit 2);
+    # so must the supervisor, with the same message, before any worker starts.
+    env = {k: v for k, v in os.environ.items() if k != "SPANGATE_CURSOR_KEYS"}
+    env |= {
+        "SPANGATE_AUDIT_KEY": audit_key,
+        "OKTA_ISSUER": "https://idp.invalid/oauth2/default",
+        "SPANGATE_REDIS_URL": "redis://127.0.0.1:1",  # never reached
+    }
+    said = {}
+    for workers in ("1", "2"):
+        done = subprocess.run(
+            [*SPANGATE, "serve", "--policy", str(EXAMPLE_POLICY), "--port", "0",
+             "--workers", workers],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        said[workers] = [
+            json.loads(line)["message"]
+            for line in done.stderr.splitlines()
+            if "SPANGATE_CURSOR_KEYS" in line
+        ]
+        assert "worker 1 started" not in done.stderr
+    assert said["1"] and said["1"] == said["2"]
