@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.accepted import load_accepted, save_accepted
 from gateway.app import Gateway, create_app
 from gateway.audit.configure import audit_keys, build_trail, check_audit_key, unkeyed_warning
 from gateway.auth.introspect import introspectors
@@ -152,18 +153,32 @@ class Startup:
     cursor_keys: CursorKeys | None
 
 
-def check_startup(settings: Settings, env: Mapping[str, str]) -> Startup:
+def check_startup(
+    settings: Settings, env: Mapping[str, str], *, run_dir: Path | None = None
+) -> Startup:
     """Every check of the settings and the policy that needs no I/O but reading the policy, in
     one order, for ``spangate serve`` in one process (``build_gateway``) and for the supervisor
     of ``--workers N`` before it starts a worker: the same refusal, message and exit code (2)
     either way. Raises ``PolicyError`` (the policy or the shadow policy has problems) or
     ``ConfigError``: the policy (or shadow) redacts without an audit key, masks with ``hash``
     without a mask key, paginates without cursor keys, has budgets under ``--workers`` without
-    Redis; an ``OTEL_*`` variable the tracing cannot honour."""
-    policy = load_compiled(settings.policy, env)
+    Redis; an ``OTEL_*`` variable the tracing cannot honour.
+
+    ``run_dir`` (a worker of ``--workers N``): the policy the gateway has accepted, kept there
+    (``gateway.accepted``), rather than the files as they are now."""
+    accepted = None
+    if run_dir is not None:
+        accepted = load_accepted(
+            run_dir, policy_path=settings.policy, shadow_path=settings.shadow_policy, env=env
+        )
     shadow = None
+    if accepted is not None:
+        policy, shadow = accepted
+    else:
+        policy = load_compiled(settings.policy, env)
     if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
-        shadow = load_shadow(settings.shadow_policy, env)
+        if shadow is None:
+            shadow = load_shadow(settings.shadow_policy, env)
         check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
     check_audit_key(settings, policy)
     masking = mask_key(settings, policy)
@@ -219,7 +234,7 @@ def build_gateway(
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), masks
     a column with ``hash`` and there is no mask key (``mask_key``), or paginates a query and
     there are no cursor keys (``cursor_keys``)."""
-    checked = check_startup(settings, env)
+    checked = check_startup(settings, env, run_dir=run_dir)
     policy, shadow = checked.policy, checked.shadow
     masking, cursors = checked.mask_key, checked.cursor_keys
     if shadow is not None:
@@ -322,6 +337,9 @@ def build_gateway(
         poll_seconds=settings.policy_poll_seconds,
         shadow_path=settings.shadow_policy,
     )
+    if run_dir is not None:  # a worker: what it accepts is what a replacement will load
+        accepted_dir = run_dir
+        reloader.on_accepted = lambda policy, shadow: save_accepted(accepted_dir, policy, shadow)
     app.reloader = reloader
     app.worker = worker
     # Every statement PLAN-analysed by Spanner before /readyz says ready (a misspelt column fails

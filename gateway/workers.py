@@ -35,6 +35,9 @@ The supervisor:
 - starts each worker with those signals blocked; the worker records what arrives before its
   server's handlers exist (SIGTERM's and SIGHUP's default action would end it, unflushed) and
   acts on it once it has started;
+- keeps the policy it checked, and each worker the one it accepts on a reload, in
+  ``accepted-policy.json`` there: every worker loads that one, so a replacement serves what the
+  gateway has accepted, never a policy file edited since and not reloaded (``gateway.accepted``);
 - restarts a worker that died (at most once a second per worker) with the same number, unless
   it failed to start (exit 3): then every worker is stopped and the supervisor exits 3;
 - closes its own copy of the listening sockets as soon as it stops (the port is free once the
@@ -240,17 +243,20 @@ class _Supervisor:
 def run_workers(settings: Settings, env: Mapping[str, str]) -> int:
     """Supervise ``settings.workers`` workers on one socket until stopped (see the module
     docstring); the exit code is the supervisor's."""
+    from gateway.accepted import save_accepted
     from gateway.runtime import check_startup
     from gateway.server import bind_admin_socket, server_config
 
     # The checks of one process, before any worker starts: the same refusal (exit 2).
-    check_startup(settings, env)
+    checked = check_startup(settings, env)
     sock = server_config(None, settings).bind_socket()  # exits 3 when the address is taken
     # The admin port likewise: bound once, inherited by every worker (gateway.admin).
     admin = bind_admin_socket(settings) if settings.admin_port else None
     run_dir = Path(tempfile.mkdtemp(prefix="spangate-"))  # 0700, new: nothing stale in it
     try:
         (run_dir / "metrics").mkdir()
+        # Every worker, the first ones too, loads the policy checked here (gateway.accepted).
+        save_accepted(run_dir, checked.policy, checked.shadow)
         return _Supervisor(settings, env, sock, run_dir, admin).run()
     finally:
         sock.close()

@@ -246,3 +246,53 @@ def test_workers_refuse_what_one_process_refuses_alike(tmp_path: Path, audit_key
         ]
         assert "worker 1 started" not in done.stderr
     assert said["1"] and said["1"] == said["2"]
+
+
+def _sha_of_each(server: Served) -> dict[int, str]:
+    seen: dict[int, str] = {}
+
+    def both() -> bool:
+        body = fresh(server, "/readyz").json()
+        seen[body["worker"]] = body["policy_sha256"]
+        return len(seen) == 2
+
+    until(both, "both workers answered /readyz")
+    return seen
+
+
+def test_a_replacement_worker_loads_the_accepted_policy_not_the_file_now(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    redis_server: RedisProcess,
+) -> None:  # fmt: skip
+    options = _options(tmp_path, demo_database, idp, audit_key, redis_server)
+    policy: Path = options["policy"]
+    with served(tmp_path, **options) as server:
+        first = set(_sha_of_each(server).values())
+        # Reviewed and reloaded: accepted.
+        policy.write_text(policy.read_text() + "\n# reviewed\n")
+        server.process.send_signal(signal.SIGHUP)
+        reloaded: dict[int, str] = {}
+
+        def both_reloaded() -> bool:
+            body = fresh(server, "/readyz").json()
+            reloaded[body["worker"]] = body["policy_sha256"]
+            return len(reloaded) == 2 and not set(reloaded.values()) & first
+
+        until(both_reloaded, "both workers reloaded")
+        accepted = set(reloaded.values())
+        assert len(accepted) == 1
+        # Edited since, never reloaded: a worker started now must not serve it.
+        policy.write_text(policy.read_text() + "\n# not reviewed\n")
+        victim = workers_of(server)[1]
+        os.kill(victim, signal.SIGKILL)
+        until(
+            lambda: (pid := workers_of(server).get(1)) is not None and pid != victim,
+            "worker 1 replaced",
+        )
+
+        def replacement_answers() -> bool:
+            body = fresh(server, "/readyz").json()
+            return body["worker"] == 1 and workers_of(server).get(1) != victim and body
+        until(replacement_answers, "the replacement answers")
+        assert set(_sha_of_each(server).values()) == accepted
+        assert server.process.poll() is None
