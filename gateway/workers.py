@@ -38,8 +38,11 @@ The supervisor:
 - keeps the policy it checked, and each worker the one it accepts on a reload, in
   ``accepted-policy.json`` there: every worker loads that one, so a replacement serves what the
   gateway has accepted, never a policy file edited since and not reloaded (``gateway.accepted``);
-- restarts a worker that died (at most once a second per worker) with the same number, unless
-  it failed to start (exit 3): then every worker is stopped and the supervisor exits 3;
+- restarts a worker that died with the same number, after 1 s, then twice as long each time it
+  dies again (at most 30 s; a worker that ran a minute starts over at 1 s), counted by
+  ``spangate_worker_restarts_total{worker}``, unless it failed to start (exit 3): then every
+  worker is stopped and the supervisor exits 3; more than 5 deaths of workers within 60 s is a
+  restart storm: every worker is stopped, and the supervisor says so and exits 1;
 - closes its own copy of the listening sockets as soon as it stops (the port is free once the
   workers have closed theirs, while they still finish their requests);
 - exits 0 when every worker exited 0 after the stop, else 1.
@@ -64,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -72,12 +75,30 @@ from types import FrameType
 from gateway.server import StopSignals
 from gateway.settings import Settings
 
-__all__ = ["STARTUP_FAILURE", "die_with_parent", "run_workers", "worker_main"]
+__all__ = [
+    "STARTUP_FAILURE",
+    "STORM_EXIT",
+    "CrashBudget",
+    "die_with_parent",
+    "restart_delay",
+    "run_workers",
+    "worker_main",
+]
 
 log = logging.getLogger("spangate.workers")
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that could not start
-_RESTART_SECONDS = 1.0  # a worker slot is restarted at most this often
+# Restarting workers that died: the first replacement after RESTART_FIRST_SECONDS, each next one
+# of the same worker after twice as long (at most RESTART_MAX_SECONDS); a worker that ran
+# HEALTHY_SECONDS before it died starts over at the first delay. More than STORM_CRASHES deaths
+# (of all workers) within STORM_SECONDS is a restart storm: the supervisor stops every worker and
+# exits STORM_EXIT, for the orchestrator to see (a crash loop it can report and back off).
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+HEALTHY_SECONDS = 60.0
+STORM_CRASHES = 5
+STORM_SECONDS = 60.0
+STORM_EXIT = 1
 _POLL_SECONDS = 0.1
 # What the supervisor passes on to its workers; blocked while one is started (see worker_main).
 _FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -89,6 +110,35 @@ class _Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     exits: list[int] = field(default_factory=list)
+    crashes: int = 0  # deaths in a row (reset by a worker that ran HEALTHY_SECONDS)
+    due: float = 0.0  # when the next replacement may start
+    restarts: int = 0
+
+
+def restart_delay(crashes: int) -> float:
+    """How long after its ``crashes``-th death in a row a worker is started again."""
+    return min(RESTART_FIRST_SECONDS * 2.0 ** max(crashes - 1, 0), RESTART_MAX_SECONDS)
+
+
+class CrashBudget:
+    """Worker deaths within the last ``seconds``: more than ``crashes`` of them is a storm."""
+
+    def __init__(
+        self,
+        crashes: int = STORM_CRASHES,
+        seconds: float = STORM_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.crashes = crashes
+        self.seconds = seconds
+        self._clock = clock
+        self._times: list[float] = []
+
+    def crashed(self) -> bool:
+        """Note one death; True when that makes more than ``crashes`` within ``seconds``."""
+        now = self._clock()
+        self._times = [t for t in self._times if now - t < self.seconds] + [now]
+        return len(self._times) > self.crashes
 
 
 class _Supervisor:
@@ -111,6 +161,8 @@ class _Supervisor:
         self.stops = 0  # SIGTERM/SIGINT received (each stop once)
         self.stop_signals = StopSignals()
         self.failed = False  # a worker could not start
+        self.storm = False  # workers died too often (CrashBudget)
+        self.budget = CrashBudget()
 
     # -- signals ------------------------------------------------------------------------------
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -180,6 +232,7 @@ class _Supervisor:
                 str(os.getpid()),
                 "--run-dir",
                 str(self.run_dir),
+                *(["--replacement"] if slot.restarts else []),
             ],
             env=self.env,
             pass_fds=tuple(fds),
@@ -205,11 +258,33 @@ class _Supervisor:
             self._release()
             self._send(signal.SIGTERM)
             return
+        if self.budget.crashed():
+            log.error(
+                "restart storm: worker %d (pid %d) died (exit %d), the %dth worker death within "
+                "%g s: stopping every worker and exiting %d (look for the cause in the lines "
+                "before this one)",
+                slot.number,
+                process.pid,
+                process.returncode,
+                self.budget.crashes + 1,
+                self.budget.seconds,
+                STORM_EXIT,
+            )
+            self.storm = True
+            self.stops += 1
+            self._release()
+            self._send(signal.SIGTERM)
+            return
+        now = time.monotonic()
+        slot.crashes = 1 if now - slot.started >= HEALTHY_SECONDS else slot.crashes + 1
+        delay = restart_delay(slot.crashes)
+        slot.due = now + delay
         log.error(
-            "worker %d (pid %d) died (exit %d): starting another in its place",
+            "worker %d (pid %d) died (exit %d): starting another in its place in %g s",
             slot.number,
             process.pid,
             process.returncode,
+            delay,
         )
 
     def run(self) -> int:
@@ -225,7 +300,8 @@ class _Supervisor:
                     if slot.process is not None and slot.process.poll() is not None:
                         self._reap(slot)
                     if slot.process is None and not self.stops:
-                        if time.monotonic() - slot.started >= _RESTART_SECONDS:
+                        if time.monotonic() >= slot.due:
+                            slot.restarts += 1
                             self._start(slot)
                     running += slot.process is not None
                 if self.stops and not running:
@@ -236,6 +312,8 @@ class _Supervisor:
                 signal.signal(sig, handler)
         if self.failed:
             return STARTUP_FAILURE
+        if self.storm:
+            return STORM_EXIT
         last = [slot.exits[-1] for slot in self.slots if slot.exits]
         return 0 if last and all(code == 0 for code in last) else 1
 
@@ -273,6 +351,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--admin-fd", type=int)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--replacement", action="store_true")  # started after one died
     args = parser.parse_args(argv)
     # Signals before the server's handlers (its own, the reloader's SIGHUP) are recorded, not
     # lost nor fatal (SIGTERM's and SIGHUP's default action ends the process), and raised again
@@ -298,6 +377,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("worker %d could not start", args.worker)
         return STARTUP_FAILURE
+    app.metrics.worker_started(args.worker, replacement=args.replacement)
     admin = socket.socket(fileno=args.admin_fd) if args.admin_fd is not None else None
     return run_server(
         app, settings, sockets=[sock], parent=parent, admin_socket=admin, early=early.received

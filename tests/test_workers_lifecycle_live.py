@@ -296,3 +296,6 @@ def test_a_replacement_worker_loads_the_accepted_policy_not_the_file_now(
         until(replacement_answers, "the replacement answers")
         assert set(_sha_of_each(server).values()) == accepted
         assert server.process.poll() is None
+        metrics = fresh(server, "/metrics").text
+        assert 'spangate_worker_restarts_total{worker="1"} 1.0' in metrics
+        assert 'spangate_worker_restarts_total{worker="2"} 0.0' in metrics
