@@ -26,6 +26,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── BudgetStoreUnavailable 503 budget-store-unavailable (Retry-After)
         ├── AuditUnavailable     503   audit-unavailable
         ├── ServerBusy           503   server-busy (Retry-After)
+        ├── ShuttingDown         503   shutting-down (Retry-After)
         └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "RequestTimeout",
     "RouteNotFound",
     "ServerBusy",
+    "ShuttingDown",
     "SpangateError",
     "SpannerError",
     "UnsupportedMediaType",
@@ -260,6 +262,18 @@ class HeadersTooLarge(GatewayError):
     status = 431
     code = "headers-too-large"
     title = "Request header fields too large"
+
+
+class ShuttingDown(GatewayError):
+    """The server is stopping and the call did not finish within the shutdown timeout: it was
+    stopped and answered (``gateway.server``, ``Gateway.cut_short``)."""
+
+    status = 503
+    code = "shutting-down"
+    title = "Shutting down"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
 
 
 class ServerBusy(GatewayError):

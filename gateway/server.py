@@ -26,10 +26,12 @@ Shutdown (:class:`GatewayServer`): the first SIGTERM or SIGINT starts a drain: t
 is told (``/readyz`` answers 503 ``draining``), every answer from then on closes its connection
 (``Connection: close``: a client behind a connection-level balancer reconnects elsewhere), and the
 server keeps listening for ``drain_seconds``; then uvicorn's graceful shutdown: the listener
-closes, idle connections close, requests in flight get ``shutdown_timeout_seconds`` to finish
-(then they are cancelled, each still leaving its audit event), and the lifespan shutdown settles
-writes and flushes the audit trail. A second signal ends the drain at once; a third stops without
-waiting. The exit code is 0: the signal is handled, not re-raised.
+closes, idle connections close, requests in flight get ``shutdown_timeout_seconds`` to finish;
+then the calls still running are stopped (``app.cut_short()``) and each is answered 503
+``shutting-down`` (problem+json, with its request id) and audited so, within ``ANSWER_SECONDS``;
+what still runs after that is cancelled (each still leaving its audit event), and the lifespan
+shutdown settles writes and flushes the audit trail. A second signal ends the drain at once; a
+third stops without waiting. The exit code is 0: the signal is handled, not re-raised.
 
 These answers are problem+json written by the server itself: they are not audit events, since no
 request reached the gateway; each is a request line of ``spangate.access`` (rate-limited) and
@@ -124,11 +126,18 @@ class GatewayConfig(uvicorn.Config):
     survives a worker spawn)."""
 
     def __init__(
-        self, app: Any, *, limits: ServerLimits, drain_seconds: float = 0.0, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        limits: ServerLimits,
+        drain_seconds: float = 0.0,
+        shutdown_timeout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.limits = limits
         self.drain_seconds = drain_seconds
+        self.shutdown_timeout = shutdown_timeout  # then calls still running are cut short
         self.draining = False  # set by GatewayServer on the first SIGTERM/SIGINT
         self.peers: Counter[str] = Counter()  # open connections per peer address (per process)
 
@@ -140,6 +149,7 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         app,
         limits=limits,
         drain_seconds=settings.drain_seconds,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
         host=settings.host,
         port=settings.port,
         http=GatewayHttpProtocol,
@@ -156,9 +166,11 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
         proxy_headers=False,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        # Once the listener closed: requests in flight get this long, then are cancelled (each
-        # still leaves its event); a stuck client or sink never holds up the exit.
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # Once the listener closed: requests in flight get the shutdown timeout, then those still
+        # running are cut short and answered 503 shutting-down within ANSWER_SECONDS; what still
+        # runs then is cancelled (each still leaves its event). A stuck client or sink never
+        # holds up the exit.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds + ANSWER_SECONDS,
         # GatewayHttpProtocol answers over-capacity requests itself, as problem+json.
         limit_concurrency=None,
         # Not used (the protocol is GatewayHttpProtocol), bounded all the same.
@@ -204,6 +216,9 @@ def bind_admin_socket(settings: Settings) -> socket.socket:
 
 
 ECHO_SECONDS = 1.0  # a stop signal this soon after the one counted is the same stop
+# After the shutdown timeout: how long calls cut short get to be answered 503 shutting-down and
+# audited (their event written) before whatever still runs is cancelled.
+ANSWER_SECONDS = 7.0
 
 
 class StopSignals:
@@ -250,12 +265,14 @@ class GatewayServer(uvicorn.Server):
         config: GatewayConfig,
         *,
         on_drain: Callable[[], None] | None = None,
+        on_cut: Callable[[], int] | None = None,
         parent: int | None = None,
         admin: tuple[socket.socket, Any] | None = None,
         early: list[int] | None = None,
     ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
+        self._on_cut = on_cut
         self._parent = parent
         self._signals = 0  # SIGTERM/SIGINT received (each stop counted once: StopSignals)
         self._stops = StopSignals()
@@ -293,6 +310,27 @@ class GatewayServer(uvicorn.Server):
             )
             host, port = sock.getsockname()[:2]
             log.info("admin port (/healthz, /readyz, /metrics) on %s:%d", host, port)
+
+    async def _wait_tasks_to_complete(self) -> None:
+        """Requests in flight get the shutdown timeout; then ``on_cut`` stops the calls still
+        running, which are answered 503 ``shutting-down`` (and audited so) within
+        ``ANSWER_SECONDS``; uvicorn cancels what still runs after that."""
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout):
+                await super()._wait_tasks_to_complete()
+            return
+        except TimeoutError:
+            pass
+        cut = self._on_cut() if self._on_cut is not None else 0
+        log.warning(
+            "shutdown timeout (%g s) over: %d call(s) still running stopped, each answered 503 "
+            "shutting-down (%d request(s) in flight get %g s more, then are cancelled)",
+            self.config.shutdown_timeout,
+            cut,
+            len(self.server_state.tasks),
+            ANSWER_SECONDS,
+        )
+        await super()._wait_tasks_to_complete()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -334,9 +372,9 @@ class GatewayServer(uvicorn.Server):
             self._drain_until = time.monotonic() + drain
             log.info(
                 "stopping: /readyz says 503 draining; serving %g s more, then requests in flight "
-                "get %g s",
+                "get %g s (then those still running are answered 503 shutting-down)",
                 drain,
-                self.config.timeout_graceful_shutdown,
+                self.config.shutdown_timeout,
             )
             if self._on_drain is not None:
                 self._on_drain()
@@ -366,6 +404,7 @@ def run_server(
     for every logger (``gateway.logs``)."""
     configure_logging(settings.log_format, log_level or settings.log_level)
     drain = getattr(app, "drain", None)
+    cut = getattr(app, "cut_short", None)
     admin = None
     if settings.admin_port:
         from gateway.admin import AdminApp
@@ -375,6 +414,7 @@ def run_server(
     server = GatewayServer(
         server_config(app, settings, log_level=log_level),
         on_drain=drain if callable(drain) else None,
+        on_cut=cut if callable(cut) else None,
         parent=parent,
         admin=admin,
         early=early,
