@@ -265,7 +265,12 @@ class Gateway:
                 break
             await asyncio.sleep(0.01)
         await self.executor.settle(self.settings.settle_seconds)
-        await self.audit.close()
+        if lost := await self.audit.close():
+            log.error(
+                "the last audit flush lost %d event(s) (see the lines above): the process "
+                "exits 1",
+                lost,
+            )
         self.executor.close()
         for close in self._closers:
             await close()

@@ -396,7 +396,8 @@ def run_server(
     early: list[int] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
-    shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
+    shutdown, 1 when the last audit flush lost events (``app.audit.lost``), 3 when start-up
+    failed (as uvicorn). ``sockets``: listen on these (a worker of
     ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port;
     ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up);
     ``early``: signals received before this (raised again once started, see GatewayServer).
@@ -420,7 +421,10 @@ def run_server(
         early=early,
     )
     server.run(sockets=sockets)
-    return 0 if server.started else 3
+    if not server.started:
+        return 3
+    # Audit events the last flush lost (gateway.audit.trail): a clean stop is not claimed.
+    return 1 if getattr(getattr(app, "audit", None), "lost", 0) else 0
 
 
 class _HeadRefused(Exception):
