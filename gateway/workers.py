@@ -25,7 +25,8 @@ The supervisor:
   (``TMPDIR``, else ``/tmp``: the one writable place in a read-only container) and removes it
   when it exits: ``metrics/`` is every worker's ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics``
   sums every worker whichever answers (a dead worker's live gauges are dropped:
-  ``mark_process_dead``); ``stdout.lock`` makes each audit batch on the shared stdout whole;
+  ``mark_process_dead``); ``output-*.lock`` (one per shared stream, ``gateway.output``) makes
+  each audit batch on stdout and each batch of log lines on stderr whole;
 - forwards SIGHUP to every worker (each reloads its policy) and SIGTERM to every worker on
   SIGTERM or SIGINT (each drains, finishes its requests, flushes its trail, exits 0); workers run
   in their own process group, so a terminal's Ctrl-C reaches them once, through the supervisor,
@@ -366,11 +367,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     if os.getppid() != args.parent:  # the supervisor died before that: stop as if told to
         early.received.append(signal.SIGTERM)
     sock = socket.socket(fileno=args.fd)
-    from gateway.logs import configure_logging
+    from gateway.logs import configure_logging, share_output
     from gateway.runtime import build_gateway
     from gateway.server import run_server
 
     settings = Settings()
+    share_output(args.run_dir)  # stderr is every worker's: whole lines under a shared lock
     configure_logging(settings.log_format, settings.log_level)
     try:
         app = build_gateway(settings, env=os.environ, worker=args.worker, run_dir=args.run_dir)
