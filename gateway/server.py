@@ -31,7 +31,8 @@ then the calls still running are stopped (``app.cut_short()``) and each is answe
 ``shutting-down`` (problem+json, with its request id) and audited so, within ``ANSWER_SECONDS``;
 what still runs after that is cancelled (each still leaving its audit event), and the lifespan
 shutdown settles writes and flushes the audit trail. A second signal ends the drain at once; a
-third stops without waiting. The exit code is 0: the signal is handled, not re-raised.
+third stops without waiting; a signal within ``ECHO_SECONDS`` of the one before counts as that
+one (``StopSignals``). The exit code is 0: the signal is handled, not re-raised.
 
 These answers are problem+json written by the server itself: they are not audit events, since no
 request reached the gateway; each is a request line of ``spangate.access`` (rate-limited) and
