@@ -55,6 +55,7 @@ from gateway.errors import (
     CursorRefused,
     GatewayError,
     RouteNotFound,
+    ShuttingDown,
 )
 from gateway.http import (
     CALL,
@@ -203,6 +204,10 @@ class Gateway:
         self.approvals = Approvals(executor, audit_key=audit_key)
         self.audit = audit
         self.unrecorded = 0
+        # Calls deciding or executing, by the task running each (cut_short stops them), and
+        # those cut_short cancelled and that have not yet taken it back (_was_cut).
+        self._cuttable: dict[asyncio.Task[Any], CallRecord] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
         audit.expect_from(lambda: self.unrecorded)
         self._audit_key = audit_key  # the key of redacted values (AuditKeys.redact)
         # Shown in /readyz while the trail is unkeyed (see audit.configure.unkeyed_warning).
@@ -274,7 +279,12 @@ class Gateway:
                 break
             await asyncio.sleep(0.01)
         await self.executor.settle(self.settings.settle_seconds)
-        await self.audit.close()
+        if lost := await self.audit.close():
+            log.error(
+                "the last audit flush lost %d event(s) (see the lines above): the process "
+                "exits 1",
+                lost,
+            )
         self.executor.close()
         for close in self._closers:
             await close()
@@ -486,9 +496,21 @@ class Gateway:
         if tracing is not None:
             tracing.bind(call)  # the audit event names the request's span
         body: dict[str, Any] | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._cuttable[task] = call
         try:
-            body = await self._run(call, active, await resolve(call, active))
+            try:
+                body = await self._run(call, active, await resolve(call, active))
+            finally:
+                if task is not None:
+                    self._cuttable.pop(task, None)
             status = call.answer_status  # 200, or 202 approval-required
+        except asyncio.CancelledError:
+            if not self._was_cut(task):
+                self._cancelled(call, policy)
+                raise
+            status = self._shutting_down(call)
         except GatewayError as exc:
             call.error = exc
             status = exc.status
@@ -502,14 +524,10 @@ class Gateway:
             if call.write:  # as the executor saw it (not-committed when it never got there)
                 call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
             status = 500
-        except asyncio.CancelledError:  # the server gave up on the request: still one event
-            call.error = GatewayError("the request was cancelled", code="cancelled")
-            if call.write:  # as the executor saw it (not-committed when it never got there)
-                call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
-            call.status = 499
-            self.unrecorded -= 1
-            record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
-            raise
+        if self._was_cut(task) and call.error is not None:
+            # Cut short, but the cancellation came out of the work as another error: the same
+            # answer as when it came out as itself.
+            status = self._shutting_down(call)
         call.status = status
         self.unrecorded -= 1
         recording = record_call(
@@ -530,6 +548,47 @@ class Gateway:
         if call.error is not None and limits:  # every budgeted answer carries them
             call.error.headers = {**limits, **call.error.headers}
         return Outcome(status, body if call.error is None else None, call.error, limits)
+
+    def _cancelled(self, call: CallRecord, policy: CompiledPolicy) -> None:
+        """The server gave up on the call (a client gone, the answer window of a shutdown over):
+        still one event, queued without waiting."""
+        call.error = GatewayError("the request was cancelled", code="cancelled")
+        if call.write:  # as the executor saw it (not-committed when it never got there)
+            call.error.extra["outcome"] = call.extra.get("outcome", "not-committed")
+        call.status = 499
+        self.unrecorded -= 1
+        record_nowait(self.audit, call, policy, key=self._audit_key, database=self._database)
+
+    @staticmethod
+    def _shutting_down(call: CallRecord) -> int:
+        """The call was cut short by the shutdown (``cut_short``): its error and status."""
+        error = ShuttingDown(
+            "the server is stopping and this call did not finish within the shutdown timeout: "
+            "it was stopped; retry it"
+        )
+        if call.write:  # as the executor saw it (not-committed when it never got there)
+            error.extra["outcome"] = call.extra.get("outcome", "not-committed")
+        call.error = error
+        return error.status
+
+    def _was_cut(self, task: asyncio.Task[Any] | None) -> bool:
+        """Was ``task`` cancelled by ``cut_short`` alone? Then the cancellation is taken back
+        (the call is answered ``shutting-down``); any other cancellation stands."""
+        if task is None or task not in self._cut:
+            return False
+        self._cut.discard(task)
+        return task.uncancel() == 0
+
+    def cut_short(self) -> int:
+        """The server's shutdown timeout is over: stop every call still deciding, executing or
+        reading its body (not one already recording its event or answering), each to be answered
+        503 ``shutting-down`` and audited so; returns how many. Calls that end later are
+        cancelled by the server (``gateway.server``)."""
+        for task in list(self._cuttable):
+            if not task.done():
+                self._cut.add(task)
+                task.cancel(msg="shutting down")
+        return len(self._cut)
 
     async def _resolve_http(
         self,

@@ -27,6 +27,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
         ├── AuditUnavailable     503   audit-unavailable
         ├── ApprovalRefused      400/403/404/409/503  approval-* codes, not-approver
         ├── ServerBusy           503   server-busy (Retry-After)
+        ├── ShuttingDown         503   shutting-down (Retry-After)
         └── SpannerError         4xx/5xx spanner-* codes mapped from gRPC status codes
 """
 
@@ -59,6 +60,7 @@ __all__ = [
     "RequestTimeout",
     "RouteNotFound",
     "ServerBusy",
+    "ShuttingDown",
     "SpangateError",
     "SpannerError",
     "UnsupportedMediaType",
@@ -263,6 +265,18 @@ class HeadersTooLarge(GatewayError):
     status = 431
     code = "headers-too-large"
     title = "Request header fields too large"
+
+
+class ShuttingDown(GatewayError):
+    """The server is stopping and the call did not finish within the shutdown timeout: it was
+    stopped and answered (``gateway.server``, ``Gateway.cut_short``)."""
+
+    status = 503
+    code = "shutting-down"
+    title = "Shutting down"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
 
 
 class ServerBusy(GatewayError):

@@ -23,7 +23,10 @@ Writes never block the event loop: records go to a bounded buffer and a thread f
 what gathered every 50 ms (one write; no thread wake-up per record, which costs the event loop
 more than the write itself). When stderr cannot keep up and the buffer is full (by count or by
 size), records are dropped and counted (``dropped_lines``: ``/metrics``); the next line that
-gets through says how many were lost. A forked worker starts with an empty buffer.
+gets through says how many were lost. A forked worker starts with an empty buffer. Workers of
+``--workers N`` share stderr: after ``share_output``, each batch is written whole under a lock
+all of them take (``gateway.output``; the audit stdout sink's too when stderr is stdout), so
+no worker's line splits another's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import atexit
 import collections
 import copy
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -39,11 +43,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
 
 from gateway.audit.bounds import MAX_STRING_BYTES, cut
+from gateway.output import output_lock_path
 
 if TYPE_CHECKING:
     from gateway.audit.event import CallRecord
@@ -60,6 +66,7 @@ __all__ = [
     "dropped_lines",
     "log_request",
     "request_fields",
+    "share_output",
 ]
 
 LogFormat = Literal["auto", "json", "text"]
@@ -215,10 +222,13 @@ class _Buffered(logging.Handler):
         formatter: logging.Formatter,
         limit: int,
         limit_bytes: int = QUEUE_BYTES,
+        lock: Path | None = None,
     ) -> None:
         super().__init__()
         self.setFormatter(formatter)
         self._stream = stream
+        # Workers sharing the stream: each write whole under this lock (gateway.output).
+        self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600) if lock is not None else None
         self._limit = limit
         self._limit_bytes = limit_bytes
         self._renderer = logging.Formatter()
@@ -311,12 +321,34 @@ class _Buffered(logging.Handler):
                 except Exception:  # noqa: BLE001 - one bad record does not stop the rest
                     self.handleError(record)
             if lines:
-                self._stream.write("\n".join(lines) + "\n")
-                self._stream.flush()
+                text = "\n".join(lines) + "\n"
+                if self._lock_fd is None:
+                    self._stream.write(text)
+                    self._stream.flush()
+                else:
+                    self._write_locked(text, self._lock_fd)
         except (OSError, ValueError):
             pass  # stderr is closed or broken: nothing else to tell it to
         finally:
             self._writing.release()
+
+    def _write_locked(self, text: str, lock: int) -> None:
+        """``text`` whole on the stream, under the lock its workers share (blocking: this is
+        the writer thread); after a batch another writer cut short, on a new line."""
+        self._stream.flush()
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        data = text.encode(encoding, "backslashreplace")
+        fd = self._stream.fileno()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.pread(lock, 1, 0) == b"1":
+                data = b"\n" + data
+                os.pwrite(lock, b"0", 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     def flush(self) -> None:
         """Write what waits now (bounded by ``FLUSH_SECONDS`` when the writer is stuck)."""
@@ -327,11 +359,22 @@ class _Buffered(logging.Handler):
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(FLUSH_SECONDS)
         self.flush()
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)
         super().close()
 
 
 class _Installed:
     handler: _Buffered | None = None
+    shared: Path | None = None  # the workers' private directory (share_output)
+
+
+def share_output(run_dir: Path | None) -> None:
+    """This process shares stderr with other workers: from the next ``configure_logging`` on,
+    each batch of lines is written whole under the stream's lock in ``run_dir``
+    (``gateway.output``)."""
+    _Installed.shared = run_dir
 
 
 def _stop() -> None:
@@ -385,7 +428,13 @@ def configure_logging(
     if chosen == "auto":
         chosen = "text" if _is_terminal(out) else "json"
     formatter: logging.Formatter = TextFormatter() if chosen == "text" else JsonFormatter()
-    handler = _Buffered(out, formatter, QUEUE_RECORDS, QUEUE_BYTES)
+    lock = None
+    if _Installed.shared is not None:
+        try:
+            lock = output_lock_path(_Installed.shared, out.fileno())
+        except (AttributeError, OSError, ValueError):  # no file descriptor: nothing shared
+            lock = None
+    handler = _Buffered(out, formatter, QUEUE_RECORDS, QUEUE_BYTES, lock)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())

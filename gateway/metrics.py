@@ -223,6 +223,12 @@ class GatewayMetrics:
             "as the live policy decided.",
             registry=r,
         )
+        self._worker_restarts = Counter(
+            "spangate_worker_restarts",
+            "Workers started in place of one that died, per worker number (--workers N).",
+            ("worker",),
+            registry=r,
+        )
         self._request_children: dict[tuple[str | None, int, str], Any] = {}
         self._statement_children: dict[str, Any] = {}
         self._shadow_children: dict[tuple[str, str, str], Any] = {}
@@ -366,6 +372,12 @@ class GatewayMetrics:
         if child is None:
             child = self._shadow_children[key] = self._shadow.labels(route, live, shadow)
         child.inc()
+
+    def worker_started(self, worker: int, *, replacement: bool) -> None:
+        """Worker ``worker`` started (``replacement``: in place of one that died). Each start
+        adds its one (or its zero, so the series exists) in its own file: the sum over every
+        worker that ever ran is the number of restarts."""
+        self._worker_restarts.labels(str(worker)).inc(1 if replacement else 0)
 
     def observe_shadow_error(self) -> None:
         """One shadow decision that failed."""

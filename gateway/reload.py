@@ -174,6 +174,8 @@ class PolicyReloader:
         # the files' fingerprints (each, or None) when the last reload read them
         self._seen: tuple[str | None, ...] | None = None
         self._watching: list[Path] = []
+        # Told the policy and shadow policy served after each accepted change (gateway.accepted)
+        self.on_accepted: Callable[[CompiledPolicy, CompiledPolicy | None], None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -402,6 +404,7 @@ class PolicyReloader:
                 raise _KeysUnavailable(cold)
             verifier = self.make_verifier(policy, caches, current.verifier)
             self.gateway.swap(policy, verifier, shadow)
+            self._accepted()
         except BaseException:
             # Refused (or failed): nothing of it stays behind.
             for cache in fresh:
@@ -465,6 +468,17 @@ class PolicyReloader:
                     shadow.sha256[:12] if shadow is not None else None,
                     active.policy.sha256[:12],
                 )
+            self._accepted()
+
+    def _accepted(self) -> None:
+        """Tell ``on_accepted`` what is served now; a failure is logged (the swap stands)."""
+        if self.on_accepted is None:
+            return
+        active = self.gateway.active
+        try:
+            self.on_accepted(active.policy, active.shadow)
+        except Exception:
+            log.exception("the accepted policy could not be kept for workers started later")
 
     def _shadow_failed(self, message: str, exc: PolicyError | None) -> None:
         self.shadow_failures += 1

@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from gateway.accepted import load_accepted, save_accepted
 from gateway.app import Gateway, create_app
 from gateway.audit.configure import audit_keys, build_trail, check_audit_key, unkeyed_warning
 from gateway.auth.introspect import introspectors
@@ -38,12 +40,14 @@ from gateway.spanner.identities import (
     default_async_client_factory,
     default_client_factory,
 )
-from gateway.tracing import Tracing, tracing_from_env
+from gateway.tracing import Tracing, check_tracing, tracing_from_env
 
 __all__ = [
     "budget_store",
     "build_budgets",
+    "Startup",
     "build_gateway",
+    "check_startup",
     "cursor_keys",
     "load_compiled",
     "mask_key",
@@ -139,6 +143,55 @@ def cursor_keys(settings: Settings, policy: CompiledPolicy | None) -> CursorKeys
     return keys
 
 
+@dataclass(frozen=True)
+class Startup:
+    """What ``check_startup`` found good to serve."""
+
+    policy: CompiledPolicy
+    shadow: CompiledPolicy | None
+    mask_key: MaskKey | None
+    cursor_keys: CursorKeys | None
+
+
+def check_startup(
+    settings: Settings, env: Mapping[str, str], *, run_dir: Path | None = None
+) -> Startup:
+    """Every check of the settings and the policy that needs no I/O but reading the policy, in
+    one order, for ``spangate serve`` in one process (``build_gateway``) and for the supervisor
+    of ``--workers N`` before it starts a worker: the same refusal, message and exit code (2)
+    either way. Raises ``PolicyError`` (the policy or the shadow policy has problems) or
+    ``ConfigError``: the policy (or shadow) redacts without an audit key, masks with ``hash``
+    without a mask key, paginates without cursor keys, has budgets under ``--workers`` without
+    Redis; an ``OTEL_*`` variable the tracing cannot honour.
+
+    ``run_dir`` (a worker of ``--workers N``): the policy the gateway has accepted, kept there
+    (``gateway.accepted``), rather than the files as they are now."""
+    accepted = None
+    if run_dir is not None:
+        accepted = load_accepted(
+            run_dir, policy_path=settings.policy, shadow_path=settings.shadow_policy, env=env
+        )
+    shadow = None
+    if accepted is not None:
+        policy, shadow = accepted
+    else:
+        policy = load_compiled(settings.policy, env)
+    if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
+        if shadow is None:
+            shadow = load_shadow(settings.shadow_policy, env)
+        check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
+    check_audit_key(settings, policy)
+    masking = mask_key(settings, policy)
+    cursors = cursor_keys(settings, policy)
+    if settings.workers > 1 and policy.model.budgets and settings.redis_url is None:
+        raise ConfigError(
+            "the policy has budgets: with --workers, each worker would count them on its own "
+            "(N times the limit); set SPANGATE_REDIS_URL to count them once for all workers"
+        )
+    check_tracing(env)
+    return Startup(policy, shadow, masking, cursors)
+
+
 async def _analyze(executor: Executor, app: Gateway) -> None:
     analysis = await executor.analyze(app.policy)
     for warning in analysis.warnings:  # the loader's were logged when it was built
@@ -181,16 +234,12 @@ def build_gateway(
     unkeyed trail without redactions is allowed, with a warning here and in ``/readyz``), masks
     a column with ``hash`` and there is no mask key (``mask_key``), or paginates a query and
     there are no cursor keys (``cursor_keys``)."""
-    policy = load_compiled(settings.policy, env)
-    shadow = None
-    if settings.shadow_policy is not None:  # a candidate with problems: no start (exit 2)
-        shadow = load_shadow(settings.shadow_policy, env)
+    checked = check_startup(settings, env, run_dir=run_dir)
+    policy, shadow = checked.policy, checked.shadow
+    masking, cursors = checked.mask_key, checked.cursor_keys
+    if shadow is not None:
         log.info("shadow policy %s: sha256 %s", settings.shadow_policy, shadow.sha256[:12])
         log_policy_warnings(shadow, shadow=True)
-        check_audit_key(settings, shadow)  # a shadow that redacts needs the key too (exit 2)
-    check_audit_key(settings, policy)
-    masking = mask_key(settings, policy)
-    cursors = cursor_keys(settings, policy)
     if tracing is None:
         tracing = tracing_from_env(env)
     if (warning := unkeyed_warning(settings)) is not None:
@@ -291,6 +340,9 @@ def build_gateway(
         poll_seconds=settings.policy_poll_seconds,
         shadow_path=settings.shadow_policy,
     )
+    if run_dir is not None:  # a worker: what it accepts is what a replacement will load
+        accepted_dir = run_dir
+        reloader.on_accepted = lambda policy, shadow: save_accepted(accepted_dir, policy, shadow)
     app.reloader = reloader
     app.worker = worker
     # Every statement PLAN-analysed by Spanner before /readyz says ready (a misspelt column fails

@@ -26,10 +26,13 @@ Shutdown (:class:`GatewayServer`): the first SIGTERM or SIGINT starts a drain: t
 is told (``/readyz`` answers 503 ``draining``), every answer from then on closes its connection
 (``Connection: close``: a client behind a connection-level balancer reconnects elsewhere), and the
 server keeps listening for ``drain_seconds``; then uvicorn's graceful shutdown: the listener
-closes, idle connections close, requests in flight get ``shutdown_timeout_seconds`` to finish
-(then they are cancelled, each still leaving its audit event), and the lifespan shutdown settles
-writes and flushes the audit trail. A second signal ends the drain at once; a third stops without
-waiting. The exit code is 0: the signal is handled, not re-raised.
+closes, idle connections close, requests in flight get ``shutdown_timeout_seconds`` to finish;
+then the calls still running are stopped (``app.cut_short()``) and each is answered 503
+``shutting-down`` (problem+json, with its request id) and audited so, within ``ANSWER_SECONDS``;
+what still runs after that is cancelled (each still leaving its audit event), and the lifespan
+shutdown settles writes and flushes the audit trail. A second signal ends the drain at once; a
+third stops without waiting; a signal within ``ECHO_SECONDS`` of the one before counts as that
+one (``StopSignals``). The exit code is 0: the signal is handled, not re-raised.
 
 These answers are problem+json written by the server itself: they are not audit events, since no
 request reached the gateway; each is a request line of ``spangate.access`` (rate-limited) and
@@ -45,6 +48,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from collections import Counter, deque
@@ -72,9 +76,11 @@ from gateway.settings import Settings
 __all__ = [
     "GatewayConfig",
     "GatewayHttpProtocol",
+    "ECHO_SECONDS",
     "GatewayServer",
     "PIPELINE_DEPTH",
     "ServerLimits",
+    "StopSignals",
     "admin_config",
     "bind_admin_socket",
     "run_server",
@@ -121,11 +127,18 @@ class GatewayConfig(uvicorn.Config):
     survives a worker spawn)."""
 
     def __init__(
-        self, app: Any, *, limits: ServerLimits, drain_seconds: float = 0.0, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        limits: ServerLimits,
+        drain_seconds: float = 0.0,
+        shutdown_timeout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.limits = limits
         self.drain_seconds = drain_seconds
+        self.shutdown_timeout = shutdown_timeout  # then calls still running are cut short
         self.draining = False  # set by GatewayServer on the first SIGTERM/SIGINT
         self.peers: Counter[str] = Counter()  # open connections per peer address (per process)
 
@@ -137,6 +150,7 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         app,
         limits=limits,
         drain_seconds=settings.drain_seconds,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
         host=settings.host,
         port=settings.port,
         http=GatewayHttpProtocol,
@@ -153,9 +167,11 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         # gateway reads X-Forwarded-For itself): uvicorn must not rewrite it from any header.
         proxy_headers=False,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        # Once the listener closed: requests in flight get this long, then are cancelled (each
-        # still leaves its event); a stuck client or sink never holds up the exit.
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # Once the listener closed: requests in flight get the shutdown timeout, then those still
+        # running are cut short and answered 503 shutting-down within ANSWER_SECONDS; what still
+        # runs then is cancelled (each still leaves its event). A stuck client or sink never
+        # holds up the exit.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds + ANSWER_SECONDS,
         # GatewayHttpProtocol answers over-capacity requests itself, as problem+json.
         limit_concurrency=None,
         # Not used (the protocol is GatewayHttpProtocol), bounded all the same.
@@ -200,6 +216,35 @@ def bind_admin_socket(settings: Settings) -> socket.socket:
     return config.bind_socket()
 
 
+ECHO_SECONDS = 1.0  # a stop signal this soon after the one counted is the same stop
+# After the shutdown timeout: how long calls cut short get to be answered 503 shutting-down and
+# audited (their event written) before whatever still runs is cancelled.
+ANSWER_SECONDS = 7.0
+
+
+class StopSignals:
+    """Counts stop signals (SIGTERM, SIGINT), each stop once: a terminal's Ctrl-C or an
+    orchestrator's SIGTERM sent to a whole process group reaches this process and every wrapper
+    in the group, and a wrapper that forwards what it got delivers the same stop a second time,
+    a moment later. A signal within ``ECHO_SECONDS`` of the last one counted is taken for such an
+    echo; a second signal sent on purpose (later than that) still counts. Safe in a signal
+    handler (no locks, no I/O)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self.counted = 0
+
+    def count(self) -> bool:
+        """Note one signal; True when it counts (a new stop), False for an echo."""
+        now = self._clock()
+        if self._last is not None and now - self._last < ECHO_SECONDS:
+            return False
+        self._last = now
+        self.counted += 1
+        return True
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's Server with a drain before its graceful shutdown (see the module docstring).
 
@@ -207,7 +252,12 @@ class GatewayServer(uvicorn.Server):
     say not-ready. ``parent``: a worker's supervisor pid; when the worker finds itself orphaned
     (its parent gone), it drains and stops as if it had been sent SIGTERM. ``admin``: the admin
     port's socket and app (``gateway.admin``), served from the end of start-up to the end of
-    shutdown, with its own connection count."""
+    shutdown, with its own connection count. ``early``: signals received before the server
+    installed its handlers (a worker's, ``gateway.workers``), raised again once it has started.
+
+    Stop signals (SIGTERM, SIGINT) are counted once per stop (``StopSignals``): a signal that
+    comes within ``ECHO_SECONDS`` of the one counted before it is the same stop delivered twice
+    (a process group's signal that also reaches a wrapper which forwards it), not a second."""
 
     config: GatewayConfig
 
@@ -216,13 +266,18 @@ class GatewayServer(uvicorn.Server):
         config: GatewayConfig,
         *,
         on_drain: Callable[[], None] | None = None,
+        on_cut: Callable[[], int] | None = None,
         parent: int | None = None,
         admin: tuple[socket.socket, Any] | None = None,
+        early: list[int] | None = None,
     ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
+        self._on_cut = on_cut
         self._parent = parent
-        self._signals = 0  # SIGTERM/SIGINT received
+        self._signals = 0  # SIGTERM/SIGINT received (each stop counted once: StopSignals)
+        self._stops = StopSignals()
+        self._early = early if early is not None else []
         self._drain_until: float | None = None
         self._drain_told = False
         self._admin = admin
@@ -232,6 +287,16 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and self._admin is not None:
+            await self._serve_admin()
+        if self.started:
+            # Signals a worker received before any handler of the server was installed
+            # (``gateway.workers``): now acted on, in the order they came.
+            for sig in self._early:
+                signal.raise_signal(sig)
+        self._early = []
+
+    async def _serve_admin(self) -> None:
+        if self._admin is not None:
             sock, app = self._admin
             config = admin_config(app, self.config)
             state = self._admin_state
@@ -246,6 +311,27 @@ class GatewayServer(uvicorn.Server):
             )
             host, port = sock.getsockname()[:2]
             log.info("admin port (/healthz, /readyz, /metrics) on %s:%d", host, port)
+
+    async def _wait_tasks_to_complete(self) -> None:
+        """Requests in flight get the shutdown timeout; then ``on_cut`` stops the calls still
+        running, which are answered 503 ``shutting-down`` (and audited so) within
+        ``ANSWER_SECONDS``; uvicorn cancels what still runs after that."""
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout):
+                await super()._wait_tasks_to_complete()
+            return
+        except TimeoutError:
+            pass
+        cut = self._on_cut() if self._on_cut is not None else 0
+        log.warning(
+            "shutdown timeout (%g s) over: %d call(s) still running stopped, each answered 503 "
+            "shutting-down (%d request(s) in flight get %g s more, then are cancelled)",
+            self.config.shutdown_timeout,
+            cut,
+            len(self.server_state.tasks),
+            ANSWER_SECONDS,
+        )
+        await super()._wait_tasks_to_complete()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -262,6 +348,8 @@ class GatewayServer(uvicorn.Server):
         # A signal handler: only flags here (no logging, no loop calls); on_tick acts on them.
         # Not recorded in _captured_signals: uvicorn would re-raise it after the shutdown, and
         # the exit code would be the signal's instead of 0.
+        if not self._stops.count():
+            return  # the same stop delivered twice (StopSignals)
         self._signals += 1
         if not self.started or self._signals == 2:
             self.should_exit = True  # not serving yet, or a second signal: no (more) drain
@@ -285,9 +373,9 @@ class GatewayServer(uvicorn.Server):
             self._drain_until = time.monotonic() + drain
             log.info(
                 "stopping: /readyz says 503 draining; serving %g s more, then requests in flight "
-                "get %g s",
+                "get %g s (then those still running are answered 503 shutting-down)",
                 drain,
-                self.config.timeout_graceful_shutdown,
+                self.config.shutdown_timeout,
             )
             if self._on_drain is not None:
                 self._on_drain()
@@ -306,15 +394,19 @@ def run_server(
     sockets: list[socket.socket] | None = None,
     parent: int | None = None,
     admin_socket: socket.socket | None = None,
+    early: list[int] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
-    shutdown, 3 when start-up failed (as uvicorn). ``sockets``: listen on these (a worker of
+    shutdown, 1 when the last audit flush lost events (``app.audit.lost``), 3 when start-up
+    failed (as uvicorn). ``sockets``: listen on these (a worker of
     ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port;
-    ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up).
+    ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up);
+    ``early``: signals received before this (raised again once started, see GatewayServer).
     ``app.drain()``, when the app has it, is the drain's cue. Logging: ``SPANGATE_LOG_FORMAT``
     for every logger (``gateway.logs``)."""
     configure_logging(settings.log_format, log_level or settings.log_level)
     drain = getattr(app, "drain", None)
+    cut = getattr(app, "cut_short", None)
     admin = None
     if settings.admin_port:
         from gateway.admin import AdminApp
@@ -324,11 +416,16 @@ def run_server(
     server = GatewayServer(
         server_config(app, settings, log_level=log_level),
         on_drain=drain if callable(drain) else None,
+        on_cut=cut if callable(cut) else None,
         parent=parent,
         admin=admin,
+        early=early,
     )
     server.run(sockets=sockets)
-    return 0 if server.started else 3
+    if not server.started:
+        return 3
+    # Audit events the last flush lost (gateway.audit.trail): a clean stop is not claimed.
+    return 1 if getattr(getattr(app, "audit", None), "lost", 0) else 0
 
 
 class _HeadRefused(Exception):

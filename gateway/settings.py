@@ -72,8 +72,9 @@ class Settings(BaseSettings):
         ge=0,
         le=600,
         allow_inf_nan=False,
-        description="Once it stops listening, how long requests in flight get to finish before "
-        "they are cancelled (each still leaves its audit event).",
+        description="Once it stops listening, how long requests in flight get to finish; calls "
+        "still running then are stopped and answered 503 shutting-down (and audited so) within "
+        "an answer window of 7 s more.",
     )
 
     # Spanner target: overrides the policy's `spanner:` block when set.

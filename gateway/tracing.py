@@ -77,6 +77,7 @@ __all__ = [
     "SHUTDOWN_SECONDS",
     "SPAN",
     "TRACER_NAME",
+    "check_tracing",
     "UNTRUSTED_PARENT",
     "Tracing",
     "caller_trace_id",
@@ -124,6 +125,18 @@ def caller_trace_id(trace_id: int | None) -> Iterator[None]:
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
+
+
+def check_tracing(env: Mapping[str, str]) -> None:
+    """ConfigError for ``OTEL_*`` variables ``tracing_from_env`` would refuse (exporter names
+    and batch options), without building anything: a supervisor's check before its workers
+    build theirs."""
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
+        return
+    from gateway.tracing_setup import batch_options, exporter_names
+
+    if exporter_names(env):
+        batch_options(env)
 
 
 def tracing_from_env(env: Mapping[str, str]) -> Tracing | None:

@@ -125,9 +125,11 @@ def start_served(
     policy: Path = EXAMPLE_POLICY,
     env: Mapping[str, str] | None = None,
     wait: Literal["ready", "answering", "no"] = "ready",
+    cwd: Path | None = None,
 ) -> Served:
     """Start ``spangate serve``; ``env`` adds or overrides variables (``SPANGATE_*`` settings,
-    the policy's ``${VAR}``s). ``wait``: for ``/readyz`` 200, for any answer, or not at all."""
+    the policy's ``${VAR}``s). ``wait``: for ``/readyz`` 200, for any answer, or not at all.
+    ``cwd``: run it there, as ``python -P`` (nothing in ``cwd`` is imported in its place)."""
     port = free_port()
     audit = folder / f"audit-{port}.jsonl"
     log = folder / f"serve-{port}.log"
@@ -146,9 +148,11 @@ def start_served(
         variables["SPANGATE_AUDIT_KEY"] = audit_key
     variables.update(env or {})
     with log.open("wb") as out:
+        command = SPANGATE if cwd is None else [SPANGATE[0], "-P", *SPANGATE[1:]]
         process = subprocess.Popen(
-            [*SPANGATE, "serve", "--policy", str(policy), "--port", str(port)],
+            [*command, "serve", "--policy", str(policy), "--port", str(port)],
             env=variables,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -428,3 +428,70 @@ def test_google_library_lines_and_warnings_are_json_lines_too(order: str) -> Non
     assert lines[0]["message"] == "from the library"
     assert "wile@acme.example" not in done.stderr  # another library's extra is not a request line
     assert "a library's warning" in lines[1]["message"]
+
+
+def _shared_stream_lines(lock: Path | None) -> list[str]:
+    """Two workers' log writers and one's stdout audit sink on one pipe (``2>&1``), each with
+    its own lock descriptor as a worker has; every line longer than PIPE_BUF."""
+    from gateway.audit.sinks import Sealed
+    from gateway.audit.stdout_sink import StdoutSink
+    from gateway.logs import _Buffered
+
+    read, write = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(read, 65536):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    streams = [os.fdopen(os.dup(write), "w") for _ in range(2)]
+    handlers = [_Buffered(s, JsonFormatter(), 10_000, lock=lock) for s in streams]
+    sink = StdoutSink(fd=write, lock=lock)
+    sink.open()
+    pad = "x" * 6000
+
+    def log_lines(number: int) -> None:
+        for n in range(40):
+            for k in range(3):
+                message = f"{number} {n} {k} {pad}"
+                record = logging.LogRecord("w", logging.INFO, __file__, 1, message, None, None)
+                handlers[number].emit(record)
+            handlers[number].flush()
+
+    def audit_lines() -> None:
+        for n in range(40):
+            line = json.dumps({"audit": n, "pad": pad}) + "\n"
+            sink.write([Sealed({}, line.encode())] * 3)
+
+    threads = [threading.Thread(target=log_lines, args=(w,)) for w in range(2)]
+    threads.append(threading.Thread(target=audit_lines))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for handler in handlers:
+        handler.close()
+    for stream in streams:
+        stream.close()
+    sink.close()
+    os.close(write)
+    reader.join()
+    os.close(read)
+    return received.decode().splitlines()
+
+
+def test_workers_log_lines_and_audit_lines_on_one_stream_stay_whole(tmp_path: Path) -> None:
+    lines = _shared_stream_lines(tmp_path / "output.lock")
+    parsed = [json.loads(line) for line in lines]  # every line whole
+    assert len(parsed) == 2 * 40 * 3 + 40 * 3
+    assert sum("audit" in p for p in parsed) == 40 * 3
+    # each worker's lines in the order it logged them
+    for worker in ("0", "1"):
+        mine = [
+            p["message"].split()[1:3]
+            for p in parsed
+            if p.get("message", "").startswith(worker + " ")
+        ]
+        assert mine == [[str(n), str(k)] for n in range(40) for k in range(3)]

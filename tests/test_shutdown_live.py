@@ -6,7 +6,9 @@ flushed, the exit code is 0, and nothing acknowledged is lost: every answer a cl
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -166,3 +168,46 @@ async def test_sigterm_under_load_drains_and_loses_nothing_acknowledged(
     key_file.write_text(audit_key)
     files = [str(p) for p in server.trail_files()]
     assert main(["audit", "verify", "--key-file", str(key_file), *files]) == 0
+
+
+def test_a_call_still_running_at_the_shutdown_timeout_is_answered_shutting_down(
+    tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str,
+    token_for: Callable[..., str],
+) -> None:  # fmt: skip
+    env = {
+        "SPANGATE_DRAIN_SECONDS": "0",
+        "SPANGATE_SHUTDOWN_TIMEOUT_SECONDS": "1",
+        "SPANGATE_BODY_TIMEOUT_SECONDS": "300",  # the body never ends: only the shutdown ends it
+    }
+    server = start_served(
+        tmp_path, database=demo_database, issuer=idp.issuer, audit_key=audit_key, env=env
+    )
+    rid = f"cut-short-{time.time_ns()}"
+    body = b'{"order_id": "O-1", "customer_id": "C-1", "total_cents": 5}'
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(
+                b"POST /v1/orders HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {token_for('order-writer')}\r\nX-Request-ID: {rid}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )  # fmt: skip
+            time.sleep(0.5)  # the gateway reads the body (no assertion rests on this)
+            server.process.send_signal(signal.SIGTERM)
+            conn.settimeout(EXIT_SECONDS)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        server.process.wait(EXIT_SECONDS)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    assert server.process.returncode == 0, server.log.read_text()
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(content)
+    assert (problem["code"], problem["request_id"]) == ("shutting-down", rid)
+    events = server.events(rid)
+    assert len(events) == 1
+    assert events[0]["httpRequest"]["status"] == 503 and "shutting-down" in json.dumps(events[0])

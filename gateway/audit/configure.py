@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from gateway.audit.chain import UNKEYED_WARNING, AuditKeys, Chain
@@ -12,6 +13,7 @@ from gateway.audit.stdout_sink import StdoutSink
 from gateway.audit.trail import AuditTrail
 from gateway.audit.writer import SinkWriter
 from gateway.errors import ConfigError
+from gateway.output import output_lock_path
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.model import FileSink as FileSinkConfig
 from gateway.policy.model import SpannerSink as SpannerSinkConfig
@@ -107,7 +109,10 @@ def build_trail(
                 channel_state=functools.partial(databases.channel_state, config.identity),
             )
         else:
-            sink = StdoutSink(lock=None if run_dir is None else run_dir / "stdout.lock")
+            # One lock for each stream the workers share (gateway.output): whole batches, and
+            # whole log lines when stderr is the same stream.
+            lock = None if run_dir is None else output_lock_path(run_dir, sys.stdout.fileno())
+            sink = StdoutSink(lock=lock)
         writers.append(
             SinkWriter(
                 sink,

@@ -57,6 +57,7 @@ class AuditTrail:
         self.writers = list(writers)
         self.max_event_bytes = max_event_bytes  # events are built to fit (audit.bounds)
         self.closed = False
+        self.lost = 0  # events lost by the last flush (close) or queued after it
 
     def expect_from(self, expecting: Callable[[], int]) -> None:
         """Tell batched writers how many requests are still on their way (see writer.py)."""
@@ -117,6 +118,7 @@ class AuditTrail:
         """Queue ``event`` without waiting (a cancelled request's last word); errors are logged."""
         if self.closed:
             log.error("audit event %s dropped: the trail is closed", event.get("insertId"))
+            self.lost += 1
             return
         for writer in self.writers:
             writer.submit(event, write=write, members=members).add_done_callback(_log_failure)
@@ -124,10 +126,12 @@ class AuditTrail:
     def metrics(self) -> AuditMetrics:
         return AuditMetrics(tuple(w.snapshot() for w in self.writers))
 
-    async def close(self) -> None:
-        """Refuse new events, flush every queued one of every sink (at once), close the sinks."""
+    async def close(self) -> int:
+        """Refuse new events, flush every queued one of every sink (at once), close the sinks;
+        returns how many events were lost (``lost``: in any sink; the process's exit says so)."""
         self.closed = True
-        await asyncio.gather(*(w.close() for w in self.writers))
+        self.lost += sum(await asyncio.gather(*(w.close() for w in self.writers)))
+        return self.lost
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

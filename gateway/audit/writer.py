@@ -142,6 +142,7 @@ class SinkWriter:
         # assumes some always may, which makes ``window`` a fixed minimum spacing of flushes.
         self.expecting: Callable[[], int] = lambda: 1
         self._healthy = True
+        self.lost = 0  # events the close could not write (refused, or not written in time)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -378,6 +379,8 @@ class SinkWriter:
             syncs.hold(held, total)
 
     def _refuse(self, batch: list[Pending], error: BaseException, message: str) -> None:
+        if self._closing:  # the last flush: these events are lost to the trail
+            self.lost += sum(not p.skip for p in batch)
         self._healthy = False
         self.stats.failures += 1
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -396,9 +399,11 @@ class SinkWriter:
         if self._idle is not None and not (self._queue or self._busy or self._syncs):
             self._idle.set()
 
-    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> int:
         """Flush everything queued (at once, without waiting for the window) and sync it, then
-        close; within ``timeout`` seconds: events not written by then are refused and logged."""
+        close; within ``timeout`` seconds: events not written by then are refused and logged.
+        Returns how many events this last flush lost (``lost``: refused by the sink, not written
+        or not synced in time)."""
         loop = self._bind()
         until = loop.time() + timeout
         self._closing = True
@@ -418,6 +423,7 @@ class SinkWriter:
             lost += syncs.drop()
         self._inflight, self._queue = [], []
         self.stats.queue_depth = 0
+        self.lost += sum(not p.skip for p in lost)
         if lost:
             log.error(
                 "audit sink %s: %d event(s) not written before shutdown (within %gs): %s",
@@ -447,3 +453,4 @@ class SinkWriter:
             elif (error := closing.exception()) is not None:
                 log.error("audit sink %s did not close cleanly: %s", self.sink.name, error)
         self._thread.shutdown(wait=False)
+        return self.lost

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,18 +41,31 @@ from gateway.policy.model import (
 )
 from gateway.policy.shape import shape_problems
 from gateway.policy.source import (
+    Document,
     Position,
     SourceMap,
     digest,
     dotted,
     interpolate,
     merge_documents,
+    parse_document,
     read_documents,
 )
 from gateway.policy.sqltoken import DIALECTS, GOOGLESQL
 from gateway.policy.validate import Salvage, Where, policy_warnings, validate_policy
 
-__all__ = ["LoadedPolicy", "Position", "dotted", "interpolate", "load_policy", "load_policy_data"]
+__all__ = [
+    "LoadedPolicy",
+    "PolicySource",
+    "Position",
+    "dotted",
+    "interpolate",
+    "load_policy",
+    "load_policy_data",
+    "load_policy_sources",
+]
+
+PolicySource = tuple[Path, str, bytes]  # a policy file's path, name (for the hash) and bytes
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class LoadedPolicy:
     # ``${VAR:-default}``'s default stood in: not the value a deployment would load
     stand_ins: frozenset[Where] = frozenset()
     _source: SourceMap = field(default_factory=SourceMap.empty, repr=False, compare=False)
+    # (file, name, bytes) of each file merged, as read: what ``load_policy_sources`` loads again
+    sources: tuple[PolicySource, ...] = field(default=(), repr=False, compare=False)
 
     def locate(self, where: Where) -> Position:
         """(file, 1-based line, 1-based column) of the node at ``where``, or of its nearest located
@@ -179,6 +194,30 @@ def load_policy(
     as written, with a warning, instead of being a problem."""
     problems: list[PolicyProblem] = []
     docs = read_documents(path, env, problems, placeholders=placeholders)
+    base_dir = (path if path.is_dir() else path.parent).absolute()
+    return _loaded(path, docs, problems, base_dir)
+
+
+def load_policy_sources(
+    path: Path, sources: Sequence[PolicySource], *, base_dir: Path, env: Mapping[str, str]
+) -> LoadedPolicy:
+    """Load and validate a policy from the bytes of its files as they were when it was loaded
+    before (``LoadedPolicy.sources``), not from the files as they are now; ``path`` and
+    ``base_dir`` as then. The same policy, problems and ``sha256`` as ``load_policy`` gave for
+    those bytes (a replacement worker loads the policy the gateway accepted: ``gateway.accepted``)."""
+    problems: list[PolicyProblem] = []
+    docs: list[Document] = []
+    for file, name, raw in sources:
+        doc = parse_document(file, name, raw, env, problems)
+        if doc is None:
+            return _loaded(path, None, problems, base_dir)  # raises
+        docs.append(doc)
+    return _loaded(path, docs, problems, base_dir)
+
+
+def _loaded(
+    path: Path, docs: list[Document] | None, problems: list[PolicyProblem], base_dir: Path
+) -> LoadedPolicy:
     if docs is None:
         raise PolicyError(_sorted(problems))
     data, source = merge_documents(path, docs, problems)
@@ -190,10 +229,11 @@ def load_policy(
         policy=policy,
         files=tuple(doc.path for doc in docs),
         sha256=digest(docs),
-        base_dir=(path if path.is_dir() else path.parent).absolute(),
+        base_dir=base_dir,
         warnings=_warnings(policy, source, notes),
         stand_ins=frozenset(where for doc in docs for where in doc.stand_ins),
         _source=source,
+        sources=tuple((doc.path, doc.name, doc.raw) for doc in docs),
     )
 
 

@@ -260,16 +260,19 @@ def test_stdout_writes_whole_lines(tmp_path: Path) -> None:
 
 
 def test_serve_bounds_its_graceful_shutdown() -> None:
-    from gateway.server import server_config
+    from gateway.server import ANSWER_SECONDS, server_config
     from gateway.settings import Settings
 
+    # The shutdown timeout, then the answer window of calls cut short, then uvicorn cancels.
     config = server_config(object(), Settings(policy=REPO / "policy.example.yaml"))
-    assert config.timeout_graceful_shutdown == 10 and config.drain_seconds == 5
+    assert config.shutdown_timeout == 10 and config.drain_seconds == 5
+    assert config.timeout_graceful_shutdown == 10 + ANSWER_SECONDS
     settings = Settings(
         policy=REPO / "policy.example.yaml", shutdown_timeout_seconds=2.5, drain_seconds=0
     )
     config = server_config(object(), settings)
-    assert config.timeout_graceful_shutdown == 2.5 and config.drain_seconds == 0
+    assert config.shutdown_timeout == 2.5 and config.drain_seconds == 0
+    assert config.timeout_graceful_shutdown == 2.5 + ANSWER_SECONDS
 
 
 def test_a_writes_own_row_survives_a_lone_surrogate(policy: CompiledPolicy) -> None:

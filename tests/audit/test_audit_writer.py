@@ -207,3 +207,21 @@ async def test_the_trail_fails_closed_when_any_sink_fails(tmp_path: Path) -> Non
     with pytest.raises(AuditUnavailable):
         await trail.record({"n": 2}, write=False)
     assert os.path.exists(good) and GENESIS == events(good)[0]["prev"]
+
+
+async def test_the_last_flush_counts_the_events_it_lost(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    bad.symlink_to("/dev/full")  # the disk fills up before the last flush
+    fine = AuditTrail([writer(good)])
+    full = AuditTrail([writer(good.with_name("other.jsonl")), writer(bad)])
+    lost = []
+    for trail in (fine, full):
+        await trail.start()
+        trail.record_nowait({"n": 1}, write=False)  # cancelled calls' last word, queued as the
+        trail.record_nowait({"n": 2}, write=False)  # server stops: the last flush writes them
+        lost.append(await trail.close())
+    assert lost == [0, 2]  # the full sink refused both
+    assert [e["n"] for e in events(good)] == [1, 2]
+    assert fine.lost == 0 and full.lost == 2
+    full.record_nowait({"n": 3}, write=False)  # after the close: dropped, and counted
+    assert full.lost == 3

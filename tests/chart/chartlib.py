@@ -35,11 +35,12 @@ SCHEMA_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "a grace period too short to drain": (
         {"shutdown": {"terminationGracePeriodSeconds": 34}},
         "terminationGracePeriodSeconds (34) must be at least preStopSleepSeconds + drainSeconds"
-        " + requestTimeoutSeconds + config.settleSeconds + 5 for the audit flush (35)",
+        " + requestTimeoutSeconds + 7 for the answer window + config.settleSeconds + 5 for the audit"
+        " flush (42)",
     ),
     "a grace period that forgets a preStop wait": (
-        {"shutdown": {"preStopSleepSeconds": 11}},
-        "terminationGracePeriodSeconds (45) must be at least",
+        {"shutdown": {"preStopSleepSeconds": 19}},
+        "terminationGracePeriodSeconds (60) must be at least",
     ),
     "a number in config.extra (it would render as 1e+06)": (
         {"config": {"extra": {"SPANGATE_MAX_CONNECTIONS": 1000000}}},

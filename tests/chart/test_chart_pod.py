@@ -12,6 +12,7 @@ import yaml
 from chartlib import named, only, pod_spec
 
 from gateway.policy.load import load_policy
+from gateway.server import ANSWER_SECONDS
 from gateway.settings import Settings
 
 SETS = ["default", "full"]
@@ -311,7 +312,8 @@ def test_shutdown_drains_before_the_pod_is_killed(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
     """The grace period covers what the gateway's shutdown can take, as configured in the pod:
-    a preStop wait, the drain, requests in flight, settling writes and the audit flush (5 s)."""
+    a preStop wait, the drain, requests in flight, the answer window of those still running then
+    (7 s, gateway.server.ANSWER_SECONDS), settling writes and the audit flush (5 s)."""
     spec = pod_spec(rendered[name])
     (container,) = spec["containers"]
     env = _env(container)
@@ -319,6 +321,7 @@ def test_shutdown_drains_before_the_pod_is_killed(
         _pre_stop_wait(container),
         float(env["SPANGATE_DRAIN_SECONDS"]),
         float(env["SPANGATE_SHUTDOWN_TIMEOUT_SECONDS"]),
+        ANSWER_SECONDS,
         float(env["SPANGATE_SETTLE_SECONDS"]),
         5.0,
     ]

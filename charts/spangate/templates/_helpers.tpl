@@ -68,11 +68,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "admin.port must not be 8080, the API's port (0: no admin port)" -}}
 {{- end -}}
 {{- /* What shutting down can take (docs/operations.md): the preStop wait, the drain, requests in
-       flight, settling writes, the audit flush (every sink at once, 5 s in all). */ -}}
+       flight, the answer window of those still running then (7 s: answered 503 shutting-down),
+       settling writes, the audit flush (every sink at once, 5 s in all). */ -}}
 {{- $shutdown := .Values.shutdown -}}
-{{- $needed := add (int $shutdown.preStopSleepSeconds) (ceil $shutdown.drainSeconds | int) (ceil $shutdown.requestTimeoutSeconds | int) (ceil .Values.config.settleSeconds | int) 5 -}}
+{{- $needed := add (int $shutdown.preStopSleepSeconds) (ceil $shutdown.drainSeconds | int) (ceil $shutdown.requestTimeoutSeconds | int) 7 (ceil .Values.config.settleSeconds | int) 5 -}}
 {{- if lt (int $shutdown.terminationGracePeriodSeconds) (int $needed) -}}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + drainSeconds + requestTimeoutSeconds + config.settleSeconds + 5 for the audit flush (%d)" (int $shutdown.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + drainSeconds + requestTimeoutSeconds + 7 for the answer window + config.settleSeconds + 5 for the audit flush (%d)" (int $shutdown.terminationGracePeriodSeconds) (int $needed)) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
