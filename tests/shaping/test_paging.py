@@ -201,7 +201,12 @@ def test_the_audit_event_records_the_cursor_never_its_content() -> None:
     payload = _event("GET /v1/orders?limit=2&cursor=SECRET-CURSOR", record)
     assert payload["metadata"]["pagination"] == record
     assert payload["request"]["params"]["after_created"] == {"from": "cursor", "value": None}
-    assert payload["request"]["params"]["limit"] == {"from": "caller", "value": 2}
+    assert payload["request"]["params"]["limit"] == {
+        "from": "caller",
+        "value": 2,
+        "sent": "2",  # as the query string carried it (replay re-checks it: docs/policy/rollout.md)
+        "text": True,
+    }
     assert "SECRET-CURSOR" not in repr(payload)
     assert _event("GET /v1/orders?limit=x&cursor=c")["metadata"]["pagination"] == {
         "cursor": "not-checked", "pageSize": None, "nextCursor": False
