@@ -6,8 +6,10 @@ and comments is never taken for a parameter, a keyword or a statement separator:
 - ``'…'`` strings, a quote inside doubled (``''``); a backslash is an ordinary character
   (standard-conforming strings: ``'a\\'`` is the two characters ``a\\``, measured on the
   emulator); ``E'…'`` strings also take backslash escapes (``E'it\\'s'``); ``B'…'``, ``X'…'`` and
-  ``N'…'`` strings read as ``'…'``. ``U&'…'`` and ``U&"…"`` (Unicode escapes, with ``UESCAPE``)
-  are refused: the gateway does not read them;
+  ``N'…'`` strings read as ``'…'``. A ``'…'`` string followed, after whitespace or comments,
+  by another ``'…'`` is refused: PostgreSQL continues a string across a line break
+  (``'a'`` newline ``'b'`` is ``'ab'``) and the gateway does not read that. ``U&'…'`` and
+  ``U&"…"`` (Unicode escapes, with ``UESCAPE``) are refused: the gateway does not read them;
 - dollar quoting: ``$$…$$`` and ``$tag$…$tag$`` (a tag is a name without ``$``), nothing
   escaped inside;
 - ``"…"`` quoted identifiers (``""`` inside for a quote; never empty): a ``quoted`` token,
@@ -28,7 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.policy.sqltoken import DIGITS, IDENT_CHARS, IDENT_START, Token, fail, number_end
+from gateway.policy.sqltoken import (
+    DIGITS,
+    IDENT_CHARS,
+    IDENT_START,
+    SPACE,
+    Token,
+    fail,
+    number_end,
+)
 
 __all__ = ["tokenize"]
 
@@ -49,6 +59,46 @@ def _word_end(sql: str, i: int) -> int:
     while i < len(sql) and _ident_char(sql[i]):
         i += 1
     return i
+
+
+def _continued_string(sql: str, end: int) -> int | None:
+    """Where a ``'`` opens after the ``'…'`` string ending at ``end`` with only whitespace and
+    comments between, or None. PostgreSQL reads ``'a'`` + line break + ``'b'`` as ONE string
+    (``'ab'``, and an E'' string continued keeps its backslash escapes); the gateway does not
+    read such continuations, it refuses them."""
+    i = end
+    while i < len(sql):
+        if sql[i] in SPACE:
+            i += 1
+        elif sql.startswith("--", i):
+            nl = sql.find("\n", i)
+            if nl < 0:
+                return None
+            i = nl + 1
+        elif sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            if close < 0:
+                return None
+            i = close + 2
+        else:
+            return i if sql[i] == "'" else None
+    return None
+
+
+def _string(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
+    """The index past the ``'``-quoted literal at ``quote_at``; one continued by another string
+    on a following line is refused (see ``_continued_string``)."""
+    end = _quoted_end(sql, start, quote_at, backslash=backslash)
+    nxt = _continued_string(sql, end)
+    if nxt is not None:
+        raise fail(
+            sql,
+            nxt,
+            "a string literal followed by another one after a line break is one string "
+            "continued in PostgreSQL ('a'<newline>'b' is 'ab'); the gateway does not read "
+            "continued strings: write the literal as one string",
+        )
+    return end
 
 
 def _quoted_end(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
@@ -153,15 +203,15 @@ def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
                     depth, j = depth - 1, closes + 2
             i = j
         elif c == "'":
-            end = _quoted_end(sql, i, i, backslash=False)
+            end = _string(sql, i, i, backslash=False)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in "eE" and sql.startswith("'", i + 1):
-            end = _quoted_end(sql, i, i + 1, backslash=True)
+            end = _string(sql, i, i + 1, backslash=True)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in _PLAIN_PREFIXES and sql.startswith("'", i + 1):
-            end = _quoted_end(sql, i, i + 1, backslash=False)
+            end = _string(sql, i, i + 1, backslash=False)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in "uU" and sql.startswith("&", i + 1) and sql[i + 2 : i + 3] in ("'", '"'):

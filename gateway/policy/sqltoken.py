@@ -26,6 +26,7 @@ __all__ = [
     "POSTGRESQL",
     "Dialect",
     "SqlInfo",
+    "SPACE",
     "SqlProblem",
     "Token",
     "TokenKind",
@@ -116,6 +117,9 @@ def refuse_unclear_characters(sql: str) -> None:
                 "characters), so that the gateway reads the statement as Spanner does; in a "
                 "string literal, write an escape such as \\r",
             )
+
+
+SPACE = frozenset(" \t\n\r\f\v")  # the only whitespace either dialect is read with
 
 
 def number_end(sql: str, i: int) -> int:

@@ -318,3 +318,35 @@ def test_the_mutation_count_reads_a_postgresql_insert() -> None:
 
     sql = 'INSERT INTO "Orders" (a, b) VALUES ($1, $2), ($3, $4)'
     assert insert_cells_per_row(sql) == (2, 2)
+
+
+# The reviewer's repro (issue 19, H1): on Spanner, E''<newline>'\' continues the E'' string with
+# backslash escapes, so `\'` is a quote inside it and `$1` sits inside the literal; a reader that
+# takes the continuation for a new standard string thinks `$1` filters the rows.
+_CONTINUED = (
+    'SELECT account_id AS "Id", org AS "Org" FROM "Accounts" WHERE E\'\'\n'
+    "'\\' AND org = $1 AND ' = ' AND ' IS NOT NULL --'"
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        _CONTINUED,
+        "SELECT 'a'\n'b' AS c WHERE x = $1",
+        "SELECT 'a' -- note\n  'b' AS c WHERE x = $1",
+        "SELECT E'a'\n\n\t'b' AS c WHERE x = $1",
+        "SELECT X'1F'\n'2' AS c WHERE x = $1",
+        "SELECT 'a' /* c */\n'b' AS c WHERE x = $1",
+    ],
+)
+def test_a_string_continued_on_a_following_line_is_refused(sql: str) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        pg(sql, "org")
+    assert "one string continued in PostgreSQL" in str(caught.value)
+    assert "(SQL line " in str(caught.value)
+
+
+def test_strings_on_following_lines_apart_from_each_other_still_read() -> None:
+    info = pg("SELECT 'a' AS x,\n'b' AS y FROM t WHERE c = $1 || 'x'\n", "org")
+    assert info.params == ("org",)
