@@ -16,6 +16,9 @@ and comments is never taken for a parameter, a keyword or a statement separator:
   unquoted, its case kept;
 - ``--`` comments to the end of the line, ``/* … */`` comments, which nest (``/* a /* b */ c */``
   is one comment);
+- whitespace is space, tab and line feed only; any other character Python calls whitespace
+  (U+00A0, U+2003, U+3000, …) is refused outside quoted text and comments: Spanner reads it as
+  a letter of a name;
 - unquoted names (letters, ``_``, any non-ASCII character; then also digits and ``$``) are folded
   to lower case (ASCII letters only), as PostgreSQL folds them: ``SELECT OrderId`` returns a
   column named ``orderid``;
@@ -38,6 +41,7 @@ from gateway.policy.sqltoken import (
     Token,
     fail,
     number_end,
+    unicode_space,
 )
 
 __all__ = ["tokenize"]
@@ -57,6 +61,9 @@ def _ident_char(c: str) -> bool:
 
 def _word_end(sql: str, i: int) -> int:
     while i < len(sql) and _ident_char(sql[i]):
+        problem = unicode_space(sql, i)
+        if problem is not None:
+            raise problem
         i += 1
     return i
 
@@ -186,8 +193,12 @@ def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
-        if c.isspace():
+        if c in SPACE:
             i += 1
+        elif c.isspace():
+            problem = unicode_space(sql, i)
+            assert problem is not None
+            raise problem
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
             i = n if end < 0 else end + 1

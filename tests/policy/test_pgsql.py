@@ -350,3 +350,30 @@ def test_a_string_continued_on_a_following_line_is_refused(sql: str) -> None:
 def test_strings_on_following_lines_apart_from_each_other_still_read() -> None:
     info = pg("SELECT 'a' AS x,\n'b' AS y FROM t WHERE c = $1 || 'x'\n", "org")
     assert info.params == ("org",)
+
+
+# The reviewer's repro (issue 19, H2): Spanner's PostgreSQL reader takes U+2003 for a letter, so
+# `AS \u2003$1` names a table alias and `org = \u2003$1.org` compares the column with itself.
+@pytest.mark.parametrize(
+    "space", ["\u00a0", "\u2000", "\u2003", "\u200a", "\u202f", "\u205f", "\u3000", "\u1680"]
+)
+@pytest.mark.parametrize("dialect", ["postgresql", "googlesql"])
+def test_a_unicode_space_outside_quoted_text_is_refused(space: str, dialect: str) -> None:
+    param = "$1" if dialect == PG else "@org"
+    sql = f"SELECT account_id FROM Accounts AS {space}{param} WHERE org = {space}{param}.org"  # noqa: S608
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql(sql, dialect, ("org",))  # type: ignore[arg-type]
+    assert f"U+{ord(space):04X}" in str(caught.value)
+    assert "is not allowed outside quoted text" in str(caught.value)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "googlesql"])
+def test_a_unicode_space_inside_a_name_is_refused(dialect: str) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql("SELECT org\u2003x FROM t", dialect, ())  # type: ignore[arg-type]
+    assert "U+2003" in str(caught.value)
+
+
+def test_a_unicode_space_in_literals_identifiers_and_comments_is_text() -> None:
+    info = pg("SELECT 'a\u2003b' AS \"x\u00a0y\" -- caf\u00e9\u3000\nFROM t WHERE c = $1", "org")
+    assert info.params == ("org",)
