@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import copy
 import decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.policy.bind import compile_param
-from gateway.policy.compiled import wire_names
+from gateway.policy.compiled import compile_policy, wire_names
+from gateway.policy.diff import diff_policies, render_diff
+from gateway.policy.explain import explain, render_explanation
+from gateway.policy.load import load_policy_data
 from gateway.policy.model import Param, Policy
 from gateway.policy.pagination import read_order
 from gateway.policy.selectlist import result_columns
+from gateway.policy.simulate import principal_for, request_facts
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql, statement_tokens
 from gateway.policy.types import ParamType, TypeProblem, coerce, parse_type
 from gateway.policy.validate import validate_policy
@@ -377,3 +382,45 @@ def test_a_unicode_space_inside_a_name_is_refused(dialect: str) -> None:
 def test_a_unicode_space_in_literals_identifiers_and_comments_is_text() -> None:
     info = pg("SELECT 'a\u2003b' AS \"x\u00a0y\" -- caf\u00e9\u3000\nFROM t WHERE c = $1", "org")
     assert info.params == ("org",)
+
+
+def _swapped() -> dict[str, Any]:
+    """BASE with get_thing's params declared in the other order, its SQL unchanged: $1 now binds
+    id and $2 the tenant claim."""
+    data = copy.deepcopy(BASE)
+    params = data["queries"]["get_thing"]["params"]
+    data["queries"]["get_thing"]["params"] = {"id": params["id"], "tenant": params["tenant"]}
+    return data
+
+
+def test_diff_sees_reordered_params_as_rebound_placeholders() -> None:
+    old = Policy.model_validate(BASE)
+    new = Policy.model_validate(_swapped())
+    diff = diff_policies(old, new)
+    assert not diff.empty
+    text = render_diff(diff)
+    assert "~ get_thing: changed: placeholders ($k binds the k-th declared parameter)" in text
+    assert "- $1 -> tenant, $2 -> id" in text
+    assert "+ $1 -> id, $2 -> tenant" in text
+    # another change to the same query: one entry, placeholders named among its changes
+    both = _swapped()
+    both["queries"]["get_thing"]["description"] = "one thing"
+    text = render_diff(diff_policies(old, Policy.model_validate(both)))
+    assert text.count("get_thing:") == 1
+    assert "changed: description, placeholders" in text and "+ $1 -> id, $2 -> tenant" in text
+    # GoogleSQL binds by name: the order of params changes nothing
+    google = copy.deepcopy(BASE)
+    google["spanner"]["dialect"] = "googlesql"
+    google["queries"]["get_thing"]["sql"] = "SELECT id FROM things WHERE tenant = @tenant AND id = @id"
+    swapped = copy.deepcopy(google)
+    swapped["queries"]["get_thing"]["params"] = _swapped()["queries"]["get_thing"]["params"]
+    assert diff_policies(Policy.model_validate(google), Policy.model_validate(swapped)).empty
+
+
+def test_explain_shows_the_placeholder_each_param_fills() -> None:
+    compiled = compile_policy(load_policy_data(copy.deepcopy(BASE), base_dir=Path(".")))
+    claims = {"iss": "okta", "sub": "u", "groups": ["staff"], "tenant": "t1"}
+    ex = explain(compiled, request_facts("GET /things/7"), principal_for(compiled.model, claims))
+    lines = render_explanation(compiled, ex).splitlines()
+    assert 'param     $1 -> tenant = "t1"  (claim tenant)' in lines
+    assert "param     $2 -> id = 7  (path)" in lines
