@@ -1,7 +1,8 @@
 """The least fine-grained access control each identity needs, derived from its statements (pure).
 
 In the policy's ``spanner.dialect``: PostgreSQL's ``GRANT … TO <role>`` (GoogleSQL: ``TO ROLE``),
-names quoted where PostgreSQL would fold them. For every identity with a ``database_role``:
+every name quoted in PostgreSQL (reserved words and mixed case alike). For every identity with a
+``database_role``:
 
 - ``CREATE ROLE <role>``;
 - ``GRANT SELECT(<columns>) ON TABLE <t>``: the columns of ``t`` its statements name (in SELECT
@@ -299,13 +300,11 @@ def needs_of(policy: CompiledPolicy, catalog: Catalog) -> dict[str, Needs]:
     return dict(sorted(out.items()))
 
 
-_PG_PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
 def _name(name: str, dialect: Dialect) -> str:
-    """``name`` as the dialect's DDL must write it: PostgreSQL quotes a name that is not all
-    lower case (it would fold), GoogleSQL writes it as it is."""
-    if dialect != POSTGRESQL or _PG_PLAIN.match(name):
+    """``name`` as the dialect's DDL must write it: PostgreSQL always quotes it (a name that is
+    not all lower case would fold, and a reserved word such as ``user`` or ``select`` would not
+    parse), GoogleSQL writes it as it is."""
+    if dialect != POSTGRESQL:
         return name
     return '"' + name.replace('"', '""') + '"'
 
@@ -321,7 +320,7 @@ def _grant_sql(grant: Grant, role: str, dialect: Dialect) -> str:
 
 def ddl(needs: Mapping[str, Needs], catalog: Catalog, dialect: Dialect = GOOGLESQL) -> list[str]:
     """The statements, role by role: CREATE ROLE, then its grants (no trailing ``;``), in
-    ``dialect``'s syntax (PostgreSQL: ``GRANT … TO role``, names quoted where they would fold)."""
+    ``dialect``'s syntax (PostgreSQL: ``GRANT … TO role``, every name quoted)."""
     out = []
     for role, need in needs.items():
         out.append(f"CREATE ROLE {_name(role, dialect)}")

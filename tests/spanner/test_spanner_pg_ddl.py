@@ -40,19 +40,31 @@ def test_grants_are_written_in_the_postgresql_dialect() -> None:
     catalog = _catalog()
     statements = grants.ddl(grants.needs_of(_policy(), catalog), catalog, "postgresql")
     assert statements == [
-        "CREATE ROLE shop_reader",
-        "GRANT SELECT(tenant_id, customer_id, name, email, created_at) ON TABLE customers "
-        "TO shop_reader",
-        "GRANT SELECT(tenant_id, order_id, customer_id, status, total_cents, currency, "
-        "created_at) ON TABLE orders TO shop_reader",
-        "GRANT SELECT(tenant_id, order_id, item_id, sku, quantity, unit_price_cents) ON TABLE "
-        "order_items TO shop_reader",
-        "CREATE ROLE shop_writer",
-        "GRANT INSERT ON TABLE orders TO shop_writer",
+        'CREATE ROLE "shop_reader"',
+        'GRANT SELECT("tenant_id", "customer_id", "name", "email", "created_at") ON TABLE '
+        '"customers" TO "shop_reader"',
+        'GRANT SELECT("tenant_id", "order_id", "customer_id", "status", "total_cents", '
+        '"currency", "created_at") ON TABLE "orders" TO "shop_reader"',
+        'GRANT SELECT("tenant_id", "order_id", "item_id", "sku", "quantity", '
+        '"unit_price_cents") ON TABLE "order_items" TO "shop_reader"',
+        'CREATE ROLE "shop_writer"',
+        'GRANT INSERT ON TABLE "orders" TO "shop_writer"',
         'GRANT SELECT("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt") ON '
-        'TABLE "SpangateIdempotency" TO shop_writer',
-        'GRANT INSERT ON TABLE "SpangateIdempotency" TO shop_writer',
-        'GRANT UPDATE ON TABLE "SpangateIdempotency" TO shop_writer',
+        'TABLE "SpangateIdempotency" TO "shop_writer"',
+        'GRANT INSERT ON TABLE "SpangateIdempotency" TO "shop_writer"',
+        'GRANT UPDATE ON TABLE "SpangateIdempotency" TO "shop_writer"',
+    ]
+
+
+def test_postgresql_grants_quote_reserved_words() -> None:
+    """A table ``select`` with a column ``user``: unquoted, PostgreSQL would not parse the GRANT."""
+    catalog = grants.catalog_from_ddl(
+        ['CREATE TABLE "select" (id int8 PRIMARY KEY, "user" varchar)'], "postgresql"
+    )
+    needs = {"reader": grants.Needs("reader", select={"select": {"id", "user"}})}
+    assert grants.ddl(needs, catalog, "postgresql") == [
+        'CREATE ROLE "reader"',
+        'GRANT SELECT("id", "user") ON TABLE "select" TO "reader"',
     ]
 
 
@@ -133,5 +145,5 @@ def test_the_init_db_and_grants_commands_on_a_postgresql_database(
     run = [sys.executable, "-m", "gateway", "grants", "--policy", policy]
     printed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
-    assert "GRANT INSERT ON TABLE orders TO shop_writer;" in printed.stdout
-    assert 'ON TABLE "SpangateIdempotency" TO shop_writer;' in printed.stdout
+    assert 'GRANT INSERT ON TABLE "orders" TO "shop_writer";' in printed.stdout
+    assert 'ON TABLE "SpangateIdempotency" TO "shop_writer";' in printed.stdout
