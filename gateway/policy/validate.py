@@ -222,7 +222,7 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():
-            findings.extend(param_findings(("queries", name, "params", pname), param))
+            findings.extend(param_findings(("queries", name, "params", pname), param, dialect))
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))

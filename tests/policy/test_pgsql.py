@@ -424,3 +424,44 @@ def test_explain_shows_the_placeholder_each_param_fills() -> None:
     lines = render_explanation(compiled, ex).splitlines()
     assert 'param     $1 -> tenant = "t1"  (claim tenant)' in lines
     assert "param     $2 -> id = 7  (path)" in lines
+
+
+def _numeric_findings(**param: Any) -> list[tuple[Any, str]]:
+    data = copy.deepcopy(BASE)
+    data["queries"]["get_thing"]["sql"] = (
+        "SELECT id FROM things WHERE tenant = $1 AND id = $2 AND n > $3"
+    )
+    data["queries"]["get_thing"]["params"]["n"] = {"type": "numeric", **param}
+    return validate_policy(Policy.model_validate(data))
+
+
+def test_numeric_constraints_are_pg_numeric_values() -> None:
+    big = "9" * 40  # beyond GoogleSQL's NUMERIC, within PG.NUMERIC
+    assert _numeric_findings(min="-" + big, max=big, default="0." + "1" * 20) == []
+    assert _numeric_findings(default="NaN") == []
+    [(where, message)] = _numeric_findings(min="NaN")
+    assert where[-1] == "min" and "must be a finite number" in message
+    [(where, message)] = _numeric_findings(max="NaN")
+    assert where[-1] == "max" and "must be a finite number" in message
+    [(where, message)] = _numeric_findings(min="0", default="NaN")
+    assert where[-1] == "default" and "NaN, outside every range" in message
+    [(where, message)] = _numeric_findings(max="0." + "1" * 16384)
+    assert "at most 16383 digits after the point" in message
+
+
+def test_the_numeric_schema_is_pg_numerics() -> None:
+    import re
+
+    from gateway.openapi import json_schema_of
+
+    for text in (False, True):
+        spec = compile_param("n", Param(type="NUMERIC"), None, PG)
+        pattern = re.compile(json_schema_of(spec, text=text)["pattern"])
+        for good in ("NaN", "9" * 40, "-1." + "2" * 20, "0"):
+            assert pattern.search(good), good
+        for bad in ("Infinity", "1e5", "", "0." + "1" * 16384):
+            assert not pattern.search(bad), bad
+        google = json_schema_of(compile_param("n", Param(type="NUMERIC"), None), text=text)
+        assert not re.search(google["pattern"], "NaN")
+    array = compile_param("a", Param(type="ARRAY<NUMERIC>"), None, PG)
+    assert re.search(json_schema_of(array)["items"]["anyOf"][0]["pattern"], "NaN")
