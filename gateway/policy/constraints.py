@@ -77,9 +77,9 @@ def param_findings(where: Where, param: Param, dialect: Dialect = GOOGLESQL) -> 
     found: list[Finding] = []
     ptype = param.ptype
     if dialect == POSTGRESQL:
-        ptype = replace(ptype, pg_numeric=True)
+        ptype = replace(ptype, postgresql=True)
     kind = ptype.element if ptype.is_array and ptype.element else ptype.kind
-    element = ParamType(kind, pg_numeric=ptype.pg_numeric)
+    element = ParamType(kind, postgresql=ptype.postgresql)
     limits = _Limits()
 
     def bad(field: str | Where, message: str) -> None:

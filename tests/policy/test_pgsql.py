@@ -465,3 +465,18 @@ def test_the_numeric_schema_is_pg_numerics() -> None:
         assert not re.search(google["pattern"], "NaN")
     array = compile_param("a", Param(type="ARRAY<NUMERIC>"), None, PG)
     assert re.search(json_schema_of(array)["items"]["anyOf"][0]["pattern"], "NaN")
+
+
+def test_a_jsonb_value_holding_nul_is_refused() -> None:
+    spec = compile_param("j", Param(type="jsonb"), None, PG)
+    for value in ("a\u0000", {"k\u0000": 1}, {"k": [1, {"x": "\u0000"}]}):
+        with pytest.raises(TypeProblem, match="cannot hold the character U\\+0000"):
+            coerce(spec.ptype, value, from_text=False)
+    with pytest.raises(TypeProblem, match="U\\+0000"):
+        coerce(spec.ptype, '{"k": "\\u0000"}', from_text=True)  # as a query-string value
+    array = compile_param("a", Param(type="jsonb[]"), None, PG).ptype
+    with pytest.raises(TypeProblem, match="element 1: a PostgreSQL jsonb value"):
+        coerce(array, [None, ["\u0000"]], from_text=False)
+    assert coerce(spec.ptype, {"k": "\\u0000 as text"}, from_text=False)  # a backslash is fine
+    # GoogleSQL's JSON is not jsonb
+    assert coerce(ParamType("JSON"), "a\u0000", from_text=False) == "a\u0000"
