@@ -147,3 +147,25 @@ def test_the_init_db_and_grants_commands_on_a_postgresql_database(
     assert printed.returncode == 0, printed.stderr
     assert 'GRANT INSERT ON TABLE "orders" TO "shop_writer";' in printed.stdout
     assert 'ON TABLE "SpangateIdempotency" TO "shop_writer";' in printed.stdout
+    # --check: the emulator answers NotFound for information_schema.enabled_roles (GoogleSQL's
+    # INFORMATION_SCHEMA.ROLES: InvalidArgument); both are "no fine-grained access control"
+    checked = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 2, (checked.stdout, checked.stderr)
+    assert "--check needs a real Spanner database" in checked.stderr
+
+
+def test_the_check_compares_postgresql_names_exactly() -> None:
+    """``"Orders"`` and ``orders`` are two tables in PostgreSQL: a grant on one is not the
+    other's (GoogleSQL's names compare case-insensitively)."""
+    catalog = grants.Catalog({"orders": ("id",), "Orders": ("id",), "SpangateIdempotency": ()})
+    needs = {"r": grants.Needs("r", select={"orders": {"id"}})}
+    report = grants.check(
+        needs, catalog, roles=["r"], table_grants=[],
+        column_grants=[("r", "Orders", "id", "SELECT")], dialect="postgresql",
+    )  # fmt: skip
+    assert report.missing["r"] == ["SELECT(id) ON TABLE orders"]
+    assert report.extra["r"] == ["SELECT(id) ON TABLE Orders"]
+    assert not grants.check(
+        needs, catalog, roles=["R"], table_grants=[], column_grants=[("r", "orders", "id", "SELECT")],
+        dialect="postgresql",
+    ).ok  # role "R" is not role "r"
