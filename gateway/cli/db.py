@@ -126,7 +126,7 @@ def _grants(args: argparse.Namespace) -> int:
         else:
             database = _database(settings, target)
             catalog = _live_catalog(database, policy)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return _fail(f"cannot read the schema: {exc}", 2)
     except gexc.GoogleAPICallError as exc:
         return _fail(f"cannot read the schema of {target.database}: {exc}")

@@ -17,6 +17,7 @@ from google.cloud.spanner_v1 import COMMIT_TIMESTAMP
 from spanner_stack import INSTANCE, PROJECT, apply_ddl, make_database, query_rows
 
 from gateway.audit.spanner_sink import COLUMNS, audit_table_ddl
+from gateway.cli import main
 from gateway.dev.database import emulator_client, split_statements
 from gateway.policy.compiled import compile_policy
 from gateway.policy.load import load_policy
@@ -169,3 +170,37 @@ def test_the_check_compares_postgresql_names_exactly() -> None:
         needs, catalog, roles=["R"], table_grants=[], column_grants=[("r", "orders", "id", "SELECT")],
         dialect="postgresql",
     ).ok  # role "R" is not role "r"
+
+
+def test_a_postgresql_schema_keeps_quoted_names_with_spaces_and_schema_qualified_tables() -> None:
+    catalog = grants.catalog_from_ddl(
+        [
+            'CREATE TABLE "My Table" (id int8 PRIMARY KEY, "first name" varchar, Last varchar)',
+            'CREATE TABLE public."T2" ("a, b" int8, c text DEFAULT \'x, y\', PRIMARY KEY ("a, b"))',
+            "CREATE TABLE IF NOT EXISTS s.plain (k int8 NOT NULL, v numeric(10, 2), "
+            "CONSTRAINT ck CHECK (k > 0), UNIQUE (v), PRIMARY KEY (k))",
+            "CREATE INDEX ix ON plain (v)",
+        ],
+        "postgresql",
+    )
+    assert catalog.tables == {
+        "My Table": ("id", "first name", "last"),
+        "T2": ("a, b", "c"),
+        "plain": ("k", "v"),
+    }
+
+
+def test_a_postgresql_schema_the_reader_cannot_follow_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="unterminated quoted identifier"):
+        grants.catalog_from_ddl(['CREATE TABLE "t (a int8 PRIMARY KEY)'], "postgresql")
+    schema = tmp_path / "schema.sql"
+    schema.write_text('CREATE TABLE U&"d\\0061t" (a int8 PRIMARY KEY);\n')
+    policy = str(REPO / "policy.example.postgresql.yaml")
+    assert main(["grants", "--policy", policy, "--schema", str(schema)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the schema: cannot read 'CREATE TABLE U&" in err
+    assert "U& strings and identifiers (Unicode escapes) are not read" in err
