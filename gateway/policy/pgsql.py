@@ -166,6 +166,10 @@ def _placeholder(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
     if len(digits.lstrip("0")) > _MAX_PLACEHOLDER_DIGITS:
         raise fail(sql, i, f"{sql[i:end]} is no parameter number a policy can declare")
     k = int(digits)
+    if k == 0:
+        raise fail(
+            sql, i, f"{sql[i:end]} is no parameter: placeholders start at $1 (the first declared)"
+        )
     name = params[k - 1] if 1 <= k <= len(params) else f"${k}"
     return Token("param", name, i), end
 

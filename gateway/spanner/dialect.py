@@ -63,7 +63,7 @@ def dialect_problem(declared: Dialect, actual: Dialect | None, database: str) ->
     """What to say when the policy's ``spanner.dialect`` is not the database's (else None)."""
     if actual is None or actual == declared:
         return None
-    default = " (the default)" if declared == GOOGLESQL else ""
+    default = ", the default" if declared == GOOGLESQL else ""
     return (
         f"the database {database} is a {_SPELLED[actual]}-dialect database, but the policy's "
         f"statements are {_SPELLED[declared]} (spanner.dialect: {declared}{default}): set "

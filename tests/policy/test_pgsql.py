@@ -116,6 +116,8 @@ def test_anything_but_a_query_or_dml_is_refused(sql: str) -> None:
         ('SELECT "" FROM t', "a quoted identifier cannot be empty"),
         ("SELECT $1abc", "trailing junk after parameter $1"),
         ("SELECT $ 1", "'$' must start a parameter"),
+        ("SELECT $0", "$0 is no parameter: placeholders start at $1 (the first declared) (SQL"),
+        ("SELECT $00", "$00 is no parameter: placeholders start at $1"),
         ("SELECT U&'d\\0061t'", "U& strings and identifiers"),
         ("SELECT 1 -- a\r OR TRUE", "U+000D (CARRIAGE RETURN) is not allowed"),
     ],
@@ -257,7 +259,8 @@ def test_a_placeholder_past_the_declared_parameters_is_a_load_error() -> None:
     assert findings("SELECT id FROM things WHERE tenant = $1 AND id = $2 AND x = $3") == [
         (("queries", "get_thing", "sql"), (
             "$3 is used in the SQL, but the query declares 2 parameters: $1..$N stand for its "
-            "params in the order they are declared"
+            "params in the order they are declared; placeholders start at $1 (SQL line 1, "
+            "column 61)"
         )),
     ]  # fmt: skip
 

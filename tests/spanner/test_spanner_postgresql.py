@@ -165,7 +165,7 @@ async def test_a_policy_of_the_other_dialect_does_not_start(
     assert problem.where == "spanner.dialect"
     assert problem.message == (
         "the database shoppg is a PostgreSQL-dialect database, but the policy's statements are "
-        "GoogleSQL (spanner.dialect: googlesql (the default)): set spanner.dialect: postgresql "
+        "GoogleSQL (spanner.dialect: googlesql, the default): set spanner.dialect: postgresql "
         "and write the statements in that dialect"
     )
     pg_policy = (REPO / "policy.example.postgresql.yaml").read_text()
