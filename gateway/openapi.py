@@ -59,6 +59,9 @@ NEXT_CURSOR_SCHEMA: dict[str, Any] = {
 }
 _INT_TEXT = {"type": "string", "pattern": int_range_pattern(INT64_MIN, INT64_MAX)}
 _NUMERIC_TEXT = r"^[+-]?[0-9]{1,29}(?:\.[0-9]{1,9})?$"  # NUMERIC: 38 digits, 9 after the point
+# A PostgreSQL-dialect policy's NUMERIC is PG.NUMERIC: 131072 digits before the point, 16383
+# after, or NaN (ParamType.postgresql).
+_PG_NUMERIC_TEXT = r"^(?:[+-]?[0-9]{1,131072}(?:\.[0-9]{1,16383})?|NaN)$"
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # padded
 _DATE_TEXT = r"^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
 _TIMESTAMP_TEXT = (
@@ -122,6 +125,8 @@ def json_schema_of(spec: ParamSpec, *, text: bool = False) -> dict[str, Any]:
     ptype = spec.ptype
     kind = ptype.element or ptype.kind
     element = dict(table[kind])
+    if kind == "NUMERIC" and ptype.postgresql:
+        element["pattern"] = _PG_NUMERIC_TEXT
     bounds = {
         key: value
         for key, value in (("minimum", spec.min), ("maximum", spec.max))

@@ -126,7 +126,7 @@ def _grants(args: argparse.Namespace) -> int:
         else:
             database = _database(settings, target)
             catalog = _live_catalog(database, policy)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return _fail(f"cannot read the schema: {exc}", 2)
     except gexc.GoogleAPICallError as exc:
         return _fail(f"cannot read the schema of {target.database}: {exc}")
@@ -146,7 +146,9 @@ def _grants(args: argparse.Namespace) -> int:
             "SELECT GRANTEE, TABLE_NAME, COLUMN_NAME, PRIVILEGE_TYPE "
             "FROM INFORMATION_SCHEMA.COLUMN_PRIVILEGES",
         )
-    except gexc.InvalidArgument as exc:
+    except (gexc.InvalidArgument, gexc.NotFound) as exc:
+        # the emulator: GoogleSQL answers InvalidArgument, PostgreSQL NotFound (no
+        # information_schema.enabled_roles)
         return _fail(
             f"cannot read roles and grants here ({exc.message}): --check needs a real Spanner "
             "database (the emulator has no fine-grained access control)",
@@ -158,6 +160,7 @@ def _grants(args: argparse.Namespace) -> int:
         roles=roles,
         table_grants=[(g, t, p) for g, t, p in tables],
         column_grants=[(g, t, c, p) for g, t, c, p in columns],
+        dialect=policy.model.spanner.dialect,
     )
     for role in needs:
         for line in report.missing.get(role, []):

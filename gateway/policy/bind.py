@@ -87,12 +87,12 @@ def compile_param(
 ) -> ParamSpec:
     """Pre-coerce a param's constraints; the validator has already checked they fit the type.
     The page size parameter takes its bounds from ``pagination``. In a PostgreSQL-dialect
-    policy a NUMERIC takes PG.NUMERIC's values (``ParamType.pg_numeric``)."""
+    policy a NUMERIC takes PG.NUMERIC's values (``ParamType.postgresql``)."""
     ptype = param.ptype
     if dialect == POSTGRESQL:
-        ptype = replace(ptype, pg_numeric=True)
+        ptype = replace(ptype, postgresql=True)
     element = (
-        ParamType(ptype.element, pg_numeric=ptype.pg_numeric)
+        ParamType(ptype.element, postgresql=ptype.postgresql)
         if ptype.is_array and ptype.element
         else ptype
     )

@@ -7,18 +7,21 @@ uses ``fullmatch``: ``regex.py``); ``enum`` for STRING and INT64, each value of 
 and within the other constraints. On ``ARRAY<T>`` the element constraints (min, max, pattern,
 enum) apply to each element, as binding applies them. A ``default`` must be of the type and
 within the constraints, and null only when ``nullable``. Claim-bound parameters take no
-``default`` and are not ``nullable`` (see ``validate.py``).
+``default`` and are not ``nullable`` (see ``validate.py``). In a PostgreSQL-dialect policy a
+NUMERIC's min, max, enum and default are PG.NUMERIC values (its wider range; NaN only as a
+default or enum value, never as min or max, and a NaN default is outside any min/max).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.policy.model import Param
 from gateway.policy.regex import Regex, compile_regex
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
 __all__ = ["Finding", "Where", "param_findings"]
@@ -55,6 +58,8 @@ class _Limits:
     def element_problem(self, item: Any) -> str | None:
         if item is None:
             return None
+        if (self.lo is not None or self.hi is not None) and item != item:
+            return "is NaN, outside every range"  # NaN compares false with anything
         if self.lo is not None and _order(item) < _order(self.lo):
             return f"is below min {_show(self.lo)}"
         if self.hi is not None and _order(item) > _order(self.hi):
@@ -66,12 +71,15 @@ class _Limits:
         return None
 
 
-def param_findings(where: Where, param: Param) -> list[Finding]:
-    """Every problem of one parameter's constraints, at ``where`` (the parameter's path)."""
+def param_findings(where: Where, param: Param, dialect: Dialect = GOOGLESQL) -> list[Finding]:
+    """Every problem of one parameter's constraints, at ``where`` (the parameter's path), its
+    values read as ``dialect``'s (PostgreSQL: a NUMERIC is PG.NUMERIC)."""
     found: list[Finding] = []
     ptype = param.ptype
+    if dialect == POSTGRESQL:
+        ptype = replace(ptype, postgresql=True)
     kind = ptype.element if ptype.is_array and ptype.element else ptype.kind
-    element = ParamType(kind)
+    element = ParamType(kind, postgresql=ptype.postgresql)
     limits = _Limits()
 
     def bad(field: str | Where, message: str) -> None:
@@ -89,7 +97,7 @@ def param_findings(where: Where, param: Param) -> list[Finding]:
         except TypeProblem as exc:
             bad(field, f"{field} {raw!r} is not a valid {kind}: {exc}")
             continue
-        if isinstance(value, float) and not math.isfinite(value):
+        if (isinstance(value, float) and not math.isfinite(value)) or value != value:
             bad(field, f"{field} must be a finite number")
             continue
         setattr(limits, "lo" if field == "min" else "hi", value)

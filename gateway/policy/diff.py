@@ -31,12 +31,13 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from gateway.policy.model import Mask, Policy, Role, Route, secret_fields
+from gateway.policy.sqltoken import POSTGRESQL
 from gateway.policy.validate import template_shape
 
 __all__ = ["AccessChange", "Change", "PolicyDiff", "diff_policies", "render_diff"]
@@ -298,6 +299,32 @@ def _unmasked(policy: Policy) -> Policy:
     return policy.model_copy(update={"queries": queries})
 
 
+def _bindings(params: Iterable[str]) -> str:
+    return ", ".join(f"${k} -> {name}" for k, name in enumerate(params, start=1)) or "none"
+
+
+def _placeholders(old: Policy, new: Policy, changes: list[Change]) -> list[Change]:
+    """``changes`` (the queries section) with, for a PostgreSQL policy, each query whose
+    declared parameters changed order: ``$k`` binds the k-th declared parameter, so reordering
+    ``params`` (which a dict comparison does not see) changes what each placeholder binds."""
+    if POSTGRESQL not in (old.spanner.dialect, new.spanner.dialect):
+        return changes
+    out = list(changes)
+    for name, b in new.queries.items():
+        a = old.queries.get(name)
+        if a is None or list(a.params) == list(b.params):
+            continue
+        lines = (f"- {_bindings(a.params)}", f"+ {_bindings(b.params)}")
+        for i, c in enumerate(out):
+            if c.name == name and c.kind == "~":
+                out[i] = replace(c, summary=c.summary + ", placeholders", lines=(*c.lines, *lines))
+                break
+        else:
+            summary = "changed: placeholders ($k binds the k-th declared parameter)"
+            out.append(Change("queries", name, "~", summary, lines))
+    return out
+
+
 def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
     """Every change from ``old`` to ``new`` that matters to access or to what runs."""
     access, changes = _access(old, new)
@@ -330,7 +357,9 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             summary = "entries changed" + _delegation(a, b, denying=denying) + used_by(name)
             used = tuple(_show(r) for r in new.routes if _effect(r, name) != "none")
             changes.append(Change("roles", name, "~", summary, lines, used))
-    changes += _named("queries", _unmasked(old).queries, _unmasked(new).queries)
+    changes += _placeholders(
+        old, new, _named("queries", _unmasked(old).queries, _unmasked(new).queries)
+    )
     changes += _masks(old, new)
     changes += _named("budgets", old.budgets, new.budgets)
     changes += _named("identities", old.identities, new.identities)

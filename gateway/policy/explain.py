@@ -40,6 +40,7 @@ from gateway.policy.masking import MaskVerdict, mask_verdicts
 from gateway.policy.model import Policy
 from gateway.policy.roles import RoleResult
 from gateway.policy.simulate import SimulationError, issuer_for
+from gateway.policy.sqltoken import POSTGRESQL
 from gateway.policy.types import json_value
 
 __all__ = [
@@ -391,8 +392,13 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
         )
         if q.model.description:
             lines.append(f"          {q.model.description}")
+    # PostgreSQL: $k is the k-th declared parameter, so the placeholder each name fills is shown
+    placeholder: dict[str, str] = {}
+    if route is not None and route.query.dialect == POSTGRESQL:
+        placeholder = {n: f"${k} -> " for k, n in enumerate(route.query.model.params, start=1)}
     for t in ex.params:
-        lines.append(f"param     {t.name} = {_show(t.value)}  ({t.source})")
+        at = placeholder.get(t.name, "")
+        lines.append(f"param     {at}{t.name} = {_show(t.value)}  ({t.source})")
     for name, value in (d.bound.ignored if d.bound else {}).items():
         lines.append(
             f"ignored   {name} = {_show(value)}  (a caller value for a claim-bound parameter)"

@@ -6,14 +6,19 @@ and comments is never taken for a parameter, a keyword or a statement separator:
 - ``'…'`` strings, a quote inside doubled (``''``); a backslash is an ordinary character
   (standard-conforming strings: ``'a\\'`` is the two characters ``a\\``, measured on the
   emulator); ``E'…'`` strings also take backslash escapes (``E'it\\'s'``); ``B'…'``, ``X'…'`` and
-  ``N'…'`` strings read as ``'…'``. ``U&'…'`` and ``U&"…"`` (Unicode escapes, with ``UESCAPE``)
-  are refused: the gateway does not read them;
+  ``N'…'`` strings read as ``'…'``. A ``'…'`` string followed, after whitespace or comments,
+  by another ``'…'`` is refused: PostgreSQL continues a string across a line break
+  (``'a'`` newline ``'b'`` is ``'ab'``) and the gateway does not read that. ``U&'…'`` and
+  ``U&"…"`` (Unicode escapes, with ``UESCAPE``) are refused: the gateway does not read them;
 - dollar quoting: ``$$…$$`` and ``$tag$…$tag$`` (a tag is a name without ``$``), nothing
   escaped inside;
 - ``"…"`` quoted identifiers (``""`` inside for a quote; never empty): a ``quoted`` token,
   unquoted, its case kept;
 - ``--`` comments to the end of the line, ``/* … */`` comments, which nest (``/* a /* b */ c */``
   is one comment);
+- whitespace is space, tab and line feed only; any other character Python calls whitespace
+  (U+00A0, U+2003, U+3000, …) is refused outside quoted text and comments: Spanner reads it as
+  a letter of a name;
 - unquoted names (letters, ``_``, any non-ASCII character; then also digits and ``$``) are folded
   to lower case (ASCII letters only), as PostgreSQL folds them: ``SELECT OrderId`` returns a
   column named ``orderid``;
@@ -28,7 +33,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.policy.sqltoken import DIGITS, IDENT_CHARS, IDENT_START, Token, fail, number_end
+from gateway.policy.sqltoken import (
+    DIGITS,
+    IDENT_CHARS,
+    IDENT_START,
+    SPACE,
+    Token,
+    fail,
+    number_end,
+    unicode_space,
+)
 
 __all__ = ["tokenize"]
 
@@ -47,8 +61,51 @@ def _ident_char(c: str) -> bool:
 
 def _word_end(sql: str, i: int) -> int:
     while i < len(sql) and _ident_char(sql[i]):
+        problem = unicode_space(sql, i)
+        if problem is not None:
+            raise problem
         i += 1
     return i
+
+
+def _continued_string(sql: str, end: int) -> int | None:
+    """Where a ``'`` opens after the ``'…'`` string ending at ``end`` with only whitespace and
+    comments between, or None. PostgreSQL reads ``'a'`` + line break + ``'b'`` as ONE string
+    (``'ab'``, and an E'' string continued keeps its backslash escapes); the gateway does not
+    read such continuations, it refuses them."""
+    i = end
+    while i < len(sql):
+        if sql[i] in SPACE:
+            i += 1
+        elif sql.startswith("--", i):
+            nl = sql.find("\n", i)
+            if nl < 0:
+                return None
+            i = nl + 1
+        elif sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            if close < 0:
+                return None
+            i = close + 2
+        else:
+            return i if sql[i] == "'" else None
+    return None
+
+
+def _string(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
+    """The index past the ``'``-quoted literal at ``quote_at``; one continued by another string
+    on a following line is refused (see ``_continued_string``)."""
+    end = _quoted_end(sql, start, quote_at, backslash=backslash)
+    nxt = _continued_string(sql, end)
+    if nxt is not None:
+        raise fail(
+            sql,
+            nxt,
+            "a string literal followed by another one after a line break is one string "
+            "continued in PostgreSQL ('a'<newline>'b' is 'ab'); the gateway does not read "
+            "continued strings: write the literal as one string",
+        )
+    return end
 
 
 def _quoted_end(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
@@ -109,6 +166,10 @@ def _placeholder(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
     if len(digits.lstrip("0")) > _MAX_PLACEHOLDER_DIGITS:
         raise fail(sql, i, f"{sql[i:end]} is no parameter number a policy can declare")
     k = int(digits)
+    if k == 0:
+        raise fail(
+            sql, i, f"{sql[i:end]} is no parameter: placeholders start at $1 (the first declared)"
+        )
     name = params[k - 1] if 1 <= k <= len(params) else f"${k}"
     return Token("param", name, i), end
 
@@ -136,8 +197,12 @@ def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
-        if c.isspace():
+        if c in SPACE:
             i += 1
+        elif c.isspace():
+            problem = unicode_space(sql, i)
+            assert problem is not None
+            raise problem
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
             i = n if end < 0 else end + 1
@@ -153,15 +218,15 @@ def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
                     depth, j = depth - 1, closes + 2
             i = j
         elif c == "'":
-            end = _quoted_end(sql, i, i, backslash=False)
+            end = _string(sql, i, i, backslash=False)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in "eE" and sql.startswith("'", i + 1):
-            end = _quoted_end(sql, i, i + 1, backslash=True)
+            end = _string(sql, i, i + 1, backslash=True)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in _PLAIN_PREFIXES and sql.startswith("'", i + 1):
-            end = _quoted_end(sql, i, i + 1, backslash=False)
+            end = _string(sql, i, i + 1, backslash=False)
             tokens.append(Token("string", sql[i:end], i))
             i = end
         elif c in "uU" and sql.startswith("&", i + 1) and sql[i + 2 : i + 3] in ("'", '"'):

@@ -31,7 +31,8 @@ characters (Unicode Cc) other than tab and line feed (so CR, VT, FF, NEL), forma
 bidirectional overrides, zero-width characters), line and paragraph separators (U+2028, U+2029)
 and lone surrogates. ``WHERE TenantId = @tenant -- scoped\r OR TRUE`` is thus refused rather than
 read as one comment to the end, which Spanner ends at the CR (the ``OR TRUE`` then runs). In a
-string literal such a character is written as an escape (``'\r'``).
+string literal such a character is written as an escape (``'\r'``). Outside quoted text and
+comments, whitespace is ASCII only: a Unicode space (U+00A0, U+2003, …) is refused there.
 
 Anything the tokenizer cannot accept raises ``SqlProblem`` (a ValueError) whose message says what
 and where (line and column within the statement): an empty statement, more than one statement (a
@@ -53,6 +54,7 @@ from gateway.policy.sqltoken import (
     IDENT_CHARS,
     IDENT_START,
     POSTGRESQL,
+    SPACE,
     Dialect,
     SqlInfo,
     SqlProblem,
@@ -60,6 +62,7 @@ from gateway.policy.sqltoken import (
     fail,
     number_end,
     refuse_unclear_characters,
+    unicode_space,
 )
 
 __all__ = ["Dialect", "SqlInfo", "SqlProblem", "Token", "scan_sql", "statement_tokens"]
@@ -138,8 +141,12 @@ def _tokenize(sql: str) -> list[Token]:
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
-        if c.isspace():
+        if c in SPACE:
             i += 1
+        elif c.isspace():
+            problem = unicode_space(sql, i)
+            assert problem is not None
+            raise problem
         elif sql.startswith("--", i) or c == "#":
             line_end = _LINE_END.search(sql, i)
             i = n if line_end is None else line_end.end()

@@ -26,12 +26,14 @@ __all__ = [
     "POSTGRESQL",
     "Dialect",
     "SqlInfo",
+    "SPACE",
     "SqlProblem",
     "Token",
     "TokenKind",
     "fail",
     "number_end",
     "refuse_unclear_characters",
+    "unicode_space",
 ]
 
 Dialect = Literal["googlesql", "postgresql"]
@@ -116,6 +118,26 @@ def refuse_unclear_characters(sql: str) -> None:
                 "characters), so that the gateway reads the statement as Spanner does; in a "
                 "string literal, write an escape such as \\r",
             )
+
+
+SPACE = frozenset(" \t\n\r\f\v")  # the only whitespace either dialect is read with
+
+
+def unicode_space(sql: str, i: int) -> SqlProblem | None:
+    """If ``sql[i]`` is whitespace to Python but not ASCII whitespace (U+00A0, U+2000-U+200A,
+    U+202F, U+205F, U+3000, ...), the problem to raise: outside quoted text such a character is
+    refused, because the readers cannot know that Spanner sees it alike (Spanner's PostgreSQL
+    reader takes it for a letter of a name: ``AS \u2003$1`` names a table alias ``\u2003$1``)."""
+    c = sql[i]
+    if c in SPACE or not c.isspace():
+        return None
+    name = unicodedata.name(c, "a space character")
+    return fail(
+        sql,
+        i,
+        f"U+{ord(c):04X} ({name}) is not allowed outside quoted text in policy SQL: write a "
+        "plain space, tab or line feed (Spanner may read any other space as part of a name)",
+    )
 
 
 def number_end(sql: str, i: int) -> int:

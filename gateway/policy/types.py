@@ -15,8 +15,10 @@ Pure: no Spanner import. One JSON representation per type, both ways (documented
 
 A policy may spell them as the PostgreSQL dialect does (``PG_NAMES``: int8/bigint, float8,
 numeric, varchar/text, bytea, date, timestamptz, jsonb, bool, and ``T[]`` arrays); each is the
-same type of the gateway. In a PostgreSQL-dialect policy a NUMERIC takes what PG.NUMERIC takes
-(``ParamType.pg_numeric``): NaN, up to 131072 digits before the point and 16383 after.
+same type of the gateway. In a PostgreSQL-dialect policy (``ParamType.postgresql``) a NUMERIC
+takes what PG.NUMERIC takes: NaN, up to 131072 digits before the point and 16383 after; and a
+JSON value is PG.JSONB's, which holds no U+0000 in a string or a key (Spanner refuses it with
+FAILED_PRECONDITION: the gateway refuses it first, naming the parameter).
 """
 
 from __future__ import annotations
@@ -91,9 +93,9 @@ class TypeProblem(ValueError):
 class ParamType:
     kind: str  # one of SCALAR_KINDS or "ARRAY"
     element: str | None = None  # the element kind of an ARRAY
-    # NUMERIC (or its elements) as PG.NUMERIC: a PostgreSQL-dialect database's wider range and
-    # NaN; the same type otherwise (``str``, equality).
-    pg_numeric: bool = field(default=False, compare=False)
+    # A PostgreSQL-dialect policy's type: NUMERIC (or its elements) as PG.NUMERIC (a wider range
+    # and NaN), JSON as PG.JSONB (no U+0000); the same type otherwise (``str``, equality).
+    postgresql: bool = field(default=False, compare=False)
 
     @property
     def is_array(self) -> bool:
@@ -183,7 +185,7 @@ def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
     """
     if raw is None:
         return None
-    pg_numeric = ptype.pg_numeric
+    postgresql = ptype.postgresql
     if ptype.is_array:
         if not isinstance(raw, list):
             if from_text:
@@ -196,17 +198,17 @@ def coerce(ptype: ParamType, raw: Any, *, from_text: bool) -> Any:
         for i, item in enumerate(raw):
             try:
                 out.append(
-                    None if item is None else _scalar(element.kind, item, from_text, pg_numeric)
+                    None if item is None else _scalar(element.kind, item, from_text, postgresql)
                 )
             except TypeProblem as exc:
                 raise TypeProblem(f"element {i}: {exc}") from None
         return out
     if isinstance(raw, list) and not (ptype.kind == "JSON" and not from_text):  # [..] is JSON
         raise TypeProblem(f"expected a single {ptype.kind} value, got several")
-    return _scalar(ptype.kind, raw, from_text, pg_numeric)
+    return _scalar(ptype.kind, raw, from_text, postgresql)
 
 
-def _scalar(kind: str, raw: Any, from_text: bool, pg_numeric: bool = False) -> Any:
+def _scalar(kind: str, raw: Any, from_text: bool, postgresql: bool = False) -> Any:
     if kind == "STRING":
         if not isinstance(raw, str):
             raise TypeProblem("expected a string")
@@ -266,7 +268,7 @@ def _scalar(kind: str, raw: Any, from_text: bool, pg_numeric: bool = False) -> A
                 raise TypeProblem('expected a decimal string such as "12.50"') from None
         else:
             raise TypeProblem('expected a decimal string such as "12.50" (floats lose precision)')
-        if pg_numeric:
+        if postgresql:
             return _pg_numeric(dec)
         if not dec.is_finite() or dec.copy_abs() > _NUMERIC_MAX:
             raise TypeProblem("NUMERIC out of range (38 digits, 9 after the point)")
@@ -293,6 +295,7 @@ def _scalar(kind: str, raw: Any, from_text: bool, pg_numeric: bool = False) -> A
             raise TypeProblem("expected an RFC 3339 timestamp string")
         return parse_timestamp(raw)
     if kind == "JSON":
+        value = raw
         if from_text:
             import json
 
@@ -301,9 +304,32 @@ def _scalar(kind: str, raw: Any, from_text: bool, pg_numeric: bool = False) -> A
                 json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
             except (ValueError, RecursionError, UnicodeError):
                 raise TypeProblem("expected a JSON document") from None
-            return value
-        return raw
+        if postgresql and _holds_nul(value):
+            raise TypeProblem(
+                "a PostgreSQL jsonb value cannot hold the character U+0000 (\\u0000) in a string "
+                "or a key"
+            )
+        return value
     raise TypeProblem(f"unsupported type {kind}")  # pragma: no cover - parse_type guards this
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value holds U+0000 in a string or an object key (walked without
+    recursion: a body may nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if "\x00" in str(key):
+                    return True
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _pg_numeric(dec: decimal.Decimal) -> decimal.Decimal:

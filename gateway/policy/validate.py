@@ -66,11 +66,12 @@ from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
 from gateway.policy.model import TOOL_NAME, ClaimTest, Param, Policy
 from gateway.policy.overlap import route_overlaps
 from gateway.policy.pagination import pagination_findings
+from gateway.policy.pgsql import tokenize
 from gateway.policy.pinning import number_findings, pin_findings
 from gateway.policy.reads import claim_reads
 from gateway.policy.regex import ascii_escapes
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql
-from gateway.policy.sqltoken import POSTGRESQL, Dialect
+from gateway.policy.sqltoken import POSTGRESQL, Dialect, fail
 from gateway.policy.unbudgeted import unbudgeted_roles
 
 __all__ = [
@@ -217,7 +218,7 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
         except SqlProblem as exc:
             findings.append(((*where, "sql"), str(exc)))
         else:
-            findings.extend(_sql_params(where, info, query.params, dialect))
+            findings.extend(_sql_params(where, info, query.params, dialect, query.sql))
             if info.kind == "dml" and query.staleness is not None:
                 findings.append(((*where, "staleness"), "staleness applies to reads; DML runs in a "
                                  "read-write transaction"))
@@ -229,7 +230,7 @@ def validate_policy(policy: Policy, *, salvage: Salvage | None = None) -> list[F
         if query.timeout_seconds <= 0:
             findings.append(((*where, "timeout"), "timeout must be more than 0"))
         for pname, param in query.params.items():
-            findings.extend(param_findings(("queries", name, "params", pname), param))
+            findings.extend(param_findings(("queries", name, "params", pname), param, dialect))
     findings.extend(_routes(ctx, infos))
     findings.extend(_never_routed(ctx))
     findings.extend(_redact(ctx))
@@ -320,8 +321,16 @@ def _ascii_pattern(where: Where, pattern: str, deny: str) -> list[Finding]:
     ))]
 
 
+def _at(sql: str, declared: Mapping[str, Param], placeholder: str) -> str:
+    """``(SQL line L, column C)`` of the first ``placeholder`` in ``sql`` (PostgreSQL)."""
+    for token in tokenize(sql, tuple(declared)):
+        if token.kind == "param" and token.text == placeholder:
+            return str(fail(sql, token.pos, "")).removeprefix(" ")
+    return ""  # pragma: no cover - the reader found it
+
+
 def _sql_params(
-    where: Where, info: SqlInfo, declared: Mapping[str, Param], dialect: Dialect
+    where: Where, info: SqlInfo, declared: Mapping[str, Param], dialect: Dialect, sql: str
 ) -> list[Finding]:
     found: list[Finding] = []
     unused = [p for p in declared if p not in info.params]
@@ -332,7 +341,7 @@ def _sql_params(
                 found.append(((*where, "sql"), (
                     f"{p} is used in the SQL, but the query declares {count} parameter"
                     f"{'' if count == 1 else 's'}: $1..$N stand for its params in the order "
-                    "they are declared"
+                    f"they are declared; placeholders start at $1 {_at(sql, declared, p)}"
                 )))
         positions = {p: k for k, p in enumerate(declared, start=1)}
         for p in unused:

@@ -49,7 +49,7 @@ from gateway.policy.masking import column_findings, column_warnings
 from gateway.policy.pagination import column_findings as keyset_findings
 from gateway.policy.source import dotted
 from gateway.policy.sqltoken import Dialect
-from gateway.spanner.dialect import database_dialect, dialect_problem
+from gateway.spanner.dialect import dialect_answer, dialect_hint, dialect_named, dialect_problem
 from gateway.spanner.identities import Databases
 from gateway.spanner.params import spanner_type
 
@@ -231,22 +231,31 @@ async def _plans(database: Any, sql: str, param: str) -> bool:
     return True
 
 
-async def _check_dialect(policy: CompiledPolicy, databases: Databases) -> None:
-    """PolicyError at ``spanner.dialect`` when the database's dialect is not the policy's. A
-    database that will not say (a role without access to INFORMATION_SCHEMA) is not refused
-    here: the PLAN of each statement still is the authority."""
-    identity = next((q.model.identity for q in policy.queries.values()), None)
-    if identity is None:
-        return
-    try:
-        async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
-            actual = await database_dialect(databases.aio(identity))
-    except _POLICY_ERRORS as exc:
-        log.warning("cannot ask the database for its dialect: %s", _spanner_words(exc))
-        return
-    problem = dialect_problem(policy.model.spanner.dialect, actual, databases.target.database)
-    if problem is not None:
-        raise PolicyError([_problem(policy, "", problem, ("spanner", "dialect"))])
+async def _check_dialect(policy: CompiledPolicy, databases: Databases) -> str | None:
+    """PolicyError at ``spanner.dialect`` when the database's dialect is not the policy's. Each
+    identity the queries run as is asked in turn, until one gets an answer; a database that
+    will not say to any of them (a role without access to INFORMATION_SCHEMA, no row) is not
+    refused here, the PLAN of each statement still is the authority: what each identity got is
+    returned then (None: the dialect was checked, or there is no query)."""
+    identities = dict.fromkeys(q.model.identity for q in policy.queries.values())
+    got: list[str] = []
+    for identity in identities:
+        try:
+            async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
+                answer = await dialect_answer(databases.aio(identity))
+        except _POLICY_ERRORS as exc:
+            got.append(f"identity {identity!r}: {_spanner_words(exc)}")
+            continue
+        actual = dialect_named(answer)
+        if actual is None:
+            said = "no row" if answer is None else f"a dialect the gateway does not know, {answer!r}"
+            got.append(f"identity {identity!r}: {said}")
+            continue
+        problem = dialect_problem(policy.model.spanner.dialect, actual, databases.target.database)
+        if problem is not None:
+            raise PolicyError([_problem(policy, "", problem, ("spanner", "dialect"))])
+        return None
+    return "; ".join(got) if got else None
 
 
 _PRIMARY_KEY_SQL = (
@@ -303,7 +312,15 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
     warnings: list[PolicyProblem] = []
     shapes: dict[str, Shape] = {}
     dialect = policy.model.spanner.dialect
-    await _check_dialect(policy, databases)
+    unknown = await _check_dialect(policy, databases)
+    hint = ""
+    if unknown is not None:
+        message = (
+            f"cannot ask the database for its dialect ({unknown}): spanner.dialect "
+            f"({dialect}) is not checked against it; each statement's PLAN still is"
+        )
+        warnings.append(_problem(policy, "", message, ("spanner", "dialect")))
+        hint = dialect_hint(dialect)
     for name, query in policy.queries.items():
         identity = query.model.identity
         try:
@@ -325,7 +342,9 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
             continue
         except _POLICY_ERRORS as exc:
             problems.append(
-                _problem(policy, name, f"Spanner refuses query {name!r}: {_spanner_words(exc)}")
+                _problem(
+                    policy, name, f"Spanner refuses query {name!r}: {_spanner_words(exc)}{hint}"
+                )
             )
             continue
         for message in _result_problems(columns):

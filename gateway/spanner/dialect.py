@@ -12,7 +12,14 @@ from typing import Any
 
 from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
-__all__ = ["DIALECT_SQL", "database_dialect", "dialect_problem"]
+__all__ = [
+    "DIALECT_SQL",
+    "database_dialect",
+    "dialect_answer",
+    "dialect_hint",
+    "dialect_named",
+    "dialect_problem",
+]
 
 DIALECT_SQL = (
     "SELECT option_value FROM information_schema.database_options "
@@ -22,22 +29,41 @@ _NAMES: dict[str, Dialect] = {"GOOGLE_STANDARD_SQL": GOOGLESQL, "POSTGRESQL": PO
 _SPELLED = {GOOGLESQL: "GoogleSQL", POSTGRESQL: "PostgreSQL"}
 
 
-async def database_dialect(database: Any) -> Dialect | None:
-    """The dialect of ``database`` (an asyncio Database), or None when it names another."""
+async def dialect_answer(database: Any) -> str | None:
+    """What ``database`` (an asyncio Database) says its dialect is, as it says it
+    (``GOOGLE_STANDARD_SQL``, ``POSTGRESQL``), or None when the query returns no row."""
     async with database.snapshot() as snapshot:
         stream = await snapshot.execute_sql(
             DIALECT_SQL, request_options={"request_tag": "spangate dialect"}
         )
         rows = [row async for row in stream]
-    value = rows[0][0] if rows else None
-    return _NAMES.get(str(value)) if value is not None else None
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def dialect_named(answer: str | None) -> Dialect | None:
+    """The dialect ``dialect_answer`` names, or None (no answer, or a dialect not known here)."""
+    return _NAMES.get(answer) if answer is not None else None
+
+
+async def database_dialect(database: Any) -> Dialect | None:
+    """The dialect of ``database``, or None when it does not say or names another."""
+    return dialect_named(await dialect_answer(database))
+
+
+def dialect_hint(declared: Dialect) -> str:
+    """Said with a refused statement when the database did not say its dialect."""
+    other = POSTGRESQL if declared == GOOGLESQL else GOOGLESQL
+    return (
+        f" (the database did not say its dialect: if it is a {_SPELLED[other]}-dialect "
+        f"database, set spanner.dialect: {other})"
+    )
 
 
 def dialect_problem(declared: Dialect, actual: Dialect | None, database: str) -> str | None:
     """What to say when the policy's ``spanner.dialect`` is not the database's (else None)."""
     if actual is None or actual == declared:
         return None
-    default = " (the default)" if declared == GOOGLESQL else ""
+    default = ", the default" if declared == GOOGLESQL else ""
     return (
         f"the database {database} is a {_SPELLED[actual]}-dialect database, but the policy's "
         f"statements are {_SPELLED[declared]} (spanner.dialect: {declared}{default}): set "

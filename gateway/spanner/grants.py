@@ -1,7 +1,8 @@
 """The least fine-grained access control each identity needs, derived from its statements (pure).
 
 In the policy's ``spanner.dialect``: PostgreSQL's ``GRANT … TO <role>`` (GoogleSQL: ``TO ROLE``),
-names quoted where PostgreSQL would fold them. For every identity with a ``database_role``:
+every name quoted in PostgreSQL (reserved words and mixed case alike). For every identity with a
+``database_role``:
 
 - ``CREATE ROLE <role>``;
 - ``GRANT SELECT(<columns>) ON TABLE <t>``: the columns of ``t`` its statements name (in SELECT
@@ -28,7 +29,7 @@ what is missing (the statement will fail) and what is extra (more than least pri
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.policy.compiled import CompiledPolicy, CompiledQuery
@@ -306,13 +307,11 @@ def needs_of(policy: CompiledPolicy, catalog: Catalog) -> dict[str, Needs]:
     return dict(sorted(out.items()))
 
 
-_PG_PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
 def _name(name: str, dialect: Dialect) -> str:
-    """``name`` as the dialect's DDL must write it: PostgreSQL quotes a name that is not all
-    lower case (it would fold), GoogleSQL writes it as it is."""
-    if dialect != POSTGRESQL or _PG_PLAIN.match(name):
+    """``name`` as the dialect's DDL must write it: PostgreSQL always quotes it (a name that is
+    not all lower case would fold, and a reserved word such as ``user`` or ``select`` would not
+    parse), GoogleSQL writes it as it is."""
+    if dialect != POSTGRESQL:
         return name
     return '"' + name.replace('"', '""') + '"'
 
@@ -328,7 +327,7 @@ def _grant_sql(grant: Grant, role: str, dialect: Dialect) -> str:
 
 def ddl(needs: Mapping[str, Needs], catalog: Catalog, dialect: Dialect = GOOGLESQL) -> list[str]:
     """The statements, role by role: CREATE ROLE, then its grants (no trailing ``;``), in
-    ``dialect``'s syntax (PostgreSQL: ``GRANT … TO role``, names quoted where they would fold)."""
+    ``dialect``'s syntax (PostgreSQL: ``GRANT … TO role``, every name quoted)."""
     out = []
     for role, need in needs.items():
         out.append(f"CREATE ROLE {_name(role, dialect)}")
@@ -360,6 +359,11 @@ class Report:
         return not any(self.missing.values()) and not any(self.extra.values())
 
 
+def _fold(dialect: Dialect) -> Callable[[str], str]:
+    """How the dialect compares names: GoogleSQL's ignore case, PostgreSQL's are exact."""
+    return (lambda name: name) if dialect == POSTGRESQL else str.upper
+
+
 def check(
     needs: Mapping[str, Needs],
     catalog: Catalog,
@@ -367,40 +371,44 @@ def check(
     roles: Iterable[str],
     table_grants: Iterable[tuple[str, str, str]],
     column_grants: Iterable[tuple[str, str, str, str]],
+    dialect: Dialect = GOOGLESQL,
 ) -> Report:
     """Compare ``needs`` with live grants: ``roles`` (INFORMATION_SCHEMA.ROLES), ``table_grants``
     (GRANTEE, TABLE_NAME, PRIVILEGE_TYPE) and ``column_grants`` (GRANTEE, TABLE_NAME, COLUMN_NAME,
     PRIVILEGE_TYPE). A table-level grant covers every column; it is extra when it covers a
-    column (or a privilege) the role's statements do not need."""
+    column (or a privilege) the role's statements do not need. Names compare as the dialect
+    compares them: GoogleSQL's case-insensitively, PostgreSQL's exactly (``"Orders"`` and
+    ``orders`` are two tables there)."""
+    fold = _fold(dialect)
     catalog = _with_idempotency(catalog)
-    names = {t.upper(): t for t in catalog.tables}
-    existing_roles = {r.upper() for r in roles}
+    names = {fold(t): t for t in catalog.tables}
+    existing_roles = {fold(r) for r in roles}
     held_tables: dict[str, set[tuple[str, str]]] = {}
     held_columns: dict[str, set[tuple[str, str, str]]] = {}
-    spelled: dict[str, str] = {}  # upper-case column -> as the live grant spells it
+    spelled: dict[str, str] = {}  # folded column -> as the live grant spells it
     for grantee, table, privilege in table_grants:
-        held_tables.setdefault(grantee.upper(), set()).add((table.upper(), privilege.upper()))
+        held_tables.setdefault(fold(grantee), set()).add((fold(table), privilege.upper()))
     for grantee, table, column, privilege in column_grants:
-        spelled.setdefault(column.upper(), column)
-        held_columns.setdefault(grantee.upper(), set()).add(
-            (table.upper(), column.upper(), privilege.upper())
+        spelled.setdefault(fold(column), column)
+        held_columns.setdefault(fold(grantee), set()).add(
+            (fold(table), fold(column), privilege.upper())
         )
     report = Report()
     for role, need in needs.items():
-        tables = held_tables.get(role.upper(), set())
-        columns = held_columns.get(role.upper(), set())
-        read = {t.upper(): {c.upper() for c in cs} for t, cs in need.select.items()}
-        writes = {(t.upper(), p) for t, p in need.writes}
-        missing = [] if role.upper() in existing_roles else [f"CREATE ROLE {role}"]
+        tables = held_tables.get(fold(role), set())
+        columns = held_columns.get(fold(role), set())
+        read = {fold(t): {fold(c) for c in cs} for t, cs in need.select.items()}
+        writes = {(fold(t), p) for t, p in need.writes}
+        missing = [] if fold(role) in existing_roles else [f"CREATE ROLE {role}"]
         for grant in need.grants(catalog):
-            t = grant.table.upper()
+            t = fold(grant.table)
             if (t, grant.privilege) in tables:
                 continue
             if grant.columns:
                 missing += [
                     f"{grant.privilege}({c}) ON TABLE {grant.table}"
                     for c in grant.columns
-                    if (t, c.upper(), grant.privilege) not in columns
+                    if (t, fold(c), grant.privilege) not in columns
                 ]
             else:
                 missing.append(f"{grant.privilege} ON TABLE {grant.table}")
@@ -409,7 +417,7 @@ def check(
             shown = names.get(t, t)
             if p == "SELECT":
                 beyond = [
-                    c for c in catalog.tables.get(shown, ()) if c.upper() not in read.get(t, set())
+                    c for c in catalog.tables.get(shown, ()) if fold(c) not in read.get(t, set())
                 ]
                 if beyond or t not in read:
                     extra.append(f"SELECT ON TABLE {shown} (covers {', '.join(beyond) or 'all'})")

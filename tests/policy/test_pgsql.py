@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import copy
 import decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.policy.bind import compile_param
-from gateway.policy.compiled import wire_names
+from gateway.policy.compiled import compile_policy, wire_names
+from gateway.policy.diff import diff_policies, render_diff
+from gateway.policy.explain import explain, render_explanation
+from gateway.policy.load import load_policy_data
 from gateway.policy.model import Param, Policy
 from gateway.policy.pagination import read_order
 from gateway.policy.selectlist import result_columns
+from gateway.policy.simulate import principal_for, request_facts
 from gateway.policy.sqlscan import SqlInfo, SqlProblem, scan_sql, statement_tokens
 from gateway.policy.types import ParamType, TypeProblem, coerce, parse_type
 from gateway.policy.validate import validate_policy
@@ -111,6 +116,8 @@ def test_anything_but_a_query_or_dml_is_refused(sql: str) -> None:
         ('SELECT "" FROM t', "a quoted identifier cannot be empty"),
         ("SELECT $1abc", "trailing junk after parameter $1"),
         ("SELECT $ 1", "'$' must start a parameter"),
+        ("SELECT $0", "$0 is no parameter: placeholders start at $1 (the first declared) (SQL"),
+        ("SELECT $00", "$00 is no parameter: placeholders start at $1"),
         ("SELECT U&'d\\0061t'", "U& strings and identifiers"),
         ("SELECT 1 -- a\r OR TRUE", "U+000D (CARRIAGE RETURN) is not allowed"),
     ],
@@ -252,7 +259,8 @@ def test_a_placeholder_past_the_declared_parameters_is_a_load_error() -> None:
     assert findings("SELECT id FROM things WHERE tenant = $1 AND id = $2 AND x = $3") == [
         (("queries", "get_thing", "sql"), (
             "$3 is used in the SQL, but the query declares 2 parameters: $1..$N stand for its "
-            "params in the order they are declared"
+            "params in the order they are declared; placeholders start at $1 (SQL line 1, "
+            "column 61)"
         )),
     ]  # fmt: skip
 
@@ -318,3 +326,160 @@ def test_the_mutation_count_reads_a_postgresql_insert() -> None:
 
     sql = 'INSERT INTO "Orders" (a, b) VALUES ($1, $2), ($3, $4)'
     assert insert_cells_per_row(sql) == (2, 2)
+
+
+# The reviewer's repro (issue 19, H1): on Spanner, E''<newline>'\' continues the E'' string with
+# backslash escapes, so `\'` is a quote inside it and `$1` sits inside the literal; a reader that
+# takes the continuation for a new standard string thinks `$1` filters the rows.
+_CONTINUED = (
+    'SELECT account_id AS "Id", org AS "Org" FROM "Accounts" WHERE E\'\'\n'
+    "'\\' AND org = $1 AND ' = ' AND ' IS NOT NULL --'"
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        _CONTINUED,
+        "SELECT 'a'\n'b' AS c WHERE x = $1",
+        "SELECT 'a' -- note\n  'b' AS c WHERE x = $1",
+        "SELECT E'a'\n\n\t'b' AS c WHERE x = $1",
+        "SELECT X'1F'\n'2' AS c WHERE x = $1",
+        "SELECT 'a' /* c */\n'b' AS c WHERE x = $1",
+    ],
+)
+def test_a_string_continued_on_a_following_line_is_refused(sql: str) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        pg(sql, "org")
+    assert "one string continued in PostgreSQL" in str(caught.value)
+    assert "(SQL line " in str(caught.value)
+
+
+def test_strings_on_following_lines_apart_from_each_other_still_read() -> None:
+    info = pg("SELECT 'a' AS x,\n'b' AS y FROM t WHERE c = $1 || 'x'\n", "org")
+    assert info.params == ("org",)
+
+
+# The reviewer's repro (issue 19, H2): Spanner's PostgreSQL reader takes U+2003 for a letter, so
+# `AS \u2003$1` names a table alias and `org = \u2003$1.org` compares the column with itself.
+@pytest.mark.parametrize(
+    "space", ["\u00a0", "\u2000", "\u2003", "\u200a", "\u202f", "\u205f", "\u3000", "\u1680"]
+)
+@pytest.mark.parametrize("dialect", ["postgresql", "googlesql"])
+def test_a_unicode_space_outside_quoted_text_is_refused(space: str, dialect: str) -> None:
+    param = "$1" if dialect == PG else "@org"
+    sql = f"SELECT account_id FROM Accounts AS {space}{param} WHERE org = {space}{param}.org"  # noqa: S608
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql(sql, dialect, ("org",))  # type: ignore[arg-type]
+    assert f"U+{ord(space):04X}" in str(caught.value)
+    assert "is not allowed outside quoted text" in str(caught.value)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "googlesql"])
+def test_a_unicode_space_inside_a_name_is_refused(dialect: str) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql("SELECT org\u2003x FROM t", dialect, ())  # type: ignore[arg-type]
+    assert "U+2003" in str(caught.value)
+
+
+def test_a_unicode_space_in_literals_identifiers_and_comments_is_text() -> None:
+    info = pg("SELECT 'a\u2003b' AS \"x\u00a0y\" -- caf\u00e9\u3000\nFROM t WHERE c = $1", "org")
+    assert info.params == ("org",)
+
+
+def _swapped() -> dict[str, Any]:
+    """BASE with get_thing's params declared in the other order, its SQL unchanged: $1 now binds
+    id and $2 the tenant claim."""
+    data = copy.deepcopy(BASE)
+    params = data["queries"]["get_thing"]["params"]
+    data["queries"]["get_thing"]["params"] = {"id": params["id"], "tenant": params["tenant"]}
+    return data
+
+
+def test_diff_sees_reordered_params_as_rebound_placeholders() -> None:
+    old = Policy.model_validate(BASE)
+    new = Policy.model_validate(_swapped())
+    diff = diff_policies(old, new)
+    assert not diff.empty
+    text = render_diff(diff)
+    assert "~ get_thing: changed: placeholders ($k binds the k-th declared parameter)" in text
+    assert "- $1 -> tenant, $2 -> id" in text
+    assert "+ $1 -> id, $2 -> tenant" in text
+    # another change to the same query: one entry, placeholders named among its changes
+    both = _swapped()
+    both["queries"]["get_thing"]["description"] = "one thing"
+    text = render_diff(diff_policies(old, Policy.model_validate(both)))
+    assert text.count("get_thing:") == 1
+    assert "changed: description, placeholders" in text and "+ $1 -> id, $2 -> tenant" in text
+    # GoogleSQL binds by name: the order of params changes nothing
+    google = copy.deepcopy(BASE)
+    google["spanner"]["dialect"] = "googlesql"
+    google["queries"]["get_thing"]["sql"] = "SELECT id FROM things WHERE tenant = @tenant AND id = @id"
+    swapped = copy.deepcopy(google)
+    swapped["queries"]["get_thing"]["params"] = _swapped()["queries"]["get_thing"]["params"]
+    assert diff_policies(Policy.model_validate(google), Policy.model_validate(swapped)).empty
+
+
+def test_explain_shows_the_placeholder_each_param_fills() -> None:
+    compiled = compile_policy(load_policy_data(copy.deepcopy(BASE), base_dir=Path(".")))
+    claims = {"iss": "okta", "sub": "u", "groups": ["staff"], "tenant": "t1"}
+    ex = explain(compiled, request_facts("GET /things/7"), principal_for(compiled.model, claims))
+    lines = render_explanation(compiled, ex).splitlines()
+    assert 'param     $1 -> tenant = "t1"  (claim tenant)' in lines
+    assert "param     $2 -> id = 7  (path)" in lines
+
+
+def _numeric_findings(**param: Any) -> list[tuple[Any, str]]:
+    data = copy.deepcopy(BASE)
+    data["queries"]["get_thing"]["sql"] = (
+        "SELECT id FROM things WHERE tenant = $1 AND id = $2 AND n > $3"
+    )
+    data["queries"]["get_thing"]["params"]["n"] = {"type": "numeric", **param}
+    return validate_policy(Policy.model_validate(data))
+
+
+def test_numeric_constraints_are_pg_numeric_values() -> None:
+    big = "9" * 40  # beyond GoogleSQL's NUMERIC, within PG.NUMERIC
+    assert _numeric_findings(min="-" + big, max=big, default="0." + "1" * 20) == []
+    assert _numeric_findings(default="NaN") == []
+    [(where, message)] = _numeric_findings(min="NaN")
+    assert where[-1] == "min" and "must be a finite number" in message
+    [(where, message)] = _numeric_findings(max="NaN")
+    assert where[-1] == "max" and "must be a finite number" in message
+    [(where, message)] = _numeric_findings(min="0", default="NaN")
+    assert where[-1] == "default" and "NaN, outside every range" in message
+    [(where, message)] = _numeric_findings(max="0." + "1" * 16384)
+    assert "at most 16383 digits after the point" in message
+
+
+def test_the_numeric_schema_is_pg_numerics() -> None:
+    import re
+
+    from gateway.openapi import json_schema_of
+
+    for text in (False, True):
+        spec = compile_param("n", Param(type="NUMERIC"), None, PG)
+        pattern = re.compile(json_schema_of(spec, text=text)["pattern"])
+        for good in ("NaN", "9" * 40, "-1." + "2" * 20, "0"):
+            assert pattern.search(good), good
+        for bad in ("Infinity", "1e5", "", "0." + "1" * 16384):
+            assert not pattern.search(bad), bad
+        google = json_schema_of(compile_param("n", Param(type="NUMERIC"), None), text=text)
+        assert not re.search(google["pattern"], "NaN")
+    array = compile_param("a", Param(type="ARRAY<NUMERIC>"), None, PG)
+    assert re.search(json_schema_of(array)["items"]["anyOf"][0]["pattern"], "NaN")
+
+
+def test_a_jsonb_value_holding_nul_is_refused() -> None:
+    spec = compile_param("j", Param(type="jsonb"), None, PG)
+    for value in ("a\u0000", {"k\u0000": 1}, {"k": [1, {"x": "\u0000"}]}):
+        with pytest.raises(TypeProblem, match="cannot hold the character U\\+0000"):
+            coerce(spec.ptype, value, from_text=False)
+    with pytest.raises(TypeProblem, match="U\\+0000"):
+        coerce(spec.ptype, '{"k": "\\u0000"}', from_text=True)  # as a query-string value
+    array = compile_param("a", Param(type="jsonb[]"), None, PG).ptype
+    with pytest.raises(TypeProblem, match="element 1: a PostgreSQL jsonb value"):
+        coerce(array, [None, ["\u0000"]], from_text=False)
+    assert coerce(spec.ptype, {"k": "\\u0000 as text"}, from_text=False)  # a backslash is fine
+    # GoogleSQL's JSON is not jsonb
+    assert coerce(ParamType("JSON"), "a\u0000", from_text=False) == "a\u0000"

@@ -165,7 +165,7 @@ async def test_a_policy_of_the_other_dialect_does_not_start(
     assert problem.where == "spanner.dialect"
     assert problem.message == (
         "the database shoppg is a PostgreSQL-dialect database, but the policy's statements are "
-        "GoogleSQL (spanner.dialect: googlesql (the default)): set spanner.dialect: postgresql "
+        "GoogleSQL (spanner.dialect: googlesql, the default): set spanner.dialect: postgresql "
         "and write the statements in that dialect"
     )
     pg_policy = (REPO / "policy.example.postgresql.yaml").read_text()
@@ -321,7 +321,11 @@ async def test_every_type_from_the_query_string(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("i", 2**63), ("n", "Infinity"), ("n", "0." + "1" * 16384), ("y", "not base64!")],
+    [
+        ("i", 2**63), ("n", "Infinity"), ("n", "0." + "1" * 16384), ("y", "not base64!"),
+        # jsonb holds no U+0000: Spanner answers FAILED_PRECONDITION (409), the gateway 400 first
+        ("j", "a\u0000b"), ("j", {"k\u0000": 1}), ("xj", [{"k": ["\u0000"]}]),
+    ],
 )
 async def test_values_that_do_not_fit_are_400(
     types_stack: httpx.AsyncClient, token_for: Token, field: str, value: Any
@@ -332,3 +336,4 @@ async def test_values_that_do_not_fit_are_400(
     )  # fmt: skip
     assert response.status_code == 400, response.text
     assert response.json()["param"] == field
+    assert response.json()["code"] == "param-invalid"
