@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,12 +57,14 @@ APPROVALS_PATH = "/approvals"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 Action = Literal["list", "view", "approve", "reject"]
+_DIGITS = re.compile(r"[0-9]{1,3}")
 
 
 def _limit(values: list[str]) -> int:
     if not values:
         return DEFAULT_LIMIT
-    if len(values) == 1 and values[0].isdigit() and 1 <= int(values[0]) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() admits superscript and fullwidth digits, which int() refuses or reads
+    if len(values) == 1 and _DIGITS.fullmatch(values[0]) and 1 <= int(values[0]) <= MAX_LIMIT:
         return int(values[0])
     raise BadRequest(f"limit is an integer from 1 to {MAX_LIMIT} (once)", code="query-invalid")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.endpoints import ApprovalsPath, parse_path
+from gateway.approvals.endpoints import ApprovalsPath, _limit, parse_path
 from gateway.approvals.record import (
     MAX_REASON_CHARS,
     ApprovalRecord,
@@ -368,3 +368,16 @@ def test_a_method_the_path_does_not_take_is_405(method: str, path: str, allow: s
         parse_path(path, method)
     assert caught.value.status == 405
     assert caught.value.headers["Allow"] == allow
+
+
+@pytest.mark.parametrize(
+    "given", [["0"], ["101"], ["\u00b2"], ["\uff11\uff10"], ["1e2"], [" 5"], ["5", "6"], [""]]
+)
+def test_a_list_limit_is_one_to_a_hundred_in_ascii_digits_or_refused(given: list[str]) -> None:
+    with pytest.raises(BadRequest, match="limit is an integer from 1 to 100"):
+        _limit(given)
+
+
+def test_a_list_limit_defaults_and_reads_ascii_digits() -> None:
+    assert _limit([]) == 50
+    assert _limit(["7"]) == 7 and _limit(["100"]) == 100
