@@ -716,7 +716,15 @@ class Gateway:
         guard = None
         if approval_id is not None:
             if route.query.is_dml:  # used in the write's own transaction, iff it commits
-                guard = self.approvals.guard(decision, call.principal, approval_id, call.request_id)
+                use = self.approvals.guard(decision, call.principal, approval_id, call.request_id)
+                guarded_id = approval_id
+
+                async def guard(transaction: Any) -> None:
+                    await use(transaction)
+                    # Before in_transaction_hook writes the Spanner sink's row in this same
+                    # transaction: that row says used exactly when the transaction commits.
+                    call.approval = {"id": guarded_id, "event": "approval.presented", "used": True}
+
             else:  # used in a transaction of its own, before the read
                 try:
                     await self.approvals.claim(
@@ -748,6 +756,8 @@ class Gateway:
             else:
                 result = await tracing.statement(running, route.query, policy, self._database)
         except Exception:
+            if guard is not None:  # the write did not commit (as far as this call knows)
+                call.approval = {"id": approval_id, "event": "approval.presented", "used": False}
             if spend is not None:  # what it never sent to Spanner is given back (never raises)
                 await self._give_back(call, spend, sent)
             raise
