@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -68,8 +69,14 @@ def parse_approval_id(value: object) -> str:
     return value
 
 
-def request_hash(method: str, route: str, query: str, values: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of a call's route, query and every bound value, canonical JSON."""
+def request_hash(
+    method: str, route: str, query: str, values: Mapping[str, Any], key: bytes | None = None
+) -> str:
+    """SHA-256 (hex) of a call's route, query and every bound value, canonical JSON; an
+    HMAC-SHA256 under ``key`` when there is one (the gateway's: derived from the audit key). The
+    values include ``audit.redact``'s, which the table shows only as their keyed hash: a plain
+    digest would let a reader of the table try candidates for a low-entropy redacted value, so
+    the gateway keys it whenever it has a key (and it has one whenever the policy redacts)."""
     text = json.dumps(
         {
             "method": method,
@@ -81,7 +88,10 @@ def request_hash(method: str, route: str, query: str, values: Mapping[str, Any])
         separators=(",", ":"),
         ensure_ascii=True,
     )
-    return hashlib.sha256(b"spangate-approval-v1\0" + text.encode("ascii")).hexdigest()
+    data = b"spangate-approval-v1\0" + text.encode("ascii")
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

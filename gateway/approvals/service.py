@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -98,6 +100,12 @@ class Approvals:
     ) -> None:
         self.executor = executor
         self._key = audit_key
+        # the request digest's key (record.request_hash): never the redaction key itself
+        self._digest_key = (
+            hmac.new(audit_key, b"spangate approval request v1", hashlib.sha256).digest()
+            if audit_key
+            else None
+        )
         self.clock: Callable[[], dt.datetime] = clock or (lambda: dt.datetime.now(dt.UTC))
 
     # -- helpers --------------------------------------------------------------------------------
@@ -135,12 +143,15 @@ class Approvals:
             for name, value in sorted(decision.bound.values.items())
         }
 
-    @staticmethod
-    def digest(decision: Decision) -> str:
+    def digest(self, decision: Decision) -> str:
         assert decision.route is not None and decision.bound is not None
         route = decision.route
         return request_hash(
-            route.model.method, route.template, route.query_name, decision.bound.values
+            route.model.method,
+            route.template,
+            route.query_name,
+            decision.bound.values,
+            self._digest_key,
         )
 
     # -- the request path -----------------------------------------------------------------------

@@ -381,3 +381,13 @@ def test_a_list_limit_is_one_to_a_hundred_in_ascii_digits_or_refused(given: list
 def test_a_list_limit_defaults_and_reads_ascii_digits() -> None:
     assert _limit([]) == 50
     assert _limit(["7"]) == 7 and _limit(["100"]) == 100
+
+
+def test_the_request_digest_is_keyed_when_the_gateway_has_a_key() -> None:
+    """The table holds the digest beside the shown values (redacted ones hashed): unkeyed, a
+    low-entropy redacted value could be found by trying candidates against it."""
+    template = "/v1/orders/{order_id}/cancel"
+    keyed = request_hash("POST", template, QUERY, VALUES, b"k" * 32)
+    assert keyed != DIGEST and len(keyed) == len(DIGEST)
+    assert keyed == request_hash("POST", template, QUERY, dict(VALUES), b"k" * 32)
+    assert keyed != request_hash("POST", template, QUERY, VALUES, b"j" * 32)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway.approvals.record import request_hash
 from gateway.approvals.service import Approvals
 from gateway.auth.principal import Principal
 from gateway.errors import GatewayError
@@ -131,6 +132,19 @@ async def code_of(work: Awaitable[Any]) -> str:
     except GatewayError as exc:
         return exc.code
     return "ok"
+
+
+async def test_the_stored_digest_is_keyed_from_the_audit_key(
+    approvals: Approvals, executor: Executor
+) -> None:
+    """Never the plain SHA-256 of the values, which redacted values are among (record.py)."""
+    made = await approvals.request(POLICY, cancel(ASKER), ASKER, "req-1")
+    ask = cancel(ASKER)
+    assert ask.route is not None and ask.bound is not None
+    plain = request_hash("POST", ask.route.template, ask.route.query_name, ask.bound.values)
+    assert made.request_hash != plain
+    unkeyed = Approvals(executor, audit_key=None)  # type: ignore[arg-type]
+    assert unkeyed.digest(ask) == plain  # no key: the policy redacts nothing (serve requires it)
 
 
 async def test_a_request_is_stored_pending_for_its_ttl(
