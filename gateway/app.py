@@ -786,7 +786,7 @@ class Gateway:
         """An allowed call to a route with ``approval:`` and no ``Approval-Id``: a pending
         request stored, answered 202 ``approval-required``. It spends a call of the caller's
         budget (a read-write transaction wrote its row), never a write: its statement did not
-        run."""
+        run; none when the request could not be stored."""
         route = decision.route
         assert route is not None and route.model.approval is not None
         assert call.principal is not None
@@ -794,7 +794,14 @@ class Gateway:
         if spend is not None:
             await self.budgets.refund(spend, ("writes",))
             call.extra["ratelimit"] = spend.headers
-        record = await self.approvals.request(policy, decision, call.principal, call.request_id)
+        try:
+            record = await self.approvals.request(
+                policy, decision, call.principal, call.request_id
+            )
+        except Exception:
+            if spend is not None:  # no request stored (503 approval-table-missing, Spanner down)
+                await self.budgets.refund(spend, ("calls",))
+            raise
         call.approval = {
             "id": record.approval_id,
             "event": "approval.requested",

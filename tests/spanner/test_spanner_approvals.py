@@ -152,3 +152,17 @@ async def test_a_reloaded_policy_that_adds_an_approval_is_analysed_again(
         assert WARNING in caplog.text
         _missing(await http.post("/tickets/1/close", json={}, headers=asker))
         assert _status(demo_database, name, 1) == "OPEN"
+
+
+async def test_an_ask_that_could_not_be_stored_spends_no_budget(
+    demo_database: str, idp: Any, tmp_path: Path, token_for: Token
+) -> None:
+    """A call of the budget is spent by asking (its row is a write), and given back when the row
+    could not be written: three asks without the table are three 503s, never a 429."""
+    name = "sgnoapprovals3"
+    make_database(demo_database, name, TABLE, SEED)
+    text = _policy(name, approval=True) + "budgets:\n  tester: {calls: 1/min}\n"
+    asker = bearer(token_for("support-console"))
+    async with gateway_on(tmp_path, demo_database, text, issuer=idp.issuer) as (_app, http):
+        for _ in range(3):
+            _missing(await http.post("/tickets/1/close", json={}, headers=asker))
