@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import INSTANCE, POLICY, PROJECT, audit_schema, read_events, request_id
+from conftest import (
+    INSTANCE,
+    POLICY,
+    PROJECT,
+    audit_schema,
+    read_events,
+    request_id,
+    update_ddl,
+)
 
 from gateway.audit.chain import GENESIS, AuditKeys, canonical, event_hash
 from gateway.dev.database import create_database
@@ -163,3 +171,49 @@ async def test_a_writes_row_exists_iff_the_write_committed_under_fault_injection
     assert log_path is not None  # the fixture gave one: --log_requests shows the injected aborts
     log = log_path.read_text(errors="replace")
     assert "was aborted in the emulator to mimic production" in log
+
+
+async def test_a_write_that_used_its_approval_says_so_in_its_spanner_row(
+    make_settings: Callable[..., Settings],
+    serve: Any,
+    token_for: Token,
+    spanner_policy: Path,
+    audit_file: Path,
+    audit_database: str,
+) -> None:
+    """The write's row is written in the write's transaction, after the approval was used in it:
+    it says ``used: true``, as the file's event does (it said false, written before)."""
+    from gateway.spanner.approvals import DDL as APPROVALS_DDL
+
+    try:
+        update_ddl(audit_database, list(APPROVALS_DDL))
+    except Exception as exc:  # noqa: BLE001 - another test made it
+        assert "Duplicate name" in str(exc) or "already exists" in str(exc), exc
+    doc = yaml.safe_load(spanner_policy.read_text())
+    writes = next(r for r in doc["routes"] if r["query"] == "create_order")
+    writes["approval"] = {"approvers": ["support"]}
+    spanner_policy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    writer, lead = token_for("order-writer"), token_for("support-console")
+    new_order = f"O-{time.time_ns() % 10**12}"
+    async with serve(make_settings(policy=spanner_policy)) as (gateway, http):
+        asked = await _post(http, writer, new_order)
+        assert asked.status_code == 202, asked.text
+        approval = asked.json()["approval"]["id"]
+        approved = await http.post(
+            f"/approvals/{approval}/approve", json={}, headers={"Authorization": f"Bearer {lead}"}
+        )
+        assert approved.status_code == 200, approved.text
+        body = {"order_id": new_order, "customer_id": "C-1", "total_cents": 10}
+        ran = await http.post(
+            "/v1/orders",
+            json=body,
+            headers={"Authorization": f"Bearer {writer}", "Approval-Id": approval},
+        )
+        assert ran.status_code == 200, ran.text
+        rows = {r["RequestId"]: r for r in await asyncio.to_thread(_rows, gateway)}
+    own = rows[ran.headers["x-request-id"]]
+    assert own["Seq"] is None  # the write's own row, in its transaction
+    in_spanner = json.loads(own["Event"])["protoPayload"]["metadata"]["approval"]
+    assert in_spanner == {"id": approval, "event": "approval.presented", "used": True}
+    filed = {request_id(e): e for e in read_events(audit_file)}
+    assert filed[ran.headers["x-request-id"]]["protoPayload"]["metadata"]["approval"] == in_spanner
