@@ -470,7 +470,8 @@ def _approvals_paths() -> dict[str, Any]:
     idp = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}  # fmt: skip
     errors = _problems([
-        (400, "approval-id-invalid, query-invalid, body-invalid, param-unknown"),
+        (400, "approval-id-invalid, query-invalid, query-not-allowed, body-invalid, "
+              "param-unknown"),
         (401, "Missing or invalid bearer token"),
         (403, "not-approver, denied-by-role, approval-own-request"),
         (404, "approval-not-found, no-route"),
@@ -497,7 +498,11 @@ def _approvals_paths() -> dict[str, Any]:
                     }
                 },
             },
-            "responses": {"200": {"description": "Decided", "content": one}, **errors},
+            "responses": {
+                "200": {"description": "Decided", "content": one},
+                **errors,
+                **_problems([(413, "Body too large"), (415, "The body is not JSON")]),
+            },
         }
 
     return {
