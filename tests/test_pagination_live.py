@@ -213,7 +213,12 @@ def test_walking_every_page_gives_each_order_once_in_order(
     assert first["metadata"]["pagination"] == {"cursor": "none", "pageSize": limit,
                                                "nextCursor": True}  # fmt: skip
     assert first["request"]["params"]["after_created"] == {"from": "cursor", "value": None}
-    assert first["request"]["params"]["limit"] == {"from": "caller", "value": limit}
+    assert first["request"]["params"]["limit"] == {  # with the text the query string carried
+        "from": "caller",
+        "value": limit,
+        "sent": str(limit),
+        "text": True,
+    }
     last = event(server, pages[-1].headers["x-request-id"])["protoPayload"]
     assert last["metadata"]["pagination"] == {"cursor": "opened", "pageSize": limit,
                                               "nextCursor": False}  # fmt: skip

@@ -331,8 +331,10 @@ build_hash="$(
 )"
 build_hash="$(printf '%s' "$build_hash" | sha256sum | cut -c1-64)"
 previous=("$(image_id "$tag")" "$(image_id "$CACHE_TAG")")
+# sed reads all of it (head -n1 would exit early: under pipefail, buildah's SIGPIPE is exit 141
+# whenever two images carry the label, e.g. after a build by another checkout)
 built="$(bh images --noheading --no-trunc --filter dangling=false \
-  --filter "label=spangate.build.hash=$build_hash" --format '{{.ID}}' | head -n1)"
+  --filter "label=spangate.build.hash=$build_hash" --format '{{.ID}}' | sed -n 1p)"
 if [ -n "$built" ] && bh tag "$built" "$tag" "$CACHE_TAG" 2>/dev/null; then
   say "$tag is up to date (the image ${built#sha256:} was built from the same sources on $base)"
 else
