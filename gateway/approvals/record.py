@@ -128,6 +128,12 @@ class ApprovalRecord:
     def requested_by(self, principal: Principal) -> bool:
         return (principal.iss, principal.subject) == (self.iss, self.subject)
 
+    def same_caller(self, principal: Principal) -> bool:
+        """The requester as it asked: the same subject through the same delegation chain (an
+        agent's approval is not another agent's, nor its subject's own)."""
+        actors = tuple(a for a in principal.actors if a)
+        return self.requested_by(principal) and actors == tuple(self.actors)
+
     def expired(self, now: dt.datetime) -> bool:
         return self.state in ("pending", "approved") and self.expires_at <= now
 
@@ -179,7 +185,7 @@ def replay_refusal(
     through to the write, whose key may hold its first answer (its transaction checks again)."""
     if (
         record is None
-        or not record.requested_by(principal)
+        or not record.same_caller(principal)
         or record.route != route
         or record.query != query
         or not secrets.compare_digest(record.request_hash, digest)

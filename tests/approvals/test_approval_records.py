@@ -391,3 +391,15 @@ def test_the_request_digest_is_keyed_when_the_gateway_has_a_key() -> None:
     assert keyed != DIGEST and len(keyed) == len(DIGEST)
     assert keyed == request_hash("POST", template, QUERY, dict(VALUES), b"k" * 32)
     assert keyed != request_hash("POST", template, QUERY, VALUES, b"j" * 32)
+
+
+def test_an_approval_is_used_by_its_requester_through_the_same_delegation_chain() -> None:
+    """Asked by agent A for the subject: agent B for the same subject, or the subject directly,
+    may not use it (the chain the approver saw is part of what was approved)."""
+    by_agent = record("approved", actors=("agent-a",))
+    assert replay(by_agent, who(ASKER.subject, act={"sub": "agent-a"})) == "ok"
+    assert replay(by_agent, who(ASKER.subject, act={"sub": "agent-b"})) == "approval-mismatch"
+    assert replay(by_agent, ASKER) == "approval-mismatch"
+    assert replay(record("approved"), who(ASKER.subject, act={"sub": "agent-a"})) == (
+        "approval-mismatch"
+    )
