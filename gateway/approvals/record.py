@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from typing import Any, Literal
 from gateway.auth.principal import Principal
 from gateway.errors import ApprovalRefused
 from gateway.policy.approval import parties
-from gateway.spanner.idempotency import canonical
+from gateway.spanner.idempotency import canonical_request
 
 __all__ = [
     "ApprovalRecord",
@@ -77,17 +76,7 @@ def request_hash(
     values include ``audit.redact``'s, which the table shows only as their keyed hash: a plain
     digest would let a reader of the table try candidates for a low-entropy redacted value, so
     the gateway keys it whenever it has a key (and it has one whenever the policy redacts)."""
-    text = json.dumps(
-        {
-            "method": method,
-            "route": route,
-            "query": query,
-            "params": {k: canonical(v) for k, v in sorted(values.items())},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
+    text = canonical_request(method, route, query, values)
     data = b"spangate-approval-v1\0" + text.encode("ascii")
     if key is not None:
         return hmac.new(key, data, hashlib.sha256).hexdigest()

@@ -147,6 +147,22 @@ def parse_key(values: Sequence[bytes]) -> str | None:
     return raw.decode("ascii")
 
 
+def canonical_request(method: str, route: str, query: str, values: Mapping[str, Any]) -> str:
+    """A call's method, route template, query and bound values as canonical JSON (ASCII): what
+    an Idempotency-Key's request fingerprint and an approval's request digest are taken of."""
+    return json.dumps(
+        {
+            "method": method,
+            "route": route,
+            "query": query,
+            "params": {k: canonical(v) for k, v in sorted(values.items())},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+
+
 def canonical(value: Any) -> Any:
     """A bound (typed) parameter value -> a JSON value that differs whenever the value does."""
     if value is None or isinstance(value, bool | int | str):
@@ -189,17 +205,7 @@ def key_for(
     ttl_seconds: float,
 ) -> IdempotencyKey:
     """The record key and request fingerprint of one write (pure)."""
-    request = json.dumps(
-        {
-            "method": method,
-            "route": route,
-            "query": query,
-            "params": {k: canonical(v) for k, v in sorted(values.items())},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
+    request = canonical_request(method, route, query, values)
     return IdempotencyKey(
         key_hash=_sha256("spangate-idempotency-v1", issuer, subject, key),
         request_hash=_sha256("spangate-request-v1", request),
