@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import copy
-import datetime as dt
 import fcntl
 import json
 import logging
@@ -50,6 +48,7 @@ from opentelemetry import trace
 
 from gateway.audit.bounds import MAX_STRING_BYTES, cut
 from gateway.output import output_lock_path
+from gateway.timestamps import rfc3339_utc
 
 if TYPE_CHECKING:
     from gateway.audit.event import CallRecord
@@ -129,7 +128,7 @@ def _printable(text: str, *, keep_newlines: bool = False) -> str:
 
 
 def _time(record: logging.LogRecord) -> str:
-    return dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339_utc(record.created)
 
 
 def _trace_of(record: logging.LogRecord) -> tuple[str | None, str | None]:
@@ -209,6 +208,13 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _copied(record: logging.LogRecord) -> logging.LogRecord:
+    """A shallow copy of ``record`` (what ``copy.copy`` makes, in a fifth of its time)."""
+    copied = logging.LogRecord.__new__(type(record))
+    copied.__dict__.update(record.__dict__)
+    return copied
+
+
 class _Buffered(logging.Handler):
     """Hands records to a writer thread without blocking: the message is rendered here (its
     arguments may change later) and the current span's ids stamped on it; the thread formats
@@ -255,7 +261,7 @@ class _Buffered(logging.Handler):
         self._thread.start()
 
     def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
+        record = _copied(record)
         message = record.getMessage()
         record.msg, record.args, record.message = message, None, message
         if record.exc_info:
@@ -456,6 +462,10 @@ def configure_logging(
     google.setLevel(max(root.level, logging.INFO))
     google.propagate = True
     logging.captureWarnings(True)  # warnings.warn(...) as lines of the same stream
+    # What no line of ours shows (the logging HOWTO's "Optimization"): the caller's file and
+    # line (a walk up the stack for every record), thread and process names. ~5 µs a request.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     _Installed.handler = handler
     return formatter
 

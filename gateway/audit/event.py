@@ -39,7 +39,6 @@ and the path only in ``httpRequest``.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -63,6 +62,7 @@ from gateway.policy.redaction import redacted_segments
 from gateway.policy.types import json_value
 from gateway.spanner.execute import Result
 from gateway.spanner.results import to_json
+from gateway.timestamps import utc_now
 
 __all__ = [
     "AUDIT_LOG_TYPE",
@@ -88,11 +88,6 @@ _RPC_BY_STATUS = {
     200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 408: 4, 409: 10, 413: 3, 415: 3, 429: 8,
     431: 3, 499: 1, 500: 13, 501: 12, 503: 14, 504: 4,
 }  # fmt: skip
-
-
-def utc_now() -> str:
-    """RFC 3339 with microseconds, UTC."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def rpc_code(status: int, code: str) -> int:

@@ -4,6 +4,7 @@ alike, and the library's path taking over when the direct one cannot finish a re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,12 +176,13 @@ async def test_the_library_path_takes_over_what_the_direct_path_cannot_finish(
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise _Unavailable()
 
+    quiet = direct._unary_quiet
     before = app.executor.direct_counts["fallback"]
-    direct._unary = failing  # type: ignore[method-assign]
+    direct._unary = direct._unary_quiet = failing  # type: ignore[method-assign]
     try:
         answer = await http.get("/one/3", headers=bearer(token))
     finally:
-        direct._unary = real  # type: ignore[method-assign]
+        direct._unary, direct._unary_quiet = real, quiet  # type: ignore[method-assign]
     assert answer.status_code == 200
     assert answer.json()["rows"] == [{"Id": 3, "Name": "three"}]
     assert app.executor.direct_counts["fallback"] == before + 1
@@ -205,3 +207,58 @@ async def test_spanner_direct_reads_false_reads_through_the_library(
         assert answer.status_code == 200
         assert answer.json()["rows"] == [{"Id": 1, "Name": "one"}]
         assert app.executor.direct_counts == {"direct": 0, "unary": 0, "fallback": 0}
+
+
+async def test_unary_reads_skip_the_library_logging_interceptor_only_while_it_is_quiet(
+    served: tuple[Gateway, httpx.AsyncClient], token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The channel's only interceptor here is the library's logging one: a unary read skips it
+    while its logger is not at DEBUG, and goes through it (and is logged by it) when it is."""
+    from google.cloud.spanner_v1.services.spanner.transports import grpc_asyncio
+
+    app, http = served
+    direct = app.executor._direct(app.executor.databases.aio("reader"))
+    assert isinstance(direct, DirectReads)
+    assert [type(i) for i in direct._unary._interceptors] == [
+        grpc_asyncio._LoggingClientAIOInterceptor
+    ]
+    quiet = direct._unary_quiet
+    assert quiet is not None and not quiet._interceptors
+    taken: list[str] = []
+
+    def counting(name: str, stub: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            taken.append(name)
+            return stub(*args, **kwargs)
+
+        return call
+
+    real = direct._unary
+    direct._unary, direct._unary_quiet = counting("intercepted", real), counting("quiet", quiet)
+    library = logging.getLogger(grpc_asyncio.__name__)
+    try:
+        assert (await http.get("/one/1", headers=bearer(token))).status_code == 200
+        assert taken == ["quiet"]
+        with caplog.at_level(logging.DEBUG, logger=library.name):
+            assert (await http.get("/one/1", headers=bearer(token))).status_code == 200
+        assert taken == ["quiet", "intercepted"]
+        assert any("ExecuteSql" in r.getMessage() for r in caplog.records if r.name == library.name)
+    finally:
+        direct._unary, direct._unary_quiet = real, quiet  # type: ignore[method-assign]
+
+
+def test_any_other_interceptor_keeps_every_unary_read_going_through_them() -> None:
+    from google.cloud.spanner_v1.services.spanner.transports import grpc_asyncio
+
+    from gateway.spanner.direct import _without_quiet_logging
+
+    class Stub:
+        def __init__(self, interceptors: list[Any] | None) -> None:
+            self._interceptors = interceptors
+
+    logging_one = grpc_asyncio._LoggingClientAIOInterceptor()
+    assert _without_quiet_logging(Stub([logging_one, object()])) is None  # e.g. built-in metrics
+    assert _without_quiet_logging(Stub([])) is None  # nothing to skip
+    assert _without_quiet_logging(object()) is None  # another shape of gRPC
+    plain = _without_quiet_logging(Stub([logging_one]))
+    assert plain is not None and plain._interceptors is None
