@@ -26,10 +26,11 @@ from bench.e2e.wrk import WrkError, WrkMissing, find_wrk, run_wrk
 
 __all__ = ["LABELS", "TARGETS", "Options", "Phase", "main"]
 
-TARGETS = ("raw-sync", "raw-async", "gateway", "fastapi")
+TARGETS = ("raw-sync", "raw-async", "raw-unary", "gateway", "fastapi")
 LABELS = {
     "raw-sync": "raw client, threads",
     "raw-async": "raw AsyncClient",
+    "raw-unary": "raw unary ExecuteSql",
     "gateway": "spangate gateway",
     "fastapi": "hand-written FastAPI",
 }
@@ -203,14 +204,18 @@ def _setting(text: str) -> tuple[str, str]:
 def parse(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench e2e",
-        description="End to end, side by side: the raw Spanner client (threads, AsyncClient), "
-        "the gateway and a hand-written FastAPI service, the same point read (docs/performance.md).",
+        description="End to end, side by side: the raw Spanner client (threads, AsyncClient, its "
+        "GAPIC client's unary ExecuteSql), the gateway and a hand-written FastAPI service, the "
+        "same point read (docs/performance.md).",
     )
     parser.add_argument("--seconds", type=int, help="length of a measured phase (default 10)")
     parser.add_argument("--warmup", type=int, help="warm-up before each phase, s (default 2)")
     parser.add_argument("--conc", type=_conc, help="concurrencies (default 1,8,32)")
     parser.add_argument("--rounds", type=int, help="rounds of every phase (default 2)")
-    parser.add_argument("--targets", type=_targets, default=list(TARGETS), help=", ".join(TARGETS))
+    parser.add_argument(
+        "--targets", type=_targets, default=list(TARGETS),
+        help=f"comma-separated, among {', '.join(TARGETS)} (default: all)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-foreign", type=float, default=0.10,
         help="refuse a phase when processes other than the measured ones used more than this "

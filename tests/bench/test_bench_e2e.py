@@ -4,7 +4,8 @@ A ``--quick`` run with 1 s phases at one concurrency starts everything for real 
 OpenID provider, ``spangate serve``, the hand-written service, wrk, the raw drivers) and must
 report every target, compute every ratio and write its files. The foreign-CPU guard is off there
 (the machine running the tests is busy by design); its rule and the aggregation that leaves
-refused phases out are tested on plain values.
+refused phases out are tested on plain values. The raw unary driver's read is held to the
+documented client's on the session's emulator: the same one row, decoded alike.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e import cpu, report
+from bench.e2e import cpu, driver, report
 from bench.e2e.suite import LABELS, TARGETS, Options, Phase
+from bench.e2e.workload import ORDER_ID
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +55,7 @@ def test_a_quick_run_reports_every_target_computes_the_ratios_and_writes_its_fil
     assert [c["target"] for c in result["cells"]] == list(TARGETS)
     (ratios,) = result["ratios"]
     assert ratios["conc"] == 2
-    for other in ("raw-sync", "raw-async", "fastapi"):
+    for other in ("raw-unary", "raw-sync", "raw-async", "fastapi"):
         for metric in ("throughput", "p50"):
             value = ratios[f"{metric} gateway/{other}"]
             assert value is not None and math.isfinite(value) and value > 0, (metric, other)
@@ -67,6 +69,38 @@ def test_a_quick_run_reports_every_target_computes_the_ratios_and_writes_its_fil
     for label in LABELS.values():
         assert f"| {label} | 2 |" in text
     assert "req/s gateway / raw sync" in text and "req/s gateway / FastAPI" in text
+    assert "req/s gateway / raw unary" in text and "p50 gateway / raw unary" in text
+
+
+# --- The raw unary driver: the gateway's RPC from the client's GAPIC layer ---------------------
+
+
+async def test_the_unary_driver_reads_the_one_order_as_the_documented_stream_does(
+    demo_database: str,
+) -> None:
+    database = await driver.open_database(demo_database)
+    try:
+        unary = await driver.unary_reader(database)
+        stream = await driver.async_reader(database)
+        for tenant in ("t1", "t2"):  # O-1001 is in both, with other values (dev/seed.sql)
+            rows = await unary(tenant)
+            assert len(rows) == 1 and rows[0][0] == ORDER_ID, (tenant, rows)
+            assert rows == await stream(tenant)  # every column decoded as the library does
+        assert await unary("t-none") == []  # the tenant is bound: another tenant, no row
+    finally:
+        await database.close()
+
+
+def test_the_unary_driver_refuses_to_run_when_its_read_is_not_the_one_order(
+    demo_database: str,
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.e2e.driver", "--mode", "unary", "--host", demo_database,
+         "--conc", "1", "--seconds", "1", "--tenants", "t-none"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode != 0 and "READY" not in run.stdout, run.stdout + run.stderr
+    assert f"the point read returned [], not the one order {ORDER_ID}" in run.stderr
 
 
 def test_without_wrk_it_says_how_to_install_it_and_stops(tmp_path: Path) -> None:
@@ -119,6 +153,7 @@ def test_refused_phases_stay_out_of_the_cells_and_the_ratios(tmp_path: Path) -> 
     phases = [
         _phase("raw-sync", 500), _phase("raw-sync", 600, round_=2),
         _phase("raw-async", 700), _phase("raw-async", 9999, refused=True, round_=2),
+        _phase("raw-unary", 400), _phase("raw-unary", 500, round_=2),
         _phase("gateway", 450), _phase("gateway", 9999, refused=True, round_=2),
         _phase("fastapi", 1, refused=True), _phase("fastapi", 1, refused=True, round_=2),
     ]  # fmt: skip
@@ -130,6 +165,8 @@ def test_refused_phases_stay_out_of_the_cells_and_the_ratios(tmp_path: Path) -> 
     (ratios,) = report.ratios(list(cells.values()))
     assert ratios["throughput gateway/raw-sync"] == pytest.approx(450 / 550)
     assert ratios["throughput gateway/raw-async"] == pytest.approx(450 / 700)
+    assert ratios["throughput gateway/raw-unary"] == pytest.approx(450 / 450)  # the median
+    assert ratios["p50 gateway/raw-unary"] == pytest.approx((8000 / 450) / ((20 + 16) / 2))
     assert ratios["throughput gateway/fastapi"] is None  # refused: no ratio, not a made-up one
     text = report.markdown(
         {"when": "now", "machine": report.machine(), "refused": 3,
@@ -141,7 +178,8 @@ def test_refused_phases_stay_out_of_the_cells_and_the_ratios(tmp_path: Path) -> 
          "phases": [vars(p) for p in phases], "ratios": [ratios]},
         list(cells.values()), "chart.png",
     )  # fmt: skip
-    assert "**Not a result: 3 of 8 phases were refused.**" in text
+    assert "**Not a result: 3 of 10 phases were refused.**" in text
     assert "| hand-written FastAPI | 8 | refused | 2 refused |" in text
     assert "| raw AsyncClient | 8 | 700 | 700, 1 refused |" in text
+    assert "| raw unary ExecuteSql | 8 | 450 | 400, 500 |" in text
     assert "9,999" not in text  # a refused phase's numbers are not reported
