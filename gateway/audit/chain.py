@@ -130,8 +130,20 @@ def members_size(members: Members) -> int:
     and the newline)."""
     size = 1 + max(len(members), 1)  # the braces and the commas
     for name, value in members.items():
-        size += len(_line_bytes(_key(name))) + len(_line_bytes(value))
+        size += _key_size(name) + len(_line_bytes(value))
     return size
+
+
+_KEY_SIZES: dict[str, int] = {}  # len(_line_bytes(_key(name))) of the top-level keys seen
+
+
+def _key_size(name: str) -> int:
+    found = _KEY_SIZES.get(name)
+    if found is None:
+        found = len(_line_bytes(_key(name)))
+        if len(_KEY_SIZES) < 256:
+            _KEY_SIZES[name] = found
+    return found
 
 
 def _encodable(event: Mapping[str, Any]) -> tuple[Mapping[str, Any], Members | None]:

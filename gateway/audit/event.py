@@ -266,6 +266,19 @@ def _severity(status: int) -> str:
 
 
 _REQUEST = pointer("protoPayload", "request")
+_WHERES: dict[tuple[str, ...], str] = {}
+
+
+def _where(prefix: str, *parts: str) -> str:
+    """``prefix + pointer(*parts)`` for names the policy defines (parameters, claim paths: a
+    bounded set), made once each: never for a caller's keys."""
+    key = (prefix, *parts)
+    found = _WHERES.get(key)
+    if found is None:
+        found = prefix + pointer(*parts)
+        if len(_WHERES) < 4096:
+            _WHERES[key] = found
+    return found
 
 
 def _statement(
@@ -286,7 +299,7 @@ def _statement(
         "params": None,
         "ignoredCallerValues": None,
     }
-    redact = set(policy.model.audit.redact)
+    redact = policy.model.audit.redact  # a handful of names
     bound = decision.bound if decision else None
     if bound is not None:
         params: dict[str, dict[str, Any]] = {}
@@ -305,7 +318,7 @@ def _statement(
             elif name in redact:
                 entry["value"] = redacted(value, key)
             else:
-                where = _REQUEST + pointer("params", name, "value")
+                where = _where(_REQUEST, "params", name, "value")
                 bounds.put(entry, "value", where, json_value(value))
                 _sent(entry, name, bound, bounds)
     if decision is not None and decision.ignored:  # recorded whether the request was allowed or not
@@ -314,7 +327,7 @@ def _statement(
             if name in redact:
                 ignored[name] = redacted(value, key)
             else:
-                where = _REQUEST + pointer("ignoredCallerValues", name)
+                where = _where(_REQUEST, "ignoredCallerValues", name)
                 bounds.put(ignored, name, where, to_json(value))
     return statement
 
@@ -329,7 +342,7 @@ def _sent(entry: dict[str, Any], name: str, bound: Bound, bounds: Bounds) -> Non
     raw = to_json(raw)
     if _canonical(raw) == _canonical(entry.get("value")):
         return
-    bounds.put(entry, "sent", _REQUEST + pointer("params", name, "sent"), raw)
+    bounds.put(entry, "sent", _where(_REQUEST, "params", name, "sent"), raw)
     if text:
         entry["text"] = True
 
@@ -550,11 +563,11 @@ def _claims_read(
         elif path in reads.redacted:
             hashed = redacted_claim(value, key)
             if isinstance(hashed, list):  # a hash per element: as droppable as any array
-                bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), hashed)
+                bounds.put(claims, path, _where(_CLAIMS_READ, "claims", path), hashed)
             else:
                 claims[path] = hashed
         else:
-            bounds.put(claims, path, _CLAIMS_READ + pointer("claims", path), to_json(value))
+            bounds.put(claims, path, _where(_CLAIMS_READ, "claims", path), to_json(value))
     for kind, names, held in (
         ("groups", reads.groups, principal.groups),
         ("scopes", reads.scopes, principal.scopes),
