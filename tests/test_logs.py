@@ -5,6 +5,7 @@ The lines a real ``spangate serve`` writes are tested in test_logs_live.py.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from shared_pipe import at_once, one_pipe
 
 from gateway.audit.event import CallRecord
 from gateway.errors import Forbidden
@@ -437,49 +439,33 @@ def _shared_stream_lines(lock: Path | None) -> list[str]:
     from gateway.audit.stdout_sink import StdoutSink
     from gateway.logs import _Buffered
 
-    read, write = os.pipe()
-    received = bytearray()
+    with one_pipe() as pipe:
+        streams = [os.fdopen(os.dup(pipe.write), "w") for _ in range(2)]
+        handlers = [_Buffered(s, JsonFormatter(), 10_000, lock=lock) for s in streams]
+        sink = StdoutSink(fd=pipe.write, lock=lock)
+        sink.open()
+        pad = "x" * 6000
 
-    def drain() -> None:
-        while chunk := os.read(read, 65536):
-            received.extend(chunk)
+        def log_lines(number: int) -> None:
+            for n in range(40):
+                for k in range(3):
+                    message = f"{number} {n} {k} {pad}"
+                    record = logging.LogRecord("w", logging.INFO, __file__, 1, message, None, None)
+                    handlers[number].emit(record)
+                handlers[number].flush()
 
-    reader = threading.Thread(target=drain)
-    reader.start()
-    streams = [os.fdopen(os.dup(write), "w") for _ in range(2)]
-    handlers = [_Buffered(s, JsonFormatter(), 10_000, lock=lock) for s in streams]
-    sink = StdoutSink(fd=write, lock=lock)
-    sink.open()
-    pad = "x" * 6000
+        def audit_lines() -> None:
+            for n in range(40):
+                line = json.dumps({"audit": n, "pad": pad}) + "\n"
+                sink.write([Sealed({}, line.encode())] * 3)
 
-    def log_lines(number: int) -> None:
-        for n in range(40):
-            for k in range(3):
-                message = f"{number} {n} {k} {pad}"
-                record = logging.LogRecord("w", logging.INFO, __file__, 1, message, None, None)
-                handlers[number].emit(record)
-            handlers[number].flush()
-
-    def audit_lines() -> None:
-        for n in range(40):
-            line = json.dumps({"audit": n, "pad": pad}) + "\n"
-            sink.write([Sealed({}, line.encode())] * 3)
-
-    threads = [threading.Thread(target=log_lines, args=(w,)) for w in range(2)]
-    threads.append(threading.Thread(target=audit_lines))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for handler in handlers:
-        handler.close()
-    for stream in streams:
-        stream.close()
-    sink.close()
-    os.close(write)
-    reader.join()
-    os.close(read)
-    return received.decode().splitlines()
+        at_once(functools.partial(log_lines, 0), functools.partial(log_lines, 1), audit_lines)
+        for handler in handlers:
+            handler.close()
+        for stream in streams:
+            stream.close()
+        sink.close()
+    return pipe.lines()
 
 
 def test_workers_log_lines_and_audit_lines_on_one_stream_stay_whole(tmp_path: Path) -> None:

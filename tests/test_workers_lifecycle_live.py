@@ -16,59 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from served import EXAMPLE_POLICY, SPANGATE, Served, served, start_served, stop_process
+from served_workers import fresh, readyz_of_both, until, worker_options, workers_of
 
 from gateway.dev.idp import IdpProcess
 from gateway.dev.redis import RedisProcess
-
-WAIT_SECONDS = 60  # bounds every wait below (a loaded machine), never asserted on
-
-
-def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
-    """Repeat ``check`` until it returns something true (bounded: then the test fails)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
 
 
 def _options(
     tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str, redis: RedisProcess,
     policy: Path | None = None, **env: str,
 ) -> dict[str, Any]:  # fmt: skip
-    if policy is None:
-        policy = tmp_path / "policy.yaml"
-        policy.write_text(EXAMPLE_POLICY.read_text())
-    variables = {"SPANGATE_WORKERS": "2", "SPANGATE_REDIS_URL": redis.url, **env}
-    variables.setdefault("SPANGATE_LOG_LEVEL", "info")  # the supervisor's and drains' lines
-    return {
-        "policy": policy,
-        "database": demo_database,
-        "issuer": idp.issuer,
-        "audit_key": audit_key,
-        "env": variables,
-    }
-
-
-def workers_of(server: Served) -> dict[int, int]:
-    """{worker number: pid} of the supervisor's children started with ``--worker N``."""
-    found: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server.process.pid and b"--worker" in argv:
-            found[int(argv[argv.index(b"--worker") + 1])] = int(entry.name)
-    return found
+    """``worker_options``, logging at info (the supervisor's and drains' lines) unless ``env``
+    says otherwise."""
+    env.setdefault("SPANGATE_LOG_LEVEL", "info")
+    return worker_options(tmp_path, demo_database, idp, audit_key, redis, policy, **env)
 
 
 def alive(pid: int) -> bool:
@@ -77,12 +39,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def fresh(server: Served, path: str, token: str | None = None) -> httpx.Response:
-    """One request on a new connection (so the kernel may hand it to either worker)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(server.base + path, headers=headers, timeout=30)
 
 
 def test_workers_import_nothing_from_the_working_directory(
@@ -249,15 +205,7 @@ def test_workers_refuse_what_one_process_refuses_alike(tmp_path: Path, audit_key
 
 
 def _sha_of_each(server: Served) -> dict[int, str]:
-    seen: dict[int, str] = {}
-
-    def both() -> bool:
-        body = fresh(server, "/readyz").json()
-        seen[body["worker"]] = body["policy_sha256"]
-        return len(seen) == 2
-
-    until(both, "both workers answered /readyz")
-    return seen
+    return {worker: body["policy_sha256"] for worker, body in readyz_of_both(server).items()}
 
 
 def test_a_replacement_worker_loads_the_accepted_policy_not_the_file_now(

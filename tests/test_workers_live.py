@@ -9,14 +9,12 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from served import EXAMPLE_POLICY, SPANGATE, Served, served
+from served_workers import fresh, readyz_of_both, until, worker_options, workers_of
 
 from gateway.audit.schema import AuditEvent
 from gateway.cli import main
@@ -25,42 +23,15 @@ from gateway.dev.redis import RedisProcess
 
 ORDER = "/v1/orders/O-1001"
 SERIES = 'spangate_requests_total{code="ok",route="/v1/orders/{order_id}",status="200"}'
-WAIT_SECONDS = 60  # bounds every wait below (a loaded machine), never asserted on
 
 
 @pytest.fixture
 def workers(
     tmp_path: Path, demo_database: str, idp: IdpProcess, audit_key: str, redis_server: RedisProcess
 ) -> Iterator[Served]:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(EXAMPLE_POLICY.read_text())
-    env = {"SPANGATE_WORKERS": "2", "SPANGATE_REDIS_URL": redis_server.url}
-    with served(
-        tmp_path,
-        policy=policy,
-        database=demo_database,
-        issuer=idp.issuer,
-        audit_key=audit_key,
-        env=env,
-    ) as server:
+    options = worker_options(tmp_path, demo_database, idp, audit_key, redis_server)
+    with served(tmp_path, **options) as server:
         yield server
-
-
-def fresh(server: Served, path: str, token: str | None = None) -> httpx.Response:
-    """One request on a new connection (so the kernel may hand it to either worker)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(server.base + path, headers=headers, timeout=30)
-
-
-def until(check: Callable[[], Any], what: str) -> Any:
-    """Repeat ``check`` until it returns something true (bounded: then the test fails)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
 
 
 def value(metrics: str, series: str) -> float:
@@ -68,20 +39,6 @@ def value(metrics: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def readyz_of_both(server: Served) -> dict[int, dict[str, Any]]:
-    """/readyz of worker 1 and worker 2 (new connections until each has answered)."""
-    seen: dict[int, dict[str, Any]] = {}
-
-    def both() -> bool:
-        body = fresh(server, "/readyz").json()
-        seen[body["worker"]] = body
-        return len(seen) == 2
-
-    until(both, "both workers answered /readyz")
-    assert set(seen) == {1, 2}
-    return seen
 
 
 def test_two_workers_share_one_port_each_with_its_own_chain_and_file(
@@ -210,20 +167,9 @@ def test_a_worker_that_dies_is_replaced_and_continues_its_trail(
 
 def _worker_pid(server: Served, number: int) -> int:
     """The pid of worker ``number``: the supervisor's child started with ``--worker number``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server.process.pid and argv[argv.index(b"--worker") + 1] == str(
-            number
-        ).encode():
-            return int(entry.name)
-    raise AssertionError(f"no worker {number} under pid {server.process.pid}")
+    pid = workers_of(server).get(number)
+    assert pid is not None, f"no worker {number} under pid {server.process.pid}"
+    return pid
 
 
 def test_workers_refuse_budgets_counted_per_process(tmp_path: Path, audit_key: str) -> None:

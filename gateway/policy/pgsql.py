@@ -1,4 +1,5 @@
-"""The tokenizer of Spanner's PostgreSQL dialect, for ``sqlscan`` (``spanner.dialect: postgresql``).
+"""The tokenizer of Spanner's PostgreSQL dialect, for ``sqlscan`` (``spanner.dialect: postgresql``):
+its readers, in a ``Lexicon`` for the scanning loop both dialects share (``sqltoken.scan``).
 
 It reads a statement as PostgreSQL's lexer does, so that text inside literals, quoted identifiers
 and comments is never taken for a parameter, a keyword or a statement separator:
@@ -31,6 +32,7 @@ and comments is never taken for a parameter, a keyword or a statement separator:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from gateway.policy.sqltoken import (
@@ -38,9 +40,10 @@ from gateway.policy.sqltoken import (
     IDENT_CHARS,
     IDENT_START,
     SPACE,
+    Lexicon,
     Token,
     fail,
-    number_end,
+    scan,
     unicode_space,
 )
 
@@ -190,83 +193,75 @@ def _at_name(sql: str, i: int, params: Sequence[str]) -> Exception:
     )
 
 
+def _read_name(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """A name, folded; or a string with a one-letter prefix (``E'…'``, ``B'…'``, ``X'…'``,
+    ``N'…'``); ``U&`` before a quote is refused."""
+    c = sql[i]
+    if sql.startswith("'", i + 1):
+        if c in "eE":
+            end = _string(sql, i, i + 1, backslash=True)
+            return Token("string", sql[i:end], i), end
+        if c in _PLAIN_PREFIXES:
+            end = _string(sql, i, i + 1, backslash=False)
+            return Token("string", sql[i:end], i), end
+    if c in "uU" and sql.startswith("&", i + 1) and sql[i + 2 : i + 3] in ("'", '"'):
+        raise fail(
+            sql,
+            i,
+            "U& strings and identifiers (Unicode escapes) are not read by the gateway: "
+            "write the characters themselves, or an E'' string with \\u escapes",
+        )
+    end = _word_end(sql, i)
+    return Token("word", sql[i:end].translate(_LOWER), i), end
+
+
+def _read_string(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    end = _string(sql, i, i, backslash=False)
+    return Token("string", sql[i:end], i), end
+
+
+def _read_identifier(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    text, end = _identifier(sql, i)
+    return Token("quoted", text, i), end
+
+
+def _read_dollar(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """A ``$k`` placeholder or a dollar-quoted string."""
+    if sql[i + 1 : i + 2] in DIGITS:
+        return _placeholder(sql, i, params)
+    tag = _dollar_tag(sql, i)
+    if tag is None:
+        raise fail(sql, i, "'$' must start a parameter ($1) or a dollar-quoted string ($$…$$)")
+    close = sql.find(tag, i + len(tag))
+    if close < 0:
+        raise fail(sql, i, f"unterminated dollar-quoted string (no closing {tag})")
+    end = close + len(tag)
+    return Token("string", sql[i:end], i), end
+
+
+def _read_at(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """``@`` before a name is GoogleSQL's parameter, refused; before anything else, an operator."""
+    if i + 1 < len(sql) and _ident_start(sql[i + 1]):
+        raise _at_name(sql, i, params)
+    return Token("punct", "@", i), i + 1
+
+
+_LEXICON = Lexicon(
+    line_comments=("--",),
+    line_end=re.compile(r"\n"),
+    nested_comments=True,
+    readers={
+        **dict.fromkeys(IDENT_START, _read_name),
+        "'": _read_string,
+        '"': _read_identifier,
+        "$": _read_dollar,
+        "@": _read_at,
+    },
+    non_ascii=_read_name,  # any non-ASCII character starts a name (a Unicode space was refused)
+)
+
+
 def tokenize(sql: str, params: Sequence[str]) -> list[Token]:
     """The tokens of ``sql`` read as Spanner's PostgreSQL dialect (see the module doc); the
     characters were checked by the caller."""
-    tokens: list[Token] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in SPACE:
-            i += 1
-        elif c.isspace():
-            problem = unicode_space(sql, i)
-            assert problem is not None
-            raise problem
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            depth, j = 1, i + 2
-            while depth:
-                opens, closes = sql.find("/*", j), sql.find("*/", j)
-                if closes < 0:
-                    raise fail(sql, i, "unterminated comment")
-                if 0 <= opens < closes:
-                    depth, j = depth + 1, opens + 2
-                else:
-                    depth, j = depth - 1, closes + 2
-            i = j
-        elif c == "'":
-            end = _string(sql, i, i, backslash=False)
-            tokens.append(Token("string", sql[i:end], i))
-            i = end
-        elif c in "eE" and sql.startswith("'", i + 1):
-            end = _string(sql, i, i + 1, backslash=True)
-            tokens.append(Token("string", sql[i:end], i))
-            i = end
-        elif c in _PLAIN_PREFIXES and sql.startswith("'", i + 1):
-            end = _string(sql, i, i + 1, backslash=False)
-            tokens.append(Token("string", sql[i:end], i))
-            i = end
-        elif c in "uU" and sql.startswith("&", i + 1) and sql[i + 2 : i + 3] in ("'", '"'):
-            raise fail(
-                sql,
-                i,
-                "U& strings and identifiers (Unicode escapes) are not read by the gateway: "
-                "write the characters themselves, or an E'' string with \\u escapes",
-            )
-        elif _ident_start(c):
-            end = _word_end(sql, i)
-            tokens.append(Token("word", sql[i:end].translate(_LOWER), i))
-            i = end
-        elif c == '"':
-            text, end = _identifier(sql, i)
-            tokens.append(Token("quoted", text, i))
-            i = end
-        elif c == "$":
-            if sql[i + 1 : i + 2] in DIGITS:
-                token, i = _placeholder(sql, i, params)
-                tokens.append(token)
-                continue
-            tag = _dollar_tag(sql, i)
-            if tag is None:
-                raise fail(
-                    sql, i, "'$' must start a parameter ($1) or a dollar-quoted string ($$…$$)"
-                )
-            close = sql.find(tag, i + len(tag))
-            if close < 0:
-                raise fail(sql, i, f"unterminated dollar-quoted string (no closing {tag})")
-            end = close + len(tag)
-            tokens.append(Token("string", sql[i:end], i))
-            i = end
-        elif c == "@" and i + 1 < n and _ident_start(sql[i + 1]):
-            raise _at_name(sql, i, params)
-        elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
-            end = number_end(sql, i)
-            tokens.append(Token("number", sql[i:end], i))
-            i = end
-        else:
-            tokens.append(Token("punct", c, i))
-            i += 1
-    return tokens
+    return scan(sql, _LEXICON, params)

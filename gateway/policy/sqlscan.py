@@ -5,8 +5,9 @@ GoogleSQL is read here; a policy with ``spanner.dialect: postgresql`` has its st
 below (kind, tables, one statement) applies alike, with ``RETURNING`` for ``THEN RETURN``. A
 ``$1`` in a GoogleSQL statement is refused, saying which dialect to set.
 
-``scan_sql`` never executes or fully parses SQL; it tokenizes it the way Spanner does, so that text
-inside string and bytes literals (``'…'``, ``"…"``, ``'''…'''``, ``\"\"\"…\"\"\"``, with
+``scan_sql`` never executes or fully parses SQL; it tokenizes it the way Spanner does (GoogleSQL's
+readers, below, in a ``Lexicon`` for the scanning loop both dialects share: ``sqltoken.scan``),
+so that text inside string and bytes literals (``'…'``, ``"…"``, ``'''…'''``, ``\"\"\"…\"\"\"``, with
 ``r``/``b``/``rb``/``br`` prefixes and backslash escapes), backtick-quoted identifiers and
 comments (``--``, ``#``, ``/* */``) is never taken for a parameter, a keyword or a statement
 separator. Contract:
@@ -54,15 +55,15 @@ from gateway.policy.sqltoken import (
     IDENT_CHARS,
     IDENT_START,
     POSTGRESQL,
-    SPACE,
     Dialect,
+    Lexicon,
     SqlInfo,
     SqlProblem,
     Token,
     fail,
     number_end,
     refuse_unclear_characters,
-    unicode_space,
+    scan,
 )
 
 __all__ = ["Dialect", "SqlInfo", "SqlProblem", "Token", "scan_sql", "statement_tokens"]
@@ -79,7 +80,6 @@ _CLAUSE_WORDS = frozenset(
         "RETURNING",
     }
 )
-_LINE_END = re.compile(r"[\r\n]")  # ZetaSQL: a comment ends at \r, \n or \r\n
 
 
 def _string_end(sql: str, start: int, quote_at: int) -> int:
@@ -136,81 +136,76 @@ def _backtick(sql: str, i: int) -> tuple[str, int]:
     raise fail(sql, i, "unterminated quoted identifier")
 
 
+def _read_string(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    end = _string_end(sql, i, i)
+    return Token("string", sql[i:end], i), end
+
+
+def _read_name(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """A name, or a string with an r/b/rb/br prefix."""
+    quote_at = _string_prefix(sql, i)
+    if quote_at is not None:
+        end = _string_end(sql, i, quote_at)
+        return Token("string", sql[i:end], i), end
+    end = _identifier_end(sql, i)
+    return Token("word", sql[i:end], i), end
+
+
+def _read_backtick(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    text, end = _backtick(sql, i)
+    return Token("quoted", text, i), end
+
+
+def _read_at(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """A ``@name`` parameter, a ``@@name`` system variable or the ``@`` of a ``@{…}`` hint."""
+    nxt = sql[i + 1 : i + 2]
+    if nxt == "@":
+        end = _identifier_end(sql, i + 2)
+        if end == i + 2:
+            raise fail(sql, i, "'@@' must be followed by a system variable name")
+        return Token("sysvar", sql[i + 2 : end], i), end
+    if nxt == "{":
+        return Token("hint", "@", i), i + 1
+    if nxt and nxt in IDENT_START:
+        end = _identifier_end(sql, i + 1)
+        return Token("param", sql[i + 1 : end], i), end
+    if nxt == "`":
+        text, end = _backtick(sql, i + 1)
+        return Token("param", text, i), end
+    raise fail(sql, i, "'@' must be followed by a parameter name")
+
+
+def _read_dollar(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """``$`` is punctuation; before a digit, a PostgreSQL placeholder, refused."""
+    if sql[i + 1 : i + 2] in DIGITS:
+        end = number_end(sql, i + 1)
+        raise fail(
+            sql,
+            i,
+            f"{sql[i:end]} is a PostgreSQL-dialect placeholder, and this policy's statements "
+            "are GoogleSQL (spanner.dialect: googlesql, the default): write @name, or set "
+            "spanner.dialect: postgresql for a PostgreSQL-dialect database",
+        )
+    return Token("punct", "$", i), i + 1
+
+
+_LEXICON = Lexicon(
+    line_comments=("--", "#"),
+    line_end=re.compile(r"[\r\n]"),  # ZetaSQL: a comment ends at \r, \n or \r\n
+    nested_comments=False,
+    readers={
+        **dict.fromkeys(IDENT_START, _read_name),
+        "'": _read_string,
+        '"': _read_string,
+        "`": _read_backtick,
+        "@": _read_at,
+        "$": _read_dollar,
+    },
+)
+
+
 def _tokenize(sql: str) -> list[Token]:
-    tokens: list[Token] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in SPACE:
-            i += 1
-        elif c.isspace():
-            problem = unicode_space(sql, i)
-            assert problem is not None
-            raise problem
-        elif sql.startswith("--", i) or c == "#":
-            line_end = _LINE_END.search(sql, i)
-            i = n if line_end is None else line_end.end()
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                raise fail(sql, i, "unterminated comment")
-            i = end + 2
-        elif c in ("'", '"'):
-            end = _string_end(sql, i, i)
-            tokens.append(Token("string", sql[i:end], i))
-            i = end
-        elif c in IDENT_START:
-            quote_at = _string_prefix(sql, i)
-            if quote_at is not None:
-                end = _string_end(sql, i, quote_at)
-                tokens.append(Token("string", sql[i:end], i))
-                i = end
-            else:
-                end = _identifier_end(sql, i)
-                tokens.append(Token("word", sql[i:end], i))
-                i = end
-        elif c == "`":
-            text, end = _backtick(sql, i)
-            tokens.append(Token("quoted", text, i))
-            i = end
-        elif c == "@":
-            nxt = sql[i + 1 : i + 2]
-            if nxt == "@":
-                end = _identifier_end(sql, i + 2)
-                if end == i + 2:
-                    raise fail(sql, i, "'@@' must be followed by a system variable name")
-                tokens.append(Token("sysvar", sql[i + 2 : end], i))
-                i = end
-            elif nxt == "{":
-                tokens.append(Token("hint", "@", i))
-                i += 1
-            elif nxt and nxt in IDENT_START:
-                end = _identifier_end(sql, i + 1)
-                tokens.append(Token("param", sql[i + 1 : end], i))
-                i = end
-            elif nxt == "`":
-                text, end = _backtick(sql, i + 1)
-                tokens.append(Token("param", text, i))
-                i = end
-            else:
-                raise fail(sql, i, "'@' must be followed by a parameter name")
-        elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
-            end = number_end(sql, i)
-            tokens.append(Token("number", sql[i:end], i))
-            i = end
-        elif c == "$" and sql[i + 1 : i + 2] in DIGITS:
-            end = number_end(sql, i + 1)
-            raise fail(
-                sql,
-                i,
-                f"{sql[i:end]} is a PostgreSQL-dialect placeholder, and this policy's statements "
-                "are GoogleSQL (spanner.dialect: googlesql, the default): write @name, or set "
-                "spanner.dialect: postgresql for a PostgreSQL-dialect database",
-            )
-        else:
-            tokens.append(Token("punct", c, i))
-            i += 1
-    return tokens
+    return scan(sql, _LEXICON)
 
 
 def _skip_hint(tokens: list[Token], i: int) -> int:

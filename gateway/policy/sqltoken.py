@@ -1,8 +1,16 @@
-"""What the SQL readers of both dialects share: tokens, the problem they raise, where it is.
+"""What the SQL readers of both dialects share: tokens, the problem they raise, where it is,
+and the one loop that reads a statement into tokens (``scan``).
 
 ``sqlscan`` reads GoogleSQL, ``pgsql`` reads Spanner's PostgreSQL dialect; both hand the rest of
 the policy package the same ``Token`` list, so the select list, pagination and grants read either
 dialect's statements alike. ``Dialect`` names the two.
+
+``scan`` reads what the two dialects read alike: whitespace (space, tab and line feed only; any
+other space refused outside quoted text, ``unicode_space``), comments (``--`` to the end of the
+line, ``/* … */``), numbers and single-character punctuation. What differs is a dialect's
+``Lexicon``: which further characters start a comment to the end of the line (GoogleSQL's ``#``)
+and which end it, whether ``/* … */`` comments nest (PostgreSQL), and a reader for each character
+that starts a token of the dialect's own (names, literals, quoted identifiers, parameters).
 
 Before tokenizing, both refuse any character a reader and Spanner may not see alike: control
 characters (Unicode Cc) other than tab and line feed (so CR, VT, FF, NEL), format characters (Cf:
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +34,8 @@ __all__ = [
     "IDENT_START",
     "POSTGRESQL",
     "Dialect",
+    "Lexicon",
+    "Reader",
     "SqlInfo",
     "SPACE",
     "SqlProblem",
@@ -33,6 +44,7 @@ __all__ = [
     "fail",
     "number_end",
     "refuse_unclear_characters",
+    "scan",
     "unicode_space",
 ]
 
@@ -149,3 +161,90 @@ def number_end(sql: str, i: int) -> int:
             continue
         j += 1
     return j
+
+
+Reader = Callable[[str, int, Sequence[str]], tuple[Token, int]]
+"""Reads the token starting at index ``i`` of ``sql`` (``params``: the declared parameters, in
+order): that token and the index past it; raises SqlProblem for text the dialect refuses."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lexicon:
+    """How one dialect is read where the two differ (``scan`` reads the rest alike).
+
+    ``line_comments``: what starts a comment to the end of the line; ``line_end``: what ends it
+    (the terminator is part of the comment). ``nested_comments``: ``/* a /* b */ c */`` is one
+    comment. ``readers``: for an ASCII character that starts a token of the dialect's own, its
+    reader; ``non_ascii``: the reader of a token starting with a character past U+007F that is
+    not a space (None: a ``punct`` token, as is any character without a reader).
+
+    ``scan`` asks ``readers`` right after whitespace, so no reader may take a character that
+    starts anything ``scan`` reads itself (whitespace, a comment, a number): checked here, so
+    that a reader can never hide a comment (or a comment's end) from the gateway."""
+
+    line_comments: tuple[str, ...]
+    line_end: re.Pattern[str]
+    nested_comments: bool
+    readers: Mapping[str, Reader]
+    non_ascii: Reader | None = None
+
+    def __post_init__(self) -> None:
+        scanned = SPACE | DIGITS | {".", "/", "-"} | {c[:1] for c in self.line_comments}
+        for char in self.readers:
+            if len(char) != 1 or not char.isascii() or char in scanned:
+                raise ValueError(
+                    f"{char!r} cannot have a reader: one ASCII character that scan does not "
+                    "read itself (whitespace, a digit, '.', a comment's first character)"
+                )
+
+
+def _comment_end(sql: str, i: int, *, nested: bool) -> int:
+    """The index past the ``/* … */`` comment opening at ``i`` (``nested``: inner ones count)."""
+    depth, j = 1, i + 2
+    while depth:
+        closes = sql.find("*/", j)
+        if closes < 0:
+            raise fail(sql, i, "unterminated comment")
+        opens = sql.find("/*", j) if nested else -1
+        if 0 <= opens < closes:  # "/*/" opens one: PostgreSQL reads the "/*" first
+            depth, j = depth + 1, opens + 2
+        else:
+            depth, j = depth - 1, closes + 2
+    return j
+
+
+def scan(sql: str, lexicon: Lexicon, params: Sequence[str] = ()) -> list[Token]:
+    """The tokens of ``sql`` read by ``lexicon`` (whitespace and comments dropped); ``params``
+    goes to the readers. The caller checked the characters (``refuse_unclear_characters``)."""
+    tokens: list[Token] = []
+    readers, line_comments = lexicon.readers, lexicon.line_comments
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in SPACE:
+            i += 1
+            continue
+        reader = readers.get(c)
+        if reader is not None:  # a token of the dialect's own
+            token, i = reader(sql, i, params)
+            tokens.append(token)
+        elif c.isspace():
+            problem = unicode_space(sql, i)
+            assert problem is not None
+            raise problem
+        elif sql.startswith(line_comments, i):
+            line_end = lexicon.line_end.search(sql, i)
+            i = n if line_end is None else line_end.end()
+        elif sql.startswith("/*", i):
+            i = _comment_end(sql, i, nested=lexicon.nested_comments)
+        elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
+            end = number_end(sql, i)
+            tokens.append(Token("number", sql[i:end], i))
+            i = end
+        elif c >= "\x80" and lexicon.non_ascii is not None:
+            token, i = lexicon.non_ascii(sql, i, params)
+            tokens.append(token)
+        else:
+            tokens.append(Token("punct", c, i))
+            i += 1
+    return tokens

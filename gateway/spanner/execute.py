@@ -202,6 +202,27 @@ class _WriteState:
         return "not-committed"
 
 
+@dataclass(frozen=True, slots=True)
+class _ReadRequest:
+    """One read, as ``_read`` hands it to ``_direct_read`` (built once per call)."""
+
+    state: _WriteState  # a read uses its ``sent`` alone
+    database: Any
+    query: CompiledQuery
+    params: dict[str, Any]
+    types: dict[str, Any]
+    tags: Tags
+    deadline: float
+
+    @property
+    def limit(self) -> int:
+        """The rows the read keeps (one past them marks the result truncated and ends the read):
+        ``max_rows``. A paginated query's one more: its LIMIT reads one row past its page (at most
+        max_rows + 1), so that the gateway cuts the page and knows a next one exists
+        (gateway.shaping.paging)."""
+        return self.query.model.max_rows + (1 if self.query.paging is not None else 0)
+
+
 # The write whose Commit is being sent, in the write's own task's context (see note_commit_send).
 _SENDING: contextvars.ContextVar[_WriteState | None] = contextvars.ContextVar(
     "spangate_sending", default=None
@@ -510,7 +531,9 @@ class Executor:
         try:
             async with asyncio.timeout(timeout):
                 if not query.is_dml:
-                    return await self._read(state, database, query, params, types, tags, deadline)
+                    return await self._read(
+                        _ReadRequest(state, database, query, params, types, tags, deadline)
+                    )
                 return await self._guarded_write(
                     state,
                     on_settled,
@@ -684,37 +707,25 @@ class Executor:
     def _remaining(deadline: float) -> float:
         return max(0.001, deadline - asyncio.get_running_loop().time())
 
-    async def _read(
-        self,
-        state: _WriteState,
-        database: Any,
-        query: CompiledQuery,
-        params: dict[str, Any],
-        types: dict[str, Any],
-        tags: Tags,
-        deadline: float,
-    ) -> Result:
-        # A paginated query's LIMIT reads one row past its page (at most max_rows + 1): the
-        # gateway cuts the page and knows a next one exists (gateway.shaping.paging).
-        limit = query.model.max_rows + (1 if query.paging is not None else 0)
-        direct = self._direct(database)
+    async def _read(self, read: _ReadRequest) -> Result:
+        query = read.query
+        direct = self._direct(read.database)
         if direct is not None:
             try:
-                return await self._direct_read(
-                    direct, state, database, query, params, types, tags, deadline, limit
-                )
+                return await self._direct_read(direct, read)
             except Fallback:  # nothing of it was used: the library's path runs the read
                 self.direct_counts["fallback"] += 1
+        limit = read.limit
         result = Result()
         raw: list[Any] = []
-        async with database.snapshot(**snapshot_options(query)) as snapshot:
-            state.note_sent()
+        async with read.database.snapshot(**snapshot_options(query)) as snapshot:
+            read.state.note_sent()
             stream = await snapshot.execute_sql(
                 query.model.sql,
-                params=params,
-                param_types=types,
-                timeout=self._remaining(deadline),
-                request_options=request_options(query, tags.request),
+                params=read.params,
+                param_types=read.types,
+                timeout=self._remaining(read.deadline),
+                request_options=request_options(query, read.tags.request),
             )
             rows = stream.__aiter__()
             try:
@@ -738,26 +749,16 @@ class Executor:
             self._directs[key] = DirectReads.of(database) if self.direct_reads else None
         return self._directs[key]
 
-    async def _direct_read(
-        self,
-        direct: DirectReads,
-        state: _WriteState,
-        database: Any,
-        query: CompiledQuery,
-        params: dict[str, Any],
-        types: dict[str, Any],
-        tags: Tags,
-        deadline: float,
-        limit: int,
-    ) -> Result:
+    async def _direct_read(self, direct: DirectReads, read: _ReadRequest) -> Result:
         """``_read`` on the direct path; ``Fallback`` when the library's path must run it."""
+        query = read.query
 
         def build() -> Prepared:
             from google.cloud.spanner_v1.types import Type
 
             return Prepared(
                 sql=query.model.sql,
-                param_types={name: Type.pb(t) for name, t in types.items()},
+                param_types={name: Type.pb(t) for name, t in read.types.items()},
                 selector=direct.selector(snapshot_options(query)),
                 priority=int(request_options(query, "").get("priority", 0)),
                 bounded=bounded_rows(query, point_lookup=key in self._point_lookups) is not None,
@@ -765,15 +766,15 @@ class Executor:
 
         key = (query.name, query.model.identity, query.model.sql)
         prepared = direct.prepared(key, build)
-        async with database.snapshot(**snapshot_options(query)) as snapshot:
+        async with read.database.snapshot(**snapshot_options(query)) as snapshot:
             session = getattr(getattr(snapshot, "_session", None), "name", None)
             if not isinstance(session, str):
                 raise Fallback
-            request = direct.request(session, prepared, params, tags.request)
-            state.note_sent()
-            read = direct.unary if prepared.bounded else direct.streamed
-            rows = await read(
-                session, prepared, request, limit, self._remaining(deadline),
+            request = direct.request(session, prepared, read.params, read.tags.request)
+            read.state.note_sent()
+            fetch = direct.unary if prepared.bounded else direct.streamed
+            rows = await fetch(
+                session, prepared, request, read.limit, self._remaining(read.deadline),
                 bool(query.model.mask),
             )  # fmt: skip
         self.direct_counts["unary" if prepared.bounded else "direct"] += 1

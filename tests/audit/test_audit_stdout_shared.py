@@ -4,10 +4,13 @@ reader makes whichever writer comes next start on a new line."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 from pathlib import Path
+
+from shared_pipe import at_once, drain, one_pipe
 
 from gateway.audit.sinks import Sealed
 from gateway.audit.stdout_sink import StdoutSink
@@ -23,35 +26,20 @@ def _batch(writer: int, number: int) -> list[Sealed]:
     return [Sealed({}, line.encode()) for line in lines]
 
 
-def _drain(fd: int, into: bytearray) -> None:
-    while chunk := os.read(fd, 65536):
-        into += chunk
-
-
 def _two_writers_through_one_pipe(lock: Path | None) -> list[str]:
-    read, write = os.pipe()
-    received = bytearray()
-    reader = threading.Thread(target=_drain, args=(read, received))
-    reader.start()
-    sinks = [StdoutSink(fd=write, lock=lock) for _ in range(2)]
-    for sink in sinks:
-        sink.open()
+    with one_pipe() as pipe:
+        sinks = [StdoutSink(fd=pipe.write, lock=lock) for _ in range(2)]
+        for sink in sinks:
+            sink.open()
 
-    def run(writer: int) -> None:
-        for number in range(40):
-            sinks[writer].write(_batch(writer, number))
+        def run(writer: int) -> None:
+            for number in range(40):
+                sinks[writer].write(_batch(writer, number))
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for sink in sinks:
-        sink.close()
-    os.close(write)
-    reader.join()
-    os.close(read)
-    return received.decode().splitlines()
+        at_once(*(functools.partial(run, w) for w in range(2)))
+        for sink in sinks:
+            sink.close()
+    return pipe.lines()
 
 
 def test_two_workers_batches_stay_whole_lines(tmp_path: Path) -> None:
@@ -94,7 +82,7 @@ def test_a_batch_cut_short_makes_the_next_writer_start_a_new_line(tmp_path: Path
             raise AssertionError("the pipe took 300 KB without a reader")
         assert lock.read_bytes()[:1] == b"1"  # cut short mid-line: said for every worker
         received = bytearray()
-        reader = threading.Thread(target=_drain, args=(read, received))
+        reader = threading.Thread(target=drain, args=(read, received))
         reader.start()
         second.write([Sealed({}, b'{"next":1}\n')])
         assert lock.read_bytes()[:1] == b"0"

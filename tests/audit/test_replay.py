@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from replaying import decided_call, rec, sealed_event
 
 from gateway.audit.chain import AuditKeys, Chain
 from gateway.audit.event import CallRecord, build_event, redacted
-from gateway.audit.recorded import Recorded, Skipped, TrailUnreadable, read_trail, recorded
+from gateway.audit.recorded import Skipped, TrailUnreadable, read_trail, recorded
 from gateway.audit.replay import NotReplayed, Replayed, changes, replay
 from gateway.audit.replay_report import UNKNOWN_ROLE, ReplayReport, traffic
 from gateway.auth.principal import Principal
@@ -110,30 +111,8 @@ def event_of(
     arguments: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sealed audit event of ``request`` by ``principal`` under ``live``."""
-    facts = request_facts(request, body, arguments)
-    decision = decide(live, facts, principal)
-    call = CallRecord(
-        request_id=f"r-{request}",
-        method="POST" if facts.tool else facts.method,
-        path="/mcp" if facts.tool else facts.path,
-        started=0.0,
-        client=None,
-        user_agent=None,
-    )
-    if facts.tool:
-        call.transport, call.tool = "mcp", facts.tool
-    call.principal, call.decision = principal, decision
-    call.error = decision.problem
-    call.status = 200 if decision.allow else decision.problem.status  # type: ignore[union-attr]
-    event = build_event(call, live, key=KEYS.redact)
-    sealed, _ = Chain(KEYS.chain).seal(event)
-    return sealed
-
-
-def rec(event: dict[str, Any]) -> Recorded:
-    found = recorded(event, "audit.jsonl:1")
-    assert isinstance(found, Recorded)
-    return found
+    call = decided_call(request, principal, live, body=body, arguments=arguments)
+    return sealed_event(call, live, KEYS)
 
 
 def outcome(

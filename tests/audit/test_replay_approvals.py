@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chain import AuditKeys, Chain
-from gateway.audit.event import CallRecord, build_event
-from gateway.audit.recorded import Recorded, Skipped, recorded
+from replaying import decided_call, rec, sealed_event
+
+from gateway.audit.chain import AuditKeys
+from gateway.audit.event import CallRecord
+from gateway.audit.recorded import Skipped, recorded
 from gateway.audit.replay import Replayed, changes, replay
 from gateway.audit.replay_report import ReplayReport
 from gateway.auth.principal import Principal
@@ -69,8 +71,7 @@ LEAD = person("00u-lead-1", "support", "support-leads")
 
 
 def seal(call: CallRecord) -> dict[str, Any]:
-    sealed, _ = Chain(KEYS.chain).seal(build_event(call, LIVE, key=KEYS.redact))
-    return sealed
+    return sealed_event(call, LIVE, KEYS)
 
 
 def route_event(
@@ -84,21 +85,11 @@ def route_event(
     """The event of a call to a policy route, as ``Gateway._run`` records it: ``step`` its
     ``metadata.approval`` event (a 202 for ``approval.requested`` without an error)."""
     body = None if arguments is not None or request.startswith("GET") else {}
-    facts = request_facts(request, body, arguments)
-    decision = decide(LIVE, facts, principal)
-    call = CallRecord(
-        request_id=f"r-{request}-{step}",
-        method="POST" if facts.tool else facts.method,
-        path="/mcp" if facts.tool else facts.path,
-        started=0.0,
-        client=None,
-        user_agent=None,
+    call = decided_call(
+        request, principal, LIVE, body=body, arguments=arguments, request_id=f"r-{request}-{step}"
     )
-    if facts.tool:
-        call.transport, call.tool = "mcp", facts.tool
-    call.principal, call.decision = principal, decision
-    call.error = error or decision.problem
-    call.status = call.error.status if call.error else 200
+    if error is not None:
+        call.error, call.status = error, error.status
     if step is not None:
         call.approval = {"id": ID, "event": step}
         if step == "approval.requested" and call.error is None:
@@ -126,12 +117,6 @@ def approvals_event(
          "granted": error is None}
     ]  # fmt: skip
     return seal(call)
-
-
-def rec(event: dict[str, Any]) -> Recorded:
-    found = recorded(event, "audit.jsonl:1")
-    assert isinstance(found, Recorded), found
-    return found
 
 
 def replayed(candidate: CompiledPolicy, event: dict[str, Any]) -> tuple[Replayed, list[str]]:

@@ -1,0 +1,208 @@
+"""Both dialects' readers through the one scanning loop (``sqltoken.scan``): where a parameter is
+read and where it is text, at the edges where comments, strings, line breaks and Unicode spaces
+meet; the same statement in each dialect (``{p}`` is ``@p`` in GoogleSQL, ``$1`` in PostgreSQL,
+the first declared parameter ``p``), or the one text both read differently."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.policy.sqlscan import SqlProblem, scan_sql, statement_tokens
+from gateway.policy.sqltoken import DIALECTS, GOOGLESQL, POSTGRESQL, Dialect, Lexicon, Token
+
+GSQL, PG = GOOGLESQL, POSTGRESQL
+PARAM = {GSQL: ("@p", "@q"), PG: ("$1", "$2")}
+
+
+def params(sql: str, dialect: Dialect) -> tuple[str, ...]:
+    """The parameters ``sql`` uses, ``{p}`` and ``{q}`` written in ``dialect``."""
+    p, q = PARAM[dialect]
+    return scan_sql(sql.replace("{p}", p).replace("{q}", q), dialect, ("p", "q")).params
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT '--' AS a FROM t WHERE x = {p}",
+        "SELECT 'a -- b' AS a, '#' AS h, '/*' AS c FROM t WHERE x = {p}",
+        "SELECT '*/' AS a FROM t /* a comment */ WHERE x = {p}",
+        "SELECT 1 -- /* opens nothing in a line comment\nFROM t WHERE x = {p}",
+        "SELECT 1 /* -- ends nothing in a block comment */ FROM t WHERE x = {p}",
+        "SELECT 1 /* ' a quote is nothing in a comment */ FROM t WHERE x = {p}",
+        "SELECT 1 -- ' nor here\nFROM t WHERE x = {p}",
+        "SELECT 1 /*/ {q} is still in the comment */ FROM t WHERE x = {p}",
+        "SELECT 1 --\nFROM t WHERE x = {p}--",
+        "SELECT 1 FROM t WHERE x = {p}/**/",
+    ],
+)
+def test_comment_and_string_markers_inside_each_other_are_text(sql: str, dialect: Dialect) -> None:
+    assert params(sql, dialect) == ("p",)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        (GSQL, 'SELECT "--", \'\'\'/*\'\'\', """#""", r\'--\', b"/*", `a--b` FROM t WHERE x = @p'),
+        (GSQL, "SELECT '''a\n-- b''' FROM t WHERE x = @p"),
+        (PG, "SELECT E'--', $$/*$$, $t$--$t$, \"a--b\", X'/*', N'#' FROM t WHERE x = $1"),
+        (PG, "SELECT 'a\n-- b', $$\n/* $$ FROM t WHERE x = $1"),
+    ],
+)
+def test_comment_markers_in_each_dialects_quoted_text_are_text(dialect: Dialect, sql: str) -> None:
+    assert params(sql, dialect) == ("p",)
+
+
+# --- block comments: PostgreSQL's nest, GoogleSQL's end at the first */ ------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "googlesql", "postgresql"),
+    [
+        ("SELECT 1 /* a /* b */ {q} */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
+        # "/*/" opens a comment inside one in PostgreSQL (its "/*" is read first) and, in
+        # GoogleSQL, ends the one open (its "*/")
+        ("SELECT 1 /* a /*/ b {q} */ */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
+        ("SELECT 1 /* a /* b */ c /* d */ {q} */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
+    ],
+)
+def test_block_comments_nest_in_postgresql_only(
+    sql: str, googlesql: tuple[str, ...], postgresql: tuple[str, ...]
+) -> None:
+    assert params(sql, GSQL) == googlesql
+    assert params(sql, PG) == postgresql
+
+
+def test_a_nested_comment_left_open_is_unterminated_in_postgresql_only() -> None:
+    sql = "SELECT 1 /* a /* b */ FROM t WHERE x = {p}"
+    assert params(sql, GSQL) == ("p",)
+    with pytest.raises(SqlProblem, match=r"unterminated comment \(SQL line 1, column 10\)"):
+        params(sql, PG)
+
+
+# --- strings across line breaks -----------------------------------------------------------------
+
+
+def test_googlesql_strings_on_following_lines_are_two_literals_each_with_its_own_escapes() -> None:
+    """The GoogleSQL counterpart of PostgreSQL's continued-string repro (``test_pgsql``): each
+    literal is read on its own, so ``\\'`` is a quote inside the second and ``@org`` is text."""
+    sql = "SELECT * FROM t WHERE c = 'a'\n'\\' AND org = @org AND ' = 'x'"
+    tokens = statement_tokens(sql, GSQL)
+    assert [(t.kind, t.text) for t in tokens[-4:]] == [
+        ("string", "'a'"),
+        ("string", "'\\' AND org = @org AND '"),
+        ("punct", "="),
+        ("string", "'x'"),
+    ]
+    assert scan_sql(sql, GSQL).params == ()
+
+
+def test_a_googlesql_string_that_is_not_triple_quoted_cannot_hold_a_line_feed() -> None:
+    with pytest.raises(SqlProblem, match=r"unterminated string literal \(SQL line 1, column 27\)"):
+        params("SELECT * FROM t WHERE c = 'a\n{p}'", GSQL)
+    assert params("SELECT * FROM t WHERE c = '''a\n{q}''' AND x = {p}", GSQL) == ("p",)
+
+
+def test_a_postgresql_string_holds_a_line_feed_and_what_follows_it_is_text() -> None:
+    assert params("SELECT * FROM t WHERE c = 'a\n{q}' AND x = {p}", PG) == ("p",)
+    assert params("SELECT * FROM t WHERE c = E'a\\'\n{q}' AND x = {p}", PG) == ("p",)
+
+
+@pytest.mark.parametrize("sql", ["SELECT 'a' 'b' FROM t WHERE x = $1", "SELECT E'a' /* c */ 'b'"])
+def test_a_postgresql_string_followed_by_another_on_the_same_line_is_refused(sql: str) -> None:
+    with pytest.raises(SqlProblem, match="one string continued in PostgreSQL"):
+        scan_sql(sql, PG, ("p",))
+
+
+# --- Unicode spaces: refused outside quoted text, text inside it --------------------------------
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "\u2003SELECT 1 FROM t WHERE x = {p}",
+        "SELECT 1 FROM t WHERE x = /* c */\u2003{p}",
+        "SELECT 1 FROM t WHERE x = 'v' AND y ='w'\u2003{p}",
+        "SELECT 1 FROM t -- c\n\u2003WHERE x = {p}",
+        "SELECT 1 FROM t WHERE x = {p} AND\u2003y = 1",
+        "SELECT 1 FROM t WHERE x = ({p})\u2003",
+    ],
+)
+def test_a_unicode_space_next_to_comments_strings_and_placeholders_is_refused(
+    sql: str, dialect: Dialect
+) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        params(sql, dialect)
+    assert "U+2003 (EM SPACE) is not allowed outside quoted text" in str(caught.value)
+    assert caught.value.offset is not None
+    p, _ = PARAM[dialect]
+    assert sql.replace("{p}", p)[caught.value.offset] == "\u2003"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_unicode_space_right_after_a_placeholder_is_refused(dialect: Dialect) -> None:
+    # GoogleSQL: the space, after the name; PostgreSQL: $1 followed by a character of a name
+    message = r"U\+2003 \(EM SPACE\)" if dialect == GSQL else r"trailing junk after parameter \$1"
+    with pytest.raises(SqlProblem, match=message):
+        params("SELECT 1 FROM t WHERE x = {p}\u2003", dialect)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        (GSQL, "SELECT 'a\u2003b', \"\u2003\", '''\u2003\n''', r'\u2003', `x\u2003y` FROM t "
+               "/* \u2003 */ WHERE x = @p -- \u2003\n"),
+        (PG, "SELECT $$\u2003$$, E'\u2003', \"x\u2003y\" FROM t /* \u2003 /* \u3000 */ */ "
+             "WHERE x = $1 -- \u2003\n"),
+    ],
+)  # fmt: skip
+def test_a_unicode_space_in_quoted_text_and_comments_is_text(dialect: Dialect, sql: str) -> None:
+    assert params(sql, dialect) == ("p",)
+
+
+# --- what each dialect reads differently through the same loop ---------------------------------
+
+
+def test_a_non_ascii_letter_starts_a_name_in_postgresql_only() -> None:
+    def read(dialect: Dialect) -> list[tuple[str, str]]:
+        return [(t.kind, t.text) for t in statement_tokens("SELECT Éa FROM t", dialect)]
+
+    assert read(PG) == [("word", "select"), ("word", "Éa"), ("word", "from"), ("word", "t")]
+    assert read(GSQL) == [
+        ("word", "SELECT"), ("punct", "É"), ("word", "a"), ("word", "FROM"), ("word", "t"),
+    ]  # fmt: skip
+
+
+def test_hash_starts_a_comment_in_googlesql_only() -> None:
+    sql = "SELECT 1 # {q}\nFROM t WHERE x = {p}"
+    assert params(sql, GSQL) == ("p",)
+    assert params(sql, PG) == ("q", "p")
+
+
+def _reader(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    return Token("punct", sql[i], i), i + 1  # pragma: no cover - never called
+
+
+@pytest.mark.parametrize("char", ["-", "/", "#", "7", ".", " ", "\n", "\u2003", "é", "ab"])
+def test_no_reader_may_take_a_character_the_loop_reads_itself(char: str) -> None:
+    """The loop asks a dialect's readers before it looks for comments and numbers: a reader of
+    ``-``, ``/`` or ``#`` would hide a comment from the gateway, so a Lexicon refuses it."""
+    with pytest.raises(ValueError, match="cannot have a reader"):
+        Lexicon(
+            line_comments=("--", "#"),
+            line_end=re.compile(r"\n"),
+            nested_comments=False,
+            readers={char: _reader},
+        )
+
+
+def test_hash_may_have_a_reader_where_it_starts_no_comment() -> None:
+    lexicon = Lexicon(
+        line_comments=("--",), line_end=re.compile(r"\n"), nested_comments=True,
+        readers={"#": _reader},
+    )  # fmt: skip
+    assert "#" in lexicon.readers
