@@ -53,6 +53,7 @@ from gateway import __version__
 from gateway.audit.recorder import new_call
 from gateway.auth.principal import Principal
 from gateway.auth.verify import bearer_token
+from gateway.call_types import Active, Target
 from gateway.errors import (
     AuthError,
     BadRequest,
@@ -82,7 +83,7 @@ from gateway.mcp.tools import arguments_of, find_tool, tools_for
 from gateway.policy.decide import RequestFacts
 
 if TYPE_CHECKING:
-    from gateway.app import Active, Gateway, Target
+    from gateway.app import Gateway
     from gateway.audit.event import CallRecord
     from gateway.settings import Settings
 
@@ -655,8 +656,6 @@ class McpEndpoint:
         """One tool call through ``Gateway.perform``: (its answer, whether it is an error): the
         rows, or the problem body HTTP would answer. An unknown tool raises ``MCPError``
         (invalid params, the problem as its data)."""
-        from gateway.app import Target
-
         call = self._new_call(scope, door.request_id)
         call.principal = door.principal
         call.tool = name
@@ -664,7 +663,7 @@ class McpEndpoint:
         route = find_tool(door.active.policy, name)
 
         async def resolve(call: CallRecord, active: Active) -> Target:
-            if active.shadow is not None:  # what a shadow policy decides on (gateway.app)
+            if active.shadow is not None:  # what a shadow policy decides on (gateway.call_shadow)
                 facts = dict(arguments or {})
                 call.extra["facts"] = RequestFacts("MCP", name, (), facts, tool=name)
             if route is None:
