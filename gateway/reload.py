@@ -33,7 +33,7 @@ Contract:
   nothing more is done (no swap), so a spurious trigger of the watcher costs one read and parse.
   SIGHUP also PLAN-analyses an unchanged policy again, so that after a schema change the
   gateway knows the statements' result columns as they now are (a masked query answers 500
-  while its result's columns differ from the analysed ones, ``Gateway._masked``); problems
+  while its result's columns differ from the analysed ones, ``call_shaping.masked``); problems
   found then are logged and counted as a refused reload, and the earlier analysis stays.
 - A shadow policy (``--shadow-policy``, ``shadow_path``) is reloaded with the live one, by the
   same triggers, loaded and validated the same way (its statements never run, so they are not
