@@ -19,8 +19,8 @@ from gateway.budgets.core import UNKEYED_WARNING as UNKEYED_BUDGETS
 from gateway.errors import MisdirectedRequest
 from gateway.http import PROBLEM_TYPE
 from gateway.http import problem as problem_body
+from gateway.mcp.hosts import public_base
 from gateway.mcp.metadata import WELL_KNOWN, metadata_paths, resource_metadata, resource_url
-from gateway.mcp.server import public_base
 from gateway.metrics import CONTENT_TYPE, serving_ready
 from gateway.openapi import openapi_document
 

@@ -30,7 +30,8 @@ no span. On, each policy request and each request to ``/mcp`` gets::
       +- spangate.audit          the audit event recorded
 
 The trace and span ids of the request's span go into its audit event (``trace``, ``spanId``)
-and its log line. Caller-supplied strings in attributes are cut to ``MAX_STRING_BYTES``.
+and its log line. What the spans say is ``gateway.tracing_attributes`` (caller-supplied strings
+cut to ``MAX_STRING_BYTES``); how the caller's trace is continued, ``gateway.tracing_context``.
 Fixed endpoints (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, ``/docs``) get no
 span: probes and scrapes would drown the traces.
 """
@@ -39,31 +40,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-import re
 import threading
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    TraceState,
-)
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gateway import __version__
-from gateway.audit.bounds import MAX_STRING_BYTES, cut
-from gateway.audit.origin import TraceParent, trace_parent
 from gateway.errors import GatewayError, SpannerError
 from gateway.http import Scope
+from gateway.tracing_attributes import (
+    METHODS,
+    finish_request_span,
+    request_attributes,
+    statement_attributes,
+)
+from gateway.tracing_context import caller_parent, caller_trace_id, parent_context
 
 if TYPE_CHECKING:
     from gateway.audit.event import CallRecord
@@ -78,10 +72,7 @@ __all__ = [
     "SPAN",
     "TRACER_NAME",
     "check_tracing",
-    "UNTRUSTED_PARENT",
     "Tracing",
-    "caller_trace_id",
-    "parent_context",
     "tracing_from_env",
 ]
 
@@ -90,37 +81,6 @@ log = logging.getLogger("spangate.tracing")
 TRACER_NAME = "spangate"
 SPAN = "spangate.span"  # the ASGI scope's state key of the request's span
 SHUTDOWN_SECONDS = 5.0  # at most this long exporting what is buffered at shutdown, in all
-# In the context of a caller's span that did not come through a trusted proxy: the sampler
-# decides (``tracing_setup.CallerSampler``), not the caller's flag.
-UNTRUSTED_PARENT = context_api.create_key("spangate-untrusted-parent")
-# The trace a caller named without a span: a span started with no parent gets it
-# (``tracing_setup.CallerTraceIds``). The SDK is imported only when traces are on.
-CALLER_TRACE: contextvars.ContextVar[int] = contextvars.ContextVar(
-    "spangate_caller_trace", default=0
-)
-_METHODS = frozenset(
-    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
-)
-# W3C tracestate: at most 32 members of key=value; anything else is dropped whole (its own
-# parser would log every malformed header a caller sends, at WARNING).
-_TRACESTATE_MEMBER = re.compile(
-    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
-    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
-)
-_TRACESTATE_MAX_BYTES = 512 * 2  # W3C: vendors may truncate beyond 512; beyond twice that, drop
-
-
-@contextlib.contextmanager
-def caller_trace_id(trace_id: int | None) -> Iterator[None]:
-    """A span started inside with no parent gets ``trace_id`` (``CallerTraceIds``)."""
-    if not trace_id:
-        yield
-        return
-    token = CALLER_TRACE.set(trace_id)
-    try:
-        yield
-    finally:
-        CALLER_TRACE.reset(token)
 
 
 def _truthy(value: str | None) -> bool:
@@ -166,59 +126,6 @@ def tracing_from_env(env: Mapping[str, str]) -> Tracing | None:
         tracing.add_processor(processor)
         tracing.exporting.append(one)
     return tracing
-
-
-def _tracestate(headers: list[tuple[bytes, bytes]]) -> TraceState:
-    values = [v.decode("latin-1") for k, v in headers if k == b"tracestate"]
-    if not values or sum(len(v) for v in values) > _TRACESTATE_MAX_BYTES:
-        return TraceState()
-    members = [m.strip(" \t") for v in values for m in v.split(",")]
-    members = [m for m in members if m]
-    if len(members) > 32 or not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
-        return TraceState()
-    pairs = [tuple(m.split("=", 1)) for m in members]
-    if len({k for k, _ in pairs}) != len(pairs):
-        return TraceState()
-    return TraceState([(k, v) for k, v in pairs])
-
-
-def _caller(headers: list[tuple[bytes, bytes]]) -> TraceParent | None:
-    return trace_parent(
-        next((v for k, v in headers if k == b"traceparent"), None),
-        next((v for k, v in headers if k == b"x-cloud-trace-context"), None),
-    )
-
-
-def parent_context(headers: list[tuple[bytes, bytes]], *, trusted: bool = True) -> Any:
-    """The OpenTelemetry context of the caller's span (W3C traceparent and tracestate, else
-    X-Cloud-Trace-Context with a span), or None (a new trace). ``trusted``: the request came
-    from a trusted proxy, whose sampled flag is followed; else the context says so
-    (``UNTRUSTED_PARENT``) and ``CallerSampler`` decides. Malformed headers are ignored without
-    a log line (a caller could otherwise write to the log at will)."""
-    found = _caller(headers)
-    if found is None or found.span is None or set(found.span) == {"0"}:
-        return None
-    remote = SpanContext(
-        trace_id=int(found.trace, 16),
-        span_id=int(found.span, 16),
-        is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED if found.sampled else TraceFlags.DEFAULT),
-        trace_state=_tracestate(headers) if found.w3c else None,
-    )
-    context = trace.set_span_in_context(NonRecordingSpan(remote))
-    return context if trusted else context_api.set_value(UNTRUSTED_PARENT, True, context)
-
-
-def _text(value: str | None) -> str | None:
-    """A caller's string as an attribute holds it: at most MAX_STRING_BYTES bytes of UTF-8."""
-    if value is None or len(value) * 4 <= MAX_STRING_BYTES:
-        return value
-    return cut(value, MAX_STRING_BYTES)
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    value = next((v for k, v in headers if k == name), None)
-    return value.decode("latin-1") if value is not None else None
 
 
 class Tracing:
@@ -306,31 +213,14 @@ class Tracing:
         span."""
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         method = scope["method"]
-        known = method in _METHODS
-        server = scope.get("server") or (None, None)
-        client = scope.get("client") or (None, None)
-        attributes: dict[str, Any] = {  # url.path is set by finish: redacted segments hidden
-            "http.request.method": method if known else "_OTHER",
-            "url.scheme": scope.get("scheme", "http"),
-            "network.protocol.version": scope.get("http_version", "1.1"),
-        }
-        if not known:
-            attributes["http.request.method_original"] = _text(method)
-        optional = {
-            "server.address": server[0],
-            "server.port": server[1],
-            "network.peer.address": client[0],
-            "network.peer.port": client[1],
-            "user_agent.original": _text(_header(headers, b"user-agent")),
-        }
-        attributes.update({k: v for k, v in optional.items() if v is not None})
+        attributes = request_attributes(scope, headers)
         parent = parent_context(headers, trusted=trusted)
         named = None
-        if parent is None and (found := _caller(headers)) is not None:
+        if parent is None and (found := caller_parent(headers)) is not None:
             named = int(found.trace, 16)  # a trace without a span: continued as its root
         with caller_trace_id(named):
             starting = self.tracer.start_as_current_span(
-                method if known else "HTTP",
+                method if method in METHODS else "HTTP",
                 context=parent,
                 kind=SpanKind.SERVER,
                 attributes=attributes,
@@ -366,57 +256,9 @@ class Tracing:
             call.trace = f"{context.trace_id:032x}"
             call.span = f"{context.span_id:016x}"
 
-    @staticmethod
-    def finish(
-        span: Span,
-        scope: Scope,
-        call: CallRecord | None,
-        status: int,
-        outcome: int,
-        *,
-        path: str,
-        mcp: bool,
-    ) -> None:
-        """Name the request's span after its route (``/mcp`` for MCP: the tool is an
-        attribute) and set what the request came to: ``status`` what HTTP answered,
-        ``outcome`` how the call ended (an MCP tool call that failed is answered 200), ``path``
-        the path as shown (``gateway.policy.redaction.shown_path``: never a redacted value).
-        An outcome of 5xx is an error (``error.type``: the stable code)."""
-        decision = call.decision if call is not None else None
-        route = decision.route if decision is not None else None
-        method = scope["method"]
-        template = "/mcp" if mcp else route.template if route is not None else None
-        if template is not None:
-            span.update_name(f"{method if method in _METHODS else 'HTTP'} {template}")
-            span.set_attribute("http.route", template)
-        span.set_attribute("url.path", _text(path) or "")
-        span.set_attribute("http.response.status_code", status)
-        if call is not None:
-            code = call.error.code if call.error is not None else "ok"
-            attributes: dict[str, Any] = {
-                "spangate.request_id": call.request_id,
-                "spangate.transport": call.transport,
-                "spangate.code": code,
-            }
-            if call.client is not None:
-                attributes["client.address"] = call.client
-            if route is not None:
-                attributes["spangate.query"] = route.query_name
-                attributes["spangate.route"] = f"{route.model.method} {route.template}"
-            if call.principal is not None:
-                attributes["spangate.issuer"] = call.principal.issuer
-            if mcp:
-                attributes["mcp.method.name"] = "tools/call"
-                attributes["gen_ai.operation.name"] = "execute_tool"
-                if call.tool is not None:
-                    attributes["gen_ai.tool.name"] = _text(call.tool)
-            span.set_attributes(attributes)
-            if outcome >= 500:
-                span.set_attribute("error.type", code)
-        elif outcome >= 500:
-            span.set_attribute("error.type", str(outcome))
-        if outcome >= 500:
-            span.set_status(Status(StatusCode.ERROR))
+    # Name the request's span after its route and set what the request came to (its status,
+    # its call's attributes): ``tracing_attributes.finish_request_span``.
+    finish = staticmethod(finish_request_span)
 
     def step(
         self, name: str, attributes: Mapping[str, Any] | None = None
@@ -468,21 +310,12 @@ class Tracing:
         policy: CompiledPolicy,
         database: str,
     ) -> Result:
-        """The statement's span (database semantic conventions: the whitelisted SQL, never a
-        parameter value); the Spanner client's spans are its children."""
+        """The statement's span (``tracing_attributes.statement_attributes``: the whitelisted SQL,
+        never a parameter value) and what it came to; the Spanner client's spans are its
+        children."""
         if not trace.get_current_span().is_recording():
             return await running
-        identity = query.model.identity
-        spec = policy.model.identities.get(identity)
-        attributes = {
-            "db.system.name": "gcp.spanner",
-            "db.namespace": database,
-            "db.query.text": query.model.sql,
-            "db.operation.name": "DML" if query.is_dml else "SELECT",
-            "spangate.query": query.name,
-            "spangate.identity": identity,
-            "spangate.database_role": (spec.database_role if spec else None) or "",
-        }
+        attributes = statement_attributes(query, policy, database)
         with self._step("spangate.statement", attributes) as span:
             try:
                 result = await running

@@ -60,7 +60,7 @@ from opentelemetry.util.types import Attributes
 
 from gateway import __version__
 from gateway.errors import ConfigError
-from gateway.tracing import CALLER_TRACE, UNTRUSTED_PARENT
+from gateway.tracing_context import CALLER_TRACE, UNTRUSTED_PARENT
 
 __all__ = [
     "EXPORTERS",
@@ -302,7 +302,7 @@ class CallerSampler(Sampler):
 
 
 class CallerTraceIds(RandomIdGenerator):
-    """Random ids, except the trace id of a span started under ``tracing.caller_trace_id``."""
+    """Random ids, except the trace id of a span started under ``caller_trace_id``."""
 
     def generate_trace_id(self) -> int:
         return CALLER_TRACE.get() or super().generate_trace_id()

@@ -37,7 +37,7 @@ from reloading import with_new_route
 from served import EXAMPLE_POLICY, Served, served
 
 from gateway.policy.load import load_policy
-from gateway.reload import policy_change
+from gateway.reload_paths import policy_change
 
 
 def atomic_write(target: Path, payload: dict[str, bytes]) -> None:

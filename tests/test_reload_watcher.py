@@ -1,7 +1,8 @@
-"""The policy watcher keeps going (gateway.reload): it reloads once its watch is set up, is
-restarted when it fails, a poll of the files' SHA-256 catches what it misses and retries a reload
-refused for an issuer that cannot be reached yet; and which folders it watches, for every layout
-a policy can be mounted in (a file, a folder, a ConfigMap's, links to elsewhere)."""
+"""The policy watcher keeps going (gateway.reload_triggers): it reloads once its watch is set up,
+is restarted when it fails, a poll of the files' SHA-256 catches what it misses and retries a
+reload refused for an issuer that cannot be reached yet; and which folders it watches, for every
+layout a policy can be mounted in (a file, a folder, a ConfigMap's, links to elsewhere:
+gateway.reload_paths)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from reloading import gateway_on, with_new_route
 
 from gateway.app import Gateway
 from gateway.dev.ports import free_port
-from gateway.reload import PolicyReloader, Watcher, policy_change, watch_folders
+from gateway.reload import PolicyReloader
+from gateway.reload_paths import policy_change, watch_folders
+from gateway.reload_triggers import Watcher
 
 WAIT_SECONDS = 30.0  # bounds every wait (a loaded machine), never asserted on
 

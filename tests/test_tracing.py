@@ -33,7 +33,8 @@ from gateway.errors import ConfigError
 from gateway.logs import REQUEST_EXTRA
 from gateway.runtime import build_gateway
 from gateway.settings import Settings
-from gateway.tracing import SPAN, Tracing, parent_context, tracing_from_env
+from gateway.tracing import SPAN, Tracing, tracing_from_env
+from gateway.tracing_context import parent_context
 
 SPANNER_SCOPE = "cloud.google.com/python/spanner"
 MCP_HEADERS = {

@@ -38,9 +38,11 @@ from gateway.http import (
     send_problem,
     send_response,
 )
+from gateway.request_line import log_request_line
 
 if TYPE_CHECKING:
-    from gateway.app import Active, Gateway
+    from gateway.app import Gateway
+    from gateway.call_types import Active
 
 __all__ = [
     "APPROVALS_PATH",
@@ -146,7 +148,7 @@ class ApprovalsEndpoint:
                     gateway.audit, call, active.policy, key=gateway._audit_key,
                     database=gateway._database,
                 )  # fmt: skip
-                gateway._log(scope, rid, path, 499, 499, started, "http", call)
+                log_request_line(scope, rid, path, 499, 499, started, "http", call)
         if await record_call(
             gateway.audit, call, active.policy, key=gateway._audit_key, database=gateway._database
         ):
@@ -163,7 +165,7 @@ class ApprovalsEndpoint:
             await send_problem(send, error, rid, head=head)
         else:
             await send_response(send, 200, dumps(body), "application/json", rid, head=head)
-        gateway._log(scope, rid, path, call.status, call.status, started, "http", call)
+        log_request_line(scope, rid, path, call.status, call.status, started, "http", call)
 
     async def _answer(
         self, scope: Scope, receive: Receive, call: CallRecord, active: Active, path: str

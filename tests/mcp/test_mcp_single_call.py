@@ -14,7 +14,7 @@ from mcp_types.methods import serialize_server_result, validate_client_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.http import dumps
-from gateway.mcp.server import (
+from gateway.mcp.messages import (
     PLAIN_RESULT_VERSIONS,
     json_of,
     plain_tool_call,
@@ -129,7 +129,7 @@ ANSWERS = [
 
 def sdk_answer(version: str, rpc_id: str | int, answer: dict[str, Any], is_error: bool) -> bytes:
     """What the SDK's runner and JSON transport answer for the tool result the gateway's
-    handler returns (``McpEndpoint._call_tool``)."""
+    handler returns (``Handlers.call_tool``)."""
     result = types.CallToolResult(
         content=[types.TextContent(text=dumps(answer).decode("utf-8"))],
         structured_content=answer,
