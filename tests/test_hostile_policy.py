@@ -193,3 +193,35 @@ async def test_a_reload_logs_the_warnings_of_the_policy_it_swaps_in(
         assert "warning: queries.create_order.params.order_id.pattern: pattern without" in logged
     finally:
         await app.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("example", "old", "new", "says"),
+    [
+        (  # Spanner: the hex number 0X1e, then a comment: `@tenant = TenantId` never runs
+            "policy.example.yaml",
+            "      WHERE TenantId = @tenant AND OrderId = @order_id\n",
+            "      WHERE 0X1e = 0X1e--@tenant = TenantId\n      AND OrderId = @order_id\n",
+            "tenant",
+        ),
+        (  # Spanner: a hint whose `--` hides its first `*/`: the tenant filter is in the hint
+            "policy.example.postgresql.yaml",
+            "      WHERE tenant_id = $1 AND order_id = $2\n",
+            "      /*@ force_index=_base_table -- */ WHERE tenant_id = $1\n"
+            "      */ WHERE order_id = $2\n",
+            "statement hint",
+        ),
+    ],
+)
+def test_policy_check_refuses_a_tenant_filter_spanner_would_not_run(
+    tmp_path: Path, repo: Path, capsys: pytest.CaptureFixture[str],
+    example: str, old: str, new: str, says: str,
+) -> None:  # fmt: skip
+    """Both were accepted once (the gateway read the filter; Spanner, run by hand on the
+    emulator, returned every tenant's order)."""
+    text = (repo / example).read_text()
+    assert old in text
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text.replace(old, new, 1))
+    assert main(["policy", "check", str(policy)]) == 2
+    assert says in capsys.readouterr().err

@@ -13,6 +13,7 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -156,6 +157,9 @@ def create_database(
             db.spanner_api.transport.close()
 
 
+_LINE_END = re.compile(r"[\r\n]")
+
+
 def split_statements(sql_text: str) -> list[str]:
     """Split SQL text into statements on ``;``, dropping comments and blank statements.
 
@@ -188,8 +192,8 @@ def split_statements(sql_text: str) -> list[str]:
             current.append(sql_text[i:j])
             i = j
         elif ch == "#" or sql_text.startswith("--", i):
-            end = sql_text.find("\n", i)
-            i = n if end == -1 else end  # keep the newline itself
+            found = _LINE_END.search(sql_text, i)  # both dialects end a comment at \r or \n
+            i = n if found is None else found.start()  # keep the line break itself
             current.append(" ")
         elif sql_text.startswith("/*", i):
             end = sql_text.find("*/", i + 2)

@@ -71,6 +71,9 @@ def _word_end(sql: str, i: int) -> int:
     return i
 
 
+_LINE_END = re.compile(r"[\r\n]")
+
+
 def _continued_string(sql: str, end: int) -> int | None:
     """Where a ``'`` opens after the ``'…'`` string ending at ``end`` with only whitespace and
     comments between, or None. PostgreSQL reads ``'a'`` + line break + ``'b'`` as ONE string
@@ -81,10 +84,10 @@ def _continued_string(sql: str, end: int) -> int | None:
         if sql[i] in SPACE:
             i += 1
         elif sql.startswith("--", i):
-            nl = sql.find("\n", i)
-            if nl < 0:
+            nl = _LINE_END.search(sql, i)
+            if nl is None:
                 return None
-            i = nl + 1
+            i = nl.end()
         elif sql.startswith("/*", i):
             close = sql.find("*/", i + 2)
             if close < 0:
@@ -248,8 +251,9 @@ def _read_at(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
 
 _LEXICON = Lexicon(
     line_comments=("--",),
-    line_end=re.compile(r"\n"),
+    line_end=re.compile(r"[\r\n]"),  # PostgreSQL's lexer: a comment ends at \r or \n
     nested_comments=True,
+    hints=True,  # /*@ ... */ (sqltoken._hint_end)
     readers={
         **dict.fromkeys(IDENT_START, _read_name),
         "'": _read_string,

@@ -153,11 +153,22 @@ def unicode_space(sql: str, i: int) -> SqlProblem | None:
 
 
 def number_end(sql: str, i: int) -> int:
-    """The index past the number starting at ``i`` (letters, digits, dots, a signed exponent)."""
+    """The index past the number starting at ``i`` (letters, digits, dots, a signed exponent).
+
+    An exponent's sign belongs to the number only when a digit follows it, and never in a hex
+    number (``0x``, ``0X``): Spanner reads ``0X1e--`` and ``1.e--`` as a number (and, for the
+    latter, an alias) followed by a comment, so the gateway must not take that ``-`` into the
+    number and read the comment as SQL."""
     j = i
+    hexa = sql[i : i + 2] in ("0x", "0X")
     while j < len(sql) and (sql[j] in IDENT_CHARS or sql[j] == "."):
-        if sql[j] in "eE" and sql[j + 1 : j + 2] in ("+", "-") and not sql.startswith("0x", i):
-            j += 2
+        if (
+            not hexa
+            and sql[j] in "eE"
+            and sql[j + 1 : j + 2] in ("+", "-")
+            and sql[j + 2 : j + 3] in DIGITS
+        ):
+            j += 3
             continue
         j += 1
     return j
@@ -187,6 +198,7 @@ class Lexicon:
     nested_comments: bool
     readers: Mapping[str, Reader]
     non_ascii: Reader | None = None
+    hints: bool = False  # ``/*@ … */`` outside a comment is a statement hint, not a comment
 
     def __post_init__(self) -> None:
         scanned = SPACE | DIGITS | {".", "/", "-"} | {c[:1] for c in self.line_comments}
@@ -213,6 +225,30 @@ def _comment_end(sql: str, i: int, *, nested: bool) -> int:
     return j
 
 
+_HINT_BODY = re.compile(r"[A-Za-z0-9_.,= \t\n]*")
+
+
+def _hint_end(sql: str, i: int) -> int:
+    """The index past the statement hint ``/*@ … */`` opening at ``i`` (PostgreSQL dialect).
+
+    Spanner does not read a hint as a comment: it reads the tokens inside, and the first
+    ``*/`` outside them ends it, so ``/*@ x=1 -- */ WHERE TenantId = $1 \n*/`` hides the filter
+    from Spanner (``--`` comments out the first ``*/``) while a comment reader sees it. A hint
+    is therefore read only when it holds nothing but ``name=value`` pairs (letters, digits,
+    ``_ . , =`` and spaces), where both readings agree; anything else is refused."""
+    close = sql.find("*/", i + 3)
+    if close < 0:
+        raise fail(sql, i, "unterminated statement hint")
+    if _HINT_BODY.fullmatch(sql, i + 3, close) is None:
+        raise fail(
+            sql,
+            i,
+            "a statement hint (/*@ ... */) may hold only name=value pairs (letters, digits, "
+            "_ . , = and spaces): Spanner reads what is inside a hint as SQL, not as a comment",
+        )
+    return close + 2
+
+
 def scan(sql: str, lexicon: Lexicon, params: Sequence[str] = ()) -> list[Token]:
     """The tokens of ``sql`` read by ``lexicon`` (whitespace and comments dropped); ``params``
     goes to the readers. The caller checked the characters (``refuse_unclear_characters``)."""
@@ -236,7 +272,10 @@ def scan(sql: str, lexicon: Lexicon, params: Sequence[str] = ()) -> list[Token]:
             line_end = lexicon.line_end.search(sql, i)
             i = n if line_end is None else line_end.end()
         elif sql.startswith("/*", i):
-            i = _comment_end(sql, i, nested=lexicon.nested_comments)
+            if lexicon.hints and sql.startswith("/*@", i):
+                i = _hint_end(sql, i)
+            else:
+                i = _comment_end(sql, i, nested=lexicon.nested_comments)
         elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
             end = number_end(sql, i)
             tokens.append(Token("number", sql[i:end], i))

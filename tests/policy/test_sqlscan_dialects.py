@@ -206,3 +206,74 @@ def test_hash_may_have_a_reader_where_it_starts_no_comment() -> None:
         readers={"#": _reader},
     )  # fmt: skip
     assert "#" in lexicon.readers
+
+
+# --- numbers: an exponent's sign, hex numbers (found by review: a comment hidden in a number) ---
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 FROM t WHERE 0X1e = 0X1e--{p} = x\n",  # an uppercase hex number ends at e
+        "SELECT 1.E--{p}\n, 2 AS y FROM t",  # 1. then the alias E, then a comment
+        "SELECT 1.e--{p}\n, 2 AS y FROM t",
+        "SELECT 0XABCDE--{p}\n AS y FROM t",
+        "SELECT 0x1e--{p}\n AS y FROM t",
+    ],
+)
+def test_a_comment_right_after_a_number_is_a_comment(sql: str) -> None:
+    """Spanner reads ``0X1e`` whole and ``1.e`` as ``1.`` and an alias: the ``--`` after them
+    starts a comment, so a parameter in it is not used (taking ``-`` as an exponent's sign
+    would have read the comment as SQL)."""
+    assert params(sql, GSQL) == ()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_exponents_with_signs_are_still_numbers(dialect: Dialect) -> None:
+    sql = "SELECT 1e-5, 1.5E+10, .5e-3, 2E5, 0x1e, 0X1E FROM t WHERE x = {p}"
+    p, _ = PARAM[dialect]
+    numbers = [
+        t.text for t in statement_tokens(sql.replace("{p}", p), dialect) if t.kind == "number"
+    ]
+    assert numbers == ["1e-5", "1.5E+10", ".5e-3", "2E5", "0x1e", "0X1E"]
+    assert params(sql, dialect) == ("p",)
+
+
+# --- PostgreSQL statement hints: Spanner reads inside /*@ ... */ (found by review) -------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT a FROM t /*@ force_index=_base_table -- */ WHERE x = $1\n*/ WHERE y = $2",
+        "SELECT a FROM t /*@ force_index='i' */ WHERE x = $1",
+        "/*@ use_additional_parallelism=true /* */ SELECT a FROM t WHERE x = $1",
+        "SELECT a FROM t /*@ x=$1 */ WHERE y = $2",
+        "SELECT a FROM t /*@ force_index=i WHERE x = $1",
+    ],
+)
+def test_a_postgresql_hint_holding_more_than_name_value_pairs_is_refused(sql: str) -> None:
+    with pytest.raises(SqlProblem, match="hint"):
+        scan_sql(sql, PG, ("p", "q"))
+
+
+def test_a_postgresql_hint_of_name_value_pairs_is_read_and_uses_no_parameter() -> None:
+    sql = "SELECT a FROM t /*@ force_index=_base_table, use_additional_parallelism=true */ WHERE x = $1"
+    assert scan_sql(sql, PG, ("p",)).params == ("p",)
+    assert "force_index" not in [t.text for t in statement_tokens(sql, PG)]
+
+
+def test_a_hint_inside_a_postgresql_comment_is_a_nested_comment() -> None:
+    sql = "SELECT a FROM t /* note /*@ x -- */ y */ WHERE x = $1"
+    assert params(sql.replace("$1", "{p}"), PG) == ("p",)
+
+
+def test_in_googlesql_a_block_comment_opening_with_at_is_a_comment() -> None:
+    assert params("SELECT a FROM t /*@ x -- */ WHERE x = {p}", GSQL) == ("p",)
+
+
+def test_a_postgresql_line_comment_ends_at_a_carriage_return_too() -> None:
+    from gateway.policy.pgsql import tokenize
+
+    texts = [t.text for t in tokenize("SELECT a -- note\rFROM t", ())]
+    assert [t.lower() for t in texts[-2:]] == ["from", "t"]
