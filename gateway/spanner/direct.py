@@ -131,12 +131,27 @@ def _global_tracing() -> bool:
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
+def _library_logging() -> tuple[bool, logging.Logger | None]:
+    """The library's gRPC logging: whether it is supported, and its logger (None: another
+    shape of the library, so no call skips its interceptors)."""
+    try:
+        from google.cloud.spanner_v1.services.spanner.transports import grpc_asyncio
+
+        logger = grpc_asyncio._LOGGER
+        return bool(grpc_asyncio.CLIENT_LOGGING_SUPPORTED), (
+            logger if isinstance(logger, logging.Logger) else None
+        )
+    except Exception:  # noqa: BLE001 - another shape: nothing is skipped
+        return True, None
+
+
+_LIBRARY_LOGGING, _LIBRARY_LOGGER = _library_logging()
+
+
 def _library_logs_calls() -> bool:
     """Whether the library's gRPC logging interceptor would log a call now (its own test)."""
-    from google.cloud.spanner_v1.services.spanner.transports import grpc_asyncio
-
-    return bool(grpc_asyncio.CLIENT_LOGGING_SUPPORTED) and grpc_asyncio._LOGGER.isEnabledFor(
-        logging.DEBUG
+    return _LIBRARY_LOGGING and (
+        _LIBRARY_LOGGER is None or _LIBRARY_LOGGER.isEnabledFor(logging.DEBUG)
     )
 
 
@@ -155,7 +170,8 @@ def _without_quiet_logging(stub: Any) -> Any | None:
         quiet = grpc_asyncio._LoggingClientAIOInterceptor
         if not interceptors or any(type(i) is not quiet for i in interceptors):
             return None
-        _library_logs_calls()  # its shape (the flag and the logger) is checked here once
+        if _LIBRARY_LOGGER is not grpc_asyncio._LOGGER:
+            return None  # not the logger its interceptor asks
         plain = copy.copy(stub)
         plain._interceptors = None
         return plain
