@@ -1,5 +1,5 @@
-# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test;
-# `make image` builds the container image (docs/image.md).
+# spangate: `make demo` runs the gateway on the example policy; `make test` runs every test (in two
+# pytest processes); `make image` builds the container image (docs/image.md).
 # Everything is installed from the repository's lock files (pip, with hashes):
 #   requirements.lock        what the gateway needs at run time (the container image installs only this)
 #   requirements-dev.lock    the same pins plus the development tools (pytest, mypy, ruff, ...)
@@ -63,8 +63,12 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+# pytest in WORKERS processes (pytest-xdist, docs/development.md#running-the-tests): each test
+# file runs whole in one of them (--dist loadfile: its module fixtures start once), and each has
+# its own emulator, OpenID provider, redis-server and gateway on free ports. WORKERS=0: one process.
+WORKERS ?= 2
 test: setup chart-tools lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
 # The Helm chart: helm lint and render (default and ci/*-values.yaml), the manifests validated
 # against Kubernetes 1.29-1.33, checkov. tests/chart/ runs the same in `make test`.

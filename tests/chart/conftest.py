@@ -5,12 +5,19 @@ The tools (helm-python-sdk, kubernetes-validate, checkov) live in their own venv
 is linted, rendered once per values set (the defaults and each ``ci/*-values.yaml``), validated
 and scanned once, and the tests read its JSON report. A missing venv fails the tests (never a
 skip), saying what to run.
+
+Under pytest-xdist (``make test`` runs two workers) the chart's modules may land on different
+workers, each with its own session: the first to need the report runs the check under a lock in
+the run's shared temporary folder, and the others wait for it and read the same report.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +35,26 @@ def chart_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             f"{TOOLS_PYTHON} is missing: `make chart-tools` installs the chart's tools "
             "(`make test` does it first)"
         )
-    folder = tmp_path_factory.mktemp("chart")
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _check(tmp_path_factory.mktemp("chart"))
+    # Every worker's basetemp is a folder of the run's own (pytest-N/popen-gwK): its parent is
+    # shared by the workers of this run and by no other run.
+    shared = tmp_path_factory.getbasetemp().parent
+    with (shared / "chart.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = shared / "chart-report.json"
+        if done.exists():
+            data: dict[str, Any] = json.loads(done.read_text())
+            return data
+        data = _check(tmp_path_factory.mktemp("chart"))
+        partial = done.with_suffix(".part")
+        partial.write_text(json.dumps(data))
+        partial.rename(done)  # whole or not at all: a worker never reads half a report
+        return data
+
+
+def _check(folder: Path) -> dict[str, Any]:
+    """chart_check.py on the chart, its files in ``folder``: the report, with its summary."""
     cases = folder / "schema-cases.json"
     cases.write_text(
         json.dumps(
