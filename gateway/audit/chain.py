@@ -25,6 +25,7 @@ never leaves a gap in the chain.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import hmac
 import json
@@ -134,16 +135,10 @@ def members_size(members: Members) -> int:
     return size
 
 
-_KEY_SIZES: dict[str, int] = {}  # len(_line_bytes(_key(name))) of the top-level keys seen
-
-
+@functools.lru_cache(maxsize=256)
 def _key_size(name: str) -> int:
-    found = _KEY_SIZES.get(name)
-    if found is None:
-        found = len(_line_bytes(_key(name)))
-        if len(_KEY_SIZES) < 256:
-            _KEY_SIZES[name] = found
-    return found
+    """``len(_line_bytes(_key(name)))``, once per top-level key (a handful)."""
+    return len(_line_bytes(_key(name)))
 
 
 def _encodable(event: Mapping[str, Any]) -> tuple[Mapping[str, Any], Members | None]:

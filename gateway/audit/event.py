@@ -39,6 +39,7 @@ and the path only in ``httpRequest``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -266,19 +267,13 @@ def _severity(status: int) -> str:
 
 
 _REQUEST = pointer("protoPayload", "request")
-_WHERES: dict[tuple[str, ...], str] = {}
 
 
+@functools.lru_cache(maxsize=4096)
 def _where(prefix: str, *parts: str) -> str:
     """``prefix + pointer(*parts)`` for names the policy defines (parameters, claim paths: a
     bounded set), made once each: never for a caller's keys."""
-    key = (prefix, *parts)
-    found = _WHERES.get(key)
-    if found is None:
-        found = prefix + pointer(*parts)
-        if len(_WHERES) < 4096:
-            _WHERES[key] = found
-    return found
+    return prefix + pointer(*parts)
 
 
 def _statement(
