@@ -345,3 +345,44 @@ def test_a_malformed_idempotency_key_is_refused_before_an_approval_is_asked(
         "id": None,
         "event": "approval.requested",
     }
+
+
+def test_a_lead_of_another_tenant_neither_lists_sees_nor_decides(
+    server: Served, token_for: Token
+) -> None:
+    """The example's approval matches the claim-bound tenant (``approval.match``'s default): a
+    support lead of t2 is a support lead, but t1's requests are none of its business."""
+    base = server.base
+    support, lead, t2_lead = (
+        token_for("support-console"), token_for("support-lead"), token_for("support-lead-t2")
+    )  # fmt: skip
+    order = _new_order(base, token_for)
+    asked = _cancel(base, support, order)
+    assert asked.status_code == 202, asked.text
+    approval = asked.json()["approval"]["id"]
+
+    for state in ("pending", "approved", "rejected", "used"):
+        listed = httpx.get(f"{base}/approvals?state={state}&limit=100", headers=_auth(t2_lead),
+                           timeout=30)  # fmt: skip
+        assert listed.status_code == 200, listed.text
+        assert all(a["params"]["tenant"] == "t2" for a in listed.json()["approvals"]), state
+    viewed = httpx.get(f"{base}/approvals/{approval}", headers=_auth(t2_lead), timeout=30)
+    assert (viewed.status_code, viewed.json()["code"]) == (404, "approval-not-found")
+    for verb in ("approve", "reject"):
+        refused = _decide(base, t2_lead, approval, verb)
+        assert (refused.status_code, refused.json()["code"]) == (404, "approval-not-found")
+    assert _cancel(base, support, order, approval).json()["code"] == "approval-pending"
+
+    # t1's lead lists and decides it; t2's lead decides t2's own requests
+    listed = httpx.get(f"{base}/approvals?limit=100", headers=_auth(lead), timeout=30)
+    assert approval in [a["id"] for a in listed.json()["approvals"]]
+    assert _decide(base, lead, approval, "approve").status_code == 200
+    assert _cancel(base, support, order, approval).status_code == 200
+    theirs = _cancel(base, token_for("support-t2"), "O-1002")
+    assert theirs.status_code == 202, theirs.text
+    t2_approval = theirs.json()["approval"]["id"]
+    listed = httpx.get(f"{base}/approvals?limit=100", headers=_auth(t2_lead), timeout=30)
+    assert t2_approval in [a["id"] for a in listed.json()["approvals"]]
+    assert approval not in [a["id"] for a in listed.json()["approvals"]]
+    assert _decide(base, lead, t2_approval, "reject").json()["code"] == "approval-not-found"
+    assert _decide(base, t2_lead, t2_approval, "reject", reason="not ours").status_code == 200

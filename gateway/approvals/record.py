@@ -41,6 +41,7 @@ __all__ = [
     "parse_approval_id",
     "replay_refusal",
     "request_hash",
+    "scope_hash",
     "shown_state",
 ]
 
@@ -83,6 +84,20 @@ def request_hash(
     return hashlib.sha256(data).hexdigest()
 
 
+def scope_hash(
+    method: str, route: str, query: str, values: Mapping[str, Any], key: bytes | None = None
+) -> str:
+    """The digest of a request's ``approval.match`` values (``policy.approval.match_names``),
+    keyed as ``request_hash`` is and apart from it: an approver whose own token binds the same
+    values to the route computes the same digest, and sees and decides the request; the list
+    filters on it. A domain of its own, so it never equals a request hash."""
+    text = canonical_request(method, route, query, values)
+    data = b"spangate-approval-scope-v1\0" + text.encode("ascii")
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
 @dataclass(frozen=True)
 class ApprovalRecord:
     """One row of the approvals table (``spanner/approvals.py``)."""
@@ -107,6 +122,9 @@ class ApprovalRecord:
     reason: str | None = None
     used_at: dt.datetime | None = None
     used_by: str | None = None  # the request id of the call that ran it
+    # scope_hash of its match values; None on a row written before the column existed (only its
+    # requester sees such a row)
+    scope: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

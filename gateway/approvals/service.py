@@ -11,7 +11,11 @@
   ``approval-used``). A read claims its approval in a read-write transaction of its own, then
   runs: a read that then fails has used its approval all the same.
 - ``decide``, ``listing``, ``get``: the approvers' side (``gateway.approvals.endpoints``), each
-  judged under the live policy (``policy.approval.decider_verdict``).
+  judged under the live policy (``policy.approval.decider_verdict``) and on the request's
+  ``approval.match`` values: a request stores their keyed digest (``Scope``,
+  ``record.scope_hash``); an approver sees and decides it only when its own token binds the
+  same values (``scope_of``: a lead of tenant t2 never sees tenant t1's requests), and the list
+  selects by the approver's digests.
 
 Requests and decisions run under the identity of the route's query; reading a request by its id
 or listing them under the first identity (by name) whose query some route's approval guards.
@@ -25,7 +29,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -37,11 +41,13 @@ from gateway.approvals.record import (
     new_approval_id,
     replay_refusal,
     request_hash,
+    scope_hash,
 )
 from gateway.audit.event import redacted
 from gateway.auth.principal import Principal
 from gateway.errors import ApprovalRefused
-from gateway.policy.approval import decider_verdict
+from gateway.policy.approval import decider_verdict, match_names
+from gateway.policy.bind import claim_values
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import Decision
 from gateway.policy.types import json_value
@@ -154,6 +160,26 @@ class Approvals:
             self._digest_key,
         )
 
+    def scope(self, route: CompiledRoute, values: Mapping[str, Any]) -> str:
+        """The digest of a request's match values (``record.scope_hash``)."""
+        assert route.model.approval is not None
+        names = match_names(route.model.approval, route.query.model.params)
+        return scope_hash(
+            route.model.method,
+            route.template,
+            route.query_name,
+            {name: values[name] for name in names},
+            self._digest_key,
+        )
+
+    def scope_of(self, route: CompiledRoute, who: Principal) -> str | None:
+        """The digest of the match values ``who``'s own token binds for ``route`` (None when it
+        lacks one of the claims: it shares no request's values)."""
+        assert route.model.approval is not None
+        names = match_names(route.model.approval, route.query.model.params)
+        values = claim_values(route.query.params, names, who)
+        return None if values is None else self.scope(route, values)
+
     # -- the request path -----------------------------------------------------------------------
     async def request(
         self, policy: CompiledPolicy, decision: Decision, principal: Principal, request_id: str
@@ -161,6 +187,7 @@ class Approvals:
         """Store a pending request for this allowed call; its record."""
         route = decision.route
         assert route is not None and route.model.approval is not None
+        assert decision.bound is not None
         now = self.clock()
         record = ApprovalRecord(
             approval_id=new_approval_id(),
@@ -177,6 +204,7 @@ class Approvals:
             request_id=request_id,
             created_at=now,
             expires_at=now + dt.timedelta(seconds=route.model.approval.ttl_seconds),
+            scope=self.scope(route, decision.bound.values),
         )
 
         async def work(transaction: Any) -> None:
@@ -254,13 +282,21 @@ class Approvals:
         return None
 
     def may_see(self, policy: CompiledPolicy, record: ApprovalRecord, who: Principal) -> bool:
-        """Its requester, and whoever may decide requests to its route, see a request."""
+        """Its requester, and whoever may decide requests to its route and shares the request's
+        match values (its tenant, by default), see a request."""
         if record.requested_by(who):
             return True
         route = self._live_route(policy, record)
         if route is None or route.model.approval is None:
             return False
-        return decider_verdict(policy.roles, route.model, route.model.approval, who).problem is None
+        if decider_verdict(policy.roles, route.model, route.model.approval, who).problem:
+            return False
+        scope = self.scope_of(route, who)
+        return (
+            scope is not None
+            and record.scope is not None
+            and hmac.compare_digest(scope, record.scope)
+        )
 
     async def get(self, policy: CompiledPolicy, who: Principal, approval_id: str) -> ApprovalRecord:
         """A request its requester or an approver may see, else 404 ``approval-not-found``."""
@@ -332,14 +368,17 @@ class Approvals:
     ) -> tuple[list[ApprovalRecord], bool]:
         """The requests in ``state`` to routes ``who`` may decide (pending: not yet expired,
         and never its own), oldest first: at most ``limit``, and whether there were more."""
-        routes = [
-            route_key(r)
-            for r in policy.routes
-            if r.model.approval is not None
-            and decider_verdict(policy.roles, r.model, r.model.approval, who).problem is None
-        ]
+        scopes = sorted(
+            {
+                scope
+                for r in policy.routes
+                if r.model.approval is not None
+                and decider_verdict(policy.roles, r.model, r.model.approval, who).problem is None
+                and (scope := self.scope_of(r, who)) is not None
+            }
+        )
         identities = approval_identities(policy)
-        if not routes or not identities:
+        if not scopes or not identities:
             return [], False
         identity = identities[0]
         now = self.clock()
@@ -348,7 +387,7 @@ class Approvals:
             return await table.list_rows(
                 snapshot,
                 state=state,
-                routes=routes,
+                scopes=scopes,
                 live=now if state in ("pending", "approved") else None,
                 limit=limit + 1,
                 not_by=(who.iss, who.subject) if state == "pending" else None,

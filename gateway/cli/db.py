@@ -232,7 +232,7 @@ def _init_db(args: argparse.Namespace) -> int:
         return _fail(f"init-db on {target.database} failed: {exc}")
     for statement in todo:
         m = _CREATE_TABLE.match(statement)
-        print(f"{m.group(1) if m else statement.split(chr(10))[0]}: created")
+        print(f"{m.group(1)}: created" if m else f"{statement.splitlines()[0]}: applied")
     return 0
 
 

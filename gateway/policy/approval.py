@@ -13,20 +13,28 @@ decide a request, under the live policy (``decider_verdict``):
   of its delegation chain (``act.sub`` under the same issuer). The requester never approves their
   own request, nor does the agent that asked for them.
 
+- an approver whose own token binds the route's ``match`` parameters (``match_names``: by
+  default every claim-bound parameter of its query, such as the tenant) to the request's values:
+  a lead of tenant t2 neither sees nor decides tenant t1's requests. The service keeps the
+  request's matched values as a keyed digest (``gateway.approvals``) and compares the
+  approver's.
+
 Checks (``approval_findings``, the loader and ``policy check``): ``approvers`` name known roles;
-not on a paginated query's route (each page would be a call of its own to approve). The ``ttl``
-is bounded by the model (1s to 24h).
+``match`` names claim-bound parameters of the query, none bound from the requester's own
+``sub`` (nobody else binds it alike, so nobody could decide); not on a paginated query's route
+(each page would be a call of its own to approve). The ``ttl`` is bounded by the model (1s to
+24h).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.auth.principal import Principal
 from gateway.errors import Forbidden, GatewayError
 from gateway.policy.constraints import Finding, Where
-from gateway.policy.model import Approval, Policy, Route
+from gateway.policy.model import Approval, Param, Policy, Route
 from gateway.policy.roles import RoleTable
 
 __all__ = [
@@ -35,12 +43,25 @@ __all__ = [
     "DeciderVerdict",
     "approval_findings",
     "decider_verdict",
+    "match_names",
     "parties",
 ]
 
 # The header a requester repeats the call with, and its MCP tool argument twin.
 APPROVAL_HEADER = b"approval-id"
 APPROVAL_ARGUMENT = "approval_id"
+
+# Claims that name the requester or its actor: no approver binds them alike (nobody decides a
+# request they took part in), so a match on one would leave every request undecidable.
+_OWN_CLAIMS = frozenset({"sub", "act.sub"})
+
+
+def match_names(approval: Approval, params: Mapping[str, Param]) -> tuple[str, ...]:
+    """The parameters an approver's token must bind to a request's values: ``approval.match``,
+    or by default every claim-bound parameter of the route's query (in declaration order)."""
+    if approval.match is not None:
+        return tuple(approval.match)
+    return tuple(name for name, param in params.items() if param.claim is not None)
 
 
 def approval_findings(
@@ -54,6 +75,37 @@ def approval_findings(
     for k, role in enumerate(approval.approvers):
         if msg := unknown_role(role):
             found.append(((*where, "approval", "approvers", k), msg))
+    query = policy.queries.get(route.query)
+    if query is not None:
+        for k, name in enumerate(approval.match or ()):
+            param = query.params.get(name)
+            if param is None:
+                found.append(
+                    ((*where, "approval", "match", k), f"query {route.query} has no parameter {name}")
+                )
+            elif param.claim is None:
+                found.append(
+                    (
+                        (*where, "approval", "match", k),
+                        f"parameter {name} of query {route.query} is not bound from a claim: "
+                        "match names claim-bound parameters (from: claim.NAME), which an "
+                        "approver's own token binds",
+                    )
+                )
+        for name in match_names(approval, query.params):
+            param = query.params.get(name)
+            if param is not None and param.claim in _OWN_CLAIMS:
+                at = ("match",) if approval.match is not None else ()
+                found.append(
+                    (
+                        (*where, "approval", *at),
+                        f"parameter {name} of query {route.query} is bound from claim."
+                        f"{param.claim}, which no approver shares with the requester: nobody "
+                        "could decide. Set approval.match to the claim-bound parameters an "
+                        "approver must share (such as the tenant), or [] to let any approver "
+                        "decide any request",
+                    )
+                )
     if policy.spanner.dialect == "postgresql":
         found.append(
             (
@@ -62,7 +114,6 @@ def approval_findings(
                 "(SpangateApprovals) and its statements are GoogleSQL (docs/postgresql.md)",
             )
         )
-    query = policy.queries.get(route.query)
     if query is not None and query.pagination is not None:
         found.append(
             (

@@ -34,7 +34,7 @@ from gateway.policy.regex import Regex, compile_regex
 from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 from gateway.policy.types import ParamType, SpannerTimestamp, TypeProblem, coerce
 
-__all__ = ["Bound", "ParamSpec", "bind_params", "compile_param", "ignored_values"]
+__all__ = ["Bound", "ParamSpec", "bind_params", "claim_values", "compile_param", "ignored_values"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -191,6 +191,44 @@ def ignored_values(
     return ignored
 
 
+def _claim_bound(name: str, spec: ParamSpec, claim_path: str, principal: Principal) -> Any:
+    """The value of claim-bound parameter ``name`` for ``principal``'s token, or 403
+    ``claim-missing`` / ``claim-invalid``."""
+    claim = principal.claim(claim_path)
+    if claim is MISSING or claim is None:
+        raise Forbidden(
+            f"the token has no '{claim_path}' claim, which parameter '{name}' is bound to",
+            code="claim-missing",
+        )
+    try:
+        value = coerce(spec.ptype, claim, from_text=False)
+        check_constraints(spec, value)
+    except TypeProblem as exc:
+        raise Forbidden(
+            f"the token's '{claim_path}' claim does not fit parameter '{name}': {exc}",
+            code="claim-invalid",
+        ) from None
+    return value
+
+
+def claim_values(
+    specs: Mapping[str, ParamSpec], names: Sequence[str], principal: Principal
+) -> dict[str, Any] | None:
+    """What ``principal``'s token binds for the claim-bound parameters ``names``, as a call of
+    its own would bind them; None when it lacks one of those claims or one does not fit (or a
+    name is not claim-bound: nothing to compare). An approver's side of ``approval.match``."""
+    values: dict[str, Any] = {}
+    for name in names:
+        spec = specs.get(name)
+        if spec is None or spec.claim is None:
+            return None
+        try:
+            values[name] = _claim_bound(name, spec, spec.claim, principal)
+        except Forbidden:
+            return None
+    return values
+
+
 def bind_params(
     specs: Mapping[str, ParamSpec],
     principal: Principal,
@@ -241,21 +279,7 @@ def bind_params(
             values[name] = None  # the first page; a cursor's values replace it once opened
             continue
         if spec.claim is not None:
-            claim = principal.claim(spec.claim)
-            if claim is MISSING or claim is None:
-                raise Forbidden(
-                    f"the token has no '{spec.claim}' claim, which parameter '{name}' is bound to",
-                    code="claim-missing",
-                )
-            try:
-                value = coerce(spec.ptype, claim, from_text=False)
-                check_constraints(spec, value)
-            except TypeProblem as exc:
-                raise Forbidden(
-                    f"the token's '{spec.claim}' claim does not fit parameter '{name}': {exc}",
-                    code="claim-invalid",
-                ) from None
-            values[name] = value
+            values[name] = _claim_bound(name, spec, spec.claim, principal)
             claim_bound.add(name)
             continue
         if name in raw:

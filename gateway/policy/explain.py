@@ -8,7 +8,7 @@ parameter with where its value came from (path, query, body, claim, cursor, defa
 an allowed call each masked result column: masked or clear for this caller, and why, and for a
 paginated query its keyset, page size and cursor (explain shows the first page: a cursor is
 opened by a running gateway, which holds the keys), and for a route that waits for approval its
-approvers and ttl (an allowed call answers 202 ``approval-required``).
+approvers, ttl and match parameters (an allowed call answers 202 ``approval-required``).
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
 people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
@@ -34,6 +34,7 @@ from gateway.auth.sender import binding
 from gateway.auth.times import time_claims
 from gateway.budgets.core import applicable
 from gateway.errors import AuthError
+from gateway.policy.approval import match_names
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
 from gateway.policy.decide import Decision, RequestFacts, decide
 from gateway.policy.masking import MaskVerdict, mask_verdicts
@@ -304,6 +305,8 @@ def approval_record(ex: Explanation) -> dict[str, Any] | None:
     return {
         "approvers": list(approval.approvers),
         "ttl": approval.ttl,
+        # the parameters an approver's own token must bind alike (policy.approval.match_names)
+        "match": list(match_names(approval, route.query.model.params)),
         "required": ex.decision.allow,  # an allowed call answers 202 approval-required
     }
 
@@ -424,8 +427,14 @@ def render_explanation(policy: CompiledPolicy, ex: Explanation) -> str:
     approval = approval_record(ex)
     if approval is not None:
         who = ", ".join(approval["approvers"])
+        shared = ", ".join(approval["match"])
         lines.append(
             f"approval  required: approvers {who} (never the requester); ttl {approval['ttl']}"
+        )
+        lines.append(
+            f"          an approver decides only requests whose {shared} its own token binds alike"
+            if shared
+            else "          any approver decides any request to this route (match: [])"
         )
         if d.allow:
             lines.append(

@@ -665,6 +665,14 @@ class Approval(_Strict):
         description="How long a request waits for a decision, and how long an approval is "
         "good for once given: from 1s to 24h.",
     )
+    match: list[str] | None = Field(
+        None,
+        description="Claim-bound parameters (from: claim.NAME) of the route's query whose "
+        "values an approver's own token must bind alike: an approver sees and decides only "
+        "requests whose values it shares (a lead of tenant t2 never sees tenant t1's). Default: "
+        "every claim-bound parameter of the query; [] lets any approver decide any request. A "
+        "parameter bound from claim.sub cannot be matched (no approver is the requester).",
+    )
     description: str | None = None
 
     @field_validator("approvers")
@@ -672,6 +680,13 @@ class Approval(_Strict):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("a role is listed twice")
+        return value
+
+    @field_validator("match")
+    @classmethod
+    def _unique_params(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a parameter is listed twice")
         return value
 
     @field_validator("ttl")

@@ -28,7 +28,9 @@ paginated query's first page (its cursor parameters bound to null): a request ca
 running gateway only. ``approval`` is ``required`` when the call is allowed and its route waits
 for approval (the gateway answers 202 ``approval-required``), else ``none``; ``may_approve``
 whether the case's token may approve or reject requests to the route it reached
-(``policy.approval.decider_verdict``; the requester check needs a request, which a case has not).
+(``policy.approval.decider_verdict``, and its token binds the approval's ``match`` parameters:
+it decides requests that share those values; the requester check needs a request, which a case
+has not).
 Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
@@ -50,7 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.auth.principal import Principal
 from gateway.errors import PolicyError, PolicyProblem
-from gateway.policy.approval import decider_verdict
+from gateway.policy.approval import decider_verdict, match_names
+from gateway.policy.bind import claim_values
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.decide import Decision, Reason, decide
 from gateway.policy.load import load_policy
@@ -102,8 +105,9 @@ class Expect(_Strict):
     may_approve: bool | None = Field(
         None,
         description="Whether this token may approve or reject requests to the route the "
-        "request reached (an approver role holds, no deny role of the route does), had "
-        "someone else made them. False for a route without approval.",
+        "request reached (an approver role holds, no deny role of the route does, and the "
+        "token binds the approval's match parameters, such as the tenant), had someone else "
+        "with the same match values made them. False for a route without approval.",
     )
 
 
@@ -327,7 +331,9 @@ def _may_approve(policy: CompiledPolicy, decision: Decision, principal: Principa
     if route is None or route.model.approval is None:
         return False
     verdict = decider_verdict(policy.roles, route.model, route.model.approval, principal)
-    return verdict.problem is None
+    names = match_names(route.model.approval, route.query.model.params)
+    # and its token binds the match values (the tenant): it decides the requests that share them
+    return verdict.problem is None and claim_values(route.query.params, names, principal) is not None
 
 
 def _references(

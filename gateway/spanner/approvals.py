@@ -62,25 +62,32 @@ DDL: tuple[str, ...] = (
   Reason STRING(MAX),
   UsedAt TIMESTAMP,
   UsedBy STRING(MAX),
+  Scope STRING(64),
 ) PRIMARY KEY (ApprovalId),
   ROW DELETION POLICY (OLDER_THAN(ExpiresAt, INTERVAL {ROW_TTL_DAYS} DAY))""",
+    # a table made before approval.match existed gains the column (init-db runs it every time;
+    # a no-op once there). Its older rows have no Scope: only their requesters see them.
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS Scope STRING(64)",
 )
 
 COLUMNS: tuple[str, ...] = (
     "ApprovalId", "State", "Issuer", "Iss", "Subject", "Actors", "Route", "Query",
     "RequestHash", "Params", "Approvers", "RequestId", "CreatedAt", "ExpiresAt", "DecidedAt",
-    "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy",
+    "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope",
 )  # fmt: skip
 _SELECT = ", ".join(COLUMNS)
-# Pending (or other) requests to some routes, oldest first: the approvers' list.
+# Pending (or other) requests an approver may decide, oldest first: the approvers' list. A
+# request's Scope digests its route and match values (``record.scope_hash``): the approver's
+# scopes, one per route it may decide, select exactly the requests whose values it shares.
 LIST_SQL = (
     f"SELECT {_SELECT} FROM {TABLE} "  # noqa: S608 - constant names only
-    "WHERE State = @state AND Route IN UNNEST(@routes) AND (@live IS NULL OR ExpiresAt > @live) "
+    "WHERE State = @state AND Scope IN UNNEST(@scopes) AND (@live IS NULL OR ExpiresAt > @live) "
     "AND (@iss IS NULL OR NOT (Iss = @iss AND Subject = @sub)) "
     "ORDER BY CreatedAt, ApprovalId LIMIT @limit"
 )
 # What the start-up check plans (an identity that cannot read it is warned about).
-PROBE_SQL = f"SELECT ApprovalId FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
+# (Scope too: a table from before approval.match lacks it until init-db runs again.)
+PROBE_SQL = f"SELECT ApprovalId, Scope FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
 
 
 def _record(row: Sequence[Any]) -> ApprovalRecord:
@@ -106,6 +113,7 @@ def _record(row: Sequence[Any]) -> ApprovalRecord:
         reason=values["Reason"],
         used_at=values["UsedAt"],
         used_by=values["UsedBy"],
+        scope=values["Scope"],
     )
 
 
@@ -145,6 +153,7 @@ def _values(record: ApprovalRecord) -> tuple[Any, ...]:
         record.reason,
         record.used_at,
         record.used_by,
+        record.scope,
     )
 
 
@@ -162,20 +171,20 @@ async def list_rows(
     snapshot: Any,
     *,
     state: str,
-    routes: Sequence[str],
+    scopes: Sequence[str],
     live: dt.datetime | None,
     limit: int,
     not_by: tuple[str, str] | None = None,
 ) -> list[ApprovalRecord]:
-    """Rows in ``state`` of ``routes`` (``live``: only those expiring after it; ``not_by``:
-    not requested by this iss and subject), oldest first, at most ``limit``."""
+    """Rows in ``state`` whose Scope is one of ``scopes`` (``live``: only those expiring after
+    it; ``not_by``: not requested by this iss and subject), oldest first, at most ``limit``."""
     from google.cloud.spanner_v1 import param_types
 
     stream = await snapshot.execute_sql(
         LIST_SQL,
         params={
             "state": state,
-            "routes": list(routes),
+            "scopes": list(scopes),
             "live": live,
             "limit": limit,
             "iss": not_by[0] if not_by else None,
@@ -185,7 +194,7 @@ async def list_rows(
             "iss": param_types.STRING,
             "sub": param_types.STRING,
             "state": param_types.STRING,
-            "routes": param_types.Array(param_types.STRING),  # type: ignore[no-untyped-call]
+            "scopes": param_types.Array(param_types.STRING),  # type: ignore[no-untyped-call]
             "live": param_types.TIMESTAMP,
             "limit": param_types.INT64,
         },

@@ -2,8 +2,10 @@
 
 ``SOURCES`` lists one function per feature that owns a table: each takes the policy and returns its
 statements (``CREATE TABLE ...``, no trailing ``;``) in the policy's ``spanner.dialect``.
-``init-db`` skips a CREATE TABLE whose table exists, so it can run again after an upgrade. A
-feature adds its table by appending its function.
+``init-db`` skips a CREATE TABLE whose table exists, so it can run again after an upgrade; a
+column added to an existing table comes as ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` after
+its CREATE TABLE (run every time, a no-op once there). A feature adds its table by appending
+its function.
 """
 
 from __future__ import annotations

@@ -313,3 +313,77 @@ async def test_a_guard_whose_write_fails_leaves_the_approval_unused(
     await executor.transact("shop_writer", commits, tag="t", timeout=1)
     stored = await approvals.read(POLICY, made.approval_id)
     assert stored is not None and (stored.state, stored.used_by) == ("used", "req-2")
+
+
+T2_LEAD = person("00u-lead-t2", "support-leads", tenant="t2")
+
+
+def _with_approval(**approval: Any) -> CompiledPolicy:
+    """The example policy with the cancel route's ``approval:`` changed."""
+    data = POLICY.model.model_dump(by_alias=True, exclude_none=True)
+    for route in data["routes"]:
+        if "approval" in route:
+            route["approval"].update(approval)
+    return compile_policy(load_policy_data(data, base_dir=EXAMPLE.parent))
+
+
+async def test_an_approver_of_another_tenant_neither_sees_nor_decides(
+    approvals: Approvals,
+) -> None:
+    """``approval.match`` by default: every claim-bound parameter (the example's tenant)."""
+    made = await approvals.request(POLICY, cancel(ASKER), ASKER, "req-1")
+    assert made.scope is not None
+    for stranger in (T2_LEAD, person("00u-lead-4", "support-leads", tenant=None)):
+        assert await code_of(approvals.get(POLICY, stranger, made.approval_id)) == (
+            "approval-not-found"
+        )
+        deciding = approvals.decide(POLICY, stranger, made.approval_id, approve=True, reason=None)
+        assert await code_of(deciding) == "approval-not-found"
+    assert (await approvals.read(POLICY, made.approval_id)).state == "pending"  # type: ignore[union-attr]
+    # a lead of the requester's tenant decides it; the t2 lead decides t2's own requests
+    decided, _ = await approvals.decide(POLICY, OTHER_LEAD, made.approval_id, approve=True,
+                                        reason=None)  # fmt: skip
+    assert decided.state == "approved"
+    t2_asker = person("00u-support-t2", "support", tenant="t2")
+    theirs = await approvals.request(POLICY, cancel(t2_asker), t2_asker, "req-2")
+    assert theirs.scope != made.scope
+    assert (await approvals.get(POLICY, T2_LEAD, theirs.approval_id)).approval_id == (
+        theirs.approval_id
+    )
+    assert await code_of(approvals.get(POLICY, OTHER_LEAD, theirs.approval_id)) == (
+        "approval-not-found"
+    )
+
+
+async def test_match_names_what_approvers_must_share_and_empty_shares_nothing(
+    approvals: Approvals,
+) -> None:
+    anyone = _with_approval(match=[])
+    made = await approvals.request(anyone, cancel(ASKER, policy=anyone), ASKER, "req-1")
+    decided, _ = await approvals.decide(anyone, T2_LEAD, made.approval_id, approve=True,
+                                        reason=None)  # fmt: skip
+    assert decided.state == "approved"  # match: [] lets any approver decide any request
+    # the live policy's match judges: a request made under match [] is no t1 lead's under
+    # the default (its stored digest covers other values), and the reverse
+    assert await code_of(approvals.get(POLICY, OTHER_LEAD, made.approval_id)) == (
+        "approval-not-found"
+    )
+
+
+async def test_the_scope_is_keyed_and_a_row_without_one_is_only_its_requester_s(
+    approvals: Approvals, executor: Executor
+) -> None:
+    made = await approvals.request(POLICY, cancel(ASKER), ASKER, "req-1")
+    unkeyed = Approvals(executor, audit_key=None)  # type: ignore[arg-type]
+    route = cancel(ASKER).route
+    assert route is not None
+    assert unkeyed.scope(route, {"tenant": "t1"}) != made.scope  # keyed from the audit key
+    assert approvals.scope(route, {"tenant": "t1", "order_id": "O-9"}) == made.scope  # tenant only
+    # a row written before the Scope column existed (init-db adds it): no approver sees it
+    row = list(executor.rows[made.approval_id])
+    row[COLUMNS.index("Scope")] = None
+    executor.rows[made.approval_id] = tuple(row)
+    assert await code_of(approvals.get(POLICY, OTHER_LEAD, made.approval_id)) == (
+        "approval-not-found"
+    )
+    assert (await approvals.get(POLICY, ASKER, made.approval_id)).scope is None

@@ -203,6 +203,7 @@ def test_load_clients_has_the_personas() -> None:
         "order-writer",
         "outsider",
         "support-t2",
+        "support-lead-t2",
         "suspended-support",
         "short-lived",
         "spangate-gateway",

@@ -53,11 +53,51 @@ def test_a_route_declares_its_approvers_and_ttl() -> None:
         ({"approvers": ["leads"], "ttl": "500ms"}, "ttl must be from 1s to 24h"),
         ({"approvers": ["leads"], "ttl": "soon"}, "ttl"),
         ({"approvers": ["leads"], "tll": "1m"}, "tll"),
+        ({"approvers": ["leads"], "match": ["tenant", "tenant"]}, "a parameter is listed twice"),
+        (
+            {"approvers": ["leads"], "match": ["tenat"]},
+            "routes[1].approval.match[0]: query add_thing has no parameter tenat",
+        ),
+        (
+            {"approvers": ["leads"], "match": ["size"]},
+            "routes[1].approval.match[0]: parameter size of query add_thing is not bound from a "
+            "claim",
+        ),
     ],
 )
 def test_the_loader_refuses_a_bad_approval(approval: dict[str, Any], message: str) -> None:
     problems = _problems(_with_approval(approval))
     assert message in problems, problems
+
+
+def test_match_defaults_to_every_claim_bound_parameter() -> None:
+    from gateway.policy.approval import match_names
+
+    policy = compiled(_with_approval({"approvers": ["leads"]}))
+    route = policy.routes[1]
+    assert route.model.approval is not None
+    assert match_names(route.model.approval, route.query.model.params) == ("tenant",)
+    chosen = compiled(_with_approval({"approvers": ["leads"], "match": []})).routes[1]
+    assert chosen.model.approval is not None
+    assert match_names(chosen.model.approval, chosen.query.model.params) == ()
+
+
+@pytest.mark.parametrize("claim", ["sub", "act.sub"])
+def test_a_parameter_bound_from_the_requester_s_own_sub_cannot_be_matched(claim: str) -> None:
+    data = _with_approval({"approvers": ["leads"]})
+    data["queries"]["add_thing"]["params"]["owner"] = {"type": "STRING", "from": f"claim.{claim}"}
+    data["queries"]["add_thing"]["sql"] = (
+        "INSERT INTO Things (Tenant, Id, Size, Owner) VALUES (@tenant, @id, @size, @owner)"
+    )
+    problems = _problems(data)  # by default: every claim-bound parameter, owner too
+    assert (
+        f"routes[1].approval: parameter owner of query add_thing is bound from claim.{claim}, "
+        "which no approver shares with the requester: nobody could decide. Set approval.match"
+    ) in problems, problems
+    data["routes"][1]["approval"]["match"] = ["tenant", "owner"]
+    assert "routes[1].approval.match: parameter owner" in _problems(data)
+    data["routes"][1]["approval"]["match"] = ["tenant"]  # the tenant's leads decide
+    assert compiled(data).routes[1].model.approval is not None
 
 
 def test_a_postgresql_dialect_policy_cannot_ask_for_approvals_yet() -> None:
@@ -109,9 +149,12 @@ def test_explain_shows_the_approval_and_its_approvers() -> None:
     principal = caller(POLICY, groups=["support"], tenant="t1")
     ex = explain(POLICY, request_facts("POST /v1/orders/O-1/cancel", None, None), principal)
     record = explanation_record(ex, POLICY)
-    assert record["approval"] == {"approvers": ["support-leads"], "ttl": "15m", "required": True}
+    assert record["approval"] == {
+        "approvers": ["support-leads"], "ttl": "15m", "match": ["tenant"], "required": True
+    }  # fmt: skip
     text = render_explanation(POLICY, ex)
     assert "approval  required: approvers support-leads (never the requester); ttl 15m" in text
+    assert "an approver decides only requests whose tenant its own token binds alike" in text
     assert "202 approval-required" in text
     plain = explain(POLICY, request_facts("GET /v1/orders/O-1", None, None), principal)
     assert explanation_record(plain, POLICY)["approval"] is None
@@ -140,6 +183,10 @@ def _case_file(tmp_path: Path, expect: str, claims: str) -> Path:
         ("{allow: true, may_approve: true}", "{iss: okta, groups: [support], tenant: t1}", False),
         ("{allow: true, may_approve: true}",
          "{iss: okta, groups: [support, support-leads], tenant: t1}", True),
+        ("{allow: false, may_approve: false}",  # a lead whose token binds no tenant decides
+         "{iss: okta, groups: [support, support-leads]}", True),  # nothing (match: tenant)
+        ("{allow: false, may_approve: true}",
+         "{iss: okta, groups: [support, support-leads]}", False),
         ("{allow: false, approval: none}", "{iss: okta, groups: [marketing], tenant: t1}", True),
         ("{allow: false, approval: required}", "{iss: okta, groups: [x], tenant: t1}", False),
     ],

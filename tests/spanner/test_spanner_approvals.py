@@ -126,6 +126,42 @@ async def test_without_the_table_calls_are_503_until_init_db_and_a_sighup(
     assert {p["status"]["code"] for p in refused} == {14}  # UNAVAILABLE, as 503 maps
 
 
+# The table as made before approval.match (no Scope column): `spangate init-db` adds the column.
+OLD_TABLE = APPROVALS_DDL[0].replace("  Scope STRING(64),\n", "")
+
+
+async def test_a_table_from_before_match_is_missing_its_column_until_init_db(
+    demo_database: str, idp: Any, tmp_path: Path, token_for: Token
+) -> None:
+    assert "Scope" not in OLD_TABLE and "Scope" in APPROVALS_DDL[0]
+    name = "sgoldapprovals"
+    make_database(demo_database, name, [*TABLE, OLD_TABLE], SEED)
+    asker, approver = bearer(token_for("support-console")), bearer(token_for("order-writer"))
+    async with gateway_on(
+        tmp_path, demo_database, _policy(name, approval=True), issuer=idp.issuer
+    ) as (app, http):
+        assert _ready(app) == {"writer": False}  # the probe reads Scope too
+        _missing(await http.post("/tickets/1/close", json={}, headers=asker))
+        _missing(await http.get("/approvals", headers=approver))
+
+        apply_ddl(demo_database, name, APPROVALS_DDL)  # what init-db runs: ALTER ... ADD COLUMN
+        apply_ddl(demo_database, name, APPROVALS_DDL)  # again: a no-op once there
+        assert await app.reloader.reload(reanalyse=True) is True
+        assert _ready(app) == {"writer": True}
+        asked = await http.post("/tickets/1/close", json={}, headers=asker)
+        assert asked.status_code == 202, asked.text
+        approval = asked.json()["approval"]["id"]
+        listed = await http.get("/approvals", headers=approver)
+        assert approval in [a["id"] for a in listed.json()["approvals"]]  # match []: no claims
+        decided = await http.post(f"/approvals/{approval}/approve", json={}, headers=approver)
+        assert decided.status_code == 200, decided.text
+        ran = await http.post(
+            "/tickets/1/close", json={}, headers={**asker, "Approval-Id": approval}
+        )
+        assert ran.status_code == 200, ran.text
+        assert _status(demo_database, name, 1) == "CLOSED"
+
+
 async def test_a_reloaded_policy_that_adds_an_approval_is_analysed_again(
     demo_database: str,
     idp: Any,

@@ -52,7 +52,7 @@ def test_example_policy_grants() -> None:
         # cancel_order waits for approval: its identity reads and writes the approvals table
         "GRANT SELECT(ApprovalId, State, Issuer, Iss, Subject, Actors, Route, Query, RequestHash, "
         "Params, Approvers, RequestId, CreatedAt, ExpiresAt, DecidedAt, DeciderIss, "
-        "DeciderSubject, Reason, UsedAt, UsedBy) ON TABLE SpangateApprovals TO ROLE shop_writer",
+        "DeciderSubject, Reason, UsedAt, UsedBy, Scope) ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT INSERT ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT UPDATE ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT SELECT(KeyHash, RequestHash, Response, CommittedAt, ExpiresAt) ON TABLE "
@@ -242,9 +242,14 @@ def test_init_db_creates_the_gateways_tables_once(
     assert "CREATE TABLE IF NOT EXISTS SpangateIdempotency" in printed
     assert split_statements(printed)  # what it prints is runnable DDL
     assert main(["init-db", "--policy", str(path)]) == 0
-    assert "SpangateIdempotency: created" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SpangateIdempotency: created" in out and "SpangateApprovals: created" in out
+    added = "ALTER TABLE SpangateApprovals ADD COLUMN IF NOT EXISTS Scope STRING(64): applied"
+    assert added in out
     assert main(["init-db", "--policy", str(path)]) == 0  # again: nothing to do
-    assert "SpangateIdempotency: exists" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SpangateIdempotency: exists" in out and "SpangateApprovals: exists" in out
+    assert added in out  # a table of an older version gains its columns; a no-op here
     tables = query_rows(
         demo_database, "sginit",
         "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = 'SpangateIdempotency'",
