@@ -62,6 +62,18 @@ _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 
 
+
+# PyYAML's messages for a line whose indentation does not fit the mapping around it.
+_MAPPING_VALUES = "mapping values are not allowed here"
+_INDENT_PROBLEMS = frozenset(
+    {
+        _MAPPING_VALUES,
+        "expected <block end>, but found '<block mapping start>'",
+        "expected <block end>, but found '<block sequence start>'",
+        "found character '\\t' that cannot start any token",
+    }
+)
+
 def dotted(where: Where) -> str:
     """``("routes", 2, "allow", 0)`` -> ``"routes[2].allow[0]"``."""
     out = ""
@@ -288,6 +300,13 @@ def parse_document(
         message = f"invalid YAML: {exc.problem or exc.context}"
         if exc.context and exc.context_mark and exc.problem:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        if exc.problem in _INDENT_PROBLEMS:  # PyYAML's words for a key indented off its siblings
+            message += (
+                ": is this line indented differently from the keys beside it? Keys of one "
+                "mapping start in the same column (spaces, never tabs)"
+            )
+            if exc.problem == _MAPPING_VALUES:
+                message += "; or does a value hold ': ' unquoted (quote the value)?"
         if mark is None:
             problems.append(PolicyProblem(label, None, None, "", message))
         else:

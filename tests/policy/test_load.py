@@ -245,6 +245,21 @@ def test_a_yaml_syntax_error_at_an_exact_place(tmp_path: Path) -> None:
     assert located(problem) == (4, 4)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("version: 1\nspanner:\n  project: p\n   instance: i\n", 4),  # one space too many
+        ("version: 1\nroutes:\n  - a: 1\n b: 2\n", 4),  # one too few
+        ("version: 1\nspanner:\n\tproject: p\n", 3),  # a tab
+    ],
+)
+def test_a_misindented_line_is_named_as_such(tmp_path: Path, text: str, line: int) -> None:
+    problem = only(problems(write(tmp_path, text)))
+    assert problem.line == line, problem
+    assert "is this line indented differently from the keys beside it?" in problem.message
+    assert "spaces, never tabs" in problem.message
+
+
 def test_a_get_route_to_dml(tmp_path: Path) -> None:
     path, text = edited(tmp_path, "    method: POST", "    method: GET")
     problem = only(problems(path))
