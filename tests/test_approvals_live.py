@@ -386,3 +386,18 @@ def test_a_lead_of_another_tenant_neither_lists_sees_nor_decides(
     assert approval not in [a["id"] for a in listed.json()["approvals"]]
     assert _decide(base, lead, t2_approval, "reject").json()["code"] == "approval-not-found"
     assert _decide(base, t2_lead, t2_approval, "reject", reason="not ours").status_code == 200
+
+    # once decided and used, each tenant's lists still hold its own requests only
+    def listed_ids(who: str, state: str) -> list[str]:
+        listed = httpx.get(f"{base}/approvals?state={state}&limit=100", headers=_auth(who),
+                           timeout=30)  # fmt: skip
+        assert listed.status_code == 200, listed.text
+        assert len({a["params"]["tenant"] for a in listed.json()["approvals"]}) <= 1
+        return [a["id"] for a in listed.json()["approvals"]]
+
+    assert approval in listed_ids(lead, "used") and approval not in listed_ids(t2_lead, "used")
+    assert t2_approval in listed_ids(t2_lead, "rejected")
+    assert t2_approval not in listed_ids(lead, "rejected")
+    suspended = token_for("suspended-support")  # support, suspended: asks nothing, sees nothing
+    seen = httpx.get(f"{base}/approvals/{t2_approval}", headers=_auth(suspended), timeout=30)
+    assert (seen.status_code, seen.json()["code"]) == (404, "approval-not-found")

@@ -219,6 +219,12 @@ def replay_refusal(
             "this approval has expired; make the call again for a new one",
             code="approval-expired",
         )
+    if record.scope is None:  # made before approval.match: who decided it was not checked
+        return ApprovalRefused(
+            "this request was made before approvals were matched to their approvers' tenant "
+            "(an upgrade); make the call again for a new one",
+            code="approval-expired",
+        )
     if record.state == "pending":
         return ApprovalRefused("nobody has decided this request yet", code="approval-pending")
     return None

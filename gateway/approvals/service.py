@@ -161,14 +161,20 @@ class Approvals:
         )
 
     def scope(self, route: CompiledRoute, values: Mapping[str, Any]) -> str:
-        """The digest of a request's match values (``record.scope_hash``)."""
+        """The digest of a request's match values (``record.scope_hash``): each with the claim
+        it is bound from and its type, so a reload that binds the name from another claim (or
+        as another type) shares nothing with the requests made before it."""
         assert route.model.approval is not None
         names = match_names(route.model.approval, route.query.model.params)
+        specs = route.query.params
         return scope_hash(
             route.model.method,
             route.template,
             route.query_name,
-            {name: values[name] for name in names},
+            {
+                name: [specs[name].claim, str(specs[name].ptype), values[name]]
+                for name in names
+            },
             self._digest_key,
         )
 

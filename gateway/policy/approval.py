@@ -42,6 +42,7 @@ __all__ = [
     "APPROVAL_HEADER",
     "DeciderVerdict",
     "approval_findings",
+    "approval_warnings",
     "decider_verdict",
     "match_names",
     "parties",
@@ -124,6 +125,44 @@ def approval_findings(
                 ),
             )
         )
+    return found
+
+
+# Claims that tell roles apart (and so usually differ between a requester and its approver).
+_ROLE_CLAIMS = frozenset({"groups", "roles", "scp", "scope"})
+
+
+def approval_warnings(where: Where, route: Route, policy: Policy) -> list[Finding]:
+    """What a valid ``approval:`` may not mean: no claim-bound parameter and no ``match`` (any
+    approver decides any request, unsaid), or a matched parameter bound from a claim that roles
+    test (a requester and its approver usually differ in it: nobody could decide)."""
+    approval = route.approval
+    query = policy.queries.get(route.query)
+    if approval is None or query is None:
+        return []
+    found: list[Finding] = []
+    names = match_names(approval, query.params)
+    if approval.match is None and not names:
+        found.append((
+            (*where, "approval"),
+            f"query {route.query} binds no parameter from a claim: any approver decides any "
+            "request to this route, whatever its tenant. Write match: [] to say so",
+        ))  # fmt: skip
+    tested = set(_ROLE_CLAIMS)
+    for role in policy.roles.values():
+        for entry in role.any_of:
+            tested.update(entry.claims or {})
+    at = ("match",) if approval.match is not None else ()
+    for name in names:
+        param = query.params.get(name)
+        if param is not None and param.claim in tested:
+            found.append((
+                (*where, "approval", *at),
+                f"parameter {name} is bound from claim.{param.claim}, which roles test: a "
+                "requester and its approver usually differ in it, so a request could have "
+                "nobody to decide it. Set approval.match to what approvers share (such as the "
+                "tenant)",
+            ))  # fmt: skip
     return found
 
 

@@ -59,7 +59,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.policy.approval import approval_findings
+from gateway.policy.approval import approval_findings, approval_warnings
 from gateway.policy.constraints import Finding, Where, param_findings
 from gateway.policy.issuers import issuer_findings
 from gateway.policy.masking import hash_domains, mask_findings, mask_warnings
@@ -273,6 +273,8 @@ def policy_warnings(policy: Policy) -> list[Finding]:
                     "is hashed, but the trail records the subject (and each actor's) in clear "
                     "in authenticationInfo"
                 )))
+    for i, route in enumerate(policy.routes):
+        found.extend(approval_warnings(("routes", i), route, policy))
     denied_by: dict[str, list[int]] = {}
     for i, route in enumerate(policy.routes):
         for role_name in route.deny:

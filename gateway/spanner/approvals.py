@@ -68,6 +68,9 @@ DDL: tuple[str, ...] = (
     # a table made before approval.match existed gains the column (init-db runs it every time;
     # a no-op once there). Its older rows have no Scope: only their requesters see them.
     f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS Scope STRING(64)",
+    # the approvers' list reads by Scope and State, oldest first: one tenant's requests, however
+    # many, are never scanned for another's list
+    f"CREATE INDEX IF NOT EXISTS {TABLE}ByScope ON {TABLE} (Scope, State, CreatedAt)",
 )
 
 COLUMNS: tuple[str, ...] = (

@@ -65,6 +65,7 @@ def record(state: str = "pending", **changes: Any) -> ApprovalRecord:
         request_id="req-1",
         created_at=T0,
         expires_at=T0 + TTL,
+        scope="5c" * 32,
     )
     return replace(base, **changes)
 
@@ -88,6 +89,15 @@ def replay(
         keyed=keyed,
     )
     return "ok" if refusal is None else refusal.code
+
+
+def test_an_approval_made_before_scopes_existed_is_expired_whatever_its_state() -> None:
+    """A row without Scope was written before approvals were matched to their approvers'
+    tenant (an upgrade): who approved it was never checked, so it runs nothing."""
+    for state in ("approved", "pending"):
+        assert replay(record(state=state, scope=None)) == "approval-expired"
+    assert replay(record(state="used", scope=None)) == "approval-used"  # as it says
+    assert replay(record(state="approved", scope=None), keyed=False) == "approval-expired"
 
 
 # -- ids and the request hash -------------------------------------------------------------------

@@ -387,3 +387,18 @@ async def test_the_scope_is_keyed_and_a_row_without_one_is_only_its_requester_s(
         "approval-not-found"
     )
     assert (await approvals.get(POLICY, ASKER, made.approval_id)).scope is None
+
+
+async def test_a_reload_that_binds_the_matched_name_from_another_claim_shares_nothing(
+    approvals: Approvals,
+) -> None:
+    """The digest covers each value's claim and type, not its name alone."""
+    made = await approvals.request(POLICY, cancel(ASKER), ASKER, "req-1")
+    data = POLICY.model.model_dump(by_alias=True, exclude_none=True)
+    data["queries"]["cancel_order"]["params"]["tenant"]["from"] = "claim.org"
+    reloaded = compile_policy(load_policy_data(data, base_dir=EXAMPLE.parent))
+    org_lead = person("00u-lead-5", "support-leads", org="t1")
+    assert await code_of(approvals.get(reloaded, org_lead, made.approval_id)) == (
+        "approval-not-found"
+    )
+    assert await code_of(approvals.get(POLICY, org_lead, made.approval_id)) == "ok"

@@ -197,3 +197,35 @@ def test_policy_test_expects_approval_and_may_approve(
     [suite] = run_case_files([_case_file(tmp_path, expect, claims)], env={})
     [outcome] = suite.outcomes
     assert outcome.passed is passes, outcome.lines
+
+
+def _warnings(data: dict[str, Any]) -> list[str]:
+    from gateway.policy.validate import policy_warnings
+
+    return [msg for _, msg in policy_warnings(compiled(data).model)]
+
+
+def test_a_route_whose_query_binds_no_claim_says_any_approver_decides() -> None:
+    data = _with_approval({"approvers": ["leads"]})
+    data["queries"]["add_thing"]["params"]["tenant"] = {"type": "STRING"}  # from the caller
+    [warning] = [w for w in _warnings(data) if "any approver decides any request" in w]
+    assert "binds no parameter from a claim" in warning and "match: []" in warning
+    data["routes"][1]["approval"]["match"] = []  # said so: no warning
+    assert not [w for w in _warnings(data) if "any approver" in w]
+    assert not [w for w in _warnings(_with_approval({"approvers": ["leads"]})) if "approv" in w]
+
+
+@pytest.mark.parametrize("claim", ["groups", "dept"])
+def test_a_matched_claim_that_roles_test_is_warned_of(claim: str) -> None:
+    data = _with_approval({"approvers": ["leads"]})
+    data["roles"]["finance"] = [{"claims": {"dept": "finance"}}]
+    data["queries"]["add_thing"]["params"]["kind"] = {
+        "type": "ARRAY<STRING>" if claim == "groups" else "STRING", "from": f"claim.{claim}"
+    }  # fmt: skip
+    data["queries"]["add_thing"]["sql"] = (
+        "INSERT INTO Things (Tenant, Id, Size, Kind) VALUES (@tenant, @id, @size, @kind)"
+    )
+    [warning] = [w for w in _warnings(data) if "which roles test" in w]
+    assert f"parameter kind is bound from claim.{claim}, which roles test" in warning
+    data["routes"][1]["approval"]["match"] = ["tenant"]
+    assert not [w for w in _warnings(data) if "which roles test" in w]

@@ -250,6 +250,7 @@ def test_init_db_creates_the_gateways_tables_once(
     out = capsys.readouterr().out
     assert "SpangateIdempotency: exists" in out and "SpangateApprovals: exists" in out
     assert added in out  # a table of an older version gains its columns; a no-op here
+    assert "CREATE INDEX IF NOT EXISTS SpangateApprovalsByScope" in out
     tables = query_rows(
         demo_database, "sginit",
         "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = 'SpangateIdempotency'",
