@@ -3,7 +3,9 @@ the OpenID provider. Support asks to cancel an order (202 approval-required, not
 support lead (another principal) approves it, the requester repeats the call with Approval-Id and
 it runs once; every other replay is refused with its code; concurrent replays: one wins; a
 rejection, an expiry (a policy whose ttl is 2s), /approvals for approvers, MCP, and the audit
-events linked by the approval id."""
+events linked by the approval id. The tests of ``server`` run on both dialects: the GoogleSQL
+shop and the PostgreSQL one (``policy.example.postgresql.yaml``, its approvals table and list
+in that dialect)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from served import EXAMPLE_POLICY, Served, served
+
+from gateway.dev.database import create_database, load_demo_sql
+from gateway.policy.compiled import compile_policy
+from gateway.policy.load import load_policy
+from gateway.spanner.ddl import shipped_ddl
+
+REPO = EXAMPLE_POLICY.parent
 
 Token = Callable[..., str]
 
@@ -77,9 +86,41 @@ def _events_of(server: Served, request_id: str) -> list[dict[str, Any]]:
     return found
 
 
-@pytest.fixture(scope="module")
-def server(example_server: Served) -> Served:
-    return example_server
+PG_POLICY = EXAMPLE_POLICY.with_name("policy.example.postgresql.yaml")
+PG_DATABASE = "shoppgapprovals"
+
+
+@pytest.fixture(scope="module", params=["googlesql", "postgresql"])
+def server(
+    request: pytest.FixtureRequest,
+    demo_database: str,
+    idp: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    audit_key: str,
+) -> Iterator[Served]:
+    """The example policy served in either dialect: the GoogleSQL shop of the session, or the
+    PostgreSQL shop (``policy.example.postgresql.yaml``) in a database of its own, made as
+    ``make demo DIALECT=postgresql`` makes it (``init-db``'s tables, the approvals' included)."""
+    folder = tmp_path_factory.mktemp(f"approvals-{request.param}")
+    if request.param == "googlesql":
+        with served(folder, database=demo_database, issuer=idp.issuer, audit_key=audit_key) as it:
+            yield it
+        return
+    ddl, dml = load_demo_sql(REPO, "postgresql")
+    policy = compile_policy(load_policy(PG_POLICY, env={"OKTA_ISSUER": idp.issuer}))
+    create_database(
+        demo_database, project="demo-project", instance="demo", database=PG_DATABASE,
+        ddl=[*ddl, *shipped_ddl(policy)], dml=dml, dialect="postgresql",
+    )  # fmt: skip
+    with served(
+        folder,
+        database=demo_database,
+        issuer=idp.issuer,
+        audit_key=audit_key,
+        policy=PG_POLICY,
+        env={"SPANGATE_SPANNER_DATABASE": PG_DATABASE},
+    ) as it:
+        yield it
 
 
 def test_a_cancellation_waits_for_a_lead_and_runs_once(server: Served, token_for: Token) -> None:
@@ -309,12 +350,21 @@ def test_an_approval_expires_and_so_does_a_pending_request(
     assert _status(base, support, order) == "OPEN"
 
 
-def test_init_db_prints_the_approvals_table(repo: Path) -> None:
+@pytest.mark.parametrize(
+    ("policy", "table", "added"),
+    [
+        (EXAMPLE_POLICY, "CREATE TABLE IF NOT EXISTS SpangateApprovals (", True),
+        (PG_POLICY, 'CREATE TABLE IF NOT EXISTS "SpangateApprovals" (', False),
+    ],
+)
+def test_init_db_prints_the_approvals_table(policy: Path, table: str, added: bool) -> None:
+    """In the policy's dialect; GoogleSQL also adds Scope to an older table, PostgreSQL's has it
+    from the start."""
     import subprocess
     import sys
 
     printed = subprocess.run(
-        [sys.executable, "-m", "gateway", "init-db", "--policy", str(EXAMPLE_POLICY), "--print"],
+        [sys.executable, "-m", "gateway", "init-db", "--policy", str(policy), "--print"],
         capture_output=True,
         text=True,
         env={"OKTA_ISSUER": "http://127.0.0.1:1/x", "PATH": "/usr/bin:/bin"},
@@ -322,7 +372,11 @@ def test_init_db_prints_the_approvals_table(repo: Path) -> None:
         check=False,
     )
     assert printed.returncode == 0, printed.stderr
-    assert "CREATE TABLE IF NOT EXISTS SpangateApprovals" in printed.stdout
+    assert table in printed.stdout
+    assert ("ADD COLUMN IF NOT EXISTS Scope" in printed.stdout) is added
+    if not added:
+        assert '"Scope" varchar(64),' in printed.stdout
+        assert "TTL INTERVAL '7 days' ON \"ExpiresAt\";" in printed.stdout
 
 
 def test_a_malformed_idempotency_key_is_refused_before_an_approval_is_asked(

@@ -17,6 +17,7 @@
   same values (``scope_of``: a lead of tenant t2 never sees tenant t1's requests), and the list
   selects by the approver's digests.
 
+The table and its list are in the policy's ``spanner.dialect`` (``spanner/approvals.py``).
 Requests and decisions run under the identity of the route's query; reading a request by its id
 or listing them under the first identity (by name) whose query some route's approval guards.
 Spanner not knowing the table: 503 ``approval-table-missing`` (logged: run ``spangate init-db``).
@@ -397,6 +398,7 @@ class Approvals:
                 live=now if state in ("pending", "approved") else None,
                 limit=limit + 1,
                 not_by=(who.iss, who.subject) if state == "pending" else None,
+                dialect=policy.model.spanner.dialect,
             )
 
         with _table_errors(identity, self._role(identity)):

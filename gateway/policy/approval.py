@@ -107,14 +107,6 @@ def approval_findings(
                         "decide any request",
                     )
                 )
-    if policy.spanner.dialect == "postgresql":
-        found.append(
-            (
-                (*where, "approval"),
-                "approvals are not available on a PostgreSQL-dialect database yet: their table "
-                "(SpangateApprovals) and its statements are GoogleSQL (docs/postgresql.md)",
-            )
-        )
     if query is not None and query.pagination is not None:
         found.append(
             (

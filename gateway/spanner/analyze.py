@@ -207,10 +207,11 @@ async def _idempotency_ready(database: Any, dialect: Dialect) -> bool:
     return await _plans(database, sql, param)
 
 
-async def _approvals_ready(database: Any) -> bool:
-    from gateway.spanner.approvals import PROBE_SQL
+async def _approvals_ready(database: Any, dialect: Dialect) -> bool:
+    from gateway.spanner.approvals import probe_sql
 
-    return await _plans(database, PROBE_SQL, "id")
+    sql, param = probe_sql(dialect)
+    return await _plans(database, sql, param)
 
 
 async def _plans(database: Any, sql: str, param: str) -> bool:
@@ -377,7 +378,7 @@ async def analyze_policy(policy: CompiledPolicy, databases: Databases) -> Analys
         identity = route.query.model.identity
         if route.model.approval is not None and identity not in approving:
             async with asyncio.timeout(PLAN_TIMEOUT_SECONDS):
-                approving[identity] = await _approvals_ready(databases.aio(identity))
+                approving[identity] = await _approvals_ready(databases.aio(identity), dialect)
             if not approving[identity]:
                 log.warning(
                     "identity %s cannot read the approvals table: calls to routes with an "

@@ -15,6 +15,9 @@ Contract:
   run under the identity of the route's query.
 - Rows go ``ROW_TTL_DAYS`` after they expired (Spanner's row deletion policy); the audit trail
   keeps the history.
+- Both dialects (``ddl(dialect)``, ``list_sql``, ``probe_sql``): in a PostgreSQL-dialect database
+  the table is ``PG_DDL``, its names quoted, so the reads and mutations by key name it as in
+  GoogleSQL; only the SQL statements (the list, the start-up probe) are written per dialect.
 """
 
 from __future__ import annotations
@@ -25,14 +28,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.approvals.record import ApprovalRecord
+from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = [
     "COLUMNS",
     "DDL",
     "LIST_SQL",
+    "PG_DDL",
+    "PG_LIST_SQL",
+    "PG_PROBE_SQL",
+    "PROBE_SQL",
     "TABLE",
+    "ddl",
     "insert",
     "list_rows",
+    "list_sql",
+    "probe_sql",
     "read",
     "update",
 ]
@@ -73,6 +84,39 @@ DDL: tuple[str, ...] = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}ByScope ON {TABLE} (Scope, State, CreatedAt)",
 )
 
+# The same table in a PostgreSQL-dialect database: its names quoted (their case kept), so reads
+# and mutations by key name it as in GoogleSQL. No ALTER TABLE for Scope: approvals came to this
+# dialect after approval.match, so no PostgreSQL-dialect table was ever made without it (a later
+# column would come as GoogleSQL's does: the emulator takes PostgreSQL's `ALTER TABLE "T" ADD
+# COLUMN IF NOT EXISTS "C" varchar(64)`).
+PG_DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS "{TABLE}" (
+  "ApprovalId" varchar(32) NOT NULL,
+  "State" varchar(16) NOT NULL,
+  "Issuer" varchar NOT NULL,
+  "Iss" varchar NOT NULL,
+  "Subject" varchar NOT NULL,
+  "Actors" varchar[] NOT NULL,
+  "Route" varchar NOT NULL,
+  "Query" varchar NOT NULL,
+  "RequestHash" varchar(64) NOT NULL,
+  "Params" varchar NOT NULL,
+  "Approvers" varchar[] NOT NULL,
+  "RequestId" varchar NOT NULL,
+  "CreatedAt" timestamptz NOT NULL,
+  "ExpiresAt" timestamptz NOT NULL,
+  "DecidedAt" timestamptz,
+  "DeciderIss" varchar,
+  "DeciderSubject" varchar,
+  "Reason" varchar,
+  "UsedAt" timestamptz,
+  "UsedBy" varchar,
+  "Scope" varchar(64),
+  PRIMARY KEY ("ApprovalId")
+) TTL INTERVAL '{ROW_TTL_DAYS} days' ON "ExpiresAt\"""",
+    f'CREATE INDEX IF NOT EXISTS "{TABLE}ByScope" ON "{TABLE}" ("Scope", "State", "CreatedAt")',
+)
+
 COLUMNS: tuple[str, ...] = (
     "ApprovalId", "State", "Issuer", "Iss", "Subject", "Actors", "Route", "Query",
     "RequestHash", "Params", "Approvers", "RequestId", "CreatedAt", "ExpiresAt", "DecidedAt",
@@ -91,6 +135,34 @@ LIST_SQL = (
 # What the start-up check plans (an identity that cannot read it is warned about).
 # (Scope too: a table from before approval.match lacks it until init-db runs again.)
 PROBE_SQL = f"SELECT ApprovalId, Scope FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
+
+# The same two in PostgreSQL: placeholders by position, bound as p1, p2... The list's are
+# $1 state, $2 scopes, $3 live, $4 iss, $5 sub, $6 limit (``_PG_NAMES``).
+_PG_SELECT = ", ".join(f'"{c}"' for c in COLUMNS)
+PG_LIST_SQL = (
+    f'SELECT {_PG_SELECT} FROM "{TABLE}" '  # noqa: S608 - constant names only
+    'WHERE "State" = $1 AND "Scope" = ANY($2) '
+    'AND ($3::timestamptz IS NULL OR "ExpiresAt" > $3) '
+    'AND ($4::varchar IS NULL OR NOT ("Iss" = $4 AND "Subject" = $5)) '
+    'ORDER BY "CreatedAt", "ApprovalId" LIMIT $6'
+)
+_PG_NAMES = {"state": "p1", "scopes": "p2", "live": "p3", "iss": "p4", "sub": "p5", "limit": "p6"}
+PG_PROBE_SQL = f'SELECT "ApprovalId", "Scope" FROM "{TABLE}" WHERE "ApprovalId" = $1'  # noqa: S608
+
+
+def ddl(dialect: Dialect) -> tuple[str, ...]:
+    """The table's DDL in ``dialect``."""
+    return PG_DDL if dialect == POSTGRESQL else DDL
+
+
+def list_sql(dialect: Dialect) -> str:
+    """The approvers' list in ``dialect`` (``list_rows`` binds its parameters)."""
+    return PG_LIST_SQL if dialect == POSTGRESQL else LIST_SQL
+
+
+def probe_sql(dialect: Dialect) -> tuple[str, str]:
+    """What the start-up check plans in ``dialect``, and its one (STRING) parameter's name."""
+    return (PG_PROBE_SQL, "p1") if dialect == POSTGRESQL else (PROBE_SQL, "id")
 
 
 def _record(row: Sequence[Any]) -> ApprovalRecord:
@@ -178,29 +250,36 @@ async def list_rows(
     live: dt.datetime | None,
     limit: int,
     not_by: tuple[str, str] | None = None,
+    dialect: Dialect = GOOGLESQL,
 ) -> list[ApprovalRecord]:
     """Rows in ``state`` whose Scope is one of ``scopes`` (``live``: only those expiring after
-    it; ``not_by``: not requested by this iss and subject), oldest first, at most ``limit``."""
+    it; ``not_by``: not requested by this iss and subject), oldest first, at most ``limit``;
+    the statement in ``dialect``."""
     from google.cloud.spanner_v1 import param_types
 
+    params: dict[str, Any] = {
+        "state": state,
+        "scopes": list(scopes),
+        "live": live,
+        "limit": limit,
+        "iss": not_by[0] if not_by else None,
+        "sub": not_by[1] if not_by else None,
+    }
+    types: dict[str, Any] = {
+        "iss": param_types.STRING,
+        "sub": param_types.STRING,
+        "state": param_types.STRING,
+        "scopes": param_types.Array(param_types.STRING),  # type: ignore[no-untyped-call]
+        "live": param_types.TIMESTAMP,
+        "limit": param_types.INT64,
+    }
+    if dialect == POSTGRESQL:  # $k travels as pk
+        params = {_PG_NAMES[name]: value for name, value in params.items()}
+        types = {_PG_NAMES[name]: value for name, value in types.items()}
     stream = await snapshot.execute_sql(
-        LIST_SQL,
-        params={
-            "state": state,
-            "scopes": list(scopes),
-            "live": live,
-            "limit": limit,
-            "iss": not_by[0] if not_by else None,
-            "sub": not_by[1] if not_by else None,
-        },
-        param_types={
-            "iss": param_types.STRING,
-            "sub": param_types.STRING,
-            "state": param_types.STRING,
-            "scopes": param_types.Array(param_types.STRING),  # type: ignore[no-untyped-call]
-            "live": param_types.TIMESTAMP,
-            "limit": param_types.INT64,
-        },
+        list_sql(dialect),
+        params=params,
+        param_types=types,
         request_options={"request_tag": "spangate approval list"},
     )
     return [_record(row) async for row in stream]

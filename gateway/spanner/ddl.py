@@ -28,7 +28,9 @@ def _idempotency(policy: CompiledPolicy) -> list[str]:
 
 def _approvals(policy: CompiledPolicy) -> list[str]:
     """The approvals table, when a route waits for approval."""
-    return list(approvals.DDL) if any(r.model.approval for r in policy.routes) else []
+    if not any(r.model.approval for r in policy.routes):
+        return []
+    return list(approvals.ddl(policy.model.spanner.dialect))
 
 
 SOURCES: list[Callable[[CompiledPolicy], list[str]]] = [

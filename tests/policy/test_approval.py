@@ -100,12 +100,22 @@ def test_a_parameter_bound_from_the_requester_s_own_sub_cannot_be_matched(claim:
     assert compiled(data).routes[1].model.approval is not None
 
 
-def test_a_postgresql_dialect_policy_cannot_ask_for_approvals_yet() -> None:
-    data = _with_approval({"approvers": ["leads"]})
-    data["spanner"] = {"dialect": "postgresql"}
+def test_a_postgresql_dialect_policy_asks_for_approvals_as_a_googlesql_one() -> None:
+    from gateway.policy.approval import match_names
+
+    pg = compile_policy(load_policy(EXAMPLE.with_name("policy.example.postgresql.yaml"), env={}))
+    route = next(r for r in pg.routes if r.query_name == "cancel_order")
+    gsql = next(r for r in POLICY.routes if r.query_name == "cancel_order")
+    assert route.model.approval is not None and route.model.approval == gsql.model.approval
+    assert (route.model.method, route.template) == (gsql.model.method, gsql.template)
+    assert match_names(route.model.approval, route.query.model.params) == ("tenant",)
+    # the loader's checks are the dialect's too: a match on the requester's own sub is refused
+    data = pg.model.model_dump(by_alias=True, exclude_none=True)
+    cancel = data["queries"]["cancel_order"]
+    cancel["params"]["owner"] = {"type": "varchar", "from": "claim.sub"}
+    cancel["sql"] = cancel["sql"].replace("status IN", "customer_id <> $3 AND status IN")
     problems = _problems(data)
-    assert "routes[1].approval: approvals are not available on a PostgreSQL-dialect" in problems
-    assert "routes[1].approval" in problems
+    assert "approval: parameter owner of query cancel_order is bound from claim.sub" in problems
 
 
 def test_approval_is_refused_on_a_paginated_query_s_route() -> None:

@@ -1,7 +1,8 @@
 """The approvals table missing: the start-up analysis says so (``approvals_ready``, a warning),
 every call that needs the table answers 503 ``approval-table-missing`` (problem+json, audited,
 nothing run), and a reload runs the same analysis again: SIGHUP's after ``spangate init-db``
-made the table (calls then ask for approval), and a changed policy's that adds an approval."""
+made the table (calls then ask for approval), and a changed policy's that adds an approval; the
+same in a PostgreSQL-dialect database."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from spanner_stack import (
 
 from gateway.app import Gateway
 from gateway.spanner.approvals import DDL as APPROVALS_DDL
+from gateway.spanner.approvals import PG_DDL as APPROVALS_PG_DDL
 
 TABLE = ["CREATE TABLE Tickets (Id INT64 NOT NULL, Status STRING(16)) PRIMARY KEY (Id)"]
 SEED = ["INSERT INTO Tickets (Id, Status) VALUES (1, 'OPEN'), (2, 'OPEN')"]
+SEED_PG = ["INSERT INTO tickets (id, status) VALUES (1, 'OPEN'), (2, 'OPEN')"]
 
 POLICY = """\
 identities:
@@ -202,3 +205,66 @@ async def test_an_ask_that_could_not_be_stored_spends_no_budget(
     async with gateway_on(tmp_path, demo_database, text, issuer=idp.issuer) as (_app, http):
         for _ in range(3):
             _missing(await http.post("/tickets/1/close", json={}, headers=asker))
+
+
+PG_TABLE = ['CREATE TABLE tickets (id int8 NOT NULL, status varchar(16), PRIMARY KEY (id))']
+PG_POLICY = """\
+identities:
+  writer: {database_role: tickets_writer}
+queries:
+  close:
+    identity: writer
+    sql: UPDATE tickets SET status = 'CLOSED' WHERE id = $1 RETURNING id AS "Id", status AS "Status"
+    params:
+      id: {type: int8}
+routes:
+  - path: "/tickets/{id}/close"
+    method: POST
+    query: close
+    allow: [tester]
+    approval:
+      approvers: [writer]
+"""
+
+
+async def test_a_postgresql_database_without_the_table_answers_503_until_init_db(
+    demo_database: str, idp: Any, tmp_path: Path, token_for: Token
+) -> None:
+    """The same in a PostgreSQL-dialect database: Spanner's words for the missing table (the
+    insert's, the list's ``relation ... does not exist``) are mapped alike, and once init-db's
+    PostgreSQL table exists a request is asked, listed, approved and run."""
+    name = "pgnoapprovals"
+    make_database(demo_database, name, PG_TABLE, SEED_PG, dialect="postgresql")
+    text = policy_text(name, PG_POLICY).replace(
+        f"database: {name}}}", f"database: {name}, dialect: postgresql}}"
+    )
+    assert "dialect: postgresql" in text
+    asker, approver = bearer(token_for("support-console")), bearer(token_for("order-writer"))
+    async with gateway_on(tmp_path, demo_database, text, issuer=idp.issuer) as (app, http):
+        assert _ready(app) == {"writer": False}  # the probe, in PostgreSQL
+        _missing(await http.post("/tickets/1/close", json={}, headers=asker))
+        _missing(await http.get("/approvals", headers=approver))
+        _missing(await http.get(f"/approvals/{'1' * 32}", headers=approver))
+        assert query_rows(demo_database, name, "SELECT status FROM tickets WHERE id = 1") == [
+            ["OPEN"]
+        ]
+
+        apply_ddl(demo_database, name, APPROVALS_PG_DDL)  # what init-db runs in this dialect
+        assert await app.reloader.reload(reanalyse=True) is True
+        assert _ready(app) == {"writer": True}
+        asked = await http.post("/tickets/1/close", json={}, headers=asker)
+        assert asked.status_code == 202, asked.text
+        approval = asked.json()["approval"]["id"]
+        listed = await http.get("/approvals", headers=approver)
+        assert [a["id"] for a in listed.json()["approvals"]] == [approval]
+        decided = await http.post(f"/approvals/{approval}/approve", json={}, headers=approver)
+        assert decided.status_code == 200, decided.text
+        ran = await http.post(
+            "/tickets/1/close", json={}, headers={**asker, "Approval-Id": approval}
+        )
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["rows"] == [{"Id": 1, "Status": "CLOSED"}]
+        used = await http.post(
+            "/tickets/1/close", json={}, headers={**asker, "Approval-Id": approval}
+        )
+        assert (used.status_code, used.json()["code"]) == (409, "approval-used")

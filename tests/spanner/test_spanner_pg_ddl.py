@@ -1,5 +1,6 @@
 """The database side of a PostgreSQL-dialect policy: `spangate grants` in the dialect's syntax,
-and `init-db`'s tables in the dialect (applied on the real emulator)."""
+and `init-db`'s tables (Idempotency-Key, approvals, audit) in the dialect (applied on the real
+emulator)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from google.api_core import exceptions as gexc
 from google.cloud.spanner_v1 import COMMIT_TIMESTAMP
 from spanner_stack import INSTANCE, PROJECT, apply_ddl, make_database, query_rows
 
+from gateway.approvals.record import ApprovalRecord
 from gateway.audit.spanner_sink import COLUMNS, audit_table_ddl
 from gateway.cli import main
 from gateway.dev.database import emulator_client, split_statements
 from gateway.policy.compiled import compile_policy
 from gateway.policy.load import load_policy
-from gateway.spanner import grants, idempotency
+from gateway.spanner import approvals, grants, idempotency
 from gateway.spanner.ddl import shipped_ddl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +51,16 @@ def test_grants_are_written_in_the_postgresql_dialect() -> None:
         'GRANT SELECT("tenant_id", "order_id", "item_id", "sku", "quantity", '
         '"unit_price_cents") ON TABLE "order_items" TO "shop_reader"',
         'CREATE ROLE "shop_writer"',
+        'GRANT SELECT("tenant_id", "order_id", "status") ON TABLE "orders" TO "shop_writer"',
         'GRANT INSERT ON TABLE "orders" TO "shop_writer"',
+        'GRANT UPDATE ON TABLE "orders" TO "shop_writer"',
+        # cancel_order waits for approval: its identity reads and writes the approvals table
+        'GRANT SELECT("ApprovalId", "State", "Issuer", "Iss", "Subject", "Actors", "Route", '
+        '"Query", "RequestHash", "Params", "Approvers", "RequestId", "CreatedAt", "ExpiresAt", '
+        '"DecidedAt", "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope") ON '
+        'TABLE "SpangateApprovals" TO "shop_writer"',
+        'GRANT INSERT ON TABLE "SpangateApprovals" TO "shop_writer"',
+        'GRANT UPDATE ON TABLE "SpangateApprovals" TO "shop_writer"',
         'GRANT SELECT("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt") ON '
         'TABLE "SpangateIdempotency" TO "shop_writer"',
         'GRANT INSERT ON TABLE "SpangateIdempotency" TO "shop_writer"',
@@ -80,7 +91,7 @@ def test_a_postgresql_schema_folds_unquoted_names_and_keeps_quoted_ones() -> Non
 
 def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) -> None:
     statements = [*shipped_ddl(_policy()), audit_table_ddl("SpangateAudit", "postgresql")]
-    assert statements[0] == idempotency.PG_DDL[0]
+    assert statements[:2] == [idempotency.PG_DDL[0], approvals.PG_DDL[0]]
     make_database(demo_database, "pgddl", statements, dialect="postgresql")
     tables = query_rows(
         demo_database,
@@ -88,9 +99,17 @@ def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) 
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
         "ORDER BY table_name",
     )
-    assert tables == [["SpangateAudit"], ["SpangateIdempotency"]]
-    # The audit sink and the Idempotency-Key record write by mutations, naming them as in
-    # GoogleSQL (the quoted names keep their case), with a commit timestamp.
+    assert tables == [["SpangateApprovals"], ["SpangateAudit"], ["SpangateIdempotency"]]
+    # its row deletion policy, as the emulator keeps it
+    kept = query_rows(
+        demo_database,
+        "pgddl",
+        "SELECT row_deletion_policy_expression FROM information_schema.tables "
+        "WHERE table_name = 'SpangateApprovals'",
+    )
+    assert kept == [["INTERVAL '7 DAYS' ON \"ExpiresAt\""]], kept
+    # The audit sink, the Idempotency-Key record and the approvals write by mutations, naming
+    # them as in GoogleSQL (the quoted names keep their case), with a commit timestamp.
     client = emulator_client(demo_database, project=PROJECT)
     session = client.instance(INSTANCE).database("pgddl").session()
     session.create()
@@ -107,14 +126,23 @@ def test_init_db_creates_the_gateways_tables_in_the_dialect(demo_database: str) 
         )  # fmt: skip
 
     session.run_in_transaction(write)
+    request = ApprovalRecord(
+        approval_id="a" * 32, state="pending", issuer="okta", iss="https://idp", subject="s",
+        actors=("agent",), route="POST /v1/orders/{order_id}/cancel", query="cancel_order",
+        request_hash="h" * 64, params={"order_id": "O-1", "tenant": "t1"},
+        approvers=("support-leads",), request_id="r", created_at=now,
+        expires_at=now + dt.timedelta(minutes=15), scope="s" * 64,
+    )  # fmt: skip
+    session.run_in_transaction(lambda transaction: approvals.insert(transaction, request))
     with contextlib.suppress(Exception):
         session.delete()
     counts = query_rows(
         demo_database,
         "pgddl",
-        'SELECT (SELECT count(*) FROM "SpangateAudit"), (SELECT count(*) FROM "SpangateIdempotency")',
+        'SELECT (SELECT count(*) FROM "SpangateAudit"), (SELECT count(*) FROM "SpangateIdempotency"),'
+        ' (SELECT count(*) FROM "SpangateApprovals")',
     )
-    assert counts == [[1, 1]]
+    assert counts == [[1, 1, 1]]
 
 
 def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
@@ -139,15 +167,27 @@ def test_the_init_db_and_grants_commands_on_a_postgresql_database(
     policy = str(REPO / "policy.example.postgresql.yaml")
     run = [sys.executable, "-m", "gateway", "init-db", "--policy", policy]
     first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and "SpangateIdempotency: created" in first.stdout, first.stderr
+    assert first.returncode == 0, first.stderr
+    assert "SpangateIdempotency: created" in first.stdout
+    assert "SpangateApprovals: created" in first.stdout
     again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and "SpangateIdempotency: exists" in again.stdout, again.stderr
+    assert again.returncode == 0, again.stderr
+    assert "SpangateIdempotency: exists" in again.stdout
+    assert "SpangateApprovals: exists" in again.stdout
+    # nothing else runs again but the list's index, a no-op once there (no ALTER TABLE in PG)
+    applied = [line for line in again.stdout.splitlines() if line.endswith(": applied")]
+    assert applied == [
+        'CREATE INDEX IF NOT EXISTS "SpangateApprovalsByScope" ON "SpangateApprovals" '
+        '("Scope", "State", "CreatedAt"): applied'
+    ], again.stdout
     # grants from the live schema (information_schema's 'public' tables) in the dialect
     run = [sys.executable, "-m", "gateway", "grants", "--policy", policy]
     printed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert 'GRANT INSERT ON TABLE "orders" TO "shop_writer";' in printed.stdout
     assert 'ON TABLE "SpangateIdempotency" TO "shop_writer";' in printed.stdout
+    assert 'GRANT UPDATE ON TABLE "SpangateApprovals" TO "shop_writer";' in printed.stdout
+    assert '"UsedBy", "Scope") ON TABLE "SpangateApprovals" TO "shop_writer";' in printed.stdout
     # --check: the emulator answers NotFound for information_schema.enabled_roles (GoogleSQL's
     # INFORMATION_SCHEMA.ROLES: InvalidArgument); both are "no fine-grained access control"
     checked = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, timeout=60)
