@@ -302,6 +302,29 @@ def test_dns_rebinding_protection(served: tuple[str, Path], token_for: Callable[
     assert local.status_code == 200, local.text
 
 
+ORIGINS = ("http://localhost:3000", "http://evil.example")  # allowed, not allowed
+
+
+@pytest.mark.parametrize("origins", [ORIGINS, ORIGINS[::-1], (ORIGINS[0], ORIGINS[0])])
+def test_more_than_one_origin_header_is_refused(
+    served: tuple[str, Path], token_for: Callable[..., str], origins: tuple[str, str]
+) -> None:
+    """The SDK's check reads only the first Origin: the door refuses a second one, in either
+    order, even the same allowed origin twice (a browser sends one)."""
+    base, audit = served
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", f"Bearer {token_for('order-agent')}"),
+        *(("Origin", origin) for origin in origins),
+    ]
+    answer = httpx.post(f"{base}/mcp", json=LIST, headers=headers, timeout=30)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["code"] == "origin-not-allowed"
+    event = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert event["status"]["message"] == "origin-not-allowed"
+
+
 def test_both_protocol_revisions_are_answered(
     served: tuple[str, Path], token_for: Callable[..., str]
 ) -> None:

@@ -260,9 +260,9 @@ class McpEndpoint:
     async def _enter(
         self, scope: Scope, receive: Receive, active: Active, request: Request
     ) -> tuple[Principal, bytes]:
-        """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
-        audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
-        the refusal. The token and the body."""
+        """The door's checks, in order: method (405), Host (421), Origin (403: at most one
+        header, an allowed one), token (401; its audience when SPANGATE_MCP_AUDIENCE is set),
+        media type (415), body (413/408); raises the refusal. The token and the body."""
         settings = self.gateway.settings
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
@@ -272,6 +272,11 @@ class McpEndpoint:
             )
         # strictly, before anything uses it (the 401's challenge)
         request_host(settings, scope, self.security.allowed_hosts)
+        if sum(1 for k, _ in headers if k == b"origin") > 1:  # the SDK reads only the first
+            raise Forbidden(
+                "a request to /mcp carries at most one Origin header",
+                code="origin-not-allowed",
+            )
         refused = await self._guard.validate_request(request, is_post=False)
         if refused is not None:
             if refused.status_code == 421:
