@@ -26,16 +26,20 @@ from typing import TYPE_CHECKING, Any
 import mcp_types as types
 from mcp.server._streamable_http_modern import _SingleExchangeDispatchContext
 from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_one
+from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
+from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import (
     handler_exception_to_error_data,
     progress_token_from_params,
 )
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from gateway import __version__
@@ -66,9 +70,12 @@ from gateway.http import (
 from gateway.mcp.handlers import DOOR_STATE, Door, Handlers, door_of, new_mcp_call
 from gateway.mcp.hosts import public_base, request_host, security_settings, setting_items
 from gateway.mcp.messages import (
-    json_of,
+    envelope_refusal,
     malformed_tool_call,
+    params_problem,
+    parse_error,
     plain_tool_call,
+    read_json,
     single_tool_call,
     tool_result_body,
 )
@@ -93,6 +100,22 @@ def _audience_of(principal: Principal) -> set[str]:
     return set()
 
 
+async def _params_in_words(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware (around the SDK runner's params validation and handler): a pydantic
+    refusal of the request's params is -32602 with a message naming each member and what it
+    must be (``params_problem``) instead of the SDK's bare "Invalid request parameters"; any
+    other error, as the SDK maps it."""
+    try:
+        return await call_next(ctx)
+    except ValidationError:
+        problem = params_problem(ctx.method, ctx.protocol_version, ctx.params)
+        if problem is None:  # not the params (or no model of them): the SDK's answer
+            raise
+        raise MCPError(code=types.INVALID_PARAMS, message=problem) from None
+
+
 class McpEndpoint:
     """The ASGI app of ``/mcp`` (``Gateway`` routes the path here)."""
 
@@ -112,8 +135,10 @@ class McpEndpoint:
             on_call_tool=self.handlers.call_tool,
         )
         # The SDK wraps every message in an OpenTelemetry span of its own (~0.1 ms per call even
-        # with no tracer configured); the gateway's own request path is what is traced.
-        self.server.middleware = []
+        # with no tracer configured); the gateway's own request path is what is traced. Params a
+        # method's model refuses are told in words (``params_problem``), not the SDK's
+        # "Invalid request parameters".
+        self.server.middleware = [_params_in_words]
         self.manager = self._manager()
         self._running: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -176,7 +201,10 @@ class McpEndpoint:
             error = GatewayError("an unexpected error occurred; see the logs for this request id")
             await self._refuse(scope, send, rid, active, error)
             return
-        parsed = json_of(body)
+        parsed, unparsable = read_json(body)
+        if unparsable is not None and check_accept_headers(request)[0]:  # else the SDK's 406
+            await send_response(send, 400, parse_error(unparsable), "application/json", rid)
+            return
         malformed = malformed_tool_call(parsed)
         if malformed is not None:
             await self._answer_malformed(scope, send, rid, active, principal, *malformed)
@@ -185,6 +213,10 @@ class McpEndpoint:
         single = single_tool_call(scope, parsed, request)
         if single is not None:
             await self._serve_one(scope, send, rid, *single)
+            return
+        refusal = envelope_refusal(scope, parsed, request)
+        if refusal is not None:
+            await send_response(send, 400, refusal, "application/json", rid)
             return
         sent = False
 
