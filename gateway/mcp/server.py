@@ -14,7 +14,10 @@
 
 A refusal at the door is a problem+json answer with its stable code, audited like any call; so
 is a ``tools/call`` the SDK would refuse before any tool runs (``messages.malformed_tool_call``:
-its JSON-RPC error, answered here).
+its JSON-RPC error, answered here). Protocol errors are JSON-RPC errors, not audited: a body that
+is no strict JSON (``messages.read_json``, the HTTP routes' reader: -32700, 400), a
+handshake-era body that is no JSON-RPC message (``messages.envelope_refusal``), params a
+method's schema refuses (``_params_in_words``), each naming the member, never pydantic's text.
 """
 
 from __future__ import annotations
