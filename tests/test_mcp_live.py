@@ -302,6 +302,29 @@ def test_dns_rebinding_protection(served: tuple[str, Path], token_for: Callable[
     assert local.status_code == 200, local.text
 
 
+ORIGINS = ("http://localhost:3000", "http://evil.example")  # allowed, not allowed
+
+
+@pytest.mark.parametrize("origins", [ORIGINS, ORIGINS[::-1], (ORIGINS[0], ORIGINS[0])])
+def test_more_than_one_origin_header_is_refused(
+    served: tuple[str, Path], token_for: Callable[..., str], origins: tuple[str, str]
+) -> None:
+    """The SDK's check reads only the first Origin: the door refuses a second one, in either
+    order, even the same allowed origin twice (a browser sends one)."""
+    base, audit = served
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", f"Bearer {token_for('order-agent')}"),
+        *(("Origin", origin) for origin in origins),
+    ]
+    answer = httpx.post(f"{base}/mcp", json=LIST, headers=headers, timeout=30)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["code"] == "origin-not-allowed"
+    event = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
+    assert event["status"]["message"] == "origin-not-allowed"
+
+
 def test_both_protocol_revisions_are_answered(
     served: tuple[str, Path], token_for: Callable[..., str]
 ) -> None:
@@ -735,3 +758,188 @@ def test_the_gateways_answer_to_a_plain_call_is_the_sdk_runners(
         assert without_request_ids({**events[0][part], "latency": None}) == without_request_ids(
             {**events[1][part], "latency": None}
         )
+
+
+def post_bytes(base: str, body: bytes, token: str, version: str, **headers: str) -> httpx.Response:
+    sent = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": version,
+        "Authorization": f"Bearer {token}",
+        **headers,
+    }
+    return httpx.post(f"{base}/mcp", content=body, headers=sent, timeout=30)
+
+
+MODERN_META = (
+    '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+    '"io.modelcontextprotocol/clientCapabilities":{}}'
+)
+NOT_STRICT = {  # what the HTTP routes refuse as body-invalid
+    "duplicate id": '{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list","params":{%s}}',
+    "duplicate method": '{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call",'
+    '"params":{"name":"get_order","arguments":{"order_id":"O-1001"}%s}}',
+    "duplicate argument": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{'
+    '"name":"get_order","arguments":{"order_id":"O-1001","order_id":"O-1002"}%s}}',
+    "NaN argument": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{'
+    '"name":"list_orders","arguments":{"limit":NaN}%s}}',
+    "Infinity argument": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{'
+    '"name":"list_orders","arguments":{"min_total_cents":-Infinity,"limit":Infinity}%s}}',
+}
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28"])
+@pytest.mark.parametrize("case", list(NOT_STRICT))
+def test_a_body_that_is_not_strict_json_is_a_parse_error(
+    served: tuple[str, Path], token_for: Callable[..., str], case: str, version: str
+) -> None:
+    """/mcp reads JSON as strictly as the HTTP routes (no duplicate keys, no NaN/Infinity, at
+    the top level or inside a tool's arguments): the JSON-RPC parse error, 400, no tool run."""
+    base, audit = served
+    meta = ("," + MODERN_META) if version == "2026-07-28" else ""
+    body = (NOT_STRICT[case] % meta).replace("{,", "{").encode()
+    method = "tools/call" if "tools/call" in NOT_STRICT[case] else "tools/list"
+    answer = post_bytes(base, body, token_for("order-agent"), version, **{"Mcp-Method": method})
+    assert answer.status_code == 400, answer.text
+    message = answer.json()
+    assert message["id"] is None and message["error"]["code"] == -32700
+    why = message["error"]["message"]
+    assert why.startswith("Parse error: the body is not valid JSON: ")
+    assert ("appears twice" if case.startswith("duplicate") else "is not JSON") in why, why
+    rid = answer.headers["x-request-id"]
+    assert rid not in audit.read_text()  # refused before any tool ran (as any protocol error)
+
+
+def test_strict_json_still_answers(served: tuple[str, Path], token_for: Callable[..., str]) -> None:
+    """The same bodies without the duplicate or the literal are answered (the test above fails
+    for what it says)."""
+    base, _ = served
+    token = token_for("order-agent")
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_orders",'
+        b'"arguments":{"limit":1,"min_total_cents":0}}}'
+    )
+    answer = post_bytes(base, body, token, "2025-11-25")
+    assert answer.status_code == 200 and answer.json()["result"]["isError"] is False
+    # a parse error does not pre-empt the SDK's 406 (no acceptable Accept)
+    duplicate = b'{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list"}'
+    refused = post_bytes(base, duplicate, token, "2025-11-25", Accept="text/event-stream")
+    assert refused.status_code == 406, refused.text
+
+
+INTERNALS = (
+    "pydantic",
+    "input_value",
+    "input_type",
+    "type=",
+    "validation error",
+    "Meta",
+    "JSONRPC",
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        # the envelope (the SDK's handshake-era transport: 400, -32602)
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": "cursor"},
+            400,
+            "params must be an object (or absent)",
+        ),
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
+            400,
+            "params must be an object (or absent)",
+        ),
+        ({"jsonrpc": "2.0", "id": 1, "method": 5}, 400, "method must be a string"),
+        (
+            {"jsonrpc": "2.0", "id": 1},
+            400,
+            "a JSON-RPC message needs a method (a request or notification)",
+        ),
+        (
+            [LIST],
+            400,
+            "the body must be one JSON-RPC message, an object (batches are not supported)",
+        ),
+        ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, 400, 'jsonrpc must be "2.0"'),
+        # a method's params (the SDK's runner: 200, -32602)
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": 5}},
+            200,
+            "params.cursor must be a string",
+        ),
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": []}},
+            200,
+            "params.capabilities must be an object; params.clientInfo is required; "
+            "params.protocolVersion is required",
+        ),
+        (
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "get_order", "arguments": {}, "_meta": 5},
+            },
+            200,
+            "params._meta must be an object",
+        ),
+        (
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "get_order", "_meta": {"progressToken": 1.5}},
+            },
+            200,
+            "params._meta.progressToken must be a string or an integer",
+        ),
+        # tools/call's own members (the door: tool-call-invalid)
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {}}},
+            200,
+            "tools/call's name must be a string: the tool's name",
+        ),
+        (
+            call("get_order", ["O-1001"]),
+            200,
+            "tools/call's arguments must be an object (or absent)",
+        ),
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "get_order"},
+            200,
+            "tools/call needs params: an object with the tool's name and arguments",
+        ),
+    ],
+)
+def test_protocol_errors_name_the_member_without_pydantic_internals(
+    served: tuple[str, Path],
+    token_for: Callable[..., str],
+    body: Any,
+    status: int,
+    message: str,
+) -> None:
+    base, _ = served
+    answer = raw_post(base, body, token=token_for("order-agent"))  # type: ignore[arg-type]
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == -32602
+    assert error["message"] == message
+    for internal in INTERNALS:
+        assert internal not in answer.text, answer.text
+
+
+def test_the_modern_revisions_params_errors_name_the_member_too(
+    served: tuple[str, Path], token_for: Callable[..., str]
+) -> None:
+    base, _ = served
+    body = (
+        '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":5,' + MODERN_META + "}}"
+    )
+    answer = post_bytes(
+        base, body.encode(), token_for("order-agent"), "2026-07-28", **{"Mcp-Method": "tools/list"}
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == {"code": -32602, "message": "params.cursor must be a string"}

@@ -38,7 +38,10 @@ could not be asked).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
 import time
 from collections import Counter, OrderedDict
@@ -74,6 +77,55 @@ _ACCEPTED_TYP = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+j
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # RFC 7515 7.1
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"the member {name!r} appears twice")
+        out[name] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(data: bytes | str) -> Any:
+    """JSON as the gateway reads every body: no member twice in an object (which one would
+    count is every reader's guess), no NaN/Infinity literals; else ValueError."""
+    return json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+
+
+class _StrictJWT(jwt.PyJWT):
+    """pyjwt, its claims read by ``_strict_json`` (``_decode_payload`` is pyjwt's documented
+    override point): a token with a claim twice is a ``DecodeError``, never the last one
+    silently. Only a token's first sight parses: verified tokens are cached."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = _strict_json(decoded["payload"])
+        except (ValueError, RecursionError) as exc:
+            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
+_JWT = _StrictJWT()
+
+
+def _check_header_members(token: str) -> None:
+    """The JOSE header (which pyjwt has decoded already) read strictly too (``_strict_json``):
+    a member twice (two ``alg``, two ``kid``) is ``token-malformed``."""
+    segment = token.split(".", 1)[0]
+    try:
+        _strict_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        raise AuthError(
+            f"the token cannot be decoded: Invalid header string: {exc}", code="token-malformed"
+        ) from None
 
 
 def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_bytes: int) -> str:
@@ -191,9 +243,10 @@ class TokenVerifier:
     # -- JWTs ---------------------------------------------------------------------------------
     async def _verify_jwt(self, token: str, now: float) -> tuple[Principal, float | None]:
         try:
-            parsed = jwt.decode_complete(token, options={"verify_signature": False})
+            parsed = _JWT.decode_complete(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token cannot be decoded: {exc}", code="token-malformed") from exc
+        _check_header_members(token)
         header: dict[str, Any] = parsed["header"]
         unverified: dict[str, Any] = parsed["payload"]
         iss = unverified.get("iss")
@@ -253,6 +306,7 @@ class TokenVerifier:
     ) -> dict[str, Any]:
         audiences = list(runtime.config.audiences)
         try:
+            # pyjwt's own reader: _verify_jwt read these very bytes strictly (_JWT) already
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,

@@ -14,7 +14,10 @@
 
 A refusal at the door is a problem+json answer with its stable code, audited like any call; so
 is a ``tools/call`` the SDK would refuse before any tool runs (``messages.malformed_tool_call``:
-its JSON-RPC error, answered here).
+its JSON-RPC error, answered here). Protocol errors are JSON-RPC errors, not audited: a body that
+is no strict JSON (``messages.read_json``, the HTTP routes' reader: -32700, 400), a
+handshake-era body that is no JSON-RPC message (``messages.envelope_refusal``), params a
+method's schema refuses (``_params_in_words``), each naming the member, never pydantic's text.
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ from typing import TYPE_CHECKING, Any
 import mcp_types as types
 from mcp.server._streamable_http_modern import _SingleExchangeDispatchContext
 from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_one
+from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
+from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import (
     handler_exception_to_error_data,
     progress_token_from_params,
 )
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from gateway import __version__
@@ -66,9 +73,12 @@ from gateway.http import (
 from gateway.mcp.handlers import DOOR_STATE, Door, Handlers, door_of, new_mcp_call
 from gateway.mcp.hosts import public_base, request_host, security_settings, setting_items
 from gateway.mcp.messages import (
-    json_of,
+    envelope_refusal,
     malformed_tool_call,
+    params_problem,
+    parse_error,
     plain_tool_call,
+    read_json,
     single_tool_call,
     tool_result_body,
 )
@@ -93,6 +103,22 @@ def _audience_of(principal: Principal) -> set[str]:
     return set()
 
 
+async def _params_in_words(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware (around the SDK runner's params validation and handler): a pydantic
+    refusal of the request's params is -32602 with a message naming each member and what it
+    must be (``params_problem``) instead of the SDK's bare "Invalid request parameters"; any
+    other error, as the SDK maps it."""
+    try:
+        return await call_next(ctx)
+    except ValidationError:
+        problem = params_problem(ctx.method, ctx.protocol_version, ctx.params)
+        if problem is None:  # not the params (or no model of them): the SDK's answer
+            raise
+        raise MCPError(code=types.INVALID_PARAMS, message=problem) from None
+
+
 class McpEndpoint:
     """The ASGI app of ``/mcp`` (``Gateway`` routes the path here)."""
 
@@ -112,8 +138,10 @@ class McpEndpoint:
             on_call_tool=self.handlers.call_tool,
         )
         # The SDK wraps every message in an OpenTelemetry span of its own (~0.1 ms per call even
-        # with no tracer configured); the gateway's own request path is what is traced.
-        self.server.middleware = []
+        # with no tracer configured); the gateway's own request path is what is traced. Params a
+        # method's model refuses are told in words (``params_problem``), not the SDK's
+        # "Invalid request parameters".
+        self.server.middleware = [_params_in_words]
         self.manager = self._manager()
         self._running: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -176,7 +204,10 @@ class McpEndpoint:
             error = GatewayError("an unexpected error occurred; see the logs for this request id")
             await self._refuse(scope, send, rid, active, error)
             return
-        parsed = json_of(body)
+        parsed, unparsable = read_json(body)
+        if unparsable is not None and check_accept_headers(request)[0]:  # else the SDK's 406
+            await send_response(send, 400, parse_error(unparsable), "application/json", rid)
+            return
         malformed = malformed_tool_call(parsed)
         if malformed is not None:
             await self._answer_malformed(scope, send, rid, active, principal, *malformed)
@@ -185,6 +216,10 @@ class McpEndpoint:
         single = single_tool_call(scope, parsed, request)
         if single is not None:
             await self._serve_one(scope, send, rid, *single)
+            return
+        refusal = envelope_refusal(scope, parsed, request)
+        if refusal is not None:
+            await send_response(send, 400, refusal, "application/json", rid)
             return
         sent = False
 
@@ -260,9 +295,9 @@ class McpEndpoint:
     async def _enter(
         self, scope: Scope, receive: Receive, active: Active, request: Request
     ) -> tuple[Principal, bytes]:
-        """The door's checks, in order: method (405), Host (421), Origin (403), token (401; its
-        audience when SPANGATE_MCP_AUDIENCE is set), media type (415), body (413/408); raises
-        the refusal. The token and the body."""
+        """The door's checks, in order: method (405), Host (421), Origin (403: at most one
+        header, an allowed one), token (401; its audience when SPANGATE_MCP_AUDIENCE is set),
+        media type (415), body (413/408); raises the refusal. The token and the body."""
         settings = self.gateway.settings
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
@@ -272,6 +307,11 @@ class McpEndpoint:
             )
         # strictly, before anything uses it (the 401's challenge)
         request_host(settings, scope, self.security.allowed_hosts)
+        if sum(1 for k, _ in headers if k == b"origin") > 1:  # the SDK reads only the first
+            raise Forbidden(
+                "a request to /mcp carries at most one Origin header",
+                code="origin-not-allowed",
+            )
         refused = await self._guard.validate_request(request, is_post=False)
         if refused is not None:
             if refused.status_code == 421:

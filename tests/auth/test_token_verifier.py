@@ -200,6 +200,72 @@ async def test_tampered_signature_and_foreign_key(world: World, rsa: Key) -> Non
     assert await world.code(impostor.sign(claims(now=NOW))) == "signature-invalid"
 
 
+def sign_raw(key: Key, header: str, payload: str) -> str:
+    """A token signed by ``key`` over exactly this header and payload JSON text (pyjwt's encoder
+    cannot write a member twice)."""
+    segments = [
+        base64.urlsafe_b64encode(part.encode()).rstrip(b"=").decode() for part in (header, payload)
+    ]
+    signing_input = ".".join(segments).encode()
+    signature = jwt.get_algorithm_by_name(key.alg).sign(signing_input, key.private)
+    return f"{signing_input.decode()}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+HEADER = '{"alg": "RS256", "kid": "rsa-1", "typ": "JWT"}'
+
+
+def with_member(document: dict[str, Any], extra: str) -> str:
+    """``document``'s JSON with ``extra`` (raw JSON members) appended: a member twice."""
+    return json.dumps(document)[:-1] + ", " + extra + "}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        with_member(claims(now=NOW, tenant="t1"), '"tenant": "t2"'),
+        with_member(claims(now=NOW), '"groups": ["admin"]'),
+        with_member(claims(now=NOW), '"sub": "user-2"'),
+        with_member(claims(now=NOW), f'"aud": "{AUDIENCE}"'),  # even the same value
+        with_member(claims(now=NOW), '"act": {"sub": "a", "sub": "b"}'),  # nested
+        with_member(claims(now=NOW), '"tenant": NaN'),
+    ],
+)
+async def test_a_claim_twice_is_refused_not_the_last_one_taken(
+    world: World, rsa: Key, payload: str
+) -> None:
+    """Signed by the issuer's own key: the signature is good, the claims are ambiguous."""
+    try:
+        await world.verify(sign_raw(rsa, HEADER, payload))
+    except AuthError as exc:
+        assert exc.code == "token-malformed"
+        assert "appears twice" in exc.detail or "NaN is not JSON" in exc.detail, exc.detail
+    else:
+        raise AssertionError("a token with a claim twice was accepted")
+    # the same token with each member once verifies (the refusal is the duplicate's)
+    once = json.dumps(json.loads(payload.replace("NaN", '"t"')))
+    assert await world.code(sign_raw(rsa, HEADER, once)) == "ok"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"alg": "HS256", "alg": "RS256", "kid": "rsa-1"}',
+        '{"alg": "RS256", "kid": "other", "kid": "rsa-1"}',
+        '{"alg": "RS256", "kid": "rsa-1", "typ": "JWT", "typ": "JWT"}',
+    ],
+)
+async def test_a_header_member_twice_is_refused(world: World, rsa: Key, header: str) -> None:
+    token = sign_raw(rsa, header, json.dumps(claims(now=NOW)))
+    try:
+        await world.verify(token)
+    except AuthError as exc:
+        assert exc.code == "token-malformed" and "appears twice" in exc.detail, exc.detail
+    else:
+        raise AssertionError("a token with a header member twice was accepted")
+    once = json.dumps(json.loads(header))
+    assert await world.code(sign_raw(rsa, once, json.dumps(claims(now=NOW)))) == "ok"
+
+
 @pytest.mark.parametrize("header", ["jwk", "jku", "x5u", "x5c"])
 async def test_key_headers_are_never_used(world: World, header: str) -> None:
     attacker = rsa_key("attacker")

@@ -15,9 +15,14 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.http import dumps
 from gateway.mcp.messages import (
+    NOT_JSON,
     PLAIN_RESULT_VERSIONS,
+    envelope_refusal,
     json_of,
+    params_problem,
+    parse_error,
     plain_tool_call,
+    read_json,
     single_tool_call,
     tool_result_body,
 )
@@ -158,3 +163,55 @@ def test_floats_answer_the_same_numbers() -> None:
     ours = json.loads(tool_result_body(1, answer, False))
     assert ours == json.loads(sdk_answer("2025-11-25", 1, answer, False))
     assert json.loads(ours["result"]["content"][0]["text"]) == answer
+
+
+# -- strict JSON and protocol errors in words (read_json, envelope_refusal, params_problem) -----
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id":1,"id":1}',
+        b'{"params":{"arguments":{"a":{"b":1,"b":2}}}}',
+        b'{"params":{"arguments":{"a":NaN}}}',
+        b"[Infinity]",
+        b"[-Infinity]",
+        b'["\\ud800"]',
+    ],
+)
+def test_the_door_reads_json_as_strictly_as_the_http_routes(raw: bytes) -> None:
+    value, why = read_json(raw)
+    assert value is NOT_JSON and why is not None and why.startswith("the body is not valid")
+    assert json_of(raw) is NOT_JSON
+    error = json.loads(parse_error(why))
+    assert error == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32700, "message": error["error"]["message"]},
+    }
+    assert error["error"]["message"] == f"Parse error: {why}"
+
+
+def test_only_the_handshake_era_envelope_is_answered_by_the_door() -> None:
+    batch = [CALL]
+    refusal = envelope_refusal(scope(), batch)
+    assert refusal is not None and json.loads(refusal)["error"]["code"] == -32602
+    assert envelope_refusal(scope("2026-07-28"), batch) is None  # the SDK's modern answer
+    assert envelope_refusal(scope(accept="text/event-stream"), batch) is None  # its 406
+    assert envelope_refusal(scope(), CALL) is None  # a message
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "problem"),
+    [
+        ("tools/list", {"cursor": ["a"]}, "params.cursor must be a string"),
+        ("tools/list", {"cursor": "a"}, None),
+        ("tools/list", None, None),
+        ("tools/call", {}, "params.name is required"),
+        ("ping", {"_meta": []}, "params._meta must be an object"),
+        ("resources/read", {"uri": 5}, "params.uri must be a string"),
+        ("no/such", {"x": 1}, None),  # the SDK's -32601
+    ],
+)
+def test_params_problems_name_the_member(method: str, params: Any, problem: str | None) -> None:
+    assert params_problem(method, "2025-11-25", params) == problem
