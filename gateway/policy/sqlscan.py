@@ -160,9 +160,9 @@ def _read_at(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
     """A ``@name`` parameter, a ``@@name`` system variable or the ``@`` of a ``@{…}`` hint."""
     nxt = sql[i + 1 : i + 2]
     if nxt == "@":
-        end = _identifier_end(sql, i + 2)
-        if end == i + 2:
+        if sql[i + 2 : i + 3] not in IDENT_START:  # a name: not "@@0x1F" (found by the fuzz)
             raise fail(sql, i, "'@@' must be followed by a system variable name")
+        end = _identifier_end(sql, i + 2)
         return Token("sysvar", sql[i + 2 : end], i), end
     if nxt == "{":
         return Token("hint", "@", i), i + 1
