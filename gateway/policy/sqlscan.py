@@ -38,8 +38,10 @@ comments, whitespace is ASCII only: a Unicode space (U+00A0, U+2003, …) is ref
 Anything the tokenizer cannot accept raises ``SqlProblem`` (a ValueError) whose message says what
 and where (line and column within the statement): an empty statement, more than one statement (a
 ``;`` followed by anything but whitespace and comments), a statement that is neither a query nor
-DML, an unterminated string, quoted identifier or comment, a stray ``@``, a character refused
-above.
+DML, an unterminated string, quoted identifier or comment, a stray ``@`` (or ``@@`` before
+anything but a name), a character refused above, and a comment marker (``--``, ``/*``, ``*/``,
+``#``) inside or touching a token that is not quoted text: ``@`a--b` `` (a parameter whose
+name is quoted with backticks), ``2*/*c*/3``, a ``*/`` with no comment open (``sqltoken.scan``).
 """
 
 from __future__ import annotations
