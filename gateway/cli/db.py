@@ -120,8 +120,9 @@ def _grants(args: argparse.Namespace) -> int:
     database = None
     try:
         if args.schema is not None:
+            dialect = policy.model.spanner.dialect
             catalog = grants.catalog_from_ddl(
-                split_statements(args.schema.read_text("utf-8")), policy.model.spanner.dialect
+                split_statements(args.schema.read_text("utf-8"), dialect), dialect
             )
         else:
             database = _database(settings, target)

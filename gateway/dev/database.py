@@ -158,57 +158,149 @@ def create_database(
 
 
 _LINE_END = re.compile(r"[\r\n]")
+_DIALECTS: Final = ("googlesql", "postgresql")
+# PostgreSQL: $$ or $tag$ opens a dollar-quoted string (a tag is a name without '$').
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
 
 
-def split_statements(sql_text: str) -> list[str]:
-    """Split SQL text into statements on ``;``, dropping comments and blank statements.
+def _line(text: str, i: int) -> int:
+    return text.count("\n", 0, i) + 1
 
-    ``--`` and ``#`` comments run to the end of the line and ``/* ... */``
-    comments to their close; all are removed (a comment becomes one space).
-    Semicolons and comment markers inside single-, double- or back-quoted
-    strings (including triple-quoted ones, with backslash escapes) are kept.
-    Returned statements are stripped and have no trailing ``;``. Raises
-    ValueError on an unterminated string or block comment.
+
+def _googlesql_quoted_end(text: str, i: int) -> int | None:
+    """The index past the string or backtick-quoted name opening at ``i`` (GoogleSQL: ``'``,
+    ``"``, triple-quoted, backslash escapes), or None when none opens there."""
+    ch = text[i]
+    if ch not in "'\"`":
+        return None
+    quote = text[i : i + 3] if text[i : i + 3] == ch * 3 else ch
+    j = i + len(quote)
+    while True:
+        if j >= len(text) or (len(quote) == 1 and text[j] == "\n"):
+            raise ValueError(f"unterminated string literal starting on line {_line(text, i)}")
+        if text[j] == "\\":
+            j += 2
+            continue
+        if text.startswith(quote, j):
+            return j + len(quote)
+        j += 1
+
+
+def _doubled_quote_end(text: str, i: int, quote: str, *, backslash: bool, what: str) -> int:
+    """The index past the ``quote``-quoted text whose quote is at ``i``; a doubled quote is one
+    quote inside, and with ``backslash`` (an E'' string) a backslash escapes the next character."""
+    j = i + 1
+    while j < len(text):
+        c = text[j]
+        if backslash and c == "\\":
+            j += 2
+            continue
+        if c == quote:
+            if text.startswith(quote * 2, j):
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    raise ValueError(f"unterminated {what} starting on line {_line(text, i)}")
+
+
+def _postgresql_token_end(text: str, i: int) -> int | None:
+    """The index past the PostgreSQL token at ``i`` that may hold ``;``, a comment marker or a
+    quote as text (a string, a quoted name, a dollar-quoted string), or past a whole name or
+    placeholder (so that ``a$$b`` and ``somE'x'`` are not read as quotes); None otherwise."""
+    ch = text[i]
+    if ch == "'":
+        return _doubled_quote_end(text, i, "'", backslash=False, what="string literal")
+    if ch == '"':
+        return _doubled_quote_end(text, i, '"', backslash=False, what="quoted identifier")
+    if ch == "$":
+        if text[i + 1 : i + 2].isdigit():  # a placeholder, $1
+            j = i + 1
+            while j < len(text) and text[j].isdigit():
+                j += 1
+            return j
+        tag = _DOLLAR_TAG.match(text, i)
+        if tag is None:
+            return None
+        close = text.find(tag.group(0), tag.end())
+        if close < 0:
+            raise ValueError(
+                f"unterminated dollar-quoted string starting on line {_line(text, i)}"
+            )
+        return close + len(tag.group(0))
+    if ch.isascii() and not (ch.isalpha() or ch == "_"):
+        return None
+    nxt = text[i + 1 : i + 2]
+    if ch in "eE" and nxt == "'":  # E'...': backslash escapes
+        return _doubled_quote_end(text, i + 1, "'", backslash=True, what="string literal")
+    if ch in "bBxXnN" and nxt == "'":
+        return _doubled_quote_end(text, i + 1, "'", backslash=False, what="string literal")
+    if ch in "uU" and nxt == "&" and text[i + 2 : i + 3] in ("'", '"'):
+        quote = text[i + 2]
+        what = "string literal" if quote == "'" else "quoted identifier"
+        return _doubled_quote_end(text, i + 2, quote, backslash=False, what=what)
+    j = i + 1
+    while j < len(text) and (text[j].isalnum() or text[j] in "_$" or not text[j].isascii()):
+        j += 1
+    return j
+
+
+def _block_comment_end(text: str, i: int, *, nested: bool) -> int:
+    depth, j = 1, i + 2
+    while depth:
+        closes = text.find("*/", j)
+        if closes < 0:
+            raise ValueError(f"unterminated /* comment starting on line {_line(text, i)}")
+        opens = text.find("/*", j) if nested else -1
+        if 0 <= opens < closes:
+            depth, j = depth + 1, opens + 2
+        else:
+            depth, j = depth - 1, closes + 2
+    return j
+
+
+def split_statements(sql_text: str, dialect: str) -> list[str]:
+    """Split SQL text of ``dialect`` (``googlesql`` or ``postgresql``) into statements on ``;``,
+    dropping comments and blank statements.
+
+    ``--`` comments (and, in GoogleSQL, ``#`` ones) run to the end of the line and ``/* ... */``
+    comments to their close (PostgreSQL's nest: ``/* a /* b */ c */`` is one); all are removed
+    (a comment becomes one space). Semicolons and comment markers inside quoted text are kept:
+    GoogleSQL's single-, double- or back-quoted strings and names (triple-quoted ones included,
+    with backslash escapes); PostgreSQL's ``'...'`` strings (``''`` inside for a quote, a
+    backslash an ordinary character), ``E'...'`` strings (backslash escapes), ``B''``, ``X''``,
+    ``N''`` and ``U&''`` strings, ``"..."`` names (``""`` inside) and dollar-quoted strings
+    (``$$...$$``, ``$tag$...$tag$``). In PostgreSQL ``#`` is an operator, not a comment.
+    Returned statements are stripped and have no trailing ``;``. Raises ValueError on an
+    unknown dialect, an unterminated string, quoted name or block comment.
     """
+    if dialect not in _DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}: expected googlesql or postgresql")
+    pg = dialect == "postgresql"
+    line_comments = ("--",) if pg else ("--", "#")
     statements: list[str] = []
     current: list[str] = []
     i, n = 0, len(sql_text)
     while i < n:
         ch = sql_text[i]
-        if ch in "'\"`":
-            quote = sql_text[i : i + 3] if sql_text[i : i + 3] == ch * 3 else ch
-            j = i + len(quote)
-            while True:
-                if j >= n or (len(quote) == 1 and sql_text[j] == "\n"):
-                    line = sql_text.count("\n", 0, i) + 1
-                    raise ValueError(f"unterminated string literal starting on line {line}")
-                if sql_text[j] == "\\":
-                    j += 2
-                    continue
-                if sql_text.startswith(quote, j):
-                    j += len(quote)
-                    break
-                j += 1
-            current.append(sql_text[i:j])
-            i = j
-        elif ch == "#" or sql_text.startswith("--", i):
+        if sql_text.startswith(line_comments, i):
             found = _LINE_END.search(sql_text, i)  # both dialects end a comment at \r or \n
             i = n if found is None else found.start()  # keep the line break itself
             current.append(" ")
-        elif sql_text.startswith("/*", i):
-            end = sql_text.find("*/", i + 2)
-            if end == -1:
-                line = sql_text.count("\n", 0, i) + 1
-                raise ValueError(f"unterminated /* comment starting on line {line}")
-            i = end + 2
+            continue
+        if sql_text.startswith("/*", i):
+            i = _block_comment_end(sql_text, i, nested=pg)
             current.append(" ")
-        elif ch == ";":
+            continue
+        if ch == ";":
             statements.append("".join(current))
             current = []
             i += 1
-        else:
-            current.append(ch)
-            i += 1
+            continue
+        end = _postgresql_token_end(sql_text, i) if pg else _googlesql_quoted_end(sql_text, i)
+        end = i + 1 if end is None else end
+        current.append(sql_text[i:end])
+        i = end
     statements.append("".join(current))
     return [s.strip() for s in statements if s.strip()]
 
@@ -222,6 +314,6 @@ def load_demo_sql(repo_dir: Path, dialect: str = "googlesql") -> tuple[list[str]
     """
     pg = dialect == "postgresql"
     schema, seed = (PG_SCHEMA_FILE, PG_SEED_FILE) if pg else (SCHEMA_FILE, SEED_FILE)
-    ddl = split_statements((repo_dir / schema).read_text(encoding="utf-8"))
-    dml = split_statements((repo_dir / seed).read_text(encoding="utf-8"))
+    ddl = split_statements((repo_dir / schema).read_text(encoding="utf-8"), dialect)
+    dml = split_statements((repo_dir / seed).read_text(encoding="utf-8"), dialect)
     return ddl, dml

@@ -27,7 +27,11 @@ and comments is never taken for a parameter, a keyword or a statement separator:
   ``$k`` itself when fewer are declared (the loader refuses it, naming both). A ``$k`` followed
   by a letter is refused, as PostgreSQL refuses it;
 - ``@name`` is GoogleSQL's parameter: refused, naming the ``$k`` to write instead. ``@`` before
-  anything but a name is an operator, as ``#`` is (PostgreSQL has no ``#`` comments).
+  anything but a name is an operator, as ``#`` is (PostgreSQL has no ``#`` comments);
+- numbers are digits, an optional ``.`` and digits, an optional exponent with digits; a number
+  followed by a letter, ``_`` or another character of a name is refused as Spanner refuses it
+  ("trailing junk after numeric literal", measured on the emulator): ``1x``, ``1e``, ``1e-``,
+  ``1.e``, ``0x1F`` (no hexadecimal numbers), ``1_000`` (no digit separators).
 """
 
 from __future__ import annotations
@@ -262,6 +266,7 @@ _LEXICON = Lexicon(
         "@": _read_at,
     },
     non_ascii=_read_name,  # any non-ASCII character starts a name (a Unicode space was refused)
+    strict_numbers=True,  # "1x", "1e", "0x1F", "1_000": trailing junk (sqltoken.strict_number_end)
 )
 
 

@@ -38,8 +38,10 @@ comments, whitespace is ASCII only: a Unicode space (U+00A0, U+2003, …) is ref
 Anything the tokenizer cannot accept raises ``SqlProblem`` (a ValueError) whose message says what
 and where (line and column within the statement): an empty statement, more than one statement (a
 ``;`` followed by anything but whitespace and comments), a statement that is neither a query nor
-DML, an unterminated string, quoted identifier or comment, a stray ``@``, a character refused
-above.
+DML, an unterminated string, quoted identifier or comment, a stray ``@`` (or ``@@`` before
+anything but a name), a character refused above, and a comment marker (``--``, ``/*``, ``*/``,
+``#``) inside or touching a token that is not quoted text: ``@`a--b` `` (a parameter whose
+name is quoted with backticks), ``2*/*c*/3``, a ``*/`` with no comment open (``sqltoken.scan``).
 """
 
 from __future__ import annotations
@@ -160,9 +162,9 @@ def _read_at(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
     """A ``@name`` parameter, a ``@@name`` system variable or the ``@`` of a ``@{…}`` hint."""
     nxt = sql[i + 1 : i + 2]
     if nxt == "@":
-        end = _identifier_end(sql, i + 2)
-        if end == i + 2:
+        if sql[i + 2 : i + 3] not in IDENT_START:  # a name: not "@@0x1F" (found by the fuzz)
             raise fail(sql, i, "'@@' must be followed by a system variable name")
+        end = _identifier_end(sql, i + 2)
         return Token("sysvar", sql[i + 2 : end], i), end
     if nxt == "{":
         return Token("hint", "@", i), i + 1

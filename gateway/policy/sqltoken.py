@@ -9,8 +9,17 @@ dialect's statements alike. ``Dialect`` names the two.
 other space refused outside quoted text, ``unicode_space``), comments (``--`` to the end of the
 line, ``/* … */``), numbers and single-character punctuation. What differs is a dialect's
 ``Lexicon``: which further characters start a comment to the end of the line (GoogleSQL's ``#``)
-and which end it, whether ``/* … */`` comments nest (PostgreSQL), and a reader for each character
-that starts a token of the dialect's own (names, literals, quoted identifiers, parameters).
+and which end it, whether ``/* … */`` comments nest (PostgreSQL), how strictly a number ends
+(PostgreSQL refuses a number followed by a name's character, ``strict_number_end``), and a reader
+for each character that starts a token of the dialect's own (names, literals, quoted identifiers,
+parameters).
+
+Defence in depth against a token read differently here and in Spanner: a token whose text is not
+quoted (every kind but ``QUOTED_TEXT``) may neither hold a comment marker (``--``, ``/*``, ``*/``,
+and the dialect's other line-comment markers: GoogleSQL's ``#``) nor touch one with its first or
+last character (``*/*``): ``scan`` refuses it (``glued_comment_marker``). So ``@`a--b` `` (a
+GoogleSQL parameter quoted with backticks) and an operator glued to a comment are refused, and no
+reader can swallow a comment marker into a name, a number or an operator unnoticed.
 
 Before tokenizing, both refuse any character a reader and Spanner may not see alike: control
 characters (Unicode Cc) other than tab and line feed (so CR, VT, FF, NEL), format characters (Cf:
@@ -33,6 +42,7 @@ __all__ = [
     "IDENT_CHARS",
     "IDENT_START",
     "POSTGRESQL",
+    "QUOTED_TEXT",
     "Dialect",
     "Lexicon",
     "Reader",
@@ -41,10 +51,13 @@ __all__ = [
     "SqlProblem",
     "Token",
     "TokenKind",
+    "comment_markers",
     "fail",
+    "glued_comment_marker",
     "number_end",
     "refuse_unclear_characters",
     "scan",
+    "strict_number_end",
     "unicode_space",
 ]
 
@@ -67,6 +80,9 @@ _CONTROL_NAMES = {
 }
 
 TokenKind = Literal["word", "quoted", "string", "number", "param", "sysvar", "hint", "punct"]
+QUOTED_TEXT: frozenset[TokenKind] = frozenset({"quoted", "string"})
+"""The kinds of token whose text is quoted (string literals, quoted identifiers): a comment marker
+inside them is text. Any other token holding or touching one is refused (``scan``)."""
 
 
 class SqlProblem(ValueError):
@@ -174,6 +190,94 @@ def number_end(sql: str, i: int) -> int:
     return j
 
 
+def _junk_end(sql: str, j: int) -> int:
+    while j < len(sql) and (sql[j] in IDENT_CHARS or sql[j] == "$" or sql[j] >= "\x80"):
+        j += 1
+    return j
+
+
+def _starts_name(c: str) -> bool:
+    return c in IDENT_START or (c >= "\x80" and not c.isspace())
+
+
+def strict_number_end(sql: str, i: int) -> int:
+    """The index past the number starting at ``i``, read as Spanner's PostgreSQL dialect reads it:
+    digits, an optional ``.`` and digits (or ``.`` and digits), an optional exponent (``e``, an
+    optional sign, digits). A number followed by a character that starts a name (a letter, ``_``,
+    any non-ASCII character but a space) is refused, as Spanner refuses it ("trailing junk after
+    numeric literal"): ``1x``, ``1e``, ``1e-``, ``1.e``, ``0x1F``, ``1_000``. ``1..2`` is ``1``
+    then ``..`` (PostgreSQL's reading; Spanner then refuses the syntax)."""
+    n = len(sql)
+    j = i
+    while j < n and sql[j] in DIGITS:
+        j += 1
+    if sql.startswith(".", j) and not sql.startswith("..", j):
+        j += 1
+        while j < n and sql[j] in DIGITS:
+            j += 1
+    if j < n and sql[j] in "eE":
+        k = j + 1
+        if sql[k : k + 1] in ("+", "-"):
+            k += 1
+        if sql[k : k + 1] in DIGITS:
+            j = k
+            while j < n and sql[j] in DIGITS:
+                j += 1
+        else:  # an exponent without digits: "1e", "1e-", "1e--" (Spanner: trailing junk)
+            raise _trailing_junk(sql, i, max(_junk_end(sql, j), k))
+    if j < n and _starts_name(sql[j]):
+        raise _trailing_junk(sql, i, _junk_end(sql, j))
+    return j
+
+
+def _trailing_junk(sql: str, i: int, end: int) -> SqlProblem:
+    return fail(
+        sql,
+        i,
+        f"trailing junk after numeric literal {sql[i:end]!r}: Spanner's PostgreSQL dialect "
+        "refuses a number followed by a letter, '_' or another character of a name (no "
+        "hexadecimal 0x1F, no digit separators 1_000, an exponent needs digits: 1e5); put a "
+        "space before a name (1 AS x)",
+    )
+
+
+def comment_markers(line_comments: Sequence[str]) -> tuple[str, ...]:
+    """What starts or ends a comment in a dialect whose line comments start with
+    ``line_comments``: those, ``/*`` and ``*/``."""
+    return tuple(dict.fromkeys(("--", "/*", "*/", *line_comments)))
+
+
+def glued_comment_marker(
+    sql: str, start: int, end: int, markers: Sequence[str]
+) -> tuple[str, int] | None:
+    """A comment marker (and where it starts) that overlaps ``sql[start:end]``: one inside it or
+    one that its first or last character begins or ends (``*`` before ``/``); else None."""
+    for marker in markers:
+        at = sql.find(marker, max(start - len(marker) + 1, 0), end + len(marker) - 1)
+        if at >= 0:
+            return marker, at
+    return None
+
+
+def _refuse_glued_marker(sql: str, start: int, end: int, markers: Sequence[str]) -> None:
+    found = glued_comment_marker(sql, start, end, markers)
+    if found is None:
+        return
+    marker, at = found
+    inside = start <= at and at + len(marker) <= end
+    where = "holds" if inside else "touches"
+    listed = ", ".join(markers)
+    raise fail(
+        sql,
+        at,
+        f"{sql[start:end]!r} {where} the comment marker {marker!r}: outside string literals, "
+        f"quoted names and comments, a comment marker ({listed}) may not be part of a name, "
+        "parameter, number or operator nor touch one, so that no reader (the gateway's or "
+        "Spanner's) can take a comment for SQL or SQL for a comment; put a space between, or "
+        "rename",
+    )
+
+
 Reader = Callable[[str, int, Sequence[str]], tuple[Token, int]]
 """Reads the token starting at index ``i`` of ``sql`` (``params``: the declared parameters, in
 order): that token and the index past it; raises SqlProblem for text the dialect refuses."""
@@ -188,6 +292,8 @@ class Lexicon:
     comment. ``readers``: for an ASCII character that starts a token of the dialect's own, its
     reader; ``non_ascii``: the reader of a token starting with a character past U+007F that is
     not a space (None: a ``punct`` token, as is any character without a reader).
+    ``strict_numbers``: numbers end as ``strict_number_end`` reads them (PostgreSQL), rather than
+    at the first character that is neither a name's nor ``.`` (``number_end``, GoogleSQL).
 
     ``scan`` asks ``readers`` right after whitespace, so no reader may take a character that
     starts anything ``scan`` reads itself (whitespace, a comment, a number): checked here, so
@@ -199,6 +305,7 @@ class Lexicon:
     readers: Mapping[str, Reader]
     non_ascii: Reader | None = None
     hints: bool = False  # ``/*@ … */`` outside a comment is a statement hint, not a comment
+    strict_numbers: bool = False
 
     def __post_init__(self) -> None:
         scanned = SPACE | DIGITS | {".", "/", "-"} | {c[:1] for c in self.line_comments}
@@ -251,19 +358,21 @@ def _hint_end(sql: str, i: int) -> int:
 
 def scan(sql: str, lexicon: Lexicon, params: Sequence[str] = ()) -> list[Token]:
     """The tokens of ``sql`` read by ``lexicon`` (whitespace and comments dropped); ``params``
-    goes to the readers. The caller checked the characters (``refuse_unclear_characters``)."""
+    goes to the readers. The caller checked the characters (``refuse_unclear_characters``).
+    A token that is not ``QUOTED_TEXT`` and holds or touches a comment marker is refused."""
     tokens: list[Token] = []
     readers, line_comments = lexicon.readers, lexicon.line_comments
+    markers = comment_markers(line_comments)
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
         if c in SPACE:
             i += 1
             continue
+        start = i
         reader = readers.get(c)
         if reader is not None:  # a token of the dialect's own
             token, i = reader(sql, i, params)
-            tokens.append(token)
         elif c.isspace():
             problem = unicode_space(sql, i)
             assert problem is not None
@@ -271,19 +380,22 @@ def scan(sql: str, lexicon: Lexicon, params: Sequence[str] = ()) -> list[Token]:
         elif sql.startswith(line_comments, i):
             line_end = lexicon.line_end.search(sql, i)
             i = n if line_end is None else line_end.end()
+            continue
         elif sql.startswith("/*", i):
             if lexicon.hints and sql.startswith("/*@", i):
                 i = _hint_end(sql, i)
             else:
                 i = _comment_end(sql, i, nested=lexicon.nested_comments)
+            continue
         elif c in DIGITS or (c == "." and sql[i + 1 : i + 2] in DIGITS):
-            end = number_end(sql, i)
-            tokens.append(Token("number", sql[i:end], i))
-            i = end
+            i = strict_number_end(sql, i) if lexicon.strict_numbers else number_end(sql, i)
+            token = Token("number", sql[start:i], start)
         elif c >= "\x80" and lexicon.non_ascii is not None:
             token, i = lexicon.non_ascii(sql, i, params)
-            tokens.append(token)
         else:
-            tokens.append(Token("punct", c, i))
+            token = Token("punct", c, i)
             i += 1
+        if token.kind not in QUOTED_TEXT:
+            _refuse_glued_marker(sql, start, i, markers)
+        tokens.append(token)
     return tokens

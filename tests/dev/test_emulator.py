@@ -301,6 +301,7 @@ def test_missing_emulator_says_what_to_install(
 # --- split_statements -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", ["googlesql", "postgresql"])
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -308,18 +309,81 @@ def test_missing_emulator_says_what_to_install(
         ("SELECT 1", ["SELECT 1"]),
         ("-- only a comment;\n\n;;", []),
         ("SELECT 1; -- trailing; comment\nSELECT 2", ["SELECT 1", "SELECT 2"]),
-        ("SELECT 'a;b', \"c;d\", `e;f`;", ["SELECT 'a;b', \"c;d\", `e;f`"]),
         ("SELECT 'a--b' -- c\n;", ["SELECT 'a--b'"]),
+        ("SELECT 'a;b', \"c;d\";", ["SELECT 'a;b', \"c;d\""]),
+        ("SELECT /* a; b */ 1; SELECT 2", ["SELECT   1", "SELECT 2"]),
+    ],
+)
+def test_split_statements_alike_in_both_dialects(
+    text: str, expected: list[str], dialect: str
+) -> None:
+    assert split_statements(text, dialect) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SELECT 'a;b', \"c;d\", `e;f`;", ["SELECT 'a;b', \"c;d\", `e;f`"]),
         ("SELECT 'it\\'s; fine'; SELECT 2", ["SELECT 'it\\'s; fine'", "SELECT 2"]),
         ("SELECT '''x;\ny'''; SELECT 2", ["SELECT '''x;\ny'''", "SELECT 2"]),
         ("SELECT /* a; b */ 1; # hash; comment\nSELECT 2", ["SELECT   1", "SELECT 2"]),
+        ("SELECT 1 /* a /* b */ ; SELECT 2", ["SELECT 1", "SELECT 2"]),  # no nesting
     ],
 )
-def test_split_statements(text: str, expected: list[str]) -> None:
-    assert split_statements(text) == expected
+def test_split_googlesql(text: str, expected: list[str]) -> None:
+    assert split_statements(text, "googlesql") == expected
 
 
-@pytest.mark.parametrize("text", ["SELECT 'open;", "SELECT 1 /* open;", "SELECT 'a\nb'"])
-def test_split_statements_rejects_unterminated(text: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # '#' is an operator, not a comment: the ';' after it ends the statement
+        ("SELECT 1 # 3; SELECT 2", ["SELECT 1 # 3", "SELECT 2"]),
+        ("SELECT $$a;b$$; SELECT $fn$ ; 'x' -- $fn$;", ["SELECT $$a;b$$", "SELECT $fn$ ; 'x' -- $fn$"]),
+        ("SELECT $a$ $b$; $a$; SELECT 2", ["SELECT $a$ $b$; $a$", "SELECT 2"]),
+        ("SELECT 1 /* a /* b; */ c; */; SELECT 2", ["SELECT 1", "SELECT 2"]),  # nested
+        ("SELECT 'it''s; fine'; SELECT 2", ["SELECT 'it''s; fine'", "SELECT 2"]),
+        ("SELECT 'a\\'; SELECT 2", ["SELECT 'a\\'", "SELECT 2"]),  # no backslash escape
+        ("SELECT E'it\\'s; fine'; SELECT 2", ["SELECT E'it\\'s; fine'", "SELECT 2"]),
+        ("SELECT e'\\\\'; SELECT 2", ["SELECT e'\\\\'", "SELECT 2"]),
+        ("SELECT X'1F', B'01', N'a;b', U&'c;d'; SELECT 2",
+         ["SELECT X'1F', B'01', N'a;b', U&'c;d'", "SELECT 2"]),
+        ('SELECT "a"";b" FROM t; SELECT 2', ['SELECT "a"";b" FROM t', "SELECT 2"]),
+        ("SELECT 'a\n;b'; SELECT 2", ["SELECT 'a\n;b'", "SELECT 2"]),  # a line break in a string
+        ("SELECT a$$b, $1; SELECT 2", ["SELECT a$$b, $1", "SELECT 2"]),  # $ in a name
+        ("SELECT somE'x;y'; SELECT 2", ["SELECT somE'x;y'", "SELECT 2"]),  # somE is a name
+        ("SELECT `a;b`", ["SELECT `a", "b`"]),  # a backtick is no quote in PostgreSQL
+    ],
+)  # fmt: skip
+def test_split_postgresql(text: str, expected: list[str]) -> None:
+    assert split_statements(text, "postgresql") == expected
+
+
+@pytest.mark.parametrize(
+    ("dialect", "text"),
+    [
+        ("googlesql", "SELECT 'open;"),
+        ("googlesql", "SELECT 1 /* open;"),
+        ("googlesql", "SELECT 'a\nb'"),
+        ("postgresql", "SELECT 'open;"),
+        ("postgresql", "SELECT E'open\\';"),
+        ("postgresql", 'SELECT "open;'),
+        ("postgresql", "SELECT $t$ open; $T$"),
+        ("postgresql", "SELECT 1 /* a /* b */ ;"),
+    ],
+)
+def test_split_statements_rejects_unterminated(dialect: str, text: str) -> None:
     with pytest.raises(ValueError, match="unterminated"):
-        split_statements(text)
+        split_statements(text, dialect)
+
+
+def test_split_statements_needs_a_known_dialect() -> None:
+    with pytest.raises(ValueError, match="unknown SQL dialect 'mysql'"):
+        split_statements("SELECT 1", "mysql")
+
+
+@pytest.mark.parametrize("dialect", ["googlesql", "postgresql"])
+def test_the_demo_files_split_into_their_statements(dialect: str) -> None:
+    ddl, dml = load_demo_sql(REPO, dialect)
+    assert ddl and all(s.split()[0] == "CREATE" for s in ddl), ddl
+    assert dml and all(s.split()[0] == "INSERT" for s in dml), dml

@@ -209,6 +209,24 @@ def test_sql_params_and_declared_params_must_match(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ("OrderId = @`order--id`", "'@`order--id`' holds the comment marker '--'"),
+        ("OrderId = @order_id*/", "'*' touches the comment marker '*/'"),
+    ],
+)
+def test_a_comment_marker_in_a_token_is_refused_naming_the_query(
+    tmp_path: Path, new: str, message: str
+) -> None:
+    path, text = edited(tmp_path, "OrderId = @order_id", new)
+    found = [p for p in problems(path) if p.where == "queries.get_order.sql"]
+    assert len(found) == 1, found
+    assert located(found[0]) == at(text, "|")
+    assert found[0].message.startswith(message)
+    assert "(SQL line 2, column" in found[0].message
+
+
 def test_a_missing_environment_variable(tmp_path: Path) -> None:
     found = problems(EXAMPLE, env={"OKTA_CLIENT_SECRET": "s"})
     problem = only(found)

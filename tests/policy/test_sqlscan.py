@@ -100,6 +100,9 @@ def test_anything_else_that_is_not_a_query_or_dml_is_refused(sql: str) -> None:
         ("SELECT 1 /* abc", "unterminated comment (SQL line 1, column 10)"),
         ("SELECT `abc", "unterminated quoted identifier"),
         ("SELECT @ x", "'@' must be followed by a parameter name"),
+        ("SELECT @1", "'@' must be followed by a parameter name"),
+        ("SELECT @@ x", "'@@' must be followed by a system variable name"),
+        ("SELECT @@0x1F", "'@@' must be followed by a system variable name"),
     ],
 )
 def test_lexical_errors_say_what_and_where(sql: str, message: str) -> None:

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.policy.sqlscan import SqlProblem, scan_sql, statement_tokens
-from gateway.policy.sqltoken import DIALECTS, GOOGLESQL, POSTGRESQL, Dialect, Lexicon, Token
+from gateway.policy.sqltoken import (
+    DIALECTS,
+    GOOGLESQL,
+    POSTGRESQL,
+    Dialect,
+    Lexicon,
+    Reader,
+    Token,
+)
 
 GSQL, PG = GOOGLESQL, POSTGRESQL
 PARAM = {GSQL: ("@p", "@q"), PG: ("$1", "$2")}
@@ -60,20 +68,22 @@ def test_comment_markers_in_each_dialects_quoted_text_are_text(dialect: Dialect,
 
 
 @pytest.mark.parametrize(
-    ("sql", "googlesql", "postgresql"),
+    "sql",
     [
-        ("SELECT 1 /* a /* b */ {q} */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
+        "SELECT 1 /* a /* b */ {q} */ FROM t WHERE x = {p}",
         # "/*/" opens a comment inside one in PostgreSQL (its "/*" is read first) and, in
         # GoogleSQL, ends the one open (its "*/")
-        ("SELECT 1 /* a /*/ b {q} */ */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
-        ("SELECT 1 /* a /* b */ c /* d */ {q} */ FROM t WHERE x = {p}", ("q", "p"), ("p",)),
+        "SELECT 1 /* a /*/ b {q} */ */ FROM t WHERE x = {p}",
+        "SELECT 1 /* a /* b */ c /* d */ {q} */ FROM t WHERE x = {p}",
     ],
 )
-def test_block_comments_nest_in_postgresql_only(
-    sql: str, googlesql: tuple[str, ...], postgresql: tuple[str, ...]
-) -> None:
-    assert params(sql, GSQL) == googlesql
-    assert params(sql, PG) == postgresql
+def test_block_comments_nest_in_postgresql_only(sql: str) -> None:
+    """PostgreSQL reads one nested comment; GoogleSQL ends the comment at the first ``*/``, reads
+    ``{q}`` as SQL and then meets a ``*/`` outside any comment, which it refuses (a ``*``
+    touching a comment marker): a reader that nested would have hidden ``{q}``."""
+    assert params(sql, PG) == ("p",)
+    with pytest.raises(SqlProblem, match=r"'\*' touches the comment marker '\*/'"):
+        params(sql, GSQL)
 
 
 def test_a_nested_comment_left_open_is_unterminated_in_postgresql_only() -> None:
@@ -230,13 +240,68 @@ def test_a_comment_right_after_a_number_is_a_comment(sql: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_exponents_with_signs_are_still_numbers(dialect: Dialect) -> None:
-    sql = "SELECT 1e-5, 1.5E+10, .5e-3, 2E5, 0x1e, 0X1E FROM t WHERE x = {p}"
+    sql = "SELECT 1e-5, 1.5E+10, .5e-3, 2E5, 1.e-3, 1., 00012 FROM t WHERE x = {p}"
     p, _ = PARAM[dialect]
     numbers = [
         t.text for t in statement_tokens(sql.replace("{p}", p), dialect) if t.kind == "number"
     ]
-    assert numbers == ["1e-5", "1.5E+10", ".5e-3", "2E5", "0x1e", "0X1E"]
+    assert numbers == ["1e-5", "1.5E+10", ".5e-3", "2E5", "1.e-3", "1.", "00012"]
     assert params(sql, dialect) == ("p",)
+
+
+def test_googlesql_reads_hexadecimal_numbers() -> None:
+    sql = "SELECT 0x1e, 0X1E, 0x1F FROM t WHERE x = @p"
+    numbers = [t.text for t in statement_tokens(sql, GSQL) if t.kind == "number"]
+    assert numbers == ["0x1e", "0X1E", "0x1F"]
+    assert params(sql, GSQL) == ("p",)
+
+
+@pytest.mark.parametrize(
+    ("number", "junk"),
+    [
+        ("1x", "1x"),
+        ("1e", "1e"),
+        ("1E", "1E"),
+        ("1e-", "1e-"),
+        ("1e+x", "1e+"),  # as Spanner: the exponent lacks its digits
+        ("1e--", "1e-"),  # not 1e then a comment: Spanner refuses "1e-"
+        ("1.e", "1.e"),
+        ("1.5e", "1.5e"),
+        ("1e5x", "1e5x"),
+        ("1.2x", "1.2x"),
+        ("0x1F", "0x1F"),
+        ("0X1e--", "0X1e"),
+        ("1_000", "1_000"),
+        (".5_0", ".5_0"),
+        ("1é", "1é"),
+    ],
+)
+def test_a_postgresql_number_followed_by_a_name_character_is_trailing_junk(
+    number: str, junk: str
+) -> None:
+    """Spanner's PostgreSQL dialect refuses each of these ("trailing junk after numeric literal",
+    measured on the emulator); GoogleSQL reads its own way (``0x1F`` is a number there)."""
+    sql = "SELECT " + number + "\n FROM t WHERE x = $1"  # noqa: S608
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql(sql, PG, ("p",))
+    assert str(caught.value).startswith(f"trailing junk after numeric literal {junk!r}: ")
+    assert caught.value.offset == len("SELECT ")
+
+
+@pytest.mark.parametrize(
+    ("sql", "numbers"),
+    [
+        ("SELECT 1 AS x, 2+3, 4*5, 6-7, 8/9, 10)", ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]),
+        ("SELECT 1..2", ["1", ".2"]),  # 1 then .. (Spanner: a syntax error at "..")
+        ("SELECT 1.2.3", ["1.2", ".3"]),  # (Spanner: a syntax error at ".3")
+        ("SELECT 1$1", ["1"]),  # 1 then the placeholder $1 (Spanner: a syntax error)
+        ("SELECT 1--c\n", ["1"]),
+        ("SELECT 1/*c*/", ["1"]),
+        ("SELECT 1e5/*c*/", ["1e5"]),
+    ],
+)
+def test_postgresql_numbers_end_where_spanner_ends_them(sql: str, numbers: list[str]) -> None:
+    assert [t.text for t in statement_tokens(sql, PG, ("p",)) if t.kind == "number"] == numbers
 
 
 # --- PostgreSQL statement hints: Spanner reads inside /*@ ... */ (found by review) -------------
@@ -277,3 +342,111 @@ def test_a_postgresql_line_comment_ends_at_a_carriage_return_too() -> None:
 
     texts = [t.text for t in tokenize("SELECT a -- note\rFROM t", ())]
     assert [t.lower() for t in texts[-2:]] == ["from", "t"]
+
+
+# --- a comment marker in or next to a token whose text is not quoted: refused -------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "token", "marker", "where"),
+    [
+        # Spanner reads these as parameters named a--b, a#b (measured on the emulator); the
+        # gateway refuses them: a parameter's name is no quoted text
+        ("SELECT 1 FROM t WHERE x = @`a--b`", "@`a--b`", "--", "holds"),
+        ("SELECT 1 FROM t WHERE x = @`a#b`", "@`a#b`", "#", "holds"),
+        ("SELECT 1 FROM t WHERE x = @`a/*b`", "@`a/*b`", "/*", "holds"),
+        ("SELECT 1 FROM t WHERE x = @`a*/b`", "@`a*/b`", "*/", "holds"),
+        ("SELECT 2*/*c*/3 FROM t", "*", "*/", "touches"),  # * then a comment, or */ then *?
+        ("SELECT 2 /* c */*3 FROM t", "*", "/*", "touches"),
+        ("SELECT 1 FROM t WHERE x = @p */", "*", "*/", "touches"),  # a comment's end, unopened
+    ],
+)
+def test_a_googlesql_token_holding_or_touching_a_comment_marker_is_refused(
+    sql: str, token: str, marker: str, where: str
+) -> None:
+    with pytest.raises(SqlProblem) as caught:
+        scan_sql(sql, GSQL, ("p",))
+    message = str(caught.value)
+    assert message.startswith(f"{token!r} {where} the comment marker {marker!r}: ")
+    assert "(--, /*, */, #)" in message
+    assert sql[caught.value.offset or 0 :].startswith(marker)
+
+
+@pytest.mark.parametrize(
+    ("sql", "marker"),
+    [
+        ("SELECT 2*/*c*/3 FROM t WHERE x = $1", "*/"),
+        ("SELECT 2 /* c */*3 FROM t WHERE x = $1", "/*"),
+        ("SELECT 1 FROM t WHERE x = $1 */", "*/"),
+        ("SELECT 1 /* a /* b */ */ */ FROM t WHERE x = $1", "*/"),  # one */ too many
+    ],
+)
+def test_a_postgresql_token_touching_a_comment_marker_is_refused(sql: str, marker: str) -> None:
+    with pytest.raises(SqlProblem, match=re.escape(f"'*' touches the comment marker {marker!r}")):
+        scan_sql(sql, PG, ("p",))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        (GSQL, "SELECT `a--b`, `c#d`, `e/*f*/` FROM t WHERE x = @p"),
+        (GSQL, "SELECT 2 * /* c */ 3, 4 / 5, 6 - 7, 8 -9 FROM t WHERE x = @p--\n"),
+        (GSQL, "SELECT COUNT(*)/2, t.* FROM t WHERE x = @p/*c*/"),
+        (PG, 'SELECT "a--b", "e/*f*/", 1 # 2, $$*/$$ FROM t WHERE x = $1/*c*/'),
+        (PG, "SELECT 2 * /* c */ 3, 4 / 5, 6 - 7, 8 -9 FROM t WHERE x = $1--\n"),
+    ],
+)
+def test_comment_markers_in_quoted_text_or_apart_from_tokens_are_fine(
+    dialect: Dialect, sql: str
+) -> None:
+    assert scan_sql(sql, dialect, ("p",)).params == ("p",)
+
+
+def test_pound_is_no_comment_marker_in_postgresql() -> None:
+    """``#`` is an operator there: ``1#2`` is three tokens (``#`` a punct) and not refused."""
+    tokens = statement_tokens("SELECT 1#2 FROM t WHERE x = $1", PG, ("p",))
+    assert [t.text for t in tokens[1:4]] == ["1", "#", "2"]
+
+
+def _swallow(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    """A reader that takes everything up to the next space into one operator, comment markers
+    included: what a reader that read a token differently from Spanner could do."""
+    end = sql.find(" ", i)
+    end = len(sql) if end < 0 else end
+    return Token("punct", sql[i:end], i), end
+
+
+def _quote_swallow(sql: str, i: int, params: Sequence[str]) -> tuple[Token, int]:
+    token, end = _swallow(sql, i, params)
+    return Token("string", token.text, i), end
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("1 !--x 2", "'!--x' holds the comment marker '--'"),
+        ("1 !/*x 2", "'!/*x' holds the comment marker '/*'"),
+        ("1 !x*/ 2", "'!x*/' holds the comment marker '*/'"),
+        ("1 !x#y 2", "'!x#y' holds the comment marker '#'"),
+        ("1 !x* 2", None),
+    ],
+)
+def test_the_loop_refuses_a_comment_marker_a_reader_swallowed(sql: str, message: str | None) -> None:
+    """Whatever a dialect's reader returns, the loop checks the text it consumed: a marker in a
+    token that is not QUOTED_TEXT is refused (a reader returning quoted text may hold one)."""
+    from gateway.policy.sqltoken import QUOTED_TEXT, scan
+
+    assert QUOTED_TEXT == {"string", "quoted"}
+
+    def lexicon(reader: Reader) -> Lexicon:
+        return Lexicon(
+            line_comments=("--", "#"), line_end=re.compile(r"\n"), nested_comments=False,
+            readers={"!": reader},
+        )  # fmt: skip
+
+    if message is None:
+        assert [t.text for t in scan(sql, lexicon(_swallow))] == ["1", "!x*", "2"]
+    else:
+        with pytest.raises(SqlProblem, match=re.escape(message)):
+            scan(sql, lexicon(_swallow))
+    assert [t.kind for t in scan(sql, lexicon(_quote_swallow))] == ["number", "string", "number"]

@@ -240,7 +240,7 @@ def test_init_db_creates_the_gateways_tables_once(
     assert main(["init-db", "--policy", str(path), "--print"]) == 0
     printed = capsys.readouterr().out
     assert "CREATE TABLE IF NOT EXISTS SpangateIdempotency" in printed
-    assert split_statements(printed)  # what it prints is runnable DDL
+    assert split_statements(printed, "googlesql")  # what it prints is runnable DDL
     assert main(["init-db", "--policy", str(path)]) == 0
     out = capsys.readouterr().out
     assert "SpangateIdempotency: created" in out and "SpangateApprovals: created" in out

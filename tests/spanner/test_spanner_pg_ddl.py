@@ -36,7 +36,7 @@ def _policy() -> grants.CompiledPolicy:
 
 def _catalog() -> grants.Catalog:
     text = (REPO / "dev" / "schema-postgresql.sql").read_text()
-    return grants.catalog_from_ddl(split_statements(text), "postgresql")
+    return grants.catalog_from_ddl(split_statements(text, "postgresql"), "postgresql")
 
 
 def test_grants_are_written_in_the_postgresql_dialect() -> None:
@@ -156,7 +156,7 @@ def test_the_emulator_refuses_postgresql_roles_as_it_refuses_googlesql_ones(
 def test_the_init_db_and_grants_commands_on_a_postgresql_database(
     demo_database: str, tmp_path: Path
 ) -> None:
-    ddl = split_statements((REPO / "dev" / "schema-postgresql.sql").read_text())
+    ddl = split_statements((REPO / "dev" / "schema-postgresql.sql").read_text(), "postgresql")
     make_database(demo_database, "pginit", ddl, dialect="postgresql")
     env = {
         **os.environ,
