@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -168,6 +169,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (send NaN and Infinity as strings)")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, as Python reads it, but never infinite: ``1e400``
+    would read as ``inf``, the Infinity the reader refuses as a literal."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of a double's range")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -190,13 +200,16 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity literals, no lone surrogates,
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity (nor a number beyond a double's
+    range, such as ``1e400``), no lone surrogates,
     nesting at most ``MAX_JSON_DEPTH`` levels (what binds and audits a value may recurse through
     it). Anything else is a 400 ``body-invalid``, so what the gateway binds and audits is exactly
     what any other JSON reader would see."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys
+        )
         if _too_deep(value, MAX_JSON_DEPTH):
             raise RecursionError
         # A lone surrogate (\\ud800) parses but cannot be encoded: refuse it here, not later.

@@ -32,6 +32,8 @@ def _raw_post(token: str, body: bytes) -> dict[str, Any]:
         b'{"order_id":"O-5","customer_id":"C-1","total_cents":5,"tenant":"\\ud800"}',  # lone surrogate
         b'{"order_id":"O-5","order_id":"O-6","customer_id":"C-1","total_cents":5}',  # duplicate key
         b'{"order_id":"O-5","customer_id":"C-1","total_cents":NaN}',  # not JSON
+        b'{"order_id":"O-5","customer_id":"C-1","total_cents":1e400}',  # Infinity in disguise
+        b'{"order_id":"O-5","customer_id":"C-1","total_cents":-1E+999}',
         b"[" * 5000,  # nests too deeply
         '{"order_id":"O-5"}'.encode("utf-16"),  # not UTF-8
     ],
