@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import audit, db, policy, serve
-from gateway.errors import ConfigError, PolicyError
+from gateway.errors import ConfigError, PolicyError, UsageError
 from gateway.logs import configured
 
 __all__ = ["main"]
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         _report(f"spangate: invalid settings:\n{exc}")
         return 2
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         _report(f"spangate: {exc}")
         return 2
     except (GoogleAuthError, GoogleAPIError) as exc:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.files import read_text
 from gateway.errors import PolicyError
 
 __all__ = ["check_on_database", "register"]
@@ -121,7 +122,7 @@ def _grants(args: argparse.Namespace) -> int:
     try:
         if args.schema is not None:
             catalog = grants.catalog_from_ddl(
-                split_statements(args.schema.read_text("utf-8")), policy.model.spanner.dialect
+                split_statements(read_text(args.schema, "--schema")), policy.model.spanner.dialect
             )
         else:
             database = _database(settings, target)

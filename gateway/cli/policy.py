@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.files import read_text
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
@@ -197,7 +198,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def _json_arg(text: str, what: str) -> Any:
     if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+        text = read_text(Path(text[1:]), what)
     try:
         return json.loads(text)
     except ValueError as exc:

@@ -82,6 +82,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from gateway.dev.demo import run_demo
+    from gateway.dev.demo import DEFAULT_POLICIES, run_demo
+    from gateway.errors import UsageError
 
+    # Before anything starts (the emulator, the provider, Redis): exit 2, no traceback.
+    repo: Path = args.repo
+    if not (repo / "dev").is_dir():
+        raise UsageError(f"--repo {repo}: no dev/ folder there (pass the repository's root)")
+    policy: Path = args.policy or DEFAULT_POLICIES[args.dialect or "googlesql"]
+    if not policy.exists():
+        raise UsageError(f"--policy {policy}: no such file or folder")
     return run_demo(policy=args.policy, port=args.port, repo=args.repo, dialect=args.dialect)
