@@ -127,7 +127,7 @@ def _fail(message: str) -> int:
 def _check(args: argparse.Namespace) -> int:
     policy = _load(args.path, placeholders=not args.database)
     model = policy.model
-    print(
+    ok = (
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
         f"{len(model.roles)} roles, sha256 {policy.sha256[:12]})"
     )
@@ -143,10 +143,11 @@ def _check(args: argparse.Namespace) -> int:
                 "`spangate serve` refuses to start without it",
                 file=sys.stderr,
             )
-    if args.database:
+    if args.database:  # "ok" only once Spanner has accepted every statement too
         from gateway.cli.db import check_on_database
 
-        return check_on_database(policy)
+        return check_on_database(policy, ok_line=ok)
+    print(ok)
     return 0
 
 
