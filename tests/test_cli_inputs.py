@@ -3,14 +3,17 @@ and one line naming the option, the path and why (docs/reference/cli.md), never 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.cli import main
+from gateway.settings import Settings, settings_problems
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = str(REPO / "policy.example.yaml")
@@ -107,3 +110,44 @@ def test_the_entry_point_prints_no_traceback(files: dict[str, str]) -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"spangate: cannot read --key-file {files['MISSING']}: no such file\n"
+
+
+def _spangate(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPANGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *argv],
+        capture_output=True, text=True, env={**clean, **env}, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_wrong_setting_names_its_variable_and_what_it_must_be(tmp_path: Path) -> None:
+    """`SPANGATE_PORT=abc spangate serve`: exit 2, one log line naming the variable, what it
+    must be and the value given; never pydantic's own text, never a traceback."""
+    done = _spangate("serve", "--policy", POLICY, SPANGATE_PORT="abc", SPANGATE_WORKERS="0")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()  # the log stream stays one JSON object a line
+    message = json.loads(line)["message"]
+    assert message == (
+        "spangate: invalid settings:\n"
+        "  SPANGATE_PORT: must be an integer (given: 'abc')\n"
+        "  SPANGATE_WORKERS: must be at least 1 (given: '0')"
+    )
+    option = _spangate("serve", "--policy", POLICY, "--workers", "65")
+    assert option.returncode == 2, option.stderr
+    assert "--workers (SPANGATE_WORKERS): must be at most 64 (given: '65')" in option.stderr
+    verify = _spangate("audit", "verify", POLICY, SPANGATE_WATCH_POLICY="maybe")
+    assert verify.returncode == 2, verify.stderr
+    assert verify.stderr == (
+        "spangate: invalid settings:\n  SPANGATE_WATCH_POLICY: must be true or false "
+        "(given: 'maybe')\n"
+    )
+
+
+def test_a_secret_settings_value_is_never_shown() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(audit_key=12345678, public_url="ftp://host")  # type: ignore[arg-type]
+    problems = settings_problems(caught.value)
+    assert "SPANGATE_AUDIT_KEY: must be a valid string\n" in problems + "\n"
+    assert "12345678" not in problems
+    assert "SPANGATE_PUBLIC_URL: must be an http(s) URL" in problems and "'ftp://host'" in problems
+    assert "pydantic" not in problems and "type=" not in problems

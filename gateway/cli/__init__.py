@@ -69,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print_policy_error(exc)
         return 2
-    except ValidationError as exc:
-        _report(f"spangate: invalid settings:\n{exc}")
+    except ValidationError as exc:  # Settings() read from the environment
+        from gateway.settings import settings_problems
+
+        _report(f"spangate: invalid settings:\n{settings_problems(exc)}")
         return 2
     except (ConfigError, UsageError) as exc:
         _report(f"spangate: {exc}")
