@@ -39,6 +39,7 @@ could not be asked).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections import Counter, OrderedDict
@@ -74,6 +75,24 @@ _ACCEPTED_TYP = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+j
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # RFC 7515 7.1
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
+
+log = logging.getLogger("spangate.auth")
+# The 401s' details are the gateway's own sentences: the JWT library's words (which change with
+# its versions and may echo the token's parts) go to the log only (``_refused``), at INFO.
+NOT_A_JWT = (
+    "the token is not a well-formed JWT: three base64url parts (a JSON header, a JSON payload, "
+    "a signature) separated by dots"
+)
+NOT_ACCEPTED = "the token has a header or claim that is not valid (it was not accepted)"
+_LOGGED_CHARS = 200
+
+
+def _refused(code: str, exc: Exception) -> None:
+    """The JWT library's reason for a refusal, for the log (never the caller)."""
+    words = str(exc)
+    if len(words) > _LOGGED_CHARS:
+        words = words[:_LOGGED_CHARS] + "..."
+    log.info("token refused (%s): %s: %s", code, type(exc).__name__, words)
 
 
 def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_bytes: int) -> str:
@@ -193,7 +212,9 @@ class TokenVerifier:
         try:
             parsed = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"the token cannot be decoded: {exc}", code="token-malformed") from exc
+            _refused("token-malformed", exc)
+            detail = NOT_A_JWT if isinstance(exc, jwt.DecodeError) else NOT_ACCEPTED  # crit
+            raise AuthError(detail, code="token-malformed") from exc
         header: dict[str, Any] = parsed["header"]
         unverified: dict[str, Any] = parsed["payload"]
         iss = unverified.get("iss")
@@ -277,13 +298,18 @@ class TokenVerifier:
         except jwt.InvalidSignatureError as exc:
             raise AuthError("the token's signature is invalid", code="signature-invalid") from exc
         except jwt.InvalidAlgorithmError as exc:
-            raise AuthError(str(exc), code="algorithm-not-allowed") from exc
+            _refused("algorithm-not-allowed", exc)
+            raise AuthError(
+                f"algorithm {alg!r} cannot verify tokens of issuer '{runtime.name}'",
+                code="algorithm-not-allowed",
+            ) from exc
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(
                 f"the token lacks a required claim: {exc.claim}", code="token-malformed"
             ) from exc
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"the token is invalid: {exc}", code="token-malformed") from exc
+            _refused("token-malformed", exc)
+            raise AuthError(NOT_ACCEPTED, code="token-malformed") from exc
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:

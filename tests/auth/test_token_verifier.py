@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.auth.introspect import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.principal import MISSING, Principal
-from gateway.auth.verify import TokenVerifier, bearer_token
+from gateway.auth.verify import NOT_A_JWT, NOT_ACCEPTED, TokenVerifier, bearer_token
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import Issuer
 
@@ -215,6 +215,39 @@ async def test_key_headers_are_never_used(world: World, header: str) -> None:
     token = attacker.sign(claims(now=NOW), kid="rsa-1", **{header: values[header]})
     assert await world.code(token) == "signature-invalid"
     assert all("evil" not in str(r.url) for r in world.idps[0].requests)
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [
+        ("eyJ.eyJ.c", "Invalid header padding"),
+        (f"{b64({'alg': 'RS256'})}.eyJhIjoi.c2ln", "Invalid payload"),
+        ("e30.e30.e30", None),  # decodes, but names no issuer: its own sentence
+    ],
+)
+async def test_a_malformed_tokens_detail_is_the_gateways_sentence(
+    world: World, token: str, words: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 401's detail never carries the JWT library's words (they go to the log)."""
+    with caplog.at_level("INFO", logger="spangate.auth"), pytest.raises(AuthError) as refused:
+        await world.verify(token)
+    assert refused.value.code == "token-malformed"
+    if words is None:
+        assert refused.value.detail == "the token has no iss claim"
+        return
+    assert refused.value.detail == NOT_A_JWT
+    assert words not in refused.value.detail and words in caplog.text
+    assert words not in refused.value.headers["WWW-Authenticate"]
+
+
+async def test_a_header_pyjwt_refuses_has_a_fixed_detail(
+    world: World, rsa: Key, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = rsa.sign(claims(now=NOW), crit=["urn:example:unknown"], **{"urn:example:unknown": 1})
+    with caplog.at_level("INFO", logger="spangate.auth"), pytest.raises(AuthError) as refused:
+        await world.verify(token)
+    assert (refused.value.code, refused.value.detail) == ("token-malformed", NOT_ACCEPTED)
+    assert "urn:example:unknown" in caplog.text  # pyjwt's words, for the operator
 
 
 async def test_unknown_crit_is_refused(world: World, rsa: Key) -> None:
