@@ -57,6 +57,7 @@ from gateway.http import (
     routed_path,
     send_problem,
     send_response,
+    token_in_query,
     with_request_id,
 )
 from gateway.mcp.metadata import MCP_PATH
@@ -322,15 +323,16 @@ class Gateway(CallPath):
         call: CallRecord,
         active: Active,
     ) -> Target:
-        """HTTP's part of a call: the query string, the bearer token, the route, the JSON body."""
+        """HTTP's part of a call: the bearer token, the query string, the route, the JSON body."""
         method = scope["method"]
-        query = parse_query(scope.get("query_string", b""))
+        query_string: bytes = scope.get("query_string", b"")
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
-            token_in_query=any(k == "access_token" for k, _ in query),
+            token_in_query=token_in_query(query_string),
             max_bytes=self.settings.max_token_bytes,
         )
         call.principal = await self.verify(active, token)
+        query = parse_query(query_string)  # judged only once the token is (an anonymous 401)
         path = routed_path(scope)  # the raw path: what the trail records (call.path) is routed
         found = match_route(active.policy, method, path)
         if isinstance(found, GatewayError):

@@ -7,6 +7,7 @@ audit trail, ``spangate policy explain`` and the policy tests.
     SpangateError
     ├── PolicyError                    a policy that cannot be loaded (never an HTTP error)
     ├── ConfigError                    settings that cannot serve the policy (start-up only)
+    ├── UsageError                     a command line's input that cannot be used (exit 2)
     └── GatewayError                   anything answered to a caller (code, status)
         ├── AuthError            401   token-missing, token-malformed, token-expired, ...
         ├── IdpUnavailable       503   idp-unavailable (Retry-After)
@@ -64,6 +65,7 @@ __all__ = [
     "SpangateError",
     "SpannerError",
     "UnsupportedMediaType",
+    "UsageError",
 ]
 
 
@@ -113,6 +115,11 @@ class PolicyError(SpangateError):
 class ConfigError(SpangateError):
     """The settings and the policy do not fit together (e.g. ``audit.redact`` without
     ``SPANGATE_AUDIT_KEY``): the gateway refuses to start, naming the setting."""
+
+
+class UsageError(SpangateError):
+    """A command line's input that cannot be used: a file that is missing, a folder, unreadable
+    or not text. ``spangate`` prints it as one line and exits 2 (never a traceback)."""
 
 
 class GatewayError(SpangateError):

@@ -39,6 +39,7 @@ __all__ = [
     "routed_path",
     "send_problem",
     "send_response",
+    "token_in_query",
     "with_request_id",
 ]
 
@@ -73,6 +74,16 @@ def parse_query(query_string: bytes) -> list[tuple[str, str]]:
         raise BadRequest(
             "the query string is not valid UTF-8 after percent-decoding", code="query-invalid"
         ) from None
+
+
+def token_in_query(query_string: bytes) -> bool:
+    """Does the query string name an ``access_token`` (``?access_token=`` too)? Read leniently
+    (bytes that are not UTF-8 replaced), so the token is checked before anything about the query
+    string is judged: an anonymous caller gets its 401 whatever it sent (``parse_query`` later)."""
+    if not query_string:
+        return False
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="replace")
+    return any(k == "access_token" for k, _ in pairs)
 
 
 def routed_path(scope: Scope) -> str:

@@ -281,7 +281,7 @@ def _problem_statuses(route: CompiledRoute) -> list[tuple[int, str]]:
     if route.model.approval is not None:
         statuses[2] = (403, statuses[2][1] + "; approval-mismatch, approval-rejected")
     if dml or route.model.approval is not None:
-        conflict = "Spanner: conflict, precondition-failed or aborted" if dml else ""
+        conflict = "Spanner: conflict, parent-row-missing, precondition-failed or aborted" if dml else ""
         if route.model.approval is not None:
             conflict += ("; " if conflict else "") + (
                 "approval-pending, approval-used, approval-expired"

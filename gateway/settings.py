@@ -8,13 +8,21 @@ standard ``OTEL_*`` variables; the OpenTelemetry SDK then reads the rest of them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "env_name", "settings_problems"]
 
 
 class Settings(BaseSettings):
@@ -376,3 +384,71 @@ class Settings(BaseSettings):
         description="Log lines on stderr: json (one object per line), text (for a person), or "
         "auto: text when stderr is a terminal, else json.",
     )
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``port`` -> ``SPANGATE_PORT``."""
+    if field == "spanner_emulator_host":
+        return "SPANNER_EMULATOR_HOST"
+    return "SPANGATE_" + field.upper()
+
+
+_SHOWN_CHARS = 40
+_BOUNDS = {"ge": "at least", "le": "at most", "gt": "more than", "lt": "less than"}
+_KINDS = {
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+}
+
+
+def _plain(error: Mapping[str, object]) -> str:
+    """What a setting must be, in our words where pydantic's are long-winded."""
+    kind = str(error.get("type", ""))
+    if kind in _KINDS:
+        return _KINDS[kind]
+    context = error.get("ctx")
+    if isinstance(context, Mapping):
+        for key, words in _BOUNDS.items():
+            if key in context and kind.endswith(("_equal", "_than")):
+                return f"must be {words} {context[key]}"
+    return str(error.get("msg", "is invalid"))
+
+
+def settings_problems(exc: ValidationError, options: Mapping[str, str] | None = None) -> str:
+    """One line per wrong setting, for a person: the variable (and the command-line option that
+    gave it, from ``options``: field -> ``--port``), what it must be, and the value given, except
+    a secret's (``SecretStr``), which is never shown. Never pydantic's own text (its URLs, its
+    ``[type=...]``)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        message = _plain(error)
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        if message.startswith("Input should be "):
+            message = "must be " + message.removeprefix("Input should be ")
+        elif message.startswith("Input "):
+            message = message.removeprefix("Input ")
+        if field not in Settings.model_fields:  # a check across settings names them itself
+            lines.append(f"  {message}")
+            continue
+        name = env_name(field)
+        if options and field in options:
+            name = f"{options[field]} ({name})"
+        annotation = Settings.model_fields[field].annotation
+        secret = annotation is not None and "SecretStr" in str(annotation)
+        given = error.get("input")
+        shown = ""
+        if not secret and isinstance(given, str | int | float | bool):
+            text = str(given)
+            if len(text) > _SHOWN_CHARS:
+                text = text[:_SHOWN_CHARS] + "..."
+            shown = f" (given: {text!r})"
+        lines.append(f"  {name}: {message}{shown}")
+    return "\n".join(lines)

@@ -96,6 +96,23 @@ async def test_bad_utf8_in_the_query_string_is_400(
     assert_problem(response, 400, "query-invalid")
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/orders", "/v1/orders/O-1001", "/approvals", f"/approvals/{'1' * 32}"]
+)
+async def test_an_anonymous_callers_query_string_is_judged_after_its_token(
+    client: httpx.AsyncClient, token_for: Token, path: str
+) -> None:
+    """The token first: without one, a query string that is not UTF-8 is 401 (nothing about
+    the caller's input is judged before its token), with one 400 ``query-invalid``."""
+    anonymous = await client.get(f"{path}?%ff=1")
+    assert_problem(anonymous, 401, "token-missing")
+    assert anonymous.headers["www-authenticate"] == 'Bearer realm="spangate"'
+    in_query = await client.get(f"{path}?access_token=%ff")
+    assert_problem(in_query, 401, "token-malformed")  # a token in the query, however encoded
+    known = await client.get(f"{path}?%ff=1", headers=bearer(token_for("support-console")))
+    assert_problem(known, 400, "query-invalid")
+
+
 def _unsigned(claims: dict[str, Any]) -> str:
     def part(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()

@@ -663,6 +663,17 @@ def test_the_query_string_is_read_as_http_reads_it(
             assert answer.json()["code"] == code
             payload = event_of(audit, answer.headers["x-request-id"])["protoPayload"]
             assert payload["status"]["message"] == code
+    anonymous = {k: v for k, v in headers.items() if k != "Authorization"}
+    for where in ("/mcp", "/v1/orders/O-1001"):  # the token first: a 401 whatever the query
+        answer = httpx.request(
+            "POST" if where == "/mcp" else "GET",
+            f"{base}{where}?%ff=1",
+            content=json.dumps(LIST) if where == "/mcp" else None,
+            headers=anonymous,
+            timeout=30,
+        )
+        assert answer.status_code == 401, (where, answer.text)
+        assert answer.json()["code"] == "token-missing"
 
 
 def test_a_claim_bound_argument_is_ignored_and_audited(

@@ -37,6 +37,7 @@ from gateway.http import (
     read_json_body,
     send_problem,
     send_response,
+    token_in_query,
 )
 from gateway.request_line import log_request_line
 
@@ -174,13 +175,14 @@ class ApprovalsEndpoint:
         method = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         target = parse_path(path, method)  # 404 and 405 before the token is looked at
-        query = parse_query(scope.get("query_string", b""))
+        query_string: bytes = scope.get("query_string", b"")
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
-            token_in_query=any(k == "access_token" for k, _ in query),
+            token_in_query=token_in_query(query_string),
             max_bytes=gateway.settings.max_token_bytes,
         )
         who = call.principal = await gateway.verify(active, token)
+        query = parse_query(query_string)  # judged only once the token is (an anonymous 401)
         policy = active.policy
         approvals = gateway.approvals
         now = approvals.clock()

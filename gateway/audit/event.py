@@ -84,7 +84,13 @@ AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
 SERVICE = "spangate"
 
 # google.rpc.Code for an HTTP status, as Google's APIs map them (codes first, then statuses).
-_RPC_BY_CODE = {"conflict": 6, "precondition-failed": 9, "aborted": 10, "cancelled": 1}
+_RPC_BY_CODE = {
+    "conflict": 6,
+    "precondition-failed": 9,
+    "parent-row-missing": 9,  # Spanner says NOT_FOUND; the caller's write fails a precondition
+    "aborted": 10,
+    "cancelled": 1,
+}
 _RPC_BY_STATUS = {
     200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 408: 4, 409: 10, 413: 3, 415: 3, 429: 8,
     431: 3, 499: 1, 500: 13, 501: 12, 503: 14, 504: 4,

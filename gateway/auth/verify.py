@@ -42,6 +42,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import Counter, OrderedDict
@@ -78,6 +79,24 @@ _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # RFC 7515 7.1
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
 
+log = logging.getLogger("spangate.auth")
+# The 401s' details are the gateway's own sentences: the JWT library's words (which change with
+# its versions and may echo the token's parts) go to the log only (``_refused``), at INFO.
+NOT_A_JWT = (
+    "the token is not a well-formed JWT: three base64url parts (a JSON header, a JSON payload, "
+    "a signature) separated by dots"
+)
+NOT_ACCEPTED = "the token has a header or claim that is not valid (it was not accepted)"
+_LOGGED_CHARS = 200
+
+
+def _refused(code: str, exc: Exception) -> None:
+    """The JWT library's reason for a refusal, for the log (never the caller)."""
+    words = str(exc)
+    if len(words) > _LOGGED_CHARS:
+        words = words[:_LOGGED_CHARS] + "..."
+    log.info("token refused (%s): %s: %s", code, type(exc).__name__, words)
+
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -98,6 +117,16 @@ def _strict_json(data: bytes | str) -> Any:
     return json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constant)
 
 
+class _NotStrict(jwt.DecodeError):
+    """A payload that is JSON to a lenient reader only: a member twice, NaN or Infinity."""
+
+
+NOT_STRICT = (
+    "the token's header or claims are not strict JSON: a member appears twice, or NaN or "
+    "Infinity stands for a number"
+)
+
+
 class _StrictJWT(jwt.PyJWT):
     """pyjwt, its claims read by ``_strict_json`` (``_decode_payload`` is pyjwt's documented
     override point): a token with a claim twice is a ``DecodeError``, never the last one
@@ -107,7 +136,11 @@ class _StrictJWT(jwt.PyJWT):
         try:
             payload = _strict_json(decoded["payload"])
         except (ValueError, RecursionError) as exc:
-            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+            try:  # JSON to a lenient reader (a member twice, NaN), or no JSON at all?
+                json.loads(decoded["payload"])
+            except (ValueError, RecursionError):
+                raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+            raise _NotStrict(f"Invalid payload string: {exc}") from exc
         if not isinstance(payload, dict):
             raise jwt.DecodeError("Invalid payload string: must be a json object")
         return payload
@@ -123,9 +156,8 @@ def _check_header_members(token: str) -> None:
     try:
         _strict_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (ValueError, binascii.Error, RecursionError) as exc:
-        raise AuthError(
-            f"the token cannot be decoded: Invalid header string: {exc}", code="token-malformed"
-        ) from None
+        _refused("token-malformed", exc)
+        raise AuthError(NOT_STRICT, code="token-malformed") from None
 
 
 def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_bytes: int) -> str:
@@ -245,7 +277,15 @@ class TokenVerifier:
         try:
             parsed = _JWT.decode_complete(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"the token cannot be decoded: {exc}", code="token-malformed") from exc
+            _refused("token-malformed", exc)
+            detail = (
+                NOT_STRICT
+                if isinstance(exc, _NotStrict)
+                else NOT_A_JWT
+                if isinstance(exc, jwt.DecodeError)
+                else NOT_ACCEPTED  # crit
+            )
+            raise AuthError(detail, code="token-malformed") from exc
         _check_header_members(token)
         header: dict[str, Any] = parsed["header"]
         unverified: dict[str, Any] = parsed["payload"]
@@ -331,13 +371,18 @@ class TokenVerifier:
         except jwt.InvalidSignatureError as exc:
             raise AuthError("the token's signature is invalid", code="signature-invalid") from exc
         except jwt.InvalidAlgorithmError as exc:
-            raise AuthError(str(exc), code="algorithm-not-allowed") from exc
+            _refused("algorithm-not-allowed", exc)
+            raise AuthError(
+                f"algorithm {alg!r} cannot verify tokens of issuer '{runtime.name}'",
+                code="algorithm-not-allowed",
+            ) from exc
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(
                 f"the token lacks a required claim: {exc.claim}", code="token-malformed"
             ) from exc
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"the token is invalid: {exc}", code="token-malformed") from exc
+            _refused("token-malformed", exc)
+            raise AuthError(NOT_ACCEPTED, code="token-malformed") from exc
         return claims
 
     def _unknown_issuer(self, iss: str) -> AuthError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_COUNT", "RATE_PATTERN", "Rate", "parse_rate"]
+__all__ = ["MAX_COUNT", "RATE_FORM", "RATE_PATTERN", "Rate", "parse_rate"]
 
 _UNITS = {
     "s": 1, "sec": 1, "second": 1,
@@ -15,6 +15,13 @@ _UNITS = {
 }  # fmt: skip
 RATE_PATTERN = r"^\s*([0-9]+)\s*/\s*([0-9]*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$"
 _RATE_RE = re.compile(RATE_PATTERN)
+# What a rate that does not parse is told (here and by the policy loader, for the JSON Schema's
+# pattern): the accepted form with examples, never the regular expression.
+RATE_FORM = (
+    "expected a rate such as 60/min, 5000/hour or 100/day: COUNT/UNIT with UNIT one of s, min, "
+    "hour, day (also sec, second, m, minute, h, d), a number of units before it for a longer "
+    "window (30/5min)"
+)
 MAX_WINDOW = 31 * 86_400
 # The largest Integer an HTTP structured field may carry (RFC 9651 §3.3.1): a limit is sent as
 # the RateLimit-Policy's ``q``. It is also exact in the Redis script's Lua numbers (doubles,
@@ -41,10 +48,7 @@ def parse_rate(text: object) -> Rate:
     """``"60/min"`` -> Rate(60, 60); ``"5000/hour"``, ``"100/day"``, ``"10/s"``, ``"30/5m"``."""
     m = _RATE_RE.match(text) if isinstance(text, str) else None
     if m is None:
-        raise ValueError(
-            f"expected a rate such as 60/min, 5000/hour or 100/day (units s, min, hour, day; "
-            f"a count before the unit: 30/5min), got {text!r}"
-        )
+        raise ValueError(f"{RATE_FORM}; got {text!r}")
     limit = int(m.group(1))
     window = int(m.group(2) or 1) * _UNITS[m.group(3)]
     if limit < 1:

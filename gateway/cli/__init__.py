@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import audit, db, policy, serve
-from gateway.errors import ConfigError, PolicyError
+from gateway.errors import ConfigError, PolicyError, UsageError
 from gateway.logs import configured
 
 __all__ = ["main"]
@@ -69,10 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print_policy_error(exc)
         return 2
-    except ValidationError as exc:
-        _report(f"spangate: invalid settings:\n{exc}")
+    except ValidationError as exc:  # Settings() read from the environment
+        from gateway.settings import settings_problems
+
+        _report(f"spangate: invalid settings:\n{settings_problems(exc)}")
         return 2
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         _report(f"spangate: {exc}")
         return 2
     except (GoogleAuthError, GoogleAPIError) as exc:

@@ -67,8 +67,9 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if args.no_key:
         return None
     if args.key_file is not None:
-        key_file: Path = args.key_file
-        return key_file.read_bytes().rstrip(b"\r\n")
+        from gateway.cli.files import read_bytes
+
+        return read_bytes(args.key_file, "--key-file").rstrip(b"\r\n")
     from gateway.settings import Settings
 
     key = Settings().audit_key
@@ -78,11 +79,9 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 def _verify(args: argparse.Namespace) -> int:
     from gateway.audit.chain import GENESIS
     from gateway.audit.verify import trail_groups
+    from gateway.cli.files import require_files
 
-    missing = [str(p) for p in args.files if not p.is_file()]
-    if missing:
-        print(f"spangate: no such file: {', '.join(missing)}", file=sys.stderr)
-        return 2
+    require_files(args.files, "the trail")  # exit 2, as a missing --key-file is
     groups = trail_groups(args.files)
     if len(groups) > 1 and args.anchor is not None:
         names = ", ".join(str(group[-1]) for group in groups)
@@ -112,8 +111,14 @@ def _verify(args: argparse.Namespace) -> int:
 def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, indent: str) -> int:
     from gateway.audit.chain import AuditKeys
     from gateway.audit.verify import verify_trail
+    from gateway.cli.files import reason
+    from gateway.errors import UsageError
 
-    report = verify_trail(files, AuditKeys.from_secret(secret).chain, anchor=anchor)
+    try:
+        report = verify_trail(files, AuditKeys.from_secret(secret).chain, anchor=anchor)
+    except OSError as exc:  # a file that went away or became unreadable after the check
+        name = exc.filename or ", ".join(map(str, files))
+        raise UsageError(f"cannot read the trail: {name}: {reason(exc)}") from None
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if report.broken is not None:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.files import read_text
 from gateway.errors import PolicyError
 
 __all__ = ["check_on_database", "register"]
@@ -122,7 +123,7 @@ def _grants(args: argparse.Namespace) -> int:
         if args.schema is not None:
             dialect = policy.model.spanner.dialect
             catalog = grants.catalog_from_ddl(
-                split_statements(args.schema.read_text("utf-8"), dialect), dialect
+                split_statements(read_text(args.schema, "--schema"), dialect), dialect
             )
         else:
             database = _database(settings, target)
@@ -237,11 +238,14 @@ def _init_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_on_database(policy: Any, *, connect_timeout: float = 10.0) -> int:
+def check_on_database(
+    policy: Any, *, connect_timeout: float = 10.0, ok_line: str | None = None
+) -> int:
     """``spangate policy check --database``: Spanner PLANs every statement (see ``analyze.py``).
 
-    0 when Spanner accepts them all (their result columns are printed); a PolicyError (exit 2)
-    naming each refused query; 1 when Spanner cannot be reached."""
+    0 when Spanner accepts them all (``ok_line`` is printed, then their result columns); a
+    PolicyError (exit 2) naming each refused query; 1 when Spanner cannot be reached. Neither
+    failure prints ``ok_line``."""
     from gateway.runtime import spanner_target
     from gateway.settings import Settings
     from gateway.spanner.execute import Executor
@@ -273,6 +277,8 @@ def check_on_database(policy: Any, *, connect_timeout: float = 10.0) -> int:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable Spanner, a timeout: say it, exit 1
         return _fail(f"Spanner could not analyse the statements: {type(exc).__name__}: {exc}")
+    if ok_line is not None:
+        print(ok_line)
     for name, shape in analysis.shapes.items():
         columns = ", ".join(f"{c.name} {c.type}" for c in shape.columns) or "(no rows)"
         print(f"  {name}: {columns}")

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.files import read_text
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.compiled import CompiledPolicy, compile_policy
 from gateway.policy.load import load_policy
@@ -126,7 +127,7 @@ def _fail(message: str) -> int:
 def _check(args: argparse.Namespace) -> int:
     policy = _load(args.path, placeholders=not args.database)
     model = policy.model
-    print(
+    ok = (
         f"{args.path}: ok ({len(model.routes)} routes, {len(model.queries)} queries, "
         f"{len(model.roles)} roles, sha256 {policy.sha256[:12]})"
     )
@@ -142,10 +143,11 @@ def _check(args: argparse.Namespace) -> int:
                 "`spangate serve` refuses to start without it",
                 file=sys.stderr,
             )
-    if args.database:
+    if args.database:  # "ok" only once Spanner has accepted every statement too
         from gateway.cli.db import check_on_database
 
-        return check_on_database(policy)
+        return check_on_database(policy, ok_line=ok)
+    print(ok)
     return 0
 
 
@@ -197,7 +199,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def _json_arg(text: str, what: str) -> Any:
     if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+        text = read_text(Path(text[1:]), what)
     try:
         return json.loads(text)
     except ValueError as exc:

@@ -28,6 +28,8 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.files import reason
+
 __all__ = ["add_replay", "audit_traffic", "exit_code", "recorded_calls"]
 
 
@@ -57,8 +59,9 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if args.no_key:
         return None
     if args.key_file is not None:
-        key_file: Path = args.key_file
-        return key_file.read_bytes().rstrip(b"\r\n")
+        from gateway.cli.files import read_bytes
+
+        return read_bytes(args.key_file, "--key-file").rstrip(b"\r\n")
     from pydantic import ValidationError
 
     from gateway.settings import Settings
@@ -82,10 +85,11 @@ def recorded_calls(files: Sequence[Path], secret: bytes | None, notes: list[str]
     its link to the one before): a break is unusable input; without one, a note says the
     trail's integrity was not verified."""
     from gateway.audit.recorded import TrailUnreadable, read_trail, recorded
+    from gateway.cli.files import file_problems
 
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise _Unusable(f"no such file: {', '.join(missing)}")
+    problems = file_problems(files)
+    if problems:
+        raise _Unusable(f"cannot read the audit files: {'; '.join(problems)}")
     _verify(files, secret, notes)
     events = 0
     try:
@@ -142,8 +146,12 @@ def _replay(args: argparse.Namespace) -> int:
                 report.skip(found)
             else:
                 report.add(found, replay(policy, found, key), key)
-    except (_Unusable, OSError) as exc:
+    except _Unusable as exc:
         print(f"spangate: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that went away or became unreadable after the check
+        where = exc.filename or "the audit files"
+        print(f"spangate: cannot read {where}: {reason(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
@@ -188,8 +196,10 @@ def audit_traffic(
             live_roles=live_roles,
             redefined=redefined,
         )
-    except (_Unusable, OSError) as exc:
+    except _Unusable as exc:
         return str(exc)
+    except OSError as exc:
+        return f"cannot read {exc.filename or 'the audit files'}: {reason(exc)}"
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return counted

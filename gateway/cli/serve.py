@@ -51,10 +51,11 @@ def register(sub: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from gateway.errors import ConfigError
     from gateway.logs import configure_logging
     from gateway.runtime import build_gateway
     from gateway.server import run_server
-    from gateway.settings import Settings
+    from gateway.settings import Settings, settings_problems
 
     given = {
         "policy": args.policy,
@@ -66,9 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**given)
-    except ValidationError:
+    except ValidationError as exc:
         configure_logging("auto", "info")  # the settings error is a log line too (cli.main)
-        raise
+        options = {k: "--" + k.replace("_", "-") for k in given}  # what the options gave
+        raise ConfigError(f"invalid settings:\n{settings_problems(exc, options)}") from None
     # Before anything logs: start-up warnings and a refused policy are lines of the same stream.
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers > 1:
@@ -82,6 +84,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from gateway.dev.demo import run_demo
+    from gateway.dev.demo import DEFAULT_POLICIES, run_demo
+    from gateway.errors import UsageError
 
+    # Before anything starts (the emulator, the provider, Redis): exit 2, no traceback.
+    repo: Path = args.repo
+    if not (repo / "dev").is_dir():
+        raise UsageError(f"--repo {repo}: no dev/ folder there (pass the repository's root)")
+    policy: Path = args.policy or DEFAULT_POLICIES[args.dialect or "googlesql"]
+    if not policy.exists():
+        raise UsageError(f"--policy {policy}: no such file or folder")
     return run_demo(policy=args.policy, port=args.port, repo=args.repo, dialect=args.dialect)

@@ -68,6 +68,7 @@ from gateway.http import (
     read_body,
     send_problem,
     send_response,
+    token_in_query,
     with_request_id,
 )
 from gateway.mcp.handlers import DOOR_STATE, Door, Handlers, door_of, new_mcp_call
@@ -297,7 +298,8 @@ class McpEndpoint:
     ) -> tuple[Principal, bytes]:
         """The door's checks, in order: method (405), Host (421), Origin (403: at most one
         header, an allowed one), token (401; its audience when SPANGATE_MCP_AUDIENCE is set),
-        media type (415), body (413/408); raises the refusal. The token and the body."""
+        query string (400), media type (415), body (413/408); raises the refusal. The token and
+        the body."""
         settings = self.gateway.settings
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         if scope["method"] != "POST":  # stateless JSON: no GET stream, no session to DELETE
@@ -322,10 +324,10 @@ class McpEndpoint:
                 "this Origin may not call /mcp (SPANGATE_MCP_ALLOWED_ORIGINS)",
                 code="origin-not-allowed",
             )
-        query = parse_query(scope.get("query_string", b""))  # as HTTP reads it
+        query_string: bytes = scope.get("query_string", b"")
         token = bearer_token(
             [v.decode("latin-1") for k, v in headers if k == b"authorization"],
-            token_in_query=any(k == "access_token" for k, _ in query),
+            token_in_query=token_in_query(query_string),
             max_bytes=settings.max_token_bytes,
         )
         principal = await self.gateway.verify(active, token)  # its span when traced
@@ -334,6 +336,7 @@ class McpEndpoint:
                 "the token's audience is not this MCP resource (SPANGATE_MCP_AUDIENCE)",
                 code="audience-mismatch",
             )
+        parse_query(query_string)  # as HTTP reads it, once the token is (an anonymous 401)
         ctype = next((v for k, v in headers if k == b"content-type"), b"")
         media = ctype.decode("latin-1").split(";", 1)[0].strip().lower()
         if media != "application/json":  # JSON-RPC messages (the SDK's own check, answered

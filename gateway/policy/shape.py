@@ -19,8 +19,17 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from gateway.budgets.rates import RATE_FORM, RATE_PATTERN
 from gateway.errors import PolicyProblem
-from gateway.policy.model import _DURATION_RE, _NAME, _PARAM_NAME, Policy
+from gateway.policy.model import (
+    _DURATION_RE,
+    _FROM,
+    _NAME,
+    _PARAM_NAME,
+    _SIZE_RE,
+    TOOL_NAME,
+    Policy,
+)
 from gateway.policy.source import SourceMap
 from gateway.policy.validate import Where, did_you_mean
 
@@ -47,6 +56,10 @@ _PATTERNS = {
     _NAME: "a name starts with a letter and holds letters, digits, _ . and -",
     _PARAM_NAME: "a parameter name starts with a letter or _ and holds letters, digits and _",
     "^/": "a path template must start with /",
+    RATE_PATTERN: RATE_FORM,
+    _FROM: "expected claim.NAME (a dotted path allowed), cursor.COLUMN or page_size",
+    TOOL_NAME: "a tool name is 1 to 128 letters, digits, _ . and -",
+    _SIZE_RE.pattern: "expected a size such as 64MiB, 500KB or a number of bytes",
 }
 
 

@@ -2,6 +2,9 @@
 
     gRPC status (google.api_core)        HTTP  code
     ALREADY_EXISTS                        409  conflict
+    NOT_FOUND of an interleaved row's
+    parent row (an INSERT whose parent
+    key names no row)                     409  parent-row-missing
     FAILED_PRECONDITION                   409  precondition-failed
     ABORTED (after the client's retries)  409  aborted
     INVALID_ARGUMENT, OUT_OF_RANGE        400  statement-rejected
@@ -76,6 +79,8 @@ _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
 
 _DETAILS = {
     "conflict": "a row with this key already exists",
+    "parent-row-missing": "the row's parent row does not exist: a row of an interleaved table "
+    "can only be written under an existing parent row",
     "precondition-failed": "the statement's precondition failed",
     "aborted": "the transaction was aborted by concurrent work and its retries ran out",
     "statement-rejected": "Spanner rejected the statement with these parameters (for example a "
@@ -107,6 +112,13 @@ def grpc_code(exc: BaseException) -> str:
 
 _SCHEMA_MISMATCH = re.compile(
     r"(Table|Column|Index|Database) not found|Unrecognized name|No matching signature"
+)
+
+
+# Spanner's words (production, then the emulator) for a write into an interleaved table whose
+# parent key names no row: the database's state, not the statement, is at fault.
+_PARENT_MISSING = re.compile(
+    r"Parent row .* is missing|not found in parent table", re.IGNORECASE | re.DOTALL
 )
 
 
@@ -158,6 +170,15 @@ def map_error(
         # The session vanished (server restart, expiry): nothing ran; the client makes a new one.
         log.warning("spanner session lost running %s: %s", where, shown)
         return unavailable_error()
+    if isinstance(exc, gexc.NotFound) and _PARENT_MISSING.search(message):
+        # An INSERT under a parent key with no row (e.g. a tenant bound from a claim that has
+        # no Tenants row): a conflict with the database's state, as ALREADY_EXISTS is.
+        return SpannerError(
+            _DETAILS["parent-row-missing"],
+            status=409,
+            code="parent-row-missing",
+            spanner_code=code_name,
+        )
     if isinstance(exc, gexc.InvalidArgument | gexc.FailedPrecondition) and (
         "too many mutations" in message.lower() or "mutation limit" in message.lower()
     ):

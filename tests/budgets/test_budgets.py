@@ -29,7 +29,7 @@ from gateway.budgets.core import (
     usages,
     window_key,
 )
-from gateway.budgets.rates import Rate, parse_rate
+from gateway.budgets.rates import RATE_FORM, Rate, parse_rate
 from gateway.budgets.redis_store import RedisStore
 from gateway.budgets.store import MemoryStore, StoreState, StoreUnavailable, Taken
 from gateway.dev.ports import free_port
@@ -397,6 +397,22 @@ def test_bad_budgets_are_located(tmp_path: Path, body: str, message: str) -> Non
     assert message in text
     line = path.read_text().splitlines().index(f"  order-agent: {body}") + 1
     assert all(p.line == line for p in caught.value.problems), text
+
+
+@pytest.mark.parametrize("rate", ["3/fortnight", "3 per minute", "/min", "x"])
+def test_a_rate_that_does_not_parse_says_the_accepted_form(tmp_path: Path, rate: str) -> None:
+    """Not the JSON Schema's regular expression: the form, with examples."""
+    path = policy_with(tmp_path, f"budgets:\n  order-agent: {{calls: '{rate}'}}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env=ENV)
+    [problem] = caught.value.problems
+    assert problem.where == "budgets.order-agent.calls"
+    assert problem.message == f"{rate!r}: {RATE_FORM}"
+    assert "60/min" in problem.message and "30/5min" in problem.message
+    assert "[0-9]" not in problem.message and "^" not in problem.message
+    with pytest.raises(ValueError, match="expected a rate such as 60/min") as refused:
+        parse_rate(rate)
+    assert str(refused.value) == f"{RATE_FORM}; got {rate!r}"
 
 
 async def test_writes_are_spent_before_the_statement_and_refused_past_the_limit(

@@ -192,6 +192,30 @@ def test_an_mcp_tool_name_follows_mcp_rules(tmp_path: Path) -> None:
     assert problem.where == "routes[1].tool"
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "where", "said"),
+    [
+        ("    query: create_order\n", "    query: create_order\n    tool: new order\n",
+         "routes[1].tool", "'new order': a tool name is 1 to 128 letters, digits, _ . and -"),
+        ("tenant:      {type: STRING, from: claim.tenant}",
+         "tenant:      {type: STRING, from: token.tenant}", "queries.create_order.params.tenant.from",
+         "'token.tenant': expected claim.NAME (a dotted path allowed), cursor.COLUMN or page_size"),
+        ("{type: file, path: audit.jsonl}", "{type: file, path: audit.jsonl, rotate_size: 64 megabytes}",
+         "audit.sinks[0].rotate_size",
+         "'64 megabytes': expected a size such as 64MiB, 500KB or a number of bytes"),
+    ],
+)  # fmt: skip
+def test_a_value_of_the_wrong_form_says_the_form_not_a_regex(
+    tmp_path: Path, old: str, new: str, where: str, said: str
+) -> None:
+    path, _ = edited(tmp_path, old, new)
+    found = problems(path)
+    problem = next((p for p in found if p.where == where), None)
+    assert problem is not None, "\n".join(map(str, found))
+    assert problem.message.startswith(said), problem.message
+    assert "[" not in problem.message.removeprefix(said)  # no character class of a pattern
+
+
 def test_sql_params_and_declared_params_must_match(tmp_path: Path) -> None:
     path, text = edited(tmp_path, "OrderId = @order_id", "OrderId = @orderid")
     found = problems(path)

@@ -128,14 +128,18 @@ def test_policy_check_database(
 ) -> None:
     monkeypatch.setenv("SPANNER_EMULATOR_HOST", demo_database)
     monkeypatch.setenv("OKTA_ISSUER", idp.issuer)
-    assert main(["policy", "check", str(REPO / "policy.example.yaml"), "--database"]) == 0
+    example = REPO / "policy.example.yaml"
+    assert main(["policy", "check", str(example), "--database"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"{example}: ok (")
     assert "get_order: OrderId STRING, CustomerId STRING" in out and "TotalCents INT64" in out
-    assert main(["policy", "check", str(_write(tmp_path, BROKEN)), "--database"]) == 2
-    err = capsys.readouterr().err
+    broken = _write(tmp_path, BROKEN)
+    assert main(["policy", "check", str(broken), "--database"]) == 2
+    out, err = capsys.readouterr()
     assert "queries.misspelt_column.sql" in err and "Did you mean OrderId?" in err
-    assert main(["policy", "check", str(_write(tmp_path, BROKEN))]) == 0  # without --database
-    capsys.readouterr()
+    assert "ok" not in out  # "ok" only when everything passed, Spanner's PLAN included
+    assert main(["policy", "check", str(broken)]) == 0  # without --database
+    assert capsys.readouterr().out.startswith(f"{broken}: ok (")
 
 
 def test_policy_check_database_says_when_spanner_is_unreachable(
@@ -147,5 +151,6 @@ def test_policy_check_database_says_when_spanner_is_unreachable(
 
     monkeypatch.setenv("SPANNER_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     policy = load_compiled(REPO / "policy.example.yaml", {"OKTA_ISSUER": idp.issuer})
-    assert check_on_database(policy, connect_timeout=0.5) == 1
-    assert "cannot connect to Spanner" in capsys.readouterr().err
+    assert check_on_database(policy, connect_timeout=0.5, ok_line="policy.yaml: ok") == 1
+    out, err = capsys.readouterr()
+    assert "cannot connect to Spanner" in err and "ok" not in out

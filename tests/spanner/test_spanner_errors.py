@@ -33,6 +33,11 @@ from gateway.spanner.errors import map_error, withheld
         (gexc.PermissionDenied("Role r lacks SELECT"), 500, "identity-lacks-grant", None),
         (gexc.NotFound("Table not found: Items"), 500, "statement-invalid", None),
         (gexc.NotFound("Session not found: projects/p/..."), 503, "spanner-unavailable", "2"),
+        (gexc.NotFound("Parent row for row [t3,O-1] in table Items is missing. Row cannot be "
+                       "written."), 409, "parent-row-missing", None),
+        (gexc.NotFound("Insert failed because key was not found in parent table:  Parent Table: "
+                       "Items  Child Table: Orders  Key: {String(\"t3\")}"), 409,
+         "parent-row-missing", None),
         (gexc.InvalidArgument("Table not found: Items [at 1:15]"), 500, "statement-invalid", None),
         (gexc.InvalidArgument("Unrecognized name: Qty"), 500, "statement-invalid", None),
         (gexc.MethodNotImplemented("STRUCT"), 500, "statement-invalid", None),

@@ -4,6 +4,7 @@ hook, Spanner's limits and the 409s."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +26,12 @@ DDL = [
     "CREATE TABLE Items (Id INT64 NOT NULL, Name STRING(16), Qty INT64, Kind STRING(16),"
     " CONSTRAINT FK_Kind FOREIGN KEY (Kind) REFERENCES Kinds (Kind)) PRIMARY KEY (Id)",
     "CREATE TABLE HookLog (Id INT64 NOT NULL, Note STRING(MAX)) PRIMARY KEY (Id)",
+    "CREATE TABLE Tenants (TenantId STRING(36) NOT NULL) PRIMARY KEY (TenantId)",
+    "CREATE TABLE Notes (TenantId STRING(36) NOT NULL, NoteId INT64 NOT NULL)"
+    " PRIMARY KEY (TenantId, NoteId), INTERLEAVE IN PARENT Tenants ON DELETE CASCADE",
     *IDEMPOTENCY_DDL,
 ]
-SEED = ["INSERT INTO Kinds (Kind) VALUES ('tool')"]
+SEED = ["INSERT INTO Kinds (Kind) VALUES ('tool')", "INSERT INTO Tenants (TenantId) VALUES ('t2')"]
 
 POLICY = """\
 identities:
@@ -65,6 +69,18 @@ queries:
     sql: INSERT INTO Items (Id, Name) SELECT id, 'bulk' FROM UNNEST(@ids) AS id
     params:
       ids: {type: "ARRAY<INT64>"}
+  add_note:
+    identity: writer
+    sql: INSERT INTO Notes (TenantId, NoteId) VALUES (@tenant, @id)
+    params:
+      tenant: {type: STRING, from: claim.tenant}
+      id: {type: INT64}
+  add_note_for:
+    identity: writer
+    sql: INSERT INTO Notes (TenantId, NoteId) VALUES (@tenant, @id)
+    params:
+      tenant: {type: STRING}
+      id: {type: INT64}
   get:
     identity: reader
     sql: SELECT Id, Name, Qty FROM Items WHERE Id = @id
@@ -83,12 +99,22 @@ routes:
   - {path: /bump, method: POST, query: bump, allow: [tester]}
   - {path: /bulk, method: POST, query: bulk, allow: [tester]}
   - {path: "/items/{id}", method: GET, query: get, allow: [tester]}
+  - {path: /notes, method: POST, query: add_note, allow: [tester]}
+  - {path: /notes-for, method: POST, query: add_note_for, allow: [tester]}
+audit:
+  sinks:
+    - {type: file, path: audit.jsonl}
 """
 
 
 @pytest.fixture(scope="module")
+def audit_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("writes-audit") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
 async def stack(
-    demo_database: str, idp: Any, tmp_path_factory: pytest.TempPathFactory
+    demo_database: str, idp: Any, tmp_path_factory: pytest.TempPathFactory, audit_file: Path
 ) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
     make_database(demo_database, DATABASE, DDL, SEED)
     async with gateway_on(
@@ -96,6 +122,7 @@ async def stack(
         demo_database,
         policy_text(DATABASE, POLICY),
         issuer=idp.issuer,
+        audit_path=audit_file,
     ) as pair:
         yield pair
 
@@ -164,6 +191,48 @@ async def test_conflicts_are_409(http: httpx.AsyncClient, headers: dict[str, str
     assert orphan.json()["code"] == "precondition-failed"
     fine = await http.post("/kinds", json={"id": new_id(), "kind": "tool"}, headers=headers)
     assert fine.status_code == 200 and fine.json()["rows"][0]["Kind"] == "tool"
+
+
+def audit_events(path: Path, request_id: str) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [
+        e
+        for e in map(json.loads, lines)
+        if e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == request_id
+    ]
+
+
+async def test_a_write_under_a_parent_row_that_does_not_exist_is_409(
+    http: httpx.AsyncClient, headers: dict[str, str], audit_file: Path, demo_database: str
+) -> None:
+    """Spanner answers NOT_FOUND for an interleaved row whose parent key names no row (here the
+    token's tenant, t1, has no Tenants row): the caller's conflict with the database's state,
+    not a statement defect (500 statement-invalid), and Spanner's words stay out of the answer."""
+    orphan = await http.post("/notes", json={"id": new_id()}, headers=headers)
+    assert orphan.status_code == 409, orphan.text
+    problem = orphan.json()
+    assert problem["code"] == "parent-row-missing"
+    assert problem["outcome"] == "not-committed"
+    assert "parent row does not exist" in problem["detail"]
+    assert "Tenants" not in problem["detail"] and "Notes" not in problem["detail"]
+    rid = orphan.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while not (found := audit_events(audit_file, rid)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    [event] = found
+    assert event["httpRequest"]["status"] == 409
+    assert event["protoPayload"]["status"] == {"code": 9, "message": "parent-row-missing"}
+    for tenant in ["", "t3"]:  # any parent key without a row, whoever chose it
+        other = await http.post("/notes-for", json={"tenant": tenant, "id": 1}, headers=headers)
+        assert (other.status_code, other.json()["code"]) == (409, "parent-row-missing"), other.text
+    too_long = await http.post("/notes-for", json={"tenant": "t" * 100, "id": 1}, headers=headers)
+    assert too_long.status_code == 409, too_long.text  # longer than the column: FAILED_PRECONDITION
+    assert too_long.json()["code"] == "precondition-failed"
+    fine = await http.post("/notes-for", json={"tenant": "t2", "id": new_id()}, headers=headers)
+    assert fine.status_code == 200, fine.text  # the parent exists: written
+    assert query_rows(
+        demo_database, DATABASE, "SELECT COUNT(*) FROM Notes WHERE TenantId != 't2'"
+    ) == [[0]]
 
 
 async def test_spanner_refusing_the_values_is_400_and_a_too_long_value_409(
@@ -279,7 +348,7 @@ async def test_keys_expire(
 async def test_without_the_table_a_keyed_write_is_500_and_runs_nothing(
     demo_database: str, idp: Any, tmp_path: Path, headers: dict[str, str]
 ) -> None:
-    make_database(demo_database, "sgnokeys", DDL[:3], SEED)
+    make_database(demo_database, "sgnokeys", [d for d in DDL if d not in IDEMPOTENCY_DDL], SEED)
     async with gateway_on(
         tmp_path, demo_database, policy_text("sgnokeys", POLICY), issuer=idp.issuer
     ) as (app, http):
