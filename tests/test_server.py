@@ -205,6 +205,105 @@ def test_demo_prints_curl_lines_that_work_and_stops_everything(
     assert not survivors, f"processes {survivors} outlived the demo"
 
 
+TICKETS_POLICY = """\
+version: 1
+spanner: {project: demo-project, instance: demo, database: tickets}
+issuers:
+  okta:
+    issuer: ${OKTA_ISSUER}
+    audience: api://shop
+    preset: okta
+identities:
+  reader: {database_role: tickets_reader}
+roles:
+  support: [{groups: [support]}]
+queries:
+  get_ticket:
+    identity: reader
+    sql: SELECT Id, Title FROM Tickets WHERE Tenant = @tenant AND Id = @id
+    params:
+      tenant: {type: STRING, from: claim.tenant}
+      id: {type: INT64}
+routes:
+  - {path: "/tickets/{id}", method: GET, query: get_ticket, allow: [support]}
+"""
+
+
+def _demo_lines(process: subprocess.Popen[str]) -> list[str]:
+    """What the demo prints until it serves (or exits)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return lines
+
+
+def test_the_demo_serves_a_policy_on_its_authors_own_schema_and_seed(
+    repo: Path, tmp_path: Path
+) -> None:
+    """``spangate dev --schema --seed``: a policy author tries a policy on their own tables."""
+    policy, schema, seed = tmp_path / "p.yaml", tmp_path / "schema.sql", tmp_path / "seed.sql"
+    policy.write_text(TICKETS_POLICY)
+    schema.write_text(
+        "-- tickets; a ';' in a comment\nCREATE TABLE Tickets (Tenant STRING(8) NOT NULL,\n"
+        "  Id INT64 NOT NULL, Title STRING(64)) PRIMARY KEY (Tenant, Id);\n"
+    )
+    seed.write_text(
+        "INSERT INTO Tickets (Tenant, Id, Title) VALUES ('t1', 1, 'printer; on fire');\n"
+        "INSERT INTO Tickets (Tenant, Id, Title) VALUES ('t2', 1, 'not yours');\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    argv = [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(policy),
+            "--schema", str(schema), "--seed", str(seed)]  # fmt: skip
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+    )
+    try:
+        lines = _demo_lines(process)
+        text = "".join(lines)
+        assert f"schema {schema}, seed {seed} and the gateway's tables applied" in text, text
+        base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        _wait_ready(base.group(1) + "/readyz", process)
+        support = next(
+            shlex.split(line) for i, line in enumerate(lines)
+            if line.startswith("curl ") and lines[i - 1].startswith("# support-console")
+        )  # fmt: skip
+        authorization = support[support.index("-H") + 1].split(": ", 1)[1]
+        got = httpx.get(base.group(1) + "/tickets/1", headers={"Authorization": authorization})
+        assert got.status_code == 200, got.text
+        assert got.json()["rows"] == [{"Id": 1, "Title": "printer; on fire"}]  # tenant t1's
+    finally:
+        _stop(process, signal.SIGINT)
+    assert process.returncode == 0
+
+
+def test_the_demo_says_when_the_emulator_refuses_the_schema(repo: Path, tmp_path: Path) -> None:
+    policy, schema = tmp_path / "p.yaml", tmp_path / "schema.sql"
+    policy.write_text(TICKETS_POLICY)
+    schema.write_text("CREATE TABLE Tickets (Id INT64 NOT NULL) PRIMARY KEY (Nope);\n")
+    env = {k: v for k, v in os.environ.items() if k != "SPANNER_EMULATOR_HOST"}
+    out = subprocess.run(
+        [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(policy), "--schema", str(schema)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"spangate dev: the emulator refused --schema {schema} (googlesql): " in out.stderr
+    assert "Traceback" not in out.stderr
+    missing = subprocess.run(
+        [*SPANGATE, "dev", "--repo", str(repo), "--seed", str(tmp_path / "none.sql")],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "--seed" in missing.stderr, missing.stderr
+    assert "emulator on" not in missing.stdout  # refused before anything started
+
+
 def _run_curl(argv: list[str]) -> int:
     """Run a printed curl line as printed, with curl itself; return the HTTP status."""
     out = subprocess.run(

@@ -43,6 +43,17 @@ def register(sub: Any) -> None:
         choices=["googlesql", "postgresql"],
         help="the demo database's SQL dialect (default: the policy's spanner.dialect)",
     )
+    dev.add_argument(
+        "--schema",
+        type=Path,
+        help="DDL to create the demo database from instead of the demo shop's (statements "
+        "separated by ';', in the policy's dialect)",
+    )
+    dev.add_argument(
+        "--seed",
+        type=Path,
+        help="DML to fill it with (default: the demo shop's seed without --schema, none with it)",
+    )
     dev.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     dev.add_argument("--repo", type=Path, default=Path("."), help="repository root (dev/ lives there)")
     dev.set_defaults(handler=_dev)
@@ -84,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from gateway.cli.files import require_files
     from gateway.dev.demo import DEFAULT_POLICIES, run_demo
     from gateway.errors import UsageError
 
@@ -91,7 +103,17 @@ def _dev(args: argparse.Namespace) -> int:
     repo: Path = args.repo
     if not (repo / "dev").is_dir():
         raise UsageError(f"--repo {repo}: no dev/ folder there (pass the repository's root)")
-    policy: Path = args.policy or DEFAULT_POLICIES[args.dialect or "googlesql"]
+    policy: Path = args.policy or repo / DEFAULT_POLICIES[args.dialect or "googlesql"]
     if not policy.exists():
         raise UsageError(f"--policy {policy}: no such file or folder")
-    return run_demo(policy=args.policy, port=args.port, repo=args.repo, dialect=args.dialect)
+    for path, what in ((args.schema, "--schema"), (args.seed, "--seed")):
+        if path is not None:
+            require_files([path], what)
+    return run_demo(
+        policy=args.policy,
+        port=args.port,
+        repo=args.repo,
+        dialect=args.dialect,
+        schema=args.schema,
+        seed=args.seed,
+    )

@@ -1,9 +1,11 @@
 """``spangate dev`` (``make demo``): the whole stack on this machine, with tokens to try.
 
 Starts the Cloud Spanner emulator (unless SPANNER_EMULATOR_HOST points at one), creates the demo
-database from ``dev/schema.sql`` and ``dev/seed.sql`` (in the policy's ``spanner.dialect``: the
-PostgreSQL shop is ``dev/schema-postgresql.sql`` and ``dev/seed-postgresql.sql``, served with
-``policy.example.postgresql.yaml`` by ``--dialect postgresql``), starts the repository's OpenID provider with
+database from ``dev/schema.sql`` and ``dev/seed.sql`` (or ``--schema`` and ``--seed``: a policy
+author's own tables and rows; the emulator's refusal of them is exit 2), in the policy's
+``spanner.dialect`` (the PostgreSQL shop is ``dev/schema-postgresql.sql`` and
+``dev/seed-postgresql.sql``, served with ``policy.example.postgresql.yaml`` by ``--dialect
+postgresql``), starts the repository's OpenID provider with
 fresh keys and a redis-server on a free loopback port for the budgets (unless SPANGATE_REDIS_URL
 names one), serves the policy with uvicorn, and prints a curl line per persona, and for MCP a
 ``.mcp.json`` with the order-agent's token and a curl line for ``tools/list``. Ctrl-C stops every
@@ -30,9 +32,10 @@ import signal
 import sys
 from pathlib import Path
 
+from google.api_core.exceptions import GoogleAPICallError
 from pydantic import SecretStr
 
-from gateway.dev.database import create_database, load_demo_sql
+from gateway.dev.database import create_database, load_demo_sql, split_statements
 from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
@@ -117,12 +120,38 @@ DEFAULT_POLICIES = {
 }
 
 
+def _database_sql(
+    repo: Path, dialect: str, schema: Path | None, seed: Path | None
+) -> tuple[list[str], list[str], str]:
+    """The demo database's DDL and DML, and what they are: the demo shop's, or ``schema``'s and
+    ``seed``'s (split in ``dialect``; with a schema of one's own and no seed, no rows)."""
+    if schema is None and seed is None:
+        ddl, dml = load_demo_sql(repo, dialect)
+        return ddl, dml, "demo schema, seed"
+    shop_ddl, shop_dml = load_demo_sql(repo, dialect)
+    ddl = split_statements(schema.read_text("utf-8"), dialect) if schema else shop_ddl
+    if seed is not None:
+        dml = split_statements(seed.read_text("utf-8"), dialect)
+    else:
+        dml = [] if schema is not None else shop_dml
+    what = f"schema {schema}" if schema else "demo schema"
+    what += f", seed {seed}" if seed else (", no seed" if schema else ", demo seed")
+    return ddl, dml, what
+
+
 def run_demo(
-    *, policy: Path | None, port: int, repo: Path, dialect: str | None = None
+    *,
+    policy: Path | None,
+    port: int,
+    repo: Path,
+    dialect: str | None = None,
+    schema: Path | None = None,
+    seed: Path | None = None,
 ) -> int:
     """The demo on ``policy`` (default: the example policy of ``dialect``, GoogleSQL's when
-    None); its database in the policy's dialect, which ``dialect`` (when given) must be."""
-    policy = policy or DEFAULT_POLICIES[dialect or "googlesql"]
+    None); its database in the policy's dialect, which ``dialect`` (when given) must be, made
+    from the demo shop's schema and seed or from ``schema`` and ``seed``."""
+    policy = policy or repo / DEFAULT_POLICIES[dialect or "googlesql"]  # the repository's example
     repo = repo.resolve()
     # SIGTERM must stop what the demo started, as Ctrl-C does: uvicorn re-raises the signal it
     # caught after shutting down, and the default SIGTERM action would end the process before
@@ -187,20 +216,33 @@ def run_demo(
                 file=sys.stderr,
             )
             return 2
-        ddl, dml = load_demo_sql(repo, wanted)
-        # The demo schema plus the gateway's own tables (what `spangate init-db` creates).
-        create_database(
-            emulator_host,
-            project=target.project,
-            instance=target.instance,
-            database=target.database,
-            ddl=[*ddl, *shipped_ddl(compiled)],
-            dml=dml,
-            dialect=wanted,
-        )
+        ddl, dml, what = _database_sql(repo, wanted, schema, seed)
+        # The schema plus the gateway's own tables (what `spangate init-db` creates).
+        try:
+            create_database(
+                emulator_host,
+                project=target.project,
+                instance=target.instance,
+                database=target.database,
+                ddl=[*ddl, *shipped_ddl(compiled)],
+                dml=dml,
+                dialect=wanted,
+            )
+        except GoogleAPICallError as exc:
+            if schema is None and seed is None:
+                raise
+            given = " or ".join(
+                f"{option} {path}" for option, path in (("--schema", schema), ("--seed", seed))
+                if path is not None
+            )  # fmt: skip
+            print(
+                f"spangate dev: the emulator refused {given} ({wanted}): {exc.message}",
+                file=sys.stderr,
+            )
+            return 2
         _say(
-            f"database {target.project}/{target.instance}/{target.database} ({wanted}): demo "
-            "schema, seed and the gateway's tables applied"
+            f"database {target.project}/{target.instance}/{target.database} ({wanted}): {what} "
+            "and the gateway's tables applied"
         )
         app = build_gateway(settings, env=env)
         base = f"http://{settings.host}:{settings.port}"
