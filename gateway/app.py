@@ -65,7 +65,7 @@ from gateway.mcp.server import McpEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.policy.bind import BODY_METHODS
 from gateway.policy.compiled import CompiledPolicy
-from gateway.policy.decide import RequestFacts, match_route
+from gateway.policy.decide import RequestFacts, match_route, role_verdict
 from gateway.policy.redaction import shown_path
 from gateway.request_line import StatusSend, log_request_line
 from gateway.settings import Settings
@@ -339,21 +339,37 @@ class Gateway(CallPath):
             if active.shadow is not None:  # what the shadow decides on (no body was read)
                 call.extra["facts"] = RequestFacts(method, path, query)
             raise found
-        body = await read_json_body(
-            receive,
-            headers,
-            method,
-            limit=self.settings.max_body_bytes,
-            timeout=self.settings.body_timeout_seconds,
-        )
-        if method in BODY_METHODS and query:
+        route, path_params = found
+        # The roles before the body: a caller the route refuses (403) learns nothing of what
+        # its body must be (400, 413, 415, 408), and the gateway reads no body it would refuse.
+        verdict = role_verdict(active.policy, route, call.principal)
+        refused = verdict[2] is not None
+        body = None
+        if not refused or active.shadow is not None:  # a shadow policy judges the body sent
+            try:
+                body = await read_json_body(
+                    receive,
+                    headers,
+                    method,
+                    limit=self.settings.max_body_bytes,
+                    timeout=self.settings.body_timeout_seconds,
+                )
+            except GatewayError:
+                if not refused:
+                    raise  # refused anyway: its 403 first (the shadow sees no body)
+        if not refused and method in BODY_METHODS and query:
             raise BadRequest(
                 f"{method} parameters go in the JSON body, not the query string",
                 code="query-not-allowed",
             )
-        route, path_params = found
         return Target(
-            route, path_params, query=query, body=body, idempotency=headers, method=method
+            route,
+            path_params,
+            query=query,
+            body=body,
+            idempotency=headers,
+            method=method,
+            verdict=verdict,
         )
 
 

@@ -356,6 +356,7 @@ class CallPath:
             call.principal,
             query=target.query,
             body=target.body,
+            verdict=target.verdict,
         )
 
     def verify(self, active: Active, token: str) -> Awaitable[Principal]:

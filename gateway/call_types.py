@@ -16,6 +16,7 @@ from gateway.audit.event import CallRecord
 from gateway.auth.verify import TokenVerifier
 from gateway.errors import GatewayError
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
+from gateway.policy.decide import RoleVerdict
 from gateway.policy.reads import ClaimReads
 from gateway.policy.shadow import ShadowIssuers
 
@@ -36,6 +37,9 @@ class Target:
     body: Mapping[str, Any] | None = None
     idempotency: Sequence[tuple[bytes, bytes]] = ()
     method: str | None = None  # as the caller said it (HEAD for GET's route); else the route's
+    # the roles part of the decision when the transport judged it already (HTTP: before reading
+    # the body, so a refused caller's body is never read); None: the decision judges it
+    verdict: RoleVerdict | None = None
 
 
 @dataclass(frozen=True)

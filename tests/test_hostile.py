@@ -54,7 +54,42 @@ async def test_a_deep_body_from_a_caller_without_a_role_is_not_a_500(
     client: httpx.AsyncClient, token_for: Token
 ) -> None:
     response = await client.post("/v1/orders", **_raw_post(token_for("outsider"), b'{"a":' * 2000))
-    assert response.status_code in (400, 403), response.text
+    assert_problem(response, 403, "no-allow-role")  # its body is never read
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b"{not json", "application/json", 400, "body-invalid"),
+        (b'{"a":1,"a":2}', "application/json", 400, "body-invalid"),
+        (b"x" * (2 * 1024 * 1024), "application/json", 413, "body-too-large"),
+        (b"order_id=O-1", "application/x-www-form-urlencoded", 415, "unsupported-media-type"),
+    ],
+)
+async def test_the_roles_are_judged_before_the_body(
+    client: httpx.AsyncClient,
+    token_for: Token,
+    content: bytes,
+    content_type: str,
+    status: int,
+    code: str,
+    audit_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
+    """Token, route, roles, then parameters (docs/security.md): a caller without a role gets
+    403 whatever its body, and learns nothing of what the body must be; one with a role gets
+    the body's refusal."""
+    headers = {"content-type": content_type}
+    outsider = await client.post(
+        "/v1/orders", content=content, headers={**bearer(token_for("outsider")), **headers}
+    )
+    assert_problem(outsider, 403, "no-allow-role")
+    rid = outsider.headers["x-request-id"]
+    (event,) = [e for e in audit_lines()[-20:] if rid in json.dumps(e)]
+    assert event["httpRequest"]["status"] == 403
+    writer = await client.post(
+        "/v1/orders", content=content, headers={**bearer(token_for("order-writer")), **headers}
+    )
+    assert writer.status_code == status and writer.json()["code"] == code, writer.text
 
 
 async def test_the_trail_keeps_working_after_hostile_bodies(

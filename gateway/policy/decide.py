@@ -40,6 +40,7 @@ from gateway.policy.router import MethodMismatch, PathInvalid, check_param_segme
 __all__ = [
     "REASONS",
     "Decision",
+    "RoleVerdict",
     "Reason",
     "RequestFacts",
     "decide",
@@ -192,9 +193,13 @@ def decide(policy: CompiledPolicy, facts: RequestFacts, principal: Principal) ->
     return decide_route(policy, route, path_params, principal, query=facts.query, body=facts.body)
 
 
+# (the roles that hold, the rule that allowed or denied, the refusal or None)
+RoleVerdict = tuple[frozenset[str], str | None, GatewayError | None]
+
+
 def role_verdict(
     policy: CompiledPolicy, route: CompiledRoute, principal: Principal
-) -> tuple[frozenset[str], str | None, GatewayError | None]:
+) -> RoleVerdict:
     """The roles part of a decision: (roles that hold, the rule, the refusal or None)."""
     roles = policy.roles.held(principal)
     # a deny role also bites a delegated token on the subject's claims (see roles.py)
@@ -220,14 +225,16 @@ def decide_route(
     *,
     query: Sequence[tuple[str, str]] = (),
     body: Mapping[str, Any] | None = None,
+    verdict: RoleVerdict | None = None,
 ) -> Decision:
-    """The decision on a route already found (by the router, or by an MCP tool's name)."""
+    """The decision on a route already found (by the router, or by an MCP tool's name);
+    ``verdict``: ``role_verdict``'s, when the transport judged the roles already."""
     path_params = dict(path_params)
     cursor: object = None
     if route.query.paging is not None:
         cursor, query, body = _take_cursor(query, body)
     ignored = ignored_values(route.query.params, query, body)
-    roles, rule, refused = role_verdict(policy, route, principal)
+    roles, rule, refused = verdict or role_verdict(policy, route, principal)
     if refused is not None:
         return _deny(
             refused,
