@@ -185,10 +185,11 @@ def _test(args: argparse.Namespace) -> int:
         print(
             f"  coverage: routes {t['routes'] - len(cov.routes)}/{t['routes']}, "
             f"roles {t['roles'] - len(cov.roles)}/{t['roles']}, "
-            f"entries of roles with several {t['entries'] - len(cov.entries)}/{t['entries']}"
+            f"entries of roles with several {t['entries'] - len(cov.entries)}/{t['entries']}, "
+            f"claims parameters are bound from {t['claims'] - len(cov.claims)}/{t['claims']}"
         )
         missed = [("route", *r) for r in cov.routes] + [("role", *r) for r in cov.roles]
-        missed += [("entry", *e) for e in cov.entries]
+        missed += [("entry", *e) for e in cov.entries] + [("claim", *c) for c in cov.claims]
         if missed:
             print("  not exercised by any case:")
             for kind, what, where in missed:

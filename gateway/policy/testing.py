@@ -34,9 +34,10 @@ has not).
 Claims become a Principal as in ``simulate.py``.
 
 Coverage, per policy over all its case files: the routes no case reached, the roles that held in
-no case, and the role entries that held in no case. An entry of a deny role of the route a case
-matched counts when it held as a deny role (for a delegated token, an entry that leaves
-``delegated`` out denies without holding: ``EntryResult.holds_for_deny``). The decisions are
+no case, the role entries that held in no case, and the claims a parameter is bound from that no
+case's token carries (a misspelt ``claim.tenat`` binds nothing in any case). An entry of a deny
+role of the route a case matched counts when it held as a deny role (for a delegated token, an
+entry that leaves ``delegated`` out denies without holding: ``EntryResult.holds_for_deny``). The decisions are
 ``decide``'s own, so the reason codes are those of the HTTP problem bodies and the audit trail.
 """
 
@@ -50,7 +51,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.auth.principal import Principal
+from gateway.auth.principal import MISSING, Principal
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.approval import decider_verdict, match_names
 from gateway.policy.bind import claim_values
@@ -151,11 +152,14 @@ class Coverage:
     routes: list[tuple[str, str]] = field(default_factory=list)
     roles: list[tuple[str, str]] = field(default_factory=list)
     entries: list[tuple[str, str]] = field(default_factory=list)
+    # claims a parameter is bound from (``from: claim.NAME``) that no case's token carries: a
+    # misspelt claim (claim.tenat) binds nothing in any case, and so shows here
+    claims: list[tuple[str, str]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        return not (self.routes or self.roles or self.entries)
+        return not (self.routes or self.roles or self.entries or self.claims)
 
 
 @dataclass
@@ -378,6 +382,17 @@ class _Tally:
     outcomes: list[CaseOutcome] = field(default_factory=list)
     routes: set[int] = field(default_factory=set)
     entries: set[tuple[str, int]] = field(default_factory=set)
+    claims: set[str] = field(default_factory=set)  # claim paths some case's token carries
+
+
+def _bound_claims(policy: CompiledPolicy) -> dict[str, tuple[str, str]]:
+    """Each claim path a parameter is bound from -> the first (query, parameter) binding it."""
+    found: dict[str, tuple[str, str]] = {}
+    for name, query in policy.model.queries.items():
+        for pname, param in query.params.items():
+            if param.claim is not None:
+                found.setdefault(param.claim, (name, pname))
+    return found
 
 
 def _coverage(tally: _Tally) -> Coverage:
@@ -403,7 +418,16 @@ def _coverage(tally: _Tally) -> Coverage:
             if (name, k) not in tally.entries:
                 where = ("roles", name, *role.entry_path(k))
                 cov.entries.append((f"roles.{name}[{k}]", at(where)))
-    cov.totals = {"routes": len(policy.routes), "roles": len(model.roles), "entries": entries}
+    bound = _bound_claims(policy)
+    for path, (query, param) in bound.items():
+        if path not in tally.claims:
+            cov.claims.append((f"claim.{path}", at(("queries", query, "params", param, "from"))))
+    cov.totals = {
+        "routes": len(policy.routes),
+        "roles": len(model.roles),
+        "entries": entries,
+        "claims": len(bound),
+    }
     return cov
 
 
@@ -479,6 +503,9 @@ def run_case_files(
             )
             if decision.route is not None:
                 tally.routes.add(decision.route.index)
+            tally.claims.update(
+                path for path in _bound_claims(tally.policy) if principal.claim(path) is not MISSING
+            )
             tally.outcomes.append(
                 CaseOutcome(
                     where=_show_position(*source.at(("cases", i))),

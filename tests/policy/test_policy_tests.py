@@ -240,3 +240,28 @@ def test_a_deny_role_that_denied_a_delegated_token_is_covered(tmp_path: Path) ->
     uncovered = [name for name, _ in suite.coverage.roles]
     assert "suspended" not in uncovered  # it denied, as a deny role, without holding
     assert "agent-for-support" not in uncovered
+
+
+def test_a_claim_no_case_carries_is_named_a_misspelt_one_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parameter bound from claim.tenat (misspelt) binds nothing in any case: coverage says
+    so, with the place of its `from:`, and --require-coverage fails on it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(EXAMPLE.read_text().replace("from: claim.tenant", "from: claim.tenat", 1))
+    path = tmp_path / "cases.yaml"
+    path.write_text(
+        f"policy: {policy}\n"
+        "cases:\n"
+        "  - name: one\n"
+        f"    claims: {SUPPORT}\n"
+        "    request: GET /v1/customers/C-1\n"
+        "    expect: {allow: true}\n"
+    )
+    main(["policy", "test", str(path)])
+    out = capsys.readouterr().out
+    assert "claims parameters are bound from 1/2" in out, out
+    tenat = where_in(policy, "from: claim.tenat")
+    line, column = tenat.rsplit(":", 2)[-2:]
+    assert f"claim claim.tenat  ({policy}:{line}:" in out, out
+    assert main(["policy", "test", "--require-coverage", str(path)]) == 1
