@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from gateway.approvals.record import MAX_CURSOR_CHARS as APPROVAL_CURSOR_CHARS
 from gateway.intrange import int_range_pattern
 from gateway.policy.bind import BODY_METHODS, ParamSpec
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
@@ -471,7 +472,7 @@ def _approvals_paths() -> dict[str, Any]:
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}  # fmt: skip
     errors = _problems([
         (400, "approval-id-invalid, query-invalid, query-not-allowed, body-invalid, "
-              "param-unknown"),
+              "param-unknown, cursor-invalid"),
         (401, "Missing or invalid bearer token"),
         (403, "not-approver, denied-by-role, approval-own-request"),
         (404, "approval-not-found, no-route"),
@@ -517,13 +518,21 @@ def _approvals_paths() -> dict[str, Any]:
                     "default": "pending"}},
                 {"name": "limit", "in": "query", "required": False, "schema": {
                     "type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                {"name": "cursor", "in": "query", "required": False,
+                 "description": "The next_cursor of the previous page, with the same state: "
+                 "the requests after its last one. Absent: the first page.",
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$",
+                            "maxLength": APPROVAL_CURSOR_CHARS}},
             ],
             "responses": {"200": {"description": "At most limit requests", "content": {
                 "application/json": {"schema": {"type": "object", "properties": {
                     "approvals": {"type": "array",
                                   "items": {"$ref": "#/components/schemas/Approval"}},
                     "state": {"type": "string"},
-                    "truncated": {"type": "boolean"},
+                    "truncated": {"type": "boolean", "description": "There were more: "
+                                  "next_cursor continues"},
+                    "next_cursor": {"type": "string", "description": "Only when there were "
+                                    "more: ?cursor= (same state) answers the next page"},
                 }}}}}, **errors},
         }},
         "/approvals/{id}": {"get": {

@@ -455,3 +455,84 @@ def test_a_lead_of_another_tenant_neither_lists_sees_nor_decides(
     suspended = token_for("suspended-support")  # support, suspended: asks nothing, sees nothing
     seen = httpx.get(f"{base}/approvals/{t2_approval}", headers=_auth(suspended), timeout=30)
     assert (seen.status_code, seen.json()["code"]) == (404, "approval-not-found")
+
+
+def test_the_list_pages_with_a_cursor_to_its_end(server: Served, token_for: Token) -> None:
+    """Three requests, the lead's list a request a page: ``next_cursor`` leads through every
+    page once, the last page has none and says ``truncated: false``; a cursor only positions
+    (the lead's own request is on no page); a tampered cursor and a cursor of another state's
+    list are 400 ``cursor-invalid``; the audit trail says a cursor came, never what it held."""
+    base = server.base
+    support, lead = token_for("support-console"), token_for("support-lead")
+    made = [
+        _cancel(base, support, _new_order(base, token_for)).json()["approval"]["id"]
+        for _ in range(3)
+    ]
+    own = _cancel(base, lead, _new_order(base, token_for))  # the lead's own: never its to list
+    assert own.status_code == 202, own.text
+
+    def page(**params: str) -> httpx.Response:
+        return httpx.get(f"{base}/approvals", params=params, headers=_auth(lead), timeout=30)
+
+    pages: list[dict[str, Any]] = []
+    cursors: list[str] = []
+    while True:
+        got = page(limit="1", **({"cursor": cursors[-1]} if cursors else {}))
+        assert got.status_code == 200, got.text
+        body = got.json()
+        pages.append(body)
+        assert len(pages) < 500, "the pages never end"
+        if "next_cursor" not in body:
+            break
+        assert body["truncated"] is True and len(body["approvals"]) == 1
+        cursors.append(body["next_cursor"])
+    assert pages[-1]["truncated"] is False and len(pages[-1]["approvals"]) == 1
+    listed = [a for body in pages for a in body["approvals"]]
+    ids = [a["id"] for a in listed]
+    assert len(ids) == len(set(ids))  # none twice
+    assert [i for i in ids if i in made] == made  # each once, oldest first
+    assert own.json()["approval"]["id"] not in ids
+    times = [a["created_at"] for a in listed]
+    assert times == sorted(times)
+    assert all(body["state"] == "pending" for body in pages)
+    # a page of 2 from the first cursor answers what pages of 1 did after it
+    two = page(limit="2", cursor=cursors[0]).json()
+    assert [a["id"] for a in two["approvals"]] == ids[1:3]
+
+    cursor = cursors[0]
+    tampered = ("f" if cursor[0] != "f" else "e") + cursor[1:]  # its first byte is no "{"
+    twice = f"{base}/approvals?cursor={cursor}&cursor={cursor}"
+    for refused in (
+        page(limit="1", cursor=tampered),
+        page(limit="1", cursor=cursor + "A"),
+        page(limit="1", cursor=cursor[:-2]),
+        httpx.get(twice, headers=_auth(lead), timeout=30),
+        page(limit="1", state="approved", cursor=cursor),  # another state's list
+        page(state="used", cursor=cursor),
+    ):
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "cursor-invalid"
+        assert cursor not in refused.text
+    # none of the approver's own, nor another tenant's, even with a cursor
+    t2 = page(limit="100", cursor=cursor)
+    assert own.json()["approval"]["id"] not in [a["id"] for a in t2.json()["approvals"]]
+    other_tenant = httpx.get(
+        f"{base}/approvals",
+        params={"limit": "100", "cursor": cursor},
+        headers=_auth(token_for("support-lead-t2")),
+        timeout=30,
+    )
+    assert other_tenant.status_code == 200, other_tenant.text
+    assert all(a["params"]["tenant"] == "t2" for a in other_tenant.json()["approvals"])
+
+    followed = page(limit="1", cursor=cursor)
+    [event] = _events_of(server, followed.headers["x-request-id"])
+    meta = event["protoPayload"]["metadata"]["approval"]
+    assert meta == {"id": None, "event": "approval.listed", "state": "pending", "count": 1,
+                    "cursor": True, "nextCursor": True}  # fmt: skip
+    assert cursor not in str(event)
+    [event] = _events_of(server, page(limit="1", state="used", cursor=cursor).json()["request_id"])
+    assert event["protoPayload"]["status"]["message"] == "cursor-invalid"
+    assert event["protoPayload"]["metadata"]["approval"]["cursor"] is True
+    assert cursor not in str(event)

@@ -549,6 +549,11 @@ async def test_openapi_describes_the_policy(client: httpx.AsyncClient) -> None:
     cancel = doc["paths"]["/v1/orders/{order_id}/cancel"]["post"]
     assert set(cancel["responses"]) >= {"200", "202", "403", "409"}
     assert {"$ref": "#/components/parameters/ApprovalId"} in cancel["parameters"]
+    approvals = doc["paths"]["/approvals"]["get"]
+    assert {p["name"] for p in approvals["parameters"]} == {"state", "limit", "cursor"}
+    answer = approvals["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "next_cursor" in answer["properties"]
+    assert "cursor-invalid" in approvals["responses"]["400"]["description"]
     listing = doc["paths"]["/v1/orders"]["get"]
     names = {p["name"] for p in listing["parameters"]}
     # tenant is claim-bound, after_created and after_order cursor-bound: hidden; the cursor shows

@@ -1,7 +1,7 @@
 """``/approvals`` over HTTP: what approvers decide, and what a requester may look at.
 
     GET  /approvals?state=pending&limit=50   requests to routes the caller may decide (oldest
-                                             first; pending: unexpired, never the caller's own)
+         [&cursor=...]                       first; pending: unexpired, never the caller's own)
     GET  /approvals/{id}                     one request (its requester, or who may decide it)
     POST /approvals/{id}/approve             {"reason": "..."} optional
     POST /approvals/{id}/reject              {"reason": "..."} optional
@@ -10,7 +10,9 @@ Every call presents a bearer token, verified as a policy route's is (the live po
 verifier), is judged under the live policy (``Approvals``), answers JSON or problem+json with a
 stable code, and gets one audit event (``metadata.approval``: the event, the approval id, the
 route, the requester, the approver role, the reason). ``state`` is one of pending, approved,
-rejected, used; ``limit`` 1 to 100 (50 by default): a longer list answers ``truncated: true``.
+rejected, used; ``limit`` 1 to 100 (50 by default): a longer list answers ``truncated: true``
+and ``next_cursor``, which ``?cursor=`` (with the same ``state``) continues from
+(``record.ListCursor``: it only positions; 400 ``cursor-invalid`` for anything else).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.approvals.record import ApprovalRecord, check_reason, parse_approval_id, parse_states
+from gateway.approvals.record import (
+    ApprovalRecord,
+    ListCursor,
+    check_reason,
+    parse_approval_id,
+    parse_list_cursor,
+    parse_states,
+)
 from gateway.audit.event import CallRecord
 from gateway.audit.recorder import new_call, record_call
 from gateway.auth.verify import bearer_token
@@ -190,20 +199,32 @@ class ApprovalsEndpoint:
         if target.action == "list":
             state = parse_states([v for k, v in query if k == "state"])
             limit = _limit([v for k, v in query if k == "limit"])
-            unknown = sorted({k for k, _ in query} - {"state", "limit"})
+            unknown = sorted({k for k, _ in query} - {"state", "limit", "cursor"})
             if unknown:
                 raise BadRequest(f"unknown query parameter {unknown[0]!r}", code="param-unknown")
-            call.approval = {"id": None, "event": "approval.listed", "state": state, "count": 0}
+            cursors = [v for k, v in query if k == "cursor"]
+            # whether a cursor came (never what it holds), and whether the answer carried one
+            call.approval = {
+                "id": None, "event": "approval.listed", "state": state, "count": 0,
+                "cursor": bool(cursors), "nextCursor": False,
+            }  # fmt: skip
             call.authorization = [
                 {"resource": resource, "permission": "approval.list", "granted": True}
             ]
-            rows, truncated = await approvals.listing(policy, who, state=state, limit=limit)
+            after = parse_list_cursor(cursors, state)
+            rows, truncated = await approvals.listing(
+                policy, who, state=state, limit=limit, after=after
+            )
             call.approval["count"] = len(rows)
-            return {
+            answer: dict[str, Any] = {
                 "approvals": [r.view(now) for r in rows],
                 "state": state,
                 "truncated": truncated,
             }
+            if truncated and rows:
+                answer["next_cursor"] = ListCursor.after(rows[-1]).text()
+                call.approval["nextCursor"] = True
+            return answer
         approval_id = parse_approval_id(target.raw_id)
         if query:
             raise BadRequest("this path takes no query string", code="query-not-allowed")

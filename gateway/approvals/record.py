@@ -15,13 +15,20 @@ row keeps the values for the approver to read, those ``audit.redact`` names as t
 
 ``replay_refusal`` says why a call repeated with ``Approval-Id`` may not run (None: it may);
 ``decision_refusal`` why a principal may not decide a request. Codes: ``errors.APPROVAL_CODES``.
+
+``ListCursor`` is where a page of ``GET /approvals`` ends (the list's keyset, ``CreatedAt`` to
+the nanosecond and ``ApprovalId``, and the state listed): base64url of compact JSON, no secret
+(it only positions; the approver's scopes select the rows whatever it says), read back strictly.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -29,16 +36,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.auth.principal import Principal
-from gateway.errors import ApprovalRefused
+from gateway.errors import ApprovalRefused, CursorRefused
 from gateway.policy.approval import parties
+from gateway.policy.types import SpannerTimestamp, TypeProblem, parse_timestamp
 from gateway.spanner.idempotency import canonical_request
 
 __all__ = [
+    "MAX_CURSOR_CHARS",
     "ApprovalRecord",
+    "ListCursor",
     "State",
     "decision_refusal",
     "new_approval_id",
     "parse_approval_id",
+    "parse_list_cursor",
     "replay_refusal",
     "request_hash",
     "scope_hash",
@@ -269,3 +280,79 @@ def parse_states(values: Sequence[str]) -> str:
     if len(values) > 1 or values[0] not in STATES:
         raise BadRequest(f"state is one of {', '.join(STATES)} (once)", code="query-invalid")
     return values[0]
+
+
+MAX_CURSOR_CHARS = 256  # a cursor is about 120; anything longer is refused before it is decoded
+_CURSOR_TEXT = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CURSOR_CHARS}}}")
+# CreatedAt as the cursor writes it: UTC, the fraction to the nanosecond without trailing zeros
+_CURSOR_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,8}[1-9])?Z"
+)
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a page of ``GET /approvals?state=...`` ended: its last row's ``CreatedAt`` (RFC
+    3339, UTC, to the nanosecond Spanner keeps: no row of the same microsecond is skipped or
+    answered twice) and ``ApprovalId``, the list's order (``ORDER BY CreatedAt, ApprovalId``).
+    The next page is the rows strictly after it, of the same ``state``."""
+
+    state: str
+    created_at: str
+    approval_id: str
+
+    @classmethod
+    def after(cls, record: ApprovalRecord) -> ListCursor:
+        from gateway.spanner.results import rfc3339
+
+        return cls(record.state, rfc3339(record.created_at), record.approval_id)
+
+    @property
+    def timestamp(self) -> SpannerTimestamp:
+        """``created_at`` with its nanoseconds (what the list binds)."""
+        return parse_timestamp(self.created_at)
+
+    def text(self) -> str:
+        """The cursor as a caller gets it: base64url (no padding) of compact JSON."""
+        data = json.dumps(
+            {"i": self.approval_id, "s": self.state, "t": self.created_at},
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("ascii")
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def parse_list_cursor(values: Sequence[str], state: str) -> ListCursor | None:
+    """``?cursor=`` of ``GET /approvals`` (None: the first page), or 400 ``cursor-invalid``:
+    given twice, longer than ``MAX_CURSOR_CHARS``, anything but a cursor exactly as the gateway
+    writes one (``ListCursor.text``), or a cursor of another ``state``'s list."""
+    if not values:
+        return None
+    text = values[0]
+    if len(values) > 1 or not _CURSOR_TEXT.fullmatch(text):
+        raise CursorRefused("malformed")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CursorRefused("malformed") from None
+    if not isinstance(data, dict) or set(data) != {"i", "s", "t"}:
+        raise CursorRefused("malformed")
+    at, approval_id, listed = data["t"], data["i"], data["s"]
+    if not (
+        isinstance(at, str)
+        and _CURSOR_TIME.fullmatch(at)
+        and isinstance(approval_id, str)
+        and _ID.fullmatch(approval_id)
+        and listed in STATES
+    ):
+        raise CursorRefused("malformed")
+    try:
+        parse_timestamp(at)  # a real instant (no February 30th)
+    except TypeProblem:
+        raise CursorRefused("malformed") from None
+    cursor = ListCursor(listed, at, approval_id)
+    if cursor.text() != text:  # one spelling only: no padding bits, spaces, escapes, duplicates
+        raise CursorRefused("malformed")
+    if listed != state:
+        raise CursorRefused("params")  # another state's list: its position means nothing here
+    return cursor

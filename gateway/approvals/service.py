@@ -38,6 +38,7 @@ from google.api_core import exceptions as gexc
 
 from gateway.approvals.record import (
     ApprovalRecord,
+    ListCursor,
     decision_refusal,
     new_approval_id,
     replay_refusal,
@@ -371,10 +372,18 @@ class Approvals:
         return decided["record"], verdict.role
 
     async def listing(
-        self, policy: CompiledPolicy, who: Principal, *, state: str, limit: int
+        self,
+        policy: CompiledPolicy,
+        who: Principal,
+        *,
+        state: str,
+        limit: int,
+        after: ListCursor | None = None,
     ) -> tuple[list[ApprovalRecord], bool]:
         """The requests in ``state`` to routes ``who`` may decide (pending: not yet expired,
-        and never its own), oldest first: at most ``limit``, and whether there were more."""
+        and never its own), oldest first: at most ``limit``, and whether there were more.
+        ``after`` (a cursor of ``state``'s list) only positions: the page starts past that row,
+        and selects by the same scopes, expiry and requester as a first page does."""
         scopes = sorted(
             {
                 scope
@@ -384,6 +393,7 @@ class Approvals:
                 and (scope := self.scope_of(r, who)) is not None
             }
         )
+        assert after is None or after.state == state  # parse_list_cursor refuses another's
         identities = approval_identities(policy)
         if not scopes or not identities:
             return [], False
@@ -398,6 +408,7 @@ class Approvals:
                 live=now if state in ("pending", "approved") else None,
                 limit=limit + 1,
                 not_by=(who.iss, who.subject) if state == "pending" else None,
+                after=after,
                 dialect=policy.model.spanner.dialect,
             )
 

@@ -307,6 +307,14 @@ class ApprovalInfo(_Model):
     expiresAt: str | None = Field(None, description="When the request or approval expires.")
     state: str | None = Field(None, description="listed: the state asked for.")
     count: int | None = Field(None, ge=0, description="listed: how many were answered.")
+    cursor: bool | None = Field(
+        None,
+        description="listed: whether the call gave a cursor (?cursor=: a later page); never "
+        "the cursor itself.",
+    )
+    nextCursor: bool | None = Field(
+        None, description="listed: whether the answer carried next_cursor (there were more)."
+    )
 
 
 class Metadata(_Model):

@@ -27,7 +27,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.approvals.record import ApprovalRecord
+from gateway.approvals.record import ApprovalRecord, ListCursor
 from gateway.policy.sqltoken import GOOGLESQL, POSTGRESQL, Dialect
 
 __all__ = [
@@ -126,10 +126,15 @@ _SELECT = ", ".join(COLUMNS)
 # Pending (or other) requests an approver may decide, oldest first: the approvers' list. A
 # request's Scope digests its route and match values (``record.scope_hash``): the approver's
 # scopes, one per route it may decide, select exactly the requests whose values it shares.
+# Keyset pages: @after_at and @after_id (``record.ListCursor``, null on the first page) only
+# position the list after the previous page's last row, in its order (CreatedAt, then
+# ApprovalId: rows of the same instant are told apart by their id); the filters stay as they are.
 LIST_SQL = (
     f"SELECT {_SELECT} FROM {TABLE} "  # noqa: S608 - constant names only
     "WHERE State = @state AND Scope IN UNNEST(@scopes) AND (@live IS NULL OR ExpiresAt > @live) "
     "AND (@iss IS NULL OR NOT (Iss = @iss AND Subject = @sub)) "
+    "AND (@after_at IS NULL OR CreatedAt > @after_at "
+    "OR (CreatedAt = @after_at AND ApprovalId > @after_id)) "
     "ORDER BY CreatedAt, ApprovalId LIMIT @limit"
 )
 # What the start-up check plans (an identity that cannot read it is warned about).
@@ -137,16 +142,22 @@ LIST_SQL = (
 PROBE_SQL = f"SELECT ApprovalId, Scope FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
 
 # The same two in PostgreSQL: placeholders by position, bound as p1, p2... The list's are
-# $1 state, $2 scopes, $3 live, $4 iss, $5 sub, $6 limit (``_PG_NAMES``).
+# $1 state, $2 scopes, $3 live, $4 iss, $5 sub, $6 limit, $7 after_at, $8 after_id
+# (``_PG_NAMES``).
 _PG_SELECT = ", ".join(f'"{c}"' for c in COLUMNS)
 PG_LIST_SQL = (
     f'SELECT {_PG_SELECT} FROM "{TABLE}" '  # noqa: S608 - constant names only
     'WHERE "State" = $1 AND "Scope" = ANY($2) '
     'AND ($3::timestamptz IS NULL OR "ExpiresAt" > $3) '
     'AND ($4::varchar IS NULL OR NOT ("Iss" = $4 AND "Subject" = $5)) '
+    'AND ($7::timestamptz IS NULL OR "CreatedAt" > $7 '
+    'OR ("CreatedAt" = $7 AND "ApprovalId" > $8::varchar)) '
     'ORDER BY "CreatedAt", "ApprovalId" LIMIT $6'
 )
-_PG_NAMES = {"state": "p1", "scopes": "p2", "live": "p3", "iss": "p4", "sub": "p5", "limit": "p6"}
+_PG_NAMES = {
+    "state": "p1", "scopes": "p2", "live": "p3", "iss": "p4", "sub": "p5", "limit": "p6",
+    "after_at": "p7", "after_id": "p8",
+}  # fmt: skip
 PG_PROBE_SQL = f'SELECT "ApprovalId", "Scope" FROM "{TABLE}" WHERE "ApprovalId" = $1'  # noqa: S608
 
 
@@ -250,13 +261,24 @@ async def list_rows(
     live: dt.datetime | None,
     limit: int,
     not_by: tuple[str, str] | None = None,
+    after: ListCursor | None = None,
     dialect: Dialect = GOOGLESQL,
 ) -> list[ApprovalRecord]:
     """Rows in ``state`` whose Scope is one of ``scopes`` (``live``: only those expiring after
     it; ``not_by``: not requested by this iss and subject), oldest first, at most ``limit``;
-    the statement in ``dialect``."""
+    ``after``: only those after this row of the list (its CreatedAt to the nanosecond, then its
+    ApprovalId); the statement in ``dialect``."""
+    from google.api_core.datetime_helpers import DatetimeWithNanoseconds
     from google.cloud.spanner_v1 import param_types
 
+    after_at: DatetimeWithNanoseconds | None = None
+    if after is not None:
+        at = after.timestamp
+        v = at.value
+        after_at = DatetimeWithNanoseconds(  # type: ignore[no-untyped-call]
+            v.year, v.month, v.day, v.hour, v.minute, v.second,
+            nanosecond=at.nanos, tzinfo=dt.UTC,
+        )  # fmt: skip
     params: dict[str, Any] = {
         "state": state,
         "scopes": list(scopes),
@@ -264,6 +286,8 @@ async def list_rows(
         "limit": limit,
         "iss": not_by[0] if not_by else None,
         "sub": not_by[1] if not_by else None,
+        "after_at": after_at,
+        "after_id": after.approval_id if after is not None else None,
     }
     types: dict[str, Any] = {
         "iss": param_types.STRING,
@@ -272,6 +296,8 @@ async def list_rows(
         "scopes": param_types.Array(param_types.STRING),  # type: ignore[no-untyped-call]
         "live": param_types.TIMESTAMP,
         "limit": param_types.INT64,
+        "after_at": param_types.TIMESTAMP,
+        "after_id": param_types.STRING,
     }
     if dialect == POSTGRESQL:  # $k travels as pk
         params = {_PG_NAMES[name]: value for name, value in params.items()}

@@ -6,7 +6,10 @@ state a caller sees; and ``/approvals`` paths (``endpoints.parse_path``). No Spa
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,19 +18,28 @@ import pytest
 
 from gateway.approvals.endpoints import ApprovalsPath, _limit, parse_path
 from gateway.approvals.record import (
+    MAX_CURSOR_CHARS,
     MAX_REASON_CHARS,
     ApprovalRecord,
+    ListCursor,
     check_reason,
     decision_refusal,
     new_approval_id,
     parse_approval_id,
+    parse_list_cursor,
     parse_states,
     replay_refusal,
     request_hash,
     shown_state,
 )
 from gateway.auth.principal import Principal
-from gateway.errors import APPROVAL_CODES, ApprovalRefused, BadRequest, GatewayError
+from gateway.errors import (
+    APPROVAL_CODES,
+    ApprovalRefused,
+    BadRequest,
+    CursorRefused,
+    GatewayError,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ISS = "https://idp.example/oauth2/default"
@@ -413,3 +425,97 @@ def test_an_approval_is_used_by_its_requester_through_the_same_delegation_chain(
     assert replay(record("approved"), who(ASKER.subject, act={"sub": "agent-a"})) == (
         "approval-mismatch"
     )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_list_cursor_carries_the_last_row_to_the_nanosecond_and_reads_back() -> None:
+    """The last row's CreatedAt as Spanner returns it (``DatetimeWithNanoseconds``): every
+    nanosecond kept, so rows a microsecond apart are never mistaken for one another."""
+    from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+
+    at = DatetimeWithNanoseconds(2026, 1, 2, 3, 4, 5, nanosecond=123456789, tzinfo=dt.UTC)  # type: ignore[no-untyped-call]
+    row = record(created_at=at, approval_id=ID)
+    cursor = ListCursor.after(row)
+    assert cursor == ListCursor("pending", "2026-01-02T03:04:05.123456789Z", ID)
+    text = cursor.text()
+    assert len(text) <= MAX_CURSOR_CHARS and re.fullmatch(r"[A-Za-z0-9_-]+", text)
+    assert json.loads(base64.urlsafe_b64decode(text + "==")) == {
+        "i": ID, "s": "pending", "t": "2026-01-02T03:04:05.123456789Z"
+    }  # fmt: skip
+    read = parse_list_cursor([text], "pending")
+    assert read == cursor
+    assert read is not None and (read.timestamp.nanos, read.timestamp.value) == (
+        123456789,
+        dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC),
+    )
+    # a plain datetime (microseconds), and a whole second: no fraction, no trailing zeros
+    assert ListCursor.after(replace(row, created_at=T0)).created_at == "2026-01-02T03:04:05Z"
+    micro = replace(row, created_at=T0.replace(microsecond=120000))
+    assert ListCursor.after(micro).created_at == "2026-01-02T03:04:05.12Z"
+    assert parse_list_cursor([], "pending") is None  # the first page
+
+
+def _cursor(**members: Any) -> str:
+    data = {"i": ID, "s": "pending", "t": "2026-01-02T03:04:05.5Z", **members}
+    return _b64(json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
+
+
+GOOD = _cursor()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [""],
+        [GOOD, GOOD],  # twice
+        [GOOD + "="],  # padding
+        [GOOD[:-1]],  # cut short
+        [GOOD[:-1] + ("A" if GOOD[-1] != "A" else "B")],  # changed
+        [GOOD.replace("-", "+").replace("_", "/") + "+/"],  # not base64url
+        ["A" * (MAX_CURSOR_CHARS + 1)],
+        [_b64(b"not json")],
+        [_b64(b"[1, 2]")],
+        [_b64(b"\xff\xfe")],
+        [_cursor(x=1)],  # a member more
+        [_b64(b'{"i":"%s","s":"pending"}' % ID.encode())],  # one fewer
+        [_cursor(i=ID.upper())],
+        [_cursor(i=ID[:-1])],
+        [_cursor(i=1)],
+        [_cursor(s="expired")],
+        [_cursor(s=None)],
+        [_cursor(t="2026-01-02T03:04:05.50Z")],  # trailing zero: not how the gateway writes it
+        [_cursor(t="2026-01-02T03:04:05.1234567891Z")],  # past nanoseconds
+        [_cursor(t="2026-01-02T03:04:05+00:00")],
+        [_cursor(t="2026-02-30T03:04:05Z")],
+        [_cursor(t="2026-01-02 03:04:05Z")],
+        [_cursor(t=1767323045)],
+        # the right members, spelt otherwise: spaces, order, an escape, a key twice
+        [_b64(json.dumps({"i": ID, "s": "pending", "t": "2026-01-02T03:04:05.5Z"}).encode())],
+        [_b64(b'{"t":"2026-01-02T03:04:05.5Z","s":"pending","i":"%s"}' % ID.encode())],
+        [_b64(b'{"i":"%s","s":"pend\\u0069ng","t":"2026-01-02T03:04:05.5Z"}' % ID.encode())],
+        [_b64(b'{"i":"x","i":"%s","s":"pending","t":"2026-01-02T03:04:05.5Z"}' % ID.encode())],
+    ],
+)
+def test_a_list_cursor_is_read_strictly(given: list[str]) -> None:
+    with pytest.raises(CursorRefused) as refused:
+        parse_list_cursor(given, "pending")
+    assert refused.value.code == "cursor-invalid" and refused.value.status == 400
+    assert refused.value.reason == "malformed"
+    assert not given[0] or given[0] not in refused.value.detail  # never quoted back
+
+
+def test_a_cursor_of_another_state_s_list_is_refused() -> None:
+    assert parse_list_cursor([GOOD], "pending") == ListCursor(
+        "pending", "2026-01-02T03:04:05.5Z", ID
+    )
+    for state in ("approved", "rejected", "used"):
+        with pytest.raises(CursorRefused) as refused:
+            parse_list_cursor([GOOD], state)
+        assert refused.value.code == "cursor-invalid"
+    assert parse_list_cursor([_cursor(s="used")], "used") is not None

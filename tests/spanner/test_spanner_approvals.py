@@ -6,6 +6,7 @@ same in a PostgreSQL-dialect database."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from spanner_stack import (
     Token,
     apply_ddl,
@@ -24,8 +26,10 @@ from spanner_stack import (
 )
 
 from gateway.app import Gateway
+from gateway.approvals.record import ListCursor
 from gateway.spanner.approvals import DDL as APPROVALS_DDL
 from gateway.spanner.approvals import PG_DDL as APPROVALS_PG_DDL
+from gateway.spanner.results import rfc3339 as results_rfc3339
 
 TABLE = ["CREATE TABLE Tickets (Id INT64 NOT NULL, Status STRING(16)) PRIMARY KEY (Id)"]
 SEED = ["INSERT INTO Tickets (Id, Status) VALUES (1, 'OPEN'), (2, 'OPEN')"]
@@ -207,7 +211,7 @@ async def test_an_ask_that_could_not_be_stored_spends_no_budget(
             _missing(await http.post("/tickets/1/close", json={}, headers=asker))
 
 
-PG_TABLE = ['CREATE TABLE tickets (id int8 NOT NULL, status varchar(16), PRIMARY KEY (id))']
+PG_TABLE = ["CREATE TABLE tickets (id int8 NOT NULL, status varchar(16), PRIMARY KEY (id))"]
 PG_POLICY = """\
 identities:
   writer: {database_role: tickets_writer}
@@ -268,3 +272,91 @@ async def test_a_postgresql_database_without_the_table_answers_503_until_init_db
             "/tickets/1/close", json={}, headers={**asker, "Approval-Id": approval}
         )
         assert (used.status_code, used.json()["code"]) == (409, "approval-used")
+
+
+@pytest.mark.parametrize("dialect", ["googlesql", "postgresql"])
+async def test_the_list_pages_through_requests_of_the_same_instant_exactly_once(
+    demo_database: str, idp: Any, tmp_path: Path, token_for: Token, dialect: str
+) -> None:
+    """Keyset pages on (CreatedAt, ApprovalId), the list's SQL on the emulator in both dialects:
+    requests made at the same instant (the service's clock held still) are told apart by their
+    id, and instants one nanosecond apart (the same microsecond) by the nanosecond the cursor
+    keeps. Pages of 1 and of 2 answer every request exactly once, in the list's order."""
+    name = f"{dialect[:2]}approvalpages"
+    if dialect == "postgresql":
+        make_database(
+            demo_database, name, [*PG_TABLE, *APPROVALS_PG_DDL], SEED_PG, dialect="postgresql"
+        )
+        text = policy_text(name, PG_POLICY).replace(
+            f"database: {name}}}", f"database: {name}, dialect: postgresql}}"
+        )
+        assert "dialect: postgresql" in text
+    else:
+        make_database(demo_database, name, [*TABLE, *APPROVALS_DDL], SEED)
+        text = _policy(name, approval=True)
+    asker, approver = bearer(token_for("support-console")), bearer(token_for("order-writer"))
+    now = dt.datetime.now(dt.UTC)
+
+    def instant(nanos: int) -> dt.datetime:
+        return DatetimeWithNanoseconds(  # type: ignore[no-untyped-call,no-any-return]
+            now.year, now.month, now.day, now.hour, now.minute, now.second,
+            nanosecond=nanos, tzinfo=dt.UTC,
+        )  # fmt: skip
+
+    ta = instant(123456789)
+    tb = instant(123456790)  # the same microsecond as ta, one nanosecond later
+    tc = instant(124000000)
+    instants = [tb, ta, tc, ta, tb, ta, ta]  # made in this order; listed by instant, then id
+    async with gateway_on(tmp_path, demo_database, text, issuer=idp.issuer) as (app, http):
+        made: list[tuple[str, str]] = []  # (CreatedAt as the cursor writes it, id)
+        for ticket, at in enumerate(instants, start=1):
+            app.approvals.clock = lambda at=at: at
+            asked = await http.post(f"/tickets/{ticket}/close", json={}, headers=asker)
+            assert asked.status_code == 202, asked.text
+            made.append((results_rfc3339(at), asked.json()["approval"]["id"]))
+        app.approvals.clock = lambda: ta  # none has expired
+        expected = [approval for _, approval in sorted(made)]
+        assert len(set(expected)) == len(instants)
+
+        async def walk(limit: int, state: str = "pending") -> list[list[str]]:
+            pages: list[list[str]] = []
+            cursor: str | None = None
+            while True:
+                query = {"limit": str(limit), "state": state}
+                if cursor is not None:
+                    query["cursor"] = cursor
+                got = await http.get("/approvals", params=query, headers=approver)
+                assert got.status_code == 200, got.text
+                body = got.json()
+                pages.append([a["id"] for a in body["approvals"]])
+                assert len(pages) <= len(instants) + 1, pages  # it ends
+                cursor = body.get("next_cursor")
+                assert body["truncated"] is (cursor is not None)
+                if cursor is None:
+                    return pages
+                assert len(pages[-1]) == limit
+
+        for limit in (1, 2, 3, 100):
+            pages = await walk(limit)
+            assert [a for page in pages for a in page] == expected, limit
+            assert all(pages[:-1]) and len(pages) == -(-len(instants) // limit)
+
+        # a cursor only positions: one of the list's own instants and ids, made by hand
+        def after(at: dt.datetime, approval: str) -> str:
+            return ListCursor("pending", results_rfc3339(at), approval).text()
+
+        async def listed(cursor: str) -> list[str]:
+            got = await http.get(
+                "/approvals", params={"limit": "100", "cursor": cursor}, headers=approver
+            )
+            assert got.status_code == 200, got.text
+            return [a["id"] for a in got.json()["approvals"]]
+
+        at_ta = len([i for i in instants if i is ta])
+        assert await listed(after(ta, "0" * 32)) == expected  # before every row of ta
+        assert await listed(after(ta, "f" * 32)) == expected[at_ta:]  # past them all
+        assert await listed(after(ta, expected[0])) == expected[1:]
+        assert await listed(after(tb, "f" * 32)) == expected[-1:]  # tc's alone
+        assert await listed(after(tc, "f" * 32)) == []
+        assert await listed(after(now.replace(year=2000), "0" * 32)) == expected
+        assert (await walk(1, "approved")) == [[]]  # another state's list: none of these
