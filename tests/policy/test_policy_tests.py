@@ -262,6 +262,6 @@ def test_a_claim_no_case_carries_is_named_a_misspelt_one_first(
     out = capsys.readouterr().out
     assert "claims parameters are bound from 1/2" in out, out
     tenat = where_in(policy, "from: claim.tenat")
-    line, column = tenat.rsplit(":", 2)[-2:]
+    line = tenat.rsplit(":", 2)[-2]
     assert f"claim claim.tenat  ({policy}:{line}:" in out, out
     assert main(["policy", "test", "--require-coverage", str(path)]) == 1
