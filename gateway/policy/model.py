@@ -7,6 +7,7 @@ once. The JSON Schema in ``policies/policy.schema.json`` is generated from ``Pol
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, ClassVar, Literal, cast
 
@@ -90,6 +91,7 @@ _DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@functools.lru_cache(maxsize=256)  # a query's timeout is read on every call (a handful of texts)
 def parse_duration(text: str) -> float:
     """``"250ms"``, ``"10s"``, ``"1.5m"``, ``"1h"`` -> seconds."""
     m = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
