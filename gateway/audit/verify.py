@@ -26,8 +26,10 @@ genesis of the trail (seq 1, ``prev`` all zeros). Deleting the oldest files or t
 of the oldest file leaves a sound trail that starts later: only ``start`` shows it, and an
 ``anchor`` (``GENESIS``, or the last hash of the previous verified archive) makes it a break.
 A chain start whose ``prev`` is ``GENESIS`` in the middle of a trail (its process
-could not read its predecessor) and a last line cut short by a crash (no newline: never
-acknowledged) are reported as notes, not breaks. Deleting the newest events of the whole trail is
+could not read its predecessor) and a last line with no newline (a write in progress, or cut
+short by a crash: never acknowledged; not verified) are reported as notes, not breaks; a trail
+with no complete event at all is sound but ``TrailReport.events`` is 0 (``spangate audit
+verify`` refuses to call it ok). Deleting the newest events of the whole trail is
 not detectable from the trail alone: compare ``head`` with a copy kept elsewhere (another sink).
 
 Streaming: memory does not grow with the trail; classifying a break re-reads the trail once.
@@ -220,8 +222,8 @@ class _Verifier:
             following = next(stream, None)
             if not entry.complete and following is None and entry.file == str(self.paths[-1]):
                 report.notes.append(
-                    f"{entry.where()}: the last line is incomplete (a write cut short by a crash, "
-                    "never acknowledged); it is ignored"
+                    f"{entry.where()}: the last line has no newline (a write in progress or torn "
+                    "by a crash, never acknowledged): not verified"
                 )
                 break
             problem = self._check(entry, following, history)

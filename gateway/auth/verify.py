@@ -1,24 +1,24 @@
 """Bearer token -> Principal, or an AuthError with a stable code (IdpUnavailable: 503).
 
-JWTs: the token's ``iss`` (read before the signature is checked, used only to pick the issuer)
-must equal one configured issuer exactly; that issuer's pinned algorithms, audiences and keys then
-decide. pyjwt verifies with ``algorithms`` pinned to the token's (allowed) alg, ``iss``/``aud``/
-``exp``/``sub`` required, ``nbf``/``iat`` honoured with the configured leeway, and an unknown
-``crit`` header refused. A sender-constrained token (a ``cnf`` claim: DPoP or mTLS bound) is
-refused with ``token-sender-constrained``: the gateway does not verify such bindings. Keys come
-only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk`` or ``x5c`` headers), and a key
-must fit the alg (type, curve, declared alg). ``typ`` may be absent, ``JWT`` or ``at+jwt``; a
-recognisable ID token is refused unless the issuer says ``refuse_id_tokens: false`` (or has
-``preset: google``, where the ID token is the credential). The preset's own rules then apply
-(``presets.principal_for_issuer``: a Kubernetes service-account ``sub``, a verified Google
-``email``); a signed token whose audience is wrong is ``audience-mismatch``, or
-``api-server-token`` for a Kubernetes token meant for the API server, even beside the gateway's
-audience (``presets.audience_refusal``),
-and so is a legacy Secret-based Kubernetes token (``iss: kubernetes/serviceaccount``) when the
-policy has a ``kubernetes`` issuer. Under ``preset: google`` the issuer
-``https://accounts.google.com`` is also picked by ``iss: accounts.google.com``. Verified
-JWTs are cached by SHA-256 of the token (bounded, least recently used first out), each entry
-living no longer than the token's ``exp``.
+JWTs: the header and claims are first read by ``decode.decode_unverified`` (strict JSON, else
+``token-malformed`` with a fixed sentence); the token's ``iss`` (read before the signature is
+checked, used only to pick the issuer) must equal one configured issuer exactly; that issuer's
+pinned algorithms, audiences and keys then decide. pyjwt verifies with ``algorithms`` pinned to the
+token's (allowed) alg, ``iss``/``aud``/``exp``/``sub`` required, ``nbf``/``iat`` honoured with the
+configured leeway, and an unknown ``crit`` header refused. A sender-constrained token (a ``cnf``
+claim: DPoP or mTLS bound) is refused with ``token-sender-constrained``: the gateway does not
+verify such bindings. Keys come only from the issuer's JWKS (never from ``jku``, ``x5u``, ``jwk``
+or ``x5c`` headers), and a key must fit the alg (type, curve, declared alg). ``typ`` may be absent,
+``JWT`` or ``at+jwt``; a recognisable ID token is refused unless the issuer says
+``refuse_id_tokens: false`` (or has ``preset: google``, where the ID token is the credential). The
+preset's own rules then apply (``presets.principal_for_issuer``: a Kubernetes service-account
+``sub``, a verified Google ``email``); a signed token whose audience is wrong is
+``audience-mismatch``, or ``api-server-token`` for a Kubernetes token meant for the API server,
+even beside the gateway's audience (``presets.audience_refusal``), and so is a legacy Secret-based
+Kubernetes token (``iss: kubernetes/serviceaccount``) when the policy has a ``kubernetes`` issuer.
+Under ``preset: google`` the issuer ``https://accounts.google.com`` is also picked by ``iss:
+accounts.google.com``. Verified JWTs are cached by SHA-256 of the token (bounded, least recently
+used first out), each entry living no longer than the token's ``exp``.
 
 Okta org authorization servers (``preset: okta``, issuer without ``/oauth2/``): their tokens are
 never validated locally; they are introspected when the issuer configures introspection, else
@@ -38,11 +38,7 @@ could not be asked).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
-import logging
 import re
 import time
 from collections import Counter, OrderedDict
@@ -53,6 +49,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from gateway.auth.decode import NOT_A_JWT, NOT_ACCEPTED, NOT_STRICT, decode_unverified, refused
 from gateway.auth.introspect import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.presets import (
@@ -72,92 +69,19 @@ from gateway.auth.times import check_times
 from gateway.errors import AuthError, IdpUnavailable
 from gateway.policy.model import Issuer
 
-__all__ = ["ID_TOKEN_CLAIMS", "TokenVerifier", "bearer_token"]
+__all__ = [
+    "ID_TOKEN_CLAIMS",
+    "NOT_ACCEPTED",
+    "NOT_A_JWT",
+    "NOT_STRICT",
+    "TokenVerifier",
+    "bearer_token",
+]
 
 _ACCEPTED_TYP = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 section 2.1
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # RFC 7515 7.1
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
-
-log = logging.getLogger("spangate.auth")
-# The 401s' details are the gateway's own sentences: the JWT library's words (which change with
-# its versions and may echo the token's parts) go to the log only (``_refused``), at INFO.
-NOT_A_JWT = (
-    "the token is not a well-formed JWT: three base64url parts (a JSON header, a JSON payload, "
-    "a signature) separated by dots"
-)
-NOT_ACCEPTED = "the token has a header or claim that is not valid (it was not accepted)"
-_LOGGED_CHARS = 200
-
-
-def _refused(code: str, exc: Exception) -> None:
-    """The JWT library's reason for a refusal, for the log (never the caller)."""
-    words = str(exc)
-    if len(words) > _LOGGED_CHARS:
-        words = words[:_LOGGED_CHARS] + "..."
-    log.info("token refused (%s): %s: %s", code, type(exc).__name__, words)
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"the member {name!r} appears twice")
-        out[name] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json(data: bytes | str) -> Any:
-    """JSON as the gateway reads every body: no member twice in an object (which one would
-    count is every reader's guess), no NaN/Infinity literals; else ValueError."""
-    return json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-
-
-class _NotStrict(jwt.DecodeError):
-    """A payload that is JSON to a lenient reader only: a member twice, NaN or Infinity."""
-
-
-NOT_STRICT = (
-    "the token's header or claims are not strict JSON: a member appears twice, or NaN or "
-    "Infinity stands for a number"
-)
-
-
-class _StrictJWT(jwt.PyJWT):
-    """pyjwt, its claims read by ``_strict_json`` (``_decode_payload`` is pyjwt's documented
-    override point): a token with a claim twice is a ``DecodeError``, never the last one
-    silently. Only a token's first sight parses: verified tokens are cached."""
-
-    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
-        try:
-            payload = _strict_json(decoded["payload"])
-        except (ValueError, RecursionError) as exc:
-            try:  # JSON to a lenient reader (a member twice, NaN), or no JSON at all?
-                json.loads(decoded["payload"])
-            except (ValueError, RecursionError):
-                raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
-            raise _NotStrict(f"Invalid payload string: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise jwt.DecodeError("Invalid payload string: must be a json object")
-        return payload
-
-
-_JWT = _StrictJWT()
-
-
-def _check_header_members(token: str) -> None:
-    """The JOSE header (which pyjwt has decoded already) read strictly too (``_strict_json``):
-    a member twice (two ``alg``, two ``kid``) is ``token-malformed``."""
-    segment = token.split(".", 1)[0]
-    try:
-        _strict_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, RecursionError) as exc:
-        _refused("token-malformed", exc)
-        raise AuthError(NOT_STRICT, code="token-malformed") from None
 
 
 def bearer_token(authorization: Sequence[str], *, token_in_query: bool, max_bytes: int) -> str:
@@ -274,21 +198,7 @@ class TokenVerifier:
 
     # -- JWTs ---------------------------------------------------------------------------------
     async def _verify_jwt(self, token: str, now: float) -> tuple[Principal, float | None]:
-        try:
-            parsed = _JWT.decode_complete(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError as exc:
-            _refused("token-malformed", exc)
-            detail = (
-                NOT_STRICT
-                if isinstance(exc, _NotStrict)
-                else NOT_A_JWT
-                if isinstance(exc, jwt.DecodeError)
-                else NOT_ACCEPTED  # crit
-            )
-            raise AuthError(detail, code="token-malformed") from exc
-        _check_header_members(token)
-        header: dict[str, Any] = parsed["header"]
-        unverified: dict[str, Any] = parsed["payload"]
+        header, unverified = decode_unverified(token)  # strict JSON, or token-malformed
         iss = unverified.get("iss")
         if not isinstance(iss, str):
             raise AuthError("the token has no iss claim", code="token-malformed")
@@ -346,7 +256,7 @@ class TokenVerifier:
     ) -> dict[str, Any]:
         audiences = list(runtime.config.audiences)
         try:
-            # pyjwt's own reader: _verify_jwt read these very bytes strictly (_JWT) already
+            # pyjwt's own reader: _verify_jwt read these very bytes strictly (decode_unverified)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,
@@ -371,7 +281,7 @@ class TokenVerifier:
         except jwt.InvalidSignatureError as exc:
             raise AuthError("the token's signature is invalid", code="signature-invalid") from exc
         except jwt.InvalidAlgorithmError as exc:
-            _refused("algorithm-not-allowed", exc)
+            refused("algorithm-not-allowed", exc)
             raise AuthError(
                 f"algorithm {alg!r} cannot verify tokens of issuer '{runtime.name}'",
                 code="algorithm-not-allowed",
@@ -381,7 +291,7 @@ class TokenVerifier:
                 f"the token lacks a required claim: {exc.claim}", code="token-malformed"
             ) from exc
         except jwt.InvalidTokenError as exc:
-            _refused("token-malformed", exc)
+            refused("token-malformed", exc)
             raise AuthError(NOT_ACCEPTED, code="token-malformed") from exc
         return claims
 

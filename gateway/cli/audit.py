@@ -5,9 +5,11 @@ worker: ``audit.w1.jsonl``, ``audit.w2.jsonl``…; a file and its rotations are 
 verified on its own, under a ``trail NAME:`` heading, and a last line counts them; exit 1 when any
 is broken. ``--anchor`` is one trail's hash: with several trails it is a usage error.
 
-Exit 0 when every event is intact and in its place (notes, if any, go to stderr), 1 at the first
-break, printed as ``FILE:LINE: seq N KIND: why`` (KIND: edited, deleted, reordered, inserted,
-missing-file, unanchored). The ``ok`` line says where the verified trail starts (its first event's
+Exit 0 when every event is intact and in its place (notes, if any, go to stderr: a last line
+with no newline, a write in progress or torn by a crash, is one, and is not verified), 1 at the
+first break, printed as ``FILE:LINE: seq N KIND: why`` (KIND: edited, deleted, reordered,
+inserted, missing-file, unanchored), and 1 for a trail with no complete event (``not verified:``):
+there is nothing to call ok. The ``ok`` line says where the verified trail starts (its first event's
 chain, seq and prev, and whether that is genesis) and where it ends. ``--from-genesis`` and
 ``--anchor HASH`` make a trail that does not start there a break. The key is
 ``SPANGATE_AUDIT_KEY`` (as the gateway reads it), or the contents of ``--key-file``; ``--no-key``
@@ -94,21 +96,24 @@ def _verify(args: argparse.Namespace) -> int:
     secret = _secret(args)
     anchor = GENESIS if args.from_genesis else args.anchor
     if len(groups) == 1:
-        return _verify_one(groups[0], secret, anchor, "")
+        return 0 if _verify_one(groups[0], secret, anchor, "") == "ok" else 1
     # One trail per worker (spangate serve --workers N): each verified on its own.
-    codes = []
+    outcomes = []
     for group in groups:
         print(f"trail {group[-1]}:")
-        codes.append(_verify_one(group, secret, anchor, "  "))
-    failed = sum(1 for code in codes if code)
+        outcomes.append(_verify_one(group, secret, anchor, "  "))
+    broken, empty = outcomes.count("broken"), outcomes.count("empty")
     print(
-        f"{len(groups)} trails: {len(groups) - failed} ok"
-        + (f", {failed} broken" if failed else "")
+        f"{len(groups)} trails: {outcomes.count('ok')} ok"
+        + (f", {broken} broken" if broken else "")
+        + (f", {empty} with no complete event" if empty else "")
     )
-    return 1 if failed else 0
+    return 1 if broken or empty else 0
 
 
-def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, indent: str) -> int:
+def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, indent: str) -> str:
+    """Verify one trail and print what was found: ``ok``, ``broken`` or ``empty`` (sound, but
+    not one complete event was read: nothing was verified)."""
     from gateway.audit.chain import AuditKeys
     from gateway.audit.verify import verify_trail
     from gateway.cli.files import reason
@@ -127,7 +132,13 @@ def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, ind
             if report.broken.kind == "edited":
                 hint = "set SPANGATE_AUDIT_KEY" if secret is None else "is it the gateway's key?"
                 print(f"  (the very first event fails: {hint})", file=sys.stderr)
-        return 1
+        return "broken"
+    if report.events == 0:  # sound, but nothing was read: no reason to say ok
+        print(
+            f"{indent}not verified: no complete event in {', '.join(map(str, files))} (the trail "
+            "is empty, or its only line has no newline: a write in progress or torn)"
+        )
+        return "empty"
     mode = (
         "HMAC-SHA256"
         if secret
@@ -162,4 +173,4 @@ def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, ind
             f"{indent}last event: chain {chain} seq {seq} hash {digest} (events cut off the end "
             "are not detectable: compare it with a copy kept elsewhere)"
         )
-    return 0
+    return "ok"

@@ -11,7 +11,8 @@ opened by a running gateway, which holds the keys), and for a route that waits f
 approvers, ttl and match parameters (an allowed call answers 202 ``approval-required``).
 
 ``unverified_claims`` reads a JWT's claims WITHOUT checking its signature (explain is a tool for
-people holding a token, not a gate) and lists what the gateway would refuse about it anyway: an
+people holding a token, not a gate), as strictly as the gateway reads them (a token the gateway
+refuses as malformed is not explained), and lists what the gateway would refuse about it anyway: an
 issuer URL, algorithm or audience it does not accept, a time claim that is no NumericDate
 (``times.py``, as the verifier checks it), a missing or past ``exp``, a ``cnf`` claim.
 """
@@ -25,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
-
 from gateway.auth.audiences import api_server_audience
+from gateway.auth.decode import decode_unverified
 from gateway.auth.presets import accepted_iss, audience_refusal
 from gateway.auth.principal import Principal
 from gateway.auth.sender import binding
@@ -140,27 +140,21 @@ def unverified_claims(
 ) -> tuple[dict[str, Any], list[str]]:
     """The claims of ``token`` read without verifying it, and notes: that it was not verified,
     and what the gateway would refuse about it (expiry, audience, algorithm). SimulationError
-    when it is no JWT or comes from no issuer of the policy (a legacy Kubernetes token: as the
-    gateway refuses it, ``api-server-token``)."""
+    when the gateway cannot read it (``decode_unverified``: no JWT, not strict JSON, a header
+    pyjwt refuses; in the gateway's words) or it comes from no issuer of the policy (a legacy
+    Kubernetes token: as the gateway refuses it, ``api-server-token``)."""
     try:
-        header = jwt.get_unverified_header(token)
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            options={
-                "verify_signature": False,
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-            },
-        )
-    except jwt.InvalidTokenError as exc:
-        raise SimulationError(f"the token cannot be decoded: {exc}", key="token") from None
+        header, claims = decode_unverified(token)  # as the gateway reads it: strict JSON
+    except AuthError as exc:
+        raise SimulationError(
+            f"{exc.detail} (the gateway answers 401 {exc.code})", key="token"
+        ) from None
     name = issuer_for(policy, claims.get("iss"))
     issuer = policy.issuers[name]
     notes = [UNVERIFIED]
-    if claims.get("iss") not in accepted_iss(issuer):
+    if not isinstance(claims.get("iss"), str):  # the verifier's own check, before any issuer's
+        notes.append("the token has no iss claim: the gateway answers 401 token-malformed")
+    elif claims.get("iss") not in accepted_iss(issuer):
         notes.append(
             f"iss is not the URL of issuer '{name}': the gateway answers 401 issuer-unknown"
         )

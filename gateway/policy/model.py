@@ -82,9 +82,14 @@ Algorithm = Literal[
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 Scalar = str | int | float | bool
 
+# Each pattern's mismatch is said in words by shape.py (its _PATTERNS, or _KEY_PATTERNS where
+# keys share a pattern, as these identifiers do): a new pattern needs its words there.
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _COLUMN_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ROLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a Spanner database role
+_SERVICE_ACCOUNT = r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$"
+_TABLE_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
 _FROM = r"^(?:claim\.[A-Za-z0-9_:/.-]+|cursor\.[A-Za-z_][A-Za-z0-9_]*|page_size)$"
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"  # MCP's tool names
 _DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -290,12 +295,12 @@ class Identity(_Strict):
 
     database_role: str | None = Field(
         None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=_ROLE_NAME,
         description="Spanner fine-grained access control role.",
     )
     service_account: str | None = Field(
         None,
-        pattern=r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$",
+        pattern=_SERVICE_ACCOUNT,
         description="Impersonated on GCP (not with the emulator).",
     )
     description: str | None = None
@@ -830,7 +835,7 @@ class SpannerSink(_Strict):
     )
     table: str = Field(
         "SpangateAudit",
-        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,127}$",
+        pattern=_TABLE_NAME,
         description="The append-only audit table (created by spangate init-db).",
     )
     durability: SpannerDurability | None = Field(None, description=_SPANNER_DURABILITY)

@@ -22,18 +22,22 @@ from pydantic import BaseModel, ValidationError
 from gateway.budgets.rates import RATE_FORM, RATE_PATTERN
 from gateway.errors import PolicyProblem
 from gateway.policy.model import (
+    _COLUMN_NAME,
     _DURATION_RE,
     _FROM,
     _NAME,
     _PARAM_NAME,
+    _ROLE_NAME,
+    _SERVICE_ACCOUNT,
     _SIZE_RE,
+    _TABLE_NAME,
     TOOL_NAME,
     Policy,
 )
 from gateway.policy.source import SourceMap
 from gateway.policy.validate import Where, did_you_mean
 
-__all__ = ["shape_problems"]
+__all__ = ["pattern_words", "shape_problems"]
 
 _EXPECTED = {
     "string_type": "a string",
@@ -54,13 +58,42 @@ _EXPECTED = {
 _PATTERNS = {
     _DURATION_RE.pattern: "expected a duration such as 500ms, 10s, 1m or 1h",
     _NAME: "a name starts with a letter and holds letters, digits, _ . and -",
-    _PARAM_NAME: "a parameter name starts with a letter or _ and holds letters, digits and _",
+    _PARAM_NAME: (
+        "a parameter name starts with a letter or _ and holds letters, digits and _, "
+        "such as order_id"
+    ),
     "^/": "a path template must start with /",
     RATE_PATTERN: RATE_FORM,
     _FROM: "expected claim.NAME (a dotted path allowed), cursor.COLUMN or page_size",
     TOOL_NAME: "a tool name is 1 to 128 letters, digits, _ . and -",
     _SIZE_RE.pattern: "expected a size such as 64MiB, 500KB or a number of bytes",
+    _SERVICE_ACCOUNT: (
+        "a service account is the email of a Google Cloud service account, NAME@PROJECT"
+        ".iam.gserviceaccount.com, such as orders-reader@my-project.iam.gserviceaccount.com"
+    ),
+    _TABLE_NAME: (
+        "a table name starts with a letter and holds at most 128 letters, digits and _, "
+        "such as SpangateAudit"
+    ),
 }
+# Keys whose pattern another key shares (a parameter name, a database role and a keyset column
+# are all identifiers) say their own words: by (key, pattern) first, then by the pattern.
+_KEY_PATTERNS = {
+    ("database_role", _ROLE_NAME): (
+        "a database role (a Spanner fine-grained access control role) starts with a letter or _ "
+        "and holds letters, digits and _, such as shop_reader"
+    ),
+    ("keyset", _COLUMN_NAME): (
+        "a keyset column is the name of a column the statement returns: a letter or _, then "
+        "letters, digits and _, such as OrderId"
+    ),
+}
+
+
+def pattern_words(key: str | None, pattern: str) -> str | None:
+    """What a value of ``key`` (the nearest key name above it) that does not match ``pattern``
+    must be, in words with an example; None when no words are known (never the pattern)."""
+    return _KEY_PATTERNS.get((key or "", pattern)) or _PATTERNS.get(pattern)
 
 
 @dataclass(frozen=True)
@@ -228,7 +261,7 @@ def _message(err: _Err, root: type[BaseModel]) -> _Said:
         name = str(err.loc[-1])
         return _Said(where, f"missing required key '{name}'", missing=(where, name))
     if "[key]" in err.loc:
-        rule = _PATTERNS.get(str(ctx.get("pattern")), err.msg)
+        rule = pattern_words(None, str(ctx.get("pattern"))) or "not of the form this key takes"
         return _Said(where, f"invalid name '{where[-1]}': {rule}", at_key=True)
     if err.type == "union_tag_invalid":
         disc = str(ctx.get("discriminator", "")).strip("'")
@@ -247,8 +280,9 @@ def _message(err: _Err, root: type[BaseModel]) -> _Said:
     if err.type == "union" or err.type in _EXPECTED:
         return _Said(where, f"expected {_expected(err)}, got {_show(err.input)}")
     if err.type == "string_pattern_mismatch":
-        text = _PATTERNS.get(str(ctx.get("pattern")), f"should match {ctx.get('pattern')}")
-        return _Said(where, f"{_show(err.input)}: {text}")
+        named = next((step for step in reversed(where) if isinstance(step, str)), None)
+        words = pattern_words(named, str(ctx.get("pattern")))
+        return _Said(where, f"{_show(err.input)}: {words or 'not of the form this key takes'}")
     if err.type in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
         return _Said(where, "must not be empty")
     if err.type in ("value_error", "assertion_error"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from builders import EXAMPLE, where_in
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.auth.verify import NOT_A_JWT, NOT_ACCEPTED, NOT_STRICT
 from gateway.cli import main
 from gateway.policy.compiled import compile_policy
 from gateway.policy.explain import UNVERIFIED, explain, render_explanation, unverified_claims
@@ -135,7 +137,7 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*base, "--claims", '{"iss": "nope"}', "GET", "/v1/orders"]) == 2
     assert "iss 'nope' is no issuer of the policy" in capsys.readouterr().err
     assert main([*base, "--token", "not.a.jwt", "GET", "/v1/orders"]) == 2
-    assert "the token cannot be decoded" in capsys.readouterr().err
+    assert f"{NOT_A_JWT} (the gateway answers 401 token-malformed)" in capsys.readouterr().err
 
 
 def token(claims: dict[str, object], alg: str = "ES256") -> str:
@@ -164,6 +166,61 @@ def test_a_token_is_read_without_verifying_and_says_so() -> None:
     assert any("audience-mismatch" in n for n in notes)
     with pytest.raises(SimulationError, match="no issuer of the policy"):
         unverified_claims(POLICY.model, token({**good, "iss": "https://evil.example"}), now=NOW)
+
+
+def raw_token(header: str, payload: str) -> str:
+    """A token of exactly this header and payload JSON text (pyjwt's encoder cannot write a
+    member twice or NaN); explain does not check the signature."""
+    parts = [base64.urlsafe_b64encode(p.encode()).rstrip(b"=").decode() for p in (header, payload)]
+    return ".".join([*parts, "c2ln"])
+
+
+GOOD = {"iss": ISS, "sub": "u", "aud": "api://shop", "exp": NOW.timestamp() + 60}
+HEADER = '{"alg": "ES256", "typ": "JWT"}'
+
+
+def with_member(extra: str) -> str:
+    """GOOD's JSON with ``extra`` (raw JSON members) appended."""
+    return json.dumps(GOOD)[:-1] + ", " + extra + "}"
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "said"),
+    [
+        (HEADER, with_member('"groups": ["support"], "groups": ["admin"]'), NOT_STRICT),
+        (HEADER, with_member('"sub": "someone-else"'), NOT_STRICT),
+        (HEADER, with_member('"tenant": NaN'), NOT_STRICT),
+        (HEADER, with_member('"act": {"sub": "a", "sub": "b"}'), NOT_STRICT),  # nested
+        ('{"alg": "HS256", "alg": "ES256"}', json.dumps(GOOD), NOT_STRICT),
+        ('{"alg": "ES256", "crit": ["urn:x"], "urn:x": 1}', json.dumps(GOOD), NOT_ACCEPTED),
+        (HEADER, "[1, 2]", NOT_A_JWT),
+    ],
+    ids=["claim-twice", "sub-twice", "nan", "nested-twice", "header-twice", "crit", "no-object"],
+)
+def test_a_token_the_gateway_refuses_as_malformed_is_not_explained(
+    header: str, payload: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Explain reads the token as the verifier does (strict JSON): a lenient reader would take
+    one of the two members and explain a caller the gateway never lets in."""
+    jwt_text = raw_token(header, payload)
+    with pytest.raises(SimulationError) as refused:
+        unverified_claims(POLICY.model, jwt_text, now=NOW)
+    assert str(refused.value) == f"{said} (the gateway answers 401 token-malformed)"
+    base = ["policy", "explain", "--policy", str(EXAMPLE), "--token", jwt_text]
+    assert main([*base, "GET", "/v1/customers/C-1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err  # one line, no traceback
+    assert said in err and "Traceback" not in err
+    assert "Invalid" not in err and "the member" not in err  # not pyjwt's or the reader's words
+
+
+def test_a_strict_token_is_explained_and_one_without_iss_is_noted() -> None:
+    claims, notes = unverified_claims(POLICY.model, raw_token(HEADER, json.dumps(GOOD)), now=NOW)
+    assert claims == GOOD and notes == [UNVERIFIED]
+    no_iss = {k: v for k, v in GOOD.items() if k != "iss"}
+    _, notes = unverified_claims(POLICY.model, raw_token(HEADER, json.dumps(no_iss)), now=NOW)
+    assert "the token has no iss claim: the gateway answers 401 token-malformed" in notes
+    assert not any("issuer-unknown" in n for n in notes)
 
 
 def test_the_cli_reads_a_token_from_stdin() -> None:
