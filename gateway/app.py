@@ -340,23 +340,24 @@ class Gateway(CallPath):
                 call.extra["facts"] = RequestFacts(method, path, query)
             raise found
         route, path_params = found
-        # The roles before the body: a caller the route refuses (403) learns nothing of what
-        # its body must be (400, 413, 415, 408), and the gateway reads no body it would refuse.
+        # The roles before the body: a caller the route refuses gets its 403 whatever its body
+        # holds, and learns nothing of what the body must be (400, 413, 415, 408). Its body is
+        # still read (bounded as any) when it can be: the trail records a claim-bound value it
+        # tried to set (the ignored tenant), and a shadow policy judges the body sent.
         verdict = role_verdict(active.policy, route, call.principal)
         refused = verdict[2] is not None
         body = None
-        if not refused or active.shadow is not None:  # a shadow policy judges the body sent
-            try:
-                body = await read_json_body(
-                    receive,
-                    headers,
-                    method,
-                    limit=self.settings.max_body_bytes,
-                    timeout=self.settings.body_timeout_seconds,
-                )
-            except GatewayError:
-                if not refused:
-                    raise  # refused anyway: its 403 first (the shadow sees no body)
+        try:
+            body = await read_json_body(
+                receive,
+                headers,
+                method,
+                limit=self.settings.max_body_bytes,
+                timeout=self.settings.body_timeout_seconds,
+            )
+        except GatewayError:
+            if not refused:
+                raise  # refused anyway: its 403 first (with no body to record)
         if not refused and method in BODY_METHODS and query:
             raise BadRequest(
                 f"{method} parameters go in the JSON body, not the query string",

@@ -37,8 +37,8 @@ class Target:
     body: Mapping[str, Any] | None = None
     idempotency: Sequence[tuple[bytes, bytes]] = ()
     method: str | None = None  # as the caller said it (HEAD for GET's route); else the route's
-    # the roles part of the decision when the transport judged it already (HTTP: before reading
-    # the body, so a refused caller's body is never read); None: the decision judges it
+    # the roles part of the decision when the transport judged it already (HTTP: before the
+    # body, so a refused caller gets its 403 whatever the body holds); None: the decision's
     verdict: RoleVerdict | None = None
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gateway import strictjson
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -176,28 +176,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (send NaN and Infinity as strings)")
-
-
-def _finite(text: str) -> float:
-    """A JSON number with a fraction or exponent, as Python reads it, but never infinite: ``1e400``
-    would read as ``inf``, the Infinity the reader refuses as a literal."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is out of a double's range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"the key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
 def _too_deep(value: Any, limit: int) -> bool:
     """Do arrays and objects nest more than ``limit`` levels in ``value``? (Without recursion.)"""
     stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
@@ -218,9 +196,7 @@ def parse_json(raw: bytes) -> Any:
     what any other JSON reader would see."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(
-            text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys
-        )
+        value = strictjson.loads(text)
         if _too_deep(value, MAX_JSON_DEPTH):
             raise RecursionError
         # A lone surrogate (\\ud800) parses but cannot be encoded: refuse it here, not later.

@@ -54,7 +54,7 @@ async def test_a_deep_body_from_a_caller_without_a_role_is_not_a_500(
     client: httpx.AsyncClient, token_for: Token
 ) -> None:
     response = await client.post("/v1/orders", **_raw_post(token_for("outsider"), b'{"a":' * 2000))
-    assert_problem(response, 403, "no-allow-role")  # its body is never read
+    assert_problem(response, 403, "no-allow-role")  # whatever its body holds
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 ``decode_unverified`` is the one reading of a token's JSON: the verifier reads every JWT through
 it before it picks an issuer, and ``spangate policy explain --token`` reads the token it explains
 through it, so explain never explains a token the gateway would refuse as malformed. The JSON is
-strict (``strict_json``): a member twice in the header or the claims (which one counts is every
+strict (``gateway.strictjson``): a member twice in the header or the claims (which one counts is every
 reader's guess), NaN or Infinity is refused. Refusals are ``token-malformed`` with one of the fixed
 sentences ``NOT_A_JWT``, ``NOT_STRICT`` or ``NOT_ACCEPTED``; the JWT library's own words (which
 change with its versions and may echo the token's parts) go to the log only, at INFO.
@@ -19,6 +19,7 @@ from typing import Any
 
 import jwt
 
+from gateway import strictjson
 from gateway.errors import AuthError
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "NOT_STRICT",
     "decode_unverified",
     "refused",
-    "strict_json",
 ]
 
 log = logging.getLogger("spangate.auth")
@@ -52,37 +52,18 @@ def refused(code: str, exc: Exception) -> None:
     log.info("token refused (%s): %s: %s", code, type(exc).__name__, words)
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"the member {name!r} appears twice")
-        out[name] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json(data: bytes | str) -> Any:
-    """JSON as the gateway reads every body: no member twice in an object (which one would
-    count is every reader's guess), no NaN/Infinity literals; else ValueError."""
-    return json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-
-
 class _NotStrict(jwt.DecodeError):
     """A payload that is JSON to a lenient reader only: a member twice, NaN or Infinity."""
 
 
 class _StrictJWT(jwt.PyJWT):
-    """pyjwt, its claims read by ``strict_json`` (``_decode_payload`` is pyjwt's documented
+    """pyjwt, its claims read by ``strictjson.loads`` (``_decode_payload`` is pyjwt's documented
     override point): a token with a claim twice is a ``DecodeError``, never the last one
     silently."""
 
     def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
         try:
-            payload = strict_json(decoded["payload"])
+            payload = strictjson.loads(decoded["payload"])
         except (ValueError, RecursionError) as exc:
             try:  # JSON to a lenient reader (a member twice, NaN), or no JSON at all?
                 json.loads(decoded["payload"])
@@ -98,11 +79,11 @@ _JWT = _StrictJWT()
 
 
 def _check_header_members(token: str) -> None:
-    """The JOSE header (which pyjwt has decoded already) read strictly too (``strict_json``):
+    """The JOSE header (which pyjwt has decoded already) read strictly too (``strictjson.loads``):
     a member twice (two ``alg``, two ``kid``) is ``token-malformed``."""
     segment = token.split(".", 1)[0]
     try:
-        strict_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        strictjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (ValueError, binascii.Error, RecursionError) as exc:
         refused("token-malformed", exc)
         raise AuthError(NOT_STRICT, code="token-malformed") from None
