@@ -19,6 +19,8 @@ checks a trail written without one (plain SHA-256: it proves nothing against an 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,41 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if broken or empty else 0
 
 
+def _key_hint(path: Path, secret: bytes | None) -> str:
+    """Why a trail's very first event fails its hash, when the first events say: each names the
+    hash of the one before it (``prev``), so they were written as a chain, under another key
+    than the one given (none, or another); or they hash as plain SHA-256 (written unkeyed)."""
+    from gateway.audit.chain import event_hash
+
+    events: list[dict[str, Any]] = []
+    with path.open("rb") as lines:
+        for raw in lines:
+            if len(events) == 3 or not raw.endswith(b"\n"):
+                break
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(event, dict) or not isinstance(event.get("hash"), str):
+                break
+            events.append(event)
+    linked = len(events) > 1 and all(
+        later.get("prev") == earlier["hash"] for earlier, later in itertools.pairwise(events)
+    )
+    if secret is None:
+        if linked:
+            return (
+                "its events chain to each other, but none matches a hash without a key: the "
+                "trail is keyed; give --key-file or set SPANGATE_AUDIT_KEY"
+            )
+        return "set SPANGATE_AUDIT_KEY, if the trail was written with one"
+    if events and all(event_hash(e, None) == e["hash"] for e in events):
+        return "the trail was written without a key: verify it with --no-key"
+    if linked:
+        return "its events chain to each other under another key: is it the gateway's key?"
+    return "is it the gateway's key?"
+
+
 def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, indent: str) -> str:
     """Verify one trail and print what was found: ``ok``, ``broken`` or ``empty`` (sound, but
     not one complete event was read: nothing was verified)."""
@@ -130,7 +167,7 @@ def _verify_one(files: list[Path], secret: bytes | None, anchor: str | None, ind
         print(f"{indent}{report.broken}")
         if report.broken.line == 1 and report.broken.file == str(files[0]):
             if report.broken.kind == "edited":
-                hint = "set SPANGATE_AUDIT_KEY" if secret is None else "is it the gateway's key?"
+                hint = _key_hint(files[0], secret)
                 print(f"  (the very first event fails: {hint})", file=sys.stderr)
         return "broken"
     if report.events == 0:  # sound, but nothing was read: no reason to say ok

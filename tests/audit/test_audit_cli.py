@@ -149,7 +149,25 @@ def test_the_wrong_key_fails_with_a_hint(
     path, _ = trail
     code, out, err = verify(capsys, str(path), "--no-key")
     assert code == 1 and out.startswith(f"{path}:1: seq 1 edited:")
-    assert "set SPANGATE_AUDIT_KEY" in err
+    assert "the trail is keyed; give --key-file or set SPANGATE_AUDIT_KEY" in err
+    other = path.parent / "other.key"
+    other.write_text("another key of 32 characters, or so")
+    code, out, err = verify(capsys, str(path), "--key-file", str(other))
+    assert code == 1 and "chain to each other under another key: is it the gateway's key?" in err
+
+
+def test_a_trail_written_without_a_key_says_so_to_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.audit.chain import Chain
+
+    chain, path = Chain(None), tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(chain.seal({"n": i})[1] for i in range(3)))
+    key = tmp_path / "key"
+    key.write_text("a key the trail was never written with")
+    code, _, err = verify(capsys, str(path), "--key-file", str(key))
+    assert code == 1 and "the trail was written without a key: verify it with --no-key" in err
+    assert verify(capsys, str(path), "--no-key")[0] == 0
 
 
 def _lines(path: Path) -> list[bytes]:
