@@ -199,8 +199,6 @@ def parse_json(raw: bytes) -> Any:
         value = strictjson.loads(text)
         if _too_deep(value, MAX_JSON_DEPTH):
             raise RecursionError
-        # A lone surrogate (\\ud800) parses but cannot be encoded: refuse it here, not later.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeError:
         raise BadRequest("the body is not valid UTF-8 JSON", code="body-invalid") from None
     except RecursionError:

@@ -1,7 +1,9 @@
 """Strict JSON, the one reader of what callers send (request bodies, ``/mcp`` messages, a token's
 header and claims): no member twice in an object (which one counts is every reader's guess), no
-``NaN``/``Infinity`` literals, and no number beyond a double's range (``1e400`` would read as
-the Infinity the reader refuses as a literal). Anything else raises ``ValueError``. A leaf
+``NaN``/``Infinity`` literals, no number beyond a double's range (``1e400`` would read as
+the Infinity the reader refuses as a literal), and no lone UTF-16 surrogate (``"\\ud800"``
+parses, but no UTF-8 writer can write it: the audit trail, a log line, a terminal). Anything
+else raises ``ValueError``. A leaf
 module: it imports nothing of the gateway's."""
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def loads(data: str | bytes) -> Any:
     """``json.loads``, strictly (see the module doc)."""
-    return json.loads(
+    value = json.loads(
         data, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys
     )
+    if isinstance(data, bytes) and b"\\u" not in data:
+        return value  # UTF-8 bytes hold no surrogate, and no escape made one
+    try:  # a lone surrogate (from a \\u escape, or in a str) cannot be written as UTF-8
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return value

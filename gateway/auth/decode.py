@@ -38,8 +38,9 @@ NOT_A_JWT = (
 )
 NOT_ACCEPTED = "the token has a header or claim that is not valid (it was not accepted)"
 NOT_STRICT = (
-    "the token's header or claims are not strict JSON: a member appears twice, or NaN or "
-    "Infinity stands for a number"
+    "the token's header or claims are not strict JSON: a member appears twice, NaN or Infinity "
+    "stands for a number (or a number is beyond a double's range), or a string holds a lone "
+    "UTF-16 surrogate"
 )
 _LOGGED_CHARS = 200
 

@@ -201,9 +201,11 @@ def _test(args: argparse.Namespace) -> int:
 def _json_arg(text: str, what: str) -> Any:
     if text.startswith("@"):
         text = read_text(Path(text[1:]), what)
-    try:
-        return json.loads(text)
-    except ValueError as exc:
+    from gateway import strictjson
+
+    try:  # as strictly as the gateway reads a body or a token's claims
+        return strictjson.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{what} is not JSON: {exc}") from None
 
 

@@ -247,6 +247,25 @@ async def test_a_claim_twice_is_refused_not_the_last_one_taken(
 
 
 @pytest.mark.parametrize(
+    ("member", "fixed"),
+    [('"tenant": "\\ud800"', '"tenant": "t1"'), ('"score": 1e400', '"score": 1.5')],
+)
+async def test_a_lone_surrogate_or_an_infinite_number_is_malformed(
+    world: World, rsa: Key, member: str, fixed: str
+) -> None:
+    """No UTF-8 writer can write a lone surrogate (the trail, a log line); 1e400 reads as inf."""
+    token = sign_raw(rsa, HEADER, with_member(claims(now=NOW), member))
+    try:
+        await world.verify(token)
+    except AuthError as exc:
+        assert exc.code == "token-malformed", exc.detail
+        assert exc.detail.startswith("the token's header or claims are not strict JSON")
+    else:
+        raise AssertionError(f"a token with {member} was accepted")
+    assert await world.code(sign_raw(rsa, HEADER, with_member(claims(now=NOW), fixed))) == "ok"
+
+
+@pytest.mark.parametrize(
     "header",
     [
         '{"alg": "HS256", "alg": "RS256", "kid": "rsa-1"}',

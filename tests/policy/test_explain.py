@@ -134,6 +134,9 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     base = ["policy", "explain", "--policy", str(EXAMPLE)]
     assert main([*base, "--claims", "{", "GET", "/v1/orders"]) == 2
     assert "--claims is not JSON" in capsys.readouterr().err
+    surrogate = '{"iss": "okta", "groups": ["support"], "tenant": "\\ud800"}'
+    assert main([*base, "--claims", surrogate, "GET", "/v1/orders"]) == 2  # not a traceback
+    assert "--claims is not JSON: a string holds a lone UTF-16 surrogate" in capsys.readouterr().err
     assert main([*base, "--claims", '{"iss": "nope"}', "GET", "/v1/orders"]) == 2
     assert "iss 'nope' is no issuer of the policy" in capsys.readouterr().err
     assert main([*base, "--token", "not.a.jwt", "GET", "/v1/orders"]) == 2
