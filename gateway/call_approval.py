@@ -65,11 +65,15 @@ async def ask_approval(
     call.answer_code, call.answer_status = "approval-required", 202
     call.extra["location"] = f"/approvals/{record.approval_id}"
     who = ", ".join(route.model.approval.approvers)
+    repeat = (  # the header's twin on MCP is the tool's approval_id argument
+        f"the argument approval_id: {record.approval_id}"
+        if call.transport == "mcp"
+        else f"the header Approval-Id: {record.approval_id}"
+    )
     return {
         "code": "approval-required",
         "detail": f"this call waits for an approval by a holder of one of the roles {who}, "
-        "never you; once approved, repeat it exactly, with the header Approval-Id: "
-        f"{record.approval_id}, before it expires",
+        f"never you; once approved, repeat it exactly, with {repeat}, before it expires",
         "approval": record.view(approvals.clock()),
         "request_id": call.request_id,
     }

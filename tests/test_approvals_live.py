@@ -307,6 +307,8 @@ def test_an_mcp_call_that_needs_approval_says_so(server: Served, token_for: Toke
     assert asked["isError"] is True
     assert asked["structuredContent"]["code"] == "approval-required"
     approval = asked["structuredContent"]["approval"]["id"]
+    detail = asked["structuredContent"]["detail"]  # the header's twin: the tool's argument
+    assert f"with the argument approval_id: {approval}" in detail and "header" not in detail
     assert _decide(base, lead, approval, "approve").status_code == 200
     ran = call({"order_id": order, "approval_id": approval})
     assert ran.get("isError") is not True, ran

@@ -151,3 +151,24 @@ def test_a_secret_settings_value_is_never_shown() -> None:
     assert "12345678" not in problems
     assert "SPANGATE_PUBLIC_URL: must be an http(s) URL" in problems and "'ftp://host'" in problems
     assert "pydantic" not in problems and "type=" not in problems
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:
+    """`spangate ... | head`: the pipe closes before the output is written."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "gateway", "init-db", "--print", "--policy",
+            str(repo / "policy.example.yaml")]  # fmt: skip
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run(
+            argv, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, "OKTA_ISSUER": "http://127.0.0.1:1/x"},
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 1

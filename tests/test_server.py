@@ -270,11 +270,16 @@ def test_the_demo_serves_a_policy_on_its_authors_own_schema_and_seed(
         assert f"schema {schema}, seed {seed} and the gateway's tables applied" in text, text
         base = re.search(r"spangate serves .* at (http://127\.0\.0\.1:\d+)", text)
         assert base is not None, text
+        # its own routes, not the shop's; its sinks (stdout by default), not a file never written
+        assert f"  GET {base.group(1)}/tickets/{{id}}" in text, text
+        assert "/v1/orders" not in text.split("# mcp")[0], text
+        assert "audit trail: the policy's sinks (stdout; " in text and "no file sink" in text
         _wait_ready(base.group(1) + "/readyz", process)
         support = next(
             shlex.split(line) for i, line in enumerate(lines)
             if line.startswith("curl ") and lines[i - 1].startswith("# support-console")
         )  # fmt: skip
+        assert support[:2] == ["curl", "-g"] and support[-1] == base.group(1) + "/tickets/{id}"
         authorization = support[support.index("-H") + 1].split(": ", 1)[1]
         got = httpx.get(base.group(1) + "/tickets/1", headers={"Authorization": authorization})
         assert got.status_code == 200, got.text
@@ -296,6 +301,17 @@ def test_the_demo_says_when_the_emulator_refuses_the_schema(repo: Path, tmp_path
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"spangate dev: the emulator refused --schema {schema} (googlesql): " in out.stderr
     assert "Traceback" not in out.stderr
+    schema.write_text("CREATE TABLE Tickets (Id INT64 NOT NULL) PRIMARY KEY (Id);\n")
+    seed = tmp_path / "seed.sql"
+    seed.write_text("INSERT INTO Tickets (Id) VALUES (1);\nINSERT INTO Nope (x) VALUES (1);\n")
+    bad_seed = subprocess.run(
+        [*SPANGATE, "dev", "--repo", str(repo), "--policy", str(policy), "--schema", str(schema),
+         "--seed", str(seed)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad_seed.returncode == 2, bad_seed.stdout + bad_seed.stderr
+    assert "the emulator refused --schema" in bad_seed.stderr and "seed statement #2" in bad_seed.stderr
+    assert "Traceback" not in bad_seed.stderr
     missing = subprocess.run(
         [*SPANGATE, "dev", "--repo", str(repo), "--seed", str(tmp_path / "none.sql")],
         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -77,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         _report(f"spangate: {exc}")
         return 2
+    except BrokenPipeError:
+        # Its reader went away (`spangate audit verify ... | head`): stop quietly, as other
+        # tools do, and let nothing more be written to the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (GoogleAuthError, GoogleAPIError) as exc:
         _report(
             f"spangate: cannot use Spanner: {exc}\n"

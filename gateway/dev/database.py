@@ -83,6 +83,10 @@ def _client(emulator_host: str, project: str) -> Iterator[Client]:
         _close_client(client)
 
 
+class SeedError(RuntimeError):
+    """A seed (DML) statement the emulator refused: which one, and its words."""
+
+
 def create_database(
     emulator_host: str,
     *,
@@ -105,7 +109,7 @@ def create_database(
     would take them in CreateDatabase too, measured);
     the DML statements run in one read-write transaction (all or nothing).
     Raises ``google.api_core.exceptions`` errors from the emulator, and
-    RuntimeError when a DML statement fails.
+    SeedError (a RuntimeError) when a DML statement fails.
     """
     from google.rpc import code_pb2
 
@@ -139,7 +143,7 @@ def create_database(
             status, row_counts = transaction.batch_update(statements)
             if status.code != code_pb2.OK:
                 failed = statements[len(row_counts)]
-                raise RuntimeError(
+                raise SeedError(
                     f"seed statement #{len(row_counts) + 1} failed ({status.message}): {failed}"
                 )
 

@@ -35,13 +35,14 @@ from pathlib import Path
 from google.api_core.exceptions import GoogleAPICallError
 from pydantic import SecretStr
 
-from gateway.dev.database import create_database, load_demo_sql, split_statements
+from gateway.dev.database import SeedError, create_database, load_demo_sql, split_statements
 from gateway.dev.emulator import EmulatorError, EmulatorProcess, start_emulator
 from gateway.dev.idp import IdpError, IdpProcess, fetch_token, load_clients, start_idp
 from gateway.dev.keys import write_signing_keys
 from gateway.dev.ports import free_port
 from gateway.dev.redis import RedisMissing, RedisProcess, RedisStartError, start_redis
 from gateway.logs import configure_logging
+from gateway.policy.model import FileSink as FileSinkConfig
 from gateway.server import run_server
 from gateway.settings import Settings
 from gateway.spanner.ddl import shipped_ddl
@@ -66,8 +67,16 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _curl(base: str, token: str, method: str, path: str, body: str | None, *headers: str) -> str:
-    parts = ["curl", "-sS", "-i"]
+def _curl(
+    base: str,
+    token: str,
+    method: str,
+    path: str,
+    body: str | None,
+    *headers: str,
+    globoff: bool = False,
+) -> str:
+    parts = ["curl", "-g", "-sS", "-i"] if globoff else ["curl", "-sS", "-i"]
     if method != "GET":
         parts += ["-X", method]
     parts += ["-H", f"Authorization: Bearer {token}"]
@@ -228,17 +237,15 @@ def run_demo(
                 dml=dml,
                 dialect=wanted,
             )
-        except GoogleAPICallError as exc:
+        except (GoogleAPICallError, SeedError) as exc:
             if schema is None and seed is None:
                 raise
             given = " or ".join(
                 f"{option} {path}" for option, path in (("--schema", schema), ("--seed", seed))
                 if path is not None
             )  # fmt: skip
-            print(
-                f"spangate dev: the emulator refused {given} ({wanted}): {exc.message}",
-                file=sys.stderr,
-            )
+            words = exc.message if isinstance(exc, GoogleAPICallError) else str(exc)
+            print(f"spangate dev: the emulator refused {given} ({wanted}): {words}", file=sys.stderr)
             return 2
         _say(
             f"database {target.project}/{target.instance}/{target.database} ({wanted}): {what} "
@@ -249,17 +256,38 @@ def run_demo(
         clients = {c["client_id"]: c for c in load_clients(repo / "dev" / "idp" / "clients.json")}
         _say()
         _say(f"spangate serves {policy} at {base}")
-        _say(f"audit trail: {settings.audit_path} ({key_note}); check it: {verify}")
-        _say("Try these (tokens are fresh, valid for an hour):")
+        sinks = compiled.model.audit.sinks
+        if any(isinstance(sink, FileSinkConfig) for sink in sinks):
+            _say(f"audit trail: {settings.audit_path} ({key_note}); check it: {verify}")
+        else:  # the policy's own sinks (stdout by default): no file to point at
+            kinds = ", ".join(sink.type for sink in sinks)
+            _say(f"audit trail: the policy's sinks ({kinds}; {key_note}): no file sink")
+        # The example's calls for the example; for another policy, its own routes (one to try
+        # per persona, its {parameters} to fill in: curl -g sends the braces as they are).
+        example = policy.resolve() in {(repo / p).resolve() for p in DEFAULT_POLICIES.values()}
+        if example:
+            tries = _TRIES
+            _say("Try these (tokens are fresh, valid for an hour):")
+        else:
+            first = compiled.routes[0] if compiled.routes else None
+            _say("The policy's routes (fill in each {parameter}):")
+            for route in compiled.routes:
+                _say(f"  {route.model.method} {base}{route.template}")
+            _say("A token per persona (fresh, valid for an hour), on the first route:")
+            tries = {
+                c: (first.model.method, first.template, "{}" if first.model.method != "GET"
+                    else None) if first else ("GET", "/readyz", None)
+                for c in _TRIES
+            }  # fmt: skip
         tokens: dict[str, str] = {}
-        for client_id, (method, path, body) in _TRIES.items():
+        for client_id, (method, path, body) in tries.items():
             client = clients[client_id]
             scopes = client.get("scopes") or []
             token = tokens[client_id] = fetch_token(
                 idp.issuer, client_id, client["client_secret"], scope=" ".join(scopes) or None
             )
             _say(f"\n# {client_id}: {client.get('description', '')}")
-            _say(_curl(base, token, method, path, body))
+            _say(_curl(base, token, method, path, body, globoff=not example))
         agent = tokens["order-agent"]
         _say("\n# mcp: an MCP client as the order-agent (.mcp.json; docs/agents/index.md)")
         _say(mcp_config(base, agent))
