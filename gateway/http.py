@@ -80,8 +80,8 @@ def token_in_query(query_string: bytes) -> bool:
     """Does the query string name an ``access_token`` (``?access_token=`` too)? Read leniently
     (bytes that are not UTF-8 replaced), so the token is checked before anything about the query
     string is judged: an anonymous caller gets its 401 whatever it sent (``parse_query`` later)."""
-    if not query_string:
-        return False
+    if b"access_token" not in query_string and b"%" not in query_string:
+        return False  # the name can only be spelt so, or percent-encoded (the common case: no parse)
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="replace")
     return any(k == "access_token" for k, _ in pairs)
 

@@ -36,12 +36,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads(data: str | bytes) -> Any:
-    """``json.loads``, strictly (see the module doc)."""
+    """``json.loads``, strictly (see the module doc). Bytes are UTF-8, decoded strictly (never
+    ``json.loads``'s own guess at UTF-16 or its ``surrogatepass``): a ``UnicodeDecodeError``,
+    which is a ``ValueError``."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
     value = json.loads(
-        data, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys
+        text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys
     )
-    if isinstance(data, bytes) and b"\\u" not in data:
-        return value  # UTF-8 bytes hold no surrogate, and no escape made one
+    if isinstance(data, bytes) and "\\u" not in text:
+        return value  # strictly decoded UTF-8 holds no surrogate, and no escape made one
     try:  # a lone surrogate (from a \\u escape, or in a str) cannot be written as UTF-8
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -200,12 +200,11 @@ async def test_tampered_signature_and_foreign_key(world: World, rsa: Key) -> Non
     assert await world.code(impostor.sign(claims(now=NOW))) == "signature-invalid"
 
 
-def sign_raw(key: Key, header: str, payload: str) -> str:
+def sign_raw(key: Key, header: str, payload: str | bytes) -> str:
     """A token signed by ``key`` over exactly this header and payload JSON text (pyjwt's encoder
-    cannot write a member twice)."""
-    segments = [
-        base64.urlsafe_b64encode(part.encode()).rstrip(b"=").decode() for part in (header, payload)
-    ]
+    cannot write a member twice); ``payload`` as bytes: exactly those bytes."""
+    parts = (header.encode(), payload if isinstance(payload, bytes) else payload.encode())
+    segments = [base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in parts]
     signing_input = ".".join(segments).encode()
     signature = jwt.get_algorithm_by_name(key.alg).sign(signing_input, key.private)
     return f"{signing_input.decode()}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
@@ -263,6 +262,26 @@ async def test_a_lone_surrogate_or_an_infinite_number_is_malformed(
     else:
         raise AssertionError(f"a token with {member} was accepted")
     assert await world.code(sign_raw(rsa, HEADER, with_member(claims(now=NOW), fixed))) == "ok"
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text.encode("utf-8", "surrogatepass"),  # the surrogate's own bytes ED A0 80
+        lambda text: text.encode("utf-16-le", "surrogatepass"),  # not UTF-8 at all
+    ],
+    ids=["surrogate-bytes", "utf-16"],
+)
+async def test_claims_are_utf_8_strictly(world: World, rsa: Key, encode: Any) -> None:
+    """RFC 7519: the claims are UTF-8. json.loads of bytes would take a surrogate's raw bytes
+    (surrogatepass) or guess UTF-16; the gateway refuses both as malformed."""
+    raw = encode(with_member(claims(now=NOW), '"tenant": "\ud800"'))
+    try:
+        await world.verify(sign_raw(rsa, HEADER, raw))
+    except AuthError as exc:
+        assert exc.code == "token-malformed", exc.detail
+    else:
+        raise AssertionError("a token whose claims are not UTF-8 was accepted")
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,13 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     surrogate = '{"iss": "okta", "groups": ["support"], "tenant": "\\ud800"}'
     assert main([*base, "--claims", surrogate, "GET", "/v1/orders"]) == 2  # not a traceback
     assert "--claims is not JSON: a string holds a lone UTF-16 surrogate" in capsys.readouterr().err
+    payload = json.dumps({"iss": "okta", "sub": "x", "tenant": "\ud800"}, ensure_ascii=False)
+    segments = [
+        base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+        for part in (b'{"alg":"RS256"}', payload.encode("utf-8", "surrogatepass"))
+    ]  # the surrogate's own bytes, not an escape
+    assert main([*base, "--token", ".".join([*segments, "c2ln"]), "GET", "/v1/orders"]) == 2
+    assert "not strict JSON" in capsys.readouterr().err
     assert main([*base, "--claims", '{"iss": "nope"}', "GET", "/v1/orders"]) == 2
     assert "iss 'nope' is no issuer of the policy" in capsys.readouterr().err
     assert main([*base, "--token", "not.a.jwt", "GET", "/v1/orders"]) == 2
