@@ -130,6 +130,9 @@ class ApprovalRecord:
     decided_at: dt.datetime | None = None
     decider_iss: str | None = None
     decider_subject: str | None = None
+    # the decider's delegation chain (act.sub), current first: an agent deciding for a lead;
+    # () for a person's own token, and for a row written before the column existed
+    decider_actors: tuple[str, ...] = ()
     reason: str | None = None
     used_at: dt.datetime | None = None
     used_by: str | None = None  # the request id of the call that ran it
@@ -170,7 +173,11 @@ class ApprovalRecord:
             "decided_at": _time(self.decided_at),
             "decided_by": None
             if self.decider_subject is None
-            else {"iss": self.decider_iss, "sub": self.decider_subject},
+            else {
+                "iss": self.decider_iss,
+                "sub": self.decider_subject,
+                "actors": list(self.decider_actors),
+            },
             "reason": self.reason,
             "used_at": _time(self.used_at),
         }

@@ -359,6 +359,7 @@ class Approvals:
                 decided_at=now,
                 decider_iss=who.iss,
                 decider_subject=who.subject,
+                decider_actors=tuple(a for a in who.actors if a),
                 reason=reason,
                 # an approval is good for ttl from now; a rejection stays until its request's time
                 expires_at=now + dt.timedelta(seconds=approval.ttl_seconds)

@@ -74,21 +74,23 @@ DDL: tuple[str, ...] = (
   UsedAt TIMESTAMP,
   UsedBy STRING(MAX),
   Scope STRING(64),
+  DeciderActors ARRAY<STRING(MAX)>,
 ) PRIMARY KEY (ApprovalId),
   ROW DELETION POLICY (OLDER_THAN(ExpiresAt, INTERVAL {ROW_TTL_DAYS} DAY))""",
     # a table made before approval.match existed gains the column (init-db runs it every time;
     # a no-op once there). Its older rows have no Scope: only their requesters see them.
     f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS Scope STRING(64)",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS DeciderActors ARRAY<STRING(MAX)>",
     # the approvers' list reads by Scope and State, oldest first: one tenant's requests, however
     # many, are never scanned for another's list
     f"CREATE INDEX IF NOT EXISTS {TABLE}ByScope ON {TABLE} (Scope, State, CreatedAt)",
 )
 
 # The same table in a PostgreSQL-dialect database: its names quoted (their case kept), so reads
-# and mutations by key name it as in GoogleSQL. No ALTER TABLE for Scope: approvals came to this
-# dialect after approval.match, so no PostgreSQL-dialect table was ever made without it (a later
-# column would come as GoogleSQL's does: the emulator takes PostgreSQL's `ALTER TABLE "T" ADD
-# COLUMN IF NOT EXISTS "C" varchar(64)`).
+# and mutations by key name it as in GoogleSQL. No ALTER TABLE for Scope or DeciderActors:
+# approvals came to this dialect with them, so no PostgreSQL-dialect table was ever made without
+# them (a later column would come as GoogleSQL's does: the emulator takes PostgreSQL's `ALTER
+# TABLE "T" ADD COLUMN IF NOT EXISTS "C" varchar(64)`).
 PG_DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS "{TABLE}" (
   "ApprovalId" varchar(32) NOT NULL,
@@ -112,6 +114,7 @@ PG_DDL: tuple[str, ...] = (
   "UsedAt" timestamptz,
   "UsedBy" varchar,
   "Scope" varchar(64),
+  "DeciderActors" varchar[],
   PRIMARY KEY ("ApprovalId")
 ) TTL INTERVAL '{ROW_TTL_DAYS} days' ON "ExpiresAt\"""",
     f'CREATE INDEX IF NOT EXISTS "{TABLE}ByScope" ON "{TABLE}" ("Scope", "State", "CreatedAt")',
@@ -120,7 +123,7 @@ PG_DDL: tuple[str, ...] = (
 COLUMNS: tuple[str, ...] = (
     "ApprovalId", "State", "Issuer", "Iss", "Subject", "Actors", "Route", "Query",
     "RequestHash", "Params", "Approvers", "RequestId", "CreatedAt", "ExpiresAt", "DecidedAt",
-    "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope",
+    "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope", "DeciderActors",
 )  # fmt: skip
 _SELECT = ", ".join(COLUMNS)
 # Pending (or other) requests an approver may decide, oldest first: the approvers' list. A
@@ -138,8 +141,10 @@ LIST_SQL = (
     "ORDER BY CreatedAt, ApprovalId LIMIT @limit"
 )
 # What the start-up check plans (an identity that cannot read it is warned about).
-# (Scope too: a table from before approval.match lacks it until init-db runs again.)
-PROBE_SQL = f"SELECT ApprovalId, Scope FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
+# (Scope and DeciderActors too: a table of an earlier version lacks them until init-db runs.)
+PROBE_SQL = (
+    f"SELECT ApprovalId, Scope, DeciderActors FROM {TABLE} WHERE ApprovalId = @id"  # noqa: S608
+)
 
 # The same two in PostgreSQL: placeholders by position, bound as p1, p2... The list's are
 # $1 state, $2 scopes, $3 live, $4 iss, $5 sub, $6 limit, $7 after_at, $8 after_id
@@ -158,7 +163,10 @@ _PG_NAMES = {
     "state": "p1", "scopes": "p2", "live": "p3", "iss": "p4", "sub": "p5", "limit": "p6",
     "after_at": "p7", "after_id": "p8",
 }  # fmt: skip
-PG_PROBE_SQL = f'SELECT "ApprovalId", "Scope" FROM "{TABLE}" WHERE "ApprovalId" = $1'  # noqa: S608
+PG_PROBE_SQL = (
+    f'SELECT "ApprovalId", "Scope", "DeciderActors" FROM "{TABLE}" '  # noqa: S608
+    'WHERE "ApprovalId" = $1'
+)
 
 
 def ddl(dialect: Dialect) -> tuple[str, ...]:
@@ -200,6 +208,7 @@ def _record(row: Sequence[Any]) -> ApprovalRecord:
         used_at=values["UsedAt"],
         used_by=values["UsedBy"],
         scope=values["Scope"],
+        decider_actors=tuple(values["DeciderActors"] or ()),
     )
 
 
@@ -240,6 +249,7 @@ def _values(record: ApprovalRecord) -> tuple[Any, ...]:
         record.used_at,
         record.used_by,
         record.scope,
+        list(record.decider_actors),
     )
 
 

@@ -251,7 +251,7 @@ def test_the_view_of_a_request() -> None:
         "created_at": "2026-01-02T03:04:05.000000Z",
         "expires_at": "2026-01-02T03:19:05.000000Z",
         "decided_at": "2026-01-02T03:06:05.000000Z",
-        "decided_by": {"iss": ISS, "sub": LEAD.subject},
+        "decided_by": {"iss": ISS, "sub": LEAD.subject, "actors": []},
         "reason": "ticket 42",
         "used_at": None,
     }

@@ -402,3 +402,28 @@ async def test_a_reload_that_binds_the_matched_name_from_another_claim_shares_no
         "approval-not-found"
     )
     assert await code_of(approvals.get(POLICY, org_lead, made.approval_id)) == "ok"
+
+
+async def test_an_agent_deciding_for_a_lead_is_named_in_decided_by(
+    approvals: Approvals, executor: Executor
+) -> None:
+    """Who decided: the lead, and the agent acting for it (its delegation chain, as kept)."""
+    data = POLICY.model.model_dump(by_alias=True, exclude_none=True)
+    data["roles"]["support-leads"] = [{"groups": ["support-leads"], "delegated": True}]
+    policy = compile_policy(load_policy_data(data, base_dir=EXAMPLE.parent))
+    made = await approvals.request(policy, cancel(ASKER, policy=policy), ASKER, "req-1")
+    agent = person("00u-lead-2", "support-leads", act={"sub": "order-agent"})
+    decided, _ = await approvals.decide(policy, agent, made.approval_id, approve=True,
+                                        reason=None)  # fmt: skip
+    assert decided.decider_actors == ("order-agent",)
+    stored = await approvals.read(policy, made.approval_id)
+    assert stored is not None
+    assert stored.view(T0)["decided_by"] == {
+        "iss": agent.iss, "sub": "00u-lead-2", "actors": ["order-agent"]
+    }  # fmt: skip
+    # a row written before the column existed reads as no actors
+    row = list(executor.rows[made.approval_id])
+    row[COLUMNS.index("DeciderActors")] = None
+    executor.rows[made.approval_id] = tuple(row)
+    old = await approvals.read(policy, made.approval_id)
+    assert old is not None and old.decider_actors == ()

@@ -52,7 +52,8 @@ def test_example_policy_grants() -> None:
         # cancel_order waits for approval: its identity reads and writes the approvals table
         "GRANT SELECT(ApprovalId, State, Issuer, Iss, Subject, Actors, Route, Query, RequestHash, "
         "Params, Approvers, RequestId, CreatedAt, ExpiresAt, DecidedAt, DeciderIss, "
-        "DeciderSubject, Reason, UsedAt, UsedBy, Scope) ON TABLE SpangateApprovals TO ROLE shop_writer",
+        "DeciderSubject, Reason, UsedAt, UsedBy, Scope, DeciderActors) ON TABLE SpangateApprovals TO "
+        "ROLE shop_writer",
         "GRANT INSERT ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT UPDATE ON TABLE SpangateApprovals TO ROLE shop_writer",
         "GRANT SELECT(KeyHash, RequestHash, Response, CommittedAt, ExpiresAt) ON TABLE "

@@ -57,8 +57,8 @@ def test_grants_are_written_in_the_postgresql_dialect() -> None:
         # cancel_order waits for approval: its identity reads and writes the approvals table
         'GRANT SELECT("ApprovalId", "State", "Issuer", "Iss", "Subject", "Actors", "Route", '
         '"Query", "RequestHash", "Params", "Approvers", "RequestId", "CreatedAt", "ExpiresAt", '
-        '"DecidedAt", "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope") ON '
-        'TABLE "SpangateApprovals" TO "shop_writer"',
+        '"DecidedAt", "DeciderIss", "DeciderSubject", "Reason", "UsedAt", "UsedBy", "Scope", '
+        '"DeciderActors") ON TABLE "SpangateApprovals" TO "shop_writer"',
         'GRANT INSERT ON TABLE "SpangateApprovals" TO "shop_writer"',
         'GRANT UPDATE ON TABLE "SpangateApprovals" TO "shop_writer"',
         'GRANT SELECT("KeyHash", "RequestHash", "Response", "CommittedAt", "ExpiresAt") ON '
@@ -187,7 +187,9 @@ def test_the_init_db_and_grants_commands_on_a_postgresql_database(
     assert 'GRANT INSERT ON TABLE "orders" TO "shop_writer";' in printed.stdout
     assert 'ON TABLE "SpangateIdempotency" TO "shop_writer";' in printed.stdout
     assert 'GRANT UPDATE ON TABLE "SpangateApprovals" TO "shop_writer";' in printed.stdout
-    assert '"UsedBy", "Scope") ON TABLE "SpangateApprovals" TO "shop_writer";' in printed.stdout
+    assert '"Scope", "DeciderActors") ON TABLE "SpangateApprovals" TO "shop_writer";' in (
+        printed.stdout
+    )
     # --check: the emulator answers NotFound for information_schema.enabled_roles (GoogleSQL's
     # INFORMATION_SCHEMA.ROLES: InvalidArgument); both are "no fine-grained access control"
     checked = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, timeout=60)
