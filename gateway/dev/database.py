@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.policy.pgsql import quoted_end
+
 if TYPE_CHECKING:
     from google.cloud.spanner_v1 import Client
 
@@ -191,21 +193,12 @@ def _googlesql_quoted_end(text: str, i: int) -> int | None:
 
 
 def _doubled_quote_end(text: str, i: int, quote: str, *, backslash: bool, what: str) -> int:
-    """The index past the ``quote``-quoted text whose quote is at ``i``; a doubled quote is one
-    quote inside, and with ``backslash`` (an E'' string) a backslash escapes the next character."""
-    j = i + 1
-    while j < len(text):
-        c = text[j]
-        if backslash and c == "\\":
-            j += 2
-            continue
-        if c == quote:
-            if text.startswith(quote * 2, j):
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    raise ValueError(f"unterminated {what} starting on line {_line(text, i)}")
+    """The index past the ``quote``-quoted text whose quote is at ``i``, read as the policy's
+    PostgreSQL reader reads it (``pgsql.quoted_end``)."""
+    end = quoted_end(text, i, quote, backslash=backslash)
+    if end < 0:
+        raise ValueError(f"unterminated {what} starting on line {_line(text, i)}")
+    return end
 
 
 def _postgresql_token_end(text: str, i: int) -> int | None:

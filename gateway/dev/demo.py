@@ -137,15 +137,13 @@ def _database_sql(
     if schema is None and seed is None:
         ddl, dml = load_demo_sql(repo, dialect)
         return ddl, dml, "demo schema, seed"
-    shop_ddl, shop_dml = load_demo_sql(repo, dialect)
-    ddl = split_statements(schema.read_text("utf-8"), dialect) if schema else shop_ddl
-    if seed is not None:
-        dml = split_statements(seed.read_text("utf-8"), dialect)
-    else:
-        dml = [] if schema is not None else shop_dml
+    dml = split_statements(seed.read_text("utf-8"), dialect) if seed else []
+    if schema is not None:
+        ddl = split_statements(schema.read_text("utf-8"), dialect)
+    else:  # rows of one's own in the shop's tables
+        ddl = load_demo_sql(repo, dialect)[0]
     what = f"schema {schema}" if schema else "demo schema"
-    what += f", seed {seed}" if seed else (", no seed" if schema else ", demo seed")
-    return ddl, dml, what
+    return ddl, dml, what + (f", seed {seed}" if seed else ", no seed")
 
 
 def run_demo(

@@ -33,7 +33,6 @@ __all__ = [
     "NOT_JSON",
     "PLAIN_RESULT_VERSIONS",
     "envelope_refusal",
-    "json_of",
     "jsonrpc_error",
     "malformed_tool_call",
     "params_problem",
@@ -44,7 +43,7 @@ __all__ = [
     "tool_result_body",
 ]
 
-NOT_JSON: Any = object()  # ``json_of`` for a body that is no JSON
+NOT_JSON: Any = object()  # ``read_json``'s value for a body that is no JSON
 
 
 def read_json(body: bytes) -> tuple[Any, str | None]:
@@ -56,11 +55,6 @@ def read_json(body: bytes) -> tuple[Any, str | None]:
         return parse_json(body), None
     except BadRequest as exc:
         return NOT_JSON, exc.detail
-
-
-def json_of(body: bytes) -> Any:
-    """``read_json``'s value (``NOT_JSON`` when the body is no strict JSON)."""
-    return read_json(body)[0]
 
 
 def jsonrpc_error(code: int, message: str, rpc_id: str | int | None = None) -> bytes:
@@ -192,7 +186,7 @@ def params_problem(method: str, version: str, params: Any) -> str | None:
 
 
 def malformed_tool_call(message: Any) -> tuple[dict[str, Any], GatewayError] | None:
-    """A JSON-RPC ``tools/call`` request (one message, with an id; ``message`` as ``json_of``
+    """A JSON-RPC ``tools/call`` request (one message, with an id; ``message`` as ``read_json``
     parsed it) whose params the SDK would refuse with -32602 before calling the tool: (the
     message, ``tool-call-invalid``); else None (other messages, and bodies that are no JSON, are
     the SDK's)."""
@@ -252,7 +246,7 @@ def single_tool_call(
     """A POST that the SDK's stateless JSON transport would hand its dispatcher as one
     ``tools/call`` request of the handshake era (``MCP-Protocol-Version`` absent or one of
     ``HANDSHAKE_PROTOCOL_VERSIONS``, ``Accept`` taking JSON, a body that is one JSON-RPC request,
-    checked by the SDK's own model; ``parsed`` as ``json_of`` parsed it; ``request``: the
+    checked by the SDK's own model; ``parsed`` as ``read_json`` parsed it; ``request``: the
     scope's, when the caller has one, its headers parsed once): (the request, its
     protocol version); else None
     (everything else, the 2026-07-28 revision and every refusal included, is the SDK

@@ -51,7 +51,7 @@ from gateway.policy.sqltoken import (
     unicode_space,
 )
 
-__all__ = ["tokenize"]
+__all__ = ["quoted_end", "tokenize"]
 
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _PLAIN_PREFIXES = frozenset("bBxXnN")  # B'0101', X'1F', N'text': read as '…'
@@ -118,22 +118,31 @@ def _string(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
     return end
 
 
-def _quoted_end(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
-    """The index past the ``'``-quoted literal opening at ``quote_at`` (``''`` inside is a quote;
-    with ``backslash``, an E'' string, ``\\`` escapes the next character)."""
+def quoted_end(text: str, quote_at: int, quote: str = "'", *, backslash: bool = False) -> int:
+    """The index past the PostgreSQL ``quote``-quoted text opening at ``quote_at`` (a doubled
+    quote inside is one quote; with ``backslash``, an E'' string, ``\\`` escapes the next
+    character), or -1 when it never closes. Also ``split_statements``' reader of PG files."""
     i = quote_at + 1
-    while i < len(sql):
-        c = sql[i]
+    while i < len(text):
+        c = text[i]
         if backslash and c == "\\":
             i += 2
             continue
-        if c == "'":
-            if sql.startswith("''", i):
+        if c == quote:
+            if text.startswith(quote * 2, i):
                 i += 2
                 continue
             return i + 1
         i += 1
-    raise fail(sql, start, "unterminated string literal")
+    return -1
+
+
+def _quoted_end(sql: str, start: int, quote_at: int, *, backslash: bool) -> int:
+    """The index past the ``'``-quoted literal opening at ``quote_at`` (``quoted_end``)."""
+    end = quoted_end(sql, quote_at, backslash=backslash)
+    if end < 0:
+        raise fail(sql, start, "unterminated string literal")
+    return end
 
 
 def _identifier(sql: str, i: int) -> tuple[str, int]:

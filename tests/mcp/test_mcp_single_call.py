@@ -18,7 +18,6 @@ from gateway.mcp.messages import (
     NOT_JSON,
     PLAIN_RESULT_VERSIONS,
     envelope_refusal,
-    json_of,
     params_problem,
     parse_error,
     plain_tool_call,
@@ -44,7 +43,7 @@ def scope(version: str | None = "2025-11-25", accept: str = "application/json") 
 
 @pytest.mark.parametrize("version", ["2025-11-25", "2025-06-18", None])
 def test_a_handshake_era_tools_call_is_served_in_one_exchange(version: str | None) -> None:
-    single = single_tool_call(scope(version), json_of(json.dumps(CALL).encode()))
+    single = single_tool_call(scope(version), read_json(json.dumps(CALL).encode())[0])
     assert single is not None
     message, negotiated = single
     assert (message.id, message.method) == (7, "tools/call")
@@ -65,8 +64,8 @@ def test_a_handshake_era_tools_call_is_served_in_one_exchange(version: str | Non
     ],
 )
 def test_everything_else_is_the_sdk_managers(headers: dict[str, Any], body: object) -> None:
-    assert single_tool_call(headers, json_of(json.dumps(body).encode())) is None
-    assert single_tool_call(scope(), json_of(b"{not json")) is None
+    assert single_tool_call(headers, read_json(json.dumps(body).encode())[0]) is None
+    assert single_tool_call(scope(), read_json(b"{not json")[0]) is None
 
 
 # -- the gateway's own answer to a plain tools/call (plain_tool_call, tool_result_body) ---------
@@ -183,7 +182,7 @@ def test_floats_answer_the_same_numbers() -> None:
 def test_the_door_reads_json_as_strictly_as_the_http_routes(raw: bytes) -> None:
     value, why = read_json(raw)
     assert value is NOT_JSON and why is not None and why.startswith("the body is not valid")
-    assert json_of(raw) is NOT_JSON
+    assert read_json(raw)[0] is NOT_JSON
     error = json.loads(parse_error(why))
     assert error == {
         "jsonrpc": "2.0",
