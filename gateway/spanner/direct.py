@@ -8,8 +8,10 @@ timeout wrappers, the client's tracing and metrics context managers, ``StreamedR
 its per-message bookkeeping. The same ExecuteStreamingSql RPC built here as a plain protobuf costs
 about half of that, and a unary ExecuteSql (one response message) less than a quarter.
 
-What stays the official client's: the session (``database.snapshot()`` checks out the
-multiplexed session, and handles a lost one when the block ends with NotFound, as for any read),
+What stays the official client's: the session (checked out of the Database's sessions manager
+for a read-only transaction and handed back, as ``database.snapshot()`` does, without building the
+``Snapshot`` this path never uses: ``Checkout``; a read that ends with NotFound is handed to the
+library's own ``SnapshotCheckout.__aexit__``, which checks the session and replaces a lost one),
 the channel (its credentials, TLS, keep-alives and interceptors: built-in metrics and the
 library's logging see these calls as theirs; a unary call skips the logging interceptor only
 while it would log nothing, ``_without_quiet_logging``), the request-id counter, the client-info header,
@@ -63,7 +65,7 @@ from google.api_core import exceptions as gexc
 from gateway.spanner.analyze import type_name
 from gateway.spanner.results import to_json
 
-__all__ = ["DirectReads", "Fallback", "Prepared", "Rows"]
+__all__ = ["Checkout", "DirectReads", "Fallback", "Prepared", "Rows"]
 
 log = logging.getLogger("spangate.spanner")
 
@@ -180,6 +182,50 @@ def _without_quiet_logging(stub: Any) -> Any | None:
         return None
 
 
+def _checkout_shape(database: Any) -> None:
+    """Raises unless ``Checkout`` can do what ``database.snapshot()`` does with this library."""
+    from google.cloud.spanner_v1._async.database import SnapshotCheckout
+    from google.cloud.spanner_v1._async.database_sessions_manager import TransactionType
+
+    manager = database.sessions_manager
+    if not (callable(manager.get_session) and callable(manager.put_session)):
+        raise TypeError("the sessions manager has no get_session/put_session")
+    TransactionType.READ_ONLY  # noqa: B018
+    if "_session" not in vars(SnapshotCheckout(database)):  # type: ignore[no-untyped-call]
+        raise TypeError("SnapshotCheckout keeps its session elsewhere")
+
+
+class Checkout:
+    """``async with Checkout(database) as session``: what ``database.snapshot()`` does around a
+    read, without the ``Snapshot`` (measured: ~9 µs a read against ~17-23 µs). The session comes
+    from the sessions manager for a read-only transaction and goes back to it; on NotFound the
+    library's ``SnapshotCheckout.__aexit__`` runs instead (it checks whether the session still
+    exists and replaces a lost one before handing it back), so that path is the library's own."""
+
+    __slots__ = ("_database", "_session")
+
+    def __init__(self, database: Any) -> None:
+        self._database = database
+        self._session: Any = None
+
+    async def __aenter__(self) -> Any:
+        from google.cloud.spanner_v1._async.database_sessions_manager import TransactionType
+
+        manager = self._database.sessions_manager
+        self._session = await manager.get_session(TransactionType.READ_ONLY)
+        return self._session
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:
+        if isinstance(error, gexc.NotFound):
+            from google.cloud.spanner_v1._async.database import SnapshotCheckout
+
+            checkout = SnapshotCheckout(self._database)  # type: ignore[no-untyped-call]
+            checkout._session = self._session
+            await checkout.__aexit__(kind, error, trace)
+            return
+        await self._database.sessions_manager.put_session(self._session)
+
+
 class DirectReads:
     """The stubs and constant metadata of one Database's reads (see the module's notes)."""
 
@@ -236,6 +282,7 @@ class DirectReads:
                 return None  # request options merged per call from a client context
             database.metadata_and_request_id  # noqa: B018 - shape checks
             database._next_nth_request  # noqa: B018
+            _checkout_shape(database)
             return cls(database, metadata)
         except Exception as exc:  # noqa: BLE001 - another shape: the library's path serves
             log.info("direct reads are off for this client library: %s", exc)

@@ -61,7 +61,7 @@ from gateway.policy.compiled import CompiledPolicy, CompiledQuery
 from gateway.spanner import idempotency as idem
 from gateway.spanner.analyze import Analysis, analyze_policy, type_name
 from gateway.spanner.bounded import bounded_rows
-from gateway.spanner.direct import DirectReads, Fallback, Prepared
+from gateway.spanner.direct import Checkout, DirectReads, Fallback, Prepared
 from gateway.spanner.errors import (
     grpc_code,
     map_error,
@@ -766,8 +766,8 @@ class Executor:
 
         key = (query.name, query.model.identity, query.model.sql)
         prepared = direct.prepared(key, build)
-        async with read.database.snapshot(**snapshot_options(query)) as snapshot:
-            session = getattr(getattr(snapshot, "_session", None), "name", None)
+        async with Checkout(read.database) as checked_out:  # database.snapshot() less its Snapshot
+            session = getattr(checked_out, "name", None)
             if not isinstance(session, str):
                 raise Fallback
             request = direct.request(session, prepared, read.params, read.tags.request)

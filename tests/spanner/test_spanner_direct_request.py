@@ -10,12 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
+from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.spanner_v1 import AsyncClient, RequestOptions, param_types
 from google.cloud.spanner_v1.types import Type, result_set, spanner
 from google.protobuf import struct_pb2
 
-from gateway.spanner.direct import DirectReads, Prepared
+from gateway.spanner.direct import Checkout, DirectReads, Prepared
 
 SERVICE = "google.spanner.v1.Spanner"
 DATABASE = "projects/p/instances/i/databases/d"
@@ -30,6 +31,11 @@ class Recorder:
 
     def _note(self, method: str, request: bytes, context: Any) -> None:
         self.calls.append((method, request, list(context.invocation_metadata())))
+
+    async def get_session(self, request: bytes, context: Any) -> bytes:
+        self._note("GetSession", request, context)
+        session = spanner.Session(name=f"{DATABASE}/sessions/s1", multiplexed=True)
+        return spanner.Session.serialize(session)
 
     async def create_session(self, request: bytes, context: Any) -> bytes:
         self._note("CreateSession", request, context)
@@ -64,6 +70,7 @@ async def recorded() -> AsyncIterator[tuple[Recorder, Any]]:
         SERVICE,
         {
             "CreateSession": grpc.unary_unary_rpc_method_handler(recorder.create_session),
+            "GetSession": grpc.unary_unary_rpc_method_handler(recorder.get_session),
             "ExecuteSql": grpc.unary_unary_rpc_method_handler(recorder.execute_sql),
             "ExecuteStreamingSql": grpc.unary_stream_rpc_method_handler(
                 recorder.execute_streaming_sql
@@ -139,3 +146,21 @@ async def test_the_direct_request_is_the_librarys(
         "x-goog-api-client",
         "x-goog-request-params",
     }
+
+
+async def test_checkout_is_the_librarys_snapshot_checkout_less_its_snapshot(
+    recorded: tuple[Recorder, Any],
+) -> None:
+    """The direct path's session: the one ``database.snapshot()`` checks out; a read that ends
+    with NotFound has the library check the session (GetSession) on both, and the error stands."""
+    recorder, database = recorded
+    async with database.snapshot() as snapshot:
+        library = snapshot._session
+    async with Checkout(database) as session:
+        assert session is library  # the multiplexed session, from the same sessions manager
+    for checkout in (database.snapshot(), Checkout(database)):
+        before = [c[0] for c in recorder.calls].count("GetSession")
+        with pytest.raises(gexc.NotFound):
+            async with checkout:
+                raise gexc.NotFound("Session not found")
+        assert [c[0] for c in recorder.calls].count("GetSession") == before + 1
