@@ -14,7 +14,9 @@ for a read-only transaction and handed back, as ``database.snapshot()`` does, wi
 library's own ``SnapshotCheckout.__aexit__``, which checks the session and replaces a lost one),
 the channel (its credentials, TLS, keep-alives and interceptors: built-in metrics and the
 library's logging see these calls as theirs; a unary call skips the logging interceptor only
-while it would log nothing, ``_without_quiet_logging``), the request-id counter, the client-info header,
+while it would log nothing, ``_without_quiet_logging``, and is then sent on gRPC's Cython call
+as ``grpc.aio`` sends it, without its per-call Python objects: ``_CoreUnary``), the request-id
+counter, the client-info header,
 and every write (transactions, retries of ABORTED, commits).
 
 Why each shortcut is safe:
@@ -53,8 +55,10 @@ every read takes the library's path).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +186,65 @@ def _without_quiet_logging(stub: Any) -> Any | None:
         return None
 
 
+_CANCELLED = "Locally cancelled by application!"  # grpc.aio's own words (_call.py)
+
+
+class _CoreUnary:
+    """A unary call without interceptors, made as ``grpc.aio``'s ``UnaryUnaryCall`` makes it,
+    minus what this path never uses: the same channel, method, registered-method handle,
+    serializers, deadline (``time.time() + timeout``, as ``_timeout_to_deadline``), metadata and
+    census context, sent by the same Cython call (``AioChannel.call(...).unary_unary``). Left out:
+    the ``UnaryUnaryCall`` object, the asyncio task it runs every call in, the ``Metadata``
+    conversions and the channel's registry of calls (what ``channel.close()`` cancels: a call on a
+    closed channel is ended by gRPC's core all the same). Measured in process (8 concurrent
+    callers, the emulator): ~260-300 µs of CPU a call against ~300-390 through the stub.
+
+    As the stub: a failure raises ``grpc.aio.AioRpcError`` built by grpc.aio's own
+    ``_create_rpc_error`` from the call's initial metadata and status; a cancelled caller
+    cancels the call. ``of`` returns the stub itself when grpc.aio is not shaped so."""
+
+    __slots__ = ("_call", "_census", "_deserialize", "_error", "_handle", "_method", "_serialize")
+
+    def __init__(self, stub: Any) -> None:
+        from grpc._cython import cygrpc
+        from grpc.aio import _call
+
+        channel = stub._channel
+        if not isinstance(channel, cygrpc.AioChannel) or stub._interceptors:
+            raise TypeError("not a plain unary stub on an AioChannel")
+        self._call = channel.call
+        self._method: bytes = stub._method
+        self._handle = stub._registered_call_handle
+        self._serialize = stub._request_serializer
+        self._deserialize = stub._response_deserializer
+        self._census = cygrpc.build_census_context
+        self._error = _call._create_rpc_error
+
+    @classmethod
+    def of(cls, stub: Any) -> Any:
+        if stub is None:
+            return None
+        try:
+            return cls(stub)
+        except Exception as exc:  # noqa: BLE001 - another shape: the stub serves
+            log.debug("direct unary reads call through grpc.aio's stub: %s", exc)
+            return stub
+
+    async def __call__(self, request: Any, *, metadata: list[tuple[str, str]], timeout: float) -> Any:
+        call = self._call(self._method, time.time() + timeout, None, None, self._handle)
+        try:
+            data = await call.unary_unary(self._serialize(request), tuple(metadata), self._census())
+        except asyncio.CancelledError:
+            if not call.done():
+                call.cancel(_CANCELLED)
+            raise
+        if call.is_ok():
+            return self._deserialize(data)
+        if call.is_locally_cancelled():
+            raise asyncio.CancelledError()
+        raise self._error(await call.initial_metadata(), await call.status())
+
+
 def _checkout_shape(database: Any) -> None:
     """Raises unless ``Checkout`` can do what ``database.snapshot()`` does with this library."""
     from google.cloud.spanner_v1._async.database import SnapshotCheckout
@@ -250,7 +313,7 @@ class DirectReads:
             response_deserializer=result_set.ResultSet.pb().FromString,
             _registered_method=True,
         )
-        self._unary_quiet = _without_quiet_logging(self._unary)
+        self._unary_quiet = _CoreUnary.of(_without_quiet_logging(self._unary))
         self._make_value = _helpers._make_value_pb
         # GAPIC's own (x-goog-api-client), then the library's: resource prefix (+ AFE timing)
         self._static = [*wrapped_metadata, *_helpers._metadata_with_prefix(database.name)]  # type: ignore[no-untyped-call]

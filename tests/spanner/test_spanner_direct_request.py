@@ -4,6 +4,7 @@ show what it receives), and every request and header is compared."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from google.cloud.spanner_v1 import AsyncClient, RequestOptions, param_types
 from google.cloud.spanner_v1.types import Type, result_set, spanner
 from google.protobuf import struct_pb2
 
-from gateway.spanner.direct import Checkout, DirectReads, Prepared
+from gateway.spanner.direct import Checkout, DirectReads, Prepared, _CoreUnary
 
 SERVICE = "google.spanner.v1.Spanner"
 DATABASE = "projects/p/instances/i/databases/d"
@@ -28,6 +29,9 @@ VALUES = {"id": 7, "name": "ü"}
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, bytes, list[tuple[str, Any]]]] = []
+        self.fail: tuple[grpc.StatusCode, str] | None = None  # ExecuteSql answers this status
+        self.hold: asyncio.Event | None = None  # ExecuteSql waits for this (cancelled: set)
+        self.cancelled = asyncio.Event()
 
     def _note(self, method: str, request: bytes, context: Any) -> None:
         self.calls.append((method, request, list(context.invocation_metadata())))
@@ -50,6 +54,14 @@ class Recorder:
 
     async def execute_sql(self, request: bytes, context: Any) -> bytes:
         self._note("ExecuteSql", request, context)
+        if self.hold is not None:
+            try:
+                await self.hold.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if self.fail is not None:
+            await context.abort(*self.fail)
         row = struct_pb2.ListValue(values=[struct_pb2.Value(string_value="7")])
         reply = result_set.ResultSet.pb()(metadata=self._metadata(), rows=[row])
         return bytes(reply.SerializeToString())
@@ -164,3 +176,78 @@ async def test_checkout_is_the_librarys_snapshot_checkout_less_its_snapshot(
             async with checkout:
                 raise gexc.NotFound("Session not found")
         assert [c[0] for c in recorder.calls].count("GetSession") == before + 1
+
+
+def _prepared(direct: DirectReads) -> Prepared:
+    return Prepared(
+        sql=SQL,
+        param_types={name: Type.pb(t) for name, t in TYPES.items()},
+        selector=direct.selector({}),
+        priority=0,
+        bounded=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "status", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED]
+)
+async def test_a_failed_unary_read_raises_what_the_grpc_aio_stub_raises(
+    recorded: tuple[Recorder, Any], status: grpc.StatusCode
+) -> None:
+    """The unary read sent on gRPC's Cython call (``_CoreUnary``) fails as grpc.aio's stub
+    fails: the same exception, code, details and trailing metadata, which the gateway maps."""
+    recorder, database = recorded
+    direct = DirectReads.of(database)
+    assert direct is not None and isinstance(direct._unary_quiet, _CoreUnary)
+    recorder.fail = (status, "no such column: Nope")
+    errors = []
+    async with Checkout(database) as session:
+        request = direct.request(session.name, _prepared(direct), VALUES, "rid")
+        for call in (direct._unary_quiet, direct._unary):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(request, metadata=direct._metadata(session.name), timeout=5.0)
+            errors.append(raised.value)
+    core, stub = errors
+    assert (core.code(), core.details()) == (stub.code(), stub.details()) == (
+        status,
+        "no such column: Nope",
+    )
+    assert type(core) is type(stub)
+    assert core.trailing_metadata() == stub.trailing_metadata()
+
+
+async def test_a_cancelled_unary_read_cancels_its_call(recorded: tuple[Recorder, Any]) -> None:
+    """A caller cancelled (its deadline) while the reply is awaited cancels the RPC: the server
+    sees it cancelled, as with grpc.aio's stub (gRPC's Cython call cancels itself on a
+    cancelled await; ``_CoreUnary`` cancels it too, as grpc.aio does)."""
+    recorder, database = recorded
+    direct = DirectReads.of(database)
+    assert direct is not None
+    recorder.hold = asyncio.Event()
+    async with Checkout(database) as session:
+        request = direct.request(session.name, _prepared(direct), VALUES, "rid")
+        reading = asyncio.ensure_future(
+            direct._unary_quiet(request, metadata=direct._metadata(session.name), timeout=30.0)
+        )
+        while not any(c[0] == "ExecuteSql" for c in recorder.calls):
+            await asyncio.sleep(0.01)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    await asyncio.wait_for(recorder.cancelled.wait(), 5.0)
+
+
+async def test_a_unary_read_past_its_deadline_fails_deadline_exceeded(
+    recorded: tuple[Recorder, Any],
+) -> None:
+    recorder, database = recorded
+    direct = DirectReads.of(database)
+    assert direct is not None
+    recorder.hold = asyncio.Event()
+    async with Checkout(database) as session:
+        request = direct.request(session.name, _prepared(direct), VALUES, "rid")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await direct._unary_quiet(
+                request, metadata=direct._metadata(session.name), timeout=0.2
+            )
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
