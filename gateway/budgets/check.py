@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from gateway.auth.principal import Principal
-from gateway.budgets.core import Counter, Limit, Usage, applicable, counters, rate_headers
+from gateway.budgets.core import HEADER_KINDS, Counter, Limit, Usage, rate_headers, window
 from gateway.budgets.core import usages as usages_of
+from gateway.budgets.memo import ChargeMemo
 from gateway.budgets.store import BudgetStore, StoreUnavailable
 from gateway.errors import BudgetExceeded, BudgetStoreUnavailable
 from gateway.policy.compiled import CompiledPolicy, CompiledRoute
@@ -34,16 +35,31 @@ log = logging.getLogger("spangate")
 @dataclass
 class Spend:
     """What a call spent: its budgets' usage after the check (and after its rows or a refund),
-    its counters and the store's time that chose their windows (``at``)."""
+    its counters and the store's time that chose their windows (``at``). ``used`` changes
+    through ``update`` alone (it keeps ``headers`` true). ``policy_field``: the limits'
+    ``RateLimit-Policy`` field when the caller kept it (``core.policy_field``)."""
 
     used: list[Usage] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
     at: float = 0.0
     refunded: set[str] = field(default_factory=set)  # the kinds given back
+    policy_field: str | None = field(default=None, repr=False, compare=False)
+    _headers: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def headers(self) -> dict[str, str]:
-        return rate_headers(self.used)
+    def headers(self) -> Mapping[str, str]:
+        """The RateLimit header fields of ``used`` (``core.rate_headers``): computed once, and
+        again only after ``update`` changed a usage they show. One mapping: read it, never
+        change it."""
+        if self._headers is None:
+            self._headers = rate_headers(self.used, self.policy_field)
+        return self._headers
+
+    def update(self, k: int, usage: Usage) -> None:
+        """``used[k] = usage``."""
+        self.used[k] = usage
+        if usage.limit.kind in HEADER_KINDS:  # rows are not shown: headers stand
+            self._headers = None
 
 
 def refundable(*, looked_up: bool, statement: bool) -> frozenset[str]:
@@ -74,6 +90,7 @@ class Budgets:
         self.store = store
         self._clock = clock
         self._key = key
+        self._memo = ChargeMemo(key)  # limits and counters per (policy, roles, principal)
         self.refusals: Tally[tuple[str, str]] = Tally()
 
     @property
@@ -83,8 +100,9 @@ class Budgets:
     def limits(
         self, policy: CompiledPolicy, route: CompiledRoute, roles: frozenset[str], who: Principal
     ) -> tuple[Limit, ...]:
-        allowing = [r for r in route.model.allow if r in roles]
-        return applicable(policy.model.budgets, allowing, who, write=route.query.is_dml)
+        """The limits a call spends (``core.applicable``), remembered (``memo``)."""
+        charge = self._memo.charge(policy, route, roles, who)
+        return () if charge is None else charge.limits
 
     async def spend(
         self,
@@ -99,10 +117,10 @@ class Budgets:
         budget-store-unavailable when the store does not answer. None: no budget applies.
         ``counted=False``: a 429 is not counted in ``refusals`` (the caller may answer the call
         otherwise, and counts it with ``note_refusal`` when it does not)."""
-        limits = self.limits(policy, route, roles, who)
-        if not limits:
+        charge = self._memo.charge(policy, route, roles, who)
+        if charge is None:
             return None
-        wanted = counters(limits, self._key)
+        limits, wanted = charge.limits, charge.counters
         try:
             taken = await self.store.take(wanted, self._clock())
         except StoreUnavailable as exc:
@@ -112,13 +130,13 @@ class Budgets:
             ) from None
         used = usages_of(limits, taken.values, taken.now)
         if taken.ok:
-            return Spend(used, wanted, taken.now)
+            return Spend(used, list(wanted), taken.now, policy_field=charge.policy_field)
         spent = next(u for u in used if u.spent)
         retry = max(u.reset for u in used if u.spent)
         refusal = BudgetExceeded(
             f"the {spent.limit.kind} budget of role '{spent.limit.role}' "
             f"({spent.limit.text}) is spent; retry in {retry} s",
-            headers={"Retry-After": str(retry), **rate_headers(used)},
+            headers={"Retry-After": str(retry), **rate_headers(used, charge.policy_field)},
             extra={
                 "budget": spent.limit.kind,
                 "role": spent.limit.role,
@@ -154,7 +172,7 @@ class Budgets:
             log.warning("budget store unavailable, a call's spend not given back: %s", exc)
             return
         for k, value in zip(picked, values, strict=True):
-            spend.used[k] = usages_of([spend.used[k].limit], [value], spend.at)[0]
+            spend.update(k, usages_of([spend.used[k].limit], [value], spend.at)[0])
 
     async def give_back(
         self, spend: Spend, *, looked_up: bool, statement: bool, request: str = ""
@@ -177,4 +195,4 @@ class Budgets:
             except StoreUnavailable as exc:
                 log.warning("budget store unavailable, %d rows not counted: %s", rows, exc)
                 continue
-            spend.used[k] = usages_of([usage.limit], [value], now)[0]
+            spend.update(k, Usage(usage.limit, value, window(usage.limit.rate.window, now)[1]))

@@ -29,12 +29,15 @@ __all__ = [
     "HEADER_KINDS",
     "KINDS",
     "UNKEYED_WARNING",
+    "Choice",
     "Counter",
     "Limit",
     "Usage",
     "applicable",
+    "choose",
     "counters",
     "derive_hash_key",
+    "policy_field",
     "principal_key",
     "rate_headers",
     "usages",
@@ -120,20 +123,27 @@ def _more_generous(a: Rate, b: Rate) -> bool:
     return (a.per_second, a.limit) > (b.per_second, b.limit)
 
 
-def applicable(
-    budgets: Mapping[str, Budget],
-    allowing: Iterable[str],
-    principal: Principal,
-    *,
-    write: bool,
-) -> tuple[Limit, ...]:
-    """The limits a call spends: ``allowing`` are the roles that hold and allow the route.
-    ``calls`` always, ``writes`` for a write, ``rows`` for a read."""
+@dataclass(frozen=True)
+class Choice:
+    """A limit a call spends, whoever calls: ``kind`` of ``role``'s budget, counted ``per``."""
+
+    kind: str
+    role: str
+    rate: Rate
+    text: str  # as the policy wrote it: 60/min
+    per: str  # the budget's ``per`` (``principal_key``)
+
+
+def choose(
+    budgets: Mapping[str, Budget], allowing: Iterable[str], *, write: bool
+) -> tuple[Choice, ...]:
+    """``applicable`` without the principal: what it depends on alone is ``budgets``, the roles
+    ``allowing`` (in order: the first of equally generous roles wins) and ``write``."""
     roles = list(dict.fromkeys(allowing))
     if not roles or not budgets:
         return ()
     kinds = ("calls", "writes") if write else ("calls", "rows")
-    out: list[Limit] = []
+    out: list[Choice] = []
     for kind in kinds:
         best: tuple[str, Rate, Budget] | None = None
         for role in roles:
@@ -146,9 +156,23 @@ def applicable(
                 best = (role, rate, budget)
         if best is not None:
             role, rate, budget = best
-            text = getattr(budget, kind)
-            out.append(Limit(kind, role, rate, text, principal_key(principal, budget.per)))
+            out.append(Choice(kind, role, rate, getattr(budget, kind), budget.per))
     return tuple(out)
+
+
+def applicable(
+    budgets: Mapping[str, Budget],
+    allowing: Iterable[str],
+    principal: Principal,
+    *,
+    write: bool,
+) -> tuple[Limit, ...]:
+    """The limits a call spends: ``allowing`` are the roles that hold and allow the route.
+    ``calls`` always, ``writes`` for a write, ``rows`` for a read."""
+    return tuple(
+        Limit(c.kind, c.role, c.rate, c.text, principal_key(principal, c.per))
+        for c in choose(budgets, allowing, write=write)
+    )
 
 
 def window(length: int, now: float) -> tuple[int, int]:
@@ -160,8 +184,8 @@ def window(length: int, now: float) -> tuple[int, int]:
 
 
 def window_key(counter: Counter, now: float) -> str:
-    """The store's key of ``counter`` in the window of ``now``."""
-    return f"{counter.key}:{window(counter.window, now)[0]}"
+    """The store's key of ``counter`` in the window of ``now`` (its index, as ``window``)."""
+    return f"{counter.key}:{math.floor(now) // counter.window}"
 
 
 def _who(limit: Limit, key: bytes | None) -> str:
@@ -189,10 +213,14 @@ def counters(limits: Sequence[Limit], key: bytes | None = None) -> list[Counter]
 
 
 def usages(limits: Sequence[Limit], values: Sequence[int], now: float) -> list[Usage]:
-    return [
-        Usage(limit, value, window(limit.rate.window, now)[1])
-        for limit, value in zip(limits, values, strict=True)
-    ]
+    """Each limit's usage at ``value``, its reset as ``window`` computes it (inlined: a call
+    reads the clock's second once for all its limits)."""
+    second = math.floor(now)
+    out: list[Usage] = []
+    for limit, value in zip(limits, values, strict=True):
+        length = limit.rate.window
+        out.append(Usage(limit, value, max(1, (second // length + 1) * length - second)))
+    return out
 
 
 def _integer(value: int) -> int:
@@ -200,19 +228,32 @@ def _integer(value: int) -> int:
     return max(0, min(value, MAX_COUNT))
 
 
-def rate_headers(used: Sequence[Usage]) -> dict[str, str]:
+def policy_field(limits: Iterable[Limit]) -> str | None:
+    """The ``RateLimit-Policy`` field of ``limits`` (see ``rate_headers``): it depends on the
+    limits alone, so a caller that keeps them may keep it. None: no limit of ``HEADER_KINDS``."""
+    field = ", ".join(
+        f'"{lim.kind}";q={_integer(lim.rate.limit)};w={_integer(lim.rate.window)}'
+        for lim in limits
+        if lim.kind in HEADER_KINDS
+    )
+    return field or None
+
+
+def rate_headers(used: Sequence[Usage], policy: str | None = None) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers, structured
     fields): one item per budget of ``HEADER_KINDS``, named by its kind; ``q`` quota, ``w`` window
     (s), ``r`` remaining, ``t`` seconds until the window resets, each capped to the Integer
-    range. No ``qu``: the default unit, requests, is what calls and writes count."""
-    shown = [u for u in used if u.limit.kind in HEADER_KINDS]
-    if not shown:
-        return {}
-    policies = ", ".join(
-        f'"{u.limit.kind}";q={_integer(u.limit.rate.limit)};w={_integer(u.limit.rate.window)}'
-        for u in shown
-    )
+    range. No ``qu``: the default unit, requests, is what calls and writes count. ``policy``: the
+    ``policy_field`` of ``used``'s limits when the caller kept it (else computed here)."""
     current = ", ".join(
-        f'"{u.limit.kind}";r={_integer(u.remaining)};t={_integer(u.reset)}' for u in shown
+        [
+            f'"{u.limit.kind}";r={_integer(u.remaining)};t={_integer(u.reset)}'
+            for u in used
+            if u.limit.kind in HEADER_KINDS
+        ]
     )
-    return {"RateLimit-Policy": policies, "RateLimit": current}
+    if not current:
+        return {}
+    if policy is None:
+        policy = policy_field(u.limit for u in used) or ""  # never empty: ``current`` is not
+    return {"RateLimit-Policy": policy, "RateLimit": current}

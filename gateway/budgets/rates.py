@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_COUNT", "RATE_FORM", "RATE_PATTERN", "Rate", "parse_rate"]
+__all__ = ["MAX_COUNT", "RATE_FORM", "RATE_PATTERN", "Rate", "parse_rate", "rate_of"]
 
 _UNITS = {
     "s": 1, "sec": 1, "second": 1,
@@ -61,3 +62,12 @@ def parse_rate(text: object) -> Rate:
     if not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"a rate's window is 1 s to 31 days, got {text!r}")
     return Rate(limit, window)
+
+
+@functools.lru_cache(maxsize=1024)
+def rate_of(text: str) -> Rate:
+    """``parse_rate`` remembered, for what reads a loaded policy's rates (``Budget.rate``): each
+    text is parsed once, not per call. Safe to share: the answer depends on the text alone and a
+    Rate is frozen. Bounded (least recently used out); a text that does not parse raises each
+    time (an exception is not remembered)."""
+    return parse_rate(text)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.budgets.core import Counter, window, window_key
+from gateway.budgets.core import Counter, window_key
 
 __all__ = ["BudgetStore", "MemoryStore", "StoreState", "StoreUnavailable", "Taken"]
 
@@ -94,27 +95,39 @@ class MemoryStore:
         return len(self._values)
 
     @staticmethod
-    def _expiry(counter: Counter, now: float) -> float:
-        """A second past the end of the counter's window (as Redis's EXPIRE of reset + 1)."""
-        return float(window(counter.window, now)[0] + 1) * counter.window + 1
+    def _expiry(index: int, length: int) -> float:
+        """A second past the end of window ``index`` of ``length`` s (as Redis's EXPIRE of reset
+        + 1)."""
+        return float(index + 1) * length + 1
 
     async def take(self, counters: Sequence[Counter], now: float) -> Taken:
-        keys = [window_key(c, now) for c in counters]
-        values = [self._get(k, now) for k in keys]
-        if any(v >= c.limit for v, c in zip(values, counters, strict=True)):
+        second = math.floor(now)  # read once for every counter (``window``'s)
+        keys: list[str] = []
+        values: list[int] = []
+        ok = True
+        for counter in counters:
+            key = f"{counter.key}:{second // counter.window}"  # ``window_key``'s
+            value = self._get(key, now)
+            keys.append(key)
+            values.append(value)
+            if value >= counter.limit:
+                ok = False
+        if not ok:
             return Taken(False, values, now)
         out: list[int] = []
         for key, value, counter in zip(keys, values, counters, strict=True):
             if counter.cost:
                 value += counter.cost
-                self._set(key, value, self._expiry(counter, now), now)
+                expires = self._expiry(second // counter.window, counter.window)
+                self._set(key, value, expires, now)
             out.append(value)
         return Taken(True, out, now)
 
     async def add(self, counter: Counter, amount: int, now: float) -> tuple[int, float]:
-        key = window_key(counter, now)
+        index = math.floor(now) // counter.window  # ``window``'s
+        key = f"{counter.key}:{index}"  # ``window_key``'s
         value = self._get(key, now) + amount
-        self._set(key, value, self._expiry(counter, now), now)
+        self._set(key, value, self._expiry(index, counter.window), now)
         return value, now
 
     async def refund(self, counters: Sequence[Counter], at: float) -> list[int]:

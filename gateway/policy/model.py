@@ -27,7 +27,7 @@ from gateway.auth.audiences import api_server_audience, gateway_url_problem
 from gateway.auth.principal import is_delegation_path
 from gateway.auth.urls import issuer_problem, url_problem
 from gateway.auth.wellknown import own_preset
-from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate
+from gateway.budgets.rates import RATE_PATTERN, Rate, parse_rate, rate_of
 from gateway.policy.regex import compile_regex
 from gateway.policy.sqltoken import GOOGLESQL, Dialect
 from gateway.policy.types import ParamType, parse_type
@@ -926,7 +926,7 @@ class Budget(_Strict):
 
     def rate(self, kind: str) -> Rate | None:
         text: str | None = getattr(self, kind)
-        return parse_rate(text) if text is not None else None
+        return rate_of(text) if text is not None else None  # parsed once (validated at load)
 
 
 class Policy(_Strict):
