@@ -340,12 +340,25 @@ def _sent(entry: dict[str, Any], name: str, bound: Bound, bounds: Bounds) -> Non
     if name not in bound.sent or name in bound.claim_bound:
         return
     raw, text = bound.sent[name]
-    raw = to_json(raw)
-    if _canonical(raw) == _canonical(entry.get("value")):
-        return
+    value = entry.get("value")
+    if _plain(raw) and _plain(value):  # the usual case: a path or query-string value
+        if type(raw) is type(value) and raw == value:
+            return
+    else:
+        raw = to_json(raw)
+        if _canonical(raw) == _canonical(value):
+            return
     bounds.put(entry, "sent", _where(_REQUEST, "params", name, "sent"), raw)
     if text:
         entry["text"] = True
+
+
+def _plain(value: Any) -> bool:
+    """A ``str``, or an ``int`` of at most 64 bits (not a subclass): two such values have the same
+    ``_canonical`` text exactly when they are of one type and equal (and ``to_json`` of one is
+    itself), so ``_sent`` compares them without encoding them."""
+    kind = type(value)
+    return kind is str or (kind is int and value.bit_length() <= 64)
 
 
 def _canonical(value: Any) -> str:
