@@ -1,14 +1,16 @@
 """The audit event's encoding on the request path gives the bytes ``json.dumps`` gives.
 
-Bounding an event encodes its top-level members with a C encoder built once (``chain``), and
-``_sent`` compares plain values without encoding them. Each is checked here against the plain
-way, ``json.dumps`` with the canonical settings, for the same values, hostile ones included
-(NaN, lone surrogates, keys that are not strings, huge integers, deep nesting), and on whole
-events, built, sealed and hashed.
+Bounding an event encodes its top-level members with a C encoder built once (``chain``), blocks
+that calls repeat are built once and shared (``shared``), and ``_sent`` compares plain values
+without encoding them. Each is checked here against the plain way, ``json.dumps`` with the
+canonical settings, for the same values, hostile ones included (NaN, lone surrogates, keys that
+are not strings, huge integers, deep nesting), and on whole events, built with and without the
+shared blocks, sealed and hashed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from gateway.audit import chain as chain_module
 from gateway.audit import event as event_module
+from gateway.audit import shared
 from gateway.audit.bounds import Bounds
 from gateway.audit.chain import Chain, encode_members, encoded_size, line_text, members_size
 from gateway.audit.event import CallRecord, build_event_encoded
@@ -286,10 +289,20 @@ def test_sent_agrees_on_the_edges(raw: Any, value: Any) -> None:
     assert repr(new_sent(raw, value)) == repr(old_sent(raw, value))
 
 
-# -- whole events: built, bounded, encoded, sealed ---------------------------------------------
-def compiled() -> CompiledPolicy:
+# -- whole events: built (shared blocks or not), bounded, encoded, sealed -----------------------
+def compiled(audience: str = "api://shop", redact: tuple[str, ...] = ()) -> CompiledPolicy:
     env = {"OKTA_ISSUER": "https://dev-000000.okta.com/oauth2/default"}
-    return compile_policy(load_policy(REPO / "policy.example.yaml", env=env))
+    loaded = load_policy(REPO / "policy.example.yaml", env=env)
+    if redact:
+        model = loaded.policy
+        audit = model.audit.model_copy(update={"redact": [*model.audit.redact, *redact]})
+        loaded = dataclasses.replace(loaded, policy=model.model_copy(update={"audit": audit}))
+    if audience != "api://shop":
+        model = loaded.policy
+        okta = model.issuers["okta"].model_copy(update={"audience": audience})
+        model = model.model_copy(update={"issuers": {**model.issuers, "okta": okta}})
+        loaded = dataclasses.replace(loaded, policy=model)
+    return compile_policy(loaded)
 
 
 POLICY = compiled()
@@ -423,8 +436,8 @@ CALLS = {
 def test_events_encode_and_seal_as_json_dumps_does(
     name: str, key: bytes | None, max_bytes: int
 ) -> None:
-    """Each call built three times, twice on one policy and once on an equal one of its own: the
-    same event, the same bytes."""
+    """Each call built three times: on a fresh policy (blocks built), again (blocks shared), and
+    on an equal policy of its own (built again): the same event, the same bytes."""
     make = CALLS[name]
     policy = compiled()
     built = [build(make(), policy, key, max_bytes=max_bytes) for _ in range(2)]
@@ -432,3 +445,100 @@ def test_events_encode_and_seal_as_json_dumps_does(
     for event, members in built:
         check_encoded(event, members, key)
         assert repr(stable(event)) == repr(stable(built[0][0]))  # 1 and True apart
+
+
+def test_a_shared_block_is_the_same_object_and_is_never_changed() -> None:
+    policy = compiled()
+    first, _ = build(CALLS["point read"](), policy, None)
+    # a larger event of the same token: its caller values are dropped, never the shared block
+    query = [("status", "PAID"), *[("tenant", "t")] * 1500]
+    again, members = build(
+        call_of(principal(), "GET", "/v1/orders", query=query), policy, None, max_bytes=4096
+    )
+    auth = first["protoPayload"]["authenticationInfo"]
+    assert again["protoPayload"]["authenticationInfo"] is auth
+    assert again["protoPayload"]["request"]["ignoredCallerValues"] == {"tenant": None}
+    check_encoded(again, members, None)
+    assert auth == build(CALLS["point read"](), compiled(), None)[0]["protoPayload"][
+        "authenticationInfo"
+    ]
+
+
+def test_blocks_are_not_shared_across_policies() -> None:
+    """A reload that changes what a token's block holds (the issuer's audiences) is seen at once."""
+    before = compiled()
+    after = compiled(audience="other")
+    call = CALLS["audiences"]
+    audience = [
+        build(call(), policy, None)[0]["protoPayload"]["authenticationInfo"][
+            "thirdPartyPrincipal"
+        ]["audience"]
+        for policy in (before, after, before)
+    ]
+    assert audience == [["api://shop"], ["other"], ["api://shop"]]
+
+
+def test_blocks_that_were_cut_or_name_an_actor_are_not_shared() -> None:
+    policy = compiled()
+    for name in ("long and odd strings", "delegated"):
+        one = build(CALLS[name](), policy, None)[0]["protoPayload"]["authenticationInfo"]
+        two = build(CALLS[name](), policy, None)[0]["protoPayload"]["authenticationInfo"]
+        assert one == two and one is not two
+
+
+def test_values_of_other_types_are_not_shared() -> None:
+    """A subject of ``1`` and of ``True`` are equal keys but encode apart: never shared."""
+    policy = compiled()
+    blocks = []
+    for odd in (("a", 1), ("a", True)):
+        call = CALLS["point read"]()
+        call.principal = principal(subject=odd)  # type: ignore[arg-type]
+        event, members = build(call, policy, None)
+        check_encoded(event, members, None)
+        blocks.append(event["protoPayload"]["authenticationInfo"])
+    assert [dumps(b["principalSubject"]) for b in blocks] == ['["a",1]', '["a",true]']
+
+
+def test_the_shared_blocks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared, "MAX_BLOCKS", 3)
+    policy = compiled()
+    for n in range(10):
+        call = CALLS["point read"]()
+        call.principal = principal(token_id=f"jti-{n}")
+        event, members = build(call, policy, None)
+        check_encoded(event, members, None)
+        assert event["protoPayload"]["authenticationInfo"]["thirdPartyPrincipal"]["tokenId"] == (
+            f"jti-{n}"
+        )
+    assert len(shared.SharedBlocks.of(policy)._blocks) <= 3
+
+
+def test_calls_share_only_blocks_they_would_build_alike() -> None:
+    """Every call above, in turn and again, on one policy: each event as on a policy of its own
+    (the tokens differ in one value each: audiences, client, introspection, groups...)."""
+    alone = {name: build(CALLS[name](), compiled(), b"k" * 32)[0] for name in CALLS}
+    policy = compiled()  # after the others: one policy's blocks are kept at a time
+    for name in [*sorted(CALLS), *sorted(CALLS, reverse=True)]:
+        event, members = build(CALLS[name](), policy, b"k" * 32)
+        check_encoded(event, members, b"k" * 32)
+        assert repr(stable(event)) == repr(stable(alone[name])), name
+    assert len(shared.SharedBlocks.of(policy)._blocks) > 3  # they were shared
+
+
+@pytest.mark.parametrize("key", [None, b"k" * 32])
+def test_group_names_hashed_or_not_are_shared_apart(key: bytes | None) -> None:
+    """Whether the token holds each group a role names: the names as they are, or each its
+    keyed hash when ``audit.redact`` names ``claim.groups`` (unkeyed: its SHA-256)."""
+    plain, hashed = compiled(), compiled(redact=("claim.groups",))
+    for policy in (plain, hashed, plain, hashed):
+        event, members = build(CALLS["point read"](), policy, key)
+        check_encoded(event, members, key)
+        read = event["protoPayload"]["metadata"]["claimsRead"]
+        names = ["support", "support-leads", "suspended"]
+        if policy is hashed:
+            assert read["groups"] == {
+                event_module.redacted(n, key): n == "support" for n in names
+            }
+        else:
+            assert read["groups"] == {n: n == "support" for n in names}
+        assert read["scopes"] == {"orders.read": False, "orders.write": False}
