@@ -6,10 +6,11 @@ Each closed-loop row runs callers that each build a real event (``build_event`` 
 policy: a support read with its principal, decision and bound parameters) and ``await
 trail.record(...)`` one at a time; the latency is one ``record`` (queue, seal on the writer thread,
 write, fsync or commit, wake-up). The baseline row builds events only (bounding one encodes its
-members, as the gateway does); the seal rows seal them: joining those members (the gateway's
-path), encoding the event once (events built otherwise), and as sealing did before (two more
-encodes: a copy of that code, here only to be measured); "no I/O" records into a sink that
-writes nothing (the pipeline's own cost).
+members, as the gateway does); the "alone" rows build them with nothing else (no event loop):
+the list's, and a point read's (``GET /v1/orders/{id}``, one row found); the seal rows seal
+them: joining those members (the gateway's path), encoding the event once (events built
+otherwise), and as sealing did before (two more encodes: a copy of that code, here only to be
+measured); "no I/O" records into a sink that writes nothing (the pipeline's own cost).
 ``written`` answers once write(2) returned and syncs every 100 ms in the background; ``batched``
 uses the default 5 ms window. The "at N/s" rows start events at a steady rate (open loop), as a
 busy gateway does. The note gives events per flush (how many requests shared one write, fsync or
@@ -40,6 +41,7 @@ from gateway.audit.writer import Durability, SinkWriter
 from gateway.auth.principal import Principal
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.decide import RequestFacts, decide
+from gateway.spanner.results import Result
 
 __all__ = ["run"]
 
@@ -56,7 +58,14 @@ def _policy() -> CompiledPolicy:
 Event = tuple[dict[str, Any], Members | None]  # an event and its members, as the gateway makes them
 
 
-def _event_factory(policy: CompiledPolicy) -> Callable[[], Event]:
+def _event_factory(
+    policy: CompiledPolicy,
+    path: str = "/v1/orders",
+    query: list[tuple[str, str]] | None = None,
+    result: Result | None = None,
+) -> Callable[[], Event]:
+    """A call to ``path`` (the list by default: ``?status=PAID``) by a support person's token,
+    answered with ``result``."""
     principal = Principal(
         issuer="okta",
         iss="https://dev-000000.okta.com/oauth2/default",
@@ -66,22 +75,25 @@ def _event_factory(policy: CompiledPolicy) -> Callable[[], Event]:
         claims={"tenant": "t1", "groups": ["support"], "sub": "support-console"},
         token_id="jti-1",  # noqa: S106 - a token id (jti), not a secret
     )
-    facts = RequestFacts(method="GET", path="/v1/orders", query=[("status", "PAID")])
+    query = [("status", "PAID")] if query is None else query
+    facts = RequestFacts(method="GET", path=path, query=query)
     decision = decide(policy, facts, principal)
-    assert decision.allow, decision.reason
+    assert decision.allow and decision.route is not None, decision.reason
+    tag = f"4f1c2b9a {decision.route.query_name} GET {decision.route.template}"
 
     def make() -> Event:
         call = CallRecord(
             request_id="4f1c2b9a0d8e4c6b8a7f6e5d4c3b2a19",
             method="GET",
-            path="/v1/orders",
+            path=path,
             started=time.perf_counter(),
             client="203.0.113.7",
             user_agent="bench/1",
             principal=principal,
             decision=decision,
             status=200,
-            request_tag="4f1c2b9a list_orders GET /v1/orders",
+            request_tag=tag,
+            result=result,
         )
         return build_event_encoded(call, policy, key=b"k" * 32)
 
@@ -104,6 +116,22 @@ def _seal_before(chain: Chain, event: dict[str, Any]) -> tuple[dict[str, Any], b
     cut = len(_ENCODER.encode(before)) - 1
     line = f'{text[:cut]},"hash":"{digest}"{text[cut:]}'
     return sealed, (line_text(line) + "\n").encode()
+
+
+def _build_row(name: str, make: Callable[[], Event], seconds: float) -> Row:
+    """Building one call's event after another, with nothing else (no trail, no event loop):
+    what the request path spends on its event."""
+    latencies: list[float] = []
+    cpu = time.process_time()
+    began = time.perf_counter()
+    stop = began + seconds
+    while time.perf_counter() < stop:
+        started = time.perf_counter()
+        make()
+        latencies.append(time.perf_counter() - started)
+    wall = time.perf_counter() - began
+    per_event = (time.process_time() - cpu) / max(len(latencies), 1) * 1e6
+    return Row.from_latencies(name, latencies, wall, f"{per_event:.1f} us CPU/event")
 
 
 def _seal_row(
@@ -260,6 +288,10 @@ def run(quick: bool, *, spanner: bool = True) -> Table:
 
     async def all_rows() -> None:
         table.add(await _row("build only", None, make, durability=None, callers=1, seconds=seconds))
+        table.add(_build_row("build: a list, alone", make, seconds))
+        found = Result(columns=["OrderId"], rows=[{"OrderId": "O-1001"}], row_count=1)
+        point = _event_factory(policy, "/v1/orders/O-1001", [], found)
+        table.add(_build_row("build: a point read, alone", point, seconds))
         table.add(_seal_row("seal, members from building", make,
                             lambda c, e: c.seal(e[0], e[1]), seconds))  # fmt: skip
         table.add(_seal_row("seal, encoding the event", make, lambda c, e: c.seal(e[0]), seconds))

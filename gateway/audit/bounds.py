@@ -108,6 +108,17 @@ class Bounds:
         self.truncated: list[dict[str, Any]] = []
         self._values: list[_Value] = []
 
+    @property
+    def plain(self) -> bool:
+        """The first bounding of an event (not the last resort's): what blocks shared between
+        events are built under (``shared``)."""
+        return self.limit == MAX_STRING_BYTES and not self.drop_all
+
+    def mark(self) -> tuple[int, int]:
+        """What has been cut and what may be dropped so far: the same mark after a block was built
+        says nothing in it was cut or may be dropped (so it may be shared: ``shared``)."""
+        return len(self.truncated), len(self._values)
+
     def text(self, where: str, value: str | None) -> str | None:
         """``value`` (a caller's string at ``where``), cut to the limit."""
         if value is None or len(value) * 4 <= self.limit:  # at most 4 bytes a character

@@ -33,7 +33,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +69,73 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+def _make_encode(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` without its cost per call: ``JSONEncoder.encode`` builds a new C encoder
+    (and a closure) on every call; this one is built once, with the arguments CPython 3.11's
+    ``JSONEncoder.iterencode`` gives it, so its text is the same (the probes below check it). One
+    difference: no ``markers`` (they would be state shared by the event loop and the writer
+    thread, and an encode that fails leaves its entries behind), so a value that holds itself
+    raises ``RecursionError`` instead of ``ValueError`` (every caller here catches both). Where
+    there is no C encoder, or it does not encode the probes as ``encoder`` does,
+    ``encoder.encode`` itself."""
+    make: Any = getattr(json.encoder, "c_make_encoder", None)  # None: no C accelerator
+    if make is None or encoder.indent is not None:
+        return encoder.encode
+    string = (
+        json.encoder.encode_basestring_ascii
+        if encoder.ensure_ascii
+        else json.encoder.encode_basestring
+    )
+    try:
+        c_encode = make(
+            None,  # markers: no cycle check (see above)
+            encoder.default,
+            string,
+            encoder.indent,
+            encoder.key_separator,
+            encoder.item_separator,
+            encoder.sort_keys,
+            encoder.skipkeys,
+            encoder.allow_nan,
+        )
+    except TypeError:  # a C encoder that takes other arguments
+        return encoder.encode
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return string(value)  # as JSONEncoder.encode does for a string
+        if value is None:
+            return "null"
+        return "".join(c_encode(value, 0))
+
+    probes = [
+        {"b": [1, -2.5e-300, None, True, "\u00e9\u2028\"\n"], "a": {"z": 0, "y": [{}]}},
+        {2: 1, 10: 1.5, False: None},
+        [float("nan")],
+        [float("-inf")],
+    ]
+    if any(_outcome(encode, p) != _outcome(encoder.encode, p) for p in probes):
+        return encoder.encode
+    return encode
+
+
+def _outcome(encode: Callable[[Any], str], value: Any) -> str | type[Exception]:
+    try:
+        return encode(value)
+    except (ValueError, TypeError) as exc:
+        return type(exc)
+
+
+_encode = _make_encode(_ENCODER)  # the canonical text of any value: _ENCODER.encode's
+
+
 # Line breaks for str.splitlines and Unicode (NEL, LS, PS) that JSON leaves unescaped.
 _BREAKS = re.compile("[\u0085\u2028\u2029]")
 
 
 def canonical(event: Mapping[str, Any]) -> bytes:
     """The bytes that are hashed: sorted keys, no spaces, UTF-8."""
-    return _ENCODER.encode(event).encode()
+    return _encode(event).encode()
 
 
 def line_text(text: str) -> str:
@@ -107,38 +167,39 @@ _KEYS: dict[str, bytes] = {}  # '"name":' of the top-level keys seen (a handful)
 def _key(name: str) -> bytes:
     found = _KEYS.get(name)
     if found is None:
-        found = _ENCODER.encode(name).encode() + b":"
+        found = _encode(name).encode() + b":"
         if len(_KEYS) < 256:
             _KEYS[name] = found
     return found
 
 
 def _json(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
+    return _encode(value).encode()
 
 
 def encode_members(event: Mapping[str, Any]) -> Members | None:
     """``event``'s ``Members``; None when a top-level key is not a string (JSON would order the
     keys otherwise). Raises ``UnicodeError``, ``ValueError``, ``TypeError`` or ``RecursionError``
     when a value does not encode (see ``writable``)."""
-    if not all(isinstance(k, str) for k in event):
-        return None
-    return {k: _ENCODER.encode(v).encode() for k, v in event.items()}
+    for name in event:
+        if not isinstance(name, str):
+            return None
+    return {k: _encode(v).encode() for k, v in event.items()}
 
 
 def members_size(members: Members) -> int:
     """``encoded_size`` of the event with these members (its line without the chain's members
-    and the newline)."""
-    size = 1 + max(len(members), 1)  # the braces and the commas
-    for name, value in members.items():
-        size += _key_size(name) + len(_line_bytes(value))
-    return size
+    and the newline). The values' escapes are counted on their bytes joined: each value is whole
+    UTF-8, so no character (and no escape) spans two of them."""
+    values = b"".join(members.values())
+    return 1 + max(len(members), 1) + _keys_size(tuple(members)) + len(_line_bytes(values))
 
 
 @functools.lru_cache(maxsize=256)
-def _key_size(name: str) -> int:
-    """``len(_line_bytes(_key(name)))``, once per top-level key (a handful)."""
-    return len(_line_bytes(_key(name)))
+def _keys_size(names: tuple[str, ...]) -> int:
+    """``len(_line_bytes(_key(name)))`` summed over ``names``: once per set of top-level keys (the
+    events' few shapes)."""
+    return sum(len(_line_bytes(_key(name))) for name in names)
 
 
 def _encodable(event: Mapping[str, Any]) -> tuple[Mapping[str, Any], Members | None]:
@@ -153,9 +214,9 @@ def _encodable(event: Mapping[str, Any]) -> tuple[Mapping[str, Any], Members | N
 def encoded_size(event: Mapping[str, Any]) -> int:
     """The bytes ``event``'s line will take (an upper bound when it must be scrubbed)."""
     try:
-        text = _ENCODER.encode(event)
+        text = _encode(event)
     except (ValueError, TypeError, RecursionError):
-        text = _ENCODER.encode(_scrub(event))
+        text = _encode(_scrub(event))
     return len(line_text(text).encode("utf-8", "surrogatepass"))
 
 
@@ -164,7 +225,7 @@ def writable(event: Mapping[str, Any]) -> Mapping[str, Any]:
     replaced, non-finite numbers and unknown types as strings. One odd value a token or a caller
     smuggled in must never keep an event, or the batch it travels with, out of the trail."""
     try:
-        _ENCODER.encode(event).encode()
+        _encode(event).encode()
     except (UnicodeError, ValueError, TypeError, RecursionError):
         log.warning("audit event %s had values that are not JSON; scrubbed", event.get("insertId"))
         scrubbed: Mapping[str, Any] = _scrub(event)
@@ -270,13 +331,13 @@ class Chain:
             sealed["worker"] = self.worker
         sealed.pop("hash", None)
         try:
-            body = _ENCODER.encode(sealed).encode()
+            body = _encode(sealed).encode()
         except (UnicodeError, ValueError, TypeError, RecursionError):
             log.warning("audit event %s had keys or values that are not JSON; scrubbed", seq)
             return self.seal(_scrub(event))  # every key a string now
         digest = self._digest(body)
         before = {k: v for k, v in sealed.items() if k < "hash"}  # "chain" at least
-        cut = len(_ENCODER.encode(before).encode()) - 1
+        cut = len(_encode(before).encode()) - 1
         line = b"%s,\"hash\":\"%s\"%s\n" % (body[:cut], digest.encode(), body[cut:])
         sealed["hash"] = digest
         self.seq, self.last_hash = seq, digest

@@ -35,6 +35,11 @@ Cloud Audit Logs read it as they are:
 
 Never the token. Each string a caller supplies is stored once, bounded (``bounds``): the user agent
 and the path only in ``httpRequest``.
+
+A token's ``authenticationInfo`` and the ``claimsRead`` groups and scopes are built once and the
+same objects put in every event that repeats them (``shared``): what changes a built event (a
+settlement's follow-up, the row written in a write's transaction) changes only its own top level,
+``httpRequest``, ``response`` and ``metadata``, never those.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from urllib.parse import unquote
 
 from gateway.audit.bounds import DEFAULT_MAX_EVENT_BYTES, Bounds, fit_encoded, pointer
 from gateway.audit.chain import Members
+from gateway.audit.shared import SharedBlocks
 from gateway.auth.presets import effective_names
 from gateway.auth.principal import MISSING, Principal
 from gateway.errors import GatewayError, SpannerError
@@ -210,6 +216,62 @@ def _authentication(
     reads: ClaimReads,
     key: bytes | None,
 ) -> dict[str, Any]:
+    """``authenticationInfo``: built once per token and policy and shared (``shared``) when it
+    names no actor and nothing in it was cut."""
+    shared_key = _token_key(principal) if bounds.plain else None
+    if shared_key is None:
+        return _build_authentication(principal, policy, bounds, reads, key)
+    blocks = SharedBlocks.of(policy)
+    block: dict[str, Any] | None = blocks.get(shared_key)
+    if block is None:
+        mark = bounds.mark()
+        block = _build_authentication(principal, policy, bounds, reads, key)
+        if bounds.mark() == mark:
+            blocks.put(shared_key, block)
+    return block
+
+
+def _token_key(principal: Principal) -> tuple[Any, ...] | None:
+    """What ``authenticationInfo`` is made of, or None when it may not be shared: the token names
+    an actor (``act``: its claims are bounded values, which may be dropped), or a value is not of
+    its usual type (a ``str`` or None; equal values of other types, ``1`` and ``True``, may
+    encode apart). The audiences as a tuple (of a list of strings)."""
+    claims = principal.claims
+    if "act" in claims:
+        return None
+    aud = claims.get("aud")
+    if type(aud) is list:
+        aud = tuple(aud)
+        for one in aud:
+            if type(one) is not str:
+                return None
+    elif aud is not None and type(aud) is not str:
+        return None
+    key = (
+        principal.issuer,
+        principal.iss,
+        principal.subject,
+        principal.client_id,
+        principal.user_id,
+        principal.token_id,
+    )
+    for value in key:
+        if value is not None and type(value) is not str:
+            return None
+    if type(principal.introspected) is not bool:
+        return None
+    return ("authenticationInfo", *key, principal.introspected, aud)
+
+
+def _build_authentication(
+    principal: Principal,
+    policy: CompiledPolicy,
+    bounds: Bounds,
+    reads: ClaimReads,
+    key: bytes | None,
+) -> dict[str, Any]:
+    # Shared when it may be (``_authentication``): each value of ``principal`` read here (but
+    # ``act``) is one of ``_token_key``'s.
     third = _AUTH + "/thirdPartyPrincipal/"
     return {
         "principalSubject": bounds.text(_AUTH + "/principalSubject", principal.subject),
@@ -340,12 +402,25 @@ def _sent(entry: dict[str, Any], name: str, bound: Bound, bounds: Bounds) -> Non
     if name not in bound.sent or name in bound.claim_bound:
         return
     raw, text = bound.sent[name]
-    raw = to_json(raw)
-    if _canonical(raw) == _canonical(entry.get("value")):
-        return
+    value = entry.get("value")
+    if _plain(raw) and _plain(value):  # the usual case: a path or query-string value
+        if type(raw) is type(value) and raw == value:
+            return
+    else:
+        raw = to_json(raw)
+        if _canonical(raw) == _canonical(value):
+            return
     bounds.put(entry, "sent", _where(_REQUEST, "params", name, "sent"), raw)
     if text:
         entry["text"] = True
+
+
+def _plain(value: Any) -> bool:
+    """A ``str``, or an ``int`` of at most 64 bits (not a subclass): two such values have the same
+    ``_canonical`` text exactly when they are of one type and equal (and ``to_json`` of one is
+    itself), so ``_sent`` compares them without encoding them."""
+    kind = type(value)
+    return kind is str or (kind is int and value.bit_length() <= 64)
 
 
 def _canonical(value: Any) -> str:
@@ -574,11 +649,24 @@ def _claims_read(
         ("scopes", reads.scopes, principal.scopes),
     ):
         if names:  # whether the principal holds each name a role tests, never its others
-            hashed = kind in reads.redacted
-            block[kind] = {
-                (str(redacted_claim(n, key)) if hashed else n): n in held for n in sorted(names)
-            }
+            holds = names & held  # all the block depends on (a token may hold many more)
+            block[kind] = (
+                _held_hashed(names, holds, key) if kind in reads.redacted else _held(names, holds)
+            )
     return {"claimsRead": block}
+
+
+# ``{name: name in held}`` over ``names`` sorted (each name its keyed hash when ``audit.redact``
+# names claim.groups or claim.scopes): the same for every call with these values, so made once
+# and shared (``shared``): never changed.
+@functools.lru_cache(maxsize=1024)
+def _held(names: frozenset[str], held: frozenset[str]) -> dict[str, bool]:
+    return {n: n in held for n in sorted(names)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _held_hashed(names: frozenset[str], held: frozenset[str], key: bytes | None) -> dict[str, bool]:
+    return {str(redacted_claim(n, key)): n in held for n in sorted(names)}
 
 
 def _pagination(call: CallRecord) -> dict[str, Any]:
