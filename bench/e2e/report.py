@@ -8,7 +8,9 @@ as copies of a run that is fit to publish: not ``--quick``, and no phase refused
 A cell (a target at a concurrency) is the median of its accepted rounds; a ratio divides the
 gateway's cell by another target's at the same concurrency. ``gateway / raw unary`` is the
 like-for-like one (both send this read as one unary ExecuteSql); the ratios to the streaming raw
-targets and to the hand-written service stay for comparison.
+targets and to the hand-written service stay for comparison. With ``--baseline``, the gateway's
+throughput, p50 and server CPU over the baseline's (another checkout's gateway) too; such a run
+compares two builds and is never published as latest.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ PAIRS = (
     ("raw-async", "raw async"),
     ("fastapi", "FastAPI"),
 )
+BASELINE = ("baseline", "baseline")  # --baseline: also the server's CPU
 
 
 @dataclass
@@ -89,6 +92,14 @@ def ratios(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 mine = getattr(gateway, attribute, None)
                 base = getattr(theirs, attribute, None)
                 row[f"{metric} gateway/{other}"] = mine / base if mine and base else None
+        baseline = by.get(("baseline", conc))
+        if baseline is not None:
+            for metric, attribute in (("throughput", "per_second"), ("p50", "p50_ms")):
+                mine, base = getattr(gateway, attribute, None), getattr(baseline, attribute)
+                row[f"{metric} gateway/baseline"] = mine / base if mine and base else None
+            mine = gateway.cpu_ms.get("server") if gateway is not None else None
+            base = baseline.cpu_ms.get("server")
+            row["server cpu gateway/baseline"] = mine / base if mine and base else None
         rows.append(row)
     return rows
 
@@ -125,10 +136,10 @@ def _emulator_version() -> str:
     return "unknown"
 
 
-def _git() -> str:
+def _git(where: Path = REPO) -> str:
     def git(*args: str) -> str:
         done = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+            ["git", "-C", str(where), *args], capture_output=True, text=True, check=False
         )
         return done.stdout.strip()
 
@@ -136,7 +147,7 @@ def _git() -> str:
     return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def versions() -> dict[str, str]:
+def versions(baseline: Path | None = None) -> dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("google-cloud-spanner", "grpcio", "fastapi", "uvicorn", "pyjwt"):
         try:
@@ -146,6 +157,8 @@ def versions() -> dict[str, str]:
     found["emulator"] = _emulator_version()
     found["wrk"] = wrk.version()
     found["spangate"] = _git()
+    if baseline is not None:
+        found["baseline"] = _git(baseline)
     return found
 
 
@@ -174,6 +187,12 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
         f"{options['max_foreign']:.0%} of the machine's CPU. How it is measured: "
         "docs/performance.md.",
     ]
+    if options.get("baseline"):
+        lines += [
+            "",
+            f"Baseline: the gateway of {options['baseline']} (spangate {v.get('baseline')}), "
+            "measured in the same rounds.",
+        ]
     if options["gateway_env"]:
         settings = ", ".join(f"`{k}={val}`" for k, val in options["gateway_env"].items())
         lines += ["", f"Gateway settings: {settings}."]
@@ -213,6 +232,30 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
         values = [row[f"throughput gateway/{o}"] for o, _ in PAIRS]
         values += [row[f"p50 gateway/{o}"] for o, _ in PAIRS]
         lines.append(f"| {row['conc']} | " + " | ".join(_num(x, ".2f") for x in values) + " |")
+    if any("throughput gateway/baseline" in row for row in run["ratios"]):
+        lines += [
+            "",
+            "## Against the baseline",
+            "",
+            "This checkout's gateway over the baseline's, in the same rounds: throughput (higher "
+            "is better), p50 latency and server CPU per request (lower is better).",
+            "",
+            "| conc | req/s gateway / baseline | p50 gateway / baseline "
+            "| server CPU gateway / baseline |",
+            "|---:|---:|---:|---:|",
+        ]
+        for row in run["ratios"]:
+            values = [
+                row.get(k)
+                for k in (
+                    "throughput gateway/baseline",
+                    "p50 gateway/baseline",
+                    "server cpu gateway/baseline",
+                )
+            ]
+            lines.append(
+                f"| {row['conc']} | " + " | ".join(_num(x, ".3f") for x in values) + " |"
+            )
     lines += [
         "",
         "## Phases",
@@ -287,8 +330,12 @@ def write(options: Options, phases: Sequence[Phase]) -> Written:
     run: dict[str, Any] = {
         "when": now.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "versions": versions(),
-        "options": {**asdict(options), "out": str(options.out)},
+        "versions": versions(options.baseline),
+        "options": {
+            **asdict(options),
+            "out": str(options.out),
+            "baseline": str(options.baseline) if options.baseline else None,
+        },
         "refused": refused,
         "phases": [asdict(p) for p in phases],
         "cells": [asdict(c) for c in cells],
@@ -300,7 +347,7 @@ def write(options: Options, phases: Sequence[Phase]) -> Written:
     files[0].write_text(markdown(run, cells, f"{stamp}.png"), encoding="utf-8")
     files[1].write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     chart(run, cells, files[2], files[3])
-    publish = not options.quick and not refused
+    publish = not options.quick and not refused and options.baseline is None
     if publish:
         latest = [out / f"latest.{ext}" for ext in ("md", "png", "svg")]
         latest[0].write_text(markdown(run, cells, "latest.png"), encoding="utf-8")

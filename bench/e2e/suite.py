@@ -6,6 +6,12 @@ between two CPU samples (``cpu.CpuMeter``). Rounds run the targets in turn at ea
 in the opposite order every other round, so that a drift of the machine touches all of them.
 A phase whose foreign CPU (the machine busy with anything but the measured processes) is over
 ``--max-foreign`` is refused: printed, kept in the JSON, left out of the table and the ratios.
+
+``--baseline PATH`` adds a target: the gateway of another checkout of spangate (its ``gateway``
+package first on ``PYTHONPATH``, this environment's packages otherwise), measured in the same
+rounds as this one, for an A/B of a change: the server CPU of one build varies by about ±5-10 %
+from run to run on a shared machine, more than most single changes save, while phases run
+side by side in alternating order drift together.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ LABELS = {
     "raw-unary": "raw unary ExecuteSql",
     "gateway": "spangate gateway",
     "fastapi": "hand-written FastAPI",
+    "baseline": "spangate baseline",  # --baseline PATH: another checkout's gateway
 }
 ROLES = ("server", "emulator", "driver")
 EXIT_REFUSED = 3  # some phase was refused: nothing published as latest
@@ -49,6 +56,7 @@ class Options:
     out: Path
     quick: bool
     gateway_env: dict[str, str] = field(default_factory=dict)
+    baseline: Path | None = None  # another checkout of spangate: the "baseline" target
 
 
 @dataclass
@@ -104,11 +112,14 @@ def _phase(
             requests, wall = int(result["requests"]), float(result["wall_s"])
             p50, p99 = float(result["p50_ms"]), float(result["p99_ms"])
         else:
-            if target == "gateway":
+            if target in ("gateway", "baseline"):
+                env = dict(options.gateway_env)
+                if target == "baseline":
+                    assert options.baseline is not None
+                    env["PYTHONPATH"] = str(options.baseline)  # its gateway package first
                 server = stack.gateway(
-                    folder, emulator_host=emulator.host, issuer=issuer, policy=policy,
-                    env=options.gateway_env,
-                )  # fmt: skip
+                    folder, emulator_host=emulator.host, issuer=issuer, policy=policy, env=env
+                )
             else:
                 server = stack.handwritten(folder, emulator_host=emulator.host, issuer=issuer)
             server.check(callers)
@@ -194,6 +205,13 @@ def _targets(text: str) -> list[str]:
     return values
 
 
+def _checkout(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "gateway" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a checkout of spangate (no gateway/)")
+    return path
+
+
 def _setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -228,6 +246,12 @@ def parse(argv: Sequence[str]) -> Options:
         "and never published as latest",
     )  # fmt: skip
     parser.add_argument(
+        "--baseline", type=_checkout, metavar="PATH",
+        help="another checkout of spangate (e.g. `git worktree add /tmp/base main`): its gateway "
+        "is measured too, in the same rounds, and compared (an A/B of a change; never published "
+        "as latest)",
+    )  # fmt: skip
+    parser.add_argument(
         "--gateway-env", type=_setting, action="append", default=[], metavar="NAME=VALUE",
         help="a setting for the gateway (e.g. SPANGATE_LOG_LEVEL=warning); repeatable",
     )  # fmt: skip
@@ -243,7 +267,12 @@ def parse(argv: Sequence[str]) -> Options:
         out=args.out or (REPO / "build" / "bench-e2e" if quick else REPO / "bench" / "results"),
         quick=quick,
         gateway_env=dict(args.gateway_env),
+        baseline=args.baseline,
     )
+    if options.baseline is not None and "baseline" not in options.targets:
+        options.targets.append("baseline")
+    if options.baseline is not None and "gateway" not in options.targets:
+        parser.error("--baseline compares against the gateway: keep gateway in --targets")
     if options.seconds < 1 or options.rounds < 1 or options.warmup < 0:
         parser.error("--seconds and --rounds must be at least 1, --warmup at least 0")
     return options

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.e2e import cpu, driver, report
-from bench.e2e.suite import LABELS, TARGETS, Options, Phase
+from bench.e2e.suite import LABELS, TARGETS, Options, Phase, parse
 from bench.e2e.workload import ORDER_ID
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,8 +66,9 @@ def test_a_quick_run_reports_every_target_computes_the_ratios_and_writes_its_fil
 
     text = (out / f"{stamp}.md").read_text()
     assert "Not a result" in text and f"]({stamp}.png)" in text
-    for label in LABELS.values():
-        assert f"| {label} | 2 |" in text
+    for target in TARGETS:
+        assert f"| {LABELS[target]} | 2 |" in text
+    assert "Against the baseline" not in text and "spangate baseline" not in text
     assert "req/s gateway / raw sync" in text and "req/s gateway / FastAPI" in text
     assert "req/s gateway / raw unary" in text and "p50 gateway / raw unary" in text
 
@@ -183,3 +184,62 @@ def test_refused_phases_stay_out_of_the_cells_and_the_ratios(tmp_path: Path) -> 
     assert "| raw AsyncClient | 8 | 700 | 700, 1 refused |" in text
     assert "| raw unary ExecuteSql | 8 | 450 | 400, 500 |" in text
     assert "9,999" not in text  # a refused phase's numbers are not reported
+
+
+# --- --baseline: another checkout's gateway, measured in the same rounds ----------------------
+
+
+def test_a_baseline_run_measures_both_gateways_and_compares_them(tmp_path: Path) -> None:
+    """This checkout as its own baseline: both gateways serve, the comparison is written, and
+    a run with a baseline is never published as latest."""
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "e2e", "--quick", "--conc", "1", "--targets", "gateway",
+         "--baseline", str(REPO), "--max-foreign", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    (data,) = out.glob("*.json")
+    result = json.loads(data.read_text())
+    assert [p["target"] for p in result["phases"]] == ["gateway", "baseline"]
+    assert all(p["requests"] > 0 and p["cpu_ms"]["server"] for p in result["phases"])
+    (ratios,) = result["ratios"]
+    for key in ("throughput", "p50", "server cpu"):
+        value = ratios[f"{key} gateway/baseline"]
+        assert value is not None and math.isfinite(value) and value > 0, key
+    assert result["versions"]["baseline"] == result["versions"]["spangate"]
+    text = data.with_suffix(".md").read_text()
+    assert "## Against the baseline" in text and f"Baseline: the gateway of {REPO}" in text
+    assert not (out / "latest.md").exists()
+
+
+def test_baseline_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = parse(["--baseline", str(REPO), "--targets", "raw-unary,gateway"])
+    assert options.targets == ["raw-unary", "gateway", "baseline"] and options.baseline == REPO
+    assert parse([]).baseline is None and "baseline" not in parse([]).targets
+    with pytest.raises(SystemExit):
+        parse(["--baseline", str(tmp_path)])  # not a checkout of spangate
+    assert "is not a checkout of spangate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--baseline", str(REPO), "--targets", "raw-unary"])
+    assert "keep gateway in --targets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--targets", "baseline"])  # only with --baseline PATH
+
+
+def test_the_baseline_ratios_divide_the_gateway_by_the_baseline(tmp_path: Path) -> None:
+    options = Options(
+        seconds=10, warmup=2, conc=[8], rounds=1, targets=["gateway", "baseline"],
+        max_foreign=0.1, out=tmp_path, quick=False, baseline=REPO,
+    )  # fmt: skip
+    mine, theirs = _phase("gateway", 500), _phase("baseline", 400)
+    mine.cpu_ms["server"], theirs.cpu_ms["server"] = 1.2, 1.5
+    (ratios,) = report.ratios(report.aggregate(options, [mine, theirs]))
+    assert ratios["throughput gateway/baseline"] == pytest.approx(500 / 400)
+    assert ratios["p50 gateway/baseline"] == pytest.approx(400 / 500)
+    assert ratios["server cpu gateway/baseline"] == pytest.approx(1.2 / 1.5)
+    (unmeasured,) = report.ratios(report.aggregate(options, [mine]))
+    assert unmeasured["server cpu gateway/baseline"] is None  # refused or missing: no ratio
+    options.targets, options.baseline = ["gateway"], None
+    (plain,) = report.ratios(report.aggregate(options, [mine]))
+    assert "server cpu gateway/baseline" not in plain  # no baseline: no such column
