@@ -168,12 +168,13 @@ def _inherited() -> dict[str, str]:
 
 
 def _serve(
-    name: str, argv: list[str], env: Mapping[str, str], folder: Path, port: int, ready: str
-) -> Server:
+    name: str, argv: list[str], env: Mapping[str, str], folder: Path, port: int, ready: str,
+    cwd: Path = REPO,
+) -> Server:  # fmt: skip
     log = folder / f"{name}-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, cwd=REPO, env={**_inherited(), **env}, stdin=subprocess.DEVNULL,
+            argv, cwd=cwd, env={**_inherited(), **env}, stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     server = Server(name, process, port, log)
@@ -196,10 +197,13 @@ def _serve(
 
 
 def gateway(
-    folder: Path, *, emulator_host: str, issuer: str, policy: Path, env: Mapping[str, str]
-) -> Server:
+    folder: Path, *, emulator_host: str, issuer: str, policy: Path, env: Mapping[str, str],
+    code: Path | None = None,
+) -> Server:  # fmt: skip
     """``python -m gateway serve`` on ``policy``, ready (``/readyz`` 200). ``env``: more
-    ``SPANGATE_*`` settings, which win over the run's."""
+    ``SPANGATE_*`` settings, which win over the run's. ``code``: another checkout whose
+    ``gateway`` package serves instead of this one's (first on ``PYTHONPATH`` and the working
+    directory, so the console script and ``-m`` both import it), on this environment's packages."""
     from gateway.dev.ports import free_port
 
     port = free_port()
@@ -212,11 +216,13 @@ def gateway(
         "SPANGATE_DRAIN_SECONDS": "0",
         **env,
     }
+    if code is not None:
+        variables["PYTHONPATH"] = str(code)
     # The console script the image runs (ENTRYPOINT spangate), installed beside this Python.
     script = Path(sys.executable).with_name("spangate")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "gateway"]
     argv = [*command, "serve", "--policy", str(policy), "--port", str(port)]
-    return _serve("gateway", argv, variables, folder, port, "/readyz")
+    return _serve("gateway", argv, variables, folder, port, "/readyz", cwd=code or REPO)
 
 
 def handwritten(folder: Path, *, emulator_host: str, issuer: str) -> Server:

@@ -113,13 +113,11 @@ def _phase(
             p50, p99 = float(result["p50_ms"]), float(result["p99_ms"])
         else:
             if target in ("gateway", "baseline"):
-                env = dict(options.gateway_env)
-                if target == "baseline":
-                    assert options.baseline is not None
-                    env["PYTHONPATH"] = str(options.baseline)  # its gateway package first
                 server = stack.gateway(
-                    folder, emulator_host=emulator.host, issuer=issuer, policy=policy, env=env
-                )
+                    folder, emulator_host=emulator.host, issuer=issuer, policy=policy,
+                    env=options.gateway_env,
+                    code=options.baseline if target == "baseline" else None,
+                )  # fmt: skip
             else:
                 server = stack.handwritten(folder, emulator_host=emulator.host, issuer=issuer)
             server.check(callers)

@@ -243,3 +243,33 @@ def test_the_baseline_ratios_divide_the_gateway_by_the_baseline(tmp_path: Path) 
     options.targets, options.baseline = ["gateway"], None
     (plain,) = report.ratios(report.aggregate(options, [mine]))
     assert "server cpu gateway/baseline" not in plain  # no baseline: no such column
+
+
+def test_the_baseline_gateway_imports_the_baseline_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline's process finds the other checkout's ``gateway`` first, however it is started
+    (the console script, or ``python -m gateway`` whose working directory comes first)."""
+    from bench.e2e import stack
+
+    other = tmp_path / "other"
+    (other / "gateway").mkdir(parents=True)
+    (other / "gateway" / "__init__.py").write_text("WHO = 'other'\n")
+    (other / "gateway" / "__main__.py").write_text("print('other main')\n")
+    seen: dict[str, object] = {}
+
+    def serve(name: str, argv: list[str], env: dict[str, str], *args: object, cwd: Path) -> None:
+        seen.update(argv=argv, env=env, cwd=cwd)
+
+    monkeypatch.setattr(stack, "_serve", serve)
+    stack.gateway(tmp_path, emulator_host="h", issuer="i", policy=tmp_path / "p", env={}, code=other)
+    env, cwd = seen["env"], seen["cwd"]
+    assert isinstance(env, dict) and cwd == other and env["PYTHONPATH"] == str(other)
+    for how in (["-c", "import gateway; print(gateway.WHO)"], ["-m", "gateway"]):
+        done = subprocess.run(
+            [sys.executable, *how], cwd=cwd, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": env["PYTHONPATH"]},
+        )  # fmt: skip
+        assert done.stdout.strip() == ("other" if how[0] == "-c" else "other main"), done.stderr
+    stack.gateway(tmp_path, emulator_host="h", issuer="i", policy=tmp_path / "p", env={})
+    assert seen["cwd"] == REPO and "PYTHONPATH" not in seen["env"]  # type: ignore[operator]
