@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from gateway.auth.principal import Principal
-from gateway.budgets.core import HEADER_KINDS, Counter, Limit, Usage, rate_headers, window
+from gateway.budgets.core import HEADER_KINDS, Counter, Limit, Usage, rate_headers
 from gateway.budgets.core import usages as usages_of
 from gateway.budgets.memo import ChargeMemo
 from gateway.budgets.store import BudgetStore, StoreUnavailable
@@ -195,4 +195,4 @@ class Budgets:
             except StoreUnavailable as exc:
                 log.warning("budget store unavailable, %d rows not counted: %s", rows, exc)
                 continue
-            spend.update(k, Usage(usage.limit, value, window(usage.limit.rate.window, now)[1]))
+            spend.update(k, usages_of([usage.limit], [value], now)[0])

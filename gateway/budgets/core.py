@@ -184,8 +184,8 @@ def window(length: int, now: float) -> tuple[int, int]:
 
 
 def window_key(counter: Counter, now: float) -> str:
-    """The store's key of ``counter`` in the window of ``now`` (its index, as ``window``)."""
-    return f"{counter.key}:{math.floor(now) // counter.window}"
+    """The store's key of ``counter`` in the window of ``now``."""
+    return f"{counter.key}:{window(counter.window, now)[0]}"
 
 
 def _who(limit: Limit, key: bytes | None) -> str:
@@ -213,14 +213,10 @@ def counters(limits: Sequence[Limit], key: bytes | None = None) -> list[Counter]
 
 
 def usages(limits: Sequence[Limit], values: Sequence[int], now: float) -> list[Usage]:
-    """Each limit's usage at ``value``, its reset as ``window`` computes it (inlined: a call
-    reads the clock's second once for all its limits)."""
-    second = math.floor(now)
-    out: list[Usage] = []
-    for limit, value in zip(limits, values, strict=True):
-        length = limit.rate.window
-        out.append(Usage(limit, value, max(1, (second // length + 1) * length - second)))
-    return out
+    return [
+        Usage(limit, value, window(limit.rate.window, now)[1])
+        for limit, value in zip(limits, values, strict=True)
+    ]
 
 
 def _integer(value: int) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.budgets.core import Counter, window_key
+from gateway.budgets.core import Counter, window, window_key
 
 __all__ = ["BudgetStore", "MemoryStore", "StoreState", "StoreUnavailable", "Taken"]
 
@@ -95,39 +94,27 @@ class MemoryStore:
         return len(self._values)
 
     @staticmethod
-    def _expiry(index: int, length: int) -> float:
-        """A second past the end of window ``index`` of ``length`` s (as Redis's EXPIRE of reset
-        + 1)."""
-        return float(index + 1) * length + 1
+    def _expiry(counter: Counter, now: float) -> float:
+        """A second past the end of the counter's window (as Redis's EXPIRE of reset + 1)."""
+        return float(window(counter.window, now)[0] + 1) * counter.window + 1
 
     async def take(self, counters: Sequence[Counter], now: float) -> Taken:
-        second = math.floor(now)  # read once for every counter (``window``'s)
-        keys: list[str] = []
-        values: list[int] = []
-        ok = True
-        for counter in counters:
-            key = f"{counter.key}:{second // counter.window}"  # ``window_key``'s
-            value = self._get(key, now)
-            keys.append(key)
-            values.append(value)
-            if value >= counter.limit:
-                ok = False
-        if not ok:
+        keys = [window_key(c, now) for c in counters]
+        values = [self._get(k, now) for k in keys]
+        if any(v >= c.limit for v, c in zip(values, counters, strict=True)):
             return Taken(False, values, now)
         out: list[int] = []
         for key, value, counter in zip(keys, values, counters, strict=True):
             if counter.cost:
                 value += counter.cost
-                expires = self._expiry(second // counter.window, counter.window)
-                self._set(key, value, expires, now)
+                self._set(key, value, self._expiry(counter, now), now)
             out.append(value)
         return Taken(True, out, now)
 
     async def add(self, counter: Counter, amount: int, now: float) -> tuple[int, float]:
-        index = math.floor(now) // counter.window  # ``window``'s
-        key = f"{counter.key}:{index}"  # ``window_key``'s
+        key = window_key(counter, now)
         value = self._get(key, now) + amount
-        self._set(key, value, self._expiry(index, counter.window), now)
+        self._set(key, value, self._expiry(counter, now), now)
         return value, now
 
     async def refund(self, counters: Sequence[Counter], at: float) -> list[int]:
