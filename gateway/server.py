@@ -68,6 +68,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.server import ServerState
 
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout, ServerBusy
+from gateway.heap import settle_heap
 from gateway.http import Receive, Scope, Send, dumps, problem, send_problem
 from gateway.logs import configure_logging
 from gateway.refusals import REFUSALS
@@ -286,6 +287,8 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self.started:
+            settle_heap()
         if self.started and self._admin is not None:
             await self._serve_admin()
         if self.started:

@@ -73,6 +73,12 @@ def _logging_as_it_was() -> Iterator[None]:
     root.handlers[:] = handlers
 
 
+@pytest.fixture(autouse=True)
+def _heap_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server settles the heap once started (gateway.heap): not this test process's."""
+    monkeypatch.setattr("gateway.server.settle_heap", lambda: None)
+
+
 @pytest.mark.parametrize(("lost", "code"), [(0, 0), (3, 1)])
 def test_the_exit_code_says_whether_the_last_audit_flush_lost_events(lost: int, code: int) -> None:
     port = free_port()

@@ -78,6 +78,10 @@ def aggregate(options: Options, phases: Sequence[Phase]) -> list[Cell]:
     return cells
 
 
+# What a checkout's gateway is compared on against the baseline's (besides its server CPU).
+BASELINE_METRICS = (("throughput", "per_second"), ("p50", "p50_ms"), ("p99", "p99_ms"))
+
+
 def ratios(cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Per concurrency: the gateway's throughput and p50 over each other target's (None where a
     side is missing or refused)."""
@@ -94,7 +98,7 @@ def ratios(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 row[f"{metric} gateway/{other}"] = mine / base if mine and base else None
         baseline = by.get(("baseline", conc))
         if baseline is not None:
-            for metric, attribute in (("throughput", "per_second"), ("p50", "p50_ms")):
+            for metric, attribute in BASELINE_METRICS:
                 mine, base = getattr(gateway, attribute, None), getattr(baseline, attribute)
                 row[f"{metric} gateway/baseline"] = mine / base if mine and base else None
             mine = gateway.cpu_ms.get("server") if gateway is not None else None
@@ -238,11 +242,11 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
             "## Against the baseline",
             "",
             "This checkout's gateway over the baseline's, in the same rounds: throughput (higher "
-            "is better), p50 latency and server CPU per request (lower is better).",
+            "is better), p50 and p99 latency and server CPU per request (lower is better).",
             "",
-            "| conc | req/s gateway / baseline | p50 gateway / baseline "
+            "| conc | req/s gateway / baseline | p50 gateway / baseline | p99 gateway / baseline "
             "| server CPU gateway / baseline |",
-            "|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|",
         ]
         for row in run["ratios"]:
             values = [
@@ -250,6 +254,7 @@ def markdown(run: dict[str, Any], cells: Sequence[Cell], chart: str) -> str:
                 for k in (
                     "throughput gateway/baseline",
                     "p50 gateway/baseline",
+                    "p99 gateway/baseline",
                     "server cpu gateway/baseline",
                 )
             ]

@@ -204,7 +204,7 @@ def test_a_baseline_run_measures_both_gateways_and_compares_them(tmp_path: Path)
     assert [p["target"] for p in result["phases"]] == ["gateway", "baseline"]
     assert all(p["requests"] > 0 and p["cpu_ms"]["server"] for p in result["phases"])
     (ratios,) = result["ratios"]
-    for key in ("throughput", "p50", "server cpu"):
+    for key in ("throughput", "p50", "p99", "server cpu"):
         value = ratios[f"{key} gateway/baseline"]
         assert value is not None and math.isfinite(value) and value > 0, key
     assert result["versions"]["baseline"] == result["versions"]["spangate"]
@@ -234,9 +234,11 @@ def test_the_baseline_ratios_divide_the_gateway_by_the_baseline(tmp_path: Path) 
     )  # fmt: skip
     mine, theirs = _phase("gateway", 500), _phase("baseline", 400)
     mine.cpu_ms["server"], theirs.cpu_ms["server"] = 1.2, 1.5
+    mine.p99_ms = 40.0
     (ratios,) = report.ratios(report.aggregate(options, [mine, theirs]))
     assert ratios["throughput gateway/baseline"] == pytest.approx(500 / 400)
     assert ratios["p50 gateway/baseline"] == pytest.approx(400 / 500)
+    assert ratios["p99 gateway/baseline"] == pytest.approx(40 / 50)
     assert ratios["server cpu gateway/baseline"] == pytest.approx(1.2 / 1.5)
     (unmeasured,) = report.ratios(report.aggregate(options, [mine]))
     assert unmeasured["server cpu gateway/baseline"] is None  # refused or missing: no ratio
