@@ -1,9 +1,9 @@
 """Requests the HTTP server refuses before they reach the gateway: a request line and a count each.
 
-``gateway.server`` answers some requests itself (431 ``headers-too-large``, 408
-``request-timeout`` for a head that never ends, 400 ``request-invalid``, 503 ``server-busy`` at
-the connection caps): no route, no token, no audit event (nothing reached the gateway). Each
-still gets:
+The server's HTTP protocol (``gateway.http_protocol``) answers some requests itself (431
+``headers-too-large``, 408 ``request-timeout`` for a head that never ends, 400
+``request-invalid``, 503 ``server-busy`` at the connection caps): no route, no token, no audit
+event (nothing reached the gateway). Each still gets:
 
 - a line of ``spangate.access``, as a request the gateway answers: its request id (the one in
   the answer's ``X-Request-ID`` and problem body), status, code, the TCP peer as ``client``;

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=0, description="Larger request bodies get 413.")
     max_token_bytes: int = Field(16_384, ge=512, description="Larger bearer tokens get 401.")
 
-    # Connections (the HTTP layer, gateway.server)
+    # Connections (the HTTP layer, gateway.http_protocol)
     max_header_bytes: int = Field(
         65_536,
         ge=4096,

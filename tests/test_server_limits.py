@@ -1,5 +1,6 @@
 """The HTTP layer's limits, through a real `spangate serve`: header size and count, head and body
-deadlines, the connection cap, WebSocket upgrades and X-Forwarded-For (gateway.server)."""
+deadlines, the connection cap, WebSocket upgrades and X-Forwarded-For (gateway.http_protocol,
+gateway.server)."""
 
 from __future__ import annotations
 
