@@ -279,3 +279,47 @@ def test_the_cli_reference_names_every_command_and_option() -> None:
     for command, options in commands.items():
         table = _first_column(sections[f"spangate {command}"])
         assert table == set(options), f"spangate {command}: the page has {table}, the CLI {options}"
+
+
+# --- The README's performance table quotes the published run ----------------------------------
+
+LATEST = REPO / "bench" / "results" / "latest.md"
+README_TARGETS = {  # the README's columns of requests a second, by the run's target names
+    "spangate": "spangate gateway",
+    "raw client, threads": "raw client, threads",
+    "raw unary": "raw unary ExecuteSql",
+    "hand-written FastAPI": "hand-written FastAPI",
+}
+
+
+def _table_rows(text: str, first: str) -> list[list[str]]:
+    """The cells of the Markdown rows that start with ``| first``."""
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first}")
+    ]
+
+
+def test_the_readme_quotes_the_published_benchmark() -> None:
+    """Every number of the README's performance table is the published run's (latest.md), rounded
+    as the README rounds it, and names its commit: republishing updates the README too."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    latest = LATEST.read_text(encoding="utf-8")
+    section = readme.split("## Performance\n", 1)[1].split("\n## ", 1)[0]
+    commit = re.search(r"spangate ([0-9a-f]{7,})", latest)
+    assert commit is not None and f"spangate {commit.group(1)[:7]}" in section
+    head = next(line for line in section.splitlines() if line.startswith("| callers"))
+    columns = [cell.strip() for cell in head.strip().strip("|").split("|")]
+    rows = [row for row in _table_rows(section, "") if row[0].isdigit()]
+    assert {row[0] for row in rows} == {"8", "32"}
+    cells = {(row[0], row[1]): row for row in _table_rows(latest, "") if len(row) > 6}
+    for row in rows:
+        conc = row[0]
+        for label, target in README_TARGETS.items():
+            index = next(i for i, c in enumerate(columns) if c.startswith(label))
+            assert row[index] == f"{cells[(target, conc)][2]} req/s", (label, conc)
+        gateway = cells[("spangate gateway", conc)]
+        p50, p99 = (float(gateway[4]), float(gateway[5]))
+        assert row[-2] == f"{p50:.1f} / {p99:.1f} ms", conc
+        assert row[-1] == f"{float(gateway[6]):.2f} ms", conc
