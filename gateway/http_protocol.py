@@ -74,6 +74,7 @@ _FEED_BYTES = 512
 # At most one warning about the connection cap per this many seconds (with counts).
 _BUSY_LOG_SECONDS = 10.0
 
+
 @dataclass(frozen=True)
 class ServerLimits:
     max_header_bytes: int
@@ -113,7 +114,6 @@ class GatewayConfig(uvicorn.Config):
         self.shutdown_timeout = shutdown_timeout  # then calls still running are cut short
         self.draining = False  # set by GatewayServer on the first SIGTERM/SIGINT
         self.peers: Counter[str] = Counter()  # open connections per peer address (per process)
-
 
 
 class _HeadRefused(Exception):

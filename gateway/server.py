@@ -2,6 +2,8 @@
 
 Requests are read by :class:`~gateway.http_protocol.GatewayHttpProtocol` (``gateway.http_protocol``:
 uvicorn's httptools protocol with bounded heads, pipelines, bodies and connections).
+Once started, the server freezes its start-up heap out of the garbage collector's later
+collections (``gateway.heap``: a full collection walking it held the event loop ~70 ms).
 
 Shutdown (:class:`GatewayServer`): the first SIGTERM or SIGINT starts a drain: the application
 is told (``/readyz`` answers 503 ``draining``), every answer from then on closes its connection
@@ -32,7 +34,7 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.heap import settle_heap
+from gateway.heap import freeze_startup_heap, unfreeze_heap
 from gateway.http_protocol import PIPELINE_DEPTH, GatewayConfig, GatewayHttpProtocol, ServerLimits
 from gateway.logs import configure_logging
 from gateway.settings import Settings
@@ -165,6 +167,8 @@ class GatewayServer(uvicorn.Server):
     port's socket and app (``gateway.admin``), served from the end of start-up to the end of
     shutdown, with its own connection count. ``early``: signals received before the server
     installed its handlers (a worker's, ``gateway.workers``), raised again once it has started.
+    ``freeze_heap``: once started, what start-up built is frozen out of the garbage collector's
+    later collections, and unfrozen after the shutdown (``gateway.heap``).
 
     Stop signals (SIGTERM, SIGINT) are counted once per stop (``StopSignals``): a signal that
     comes within ``ECHO_SECONDS`` of the one counted before it is the same stop delivered twice
@@ -181,8 +185,10 @@ class GatewayServer(uvicorn.Server):
         parent: int | None = None,
         admin: tuple[socket.socket, Any] | None = None,
         early: list[int] | None = None,
+        freeze_heap: bool = True,
     ) -> None:
         super().__init__(config)
+        self._freeze_heap = freeze_heap
         self._on_drain = on_drain
         self._on_cut = on_cut
         self._parent = parent
@@ -198,10 +204,10 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
-            settle_heap()
-        if self.started and self._admin is not None:
-            await self._serve_admin()
-        if self.started:
+            if self._freeze_heap:  # what start-up built, out of later collections (gateway.heap)
+                freeze_startup_heap()
+            if self._admin is not None:
+                await self._serve_admin()
             # Signals a worker received before any handler of the server was installed
             # (``gateway.workers``): now acted on, in the order they came.
             for sig in self._early:
@@ -250,6 +256,8 @@ class GatewayServer(uvicorn.Server):
         try:
             await super().shutdown(sockets=sockets)
         finally:
+            if self._freeze_heap:  # collectable (and finalized) at exit again (gateway.heap)
+                unfreeze_heap()
             # Last: /healthz answered while requests finished and the trail was flushed.
             if self._admin_server is not None:
                 self._admin_server.close()
@@ -308,13 +316,15 @@ def run_server(
     parent: int | None = None,
     admin_socket: socket.socket | None = None,
     early: list[int] | None = None,
+    freeze_heap: bool = True,
 ) -> int:
     """Serve until SIGTERM/SIGINT (drained, see :class:`GatewayServer`); 0 after a clean
     shutdown, 1 when the last audit flush lost events (``app.audit.lost``), 3 when start-up
     failed (as uvicorn). ``sockets``: listen on these (a worker of
     ``gateway.workers``, on the socket its supervisor bound) instead of binding host and port;
     ``admin_socket`` likewise for SPANGATE_ADMIN_PORT (else it is bound here, before start-up);
-    ``early``: signals received before this (raised again once started, see GatewayServer).
+    ``early``: signals received before this (raised again once started, see GatewayServer);
+    ``freeze_heap``: see GatewayServer (off for a server run inside another program's process).
     ``app.drain()``, when the app has it, is the drain's cue. Logging: ``SPANGATE_LOG_FORMAT``
     for every logger (``gateway.logs``)."""
     configure_logging(settings.log_format, log_level or settings.log_level)
@@ -333,6 +343,7 @@ def run_server(
         parent=parent,
         admin=admin,
         early=early,
+        freeze_heap=freeze_heap,
     )
     server.run(sockets=sockets)
     if not server.started:

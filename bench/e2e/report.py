@@ -83,8 +83,9 @@ BASELINE_METRICS = (("throughput", "per_second"), ("p50", "p50_ms"), ("p99", "p9
 
 
 def ratios(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """Per concurrency: the gateway's throughput and p50 over each other target's (None where a
-    side is missing or refused)."""
+    """Per concurrency: the gateway's throughput and p50 over each other target's, and with a
+    baseline its throughput, p50, p99 and server CPU over the baseline's (None where a side is
+    missing or refused)."""
     by = {(c.target, c.conc): c for c in cells}
     rows = []
     for conc in sorted({c.conc for c in cells}):

@@ -210,6 +210,7 @@ def test_a_baseline_run_measures_both_gateways_and_compares_them(tmp_path: Path)
     assert result["versions"]["baseline"] == result["versions"]["spangate"]
     text = data.with_suffix(".md").read_text()
     assert "## Against the baseline" in text and f"Baseline: the gateway of {REPO}" in text
+    assert "| p99 gateway / baseline |" in text
     assert not (out / "latest.md").exists()
 
 
