@@ -124,6 +124,10 @@ async def test_rows_in_batches_and_a_writes_row_in_its_transaction(
     assert rows[denied.headers["x-request-id"]]["Allowed"] is False
 
 
+ROUNDS = 6  # at most, of 90 writes each (see the test under fault injection)
+ABORTED = "was aborted in the emulator to mimic production"  # the emulator's log, per abort
+
+
 @pytest.fixture
 def faulty_emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
     """An emulator of its own that aborts ~6 % of commits (logged), with the audit database."""
@@ -146,18 +150,33 @@ async def test_a_writes_row_exists_iff_the_write_committed_under_fault_injection
     faulty_emulator: EmulatorProcess,
 ) -> None:
     writer = token_for("order-writer")
-    stamp = time.time_ns() % 10**8
-    wanted = [f"O-{stamp}{i:03d}" for i in range(80)]
-    wanted += wanted[:10]  # ten of them twice: those writes must fail (ALREADY_EXISTS)
+    log_path = faulty_emulator.log_path
+    assert log_path is not None  # the fixture gave one: --log_requests shows the injected aborts
     settings = make_settings(policy=spanner_policy, spanner_emulator_host=faulty_emulator.host)
+    answers: list[Any] = []
+    wanted: set[str] = set()
+    aborted = False
     async with serve(settings) as (gateway, http):
-        answers = await asyncio.gather(*(_post(http, writer, o) for o in wanted))
+        # Rounds of 90 writes until the emulator has aborted at least one commit: ~2.5 aborts a
+        # round on average, so one round alone sees none ~8 % of the time (a test that would
+        # then prove nothing about aborts); six rounds all without one, ~1 in 3 million.
+        for round_ in range(ROUNDS):
+            stamp = time.time_ns() % 10**7
+            batch = [f"O-{stamp:07d}{round_}{i:03d}" for i in range(80)]
+            batch += batch[:10]  # ten of them twice: those writes must fail (ALREADY_EXISTS)
+            wanted.update(batch)
+            answers += await asyncio.gather(*(_post(http, writer, o) for o in batch))
+            if ABORTED in log_path.read_text(errors="replace"):
+                aborted = True
+                break
         rows = await asyncio.to_thread(_rows, gateway, "create_order")
-        orders = await asyncio.to_thread(_orders, gateway, sorted(set(wanted)))
+        orders = await asyncio.to_thread(_orders, gateway, sorted(wanted))
+    assert aborted, f"no commit was aborted in {ROUNDS} rounds of writes"
     by_request = {r["RequestId"]: r for r in rows}
     committed = [a for a in answers if a.status_code == 200]
     failed = [a for a in answers if a.status_code != 200]
-    assert len(committed) == 80 and len(failed) == 10
+    assert len(committed) == len(wanted) and len(failed) == len(answers) - len(wanted)
+    assert len(failed) == 10 * (round_ + 1)
     assert len(rows) == len(answers)  # one row per request, whatever happened
     for answer in committed:
         row = by_request[answer.headers["x-request-id"]]
@@ -166,11 +185,8 @@ async def test_a_writes_row_exists_iff_the_write_committed_under_fault_injection
     assert {by_request[a.headers["x-request-id"]]["Status"] for a in failed} == {409}
     assert all(by_request[a.headers["x-request-id"]]["Seq"] is not None for a in failed)
     ok_rows = [r for r in rows if r["Status"] == 200]
-    assert len(ok_rows) == len(orders) == 80  # no write without its row, no row without its write
-    log_path = faulty_emulator.log_path
-    assert log_path is not None  # the fixture gave one: --log_requests shows the injected aborts
-    log = log_path.read_text(errors="replace")
-    assert "was aborted in the emulator to mimic production" in log
+    # no write without its row, no row without its write
+    assert len(ok_rows) == len(orders) == len(wanted)
 
 
 async def test_a_write_that_used_its_approval_says_so_in_its_spanner_row(
